@@ -1,0 +1,31 @@
+//! Generates `include/ota.h` from `src/ffi` with cbindgen.
+//!
+//! The header is checked in; `tests/header.rs` fails when it differs from a fresh generation.
+//! Set `OTA_SKIP_HEADER=1` to skip regeneration (e.g. when building from a read-only source).
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-env-changed=OTA_SKIP_HEADER");
+    if std::env::var_os("OTA_SKIP_HEADER").is_some() {
+        return;
+    }
+    let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
+        .expect("cbindgen.toml is readable");
+    let out = std::env::var("OUT_DIR").unwrap();
+    match cbindgen::Builder::new()
+        .with_crate(&crate_dir)
+        .with_config(config)
+        .generate()
+    {
+        Ok(bindings) => {
+            // The fresh copy in OUT_DIR is what the header test compares with.
+            bindings.write_to_file(PathBuf::from(&out).join("ota.h"));
+            bindings.write_to_file(crate_dir.join("include/ota.h"));
+        }
+        Err(e) => panic!("cbindgen failed: {e}"),
+    }
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# One whole Aliyun-protocol upgrade on this machine: mosquitto as the broker, ota-cloud as the
+# platform (announces 2.0.0, serves the image over HTTP, waits for the device to report 2.0.0),
+# and the unchanged example firmware as the device.
+#
+# usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN
+# env:   OTA_BUF_LEN (bytes per FetchYield, default 5000), OTA_TEST_FIRMWARE_SIZE (default 3000000),
+#        OTA_REQUIRE_MOSQUITTO=required (fail instead of skip without mosquitto),
+#        OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (path to the broker binary)
+# exit:  0 pass, 1 fail, 77 skipped (no mosquitto)
+set -euo pipefail
+
+example=${1:?usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN}
+cloud=${2:?usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN}
+buf_len=${OTA_BUF_LEN:-5000}
+firmware_size=${OTA_TEST_FIRMWARE_SIZE:-3000000}
+product_key=a1OtaTestPk
+device_name=ota_ctest_device
+device_secret=CtestSecretCtestSecretCtestSecre
+
+mosquitto_bin=${MOSQUITTO:-$(command -v mosquitto || true)}
+if [[ -z $mosquitto_bin && -x /usr/sbin/mosquitto ]]; then
+    mosquitto_bin=/usr/sbin/mosquitto
+fi
+if [[ -z $mosquitto_bin ]]; then
+    if [[ ${OTA_REQUIRE_MOSQUITTO:-} == required ]]; then
+        echo "FAIL: mosquitto is not installed but OTA_REQUIRE_MOSQUITTO=required (apt-get install mosquitto)" >&2
+        exit 1
+    fi
+    echo "SKIP: mosquitto is not installed (apt-get install mosquitto); set OTA_REQUIRE_MOSQUITTO=required to fail instead"
+    exit 77
+fi
+for bin in "$example" "$cloud"; do
+    if [[ ! -x $bin ]]; then
+        echo "FAIL: $bin is missing or not executable (build first: cmake --build)" >&2
+        exit 1
+    fi
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ota-upgrade-XXXXXX")
+mosquitto_pid=
+cloud_pid=
+cloud_log_shown=0
+
+show_log() {
+    echo "----- $1 -----"
+    cat "$2" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    for pid in $cloud_pid $mosquitto_pid; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 ]]; then
+        show_log "mosquitto" "$tmp/mosquitto.log"
+        if [[ $cloud_log_shown -eq 0 ]]; then
+            show_log "ota-cloud" "$tmp/cloud.log"
+        fi
+    fi
+    if [[ -n ${OTA_KEEP_TMP:-} ]]; then
+        echo "scratch directory kept: $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+}
+
+# Succeeds once something accepts TCP connections on 127.0.0.1:$1 (up to $2 seconds).
+wait_for_port() {
+    local deadline=$((SECONDS + $2))
+    while ((SECONDS < deadline)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+port=$(free_port)
+"$mosquitto_bin" -p "$port" >"$tmp/mosquitto.log" 2>&1 &
+mosquitto_pid=$!
+if ! wait_for_port "$port" 10; then
+    echo "FAIL: mosquitto did not start listening on 127.0.0.1:$port" >&2
+    exit 1
+fi
+echo "mosquitto listening on 127.0.0.1:$port"
+
+"$cloud" serve --broker "127.0.0.1:$port" --product-key "$product_key" --device-name "$device_name" \
+    --firmware-size "$firmware_size" --write-firmware "$tmp/served.bin" --version 2.0.0 \
+    --timeout-s 120 >"$tmp/cloud.log" 2>&1 &
+cloud_pid=$!
+
+# The device reports its version once at start-up; the cloud must be subscribed before that.
+ready=0
+for _ in $(seq 100); do
+    if grep -qiE 'ready|listening|subscribed|waiting' "$tmp/cloud.log" 2>/dev/null; then
+        ready=1
+        break
+    fi
+    if ! kill -0 "$cloud_pid" 2>/dev/null; then
+        echo "FAIL: ota-cloud exited before it was ready" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+if [[ $ready -eq 0 ]]; then
+    echo "note: ota-cloud printed no ready line within 10 s; starting the device anyway"
+fi
+
+echo "running $example (OTA_BUF_LEN=$buf_len)"
+set +e
+IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port \
+    OTA_PRODUCT_KEY=$product_key OTA_DEVICE_NAME=$device_name OTA_DEVICE_SECRET=$device_secret \
+    OTA_FIRMWARE_VERSION=1.0.0 OTA_BUF_LEN=$buf_len OTA_TIMEOUT_S=${OTA_TIMEOUT_S:-120} \
+    "$example" "$tmp/ota.bin"
+device_rc=$?
+wait "$cloud_pid"
+cloud_rc=$?
+set -e
+cloud_pid=
+
+show_log "ota-cloud" "$tmp/cloud.log"
+cloud_log_shown=1
+echo "device exit code: $device_rc, ota-cloud exit code: $cloud_rc"
+if [[ $device_rc -ne 0 || $cloud_rc -ne 0 ]]; then
+    echo "FAIL: the upgrade did not complete" >&2
+    exit 1
+fi
+if ! cmp "$tmp/served.bin" "$tmp/ota.bin"; then
+    echo "FAIL: the downloaded firmware differs from the served one" >&2
+    exit 1
+fi
+echo "PASS: $(stat -c %s "$tmp/ota.bin") bytes downloaded, identical to the served image, new version reported"

@@ -1,0 +1,620 @@
+//! Aliyun IoT MQTT connection info (host, port, client id, username, HMAC-SHA1 password) and the
+//! process-wide settings that iotkit keeps behind `IOT_Ioctl` and the `HAL_Set*` / `HAL_Get*`
+//! device identity calls.
+//!
+//! Pure Rust: nothing here knows about C. `ffi/conninfo.rs` and `ffi/hal.rs` translate.
+
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+
+/// Timestamp signed into every password; iotkit v2.3 uses the same fixed value (2050-01-01), so
+/// one password stays valid and needs no clock.
+const TIMESTAMP: &str = "2524608000000";
+
+/// Longest product key [`aliyun_conn_info`] accepts. Aliyun keys are 11 characters (iotkit's
+/// `PRODUCT_KEY_LEN` is 20), but the product ids of the other platforms run to 64, and the
+/// client id and username have room for them.
+pub(crate) const MAX_PRODUCT_KEY_LEN: usize = 64;
+/// Longest device name [`aliyun_conn_info`] accepts (iotkit's `DEVICE_NAME_LEN`).
+pub(crate) const MAX_DEVICE_NAME_LEN: usize = 32;
+/// Longest device secret [`aliyun_conn_info`] accepts (iotkit's `DEVICE_SECRET_LEN`).
+pub(crate) const MAX_DEVICE_SECRET_LEN: usize = 64;
+/// Longest host name: custom MQTT/HTTP domain or `IOTX_MQTT_HOST` (iotkit's
+/// `HOST_ADDRESS_LEN`).
+pub(crate) const MAX_HOST_LEN: usize = 128;
+
+/// Environment variable that, when set and non-empty, replaces the computed MQTT host.
+pub const ENV_MQTT_HOST: &str = "IOTX_MQTT_HOST";
+/// Environment variable that, when set and non-empty, replaces the computed MQTT port (1..=65535).
+pub const ENV_MQTT_PORT: &str = "IOTX_MQTT_PORT";
+/// Environment variable that, when set and non-empty, is the firmware version the HAL reports.
+pub const ENV_FIRMWARE_VERSION: &str = "OTA_FIRMWARE_VERSION";
+/// Firmware version reported when neither the environment nor a setter gave one (as iotkit's
+/// Linux HAL).
+pub const DEFAULT_FIRMWARE_VERSION: &str = "app-1.0.0-20180101.1000";
+
+const PORT_PLAIN: u16 = 1883;
+const PORT_TLS: u16 = 443;
+
+/// Aliyun IoT region: selects the MQTT host, unless `Custom` (then the custom domain is used).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    Shanghai,
+    Singapore,
+    Japan,
+    UsWest,
+    Germany,
+    Custom,
+}
+
+impl Region {
+    /// Aliyun's region id (`cn-shanghai` …); `None` for `Custom`.
+    pub fn id(self) -> Option<&'static str> {
+        match self {
+            Region::Shanghai => Some("cn-shanghai"),
+            Region::Singapore => Some("ap-southeast-1"),
+            Region::Japan => Some("ap-northeast-1"),
+            Region::UsWest => Some("us-west-1"),
+            Region::Germany => Some("eu-central-1"),
+            Region::Custom => None,
+        }
+    }
+}
+
+/// One device identity value kept for the HAL getters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityField {
+    ProductKey,
+    DeviceName,
+    DeviceSecret,
+    FirmwareVersion,
+}
+
+impl IdentityField {
+    /// Longest accepted value: iotkit's `PRODUCT_KEY_LEN`, `DEVICE_NAME_LEN`,
+    /// `DEVICE_SECRET_LEN`, and `FIRMWARE_VERSION_MAXLEN - 1` (that buffer includes the NUL).
+    pub const fn max_len(self) -> usize {
+        match self {
+            IdentityField::ProductKey => 20,
+            IdentityField::DeviceName => 32,
+            IdentityField::DeviceSecret => 64,
+            IdentityField::FirmwareVersion => 31,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            IdentityField::ProductKey => "product key",
+            IdentityField::DeviceName => "device name",
+            IdentityField::DeviceSecret => "device secret",
+            IdentityField::FirmwareVersion => "firmware version",
+        }
+    }
+}
+
+/// Why connection info or a setting was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnInfoError {
+    /// A required value is empty.
+    Empty(&'static str),
+    /// A value is longer than its limit (never truncated).
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// The region is `Custom` but no custom MQTT domain was set.
+    NoCustomDomain,
+    /// `IOTX_MQTT_PORT` is set but is not a port number in 1..=65535.
+    InvalidEnvPort(String),
+}
+
+impl fmt::Display for ConnInfoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnInfoError::Empty(what) => write!(f, "{what} is empty"),
+            ConnInfoError::TooLong { what, len, max } => {
+                write!(f, "{what} is {len} bytes long, the limit is {max}")
+            }
+            ConnInfoError::NoCustomDomain => {
+                f.write_str("region is custom but no custom MQTT domain is set")
+            }
+            ConnInfoError::InvalidEnvPort(v) => {
+                write!(f, "{ENV_MQTT_PORT}={v:?} is not a port number in 1..=65535")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnInfoError {}
+
+/// What a device needs to open its MQTT connection to Aliyun IoT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+}
+
+struct Settings {
+    region: Region,
+    mqtt_domain: Option<String>,
+    http_domain: Option<String>,
+    mqtt_port: Option<u16>,
+    product_key: String,
+    device_name: String,
+    device_secret: String,
+    firmware_version: String,
+}
+
+impl Settings {
+    const DEFAULT: Settings = Settings {
+        region: Region::Shanghai,
+        mqtt_domain: None,
+        http_domain: None,
+        mqtt_port: None,
+        product_key: String::new(),
+        device_name: String::new(),
+        device_secret: String::new(),
+        firmware_version: String::new(),
+    };
+
+    fn identity_mut(&mut self, field: IdentityField) -> &mut String {
+        match field {
+            IdentityField::ProductKey => &mut self.product_key,
+            IdentityField::DeviceName => &mut self.device_name,
+            IdentityField::DeviceSecret => &mut self.device_secret,
+            IdentityField::FirmwareVersion => &mut self.firmware_version,
+        }
+    }
+}
+
+static SETTINGS: Mutex<Settings> = Mutex::new(Settings::DEFAULT);
+
+fn settings() -> MutexGuard<'static, Settings> {
+    // The settings are plain values; a panic while holding the lock cannot leave them torn.
+    SETTINGS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn check(what: &'static str, value: &str, max: usize) -> Result<(), ConnInfoError> {
+    if value.is_empty() {
+        return Err(ConnInfoError::Empty(what));
+    }
+    if value.len() > max {
+        return Err(ConnInfoError::TooLong {
+            what,
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Restores every setting (region, domains, port, identity) to its default.
+pub fn reset_settings() {
+    *settings() = Settings::DEFAULT;
+}
+
+/// Selects the region. A custom domain set earlier is kept and used again when the region
+/// goes back to `Custom`.
+pub fn set_region(region: Region) {
+    settings().region = region;
+}
+
+/// The current region (`Shanghai` by default).
+pub fn region() -> Region {
+    settings().region
+}
+
+/// Uses `domain` as the MQTT host, as is, and switches the region to `Custom`.
+pub fn set_mqtt_domain(domain: &str) -> Result<(), ConnInfoError> {
+    check("custom MQTT domain", domain, MAX_HOST_LEN)?;
+    let mut s = settings();
+    s.mqtt_domain = Some(domain.to_owned());
+    s.region = Region::Custom;
+    Ok(())
+}
+
+/// Stores a custom HTTP domain. Kept for iotkit compatibility; nothing in this crate uses HTTP
+/// authentication or dynamic registration, so it does not change the region.
+pub fn set_http_domain(domain: &str) -> Result<(), ConnInfoError> {
+    check("custom HTTP domain", domain, MAX_HOST_LEN)?;
+    settings().http_domain = Some(domain.to_owned());
+    Ok(())
+}
+
+/// The custom HTTP domain, if one was set.
+pub fn http_domain() -> Option<String> {
+    settings().http_domain.clone()
+}
+
+/// Replaces the default MQTT port (1883, or 443 with TLS); `None` restores the default.
+pub fn set_mqtt_port(port: Option<u16>) {
+    settings().mqtt_port = port;
+}
+
+/// Stores one identity value for the HAL getters; returns its length.
+pub fn set_identity(field: IdentityField, value: &str) -> Result<usize, ConnInfoError> {
+    let max = field.max_len();
+    if value.len() > max {
+        return Err(ConnInfoError::TooLong {
+            what: field.name(),
+            len: value.len(),
+            max,
+        });
+    }
+    let mut s = settings();
+    let slot = s.identity_mut(field);
+    slot.clear();
+    slot.push_str(value);
+    Ok(value.len())
+}
+
+/// The stored identity value (empty when never set). For the firmware version use
+/// [`firmware_version`], which also looks at the environment and the default.
+pub fn identity(field: IdentityField) -> String {
+    settings().identity_mut(field).clone()
+}
+
+/// The firmware version to report: `OTA_FIRMWARE_VERSION` when set and non-empty, else the last
+/// value given to [`set_identity`], else [`DEFAULT_FIRMWARE_VERSION`].
+pub fn firmware_version() -> Result<String, ConnInfoError> {
+    let max = IdentityField::FirmwareVersion.max_len();
+    if let Some(v) = env_non_empty(ENV_FIRMWARE_VERSION) {
+        check(ENV_FIRMWARE_VERSION, &v, max)?;
+        return Ok(v);
+    }
+    let stored = identity(IdentityField::FirmwareVersion);
+    if stored.is_empty() {
+        Ok(DEFAULT_FIRMWARE_VERSION.to_owned())
+    } else {
+        Ok(stored)
+    }
+}
+
+fn env_non_empty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Lowercase hex of HMAC-SHA1(`key`, `data`).
+pub fn hmac_sha1_hex(key: &[u8], data: &[u8]) -> String {
+    use std::fmt::Write;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
+    let tag = ring::hmac::sign(&key, data);
+    let mut hex = String::with_capacity(tag.as_ref().len() * 2);
+    for b in tag.as_ref() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+/// Computes the Aliyun MQTT connection info for one device, as iotkit v2.3 does.
+///
+/// Host: `{pk}.iot-as-mqtt.{region}.aliyuncs.com`, or the custom domain when the region is
+/// `Custom`; port 1883 (443 with `tls`) or the custom port. `IOTX_MQTT_HOST` and
+/// `IOTX_MQTT_PORT`, when set and non-empty, override both.
+///
+/// Errors: `pk`, `dn` or `secret` empty or longer than [`MAX_PRODUCT_KEY_LEN`],
+/// [`MAX_DEVICE_NAME_LEN`], [`MAX_DEVICE_SECRET_LEN`]; custom region
+/// without a domain; `IOTX_MQTT_HOST` longer than [`MAX_HOST_LEN`];
+/// `IOTX_MQTT_PORT` not in 1..=65535.
+pub fn aliyun_conn_info(
+    pk: &str,
+    dn: &str,
+    secret: &str,
+    tls: bool,
+) -> Result<ConnInfo, ConnInfoError> {
+    check("product key", pk, MAX_PRODUCT_KEY_LEN)?;
+    check("device name", dn, MAX_DEVICE_NAME_LEN)?;
+    check("device secret", secret, MAX_DEVICE_SECRET_LEN)?;
+
+    let (host, port) = endpoint(pk, tls)?;
+    let securemode = if tls { 2 } else { 3 };
+    let client_id = format!(
+        "{pk}.{dn}|timestamp={TIMESTAMP},_v=sdk-c-2.3.0,securemode={securemode},signmethod=hmacsha1,lan=C|"
+    );
+    let sign_source = format!("clientId{pk}.{dn}deviceName{dn}productKey{pk}timestamp{TIMESTAMP}");
+    Ok(ConnInfo {
+        host,
+        port,
+        client_id,
+        username: format!("{dn}&{pk}"),
+        password: hmac_sha1_hex(secret.as_bytes(), sign_source.as_bytes()),
+    })
+}
+
+fn endpoint(pk: &str, tls: bool) -> Result<(String, u16), ConnInfoError> {
+    let (host, port) = {
+        let s = settings();
+        let host = match s.region.id() {
+            Some(id) => format!("{pk}.iot-as-mqtt.{id}.aliyuncs.com"),
+            None => s.mqtt_domain.clone().ok_or(ConnInfoError::NoCustomDomain)?,
+        };
+        let default_port = if tls { PORT_TLS } else { PORT_PLAIN };
+        (host, s.mqtt_port.unwrap_or(default_port))
+    };
+    let host = match env_non_empty(ENV_MQTT_HOST) {
+        Some(h) => {
+            check(ENV_MQTT_HOST, &h, MAX_HOST_LEN)?;
+            h
+        }
+        None => host,
+    };
+    let port = match env_non_empty(ENV_MQTT_PORT) {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 => n,
+            _ => return Err(ConnInfoError::InvalidEnvPort(p)),
+        },
+        None => port,
+    };
+    Ok((host, port))
+}
+
+/// Serialises tests that touch the process-wide settings or the environment variables above.
+#[cfg(test)]
+pub(crate) fn test_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    reset_settings();
+    for var in [ENV_MQTT_HOST, ENV_MQTT_PORT, ENV_FIRMWARE_VERSION] {
+        std::env::remove_var(var);
+    }
+    guard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // printf '%s' 'clientIda1.d1deviceNamed1productKeya1timestamp2524608000000' \
+    //   | openssl dgst -sha1 -hmac secret
+    const A1_D1_PASSWORD: &str = "1a3ae49436cc0fbaaafc89dea7e1255bbe831de2";
+
+    #[test]
+    fn hmac_sha1_rfc2202_case_2() {
+        assert_eq!(
+            hmac_sha1_hex(b"Jefe", b"what do ya want for nothing?"),
+            "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+        );
+    }
+
+    #[test]
+    fn plain_tcp_shanghai() {
+        let _g = test_lock();
+        let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
+        assert_eq!(info.host, "a1.iot-as-mqtt.cn-shanghai.aliyuncs.com");
+        assert_eq!(info.port, 1883);
+        assert_eq!(
+            info.client_id,
+            "a1.d1|timestamp=2524608000000,_v=sdk-c-2.3.0,securemode=3,signmethod=hmacsha1,lan=C|"
+        );
+        assert_eq!(info.username, "d1&a1");
+        assert_eq!(info.password, A1_D1_PASSWORD);
+    }
+
+    #[test]
+    fn tls_uses_port_443_and_securemode_2() {
+        let _g = test_lock();
+        let info = aliyun_conn_info("a1", "d1", "secret", true).unwrap();
+        assert_eq!(info.port, 443);
+        assert!(info.client_id.contains(",securemode=2,"));
+        assert_eq!(info.password, A1_D1_PASSWORD);
+    }
+
+    #[test]
+    fn every_region_id() {
+        let _g = test_lock();
+        for (r, id) in [
+            (Region::Shanghai, "cn-shanghai"),
+            (Region::Singapore, "ap-southeast-1"),
+            (Region::Japan, "ap-northeast-1"),
+            (Region::UsWest, "us-west-1"),
+            (Region::Germany, "eu-central-1"),
+        ] {
+            set_region(r);
+            assert_eq!(region(), r);
+            let info = aliyun_conn_info("pk", "dn", "s", false).unwrap();
+            assert_eq!(info.host, format!("pk.iot-as-mqtt.{id}.aliyuncs.com"));
+        }
+    }
+
+    #[test]
+    fn custom_domain_and_port() {
+        let _g = test_lock();
+        set_mqtt_domain("broker.example.com").unwrap();
+        assert_eq!(region(), Region::Custom);
+        set_mqtt_port(Some(8883));
+        let info = aliyun_conn_info("a1", "d1", "secret", true).unwrap();
+        assert_eq!(info.host, "broker.example.com");
+        assert_eq!(info.port, 8883);
+
+        set_region(Region::Japan);
+        set_mqtt_port(None);
+        let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
+        assert_eq!(info.host, "a1.iot-as-mqtt.ap-northeast-1.aliyuncs.com");
+        assert_eq!(info.port, 1883);
+    }
+
+    #[test]
+    fn custom_region_without_domain() {
+        let _g = test_lock();
+        set_region(Region::Custom);
+        assert_eq!(
+            aliyun_conn_info("a1", "d1", "secret", false),
+            Err(ConnInfoError::NoCustomDomain)
+        );
+    }
+
+    #[test]
+    fn env_overrides_host_and_port() {
+        let _g = test_lock();
+        set_mqtt_domain("ignored.example.com").unwrap();
+        set_mqtt_port(Some(1));
+        std::env::set_var(ENV_MQTT_HOST, "127.0.0.1");
+        std::env::set_var(ENV_MQTT_PORT, "18830");
+        let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
+        assert_eq!((info.host.as_str(), info.port), ("127.0.0.1", 18830));
+        assert_eq!(info.password, A1_D1_PASSWORD);
+
+        std::env::set_var(ENV_MQTT_HOST, "");
+        std::env::set_var(ENV_MQTT_PORT, "");
+        let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
+        assert_eq!((info.host.as_str(), info.port), ("ignored.example.com", 1));
+    }
+
+    #[test]
+    fn env_port_must_be_a_port() {
+        let _g = test_lock();
+        for bad in ["0", "65536", "-1", "http", "18 83"] {
+            std::env::set_var(ENV_MQTT_PORT, bad);
+            assert_eq!(
+                aliyun_conn_info("a1", "d1", "secret", false),
+                Err(ConnInfoError::InvalidEnvPort(bad.to_owned()))
+            );
+        }
+        std::env::set_var(ENV_MQTT_PORT, "65535");
+        assert_eq!(
+            aliyun_conn_info("a1", "d1", "secret", false).unwrap().port,
+            65535
+        );
+    }
+
+    #[test]
+    fn env_host_too_long() {
+        let _g = test_lock();
+        std::env::set_var(ENV_MQTT_HOST, "h".repeat(MAX_HOST_LEN + 1));
+        assert!(matches!(
+            aliyun_conn_info("a1", "d1", "secret", false),
+            Err(ConnInfoError::TooLong {
+                what: ENV_MQTT_HOST,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn empty_inputs() {
+        let _g = test_lock();
+        let cases = [
+            ("", "d", "s", "product key"),
+            ("p", "", "s", "device name"),
+            ("p", "d", "", "device secret"),
+        ];
+        for (pk, dn, secret, what) in cases {
+            assert_eq!(
+                aliyun_conn_info(pk, dn, secret, false),
+                Err(ConnInfoError::Empty(what))
+            );
+        }
+        assert_eq!(
+            set_mqtt_domain(""),
+            Err(ConnInfoError::Empty("custom MQTT domain"))
+        );
+    }
+
+    #[test]
+    fn oversize_inputs() {
+        let _g = test_lock();
+        let pk = "p".repeat(MAX_PRODUCT_KEY_LEN);
+        let dn = "d".repeat(MAX_DEVICE_NAME_LEN);
+        let secret = "s".repeat(MAX_DEVICE_SECRET_LEN);
+        assert!(aliyun_conn_info(&pk, &dn, &secret, false).is_ok());
+
+        let long_pk = "p".repeat(MAX_PRODUCT_KEY_LEN + 1);
+        let long_dn = "d".repeat(MAX_DEVICE_NAME_LEN + 1);
+        let long_secret = "s".repeat(MAX_DEVICE_SECRET_LEN + 1);
+        let too_long = |what, len, max| ConnInfoError::TooLong { what, len, max };
+        assert_eq!(
+            aliyun_conn_info(&long_pk, &dn, &secret, false).unwrap_err(),
+            too_long("product key", 65, 64)
+        );
+        assert_eq!(
+            aliyun_conn_info(&pk, &long_dn, &secret, false).unwrap_err(),
+            too_long("device name", 33, 32)
+        );
+        assert_eq!(
+            aliyun_conn_info(&pk, &dn, &long_secret, false).unwrap_err(),
+            too_long("device secret", 65, 64)
+        );
+        assert_eq!(
+            set_mqtt_domain(&"h".repeat(MAX_HOST_LEN + 1)).unwrap_err(),
+            too_long("custom MQTT domain", 129, 128)
+        );
+        assert_eq!(
+            set_http_domain(&"h".repeat(MAX_HOST_LEN + 1)).unwrap_err(),
+            too_long("custom HTTP domain", 129, 128)
+        );
+    }
+
+    #[test]
+    fn error_messages_name_the_value() {
+        let e = ConnInfoError::TooLong {
+            what: "product key",
+            len: 65,
+            max: 64,
+        };
+        assert_eq!(
+            e.to_string(),
+            "product key is 65 bytes long, the limit is 64"
+        );
+        assert_eq!(
+            ConnInfoError::InvalidEnvPort("x".into()).to_string(),
+            "IOTX_MQTT_PORT=\"x\" is not a port number in 1..=65535"
+        );
+        assert!(ConnInfoError::NoCustomDomain.to_string().contains("custom"));
+        assert_eq!(
+            ConnInfoError::Empty("device name").to_string(),
+            "device name is empty"
+        );
+    }
+
+    #[test]
+    fn identity_store() {
+        let _g = test_lock();
+        assert_eq!(identity(IdentityField::ProductKey), "");
+        assert_eq!(set_identity(IdentityField::ProductKey, "a1"), Ok(2));
+        assert_eq!(set_identity(IdentityField::DeviceName, "d1"), Ok(2));
+        assert_eq!(set_identity(IdentityField::DeviceSecret, "s"), Ok(1));
+        assert_eq!(identity(IdentityField::ProductKey), "a1");
+        assert_eq!(identity(IdentityField::DeviceName), "d1");
+        assert_eq!(identity(IdentityField::DeviceSecret), "s");
+        assert_eq!(
+            set_identity(IdentityField::ProductKey, &"p".repeat(21)),
+            Err(ConnInfoError::TooLong {
+                what: "product key",
+                len: 21,
+                max: 20
+            })
+        );
+        assert_eq!(identity(IdentityField::ProductKey), "a1");
+    }
+
+    #[test]
+    fn firmware_version_sources() {
+        let _g = test_lock();
+        assert_eq!(firmware_version().unwrap(), DEFAULT_FIRMWARE_VERSION);
+        set_identity(IdentityField::FirmwareVersion, "app-2.0.0").unwrap();
+        assert_eq!(firmware_version().unwrap(), "app-2.0.0");
+        std::env::set_var(ENV_FIRMWARE_VERSION, "env-3.0.0");
+        assert_eq!(firmware_version().unwrap(), "env-3.0.0");
+        std::env::set_var(ENV_FIRMWARE_VERSION, "v".repeat(32));
+        assert!(matches!(
+            firmware_version(),
+            Err(ConnInfoError::TooLong {
+                len: 32,
+                max: 31,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn http_domain_is_kept_and_region_unchanged() {
+        let _g = test_lock();
+        set_http_domain("iot-auth.example.com").unwrap();
+        assert_eq!(http_domain().as_deref(), Some("iot-auth.example.com"));
+        assert_eq!(region(), Region::Shanghai);
+    }
+}

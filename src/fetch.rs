@@ -1,0 +1,561 @@
+//! Firmware download over HTTP(S) with `Range`, behind the [`FirmwareSource`] trait so the engine
+//! can also run on in-memory transports.
+//!
+//! [`HttpSource`] runs ureq on a worker thread started at init and hands bytes over through a
+//! ring buffer allocated at init. That is what lets `FetchYield` honour its timeout (ureq has no
+//! per-read timeout) and keeps the caller's thread free of blocking socket reads.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::protocol::FixedStr;
+
+/// Why a download failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("could not connect to the firmware server")]
+    Connect,
+    #[error("host name lookup failed")]
+    Resolve,
+    #[error("timed out")]
+    Timeout,
+    #[error("TLS failure")]
+    Tls,
+    #[error("network error: {0}")]
+    Io(std::io::ErrorKind),
+    #[error("malformed HTTP response: {0}")]
+    BadResponse(&'static str),
+    #[error("invalid firmware URL")]
+    Url,
+    #[error("too many redirects")]
+    Redirects,
+    #[error("server sent more bytes than the announced size")]
+    Oversize,
+    #[error("connection closed before the announced size was received")]
+    Truncated,
+    #[error("the download was restarted from byte 0 by the server")]
+    Restarted,
+}
+
+/// What the server answered to a download request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenInfo {
+    /// HTTP status (200 or 206; other statuses come back as [`FetchError::Status`]).
+    pub status: u16,
+    /// `Content-Length`, when the server sent one.
+    pub content_length: Option<u64>,
+    /// First byte and total size from `Content-Range` (206 answers).
+    pub range_start: Option<u64>,
+    pub range_total: Option<u64>,
+}
+
+/// One step of a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// The response headers arrived (reported once per `open`, before any data).
+    Opened(OpenInfo),
+    /// `n` bytes were written to the start of the caller's buffer.
+    Data(usize),
+    /// Nothing arrived within the timeout.
+    Pending,
+    /// The body ended.
+    End,
+}
+
+/// A place firmware bytes come from.
+pub trait FirmwareSource: Send {
+    /// Starts a download of `url` from byte `offset` (`Range: bytes=offset-` when non-zero),
+    /// abandoning any download in progress. Must not block on the network.
+    fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError>;
+    /// Waits at most `timeout` for the next step.
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError>;
+    /// Abandons the download in progress, if any.
+    fn close(&mut self);
+}
+
+/// Tunables of [`HttpSource`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpConfig {
+    /// Bytes buffered between the network and the caller.
+    pub ring_size: usize,
+    pub connect_timeout: Duration,
+    /// Time allowed for the response headers.
+    pub response_timeout: Duration,
+    /// Longest a whole body may take (a hard stop for a stalled server).
+    pub body_timeout: Duration,
+    pub max_redirects: u32,
+    /// Largest URL accepted.
+    pub max_url: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            ring_size: 128 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(3600),
+            max_redirects: 5,
+            max_url: 2048,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Command {
+    Idle,
+    Open { offset: u64 },
+}
+
+struct Shared {
+    /// Bumped by every open/close; the worker drops work whose generation is stale.
+    generation: u64,
+    command: Command,
+    url: FixedStr,
+    ring: Ring,
+    opened: Option<OpenInfo>,
+    error: Option<FetchError>,
+    ended: bool,
+    quit: bool,
+}
+
+struct Channel {
+    shared: Mutex<Shared>,
+    /// Signalled when data, headers, an error or the end arrive.
+    to_consumer: Condvar,
+    /// Signalled when a command arrives or ring space frees up.
+    to_worker: Condvar,
+}
+
+impl Channel {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// HTTP(S) download through ureq on a worker thread.
+pub struct HttpSource {
+    channel: Arc<Channel>,
+    /// The generation of the current download.
+    generation: u64,
+}
+
+impl HttpSource {
+    /// Allocates the ring and starts the worker thread.
+    pub fn new(config: HttpConfig) -> std::io::Result<HttpSource> {
+        let channel = Arc::new(Channel {
+            shared: Mutex::new(Shared {
+                generation: 0,
+                command: Command::Idle,
+                url: FixedStr::with_capacity(config.max_url),
+                ring: Ring::new(config.ring_size),
+                opened: None,
+                error: None,
+                ended: false,
+                quit: false,
+            }),
+            to_consumer: Condvar::new(),
+            to_worker: Condvar::new(),
+        });
+        let worker = Worker::new(channel.clone(), &config);
+        std::thread::Builder::new()
+            .name("ota-fetch".into())
+            .spawn(move || worker.run())?;
+        Ok(HttpSource {
+            channel,
+            generation: 0,
+        })
+    }
+}
+
+impl Drop for HttpSource {
+    fn drop(&mut self) {
+        // The worker may sit in a blocking read; it notices `quit` when that returns.
+        self.channel.lock().quit = true;
+        self.channel.to_worker.notify_all();
+    }
+}
+
+impl FirmwareSource for HttpSource {
+    fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
+        let mut s = self.channel.lock();
+        s.url.set(url).map_err(|_| FetchError::Url)?;
+        s.generation += 1;
+        self.generation = s.generation;
+        s.command = Command::Open { offset };
+        s.ring.clear();
+        s.opened = None;
+        s.error = None;
+        s.ended = false;
+        drop(s);
+        self.channel.to_worker.notify_all();
+        Ok(())
+    }
+
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.channel.lock();
+        loop {
+            if s.generation == self.generation {
+                if let Some(info) = s.opened.take() {
+                    return Ok(Chunk::Opened(info));
+                }
+                if !s.ring.is_empty() {
+                    let n = s.ring.pop_into(buf);
+                    drop(s);
+                    self.channel.to_worker.notify_all();
+                    return Ok(Chunk::Data(n));
+                }
+                if let Some(e) = s.error.take() {
+                    return Err(e);
+                }
+                if s.ended {
+                    return Ok(Chunk::End);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Chunk::Pending);
+            }
+            s = self
+                .channel
+                .to_consumer
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn close(&mut self) {
+        let mut s = self.channel.lock();
+        s.generation += 1;
+        self.generation = s.generation;
+        s.command = Command::Idle;
+        s.ring.clear();
+        s.opened = None;
+        s.error = None;
+        s.ended = false;
+        drop(s);
+        self.channel.to_worker.notify_all();
+    }
+}
+
+struct Worker {
+    channel: Arc<Channel>,
+    agent: ureq::Agent,
+    url: String,
+    staging: Box<[u8]>,
+}
+
+impl Worker {
+    fn new(channel: Arc<Channel>, config: &HttpConfig) -> Worker {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(config.max_redirects)
+            .timeout_connect(Some(config.connect_timeout))
+            .timeout_recv_response(Some(config.response_timeout))
+            .timeout_recv_body(Some(config.body_timeout))
+            .build()
+            .new_agent();
+        Worker {
+            channel,
+            agent,
+            url: String::with_capacity(config.max_url),
+            staging: vec![0u8; 16 * 1024].into_boxed_slice(),
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let (generation, offset) = {
+                let mut s = self.channel.lock();
+                loop {
+                    if s.quit {
+                        return;
+                    }
+                    if let Command::Open { offset } = s.command {
+                        s.command = Command::Idle;
+                        self.url.clear();
+                        self.url.push_str(s.url.as_str());
+                        break (s.generation, offset);
+                    }
+                    s = self
+                        .channel
+                        .to_worker
+                        .wait(s)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            self.download(generation, offset);
+        }
+    }
+
+    /// Publishes a result for `generation` unless it went stale; false when stale.
+    fn publish(&self, generation: u64, f: impl FnOnce(&mut Shared)) -> bool {
+        let mut s = self.channel.lock();
+        if s.generation != generation || s.quit {
+            return false;
+        }
+        f(&mut s);
+        drop(s);
+        self.channel.to_consumer.notify_all();
+        true
+    }
+
+    fn download(&mut self, generation: u64, offset: u64) {
+        let mut request = self.agent.get(&self.url);
+        if offset > 0 {
+            request = request.header("Range", format!("bytes={offset}-"));
+        }
+        let response = match request.call() {
+            Ok(r) => r,
+            Err(e) => {
+                self.publish(generation, |s| s.error = Some(map_ureq_error(&e)));
+                return;
+            }
+        };
+        let status = response.status().as_u16();
+        if status != 200 && status != 206 {
+            self.publish(generation, |s| s.error = Some(FetchError::Status(status)));
+            return;
+        }
+        let info = open_info(status, response.headers());
+        if !self.publish(generation, |s| s.opened = Some(info)) {
+            return;
+        }
+        let mut reader = response.into_body().into_reader();
+        self.pump(generation, &mut reader);
+    }
+
+    fn pump(&mut self, generation: u64, reader: &mut impl std::io::Read) {
+        loop {
+            let room = {
+                let mut s = self.channel.lock();
+                loop {
+                    if s.generation != generation || s.quit {
+                        return;
+                    }
+                    if s.ring.free() > 0 {
+                        break s.ring.free();
+                    }
+                    s = self
+                        .channel
+                        .to_worker
+                        .wait(s)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let want = room.min(self.staging.len());
+            match reader.read(&mut self.staging[..want]) {
+                Ok(0) => {
+                    self.publish(generation, |s| s.ended = true);
+                    return;
+                }
+                Ok(n) => {
+                    let bytes = &self.staging[..n];
+                    if !self.publish(generation, |s| s.ring.push(bytes)) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let err = match e.kind() {
+                        std::io::ErrorKind::TimedOut => FetchError::Timeout,
+                        std::io::ErrorKind::UnexpectedEof => FetchError::Truncated,
+                        k => FetchError::Io(k),
+                    };
+                    self.publish(generation, |s| s.error = Some(err));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn open_info(status: u16, headers: &ureq::http::HeaderMap) -> OpenInfo {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
+    let (range_start, range_total) = header("content-range")
+        .and_then(parse_content_range)
+        .unzip();
+    OpenInfo {
+        status,
+        content_length,
+        range_start,
+        range_total,
+    }
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL).
+pub fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    let total: u64 = total.trim().parse().ok()?;
+    (start <= end && end < total).then_some((start, total))
+}
+
+fn map_ureq_error(e: &ureq::Error) -> FetchError {
+    use ureq::Error as E;
+    match e {
+        E::StatusCode(code) => FetchError::Status(*code),
+        E::BadUri(_) | E::Http(_) => FetchError::Url,
+        E::Timeout(_) => FetchError::Timeout,
+        E::HostNotFound => FetchError::Resolve,
+        E::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => FetchError::Connect,
+            std::io::ErrorKind::TimedOut => FetchError::Timeout,
+            k => FetchError::Io(k),
+        },
+        E::ConnectionFailed => FetchError::Connect,
+        E::TooManyRedirects | E::RedirectFailed => FetchError::Redirects,
+        E::Rustls(_) => FetchError::Tls,
+        E::Protocol(_) => FetchError::BadResponse("HTTP protocol error"),
+        _ => FetchError::BadResponse("unexpected HTTP client error"),
+    }
+}
+
+/// A byte ring of fixed capacity.
+struct Ring {
+    buf: Box<[u8]>,
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn new(capacity: usize) -> Ring {
+        Ring {
+            buf: vec![0u8; capacity.max(1)].into_boxed_slice(),
+            head: 0,
+            len: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn free(&self) -> usize {
+        self.buf.len() - self.len
+    }
+
+    fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+
+    /// Appends `bytes`; the caller checked `free()`.
+    fn push(&mut self, bytes: &[u8]) {
+        let cap = self.buf.len();
+        let n = bytes.len().min(self.free());
+        let tail = (self.head + self.len) % cap;
+        let first = n.min(cap - tail);
+        self.buf[tail..tail + first].copy_from_slice(&bytes[..first]);
+        self.buf[..n - first].copy_from_slice(&bytes[first..n]);
+        self.len += n;
+    }
+
+    /// Moves up to `out.len()` bytes out; returns how many.
+    fn pop_into(&mut self, out: &mut [u8]) -> usize {
+        let cap = self.buf.len();
+        let n = out.len().min(self.len);
+        let first = n.min(cap - self.head);
+        out[..first].copy_from_slice(&self.buf[self.head..self.head + first]);
+        out[first..n].copy_from_slice(&self.buf[..n - first]);
+        self.head = (self.head + n) % cap;
+        self.len -= n;
+        n
+    }
+}
+
+/// Firmware served from memory: for tests and for callers that already hold the image.
+pub struct MemorySource {
+    image: &'static [u8],
+    pos: Option<usize>,
+    opened: bool,
+    /// Largest chunk handed out per read (to exercise partial reads).
+    pub chunk: usize,
+}
+
+impl MemorySource {
+    pub fn new(image: &'static [u8]) -> MemorySource {
+        MemorySource {
+            image,
+            pos: None,
+            opened: false,
+            chunk: usize::MAX,
+        }
+    }
+}
+
+impl FirmwareSource for MemorySource {
+    fn open(&mut self, _url: &str, offset: u64) -> Result<(), FetchError> {
+        let offset = usize::try_from(offset).map_err(|_| FetchError::Status(416))?;
+        if offset > self.image.len() {
+            return Err(FetchError::Status(416));
+        }
+        self.pos = Some(offset);
+        self.opened = false;
+        Ok(())
+    }
+
+    fn read(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<Chunk, FetchError> {
+        let pos = self.pos.ok_or(FetchError::BadResponse("not open"))?;
+        let total = self.image.len() as u64;
+        if !self.opened {
+            self.opened = true;
+            let partial = pos > 0;
+            return Ok(Chunk::Opened(OpenInfo {
+                status: if partial { 206 } else { 200 },
+                content_length: Some(total - pos as u64),
+                range_start: partial.then_some(pos as u64),
+                range_total: partial.then_some(total),
+            }));
+        }
+        let n = buf.len().min(self.chunk).min(self.image.len() - pos);
+        if n == 0 {
+            return Ok(Chunk::End);
+        }
+        buf[..n].copy_from_slice(&self.image[pos..pos + n]);
+        self.pos = Some(pos + n);
+        Ok(Chunk::Data(n))
+    }
+
+    fn close(&mut self) {
+        self.pos = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_wraps_around() {
+        let mut r = Ring::new(8);
+        r.push(b"abcdef");
+        let mut out = [0u8; 4];
+        assert_eq!(r.pop_into(&mut out), 4);
+        assert_eq!(&out, b"abcd");
+        r.push(b"ghijkl");
+        assert_eq!(r.free(), 0);
+        let mut out = [0u8; 16];
+        let n = r.pop_into(&mut out);
+        assert_eq!(&out[..n], b"efghijkl");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, 200)));
+        assert_eq!(parse_content_range("bytes 0-0/1"), Some((0, 1)));
+        assert_eq!(parse_content_range("bytes */200"), None);
+        assert_eq!(parse_content_range("bytes 5-4/200"), None);
+        assert_eq!(parse_content_range("bytes 0-200/200"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+}

@@ -1,0 +1,433 @@
+//! `IOT_MQTT_*`: iotkit v2.3 `iot_export_mqtt.h` on [`crate::MqttClient`].
+//!
+//! Return codes follow iotkit: 0 (or a non-negative id) on success, -1 (`FAIL_RETURN`) on
+//! failure, -2 (`NULL_VALUE_ERROR`) for a NULL or invalid argument.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::time::Duration;
+
+use super::guard::c_str;
+use crate::error::Error;
+use crate::log::Level;
+use crate::mqtt::{Message, MqttClient, MqttEvent, MqttOptions, QoS};
+use crate::ota_log;
+
+/// Failure.
+pub const FAIL_RETURN: c_int = -1;
+/// A NULL or invalid argument.
+pub const NULL_VALUE_ERROR: c_int = -2;
+
+/// MQTT QoS levels.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy)]
+pub enum iotx_mqtt_qos_t {
+    IOTX_MQTT_QOS0 = 0,
+    IOTX_MQTT_QOS1 = 1,
+    IOTX_MQTT_QOS2 = 2,
+}
+
+/// Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values).
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy)]
+pub enum iotx_mqtt_event_type_t {
+    IOTX_MQTT_EVENT_UNDEF = 0,
+    IOTX_MQTT_EVENT_DISCONNECT = 1,
+    IOTX_MQTT_EVENT_RECONNECT = 2,
+    IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS = 3,
+    IOTX_MQTT_EVENT_SUBCRIBE_TIMEOUT = 4,
+    IOTX_MQTT_EVENT_SUBCRIBE_NACK = 5,
+    IOTX_MQTT_EVENT_UNSUBCRIBE_SUCCESS = 6,
+    IOTX_MQTT_EVENT_UNSUBCRIBE_TIMEOUT = 7,
+    IOTX_MQTT_EVENT_UNSUBCRIBE_NACK = 8,
+    IOTX_MQTT_EVENT_PUBLISH_SUCCESS = 9,
+    IOTX_MQTT_EVENT_PUBLISH_TIMEOUT = 10,
+    IOTX_MQTT_EVENT_PUBLISH_NACK = 11,
+    IOTX_MQTT_EVENT_PUBLISH_RECEIVED = 12,
+    IOTX_MQTT_EVENT_BUFFER_OVERFLOW = 13,
+}
+
+/// A message, as passed to subscription handlers (`msg->msg` of a PUBLISH_RECEIVED event) and
+/// to IOT_MQTT_Publish. `ptopic` is not NUL-terminated: use `topic_len`.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct iotx_mqtt_topic_info_t {
+    pub packet_id: u16,
+    pub qos: u8,
+    pub dup: u8,
+    pub retain: u8,
+    pub topic_len: u16,
+    pub payload_len: u32,
+    pub ptopic: *const c_char,
+    pub payload: *const c_char,
+}
+
+#[allow(non_camel_case_types)]
+pub type iotx_mqtt_topic_info_pt = *mut iotx_mqtt_topic_info_t;
+
+/// An event: `msg` is the packet id (cast to a pointer) for (un)subscribe/publish events and
+/// an `iotx_mqtt_topic_info_t *` for PUBLISH_RECEIVED.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct iotx_mqtt_event_msg_t {
+    pub event_type: iotx_mqtt_event_type_t,
+    pub msg: *mut c_void,
+}
+
+#[allow(non_camel_case_types)]
+pub type iotx_mqtt_event_msg_pt = *mut iotx_mqtt_event_msg_t;
+
+/// Event and message callback.
+#[allow(non_camel_case_types)]
+pub type iotx_mqtt_event_handle_func_fpt = Option<
+    unsafe extern "C" fn(pcontext: *mut c_void, pclient: *mut c_void, msg: iotx_mqtt_event_msg_pt),
+>;
+
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct iotx_mqtt_event_handle_t {
+    pub h_fp: iotx_mqtt_event_handle_func_fpt,
+    pub pcontext: *mut c_void,
+}
+
+/// Connection parameters. `pub_key` = CA certificate PEM for TLS, NULL for plain TCP.
+/// `pwrite_buf`/`pread_buf` are accepted for v2.0x compatibility and not used; `read_buf_size`
+/// (when non-zero) bounds the largest packet accepted.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct iotx_mqtt_param_t {
+    pub port: u16,
+    pub host: *const c_char,
+    pub client_id: *const c_char,
+    pub username: *const c_char,
+    pub password: *const c_char,
+    pub pub_key: *const c_char,
+    pub clean_session: u8,
+    pub request_timeout_ms: u32,
+    pub keepalive_interval_ms: u32,
+    pub pwrite_buf: *mut c_char,
+    pub write_buf_size: u32,
+    pub pread_buf: *mut c_char,
+    pub read_buf_size: u32,
+    pub handle_event: iotx_mqtt_event_handle_t,
+}
+
+#[allow(non_camel_case_types)]
+pub type iotx_mqtt_param_pt = *mut iotx_mqtt_param_t;
+
+const MQTT_MAGIC: u32 = 0x4d51_5454;
+
+/// What IOT_MQTT_Construct returns (as `void *`).
+pub struct MqttHandle {
+    magic: u32,
+    client: MqttClient,
+}
+
+impl MqttHandle {
+    /// Borrows a handle from C, or None when NULL or not an MQTT handle.
+    ///
+    /// # Safety
+    /// `p` is NULL or a pointer returned by IOT_MQTT_Construct and not yet destroyed.
+    pub unsafe fn from_ptr<'a>(p: *mut c_void) -> Option<&'a MqttHandle> {
+        if p.is_null() {
+            return None;
+        }
+        let h = &*(p as *const MqttHandle);
+        (h.magic == MQTT_MAGIC).then_some(h)
+    }
+
+    pub fn client(&self) -> &MqttClient {
+        &self.client
+    }
+}
+
+/// A C pointer that the closures carry across the `Send` bound; C owns what it points to.
+#[derive(Clone, Copy)]
+struct CPtr(*mut c_void);
+unsafe impl Send for CPtr {}
+
+fn event_type(e: &MqttEvent) -> (iotx_mqtt_event_type_t, usize) {
+    use iotx_mqtt_event_type_t as T;
+    match *e {
+        MqttEvent::Disconnected => (T::IOTX_MQTT_EVENT_DISCONNECT, 0),
+        MqttEvent::Reconnected => (T::IOTX_MQTT_EVENT_RECONNECT, 0),
+        MqttEvent::SubscribeAck { packet_id } => {
+            (T::IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS, packet_id as usize)
+        }
+        MqttEvent::SubscribeNack { packet_id } => {
+            (T::IOTX_MQTT_EVENT_SUBCRIBE_NACK, packet_id as usize)
+        }
+        MqttEvent::UnsubscribeAck { packet_id } => {
+            (T::IOTX_MQTT_EVENT_UNSUBCRIBE_SUCCESS, packet_id as usize)
+        }
+        MqttEvent::PublishAck { packet_id } => {
+            (T::IOTX_MQTT_EVENT_PUBLISH_SUCCESS, packet_id as usize)
+        }
+        MqttEvent::PublishReceived => (T::IOTX_MQTT_EVENT_PUBLISH_RECEIVED, 0),
+    }
+}
+
+fn options_from(p: &iotx_mqtt_param_t) -> Result<MqttOptions, &'static str> {
+    let host = unsafe { c_str(p.host) }.ok_or("host is NULL")?;
+    let client_id = unsafe { c_str(p.client_id) }.ok_or("client_id is NULL")?;
+    let mut o = MqttOptions::new(host, p.port, client_id);
+    o.username = unsafe { c_str(p.username) }.map(str::to_string);
+    o.password = unsafe { c_str(p.password) }.map(str::to_string);
+    if !p.pub_key.is_null() {
+        let pem = unsafe { c_str(p.pub_key) }.ok_or("pub_key is not text")?;
+        o.ca_pem = Some(pem.as_bytes().to_vec());
+    }
+    o.clean_session = p.clean_session != 0;
+    if p.request_timeout_ms != 0 {
+        o.request_timeout = Duration::from_millis(p.request_timeout_ms as u64);
+    }
+    if p.keepalive_interval_ms != 0 {
+        o.keepalive = Duration::from_millis(p.keepalive_interval_ms as u64);
+    }
+    if p.read_buf_size >= 1024 {
+        o.max_packet_size = p.read_buf_size as usize;
+    }
+    Ok(o)
+}
+
+/// Connects to the broker described by `pInitParams` and returns the client handle, or NULL
+/// when `pInitParams`, `host` or `client_id` is NULL, `port` is 0, `pub_key` is not a PEM
+/// certificate, or the connection fails (refused, unreachable, timeout after
+/// `request_timeout_ms`, default 5000).
+#[no_mangle]
+#[allow(non_snake_case)]
+pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mut c_void {
+    ffi_guard!("IOT_MQTT_Construct", {
+        try_nonnull!(
+            pInitParams,
+            "IOT_MQTT_Construct: pInitParams",
+            std::ptr::null_mut()
+        );
+        let p = unsafe { &*pInitParams };
+        let options = match options_from(p) {
+            Ok(o) => o,
+            Err(what) => {
+                ota_log!(Level::Error, "IOT_MQTT_Construct: {what}");
+                return std::ptr::null_mut();
+            }
+        };
+        let client = match MqttClient::connect(&options) {
+            Ok(c) => c,
+            Err(e) => {
+                ota_log!(Level::Error, "IOT_MQTT_Construct: {e}");
+                return std::ptr::null_mut();
+            }
+        };
+        let handle = Box::into_raw(Box::new(MqttHandle {
+            magic: MQTT_MAGIC,
+            client,
+        }));
+        if let Some(h_fp) = p.handle_event.h_fp {
+            let ctx = CPtr(p.handle_event.pcontext);
+            let me = CPtr(handle as *mut c_void);
+            unsafe { &*handle }.client.on_event(move |e| {
+                let (event_type, id) = event_type(e);
+                let mut msg = iotx_mqtt_event_msg_t {
+                    event_type,
+                    msg: id as *mut c_void,
+                };
+                let (ctx, me) = (ctx, me);
+                unsafe { h_fp(ctx.0, me.0, &mut msg) };
+            });
+        }
+        handle as *mut c_void
+    })
+}
+
+/// Disconnects and frees the client, then sets `*phandle` to NULL.
+///
+/// Returns 0, or NULL_VALUE_ERROR (-2) when `phandle` or `*phandle` is NULL or not a client.
+/// Release OTA handles built on this client first.
+#[no_mangle]
+pub extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
+    ffi_guard!("IOT_MQTT_Destroy", {
+        try_nonnull!(phandle, "IOT_MQTT_Destroy: phandle", NULL_VALUE_ERROR);
+        let p = unsafe { *phandle };
+        if unsafe { MqttHandle::from_ptr(p) }.is_none() {
+            ota_log!(Level::Error, "IOT_MQTT_Destroy: not an MQTT handle");
+            return NULL_VALUE_ERROR;
+        }
+        let mut boxed = unsafe { Box::from_raw(p as *mut MqttHandle) };
+        boxed.magic = 0;
+        boxed.client.disconnect(Duration::from_millis(200));
+        drop(boxed);
+        unsafe { *phandle = std::ptr::null_mut() };
+        0
+    })
+}
+
+/// Drives the connection for `timeout_ms` milliseconds (0: one non-blocking pass): sends queued
+/// publishes, delivers arrived messages to their handlers and events to `handle_event`, and
+/// reconnects (with backoff) after a drop.
+///
+/// Returns 0, or NULL_VALUE_ERROR (-2) for a NULL handle, or FAIL_RETURN (-1) when called from
+/// inside one of this client's handlers.
+#[no_mangle]
+pub extern "C" fn IOT_MQTT_Yield(handle: *mut c_void, timeout_ms: c_int) -> c_int {
+    ffi_guard!("IOT_MQTT_Yield", {
+        let Some(h) = (unsafe { MqttHandle::from_ptr(handle) }) else {
+            ota_log!(Level::Error, "IOT_MQTT_Yield: NULL or foreign handle");
+            return NULL_VALUE_ERROR;
+        };
+        let ms = timeout_ms.max(0) as u64;
+        match h.client.yield_for(Duration::from_millis(ms)) {
+            Ok(()) => 0,
+            Err(e) => {
+                ota_log!(Level::Error, "IOT_MQTT_Yield: {e}");
+                FAIL_RETURN
+            }
+        }
+    })
+}
+
+/// Returns 1 when connected to the broker, 0 otherwise (also for a NULL handle).
+#[no_mangle]
+pub extern "C" fn IOT_MQTT_CheckStateNormal(handle: *mut c_void) -> c_int {
+    ffi_guard!("IOT_MQTT_CheckStateNormal", {
+        match unsafe { MqttHandle::from_ptr(handle) } {
+            Some(h) => h.client.is_connected() as c_int,
+            None => 0,
+        }
+    })
+}
+
+fn qos_from(q: c_int) -> Option<QoS> {
+    match q {
+        0 => Some(QoS::AtMostOnce),
+        1 => Some(QoS::AtLeastOnce),
+        2 => Some(QoS::ExactlyOnce),
+        _ => None,
+    }
+}
+
+/// Subscribes `topic_filter` (wildcards allowed); `topic_handle_func` runs inside IOT_MQTT_Yield
+/// for every matching message with a PUBLISH_RECEIVED event whose `msg` is an
+/// `iotx_mqtt_topic_info_t *` valid during the call. Subscribing the same filter again replaces
+/// the handler.
+///
+/// Returns 0; NULL_VALUE_ERROR (-2) for a NULL handle/filter/handler, an invalid filter or QoS;
+/// FAIL_RETURN (-1) when the request cannot be queued.
+#[no_mangle]
+pub extern "C" fn IOT_MQTT_Subscribe(
+    handle: *mut c_void,
+    topic_filter: *const c_char,
+    qos: iotx_mqtt_qos_t,
+    topic_handle_func: iotx_mqtt_event_handle_func_fpt,
+    pcontext: *mut c_void,
+) -> c_int {
+    ffi_guard!("IOT_MQTT_Subscribe", {
+        let Some(h) = (unsafe { MqttHandle::from_ptr(handle) }) else {
+            ota_log!(Level::Error, "IOT_MQTT_Subscribe: NULL or foreign handle");
+            return NULL_VALUE_ERROR;
+        };
+        let filter = try_str!(
+            topic_filter,
+            "IOT_MQTT_Subscribe: topic_filter",
+            NULL_VALUE_ERROR
+        );
+        let Some(func) = topic_handle_func else {
+            ota_log!(Level::Error, "IOT_MQTT_Subscribe: NULL handler");
+            return NULL_VALUE_ERROR;
+        };
+        let Some(qos) = qos_from(qos as c_int) else {
+            return NULL_VALUE_ERROR;
+        };
+        let ctx = CPtr(pcontext);
+        let me = CPtr(handle);
+        let r = h.client.subscribe(filter, qos, move |m: &Message<'_>| {
+            let (ctx, me) = (ctx, me);
+            let mut info = iotx_mqtt_topic_info_t {
+                packet_id: m.packet_id,
+                qos: m.qos as u8,
+                dup: m.dup as u8,
+                retain: m.retain as u8,
+                topic_len: m.topic.len().min(u16::MAX as usize) as u16,
+                payload_len: m.payload.len().min(u32::MAX as usize) as u32,
+                ptopic: m.topic.as_ptr() as *const c_char,
+                payload: m.payload.as_ptr() as *const c_char,
+            };
+            let mut msg = iotx_mqtt_event_msg_t {
+                event_type: iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_PUBLISH_RECEIVED,
+                msg: &mut info as *mut iotx_mqtt_topic_info_t as *mut c_void,
+            };
+            unsafe { func(ctx.0, me.0, &mut msg) };
+        });
+        match r {
+            Ok(()) => 0,
+            Err(Error::Mqtt(crate::error::MqttError::Topic)) => NULL_VALUE_ERROR,
+            Err(e) => {
+                ota_log!(Level::Error, "IOT_MQTT_Subscribe: {e}");
+                FAIL_RETURN
+            }
+        }
+    })
+}
+
+/// Unsubscribes `topic_filter`.
+///
+/// Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments; FAIL_RETURN (-1) when the filter is not
+/// subscribed or the request cannot be queued.
+#[no_mangle]
+pub extern "C" fn IOT_MQTT_Unsubscribe(handle: *mut c_void, topic_filter: *const c_char) -> c_int {
+    ffi_guard!("IOT_MQTT_Unsubscribe", {
+        let Some(h) = (unsafe { MqttHandle::from_ptr(handle) }) else {
+            return NULL_VALUE_ERROR;
+        };
+        let filter = try_str!(
+            topic_filter,
+            "IOT_MQTT_Unsubscribe: topic_filter",
+            NULL_VALUE_ERROR
+        );
+        match h.client.unsubscribe(filter) {
+            Ok(()) => 0,
+            Err(e) => {
+                ota_log!(Level::Error, "IOT_MQTT_Unsubscribe: {e}");
+                FAIL_RETURN
+            }
+        }
+    })
+}
+
+/// Queues `topic_msg->payload` (`payload_len` bytes) for `topic_name` with `topic_msg->qos`
+/// and `retain`; it is sent during the next IOT_MQTT_Yield.
+///
+/// Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments, a NULL payload with a non-zero length,
+/// a QoS above 2 or a topic with wildcards; FAIL_RETURN (-1) when the queue is full.
+#[no_mangle]
+pub extern "C" fn IOT_MQTT_Publish(
+    handle: *mut c_void,
+    topic_name: *const c_char,
+    topic_msg: iotx_mqtt_topic_info_pt,
+) -> c_int {
+    ffi_guard!("IOT_MQTT_Publish", {
+        let Some(h) = (unsafe { MqttHandle::from_ptr(handle) }) else {
+            return NULL_VALUE_ERROR;
+        };
+        let topic = try_str!(topic_name, "IOT_MQTT_Publish: topic_name", NULL_VALUE_ERROR);
+        try_nonnull!(topic_msg, "IOT_MQTT_Publish: topic_msg", NULL_VALUE_ERROR);
+        let m = unsafe { &*topic_msg };
+        let payload: &[u8] = if m.payload_len == 0 {
+            &[]
+        } else {
+            try_nonnull!(m.payload, "IOT_MQTT_Publish: payload", NULL_VALUE_ERROR);
+            unsafe { std::slice::from_raw_parts(m.payload as *const u8, m.payload_len as usize) }
+        };
+        let Some(qos) = qos_from(m.qos as c_int) else {
+            return NULL_VALUE_ERROR;
+        };
+        match h.client.publish(topic, qos, m.retain != 0, payload) {
+            Ok(()) => 0,
+            Err(Error::Mqtt(crate::error::MqttError::Topic)) => NULL_VALUE_ERROR,
+            Err(e) => {
+                ota_log!(Level::Error, "IOT_MQTT_Publish: {e}");
+                FAIL_RETURN
+            }
+        }
+    })
+}

@@ -1,0 +1,534 @@
+//! `IOT_OTA_*`: the OTA functions of iotkit v2.3 `iot_export_ota.h`, plus our extensions.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::time::Duration;
+
+use super::guard::{c_str, write_c_str};
+use super::mqtt::MqttHandle;
+use crate::error::Error;
+use crate::log::Level;
+use crate::ota::{OtaConfig, OtaSession, OtaState};
+use crate::ota_log;
+use crate::protocol::Protocol;
+
+/// OTA error codes (iotkit v2.3 values).
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub enum IOT_OTA_Err_t {
+    /// Any other failure (e.g. a rejected upgrade message).
+    IOT_OTAE_GENERAL = -1,
+    /// NULL handle or pointer, bad length, unknown Ioctl type, value out of range.
+    IOT_OTAE_INVALID_PARAM = -2,
+    /// The call is not allowed in the current state (e.g. FetchYield before an upgrade).
+    IOT_OTAE_INVALID_STATE = -3,
+    /// A string does not fit its buffer or the limit fixed at init.
+    IOT_OTAE_STR_TOO_LONG = -4,
+    /// The firmware download failed (HTTP status, connection, timeout, size).
+    IOT_OTAE_FETCH_FAILED = -5,
+    /// Allocation at init failed.
+    IOT_OTAE_NOMEM = -6,
+    /// The signalling channel (MQTT) failed to take a message.
+    IOT_OTAE_OSC_FAILED = -7,
+    /// Success.
+    IOT_OTAE_NONE = 0,
+}
+
+/// OTA states (iotkit v2.3 values), as returned by `IOT_OTAG_STATE`.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub enum IOT_OTA_State_t {
+    IOT_OTAS_UNINITED = 0,
+    /// Initialised, no upgrade accepted (or the last one ended and was consumed).
+    IOT_OTAS_INITED = 1,
+    /// An upgrade was accepted; FetchYield downloads it.
+    IOT_OTAS_FETCHING = 2,
+    /// The download ended (complete, or failed: see IOT_OTAG_CHECK_FIRMWARE).
+    IOT_OTAS_FETCHED = 3,
+}
+
+/// Progress values for IOT_OTA_ReportProgress: 0..100 percent, or a failure -1..-4.
+/// An `int` so that any percentage can be passed; the names are iotkit v2.3's.
+#[allow(non_camel_case_types)]
+pub type IOT_OTA_Progress_t = c_int;
+/// Burning (flashing) the image failed.
+pub const IOT_OTAP_BURN_FAILED: IOT_OTA_Progress_t = -4;
+/// Verifying the image failed (iotkit's spelling).
+pub const IOT_OTAP_CHECK_FALIED: IOT_OTA_Progress_t = -3;
+/// Downloading the image failed.
+pub const IOT_OTAP_FETCH_FAILED: IOT_OTA_Progress_t = -2;
+/// The upgrade failed for another reason.
+pub const IOT_OTAP_GENERAL_FAILED: IOT_OTA_Progress_t = -1;
+pub const IOT_OTAP_FETCH_PERCENTAGE_MIN: IOT_OTA_Progress_t = 0;
+pub const IOT_OTAP_FETCH_PERCENTAGE_MAX: IOT_OTA_Progress_t = 100;
+
+/// IOT_OTA_Ioctl query types. An `int` so that an unknown value is an error, not undefined
+/// behaviour. Values 0..11 are iotkit v2.3's (the six COTA queries first, so
+/// IOT_OTAG_FETCHED_SIZE is 6); 12 and up are this SDK's extensions. These numbers never change.
+#[allow(non_camel_case_types)]
+pub type IOT_OTA_CmdType_t = c_int;
+/// COTA (remote configuration) queries: not supported, IOT_OTAE_INVALID_PARAM.
+pub const IOT_OTAG_COTA_CONFIG_ID: IOT_OTA_CmdType_t = 0;
+pub const IOT_OTAG_COTA_CONFIG_SIZE: IOT_OTA_CmdType_t = 1;
+pub const IOT_OTAG_COTA_SIGN: IOT_OTA_CmdType_t = 2;
+pub const IOT_OTAG_COTA_SIGN_METHOD: IOT_OTA_CmdType_t = 3;
+pub const IOT_OTAG_COTA_URL: IOT_OTA_CmdType_t = 4;
+pub const IOT_OTAG_COTA_GETTYPE: IOT_OTA_CmdType_t = 5;
+/// uint32_t, buf_len 4: bytes fetched so far.
+pub const IOT_OTAG_FETCHED_SIZE: IOT_OTA_CmdType_t = 6;
+/// uint32_t, buf_len 4: the announced image size.
+pub const IOT_OTAG_FILE_SIZE: IOT_OTA_CmdType_t = 7;
+/// char buffer, buf_len >= 33: the announced MD5 as 32 lowercase hex digits
+/// (IOT_OTAE_INVALID_STATE when the upgrade announced SHA-256 instead).
+pub const IOT_OTAG_MD5SUM: IOT_OTA_CmdType_t = 8;
+/// char buffer, buf_len >= length + 1 (OTA_VERSION_LEN_MAX always suffices): the upgrade's version.
+pub const IOT_OTAG_VERSION: IOT_OTA_CmdType_t = 9;
+/// uint32_t, buf_len 4: 1 when every announced byte arrived, no more, and the digest matches;
+/// else 0. IOT_OTAE_INVALID_STATE before the download ended.
+pub const IOT_OTAG_CHECK_FIRMWARE: IOT_OTA_CmdType_t = 10;
+/// COTA: not supported, IOT_OTAE_INVALID_PARAM.
+pub const IOT_OTAG_CHECK_CONFIG: IOT_OTA_CmdType_t = 11;
+/// char buffer, buf_len >= 65: the announced SHA-256 as 64 lowercase hex digits
+/// (IOT_OTAE_INVALID_STATE when the upgrade announced MD5).
+pub const IOT_OTAG_SHA256SUM: IOT_OTA_CmdType_t = 12;
+/// char buffer, buf_len >= 7: "MD5" or "SHA256".
+pub const IOT_OTAG_SIGN_METHOD: IOT_OTA_CmdType_t = 13;
+/// char buffer: the module of the upgrade ("default" when the platform named none).
+pub const IOT_OTAG_MODULE: IOT_OTA_CmdType_t = 14;
+/// char buffer: the platform task id; IOT_OTAE_INVALID_STATE where the protocol has none.
+pub const IOT_OTAG_TASK_ID: IOT_OTA_CmdType_t = 15;
+/// char buffer: extData as JSON text; IOT_OTAE_INVALID_STATE where the upgrade has none.
+pub const IOT_OTAG_EXT_DATA: IOT_OTA_CmdType_t = 16;
+/// uint32_t, buf_len 4: the offset the next download request starts from.
+pub const IOT_OTAG_RESUME_OFFSET: IOT_OTA_CmdType_t = 17;
+/// uint32_t, buf_len 4: the IOT_OTA_State_t value.
+pub const IOT_OTAG_STATE: IOT_OTA_CmdType_t = 18;
+
+/// Size of the buffer that always holds an upgrade's version plus its NUL.
+pub const OTA_VERSION_LEN_MAX: usize = 64;
+
+/// Protocols for IOT_OTA_InitWithProtocol (extension). IOT_OTA_Init speaks Aliyun.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub enum IOT_OTA_Protocol_t {
+    IOT_OTA_PROTOCOL_ALIYUN = 0,
+    IOT_OTA_PROTOCOL_SAGOO = 1,
+    IOT_OTA_PROTOCOL_TENCENT = 2,
+    IOT_OTA_PROTOCOL_UCLOUD = 3,
+}
+
+const OTA_MAGIC: u32 = 0x4f54_4148;
+
+/// What `IOT_OTA_Init` returns (as `void *`).
+pub struct OtaHandle {
+    magic: u32,
+    session: OtaSession,
+    mqtt: *const MqttHandle,
+}
+
+/// The C code of an error.
+pub fn err_code(e: &Error) -> c_int {
+    match e {
+        Error::InvalidParam(_) => IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int,
+        Error::InvalidState(_) | Error::NotAvailable(_) => {
+            IOT_OTA_Err_t::IOT_OTAE_INVALID_STATE as c_int
+        }
+        Error::TooLong { .. } => IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int,
+        Error::Fetch(_) => IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int,
+        Error::NoMemory => IOT_OTA_Err_t::IOT_OTAE_NOMEM as c_int,
+        Error::Mqtt(_) => IOT_OTA_Err_t::IOT_OTAE_OSC_FAILED as c_int,
+        Error::Notice(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,
+    }
+}
+
+const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
+const STR_TOO_LONG: c_int = IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int;
+
+/// Borrows the handle, or None (after a log line) when it is NULL or not an OTA handle.
+unsafe fn handle<'a>(h: *mut c_void, func: &str) -> Option<&'a OtaHandle> {
+    if h.is_null() {
+        ota_log!(Level::Error, "{func}: NULL handle");
+        return None;
+    }
+    let h = &*(h as *const OtaHandle);
+    if h.magic != OTA_MAGIC {
+        ota_log!(Level::Error, "{func}: not an OTA handle");
+        return None;
+    }
+    Some(h)
+}
+
+/// Maps a result to 0 or the error code, recording an argument error on the session.
+fn code(h: &OtaHandle, r: Result<(), Error>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            h.session.record_error(e);
+            err_code(&e)
+        }
+    }
+}
+
+/// Records and returns an argument error found in the shim itself.
+fn reject(h: &OtaHandle, func: &str, e: Error) -> c_int {
+    ota_log!(Level::Error, "{func}: {e}");
+    h.session.record_error(e);
+    err_code(&e)
+}
+
+fn init(
+    product_key: *const c_char,
+    device_name: *const c_char,
+    ch_signal: *mut c_void,
+    protocol: Protocol,
+) -> *mut c_void {
+    let pk = try_str!(
+        product_key,
+        "IOT_OTA_Init: product_key",
+        std::ptr::null_mut()
+    );
+    let dn = try_str!(
+        device_name,
+        "IOT_OTA_Init: device_name",
+        std::ptr::null_mut()
+    );
+    let Some(mqtt) = (unsafe { MqttHandle::from_ptr(ch_signal) }) else {
+        ota_log!(
+            Level::Error,
+            "IOT_OTA_Init: ch_signal is not an MQTT handle"
+        );
+        return std::ptr::null_mut();
+    };
+    match OtaSession::attach(mqtt.client(), pk, dn, OtaConfig::for_protocol(protocol)) {
+        Ok(session) => Box::into_raw(Box::new(OtaHandle {
+            magic: OTA_MAGIC,
+            session,
+            mqtt: mqtt as *const MqttHandle,
+        })) as *mut c_void,
+        Err(e) => {
+            ota_log!(Level::Error, "IOT_OTA_Init: {e}");
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Initialises OTA on an MQTT connection and subscribes to the upgrade topic (Aliyun protocol).
+///
+/// `ch_signal` is the handle returned by IOT_MQTT_Construct; it must outlive the OTA handle
+/// (call IOT_OTA_Deinit before IOT_MQTT_Destroy). All memory the session needs is allocated here.
+///
+/// Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, or the
+/// subscription cannot be queued.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_Init(
+    product_key: *const c_char,
+    device_name: *const c_char,
+    ch_signal: *mut c_void,
+) -> *mut c_void {
+    ffi_guard!("IOT_OTA_Init", {
+        init(product_key, device_name, ch_signal, Protocol::Aliyun)
+    })
+}
+
+/// Releases an OTA handle and unsubscribes its upgrade topic. NULL is accepted
+/// (IOT_OTAE_INVALID_PARAM). Must not be called twice with the same handle.
+///
+/// Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL or foreign handle.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
+    ffi_guard!("IOT_OTA_Deinit", {
+        if unsafe { self::handle(handle, "IOT_OTA_Deinit") }.is_none() {
+            return INVALID_PARAM;
+        }
+        let mut boxed = unsafe { Box::from_raw(handle as *mut OtaHandle) };
+        boxed.magic = 0;
+        if let Some(mqtt) = unsafe { MqttHandle::from_ptr(boxed.mqtt as *mut c_void) } {
+            let _ = boxed.session.detach(mqtt.client());
+        }
+        0
+    })
+}
+
+/// Reports the running firmware version on the inform topic.
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for NULL arguments or an empty version;
+/// IOT_OTAE_STR_TOO_LONG when the version exceeds OTA_VERSION_LEN_MAX - 1 bytes;
+/// IOT_OTAE_OSC_FAILED when MQTT cannot queue the message.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_ReportVersion(handle: *mut c_void, version: *const c_char) -> c_int {
+    ffi_guard!("IOT_OTA_ReportVersion", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportVersion") }) else {
+            return INVALID_PARAM;
+        };
+        let Some(v) = (unsafe { c_str(version) }) else {
+            return reject(
+                h,
+                "IOT_OTA_ReportVersion",
+                Error::InvalidParam("version is NULL"),
+            );
+        };
+        code(h, h.session.report_version(v))
+    })
+}
+
+/// Asks the platform to (re)send the upgrade for the running `version` (request topic).
+///
+/// Returns 0 or an error code as IOT_OTA_ReportVersion.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_RequestImage(handle: *mut c_void, version: *const c_char) -> c_int {
+    ffi_guard!("IOT_OTA_RequestImage", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_RequestImage") }) else {
+            return INVALID_PARAM;
+        };
+        let Some(v) = (unsafe { c_str(version) }) else {
+            return reject(
+                h,
+                "IOT_OTA_RequestImage",
+                Error::InvalidParam("version is NULL"),
+            );
+        };
+        code(h, h.session.request_image(v))
+    })
+}
+
+/// Reports download progress (0..100) or a failure (-1..-4, see IOT_OTA_Progress_t) with an
+/// optional description `msg` (NULL: none).
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or a progress outside -4..100;
+/// IOT_OTAE_INVALID_STATE before an upgrade was accepted; IOT_OTAE_OSC_FAILED when MQTT
+/// cannot queue the message.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_ReportProgress(
+    handle: *mut c_void,
+    progress: IOT_OTA_Progress_t,
+    msg: *const c_char,
+) -> c_int {
+    ffi_guard!("IOT_OTA_ReportProgress", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportProgress") }) else {
+            return INVALID_PARAM;
+        };
+        let desc = if msg.is_null() {
+            None
+        } else {
+            match unsafe { c_str(msg) } {
+                Some(s) => Some(s),
+                None => {
+                    return reject(
+                        h,
+                        "IOT_OTA_ReportProgress",
+                        Error::InvalidParam("msg is not UTF-8"),
+                    )
+                }
+            }
+        };
+        code(h, h.session.report_progress(progress, desc))
+    })
+}
+
+/// Returns 1 while an accepted upgrade is being fetched, else 0 (also for a NULL handle).
+#[no_mangle]
+pub extern "C" fn IOT_OTA_IsFetching(handle: *mut c_void) -> c_int {
+    ffi_guard!("IOT_OTA_IsFetching", {
+        match unsafe { self::handle(handle, "IOT_OTA_IsFetching") } {
+            Some(h) => h.session.is_fetching() as c_int,
+            None => 0,
+        }
+    })
+}
+
+/// Returns 1 once the download ended (complete or failed; see IOT_OTAG_CHECK_FIRMWARE), else 0
+/// (also for a NULL handle).
+#[no_mangle]
+pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
+    ffi_guard!("IOT_OTA_IsFetchFinish", {
+        match unsafe { self::handle(handle, "IOT_OTA_IsFetchFinish") } {
+            Some(h) => h.session.is_fetch_finished() as c_int,
+            None => 0,
+        }
+    })
+}
+
+/// Downloads the next part of the firmware into `buf` (at most `buf_len` bytes, and never past
+/// the announced size), waiting at most `timeout_s` seconds (0: only what is already there).
+///
+/// Returns the number of bytes written (> 0), 0 when nothing arrived in time,
+/// IOT_OTAE_INVALID_PARAM for a NULL handle/buffer or `buf_len` 0, IOT_OTAE_INVALID_STATE when
+/// no upgrade is being fetched, IOT_OTAE_FETCH_FAILED when the download failed (the platform
+/// has been told; IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0).
+#[no_mangle]
+pub extern "C" fn IOT_OTA_FetchYield(
+    handle: *mut c_void,
+    buf: *mut c_char,
+    buf_len: u32,
+    timeout_s: u32,
+) -> c_int {
+    ffi_guard!("IOT_OTA_FetchYield", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_FetchYield") }) else {
+            return INVALID_PARAM;
+        };
+        if buf.is_null() || buf_len == 0 {
+            return reject(
+                h,
+                "IOT_OTA_FetchYield",
+                Error::InvalidParam("buf is NULL or buf_len is 0"),
+            );
+        }
+        let len = (buf_len as usize).min(c_int::MAX as usize);
+        let out = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
+        match h
+            .session
+            .fetch_yield(out, Duration::from_secs(timeout_s as u64))
+        {
+            Ok(n) => n as c_int,
+            Err(e) => err_code(&e),
+        }
+    })
+}
+
+/// Writes a uint32_t answer; buf_len must be 4.
+unsafe fn put_u32(h: &OtaHandle, buf: *mut c_void, buf_len: usize, v: u64) -> c_int {
+    if buf_len != 4 {
+        return reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::InvalidParam("buf_len must be 4 for this type"),
+        );
+    }
+    let Ok(v) = u32::try_from(v) else {
+        return reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::InvalidParam("value exceeds uint32_t"),
+        );
+    };
+    std::ptr::write_unaligned(buf as *mut u32, v);
+    0
+}
+
+/// Writes a NUL-terminated string answer.
+unsafe fn put_str(h: &OtaHandle, buf: *mut c_void, buf_len: usize, s: &[u8]) -> c_int {
+    if write_c_str(buf, buf_len, s) {
+        0
+    } else {
+        ota_log!(
+            Level::Error,
+            "IOT_OTA_Ioctl: buffer of {buf_len} bytes cannot hold {} bytes plus NUL",
+            s.len()
+        );
+        h.session.record_error(Error::TooLong {
+            what: "Ioctl answer",
+            len: s.len() + 1,
+            max: buf_len,
+        });
+        STR_TOO_LONG
+    }
+}
+
+fn not_available(h: &OtaHandle, what: &'static str) -> c_int {
+    reject(h, "IOT_OTA_Ioctl", Error::NotAvailable(what))
+}
+
+/// Answers one query about the current upgrade; see IOT_OTA_CmdType_t for each type's buffer.
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle/buffer, a wrong `buf_len` for a uint32_t
+/// type, or an unknown/unsupported type; IOT_OTAE_STR_TOO_LONG when a string does not fit
+/// `buf_len` (nothing is written); IOT_OTAE_INVALID_STATE when the value does not exist yet
+/// (no upgrade, download not finished) or not in this upgrade (e.g. SHA-256 of an MD5 upgrade).
+#[no_mangle]
+pub extern "C" fn IOT_OTA_Ioctl(
+    handle: *mut c_void,
+    r#type: IOT_OTA_CmdType_t,
+    buf: *mut c_void,
+    buf_len: usize,
+) -> c_int {
+    ffi_guard!("IOT_OTA_Ioctl", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_Ioctl") }) else {
+            return INVALID_PARAM;
+        };
+        if buf.is_null() {
+            return reject(h, "IOT_OTA_Ioctl", Error::InvalidParam("buf is NULL"));
+        }
+        unsafe { ioctl(h, r#type, buf, buf_len) }
+    })
+}
+
+unsafe fn ioctl(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) -> c_int {
+    use crate::protocol::DigestKind;
+    let s = &h.session;
+    let state = s.state();
+    let have_upgrade = state != OtaState::Idle;
+    match kind {
+        IOT_OTAG_FETCHED_SIZE => put_u32(h, buf, buf_len, s.fetched_size()),
+        IOT_OTAG_FILE_SIZE => put_u32(h, buf, buf_len, s.file_size()),
+        IOT_OTAG_RESUME_OFFSET => put_u32(h, buf, buf_len, s.fetched_size()),
+        IOT_OTAG_STATE => {
+            let v = match state {
+                OtaState::Idle => IOT_OTA_State_t::IOT_OTAS_INITED,
+                OtaState::Fetching => IOT_OTA_State_t::IOT_OTAS_FETCHING,
+                OtaState::Fetched => IOT_OTA_State_t::IOT_OTAS_FETCHED,
+            };
+            put_u32(h, buf, buf_len, v as u64)
+        }
+        IOT_OTAG_CHECK_FIRMWARE => match s.check_firmware() {
+            Ok(valid) => put_u32(h, buf, buf_len, valid as u64),
+            Err(e) => err_code(&e),
+        },
+        _ if !have_upgrade
+            && (IOT_OTAG_MD5SUM..=IOT_OTAG_EXT_DATA).contains(&kind)
+            && kind != IOT_OTAG_CHECK_FIRMWARE
+            && kind != IOT_OTAG_CHECK_CONFIG =>
+        {
+            not_available(h, "no upgrade has been accepted")
+        }
+        IOT_OTAG_MD5SUM | IOT_OTAG_SHA256SUM => {
+            let want = if kind == IOT_OTAG_MD5SUM {
+                DigestKind::Md5
+            } else {
+                DigestKind::Sha256
+            };
+            let mut hex = [0u8; 64];
+            let n = s.with_notice(|n| {
+                (n.digest_kind == want).then(|| crate::digest::to_hex(n.digest(), &mut hex).len())
+            });
+            match n {
+                Some(n) => put_str(h, buf, buf_len, &hex[..n]),
+                None => not_available(h, "the upgrade announced another digest"),
+            }
+        }
+        IOT_OTAG_SIGN_METHOD => {
+            let name = s.with_notice(|n| n.digest_kind.name());
+            put_str(h, buf, buf_len, name.as_bytes())
+        }
+        IOT_OTAG_VERSION => s.with_notice(|n| put_str(h, buf, buf_len, n.version.as_bytes())),
+        IOT_OTAG_MODULE => s.with_notice(|n| put_str(h, buf, buf_len, n.module_name().as_bytes())),
+        IOT_OTAG_TASK_ID => match s.with_notice(|n| n.task_id.is_empty()) {
+            true => not_available(h, "the upgrade has no task id"),
+            false => s.with_notice(|n| put_str(h, buf, buf_len, n.task_id.as_bytes())),
+        },
+        IOT_OTAG_EXT_DATA => match s.with_notice(|n| n.ext_data.is_empty()) {
+            true => not_available(h, "the upgrade has no extData"),
+            false => s.with_notice(|n| put_str(h, buf, buf_len, n.ext_data.as_bytes())),
+        },
+        IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_COTA_GETTYPE | IOT_OTAG_CHECK_CONFIG => reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::InvalidParam("COTA queries are not supported"),
+        ),
+        _ => reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::InvalidParam("unknown Ioctl type"),
+        ),
+    }
+}
+
+/// Returns the code of the last error any call or incoming message produced on this handle
+/// (0 when none), or IOT_OTAE_INVALID_PARAM for a NULL handle.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_GetLastError(handle: *mut c_void) -> c_int {
+    ffi_guard!("IOT_OTA_GetLastError", {
+        match unsafe { self::handle(handle, "IOT_OTA_GetLastError") } {
+            Some(h) => h.session.last_error().map_or(0, |e| err_code(&e)),
+            None => INVALID_PARAM,
+        }
+    })
+}

@@ -1,0 +1,27 @@
+//! `ota`: a device-side OTA (firmware over-the-air upgrade) client.
+//!
+//! The crate is the engine behind `libota.a`, whose C ABI mirrors the Aliyun iotkit v2.3
+//! `IOT_OTA_*` / `IOT_MQTT_*` API (see `include/ota.h`). Rust programs use the same engine directly:
+//!
+//! * [`MqttClient`]: a synchronous MQTT client (rumqttc) driven by [`MqttClient::yield_for`];
+//! * [`OtaSession`]: one device's upgrade state machine for one [`Protocol`];
+//! * [`Error`]: every failure, typed.
+//!
+//! Everything an [`OtaSession`] needs is allocated when it is created; afterwards it only writes
+//! into those buffers and the caller's (see `tests/alloc.rs`).
+
+pub mod conninfo;
+pub mod digest;
+pub mod error;
+pub mod fetch;
+pub mod log;
+pub mod mqtt;
+pub mod ota;
+pub mod protocol;
+
+pub mod ffi;
+
+pub use error::Error;
+pub use mqtt::{MqttClient, MqttOptions};
+pub use ota::{OtaSession, OtaState};
+pub use protocol::Protocol;

@@ -1,0 +1,558 @@
+//! The upgrade state machine: idle → fetching → fetched (verified or failed).
+//!
+//! | state    | event                         | next     | effect                                   |
+//! |----------|-------------------------------|----------|------------------------------------------|
+//! | any      | valid upgrade, other image    | fetching | new image, download from 0               |
+//! | fetching | valid upgrade, same image     | fetching | keeps offset; takes a fresh URL          |
+//! | any      | invalid upgrade message       | same     | error logged, `last_error` set           |
+//! | fetching | bytes arrive                  | fetching | digest updated                           |
+//! | fetching | last byte arrives             | fetched  | digest compared; step −3 report if bad   |
+//! | fetching | download fails                | fetched  | step −2 report; `check_firmware` false   |
+//!
+//! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
+//! them and into the caller's buffers.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use crate::digest::{to_hex, StreamDigest};
+use crate::error::{Error, Result};
+use crate::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, OpenInfo};
+use crate::log::Level;
+use crate::mqtt::{MqttClient, QoS};
+use crate::ota_log;
+use crate::protocol::{self, FixedStr, Limits, Protocol, Report, Topics, UpgradeNotice};
+
+/// Where the session's upstream messages go (an MQTT client, or memory in tests).
+pub trait Uplink: Send {
+    fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()>;
+}
+
+/// Session settings fixed at init.
+#[derive(Debug, Clone, Copy)]
+pub struct OtaConfig {
+    pub protocol: Protocol,
+    pub limits: Limits,
+    pub http: HttpConfig,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        OtaConfig {
+            protocol: Protocol::Aliyun,
+            limits: Limits::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl OtaConfig {
+    pub fn for_protocol(protocol: Protocol) -> Self {
+        OtaConfig {
+            protocol,
+            ..Self::default()
+        }
+    }
+}
+
+/// Where a session is in an upgrade (the C `IOT_OTA_State_t` is derived from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtaState {
+    /// No upgrade accepted yet.
+    Idle,
+    /// An upgrade was accepted; `fetch_yield` downloads it.
+    Fetching,
+    /// The download ended: completely (then verified) or by a failure.
+    Fetched,
+}
+
+/// Everything needed to publish one upstream message.
+struct Outbox {
+    protocol: Protocol,
+    topics: Topics,
+    uplink: Box<dyn Uplink>,
+    message: Box<[u8]>,
+    next_id: u64,
+}
+
+impl Outbox {
+    fn send(&mut self, report: Report<'_>) -> Result<()> {
+        let (channel, len) =
+            protocol::encode(self.protocol, &report, self.next_id, &mut self.message).map_err(
+                |_| Error::TooLong {
+                    what: "upstream message",
+                    len: self.message.len() + 1,
+                    max: self.message.len(),
+                },
+            )?;
+        self.next_id += 1;
+        let topic = self.topics.for_channel(channel);
+        self.uplink.publish(topic, &self.message[..len])
+    }
+}
+
+struct Engine {
+    protocol: Protocol,
+    limits: Limits,
+    out: Outbox,
+    source: Box<dyn FirmwareSource>,
+    state: OtaState,
+    /// The accepted upgrade.
+    notice: UpgradeNotice,
+    /// Decoding target; swapped with `notice` when valid, so a bad message changes nothing.
+    scratch: UpgradeNotice,
+    /// The version the device last reported as running.
+    running_version: FixedStr,
+    digest: StreamDigest,
+    fetched: u64,
+    source_open: bool,
+    /// The server's copy is larger than the announced size.
+    oversize: bool,
+    /// All bytes arrived and the digest matched.
+    verified: bool,
+    last_error: Option<Error>,
+}
+
+impl Engine {
+    fn fail(&mut self, e: Error) -> Error {
+        ota_log!(Level::Error, "{e}");
+        self.last_error = Some(e);
+        e
+    }
+
+    fn handle_message(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+        if topic != self.out.topics.downstream {
+            ota_log!(
+                Level::Error,
+                "message on unexpected topic {topic:?} ignored"
+            );
+            self.last_error = Some(Error::InvalidParam("topic"));
+            return Err(Error::InvalidParam("topic"));
+        }
+        if let Err(e) = protocol::decode(self.protocol, payload, &self.limits, &mut self.scratch) {
+            return Err(self.fail(Error::Notice(e)));
+        }
+        if self.state == OtaState::Fetching && self.scratch.same_image(&self.notice) {
+            ota_log!(
+                Level::Info,
+                "upgrade to {} announced again; download continues at byte {}",
+                self.notice.version,
+                self.fetched
+            );
+            std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
+            return Ok(());
+        }
+        if self.state == OtaState::Fetching {
+            ota_log!(
+                Level::Warning,
+                "upgrade to {} replaces the download of {} at byte {}",
+                self.scratch.version,
+                self.notice.version,
+                self.fetched
+            );
+        }
+        std::mem::swap(&mut self.notice, &mut self.scratch);
+        self.source.close();
+        self.source_open = false;
+        self.digest = StreamDigest::new(self.notice.digest_kind);
+        self.fetched = 0;
+        self.oversize = false;
+        self.verified = false;
+        self.state = OtaState::Fetching;
+        ota_log!(
+            Level::Info,
+            "upgrade accepted: version {} module {} size {}",
+            self.notice.version,
+            self.notice.module_name(),
+            self.notice.size
+        );
+        Ok(())
+    }
+
+    fn check_version(&self, version: &str) -> Result<()> {
+        if version.is_empty() {
+            return Err(Error::InvalidParam("version is empty"));
+        }
+        if version.len() > self.limits.version {
+            return Err(Error::TooLong {
+                what: "version",
+                len: version.len(),
+                max: self.limits.version,
+            });
+        }
+        Ok(())
+    }
+
+    fn module_arg(module: Option<&str>) -> Option<&str> {
+        module.filter(|m| !m.is_empty() && *m != "default")
+    }
+
+    fn report_version(&mut self, version: &str, module: Option<&str>) -> Result<()> {
+        self.check_version(version).map_err(|e| self.fail(e))?;
+        if let Some(m) = module {
+            if m.len() > self.limits.module {
+                let e = Error::TooLong {
+                    what: "module",
+                    len: m.len(),
+                    max: self.limits.module,
+                };
+                return Err(self.fail(e));
+            }
+        }
+        let module = Self::module_arg(module);
+        let r = self.out.send(Report::Version { version, module });
+        if r.is_ok() && module.is_none() {
+            let _ = self.running_version.set(version);
+        }
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn request_image(&mut self, version: &str) -> Result<()> {
+        self.check_version(version).map_err(|e| self.fail(e))?;
+        self.out
+            .send(Report::Request {
+                version,
+                module: None,
+            })
+            .map_err(|e| self.fail(e))
+    }
+
+    fn report_progress(&mut self, step: i32, desc: Option<&str>) -> Result<()> {
+        if !(-4..=100).contains(&step) {
+            return Err(self.fail(Error::InvalidParam("progress must be -4 ..= 100")));
+        }
+        if self.state == OtaState::Idle {
+            return Err(self.fail(Error::InvalidState("no upgrade in progress")));
+        }
+        let r = self.out.send(Report::Progress {
+            step,
+            desc: desc.unwrap_or(""),
+            module: Self::module_arg(Some(self.notice.module.as_str())),
+        });
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// A failure the platform should hear about: logs, records, reports `step`, ends the fetch.
+    fn abort_fetch(&mut self, e: Error, step: i32, desc: &str) -> Error {
+        self.fail(e);
+        self.source.close();
+        self.source_open = false;
+        self.state = OtaState::Fetched;
+        self.verified = false;
+        if let Err(report_err) = self.report_progress(step, Some(desc)) {
+            ota_log!(Level::Warning, "failure report not sent: {report_err}");
+        }
+        self.last_error = Some(e);
+        e
+    }
+
+    fn fetch_yield(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
+        if self.state != OtaState::Fetching {
+            return Err(self.fail(Error::InvalidState("no download in progress")));
+        }
+        if buf.is_empty() {
+            return Err(self.fail(Error::InvalidParam("buffer is empty")));
+        }
+        let deadline = Instant::now() + timeout;
+        if !self.source_open {
+            if let Err(e) = self.source.open(self.notice.url.as_str(), self.fetched) {
+                return Err(self.download_failed(e));
+            }
+            self.source_open = true;
+        }
+        loop {
+            let remaining = self.notice.size - self.fetched;
+            let want = buf
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.source.read(&mut buf[..want], wait) {
+                Ok(Chunk::Opened(info)) => self.check_response(info)?,
+                Ok(Chunk::Data(n)) => return Ok(self.accept(&buf[..n])),
+                Ok(Chunk::Pending) => return Ok(0),
+                Ok(Chunk::End) => return Err(self.download_failed(FetchError::Truncated)),
+                Err(e) => return Err(self.download_failed(e)),
+            }
+        }
+    }
+
+    fn download_failed(&mut self, e: FetchError) -> Error {
+        let desc = match e {
+            FetchError::Status(403) => "download failed: URL expired or forbidden (HTTP 403)",
+            FetchError::Status(404) => "download failed: firmware not found (HTTP 404)",
+            FetchError::Status(_) => "download failed: HTTP error status",
+            FetchError::Connect | FetchError::Resolve => "download failed: cannot connect",
+            FetchError::Timeout => "download failed: timed out",
+            FetchError::Truncated => "download failed: connection ended early",
+            FetchError::Oversize => "download failed: file larger than announced",
+            _ => "download failed",
+        };
+        self.abort_fetch(Error::Fetch(e), -2, desc)
+    }
+
+    fn check_response(&mut self, info: OpenInfo) -> Result<()> {
+        let expected_rest = self.notice.size - self.fetched;
+        if self.fetched > 0 && info.status == 200 {
+            return Err(self.download_failed(FetchError::Restarted));
+        }
+        if info.status == 206
+            && (info.range_start != Some(self.fetched)
+                || info.range_total != Some(self.notice.size))
+        {
+            return Err(self.download_failed(FetchError::BadResponse(
+                "Content-Range does not match the request",
+            )));
+        }
+        match info.content_length {
+            Some(len) if len > expected_rest => {
+                ota_log!(
+                    Level::Error,
+                    "server announces {len} bytes, upgrade announced {expected_rest}: reading {expected_rest} and rejecting the image"
+                );
+                self.oversize = true;
+            }
+            Some(len) if len < expected_rest => {
+                return Err(self.download_failed(FetchError::Truncated));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Takes `bytes` into the digest; finishes when the announced size is reached.
+    fn accept(&mut self, bytes: &[u8]) -> usize {
+        self.digest.update(bytes);
+        self.fetched += bytes.len() as u64;
+        if self.fetched == self.notice.size {
+            self.finish();
+        }
+        bytes.len()
+    }
+
+    fn finish(&mut self) {
+        self.source.close();
+        self.source_open = false;
+        self.state = OtaState::Fetched;
+        let mut actual = [0u8; 32];
+        let n = self.digest.current(&mut actual);
+        let digest_ok = actual[..n] == *self.notice.digest();
+        self.verified = digest_ok && !self.oversize;
+        if self.verified {
+            ota_log!(Level::Info, "image of {} bytes verified", self.fetched);
+            return;
+        }
+        let (e, desc) = if self.oversize {
+            (
+                FetchError::Oversize,
+                "verify failed: server file larger than announced",
+            )
+        } else {
+            (
+                FetchError::BadResponse("digest mismatch"),
+                "verify failed: digest mismatch",
+            )
+        };
+        let mut hex = [0u8; 64];
+        ota_log!(
+            Level::Error,
+            "image rejected: {desc} (got {})",
+            to_hex(&actual[..n], &mut hex)
+        );
+        self.last_error = Some(Error::Fetch(e));
+        if let Err(report_err) = self.report_progress(-3, Some(desc)) {
+            ota_log!(Level::Warning, "failure report not sent: {report_err}");
+        }
+    }
+}
+
+/// One device's OTA session for one protocol.
+///
+/// Cheap to share: the MQTT subscription holds a weak reference, so messages that arrive during
+/// [`MqttClient::yield_for`] reach the session on the caller's thread.
+pub struct OtaSession {
+    engine: Arc<Mutex<Engine>>,
+    downstream: String,
+}
+
+impl OtaSession {
+    /// Creates a session on explicit transports. Allocates every buffer the session will use.
+    pub fn new(
+        product_key: &str,
+        device_name: &str,
+        config: OtaConfig,
+        uplink: Box<dyn Uplink>,
+        source: Box<dyn FirmwareSource>,
+    ) -> Result<OtaSession> {
+        check_identity("product key", product_key)?;
+        check_identity("device name", device_name)?;
+        if config.protocol != Protocol::Aliyun {
+            return Err(Error::NotAvailable(
+                "only the Aliyun protocol is implemented so far",
+            ));
+        }
+        let limits = config.limits;
+        let topics = Topics::new(config.protocol, product_key, device_name);
+        let downstream = topics.downstream.clone();
+        let engine = Engine {
+            protocol: config.protocol,
+            limits,
+            out: Outbox {
+                protocol: config.protocol,
+                topics,
+                uplink,
+                message: vec![0u8; limits.message].into_boxed_slice(),
+                next_id: 1,
+            },
+            source,
+            state: OtaState::Idle,
+            notice: UpgradeNotice::new(&limits),
+            scratch: UpgradeNotice::new(&limits),
+            running_version: FixedStr::with_capacity(limits.version),
+            digest: StreamDigest::new(crate::protocol::DigestKind::Md5),
+            fetched: 0,
+            source_open: false,
+            oversize: false,
+            verified: false,
+            last_error: None,
+        };
+        Ok(OtaSession {
+            engine: Arc::new(Mutex::new(engine)),
+            downstream,
+        })
+    }
+
+    /// Creates a session that publishes through `mqtt`, downloads over HTTP(S), and subscribes
+    /// to the protocol's upgrade topic on `mqtt`.
+    pub fn attach(
+        mqtt: &MqttClient,
+        product_key: &str,
+        device_name: &str,
+        config: OtaConfig,
+    ) -> Result<OtaSession> {
+        let source = HttpSource::new(config.http).map_err(|_| Error::NoMemory)?;
+        let session = OtaSession::new(
+            product_key,
+            device_name,
+            config,
+            Box::new(mqtt.uplink()),
+            Box::new(source),
+        )?;
+        let weak: Weak<Mutex<Engine>> = Arc::downgrade(&session.engine);
+        mqtt.subscribe(&session.downstream, QoS::AtLeastOnce, move |msg| {
+            if let Some(engine) = weak.upgrade() {
+                let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = e.handle_message(msg.topic, msg.payload);
+            }
+        })?;
+        Ok(session)
+    }
+
+    /// Unsubscribes the session's upgrade topic from `mqtt` (the session stays usable).
+    pub fn detach(&self, mqtt: &MqttClient) -> Result<()> {
+        mqtt.unsubscribe(&self.downstream)
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The topic upgrade notifications arrive on.
+    pub fn downstream_topic(&self) -> &str {
+        &self.downstream
+    }
+
+    /// Feeds a message that arrived on the downstream topic (the MQTT subscription does this).
+    pub fn handle_message(&self, topic: &str, payload: &[u8]) -> Result<()> {
+        self.engine().handle_message(topic, payload)
+    }
+
+    /// Reports the running firmware version.
+    pub fn report_version(&self, version: &str) -> Result<()> {
+        self.engine().report_version(version, None)
+    }
+
+    /// Reports the running version of `module`.
+    pub fn report_module_version(&self, module: &str, version: &str) -> Result<()> {
+        self.engine().report_version(version, Some(module))
+    }
+
+    /// Asks the platform to send the upgrade for the running `version`.
+    pub fn request_image(&self, version: &str) -> Result<()> {
+        self.engine().request_image(version)
+    }
+
+    /// Reports download progress 0..=100, or a failure step -1..=-4 with a description.
+    pub fn report_progress(&self, step: i32, desc: Option<&str>) -> Result<()> {
+        self.engine().report_progress(step, desc)
+    }
+
+    pub fn state(&self) -> OtaState {
+        self.engine().state
+    }
+
+    /// An upgrade is accepted and not yet fully fetched.
+    pub fn is_fetching(&self) -> bool {
+        self.engine().state == OtaState::Fetching
+    }
+
+    /// The download ended (completely or by failure).
+    pub fn is_fetch_finished(&self) -> bool {
+        self.engine().state == OtaState::Fetched
+    }
+
+    /// Downloads the next bytes into `buf`, waiting at most `timeout`; `Ok(0)` means nothing
+    /// arrived in time. Never writes more than the announced size in total.
+    pub fn fetch_yield(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
+        self.engine().fetch_yield(buf, timeout)
+    }
+
+    /// Bytes fetched so far.
+    pub fn fetched_size(&self) -> u64 {
+        self.engine().fetched
+    }
+
+    /// The announced image size (0 before an upgrade).
+    pub fn file_size(&self) -> u64 {
+        self.engine().notice.size
+    }
+
+    /// True only when every announced byte arrived, nothing more, and the digest matches.
+    /// `InvalidState` before the download ended.
+    pub fn check_firmware(&self) -> Result<bool> {
+        let mut e = self.engine();
+        if e.state != OtaState::Fetched {
+            return Err(e.fail(Error::InvalidState("download not finished")));
+        }
+        Ok(e.verified && e.fetched == e.notice.size)
+    }
+
+    /// Runs `f` on the accepted upgrade notice (version, URL, digest, module …), without copying.
+    pub fn with_notice<R>(&self, f: impl FnOnce(&UpgradeNotice) -> R) -> R {
+        f(&self.engine().notice)
+    }
+
+    /// The last error recorded by any call or incoming message.
+    pub fn last_error(&self) -> Option<Error> {
+        self.engine().last_error
+    }
+
+    /// Records an error found by a caller layer (e.g. a C argument check).
+    pub fn record_error(&self, e: Error) {
+        self.engine().last_error = Some(e);
+    }
+}
+
+fn check_identity(what: &'static str, s: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::InvalidParam(what));
+    }
+    if s.len() > 64 || s.contains(['/', '+', '#']) {
+        return Err(Error::InvalidParam(what));
+    }
+    Ok(())
+}
+
+/// An expected-digest check helper for callers: lowercase hex of the announced digest.
+pub fn notice_digest_hex<'a>(notice: &UpgradeNotice, out: &'a mut [u8; 64]) -> &'a str {
+    to_hex(notice.digest(), out)
+}

@@ -1,0 +1,436 @@
+//! The four platforms' OTA wire formats: topics, upstream messages (encode) and upgrade
+//! notifications (decode). Pure: bytes in, bytes out; no I/O, no allocation after the buffers
+//! sized by [`Limits`] at init.
+//!
+//! One file per platform; adding a platform touches this folder and [`Protocol`] only.
+
+pub mod aliyun;
+pub mod fixed;
+pub mod json;
+
+pub use fixed::{FixedStr, SetJsonError, TooLong};
+use json::{JsonError, Object, Value};
+
+/// The IoT platform whose OTA protocol a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Aliyun,
+    Sagoo,
+    Tencent,
+    Ucloud,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Aliyun => "aliyun",
+            Protocol::Sagoo => "sagoo",
+            Protocol::Tencent => "tencent",
+            Protocol::Ucloud => "ucloud",
+        }
+    }
+}
+
+/// Which digest an upgrade announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestKind {
+    Md5,
+    Sha256,
+}
+
+impl DigestKind {
+    /// Digest length in bytes.
+    pub fn len(self) -> usize {
+        match self {
+            DigestKind::Md5 => 16,
+            DigestKind::Sha256 => 32,
+        }
+    }
+
+    /// The platform spelling (`signMethod`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestKind::Md5 => "MD5",
+            DigestKind::Sha256 => "SHA256",
+        }
+    }
+}
+
+/// Field limits fixed at init; longer values are rejected with [`NoticeError::TooLong`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Firmware URL, bytes.
+    pub url: usize,
+    /// Version strings, bytes.
+    pub version: usize,
+    /// Module names, bytes.
+    pub module: usize,
+    /// Task ids (UCloud), bytes.
+    pub task_id: usize,
+    /// `extData` JSON text (SagooIOT), bytes.
+    pub ext_data: usize,
+    /// Largest upstream message this session builds, bytes.
+    pub message: usize,
+    /// Largest downstream message accepted, bytes.
+    pub downstream: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            url: 2048,
+            version: 63,
+            module: 63,
+            task_id: 63,
+            ext_data: 1024,
+            message: 1024,
+            downstream: 8192,
+        }
+    }
+}
+
+/// A decoded upgrade notification. Allocated once at init with [`UpgradeNotice::new`]; decoding
+/// overwrites it in place.
+#[derive(Debug, Clone)]
+pub struct UpgradeNotice {
+    pub version: FixedStr,
+    pub url: FixedStr,
+    /// Module to upgrade; empty means `default`.
+    pub module: FixedStr,
+    /// Platform task id (UCloud); empty where the protocol has none.
+    pub task_id: FixedStr,
+    /// `extData` as JSON text (SagooIOT); empty where absent.
+    pub ext_data: FixedStr,
+    /// Image size in bytes, 1 ..= `u32::MAX`.
+    pub size: u64,
+    pub digest_kind: DigestKind,
+    /// Expected digest; the first `digest_kind.len()` bytes are meaningful.
+    pub digest: [u8; 32],
+    /// The message id, where the protocol sends one.
+    pub message_id: u64,
+}
+
+impl UpgradeNotice {
+    pub fn new(limits: &Limits) -> Self {
+        UpgradeNotice {
+            version: FixedStr::with_capacity(limits.version),
+            url: FixedStr::with_capacity(limits.url),
+            module: FixedStr::with_capacity(limits.module),
+            task_id: FixedStr::with_capacity(limits.task_id),
+            ext_data: FixedStr::with_capacity(limits.ext_data),
+            size: 0,
+            digest_kind: DigestKind::Md5,
+            digest: [0; 32],
+            message_id: 0,
+        }
+    }
+
+    /// Resets every field (capacities kept).
+    pub fn clear(&mut self) {
+        self.version.clear();
+        self.url.clear();
+        self.module.clear();
+        self.task_id.clear();
+        self.ext_data.clear();
+        self.size = 0;
+        self.digest_kind = DigestKind::Md5;
+        self.digest = [0; 32];
+        self.message_id = 0;
+    }
+
+    /// The expected digest bytes.
+    pub fn digest(&self) -> &[u8] {
+        &self.digest[..self.digest_kind.len()]
+    }
+
+    /// The module name, `default` when the platform sent none.
+    pub fn module_name(&self) -> &str {
+        if self.module.is_empty() {
+            "default"
+        } else {
+            self.module.as_str()
+        }
+    }
+
+    /// Whether `other` announces the same image (version, module, size and digest); a re-sent
+    /// notification of the same upgrade may carry a fresh URL.
+    pub fn same_image(&self, other: &UpgradeNotice) -> bool {
+        self.version == other.version
+            && self.module_name() == other.module_name()
+            && self.size == other.size
+            && self.digest_kind == other.digest_kind
+            && self.digest() == other.digest()
+    }
+}
+
+/// Why an upgrade notification was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoticeError {
+    #[error("not a valid JSON object ({0})")]
+    Json(JsonError),
+    #[error("message of {len} bytes exceeds the {max}-byte limit")]
+    Oversize { len: usize, max: usize },
+    #[error("missing field \"{0}\"")]
+    Missing(&'static str),
+    #[error("field \"{field}\" is a {found}, expected a {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("the platform reports a failure (code is not the success code)")]
+    NotSuccess,
+    #[error("field \"{field}\" is {len} bytes, longer than the {max}-byte limit fixed at init")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("field \"{0}\" is empty")]
+    Empty(&'static str),
+    #[error("digest \"{0}\" is not the expected number of hex digits")]
+    BadDigest(&'static str),
+    #[error("size must be 1 ..= 4294967295 bytes")]
+    BadSize,
+    #[error("url must start with http:// or https://")]
+    BadUrl,
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+/// Reads a required string field into `dst`, unescaped.
+pub(crate) fn take_str(
+    obj: &Object<'_>,
+    field: &'static str,
+    dst: &mut FixedStr,
+) -> Result<(), NoticeError> {
+    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
+    take_value_str(value, field, dst)
+}
+
+/// Reads an optional string field into `dst` (cleared when absent).
+pub(crate) fn take_opt_str(
+    obj: &Object<'_>,
+    field: &'static str,
+    dst: &mut FixedStr,
+) -> Result<(), NoticeError> {
+    match obj.get(field) {
+        None => {
+            dst.clear();
+            Ok(())
+        }
+        Some(value) => take_value_str(value, field, dst),
+    }
+}
+
+fn take_value_str(
+    value: Value<'_>,
+    field: &'static str,
+    dst: &mut FixedStr,
+) -> Result<(), NoticeError> {
+    let s = value.as_str().ok_or(NoticeError::WrongType {
+        field,
+        expected: "string",
+        found: value.kind(),
+    })?;
+    dst.set_json(s).map_err(|e| match e {
+        SetJsonError::TooLong(t) => NoticeError::TooLong {
+            field,
+            len: t.len,
+            max: t.max,
+        },
+        SetJsonError::Json(j) => NoticeError::Json(j),
+    })
+}
+
+/// Reads a required JSON-number size, 1 ..= u32::MAX.
+pub(crate) fn take_size(obj: &Object<'_>, field: &'static str) -> Result<u64, NoticeError> {
+    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
+    match value {
+        Value::Num(_) => match value.as_u64() {
+            Some(n) if (1..=u32::MAX as u64).contains(&n) => Ok(n),
+            _ => Err(NoticeError::BadSize),
+        },
+        other => Err(NoticeError::WrongType {
+            field,
+            expected: "number",
+            found: other.kind(),
+        }),
+    }
+}
+
+/// Reads a required hex digest of `kind` into `out`.
+pub(crate) fn take_digest(
+    obj: &Object<'_>,
+    field: &'static str,
+    kind: DigestKind,
+    out: &mut [u8; 32],
+) -> Result<(), NoticeError> {
+    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
+    let s = value.as_str().ok_or(NoticeError::WrongType {
+        field,
+        expected: "string",
+        found: value.kind(),
+    })?;
+    if crate::digest::from_hex(s.raw(), &mut out[..kind.len()]) {
+        Ok(())
+    } else {
+        Err(NoticeError::BadDigest(field))
+    }
+}
+
+/// Reads a required object field.
+pub(crate) fn take_object<'a>(
+    obj: &Object<'a>,
+    field: &'static str,
+) -> Result<Object<'a>, NoticeError> {
+    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
+    value.as_object().ok_or(NoticeError::WrongType {
+        field,
+        expected: "object",
+        found: value.kind(),
+    })
+}
+
+/// Checks that a stored URL has a scheme the fetcher speaks.
+pub(crate) fn check_url(url: &FixedStr) -> Result<(), NoticeError> {
+    let u = url.as_str();
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(()),
+        _ => Err(NoticeError::BadUrl),
+    }
+}
+
+/// Parses a downstream payload as one JSON object, within the size limit.
+pub(crate) fn parse_object<'a>(
+    payload: &'a [u8],
+    limits: &Limits,
+) -> Result<Object<'a>, NoticeError> {
+    if payload.len() > limits.downstream {
+        return Err(NoticeError::Oversize {
+            len: payload.len(),
+            max: limits.downstream,
+        });
+    }
+    Object::parse(payload).map_err(NoticeError::Json)
+}
+
+/// The topics one device uses, built once at init.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Where upgrade notifications arrive (the session subscribes to it).
+    pub downstream: String,
+    /// Version reports.
+    pub inform: String,
+    /// Progress reports.
+    pub progress: String,
+    /// Firmware requests (Aliyun); equal to `inform` where the protocol has one upstream topic.
+    pub request: String,
+}
+
+impl Topics {
+    pub fn new(protocol: Protocol, product_key: &str, device_name: &str) -> Topics {
+        let (pk, dn) = (product_key, device_name);
+        match protocol {
+            Protocol::Aliyun | Protocol::Sagoo => Topics {
+                downstream: format!("/ota/device/upgrade/{pk}/{dn}"),
+                inform: format!("/ota/device/inform/{pk}/{dn}"),
+                progress: format!("/ota/device/progress/{pk}/{dn}"),
+                request: format!("/ota/device/request/{pk}/{dn}"),
+            },
+            Protocol::Tencent => {
+                let up = format!("$ota/report/{pk}/{dn}");
+                Topics {
+                    downstream: format!("$ota/update/{pk}/{dn}"),
+                    inform: up.clone(),
+                    progress: up.clone(),
+                    request: up,
+                }
+            }
+            Protocol::Ucloud => {
+                let up = format!("/$system/{pk}/{dn}/ota/upstream");
+                Topics {
+                    downstream: format!("/$system/{pk}/{dn}/ota/downstream"),
+                    inform: up.clone(),
+                    progress: up.clone(),
+                    request: up,
+                }
+            }
+        }
+    }
+
+    pub fn for_channel(&self, channel: Channel) -> &str {
+        match channel {
+            Channel::Inform => &self.inform,
+            Channel::Progress => &self.progress,
+            Channel::Request => &self.request,
+        }
+    }
+}
+
+/// Which upstream topic a message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Inform,
+    Progress,
+    Request,
+}
+
+/// A message from the device to the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report<'a> {
+    /// The running version (of `module`, when given).
+    Version {
+        version: &'a str,
+        module: Option<&'a str>,
+    },
+    /// Ask the platform to (re)send the upgrade for the running `version`.
+    Request {
+        version: &'a str,
+        module: Option<&'a str>,
+    },
+    /// Download percent 0..=100, or a failure step -1..=-4 with its description.
+    Progress {
+        step: i32,
+        desc: &'a str,
+        module: Option<&'a str>,
+    },
+}
+
+/// What a downstream message turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downstream {
+    /// An upgrade notification, decoded into the caller's [`UpgradeNotice`].
+    Upgrade,
+}
+
+/// Decodes a message that arrived on the downstream topic.
+pub fn decode(
+    protocol: Protocol,
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut UpgradeNotice,
+) -> Result<Downstream, NoticeError> {
+    match protocol {
+        Protocol::Aliyun => aliyun::decode(payload, limits, out),
+        _ => Err(NoticeError::Unsupported(
+            "this protocol is not implemented yet",
+        )),
+    }
+}
+
+/// Encodes `report` into `out`; returns the channel and the length written.
+pub fn encode(
+    protocol: Protocol,
+    report: &Report<'_>,
+    id: u64,
+    out: &mut [u8],
+) -> Result<(Channel, usize), JsonError> {
+    match protocol {
+        Protocol::Aliyun => aliyun::encode(report, id, out),
+        _ => Err(JsonError::Overflow),
+    }
+}

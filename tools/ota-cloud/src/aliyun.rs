@@ -1,0 +1,251 @@
+//! Aliyun IoT OTA messages, cloud side: topics, a strict checker of what the device sends,
+//! and the upgrade notification. Pure: no I/O.
+//!
+//! The checker is deliberately stricter than the real platform: it is there to catch a device
+//! SDK that drifts from the documented shapes (`shared/PROTOCOLS.md`), so an unknown key or a
+//! wrong JSON type is a violation rather than something to tolerate.
+
+use serde_json::{json, Map, Value};
+
+use crate::cloud::{DeviceMsg, Firmware};
+
+/// The four Aliyun OTA topics of one device.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub inform: String,
+    pub progress: String,
+    pub request: String,
+    pub upgrade: String,
+}
+
+impl Topics {
+    pub fn new(product_key: &str, device_name: &str) -> Topics {
+        let t = |kind: &str| format!("/ota/device/{kind}/{product_key}/{device_name}");
+        Topics {
+            inform: t("inform"),
+            progress: t("progress"),
+            request: t("request"),
+            upgrade: t("upgrade"),
+        }
+    }
+
+    /// Topics the cloud subscribes to (device → cloud).
+    pub fn from_device(&self) -> [&str; 3] {
+        [&self.inform, &self.progress, &self.request]
+    }
+}
+
+/// Checks one device → cloud message. `Ok(None)` means the topic is not an OTA device topic.
+pub fn parse(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<DeviceMsg>, String> {
+    let allowed: &[(&str, bool)] = if topic == topics.inform {
+        &[("version", true), ("module", false)]
+    } else if topic == topics.progress {
+        &[("step", true), ("desc", false)]
+    } else if topic == topics.request {
+        // The brief's shape is {version}; newer platforms add `module` as they do on inform.
+        &[("version", true), ("module", false)]
+    } else {
+        return Ok(None);
+    };
+    let params = envelope(payload)?;
+    check_keys(&params, allowed)?;
+    let string = |key: &str| params.get(key).and_then(Value::as_str).map(str::to_string);
+    let msg = if topic == topics.progress {
+        let step = string("step").unwrap_or_default();
+        DeviceMsg::Progress {
+            step: parse_step(&step)?,
+            desc: string("desc"),
+        }
+    } else {
+        let version = string("version").unwrap_or_default();
+        if version.is_empty() {
+            return Err("params.version is empty".into());
+        }
+        let module = string("module");
+        if topic == topics.inform {
+            DeviceMsg::Version { version, module }
+        } else {
+            DeviceMsg::Request { version, module }
+        }
+    };
+    Ok(Some(msg))
+}
+
+/// `{"id": <number|string>, "params": {...}}` and nothing else; returns `params`.
+fn envelope(payload: &[u8]) -> Result<Map<String, Value>, String> {
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    let Value::Object(mut obj) = value else {
+        return Err("payload is not a JSON object".into());
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "id" && *k != "params") {
+        return Err(format!("unexpected top-level key {k:?}"));
+    }
+    match obj.get("id") {
+        Some(Value::Number(_) | Value::String(_)) => {}
+        Some(other) => return Err(format!("\"id\" must be a number or a string, got {other}")),
+        None => return Err("missing \"id\"".into()),
+    }
+    match obj.remove("params") {
+        Some(Value::Object(p)) => Ok(p),
+        Some(other) => Err(format!("\"params\" must be an object, got {other}")),
+        None => Err("missing \"params\"".into()),
+    }
+}
+
+/// Every key must be allowed and a string; required keys must be present.
+fn check_keys(params: &Map<String, Value>, allowed: &[(&str, bool)]) -> Result<(), String> {
+    for (key, value) in params {
+        if !allowed.iter().any(|(k, _)| k == key) {
+            return Err(format!("unexpected key params.{key}"));
+        }
+        if !value.is_string() {
+            return Err(format!("params.{key} must be a JSON string, got {value}"));
+        }
+    }
+    for (key, required) in allowed {
+        if *required && !params.contains_key(*key) {
+            return Err(format!("missing params.{key}"));
+        }
+    }
+    Ok(())
+}
+
+/// `"1"`…`"100"` percent, `"0"`, or `"-1"`…`"-4"` failures, written exactly as `%d` would.
+fn parse_step(s: &str) -> Result<i32, String> {
+    let n: i32 = s
+        .parse()
+        .map_err(|_| format!("params.step {s:?} is not an integer"))?;
+    if n.to_string() != s {
+        return Err(format!(
+            "params.step {s:?} is not written as a plain integer"
+        ));
+    }
+    if !(-4..=100).contains(&n) {
+        return Err(format!("params.step {n} is outside -4..=100"));
+    }
+    Ok(n)
+}
+
+/// The upgrade notification, as the platform sends it.
+pub fn upgrade_message(firmware: &Firmware, id: u64) -> String {
+    json!({
+        "code": "1000",
+        "data": {
+            "size": firmware.size,
+            "version": firmware.version,
+            "url": firmware.url,
+            "md5": firmware.md5,
+        },
+        "id": id,
+        "message": "success",
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Topics {
+        Topics::new("pk", "dn")
+    }
+
+    fn p(topic: &str, payload: &str) -> Result<Option<DeviceMsg>, String> {
+        parse(&topics(), topic, payload.as_bytes())
+    }
+
+    #[test]
+    fn seed_examples_are_accepted() {
+        let t = topics();
+        assert_eq!(
+            p(&t.inform, r#"{"id":1,"params":{"version":"1.0.0"}}"#),
+            Ok(Some(DeviceMsg::Version {
+                version: "1.0.0".into(),
+                module: None
+            }))
+        );
+        assert_eq!(
+            p(
+                &t.inform,
+                r#"{"id":"7","params":{"version":"1.0.0","module":"MCU"}}"#
+            ),
+            Ok(Some(DeviceMsg::Version {
+                version: "1.0.0".into(),
+                module: Some("MCU".into())
+            }))
+        );
+        assert_eq!(
+            p(&t.progress, r#"{"id":1,"params":{"step":"1","desc":"x"}}"#),
+            Ok(Some(DeviceMsg::Progress {
+                step: 1,
+                desc: Some("x".into())
+            }))
+        );
+        assert_eq!(
+            p(&t.progress, r#"{"id":1,"params":{"step":"-4"}}"#),
+            Ok(Some(DeviceMsg::Progress {
+                step: -4,
+                desc: None
+            }))
+        );
+        assert_eq!(
+            p(&t.request, r#"{"id":1,"params":{"version":"1.0.0"}}"#),
+            Ok(Some(DeviceMsg::Request {
+                version: "1.0.0".into(),
+                module: None
+            }))
+        );
+        assert_eq!(p("/other", "not json"), Ok(None));
+    }
+
+    #[test]
+    fn violations_are_rejected() {
+        let t = topics();
+        for (topic, payload) in [
+            (&t.inform, "not json"),
+            (&t.inform, "[1]"),
+            (&t.inform, r#"{"params":{"version":"1"}}"#),
+            (&t.inform, r#"{"id":null,"params":{"version":"1"}}"#),
+            (&t.inform, r#"{"id":1,"params":{"version":"1"},"x":1}"#),
+            (&t.inform, r#"{"id":1,"params":{}}"#),
+            (&t.inform, r#"{"id":1,"params":{"version":1}}"#),
+            (&t.inform, r#"{"id":1,"params":{"version":""}}"#),
+            (
+                &t.inform,
+                r#"{"id":1,"params":{"version":"1","extra":"x"}}"#,
+            ),
+            (&t.inform, r#"{"id":1,"params":"version"}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":37}}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":"101"}}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":"-5"}}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":"+5"}}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":"05"}}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":"5%"}}"#),
+            (&t.progress, r#"{"id":1,"params":{"desc":"x"}}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":"5","desc":5}}"#),
+            (&t.request, r#"{"id":1,"params":{}}"#),
+        ] {
+            assert!(
+                p(topic, payload).is_err(),
+                "{topic} {payload} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn upgrade_message_shape() {
+        let fw = Firmware {
+            version: "2.0.0".into(),
+            url: "http://h/firmware.bin".into(),
+            size: 432945,
+            md5: "93230c3bde425a9d7984a594ac55ea1e".into(),
+        };
+        let v: Value = serde_json::from_str(&upgrade_message(&fw, 1507707025)).unwrap();
+        assert_eq!(
+            v,
+            json!({"code":"1000","data":{"size":432945,"version":"2.0.0","url":"http://h/firmware.bin",
+                   "md5":"93230c3bde425a9d7984a594ac55ea1e"},"id":1507707025,"message":"success"})
+        );
+    }
+}
