@@ -17,6 +17,9 @@ use crate::ota_log;
 
 pub use rumqttc::QoS;
 
+/// Most events one zero-timeout yield handles.
+const MAX_READY_EVENTS: u32 = 64;
+
 /// How to reach the broker.
 #[derive(Debug, Clone)]
 pub struct MqttOptions {
@@ -276,6 +279,7 @@ impl MqttClient {
             return Err(Error::InvalidState("yield called from inside a handler"));
         };
         let deadline = Instant::now() + timeout;
+        let mut passes = 0;
         loop {
             if let Some(at) = *lock(&self.retry_at) {
                 let now = Instant::now();
@@ -289,6 +293,11 @@ impl MqttClient {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let event = if left.is_zero() {
+                // One pass: take what is ready (bounded, so a flood cannot hold the caller).
+                passes += 1;
+                if passes > MAX_READY_EVENTS {
+                    return Ok(());
+                }
                 match connection.try_recv() {
                     Ok(r) => r,
                     Err(_) => return Ok(()),

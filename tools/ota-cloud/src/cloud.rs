@@ -400,7 +400,11 @@ impl Cloud {
                         self.say(format!("device reports failure step {step}: {desc_text}"));
                         break Err(Failure::DeviceFailed { step, desc });
                     }
-                    self.say(format!("progress {step}% {desc_text}"));
+                    self.say(
+                        format!("progress {step}% {desc_text}")
+                            .trim_end()
+                            .to_string(),
+                    );
                     if step == 100 && summary.download_time.is_none() {
                         summary.download_time = first_upgrade_at.map(|t: Instant| t.elapsed());
                     }

@@ -168,16 +168,15 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
 
 fn broker(args: &[String]) -> Result<ExitCode, Usage> {
     let f = flags(args, &["port"])?;
-    let started = match f.get("port") {
-        Some(_) => EmbeddedBroker::start_on(number(&f, "port", 0u16)?),
-        None => EmbeddedBroker::start(),
+    let started = match number(&f, "port", 0u16)? {
+        0 => EmbeddedBroker::start(),
+        port => EmbeddedBroker::start_on(port),
     };
     let broker = match started {
         Ok(b) => b,
         Err(e) => return fail(format!("cannot start the broker: {e}")),
     };
     println!("broker listening on 127.0.0.1:{}", broker.port());
-    println!("port: {}", broker.port());
     // The broker runs in its own thread until the process is stopped (Ctrl-C).
     loop {
         std::thread::park();

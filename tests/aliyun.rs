@@ -1,0 +1,134 @@
+//! Full Aliyun upgrades through the Rust API: embedded rumqttd broker, the `ota-cloud`
+//! simulator playing the platform, firmware over real HTTP on 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use ota::ota::OtaConfig;
+use ota::{MqttClient, MqttOptions, OtaSession};
+use ota_cloud::broker::EmbeddedBroker;
+use ota_cloud::cloud::{Cloud, Firmware, Success};
+use ota_cloud::http::FirmwareServer;
+
+fn connect(port: u16, client_id: &str) -> MqttClient {
+    MqttClient::connect(&MqttOptions::new("127.0.0.1", port, client_id)).expect("broker reachable")
+}
+
+/// Plays the device until the download ends; returns the bytes it wrote.
+fn download(mqtt: &MqttClient, session: &OtaSession, buf_len: usize) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut image = Vec::new();
+    let mut buf = vec![0u8; buf_len];
+    let mut last = 0;
+    while !session.is_fetch_finished() {
+        assert!(Instant::now() < deadline, "download did not finish");
+        mqtt.yield_for(Duration::from_millis(if session.is_fetching() {
+            0
+        } else {
+            50
+        }))
+        .unwrap();
+        if session.is_fetching() {
+            let n = session
+                .fetch_yield(&mut buf, Duration::from_secs(1))
+                .unwrap();
+            image.extend_from_slice(&buf[..n]);
+            let percent = (session.fetched_size() * 100 / session.file_size()) as i32;
+            if percent > last {
+                session.report_progress(percent, None).unwrap();
+                last = percent;
+            }
+        }
+    }
+    image
+}
+
+fn full_upgrade(size: usize, buf_len: usize, device: &str) {
+    let broker = EmbeddedBroker::start().unwrap();
+    let image = ota_cloud::generate_firmware(size);
+    let server = FirmwareServer::start(image.clone()).unwrap();
+    let firmware = Firmware::new("2.0.0", server.url(), &image);
+    let mut cloud = Cloud::connect_aliyun("127.0.0.1", broker.port(), "pk1", device).unwrap();
+    cloud.set_quiet(true);
+    let cloud_thread = std::thread::spawn(move || cloud.run(&firmware, Duration::from_secs(60)));
+
+    let mqtt = connect(broker.port(), device);
+    let session = OtaSession::attach(&mqtt, "pk1", device, OtaConfig::default()).unwrap();
+    session.report_version("1.0.0").unwrap();
+    let got = download(&mqtt, &session, buf_len);
+    assert_eq!(got.len(), image.len());
+    assert!(
+        got == image,
+        "downloaded bytes differ from the served image"
+    );
+    assert!(session.check_firmware().unwrap());
+    assert_eq!(
+        session.with_notice(|n| n.version.as_str().to_string()),
+        "2.0.0"
+    );
+
+    // "Reboot": a new session reports the new version, which completes the upgrade.
+    session.detach(&mqtt).unwrap();
+    drop(session);
+    let session = OtaSession::attach(&mqtt, "pk1", device, OtaConfig::default()).unwrap();
+    session.report_version("2.0.0").unwrap();
+    let summary = loop {
+        mqtt.yield_for(Duration::from_millis(50)).unwrap();
+        if cloud_thread.is_finished() {
+            break cloud_thread.join().unwrap();
+        }
+    };
+    assert!(
+        matches!(summary.outcome, Ok(Success::Upgraded)),
+        "cloud outcome: {:?}",
+        summary.outcome
+    );
+    assert_eq!(summary.progress.last(), Some(&100));
+    assert!(
+        summary.progress.windows(2).all(|w| w[0] < w[1]),
+        "progress only grows"
+    );
+}
+
+#[test]
+fn upgrade_with_sample_sized_buffer() {
+    full_upgrade(1_000_000, 5000, "dev-5000");
+}
+
+#[test]
+fn upgrade_with_64k_buffer_and_odd_size() {
+    full_upgrade(3_000_001, 64 * 1024, "dev-64k");
+}
+
+#[test]
+fn repeated_upgrade_message_keeps_the_download_going() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let image = ota_cloud::generate_firmware(200_000);
+    let server = FirmwareServer::start(image.clone()).unwrap();
+    let md5 = ota_cloud::cloud::md5_hex(&image);
+    let msg = format!(
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{}","md5":"{md5}"}},"id":1,"message":"success"}}"#,
+        image.len(),
+        server.url()
+    );
+    let mqtt = connect(broker.port(), "dev-repeat");
+    let session = OtaSession::attach(&mqtt, "pk1", "dev-repeat", OtaConfig::default()).unwrap();
+    let topic = session.downstream_topic().to_string();
+    session.handle_message(&topic, msg.as_bytes()).unwrap();
+    let mut buf = vec![0u8; 50_000];
+    let first = session
+        .fetch_yield(&mut buf, Duration::from_secs(2))
+        .unwrap();
+    assert!(first > 0);
+    session.handle_message(&topic, msg.as_bytes()).unwrap();
+    assert!(session.is_fetching());
+    assert_eq!(session.fetched_size(), first as u64, "offset kept");
+    let mut got = buf[..first].to_vec();
+    while !session.is_fetch_finished() {
+        let n = session
+            .fetch_yield(&mut buf, Duration::from_secs(2))
+            .unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == image);
+    assert!(session.check_firmware().unwrap());
+}

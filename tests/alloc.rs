@@ -1,0 +1,137 @@
+//! No allocation after init: a counting global allocator watches a full upgrade
+//! (notify → fetch → verify → report) on in-memory transports.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ota::fetch::MemorySource;
+use ota::ota::{OtaConfig, Uplink};
+use ota::{OtaSession, OtaState};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(new, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Records what the session publishes into fixed storage.
+struct MemoryUplink {
+    log: &'static std::sync::Mutex<([u8; 4096], usize, usize)>,
+}
+
+impl Uplink for MemoryUplink {
+    fn publish(&mut self, topic: &str, payload: &[u8]) -> ota::error::Result<()> {
+        let mut g = self.log.lock().unwrap();
+        let (buf, len, count) = &mut *g;
+        for part in [topic.as_bytes(), b" ", payload, b"\n"] {
+            let end = (*len + part.len()).min(buf.len());
+            buf[*len..end].copy_from_slice(&part[..end - *len]);
+            *len = end;
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+static LOG: std::sync::Mutex<([u8; 4096], usize, usize)> = std::sync::Mutex::new(([0; 4096], 0, 0));
+
+fn image() -> &'static [u8] {
+    let v: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    Box::leak(v.into_boxed_slice())
+}
+
+#[test]
+fn a_full_upgrade_allocates_nothing_after_init() {
+    // Quiet: logging must not allocate either, but keep test output clean.
+    ota::log::set_level(ota::log::Level::Error);
+    let image = image();
+    let md5 = {
+        use md5::Digest;
+        let d = md5::Md5::digest(image);
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let notice = format!(
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"http:\/\/127.0.0.1\/fw.bin","md5":"{md5}"}},"id":1,"message":"success"}}"#,
+        image.len()
+    );
+    let topic = "/ota/device/upgrade/pk/dn";
+    let mut source = MemorySource::new(image);
+    source.chunk = 4096;
+    let session = OtaSession::new(
+        "pk",
+        "dn",
+        OtaConfig::default(),
+        Box::new(MemoryUplink { log: &LOG }),
+        Box::new(source),
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 5000];
+    let mut hex = [0u8; 64];
+
+    COUNTING.store(true, Ordering::SeqCst);
+    session.report_version("1.0.0").unwrap();
+    session.handle_message(topic, notice.as_bytes()).unwrap();
+    assert!(session.is_fetching());
+    let mut last = 0;
+    let mut total = 0;
+    let mut reports = 0;
+    while !session.is_fetch_finished() {
+        let n = session
+            .fetch_yield(&mut buf, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(&buf[..n], &image[total..total + n]);
+        total += n;
+        let percent = (session.fetched_size() * 100 / session.file_size()) as i32;
+        if percent > last {
+            session.report_progress(percent, None).unwrap();
+            last = percent;
+            reports += 1;
+        }
+    }
+    let valid = session.check_firmware().unwrap();
+    let announced = session.with_notice(|n| ota::ota::notice_digest_hex(n, &mut hex).len());
+    session.report_version("2.0.0").unwrap();
+    COUNTING.store(false, Ordering::SeqCst);
+
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    let bytes = BYTES.load(Ordering::SeqCst);
+    assert!(valid, "the image verifies");
+    assert_eq!(&hex[..announced], md5.as_bytes());
+    assert_eq!(total, image.len());
+    assert_eq!(session.state(), OtaState::Fetched);
+    let (_, _, published) = *LOG.lock().unwrap();
+    assert!(reports > 50, "progress was reported along the way");
+    assert_eq!(
+        published,
+        1 + reports + 1,
+        "version, progress reports, new version"
+    );
+    assert_eq!(last, 100);
+    assert_eq!(allocs, 0, "{allocs} allocations ({bytes} bytes) after init");
+}
