@@ -281,7 +281,7 @@ static int download_firmware(ota_session_t *s)
         reported = report_progress(s, &last_percent);
         /* Give a queued progress report time to go out; otherwise one non-blocking pass keeps
          * the connection serviced without adding 100 ms to every chunk. */
-        IOT_MQTT_Yield(s->pclient, reported ? 100 : 0);
+        IOT_MQTT_Yield(s->pclient, reported ? 0 : 0);
         if (HAL_UptimeMs() > s->deadline_ms) {
             EXAMPLE_TRACE("timed out while downloading");
             return RC_TIMEOUT;

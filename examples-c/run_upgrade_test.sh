@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One whole Aliyun-protocol upgrade on this machine: mosquitto as the broker, ota-cloud as the
-# platform (announces 2.0.0, serves the image over HTTP, waits for the device to report 2.0.0),
-# and the unchanged example firmware as the device.
+# One whole Aliyun-protocol upgrade on this machine: mosquitto as the broker, a cloud, and the
+# unchanged example firmware as the device.
+#   upgrade  (default) ota-cloud announces 2.0.0, serves the image over HTTP and waits for the
+#            device to report 2.0.0; the device must exit 0 with a byte-identical file.
+#   bad-md5  bad_md5_cloud.py announces an image with a wrong md5; the device must report
+#            step -3 (verify failed), not report 2.0.0, and exit 1.
 #
-# usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN
+# usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN [upgrade|bad-md5]
 # env:   OTA_BUF_LEN (bytes per FetchYield, default 5000), OTA_TEST_FIRMWARE_SIZE (default 3000000),
 #        OTA_REQUIRE_MOSQUITTO=required (fail instead of skip without mosquitto),
 #        OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (path to the broker binary)
@@ -12,6 +15,8 @@ set -euo pipefail
 
 example=${1:?usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN}
 cloud=${2:?usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN}
+scenario=${3:-upgrade}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 buf_len=${OTA_BUF_LEN:-5000}
 firmware_size=${OTA_TEST_FIRMWARE_SIZE:-3000000}
 product_key=a1OtaTestPk
@@ -92,15 +97,28 @@ if ! wait_for_port "$port" 10; then
 fi
 echo "mosquitto listening on 127.0.0.1:$port"
 
-"$cloud" serve --broker "127.0.0.1:$port" --product-key "$product_key" --device-name "$device_name" \
-    --firmware-size "$firmware_size" --write-firmware "$tmp/served.bin" --version 2.0.0 \
-    --timeout-s 120 >"$tmp/cloud.log" 2>&1 &
+case $scenario in
+upgrade)
+    "$cloud" serve --broker "127.0.0.1:$port" --product-key "$product_key" --device-name "$device_name" \
+        --firmware-size "$firmware_size" --write-firmware "$tmp/served.bin" --version 2.0.0 \
+        --timeout-s 120 >"$tmp/cloud.log" 2>&1 &
+    expected_device_rc=0
+    ;;
+bad-md5)
+    python3 "$here/bad_md5_cloud.py" "$port" "$product_key" "$device_name" 300000 60 >"$tmp/cloud.log" 2>&1 &
+    expected_device_rc=1
+    ;;
+*)
+    echo "unknown scenario $scenario (expected upgrade or bad-md5)" >&2
+    exit 1
+    ;;
+esac
 cloud_pid=$!
 
 # The device reports its version once at start-up; the cloud must be subscribed before that.
 ready=0
 for _ in $(seq 100); do
-    if grep -qiE 'ready|listening|subscribed|waiting' "$tmp/cloud.log" 2>/dev/null; then
+    if grep -q "waiting for the device's version report" "$tmp/cloud.log" 2>/dev/null; then
         ready=1
         break
     fi
@@ -128,10 +146,14 @@ cloud_pid=
 
 show_log "ota-cloud" "$tmp/cloud.log"
 cloud_log_shown=1
-echo "device exit code: $device_rc, ota-cloud exit code: $cloud_rc"
-if [[ $device_rc -ne 0 || $cloud_rc -ne 0 ]]; then
-    echo "FAIL: the upgrade did not complete" >&2
+echo "device exit code: $device_rc (expected $expected_device_rc), cloud exit code: $cloud_rc (expected 0)"
+if [[ $device_rc -ne $expected_device_rc || $cloud_rc -ne 0 ]]; then
+    echo "FAIL: scenario $scenario did not end as expected" >&2
     exit 1
+fi
+if [[ $scenario == bad-md5 ]]; then
+    echo "PASS: the device rejected the image with the wrong md5 and reported verify failure"
+    exit 0
 fi
 if ! cmp "$tmp/served.bin" "$tmp/ota.bin"; then
     echo "FAIL: the downloaded firmware differs from the served one" >&2

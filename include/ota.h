@@ -371,6 +371,13 @@ typedef struct iotx_conn_info_t {
 } iotx_conn_info_t;
 
 /*
+ Pointer to `iotx_conn_info_t`, as iotkit's samples declare it.
+ */
+typedef struct iotx_conn_info_t *iotx_conn_info_pt;
+
+typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
+
+/*
  Burning (flashing) the image failed.
  */
 #define IOT_OTAP_BURN_FAILED -4

@@ -23,5 +23,5 @@ pub mod ffi;
 
 pub use error::Error;
 pub use mqtt::{MqttClient, MqttOptions};
-pub use ota::{OtaSession, OtaState};
+pub use ota::{OtaConfig, OtaSession, OtaState};
 pub use protocol::Protocol;

@@ -105,6 +105,8 @@ pub struct MqttClient {
     events: Mutex<Option<EventHandler>>,
     connected: Mutex<bool>,
     retry_at: Mutex<Option<Instant>>,
+    /// Set by `disconnect`: the connection's end is expected, not a loss.
+    closing: Mutex<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,6 +206,7 @@ impl MqttClient {
             events: Mutex::new(None),
             connected: Mutex::new(true),
             retry_at: Mutex::new(None),
+            closing: Mutex::new(false),
         })
     }
 
@@ -310,6 +313,7 @@ impl MqttClient {
             };
             match event {
                 Ok(event) => self.dispatch(event),
+                Err(_) if *lock(&self.closing) => return Ok(()),
                 Err(e) => {
                     let err = map_connection_error(&e);
                     let was = std::mem::replace(&mut *lock(&self.connected), false);
@@ -410,6 +414,7 @@ impl MqttClient {
 
     /// Sends DISCONNECT and flushes it (best effort, bounded by `timeout`).
     pub fn disconnect(&self, timeout: Duration) {
+        *lock(&self.closing) = true;
         if self.client.try_disconnect().is_ok() {
             let _ = self.yield_for(timeout);
         }

@@ -1,3 +1,787 @@
-//! placeholder
+//! The C ABI (`IOT_MQTT_*`, `IOT_OTA_*`) called exactly as firmware calls it: `void *` handles,
+//! NUL-terminated strings, raw buffers. Real parts only: an embedded rumqttd broker, firmware
+//! over HTTP on 127.0.0.1 (with injected faults), and a second MQTT client playing the platform.
+//! Each test has its own broker and device names, and every wait is bounded.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::net::TcpListener;
+use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ota::ffi::mqtt::{
+    iotx_mqtt_event_handle_t, iotx_mqtt_event_msg_pt, iotx_mqtt_event_type_t, iotx_mqtt_param_t,
+    iotx_mqtt_qos_t, iotx_mqtt_topic_info_t, IOT_MQTT_CheckStateNormal, IOT_MQTT_Construct,
+    IOT_MQTT_Destroy, IOT_MQTT_Publish, IOT_MQTT_Subscribe, IOT_MQTT_Unsubscribe, IOT_MQTT_Yield,
+    MqttHandle, FAIL_RETURN, NULL_VALUE_ERROR,
+};
+use ota::ffi::ota::*;
+use ota::mqtt::{MqttEvent, QoS};
+use ota::{MqttClient, MqttOptions};
+use ota_cloud::broker::EmbeddedBroker;
+use ota_cloud::http::{Faults, FirmwareServer};
+
+const GENERAL: c_int = IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int;
+const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
+const INVALID_STATE: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_STATE as c_int;
+const STR_TOO_LONG: c_int = IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int;
+const FETCH_FAILED: c_int = IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int;
+
+const PK: &str = "pkCapi";
+/// Upper bound of every wait (a message to arrive, a download to end).
+const WAIT: Duration = Duration::from_secs(10);
+/// Upper bound of one Ioctl call (it never blocks on I/O; more means a deadlock).
+const CALL_LIMIT: Duration = Duration::from_secs(5);
+/// Bytes of 0xAA after every buffer handed to the library, checked afterwards.
+const GUARD: usize = 64;
+const FILL: u8 = 0xAA;
+const FIRMWARE_BUF: usize = 5000;
+
+fn cstring(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+/// `handle_event` callback: counts SUBSCRIBE_SUCCESS events into the `AtomicUsize` at `ctx`.
+unsafe extern "C" fn count_subacks(ctx: *mut c_void, _client: *mut c_void, msg: iotx_mqtt_event_msg_pt) {
+    if ctx.is_null() || msg.is_null() {
+        return;
+    }
+    if matches!(
+        (*msg).event_type,
+        iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS
+    ) {
+        (*(ctx as *const AtomicUsize)).fetch_add(1, SeqCst);
+    }
+}
+
+/// Subscription handler: appends the payload to the `Mutex<Vec<Vec<u8>>>` at `ctx`.
+unsafe extern "C" fn collect_payloads(
+    ctx: *mut c_void,
+    _client: *mut c_void,
+    msg: iotx_mqtt_event_msg_pt,
+) {
+    if ctx.is_null() || msg.is_null() {
+        return;
+    }
+    if !matches!(
+        (*msg).event_type,
+        iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_PUBLISH_RECEIVED
+    ) {
+        return;
+    }
+    let info = &*((*msg).msg as *const iotx_mqtt_topic_info_t);
+    let payload = std::slice::from_raw_parts(info.payload as *const u8, info.payload_len as usize);
+    (*(ctx as *const Mutex<Vec<Vec<u8>>>))
+        .lock()
+        .unwrap()
+        .push(payload.to_vec());
+}
+
+fn mqtt_param(port: u16, client_id: &CStr, subacks: &AtomicUsize) -> iotx_mqtt_param_t {
+    iotx_mqtt_param_t {
+        port,
+        host: c"127.0.0.1".as_ptr(),
+        client_id: client_id.as_ptr(),
+        username: null(),
+        password: null(),
+        pub_key: null(),
+        clean_session: 1,
+        request_timeout_ms: 2000,
+        keepalive_interval_ms: 60_000,
+        pwrite_buf: null_mut(),
+        write_buf_size: 0,
+        pread_buf: null_mut(),
+        read_buf_size: 0,
+        handle_event: iotx_mqtt_event_handle_t {
+            h_fp: Some(count_subacks),
+            pcontext: subacks as *const AtomicUsize as *mut c_void,
+        },
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound once, then released).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The device side, built purely through the C functions.
+struct Device {
+    mqtt: *mut c_void,
+    ota: *mut c_void,
+    /// SUBSCRIBE_SUCCESS events seen by `handle_event` (leaked: the client may outlive a panic).
+    subacks: &'static AtomicUsize,
+    /// A call never returned: the handles are leaked rather than freed under it.
+    wedged: std::cell::Cell<bool>,
+}
+
+impl Device {
+    /// Connects the MQTT client only.
+    fn connect(port: u16, dn: &str) -> Device {
+        let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let client_id = cstring(&format!("{PK}.{dn}"));
+        let mut param = mqtt_param(port, &client_id, subacks);
+        let mqtt = IOT_MQTT_Construct(&mut param);
+        assert!(!mqtt.is_null(), "IOT_MQTT_Construct to port {port} failed");
+        Device {
+            mqtt,
+            ota: null_mut(),
+            subacks,
+            wedged: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Connects and initialises OTA; returns once the upgrade topic subscription is acknowledged
+    /// (so an upgrade published afterwards cannot be lost).
+    fn new(port: u16, dn: &str) -> Device {
+        let mut d = Device::connect(port, dn);
+        d.init_ota(dn);
+        d
+    }
+
+    fn init_ota(&mut self, dn: &str) {
+        let before = self.subacks.load(SeqCst);
+        let (pk, dn) = (cstring(PK), cstring(dn));
+        self.ota = IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), self.mqtt);
+        assert!(!self.ota.is_null(), "IOT_OTA_Init failed");
+        self.wait_until("the upgrade topic subscription is acknowledged", || {
+            self.subacks.load(SeqCst) > before
+        });
+    }
+
+    fn yield_ms(&self, ms: c_int) {
+        assert_eq!(IOT_MQTT_Yield(self.mqtt, ms), 0, "IOT_MQTT_Yield");
+    }
+
+    fn wait_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            self.yield_ms(50);
+        }
+    }
+
+    fn last_error(&self) -> c_int {
+        IOT_OTA_GetLastError(self.ota)
+    }
+
+    fn report_version(&self, version: &str) -> c_int {
+        IOT_OTA_ReportVersion(self.ota, cstring(version).as_ptr())
+    }
+
+    fn state(&self) -> u32 {
+        self.ioctl_u32(IOT_OTAG_STATE).expect("IOT_OTAG_STATE")
+    }
+
+    /// Calls IOT_OTA_Ioctl on a `buf_len`-byte window of a larger 0xAA-filled buffer, on another
+    /// thread so that a deadlock fails the test instead of hanging it. Checks that nothing was
+    /// written past `buf_len`, and nothing at all on failure.
+    fn ioctl(&self, kind: c_int, buf_len: usize) -> (c_int, Vec<u8>) {
+        let mut buf = vec![FILL; buf_len + GUARD];
+        let (h, p) = (self.ota as usize, buf.as_mut_ptr() as usize);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(IOT_OTA_Ioctl(
+                h as *mut c_void,
+                kind,
+                p as *mut c_void,
+                buf_len,
+            ));
+        });
+        let Ok(rc) = rx.recv_timeout(CALL_LIMIT) else {
+            self.wedged.set(true);
+            std::mem::forget(buf);
+            panic!("IOT_OTA_Ioctl(type {kind}, buf_len {buf_len}) did not return within {CALL_LIMIT:?} (deadlock)");
+        };
+        assert!(
+            buf[buf_len..].iter().all(|&b| b == FILL),
+            "IOT_OTA_Ioctl(type {kind}, buf_len {buf_len}) wrote past buf_len"
+        );
+        if rc != 0 {
+            assert!(
+                buf.iter().all(|&b| b == FILL),
+                "IOT_OTA_Ioctl(type {kind}, buf_len {buf_len}) failed with {rc} but wrote into the buffer"
+            );
+        }
+        buf.truncate(buf_len);
+        (rc, buf)
+    }
+
+    fn ioctl_u32(&self, kind: c_int) -> Result<u32, c_int> {
+        match self.ioctl(kind, 4) {
+            (0, b) => Ok(u32::from_ne_bytes(b[..4].try_into().unwrap())),
+            (rc, _) => Err(rc),
+        }
+    }
+
+    fn ioctl_str(&self, kind: c_int, buf_len: usize) -> Result<String, c_int> {
+        match self.ioctl(kind, buf_len) {
+            (0, b) => {
+                let s = CStr::from_bytes_until_nul(&b).expect("answer is NUL-terminated in buf_len");
+                Ok(s.to_str().unwrap().to_string())
+            }
+            (rc, _) => Err(rc),
+        }
+    }
+
+    /// A later valid call still works: the handles survived whatever came before.
+    fn assert_usable(&self) {
+        assert_eq!(IOT_MQTT_CheckStateNormal(self.mqtt), 1);
+        assert_eq!(self.report_version("1.0.0"), 0, "ReportVersion after errors");
+        self.yield_ms(10);
+        assert!(self.state() >= IOT_OTA_State_t::IOT_OTAS_INITED as u32);
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if self.wedged.get() {
+            return;
+        }
+        let quiet = std::thread::panicking();
+        if !self.ota.is_null() {
+            let rc = IOT_OTA_Deinit(self.ota);
+            assert!(quiet || rc == 0, "IOT_OTA_Deinit returned {rc}");
+        }
+        if !self.mqtt.is_null() {
+            let rc = IOT_MQTT_Destroy(&mut self.mqtt);
+            assert!(quiet || (rc == 0 && self.mqtt.is_null()), "IOT_MQTT_Destroy returned {rc}");
+        }
+    }
+}
+
+/// The platform: publishes upgrade notifications and records the device's progress reports.
+struct Cloud {
+    client: MqttClient,
+    upgrade_topic: String,
+    progress: Arc<Mutex<Vec<String>>>,
+}
+
+impl Cloud {
+    fn new(port: u16, dn: &str) -> Cloud {
+        let client = MqttClient::connect(&MqttOptions::new("127.0.0.1", port, &format!("cloud.{dn}")))
+            .expect("cloud connects to the broker");
+        let acks = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&acks);
+        client.on_event(move |e| {
+            if matches!(e, MqttEvent::SubscribeAck { .. }) {
+                counter.fetch_add(1, SeqCst);
+            }
+        });
+        let progress = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&progress);
+        client
+            .subscribe(
+                &format!("/ota/device/progress/{PK}/{dn}"),
+                QoS::AtLeastOnce,
+                move |m| {
+                    let text = String::from_utf8_lossy(m.payload).into_owned();
+                    sink.lock().unwrap().push(text);
+                },
+            )
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while acks.load(SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "cloud subscription not acknowledged");
+            client.yield_for(Duration::from_millis(50)).unwrap();
+        }
+        Cloud {
+            client,
+            upgrade_topic: format!("/ota/device/upgrade/{PK}/{dn}"),
+            progress,
+        }
+    }
+
+    fn publish(&self, payload: &[u8]) {
+        self.client
+            .publish(&self.upgrade_topic, QoS::AtLeastOnce, false, payload)
+            .unwrap();
+        self.client.yield_for(Duration::from_millis(50)).unwrap();
+    }
+
+    /// Drives both sides until a progress report matching `pred` arrives; returns it.
+    fn wait_progress(&self, dev: &Device, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(m) = self.progress.lock().unwrap().iter().find(|m| pred(m)) {
+                return m.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress report {what}; got {:?}",
+                self.progress.lock().unwrap()
+            );
+            dev.yield_ms(20);
+            self.client.yield_for(Duration::from_millis(30)).unwrap();
+        }
+    }
+}
+
+fn setup(dn: &str) -> (EmbeddedBroker, Device, Cloud) {
+    let broker = EmbeddedBroker::start().expect("broker starts");
+    let cloud = Cloud::new(broker.port(), dn);
+    let dev = Device::new(broker.port(), dn);
+    (broker, dev, cloud)
+}
+
+fn upgrade_msg(size: u64, url: &str, md5: &str) -> String {
+    format!(
+        r#"{{"code":"1000","data":{{"size":{size},"version":"2.0.0","url":"{url}","md5":"{md5}"}},"id":1,"message":"success"}}"#
+    )
+}
+
+/// Publishes a valid upgrade and waits until the device is fetching.
+fn announce(dev: &Device, cloud: &Cloud, msg: &str) {
+    cloud.publish(msg.as_bytes());
+    dev.wait_until("the upgrade is accepted", || IOT_OTA_IsFetching(dev.ota) == 1);
+}
+
+/// Firmware's download loop: FetchYield(…, 1 s) into a 5000-byte buffer until IsFetchFinish.
+/// Checks after every call that nothing beyond the returned count was written. Returns the
+/// bytes and the failure code, if FetchYield failed.
+fn download(dev: &Device) -> (Vec<u8>, Option<c_int>) {
+    let mut buf = vec![FILL; FIRMWARE_BUF + GUARD];
+    let mut image = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while IOT_OTA_IsFetchFinish(dev.ota) == 0 {
+        assert!(Instant::now() < deadline, "download did not end in time");
+        buf.fill(FILL);
+        let n = IOT_OTA_FetchYield(dev.ota, buf.as_mut_ptr().cast::<c_char>(), FIRMWARE_BUF as u32, 1);
+        if n < 0 {
+            assert!(buf.iter().all(|&b| b == FILL), "FetchYield failed with {n} but wrote");
+            return (image, Some(n));
+        }
+        let n = n as usize;
+        assert!(n <= FIRMWARE_BUF, "FetchYield returned {n} > buf_len");
+        assert!(
+            buf[n..].iter().all(|&b| b == FILL),
+            "FetchYield wrote beyond the {n} bytes it returned"
+        );
+        image.extend_from_slice(&buf[..n]);
+        dev.yield_ms(0);
+    }
+    (image, None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. NULL and foreign arguments
+
 #[test]
-fn placeholder() {}
+fn every_ota_function_rejects_a_null_handle() {
+    let mut buf = [0u8; 128];
+    let b = buf.as_mut_ptr();
+    let v = c"1.0.0".as_ptr();
+    assert_eq!(IOT_OTA_Deinit(null_mut()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ReportVersion(null_mut(), v), INVALID_PARAM);
+    assert_eq!(IOT_OTA_RequestImage(null_mut(), v), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ReportProgress(null_mut(), 50, null()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ReportProgress(null_mut(), 50, c"x".as_ptr()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_IsFetching(null_mut()), 0);
+    assert_eq!(IOT_OTA_IsFetchFinish(null_mut()), 0);
+    assert_eq!(IOT_OTA_FetchYield(null_mut(), b.cast(), 128, 0), INVALID_PARAM);
+    assert_eq!(IOT_OTA_FetchYield(null_mut(), null_mut(), 0, 0), INVALID_PARAM);
+    for kind in IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_STATE {
+        assert_eq!(IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 4), INVALID_PARAM, "type {kind}");
+        assert_eq!(IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 128), INVALID_PARAM, "type {kind}");
+    }
+    assert_eq!(IOT_OTA_GetLastError(null_mut()), INVALID_PARAM);
+    assert!(buf.iter().all(|&x| x == 0), "a call with a NULL handle wrote into the buffer");
+    assert!(IOT_OTA_Init(null(), null(), null_mut()).is_null());
+    assert!(IOT_OTA_Init(c"pk".as_ptr(), c"dn".as_ptr(), null_mut()).is_null());
+}
+
+#[test]
+fn ota_init_rejects_null_arguments_and_foreign_handles() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut dev = Device::connect(broker.port(), "init-args");
+    let (pk, dn) = (cstring(PK), cstring("init-args"));
+    assert!(IOT_OTA_Init(null(), dn.as_ptr(), dev.mqtt).is_null());
+    assert!(IOT_OTA_Init(pk.as_ptr(), null(), dev.mqtt).is_null());
+    assert!(IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), null_mut()).is_null());
+    assert!(IOT_OTA_Init(c"".as_ptr(), dn.as_ptr(), dev.mqtt).is_null());
+    assert!(IOT_OTA_Init(pk.as_ptr(), c"a/b".as_ptr(), dev.mqtt).is_null());
+    assert!(IOT_OTA_Init(pk.as_ptr(), cstring(&"d".repeat(65)).as_ptr(), dev.mqtt).is_null());
+    // Some other memory where the MQTT handle belongs: a u64 on the stack, inside a zeroed block
+    // at least as large as a real handle so the magic check reads only memory we own.
+    let mut foreign = [0u64; 256];
+    assert!(std::mem::size_of::<MqttHandle>() <= std::mem::size_of_val(&foreign));
+    foreign[0] = 0x1234_5678_9abc_def0;
+    let fake = foreign.as_mut_ptr().cast::<c_void>();
+    assert!(IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), fake).is_null());
+    foreign.fill(u64::MAX);
+    assert!(IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), fake).is_null());
+    // The same foreign memory is no MQTT handle either.
+    assert_eq!(IOT_MQTT_Yield(fake, 0), NULL_VALUE_ERROR);
+    assert_eq!(IOT_MQTT_CheckStateNormal(fake), 0);
+
+    // The MQTT handle is intact, and a valid init works.
+    assert_eq!(IOT_MQTT_CheckStateNormal(dev.mqtt), 1);
+    dev.init_ota("init-args");
+    dev.assert_usable();
+}
+
+#[test]
+fn mqtt_functions_reject_null_arguments() {
+    assert!(IOT_MQTT_Construct(null_mut()).is_null());
+    assert_eq!(IOT_MQTT_Yield(null_mut(), 10), NULL_VALUE_ERROR);
+    assert_eq!(IOT_MQTT_Destroy(null_mut()), NULL_VALUE_ERROR);
+    let mut nothing: *mut c_void = null_mut();
+    assert_eq!(IOT_MQTT_Destroy(&mut nothing), NULL_VALUE_ERROR);
+    assert_eq!(IOT_MQTT_CheckStateNormal(null_mut()), 0);
+    let qos1 = iotx_mqtt_qos_t::IOTX_MQTT_QOS1;
+    let topic = c"capi/echo".as_ptr();
+    let received: &'static Mutex<Vec<Vec<u8>>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+    let ctx = received as *const Mutex<Vec<Vec<u8>>> as *mut c_void;
+    assert_eq!(
+        IOT_MQTT_Subscribe(null_mut(), topic, qos1, Some(collect_payloads), ctx),
+        NULL_VALUE_ERROR
+    );
+    assert_eq!(IOT_MQTT_Unsubscribe(null_mut(), topic), NULL_VALUE_ERROR);
+    let payload = b"hello";
+    let mut msg = iotx_mqtt_topic_info_t {
+        packet_id: 0,
+        qos: 1,
+        dup: 0,
+        retain: 0,
+        topic_len: 0,
+        payload_len: payload.len() as u32,
+        ptopic: null(),
+        payload: payload.as_ptr().cast(),
+    };
+    assert_eq!(IOT_MQTT_Publish(null_mut(), topic, &mut msg), NULL_VALUE_ERROR);
+
+    let broker = EmbeddedBroker::start().unwrap();
+    let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+    for (host, client_id, port) in [
+        (null(), c"c1".as_ptr(), broker.port()),
+        (c"127.0.0.1".as_ptr(), null(), broker.port()),
+        (c"127.0.0.1".as_ptr(), c"c1".as_ptr(), 0),
+    ] {
+        let mut param = mqtt_param(port, c"c1", subacks);
+        param.host = host;
+        param.client_id = client_id;
+        assert!(IOT_MQTT_Construct(&mut param).is_null());
+    }
+
+    let dev = Device::connect(broker.port(), "mqtt-args");
+    let h = dev.mqtt;
+    assert_eq!(IOT_MQTT_Subscribe(h, null(), qos1, Some(collect_payloads), ctx), NULL_VALUE_ERROR);
+    assert_eq!(IOT_MQTT_Subscribe(h, topic, qos1, None, ctx), NULL_VALUE_ERROR);
+    assert_eq!(
+        IOT_MQTT_Subscribe(h, c"capi/#/x".as_ptr(), qos1, Some(collect_payloads), ctx),
+        NULL_VALUE_ERROR
+    );
+    assert_eq!(IOT_MQTT_Unsubscribe(h, null()), NULL_VALUE_ERROR);
+    assert_eq!(IOT_MQTT_Unsubscribe(h, c"capi/never".as_ptr()), FAIL_RETURN);
+    assert_eq!(IOT_MQTT_Publish(h, topic, null_mut()), NULL_VALUE_ERROR);
+    assert_eq!(IOT_MQTT_Publish(h, null(), &mut msg), NULL_VALUE_ERROR);
+    assert_eq!(IOT_MQTT_Publish(h, c"capi/+".as_ptr(), &mut msg), NULL_VALUE_ERROR);
+    msg.qos = 3;
+    assert_eq!(IOT_MQTT_Publish(h, topic, &mut msg), NULL_VALUE_ERROR);
+    msg.qos = 1;
+    msg.payload = null();
+    assert_eq!(IOT_MQTT_Publish(h, topic, &mut msg), NULL_VALUE_ERROR);
+    msg.payload = payload.as_ptr().cast();
+
+    // Still usable: a message goes round through the broker to our own handler.
+    assert_eq!(IOT_MQTT_CheckStateNormal(h), 1);
+    assert_eq!(IOT_MQTT_Subscribe(h, topic, qos1, Some(collect_payloads), ctx), 0);
+    dev.wait_until("the echo subscription is acknowledged", || {
+        dev.subacks.load(SeqCst) >= 1
+    });
+    assert_eq!(IOT_MQTT_Publish(h, topic, &mut msg), 0);
+    dev.wait_until("the echo arrives", || !received.lock().unwrap().is_empty());
+    assert_eq!(received.lock().unwrap()[0], payload);
+    assert_eq!(IOT_MQTT_Unsubscribe(h, topic), 0);
+}
+
+#[test]
+fn mqtt_construct_to_a_closed_port_fails_within_seconds() {
+    let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+    let mut param = mqtt_param(closed_port(), c"nobody", subacks);
+    let start = Instant::now();
+    assert!(IOT_MQTT_Construct(&mut param).is_null());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "IOT_MQTT_Construct took {:?}",
+        start.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Wrong state and bad arguments on a live session
+
+#[test]
+fn wrong_state_and_bad_arguments_on_a_live_session() {
+    let (_broker, dev, cloud) = setup("state");
+    let h = dev.ota;
+    let mut buf = vec![FILL; 64];
+
+    assert_eq!(IOT_OTA_IsFetching(h), 0);
+    assert_eq!(IOT_OTA_IsFetchFinish(h), 0);
+    assert_eq!(dev.last_error(), 0);
+    assert_eq!(IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 64, 0), INVALID_STATE);
+    assert_eq!(dev.last_error(), INVALID_STATE);
+    assert!(buf.iter().all(|&b| b == FILL));
+    assert_eq!(IOT_OTA_FetchYield(h, null_mut(), 64, 0), INVALID_PARAM);
+    assert_eq!(IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 0, 0), INVALID_PARAM);
+    assert_eq!(dev.last_error(), INVALID_PARAM);
+
+    assert_eq!(IOT_OTA_ReportProgress(h, 50, null()), INVALID_STATE);
+    assert_eq!(dev.last_error(), INVALID_STATE);
+    assert_eq!(IOT_OTA_ReportProgress(h, 150, null()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ReportProgress(h, -5, null()), INVALID_PARAM);
+    assert_eq!(dev.last_error(), INVALID_PARAM);
+
+    assert_eq!(dev.report_version(&"9".repeat(64)), STR_TOO_LONG);
+    assert_eq!(dev.last_error(), STR_TOO_LONG);
+    assert_eq!(dev.report_version(&"9".repeat(63)), 0);
+    assert_eq!(dev.report_version(""), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ReportVersion(h, null()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_RequestImage(h, cstring(&"9".repeat(64)).as_ptr()), STR_TOO_LONG);
+    assert_eq!(IOT_OTA_RequestImage(h, c"".as_ptr()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_RequestImage(h, null()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_RequestImage(h, c"1.0.0".as_ptr()), 0);
+
+    assert_eq!(dev.ioctl(999, 64).0, INVALID_PARAM);
+    assert_eq!(dev.ioctl(-1, 64).0, INVALID_PARAM);
+    assert_eq!(dev.last_error(), INVALID_PARAM);
+    for kind in (IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_COTA_GETTYPE).chain([IOT_OTAG_CHECK_CONFIG]) {
+        assert_eq!(dev.ioctl(kind, 4).0, INVALID_PARAM, "COTA type {kind}");
+        assert_eq!(dev.ioctl(kind, 64).0, INVALID_PARAM, "COTA type {kind}");
+    }
+    assert_eq!(IOT_OTA_Ioctl(h, IOT_OTAG_STATE, null_mut(), 4), INVALID_PARAM);
+    assert_eq!(dev.ioctl(IOT_OTAG_FETCHED_SIZE, 3).0, INVALID_PARAM);
+    assert_eq!(dev.ioctl(IOT_OTAG_FETCHED_SIZE, 8).0, INVALID_PARAM);
+    assert_eq!(dev.ioctl(IOT_OTAG_FETCHED_SIZE, 0).0, INVALID_PARAM);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FETCHED_SIZE), Ok(0));
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_SIZE), Ok(0));
+    assert_eq!(dev.state(), IOT_OTA_State_t::IOT_OTAS_INITED as u32);
+    for kind in [
+        IOT_OTAG_VERSION,
+        IOT_OTAG_MD5SUM,
+        IOT_OTAG_SHA256SUM,
+        IOT_OTAG_SIGN_METHOD,
+        IOT_OTAG_MODULE,
+        IOT_OTAG_TASK_ID,
+        IOT_OTAG_EXT_DATA,
+    ] {
+        assert_eq!(dev.ioctl_str(kind, OTA_VERSION_LEN_MAX), Err(INVALID_STATE), "type {kind}");
+    }
+    assert_eq!(dev.last_error(), INVALID_STATE);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Err(INVALID_STATE));
+    dev.assert_usable();
+
+    // An accepted upgrade that has not been downloaded yet.
+    let md5 = "93230c3bde425a9d7984a594ac55ea1e";
+    announce(&dev, &cloud, &upgrade_msg(1000, "http://127.0.0.1:9/firmware.bin", md5));
+    assert_eq!(dev.state(), IOT_OTA_State_t::IOT_OTAS_FETCHING as u32);
+    assert_eq!(IOT_OTA_IsFetchFinish(h), 0);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Err(INVALID_STATE));
+    assert_eq!(dev.last_error(), INVALID_STATE);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_SIZE), Ok(1000));
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FETCHED_SIZE), Ok(0));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 33).as_deref(), Ok(md5));
+    assert_eq!(IOT_OTA_ReportProgress(h, 150, null()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ReportProgress(h, 0, c"starting".as_ptr()), 0);
+    cloud.wait_progress(&dev, "with step 0", |m| m.contains(r#""step":"0""#) && m.contains("starting"));
+    dev.assert_usable();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A good upgrade
+
+#[test]
+fn good_upgrade_through_the_c_api() {
+    let (_broker, dev, cloud) = setup("good");
+    let h = dev.ota;
+    let image = ota_cloud::generate_firmware(300 * 1024);
+    let md5 = ota_cloud::cloud::md5_hex(&image);
+    let server = FirmwareServer::start(image.clone()).unwrap();
+    assert_eq!(dev.report_version("1.0.0"), 0);
+    announce(&dev, &cloud, &upgrade_msg(image.len() as u64, &server.url(), &md5));
+
+    let (got, failed) = download(&dev);
+    assert_eq!(failed, None);
+    assert_eq!(got.len(), image.len());
+    assert!(got == image, "downloaded bytes differ from the image");
+    assert_eq!(IOT_OTA_IsFetching(h), 0);
+    assert_eq!(IOT_OTA_IsFetchFinish(h), 1);
+    let len = image.len() as u32;
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FETCHED_SIZE), Ok(len));
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_SIZE), Ok(len));
+
+    assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 33).as_deref(), Ok(md5.as_str()));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 32), Err(STR_TOO_LONG));
+    assert_eq!(dev.last_error(), STR_TOO_LONG);
+    assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 0), Err(STR_TOO_LONG));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_SIGN_METHOD, 7).as_deref(), Ok("MD5"));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_SIGN_METHOD, 3), Err(STR_TOO_LONG));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_SHA256SUM, 65), Err(INVALID_STATE));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_TASK_ID, 64), Err(INVALID_STATE));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_EXT_DATA, 1024), Err(INVALID_STATE));
+    assert_eq!(dev.state(), IOT_OTA_State_t::IOT_OTAS_FETCHED as u32);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Ok(1));
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_RESUME_OFFSET), Ok(len));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_VERSION, 6).as_deref(), Ok("2.0.0"));
+    assert_eq!(
+        dev.ioctl_str(IOT_OTAG_VERSION, OTA_VERSION_LEN_MAX).as_deref(),
+        Ok("2.0.0")
+    );
+    assert_eq!(dev.ioctl_str(IOT_OTAG_MODULE, 8).as_deref(), Ok("default"));
+
+    // The download is over: FetchYield is a state error, not a new download.
+    let mut buf = [FILL; 16];
+    assert_eq!(IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 16, 0), INVALID_STATE);
+    assert_eq!(IOT_OTA_ReportProgress(h, 100, null()), 0);
+    cloud.wait_progress(&dev, "with step 100", |m| m.contains(r#""step":"100""#));
+    dev.assert_usable();
+}
+
+/// A string answer that does not fit is refused without writing anything, and the handle keeps
+/// working. Separate from the good upgrade so a hang here is reported on its own.
+#[test]
+fn too_small_buffers_for_version_and_module_are_refused() {
+    let (_broker, dev, cloud) = setup("short-bufs");
+    let md5 = "93230c3bde425a9d7984a594ac55ea1e";
+    announce(&dev, &cloud, &upgrade_msg(1000, "http://127.0.0.1:9/firmware.bin", md5));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_VERSION, 5), Err(STR_TOO_LONG));
+    assert_eq!(dev.last_error(), STR_TOO_LONG);
+    assert_eq!(dev.ioctl_str(IOT_OTAG_MODULE, 7), Err(STR_TOO_LONG));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_VERSION, 6).as_deref(), Ok("2.0.0"));
+    dev.assert_usable();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Bad upgrade messages
+
+#[test]
+fn bad_upgrade_messages_change_nothing() {
+    let (_broker, dev, cloud) = setup("bad-msgs");
+    let h = dev.ota;
+    let md5 = "93230c3bde425a9d7984a594ac55ea1e";
+    let url = "http://127.0.0.1:9/firmware.bin";
+    let long_url = format!("http://127.0.0.1:9/{}", "a".repeat(3000));
+    let huge_url = format!("http://127.0.0.1:9/{}", "a".repeat(10_000));
+    let bad: Vec<(&str, String)> = vec![
+        ("code 1001", upgrade_msg(1000, url, md5).replace("\"1000\"", "\"1001\"")),
+        (
+            "missing md5",
+            format!(r#"{{"code":"1000","data":{{"size":1000,"version":"2.0.0","url":"{url}"}},"id":1,"message":"success"}}"#),
+        ),
+        ("md5 too short", upgrade_msg(1000, url, "93230c3b")),
+        ("size 0", upgrade_msg(0, url, md5)),
+        ("size 2^32", upgrade_msg(4_294_967_296, url, md5)),
+        ("not JSON", "this is not json {".to_string()),
+        ("ftp URL", upgrade_msg(1000, "ftp://x", md5)),
+        ("3000-byte URL", upgrade_msg(1000, &long_url, md5)),
+        ("10 KB message", upgrade_msg(1000, &huge_url, md5)),
+    ];
+    let check_all = |dev: &Device, expect_state: IOT_OTA_State_t| {
+        let expect_state = expect_state as u32;
+        for (what, msg) in &bad {
+            // Leave a different error behind, so the -1 below comes from this message.
+            assert_eq!(IOT_OTA_ReportProgress(h, 150, null()), INVALID_PARAM);
+            cloud.publish(msg.as_bytes());
+            dev.wait_until(&format!("the {what} message is rejected"), || {
+                dev.last_error() == GENERAL
+            });
+            assert_eq!(dev.state(), expect_state, "{what} changed the state");
+        }
+    };
+
+    check_all(&dev, IOT_OTA_State_t::IOT_OTAS_INITED);
+    assert_eq!(IOT_OTA_IsFetching(h), 0);
+    assert_eq!(IOT_OTA_IsFetchFinish(h), 0);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_SIZE), Ok(0));
+    dev.assert_usable();
+
+    // A good message is still accepted; bad ones afterwards leave the accepted upgrade alone.
+    announce(&dev, &cloud, &upgrade_msg(1234, url, md5));
+    check_all(&dev, IOT_OTA_State_t::IOT_OTAS_FETCHING);
+    assert_eq!(IOT_OTA_IsFetching(h), 1);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_SIZE), Ok(1234));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 33).as_deref(), Ok(md5));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_VERSION, 64).as_deref(), Ok("2.0.0"));
+    dev.assert_usable();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Download failures
+
+/// After a failed download: finished, not valid, the handle still usable.
+fn assert_failed_download(dev: &Device) {
+    assert_eq!(IOT_OTA_IsFetchFinish(dev.ota), 1);
+    assert_eq!(IOT_OTA_IsFetching(dev.ota), 0);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Ok(0));
+    assert_eq!(dev.state(), IOT_OTA_State_t::IOT_OTAS_FETCHED as u32);
+    dev.assert_usable();
+}
+
+#[test]
+fn http_404_fails_the_download_and_is_reported_as_step_minus_2() {
+    let (_broker, dev, cloud) = setup("http-404");
+    let image = ota_cloud::generate_firmware(10_000);
+    let faults = Faults {
+        status: Some(404),
+        ..Faults::default()
+    };
+    let server = FirmwareServer::start_with(image.clone(), faults).unwrap();
+    let md5 = ota_cloud::cloud::md5_hex(&image);
+    announce(&dev, &cloud, &upgrade_msg(image.len() as u64, &server.url(), &md5));
+    let (got, failed) = download(&dev);
+    assert_eq!(failed, Some(FETCH_FAILED));
+    assert!(got.is_empty());
+    assert_eq!(dev.last_error(), FETCH_FAILED);
+    assert_failed_download(&dev);
+    let report = cloud.wait_progress(&dev, "with step -2", |m| m.contains(r#""step":"-2""#));
+    assert!(report.contains("404"), "report does not mention 404: {report}");
+}
+
+#[test]
+fn refused_connection_fails_the_download() {
+    let (_broker, dev, cloud) = setup("refused");
+    let url = format!("http://127.0.0.1:{}/firmware.bin", closed_port());
+    announce(&dev, &cloud, &upgrade_msg(1000, &url, "93230c3bde425a9d7984a594ac55ea1e"));
+    let (got, failed) = download(&dev);
+    assert_eq!(failed, Some(FETCH_FAILED));
+    assert!(got.is_empty());
+    assert_failed_download(&dev);
+    cloud.wait_progress(&dev, "with step -2", |m| m.contains(r#""step":"-2""#));
+}
+
+#[test]
+fn server_file_larger_than_announced_is_cut_at_the_announced_size() {
+    let (_broker, dev, cloud) = setup("oversize");
+    let image = ota_cloud::generate_firmware(50_000);
+    let announced = image.len() - 100;
+    // The digest of exactly the announced bytes: only the size mismatch can fail the check.
+    let md5 = ota_cloud::cloud::md5_hex(&image[..announced]);
+    let server = FirmwareServer::start(image.clone()).unwrap();
+    announce(&dev, &cloud, &upgrade_msg(announced as u64, &server.url(), &md5));
+    let (got, failed) = download(&dev);
+    assert_eq!(failed, None);
+    assert_eq!(got.len(), announced, "more or fewer bytes than announced were written");
+    assert!(got[..] == image[..announced]);
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FETCHED_SIZE), Ok(announced as u32));
+    assert_failed_download(&dev);
+    cloud.wait_progress(&dev, "with step -3", |m| m.contains(r#""step":"-3""#));
+}
+
+#[test]
+fn wrong_md5_is_rejected_and_reported_as_step_minus_3() {
+    let (_broker, dev, cloud) = setup("bad-md5");
+    let image = ota_cloud::generate_firmware(40_000);
+    let server = FirmwareServer::start(image.clone()).unwrap();
+    let wrong = ota_cloud::cloud::md5_hex(b"not the image");
+    announce(&dev, &cloud, &upgrade_msg(image.len() as u64, &server.url(), &wrong));
+    let (got, failed) = download(&dev);
+    assert_eq!(failed, None);
+    assert!(got == image);
+    assert_failed_download(&dev);
+    cloud.wait_progress(&dev, "with step -3", |m| m.contains(r#""step":"-3""#));
+}

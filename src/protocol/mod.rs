@@ -40,6 +40,7 @@ pub enum DigestKind {
 
 impl DigestKind {
     /// Digest length in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         match self {
             DigestKind::Md5 => 16,

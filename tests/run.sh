@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The project's test command (see README): installs what is missing, then runs every check CI
+# runs: format, lints, the Rust tests (embedded broker), and the C examples under ctest against
+# Mosquitto. Set OTA_REQUIRE_MOSQUITTO=required to make Mosquitto tests fail instead of skip
+# when the broker cannot be installed (CI does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v cc >/dev/null || missing+=(gcc)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v python3 >/dev/null || missing+=(python3)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    elif command -v sudo >/dev/null; then
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        echo "cannot install ${missing[*]}: not root and no sudo" >&2
+    fi
+fi
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+step "cargo test"
+cargo test --workspace
+step "release build (libota.a, libota.so, ota-cloud)"
+cargo build --release -p ota -p ota-cloud
+step "C examples under ctest"
+cmake -S examples-c -B target/ctest -DOTA_BUILD_RUST=OFF >/dev/null
+cmake --build target/ctest
+ctest --test-dir target/ctest --output-on-failure
