@@ -9,6 +9,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=OTA_SKIP_HEADER");
+    // A SONAME, so programs linked against libota.so record the name, not the build path.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libota.so");
     if std::env::var_os("OTA_SKIP_HEADER").is_some() {
         return;
     }

@@ -27,7 +27,7 @@ mosquitto_bin=${MOSQUITTO:-$(command -v mosquitto || true)}
 if [[ -z $mosquitto_bin && -x /usr/sbin/mosquitto ]]; then
     mosquitto_bin=/usr/sbin/mosquitto
 fi
-if [[ -z $mosquitto_bin ]]; then
+if [[ -z $mosquitto_bin || ! -x $mosquitto_bin ]]; then
     if [[ ${OTA_REQUIRE_MOSQUITTO:-} == required ]]; then
         echo "FAIL: mosquitto is not installed but OTA_REQUIRE_MOSQUITTO=required (apt-get install mosquitto)" >&2
         exit 1

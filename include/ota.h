@@ -16,6 +16,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+/* iotkit's misspelled IOT_OTAP_CHECK_FALIED is kept; this is the correct spelling. */
+#define IOT_OTAP_CHECK_FAILED IOT_OTAP_CHECK_FALIED
 
 /*
  Deepest nesting of objects/arrays accepted (the top-level object counts as 1).
@@ -252,6 +254,13 @@ typedef enum iotx_ioctl_option_t {
    caller keeps it alive and unchanged for as long as the connection info is used.
    */
   IOTX_IOCTL_SET_MQTT_CA = 8,
+  /*
+   Extension. `data`: `const char *` CA certificate(s) in PEM, copied at the call: HTTPS
+   firmware downloads of OTA handles initialised afterwards trust exactly these roots (host
+   name and chain are always verified). NULL goes back to the bundled web roots. -1 when the
+   text holds no usable PEM certificate.
+   */
+  IOTX_IOCTL_SET_HTTPS_CA = 9,
 } iotx_ioctl_option_t;
 
 /*
@@ -520,7 +529,8 @@ int IOT_SetupConnInfo(const char *product_key,
  points to for each option).
 
  - `option`: an `iotx_ioctl_option_t` value.
- - `data`: per option, an `int *` or a `const char *`; must not be NULL.
+ - `data`: per option, an `int *` or a `const char *`; must not be NULL, except for
+   `IOTX_IOCTL_SET_HTTPS_CA` (NULL = the bundled web roots).
 
  Returns 0 on success; -1 when `option` is unknown, `data` is NULL, or the value is invalid
  (unknown region, empty or too long domain, port outside 0..=65535, TLS flag not 0/1, CA not a
@@ -830,6 +840,3 @@ int IOT_OTA_GetLastError(void *handle);
 #endif  // __cplusplus
 
 #endif  /* OTA_H */
-
-/* iotkit's misspelled name is kept; this is the correct spelling. */
-#define IOT_OTAP_CHECK_FAILED IOT_OTAP_CHECK_FALIED

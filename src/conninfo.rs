@@ -5,7 +5,9 @@
 //! Pure Rust: nothing here knows about C. `ffi/conninfo.rs` and `ffi/hal.rs` translate.
 
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::fetch::{check_ca_pem, CaPemError};
 
 /// Timestamp signed into every password; iotkit v2.3 uses the same fixed value (2050-01-01), so
 /// one password stays valid and needs no clock.
@@ -107,6 +109,8 @@ pub enum ConnInfoError {
     NoCustomDomain,
     /// `IOTX_MQTT_PORT` is set but is not a port number in 1..=65535.
     InvalidEnvPort(String),
+    /// The HTTPS CA is not a usable PEM certificate.
+    InvalidCa(CaPemError),
 }
 
 impl fmt::Display for ConnInfoError {
@@ -122,6 +126,7 @@ impl fmt::Display for ConnInfoError {
             ConnInfoError::InvalidEnvPort(v) => {
                 write!(f, "{ENV_MQTT_PORT}={v:?} is not a port number in 1..=65535")
             }
+            ConnInfoError::InvalidCa(e) => write!(f, "HTTPS CA rejected: {e}"),
         }
     }
 }
@@ -143,6 +148,7 @@ struct Settings {
     mqtt_domain: Option<String>,
     http_domain: Option<String>,
     mqtt_port: Option<u16>,
+    https_ca: Option<Arc<[u8]>>,
     product_key: String,
     device_name: String,
     device_secret: String,
@@ -155,6 +161,7 @@ impl Settings {
         mqtt_domain: None,
         http_domain: None,
         mqtt_port: None,
+        https_ca: None,
         product_key: String::new(),
         device_name: String::new(),
         device_secret: String::new(),
@@ -192,7 +199,7 @@ fn check(what: &'static str, value: &str, max: usize) -> Result<(), ConnInfoErro
     Ok(())
 }
 
-/// Restores every setting (region, domains, port, identity) to its default.
+/// Restores every setting (region, domains, port, HTTPS CA, identity) to its default.
 pub fn reset_settings() {
     *settings() = Settings::DEFAULT;
 }
@@ -233,6 +240,25 @@ pub fn http_domain() -> Option<String> {
 /// Replaces the default MQTT port (1883, or 443 with TLS); `None` restores the default.
 pub fn set_mqtt_port(port: Option<u16>) {
     settings().mqtt_port = port;
+}
+
+/// Trusts exactly the CA certificate(s) in `pem` for HTTPS firmware downloads of OTA sessions
+/// created afterwards; `None` goes back to the bundled web roots. The PEM is checked and copied.
+pub fn set_https_ca(pem: Option<&[u8]>) -> Result<(), ConnInfoError> {
+    let ca = match pem {
+        Some(pem) => {
+            check_ca_pem(pem).map_err(ConnInfoError::InvalidCa)?;
+            Some(Arc::from(pem))
+        }
+        None => None,
+    };
+    settings().https_ca = ca;
+    Ok(())
+}
+
+/// The CA PEM set by [`set_https_ca`], if any (`None`: the web roots).
+pub fn https_ca() -> Option<Arc<[u8]>> {
+    settings().https_ca.clone()
 }
 
 /// Stores one identity value for the HAL getters; returns its length.
@@ -435,6 +461,21 @@ mod tests {
         let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
         assert_eq!(info.host, "a1.iot-as-mqtt.ap-northeast-1.aliyuncs.com");
         assert_eq!(info.port, 1883);
+    }
+
+    #[test]
+    fn https_ca_is_checked_and_copied() {
+        let _g = test_lock();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let pem = ca.cert.pem();
+        set_https_ca(Some(pem.as_bytes())).unwrap();
+        assert_eq!(https_ca().as_deref(), Some(pem.as_bytes()));
+        for bad in [&b"not a pem"[..], b"", b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"] {
+            assert!(matches!(set_https_ca(Some(bad)), Err(ConnInfoError::InvalidCa(_))));
+        }
+        assert_eq!(https_ca().as_deref(), Some(pem.as_bytes()), "a refused CA changes nothing");
+        set_https_ca(None).unwrap();
+        assert!(https_ca().is_none());
     }
 
     #[test]

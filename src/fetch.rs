@@ -76,7 +76,7 @@ pub trait FirmwareSource: Send {
 }
 
 /// Tunables of [`HttpSource`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// Bytes buffered between the network and the caller.
     pub ring_size: usize,
@@ -88,6 +88,9 @@ pub struct HttpConfig {
     pub max_redirects: u32,
     /// Largest URL accepted.
     pub max_url: usize,
+    /// CA certificate(s) in PEM that HTTPS servers must chain to, replacing the bundled web
+    /// roots; `None` trusts the web roots. Chain and host name are verified either way.
+    pub ca_pem: Option<Arc<[u8]>>,
 }
 
 impl Default for HttpConfig {
@@ -99,6 +102,7 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(3600),
             max_redirects: 5,
             max_url: 2048,
+            ca_pem: None,
         }
     }
 }
@@ -144,7 +148,16 @@ pub struct HttpSource {
 
 impl HttpSource {
     /// Allocates the ring and starts the worker thread.
+    ///
+    /// Fails with [`std::io::ErrorKind::InvalidInput`] when `config.ca_pem` holds no usable
+    /// certificate, otherwise only when the thread cannot be started.
     pub fn new(config: HttpConfig) -> std::io::Result<HttpSource> {
+        let roots = match &config.ca_pem {
+            Some(pem) => Some(parse_ca_pem(pem).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?),
+            None => None,
+        };
         let channel = Arc::new(Channel {
             shared: Mutex::new(Shared {
                 generation: 0,
@@ -159,7 +172,7 @@ impl HttpSource {
             to_consumer: Condvar::new(),
             to_worker: Condvar::new(),
         });
-        let worker = Worker::new(channel.clone(), &config);
+        let worker = Worker::new(channel.clone(), &config, roots);
         std::thread::Builder::new()
             .name("ota-fetch".into())
             .spawn(move || worker.run())?;
@@ -250,8 +263,19 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(channel: Arc<Channel>, config: &HttpConfig) -> Worker {
+    fn new(channel: Arc<Channel>, config: &HttpConfig, roots: Option<CaRoots>) -> Worker {
+        // An explicit provider: rustls panics when it has to pick one and finds two.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .unversioned_rustls_crypto_provider(provider)
+            .root_certs(match roots {
+                Some(certs) => ureq::tls::RootCerts::Specific(Arc::new(certs.0)),
+                None => ureq::tls::RootCerts::WebPki,
+            })
+            .build();
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .max_redirects(config.max_redirects)
             .timeout_connect(Some(config.connect_timeout))
@@ -362,6 +386,7 @@ impl Worker {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let err = match e.kind() {
+                        _ if is_tls_io_error(&e) => FetchError::Tls,
                         std::io::ErrorKind::TimedOut => FetchError::Timeout,
                         std::io::ErrorKind::UnexpectedEof => FetchError::Truncated,
                         k => FetchError::Io(k),
@@ -399,6 +424,46 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     (start <= end && end < total).then_some((start, total))
 }
 
+/// Why a CA PEM was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CaPemError {
+    #[error("no PEM certificate found")]
+    NoCertificate,
+    #[error("a PEM certificate block is malformed")]
+    Malformed,
+    #[error("a certificate cannot serve as a trust anchor")]
+    NotAnAnchor,
+}
+
+/// Trust anchors parsed from a CA PEM.
+struct CaRoots(Vec<ureq::tls::Certificate<'static>>);
+
+/// Parses every `CERTIFICATE` block of `pem` and checks that each can be a trust anchor.
+/// Other PEM blocks (keys, parameters) are ignored; at least one certificate is required.
+pub fn check_ca_pem(pem: &[u8]) -> Result<(), CaPemError> {
+    parse_ca_pem(pem).map(drop)
+}
+
+fn parse_ca_pem(pem: &[u8]) -> Result<CaRoots, CaPemError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut store = rustls::RootCertStore::empty();
+    let mut certs = Vec::new();
+    for der in CertificateDer::pem_slice_iter(pem) {
+        let der = der.map_err(|_| CaPemError::Malformed)?;
+        certs.push(ureq::tls::Certificate::from_der(der.as_ref()).to_owned());
+        store.add(der).map_err(|_| CaPemError::NotAnAnchor)?;
+    }
+    if certs.is_empty() {
+        return Err(CaPemError::NoCertificate);
+    }
+    Ok(CaRoots(certs))
+}
+
+/// Whether `io` carries a rustls error (ureq reports handshake failures that way).
+fn is_tls_io_error(io: &std::io::Error) -> bool {
+    io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
 fn map_ureq_error(e: &ureq::Error) -> FetchError {
     use ureq::Error as E;
     match e {
@@ -406,6 +471,7 @@ fn map_ureq_error(e: &ureq::Error) -> FetchError {
         E::BadUri(_) | E::Http(_) => FetchError::Url,
         E::Timeout(_) => FetchError::Timeout,
         E::HostNotFound => FetchError::Resolve,
+        E::Io(io) if is_tls_io_error(io) => FetchError::Tls,
         E::Io(io) => match io.kind() {
             std::io::ErrorKind::ConnectionRefused => FetchError::Connect,
             std::io::ErrorKind::TimedOut => FetchError::Timeout,
@@ -413,7 +479,7 @@ fn map_ureq_error(e: &ureq::Error) -> FetchError {
         },
         E::ConnectionFailed => FetchError::Connect,
         E::TooManyRedirects | E::RedirectFailed => FetchError::Redirects,
-        E::Rustls(_) => FetchError::Tls,
+        E::Rustls(_) | E::Tls(_) => FetchError::Tls,
         E::Protocol(_) => FetchError::BadResponse("HTTP protocol error"),
         _ => FetchError::BadResponse("unexpected HTTP client error"),
     }

@@ -29,7 +29,7 @@ pub trait Uplink: Send {
 }
 
 /// Session settings fixed at init.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OtaConfig {
     pub protocol: Protocol,
     pub limits: Limits,
@@ -108,6 +108,8 @@ struct Engine {
     source_open: bool,
     /// The server's copy is larger than the announced size.
     oversize: bool,
+    /// The SDK already told the platform this upgrade failed; later reports would contradict it.
+    failure_reported: bool,
     /// All bytes arrived and the digest matched.
     verified: bool,
     last_error: Option<Error>,
@@ -157,6 +159,7 @@ impl Engine {
         self.digest = StreamDigest::new(self.notice.digest_kind);
         self.fetched = 0;
         self.oversize = false;
+        self.failure_reported = false;
         self.verified = false;
         self.state = OtaState::Fetching;
         ota_log!(
@@ -224,12 +227,27 @@ impl Engine {
         if self.state == OtaState::Idle {
             return Err(self.fail(Error::InvalidState("no upgrade in progress")));
         }
+        if self.failure_reported {
+            if step < 0 {
+                ota_log!(Level::Info, "failure step {step} already reported for this upgrade");
+                return Ok(());
+            }
+            return Err(self.fail(Error::InvalidState("this upgrade already failed")));
+        }
         let r = self.out.send(Report::Progress {
             step,
             desc: desc.unwrap_or(""),
             module: Self::module_arg(Some(self.notice.module.as_str())),
         });
         r.map_err(|e| self.fail(e))
+    }
+
+    /// Tells the platform this upgrade failed, once.
+    fn report_failure(&mut self, step: i32, desc: &str) {
+        if let Err(e) = self.report_progress(step, Some(desc)) {
+            ota_log!(Level::Warning, "failure report not sent: {e}");
+        }
+        self.failure_reported = true;
     }
 
     /// A failure the platform should hear about: logs, records, reports `step`, ends the fetch.
@@ -239,9 +257,7 @@ impl Engine {
         self.source_open = false;
         self.state = OtaState::Fetched;
         self.verified = false;
-        if let Err(report_err) = self.report_progress(step, Some(desc)) {
-            ota_log!(Level::Warning, "failure report not sent: {report_err}");
-        }
+        self.report_failure(step, desc);
         self.last_error = Some(e);
         e
     }
@@ -359,9 +375,7 @@ impl Engine {
             to_hex(&actual[..n], &mut hex)
         );
         self.last_error = Some(Error::Fetch(e));
-        if let Err(report_err) = self.report_progress(-3, Some(desc)) {
-            ota_log!(Level::Warning, "failure report not sent: {report_err}");
-        }
+        self.report_failure(-3, desc);
     }
 }
 
@@ -412,6 +426,7 @@ impl OtaSession {
             fetched: 0,
             source_open: false,
             oversize: false,
+            failure_reported: false,
             verified: false,
             last_error: None,
         };
@@ -429,7 +444,10 @@ impl OtaSession {
         device_name: &str,
         config: OtaConfig,
     ) -> Result<OtaSession> {
-        let source = HttpSource::new(config.http).map_err(|_| Error::NoMemory)?;
+        let source = HttpSource::new(config.http.clone()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => Error::InvalidParam("HTTPS CA is not a PEM certificate"),
+            _ => Error::NoMemory,
+        })?;
         let session = OtaSession::new(
             product_key,
             device_name,
@@ -527,6 +545,7 @@ impl OtaSession {
     }
 
     /// Runs `f` on the accepted upgrade notice (version, URL, digest, module …), without copying.
+    /// The session is locked meanwhile: `f` must not call back into it.
     pub fn with_notice<R>(&self, f: impl FnOnce(&UpgradeNotice) -> R) -> R {
         f(&self.engine().notice)
     }

@@ -43,7 +43,11 @@ fn cstring(s: &str) -> CString {
 }
 
 /// `handle_event` callback: counts SUBSCRIBE_SUCCESS events into the `AtomicUsize` at `ctx`.
-unsafe extern "C" fn count_subacks(ctx: *mut c_void, _client: *mut c_void, msg: iotx_mqtt_event_msg_pt) {
+unsafe extern "C" fn count_subacks(
+    ctx: *mut c_void,
+    _client: *mut c_void,
+    msg: iotx_mqtt_event_msg_pt,
+) {
     if ctx.is_null() || msg.is_null() {
         return;
     }
@@ -221,7 +225,8 @@ impl Device {
     fn ioctl_str(&self, kind: c_int, buf_len: usize) -> Result<String, c_int> {
         match self.ioctl(kind, buf_len) {
             (0, b) => {
-                let s = CStr::from_bytes_until_nul(&b).expect("answer is NUL-terminated in buf_len");
+                let s =
+                    CStr::from_bytes_until_nul(&b).expect("answer is NUL-terminated in buf_len");
                 Ok(s.to_str().unwrap().to_string())
             }
             (rc, _) => Err(rc),
@@ -231,7 +236,11 @@ impl Device {
     /// A later valid call still works: the handles survived whatever came before.
     fn assert_usable(&self) {
         assert_eq!(IOT_MQTT_CheckStateNormal(self.mqtt), 1);
-        assert_eq!(self.report_version("1.0.0"), 0, "ReportVersion after errors");
+        assert_eq!(
+            self.report_version("1.0.0"),
+            0,
+            "ReportVersion after errors"
+        );
         self.yield_ms(10);
         assert!(self.state() >= IOT_OTA_State_t::IOT_OTAS_INITED as u32);
     }
@@ -249,7 +258,10 @@ impl Drop for Device {
         }
         if !self.mqtt.is_null() {
             let rc = IOT_MQTT_Destroy(&mut self.mqtt);
-            assert!(quiet || (rc == 0 && self.mqtt.is_null()), "IOT_MQTT_Destroy returned {rc}");
+            assert!(
+                quiet || (rc == 0 && self.mqtt.is_null()),
+                "IOT_MQTT_Destroy returned {rc}"
+            );
         }
     }
 }
@@ -263,8 +275,9 @@ struct Cloud {
 
 impl Cloud {
     fn new(port: u16, dn: &str) -> Cloud {
-        let client = MqttClient::connect(&MqttOptions::new("127.0.0.1", port, &format!("cloud.{dn}")))
-            .expect("cloud connects to the broker");
+        let client =
+            MqttClient::connect(&MqttOptions::new("127.0.0.1", port, &format!("cloud.{dn}")))
+                .expect("cloud connects to the broker");
         let acks = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&acks);
         client.on_event(move |e| {
@@ -286,7 +299,10 @@ impl Cloud {
             .unwrap();
         let deadline = Instant::now() + WAIT;
         while acks.load(SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "cloud subscription not acknowledged");
+            assert!(
+                Instant::now() < deadline,
+                "cloud subscription not acknowledged"
+            );
             client.yield_for(Duration::from_millis(50)).unwrap();
         }
         Cloud {
@@ -337,7 +353,9 @@ fn upgrade_msg(size: u64, url: &str, md5: &str) -> String {
 /// Publishes a valid upgrade and waits until the device is fetching.
 fn announce(dev: &Device, cloud: &Cloud, msg: &str) {
     cloud.publish(msg.as_bytes());
-    dev.wait_until("the upgrade is accepted", || IOT_OTA_IsFetching(dev.ota) == 1);
+    dev.wait_until("the upgrade is accepted", || {
+        IOT_OTA_IsFetching(dev.ota) == 1
+    });
 }
 
 /// Firmware's download loop: FetchYield(…, 1 s) into a 5000-byte buffer until IsFetchFinish.
@@ -350,9 +368,17 @@ fn download(dev: &Device) -> (Vec<u8>, Option<c_int>) {
     while IOT_OTA_IsFetchFinish(dev.ota) == 0 {
         assert!(Instant::now() < deadline, "download did not end in time");
         buf.fill(FILL);
-        let n = IOT_OTA_FetchYield(dev.ota, buf.as_mut_ptr().cast::<c_char>(), FIRMWARE_BUF as u32, 1);
+        let n = IOT_OTA_FetchYield(
+            dev.ota,
+            buf.as_mut_ptr().cast::<c_char>(),
+            FIRMWARE_BUF as u32,
+            1,
+        );
         if n < 0 {
-            assert!(buf.iter().all(|&b| b == FILL), "FetchYield failed with {n} but wrote");
+            assert!(
+                buf.iter().all(|&b| b == FILL),
+                "FetchYield failed with {n} but wrote"
+            );
             return (image, Some(n));
         }
         let n = n as usize;
@@ -378,18 +404,41 @@ fn every_ota_function_rejects_a_null_handle() {
     assert_eq!(IOT_OTA_Deinit(null_mut()), INVALID_PARAM);
     assert_eq!(IOT_OTA_ReportVersion(null_mut(), v), INVALID_PARAM);
     assert_eq!(IOT_OTA_RequestImage(null_mut(), v), INVALID_PARAM);
-    assert_eq!(IOT_OTA_ReportProgress(null_mut(), 50, null()), INVALID_PARAM);
-    assert_eq!(IOT_OTA_ReportProgress(null_mut(), 50, c"x".as_ptr()), INVALID_PARAM);
+    assert_eq!(
+        IOT_OTA_ReportProgress(null_mut(), 50, null()),
+        INVALID_PARAM
+    );
+    assert_eq!(
+        IOT_OTA_ReportProgress(null_mut(), 50, c"x".as_ptr()),
+        INVALID_PARAM
+    );
     assert_eq!(IOT_OTA_IsFetching(null_mut()), 0);
     assert_eq!(IOT_OTA_IsFetchFinish(null_mut()), 0);
-    assert_eq!(IOT_OTA_FetchYield(null_mut(), b.cast(), 128, 0), INVALID_PARAM);
-    assert_eq!(IOT_OTA_FetchYield(null_mut(), null_mut(), 0, 0), INVALID_PARAM);
+    assert_eq!(
+        IOT_OTA_FetchYield(null_mut(), b.cast(), 128, 0),
+        INVALID_PARAM
+    );
+    assert_eq!(
+        IOT_OTA_FetchYield(null_mut(), null_mut(), 0, 0),
+        INVALID_PARAM
+    );
     for kind in IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_STATE {
-        assert_eq!(IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 4), INVALID_PARAM, "type {kind}");
-        assert_eq!(IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 128), INVALID_PARAM, "type {kind}");
+        assert_eq!(
+            IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 4),
+            INVALID_PARAM,
+            "type {kind}"
+        );
+        assert_eq!(
+            IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 128),
+            INVALID_PARAM,
+            "type {kind}"
+        );
     }
     assert_eq!(IOT_OTA_GetLastError(null_mut()), INVALID_PARAM);
-    assert!(buf.iter().all(|&x| x == 0), "a call with a NULL handle wrote into the buffer");
+    assert!(
+        buf.iter().all(|&x| x == 0),
+        "a call with a NULL handle wrote into the buffer"
+    );
     assert!(IOT_OTA_Init(null(), null(), null_mut()).is_null());
     assert!(IOT_OTA_Init(c"pk".as_ptr(), c"dn".as_ptr(), null_mut()).is_null());
 }
@@ -424,6 +473,80 @@ fn ota_init_rejects_null_arguments_and_foreign_handles() {
     dev.assert_usable();
 }
 
+/// Env var that makes `foreign_handle_at_a_page_end_is_rejected` run one probe itself.
+const FOREIGN_CHILD: &str = "OTA_CAPI_FOREIGN_CHILD";
+
+/// A u64 that ends right before an unreadable page is passed where a handle belongs: the magic
+/// check must look only at the start of the object. Each probe runs in a child process (this
+/// test binary, filtered to this test), because a wrong read is a SIGSEGV that would end the
+/// whole run.
+#[test]
+fn foreign_handle_at_a_page_end_is_rejected() {
+    if let Some(probe) = std::env::var_os(FOREIGN_CHILD) {
+        probe_foreign_handle_at_page_end(probe.to_str().unwrap());
+        return;
+    }
+    let mut failed = Vec::new();
+    for probe in ["IOT_OTA_Init", "IOT_MQTT_*", "IOT_OTA_*"] {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "foreign_handle_at_a_page_end_is_rejected",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(FOREIGN_CHILD, probe)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        if !status.success() {
+            failed.push(format!("{probe}: {status}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "a handle check read past an 8-byte foreign object: {failed:?}"
+    );
+}
+
+fn probe_foreign_handle_at_page_end(probe: &str) {
+    // SAFETY: a plain anonymous mapping of two pages; the second is made unreadable.
+    let obj = unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let base = libc::mmap(
+            null_mut(),
+            2 * page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(base, libc::MAP_FAILED);
+        let guard = base.cast::<u8>().add(page).cast();
+        assert_eq!(libc::mprotect(guard, page, libc::PROT_NONE), 0);
+        let obj = base.cast::<u8>().add(page - 8).cast::<u64>();
+        obj.write(0x1234_5678_9abc_def0);
+        obj.cast::<c_void>()
+    };
+    match probe {
+        "IOT_OTA_Init" => {
+            assert!(IOT_OTA_Init(c"pk".as_ptr(), c"dn".as_ptr(), obj).is_null());
+        }
+        "IOT_MQTT_*" => {
+            assert_eq!(IOT_MQTT_Yield(obj, 0), NULL_VALUE_ERROR);
+            assert_eq!(IOT_MQTT_CheckStateNormal(obj), 0);
+            let mut p = obj;
+            assert_eq!(IOT_MQTT_Destroy(&mut p), NULL_VALUE_ERROR);
+        }
+        _ => {
+            assert_eq!(IOT_OTA_IsFetching(obj), 0);
+            assert_eq!(IOT_OTA_GetLastError(obj), INVALID_PARAM);
+            assert_eq!(IOT_OTA_Deinit(obj), INVALID_PARAM);
+        }
+    }
+}
+
 #[test]
 fn mqtt_functions_reject_null_arguments() {
     assert!(IOT_MQTT_Construct(null_mut()).is_null());
@@ -452,7 +575,10 @@ fn mqtt_functions_reject_null_arguments() {
         ptopic: null(),
         payload: payload.as_ptr().cast(),
     };
-    assert_eq!(IOT_MQTT_Publish(null_mut(), topic, &mut msg), NULL_VALUE_ERROR);
+    assert_eq!(
+        IOT_MQTT_Publish(null_mut(), topic, &mut msg),
+        NULL_VALUE_ERROR
+    );
 
     let broker = EmbeddedBroker::start().unwrap();
     let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
@@ -469,8 +595,14 @@ fn mqtt_functions_reject_null_arguments() {
 
     let dev = Device::connect(broker.port(), "mqtt-args");
     let h = dev.mqtt;
-    assert_eq!(IOT_MQTT_Subscribe(h, null(), qos1, Some(collect_payloads), ctx), NULL_VALUE_ERROR);
-    assert_eq!(IOT_MQTT_Subscribe(h, topic, qos1, None, ctx), NULL_VALUE_ERROR);
+    assert_eq!(
+        IOT_MQTT_Subscribe(h, null(), qos1, Some(collect_payloads), ctx),
+        NULL_VALUE_ERROR
+    );
+    assert_eq!(
+        IOT_MQTT_Subscribe(h, topic, qos1, None, ctx),
+        NULL_VALUE_ERROR
+    );
     assert_eq!(
         IOT_MQTT_Subscribe(h, c"capi/#/x".as_ptr(), qos1, Some(collect_payloads), ctx),
         NULL_VALUE_ERROR
@@ -479,7 +611,10 @@ fn mqtt_functions_reject_null_arguments() {
     assert_eq!(IOT_MQTT_Unsubscribe(h, c"capi/never".as_ptr()), FAIL_RETURN);
     assert_eq!(IOT_MQTT_Publish(h, topic, null_mut()), NULL_VALUE_ERROR);
     assert_eq!(IOT_MQTT_Publish(h, null(), &mut msg), NULL_VALUE_ERROR);
-    assert_eq!(IOT_MQTT_Publish(h, c"capi/+".as_ptr(), &mut msg), NULL_VALUE_ERROR);
+    assert_eq!(
+        IOT_MQTT_Publish(h, c"capi/+".as_ptr(), &mut msg),
+        NULL_VALUE_ERROR
+    );
     msg.qos = 3;
     assert_eq!(IOT_MQTT_Publish(h, topic, &mut msg), NULL_VALUE_ERROR);
     msg.qos = 1;
@@ -489,7 +624,10 @@ fn mqtt_functions_reject_null_arguments() {
 
     // Still usable: a message goes round through the broker to our own handler.
     assert_eq!(IOT_MQTT_CheckStateNormal(h), 1);
-    assert_eq!(IOT_MQTT_Subscribe(h, topic, qos1, Some(collect_payloads), ctx), 0);
+    assert_eq!(
+        IOT_MQTT_Subscribe(h, topic, qos1, Some(collect_payloads), ctx),
+        0
+    );
     dev.wait_until("the echo subscription is acknowledged", || {
         dev.subacks.load(SeqCst) >= 1
     });
@@ -524,11 +662,17 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
     assert_eq!(IOT_OTA_IsFetching(h), 0);
     assert_eq!(IOT_OTA_IsFetchFinish(h), 0);
     assert_eq!(dev.last_error(), 0);
-    assert_eq!(IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 64, 0), INVALID_STATE);
+    assert_eq!(
+        IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 64, 0),
+        INVALID_STATE
+    );
     assert_eq!(dev.last_error(), INVALID_STATE);
     assert!(buf.iter().all(|&b| b == FILL));
     assert_eq!(IOT_OTA_FetchYield(h, null_mut(), 64, 0), INVALID_PARAM);
-    assert_eq!(IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 0, 0), INVALID_PARAM);
+    assert_eq!(
+        IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 0, 0),
+        INVALID_PARAM
+    );
     assert_eq!(dev.last_error(), INVALID_PARAM);
 
     assert_eq!(IOT_OTA_ReportProgress(h, 50, null()), INVALID_STATE);
@@ -542,7 +686,10 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
     assert_eq!(dev.report_version(&"9".repeat(63)), 0);
     assert_eq!(dev.report_version(""), INVALID_PARAM);
     assert_eq!(IOT_OTA_ReportVersion(h, null()), INVALID_PARAM);
-    assert_eq!(IOT_OTA_RequestImage(h, cstring(&"9".repeat(64)).as_ptr()), STR_TOO_LONG);
+    assert_eq!(
+        IOT_OTA_RequestImage(h, cstring(&"9".repeat(64)).as_ptr()),
+        STR_TOO_LONG
+    );
     assert_eq!(IOT_OTA_RequestImage(h, c"".as_ptr()), INVALID_PARAM);
     assert_eq!(IOT_OTA_RequestImage(h, null()), INVALID_PARAM);
     assert_eq!(IOT_OTA_RequestImage(h, c"1.0.0".as_ptr()), 0);
@@ -554,7 +701,10 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
         assert_eq!(dev.ioctl(kind, 4).0, INVALID_PARAM, "COTA type {kind}");
         assert_eq!(dev.ioctl(kind, 64).0, INVALID_PARAM, "COTA type {kind}");
     }
-    assert_eq!(IOT_OTA_Ioctl(h, IOT_OTAG_STATE, null_mut(), 4), INVALID_PARAM);
+    assert_eq!(
+        IOT_OTA_Ioctl(h, IOT_OTAG_STATE, null_mut(), 4),
+        INVALID_PARAM
+    );
     assert_eq!(dev.ioctl(IOT_OTAG_FETCHED_SIZE, 3).0, INVALID_PARAM);
     assert_eq!(dev.ioctl(IOT_OTAG_FETCHED_SIZE, 8).0, INVALID_PARAM);
     assert_eq!(dev.ioctl(IOT_OTAG_FETCHED_SIZE, 0).0, INVALID_PARAM);
@@ -570,7 +720,11 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
         IOT_OTAG_TASK_ID,
         IOT_OTAG_EXT_DATA,
     ] {
-        assert_eq!(dev.ioctl_str(kind, OTA_VERSION_LEN_MAX), Err(INVALID_STATE), "type {kind}");
+        assert_eq!(
+            dev.ioctl_str(kind, OTA_VERSION_LEN_MAX),
+            Err(INVALID_STATE),
+            "type {kind}"
+        );
     }
     assert_eq!(dev.last_error(), INVALID_STATE);
     assert_eq!(dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Err(INVALID_STATE));
@@ -578,7 +732,11 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
 
     // An accepted upgrade that has not been downloaded yet.
     let md5 = "93230c3bde425a9d7984a594ac55ea1e";
-    announce(&dev, &cloud, &upgrade_msg(1000, "http://127.0.0.1:9/firmware.bin", md5));
+    announce(
+        &dev,
+        &cloud,
+        &upgrade_msg(1000, "http://127.0.0.1:9/firmware.bin", md5),
+    );
     assert_eq!(dev.state(), IOT_OTA_State_t::IOT_OTAS_FETCHING as u32);
     assert_eq!(IOT_OTA_IsFetchFinish(h), 0);
     assert_eq!(dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Err(INVALID_STATE));
@@ -588,7 +746,9 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
     assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 33).as_deref(), Ok(md5));
     assert_eq!(IOT_OTA_ReportProgress(h, 150, null()), INVALID_PARAM);
     assert_eq!(IOT_OTA_ReportProgress(h, 0, c"starting".as_ptr()), 0);
-    cloud.wait_progress(&dev, "with step 0", |m| m.contains(r#""step":"0""#) && m.contains("starting"));
+    cloud.wait_progress(&dev, "with step 0", |m| {
+        m.contains(r#""step":"0""#) && m.contains("starting")
+    });
     dev.assert_usable();
 }
 
@@ -603,7 +763,11 @@ fn good_upgrade_through_the_c_api() {
     let md5 = ota_cloud::cloud::md5_hex(&image);
     let server = FirmwareServer::start(image.clone()).unwrap();
     assert_eq!(dev.report_version("1.0.0"), 0);
-    announce(&dev, &cloud, &upgrade_msg(image.len() as u64, &server.url(), &md5));
+    announce(
+        &dev,
+        &cloud,
+        &upgrade_msg(image.len() as u64, &server.url(), &md5),
+    );
 
     let (got, failed) = download(&dev);
     assert_eq!(failed, None);
@@ -615,7 +779,10 @@ fn good_upgrade_through_the_c_api() {
     assert_eq!(dev.ioctl_u32(IOT_OTAG_FETCHED_SIZE), Ok(len));
     assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_SIZE), Ok(len));
 
-    assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 33).as_deref(), Ok(md5.as_str()));
+    assert_eq!(
+        dev.ioctl_str(IOT_OTAG_MD5SUM, 33).as_deref(),
+        Ok(md5.as_str())
+    );
     assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 32), Err(STR_TOO_LONG));
     assert_eq!(dev.last_error(), STR_TOO_LONG);
     assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 0), Err(STR_TOO_LONG));
@@ -629,31 +796,49 @@ fn good_upgrade_through_the_c_api() {
     assert_eq!(dev.ioctl_u32(IOT_OTAG_RESUME_OFFSET), Ok(len));
     assert_eq!(dev.ioctl_str(IOT_OTAG_VERSION, 6).as_deref(), Ok("2.0.0"));
     assert_eq!(
-        dev.ioctl_str(IOT_OTAG_VERSION, OTA_VERSION_LEN_MAX).as_deref(),
+        dev.ioctl_str(IOT_OTAG_VERSION, OTA_VERSION_LEN_MAX)
+            .as_deref(),
         Ok("2.0.0")
     );
     assert_eq!(dev.ioctl_str(IOT_OTAG_MODULE, 8).as_deref(), Ok("default"));
 
     // The download is over: FetchYield is a state error, not a new download.
     let mut buf = [FILL; 16];
-    assert_eq!(IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 16, 0), INVALID_STATE);
+    assert_eq!(
+        IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 16, 0),
+        INVALID_STATE
+    );
     assert_eq!(IOT_OTA_ReportProgress(h, 100, null()), 0);
     cloud.wait_progress(&dev, "with step 100", |m| m.contains(r#""step":"100""#));
     dev.assert_usable();
 }
 
 /// A string answer that does not fit is refused without writing anything, and the handle keeps
-/// working. Separate from the good upgrade so a hang here is reported on its own.
-#[test]
-fn too_small_buffers_for_version_and_module_are_refused() {
-    let (_broker, dev, cloud) = setup("short-bufs");
+/// working. Separate from the good upgrade (one test per type) so a hang is reported on its own.
+fn short_buffer_is_refused(dn: &str, kind: c_int, buf_len: usize) {
+    let (_broker, dev, cloud) = setup(dn);
     let md5 = "93230c3bde425a9d7984a594ac55ea1e";
-    announce(&dev, &cloud, &upgrade_msg(1000, "http://127.0.0.1:9/firmware.bin", md5));
-    assert_eq!(dev.ioctl_str(IOT_OTAG_VERSION, 5), Err(STR_TOO_LONG));
+    announce(
+        &dev,
+        &cloud,
+        &upgrade_msg(1000, "http://127.0.0.1:9/firmware.bin", md5),
+    );
+    assert_eq!(dev.ioctl_str(kind, buf_len), Err(STR_TOO_LONG));
     assert_eq!(dev.last_error(), STR_TOO_LONG);
-    assert_eq!(dev.ioctl_str(IOT_OTAG_MODULE, 7), Err(STR_TOO_LONG));
-    assert_eq!(dev.ioctl_str(IOT_OTAG_VERSION, 6).as_deref(), Ok("2.0.0"));
+    assert!(dev.ioctl_str(kind, buf_len + 1).is_ok());
     dev.assert_usable();
+}
+
+#[test]
+fn version_into_a_too_small_buffer_is_refused() {
+    // "2.0.0" needs 6 bytes with its NUL.
+    short_buffer_is_refused("short-version", IOT_OTAG_VERSION, 5);
+}
+
+#[test]
+fn module_into_a_too_small_buffer_is_refused() {
+    // "default" needs 8 bytes with its NUL.
+    short_buffer_is_refused("short-module", IOT_OTAG_MODULE, 7);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,10 +853,15 @@ fn bad_upgrade_messages_change_nothing() {
     let long_url = format!("http://127.0.0.1:9/{}", "a".repeat(3000));
     let huge_url = format!("http://127.0.0.1:9/{}", "a".repeat(10_000));
     let bad: Vec<(&str, String)> = vec![
-        ("code 1001", upgrade_msg(1000, url, md5).replace("\"1000\"", "\"1001\"")),
+        (
+            "code 1001",
+            upgrade_msg(1000, url, md5).replace("\"1000\"", "\"1001\""),
+        ),
         (
             "missing md5",
-            format!(r#"{{"code":"1000","data":{{"size":1000,"version":"2.0.0","url":"{url}"}},"id":1,"message":"success"}}"#),
+            format!(
+                r#"{{"code":"1000","data":{{"size":1000,"version":"2.0.0","url":"{url}"}},"id":1,"message":"success"}}"#
+            ),
         ),
         ("md5 too short", upgrade_msg(1000, url, "93230c3b")),
         ("size 0", upgrade_msg(0, url, md5)),
@@ -732,21 +922,32 @@ fn http_404_fails_the_download_and_is_reported_as_step_minus_2() {
     };
     let server = FirmwareServer::start_with(image.clone(), faults).unwrap();
     let md5 = ota_cloud::cloud::md5_hex(&image);
-    announce(&dev, &cloud, &upgrade_msg(image.len() as u64, &server.url(), &md5));
+    announce(
+        &dev,
+        &cloud,
+        &upgrade_msg(image.len() as u64, &server.url(), &md5),
+    );
     let (got, failed) = download(&dev);
     assert_eq!(failed, Some(FETCH_FAILED));
     assert!(got.is_empty());
     assert_eq!(dev.last_error(), FETCH_FAILED);
     assert_failed_download(&dev);
     let report = cloud.wait_progress(&dev, "with step -2", |m| m.contains(r#""step":"-2""#));
-    assert!(report.contains("404"), "report does not mention 404: {report}");
+    assert!(
+        report.contains("404"),
+        "report does not mention 404: {report}"
+    );
 }
 
 #[test]
 fn refused_connection_fails_the_download() {
     let (_broker, dev, cloud) = setup("refused");
     let url = format!("http://127.0.0.1:{}/firmware.bin", closed_port());
-    announce(&dev, &cloud, &upgrade_msg(1000, &url, "93230c3bde425a9d7984a594ac55ea1e"));
+    announce(
+        &dev,
+        &cloud,
+        &upgrade_msg(1000, &url, "93230c3bde425a9d7984a594ac55ea1e"),
+    );
     let (got, failed) = download(&dev);
     assert_eq!(failed, Some(FETCH_FAILED));
     assert!(got.is_empty());
@@ -762,10 +963,18 @@ fn server_file_larger_than_announced_is_cut_at_the_announced_size() {
     // The digest of exactly the announced bytes: only the size mismatch can fail the check.
     let md5 = ota_cloud::cloud::md5_hex(&image[..announced]);
     let server = FirmwareServer::start(image.clone()).unwrap();
-    announce(&dev, &cloud, &upgrade_msg(announced as u64, &server.url(), &md5));
+    announce(
+        &dev,
+        &cloud,
+        &upgrade_msg(announced as u64, &server.url(), &md5),
+    );
     let (got, failed) = download(&dev);
     assert_eq!(failed, None);
-    assert_eq!(got.len(), announced, "more or fewer bytes than announced were written");
+    assert_eq!(
+        got.len(),
+        announced,
+        "more or fewer bytes than announced were written"
+    );
     assert!(got[..] == image[..announced]);
     assert_eq!(dev.ioctl_u32(IOT_OTAG_FETCHED_SIZE), Ok(announced as u32));
     assert_failed_download(&dev);
@@ -778,7 +987,11 @@ fn wrong_md5_is_rejected_and_reported_as_step_minus_3() {
     let image = ota_cloud::generate_firmware(40_000);
     let server = FirmwareServer::start(image.clone()).unwrap();
     let wrong = ota_cloud::cloud::md5_hex(b"not the image");
-    announce(&dev, &cloud, &upgrade_msg(image.len() as u64, &server.url(), &wrong));
+    announce(
+        &dev,
+        &cloud,
+        &upgrade_msg(image.len() as u64, &server.url(), &wrong),
+    );
     let (got, failed) = download(&dev);
     assert_eq!(failed, None);
     assert!(got == image);

@@ -179,10 +179,17 @@ fn digest_mismatch_is_rejected_and_reported_as_step_minus_3() {
         .unwrap();
     assert_eq!(fetch_all(&s).len(), img.len());
     assert!(!s.check_firmware().unwrap());
-    let sent = sent.lock().unwrap();
-    let (topic, text) = sent.last().unwrap();
-    assert_eq!(topic, "/ota/device/progress/pk/dn");
-    assert!(text.contains(r#""step":"-3""#), "{text}");
+    let count = sent.lock().unwrap().len();
+    {
+        let sent = sent.lock().unwrap();
+        let (topic, text) = sent.last().unwrap();
+        assert_eq!(topic, "/ota/device/progress/pk/dn");
+        assert!(text.contains(r#""step":"-3""#), "{text}");
+    }
+    // The firmware's own reports after the SDK's must not contradict or repeat it.
+    assert!(matches!(s.report_progress(100, None), Err(Error::InvalidState(_))));
+    assert_eq!(s.report_progress(-3, Some("md5 mismatch")), Ok(()));
+    assert_eq!(sent.lock().unwrap().len(), count, "nothing more was sent");
 }
 
 #[test]

@@ -133,9 +133,14 @@ pub enum iotx_ioctl_option_t {
     /// Extension. `data`: `const char *` CA certificate PEM, kept by pointer (not copied): the
     /// caller keeps it alive and unchanged for as long as the connection info is used.
     IOTX_IOCTL_SET_MQTT_CA = 8,
+    /// Extension. `data`: `const char *` CA certificate(s) in PEM, copied at the call: HTTPS
+    /// firmware downloads of OTA handles initialised afterwards trust exactly these roots (host
+    /// name and chain are always verified). NULL goes back to the bundled web roots. -1 when the
+    /// text holds no usable PEM certificate.
+    IOTX_IOCTL_SET_HTTPS_CA = 9,
 }
 
-const IOCTL_OPTIONS: [iotx_ioctl_option_t; 9] = {
+const IOCTL_OPTIONS: [iotx_ioctl_option_t; 10] = {
     use iotx_ioctl_option_t::*;
     [
         IOTX_IOCTL_SET_REGION,
@@ -147,6 +152,7 @@ const IOCTL_OPTIONS: [iotx_ioctl_option_t; 9] = {
         IOTX_IOCTL_SET_MQTT_PORT,
         IOTX_IOCTL_SET_MQTT_TLS,
         IOTX_IOCTL_SET_MQTT_CA,
+        IOTX_IOCTL_SET_HTTPS_CA,
     ]
 };
 
@@ -273,7 +279,8 @@ unsafe fn read_int(data: *mut c_void) -> c_int {
 /// points to for each option).
 ///
 /// - `option`: an `iotx_ioctl_option_t` value.
-/// - `data`: per option, an `int *` or a `const char *`; must not be NULL.
+/// - `data`: per option, an `int *` or a `const char *`; must not be NULL, except for
+///   `IOTX_IOCTL_SET_HTTPS_CA` (NULL = the bundled web roots).
 ///
 /// Returns 0 on success; -1 when `option` is unknown, `data` is NULL, or the value is invalid
 /// (unknown region, empty or too long domain, port outside 0..=65535, TLS flag not 0/1, CA not a
@@ -286,7 +293,6 @@ unsafe fn read_int(data: *mut c_void) -> c_int {
 pub unsafe extern "C" fn IOT_Ioctl(option: c_int, data: *mut c_void) -> c_int {
     ffi_guard!("IOT_Ioctl", {
         use iotx_ioctl_option_t::*;
-        try_nonnull!(data, "IOT_Ioctl: data", -1);
         let Some(opt) = IOCTL_OPTIONS
             .iter()
             .copied()
@@ -295,6 +301,13 @@ pub unsafe extern "C" fn IOT_Ioctl(option: c_int, data: *mut c_void) -> c_int {
             ota_log!(Level::Error, "IOT_Ioctl: unknown option {option}");
             return -1;
         };
+        if opt == IOTX_IOCTL_SET_HTTPS_CA && data.is_null() {
+            return match conninfo::set_https_ca(None) {
+                Ok(()) => 0,
+                Err(_) => -1,
+            };
+        }
+        try_nonnull!(data, "IOT_Ioctl: data", -1);
         // SAFETY (all arms): `data` is non-NULL and, per the contract, points to what `opt` takes.
         let ok = match opt {
             IOTX_IOCTL_SET_REGION => match region_from_c(unsafe { read_int(data) }) {
@@ -351,6 +364,10 @@ pub unsafe extern "C" fn IOT_Ioctl(option: c_int, data: *mut c_void) -> c_int {
                     MQTT_CA.store(data as *mut c_char, Ordering::Release);
                 }
                 is_pem
+            }
+            IOTX_IOCTL_SET_HTTPS_CA => {
+                let pem = try_str!(data as *const c_char, "IOT_Ioctl: HTTPS CA PEM", -1);
+                log_err(conninfo::set_https_ca(Some(pem.as_bytes())))
             }
         };
         if ok {
@@ -556,6 +573,23 @@ mod tests {
     }
 
     #[test]
+    fn https_ca_is_copied_and_null_resets() {
+        use iotx_ioctl_option_t::*;
+        let _g = lock();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let mut pem = std::ffi::CString::new(ca.cert.pem()).unwrap().into_bytes_with_nul();
+        let rc = unsafe { IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA as c_int, pem.as_mut_ptr().cast()) };
+        assert_eq!(rc, 0);
+        pem.fill(0);
+        assert_eq!(conninfo::https_ca().as_deref(), Some(ca.cert.pem().as_bytes()));
+        assert_eq!(ioctl_str(IOTX_IOCTL_SET_HTTPS_CA, c"not a pem"), -1);
+        assert!(conninfo::https_ca().is_some());
+        let rc = unsafe { IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA as c_int, ptr::null_mut()) };
+        assert_eq!(rc, 0);
+        assert!(conninfo::https_ca().is_none());
+    }
+
+    #[test]
     fn dynamic_register_and_unknown_options() {
         use iotx_ioctl_option_t::*;
         let _g = lock();
@@ -570,7 +604,7 @@ mod tests {
         };
         assert_eq!((rc, v), (0, 0));
         assert_eq!(
-            unsafe { IOT_Ioctl(9, &mut v as *mut c_int as *mut c_void) },
+            unsafe { IOT_Ioctl(10, &mut v as *mut c_int as *mut c_void) },
             -1
         );
         assert_eq!(

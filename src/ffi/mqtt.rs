@@ -119,7 +119,9 @@ pub type iotx_mqtt_param_pt = *mut iotx_mqtt_param_t;
 const MQTT_MAGIC: u32 = 0x4d51_5454;
 
 /// What IOT_MQTT_Construct returns (as `void *`).
+#[repr(C)]
 pub struct MqttHandle {
+    /// First, so checking it never reads past the start of a foreign pointer.
     magic: u32,
     client: MqttClient,
 }

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::log::Level;
 use crate::ota::{OtaConfig, OtaSession, OtaState};
 use crate::ota_log;
-use crate::protocol::Protocol;
+use crate::protocol::{Protocol, UpgradeNotice};
 
 /// OTA error codes (iotkit v2.3 values).
 #[repr(C)]
@@ -119,7 +119,9 @@ pub enum IOT_OTA_Protocol_t {
 const OTA_MAGIC: u32 = 0x4f54_4148;
 
 /// What `IOT_OTA_Init` returns (as `void *`).
+#[repr(C)]
 pub struct OtaHandle {
+    /// First, so checking it never reads past the start of a foreign pointer.
     magic: u32,
     session: OtaSession,
     mqtt: *const MqttHandle,
@@ -198,7 +200,9 @@ fn init(
         );
         return std::ptr::null_mut();
     };
-    match OtaSession::attach(mqtt.client(), pk, dn, OtaConfig::for_protocol(protocol)) {
+    let mut config = OtaConfig::for_protocol(protocol);
+    config.http.ca_pem = crate::conninfo::https_ca();
+    match OtaSession::attach(mqtt.client(), pk, dn, config) {
         Ok(session) => Box::into_raw(Box::new(OtaHandle {
             magic: OTA_MAGIC,
             session,
@@ -409,18 +413,39 @@ unsafe fn put_str(h: &OtaHandle, buf: *mut c_void, buf_len: usize, s: &[u8]) -> 
     if write_c_str(buf, buf_len, s) {
         0
     } else {
-        ota_log!(
-            Level::Error,
-            "IOT_OTA_Ioctl: buffer of {buf_len} bytes cannot hold {} bytes plus NUL",
-            s.len()
-        );
-        h.session.record_error(Error::TooLong {
-            what: "Ioctl answer",
-            len: s.len() + 1,
-            max: buf_len,
-        });
-        STR_TOO_LONG
+        too_small(h, buf_len, s.len())
     }
+}
+
+/// Writes a field of the accepted upgrade as a NUL-terminated string, under the session lock.
+unsafe fn put_notice_str(
+    h: &OtaHandle,
+    buf: *mut c_void,
+    buf_len: usize,
+    field: fn(&UpgradeNotice) -> &[u8],
+) -> c_int {
+    let missing = h.session.with_notice(|n| {
+        let v = field(n);
+        (!write_c_str(buf, buf_len, v)).then_some(v.len())
+    });
+    // Errors are recorded after the lock is released (recording takes it again).
+    match missing {
+        None => 0,
+        Some(len) => too_small(h, buf_len, len),
+    }
+}
+
+fn too_small(h: &OtaHandle, buf_len: usize, len: usize) -> c_int {
+    ota_log!(
+        Level::Error,
+        "IOT_OTA_Ioctl: buffer of {buf_len} bytes cannot hold {len} bytes plus NUL"
+    );
+    h.session.record_error(Error::TooLong {
+        what: "Ioctl answer",
+        len: len + 1,
+        max: buf_len,
+    });
+    STR_TOO_LONG
 }
 
 fn not_available(h: &OtaHandle, what: &'static str) -> c_int {
@@ -498,16 +523,16 @@ unsafe fn ioctl(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) ->
             let name = s.with_notice(|n| n.digest_kind.name());
             put_str(h, buf, buf_len, name.as_bytes())
         }
-        IOT_OTAG_VERSION => s.with_notice(|n| put_str(h, buf, buf_len, n.version.as_bytes())),
-        IOT_OTAG_MODULE => s.with_notice(|n| put_str(h, buf, buf_len, n.module_name().as_bytes())),
-        IOT_OTAG_TASK_ID => match s.with_notice(|n| n.task_id.is_empty()) {
-            true => not_available(h, "the upgrade has no task id"),
-            false => s.with_notice(|n| put_str(h, buf, buf_len, n.task_id.as_bytes())),
-        },
-        IOT_OTAG_EXT_DATA => match s.with_notice(|n| n.ext_data.is_empty()) {
-            true => not_available(h, "the upgrade has no extData"),
-            false => s.with_notice(|n| put_str(h, buf, buf_len, n.ext_data.as_bytes())),
-        },
+        IOT_OTAG_VERSION => put_notice_str(h, buf, buf_len, |n| n.version.as_bytes()),
+        IOT_OTAG_MODULE => put_notice_str(h, buf, buf_len, |n| n.module_name().as_bytes()),
+        IOT_OTAG_TASK_ID if s.with_notice(|n| n.task_id.is_empty()) => {
+            not_available(h, "the upgrade has no task id")
+        }
+        IOT_OTAG_TASK_ID => put_notice_str(h, buf, buf_len, |n| n.task_id.as_bytes()),
+        IOT_OTAG_EXT_DATA if s.with_notice(|n| n.ext_data.is_empty()) => {
+            not_available(h, "the upgrade has no extData")
+        }
+        IOT_OTAG_EXT_DATA => put_notice_str(h, buf, buf_len, |n| n.ext_data.as_bytes()),
         IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_COTA_GETTYPE | IOT_OTAG_CHECK_CONFIG => reject(
             h,
             "IOT_OTA_Ioctl",
