@@ -477,10 +477,8 @@ pub extern "C" fn IOT_OTA_Ioctl(
 }
 
 unsafe fn ioctl(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) -> c_int {
-    use crate::protocol::DigestKind;
     let s = &h.session;
     let state = s.state();
-    let have_upgrade = state != OtaState::Idle;
     match kind {
         IOT_OTAG_FETCHED_SIZE => put_u32(h, buf, buf_len, s.fetched_size()),
         IOT_OTAG_FILE_SIZE => put_u32(h, buf, buf_len, s.file_size()),
@@ -497,13 +495,40 @@ unsafe fn ioctl(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) ->
             Ok(valid) => put_u32(h, buf, buf_len, valid as u64),
             Err(e) => err_code(&e),
         },
-        _ if !have_upgrade
-            && (IOT_OTAG_MD5SUM..=IOT_OTAG_EXT_DATA).contains(&kind)
-            && kind != IOT_OTAG_CHECK_FIRMWARE
-            && kind != IOT_OTAG_CHECK_CONFIG =>
-        {
-            not_available(h, "no upgrade has been accepted")
+        k if NOTICE_QUERIES.contains(&k) => {
+            if s.state() == OtaState::Idle {
+                return not_available(h, "no upgrade has been accepted");
+            }
+            notice_query(h, k, buf, buf_len)
         }
+        IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_COTA_GETTYPE | IOT_OTAG_CHECK_CONFIG => reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::InvalidParam("COTA queries are not supported"),
+        ),
+        _ => reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::InvalidParam("unknown Ioctl type"),
+        ),
+    }
+}
+
+/// The Ioctl types answered from the accepted upgrade message.
+const NOTICE_QUERIES: [c_int; 7] = [
+    IOT_OTAG_MD5SUM,
+    IOT_OTAG_VERSION,
+    IOT_OTAG_SHA256SUM,
+    IOT_OTAG_SIGN_METHOD,
+    IOT_OTAG_MODULE,
+    IOT_OTAG_TASK_ID,
+    IOT_OTAG_EXT_DATA,
+];
+
+unsafe fn notice_query(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) -> c_int {
+    use crate::protocol::DigestKind;
+    let s = &h.session;
+    match kind {
         IOT_OTAG_MD5SUM | IOT_OTAG_SHA256SUM => {
             let want = if kind == IOT_OTAG_MD5SUM {
                 DigestKind::Md5
@@ -533,11 +558,6 @@ unsafe fn ioctl(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) ->
             not_available(h, "the upgrade has no extData")
         }
         IOT_OTAG_EXT_DATA => put_notice_str(h, buf, buf_len, |n| n.ext_data.as_bytes()),
-        IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_COTA_GETTYPE | IOT_OTAG_CHECK_CONFIG => reject(
-            h,
-            "IOT_OTA_Ioctl",
-            Error::InvalidParam("COTA queries are not supported"),
-        ),
         _ => reject(
             h,
             "IOT_OTA_Ioctl",
