@@ -393,7 +393,6 @@ fn download(dev: &Device) -> (Vec<u8>, Option<c_int>) {
     (image, None)
 }
 
-// ---------------------------------------------------------------------------------------------
 // 1. NULL and foreign arguments
 
 #[test]
@@ -650,7 +649,6 @@ fn mqtt_construct_to_a_closed_port_fails_within_seconds() {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
 // 2. Wrong state and bad arguments on a live session
 
 #[test]
@@ -752,7 +750,6 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
     dev.assert_usable();
 }
 
-// ---------------------------------------------------------------------------------------------
 // 3. A good upgrade
 
 #[test]
@@ -841,7 +838,6 @@ fn module_into_a_too_small_buffer_is_refused() {
     short_buffer_is_refused("short-module", IOT_OTAG_MODULE, 7);
 }
 
-// ---------------------------------------------------------------------------------------------
 // 4. Bad upgrade messages
 
 #[test]
@@ -900,7 +896,6 @@ fn bad_upgrade_messages_change_nothing() {
     dev.assert_usable();
 }
 
-// ---------------------------------------------------------------------------------------------
 // 5. Download failures
 
 /// After a failed download: finished, not valid, the handle still usable.

@@ -577,11 +577,16 @@ mod tests {
         use iotx_ioctl_option_t::*;
         let _g = lock();
         let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
-        let mut pem = std::ffi::CString::new(ca.cert.pem()).unwrap().into_bytes_with_nul();
+        let mut pem = std::ffi::CString::new(ca.cert.pem())
+            .unwrap()
+            .into_bytes_with_nul();
         let rc = unsafe { IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA as c_int, pem.as_mut_ptr().cast()) };
         assert_eq!(rc, 0);
         pem.fill(0);
-        assert_eq!(conninfo::https_ca().as_deref(), Some(ca.cert.pem().as_bytes()));
+        assert_eq!(
+            conninfo::https_ca().as_deref(),
+            Some(ca.cert.pem().as_bytes())
+        );
         assert_eq!(ioctl_str(IOTX_IOCTL_SET_HTTPS_CA, c"not a pem"), -1);
         assert!(conninfo::https_ca().is_some());
         let rc = unsafe { IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA as c_int, ptr::null_mut()) };

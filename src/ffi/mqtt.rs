@@ -135,8 +135,8 @@ impl MqttHandle {
         if p.is_null() {
             return None;
         }
-        let h = &*(p as *const MqttHandle);
-        (h.magic == MQTT_MAGIC).then_some(h)
+        // Read only the magic before treating the memory as a handle.
+        (std::ptr::read_unaligned(p as *const u32) == MQTT_MAGIC).then(|| &*(p as *const MqttHandle))
     }
 
     pub fn client(&self) -> &MqttClient {

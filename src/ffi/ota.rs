@@ -151,12 +151,12 @@ unsafe fn handle<'a>(h: *mut c_void, func: &str) -> Option<&'a OtaHandle> {
         ota_log!(Level::Error, "{func}: NULL handle");
         return None;
     }
-    let h = &*(h as *const OtaHandle);
-    if h.magic != OTA_MAGIC {
+    // Read only the magic before treating the memory as a handle.
+    if std::ptr::read_unaligned(h as *const u32) != OTA_MAGIC {
         ota_log!(Level::Error, "{func}: not an OTA handle");
         return None;
     }
-    Some(h)
+    Some(&*(h as *const OtaHandle))
 }
 
 /// Maps a result to 0 or the error code, recording an argument error on the session.
