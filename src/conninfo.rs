@@ -470,10 +470,21 @@ mod tests {
         let pem = ca.cert.pem();
         set_https_ca(Some(pem.as_bytes())).unwrap();
         assert_eq!(https_ca().as_deref(), Some(pem.as_bytes()));
-        for bad in [&b"not a pem"[..], b"", b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"] {
-            assert!(matches!(set_https_ca(Some(bad)), Err(ConnInfoError::InvalidCa(_))));
+        for bad in [
+            &b"not a pem"[..],
+            b"",
+            b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        ] {
+            assert!(matches!(
+                set_https_ca(Some(bad)),
+                Err(ConnInfoError::InvalidCa(_))
+            ));
         }
-        assert_eq!(https_ca().as_deref(), Some(pem.as_bytes()), "a refused CA changes nothing");
+        assert_eq!(
+            https_ca().as_deref(),
+            Some(pem.as_bytes()),
+            "a refused CA changes nothing"
+        );
         set_https_ca(None).unwrap();
         assert!(https_ca().is_none());
     }

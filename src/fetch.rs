@@ -461,7 +461,8 @@ fn parse_ca_pem(pem: &[u8]) -> Result<CaRoots, CaPemError> {
 
 /// Whether `io` carries a rustls error (ureq reports handshake failures that way).
 fn is_tls_io_error(io: &std::io::Error) -> bool {
-    io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+    io.get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 fn map_ureq_error(e: &ureq::Error) -> FetchError {
@@ -613,6 +614,21 @@ mod tests {
         let n = r.pop_into(&mut out);
         assert_eq!(&out[..n], b"efghijkl");
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn ca_pem_checks() {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let key = ca.signing_key.serialize_pem();
+        let pem = ca.cert.pem();
+        assert_eq!(check_ca_pem(pem.as_bytes()), Ok(()));
+        assert_eq!(check_ca_pem(format!("{key}{pem}").as_bytes()), Ok(()));
+        assert_eq!(check_ca_pem(b""), Err(CaPemError::NoCertificate));
+        assert_eq!(check_ca_pem(key.as_bytes()), Err(CaPemError::NoCertificate));
+        let not_der = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert_eq!(check_ca_pem(not_der), Err(CaPemError::NotAnAnchor));
+        let not_base64 = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert_eq!(check_ca_pem(not_base64), Err(CaPemError::Malformed));
     }
 
     #[test]

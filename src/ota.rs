@@ -229,7 +229,10 @@ impl Engine {
         }
         if self.failure_reported {
             if step < 0 {
-                ota_log!(Level::Info, "failure step {step} already reported for this upgrade");
+                ota_log!(
+                    Level::Info,
+                    "failure step {step} already reported for this upgrade"
+                );
                 return Ok(());
             }
             return Err(self.fail(Error::InvalidState("this upgrade already failed")));
@@ -445,7 +448,9 @@ impl OtaSession {
         config: OtaConfig,
     ) -> Result<OtaSession> {
         let source = HttpSource::new(config.http.clone()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidInput => Error::InvalidParam("HTTPS CA is not a PEM certificate"),
+            std::io::ErrorKind::InvalidInput => {
+                Error::InvalidParam("HTTPS CA is not a PEM certificate")
+            }
             _ => Error::NoMemory,
         })?;
         let session = OtaSession::new(

@@ -187,7 +187,10 @@ fn digest_mismatch_is_rejected_and_reported_as_step_minus_3() {
         assert!(text.contains(r#""step":"-3""#), "{text}");
     }
     // The firmware's own reports after the SDK's must not contradict or repeat it.
-    assert!(matches!(s.report_progress(100, None), Err(Error::InvalidState(_))));
+    assert!(matches!(
+        s.report_progress(100, None),
+        Err(Error::InvalidState(_))
+    ));
     assert_eq!(s.report_progress(-3, Some("md5 mismatch")), Ok(()));
     assert_eq!(sent.lock().unwrap().len(), count, "nothing more was sent");
 }

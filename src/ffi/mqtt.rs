@@ -136,7 +136,8 @@ impl MqttHandle {
             return None;
         }
         // Read only the magic before treating the memory as a handle.
-        (std::ptr::read_unaligned(p as *const u32) == MQTT_MAGIC).then(|| &*(p as *const MqttHandle))
+        (std::ptr::read_unaligned(p as *const u32) == MQTT_MAGIC)
+            .then(|| &*(p as *const MqttHandle))
     }
 
     pub fn client(&self) -> &MqttClient {

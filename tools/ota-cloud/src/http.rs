@@ -1,9 +1,10 @@
-//! A tiny HTTP/1.1 firmware server on 127.0.0.1 with fault injection.
+//! A tiny HTTP/1.1 firmware server on 127.0.0.1 with fault injection, over plain TCP or TLS.
 //!
 //! Plain `std::net` and one thread per connection: the device under test downloads one image
 //! from one place, so simplicity beats throughput tricks. Everything the device asked for is
 //! logged ([`FirmwareServer::requests`]) so tests can check *how* it downloaded (ranges,
-//! re-requests after a cut), not only what ended up on disk.
+//! re-requests after a cut), not only what ended up on disk. The TLS mode
+//! ([`FirmwareServer::start_tls`]) is rustls with the ring provider, like the device side.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -55,12 +56,15 @@ pub struct RequestLog {
 struct Shared {
     image: Arc<[u8]>,
     faults: Faults,
+    /// `Some`: every connection is TLS with this configuration.
+    tls: Option<Arc<rustls::ServerConfig>>,
     cut_done: AtomicBool,
     stop: AtomicBool,
     log: Mutex<Vec<RequestLog>>,
 }
 
-/// Serves one firmware image at `http://127.0.0.1:PORT/firmware.bin` until dropped.
+/// Serves one firmware image at `http://127.0.0.1:PORT/firmware.bin` (or, in TLS mode,
+/// `https://localhost:PORT/firmware.bin`) until dropped.
 pub struct FirmwareServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -75,11 +79,37 @@ impl FirmwareServer {
 
     /// Starts a server that injects `faults`.
     pub fn start_with(image: impl Into<Arc<[u8]>>, faults: Faults) -> io::Result<FirmwareServer> {
+        Self::spawn(image.into(), faults, None)
+    }
+
+    /// Starts an HTTPS server that injects `faults` and presents `cert_chain_pem` (leaf first,
+    /// then any intermediates) with the private key `key_pem` (PKCS#8, PKCS#1 or SEC1).
+    ///
+    /// It listens on 127.0.0.1 only and [`url`](Self::url) names it `localhost`, so the
+    /// certificate needs a `localhost` DNS name for host-name verification to pass.
+    /// Fails with `InvalidInput` when the PEMs hold no certificate, no key, or a key that does
+    /// not match.
+    pub fn start_tls(
+        image: impl Into<Arc<[u8]>>,
+        faults: Faults,
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> io::Result<FirmwareServer> {
+        let config = server_tls_config(cert_chain_pem, key_pem)?;
+        Self::spawn(image.into(), faults, Some(Arc::new(config)))
+    }
+
+    fn spawn(
+        image: Arc<[u8]>,
+        faults: Faults,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<FirmwareServer> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            image: image.into(),
+            image,
             faults,
+            tls,
             cut_done: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             log: Mutex::new(Vec::new()),
@@ -95,9 +125,20 @@ impl FirmwareServer {
         })
     }
 
-    /// The firmware's URL.
+    /// The firmware's URL: `http://127.0.0.1:PORT/firmware.bin`, or
+    /// `https://localhost:PORT/firmware.bin` in TLS mode (`localhost`, so that the client
+    /// verifies a host name; clients that try `::1` first fall back to 127.0.0.1).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/{FILE_NAME}", self.addr.port())
+        let port = self.addr.port();
+        match self.shared.tls {
+            Some(_) => format!("https://localhost:{port}/{FILE_NAME}"),
+            None => format!("http://127.0.0.1:{port}/{FILE_NAME}"),
+        }
+    }
+
+    /// Whether the server speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     pub fn port(&self) -> u16 {
@@ -125,6 +166,49 @@ impl Drop for FirmwareServer {
             let _ = t.join();
         }
         // Connection threads notice the flag within `POLL` and exit on their own.
+    }
+}
+
+fn server_tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> io::Result<rustls::ServerConfig> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(invalid("certificate chain: no PEM certificate".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(format!("private key: {e}")))?;
+    // An explicit provider: rustls panics when it has to pick one and finds two.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(format!("TLS versions: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid(format!("certificate and key: {e}")))
+}
+
+/// A connection the server answers on: plain TCP, or TLS over TCP.
+trait Conn: Read + Write {
+    /// Ends the connection after the last response.
+    fn close(&mut self);
+}
+
+impl Conn for TcpStream {
+    fn close(&mut self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+impl Conn for TlsStream {
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+        let _ = self.sock.shutdown(Shutdown::Both);
     }
 }
 
@@ -156,23 +240,36 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
     stream.set_read_timeout(Some(POLL))?;
     stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
     stream.set_nodelay(true)?;
+    match &shared.tls {
+        // The handshake runs inside the first read; a client that rejects the certificate
+        // ends it there with an alert, which comes back here as an error.
+        Some(config) => {
+            let conn = rustls::ServerConnection::new(Arc::clone(config))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            serve(&mut TlsStream::new(conn, stream), shared)
+        }
+        None => serve(&mut stream, shared),
+    }
+}
+
+fn serve(stream: &mut impl Conn, shared: &Shared) -> io::Result<()> {
     // Bytes read but not consumed yet (pipelined requests).
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let Some(head_len) = read_head(&mut stream, &mut buf, shared)? else {
+        let Some(head_len) = read_head(stream, &mut buf, shared)? else {
             return Ok(()); // peer closed, idle, or server stopping
         };
         let req = parse_head(&buf[..head_len]);
         buf.drain(..head_len);
         let Some(req) = req else {
-            let _ = respond_simple(&mut stream, 400, "bad request\n", false, false);
+            let _ = respond_simple(stream, 400, "bad request\n", false, false);
             return Ok(());
         };
         // GET/HEAD have no body; skip one if a client sends it anyway, to keep framing.
-        skip_body(&mut stream, &mut buf, req.body_len, shared)?;
-        let keep = respond(&mut stream, shared, &req)?;
+        skip_body(stream, &mut buf, req.body_len, shared)?;
+        let keep = respond(stream, shared, &req)?;
         if !keep {
-            let _ = stream.shutdown(Shutdown::Both);
+            stream.close();
             return Ok(());
         }
     }
@@ -180,7 +277,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
 
 /// Reads until `buf` holds a complete head; returns its length including the blank line.
 fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     buf: &mut Vec<u8>,
     shared: &Shared,
 ) -> io::Result<Option<usize>> {
@@ -211,7 +308,7 @@ fn read_head(
 }
 
 fn skip_body(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     buf: &mut Vec<u8>,
     mut len: usize,
     shared: &Shared,
@@ -341,7 +438,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn write_head(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     status: u16,
     content_length: u64,
     extra_headers: &str,
@@ -356,7 +453,7 @@ fn write_head(
 }
 
 fn respond_simple(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     status: u16,
     body: &str,
     head_only: bool,
@@ -377,7 +474,7 @@ fn respond_simple(
 }
 
 /// Answers one request; returns whether the connection stays open.
-fn respond(stream: &mut TcpStream, shared: &Shared, req: &Request) -> io::Result<bool> {
+fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result<bool> {
     let faults = &shared.faults;
     let image = &shared.image;
     let total = image.len() as u64;
@@ -506,6 +603,21 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 10), Ignore);
         assert_eq!(parse_range("bytes=x-", 10), Ignore);
         assert_eq!(parse_range("bytes=+1-", 10), Ignore);
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_its_key() {
+        let garbage = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        for (chain, key) in [
+            (&b""[..], &b""[..]),
+            (&b"no pem"[..], &b"no pem"[..]),
+            (garbage, b""),
+        ] {
+            let e = FirmwareServer::start_tls(vec![1u8], Faults::default(), chain, key)
+                .err()
+                .expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
     }
 
     #[test]
