@@ -277,6 +277,11 @@ typedef enum IOT_LogLevel {
 } IOT_LogLevel;
 
 /*
+ How an Aliyun-family platform spells its upstream messages.
+ */
+typedef struct Style Style;
+
+/*
  An event: `msg` is the packet id (cast to a pointer) for (un)subscribe/publish events and
  an `iotx_mqtt_topic_info_t *` for PUBLISH_RECEIVED.
  */
@@ -385,6 +390,8 @@ typedef struct iotx_conn_info_t {
 typedef struct iotx_conn_info_t *iotx_conn_info_pt;
 
 typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
+
+
 
 /*
  Burning (flashing) the image failed.

@@ -47,6 +47,8 @@ pub enum Error {
     Fetch(#[from] FetchError),
     #[error("MQTT: {0}")]
     Mqtt(#[from] MqttError),
+    #[error("the platform refused the version report (result_code {0})")]
+    VersionRefused(i64),
     #[error("not available: {0}")]
     NotAvailable(&'static str),
     #[error("out of memory")]

@@ -21,7 +21,9 @@ use crate::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, Op
 use crate::log::Level;
 use crate::mqtt::{MqttClient, QoS};
 use crate::ota_log;
-use crate::protocol::{self, FixedStr, Limits, Protocol, Report, Topics, UpgradeNotice};
+use crate::protocol::{
+    self, Downstream, FailureCause, FixedStr, Limits, Protocol, Report, Topics, UpgradeNotice,
+};
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
 pub trait Uplink: Send {
@@ -76,15 +78,17 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// Encodes and publishes `report`; a report the protocol has no message for is a no-op.
     fn send(&mut self, report: Report<'_>) -> Result<()> {
-        let (channel, len) =
-            protocol::encode(self.protocol, &report, self.next_id, &mut self.message).map_err(
-                |_| Error::TooLong {
-                    what: "upstream message",
-                    len: self.message.len() + 1,
-                    max: self.message.len(),
-                },
-            )?;
+        let encoded = protocol::encode(self.protocol, &report, self.next_id, &mut self.message)
+            .map_err(|_| Error::TooLong {
+                what: "upstream message",
+                len: self.message.len() + 1,
+                max: self.message.len(),
+            })?;
+        let Some((channel, len)) = encoded else {
+            return Ok(());
+        };
         self.next_id += 1;
         let topic = self.topics.for_channel(channel);
         self.uplink.publish(topic, &self.message[..len])
@@ -110,6 +114,10 @@ struct Engine {
     oversize: bool,
     /// The SDK already told the platform this upgrade failed; later reports would contradict it.
     failure_reported: bool,
+    /// The protocol's "download started" report went out for this upgrade.
+    upgrading_reported: bool,
+    /// What made the last download fail, for failure reports that name a cause.
+    fetch_cause: Option<FailureCause>,
     /// All bytes arrived and the digest matched.
     verified: bool,
     last_error: Option<Error>,
@@ -131,8 +139,14 @@ impl Engine {
             self.last_error = Some(Error::InvalidParam("topic"));
             return Err(Error::InvalidParam("topic"));
         }
-        if let Err(e) = protocol::decode(self.protocol, payload, &self.limits, &mut self.scratch) {
-            return Err(self.fail(Error::Notice(e)));
+        match protocol::decode(self.protocol, payload, &self.limits, &mut self.scratch) {
+            Err(e) => return Err(self.fail(Error::Notice(e))),
+            Ok(Downstream::Ignored) => return Ok(()),
+            Ok(Downstream::VersionAck { result_code: 0 }) => return Ok(()),
+            Ok(Downstream::VersionAck { result_code }) => {
+                return Err(self.fail(Error::VersionRefused(result_code)))
+            }
+            Ok(Downstream::Upgrade) => {}
         }
         if self.state == OtaState::Fetching && self.scratch.same_image(&self.notice) {
             ota_log!(
@@ -154,12 +168,20 @@ impl Engine {
             );
         }
         std::mem::swap(&mut self.notice, &mut self.scratch);
+        self.accept_notice();
+        Ok(())
+    }
+
+    /// Makes the (already swapped-in) notice the current upgrade and acknowledges it.
+    fn accept_notice(&mut self) {
         self.source.close();
         self.source_open = false;
         self.digest = StreamDigest::new(self.notice.digest_kind);
         self.fetched = 0;
         self.oversize = false;
         self.failure_reported = false;
+        self.upgrading_reported = false;
+        self.fetch_cause = None;
         self.verified = false;
         self.state = OtaState::Fetching;
         ota_log!(
@@ -169,7 +191,12 @@ impl Engine {
             self.notice.module_name(),
             self.notice.size
         );
-        Ok(())
+        let r = self.out.send(Report::Accepted {
+            notice: &self.notice,
+        });
+        if let Err(e) = r {
+            ota_log!(Level::Warning, "acknowledgement not sent: {e}");
+        }
     }
 
     fn check_version(&self, version: &str) -> Result<()> {
@@ -220,47 +247,113 @@ impl Engine {
             .map_err(|e| self.fail(e))
     }
 
-    fn report_progress(&mut self, step: i32, desc: Option<&str>) -> Result<()> {
-        if !(-4..=100).contains(&step) {
-            return Err(self.fail(Error::InvalidParam("progress must be -4 ..= 100")));
-        }
+    /// Checks that an upgrade report may go out now.
+    fn check_upgrade_report(&mut self, failing: bool) -> Result<bool> {
         if self.state == OtaState::Idle {
             return Err(self.fail(Error::InvalidState("no upgrade in progress")));
         }
         if self.failure_reported {
-            if step < 0 {
-                ota_log!(
-                    Level::Info,
-                    "failure step {step} already reported for this upgrade"
-                );
-                return Ok(());
+            if failing {
+                ota_log!(Level::Info, "this upgrade's failure was already reported");
+                return Ok(false);
             }
             return Err(self.fail(Error::InvalidState("this upgrade already failed")));
         }
+        Ok(true)
+    }
+
+    fn report_progress(&mut self, step: i32, desc: Option<&str>) -> Result<()> {
+        if !(-4..=100).contains(&step) {
+            return Err(self.fail(Error::InvalidParam("progress must be -4 ..= 100")));
+        }
+        if step < 0 {
+            let cause = match (step, self.fetch_cause) {
+                (-2, Some(cause)) => cause,
+                _ => FailureCause::from_step(step),
+            };
+            return self.report_failure(cause, desc.unwrap_or(""));
+        }
+        if !self.check_upgrade_report(false)? {
+            return Ok(());
+        }
         let r = self.out.send(Report::Progress {
-            step,
+            percent: step as u8,
             desc: desc.unwrap_or(""),
-            module: Self::module_arg(Some(self.notice.module.as_str())),
+            notice: &self.notice,
         });
         r.map_err(|e| self.fail(e))
     }
 
     /// Tells the platform this upgrade failed, once.
-    fn report_failure(&mut self, step: i32, desc: &str) {
-        if let Err(e) = self.report_progress(step, Some(desc)) {
-            ota_log!(Level::Warning, "failure report not sent: {e}");
+    fn report_failure(&mut self, cause: FailureCause, desc: &str) -> Result<()> {
+        if !self.check_upgrade_report(true)? {
+            return Ok(());
         }
         self.failure_reported = true;
+        let r = self.out.send(Report::Failure {
+            cause,
+            desc,
+            notice: &self.notice,
+        });
+        r.map_err(|e| self.fail(e))
     }
 
-    /// A failure the platform should hear about: logs, records, reports `step`, ends the fetch.
-    fn abort_fetch(&mut self, e: Error, step: i32, desc: &str) -> Error {
+    /// Sends a failure the SDK detected itself; a send error is logged, not returned.
+    fn auto_report_failure(&mut self, cause: FailureCause, desc: &str) {
+        if let Err(e) = self.report_failure(cause, desc) {
+            ota_log!(Level::Warning, "failure report not sent: {e}");
+        }
+    }
+
+    /// Sends the protocol's "download started" report once per upgrade.
+    fn ensure_upgrading_reported(&mut self) -> Result<()> {
+        if self.upgrading_reported {
+            return Ok(());
+        }
+        self.upgrading_reported = true;
+        let r = self.out.send(Report::Upgrading {
+            notice: &self.notice,
+        });
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// The image is downloaded; flashing begins.
+    fn report_upgrade_begin(&mut self) -> Result<()> {
+        if !self.check_upgrade_report(false)? {
+            return Ok(());
+        }
+        self.ensure_upgrading_reported()?;
+        let r = self.out.send(Report::Burning {
+            notice: &self.notice,
+        });
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// The upgrade to `version` succeeded.
+    fn report_upgrade_success(&mut self, version: &str) -> Result<()> {
+        self.check_version(version).map_err(|e| self.fail(e))?;
+        if !self.check_upgrade_report(false)? {
+            return Ok(());
+        }
+        let r = self.out.send(Report::Success {
+            version,
+            notice: &self.notice,
+        });
+        if r.is_ok() && Self::module_arg(Some(self.notice.module.as_str())).is_none() {
+            let _ = self.running_version.set(version);
+        }
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// A failure the platform should hear about: logs, records, reports it, ends the fetch.
+    fn abort_fetch(&mut self, e: Error, cause: FailureCause, desc: &str) -> Error {
         self.fail(e);
         self.source.close();
         self.source_open = false;
         self.state = OtaState::Fetched;
         self.verified = false;
-        self.report_failure(step, desc);
+        self.fetch_cause = Some(cause);
+        self.auto_report_failure(cause, desc);
         self.last_error = Some(e);
         e
     }
@@ -273,6 +366,9 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
         let deadline = Instant::now() + timeout;
+        if let Err(e) = self.ensure_upgrading_reported() {
+            ota_log!(Level::Warning, "upgrading report not sent: {e}");
+        }
         if !self.source_open {
             if let Err(e) = self.source.open(self.notice.url.as_str(), self.fetched) {
                 return Err(self.download_failed(e));
@@ -296,17 +392,31 @@ impl Engine {
     }
 
     fn download_failed(&mut self, e: FetchError) -> Error {
-        let desc = match e {
-            FetchError::Status(403) => "download failed: URL expired or forbidden (HTTP 403)",
-            FetchError::Status(404) => "download failed: firmware not found (HTTP 404)",
-            FetchError::Status(_) => "download failed: HTTP error status",
-            FetchError::Connect | FetchError::Resolve => "download failed: cannot connect",
-            FetchError::Timeout => "download failed: timed out",
-            FetchError::Truncated => "download failed: connection ended early",
-            FetchError::Oversize => "download failed: file larger than announced",
-            _ => "download failed",
+        use FailureCause as C;
+        let (cause, desc) = match e {
+            FetchError::Status(403) => (C::UrlExpired, "download failed: URL expired (HTTP 403)"),
+            FetchError::Status(404) => (
+                C::NotFound,
+                "download failed: firmware not found (HTTP 404)",
+            ),
+            FetchError::Status(_) => (C::DownloadFailed, "download failed: HTTP error status"),
+            FetchError::Connect | FetchError::Resolve => (
+                C::DownloadFailed,
+                "download failed: cannot connect to the server",
+            ),
+            FetchError::Timeout => (C::DownloadTimeout, "download failed: timed out"),
+            FetchError::Tls => (
+                C::DownloadFailed,
+                "download failed: TLS verification failed",
+            ),
+            FetchError::Truncated => (C::DownloadFailed, "download failed: connection ended early"),
+            FetchError::Oversize => (
+                C::DownloadFailed,
+                "download failed: file larger than announced",
+            ),
+            _ => (C::DownloadFailed, "download failed"),
         };
-        self.abort_fetch(Error::Fetch(e), -2, desc)
+        self.abort_fetch(Error::Fetch(e), cause, desc)
     }
 
     fn check_response(&mut self, info: OpenInfo) -> Result<()> {
@@ -378,7 +488,7 @@ impl Engine {
             to_hex(&actual[..n], &mut hex)
         );
         self.last_error = Some(Error::Fetch(e));
-        self.report_failure(-3, desc);
+        self.auto_report_failure(FailureCause::DigestMismatch, desc);
     }
 }
 
@@ -430,6 +540,8 @@ impl OtaSession {
             source_open: false,
             oversize: false,
             failure_reported: false,
+            upgrading_reported: false,
+            fetch_cause: None,
             verified: false,
             last_error: None,
         };
@@ -507,6 +619,24 @@ impl OtaSession {
     /// Reports download progress 0..=100, or a failure step -1..=-4 with a description.
     pub fn report_progress(&self, step: i32, desc: Option<&str>) -> Result<()> {
         self.engine().report_progress(step, desc)
+    }
+
+    /// Reports that the image is downloaded and flashing begins (Aliyun/SagooIOT step 100
+    /// "burning", Tencent `burning`, UCloud `upgrading`).
+    pub fn report_upgrade_begin(&self) -> Result<()> {
+        self.engine().report_upgrade_begin()
+    }
+
+    /// Reports that the upgrade succeeded and `version` now runs (Aliyun/SagooIOT version
+    /// report, Tencent `done`, UCloud `success`).
+    pub fn report_upgrade_success(&self, version: &str) -> Result<()> {
+        self.engine().report_upgrade_success(version)
+    }
+
+    /// Reports that flashing the upgrade failed (Aliyun/SagooIOT step −4, Tencent −5,
+    /// UCloud `fail`).
+    pub fn report_upgrade_fail(&self, desc: &str) -> Result<()> {
+        self.engine().report_failure(FailureCause::BurnFailed, desc)
     }
 
     pub fn state(&self) -> OtaState {

@@ -138,7 +138,7 @@ pub fn err_code(e: &Error) -> c_int {
         Error::Fetch(_) => IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int,
         Error::NoMemory => IOT_OTA_Err_t::IOT_OTAE_NOMEM as c_int,
         Error::Mqtt(_) => IOT_OTA_Err_t::IOT_OTAE_OSC_FAILED as c_int,
-        Error::Notice(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,
+        Error::Notice(_) | Error::VersionRefused(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,
     }
 }
 

@@ -45,32 +45,114 @@ pub fn decode(
     Ok(Downstream::Upgrade)
 }
 
-/// Encodes a device report; returns its channel and length.
-pub fn encode(report: &Report<'_>, id: u64, out: &mut [u8]) -> Result<(Channel, usize), JsonError> {
+/// How an Aliyun-family platform spells its upstream messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// `"id":"7"` (SagooIOT) instead of `"id":7`.
+    pub id_as_string: bool,
+    /// Longest `desc`, in characters (cut on a character boundary).
+    pub desc_max_chars: usize,
+    /// Echo the upgrade's batch id as `params.strategy` in progress reports.
+    pub echo_batch: bool,
+}
+
+/// Aliyun's own spelling.
+pub const STYLE: Style = Style {
+    id_as_string: false,
+    desc_max_chars: usize::MAX,
+    echo_batch: false,
+};
+
+/// Encodes a device report; returns its channel and length, or `None` when Aliyun has no
+/// message for it (acknowledgements of a task).
+pub fn encode(
+    report: &Report<'_>,
+    id: u64,
+    out: &mut [u8],
+) -> Result<Option<(Channel, usize)>, JsonError> {
+    encode_with(STYLE, report, id, out)
+}
+
+/// The module to name in a message: absent for the default module.
+fn named_module(module: &str) -> Option<&str> {
+    (!module.is_empty() && module != "default").then_some(module)
+}
+
+/// Encodes `report` in the Aliyun family's format with `style`.
+pub fn encode_with(
+    style: Style,
+    report: &Report<'_>,
+    id: u64,
+    out: &mut [u8],
+) -> Result<Option<(Channel, usize)>, JsonError> {
     let mut w = Writer::new(out);
-    w.raw("{\"id\":").u64(id).raw(",\"params\":{");
-    let (channel, module) = match *report {
+    if style.id_as_string {
+        w.raw("{\"id\":\"").u64(id).raw("\",\"params\":{");
+    } else {
+        w.raw("{\"id\":").u64(id).raw(",\"params\":{");
+    }
+    let (channel, module, notice) = match *report {
         Report::Version { version, module } => {
             w.raw("\"version\":").string(version);
-            (Channel::Inform, module)
+            (Channel::Inform, module.and_then(named_module), None)
         }
         Report::Request { version, module } => {
             w.raw("\"version\":").string(version);
-            (Channel::Request, module)
+            (Channel::Request, module.and_then(named_module), None)
         }
-        Report::Progress { step, desc, module } => {
-            w.raw("\"step\":\"")
-                .i64(step as i64)
-                .raw("\",\"desc\":")
-                .string(desc);
-            (Channel::Progress, module)
+        Report::Success { version, notice } => {
+            w.raw("\"version\":").string(version);
+            (Channel::Inform, named_module(notice.module.as_str()), None)
+        }
+        Report::Accepted { .. } | Report::Upgrading { .. } => return Ok(None),
+        Report::Progress {
+            percent,
+            desc,
+            notice,
+        } => {
+            progress(&mut w, style, percent as i64, desc);
+            (
+                Channel::Progress,
+                named_module(notice.module.as_str()),
+                Some(notice),
+            )
+        }
+        Report::Burning { notice } => {
+            progress(&mut w, style, 100, "burning");
+            (
+                Channel::Progress,
+                named_module(notice.module.as_str()),
+                Some(notice),
+            )
+        }
+        Report::Failure {
+            cause,
+            desc,
+            notice,
+        } => {
+            progress(&mut w, style, cause.step() as i64, desc);
+            (
+                Channel::Progress,
+                named_module(notice.module.as_str()),
+                Some(notice),
+            )
         }
     };
     if let Some(m) = module {
         w.raw(",\"module\":").string(m);
     }
+    if let Some(n) = notice.filter(|n| style.echo_batch && !n.batch.is_empty()) {
+        w.raw(",\"strategy\":").string(n.batch.as_str());
+    }
     w.raw("}}");
-    Ok((channel, w.finish()?))
+    Ok(Some((channel, w.finish()?)))
+}
+
+fn progress(w: &mut Writer<'_>, style: Style, step: i64, desc: &str) {
+    w.raw("\"step\":\"")
+        .i64(step)
+        .raw("\",\"desc\":")
+        .string_truncated(desc, style.desc_max_chars);
 }
 
 #[cfg(test)]
@@ -96,7 +178,7 @@ mod tests {
 
     fn encoded(report: Report<'_>, id: u64) -> (Channel, String) {
         let mut buf = [0u8; 512];
-        let (ch, n) = encode(&report, id, &mut buf).unwrap();
+        let (ch, n) = encode(&report, id, &mut buf).unwrap().unwrap();
         (ch, String::from_utf8(buf[..n].to_vec()).unwrap())
     }
 
@@ -169,11 +251,12 @@ mod tests {
 
     #[test]
     fn encodes_the_seed_progress_report_and_failure_steps() {
+        let mut n = notice();
         let (ch, text) = encoded(
             Report::Progress {
-                step: 1,
+                percent: 1,
                 desc: " xxxxxxxx ",
-                module: None,
+                notice: &n,
             },
             1,
         );
@@ -183,16 +266,39 @@ mod tests {
             r#"{"id":1,"params":{"step":"1","desc":" xxxxxxxx "}}"#
         );
         let (_, text) = encoded(
-            Report::Progress {
-                step: -3,
+            Report::Failure {
+                cause: crate::protocol::FailureCause::DigestMismatch,
                 desc: "md5 \"mismatch\"",
-                module: None,
+                notice: &n,
             },
             9,
         );
         assert_eq!(
             text,
             r#"{"id":9,"params":{"step":"-3","desc":"md5 \"mismatch\""}}"#
+        );
+        n.module.set("MCU").unwrap();
+        let (_, text) = encoded(Report::Burning { notice: &n }, 10);
+        assert_eq!(
+            text,
+            r#"{"id":10,"params":{"step":"100","desc":"burning","module":"MCU"}}"#
+        );
+        let (ch, text) = encoded(
+            Report::Success {
+                version: "2.0.0",
+                notice: &n,
+            },
+            11,
+        );
+        assert_eq!(ch, Channel::Inform);
+        assert_eq!(
+            text,
+            r#"{"id":11,"params":{"version":"2.0.0","module":"MCU"}}"#
+        );
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            encode(&Report::Accepted { notice: &n }, 1, &mut buf),
+            Ok(None)
         );
     }
 

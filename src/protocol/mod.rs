@@ -7,6 +7,9 @@
 pub mod aliyun;
 pub mod fixed;
 pub mod json;
+pub mod sagoo;
+pub mod tencent;
+pub mod ucloud;
 
 pub use fixed::{FixedStr, SetJsonError, TooLong};
 use json::{JsonError, Object, Value};
@@ -102,6 +105,10 @@ pub struct UpgradeNotice {
     pub task_id: FixedStr,
     /// `extData` as JSON text (SagooIOT); empty where absent.
     pub ext_data: FixedStr,
+    /// The version the task upgrades from (UCloud `CurrentVersion`); empty where absent.
+    pub current_version: FixedStr,
+    /// The batch id to echo in progress reports (SagooIOT `extData.strategy`); empty where absent.
+    pub batch: FixedStr,
     /// Image size in bytes, 1 ..= `u32::MAX`.
     pub size: u64,
     pub digest_kind: DigestKind,
@@ -119,6 +126,8 @@ impl UpgradeNotice {
             module: FixedStr::with_capacity(limits.module),
             task_id: FixedStr::with_capacity(limits.task_id),
             ext_data: FixedStr::with_capacity(limits.ext_data),
+            current_version: FixedStr::with_capacity(limits.version),
+            batch: FixedStr::with_capacity(limits.task_id),
             size: 0,
             digest_kind: DigestKind::Md5,
             digest: [0; 32],
@@ -133,6 +142,8 @@ impl UpgradeNotice {
         self.module.clear();
         self.task_id.clear();
         self.ext_data.clear();
+        self.current_version.clear();
+        self.batch.clear();
         self.size = 0;
         self.digest_kind = DigestKind::Md5;
         self.digest = [0; 32];
@@ -380,8 +391,54 @@ pub enum Channel {
     Request,
 }
 
-/// A message from the device to the platform.
+/// Why an upgrade failed, as precisely as the SDK knows; each protocol maps it to its own
+/// codes (Aliyun/SagooIOT `step`, Tencent `result_code`, UCloud `ErrMsg`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The download timed out (Tencent −1).
+    DownloadTimeout,
+    /// The firmware file does not exist (HTTP 404; Tencent −2).
+    NotFound,
+    /// The signed URL expired (HTTP 403; Tencent −3).
+    UrlExpired,
+    /// Any other download failure (connection, HTTP status, size).
+    DownloadFailed,
+    /// The image's digest did not match (Tencent −4).
+    DigestMismatch,
+    /// Writing the image to flash failed.
+    BurnFailed,
+    /// The upgrade failed for another reason (or was refused).
+    UpgradeFailed,
+}
+
+impl FailureCause {
+    /// The Aliyun/SagooIOT progress `step`: −1 upgrade, −2 download, −3 verify, −4 burn.
+    pub fn step(self) -> i32 {
+        match self {
+            FailureCause::DownloadTimeout
+            | FailureCause::NotFound
+            | FailureCause::UrlExpired
+            | FailureCause::DownloadFailed => -2,
+            FailureCause::DigestMismatch => -3,
+            FailureCause::BurnFailed => -4,
+            FailureCause::UpgradeFailed => -1,
+        }
+    }
+
+    /// The cause an Aliyun-style `step` names, when the SDK knows nothing more precise.
+    pub fn from_step(step: i32) -> FailureCause {
+        match step {
+            -2 => FailureCause::DownloadFailed,
+            -3 => FailureCause::DigestMismatch,
+            -4 => FailureCause::BurnFailed,
+            _ => FailureCause::UpgradeFailed,
+        }
+    }
+}
+
+/// A message from the device to the platform. Upgrade-related reports carry the accepted
+/// [`UpgradeNotice`] so each protocol can echo what it needs (version, module, task id, batch).
+#[derive(Debug, Clone, Copy)]
 pub enum Report<'a> {
     /// The running version (of `module`, when given).
     Version {
@@ -393,11 +450,28 @@ pub enum Report<'a> {
         version: &'a str,
         module: Option<&'a str>,
     },
-    /// Download percent 0..=100, or a failure step -1..=-4 with its description.
+    /// The upgrade was accepted (UCloud acknowledges the task).
+    Accepted { notice: &'a UpgradeNotice },
+    /// The download started (UCloud `upgrading`).
+    Upgrading { notice: &'a UpgradeNotice },
+    /// Download progress 0..=100, with an optional description.
     Progress {
-        step: i32,
+        percent: u8,
         desc: &'a str,
-        module: Option<&'a str>,
+        notice: &'a UpgradeNotice,
+    },
+    /// The image is downloaded and verified; flashing begins.
+    Burning { notice: &'a UpgradeNotice },
+    /// The upgrade succeeded: `version` runs now.
+    Success {
+        version: &'a str,
+        notice: &'a UpgradeNotice,
+    },
+    /// The upgrade failed.
+    Failure {
+        cause: FailureCause,
+        desc: &'a str,
+        notice: &'a UpgradeNotice,
     },
 }
 
@@ -406,9 +480,15 @@ pub enum Report<'a> {
 pub enum Downstream {
     /// An upgrade notification, decoded into the caller's [`UpgradeNotice`].
     Upgrade,
+    /// The platform's answer to a version report (Tencent `report_version_rsp`); non-zero
+    /// `result_code` means it was refused.
+    VersionAck { result_code: i64 },
+    /// A message type this device does not act on (accepted without error).
+    Ignored,
 }
 
-/// Decodes a message that arrived on the downstream topic.
+/// Decodes a message that arrived on the downstream topic. On error `out` may be partly
+/// written (it is scratch); fields decoded before the error stay readable for a refusal report.
 pub fn decode(
     protocol: Protocol,
     payload: &[u8],
@@ -423,15 +503,18 @@ pub fn decode(
     }
 }
 
-/// Encodes `report` into `out`; returns the channel and the length written.
+/// Encodes `report` into `out`: the channel and length, or `None` when the protocol has no
+/// message for it.
 pub fn encode(
     protocol: Protocol,
     report: &Report<'_>,
     id: u64,
     out: &mut [u8],
-) -> Result<(Channel, usize), JsonError> {
+) -> Result<Option<(Channel, usize)>, JsonError> {
     match protocol {
         Protocol::Aliyun => aliyun::encode(report, id, out),
-        _ => Err(JsonError::Overflow),
+        Protocol::Sagoo => sagoo::encode(report, id, out),
+        Protocol::Tencent => tencent::encode(report, id, out),
+        Protocol::Ucloud => ucloud::encode(report, id, out),
     }
 }
