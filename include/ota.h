@@ -181,16 +181,6 @@ typedef enum IOT_OTA_State_t {
 } IOT_OTA_State_t;
 
 /*
- Protocols for IOT_OTA_InitWithProtocol (extension). IOT_OTA_Init speaks Aliyun.
- */
-typedef enum IOT_OTA_Protocol_t {
-  IOT_OTA_PROTOCOL_ALIYUN = 0,
-  IOT_OTA_PROTOCOL_SAGOO = 1,
-  IOT_OTA_PROTOCOL_TENCENT = 2,
-  IOT_OTA_PROTOCOL_UCLOUD = 3,
-} IOT_OTA_Protocol_t;
-
-/*
  Aliyun regions for `IOTX_IOCTL_SET_REGION` / `IOTX_IOCTL_GET_REGION`.
  */
 typedef enum iotx_cloud_region_types_t {
@@ -342,6 +332,12 @@ typedef struct iotx_mqtt_topic_info_t {
 } iotx_mqtt_topic_info_t;
 
 typedef struct iotx_mqtt_topic_info_t *iotx_mqtt_topic_info_pt;
+
+/*
+ Protocols for IOT_OTA_InitWithProtocol (extension); IOT_OTA_Init speaks Aliyun. An `int`
+ so that an unknown value is refused (NULL), not undefined behaviour.
+ */
+typedef int IOT_OTA_Protocol_t;
 
 /*
  Progress values for IOT_OTA_ReportProgress: 0..100 percent, or a failure -1..-4.
@@ -499,6 +495,14 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
  uint32_t, buf_len 4: the IOT_OTA_State_t value.
  */
 #define IOT_OTAG_STATE 18
+
+#define IOT_OTA_PROTOCOL_ALIYUN 0
+
+#define IOT_OTA_PROTOCOL_SAGOO 1
+
+#define IOT_OTA_PROTOCOL_TENCENT 2
+
+#define IOT_OTA_PROTOCOL_UCLOUD 3
 
 #ifdef __cplusplus
 extern "C" {
@@ -771,6 +775,15 @@ int IOT_MQTT_Publish(void *handle, const char *topic_name, iotx_mqtt_topic_info_
 void *IOT_OTA_Init(const char *product_key, const char *device_name, void *ch_signal);
 
 /*
+ Like IOT_OTA_Init, for the platform `protocol` (extension): 0 Aliyun, 1 SagooIOT,
+ 2 Tencent, 3 UCloud (see IOT_OTA_Protocol_t). Returns NULL also for an unknown protocol.
+ */
+void *IOT_OTA_InitWithProtocol(const char *product_key,
+                               const char *device_name,
+                               void *ch_signal,
+                               IOT_OTA_Protocol_t protocol);
+
+/*
  Releases an OTA handle and unsubscribes its upgrade topic. NULL is accepted
  (IOT_OTAE_INVALID_PARAM). Must not be called twice with the same handle.
 
@@ -786,6 +799,16 @@ int IOT_OTA_Deinit(void *handle);
  IOT_OTAE_OSC_FAILED when MQTT cannot queue the message.
  */
 int IOT_OTA_ReportVersion(void *handle, const char *version);
+
+/*
+ Reports the running `version` of `module` (extension; "default" or NULL module = the
+ firmware itself). Aliyun/SagooIOT inform with `module`, UCloud `report` with `Module`;
+ Tencent has no modules and reports the version alone.
+
+ Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_STR_TOO_LONG also for a
+ module longer than the limit fixed at init).
+ */
+int IOT_OTA_ReportModuleVersion(void *handle, const char *module, const char *version);
 
 /*
  Asks the platform to (re)send the upgrade for the running `version` (request topic).
@@ -841,6 +864,58 @@ int IOT_OTA_Ioctl(void *handle, IOT_OTA_CmdType_t type, void *buf, size_t buf_le
  (0 when none), or IOT_OTAE_INVALID_PARAM for a NULL handle.
  */
 int IOT_OTA_GetLastError(void *handle);
+
+/*
+ Tencent's resume call, in every protocol: the next IOT_OTA_FetchYield requests the image
+ from byte `offset` (HTTP Range). `size` is the announced size (or 0). When resuming, feed
+ the `offset` bytes already stored to IOT_OTA_UpdateClientMd5 first, so the digest covers
+ the whole image; otherwise IOT_OTAG_CHECK_FIRMWARE will be 0.
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle, `offset` > size or a `size` other than
+ the announced one; IOT_OTAE_INVALID_STATE when no upgrade was accepted or it already verified.
+ */
+int IOT_OTA_StartDownload(void *handle, uint32_t offset, uint32_t size);
+
+/*
+ Feeds `size` bytes the firmware already holds into the image digest (Tencent's call, in
+ every protocol). NULL handle, or NULL `buff` with a non-zero size: logged, nothing done
+ (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells).
+ */
+void IOT_OTA_UpdateClientMd5(void *handle, char *buff, uint32_t size);
+
+/*
+ Restarts the image digest from nothing (Tencent's call, in every protocol).
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE when no upgrade
+ was accepted.
+ */
+int IOT_OTA_ResetClientMD5(void *handle);
+
+/*
+ Reports that the image is downloaded and flashing begins: Aliyun/SagooIOT step 100 with
+ desc "burning", Tencent `burning`, UCloud `upgrading` (if not sent yet).
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE before an
+ upgrade or after its failure was reported; IOT_OTAE_OSC_FAILED when MQTT cannot queue it.
+ */
+int IOT_OTA_ReportUpgradeBegin(void *handle);
+
+/*
+ Reports that the upgrade succeeded and `version` now runs: Aliyun/SagooIOT inform with
+ the version (success is the version the platform sees), Tencent `done`, UCloud `success`.
+
+ Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin (IOT_OTAE_INVALID_PARAM also for a
+ NULL or empty version, IOT_OTAE_STR_TOO_LONG for an oversize one).
+ */
+int IOT_OTA_ReportUpgradeSuccess(void *handle, const char *version);
+
+/*
+ Reports that flashing the upgrade failed: Aliyun/SagooIOT step -4, Tencent `fail` -5,
+ UCloud `fail`. `version` (the version that failed) may be NULL.
+
+ Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin.
+ */
+int IOT_OTA_ReportUpgradeFail(void *handle, const char *version);
 
 #ifdef __cplusplus
 }  // extern "C"

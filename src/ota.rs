@@ -12,6 +12,7 @@
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,8 @@ use crate::log::Level;
 use crate::mqtt::{MqttClient, QoS};
 use crate::ota_log;
 use crate::protocol::{
-    self, Downstream, FailureCause, FixedStr, Limits, Protocol, Report, Topics, UpgradeNotice,
+    self, Downstream, FailureCause, FixedStr, Limits, NoticeError, Protocol, Report, Topics,
+    UpgradeNotice,
 };
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
@@ -105,8 +107,12 @@ struct Engine {
     notice: UpgradeNotice,
     /// Decoding target; swapped with `notice` when valid, so a bad message changes nothing.
     scratch: UpgradeNotice,
-    /// The version the device last reported as running.
-    running_version: FixedStr,
+    /// The versions the device last reported as running, per module.
+    running: RunningVersions,
+    /// Scratch for failure descriptions built at run time.
+    desc: Box<[u8]>,
+    /// Bytes the running digest covers (fetched, plus any fed by the firmware).
+    digest_bytes: u64,
     digest: StreamDigest,
     fetched: u64,
     source_open: bool,
@@ -140,6 +146,7 @@ impl Engine {
             return Err(Error::InvalidParam("topic"));
         }
         match protocol::decode(self.protocol, payload, &self.limits, &mut self.scratch) {
+            Err(e @ NoticeError::Unsupported(_)) => return Err(self.refuse(e)),
             Err(e) => return Err(self.fail(Error::Notice(e))),
             Ok(Downstream::Ignored) => return Ok(()),
             Ok(Downstream::VersionAck { result_code: 0 }) => return Ok(()),
@@ -147,6 +154,9 @@ impl Engine {
                 return Err(self.fail(Error::VersionRefused(result_code)))
             }
             Ok(Downstream::Upgrade) => {}
+        }
+        if !self.runs_current_version() {
+            return Err(self.refuse(NoticeError::NotForRunningVersion));
         }
         if self.state == OtaState::Fetching && self.scratch.same_image(&self.notice) {
             ota_log!(
@@ -181,6 +191,7 @@ impl Engine {
         self.oversize = false;
         self.failure_reported = false;
         self.upgrading_reported = false;
+        self.digest_bytes = 0;
         self.fetch_cause = None;
         self.verified = false;
         self.state = OtaState::Fetching;
@@ -231,8 +242,8 @@ impl Engine {
         }
         let module = Self::module_arg(module);
         let r = self.out.send(Report::Version { version, module });
-        if r.is_ok() && module.is_none() {
-            let _ = self.running_version.set(version);
+        if r.is_ok() {
+            self.running.record(module.unwrap_or("default"), version);
         }
         r.map_err(|e| self.fail(e))
     }
@@ -339,8 +350,8 @@ impl Engine {
             version,
             notice: &self.notice,
         });
-        if r.is_ok() && Self::module_arg(Some(self.notice.module.as_str())).is_none() {
-            let _ = self.running_version.set(version);
+        if r.is_ok() {
+            self.running.record(self.notice.module_name(), version);
         }
         r.map_err(|e| self.fail(e))
     }
@@ -451,11 +462,88 @@ impl Engine {
     /// Takes `bytes` into the digest; finishes when the announced size is reached.
     fn accept(&mut self, bytes: &[u8]) -> usize {
         self.digest.update(bytes);
+        self.digest_bytes += bytes.len() as u64;
         self.fetched += bytes.len() as u64;
         if self.fetched == self.notice.size {
             self.finish();
         }
         bytes.len()
+    }
+
+    /// UCloud names the version a task upgrades from; a device running another refuses it.
+    fn runs_current_version(&self) -> bool {
+        let wanted = self.scratch.current_version.as_str();
+        match self.running.get(self.scratch.module_name()) {
+            Some(running) if !wanted.is_empty() => running == wanted,
+            _ => true,
+        }
+    }
+
+    /// Rejects the upgrade in `scratch`, telling the platform why; the current state stays.
+    fn refuse(&mut self, e: NoticeError) -> Error {
+        let err = self.fail(Error::Notice(e));
+        let mut w = TextWriter::new(&mut self.desc);
+        let _ = match e {
+            NoticeError::NotForRunningVersion => write!(
+                w,
+                "refused: task upgrades from {} but {} runs",
+                self.scratch.current_version,
+                self.running.get(self.scratch.module_name()).unwrap_or("?")
+            ),
+            other => write!(w, "refused: {other}"),
+        };
+        let len = w.len();
+        let desc = std::str::from_utf8(&self.desc[..len]).unwrap_or("refused");
+        let r = self.out.send(Report::Failure {
+            cause: FailureCause::UpgradeFailed,
+            desc,
+            notice: &self.scratch,
+        });
+        if let Err(send_err) = r {
+            ota_log!(Level::Warning, "refusal not sent: {send_err}");
+        }
+        err
+    }
+
+    /// Tencent's resume call: the next download request starts at `offset`.
+    fn start_download(&mut self, offset: u64, size: u64) -> Result<()> {
+        if self.state == OtaState::Idle || self.verified {
+            return Err(self.fail(Error::InvalidState("no upgrade to download")));
+        }
+        if size != 0 && size != self.notice.size {
+            return Err(self.fail(Error::InvalidParam("size differs from the announced size")));
+        }
+        if offset > self.notice.size {
+            return Err(self.fail(Error::InvalidParam("offset beyond the announced size")));
+        }
+        self.source.close();
+        self.source_open = false;
+        self.fetched = offset;
+        self.oversize = false;
+        self.failure_reported = false;
+        self.fetch_cause = None;
+        self.state = OtaState::Fetching;
+        Ok(())
+    }
+
+    /// Feeds bytes the firmware already holds (from an earlier download) into the digest.
+    fn update_client_digest(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.state == OtaState::Idle {
+            return Err(self.fail(Error::InvalidState("no upgrade accepted")));
+        }
+        self.digest.update(bytes);
+        self.digest_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Restarts the digest from nothing.
+    fn reset_client_digest(&mut self) -> Result<()> {
+        if self.state == OtaState::Idle {
+            return Err(self.fail(Error::InvalidState("no upgrade accepted")));
+        }
+        self.digest = StreamDigest::new(self.notice.digest_kind);
+        self.digest_bytes = 0;
+        Ok(())
     }
 
     fn finish(&mut self) {
@@ -464,13 +552,19 @@ impl Engine {
         self.state = OtaState::Fetched;
         let mut actual = [0u8; 32];
         let n = self.digest.current(&mut actual);
+        let covered = self.digest_bytes == self.notice.size;
         let digest_ok = actual[..n] == *self.notice.digest();
-        self.verified = digest_ok && !self.oversize;
+        self.verified = covered && digest_ok && !self.oversize;
         if self.verified {
             ota_log!(Level::Info, "image of {} bytes verified", self.fetched);
             return;
         }
-        let (e, desc) = if self.oversize {
+        let (e, desc) = if !covered {
+            (
+                FetchError::BadResponse("digest does not cover the whole image"),
+                "verify failed: the digest does not cover the whole image",
+            )
+        } else if self.oversize {
             (
                 FetchError::Oversize,
                 "verify failed: server file larger than announced",
@@ -512,11 +606,6 @@ impl OtaSession {
     ) -> Result<OtaSession> {
         check_identity("product key", product_key)?;
         check_identity("device name", device_name)?;
-        if config.protocol != Protocol::Aliyun {
-            return Err(Error::NotAvailable(
-                "only the Aliyun protocol is implemented so far",
-            ));
-        }
         let limits = config.limits;
         let topics = Topics::new(config.protocol, product_key, device_name);
         let downstream = topics.downstream.clone();
@@ -534,7 +623,9 @@ impl OtaSession {
             state: OtaState::Idle,
             notice: UpgradeNotice::new(&limits),
             scratch: UpgradeNotice::new(&limits),
-            running_version: FixedStr::with_capacity(limits.version),
+            running: RunningVersions::new(&limits),
+            desc: vec![0u8; 256].into_boxed_slice(),
+            digest_bytes: 0,
             digest: StreamDigest::new(crate::protocol::DigestKind::Md5),
             fetched: 0,
             source_open: false,
@@ -619,6 +710,25 @@ impl OtaSession {
     /// Reports download progress 0..=100, or a failure step -1..=-4 with a description.
     pub fn report_progress(&self, step: i32, desc: Option<&str>) -> Result<()> {
         self.engine().report_progress(step, desc)
+    }
+
+    /// Makes the next [`fetch_yield`](Self::fetch_yield) request the image from byte `offset`
+    /// (`size`: the announced size, or 0). To resume a download whose first `offset` bytes the
+    /// firmware kept, feed those bytes to [`update_client_digest`](Self::update_client_digest)
+    /// so the digest still covers the whole image; otherwise the image will not verify.
+    pub fn start_download(&self, offset: u64, size: u64) -> Result<()> {
+        self.engine().start_download(offset, size)
+    }
+
+    /// Feeds bytes the firmware already holds into the image digest (Tencent's
+    /// `IOT_OTA_UpdateClientMd5`).
+    pub fn update_client_digest(&self, bytes: &[u8]) -> Result<()> {
+        self.engine().update_client_digest(bytes)
+    }
+
+    /// Restarts the image digest from nothing (Tencent's `IOT_OTA_ResetClientMD5`).
+    pub fn reset_client_digest(&self) -> Result<()> {
+        self.engine().reset_client_digest()
     }
 
     /// Reports that the image is downloaded and flashing begins (Aliyun/SagooIOT step 100
@@ -709,4 +819,86 @@ fn check_identity(what: &'static str, s: &str) -> Result<()> {
 /// An expected-digest check helper for callers: lowercase hex of the announced digest.
 pub fn notice_digest_hex<'a>(notice: &UpgradeNotice, out: &'a mut [u8; 64]) -> &'a str {
     to_hex(notice.digest(), out)
+}
+
+/// The last version reported for each module (a few modules, sized at init).
+struct RunningVersions {
+    entries: Vec<(FixedStr, FixedStr)>,
+    used: usize,
+}
+
+/// Most modules one session tracks.
+const MAX_MODULES: usize = 8;
+
+impl RunningVersions {
+    fn new(limits: &Limits) -> RunningVersions {
+        let entries = (0..MAX_MODULES)
+            .map(|_| {
+                (
+                    FixedStr::with_capacity(limits.module.max(7)),
+                    FixedStr::with_capacity(limits.version),
+                )
+            })
+            .collect();
+        RunningVersions { entries, used: 0 }
+    }
+
+    fn get(&self, module: &str) -> Option<&str> {
+        self.entries[..self.used]
+            .iter()
+            .find(|(m, _)| m.as_str() == module)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Remembers `version` for `module`; when the table is full the oldest module is replaced.
+    fn record(&mut self, module: &str, version: &str) {
+        let i = match self.entries[..self.used]
+            .iter()
+            .position(|(m, _)| m.as_str() == module)
+        {
+            Some(i) => i,
+            None if self.used < self.entries.len() => {
+                self.used += 1;
+                self.used - 1
+            }
+            None => {
+                self.entries.rotate_left(1);
+                self.entries.len() - 1
+            }
+        };
+        let (m, v) = &mut self.entries[i];
+        if m.set(module).is_err() || v.set(version).is_err() {
+            m.clear();
+            v.clear();
+        }
+    }
+}
+
+/// `fmt::Write` into a fixed buffer; text that does not fit is cut (on a char boundary).
+struct TextWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> TextWriter<'a> {
+    fn new(buf: &'a mut [u8]) -> Self {
+        TextWriter { buf, len: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl std::fmt::Write for TextWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.buf.len() - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
 }

@@ -106,15 +106,14 @@ pub const IOT_OTAG_STATE: IOT_OTA_CmdType_t = 18;
 /// Size of the buffer that always holds an upgrade's version plus its NUL.
 pub const OTA_VERSION_LEN_MAX: usize = 64;
 
-/// Protocols for IOT_OTA_InitWithProtocol (extension). IOT_OTA_Init speaks Aliyun.
-#[repr(C)]
+/// Protocols for IOT_OTA_InitWithProtocol (extension); IOT_OTA_Init speaks Aliyun. An `int`
+/// so that an unknown value is refused (NULL), not undefined behaviour.
 #[allow(non_camel_case_types)]
-pub enum IOT_OTA_Protocol_t {
-    IOT_OTA_PROTOCOL_ALIYUN = 0,
-    IOT_OTA_PROTOCOL_SAGOO = 1,
-    IOT_OTA_PROTOCOL_TENCENT = 2,
-    IOT_OTA_PROTOCOL_UCLOUD = 3,
-}
+pub type IOT_OTA_Protocol_t = c_int;
+pub const IOT_OTA_PROTOCOL_ALIYUN: IOT_OTA_Protocol_t = 0;
+pub const IOT_OTA_PROTOCOL_SAGOO: IOT_OTA_Protocol_t = 1;
+pub const IOT_OTA_PROTOCOL_TENCENT: IOT_OTA_Protocol_t = 2;
+pub const IOT_OTA_PROTOCOL_UCLOUD: IOT_OTA_Protocol_t = 3;
 
 const OTA_MAGIC: u32 = 0x4f54_4148;
 
@@ -233,6 +232,33 @@ pub extern "C" fn IOT_OTA_Init(
     })
 }
 
+/// Like IOT_OTA_Init, for the platform `protocol` (extension): 0 Aliyun, 1 SagooIOT,
+/// 2 Tencent, 3 UCloud (see IOT_OTA_Protocol_t). Returns NULL also for an unknown protocol.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_InitWithProtocol(
+    product_key: *const c_char,
+    device_name: *const c_char,
+    ch_signal: *mut c_void,
+    protocol: IOT_OTA_Protocol_t,
+) -> *mut c_void {
+    ffi_guard!("IOT_OTA_InitWithProtocol", {
+        let protocol = match protocol {
+            IOT_OTA_PROTOCOL_ALIYUN => Protocol::Aliyun,
+            IOT_OTA_PROTOCOL_SAGOO => Protocol::Sagoo,
+            IOT_OTA_PROTOCOL_TENCENT => Protocol::Tencent,
+            IOT_OTA_PROTOCOL_UCLOUD => Protocol::Ucloud,
+            other => {
+                ota_log!(
+                    Level::Error,
+                    "IOT_OTA_InitWithProtocol: unknown protocol {other}"
+                );
+                return std::ptr::null_mut();
+            }
+        };
+        init(product_key, device_name, ch_signal, protocol)
+    })
+}
+
 /// Releases an OTA handle and unsubscribes its upgrade topic. NULL is accepted
 /// (IOT_OTAE_INVALID_PARAM). Must not be called twice with the same handle.
 ///
@@ -271,6 +297,47 @@ pub extern "C" fn IOT_OTA_ReportVersion(handle: *mut c_void, version: *const c_c
             );
         };
         code(h, h.session.report_version(v))
+    })
+}
+
+/// Reports the running `version` of `module` (extension; "default" or NULL module = the
+/// firmware itself). Aliyun/SagooIOT inform with `module`, UCloud `report` with `Module`;
+/// Tencent has no modules and reports the version alone.
+///
+/// Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_STR_TOO_LONG also for a
+/// module longer than the limit fixed at init).
+#[no_mangle]
+pub extern "C" fn IOT_OTA_ReportModuleVersion(
+    handle: *mut c_void,
+    module: *const c_char,
+    version: *const c_char,
+) -> c_int {
+    ffi_guard!("IOT_OTA_ReportModuleVersion", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportModuleVersion") }) else {
+            return INVALID_PARAM;
+        };
+        let Some(v) = (unsafe { c_str(version) }) else {
+            return reject(
+                h,
+                "IOT_OTA_ReportModuleVersion",
+                Error::InvalidParam("version is NULL"),
+            );
+        };
+        let m = if module.is_null() {
+            "default"
+        } else {
+            match unsafe { c_str(module) } {
+                Some(m) => m,
+                None => {
+                    return reject(
+                        h,
+                        "IOT_OTA_ReportModuleVersion",
+                        Error::InvalidParam("module is not UTF-8"),
+                    )
+                }
+            }
+        };
+        code(h, h.session.report_module_version(m, v))
     })
 }
 
@@ -575,5 +642,116 @@ pub extern "C" fn IOT_OTA_GetLastError(handle: *mut c_void) -> c_int {
             Some(h) => h.session.last_error().map_or(0, |e| err_code(&e)),
             None => INVALID_PARAM,
         }
+    })
+}
+
+/// Tencent's resume call, in every protocol: the next IOT_OTA_FetchYield requests the image
+/// from byte `offset` (HTTP Range). `size` is the announced size (or 0). When resuming, feed
+/// the `offset` bytes already stored to IOT_OTA_UpdateClientMd5 first, so the digest covers
+/// the whole image; otherwise IOT_OTAG_CHECK_FIRMWARE will be 0.
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle, `offset` > size or a `size` other than
+/// the announced one; IOT_OTAE_INVALID_STATE when no upgrade was accepted or it already verified.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_StartDownload(handle: *mut c_void, offset: u32, size: u32) -> c_int {
+    ffi_guard!("IOT_OTA_StartDownload", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_StartDownload") }) else {
+            return INVALID_PARAM;
+        };
+        code(h, h.session.start_download(offset as u64, size as u64))
+    })
+}
+
+/// Feeds `size` bytes the firmware already holds into the image digest (Tencent's call, in
+/// every protocol). NULL handle, or NULL `buff` with a non-zero size: logged, nothing done
+/// (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells).
+#[no_mangle]
+pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char, size: u32) {
+    ffi_guard!("IOT_OTA_UpdateClientMd5", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_UpdateClientMd5") }) else {
+            return;
+        };
+        let bytes: &[u8] = if size == 0 {
+            &[]
+        } else if buff.is_null() {
+            reject(
+                h,
+                "IOT_OTA_UpdateClientMd5",
+                Error::InvalidParam("buff is NULL"),
+            );
+            return;
+        } else {
+            unsafe { std::slice::from_raw_parts(buff as *const u8, size as usize) }
+        };
+        let _ = code(h, h.session.update_client_digest(bytes));
+    })
+}
+
+/// Restarts the image digest from nothing (Tencent's call, in every protocol).
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE when no upgrade
+/// was accepted.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_ResetClientMD5(handle: *mut c_void) -> c_int {
+    ffi_guard!("IOT_OTA_ResetClientMD5", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ResetClientMD5") }) else {
+            return INVALID_PARAM;
+        };
+        code(h, h.session.reset_client_digest())
+    })
+}
+
+/// Reports that the image is downloaded and flashing begins: Aliyun/SagooIOT step 100 with
+/// desc "burning", Tencent `burning`, UCloud `upgrading` (if not sent yet).
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE before an
+/// upgrade or after its failure was reported; IOT_OTAE_OSC_FAILED when MQTT cannot queue it.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_ReportUpgradeBegin(handle: *mut c_void) -> c_int {
+    ffi_guard!("IOT_OTA_ReportUpgradeBegin", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportUpgradeBegin") }) else {
+            return INVALID_PARAM;
+        };
+        code(h, h.session.report_upgrade_begin())
+    })
+}
+
+/// Reports that the upgrade succeeded and `version` now runs: Aliyun/SagooIOT inform with
+/// the version (success is the version the platform sees), Tencent `done`, UCloud `success`.
+///
+/// Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin (IOT_OTAE_INVALID_PARAM also for a
+/// NULL or empty version, IOT_OTAE_STR_TOO_LONG for an oversize one).
+#[no_mangle]
+pub extern "C" fn IOT_OTA_ReportUpgradeSuccess(
+    handle: *mut c_void,
+    version: *const c_char,
+) -> c_int {
+    ffi_guard!("IOT_OTA_ReportUpgradeSuccess", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportUpgradeSuccess") }) else {
+            return INVALID_PARAM;
+        };
+        let Some(v) = (unsafe { c_str(version) }) else {
+            return reject(
+                h,
+                "IOT_OTA_ReportUpgradeSuccess",
+                Error::InvalidParam("version is NULL"),
+            );
+        };
+        code(h, h.session.report_upgrade_success(v))
+    })
+}
+
+/// Reports that flashing the upgrade failed: Aliyun/SagooIOT step -4, Tencent `fail` -5,
+/// UCloud `fail`. `version` (the version that failed) may be NULL.
+///
+/// Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_ReportUpgradeFail(handle: *mut c_void, version: *const c_char) -> c_int {
+    ffi_guard!("IOT_OTA_ReportUpgradeFail", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportUpgradeFail") }) else {
+            return INVALID_PARAM;
+        };
+        let _ = version;
+        code(h, h.session.report_upgrade_fail("firmware update failed"))
     })
 }

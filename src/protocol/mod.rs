@@ -208,6 +208,8 @@ pub enum NoticeError {
     BadUrl,
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    #[error("the task upgrades from another version than the one running")]
+    NotForRunningVersion,
 }
 
 /// Reads a required string field into `dst`, unescaped.
