@@ -11,6 +11,8 @@
  *   OTA_LOG_LEVEL          none|crit|error|warning|info|debug or 0..5 (default info)
  *   OTA_BUF_LEN            bytes per IOT_OTA_FetchYield, 1..65536 (default 5000, as the sample)
  *   OTA_TIMEOUT_S          overall deadline in seconds (default 120)
+ *   OTA_PROTOCOL           aliyun (default: IOT_OTA_Init), sagoo, tencent or ucloud
+ *                          (IOT_OTA_InitWithProtocol)
  *   IOTX_MQTT_HOST, IOTX_MQTT_PORT   read by IOT_SetupConnInfo: point at a private broker
  *
  * Exit code: 0 upgraded (new firmware written, new version reported), 1 failure, 2 timeout.
@@ -124,6 +126,27 @@ static const char *env_or(const char *name, const char *fallback)
 {
     const char *value = getenv(name);
     return (value != NULL && value[0] != '\0') ? value : fallback;
+}
+
+/* IOT_OTA_Init for Aliyun, as iotkit firmware calls it; the extension for the other platforms. */
+static void *ota_init(const device_identity_t *id, void *pclient)
+{
+    const char *name = env_or("OTA_PROTOCOL", "aliyun");
+    IOT_OTA_Protocol_t protocol;
+
+    if (0 == strcmp(name, "aliyun")) {
+        return IOT_OTA_Init(id->product_key, id->device_name, pclient);
+    } else if (0 == strcmp(name, "sagoo")) {
+        protocol = IOT_OTA_PROTOCOL_SAGOO;
+    } else if (0 == strcmp(name, "tencent")) {
+        protocol = IOT_OTA_PROTOCOL_TENCENT;
+    } else if (0 == strcmp(name, "ucloud")) {
+        protocol = IOT_OTA_PROTOCOL_UCLOUD;
+    } else {
+        EXAMPLE_TRACE("unknown OTA_PROTOCOL %s", name);
+        return NULL;
+    }
+    return IOT_OTA_InitWithProtocol(id->product_key, id->device_name, pclient, protocol);
 }
 
 /* Copies an identity field, refusing (not truncating) one that does not fit its buffer. */
@@ -310,7 +333,7 @@ static int reboot_and_report(ota_session_t *s, const device_identity_t *id, cons
     int i, rc;
 
     IOT_OTA_Deinit(s->h_ota);
-    s->h_ota = IOT_OTA_Init(id->product_key, id->device_name, s->pclient);
+    s->h_ota = ota_init(id, s->pclient);
     if (NULL == s->h_ota) {
         EXAMPLE_TRACE("initialize OTA after the simulated reboot failed");
         return RC_FAILED;
@@ -339,13 +362,18 @@ static int finish_upgrade(ota_session_t *s, const device_identity_t *id)
         return RC_FAILED;
     }
     EXAMPLE_TRACE("The firmware is valid");
+    IOT_OTA_ReportUpgradeBegin(s->h_ota);
     close_rc = fclose(s->fp);
     s->fp = NULL;
     if (close_rc != 0) {
         EXAMPLE_TRACE("closing the firmware file failed");
-        IOT_OTA_ReportProgress(s->h_ota, IOT_OTAP_BURN_FAILED, "write to storage failed");
+        IOT_OTA_ReportUpgradeFail(s->h_ota, version);
+        IOT_MQTT_Yield(s->pclient, 200);
         return RC_FAILED;
     }
+    /* The image is in place: tell the platform (Tencent "done", UCloud "success"). */
+    IOT_OTA_ReportUpgradeSuccess(s->h_ota, version);
+    IOT_MQTT_Yield(s->pclient, 200);
     return reboot_and_report(s, id, version);
 }
 
@@ -353,7 +381,7 @@ static int ota_mqtt_loop(ota_session_t *s, const device_identity_t *id)
 {
     int rc;
 
-    s->h_ota = IOT_OTA_Init(id->product_key, id->device_name, s->pclient);
+    s->h_ota = ota_init(id, s->pclient);
     if (NULL == s->h_ota) {
         EXAMPLE_TRACE("initialize OTA failed");
         return RC_FAILED;

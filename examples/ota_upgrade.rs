@@ -2,18 +2,18 @@
 //!
 //! Usage: `ota_upgrade [OUTPUT_FILE]` with the broker in `IOTX_MQTT_HOST` / `IOTX_MQTT_PORT`
 //! and the identity in `OTA_PRODUCT_KEY`, `OTA_DEVICE_NAME`, `OTA_DEVICE_SECRET`,
-//! `OTA_FIRMWARE_VERSION` (defaults: a demo device at version 1.0.0).
+//! `OTA_FIRMWARE_VERSION` (defaults: a demo device at version 1.0.0), and the platform in
+//! `OTA_PROTOCOL` (`aliyun`, `sagoo`, `tencent` or `ucloud`; default `aliyun`).
 //!
 //! Flow: connect, report the running version, wait for an upgrade, download it into
-//! OUTPUT_FILE while reporting progress, verify, then "reboot" (a new session) and report the
-//! new version, which is how the platform learns the upgrade succeeded.
+//! OUTPUT_FILE while reporting progress, verify, report that flashing begins and succeeded, then
+//! "reboot" (a new session) and report the version now running.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ota::conninfo::aliyun_conn_info;
-use ota::ota::OtaConfig;
-use ota::{MqttClient, MqttOptions, OtaSession};
+use ota::{MqttClient, MqttOptions, OtaConfig, OtaSession, Protocol};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -33,6 +33,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let secret = env_or("OTA_DEVICE_SECRET", "demo-secret");
     let running = env_or("OTA_FIRMWARE_VERSION", "1.0.0");
     let timeout = Duration::from_secs(env_or("OTA_TIMEOUT_S", "120").parse()?);
+    let protocol = match env_or("OTA_PROTOCOL", "aliyun").as_str() {
+        "aliyun" => Protocol::Aliyun,
+        "sagoo" => Protocol::Sagoo,
+        "tencent" => Protocol::Tencent,
+        "ucloud" => Protocol::Ucloud,
+        other => return Err(format!("unknown OTA_PROTOCOL {other:?}").into()),
+    };
+    let config = OtaConfig::for_protocol(protocol);
 
     let info = aliyun_conn_info(&pk, &dn, &secret, false)?;
     let mut options = MqttOptions::new(&info.host, info.port, &info.client_id);
@@ -40,9 +48,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     options.password = Some(info.password);
     let mqtt = MqttClient::connect(&options)?;
 
-    let session = OtaSession::attach(&mqtt, &pk, &dn, OtaConfig::default())?;
+    let session = OtaSession::attach(&mqtt, &pk, &dn, config.clone())?;
     session.report_version(&running)?;
-    println!("device: running {running}, waiting for an upgrade");
+    println!(
+        "device: running {running} ({}), waiting for an upgrade",
+        protocol.name()
+    );
 
     let deadline = Instant::now() + timeout;
     let mut file = std::fs::File::create(&out_path)?;
@@ -75,14 +86,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err("the downloaded image is invalid".into());
     }
     println!(
-        "device: {} bytes of version {new_version} verified, rebooting",
+        "device: {} bytes of version {new_version} verified, flashing",
         session.fetched_size()
     );
+    session.report_upgrade_begin()?;
+    // A real device writes the image to its update partition here.
+    session.report_upgrade_success(&new_version)?;
+    mqtt.yield_for(Duration::from_millis(100))?;
+    println!("device: rebooting into {new_version}");
     session.detach(&mqtt)?;
     drop(session);
 
     // After the reboot: a new session reports the version now running.
-    let session = OtaSession::attach(&mqtt, &pk, &dn, OtaConfig::default())?;
+    let session = OtaSession::attach(&mqtt, &pk, &dn, config.clone())?;
     session.report_version(&new_version)?;
     for _ in 0..3 {
         mqtt.yield_for(Duration::from_millis(200))?;
