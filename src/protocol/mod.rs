@@ -499,9 +499,9 @@ pub fn decode(
 ) -> Result<Downstream, NoticeError> {
     match protocol {
         Protocol::Aliyun => aliyun::decode(payload, limits, out),
-        _ => Err(NoticeError::Unsupported(
-            "this protocol is not implemented yet",
-        )),
+        Protocol::Sagoo => sagoo::decode(payload, limits, out),
+        Protocol::Tencent => tencent::decode(payload, limits, out),
+        Protocol::Ucloud => ucloud::decode(payload, limits, out),
     }
 }
 

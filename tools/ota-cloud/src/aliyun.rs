@@ -47,7 +47,7 @@ pub fn parse(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Devi
     } else {
         return Ok(None);
     };
-    let params = envelope(payload)?;
+    let params = envelope(payload, IdRule::NumberOrString)?;
     check_keys(&params, allowed)?;
     let string = |key: &str| params.get(key).and_then(Value::as_str).map(str::to_string);
     let msg = if topic == topics.progress {
@@ -55,6 +55,8 @@ pub fn parse(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Devi
         DeviceMsg::Progress {
             step: parse_step(&step)?,
             desc: string("desc"),
+            module: None,
+            strategy: None,
         }
     } else {
         let version = string("version").unwrap_or_default();
@@ -71,8 +73,17 @@ pub fn parse(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Devi
     Ok(Some(msg))
 }
 
-/// `{"id": <number|string>, "params": {...}}` and nothing else; returns `params`.
-fn envelope(payload: &[u8]) -> Result<Map<String, Value>, String> {
+/// What the envelope's `id` may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdRule {
+    /// Aliyun: a number or a string.
+    NumberOrString,
+    /// SagooIOT: a non-empty string.
+    String,
+}
+
+/// `{"id": <id>, "params": {...}}` and nothing else; returns `params`.
+pub(crate) fn envelope(payload: &[u8], id: IdRule) -> Result<Map<String, Value>, String> {
     let value: Value =
         serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
     let Value::Object(mut obj) = value else {
@@ -81,10 +92,17 @@ fn envelope(payload: &[u8]) -> Result<Map<String, Value>, String> {
     if let Some(k) = obj.keys().find(|k| *k != "id" && *k != "params") {
         return Err(format!("unexpected top-level key {k:?}"));
     }
-    match obj.get("id") {
-        Some(Value::Number(_) | Value::String(_)) => {}
-        Some(other) => return Err(format!("\"id\" must be a number or a string, got {other}")),
-        None => return Err("missing \"id\"".into()),
+    match (id, obj.get("id")) {
+        (IdRule::NumberOrString, Some(Value::Number(_) | Value::String(_))) => {}
+        (IdRule::NumberOrString, Some(other)) => {
+            return Err(format!("\"id\" must be a number or a string, got {other}"))
+        }
+        (IdRule::String, Some(Value::String(s))) if !s.is_empty() => {}
+        (IdRule::String, Some(Value::String(_))) => return Err("\"id\" is empty".into()),
+        (IdRule::String, Some(other)) => {
+            return Err(format!("\"id\" must be a JSON string, got {other}"))
+        }
+        (_, None) => return Err("missing \"id\"".into()),
     }
     match obj.remove("params") {
         Some(Value::Object(p)) => Ok(p),
@@ -94,7 +112,10 @@ fn envelope(payload: &[u8]) -> Result<Map<String, Value>, String> {
 }
 
 /// Every key must be allowed and a string; required keys must be present.
-fn check_keys(params: &Map<String, Value>, allowed: &[(&str, bool)]) -> Result<(), String> {
+pub(crate) fn check_keys(
+    params: &Map<String, Value>,
+    allowed: &[(&str, bool)],
+) -> Result<(), String> {
     for (key, value) in params {
         if !allowed.iter().any(|(k, _)| k == key) {
             return Err(format!("unexpected key params.{key}"));
@@ -112,7 +133,7 @@ fn check_keys(params: &Map<String, Value>, allowed: &[(&str, bool)]) -> Result<(
 }
 
 /// `"1"`…`"100"` percent, `"0"`, or `"-1"`…`"-4"` failures, written exactly as `%d` would.
-fn parse_step(s: &str) -> Result<i32, String> {
+pub(crate) fn parse_step(s: &str) -> Result<i32, String> {
     let n: i32 = s
         .parse()
         .map_err(|_| format!("params.step {s:?} is not an integer"))?;
@@ -179,14 +200,18 @@ mod tests {
             p(&t.progress, r#"{"id":1,"params":{"step":"1","desc":"x"}}"#),
             Ok(Some(DeviceMsg::Progress {
                 step: 1,
-                desc: Some("x".into())
+                desc: Some("x".into()),
+                module: None,
+                strategy: None,
             }))
         );
         assert_eq!(
             p(&t.progress, r#"{"id":1,"params":{"step":"-4"}}"#),
             Ok(Some(DeviceMsg::Progress {
                 step: -4,
-                desc: None
+                desc: None,
+                module: None,
+                strategy: None,
             }))
         );
         assert_eq!(
@@ -240,6 +265,7 @@ mod tests {
             url: "http://h/firmware.bin".into(),
             size: 432945,
             md5: "93230c3bde425a9d7984a594ac55ea1e".into(),
+            sha256: "00".repeat(32),
         };
         let v: Value = serde_json::from_str(&upgrade_message(&fw, 1507707025)).unwrap();
         assert_eq!(

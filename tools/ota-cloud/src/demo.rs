@@ -3,9 +3,11 @@
 //!
 //! The device programs (the Rust example `ota_upgrade` and the C example
 //! `examples-c/ota_mqtt_example.c`) live in the workspace root and are built here on demand.
-//! Their contract: connect to `IOTX_MQTT_HOST:IOTX_MQTT_PORT`, report version 1.0.0, download
-//! the offered firmware to argv[1], verify it, "reboot" (re-initialise OTA) and report the new
-//! version, then exit 0.
+//! Their contract: connect to `IOTX_MQTT_HOST:IOTX_MQTT_PORT`, speak the protocol named in
+//! `OTA_PROTOCOL` (aliyun, sagoo, tencent or ucloud), report version 1.0.0, download the
+//! offered firmware to argv[1], verify it, complete the upgrade as the protocol says
+//! ("reboot", i.e. re-initialise OTA, and report the new version; Tencent `done`; UCloud
+//! `success`), then exit 0.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -18,7 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::{
-    generate_firmware, Cloud, EmbeddedBroker, Firmware, FirmwareServer, Protocol, Success, Summary,
+    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer, Protocol,
+    Success, Summary,
 };
 
 pub const PRODUCT_KEY: &str = "a1DemoProduct";
@@ -52,6 +55,10 @@ impl FromStr for DeviceKind {
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub device: DeviceKind,
+    /// The platform the cloud plays; passed to the device as `OTA_PROTOCOL`.
+    pub protocol: Protocol,
+    /// Module, sign method, … of the upgrade (must fit `protocol`, see [`CloudOptions::check`]).
+    pub options: CloudOptions,
     /// Firmware image size in bytes.
     pub size: usize,
     /// Time the cloud waits for the upgrade, once the device program is built.
@@ -62,6 +69,8 @@ impl Default for DemoOptions {
     fn default() -> DemoOptions {
         DemoOptions {
             device: DeviceKind::default(),
+            protocol: Protocol::default(),
+            options: CloudOptions::default(),
             size: DEFAULT_SIZE,
             timeout: Duration::from_secs(120),
         }
@@ -84,7 +93,7 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
-    /// The demo's verdict: a byte-identical file and the new version reported.
+    /// The demo's verdict: a byte-identical file and the upgrade completed.
     pub fn success(&self) -> bool {
         self.identical && self.summary.outcome == Ok(Success::Upgraded)
     }
@@ -120,13 +129,15 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     );
 
     let mut cloud = Cloud::connect(
-        Protocol::Aliyun,
+        opts.protocol,
         "127.0.0.1",
         broker.port(),
         PRODUCT_KEY,
         DEVICE_NAME,
     )
     .map_err(|e| format!("cloud cannot connect: {e}"))?;
+    cloud.set_options(opts.options.clone())?;
+    println!("demo: the cloud plays {}", opts.protocol);
 
     device
         .env("IOTX_MQTT_HOST", "127.0.0.1")
@@ -135,6 +146,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
         .env("OTA_DEVICE_NAME", DEVICE_NAME)
         .env("OTA_DEVICE_SECRET", DEVICE_SECRET)
         .env("OTA_FIRMWARE_VERSION", OLD_VERSION)
+        .env("OTA_PROTOCOL", opts.protocol.name())
         .arg(&output)
         .current_dir(&root)
         .stdin(Stdio::null())
@@ -192,6 +204,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
 pub fn print_report(r: &DemoReport) {
     let s = &r.summary;
     println!("---- demo summary ----");
+    println!("protocol       {}", s.protocol);
     println!(
         "firmware       {} bytes, {OLD_VERSION} -> {NEW_VERSION}",
         r.firmware_size

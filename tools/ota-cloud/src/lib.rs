@@ -5,7 +5,8 @@
 //!   HEAD) and can inject faults ([`Faults`]).
 //! - [`EmbeddedBroker`] runs an MQTT broker (rumqttd) in-process.
 //! - [`Cloud`] plays the platform's side of an OTA upgrade over MQTT and checks every message
-//!   the device sends against the protocol ([`Protocol`]; Aliyun for now).
+//!   the device sends against the protocol ([`Protocol`]: Aliyun, SagooIOT, Tencent, UCloud;
+//!   one pure module each: [`aliyun`], [`sagoo`], [`tencent`], [`ucloud`]).
 //! - [`demo`] runs a whole upgrade on one machine.
 //!
 //! This crate deliberately does not depend on the `ota` crate: it is an independent checker of
@@ -16,13 +17,17 @@ pub mod broker;
 pub mod cloud;
 pub mod demo;
 pub mod http;
+pub mod sagoo;
+pub mod tencent;
+pub mod ucloud;
 
 pub use broker::EmbeddedBroker;
 pub use cloud::{
-    md5_hex, AliyunCloud, Cloud, DeviceMsg, Failure, Firmware, Protocol, Success, Summary,
-    DEFAULT_MAX_UPGRADE_MESSAGES,
+    md5_hex, sha256_hex, AliyunCloud, Cloud, CloudOptions, DeviceMsg, Failure, Firmware, Protocol,
+    Success, Summary, TencentState, DEFAULT_MAX_UPGRADE_MESSAGES,
 };
 pub use http::{Faults, FirmwareServer, RequestLog};
+pub use sagoo::SignMethod;
 
 /// A deterministic pseudo-random firmware image of `size` bytes (the same bytes every time), so
 /// a test or a second process can regenerate it instead of shipping a binary.

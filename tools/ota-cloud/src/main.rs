@@ -6,21 +6,33 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ota_cloud::demo::{self, DemoOptions, DeviceKind};
-use ota_cloud::{generate_firmware, Cloud, EmbeddedBroker, Firmware, FirmwareServer, Protocol};
+use ota_cloud::{
+    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer, Protocol,
+    SignMethod,
+};
 
 const USAGE: &str = "\
 usage:
   ota-cloud serve --broker HOST:PORT --product-key PK --device-name DN --version V
                   (--firmware FILE | --firmware-size BYTES [--write-firmware PATH])
-                  [--timeout-s 120] [--protocol aliyun]
-      Serve the firmware over HTTP on 127.0.0.1 and play the cloud side of one upgrade
-      to version V. Exit 0 when the device reports V, 1 on failure or timeout.
+                  [--timeout-s 120] [--protocol aliyun|sagoo|tencent|ucloud]
+                  [--module M] [--sign-method md5|sha256] [--current-version X]
+      Serve the firmware over HTTP on 127.0.0.1 and play the platform's side of one upgrade
+      to version V, checking every message the device sends against the protocol (a wrong
+      topic, a missing or unknown key or a wrong JSON type fails the run). Exit 0 when the
+      upgrade succeeds (aliyun/sagoo: the device reports V; tencent: state done for V;
+      ucloud: success for the task), 1 on failure, violation or timeout.
+      --module M            sagoo, ucloud: upgrade module M (default: the default module)
+      --sign-method         sagoo: digest announced in signMethod/sign (default md5)
+      --current-version X   ucloud: announce CurrentVersion X instead of the version the
+                            device reported; a correct device refuses with fail + ErrMsg
   ota-cloud broker [--port P]
       Run an MQTT broker (rumqttd) on 127.0.0.1 in the foreground.
   ota-cloud demo [--device c|rust] [--size BYTES] [--timeout-s 120]
+                 [--protocol aliyun|sagoo|tencent|ucloud] [--sign-method md5|sha256]
       One-command demo: embedded broker + firmware server + cloud + a device program from
-      this workspace (default rust, 4 MiB). Exit 0 only if the device wrote a byte-identical
-      file and reported the new version.
+      this workspace (default rust, 4 MiB), told the protocol in OTA_PROTOCOL. Exit 0 only
+      if the device wrote a byte-identical file and completed the upgrade.
   ota-cloud help
 exit status: 0 success, 1 failure, 2 usage error";
 
@@ -87,6 +99,22 @@ fn number<T: std::str::FromStr>(
     }
 }
 
+fn protocol(f: &HashMap<String, String>) -> Result<Protocol, Usage> {
+    Ok(f.get("protocol")
+        .map(|p| p.parse())
+        .transpose()
+        .map_err(Usage)?
+        .unwrap_or_default())
+}
+
+fn sign_method(f: &HashMap<String, String>) -> Result<SignMethod, Usage> {
+    Ok(f.get("sign-method")
+        .map(|p| p.parse())
+        .transpose()
+        .map_err(Usage)?
+        .unwrap_or_default())
+}
+
 fn fail(msg: impl std::fmt::Display) -> Result<ExitCode, Usage> {
     eprintln!("ota-cloud: {msg}");
     Ok(ExitCode::FAILURE)
@@ -105,6 +133,9 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
             "version",
             "timeout-s",
             "protocol",
+            "module",
+            "sign-method",
+            "current-version",
         ],
     )?;
     let broker = required(&f, "broker")?;
@@ -117,12 +148,16 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
     let device_name = required(&f, "device-name")?;
     let version = required(&f, "version")?;
     let timeout = Duration::from_secs(number(&f, "timeout-s", 120u64)?);
-    let protocol: Protocol = f
-        .get("protocol")
-        .map(|p| p.parse())
-        .transpose()
-        .map_err(Usage)?
-        .unwrap_or_default();
+    let protocol = protocol(&f)?;
+    let options = CloudOptions {
+        module: f.get("module").cloned(),
+        sign_method: sign_method(&f)?,
+        current_version: f.get("current-version").cloned(),
+        ..CloudOptions::default()
+    };
+    options
+        .check(protocol)
+        .map_err(|e| Usage(format!("{e} (--protocol {protocol})")))?;
 
     let image = match (f.get("firmware"), f.get("firmware-size")) {
         (Some(_), Some(_)) => {
@@ -159,6 +194,9 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    if let Err(e) = cloud.set_options(options) {
+        return Err(Usage(e));
+    }
     let summary = cloud.run(&firmware, timeout);
     match summary.outcome {
         Ok(_) => Ok(ExitCode::SUCCESS),
@@ -184,9 +222,22 @@ fn broker(args: &[String]) -> Result<ExitCode, Usage> {
 }
 
 fn run_demo(args: &[String]) -> Result<ExitCode, Usage> {
-    let f = flags(args, &["device", "size", "timeout-s"])?;
+    let f = flags(
+        args,
+        &["device", "size", "timeout-s", "protocol", "sign-method"],
+    )?;
     let defaults = DemoOptions::default();
+    let protocol = protocol(&f)?;
+    let options = CloudOptions {
+        sign_method: sign_method(&f)?,
+        ..CloudOptions::default()
+    };
+    options
+        .check(protocol)
+        .map_err(|e| Usage(format!("{e} (--protocol {protocol})")))?;
     let opts = DemoOptions {
+        protocol,
+        options,
         device: f
             .get("device")
             .map(|d| d.parse::<DeviceKind>())
