@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One whole Aliyun-protocol upgrade on this machine: mosquitto as the broker, a cloud, and the
+# One whole upgrade on this machine (protocol: OTA_PROTOCOL, default aliyun): mosquitto as the broker, a cloud, and the
 # unchanged example firmware as the device.
 #   upgrade  (default) ota-cloud announces 2.0.0, serves the image over HTTP and waits for the
 #            device to report 2.0.0; the device must exit 0 with a byte-identical file.
@@ -7,7 +7,8 @@
 #            step -3 (verify failed), not report 2.0.0, and exit 1.
 #
 # usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN [upgrade|bad-md5]
-# env:   OTA_BUF_LEN (bytes per FetchYield, default 5000), OTA_TEST_FIRMWARE_SIZE (default 3000000),
+# env:   OTA_PROTOCOL (aliyun|sagoo|tencent|ucloud, default aliyun; bad-md5 is aliyun only),
+#        OTA_BUF_LEN (bytes per FetchYield, default 5000), OTA_TEST_FIRMWARE_SIZE (default 3000000),
 #        OTA_REQUIRE_MOSQUITTO=required (fail instead of skip without mosquitto),
 #        OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (path to the broker binary)
 # exit:  0 pass, 1 fail, 77 skipped (no mosquitto)
@@ -19,6 +20,7 @@ scenario=${3:-upgrade}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 buf_len=${OTA_BUF_LEN:-5000}
 firmware_size=${OTA_TEST_FIRMWARE_SIZE:-3000000}
+protocol=${OTA_PROTOCOL:-aliyun}
 product_key=a1OtaTestPk
 device_name=ota_ctest_device
 device_secret=CtestSecretCtestSecretCtestSecre
@@ -99,7 +101,7 @@ echo "mosquitto listening on 127.0.0.1:$port"
 
 case $scenario in
 upgrade)
-    "$cloud" serve --broker "127.0.0.1:$port" --product-key "$product_key" --device-name "$device_name" \
+    "$cloud" serve --protocol "$protocol" --broker "127.0.0.1:$port" --product-key "$product_key" --device-name "$device_name" \
         --firmware-size "$firmware_size" --write-firmware "$tmp/served.bin" --version 2.0.0 \
         --timeout-s 120 >"$tmp/cloud.log" 2>&1 &
     expected_device_rc=0
@@ -132,11 +134,11 @@ if [[ $ready -eq 0 ]]; then
     echo "note: ota-cloud printed no ready line within 10 s; starting the device anyway"
 fi
 
-echo "running $example (OTA_BUF_LEN=$buf_len)"
+echo "running $example (OTA_PROTOCOL=$protocol, OTA_BUF_LEN=$buf_len)"
 set +e
 IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port \
     OTA_PRODUCT_KEY=$product_key OTA_DEVICE_NAME=$device_name OTA_DEVICE_SECRET=$device_secret \
-    OTA_FIRMWARE_VERSION=1.0.0 OTA_BUF_LEN=$buf_len OTA_TIMEOUT_S=${OTA_TIMEOUT_S:-120} \
+    OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL=$protocol OTA_BUF_LEN=$buf_len OTA_TIMEOUT_S=${OTA_TIMEOUT_S:-120} \
     "$example" "$tmp/ota.bin"
 device_rc=$?
 wait "$cloud_pid"

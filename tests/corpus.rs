@@ -805,6 +805,23 @@ fn tencent_cases(p: &Spec) -> Vec<Case> {
         "report_version_rsp result_code 0, unknown field",
         add(&rsp(0), None, r#""trace":"abc""#),
     ));
+    let rsp0 = rsp(0);
+    v.push(rejected(
+        "report_version_rsp without result_code",
+        remove(&rsp0, "result_code"),
+        "result_code",
+    ));
+    for (what, value) in [
+        ("a string \"0\"", r#""0""#),
+        ("1.5", "1.5"),
+        ("null", "null"),
+    ] {
+        v.push(rejected(
+            format!("report_version_rsp result_code {what}"),
+            set(&rsp0, "result_code", value),
+            "result_code",
+        ));
+    }
     for code in [1, -1, 404] {
         let mut c = Case::new(
             format!("report_version_rsp result_code {code}"),
