@@ -6,8 +6,9 @@
 
 use super::json::{JsonError, Writer};
 use super::{
-    check_url, parse_object, take_digest, take_object, take_opt_str, take_size, take_str, Channel,
-    DigestKind, Downstream, Limits, NoticeError, Report, UpgradeNotice,
+    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
+    take_raw_str, take_size, take_str, Channel, DigestKind, Downstream, Limits, NoticeError,
+    Report, UpgradeNotice,
 };
 
 /// The `code` of a successful upgrade notification.
@@ -20,12 +21,7 @@ pub fn decode(
     out: &mut UpgradeNotice,
 ) -> Result<Downstream, NoticeError> {
     let msg = parse_object(payload, limits)?;
-    let code = msg.get("code").ok_or(NoticeError::Missing("code"))?;
-    let code = code.as_str().ok_or(NoticeError::WrongType {
-        field: "code",
-        expected: "string",
-        found: code.kind(),
-    })?;
+    let code = take_raw_str(&msg, "code")?;
     if !code.eq_str(SUCCESS_CODE) {
         return Err(NoticeError::NotSuccess);
     }
@@ -33,10 +29,7 @@ pub fn decode(
     out.clear();
     out.message_id = msg.get("id").and_then(|v| v.as_u64()).unwrap_or(0);
     out.size = take_size(&data, "size")?;
-    take_str(&data, "version", &mut out.version)?;
-    if out.version.is_empty() {
-        return Err(NoticeError::Empty("version"));
-    }
+    take_nonempty_str(&data, "version", &mut out.version)?;
     take_str(&data, "url", &mut out.url)?;
     check_url(&out.url)?;
     out.digest_kind = DigestKind::Md5;

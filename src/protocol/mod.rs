@@ -222,6 +222,32 @@ pub(crate) fn take_str(
     take_value_str(value, field, dst)
 }
 
+/// Reads a required, non-empty string field into `dst`, unescaped.
+pub(crate) fn take_nonempty_str(
+    obj: &Object<'_>,
+    field: &'static str,
+    dst: &mut FixedStr,
+) -> Result<(), NoticeError> {
+    take_str(obj, field, dst)?;
+    if dst.is_empty() {
+        return Err(NoticeError::Empty(field));
+    }
+    Ok(())
+}
+
+/// Reads a required string field without copying it (message types and result codes).
+pub(crate) fn take_raw_str<'a>(
+    obj: &Object<'a>,
+    field: &'static str,
+) -> Result<json::Str<'a>, NoticeError> {
+    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
+    value.as_str().ok_or(NoticeError::WrongType {
+        field,
+        expected: "string",
+        found: value.kind(),
+    })
+}
+
 /// Reads an optional string field into `dst` (cleared when absent).
 pub(crate) fn take_opt_str(
     obj: &Object<'_>,

@@ -10,8 +10,9 @@
 use super::aliyun::{encode_with, Style};
 use super::json::{JsonError, Object, Value};
 use super::{
-    check_url, parse_object, take_digest, take_object, take_opt_str, take_size, take_str, Channel,
-    DigestKind, Downstream, Limits, NoticeError, Report, SetJsonError, UpgradeNotice,
+    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
+    take_raw_str, take_size, take_str, Channel, DigestKind, Downstream, Limits, NoticeError,
+    Report, SetJsonError, UpgradeNotice,
 };
 
 /// The `code` of a successful upgrade notification.
@@ -36,12 +37,7 @@ pub fn decode(
     out: &mut UpgradeNotice,
 ) -> Result<Downstream, NoticeError> {
     let msg = parse_object(payload, limits)?;
-    let code = msg.get("code").ok_or(NoticeError::Missing("code"))?;
-    let code = code.as_str().ok_or(NoticeError::WrongType {
-        field: "code",
-        expected: "string",
-        found: code.kind(),
-    })?;
+    let code = take_raw_str(&msg, "code")?;
     if !code.eq_str(SUCCESS_CODE) {
         return Err(NoticeError::NotSuccess);
     }
@@ -62,10 +58,7 @@ pub fn decode(
 fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
     take_opt_str(data, "module", &mut out.module)?;
     take_ext_data(data, out)?;
-    take_str(data, "version", &mut out.version)?;
-    if out.version.is_empty() {
-        return Err(NoticeError::Empty("version"));
-    }
+    take_nonempty_str(data, "version", &mut out.version)?;
     out.size = take_size(data, "size")?;
     take_str(data, "url", &mut out.url)?;
     check_url(&out.url)?;

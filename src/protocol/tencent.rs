@@ -12,8 +12,8 @@
 
 use super::json::{JsonError, Writer};
 use super::{
-    check_url, parse_object, take_digest, take_size, take_str, Channel, DigestKind, Downstream,
-    FailureCause, Limits, NoticeError, Report, UpgradeNotice,
+    check_url, parse_object, take_digest, take_nonempty_str, take_raw_str, take_size, take_str,
+    Channel, DigestKind, Downstream, FailureCause, Limits, NoticeError, Report, UpgradeNotice,
 };
 
 /// The `type` of an upgrade notification.
@@ -30,12 +30,7 @@ pub fn decode(
     out: &mut UpgradeNotice,
 ) -> Result<Downstream, NoticeError> {
     let msg = parse_object(payload, limits)?;
-    let kind = msg.get("type").ok_or(NoticeError::Missing("type"))?;
-    let kind = kind.as_str().ok_or(NoticeError::WrongType {
-        field: "type",
-        expected: "string",
-        found: kind.kind(),
-    })?;
+    let kind = take_raw_str(&msg, "type")?;
     if kind.eq_str(REPORT_VERSION_RSP) {
         let code = msg
             .get("result_code")
@@ -51,10 +46,7 @@ pub fn decode(
         return Ok(Downstream::Ignored);
     }
     out.clear();
-    take_str(&msg, "version", &mut out.version)?;
-    if out.version.is_empty() {
-        return Err(NoticeError::Empty("version"));
-    }
+    take_nonempty_str(&msg, "version", &mut out.version)?;
     out.size = take_size(&msg, "file_size")?;
     take_str(&msg, "url", &mut out.url)?;
     check_url(&out.url)?;

@@ -12,8 +12,9 @@
 
 use super::json::{JsonError, Writer};
 use super::{
-    check_url, parse_object, take_digest, take_object, take_opt_str, take_size, take_str, Channel,
-    DigestKind, Downstream, FailureCause, Limits, NoticeError, Report, UpgradeNotice,
+    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
+    take_raw_str, take_size, take_str, Channel, DigestKind, Downstream, FailureCause, Limits,
+    NoticeError, Report, UpgradeNotice,
 };
 
 /// The `Method` of an upgrade task (downstream) and of its acknowledgement (upstream).
@@ -27,21 +28,13 @@ pub fn decode(
     out: &mut UpgradeNotice,
 ) -> Result<Downstream, NoticeError> {
     let msg = parse_object(payload, limits)?;
-    let method = msg.get("Method").ok_or(NoticeError::Missing("Method"))?;
-    let method = method.as_str().ok_or(NoticeError::WrongType {
-        field: "Method",
-        expected: "string",
-        found: method.kind(),
-    })?;
+    let method = take_raw_str(&msg, "Method")?;
     if !method.eq_str(NOTIFY) {
         return Ok(Downstream::Ignored);
     }
     let task = take_object(&msg, "Payload")?;
     out.clear();
-    take_str(&task, "Version", &mut out.version)?;
-    if out.version.is_empty() {
-        return Err(NoticeError::Empty("Version"));
-    }
+    take_nonempty_str(&task, "Version", &mut out.version)?;
     take_opt_str(&task, "CurrentVersion", &mut out.current_version)?;
     take_opt_str(&task, "Module", &mut out.module)?;
     take_str(&task, "URL", &mut out.url)?;
@@ -49,10 +42,7 @@ pub fn decode(
     out.digest_kind = DigestKind::Md5;
     take_digest(&task, "MD5", DigestKind::Md5, &mut out.digest)?;
     out.size = take_size(&task, "Size")?;
-    take_str(&task, "TaskID", &mut out.task_id)?;
-    if out.task_id.is_empty() {
-        return Err(NoticeError::Empty("TaskID"));
-    }
+    take_nonempty_str(&task, "TaskID", &mut out.task_id)?;
     Ok(Downstream::Upgrade)
 }
 
