@@ -917,6 +917,16 @@ int IOT_OTA_ReportUpgradeSuccess(void *handle, const char *version);
  */
 int IOT_OTA_ReportUpgradeFail(void *handle, const char *version);
 
+/*
+ Sets how a broken download is retried (extension): at most `max_attempts` reconnections in
+ a row without progress (0: fail at the first error), each after an exponential backoff with
+ jitter; a download that delivers nothing for `stall_timeout_s` seconds (0: keep the current
+ value) is reconnected. Retries resume from the current offset with HTTP Range.
+
+ Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL handle or `max_attempts` above 1000.
+ */
+int IOT_OTA_SetRetryPolicy(void *handle, uint32_t max_attempts, uint32_t stall_timeout_s);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

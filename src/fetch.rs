@@ -39,6 +39,26 @@ pub enum FetchError {
     Restarted,
 }
 
+impl FetchError {
+    /// Whether reconnecting (from the current offset) may help.
+    pub fn is_transient(self) -> bool {
+        match self {
+            FetchError::Status(code) => matches!(code, 408 | 429 | 500 | 502 | 503 | 504),
+            FetchError::Connect
+            | FetchError::Resolve
+            | FetchError::Timeout
+            | FetchError::Io(_)
+            | FetchError::Truncated => true,
+            FetchError::Tls
+            | FetchError::BadResponse(_)
+            | FetchError::Url
+            | FetchError::Redirects
+            | FetchError::Oversize
+            | FetchError::Restarted => false,
+        }
+    }
+}
+
 /// What the server answered to a download request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenInfo {

@@ -26,6 +26,7 @@ use crate::protocol::{
     self, Downstream, FailureCause, FixedStr, Limits, NoticeError, Protocol, Report, Topics,
     UpgradeNotice,
 };
+use crate::retry::{Backoff, RetryPolicy};
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
 pub trait Uplink: Send {
@@ -38,6 +39,8 @@ pub struct OtaConfig {
     pub protocol: Protocol,
     pub limits: Limits,
     pub http: HttpConfig,
+    /// How broken downloads are retried (with `Range`, from where they stopped).
+    pub retry: RetryPolicy,
 }
 
 impl Default for OtaConfig {
@@ -46,6 +49,7 @@ impl Default for OtaConfig {
             protocol: Protocol::Aliyun,
             limits: Limits::default(),
             http: HttpConfig::default(),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -113,6 +117,13 @@ struct Engine {
     desc: Box<[u8]>,
     /// Bytes the running digest covers (fetched, plus any fed by the firmware).
     digest_bytes: u64,
+    backoff: Backoff,
+    /// When the next reconnection may be attempted.
+    retry_at: Option<Instant>,
+    /// When the download last delivered a byte (or connected).
+    last_progress: Instant,
+    /// Times the server answered a Range request with the whole file in this upgrade.
+    restarts: u32,
     digest: StreamDigest,
     fetched: u64,
     source_open: bool,
@@ -192,6 +203,9 @@ impl Engine {
         self.failure_reported = false;
         self.upgrading_reported = false;
         self.digest_bytes = 0;
+        self.backoff.reset();
+        self.retry_at = None;
+        self.restarts = 0;
         self.fetch_cause = None;
         self.verified = false;
         self.state = OtaState::Fetching;
@@ -380,26 +394,70 @@ impl Engine {
         if let Err(e) = self.ensure_upgrading_reported() {
             ota_log!(Level::Warning, "upgrading report not sent: {e}");
         }
-        if !self.source_open {
-            if let Err(e) = self.source.open(self.notice.url.as_str(), self.fetched) {
-                return Err(self.download_failed(e));
-            }
-            self.source_open = true;
-        }
         loop {
+            if let Some(at) = self.retry_at {
+                let now = Instant::now();
+                if at >= deadline {
+                    std::thread::sleep(deadline.saturating_duration_since(now));
+                    return Ok(0);
+                }
+                std::thread::sleep(at.saturating_duration_since(now));
+                self.retry_at = None;
+            }
+            if !self.source_open {
+                if let Err(e) = self.source.open(self.notice.url.as_str(), self.fetched) {
+                    self.interrupted(e)?;
+                    continue;
+                }
+                self.source_open = true;
+                self.last_progress = Instant::now();
+            }
             let remaining = self.notice.size - self.fetched;
             let want = buf
                 .len()
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            let wait = deadline.saturating_duration_since(Instant::now());
+            let stall_at = self.last_progress + self.backoff.policy().stall_timeout;
+            let wait = deadline
+                .min(stall_at)
+                .saturating_duration_since(Instant::now());
             match self.source.read(&mut buf[..want], wait) {
                 Ok(Chunk::Opened(info)) => self.check_response(info)?,
-                Ok(Chunk::Data(n)) => return Ok(self.accept(&buf[..n])),
-                Ok(Chunk::Pending) => return Ok(0),
-                Ok(Chunk::End) => return Err(self.download_failed(FetchError::Truncated)),
-                Err(e) => return Err(self.download_failed(e)),
+                Ok(Chunk::Data(n)) => {
+                    self.backoff.progressed();
+                    self.last_progress = Instant::now();
+                    return Ok(self.accept(&buf[..n]));
+                }
+                Ok(Chunk::Pending) if Instant::now() >= stall_at => {
+                    self.interrupted(FetchError::Timeout)?
+                }
+                Ok(Chunk::Pending) if Instant::now() >= deadline => return Ok(0),
+                Ok(Chunk::Pending) => {}
+                Ok(Chunk::End) => self.interrupted(FetchError::Truncated)?,
+                Err(e) => self.interrupted(e)?,
             }
         }
+    }
+
+    /// A broken download: scheduled for a retry from the current offset when the failure is
+    /// transient and the retry limit allows, else the end of the download (reported).
+    fn interrupted(&mut self, e: FetchError) -> Result<()> {
+        self.source.close();
+        self.source_open = false;
+        if e.is_transient() {
+            if let Some(delay) = self.backoff.next_delay() {
+                ota_log!(
+                    Level::Warning,
+                    "download interrupted at byte {} ({e}); retry {}/{} in {} ms",
+                    self.fetched,
+                    self.backoff.total(),
+                    self.backoff.policy().max_attempts,
+                    delay.as_millis()
+                );
+                self.retry_at = Some(Instant::now() + delay);
+                return Ok(());
+            }
+        }
+        Err(self.download_failed(e))
     }
 
     fn download_failed(&mut self, e: FetchError) -> Error {
@@ -433,7 +491,7 @@ impl Engine {
     fn check_response(&mut self, info: OpenInfo) -> Result<()> {
         let expected_rest = self.notice.size - self.fetched;
         if self.fetched > 0 && info.status == 200 {
-            return Err(self.download_failed(FetchError::Restarted));
+            return Err(self.restarted());
         }
         if info.status == 206
             && (info.range_start != Some(self.fetched)
@@ -452,11 +510,31 @@ impl Engine {
                 self.oversize = true;
             }
             Some(len) if len < expected_rest => {
-                return Err(self.download_failed(FetchError::Truncated));
+                return Err(self.download_failed(FetchError::BadResponse(
+                    "server file is smaller than the announced size",
+                )));
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// The server answered a Range request with the whole file: the stream now starts at byte
+    /// 0, so the digest restarts and the caller must rewind (told by this error and by
+    /// `restarts`). The download itself goes on from the open stream.
+    fn restarted(&mut self) -> Error {
+        ota_log!(
+            Level::Warning,
+            "server ignored Range at byte {}: the download restarts from byte 0",
+            self.fetched
+        );
+        self.fetched = 0;
+        self.digest = StreamDigest::new(self.notice.digest_kind);
+        self.digest_bytes = 0;
+        self.restarts += 1;
+        let e = Error::Fetch(FetchError::Restarted);
+        self.last_error = Some(e);
+        e
     }
 
     /// Takes `bytes` into the digest; finishes when the announced size is reached.
@@ -626,6 +704,10 @@ impl OtaSession {
             running: RunningVersions::new(&limits),
             desc: vec![0u8; 256].into_boxed_slice(),
             digest_bytes: 0,
+            backoff: Backoff::new(config.retry),
+            retry_at: None,
+            last_progress: Instant::now(),
+            restarts: 0,
             digest: StreamDigest::new(crate::protocol::DigestKind::Md5),
             fetched: 0,
             source_open: false,
@@ -767,6 +849,27 @@ impl OtaSession {
     /// arrived in time. Never writes more than the announced size in total.
     pub fn fetch_yield(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
         self.engine().fetch_yield(buf, timeout)
+    }
+
+    /// The retry policy in force.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.engine().backoff.policy()
+    }
+
+    /// Replaces the retry policy (takes effect at the next failure).
+    pub fn set_retry_policy(&self, policy: RetryPolicy) {
+        self.engine().backoff = Backoff::new(policy);
+    }
+
+    /// Times the server restarted the stream from byte 0 in this upgrade (see
+    /// [`FetchError::Restarted`]).
+    pub fn restarts(&self) -> u32 {
+        self.engine().restarts
+    }
+
+    /// Reconnections made in this upgrade.
+    pub fn retries(&self) -> u32 {
+        self.engine().backoff.total()
     }
 
     /// Bytes fetched so far.

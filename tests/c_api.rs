@@ -935,8 +935,15 @@ fn http_404_fails_the_download_and_is_reported_as_step_minus_2() {
 }
 
 #[test]
-fn refused_connection_fails_the_download() {
+fn refused_connection_fails_the_download_after_the_retry_limit() {
     let (_broker, dev, cloud) = setup("refused");
+    // Two reconnection attempts (about 0.1 + 0.2 s of backoff), then the download fails.
+    assert_eq!(IOT_OTA_SetRetryPolicy(dev.ota, 2, 0), 0);
+    assert_eq!(IOT_OTA_SetRetryPolicy(dev.ota, 1001, 0), INVALID_PARAM);
+    assert_eq!(
+        IOT_OTA_SetRetryPolicy(std::ptr::null_mut(), 2, 0),
+        INVALID_PARAM
+    );
     let url = format!("http://127.0.0.1:{}/firmware.bin", closed_port());
     announce(
         &dev,

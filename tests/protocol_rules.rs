@@ -257,6 +257,11 @@ fn tencent_failure_codes_follow_the_real_cause() {
         .unwrap();
         let source = HttpSource::new(HttpConfig::default()).unwrap();
         let (s, sent) = session_on(Protocol::Tencent, Box::new(source));
+        // A 500 would be retried; here every status must fail at once.
+        s.set_retry_policy(ota::retry::RetryPolicy {
+            max_attempts: 0,
+            ..Default::default()
+        });
         let down = s.downstream_topic().to_string();
         s.handle_message(&down, tencent_notice(img, &server.url()).as_bytes())
             .unwrap();

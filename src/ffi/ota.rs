@@ -755,3 +755,38 @@ pub extern "C" fn IOT_OTA_ReportUpgradeFail(handle: *mut c_void, version: *const
         code(h, h.session.report_upgrade_fail("firmware update failed"))
     })
 }
+
+/// Sets how a broken download is retried (extension): at most `max_attempts` reconnections in
+/// a row without progress (0: fail at the first error), each after an exponential backoff with
+/// jitter; a download that delivers nothing for `stall_timeout_s` seconds (0: keep the current
+/// value) is reconnected. Retries resume from the current offset with HTTP Range.
+///
+/// Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL handle or `max_attempts` above 1000.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_SetRetryPolicy(
+    handle: *mut c_void,
+    max_attempts: u32,
+    stall_timeout_s: u32,
+) -> c_int {
+    ffi_guard!("IOT_OTA_SetRetryPolicy", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetRetryPolicy") }) else {
+            return INVALID_PARAM;
+        };
+        if max_attempts > 1000 {
+            return reject(
+                h,
+                "IOT_OTA_SetRetryPolicy",
+                Error::InvalidParam("max_attempts above 1000"),
+            );
+        }
+        let mut policy = crate::retry::RetryPolicy {
+            max_attempts,
+            ..h.session.retry_policy()
+        };
+        if stall_timeout_s != 0 {
+            policy.stall_timeout = Duration::from_secs(stall_timeout_s as u64);
+        }
+        h.session.set_retry_policy(policy);
+        0
+    })
+}
