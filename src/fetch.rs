@@ -143,6 +143,10 @@ struct Shared {
     error: Option<FetchError>,
     ended: bool,
     quit: bool,
+    /// The current worker's epoch; a worker of an older epoch exits when it wakes.
+    epoch: u64,
+    /// The current worker waits for a command (it is not inside a download).
+    worker_idle: bool,
 }
 
 struct Channel {
@@ -164,6 +168,9 @@ pub struct HttpSource {
     channel: Arc<Channel>,
     /// The generation of the current download.
     generation: u64,
+    /// What a replacement worker is built from.
+    config: HttpConfig,
+    roots: Option<CaRoots>,
 }
 
 impl HttpSource {
@@ -188,18 +195,64 @@ impl HttpSource {
                 error: None,
                 ended: false,
                 quit: false,
+                epoch: 0,
+                worker_idle: false,
             }),
             to_consumer: Condvar::new(),
             to_worker: Condvar::new(),
         });
-        let worker = Worker::new(channel.clone(), &config, roots);
+        let source = HttpSource {
+            channel,
+            generation: 0,
+            config,
+            roots,
+        };
+        source.spawn_worker(0)?;
+        Ok(source)
+    }
+
+    fn spawn_worker(&self, epoch: u64) -> std::io::Result<()> {
+        let worker = Worker::new(
+            self.channel.clone(),
+            &self.config,
+            self.roots.clone(),
+            epoch,
+        );
         std::thread::Builder::new()
             .name("ota-fetch".into())
             .spawn(move || worker.run())?;
-        Ok(HttpSource {
-            channel,
-            generation: 0,
-        })
+        Ok(())
+    }
+
+    /// A worker still inside an abandoned download (a stalled read) cannot take the new
+    /// command: after a short grace period it is left to exit on its own and a fresh worker
+    /// takes over. Only stalls pay for this (a thread start, which allocates).
+    fn ensure_worker_free(&self) -> Result<(), FetchError> {
+        let grace = Instant::now() + Duration::from_millis(200);
+        let mut s = self.channel.lock();
+        while !s.worker_idle {
+            let now = Instant::now();
+            if now >= grace {
+                s.epoch += 1;
+                let epoch = s.epoch;
+                drop(s);
+                self.channel.to_worker.notify_all();
+                crate::ota_log!(
+                    crate::log::Level::Warning,
+                    "download worker is stuck in a stalled read; starting a new one"
+                );
+                return self
+                    .spawn_worker(epoch)
+                    .map_err(|e| FetchError::Io(e.kind()));
+            }
+            s = self
+                .channel
+                .to_consumer
+                .wait_timeout(s, grace - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
     }
 }
 
@@ -222,8 +275,12 @@ impl FirmwareSource for HttpSource {
         s.opened = None;
         s.error = None;
         s.ended = false;
+        let busy = !s.worker_idle;
         drop(s);
         self.channel.to_worker.notify_all();
+        if busy {
+            self.ensure_worker_free()?;
+        }
         Ok(())
     }
 
@@ -277,13 +334,19 @@ impl FirmwareSource for HttpSource {
 
 struct Worker {
     channel: Arc<Channel>,
+    epoch: u64,
     agent: ureq::Agent,
     url: String,
     staging: Box<[u8]>,
 }
 
 impl Worker {
-    fn new(channel: Arc<Channel>, config: &HttpConfig, roots: Option<CaRoots>) -> Worker {
+    fn new(
+        channel: Arc<Channel>,
+        config: &HttpConfig,
+        roots: Option<CaRoots>,
+        epoch: u64,
+    ) -> Worker {
         // An explicit provider: rustls panics when it has to pick one and finds two.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = ureq::tls::TlsConfig::builder()
@@ -305,6 +368,7 @@ impl Worker {
             .new_agent();
         Worker {
             channel,
+            epoch,
             agent,
             url: String::with_capacity(config.max_url),
             staging: vec![0u8; 16 * 1024].into_boxed_slice(),
@@ -316,14 +380,19 @@ impl Worker {
             let (generation, offset) = {
                 let mut s = self.channel.lock();
                 loop {
-                    if s.quit {
+                    if s.quit || s.epoch != self.epoch {
                         return;
                     }
                     if let Command::Open { offset } = s.command {
                         s.command = Command::Idle;
+                        s.worker_idle = false;
                         self.url.clear();
                         self.url.push_str(s.url.as_str());
                         break (s.generation, offset);
+                    }
+                    if !s.worker_idle {
+                        s.worker_idle = true;
+                        self.channel.to_consumer.notify_all();
                     }
                     s = self
                         .channel
@@ -339,7 +408,7 @@ impl Worker {
     /// Publishes a result for `generation` unless it went stale; false when stale.
     fn publish(&self, generation: u64, f: impl FnOnce(&mut Shared)) -> bool {
         let mut s = self.channel.lock();
-        if s.generation != generation || s.quit {
+        if s.generation != generation || s.quit || s.epoch != self.epoch {
             return false;
         }
         f(&mut s);
@@ -378,7 +447,7 @@ impl Worker {
             let room = {
                 let mut s = self.channel.lock();
                 loop {
-                    if s.generation != generation || s.quit {
+                    if s.generation != generation || s.quit || s.epoch != self.epoch {
                         return;
                     }
                     if s.ring.free() > 0 {
@@ -456,6 +525,7 @@ pub enum CaPemError {
 }
 
 /// Trust anchors parsed from a CA PEM.
+#[derive(Clone)]
 struct CaRoots(Vec<ureq::tls::Certificate<'static>>);
 
 /// Parses every `CERTIFICATE` block of `pem` and checks that each can be a trust anchor.

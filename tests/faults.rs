@@ -1,0 +1,214 @@
+//! Downloads through a misbehaving HTTP server (ota-cloud's fault injection): the outcome is
+//! a byte-exact image that verifies, or a reported failure that does not — never a wrong image
+//! reported valid.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ota::error::{Error, FetchError};
+use ota::fetch::{HttpConfig, HttpSource};
+use ota::retry::RetryPolicy;
+use ota::{OtaConfig, OtaSession, Protocol};
+use ota_cloud::http::{Faults, FirmwareServer};
+
+type Sent = Arc<Mutex<Vec<String>>>;
+
+struct Recorder(Sent);
+
+impl ota::ota::Uplink for Recorder {
+    fn publish(&mut self, _topic: &str, payload: &[u8]) -> ota::error::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(String::from_utf8(payload.to_vec()).unwrap());
+        Ok(())
+    }
+}
+
+struct Run {
+    session: OtaSession,
+    sent: Sent,
+    image: Vec<u8>,
+    server: FirmwareServer,
+}
+
+fn start(size: usize, faults: Faults, retry: RetryPolicy) -> Run {
+    let image = ota_cloud::generate_firmware(size);
+    let server = FirmwareServer::start_with(image.clone(), faults).unwrap();
+    let sent: Sent = Arc::default();
+    let config = OtaConfig {
+        retry,
+        ..OtaConfig::for_protocol(Protocol::Aliyun)
+    };
+    let session = OtaSession::new(
+        "pk",
+        "dn",
+        config,
+        Box::new(Recorder(sent.clone())),
+        Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
+    )
+    .unwrap();
+    let msg = format!(
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{}","md5":"{}"}},"id":1,"message":"success"}}"#,
+        image.len(),
+        server.url(),
+        ota_cloud::cloud::md5_hex(&image)
+    );
+    let topic = session.downstream_topic().to_string();
+    session.handle_message(&topic, msg.as_bytes()).unwrap();
+    Run {
+        session,
+        sent,
+        image,
+        server,
+    }
+}
+
+fn fast_retries(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(100),
+        stall_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Downloads like firmware that writes at the offset FETCHED_SIZE says, rewinding when the
+/// server restarts the stream. Returns the written image and the first hard error.
+fn download(run: &Run, timeout: Duration) -> (Vec<u8>, Option<Error>, Duration) {
+    let s = &run.session;
+    let mut flash = vec![0u8; run.image.len()];
+    let mut buf = vec![0u8; 5000];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut longest = Duration::ZERO;
+    while !s.is_fetch_finished() {
+        assert!(Instant::now() < deadline, "download did not end");
+        let at = s.fetched_size() as usize;
+        let t = Instant::now();
+        let r = s.fetch_yield(&mut buf, timeout);
+        longest = longest.max(t.elapsed());
+        match r {
+            Ok(n) => flash[at..at + n].copy_from_slice(&buf[..n]),
+            Err(Error::Fetch(FetchError::Restarted)) => assert_eq!(s.fetched_size(), 0),
+            Err(e) => return (flash, Some(e), longest),
+        }
+    }
+    (flash, None, longest)
+}
+
+#[test]
+fn a_cut_connection_resumes_with_range_and_verifies() {
+    let run = start(
+        2_000_000,
+        Faults {
+            cut_at: Some(777_777),
+            ..Faults::default()
+        },
+        fast_retries(5),
+    );
+    let (flash, err, _) = download(&run, Duration::from_secs(2));
+    assert_eq!(err, None);
+    assert!(flash == run.image);
+    assert!(run.session.check_firmware().unwrap());
+    assert!(run.session.retries() >= 1);
+    let ranges: Vec<Option<String>> = run.server.requests().into_iter().map(|r| r.range).collect();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[1].as_deref(), Some("bytes=777777-"));
+}
+
+#[test]
+fn a_server_that_ignores_range_restarts_the_stream_and_the_caller_rewinds() {
+    let run = start(
+        600_000,
+        Faults {
+            cut_at: Some(300_000),
+            ignore_range: true,
+            ..Faults::default()
+        },
+        fast_retries(5),
+    );
+    let (flash, err, _) = download(&run, Duration::from_secs(2));
+    assert_eq!(err, None);
+    assert_eq!(run.session.restarts(), 1);
+    assert!(flash == run.image);
+    assert!(run.session.check_firmware().unwrap());
+}
+
+#[test]
+fn extra_bytes_after_the_announced_length_are_never_taken() {
+    let run = start(
+        100_000,
+        Faults {
+            extra_bytes: 5000,
+            ..Faults::default()
+        },
+        fast_retries(2),
+    );
+    let (flash, err, _) = download(&run, Duration::from_secs(2));
+    assert_eq!(err, None);
+    assert_eq!(run.session.fetched_size(), 100_000);
+    assert!(flash == run.image);
+    assert!(run.session.check_firmware().unwrap());
+}
+
+#[test]
+fn a_server_error_is_retried_up_to_the_limit_then_reported() {
+    let run = start(
+        10_000,
+        Faults {
+            status: Some(503),
+            ..Faults::default()
+        },
+        fast_retries(3),
+    );
+    let (_, err, _) = download(&run, Duration::from_secs(2));
+    assert_eq!(err, Some(Error::Fetch(FetchError::Status(503))));
+    assert_eq!(run.server.requests().len(), 4, "one try and three retries");
+    assert!(!run.session.check_firmware().unwrap());
+    let last = run.sent.lock().unwrap().last().cloned().unwrap();
+    assert!(last.contains(r#""step":"-2""#), "{last}");
+}
+
+#[test]
+fn fetch_yield_returns_within_its_timeout_while_the_server_stalls() {
+    let run = start(
+        50_000,
+        Faults {
+            stall_ms: 2500,
+            ..Faults::default()
+        },
+        fast_retries(2),
+    );
+    let (flash, err, longest) = download(&run, Duration::from_millis(300));
+    assert_eq!(err, None);
+    assert!(flash == run.image);
+    // Generous margin: the bound is the behaviour under test, not a speed.
+    assert!(
+        longest < Duration::from_millis(1300),
+        "a FetchYield took {longest:?}"
+    );
+}
+
+#[test]
+fn a_stall_longer_than_the_stall_timeout_reconnects() {
+    let run = start(
+        50_000,
+        Faults {
+            stall_ms: 1500,
+            ..Faults::default()
+        },
+        RetryPolicy {
+            stall_timeout: Duration::from_millis(500),
+            ..fast_retries(2)
+        },
+    );
+    let (_, err, _) = download(&run, Duration::from_millis(200));
+    // Every answer stalls past the limit: reconnections, then a reported timeout.
+    assert_eq!(err, Some(Error::Fetch(FetchError::Timeout)));
+    assert!(run.server.requests().len() >= 2 || run.session.retries() == 2);
+    let last = run.sent.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        last.contains(r#""step":"-2""#) && last.contains("timed out"),
+        "{last}"
+    );
+}
