@@ -3,7 +3,8 @@
 //!
 //! - [`FirmwareServer`] serves one firmware image over HTTP/1.1 on 127.0.0.1 (Range, keep-alive,
 //!   HEAD) and can inject faults ([`Faults`]).
-//! - [`EmbeddedBroker`] runs an MQTT broker (rumqttd) in-process.
+//! - [`EmbeddedBroker`] runs a small MQTT 3.1.1 broker in-process (our own: rumqttd refuses the
+//!   `$`-topics Tencent uses).
 //! - [`Cloud`] plays the platform's side of an OTA upgrade over MQTT and checks every message
 //!   the device sends against the protocol ([`Protocol`]: Aliyun, SagooIOT, Tencent, UCloud;
 //!   one pure module each: [`aliyun`], [`sagoo`], [`tencent`], [`ucloud`]).

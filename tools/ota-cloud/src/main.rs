@@ -27,7 +27,7 @@ usage:
       --current-version X   ucloud: announce CurrentVersion X instead of the version the
                             device reported; a correct device refuses with fail + ErrMsg
   ota-cloud broker [--port P]
-      Run an MQTT broker (rumqttd) on 127.0.0.1 in the foreground.
+      Run the embedded MQTT 3.1.1 broker on 127.0.0.1 in the foreground.
   ota-cloud demo [--device c|rust] [--size BYTES] [--timeout-s 120]
                  [--protocol aliyun|sagoo|tencent|ucloud] [--sign-method md5|sha256]
       One-command demo: embedded broker + firmware server + cloud + a device program from

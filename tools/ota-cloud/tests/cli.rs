@@ -55,9 +55,11 @@ fn usage_errors_exit_2() {
             "--firmware-size",
             "1",
             "--protocol",
-            "tencent",
+            "bogus",
         ][..],
         &["demo", "--device", "java"][..],
+        &["demo", "--protocol", "bogus"][..],
+        &["demo", "--protocol", "tencent", "--sign-method", "sha256"][..],
         &["broker", "--port"][..],
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
@@ -67,12 +69,60 @@ fn usage_errors_exit_2() {
             "{args:?}"
         );
     }
+    // Options that do not fit the protocol, or bad values.
+    let base = [
+        "serve",
+        "--broker",
+        "127.0.0.1:1",
+        "--product-key",
+        "p",
+        "--device-name",
+        "d",
+        "--version",
+        "2",
+        "--firmware-size",
+        "1",
+    ];
+    for extra in [
+        &["--module", "MCU"][..],
+        &["--protocol", "tencent", "--module", "MCU"][..],
+        &["--protocol", "ucloud", "--sign-method", "sha256"][..],
+        &["--protocol", "sagoo", "--sign-method", "sha1"][..],
+        &["--protocol", "sagoo", "--current-version", "0.9"][..],
+        &["--protocol", "sagoo", "--module", ""][..],
+    ] {
+        let out = Command::new(BIN).args(base).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage:"),
+            "{extra:?}"
+        );
+    }
     let out = Command::new(BIN).arg("help").output().unwrap();
     assert!(out.status.success());
+    let usage = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "aliyun|sagoo|tencent|ucloud",
+        "--current-version",
+        "--sign-method",
+        "--module",
+    ] {
+        assert!(usage.contains(word), "{word}");
+    }
 }
 
 /// Runs `serve` for device `dn`; returns its exit code after `script` played the device.
 fn serve(dn: &str, extra: &[&str], script: impl FnOnce(&FakeDevice, &str)) -> Option<i32> {
+    serve_on(dn, &format!("/ota/device/upgrade/pk/{dn}"), extra, script).0
+}
+
+/// Like [`serve`], with the fake device subscribed to `downstream`; also returns stderr.
+fn serve_on(
+    dn: &str,
+    downstream: &str,
+    extra: &[&str],
+    script: impl FnOnce(&FakeDevice, &str),
+) -> (Option<i32>, String) {
     let port = broker_port().to_string();
     let broker = format!("127.0.0.1:{port}");
     let mut child = Command::new(BIN)
@@ -88,8 +138,15 @@ fn serve(dn: &str, extra: &[&str], script: impl FnOnce(&FakeDevice, &str)) -> Op
         .args(["--version", "2.0.0", "--timeout-s", "20"])
         .args(extra)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
     let (tx, lines) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     thread::spawn(move || {
@@ -111,9 +168,12 @@ fn serve(dn: &str, extra: &[&str], script: impl FnOnce(&FakeDevice, &str)) -> Op
             break;
         }
     }
-    let device = FakeDevice::connect(broker_port(), "pk", dn);
+    let device = FakeDevice::connect_on(broker_port(), "pk", dn, downstream);
     script(&device, &url);
-    child.wait().unwrap().code()
+    let code = child.wait().unwrap().code();
+    let errors = errors.join().unwrap();
+    eprint!("{errors}");
+    (code, errors)
 }
 
 #[test]
@@ -150,4 +210,115 @@ fn serve_fails_when_the_device_fails() {
         );
     });
     assert_eq!(code, Some(1));
+}
+
+#[test]
+fn serve_sagoo_with_sha256_and_a_module() {
+    let code = serve(
+        "cli-sagoo",
+        &[
+            "--firmware-size",
+            "3000",
+            "--protocol",
+            "sagoo",
+            "--sign-method",
+            "sha256",
+            "--module",
+            "MCU",
+        ],
+        |dev, _| {
+            dev.send(
+                "inform",
+                r#"{"id":"1","params":{"version":"1.0.0","module":"MCU"}}"#,
+            );
+            let data = dev.next_upgrade()["data"].clone();
+            assert_eq!(data["signMethod"], "SHA256");
+            assert_eq!(data["module"], "MCU");
+            assert_eq!(data["sign"].as_str().unwrap().len(), 64);
+            dev.send(
+                "progress",
+                r#"{"id":"2","params":{"step":"100","module":"MCU","strategy":"batch-7"}}"#,
+            );
+            dev.send(
+                "inform",
+                r#"{"id":"3","params":{"version":"2.0.0","module":"MCU"}}"#,
+            );
+        },
+    );
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn serve_tencent_succeeds_on_done() {
+    let dn = "cli-tencent";
+    let (code, _) = serve_on(
+        dn,
+        &format!("$ota/update/pk/{dn}"),
+        &["--firmware-size", "3000", "--protocol", "tencent"],
+        |dev, _| {
+            let report = format!("$ota/report/pk/{dn}");
+            dev.publish(
+                &report,
+                r#"{"type":"report_version","report":{"version":"1.0.0"}}"#,
+            );
+            assert_eq!(dev.next_message().1["type"], "report_version_rsp");
+            assert_eq!(dev.next_message().1["type"], "update_firmware");
+            for state in ["burning", "done"] {
+                dev.publish(
+                    &report,
+                    &format!(
+                        r#"{{"type":"report_progress","report":{{"progress":{{"state":"{state}","result_code":"0","result_msg":""}},"version":"2.0.0"}}}}"#
+                    ),
+                );
+            }
+        },
+    );
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn serve_ucloud_current_version_mismatch_exits_1_with_the_errmsg() {
+    let dn = "cli-ucloud";
+    let (code, stderr) = serve_on(
+        dn,
+        &format!("/$system/pk/{dn}/ota/downstream"),
+        &[
+            "--firmware-size",
+            "3000",
+            "--protocol",
+            "ucloud",
+            "--current-version",
+            "0.9",
+        ],
+        |dev, _| {
+            let up = format!("/$system/pk/{dn}/ota/upstream");
+            dev.publish(&up, r#"{"Method":"report","Payload":{"Version":"1.0.0"}}"#);
+            let task = dev.next_message().1["Payload"].clone();
+            assert_eq!(task["CurrentVersion"], "0.9");
+            dev.publish(
+                &up,
+                &format!(
+                    r#"{{"Method":"fail","Payload":{{"TaskID":{},"ErrMsg":"refused: task upgrades from 0.9 but 1.0.0 runs"}}}}"#,
+                    task["TaskID"]
+                ),
+            );
+        },
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("refused: task upgrades from 0.9 but 1.0.0 runs"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_reports_a_violation_with_exit_1() {
+    let (code, stderr) = serve_on(
+        "cli-violation",
+        "/ota/device/upgrade/pk/cli-violation",
+        &["--firmware-size", "3000", "--protocol", "sagoo"],
+        |dev, _| dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#),
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("protocol violation"), "{stderr}");
 }

@@ -9,13 +9,13 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use ota_cloud::EmbeddedBroker;
+use ota_cloud::{Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer, Protocol, Summary};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One broker per test binary: rumqttd cannot be stopped, so sharing it saves threads.
+/// One broker per test binary: an EmbeddedBroker cannot be stopped, so sharing it saves threads.
 pub fn broker_port() -> u16 {
     static BROKER: OnceLock<EmbeddedBroker> = OnceLock::new();
     BROKER
@@ -32,8 +32,13 @@ pub struct FakeDevice {
 }
 
 impl FakeDevice {
-    /// Connects and subscribes to the device's upgrade topic (waits for the SubAck).
+    /// Connects and subscribes to the device's Aliyun upgrade topic (waits for the SubAck).
     pub fn connect(port: u16, pk: &str, dn: &str) -> FakeDevice {
+        Self::connect_on(port, pk, dn, &format!("/ota/device/upgrade/{pk}/{dn}"))
+    }
+
+    /// Connects and subscribes to `downstream` (waits for the SubAck).
+    pub fn connect_on(port: u16, pk: &str, dn: &str, downstream: &str) -> FakeDevice {
         let mut options = MqttOptions::new(format!("fake-{dn}"), "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
         let (client, mut connection) = Client::new(options, 16);
@@ -55,9 +60,7 @@ impl FakeDevice {
                 }
             }
         });
-        client
-            .subscribe(format!("/ota/device/upgrade/{pk}/{dn}"), QoS::AtLeastOnce)
-            .unwrap();
+        client.subscribe(downstream, QoS::AtLeastOnce).unwrap();
         ack_rx
             .recv_timeout(TIMEOUT)
             .expect("fake device subscribed");
@@ -81,6 +84,28 @@ impl FakeDevice {
             .unwrap();
     }
 
+    /// Publishes `payload` on `topic` (QoS 1).
+    pub fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .unwrap();
+    }
+
+    /// The next message on the subscribed topic: its topic and its payload, parsed.
+    pub fn next_message(&self) -> (String, Value) {
+        let (topic, payload) = self
+            .messages
+            .recv_timeout(TIMEOUT)
+            .expect("a message from the cloud");
+        let value = serde_json::from_slice(&payload).expect("the cloud's message is JSON");
+        (topic, value)
+    }
+
+    /// Whether a message arrives within `wait`.
+    pub fn nothing_within(&self, wait: Duration) -> bool {
+        self.messages.recv_timeout(wait).is_err()
+    }
+
     /// The next upgrade message, parsed.
     pub fn next_upgrade(&self) -> Value {
         let (topic, payload) = self
@@ -92,6 +117,38 @@ impl FakeDevice {
             format!("/ota/device/upgrade/{}/{}", self.pk, self.dn)
         );
         serde_json::from_slice(&payload).expect("upgrade message is JSON")
+    }
+}
+
+/// Connects a cloud playing `protocol` with `options` for `pk`/`dn` and runs it in a thread
+/// (the test thread plays the device).
+pub fn start_cloud(
+    protocol: Protocol,
+    pk: &str,
+    dn: &str,
+    firmware: &Firmware,
+    options: CloudOptions,
+    timeout: Duration,
+) -> thread::JoinHandle<Summary> {
+    let mut cloud = Cloud::connect(protocol, "127.0.0.1", broker_port(), pk, dn).unwrap();
+    cloud.set_options(options).unwrap();
+    let firmware = firmware.clone();
+    thread::spawn(move || cloud.run(&firmware, timeout))
+}
+
+/// A 50 000-byte image served over HTTP, described as version 2.0.0.
+pub fn firmware_for_test() -> (FirmwareServer, Firmware, Vec<u8>) {
+    let image = ota_cloud::generate_firmware(50_000);
+    let server = FirmwareServer::start(image.clone()).unwrap();
+    let fw = Firmware::new("2.0.0", server.url(), &image);
+    (server, fw, image)
+}
+
+/// The violation's reason, or a panic showing what happened instead.
+pub fn violation(summary: &Summary) -> (String, String) {
+    match &summary.outcome {
+        Err(ota_cloud::Failure::Violation { topic, reason, .. }) => (topic.clone(), reason.clone()),
+        other => panic!("expected a violation, got {other:?}"),
     }
 }
 
