@@ -32,8 +32,8 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
-step "release build (libota.a, libota.so, ota-cloud)"
-cargo build --release -p ota -p ota-cloud
+step "release build (libota.a, libota.so, ota-cloud, the Rust example)"
+cargo build --release -p ota -p ota-cloud --lib --bins --examples
 step "C examples under ctest"
 cmake -S examples-c -B target/ctest -DOTA_BUILD_RUST=OFF >/dev/null
 cmake --build target/ctest
