@@ -5,6 +5,7 @@
 //! Every method takes `&self`, so a handler may publish or subscribe on the client that is
 //! calling it (as iotkit firmware does from its callbacks).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,17 @@ use crate::error::{Error, MqttError, Result};
 use crate::log::Level;
 use crate::ota::Uplink;
 use crate::ota_log;
+use crate::retry::{Backoff, RetryPolicy};
 
 pub use rumqttc::QoS;
+
+/// Reconnection backoff: 1 s doubling to 60 s, with jitter, forever.
+const RECONNECT_POLICY: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    base_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(60),
+    stall_timeout: Duration::from_secs(60),
+};
 
 /// Most events one zero-timeout yield handles.
 const MAX_READY_EVENTS: u32 = 64;
@@ -89,6 +99,7 @@ pub struct Message<'a> {
 
 type MessageHandler = Box<dyn FnMut(&Message<'_>) + Send>;
 type EventHandler = Box<dyn FnMut(&MqttEvent) + Send>;
+type ReconnectHook = Box<dyn FnMut() -> bool + Send>;
 
 struct Subscription {
     filter: String,
@@ -103,8 +114,12 @@ pub struct MqttClient {
     connection: Mutex<Connection>,
     subscriptions: Mutex<Vec<Subscription>>,
     events: Mutex<Option<EventHandler>>,
-    connected: Mutex<bool>,
+    connected: Arc<AtomicBool>,
     retry_at: Mutex<Option<Instant>>,
+    /// Reconnection delays: exponential with jitter, never giving up.
+    backoff: Mutex<Backoff>,
+    /// Run after every reconnection (after re-subscribing), e.g. to re-report versions.
+    reconnect_hooks: Mutex<Vec<ReconnectHook>>,
     /// Set by `disconnect`: the connection's end is expected, not a loss.
     closing: Mutex<bool>,
 }
@@ -204,8 +219,10 @@ impl MqttClient {
             connection: Mutex::new(connection),
             subscriptions: Mutex::new(Vec::new()),
             events: Mutex::new(None),
-            connected: Mutex::new(true),
+            connected: Arc::new(AtomicBool::new(true)),
             retry_at: Mutex::new(None),
+            backoff: Mutex::new(Backoff::new(RECONNECT_POLICY)),
+            reconnect_hooks: Mutex::new(Vec::new()),
             closing: Mutex::new(false),
         })
     }
@@ -217,7 +234,13 @@ impl MqttClient {
 
     /// Whether the connection to the broker is up.
     pub fn is_connected(&self) -> bool {
-        *lock(&self.connected)
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Runs `hook` inside [`yield_for`](Self::yield_for) after every reconnection, once the
+    /// subscriptions are renewed; a hook that returns false is dropped.
+    pub fn on_reconnect(&self, hook: impl FnMut() -> bool + Send + 'static) {
+        lock(&self.reconnect_hooks).push(Box::new(hook));
     }
 
     /// Subscribes `filter`; `handler` runs inside [`yield_for`](Self::yield_for) for every
@@ -272,6 +295,7 @@ impl MqttClient {
     pub fn uplink(&self) -> MqttUplink {
         MqttUplink {
             client: self.client.clone(),
+            connected: self.connected.clone(),
         }
     }
 
@@ -316,8 +340,11 @@ impl MqttClient {
                 Err(_) if *lock(&self.closing) => return Ok(()),
                 Err(e) => {
                     let err = map_connection_error(&e);
-                    let was = std::mem::replace(&mut *lock(&self.connected), false);
-                    *lock(&self.retry_at) = Some(Instant::now() + Duration::from_secs(1));
+                    let was = self.connected.swap(false, Ordering::SeqCst);
+                    let delay = lock(&self.backoff)
+                        .next_delay()
+                        .unwrap_or(RECONNECT_POLICY.max_delay);
+                    *lock(&self.retry_at) = Some(Instant::now() + delay);
                     if was {
                         ota_log!(Level::Warning, "MQTT connection lost: {err}");
                         self.emit(MqttEvent::Disconnected);
@@ -339,13 +366,20 @@ impl MqttClient {
     fn dispatch(&self, event: Event) {
         match event {
             Event::Incoming(Incoming::ConnAck(_)) => {
-                let was = std::mem::replace(&mut *lock(&self.connected), true);
+                let was = self.connected.swap(true, Ordering::SeqCst);
+                lock(&self.backoff).progressed();
                 if !was {
                     ota_log!(Level::Info, "MQTT reconnected");
                     for s in lock(&self.subscriptions).iter() {
                         let _ = self.client.try_subscribe(s.filter.as_str(), s.qos);
                     }
                     self.emit(MqttEvent::Reconnected);
+                    let mut hooks = std::mem::take(&mut *lock(&self.reconnect_hooks));
+                    hooks.retain_mut(|hook| hook());
+                    // Hooks added while these ran go after them.
+                    let mut table = lock(&self.reconnect_hooks);
+                    hooks.append(&mut table);
+                    *table = hooks;
                 }
             }
             Event::Incoming(Incoming::Publish(p)) => {
@@ -452,10 +486,15 @@ fn valid_filter(filter: &str) -> bool {
 #[derive(Clone)]
 pub struct MqttUplink {
     client: Client,
+    connected: Arc<AtomicBool>,
 }
 
 impl Uplink for MqttUplink {
     fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+        if !self.connected.load(Ordering::SeqCst) {
+            // The session keeps the message and sends it after the reconnection.
+            return Err(Error::Mqtt(MqttError::NotConnected));
+        }
         self.client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
             .map_err(|_| Error::Mqtt(MqttError::QueueFull))

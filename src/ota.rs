@@ -17,14 +17,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::digest::{to_hex, StreamDigest};
-use crate::error::{Error, Result};
+use crate::error::{Error, MqttError, Result};
 use crate::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, OpenInfo};
 use crate::log::Level;
 use crate::mqtt::{MqttClient, QoS};
 use crate::ota_log;
 use crate::protocol::{
-    self, Downstream, FailureCause, FixedStr, Limits, NoticeError, Protocol, Report, Topics,
-    UpgradeNotice,
+    self, Channel, Downstream, FailureCause, FixedStr, Limits, NoticeError, Protocol, Report,
+    Topics, UpgradeNotice,
 };
 use crate::retry::{Backoff, RetryPolicy};
 
@@ -81,7 +81,35 @@ struct Outbox {
     uplink: Box<dyn Uplink>,
     message: Box<[u8]>,
     next_id: u64,
+    /// Messages that could not go out while the broker was unreachable: the latest per
+    /// channel, sent after the reconnection.
+    deferred: [Deferred; 3],
 }
+
+/// One held-back message.
+struct Deferred {
+    buf: Box<[u8]>,
+    len: Option<usize>,
+}
+
+impl Deferred {
+    fn new(size: usize) -> Deferred {
+        Deferred {
+            buf: vec![0u8; size].into_boxed_slice(),
+            len: None,
+        }
+    }
+}
+
+fn channel_index(channel: Channel) -> usize {
+    match channel {
+        Channel::Inform => 0,
+        Channel::Progress => 1,
+        Channel::Request => 2,
+    }
+}
+
+const CHANNELS: [Channel; 3] = [Channel::Inform, Channel::Progress, Channel::Request];
 
 impl Outbox {
     /// Encodes and publishes `report`; a report the protocol has no message for is a no-op.
@@ -97,7 +125,35 @@ impl Outbox {
         };
         self.next_id += 1;
         let topic = self.topics.for_channel(channel);
-        self.uplink.publish(topic, &self.message[..len])
+        match self.uplink.publish(topic, &self.message[..len]) {
+            Err(Error::Mqtt(MqttError::NotConnected)) => {
+                let slot = &mut self.deferred[channel_index(channel)];
+                slot.buf[..len].copy_from_slice(&self.message[..len]);
+                slot.len = Some(len);
+                ota_log!(
+                    Level::Info,
+                    "broker unreachable: message kept until reconnection"
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Sends what was held back while disconnected; true when a version report was among it.
+    fn flush_deferred(&mut self) -> bool {
+        let mut sent_inform = false;
+        for channel in CHANNELS {
+            let slot = &mut self.deferred[channel_index(channel)];
+            if let Some(len) = slot.len.take() {
+                let topic = self.topics.for_channel(channel);
+                if let Err(e) = self.uplink.publish(topic, &slot.buf[..len]) {
+                    ota_log!(Level::Warning, "held-back message not sent: {e}");
+                }
+                sent_inform |= channel == Channel::Inform;
+            }
+        }
+        sent_inform
     }
 }
 
@@ -179,14 +235,20 @@ impl Engine {
             std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
             return Ok(());
         }
-        if self.state == OtaState::Fetching {
+        if self.resumable_with_scratch() {
+            return Ok(self.resume_with_fresh_url());
+        }
+        if self.state == OtaState::Fetched && self.verified && self.scratch.same_image(&self.notice)
+        {
             ota_log!(
-                Level::Warning,
-                "upgrade to {} replaces the download of {} at byte {}",
-                self.scratch.version,
-                self.notice.version,
-                self.fetched
+                Level::Info,
+                "upgrade to {} announced again; the image is already verified",
+                self.notice.version
             );
+            return Ok(());
+        }
+        if self.state == OtaState::Fetching {
+            self.supersede();
         }
         std::mem::swap(&mut self.notice, &mut self.scratch);
         self.accept_notice();
@@ -485,7 +547,35 @@ impl Engine {
             ),
             _ => (C::DownloadFailed, "download failed"),
         };
-        self.abort_fetch(Error::Fetch(e), cause, desc)
+        let err = self.abort_fetch(Error::Fetch(e), cause, desc);
+        if cause == C::UrlExpired {
+            self.request_fresh_url();
+        }
+        err
+    }
+
+    /// Asks the platform for the upgrade again (Aliyun's request topic); a re-sent upgrade of
+    /// the same image resumes at the current offset.
+    fn request_fresh_url(&mut self) {
+        if self.protocol != Protocol::Aliyun {
+            return;
+        }
+        let Some(version) = self.running.get(self.notice.module_name()) else {
+            ota_log!(
+                Level::Warning,
+                "URL expired; no running version known to request a new one"
+            );
+            return;
+        };
+        let module = Self::module_arg(Some(self.notice.module.as_str()));
+        let r = self.out.send(Report::Request { version, module });
+        match r {
+            Ok(()) => ota_log!(
+                Level::Info,
+                "URL expired: asked the platform for a fresh one"
+            ),
+            Err(e) => ota_log!(Level::Warning, "fresh URL not requested: {e}"),
+        }
     }
 
     fn check_response(&mut self, info: OpenInfo) -> Result<()> {
@@ -546,6 +636,77 @@ impl Engine {
             self.finish();
         }
         bytes.len()
+    }
+
+    /// A failed download of the same image can continue where it stopped (a fresh URL after
+    /// an expired one, or the platform re-sending the upgrade).
+    fn resumable_with_scratch(&self) -> bool {
+        self.state == OtaState::Fetched
+            && !self.verified
+            && !self.oversize
+            && self.fetched > 0
+            && self.digest_bytes == self.fetched
+            && self.scratch.same_image(&self.notice)
+    }
+
+    fn resume_with_fresh_url(&mut self) {
+        std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
+        std::mem::swap(&mut self.notice.task_id, &mut self.scratch.task_id);
+        self.state = OtaState::Fetching;
+        self.failure_reported = false;
+        self.upgrading_reported = false;
+        self.fetch_cause = None;
+        self.retry_at = None;
+        self.backoff.progressed();
+        ota_log!(
+            Level::Info,
+            "upgrade to {} announced again: resuming at byte {}",
+            self.notice.version,
+            self.fetched
+        );
+    }
+
+    /// Abandons the current download for the upgrade in `scratch`, telling the platform.
+    fn supersede(&mut self) {
+        ota_log!(
+            Level::Warning,
+            "upgrade to {} replaces the download of {} at byte {}",
+            self.scratch.version,
+            self.notice.version,
+            self.fetched
+        );
+        let mut w = TextWriter::new(&mut self.desc);
+        let _ = write!(w, "superseded by the upgrade to {}", self.scratch.version);
+        let len = w.len();
+        let desc = std::str::from_utf8(&self.desc[..len]).unwrap_or("superseded");
+        let r = self.out.send(Report::Failure {
+            cause: FailureCause::UpgradeFailed,
+            desc,
+            notice: &self.notice,
+        });
+        if let Err(e) = r {
+            ota_log!(Level::Warning, "abandon report not sent: {e}");
+        }
+    }
+
+    /// After the broker connection came back: send what was held back, and report the
+    /// running versions again so the platform re-sends a pending upgrade.
+    fn on_reconnect(&mut self) {
+        let sent_inform = self.out.flush_deferred();
+        if sent_inform {
+            return;
+        }
+        for i in 0..self.running.used {
+            let (module, version) = &self.running.entries[i];
+            let module = Self::module_arg(Some(module.as_str()));
+            let r = self.out.send(Report::Version {
+                version: version.as_str(),
+                module,
+            });
+            if let Err(e) = r {
+                ota_log!(Level::Warning, "version not re-reported: {e}");
+            }
+        }
     }
 
     /// UCloud names the version a task upgrades from; a device running another refuses it.
@@ -696,6 +857,11 @@ impl OtaSession {
                 uplink,
                 message: vec![0u8; limits.message].into_boxed_slice(),
                 next_id: 1,
+                deferred: [
+                    Deferred::new(limits.message),
+                    Deferred::new(limits.message),
+                    Deferred::new(limits.message),
+                ],
             },
             source,
             state: OtaState::Idle,
@@ -746,12 +912,23 @@ impl OtaSession {
             Box::new(source),
         )?;
         let weak: Weak<Mutex<Engine>> = Arc::downgrade(&session.engine);
+        let weak_hook = weak.clone();
         mqtt.subscribe(&session.downstream, QoS::AtLeastOnce, move |msg| {
             if let Some(engine) = weak.upgrade() {
                 let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = e.handle_message(msg.topic, msg.payload);
             }
         })?;
+        mqtt.on_reconnect(move || match weak_hook.upgrade() {
+            Some(engine) => {
+                engine
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_reconnect();
+                true
+            }
+            None => false,
+        });
         Ok(session)
     }
 
