@@ -262,3 +262,35 @@ fn progress_and_versions_are_validated() {
         r#"{"id":3,"params":{"step":"-4","desc":"flash write failed"}}"#
     );
 }
+
+#[test]
+fn a_different_upgrade_mid_download_reports_the_old_one_superseded() {
+    let img = image(1000, 9);
+    let (s, sent) = session(MemorySource::new(img));
+    s.handle_message(TOPIC, notice(img.len(), "2.0.0", &md5_hex(img)).as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 100];
+    s.fetch_yield(&mut buf, Duration::ZERO).unwrap();
+    s.handle_message(TOPIC, notice(img.len(), "3.0.0", &md5_hex(img)).as_bytes())
+        .unwrap();
+    let last = sent.lock().unwrap().last().unwrap().1.clone();
+    assert_eq!(
+        last,
+        r#"{"id":1,"params":{"step":"-1","desc":"superseded by the upgrade to 3.0.0"}}"#
+    );
+    assert_eq!(s.fetched_size(), 0);
+    assert_eq!(fetch_all(&s), img);
+    assert!(s.check_firmware().unwrap());
+}
+
+#[test]
+fn the_same_verified_image_announced_again_is_ignored() {
+    let img = image(1000, 10);
+    let (s, _) = session(MemorySource::new(img));
+    let msg = notice(img.len(), "2.0.0", &md5_hex(img));
+    s.handle_message(TOPIC, msg.as_bytes()).unwrap();
+    assert_eq!(fetch_all(&s), img);
+    s.handle_message(TOPIC, msg.as_bytes()).unwrap();
+    assert_eq!(s.state(), OtaState::Fetched);
+    assert!(s.check_firmware().unwrap(), "no second download");
+}

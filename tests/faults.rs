@@ -212,3 +212,71 @@ fn a_stall_longer_than_the_stall_timeout_reconnects() {
         "{last}"
     );
 }
+
+fn aliyun_notice(image: &[u8], url: &str) -> String {
+    format!(
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{}"}},"id":2,"message":"success"}}"#,
+        image.len(),
+        ota_cloud::cloud::md5_hex(image)
+    )
+}
+
+#[test]
+fn a_failed_download_resumes_at_its_offset_when_the_upgrade_comes_again() {
+    // No retries: the cut ends the download; the re-sent upgrade (new URL) continues it.
+    let run = start(
+        400_000,
+        Faults {
+            cut_at: Some(150_000),
+            ..Faults::default()
+        },
+        fast_retries(0),
+    );
+    let (mut flash, err, _) = download(&run, Duration::from_secs(2));
+    assert_eq!(err, Some(Error::Fetch(FetchError::Truncated)));
+    assert_eq!(run.session.fetched_size(), 150_000);
+    let second = FirmwareServer::start(run.image.clone()).unwrap();
+    let topic = run.session.downstream_topic().to_string();
+    run.session
+        .handle_message(&topic, aliyun_notice(&run.image, &second.url()).as_bytes())
+        .unwrap();
+    assert!(run.session.is_fetching());
+    assert_eq!(
+        run.session.fetched_size(),
+        150_000,
+        "resumed, not restarted"
+    );
+    let (rest, err, _) = download(&run, Duration::from_secs(2));
+    assert_eq!(err, None);
+    flash[150_000..].copy_from_slice(&rest[150_000..]);
+    assert!(flash == run.image);
+    assert!(run.session.check_firmware().unwrap());
+    assert_eq!(second.requests()[0].range.as_deref(), Some("bytes=150000-"));
+}
+
+#[test]
+fn an_expired_url_is_reported_and_a_fresh_one_requested() {
+    let run = start(
+        10_000,
+        Faults {
+            status: Some(403),
+            ..Faults::default()
+        },
+        fast_retries(3),
+    );
+    run.session.report_version("1.0.0").unwrap();
+    let (_, err, _) = download(&run, Duration::from_secs(2));
+    assert_eq!(err, Some(Error::Fetch(FetchError::Status(403))));
+    assert_eq!(run.server.requests().len(), 1, "403 is not retried");
+    let sent = run.sent.lock().unwrap().clone();
+    let n = sent.len();
+    assert!(
+        sent[n - 2].contains(r#""step":"-2""#) && sent[n - 2].contains("URL expired"),
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent[n - 1],
+        r#"{"id":3,"params":{"version":"1.0.0"}}"#,
+        "the request"
+    );
+}
