@@ -25,6 +25,26 @@
 #define MAX_DEPTH 16
 
 /*
+ Longest version, module, task id or batch a record holds, bytes.
+ */
+#define TEXT_MAX 64
+
+/*
+ Room for a serialized digest state, bytes (SHA-256 needs 104).
+ */
+#define DIGEST_STATE_MAX 128
+
+/*
+ The record format this build writes (and the only one it reads).
+ */
+#define FORMAT_VERSION 1
+
+/*
+ Length of an encoded record, bytes (every version-1 record has exactly this length).
+ */
+#define RECORD_LEN (CRC_AT + 4)
+
+/*
  Longest product key the HAL stores (buffers are `PRODUCT_KEY_LEN + 1`).
  */
 #define PRODUCT_KEY_LEN 20
@@ -267,6 +287,13 @@ typedef enum IOT_LogLevel {
 } IOT_LogLevel;
 
 /*
+ When to write the record while downloading: after `every_bytes` bytes or `every_percent`
+ percent of the image since the last save, whichever comes first (0 disables that
+ threshold; both 0 disables saving).
+ */
+typedef struct SavePolicy SavePolicy;
+
+/*
  How an Aliyun-family platform spells its upstream messages.
  */
 typedef struct Style Style;
@@ -386,6 +413,8 @@ typedef struct iotx_conn_info_t {
 typedef struct iotx_conn_info_t *iotx_conn_info_pt;
 
 typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
+
+
 
 
 

@@ -18,6 +18,7 @@ pub mod log;
 pub mod mqtt;
 pub mod ota;
 pub mod protocol;
+pub mod resume;
 pub mod retry;
 
 pub mod ffi;

@@ -120,6 +120,8 @@ pub struct MqttClient {
     backoff: Mutex<Backoff>,
     /// Run after every reconnection (after re-subscribing), e.g. to re-report versions.
     reconnect_hooks: Mutex<Vec<ReconnectHook>>,
+    /// How long a (re)connection attempt may take: rumqttc's connection timeout plus a margin.
+    connect_window: Duration,
     /// Set by `disconnect`: the connection's end is expected, not a loss.
     closing: Mutex<bool>,
 }
@@ -186,7 +188,8 @@ impl MqttClient {
         connection.eventloop.set_network_options(net);
         // rumqttc drops a half-made connection when recv_timeout expires: allow it the whole
         // connection timeout plus a margin for the CONNACK.
-        let deadline = Instant::now() + Duration::from_secs(secs + 2);
+        let connect_window = Duration::from_secs(secs + 2);
+        let deadline = Instant::now() + connect_window;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -224,6 +227,7 @@ impl MqttClient {
             backoff: Mutex::new(Backoff::new(RECONNECT_POLICY)),
             reconnect_hooks: Mutex::new(Vec::new()),
             closing: Mutex::new(false),
+            connect_window,
         })
     }
 
@@ -308,7 +312,9 @@ impl MqttClient {
         let deadline = Instant::now() + timeout;
         let mut passes = 0;
         loop {
-            if let Some(at) = *lock(&self.retry_at) {
+            // Copied out first: a guard in the `if let` scrutinee would live through the block.
+            let retry_at = *lock(&self.retry_at);
+            if let Some(at) = retry_at {
                 let now = Instant::now();
                 if now < at {
                     std::thread::sleep(at.min(deadline).saturating_duration_since(now));
@@ -319,7 +325,15 @@ impl MqttClient {
                 *lock(&self.retry_at) = None;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let event = if left.is_zero() {
+            let event = if !self.connected.load(Ordering::SeqCst) {
+                // rumqttc drops a half-made connection when the wait ends early, so a
+                // reconnection attempt gets the whole connect window, whatever the caller's
+                // timeout (this only happens after a drop, once per backoff period).
+                match connection.recv_timeout(left.max(self.connect_window)) {
+                    Ok(r) => r,
+                    Err(_) => return Ok(()),
+                }
+            } else if left.is_zero() {
                 // One pass: take what is ready (bounded, so a flood cannot hold the caller).
                 passes += 1;
                 if passes > MAX_READY_EVENTS {
@@ -346,7 +360,7 @@ impl MqttClient {
                         .unwrap_or(RECONNECT_POLICY.max_delay);
                     *lock(&self.retry_at) = Some(Instant::now() + delay);
                     if was {
-                        ota_log!(Level::Warning, "MQTT connection lost: {err}");
+                        ota_log!(Level::Warning, "MQTT connection lost: {err} ({e})");
                         self.emit(MqttEvent::Disconnected);
                     }
                     if Instant::now() >= deadline {

@@ -236,7 +236,8 @@ impl Engine {
             return Ok(());
         }
         if self.resumable_with_scratch() {
-            return Ok(self.resume_with_fresh_url());
+            self.resume_with_fresh_url();
+            return Ok(());
         }
         if self.state == OtaState::Fetched && self.verified && self.scratch.same_image(&self.notice)
         {

@@ -14,3 +14,4 @@ pub mod hal;
 pub mod log;
 pub mod mqtt;
 pub mod ota;
+pub mod resume;

@@ -310,6 +310,8 @@ pub struct Summary {
     pub version_replies_sent: u32,
     /// Firmware-request messages received (Aliyun).
     pub requests_received: u32,
+    /// Upgrade notifications that carried a fresh URL ([`Cloud::set_url_renewer`]).
+    pub urls_renewed: u32,
     /// The UCloud task id, once a task was sent.
     pub task_id: Option<String>,
     /// From the first upgrade notification to the end of the download (progress 100, or
@@ -413,6 +415,8 @@ pub struct Cloud {
     events: Receiver<Net>,
     quiet: bool,
     max_upgrade_messages: u32,
+    /// Gives a fresh firmware URL for every upgrade notification after the first.
+    renew_url: Option<Box<dyn FnMut() -> String + Send>>,
 }
 
 /// Kept from when Aliyun was the only protocol; `AliyunCloud::connect_aliyun(...)` reads
@@ -490,6 +494,7 @@ impl Cloud {
             events,
             quiet: false,
             max_upgrade_messages: DEFAULT_MAX_UPGRADE_MESSAGES,
+            renew_url: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         cloud.wait_for(deadline, |net| match net {
@@ -551,6 +556,17 @@ impl Cloud {
         self
     }
 
+    /// Makes every upgrade notification after the first of a run carry a fresh URL from
+    /// `renew` instead of the firmware's, as a platform signs a new download URL each time it
+    /// (re)sends an upgrade: a device whose URL expired (HTTP 403) asks again (Aliyun
+    /// `request`) or re-reports its version, and gets a URL that works. Typically
+    /// `let r = server.url_renewer(); cloud.set_url_renewer(move || r.renew());` with a
+    /// server whose [`crate::Faults::expire_after`] is set.
+    pub fn set_url_renewer(&mut self, renew: impl FnMut() -> String + Send + 'static) -> &mut Self {
+        self.renew_url = Some(Box::new(renew));
+        self
+    }
+
     /// Plays one upgrade: waits for the device's version report, offers `firmware` if the
     /// version differs, follows the progress and checks every message, and succeeds when the
     /// protocol's success condition is met (see [`Success::Upgraded`]). Gives up after
@@ -578,6 +594,7 @@ impl Cloud {
             upgrade_messages_sent: 0,
             version_replies_sent: 0,
             requests_received: 0,
+            urls_renewed: 0,
             task_id: None,
             download_time: None,
             elapsed: Duration::ZERO,
@@ -662,7 +679,18 @@ impl Cloud {
                     summary.upgrade_messages_sent,
                 ));
             }
-            if let Err(e) = self.publish_upgrade(firmware, &mut run) {
+            let renewed = match &mut self.renew_url {
+                Some(renew) if summary.upgrade_messages_sent > 0 => Some(Firmware {
+                    url: renew(),
+                    ..firmware.clone()
+                }),
+                _ => None,
+            };
+            if let Some(fresh) = &renewed {
+                self.say(format!("fresh firmware URL: {}", fresh.url));
+                summary.urls_renewed += 1;
+            }
+            if let Err(e) = self.publish_upgrade(renewed.as_ref().unwrap_or(firmware), &mut run) {
                 break Err(Failure::Mqtt(e.to_string()));
             }
             summary.upgrade_messages_sent += 1;

@@ -20,8 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::{
-    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer, Protocol,
-    Success, Summary,
+    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Faults, Firmware, FirmwareServer,
+    Protocol, Success, Summary,
 };
 
 pub const PRODUCT_KEY: &str = "a1DemoProduct";
@@ -63,6 +63,9 @@ pub struct DemoOptions {
     pub size: usize,
     /// Time the cloud waits for the upgrade, once the device program is built.
     pub timeout: Duration,
+    /// Faults the firmware server injects (none by default). With
+    /// [`Faults::expire_after`], every upgrade message after the first carries a fresh URL.
+    pub faults: Faults,
 }
 
 impl Default for DemoOptions {
@@ -73,6 +76,7 @@ impl Default for DemoOptions {
             options: CloudOptions::default(),
             size: DEFAULT_SIZE,
             timeout: Duration::from_secs(120),
+            faults: Faults::default(),
         }
     }
 }
@@ -120,13 +124,16 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     let broker = EmbeddedBroker::start().map_err(|e| format!("cannot start the broker: {e}"))?;
     println!("demo: MQTT broker on 127.0.0.1:{}", broker.port());
     let image = generate_firmware(opts.size);
-    let server =
-        FirmwareServer::start(image).map_err(|e| format!("cannot start HTTP server: {e}"))?;
+    let server = FirmwareServer::start_with(image, opts.faults.clone())
+        .map_err(|e| format!("cannot start HTTP server: {e}"))?;
     let firmware = Firmware::new(NEW_VERSION, server.url(), &server.image()[..]);
     println!(
         "demo: firmware {} bytes, version {NEW_VERSION}, md5 {}, at {}",
         firmware.size, firmware.md5, firmware.url
     );
+    for fault in server.fault_descriptions() {
+        println!("demo: fault: {fault}");
+    }
 
     let mut cloud = Cloud::connect(
         opts.protocol,
@@ -137,6 +144,10 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     )
     .map_err(|e| format!("cloud cannot connect: {e}"))?;
     cloud.set_options(opts.options.clone())?;
+    if opts.faults.expire_after.is_some() {
+        let renewer = server.url_renewer();
+        cloud.set_url_renewer(move || renewer.renew());
+    }
     println!("demo: the cloud plays {}", opts.protocol);
 
     device
@@ -221,6 +232,9 @@ pub fn print_report(r: &DemoReport) {
         s.progress.len(),
         s.versions
     );
+    if s.urls_renewed > 0 {
+        println!("fresh URLs     {}", s.urls_renewed);
+    }
     println!(
         "output file    {} ({} bytes)",
         if r.identical {

@@ -5,10 +5,16 @@
 //! logged ([`FirmwareServer::requests`]) so tests can check *how* it downloaded (ranges,
 //! re-requests after a cut), not only what ended up on disk. The TLS mode
 //! ([`FirmwareServer::start_tls`]) is rustls with the ring provider, like the device side.
+//!
+//! [`Faults`] covers what a real download meets: connections cut mid-body (at fixed or
+//! pseudo-random offsets), stalls, short bodies, a corrupted byte, refused connections,
+//! transient error statuses and signed URLs that expire ([`ExpireRule`],
+//! [`FirmwareServer::renew_url`]).
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -25,6 +31,12 @@ const POLL: Duration = Duration::from_millis(200);
 const CHUNK: usize = 64 * 1024;
 
 /// Faults to inject; all off by default (`Faults::default()` serves correctly).
+///
+/// Offsets are absolute byte offsets in the image, whatever `Range` a request asks for.
+/// Faults that fire "once" fire once per server, on the first response they apply to.
+/// When several apply to one request: `status`, then `fail_first`, then `expire_after` decide
+/// the status; for a file body, `short_body` and the cuts decide where it ends, `flip_byte_at`
+/// corrupts what is sent, `stall_ms` and `stall_once` only delay it.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Answer every request with this status (e.g. 403, 404, 500) and a short text body.
@@ -34,11 +46,54 @@ pub struct Faults {
     pub extra_bytes: usize,
     /// Close the connection once the file's bytes up to (not including) this absolute offset
     /// have been sent. Fires once per server, on the first response whose range contains it.
+    /// The same as a one-element [`cuts`](Self::cuts); both may be given.
     pub cut_at: Option<u64>,
     /// Ignore `Range` headers: always answer 200 with the whole file.
     pub ignore_range: bool,
-    /// Sleep this long between the response head and the body.
+    /// Sleep this long between the response head and the body (every response).
     pub stall_ms: u64,
+    /// Close the connection once the file's bytes up to (not including) each of these
+    /// absolute offsets have been sent. Each offset fires once per server, on the first
+    /// response whose range contains it (a response ends at its first pending offset): a
+    /// resumed request that starts past an offset skips it, which stays pending for a later
+    /// response that covers it (e.g. a restart from 0). Offsets at or past the end of the
+    /// image never fire.
+    pub cuts: Vec<u64>,
+    /// `(n, seed)`: `n` more cuts like [`cuts`](Self::cuts) at distinct pseudo-random offsets
+    /// in `1..len` (fewer if the image is too small), derived from `seed` (splitmix64, so the
+    /// same seed and image size give the same offsets). [`FirmwareServer::cut_offsets`] lists
+    /// them.
+    pub random_cuts: Option<(u32, u64)>,
+    /// `(offset, ms)`: once, on the first response that sends the byte at `offset`, stop for
+    /// `ms` milliseconds just before that byte (mid-body: the bytes before it are flushed),
+    /// then go on.
+    pub stall_once: Option<(u64, u64)>,
+    /// Announce the full `Content-Length` but send only this many body bytes, then close the
+    /// connection; every file response (a body this short or shorter is sent normally).
+    pub short_body: Option<u64>,
+    /// XOR 0xFF into the byte at this absolute offset in every response that sends it: the
+    /// transfer looks fine but the image is corrupt.
+    pub flip_byte_at: Option<u64>,
+    /// The first `n` connections are accepted and closed without any response (what the
+    /// client already sent is read first, so it sees a clean close).
+    pub close_before_headers: u32,
+    /// Answer the first requests (counted over all connections) with these statuses in order,
+    /// e.g. `[503, 503]`, with a short text body; later requests are served normally.
+    pub fail_first: Vec<u16>,
+    /// Make the URL expire like a signed download URL: requests then get 403. While this is
+    /// set, URLs carry a `?token=N` query; [`FirmwareServer::renew_url`] issues the next token,
+    /// after which only the new one is accepted.
+    pub expire_after: Option<ExpireRule>,
+}
+
+/// When a firmware URL (one `?token=N`) stops working: from then on it gets 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireRule {
+    /// After this many successful (2xx) requests with the URL, HEAD included.
+    Requests(u32),
+    /// Once the URL is older than this (the first URL is issued when the server starts, a
+    /// renewed one by [`FirmwareServer::renew_url`]).
+    Duration(Duration),
 }
 
 /// One request as the server saw and answered it.
@@ -58,9 +113,126 @@ struct Shared {
     faults: Faults,
     /// `Some`: every connection is TLS with this configuration.
     tls: Option<Arc<rustls::ServerConfig>>,
-    cut_done: AtomicBool,
+    /// `http://127.0.0.1:PORT/firmware.bin` or its TLS form, without a token.
+    base_url: String,
+    /// Every cut offset (`cut_at`, `cuts`, `random_cuts`), sorted, without duplicates.
+    cuts: Vec<u64>,
+    /// Which of `cuts` have fired.
+    cuts_fired: Mutex<Vec<bool>>,
+    stall_once_done: AtomicBool,
+    /// Connections accepted so far.
+    connections: AtomicU64,
+    /// Requests parsed so far (for `fail_first`).
+    requests_seen: AtomicU64,
+    token: Mutex<Token>,
     stop: AtomicBool,
     log: Mutex<Vec<RequestLog>>,
+}
+
+/// The one URL token currently accepted (with `expire_after`).
+struct Token {
+    current: u64,
+    issued: Instant,
+    /// Successful requests with the current token.
+    successes: u32,
+}
+
+impl Shared {
+    fn url(&self) -> String {
+        match self.faults.expire_after {
+            Some(_) => format!(
+                "{}?token={}",
+                self.base_url,
+                self.token.lock().unwrap().current
+            ),
+            None => self.base_url.clone(),
+        }
+    }
+
+    fn renew_url(&self) -> String {
+        if self.faults.expire_after.is_none() {
+            return self.base_url.clone();
+        }
+        let mut t = self.token.lock().unwrap();
+        *t = Token {
+            current: t.current + 1,
+            issued: Instant::now(),
+            successes: 0,
+        };
+        format!("{}?token={}", self.base_url, t.current)
+    }
+
+    /// With `expire_after`: whether `target` (path and query) is refused because its token is
+    /// missing, old or expired. A request that is accepted and `succeeds` counts against the
+    /// token's budget.
+    fn url_expired(&self, target: &str, succeeds: bool) -> bool {
+        let Some(rule) = self.faults.expire_after else {
+            return false;
+        };
+        let token = target
+            .split_once('?')
+            .map(|(_, q)| q.split('#').next().unwrap_or(""))
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+            .and_then(|t| t.parse::<u64>().ok());
+        let mut t = self.token.lock().unwrap();
+        if token != Some(t.current) {
+            return true;
+        }
+        let expired = match rule {
+            ExpireRule::Requests(n) => t.successes >= n,
+            ExpireRule::Duration(d) => t.issued.elapsed() >= d,
+        };
+        if !expired && succeeds {
+            t.successes += 1;
+        }
+        expired
+    }
+
+    /// Claims the first pending cut in `[start, end)`, if any.
+    fn claim_cut(&self, start: u64, end: u64) -> Option<u64> {
+        let mut fired = self.cuts_fired.lock().unwrap();
+        let i = self
+            .cuts
+            .iter()
+            .enumerate()
+            .position(|(i, &c)| c >= start && c < end && !fired[i])?;
+        fired[i] = true;
+        Some(self.cuts[i])
+    }
+
+    /// Sleeps `d`, waking early when the server stops.
+    fn sleep(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stop.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            thread::sleep(left.min(POLL));
+        }
+    }
+}
+
+/// `n` distinct offsets in `1..len` from `seed` (splitmix64), sorted.
+fn random_offsets(n: u32, seed: u64, len: u64) -> Vec<u64> {
+    if len < 2 {
+        return Vec::new();
+    }
+    let span = len - 1;
+    let want = u64::from(n).min(span);
+    if want == span {
+        return (1..len).collect();
+    }
+    let mut state = seed;
+    let mut out = BTreeSet::new();
+    while (out.len() as u64) < want {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.insert(1 + (z ^ (z >> 31)) % span);
+    }
+    out.into_iter().collect()
 }
 
 /// Serves one firmware image at `http://127.0.0.1:PORT/firmware.bin` (or, in TLS mode,
@@ -106,11 +278,32 @@ impl FirmwareServer {
     ) -> io::Result<FirmwareServer> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
+        let port = addr.port();
+        let base_url = match tls {
+            Some(_) => format!("https://localhost:{port}/{FILE_NAME}"),
+            None => format!("http://127.0.0.1:{port}/{FILE_NAME}"),
+        };
+        let mut cuts: BTreeSet<u64> = faults.cuts.iter().copied().collect();
+        cuts.extend(faults.cut_at);
+        if let Some((n, seed)) = faults.random_cuts {
+            cuts.extend(random_offsets(n, seed, image.len() as u64));
+        }
+        let cuts: Vec<u64> = cuts.into_iter().collect();
         let shared = Arc::new(Shared {
             image,
             faults,
             tls,
-            cut_done: AtomicBool::new(false),
+            base_url,
+            cuts_fired: Mutex::new(vec![false; cuts.len()]),
+            cuts,
+            stall_once_done: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            requests_seen: AtomicU64::new(0),
+            token: Mutex::new(Token {
+                current: 0,
+                issued: Instant::now(),
+                successes: 0,
+            }),
             stop: AtomicBool::new(false),
             log: Mutex::new(Vec::new()),
         });
@@ -128,12 +321,44 @@ impl FirmwareServer {
     /// The firmware's URL: `http://127.0.0.1:PORT/firmware.bin`, or
     /// `https://localhost:PORT/firmware.bin` in TLS mode (`localhost`, so that the client
     /// verifies a host name; clients that try `::1` first fall back to 127.0.0.1).
+    ///
+    /// With [`Faults::expire_after`] it carries the current token: `...?token=0` until the
+    /// first [`renew_url`](Self::renew_url).
     pub fn url(&self) -> String {
-        let port = self.addr.port();
-        match self.shared.tls {
-            Some(_) => format!("https://localhost:{port}/{FILE_NAME}"),
-            None => format!("http://127.0.0.1:{port}/{FILE_NAME}"),
-        }
+        self.shared.url()
+    }
+
+    /// Issues a fresh URL, as a platform does when a device asks again after its signed URL
+    /// expired: with [`Faults::expire_after`] the next `?token=N`, whose budget (requests or
+    /// time) starts now; the previous tokens get 403 from then on. Without `expire_after`
+    /// nothing expires and this is [`url`](Self::url).
+    pub fn renew_url(&self) -> String {
+        self.shared.renew_url()
+    }
+
+    /// A handle that renews this server's URL from elsewhere (e.g. a [`crate::Cloud`] in
+    /// another thread, see [`crate::Cloud::set_url_renewer`]).
+    pub fn url_renewer(&self) -> UrlRenewer {
+        UrlRenewer(Arc::clone(&self.shared))
+    }
+
+    /// Every offset the server cuts the connection at once ([`Faults::cut_at`],
+    /// [`Faults::cuts`] and the offsets drawn for [`Faults::random_cuts`]), sorted, without
+    /// duplicates.
+    pub fn cut_offsets(&self) -> Vec<u64> {
+        self.shared.cuts.clone()
+    }
+
+    /// The faults in force, one line each (random cuts resolved to their offsets); empty when
+    /// the server serves correctly.
+    pub fn fault_descriptions(&self) -> Vec<String> {
+        describe(&self.shared)
+    }
+
+    /// Connections accepted so far, including those closed by
+    /// [`Faults::close_before_headers`].
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Whether the server speaks TLS.
@@ -155,6 +380,105 @@ impl FirmwareServer {
     pub fn requests(&self) -> Vec<RequestLog> {
         self.shared.log.lock().unwrap().clone()
     }
+}
+
+/// Renews a [`FirmwareServer`]'s URL ([`FirmwareServer::renew_url`]) without borrowing the
+/// server; cheap to clone.
+#[derive(Clone)]
+pub struct UrlRenewer(Arc<Shared>);
+
+impl UrlRenewer {
+    /// [`FirmwareServer::renew_url`].
+    pub fn renew(&self) -> String {
+        self.0.renew_url()
+    }
+}
+
+impl std::fmt::Debug for UrlRenewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("UrlRenewer").field(&self.0.base_url).finish()
+    }
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe(shared: &Shared) -> Vec<String> {
+    let f = &shared.faults;
+    let mut out = Vec::new();
+    if let Some(s) = f.status {
+        out.push(format!("every request answered with status {s}"));
+    }
+    if !f.fail_first.is_empty() {
+        out.push(format!(
+            "the first {} request(s) answered with {}",
+            f.fail_first.len(),
+            join(&f.fail_first)
+        ));
+    }
+    if f.close_before_headers > 0 {
+        out.push(format!(
+            "the first {} connection(s) closed without a response",
+            f.close_before_headers
+        ));
+    }
+    match f.expire_after {
+        Some(ExpireRule::Requests(n)) => out.push(format!(
+            "the URL expires (403) after {n} successful request(s); a fresh one is issued on request"
+        )),
+        Some(ExpireRule::Duration(d)) => out.push(format!(
+            "the URL expires (403) {:.1} s after it was issued; a fresh one is issued on request",
+            d.as_secs_f64()
+        )),
+        None => {}
+    }
+    if f.ignore_range {
+        out.push("Range ignored: always 200 with the whole file".into());
+    }
+    if f.stall_ms > 0 {
+        out.push(format!(
+            "every response stalls {} ms between head and body",
+            f.stall_ms
+        ));
+    }
+    if let Some((at, ms)) = f.stall_once {
+        out.push(format!("one stall of {ms} ms before byte {at}"));
+    }
+    if !shared.cuts.is_empty() {
+        let how = match f.random_cuts {
+            Some((n, seed)) => format!(" ({n} random, seed {seed})"),
+            None => String::new(),
+        };
+        out.push(format!(
+            "connection cut once at each of the offsets {}{how}",
+            join(&shared.cuts)
+        ));
+    } else if let Some((n, seed)) = f.random_cuts {
+        out.push(format!(
+            "{n} random cut(s), seed {seed}: none fit an image of {} bytes",
+            shared.image.len()
+        ));
+    }
+    if let Some(n) = f.short_body {
+        out.push(format!(
+            "every body cut short after {n} bytes (full Content-Length announced), then close"
+        ));
+    }
+    if let Some(at) = f.flip_byte_at {
+        out.push(format!("the byte at offset {at} is corrupted (XOR 0xFF)"));
+    }
+    if f.extra_bytes > 0 {
+        out.push(format!(
+            "{} extra byte(s) after every body, then close",
+            f.extra_bytes
+        ));
+    }
+    out
 }
 
 impl Drop for FirmwareServer {
@@ -240,6 +564,15 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
     stream.set_read_timeout(Some(POLL))?;
     stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
     stream.set_nodelay(true)?;
+    let n = shared.connections.fetch_add(1, Ordering::SeqCst);
+    if n < u64::from(shared.faults.close_before_headers) {
+        // Read what the client sent (its request, or a TLS ClientHello), so that closing does
+        // not turn into a reset, then close without a word.
+        let mut sink = [0u8; 4096];
+        let _ = stream.read(&mut sink);
+        let _ = stream.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     match &shared.tls {
         // The handshake runs inside the first read; a client that rejects the certificate
         // ends it there with an alert, which comes back here as an error.
@@ -430,9 +763,11 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         416 => "Range Not Satisfiable",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Status",
     }
 }
@@ -488,19 +823,27 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
         bytes_sent: 0,
     };
     let path = req.path.split(['?', '#']).next().unwrap_or("");
+    let seq = shared.requests_seen.fetch_add(1, Ordering::SeqCst);
+    let injected = usize::try_from(seq)
+        .ok()
+        .and_then(|i| faults.fail_first.get(i).copied());
 
-    // Decide the status and, for the file, the inclusive byte range to send.
+    // Decide the status and, for the file, the byte range to send (end exclusive).
     let mut file_range = None;
     let mut text_body = "";
     let mut extra_headers = String::new();
     if let Some(status) = faults.status {
         log.status = status;
         text_body = "injected fault\n";
+    } else if let Some(status) = injected {
+        log.status = status;
+        text_body = "injected failure\n";
     } else if req.method != "GET" && !is_head {
         log.status = 405;
         text_body = "method not allowed\n";
         extra_headers.push_str("Allow: GET, HEAD\r\n");
     } else if !path.ends_with(&format!("/{FILE_NAME}")) {
+        // A wrong path is refused before the signature is looked at, so it costs no budget.
         log.status = 404;
         text_body = "not found\n";
     } else {
@@ -508,24 +851,30 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
             Some(r) if !faults.ignore_range => parse_range(r, total),
             _ => RangeReq::Ignore,
         };
-        extra_headers.push_str("Accept-Ranges: bytes\r\n");
-        match range {
-            RangeReq::Satisfiable(s, e) => {
-                log.status = 206;
-                extra_headers.push_str(&format!("Content-Range: bytes {s}-{e}/{total}\r\n"));
-                file_range = Some((s, e + 1));
+        let succeeds = range != RangeReq::Unsatisfiable;
+        if shared.url_expired(&req.path, succeeds) {
+            log.status = 403;
+            text_body = "URL expired\n";
+        } else {
+            extra_headers.push_str("Accept-Ranges: bytes\r\n");
+            match range {
+                RangeReq::Satisfiable(s, e) => {
+                    log.status = 206;
+                    extra_headers.push_str(&format!("Content-Range: bytes {s}-{e}/{total}\r\n"));
+                    file_range = Some((s, e + 1));
+                }
+                RangeReq::Unsatisfiable => {
+                    log.status = 416;
+                    extra_headers.push_str(&format!("Content-Range: bytes */{total}\r\n"));
+                }
+                RangeReq::Ignore => {
+                    log.status = 200;
+                    file_range = Some((0, total));
+                }
             }
-            RangeReq::Unsatisfiable => {
-                log.status = 416;
-                extra_headers.push_str(&format!("Content-Range: bytes */{total}\r\n"));
+            if file_range.is_some() {
+                extra_headers.push_str("Content-Type: application/octet-stream\r\n");
             }
-            RangeReq::Ignore => {
-                log.status = 200;
-                file_range = Some((0, total));
-            }
-        }
-        if file_range.is_some() {
-            extra_headers.push_str("Content-Type: application/octet-stream\r\n");
         }
     }
     if faults.extra_bytes > 0 && !is_head {
@@ -546,24 +895,22 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
             return Ok(keep);
         }
         if faults.stall_ms > 0 {
-            thread::sleep(Duration::from_millis(faults.stall_ms));
+            stream.flush()?;
+            shared.sleep(Duration::from_millis(faults.stall_ms));
         }
         match file_range {
             Some((s, e)) => {
-                // The cut fires once, on the first response that covers the offset.
-                let cut = faults
-                    .cut_at
-                    .filter(|&c| c >= s && c < e)
-                    .filter(|_| !shared.cut_done.swap(true, Ordering::SeqCst));
-                let end = cut.unwrap_or(e);
-                let mut pos = s;
-                while pos < end {
-                    let n = (end - pos).min(CHUNK as u64);
-                    stream.write_all(&image[pos as usize..(pos + n) as usize])?;
-                    pos += n;
-                    log.bytes_sent += n;
+                // Where this body ends: a short body, else the first pending cut in range.
+                let mut end = e;
+                if let Some(n) = faults.short_body {
+                    end = end.min(s.saturating_add(n));
                 }
-                if cut.is_some() {
+                if let Some(c) = shared.claim_cut(s, end) {
+                    end = c;
+                }
+                send_file(stream, shared, s, end, &mut log.bytes_sent)?;
+                if end < e {
+                    stream.flush()?;
                     return Ok(false);
                 }
             }
@@ -581,6 +928,42 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
     })();
     shared.log.lock().unwrap().push(log);
     result
+}
+
+/// Writes the image's bytes `start..end`, with the one-time stall and the flipped byte.
+fn send_file(
+    stream: &mut impl Conn,
+    shared: &Shared,
+    start: u64,
+    end: u64,
+    sent: &mut u64,
+) -> io::Result<()> {
+    let faults = &shared.faults;
+    let image = &shared.image;
+    let mut pos = start;
+    while pos < end {
+        let mut n = (end - pos).min(CHUNK as u64);
+        if let Some((at, ms)) = faults.stall_once {
+            if at == pos && !shared.stall_once_done.swap(true, Ordering::SeqCst) {
+                stream.flush()?;
+                shared.sleep(Duration::from_millis(ms));
+            } else if at > pos && at < pos + n {
+                n = at - pos; // stop right before it; the next round stalls
+            }
+        }
+        let chunk = &image[pos as usize..(pos + n) as usize];
+        match faults.flip_byte_at {
+            Some(at) if at >= pos && at < pos + n => {
+                let mut bad = chunk.to_vec();
+                bad[(at - pos) as usize] ^= 0xff;
+                stream.write_all(&bad)?;
+            }
+            _ => stream.write_all(chunk)?,
+        }
+        pos += n;
+        *sent += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -603,6 +986,19 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 10), Ignore);
         assert_eq!(parse_range("bytes=x-", 10), Ignore);
         assert_eq!(parse_range("bytes=+1-", 10), Ignore);
+    }
+
+    #[test]
+    fn random_offsets_are_distinct_inside_the_file_and_reproducible() {
+        let a = random_offsets(20, 7, 1000);
+        assert_eq!(a.len(), 20);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert!(a.iter().all(|&o| o > 0 && o < 1000));
+        assert_eq!(a, random_offsets(20, 7, 1000));
+        assert_ne!(a, random_offsets(20, 8, 1000));
+        assert_eq!(random_offsets(10, 1, 4), [1, 2, 3]);
+        assert!(random_offsets(3, 1, 1).is_empty());
+        assert!(random_offsets(0, 1, 100).is_empty());
     }
 
     #[test]

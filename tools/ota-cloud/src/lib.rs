@@ -27,7 +27,7 @@ pub use cloud::{
     md5_hex, sha256_hex, AliyunCloud, Cloud, CloudOptions, DeviceMsg, Failure, Firmware, Protocol,
     Success, Summary, TencentState, DEFAULT_MAX_UPGRADE_MESSAGES,
 };
-pub use http::{Faults, FirmwareServer, RequestLog};
+pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, UrlRenewer};
 pub use sagoo::SignMethod;
 
 /// A deterministic pseudo-random firmware image of `size` bytes (the same bytes every time), so

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ota_cloud::demo::{self, DemoOptions, DeviceKind};
 use ota_cloud::{
-    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer, Protocol,
-    SignMethod,
+    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, ExpireRule, Faults, Firmware,
+    FirmwareServer, Protocol, SignMethod,
 };
 
 const USAGE: &str = "\
@@ -17,6 +17,7 @@ usage:
                   (--firmware FILE | --firmware-size BYTES [--write-firmware PATH])
                   [--timeout-s 120] [--protocol aliyun|sagoo|tencent|ucloud]
                   [--module M] [--sign-method md5|sha256] [--current-version X]
+                  [fault flags]
       Serve the firmware over HTTP on 127.0.0.1 and play the platform's side of one upgrade
       to version V, checking every message the device sends against the protocol (a wrong
       topic, a missing or unknown key or a wrong JSON type fails the run). Exit 0 when the
@@ -30,10 +31,36 @@ usage:
       Run the embedded MQTT 3.1.1 broker on 127.0.0.1 in the foreground.
   ota-cloud demo [--device c|rust] [--size BYTES] [--timeout-s 120]
                  [--protocol aliyun|sagoo|tencent|ucloud] [--sign-method md5|sha256]
+                 [fault flags]
       One-command demo: embedded broker + firmware server + cloud + a device program from
       this workspace (default rust, 4 MiB), told the protocol in OTA_PROTOCOL. Exit 0 only
       if the device wrote a byte-identical file and completed the upgrade.
   ota-cloud help
+fault flags (serve, demo): the firmware server misbehaves so the device's recovery can be
+rehearsed; all off by default, any combination; OFFSETs are byte offsets in the image.
+  --cut-at OFFSET[,OFFSET...]   close the connection once the bytes up to each OFFSET have
+                                been sent; each fires once, on the first response that
+                                covers it (a resumed request starting past it is not cut)
+  --random-cuts N[:SEED]        N such cuts at distinct pseudo-random offsets drawn from SEED
+                                (default 0: the same seed and size give the same offsets)
+  --stall-ms MS                 pause MS between the head and the body of every response
+  --stall-at OFFSET:MS          pause MS once, mid-body, just before the byte at OFFSET
+  --short-body BYTES            announce the full Content-Length but send only BYTES of
+                                every body, then close
+  --flip-at OFFSET              corrupt the byte at OFFSET (XOR 0xFF) in every response
+                                that sends it
+  --ignore-range                ignore Range headers: always 200 with the whole file
+  --status CODE                 answer every request with status CODE
+  --fail-first CODE[,CODE...]   answer the first requests with these statuses, in order,
+                                then serve normally (e.g. 503,503)
+  --close-before-headers N      accept the first N connections and close them unanswered
+  --expire-after N              the URL gets 403 after N successful requests
+  --expire-after-s SECONDS      the URL gets 403 once it is SECONDS old
+      With --expire-after or --expire-after-s the URL carries ?token=N, and every upgrade
+      message after the first (the device asks again: aliyun request on
+      /ota/device/request/PK/DN; or it re-reports its version) carries a fresh URL that
+      works again while the old one keeps getting 403. The cloud still sends at most 5
+      upgrade messages per run. The active faults are printed at start.
 exit status: 0 success, 1 failure, 2 usage error";
 
 /// A usage error: printed with the usage text, exit 2.
@@ -61,19 +88,46 @@ fn main() -> ExitCode {
     }
 }
 
-/// Parses `--name value` pairs, accepting only `allowed` names, each at most once.
-fn flags(args: &[String], allowed: &[&str]) -> Result<HashMap<String, String>, Usage> {
+/// Fault flags taking a value, shared by `serve` and `demo`.
+const FAULT_FLAGS: &[&str] = &[
+    "cut-at",
+    "random-cuts",
+    "stall-ms",
+    "stall-at",
+    "short-body",
+    "flip-at",
+    "status",
+    "fail-first",
+    "close-before-headers",
+    "expire-after",
+    "expire-after-s",
+];
+
+/// Fault flags without a value.
+const FAULT_SWITCHES: &[&str] = &["ignore-range"];
+
+/// Parses `--name value` pairs, accepting only `allowed` names, and `--name` alone for the
+/// `switches` (stored with an empty value), each at most once.
+fn flags(
+    args: &[String],
+    allowed: &[&str],
+    switches: &[&str],
+) -> Result<HashMap<String, String>, Usage> {
     let mut out = HashMap::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let name = arg
             .strip_prefix("--")
-            .filter(|n| allowed.contains(n))
+            .filter(|n| allowed.contains(n) || switches.contains(n))
             .ok_or_else(|| Usage(format!("unexpected argument {arg:?}")))?;
-        let value = it
-            .next()
-            .ok_or_else(|| Usage(format!("--{name} needs a value")))?;
-        if out.insert(name.to_string(), value.clone()).is_some() {
+        let value = if switches.contains(&name) {
+            String::new()
+        } else {
+            it.next()
+                .ok_or_else(|| Usage(format!("--{name} needs a value")))?
+                .clone()
+        };
+        if out.insert(name.to_string(), value).is_some() {
             return Err(Usage(format!("--{name} given twice")));
         }
     }
@@ -115,6 +169,90 @@ fn sign_method(f: &HashMap<String, String>) -> Result<SignMethod, Usage> {
         .unwrap_or_default())
 }
 
+/// Parses one number of a flag's value.
+fn parse_num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, Usage> {
+    v.trim()
+        .parse()
+        .map_err(|_| Usage(format!("--{name}: {v:?} is not a valid number")))
+}
+
+/// Parses `A[,B...]` into numbers.
+fn num_list<T: std::str::FromStr>(name: &str, v: &str) -> Result<Vec<T>, Usage> {
+    v.split(',').map(|x| parse_num(name, x)).collect()
+}
+
+fn http_status(name: &str, v: &str) -> Result<u16, Usage> {
+    let code: u16 = parse_num(name, v)?;
+    if (100..=599).contains(&code) {
+        Ok(code)
+    } else {
+        Err(Usage(format!("--{name}: {code} is not an HTTP status")))
+    }
+}
+
+/// The firmware server's faults from the fault flags.
+fn faults(f: &HashMap<String, String>) -> Result<Faults, Usage> {
+    let get = |name: &str| f.get(name).map(String::as_str);
+    let mut faults = Faults {
+        ignore_range: f.contains_key("ignore-range"),
+        stall_ms: number(f, "stall-ms", 0u64)?,
+        close_before_headers: number(f, "close-before-headers", 0u32)?,
+        ..Faults::default()
+    };
+    if let Some(v) = get("cut-at") {
+        faults.cuts = num_list("cut-at", v)?;
+    }
+    if let Some(v) = get("random-cuts") {
+        let (n, seed) = v.split_once(':').unwrap_or((v, "0"));
+        faults.random_cuts = Some((
+            parse_num("random-cuts", n)?,
+            parse_num("random-cuts", seed)?,
+        ));
+    }
+    if let Some(v) = get("stall-at") {
+        let (at, ms) = v
+            .split_once(':')
+            .ok_or_else(|| Usage(format!("--stall-at {v:?} is not OFFSET:MS")))?;
+        faults.stall_once = Some((parse_num("stall-at", at)?, parse_num("stall-at", ms)?));
+    }
+    if let Some(v) = get("short-body") {
+        faults.short_body = Some(parse_num("short-body", v)?);
+    }
+    if let Some(v) = get("flip-at") {
+        faults.flip_byte_at = Some(parse_num("flip-at", v)?);
+    }
+    if let Some(v) = get("status") {
+        faults.status = Some(http_status("status", v)?);
+    }
+    if let Some(v) = get("fail-first") {
+        faults.fail_first = v
+            .split(',')
+            .map(|c| http_status("fail-first", c))
+            .collect::<Result<_, _>>()?;
+    }
+    faults.expire_after = match (get("expire-after"), get("expire-after-s")) {
+        (Some(_), Some(_)) => {
+            return Err(Usage(
+                "give --expire-after or --expire-after-s, not both".into(),
+            ))
+        }
+        (Some(n), None) => Some(ExpireRule::Requests(parse_num("expire-after", n)?)),
+        (None, Some(s)) => {
+            let secs: f64 = parse_num("expire-after-s", s)?;
+            let d = Duration::try_from_secs_f64(secs)
+                .map_err(|_| Usage(format!("--expire-after-s: {s:?} is not a duration")))?;
+            Some(ExpireRule::Duration(d))
+        }
+        (None, None) => None,
+    };
+    Ok(faults)
+}
+
+/// `serve`'s and `demo`'s flags plus the fault flags.
+fn with_faults<'a>(own: &[&'a str]) -> Vec<&'a str> {
+    own.iter().chain(FAULT_FLAGS).copied().collect()
+}
+
 fn fail(msg: impl std::fmt::Display) -> Result<ExitCode, Usage> {
     eprintln!("ota-cloud: {msg}");
     Ok(ExitCode::FAILURE)
@@ -123,7 +261,7 @@ fn fail(msg: impl std::fmt::Display) -> Result<ExitCode, Usage> {
 fn serve(args: &[String]) -> Result<ExitCode, Usage> {
     let f = flags(
         args,
-        &[
+        &with_faults(&[
             "broker",
             "product-key",
             "device-name",
@@ -136,7 +274,8 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
             "module",
             "sign-method",
             "current-version",
-        ],
+        ]),
+        FAULT_SWITCHES,
     )?;
     let broker = required(&f, "broker")?;
     let (host, port) = broker
@@ -158,6 +297,7 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
     options
         .check(protocol)
         .map_err(|e| Usage(format!("{e} (--protocol {protocol})")))?;
+    let faults = faults(&f)?;
 
     let image = match (f.get("firmware"), f.get("firmware-size")) {
         (Some(_), Some(_)) => {
@@ -182,7 +322,8 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
         }
     };
 
-    let server = match FirmwareServer::start(image) {
+    let expires = faults.expire_after.is_some();
+    let server = match FirmwareServer::start_with(image, faults) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot start the HTTP server: {e}")),
     };
@@ -190,12 +331,17 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
     println!("firmware url: {}", firmware.url);
     println!("firmware md5: {}", firmware.md5);
     println!("firmware size: {}", firmware.size);
+    print_faults(&server);
     let mut cloud = match Cloud::connect(protocol, host, port, product_key, device_name) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     if let Err(e) = cloud.set_options(options) {
         return Err(Usage(e));
+    }
+    if expires {
+        let renewer = server.url_renewer();
+        cloud.set_url_renewer(move || renewer.renew());
     }
     let summary = cloud.run(&firmware, timeout);
     match summary.outcome {
@@ -204,8 +350,18 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
     }
 }
 
+fn print_faults(server: &FirmwareServer) {
+    let faults = server.fault_descriptions();
+    if faults.is_empty() {
+        println!("faults: none");
+    }
+    for fault in faults {
+        println!("fault: {fault}");
+    }
+}
+
 fn broker(args: &[String]) -> Result<ExitCode, Usage> {
-    let f = flags(args, &["port"])?;
+    let f = flags(args, &["port"], &[])?;
     let started = match number(&f, "port", 0u16)? {
         0 => EmbeddedBroker::start(),
         port => EmbeddedBroker::start_on(port),
@@ -224,7 +380,8 @@ fn broker(args: &[String]) -> Result<ExitCode, Usage> {
 fn run_demo(args: &[String]) -> Result<ExitCode, Usage> {
     let f = flags(
         args,
-        &["device", "size", "timeout-s", "protocol", "sign-method"],
+        &with_faults(&["device", "size", "timeout-s", "protocol", "sign-method"]),
+        FAULT_SWITCHES,
     )?;
     let defaults = DemoOptions::default();
     let protocol = protocol(&f)?;
@@ -246,6 +403,7 @@ fn run_demo(args: &[String]) -> Result<ExitCode, Usage> {
             .unwrap_or(defaults.device),
         size: number(&f, "size", defaults.size)?,
         timeout: Duration::from_secs(number(&f, "timeout-s", defaults.timeout.as_secs())?),
+        faults: faults(&f)?,
     };
     match demo::run(&opts) {
         Ok(report) => {

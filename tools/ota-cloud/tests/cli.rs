@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use common::{broker_port, FakeDevice, TIMEOUT};
+use common::{broker_port, FakeDevice, HttpConn, TIMEOUT};
 use ota_cloud::generate_firmware;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-cloud");
@@ -90,6 +90,15 @@ fn usage_errors_exit_2() {
         &["--protocol", "sagoo", "--sign-method", "sha1"][..],
         &["--protocol", "sagoo", "--current-version", "0.9"][..],
         &["--protocol", "sagoo", "--module", ""][..],
+        &["--stall-at", "100"][..],
+        &["--stall-at", "x:5"][..],
+        &["--cut-at", "10,,20"][..],
+        &["--random-cuts", "3:"][..],
+        &["--status", "42"][..],
+        &["--fail-first", "503,x"][..],
+        &["--expire-after", "1", "--expire-after-s", "2"][..],
+        &["--expire-after-s", "-1"][..],
+        &["--ignore-range", "yes"][..],
     ] {
         let out = Command::new(BIN).args(base).args(extra).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{extra:?}");
@@ -106,6 +115,18 @@ fn usage_errors_exit_2() {
         "--current-version",
         "--sign-method",
         "--module",
+        "--cut-at OFFSET[,OFFSET...]",
+        "--random-cuts N[:SEED]",
+        "--stall-ms MS",
+        "--stall-at OFFSET:MS",
+        "--short-body BYTES",
+        "--flip-at OFFSET",
+        "--ignore-range",
+        "--status CODE",
+        "--fail-first CODE[,CODE...]",
+        "--close-before-headers N",
+        "--expire-after N",
+        "--expire-after-s SECONDS",
     ] {
         assert!(usage.contains(word), "{word}");
     }
@@ -123,6 +144,17 @@ fn serve_on(
     extra: &[&str],
     script: impl FnOnce(&FakeDevice, &str),
 ) -> (Option<i32>, String) {
+    let (code, stderr, _) = serve_full(dn, downstream, extra, script);
+    (code, stderr)
+}
+
+/// Like [`serve_on`]; also returns what `serve` printed before the device started.
+fn serve_full(
+    dn: &str,
+    downstream: &str,
+    extra: &[&str],
+    script: impl FnOnce(&FakeDevice, &str),
+) -> (Option<i32>, String, Vec<String>) {
     let port = broker_port().to_string();
     let broker = format!("127.0.0.1:{port}");
     let mut child = Command::new(BIN)
@@ -157,6 +189,7 @@ fn serve_on(
     });
     // The cloud is subscribed once it says it waits for the version report.
     let mut url = String::new();
+    let mut startup = Vec::new();
     loop {
         let line = lines
             .recv_timeout(TIMEOUT)
@@ -167,13 +200,14 @@ fn serve_on(
         if line.contains("waiting for the device's version report") {
             break;
         }
+        startup.push(line);
     }
     let device = FakeDevice::connect_on(broker_port(), "pk", dn, downstream);
     script(&device, &url);
     let code = child.wait().unwrap().code();
     let errors = errors.join().unwrap();
     eprint!("{errors}");
-    (code, errors)
+    (code, errors, startup)
 }
 
 #[test]
@@ -321,4 +355,124 @@ fn serve_reports_a_violation_with_exit_1() {
     );
     assert_eq!(code, Some(1));
     assert!(stderr.contains("protocol violation"), "{stderr}");
+}
+
+/// The path and query of `http://127.0.0.1:PORT/...`, and the port.
+fn split_url(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://127.0.0.1:").unwrap();
+    let (port, path) = rest.split_once('/').unwrap();
+    (port.parse().unwrap(), format!("/{path}"))
+}
+
+#[test]
+fn serve_cut_at_a_device_that_resumes_with_range_completes() {
+    let (code, _, startup) = serve_full(
+        "cli-cut",
+        "/ota/device/upgrade/pk/cli-cut",
+        &["--firmware-size", "70000", "--cut-at", "20000,50000"],
+        |dev, url| {
+            dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+            assert_eq!(dev.next_upgrade()["data"]["url"], url);
+            let (port, path) = split_url(url);
+            let mut got = Vec::new();
+            let mut cuts = Vec::new();
+            while got.len() < 70_000 && cuts.len() < 10 {
+                let mut conn = HttpConn::open(port);
+                let range = format!("bytes={}-", got.len());
+                let r = conn.request("GET", &path, &[("Range", &range)]);
+                assert_eq!(r.status, 206);
+                let announced: usize = r.header("Content-Length").unwrap().parse().unwrap();
+                got.extend_from_slice(&r.body);
+                if r.body.len() < announced {
+                    cuts.push(got.len());
+                }
+            }
+            assert_eq!(cuts, [20_000, 50_000]);
+            assert_eq!(got, generate_firmware(70_000));
+            dev.send("progress", r#"{"id":2,"params":{"step":"100"}}"#);
+            dev.send("inform", r#"{"id":3,"params":{"version":"2.0.0"}}"#);
+        },
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.starts_with("fault: ") && l.contains("20000, 50000")),
+        "{startup:?}"
+    );
+}
+
+#[test]
+fn serve_expire_after_a_device_that_asks_again_gets_a_fresh_url() {
+    let (code, _, startup) = serve_full(
+        "cli-expire",
+        "/ota/device/upgrade/pk/cli-expire",
+        &["--firmware-size", "5000", "--expire-after", "1"],
+        |dev, url| {
+            assert!(url.ends_with("?token=0"), "{url}");
+            dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+            assert_eq!(dev.next_upgrade()["data"]["url"], url);
+            let (port, old) = split_url(url);
+            let mut conn = HttpConn::open(port);
+            let r = conn.request("GET", &old, &[("Range", "bytes=0-1999")]);
+            assert_eq!(r.status, 206);
+            let mut got = r.body;
+            // One request was all the URL was good for.
+            let r = conn.request("GET", &old, &[("Range", "bytes=2000-")]);
+            assert_eq!(r.status, 403);
+            dev.send("request", r#"{"id":2,"params":{"version":"1.0.0"}}"#);
+            let data = dev.next_upgrade()["data"].clone();
+            let fresh = data["url"].as_str().unwrap();
+            assert_ne!(fresh, url);
+            assert!(fresh.ends_with("?token=1"), "{fresh}");
+            assert_eq!(data["md5"].as_str().unwrap().len(), 32);
+            let (_, new) = split_url(fresh);
+            let r = conn.request("GET", &new, &[("Range", "bytes=2000-")]);
+            assert_eq!(r.status, 206);
+            got.extend_from_slice(&r.body);
+            assert_eq!(got, generate_firmware(5000));
+            assert_eq!(conn.request("GET", &old, &[]).status, 403);
+            dev.send("progress", r#"{"id":3,"params":{"step":"100"}}"#);
+            dev.send("inform", r#"{"id":4,"params":{"version":"2.0.0"}}"#);
+        },
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        startup.iter().any(|l| l.contains("expires (403) after 1")),
+        "{startup:?}"
+    );
+}
+
+#[test]
+fn serve_prints_the_active_faults() {
+    for (flags, expected) in [
+        (&[][..], "faults: none"),
+        (&["--ignore-range"][..], "fault: Range ignored"),
+        (
+            &[
+                "--random-cuts",
+                "3:9",
+                "--stall-at",
+                "5:10",
+                "--fail-first",
+                "503,503",
+            ][..],
+            "fault: the first 2 request(s) answered with 503, 503",
+        ),
+    ] {
+        let (code, _, startup) = serve_full(
+            "cli-faults",
+            "/ota/device/upgrade/pk/cli-faults",
+            &[&["--firmware-size", "100"][..], flags].concat(),
+            |dev, url| {
+                assert!(!url.contains('?'));
+                dev.send("inform", r#"{"id":1,"params":{"version":"2.0.0"}}"#);
+            },
+        );
+        assert_eq!(code, Some(0));
+        assert!(
+            startup.iter().any(|l| l.starts_with(expected)),
+            "{expected:?} in {startup:?}"
+        );
+    }
 }

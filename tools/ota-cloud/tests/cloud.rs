@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use common::{broker_port, FakeDevice};
 use md5::{Digest, Md5};
-use ota_cloud::{generate_firmware, Cloud, Failure, Firmware, FirmwareServer, Success, Summary};
+use ota_cloud::{
+    generate_firmware, Cloud, ExpireRule, Failure, Faults, Firmware, FirmwareServer, Success,
+    Summary,
+};
 
 const PK: &str = "a1TestPK";
 
@@ -220,4 +223,50 @@ fn connecting_to_no_broker_fails_fast() {
     let t = std::time::Instant::now();
     assert!(Cloud::connect_aliyun("127.0.0.1", port, PK, "x").is_err());
     assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn an_expired_url_is_renewed_when_the_device_asks_again_within_the_limit() {
+    let dn = "dev-renew";
+    let image = generate_firmware(20_000);
+    let server = FirmwareServer::start_with(
+        image.clone(),
+        Faults {
+            expire_after: Some(ExpireRule::Requests(0)),
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    let fw = Firmware::new("2.0.0", server.url(), &image);
+    let mut cloud = Cloud::connect_aliyun("127.0.0.1", broker_port(), PK, dn).unwrap();
+    let renewer = server.url_renewer();
+    cloud
+        .set_max_upgrade_messages(3)
+        .set_url_renewer(move || renewer.renew());
+    let cloud = thread::spawn(move || cloud.run(&fw, Duration::from_secs(20)));
+    let device = FakeDevice::connect(broker_port(), PK, dn);
+
+    device.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+    let first = device.next_upgrade()["data"]["url"].clone();
+    assert_eq!(first, server.url().as_str());
+    let mut seen = vec![first];
+    for token in 1..=2 {
+        device.send("request", r#"{"id":2,"params":{"version":"1.0.0"}}"#);
+        let data = device.next_upgrade()["data"].clone();
+        assert_eq!(data["md5"], hex(&Md5::digest(&image)));
+        assert!(
+            data["url"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("?token={token}")),
+            "{data}"
+        );
+        assert!(!seen.contains(&data["url"]));
+        seen.push(data["url"].clone());
+    }
+    // The limit still applies.
+    device.send("request", r#"{"id":3,"params":{"version":"1.0.0"}}"#);
+    let summary = cloud.join().unwrap();
+    assert_eq!(summary.outcome, Err(Failure::TooManyUpgradeMessages(3)));
+    assert_eq!(summary.urls_renewed, 2);
 }

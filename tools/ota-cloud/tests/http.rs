@@ -2,10 +2,12 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::HttpConn;
-use ota_cloud::{generate_firmware, Faults, FirmwareServer, RequestLog};
+use ota_cloud::{generate_firmware, ExpireRule, Faults, FirmwareServer, RequestLog};
 
 const SIZE: usize = 100_000;
 
@@ -223,4 +225,386 @@ fn empty_image() {
     assert_eq!((r.status, r.body.len()), (200, 0));
     let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=0-")]);
     assert_eq!(r.status, 416);
+}
+
+/// A request on a fresh connection, read by hand: the status, the headers and a reader left
+/// at the start of the body.
+fn raw_request(
+    port: u16,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<String>, BufReader<TcpStream>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line
+        .split(' ')
+        .nth(1)
+        .expect("status line")
+        .parse()
+        .unwrap();
+    let mut head = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.trim_end().is_empty() {
+            break;
+        }
+        head.push(line.trim_end().to_string());
+    }
+    (status, head, reader)
+}
+
+/// Downloads the whole image the way a resuming device does: `Range: bytes=POS-` on a new
+/// connection after every cut. Returns the image and the offsets where connections ended
+/// early.
+fn download_resuming(port: u16, target: &str) -> (Vec<u8>, Vec<u64>) {
+    let mut got = Vec::new();
+    let mut cut_at = Vec::new();
+    for _ in 0..100 {
+        let mut conn = HttpConn::open(port);
+        let range = format!("bytes={}-", got.len());
+        let r = conn.request("GET", target, &[("Range", &range)]);
+        assert_eq!(r.status, 206);
+        let announced: usize = r.header("Content-Length").unwrap().parse().unwrap();
+        got.extend_from_slice(&r.body);
+        if r.body.len() == announced {
+            return (got, cut_at);
+        }
+        cut_at.push(got.len() as u64);
+    }
+    panic!("no end after 100 requests");
+}
+
+#[test]
+fn fault_cuts_fire_once_each_and_a_resuming_client_completes() {
+    let (server, image) = server(Faults {
+        cut_at: Some(70_000),
+        cuts: vec![40_000, 10_000, 40_000, 500_000],
+        ..Faults::default()
+    });
+    assert_eq!(server.cut_offsets(), [10_000, 40_000, 70_000, 500_000]);
+    let (got, cuts) = download_resuming(server.port(), "/firmware.bin");
+    assert_eq!(cuts, [10_000, 40_000, 70_000]);
+    assert_eq!(got, image);
+    // Every cut has fired: the whole file now comes in one piece.
+    assert_eq!(common::http_get(&server.url()), image);
+    let log = wait_for_log(&server, 5);
+    let sent: Vec<u64> = log.iter().map(|l| l.bytes_sent).collect();
+    assert_eq!(sent, [10_000, 30_000, 30_000, 30_000, SIZE as u64]);
+}
+
+#[test]
+fn fault_cuts_are_skipped_by_a_request_that_starts_past_them() {
+    let (server, image) = server(Faults {
+        cuts: vec![10_000, 50_000],
+        ..Faults::default()
+    });
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=20000-")]);
+    assert_eq!(
+        r.body,
+        &image[20_000..50_000],
+        "10 000 skipped, cut at 50 000"
+    );
+    // The skipped offset is still pending: the first response that covers it is cut there.
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/firmware.bin", &[]);
+    assert_eq!(r.body, &image[..10_000]);
+    assert!(conn.read_rest().is_empty());
+    assert_eq!(common::http_get(&server.url()), image);
+}
+
+#[test]
+fn fault_random_cuts_are_reproducible_and_fire_where_announced() {
+    let faults = |seed| Faults {
+        random_cuts: Some((5, seed)),
+        ..Faults::default()
+    };
+    let (server, image) = server(faults(42));
+    let offsets = server.cut_offsets();
+    assert_eq!(offsets.len(), 5);
+    assert!(
+        offsets.iter().all(|&o| o > 0 && o < SIZE as u64),
+        "{offsets:?}"
+    );
+    assert_eq!(self::server(faults(42)).0.cut_offsets(), offsets);
+    assert_ne!(self::server(faults(43)).0.cut_offsets(), offsets);
+    let (got, cuts) = download_resuming(server.port(), "/firmware.bin");
+    assert_eq!(cuts, offsets);
+    assert_eq!(got, image);
+    // Too small an image for the cuts asked: every possible offset, once.
+    let tiny = FirmwareServer::start_with(
+        vec![1u8, 2, 3],
+        Faults {
+            random_cuts: Some((10, 1)),
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(tiny.cut_offsets(), [1, 2]);
+    assert!(tiny.fault_descriptions()[0].contains("1, 2"));
+}
+
+#[test]
+fn fault_stall_once_pauses_mid_body_once() {
+    const AT: usize = 30_000;
+    let stall = Duration::from_millis(600);
+    let (server, image) = server(Faults {
+        stall_once: Some((AT as u64, 600)),
+        ..Faults::default()
+    });
+    // A response that does not reach the offset is not stalled and leaves the stall pending.
+    let t = Instant::now();
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=0-999")]);
+    assert_eq!(r.body, &image[..1000]);
+    assert!(t.elapsed() < stall);
+
+    let (status, _, mut reader) = raw_request(server.port(), "/firmware.bin", &[]);
+    assert_eq!(status, 200);
+    let mut before = vec![0u8; AT];
+    let t = Instant::now();
+    reader.read_exact(&mut before).unwrap();
+    let first = t.elapsed();
+    let mut after = vec![0u8; SIZE - AT];
+    reader.read_exact(&mut after).unwrap();
+    let stalled = t.elapsed() - first;
+    assert!(
+        first < stall,
+        "the bytes before the offset come at once: {first:?}"
+    );
+    assert!(stalled >= Duration::from_millis(500), "{stalled:?}");
+    assert_eq!([before, after].concat(), image);
+    // Once only.
+    let t = Instant::now();
+    assert_eq!(common::http_get(&server.url()), image);
+    assert!(t.elapsed() < stall, "{:?}", t.elapsed());
+}
+
+#[test]
+fn fault_short_body_announces_everything_sends_less_and_closes() {
+    let (server, image) = server(Faults {
+        short_body: Some(1000),
+        ..Faults::default()
+    });
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/firmware.bin", &[]);
+    assert_eq!(r.header("Content-Length"), Some(SIZE.to_string().as_str()));
+    assert_eq!(r.body, &image[..1000]);
+    assert!(conn.read_rest().is_empty(), "closed after the short body");
+    // Every request, ranges too.
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=50000-")]);
+    assert_eq!(r.header("Content-Length"), Some("50000"));
+    assert_eq!(r.body, &image[50_000..51_000]);
+    assert!(conn.read_rest().is_empty());
+    // A body no longer than the limit is sent whole, on a connection that stays open.
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=99500-")]);
+    assert_eq!(r.body, &image[99_500..]);
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=0-9")]);
+    assert_eq!(r.body, &image[..10]);
+    let sent: Vec<u64> = wait_for_log(&server, 4)
+        .iter()
+        .map(|l| l.bytes_sent)
+        .collect();
+    assert_eq!(sent, [1000, 1000, 500, 10]);
+}
+
+#[test]
+fn fault_flip_byte_corrupts_every_response_that_covers_it() {
+    const AT: usize = 12_345;
+    let (server, image) = server(Faults {
+        flip_byte_at: Some(AT as u64),
+        ..Faults::default()
+    });
+    let mut bad = image.clone();
+    bad[AT] ^= 0xff;
+    let mut conn = HttpConn::open(server.port());
+    assert_eq!(conn.request("GET", "/firmware.bin", &[]).body, bad);
+    assert_eq!(
+        conn.request("GET", "/firmware.bin", &[]).body,
+        bad,
+        "every time"
+    );
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=0-999")]);
+    assert_eq!(r.body, &image[..1000]);
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=12000-12999")]);
+    assert_eq!(r.body, &bad[12_000..13_000]);
+    assert_ne!(r.body, &image[12_000..13_000]);
+}
+
+#[test]
+fn fault_close_before_headers_drops_the_first_connections() {
+    let (server, image) = server(Faults {
+        close_before_headers: 2,
+        ..Faults::default()
+    });
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        stream.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+        stream
+            .write_all(b"GET /firmware.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut rest = Vec::new();
+        // A clean close (EOF), or a reset on some systems: either way, not a byte of response.
+        let _ = stream.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{} bytes of response", rest.len());
+    }
+    assert_eq!(common::http_get(&server.url()), image);
+    assert_eq!(server.connections(), 3);
+    assert_eq!(
+        wait_for_log(&server, 1).len(),
+        1,
+        "dropped connections log nothing"
+    );
+}
+
+#[test]
+fn fault_fail_first_answers_the_first_requests_then_serves() {
+    let (server, image) = server(Faults {
+        fail_first: vec![503, 503, 500],
+        ..Faults::default()
+    });
+    let mut conn = HttpConn::open(server.port());
+    for status in [503, 503] {
+        let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=0-")]);
+        assert_eq!(r.status, status);
+        assert!(r.header("Content-Range").is_none());
+    }
+    // Counted over all connections.
+    let mut other = HttpConn::open(server.port());
+    assert_eq!(other.request("GET", "/firmware.bin", &[]).status, 500);
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=0-")]);
+    assert_eq!((r.status, r.body), (206, image.clone()));
+    assert_eq!(other.request("GET", "/firmware.bin", &[]).body, image);
+    let statuses: Vec<u16> = wait_for_log(&server, 5).iter().map(|l| l.status).collect();
+    assert_eq!(statuses, [503, 503, 500, 206, 200]);
+}
+
+/// The path and query of a URL from this server.
+fn target(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    format!("/{}", rest.split_once('/').unwrap().1)
+}
+
+#[test]
+fn fault_expire_after_requests_gives_403_until_the_url_is_renewed() {
+    let (server, image) = server(Faults {
+        expire_after: Some(ExpireRule::Requests(2)),
+        ..Faults::default()
+    });
+    let url = server.url();
+    assert_eq!(
+        url,
+        format!("http://127.0.0.1:{}/firmware.bin?token=0", server.port())
+    );
+    let old = target(&url);
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", &old, &[("Range", "bytes=0-49999")]);
+    assert_eq!(r.status, 206);
+    // Neither a wrong path nor an unsatisfiable range costs budget.
+    assert_eq!(conn.request("GET", "/x.bin?token=0", &[]).status, 404);
+    let r = conn.request("GET", &old, &[("Range", &format!("bytes={SIZE}-"))]);
+    assert_eq!(r.status, 416);
+    let r = conn.request("GET", &old, &[("Range", "bytes=50000-")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &image[50_000..]);
+    // Spent: 403, also without a token or with one never issued.
+    for t in [old.as_str(), "/firmware.bin", "/firmware.bin?token=1"] {
+        let r = conn.request("GET", t, &[("Range", "bytes=0-")]);
+        assert_eq!(r.status, 403, "{t}");
+        assert!(r.header("Content-Range").is_none());
+    }
+
+    let fresh = server.renew_url();
+    assert_eq!(
+        fresh,
+        format!("http://127.0.0.1:{}/firmware.bin?token=1", server.port())
+    );
+    assert_eq!(server.url(), fresh);
+    assert_eq!(
+        conn.request("GET", &old, &[]).status,
+        403,
+        "the old URL stays dead"
+    );
+    assert_eq!(common::http_get(&fresh), image);
+    assert_eq!(conn.request("GET", &target(&fresh), &[]).status, 200);
+    assert_eq!(conn.request("GET", &target(&fresh), &[]).status, 403);
+    // A handle renews the same server from elsewhere.
+    let renewer = server.url_renewer();
+    let next = std::thread::spawn(move || renewer.renew()).join().unwrap();
+    assert!(next.ends_with("?token=2"), "{next}");
+    assert_eq!(common::http_get(&next), image);
+}
+
+#[test]
+fn fault_expire_after_a_duration() {
+    let (server, image) = server(Faults {
+        expire_after: Some(ExpireRule::Duration(Duration::from_millis(400))),
+        ..Faults::default()
+    });
+    let old = server.url();
+    assert_eq!(
+        common::http_get(&old),
+        image,
+        "any number of requests while young"
+    );
+    assert_eq!(common::http_get(&old), image);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut conn = HttpConn::open(server.port());
+    assert_eq!(conn.request("GET", &target(&old), &[]).status, 403);
+    let fresh = server.renew_url();
+    assert_eq!(
+        common::http_get(&fresh),
+        image,
+        "a fresh URL is young again"
+    );
+    assert_eq!(conn.request("GET", &target(&old), &[]).status, 403);
+}
+
+#[test]
+fn no_fault_no_token_and_renew_url_is_the_url() {
+    let (server, _) = server(Faults::default());
+    assert!(!server.url().contains('?'));
+    assert_eq!(server.renew_url(), server.url());
+    assert!(server.fault_descriptions().is_empty());
+    assert!(server.cut_offsets().is_empty());
+}
+
+#[test]
+fn faults_are_described() {
+    let (server, _) = server(Faults {
+        cut_at: Some(5),
+        stall_once: Some((7, 100)),
+        short_body: Some(9),
+        flip_byte_at: Some(11),
+        close_before_headers: 1,
+        fail_first: vec![503],
+        expire_after: Some(ExpireRule::Requests(3)),
+        ignore_range: true,
+        ..Faults::default()
+    });
+    let text = server.fault_descriptions().join("\n");
+    for word in [
+        "offsets 5",
+        "before byte 7",
+        "after 9 bytes",
+        "offset 11",
+        "first 1 connection",
+        "503",
+        "after 3 successful",
+        "Range ignored",
+    ] {
+        assert!(text.contains(word), "{word:?} in {text}");
+    }
 }

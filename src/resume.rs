@@ -1,0 +1,1294 @@
+//! Resume across restarts: the breakpoint record (what is being downloaded, how far it got, and
+//! the digest state) and where it is kept.
+//!
+//! A [`Breakpoint`] has fixed-size fields only, so building, updating, encoding and decoding it
+//! never allocates. It is written through a [`BreakpointStore`] — a file ([`FileStore`], atomic
+//! replace) on Linux, C callbacks over flash on an RTOS (`ffi::resume`), or memory
+//! ([`MemoryStore`]) — as one [`RECORD_LEN`]-byte record protected by a CRC-32, so a torn or
+//! corrupt record is detected and never trusted.
+//!
+//! Record layout, format version 1 (all integers little-endian):
+//!
+//! | offset | bytes | field |
+//! |-------:|------:|-------|
+//! |      0 |     6 | magic `OTABP1` |
+//! |      6 |     1 | format version (1) |
+//! |      7 |     1 | protocol (0 Aliyun, 1 SagooIOT, 2 Tencent, 3 UCloud) |
+//! |      8 |     1 | state (0 downloading, 1 pending reboot) |
+//! |      9 |     1 | digest kind (0 MD5, 1 SHA-256) |
+//! |     10 |    32 | expected digest (MD5: 16 bytes, then zeros) |
+//! |     42 |     8 | image size |
+//! |     50 |     8 | offset (bytes stored by the firmware) |
+//! |     58 |     8 | URL identity (FNV-1a 64 of the URL without query and fragment) |
+//! |     66 |    65 | version: length byte + 64 bytes (unused bytes zero) |
+//! |    131 |    65 | module, same form (empty = `default`) |
+//! |    196 |    65 | task id, same form |
+//! |    261 |    65 | batch (SagooIOT `extData.strategy`), same form |
+//! |    326 |    65 | pending version, same form (empty unless pending reboot) |
+//! |    391 |   129 | digest state: length byte (0, 88 MD5, 104 SHA-256) + 128 bytes |
+//! |    520 |     4 | CRC-32 (IEEE) of bytes 0..520 |
+//!
+//! Decoding is strict (unused bytes must be zero), so a record decodes only to what encodes
+//! back to exactly the same bytes.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::digest::StreamDigest;
+use crate::error::Error;
+use crate::protocol::{DigestKind, Protocol, UpgradeNotice};
+
+/// Longest version, module, task id or batch a record holds, bytes.
+pub const TEXT_MAX: usize = 64;
+/// Room for a serialized digest state, bytes (SHA-256 needs 104).
+pub const DIGEST_STATE_MAX: usize = 128;
+/// The record format this build writes (and the only one it reads).
+pub const FORMAT_VERSION: u8 = 1;
+const MAGIC: &[u8; 6] = b"OTABP1";
+const TEXT_FIELD: usize = 1 + TEXT_MAX;
+const CRC_AT: usize = 7 + 3 + 32 + 3 * 8 + 5 * TEXT_FIELD + 1 + DIGEST_STATE_MAX;
+/// Length of an encoded record, bytes (every version-1 record has exactly this length).
+pub const RECORD_LEN: usize = CRC_AT + 4;
+
+/// What the device was doing when the record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+    /// The image is being downloaded; `offset` bytes are stored.
+    Downloading,
+    /// The image is flashed and the device reboots into `pending_version`; the next
+    /// version report decides success or failure.
+    PendingReboot,
+}
+
+/// What the version running after a reboot says about a pending upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootOutcome {
+    /// The device runs the pending version: the upgrade succeeded.
+    Succeeded,
+    /// The device runs another version (e.g. the bootloader rolled back): it failed.
+    Failed,
+}
+
+/// Why a stored record was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("no breakpoint record is stored")]
+    Missing,
+    #[error("the breakpoint record is truncated (torn write)")]
+    Torn,
+    #[error("the breakpoint record is corrupt (magic, length, CRC or a field is wrong)")]
+    Corrupt,
+    #[error("the breakpoint record has format version {0}, this SDK reads version 1")]
+    UnknownVersion(u8),
+}
+
+/// Why the storage under a record failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("breakpoint storage I/O error: {0}")]
+    Io(std::io::ErrorKind),
+    #[error("breakpoint storage callback returned {0}")]
+    Callback(i32),
+    #[error("breakpoint load callback reported {0} bytes, more than the buffer holds")]
+    Overrun(i32),
+    #[error("a record of {len} bytes does not fit the {max}-byte storage")]
+    TooLarge { len: usize, max: usize },
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e.kind())
+    }
+}
+
+/// Why [`Breakpoint::load`] produced no record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// Byte-level storage for one record: a file, a flash sector, memory. Implementations must not
+/// allocate in `load`/`save`/`erase` (the engine calls them after init).
+pub trait BreakpointStore: Send {
+    /// Reads the stored record into `buf` (at most `buf.len()` bytes); returns its length,
+    /// 0 when nothing is stored.
+    fn load(&mut self, buf: &mut [u8]) -> Result<usize, StoreError>;
+    /// Replaces the stored record with `bytes`. Should be atomic where the medium allows; a torn
+    /// write is tolerated (the CRC rejects it) but loses the record.
+    fn save(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Removes the stored record; nothing stored is not an error.
+    fn erase(&mut self) -> Result<(), StoreError>;
+}
+
+/// A short text field of a record (no heap).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Text {
+    bytes: [u8; TEXT_MAX],
+    len: u8,
+}
+
+impl Text {
+    const EMPTY: Text = Text {
+        bytes: [0; TEXT_MAX],
+        len: 0,
+    };
+
+    fn new(what: &'static str, s: &str) -> Result<Text, Error> {
+        if s.len() > TEXT_MAX {
+            return Err(Error::TooLong {
+                what,
+                len: s.len(),
+                max: TEXT_MAX,
+            });
+        }
+        let mut t = Text::EMPTY;
+        t.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        t.len = s.len() as u8;
+        Ok(t)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ever built from &str, or decoded and checked as UTF-8.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// How far an upgrade got, enough to resume it after a restart (or, once flashed, to judge the
+/// reboot). Fixed size, no heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breakpoint {
+    protocol: Protocol,
+    state: RecordState,
+    digest_kind: DigestKind,
+    digest: [u8; 32],
+    size: u64,
+    offset: u64,
+    url_identity: u64,
+    version: Text,
+    module: Text,
+    task_id: Text,
+    batch: Text,
+    pending_version: Text,
+    digest_state: [u8; DIGEST_STATE_MAX],
+    digest_state_len: u8,
+}
+
+impl Breakpoint {
+    /// A record for the start (offset 0, no digest state) of the upgrade `notice` announces.
+    ///
+    /// Errors: [`Error::TooLong`] when the version, module, task id or batch exceeds
+    /// [`TEXT_MAX`] bytes (nothing is truncated); [`Error::InvalidParam`] for a size of 0 or an
+    /// empty version.
+    pub fn for_upgrade(protocol: Protocol, notice: &UpgradeNotice) -> Result<Breakpoint, Error> {
+        if notice.size == 0 || notice.version.is_empty() {
+            return Err(Error::InvalidParam(
+                "breakpoint: image size 0 or empty version",
+            ));
+        }
+        let mut digest = [0u8; 32];
+        digest[..notice.digest_kind.len()].copy_from_slice(notice.digest());
+        Ok(Breakpoint {
+            protocol,
+            state: RecordState::Downloading,
+            digest_kind: notice.digest_kind,
+            digest,
+            size: notice.size,
+            offset: 0,
+            url_identity: url_identity(notice.url.as_str()),
+            version: Text::new("breakpoint version", notice.version.as_str())?,
+            module: Text::new("breakpoint module", notice.module.as_str())?,
+            task_id: Text::new("breakpoint task id", notice.task_id.as_str())?,
+            batch: Text::new("breakpoint batch", notice.batch.as_str())?,
+            pending_version: Text::EMPTY,
+            digest_state: [0; DIGEST_STATE_MAX],
+            digest_state_len: 0,
+        })
+    }
+
+    /// Records that `offset` bytes are stored, with the digest over them when given (`None`:
+    /// the firmware will re-feed its bytes with `IOT_OTA_UpdateClientMd5` instead).
+    ///
+    /// Errors: [`Error::InvalidParam`] when `offset` exceeds the size or the digest is of
+    /// another kind; [`Error::InvalidState`] once the record is pending reboot. On error the
+    /// record is unchanged.
+    pub fn set_progress(
+        &mut self,
+        offset: u64,
+        digest: Option<&StreamDigest>,
+    ) -> Result<(), Error> {
+        if self.state != RecordState::Downloading {
+            return Err(Error::InvalidState(
+                "breakpoint: upgrade already pending reboot",
+            ));
+        }
+        if offset > self.size {
+            return Err(Error::InvalidParam(
+                "breakpoint: offset beyond the image size",
+            ));
+        }
+        let mut state = [0u8; DIGEST_STATE_MAX];
+        let len = match digest {
+            Some(d) if d.kind() != self.digest_kind => {
+                return Err(Error::InvalidParam("breakpoint: digest of another kind"))
+            }
+            Some(d) => d.save_state(&mut state),
+            None => 0,
+        };
+        self.offset = offset;
+        self.digest_state = state;
+        self.digest_state_len = len as u8;
+        Ok(())
+    }
+
+    /// Marks the image as flashed: the device reboots into `version`. The digest state is
+    /// dropped (nothing is resumed any more).
+    ///
+    /// Errors: [`Error::TooLong`] beyond [`TEXT_MAX`] bytes, [`Error::InvalidParam`] for an empty
+    /// version; the record is then unchanged.
+    pub fn set_pending_reboot(&mut self, version: &str) -> Result<(), Error> {
+        if version.is_empty() {
+            return Err(Error::InvalidParam("breakpoint: pending version is empty"));
+        }
+        self.pending_version = Text::new("breakpoint pending version", version)?;
+        self.state = RecordState::PendingReboot;
+        self.digest_state = [0; DIGEST_STATE_MAX];
+        self.digest_state_len = 0;
+        Ok(())
+    }
+
+    /// Whether `notice` announces the image this record is about: same version, module
+    /// (empty ≡ `default`), size, digest kind and digest. The URL may differ (a renewed
+    /// pre-signed URL); the protocol is the caller's to compare ([`protocol`](Self::protocol)).
+    pub fn matches(&self, notice: &UpgradeNotice) -> bool {
+        self.version.as_str() == notice.version.as_str()
+            && self.module_name() == notice.module_name()
+            && self.size == notice.size
+            && self.digest_kind == notice.digest_kind
+            && self.digest() == notice.digest()
+    }
+
+    /// After a reboot: what running `version` means for a pending upgrade; `None` when the
+    /// record is not pending reboot.
+    pub fn reboot_outcome(&self, running_version: &str) -> Option<RebootOutcome> {
+        match self.state {
+            RecordState::Downloading => None,
+            RecordState::PendingReboot if running_version == self.pending_version.as_str() => {
+                Some(RebootOutcome::Succeeded)
+            }
+            RecordState::PendingReboot => Some(RebootOutcome::Failed),
+        }
+    }
+
+    /// Rebuilds the upgrade into a notice allocated at init, for the reports that follow a
+    /// reboot (UCloud needs the task id, SagooIOT the batch). The URL is not recorded, so `url`
+    /// is left empty; `ext_data`, `current_version` and `message_id` are cleared.
+    ///
+    /// Errors: [`Error::TooLong`] when a field exceeds the notice's capacity (the notice may
+    /// then be partly written).
+    pub fn fill_notice(&self, notice: &mut UpgradeNotice) -> Result<(), Error> {
+        notice.clear();
+        for (what, dst, src) in [
+            ("version", &mut notice.version, &self.version),
+            ("module", &mut notice.module, &self.module),
+            ("task id", &mut notice.task_id, &self.task_id),
+            ("batch", &mut notice.batch, &self.batch),
+        ] {
+            dst.set(src.as_str()).map_err(|t| Error::TooLong {
+                what,
+                len: t.len,
+                max: t.max,
+            })?;
+        }
+        notice.size = self.size;
+        notice.digest_kind = self.digest_kind;
+        notice.digest = self.digest;
+        Ok(())
+    }
+
+    /// The digest over the first [`offset`](Self::offset) bytes, when the record holds its
+    /// state.
+    pub fn restore_digest(&self) -> Option<StreamDigest> {
+        if self.digest_state_len == 0 {
+            return None;
+        }
+        StreamDigest::restore(self.digest_kind, self.digest_state())
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub fn state(&self) -> RecordState {
+        self.state
+    }
+
+    pub fn digest_kind(&self) -> DigestKind {
+        self.digest_kind
+    }
+
+    /// The expected digest (16 or 32 bytes).
+    pub fn digest(&self) -> &[u8] {
+        &self.digest[..self.digest_kind.len()]
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes the firmware had stored when the record was written.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// FNV-1a 64 of the URL without its query and fragment (see [`url_identity`]); informative.
+    pub fn url_identity(&self) -> u64 {
+        self.url_identity
+    }
+
+    pub fn version(&self) -> &str {
+        self.version.as_str()
+    }
+
+    /// The module as announced; empty means `default`.
+    pub fn module(&self) -> &str {
+        self.module.as_str()
+    }
+
+    /// The module name, `default` when none was announced.
+    pub fn module_name(&self) -> &str {
+        match self.module.as_str() {
+            "" => "default",
+            m => m,
+        }
+    }
+
+    pub fn task_id(&self) -> &str {
+        self.task_id.as_str()
+    }
+
+    pub fn batch(&self) -> &str {
+        self.batch.as_str()
+    }
+
+    /// The version the device reboots into, when pending reboot.
+    pub fn pending_version(&self) -> Option<&str> {
+        (self.state == RecordState::PendingReboot).then(|| self.pending_version.as_str())
+    }
+
+    /// The serialized digest state (empty when none was recorded).
+    pub fn digest_state(&self) -> &[u8] {
+        &self.digest_state[..self.digest_state_len as usize]
+    }
+
+    /// Writes the record into `out`; returns [`RECORD_LEN`].
+    pub fn encode(&self, out: &mut [u8; RECORD_LEN]) -> usize {
+        let mut w = Writer { out, pos: 0 };
+        w.put(MAGIC);
+        w.put(&[
+            FORMAT_VERSION,
+            protocol_id(self.protocol),
+            state_id(self.state),
+            kind_id(self.digest_kind),
+        ]);
+        w.put(&self.digest);
+        for v in [self.size, self.offset, self.url_identity] {
+            w.put(&v.to_le_bytes());
+        }
+        for t in self.texts() {
+            w.put(&[t.len]);
+            w.put(&t.bytes);
+        }
+        w.put(&[self.digest_state_len]);
+        w.put(&self.digest_state);
+        let crc = crc32(&w.out[..CRC_AT]);
+        w.put(&crc.to_le_bytes());
+        debug_assert_eq!(w.pos, RECORD_LEN);
+        RECORD_LEN
+    }
+
+    /// Reads a record written by [`encode`](Self::encode). Empty input is
+    /// [`RecordError::Missing`]; a prefix of a record is [`RecordError::Torn`]; a newer format is
+    /// [`RecordError::UnknownVersion`]; anything else that is not exactly a valid record
+    /// (magic, length, CRC, a value out of range, offset beyond size, non-zero padding) is
+    /// [`RecordError::Corrupt`].
+    pub fn decode(bytes: &[u8]) -> Result<Breakpoint, RecordError> {
+        check_frame(bytes)?;
+        let mut r = Reader { bytes, pos: 7 };
+        let protocol = protocol_from_id(r.byte())?;
+        let state = state_from_id(r.byte())?;
+        let digest_kind = kind_from_id(r.byte())?;
+        let digest = r.array::<32>();
+        let (size, offset, url_identity) = (r.u64(), r.u64(), r.u64());
+        let bp = Breakpoint {
+            protocol,
+            state,
+            digest_kind,
+            digest,
+            size,
+            offset,
+            url_identity,
+            version: r.text()?,
+            module: r.text()?,
+            task_id: r.text()?,
+            batch: r.text()?,
+            pending_version: r.text()?,
+            digest_state_len: r.byte(),
+            digest_state: r.array::<DIGEST_STATE_MAX>(),
+        };
+        bp.check().map(|()| bp)
+    }
+
+    /// Encodes the record and saves it through `store` (no allocation).
+    pub fn save(&self, store: &mut dyn BreakpointStore) -> Result<(), StoreError> {
+        let mut buf = [0u8; RECORD_LEN];
+        let n = self.encode(&mut buf);
+        store.save(&buf[..n])
+    }
+
+    /// Loads and decodes the record in `store` (no allocation).
+    pub fn load(store: &mut dyn BreakpointStore) -> Result<Breakpoint, LoadError> {
+        // One byte more than a record, so an overlong record is seen as such.
+        let mut buf = [0u8; RECORD_LEN + 1];
+        let n = store.load(&mut buf)?;
+        if n > buf.len() {
+            return Err(StoreError::TooLarge {
+                len: n,
+                max: buf.len(),
+            }
+            .into());
+        }
+        Ok(Breakpoint::decode(&buf[..n])?)
+    }
+
+    fn texts(&self) -> [&Text; 5] {
+        [
+            &self.version,
+            &self.module,
+            &self.task_id,
+            &self.batch,
+            &self.pending_version,
+        ]
+    }
+
+    /// The invariants `decode` enforces beyond the frame.
+    fn check(&self) -> Result<(), RecordError> {
+        let kind_len = self.digest_kind.len();
+        let state_len = self.digest_state_len as usize;
+        let pending_ok = match self.state {
+            RecordState::Downloading => self.pending_version.len == 0,
+            RecordState::PendingReboot => self.pending_version.len != 0 && state_len == 0,
+        };
+        let ok = pending_ok
+            && self.size != 0
+            && self.offset <= self.size
+            && !self.version.as_str().is_empty()
+            && zeros(&self.digest[kind_len..])
+            && (state_len == 0 || state_len == StreamDigest::state_len(self.digest_kind))
+            && zeros(&self.digest_state[state_len.min(DIGEST_STATE_MAX)..]);
+        if ok {
+            Ok(())
+        } else {
+            Err(RecordError::Corrupt)
+        }
+    }
+}
+
+/// Magic, format version, length and CRC.
+fn check_frame(bytes: &[u8]) -> Result<(), RecordError> {
+    if bytes.is_empty() {
+        return Err(RecordError::Missing);
+    }
+    let head = bytes.len().min(MAGIC.len());
+    if bytes[..head] != MAGIC[..head] {
+        return Err(RecordError::Corrupt);
+    }
+    match bytes.get(MAGIC.len()) {
+        None => return Err(RecordError::Torn),
+        Some(&FORMAT_VERSION) => {}
+        Some(&v) => return Err(RecordError::UnknownVersion(v)),
+    }
+    if bytes.len() < RECORD_LEN {
+        return Err(RecordError::Torn);
+    }
+    if bytes.len() > RECORD_LEN {
+        return Err(RecordError::Corrupt);
+    }
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[CRC_AT..]);
+    if crc32(&bytes[..CRC_AT]) != u32::from_le_bytes(crc) {
+        return Err(RecordError::Corrupt);
+    }
+    Ok(())
+}
+
+fn zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+struct Writer<'a> {
+    out: &'a mut [u8; RECORD_LEN],
+    pos: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.out[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
+        self.pos += bytes.len();
+    }
+}
+
+/// Reads fields of a frame already checked to be [`RECORD_LEN`] bytes long.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.bytes[self.pos..self.pos + N]);
+        self.pos += N;
+        a
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.array::<1>()[0]
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.array())
+    }
+
+    fn text(&mut self) -> Result<Text, RecordError> {
+        let len = self.byte();
+        let bytes = self.array::<TEXT_MAX>();
+        let n = len as usize;
+        let valid = n <= TEXT_MAX && std::str::from_utf8(&bytes[..n]).is_ok() && zeros(&bytes[n..]);
+        if valid {
+            Ok(Text { bytes, len })
+        } else {
+            Err(RecordError::Corrupt)
+        }
+    }
+}
+
+// The record's numbering, fixed forever for format version 1 (independent of enum order).
+fn protocol_id(p: Protocol) -> u8 {
+    match p {
+        Protocol::Aliyun => 0,
+        Protocol::Sagoo => 1,
+        Protocol::Tencent => 2,
+        Protocol::Ucloud => 3,
+    }
+}
+
+fn protocol_from_id(id: u8) -> Result<Protocol, RecordError> {
+    match id {
+        0 => Ok(Protocol::Aliyun),
+        1 => Ok(Protocol::Sagoo),
+        2 => Ok(Protocol::Tencent),
+        3 => Ok(Protocol::Ucloud),
+        _ => Err(RecordError::Corrupt),
+    }
+}
+
+fn state_id(s: RecordState) -> u8 {
+    match s {
+        RecordState::Downloading => 0,
+        RecordState::PendingReboot => 1,
+    }
+}
+
+fn state_from_id(id: u8) -> Result<RecordState, RecordError> {
+    match id {
+        0 => Ok(RecordState::Downloading),
+        1 => Ok(RecordState::PendingReboot),
+        _ => Err(RecordError::Corrupt),
+    }
+}
+
+fn kind_id(k: DigestKind) -> u8 {
+    match k {
+        DigestKind::Md5 => 0,
+        DigestKind::Sha256 => 1,
+    }
+}
+
+fn kind_from_id(id: u8) -> Result<DigestKind, RecordError> {
+    match id {
+        0 => Ok(DigestKind::Md5),
+        1 => Ok(DigestKind::Sha256),
+        _ => Err(RecordError::Corrupt),
+    }
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib/PNG): bitwise, no table.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// The identity of a download URL: FNV-1a 64 of the URL up to its query (`?`) or fragment
+/// (`#`), which a renewed pre-signed URL changes. FNV rather than std's hasher because the value
+/// is persisted and must not change between builds.
+pub fn url_identity(url: &str) -> u64 {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    url.as_bytes()[..end]
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+/// When to write the record while downloading: after `every_bytes` bytes or `every_percent`
+/// percent of the image since the last save, whichever comes first (0 disables that
+/// threshold; both 0 disables saving).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavePolicy {
+    pub every_bytes: u64,
+    /// 0..=100 (larger values act as 100).
+    pub every_percent: u8,
+}
+
+impl Default for SavePolicy {
+    /// Every 64 KiB or 10 %, whichever comes first: at most about one flash write per 64 KiB.
+    fn default() -> Self {
+        SavePolicy {
+            every_bytes: 64 * 1024,
+            every_percent: 10,
+        }
+    }
+}
+
+impl SavePolicy {
+    /// Never save.
+    pub const DISABLED: SavePolicy = SavePolicy {
+        every_bytes: 0,
+        every_percent: 0,
+    };
+
+    pub fn is_enabled(&self) -> bool {
+        self.every_bytes != 0 || self.every_percent != 0
+    }
+
+    /// Whether the record should be written now that `offset` of `size` bytes are stored and
+    /// the last save recorded `last_saved_offset`. Also true when the download completes
+    /// (`offset == size`) and when the offset went back (the stored record is ahead of the
+    /// data and must be corrected); false when nothing changed or saving is disabled.
+    pub fn due(&self, last_saved_offset: u64, offset: u64, size: u64) -> bool {
+        if !self.is_enabled() || offset == last_saved_offset {
+            return false;
+        }
+        if offset < last_saved_offset || offset == size {
+            return true;
+        }
+        let done = offset - last_saved_offset;
+        let by_bytes = self.every_bytes != 0 && done >= self.every_bytes;
+        let percent = self.every_percent.min(100) as u128;
+        let by_percent = percent != 0 && done as u128 * 100 >= percent * size as u128;
+        by_bytes || by_percent
+    }
+}
+
+/// The default store on Linux: one file, replaced atomically (write `path.tmp`, fsync, rename
+/// over `path`, fsync the directory), so a power cut leaves the old record or the new one.
+///
+/// Allocation: the paths are built in [`new`](Self::new). Each system call in `save`/`load`/
+/// `erase` passes a path to the OS; std copies it to a NUL-terminated string on the stack when
+/// it is shorter than 384 bytes, and on the heap otherwise — so keep the path short (the
+/// save interval bounds how often a long one would allocate).
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+    tmp_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(path: impl AsRef<Path>) -> FileStore {
+        let path = path.as_ref().to_path_buf();
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        FileStore {
+            path,
+            tmp_path: PathBuf::from(tmp),
+            dir,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where a save writes before the rename.
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+impl BreakpointStore for FileStore {
+    fn load(&mut self, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
+    }
+
+    fn save(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut tmp = File::create(&self.tmp_path)?;
+        tmp.write_all(bytes)?;
+        tmp.sync_all()?;
+        drop(tmp);
+        std::fs::rename(&self.tmp_path, &self.path)?;
+        self.sync_dir()
+    }
+
+    fn erase(&mut self) -> Result<(), StoreError> {
+        for p in [&self.path, &self.tmp_path] {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        self.sync_dir()
+    }
+}
+
+/// A store in a fixed buffer: for tests, and for devices that keep the record in RAM that
+/// survives a warm reset.
+#[derive(Clone)]
+pub struct MemoryStore {
+    buf: [u8; RECORD_LEN],
+    len: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            buf: [0; RECORD_LEN],
+            len: 0,
+        }
+    }
+}
+
+impl MemoryStore {
+    /// What is stored.
+    pub fn contents(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Simulates a torn write: keeps only the first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Simulates a bit error at `index` (ignored past the end).
+    pub fn flip(&mut self, index: usize, mask: u8) {
+        if index < self.len {
+            self.buf[index] ^= mask;
+        }
+    }
+}
+
+impl BreakpointStore for MemoryStore {
+    fn load(&mut self, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let n = self.len.min(buf.len());
+        buf[..n].copy_from_slice(&self.buf[..n]);
+        Ok(n)
+    }
+
+    fn save(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let dst = self
+            .buf
+            .get_mut(..bytes.len())
+            .ok_or(StoreError::TooLarge {
+                len: bytes.len(),
+                max: RECORD_LEN,
+            })?;
+        dst.copy_from_slice(bytes);
+        self.len = bytes.len();
+        Ok(())
+    }
+
+    fn erase(&mut self) -> Result<(), StoreError> {
+        self.len = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Limits;
+
+    type Edit<T> = fn(&mut T);
+
+    fn notice(kind: DigestKind) -> UpgradeNotice {
+        let mut n = UpgradeNotice::new(&Limits::default());
+        n.version.set("2.1.0").unwrap();
+        n.url
+            .set("https://bucket.example.com/fw/app-2.1.0.bin?Expires=1&Signature=abc")
+            .unwrap();
+        n.module.set("MCU").unwrap();
+        n.task_id.set("task-42").unwrap();
+        n.batch.set("batch-7").unwrap();
+        n.size = 300_000;
+        n.digest_kind = kind;
+        for (i, b) in n.digest[..kind.len()].iter_mut().enumerate() {
+            *b = i as u8 * 7 + 1;
+        }
+        n
+    }
+
+    /// A mid-download record with a digest state.
+    fn sample(kind: DigestKind) -> Breakpoint {
+        let mut bp = Breakpoint::for_upgrade(Protocol::Ucloud, &notice(kind)).unwrap();
+        let mut d = StreamDigest::new(kind);
+        d.update(&[0x5a; 1000]);
+        bp.set_progress(1000, Some(&d)).unwrap();
+        bp
+    }
+
+    fn encoded(bp: &Breakpoint) -> [u8; RECORD_LEN] {
+        let mut buf = [0u8; RECORD_LEN];
+        assert_eq!(bp.encode(&mut buf), RECORD_LEN);
+        buf
+    }
+
+    #[test]
+    fn layout_constants() {
+        assert_eq!(CRC_AT, 520);
+        assert_eq!(RECORD_LEN, 524);
+        let buf = encoded(&sample(DigestKind::Md5));
+        assert_eq!(&buf[..6], b"OTABP1");
+        assert_eq!(buf[6..10], [1, 3, 0, 0]);
+        assert_eq!(buf[42..50], 300_000u64.to_le_bytes());
+        assert_eq!(buf[50..58], 1000u64.to_le_bytes());
+        assert_eq!(&buf[66..72], b"\x052.1.0");
+        assert_eq!(buf[391] as usize, StreamDigest::state_len(DigestKind::Md5));
+    }
+
+    #[test]
+    fn crc32_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn round_trip_and_resumed_digest() {
+        for kind in [DigestKind::Md5, DigestKind::Sha256] {
+            let bp = sample(kind);
+            let buf = encoded(&bp);
+            let back = Breakpoint::decode(&buf).unwrap();
+            assert_eq!(back, bp);
+            assert_eq!(encoded(&back), buf, "decode is canonical");
+            assert_eq!(back.protocol(), Protocol::Ucloud);
+            assert_eq!(back.version(), "2.1.0");
+            assert_eq!(back.module_name(), "MCU");
+            assert_eq!(back.task_id(), "task-42");
+            assert_eq!(back.batch(), "batch-7");
+            assert_eq!((back.offset(), back.size()), (1000, 300_000));
+            assert_eq!(back.pending_version(), None);
+
+            let mut resumed = back.restore_digest().unwrap();
+            resumed.update(b"tail");
+            let mut whole = StreamDigest::new(kind);
+            whole.update(&[0x5a; 1000]);
+            whole.update(b"tail");
+            let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+            assert_eq!(resumed.current(&mut a), whole.current(&mut b));
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_rejected() {
+        let buf = encoded(&sample(DigestKind::Sha256));
+        for i in 0..RECORD_LEN {
+            for mask in [0x01, 0x80, 0xff] {
+                let mut bad = buf;
+                bad[i] ^= mask;
+                let r = Breakpoint::decode(&bad);
+                assert!(
+                    matches!(
+                        r,
+                        Err(RecordError::Corrupt) | Err(RecordError::UnknownVersion(_))
+                    ),
+                    "byte {i} ^ {mask:#x}: {r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_torn_and_overlong_is_corrupt() {
+        let buf = encoded(&sample(DigestKind::Md5));
+        assert_eq!(Breakpoint::decode(&[]), Err(RecordError::Missing));
+        for n in 1..RECORD_LEN {
+            assert_eq!(Breakpoint::decode(&buf[..n]), Err(RecordError::Torn), "{n}");
+        }
+        let mut long = [0u8; RECORD_LEN + 1];
+        long[..RECORD_LEN].copy_from_slice(&buf);
+        assert_eq!(Breakpoint::decode(&long), Err(RecordError::Corrupt));
+    }
+
+    /// Re-signs a modified record, so the field checks (not the CRC) must reject it.
+    fn resign(buf: &mut [u8; RECORD_LEN]) {
+        let crc = crc32(&buf[..CRC_AT]);
+        buf[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn values_out_of_range_are_corrupt_even_with_a_valid_crc() {
+        let good = encoded(&sample(DigestKind::Md5));
+        let edits: [(&str, Edit<[u8; RECORD_LEN]>); 10] = [
+            ("protocol 4", |b| b[7] = 4),
+            ("state 2", |b| b[8] = 2),
+            ("digest kind 2", |b| b[9] = 2),
+            ("md5 digest tail not zero", |b| b[10 + 16] = 1),
+            ("offset > size", |b| {
+                b[50..58].copy_from_slice(&300_001u64.to_le_bytes())
+            }),
+            ("size 0", |b| b[42..50].copy_from_slice(&0u64.to_le_bytes())),
+            ("text length 65", |b| b[66] = 65),
+            ("text padding", |b| b[66 + 1 + 10] = b'x'),
+            ("digest state length 50", |b| b[391] = 50),
+            ("pending version while downloading", |b| {
+                b[326] = 1;
+                b[327] = b'3';
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut bad = good;
+            edit(&mut bad);
+            resign(&mut bad);
+            assert_eq!(
+                Breakpoint::decode(&bad),
+                Err(RecordError::Corrupt),
+                "{what}"
+            );
+        }
+        let mut bad = good;
+        bad[6] = 2;
+        resign(&mut bad);
+        assert_eq!(
+            Breakpoint::decode(&bad),
+            Err(RecordError::UnknownVersion(2))
+        );
+        let mut bad = good;
+        bad[67] = 0xff;
+        resign(&mut bad);
+        assert_eq!(
+            Breakpoint::decode(&bad),
+            Err(RecordError::Corrupt),
+            "not UTF-8"
+        );
+    }
+
+    #[test]
+    fn matches_only_the_same_image() {
+        let bp = sample(DigestKind::Md5);
+        let mut n = notice(DigestKind::Md5);
+        assert!(bp.matches(&n));
+        n.url.set("https://other.example.com/x.bin").unwrap();
+        assert!(bp.matches(&n), "the URL is informative only");
+
+        let edits: [(&str, Edit<UpgradeNotice>); 6] = [
+            ("version", |n| n.version.set("2.1.1").unwrap()),
+            ("module", |n| n.module.set("WIFI").unwrap()),
+            ("size", |n| n.size += 1),
+            ("digest", |n| n.digest[0] ^= 1),
+            ("digest kind", |n| n.digest_kind = DigestKind::Sha256),
+            ("module default", |n| n.module.clear()),
+        ];
+        for (what, edit) in edits {
+            let mut other = notice(DigestKind::Md5);
+            edit(&mut other);
+            assert!(!bp.matches(&other), "{what}");
+        }
+
+        let mut n = notice(DigestKind::Md5);
+        n.module.clear();
+        let bp = Breakpoint::for_upgrade(Protocol::Aliyun, &n).unwrap();
+        n.module.set("default").unwrap();
+        assert!(bp.matches(&n), "empty module is default");
+    }
+
+    #[test]
+    fn url_identity_ignores_the_query() {
+        let a = url_identity("https://h/fw.bin?Expires=1&Signature=a");
+        assert_eq!(a, url_identity("https://h/fw.bin?Expires=2&Signature=b"));
+        assert_eq!(a, url_identity("https://h/fw.bin"));
+        assert_ne!(a, url_identity("https://h/fw2.bin"));
+        assert_eq!(
+            url_identity(""),
+            0xcbf2_9ce4_8422_2325,
+            "FNV-1a offset basis"
+        );
+        let bp = sample(DigestKind::Md5);
+        assert_eq!(
+            bp.url_identity(),
+            url_identity("https://bucket.example.com/fw/app-2.1.0.bin")
+        );
+    }
+
+    #[test]
+    fn long_fields_are_rejected_not_truncated() {
+        let limits = Limits {
+            version: 100,
+            ..Limits::default()
+        };
+        let mut n = UpgradeNotice::new(&limits);
+        n.version.set(&"9".repeat(65)).unwrap();
+        n.size = 1;
+        assert_eq!(
+            Breakpoint::for_upgrade(Protocol::Aliyun, &n),
+            Err(Error::TooLong {
+                what: "breakpoint version",
+                len: 65,
+                max: 64
+            })
+        );
+        n.version.set(&"9".repeat(64)).unwrap();
+        let mut bp = Breakpoint::for_upgrade(Protocol::Aliyun, &n).unwrap();
+        assert!(bp.set_pending_reboot(&"1".repeat(65)).is_err());
+        assert_eq!(bp.state(), RecordState::Downloading, "unchanged");
+    }
+
+    #[test]
+    fn progress_checks() {
+        let mut bp = sample(DigestKind::Md5);
+        let before = bp.clone();
+        assert!(bp.set_progress(300_001, None).is_err());
+        let sha = StreamDigest::new(DigestKind::Sha256);
+        assert!(bp.set_progress(10, Some(&sha)).is_err());
+        assert_eq!(bp, before);
+        bp.set_progress(2000, None).unwrap();
+        assert!(bp.digest_state().is_empty());
+        assert!(bp.restore_digest().is_none(), "firmware re-feeds instead");
+        let back = Breakpoint::decode(&encoded(&bp)).unwrap();
+        assert_eq!(back.offset(), 2000);
+    }
+
+    #[test]
+    fn pending_reboot_decides_success_by_version() {
+        let mut bp = sample(DigestKind::Sha256);
+        assert_eq!(bp.reboot_outcome("2.1.0"), None);
+        bp.set_progress(300_000, None).unwrap();
+        bp.set_pending_reboot("2.1.0").unwrap();
+        assert!(bp.set_progress(1, None).is_err());
+        let back = Breakpoint::decode(&encoded(&bp)).unwrap();
+        assert_eq!(back.state(), RecordState::PendingReboot);
+        assert_eq!(back.pending_version(), Some("2.1.0"));
+        assert_eq!(back.reboot_outcome("2.1.0"), Some(RebootOutcome::Succeeded));
+        assert_eq!(back.reboot_outcome("2.0.0"), Some(RebootOutcome::Failed));
+
+        let mut n = UpgradeNotice::new(&Limits::default());
+        n.url.set("https://stale").unwrap();
+        back.fill_notice(&mut n).unwrap();
+        assert!(n.same_image(&notice(DigestKind::Sha256)));
+        assert_eq!(
+            n.task_id.as_str(),
+            "task-42",
+            "UCloud success names the task"
+        );
+        assert_eq!(n.batch.as_str(), "batch-7");
+        assert!(n.url.is_empty());
+
+        let tiny = Limits {
+            task_id: 3,
+            ..Limits::default()
+        };
+        let mut n = UpgradeNotice::new(&tiny);
+        assert!(matches!(
+            back.fill_notice(&mut n),
+            Err(Error::TooLong {
+                what: "task id",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn save_policy() {
+        let p = SavePolicy {
+            every_bytes: 1000,
+            every_percent: 0,
+        };
+        assert!(!p.due(0, 999, 1_000_000));
+        assert!(p.due(0, 1000, 1_000_000));
+        assert!(!p.due(5000, 5000, 1_000_000), "nothing new");
+        assert!(p.due(5000, 100, 1_000_000), "rewound: the record is ahead");
+        assert!(p.due(999_990, 1_000_000, 1_000_000), "completion");
+        let p = SavePolicy {
+            every_bytes: 0,
+            every_percent: 10,
+        };
+        assert!(!p.due(0, 99, 1000));
+        assert!(p.due(0, 100, 1000));
+        assert!(p.due(0, u64::MAX, u64::MAX), "no overflow: complete");
+        assert!(!p.due(0, u64::MAX / 11, u64::MAX));
+        assert!(p.due(0, u64::MAX / 9, u64::MAX));
+        let over = SavePolicy {
+            every_bytes: 0,
+            every_percent: 250,
+        };
+        assert!(!over.due(0, 999, 1000) && over.due(0, 1000, 1000));
+        assert!(!SavePolicy::DISABLED.due(0, 1000, 1000));
+        assert!(!SavePolicy::DISABLED.due(1000, 0, 1000));
+        let d = SavePolicy::default();
+        assert!(d.is_enabled() && d.due(0, 65536, 100 << 20) && !d.due(0, 65535, 100 << 20));
+    }
+
+    #[test]
+    fn memory_store_round_trip_and_damage() {
+        let mut store = MemoryStore::default();
+        assert_eq!(
+            Breakpoint::load(&mut store),
+            Err(LoadError::Record(RecordError::Missing))
+        );
+        let bp = sample(DigestKind::Md5);
+        bp.save(&mut store).unwrap();
+        assert_eq!(Breakpoint::load(&mut store).unwrap(), bp);
+        let mut torn = store.clone();
+        torn.truncate(200);
+        assert_eq!(
+            Breakpoint::load(&mut torn),
+            Err(LoadError::Record(RecordError::Torn))
+        );
+        store.flip(300, 0x10);
+        assert_eq!(
+            Breakpoint::load(&mut store),
+            Err(LoadError::Record(RecordError::Corrupt))
+        );
+        store.erase().unwrap();
+        assert!(store.contents().is_empty());
+        assert_eq!(
+            store.save(&[0u8; RECORD_LEN + 1]),
+            Err(StoreError::TooLarge {
+                len: RECORD_LEN + 1,
+                max: RECORD_LEN
+            })
+        );
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ota-resume-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn file_store_missing_save_load_erase() {
+        let dir = temp_dir("basic");
+        let mut store = FileStore::new(dir.join("bp.bin"));
+        assert_eq!(store.tmp_path(), dir.join("bp.bin.tmp"));
+        assert_eq!(
+            Breakpoint::load(&mut store),
+            Err(LoadError::Record(RecordError::Missing))
+        );
+        store.erase().unwrap();
+        let bp = sample(DigestKind::Sha256);
+        bp.save(&mut store).unwrap();
+        assert!(!store.tmp_path().exists(), "renamed away");
+        assert_eq!(Breakpoint::load(&mut store).unwrap(), bp);
+        store.erase().unwrap();
+        assert!(!store.path().exists());
+        assert_eq!(
+            Breakpoint::load(&mut store),
+            Err(LoadError::Record(RecordError::Missing))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn file_store_interrupted_save_keeps_the_old_record() {
+        let dir = temp_dir("atomic");
+        let mut store = FileStore::new(dir.join("bp.bin"));
+        let old = sample(DigestKind::Md5);
+        old.save(&mut store).unwrap();
+        // A save that died before its rename: garbage in the temp file only.
+        std::fs::write(store.tmp_path(), b"OTABP1\x01 half-written").unwrap();
+        assert_eq!(Breakpoint::load(&mut store).unwrap(), old);
+        // The next save replaces the stale temp file.
+        let mut new = old.clone();
+        new.set_progress(5000, None).unwrap();
+        new.save(&mut store).unwrap();
+        assert_eq!(Breakpoint::load(&mut store).unwrap(), new);
+        // A torn or corrupt file (e.g. written by hand) is detected, never trusted.
+        let bytes = std::fs::read(store.path()).unwrap();
+        std::fs::write(store.path(), &bytes[..100]).unwrap();
+        assert_eq!(
+            Breakpoint::load(&mut store),
+            Err(LoadError::Record(RecordError::Torn))
+        );
+        let mut flipped = bytes.clone();
+        flipped[400] ^= 4;
+        std::fs::write(store.path(), &flipped).unwrap();
+        assert_eq!(
+            Breakpoint::load(&mut store),
+            Err(LoadError::Record(RecordError::Corrupt))
+        );
+        let mut long = bytes;
+        long.extend_from_slice(&[0; 10]);
+        std::fs::write(store.path(), &long).unwrap();
+        assert_eq!(
+            Breakpoint::load(&mut store),
+            Err(LoadError::Record(RecordError::Corrupt))
+        );
+        store.erase().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn file_store_errors_are_reported() {
+        let dir = temp_dir("errors");
+        let mut store = FileStore::new(dir.join("missing-dir").join("bp.bin"));
+        let bp = sample(DigestKind::Md5);
+        assert_eq!(
+            bp.save(&mut store),
+            Err(StoreError::Io(std::io::ErrorKind::NotFound))
+        );
+        let relative = FileStore::new("bp.bin");
+        assert_eq!(relative.dir, PathBuf::from("."));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
