@@ -380,6 +380,37 @@ typedef int IOT_OTA_Progress_t;
 typedef int IOT_OTA_CmdType_t;
 
 /*
+ Reads the stored breakpoint record into `buf` (at most `buf_len` bytes).
+ Returns the number of bytes read, 0 when nothing is stored, < 0 on error.
+ */
+typedef int (*ota_bp_load_fn)(void *ctx, uint8_t *buf, uint32_t buf_len);
+
+/*
+ Replaces the stored breakpoint record with `len` bytes at `buf` (at most a few hundred
+ bytes; erase-then-write of one flash sector is typical). Returns 0, or < 0 on error.
+ A write cut by power loss is tolerated: the record carries a CRC and is then ignored.
+ */
+typedef int (*ota_bp_save_fn)(void *ctx, const uint8_t *buf, uint32_t len);
+
+/*
+ Removes the stored breakpoint record (nothing stored is not an error). Returns 0, or < 0.
+ */
+typedef int (*ota_bp_erase_fn)(void *ctx);
+
+/*
+ Where the SDK keeps its breakpoint record (resume after power loss): three callbacks and the
+ `ctx` passed to each. The SDK copies the table; `ctx` must stay valid until IOT_OTA_Deinit.
+ The callbacks run on the thread that calls the OTA functions, never concurrently for one
+ handle, and must not call back into the SDK.
+ */
+typedef struct ota_breakpoint_store_t {
+  ota_bp_load_fn load;
+  ota_bp_save_fn save;
+  ota_bp_erase_fn erase;
+  void *ctx;
+} ota_breakpoint_store_t;
+
+/*
  MQTT connection info filled by `IOT_SetupConnInfo` (iotkit v2.3 layout). Every string is
  NUL-terminated.
  */
@@ -955,6 +986,39 @@ int IOT_OTA_ReportUpgradeFail(void *handle, const char *version);
  Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL handle or `max_attempts` above 1000.
  */
 int IOT_OTA_SetRetryPolicy(void *handle, uint32_t max_attempts, uint32_t stall_timeout_s);
+
+/*
+ Keeps the breakpoint record (resume after power loss, success after reboot) through the
+ caller's flash callbacks (extension; see ota_breakpoint_store_t). The table is copied;
+ `store->ctx` must stay valid until IOT_OTA_Deinit. Replaces any store set before. Call it
+ right after IOT_OTA_Init, before IOT_OTA_ReportVersion, so a record from before a restart is
+ found.
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or table, or a NULL callback;
+ IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+ */
+int IOT_OTA_SetBreakpointStore(void *handle, const struct ota_breakpoint_store_t *store);
+
+/*
+ Keeps the breakpoint record in the file `path` (extension; Linux default store): each save
+ writes `path.tmp`, fsyncs it, renames it over `path` and fsyncs the directory, so a power cut
+ leaves the old record or the new one; a torn or corrupt file is ignored. Keep `path` under 384
+ bytes (longer paths cost one allocation per file operation). The directory must exist.
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or path, an empty path or one ending in
+ '/'; IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+ */
+int IOT_OTA_SetBreakpointFile(void *handle, const char *path);
+
+/*
+ Sets how often the breakpoint record is written while downloading (extension): after
+ `bytes` bytes or `percent` percent of the image since the last save, whichever comes first;
+ 0 disables that threshold, both 0 disable saving. The record is also written when the
+ download completes. Default: 65536 bytes or 10 percent.
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or `percent` above 100.
+ */
+int IOT_OTA_SetSaveInterval(void *handle, uint32_t bytes, uint32_t percent);
 
 #ifdef __cplusplus
 }  // extern "C"

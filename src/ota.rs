@@ -26,6 +26,9 @@ use crate::protocol::{
     self, Channel, Downstream, FailureCause, FixedStr, Limits, NoticeError, Protocol, Report,
     Topics, UpgradeNotice,
 };
+use crate::resume::{
+    Breakpoint, BreakpointStore, RebootOutcome, RecordState, SavePolicy, RECORD_LEN,
+};
 use crate::retry::{Backoff, RetryPolicy};
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
@@ -180,6 +183,8 @@ struct Engine {
     last_progress: Instant,
     /// Times the server answered a Range request with the whole file in this upgrade.
     restarts: u32,
+    /// Where the breakpoint record lives across restarts (opt-in).
+    persist: Persistence,
     digest: StreamDigest,
     fetched: u64,
     source_open: bool,
@@ -279,6 +284,7 @@ impl Engine {
             self.notice.module_name(),
             self.notice.size
         );
+        self.resume_from_record();
         let r = self.out.send(Report::Accepted {
             notice: &self.notice,
         });
@@ -318,6 +324,10 @@ impl Engine {
             }
         }
         let module = Self::module_arg(module);
+        if self.complete_pending_reboot(version, module) {
+            self.running.record(module.unwrap_or("default"), version);
+            return Ok(());
+        }
         let r = self.out.send(Report::Version { version, module });
         if r.is_ok() {
             self.running.record(module.unwrap_or("default"), version);
@@ -374,6 +384,10 @@ impl Engine {
 
     /// Tells the platform this upgrade failed, once.
     fn report_failure(&mut self, cause: FailureCause, desc: &str) -> Result<()> {
+        if cause == FailureCause::BurnFailed {
+            // The device stays on its old firmware: nothing is pending any more.
+            self.persist.erase();
+        }
         if !self.check_upgrade_report(true)? {
             return Ok(());
         }
@@ -423,6 +437,7 @@ impl Engine {
         if !self.check_upgrade_report(false)? {
             return Ok(());
         }
+        self.persist.erase();
         let r = self.out.send(Report::Success {
             version,
             notice: &self.notice,
@@ -635,6 +650,8 @@ impl Engine {
         self.fetched += bytes.len() as u64;
         if self.fetched == self.notice.size {
             self.finish();
+        } else if self.persist.due(self.fetched, self.notice.size) {
+            self.save_progress();
         }
         bytes.len()
     }
@@ -688,6 +705,134 @@ impl Engine {
         if let Err(e) = r {
             ota_log!(Level::Warning, "abandon report not sent: {e}");
         }
+    }
+
+    /// With a breakpoint store: continue a download interrupted by a restart when the record
+    /// names this image, else start a fresh record.
+    fn resume_from_record(&mut self) {
+        if self.persist.store.is_none() {
+            return;
+        }
+        match self.persist.load() {
+            Some(bp)
+                if bp.state() == RecordState::Downloading
+                    && bp.protocol() == self.protocol
+                    && bp.matches(&self.notice) =>
+            {
+                self.fetched = bp.offset();
+                match bp.restore_digest() {
+                    Some(d) => {
+                        self.digest = d;
+                        self.digest_bytes = bp.offset();
+                    }
+                    // The firmware re-feeds its stored bytes (IOT_OTA_UpdateClientMd5).
+                    None => self.digest_bytes = 0,
+                }
+                ota_log!(
+                    Level::Info,
+                    "resuming the download of {} at byte {} from the breakpoint record",
+                    self.notice.version,
+                    self.fetched
+                );
+                self.persist.last_saved = bp.offset();
+                self.persist.record = Some(bp);
+                return;
+            }
+            Some(_) => {
+                ota_log!(
+                    Level::Info,
+                    "breakpoint record is for another upgrade: discarded"
+                );
+                self.persist.erase();
+            }
+            None => {}
+        }
+        match Breakpoint::for_upgrade(self.protocol, &self.notice) {
+            Ok(bp) => self.persist.record = Some(bp),
+            Err(e) => ota_log!(Level::Warning, "no breakpoint record for this upgrade: {e}"),
+        }
+        self.persist.last_saved = 0;
+        self.save_progress();
+    }
+
+    /// Writes the offset and digest state of the download to the breakpoint record.
+    fn save_progress(&mut self) {
+        let digest = (self.digest_bytes == self.fetched).then_some(&self.digest);
+        let Some(bp) = self.persist.record.as_mut() else {
+            return;
+        };
+        if let Err(e) = bp.set_progress(self.fetched, digest) {
+            ota_log!(Level::Warning, "breakpoint not recorded: {e}");
+            return;
+        }
+        self.persist.last_saved = self.fetched;
+        self.persist.save();
+    }
+
+    /// The image verified: the device will reboot into it; remember which version it expects.
+    fn record_pending_reboot(&mut self) {
+        let Some(bp) = self.persist.record.as_mut() else {
+            return;
+        };
+        match bp.set_pending_reboot(self.notice.version.as_str()) {
+            Ok(()) => self.persist.save(),
+            Err(e) => ota_log!(Level::Warning, "pending version not recorded: {e}"),
+        }
+    }
+
+    /// After a reboot: the first version report completes a pending upgrade in the protocol's
+    /// terms (success when it is the pending version, failure otherwise). True when that report
+    /// replaced the plain version report.
+    fn complete_pending_reboot(&mut self, version: &str, module: Option<&str>) -> bool {
+        if self.persist.store.is_none() || self.state != OtaState::Idle {
+            return false;
+        }
+        let Some(bp) = self.persist.load() else {
+            return false;
+        };
+        if bp.state() != RecordState::PendingReboot
+            || bp.protocol() != self.protocol
+            || bp.module_name() != module.unwrap_or("default")
+        {
+            return false;
+        }
+        self.persist.erase();
+        if bp.fill_notice(&mut self.notice).is_err() {
+            return false;
+        }
+        let r = match bp.reboot_outcome(version) {
+            Some(RebootOutcome::Succeeded) => {
+                ota_log!(
+                    Level::Info,
+                    "upgrade to {version} completed after the reboot"
+                );
+                self.out.send(Report::Success {
+                    version,
+                    notice: &self.notice,
+                })
+            }
+            _ => {
+                ota_log!(
+                    Level::Error,
+                    "rebooted into {version}, not the pending {}: upgrade failed",
+                    self.notice.version
+                );
+                let r = self.out.send(Report::Failure {
+                    cause: FailureCause::UpgradeFailed,
+                    desc: "the device did not boot the new firmware",
+                    notice: &self.notice,
+                });
+                if let Err(e) = r {
+                    ota_log!(Level::Warning, "failure report not sent: {e}");
+                }
+                return false;
+            }
+        };
+        if let Err(e) = r {
+            ota_log!(Level::Warning, "completion not reported: {e}");
+        }
+        // Aliyun and SagooIOT count the version report itself as the success.
+        matches!(self.protocol, Protocol::Aliyun | Protocol::Sagoo)
     }
 
     /// After the broker connection came back: send what was held back, and report the
@@ -797,6 +942,7 @@ impl Engine {
         self.verified = covered && digest_ok && !self.oversize;
         if self.verified {
             ota_log!(Level::Info, "image of {} bytes verified", self.fetched);
+            self.record_pending_reboot();
             return;
         }
         let (e, desc) = if !covered {
@@ -875,6 +1021,13 @@ impl OtaSession {
             retry_at: None,
             last_progress: Instant::now(),
             restarts: 0,
+            persist: Persistence {
+                store: None,
+                policy: SavePolicy::default(),
+                record: None,
+                last_saved: 0,
+                buf: Box::new([0u8; RECORD_LEN]),
+            },
             digest: StreamDigest::new(crate::protocol::DigestKind::Md5),
             fetched: 0,
             source_open: false,
@@ -1029,6 +1182,26 @@ impl OtaSession {
         self.engine().fetch_yield(buf, timeout)
     }
 
+    /// Keeps the breakpoint record in `store` (resume after power loss, success after reboot).
+    /// Set it before reporting the version, so a record from before a restart is found. A
+    /// firmware that resumes must write the bytes it gets at [`fetched_size`](Self::fetched_size)
+    /// (the resume offset), not at 0.
+    pub fn set_breakpoint_store(&self, store: Box<dyn BreakpointStore>) -> Result<()> {
+        let mut e = self.engine();
+        if e.state == OtaState::Fetching {
+            return Err(e.fail(Error::InvalidState(
+                "cannot change the store while fetching",
+            )));
+        }
+        e.persist.store = Some(store);
+        Ok(())
+    }
+
+    /// How often the breakpoint record is written while downloading.
+    pub fn set_save_policy(&self, policy: SavePolicy) {
+        self.engine().persist.policy = policy;
+    }
+
     /// The retry policy in force.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.engine().backoff.policy()
@@ -1181,5 +1354,60 @@ impl std::fmt::Write for TextWriter<'_> {
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
         Ok(())
+    }
+}
+
+/// The breakpoint record and where it is kept.
+struct Persistence {
+    store: Option<Box<dyn BreakpointStore>>,
+    policy: SavePolicy,
+    /// The record of the current upgrade.
+    record: Option<Breakpoint>,
+    /// Offset at the last save.
+    last_saved: u64,
+    buf: Box<[u8; RECORD_LEN]>,
+}
+
+impl Persistence {
+    fn due(&self, offset: u64, size: u64) -> bool {
+        self.store.is_some()
+            && self.record.is_some()
+            && self.policy.due(self.last_saved, offset, size)
+    }
+
+    /// The stored record, or None (a missing, torn or corrupt record is never trusted).
+    fn load(&mut self) -> Option<Breakpoint> {
+        let store = self.store.as_mut()?;
+        match Breakpoint::load(store.as_mut()) {
+            Ok(bp) => Some(bp),
+            Err(e) => {
+                if !matches!(
+                    e,
+                    crate::resume::LoadError::Record(crate::resume::RecordError::Missing)
+                ) {
+                    ota_log!(Level::Warning, "breakpoint record ignored: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    fn save(&mut self) {
+        let (Some(store), Some(bp)) = (self.store.as_mut(), self.record.as_ref()) else {
+            return;
+        };
+        let len = bp.encode(&mut self.buf);
+        if let Err(e) = store.save(&self.buf[..len]) {
+            ota_log!(Level::Warning, "breakpoint record not saved: {e}");
+        }
+    }
+
+    fn erase(&mut self) {
+        self.record = None;
+        if let Some(store) = self.store.as_mut() {
+            if let Err(e) = store.erase() {
+                ota_log!(Level::Warning, "breakpoint record not erased: {e}");
+            }
+        }
     }
 }

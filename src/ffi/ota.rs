@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::guard::{c_str, write_c_str};
 use super::mqtt::MqttHandle;
+use super::resume::ota_breakpoint_store_t;
 use crate::error::Error;
 use crate::log::Level;
 use crate::ota::{OtaConfig, OtaSession, OtaState};
@@ -788,5 +789,71 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
         }
         h.session.set_retry_policy(policy);
         0
+    })
+}
+
+/// Keeps the breakpoint record (resume after power loss, success after reboot) through the
+/// caller's flash callbacks (extension; see ota_breakpoint_store_t). The table is copied;
+/// `store->ctx` must stay valid until IOT_OTA_Deinit. Replaces any store set before. Call it
+/// right after IOT_OTA_Init, before IOT_OTA_ReportVersion, so a record from before a restart is
+/// found.
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or table, or a NULL callback;
+/// IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_SetBreakpointStore(
+    handle: *mut c_void,
+    store: *const ota_breakpoint_store_t,
+) -> c_int {
+    ffi_guard!("IOT_OTA_SetBreakpointStore", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetBreakpointStore") }) else {
+            return INVALID_PARAM;
+        };
+        match unsafe { super::resume::callback_store(store) } {
+            Ok(s) => code(h, h.session.set_breakpoint_store(Box::new(s))),
+            Err(e) => reject(h, "IOT_OTA_SetBreakpointStore", e),
+        }
+    })
+}
+
+/// Keeps the breakpoint record in the file `path` (extension; Linux default store): each save
+/// writes `path.tmp`, fsyncs it, renames it over `path` and fsyncs the directory, so a power cut
+/// leaves the old record or the new one; a torn or corrupt file is ignored. Keep `path` under 384
+/// bytes (longer paths cost one allocation per file operation). The directory must exist.
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or path, an empty path or one ending in
+/// '/'; IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_SetBreakpointFile(handle: *mut c_void, path: *const c_char) -> c_int {
+    ffi_guard!("IOT_OTA_SetBreakpointFile", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetBreakpointFile") }) else {
+            return INVALID_PARAM;
+        };
+        match unsafe { super::resume::file_store(path) } {
+            Ok(s) => code(h, h.session.set_breakpoint_store(Box::new(s))),
+            Err(e) => reject(h, "IOT_OTA_SetBreakpointFile", e),
+        }
+    })
+}
+
+/// Sets how often the breakpoint record is written while downloading (extension): after
+/// `bytes` bytes or `percent` percent of the image since the last save, whichever comes first;
+/// 0 disables that threshold, both 0 disable saving. The record is also written when the
+/// download completes. Default: 65536 bytes or 10 percent.
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or `percent` above 100.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_SetSaveInterval(handle: *mut c_void, bytes: u32, percent: u32) -> c_int {
+    ffi_guard!("IOT_OTA_SetSaveInterval", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetSaveInterval") }) else {
+            return INVALID_PARAM;
+        };
+        match super::resume::save_policy(bytes, percent) {
+            Ok(p) => {
+                h.session.set_save_policy(p);
+                0
+            }
+            Err(e) => reject(h, "IOT_OTA_SetSaveInterval", e),
+        }
     })
 }

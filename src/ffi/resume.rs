@@ -99,8 +99,6 @@ impl BreakpointStore for CallbackStore {
 ///
 /// # Safety
 /// `store` is NULL or points to a readable `ota_breakpoint_store_t`.
-// Used once ffi/ota.rs exports the entry point; then drop this allow.
-#[allow(dead_code)]
 pub(crate) unsafe fn callback_store(
     store: *const ota_breakpoint_store_t,
 ) -> Result<CallbackStore, Error> {
@@ -114,8 +112,6 @@ pub(crate) unsafe fn callback_store(
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string.
-// Used once ffi/ota.rs exports the entry point; then drop this allow.
-#[allow(dead_code)]
 pub(crate) unsafe fn file_store(path: *const c_char) -> Result<FileStore, Error> {
     if path.is_null() {
         return Err(Error::InvalidParam("path is NULL"));
@@ -136,8 +132,6 @@ pub(crate) unsafe fn file_store(path: *const c_char) -> Result<FileStore, Error>
 
 /// For `IOT_OTA_SetSaveInterval`: `bytes` and `percent` (0..=100), 0 disabling each; both 0
 /// disables saving.
-// Used once ffi/ota.rs exports the entry point; then drop this allow.
-#[allow(dead_code)]
 pub(crate) fn save_policy(bytes: u32, percent: u32) -> Result<SavePolicy, Error> {
     if percent > 100 {
         return Err(Error::InvalidParam("percent above 100"));
