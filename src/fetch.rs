@@ -147,6 +147,8 @@ struct Shared {
     epoch: u64,
     /// The current worker waits for a command (it is not inside a download).
     worker_idle: bool,
+    /// The offset of the current download's request (re-issued to a replacement worker).
+    open_offset: u64,
 }
 
 struct Channel {
@@ -196,7 +198,9 @@ impl HttpSource {
                 ended: false,
                 quit: false,
                 epoch: 0,
-                worker_idle: false,
+                // Not inside a download: a command given before the worker starts waits for it.
+                worker_idle: true,
+                open_offset: 0,
             }),
             to_consumer: Condvar::new(),
             to_worker: Condvar::new(),
@@ -235,6 +239,11 @@ impl HttpSource {
             if now >= grace {
                 s.epoch += 1;
                 let epoch = s.epoch;
+                // The stuck worker may have taken the command already: give it again.
+                s.command = Command::Open {
+                    offset: s.open_offset,
+                };
+                s.worker_idle = true;
                 drop(s);
                 self.channel.to_worker.notify_all();
                 crate::ota_log!(
@@ -271,6 +280,7 @@ impl FirmwareSource for HttpSource {
         s.generation += 1;
         self.generation = s.generation;
         s.command = Command::Open { offset };
+        s.open_offset = offset;
         s.ring.clear();
         s.opened = None;
         s.error = None;
