@@ -9,7 +9,7 @@
 //! OUTPUT_FILE while reporting progress, verify, report that flashing begins and succeeded, then
 //! "reboot" (a new session) and report the version now running.
 
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
 use ota::conninfo::aliyun_conn_info;
@@ -59,7 +59,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut file = std::fs::File::create(&out_path)?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_percent = 0u64;
-    while !session.is_fetch_finished() {
+    let mut failed_at: Option<Instant> = None;
+    loop {
         if Instant::now() > deadline {
             return Err("timed out".into());
         }
@@ -68,23 +69,38 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             200
         }))?;
-        if !session.is_fetching() {
-            continue;
-        }
-        let n = session.fetch_yield(&mut buf, Duration::from_secs(1))?;
-        file.write_all(&buf[..n])?;
-        let size = session.file_size().max(1);
-        let percent = session.fetched_size() * 100 / size;
-        if percent > last_percent {
-            session.report_progress(percent as i32, None)?;
-            last_percent = percent;
+        if session.is_fetching() {
+            failed_at = None;
+            // Write where the session says the bytes belong: after a resume or a server that
+            // restarted the stream, that is not the end of what was written before.
+            let at = session.fetched_size();
+            match session.fetch_yield(&mut buf, Duration::from_secs(1)) {
+                Ok(n) => {
+                    file.seek(SeekFrom::Start(at))?;
+                    file.write_all(&buf[..n])?;
+                }
+                Err(e) => println!("device: download interrupted: {e}"),
+            }
+            let size = session.file_size().max(1);
+            let percent = session.fetched_size() * 100 / size;
+            if percent > last_percent {
+                let _ = session.report_progress(percent as i32, None);
+                last_percent = percent;
+            }
+        } else if session.is_fetch_finished() {
+            if session.check_firmware()? {
+                break;
+            }
+            // A failed download resumes if the platform announces the upgrade again (e.g. with
+            // a fresh URL after an expired one); give it a while.
+            let since = *failed_at.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(15) {
+                return Err("the download failed".into());
+            }
         }
     }
     file.sync_all()?;
     let new_version = session.with_notice(|n| n.version.as_str().to_string());
-    if !session.check_firmware()? {
-        return Err("the downloaded image is invalid".into());
-    }
     println!(
         "device: {} bytes of version {new_version} verified, flashing",
         session.fetched_size()

@@ -567,6 +567,12 @@ impl Cloud {
         self
     }
 
+    /// Whether a failure the device reports is the expired URL this run provokes on purpose
+    /// (a URL renewer is set), which a fresh URL answers, rather than the end of the upgrade.
+    fn url_expiry_expected(&self, desc: &str) -> bool {
+        self.renew_url.is_some() && desc.to_ascii_lowercase().contains("expired")
+    }
+
     /// Plays one upgrade: waits for the device's version report, offers `firmware` if the
     /// version differs, follows the progress and checks every message, and succeeds when the
     /// protocol's success condition is met (see [`Success::Upgraded`]). Gives up after
@@ -791,6 +797,10 @@ impl Cloud {
                 let desc_text = desc.as_deref().unwrap_or("");
                 if step < 0 {
                     self.say(format!("device reports failure step {step}: {desc_text}"));
+                    if step == -2 && self.url_expiry_expected(desc_text) {
+                        // The device asks for a fresh URL next (`request`); keep going.
+                        return Ok(Verdict::Wait);
+                    }
                     return Ok(Verdict::Finish(Err(Failure::DeviceFailed {
                         step,
                         desc: desc.clone(),
@@ -844,6 +854,10 @@ impl Cloud {
                     TencentState::Fail { code, msg } => {
                         summary.progress.push(code);
                         self.say(format!("device reports fail {code}: {msg}"));
+                        if code == -3 && self.url_expiry_expected(&msg) {
+                            // Tencent has no request: the platform re-sends with a fresh URL.
+                            return Ok(Verdict::Offer);
+                        }
                         Ok(Verdict::Finish(Err(Failure::DeviceFailed {
                             step: code,
                             desc: Some(msg),
@@ -898,6 +912,10 @@ impl Cloud {
                     "device reports fail for task {}: {err_msg}",
                     run.task_id
                 ));
+                if run.must_refuse().is_none() && self.url_expiry_expected(&err_msg) {
+                    // UCloud has no request: the platform re-sends with a fresh URL.
+                    return Ok(Verdict::Offer);
+                }
                 if let Some((announced, runs)) = run.must_refuse() {
                     self.say(format!(
                         "(expected: the task upgrades from {announced} but the device runs {runs})"
