@@ -525,9 +525,9 @@ impl Engine {
             if let Some(delay) = self.backoff.next_delay() {
                 ota_log!(
                     Level::Warning,
-                    "download interrupted at byte {} ({e}); retry {}/{} in {} ms",
+                    "download interrupted at byte {} ({e}); retry {}/{} in a row in {} ms",
                     self.fetched,
-                    self.backoff.total(),
+                    self.backoff.attempts(),
                     self.backoff.policy().max_attempts,
                     delay.as_millis()
                 );

@@ -66,6 +66,11 @@ impl Backoff {
         self.total = 0;
     }
 
+    /// Retries in a row without progress so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
     /// Retries over the whole download.
     pub fn total(&self) -> u32 {
         self.total
