@@ -9,6 +9,27 @@
  *   loop { IOT_MQTT_Yield; if IOT_OTA_IsFetching: FetchYield / Ioctl / ReportProgress until
  *   IOT_OTA_IsFetchFinish } -> Ioctl(IOT_OTAG_CHECK_FIRMWARE) -> IOT_OTA_Deinit -> IOT_MQTT_Destroy.
  * Release the OTA handle before the MQTT handle it was built on.
+ *
+ * Never losing a download:
+ * - Within a run, a broken, stalled or cut download is resumed by IOT_OTA_FetchYield itself
+ *   with HTTP Range after a backoff (IOT_OTA_SetRetryPolicy). If a server answers a Range
+ *   request with the whole file, FetchYield returns IOT_OTAE_FETCH_FAILED once and
+ *   IOT_OTAG_FETCHED_SIZE drops to 0: rewind your write offset and keep calling FetchYield.
+ *   Write each chunk at the offset IOT_OTAG_FETCHED_SIZE had before the call.
+ * - Across restarts (power loss): call IOT_OTA_SetBreakpointFile (or IOT_OTA_SetBreakpointStore
+ *   with flash callbacks) right after IOT_OTA_Init, before IOT_OTA_ReportVersion. When the
+ *   platform re-sends the same upgrade, the download continues at IOT_OTAG_RESUME_OFFSET with
+ *   the saved digest state; keep the bytes before it and write from there. (Tencent style
+ *   instead: IOT_OTA_ResetClientMD5, IOT_OTA_UpdateClientMd5 over the kept bytes,
+ *   IOT_OTA_StartDownload(offset, size).)
+ * - An expired URL (HTTP 403) is reported in the protocol's terms; Aliyun is asked for a fresh
+ *   URL on the request topic; a re-sent upgrade of the same image resumes at its offset.
+ *
+ * Success after reboot: with a breakpoint store, a verified image records the version the
+ * device is about to boot. After the reboot, the first IOT_OTA_ReportVersion completes the
+ * upgrade in the protocol's terms (Aliyun/SagooIOT: that version report; Tencent: "done";
+ * UCloud: "success" with the remembered TaskID) or reports a failure when another version
+ * runs. Without a store, call IOT_OTA_ReportUpgradeSuccess yourself.
  */
 
 #ifndef OTA_H
