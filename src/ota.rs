@@ -183,6 +183,8 @@ struct Engine {
     last_progress: Instant,
     /// Times the server answered a Range request with the whole file in this upgrade.
     restarts: u32,
+    /// The last FetchYield waited its whole timeout for nothing: the next one reconnects.
+    stalled: bool,
     /// Where the breakpoint record lives across restarts (opt-in).
     persist: Persistence,
     digest: StreamDigest,
@@ -274,6 +276,7 @@ impl Engine {
         self.backoff.reset();
         self.retry_at = None;
         self.restarts = 0;
+        self.stalled = false;
         self.fetch_cause = None;
         self.verified = false;
         self.state = OtaState::Fetching;
@@ -469,6 +472,9 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
         let deadline = Instant::now() + timeout;
+        if std::mem::take(&mut self.stalled) && self.source_open {
+            self.interrupted(FetchError::Timeout)?;
+        }
         if let Err(e) = self.ensure_upgrading_reported() {
             ota_log!(Level::Warning, "upgrading report not sent: {e}");
         }
@@ -508,7 +514,11 @@ impl Engine {
                 Ok(Chunk::Pending) if Instant::now() >= stall_at => {
                     self.interrupted(FetchError::Timeout)?
                 }
-                Ok(Chunk::Pending) if Instant::now() >= deadline => return Ok(0),
+                Ok(Chunk::Pending) if Instant::now() >= deadline => {
+                    // A whole (non-zero) wait without a byte: the connection stalled.
+                    self.stalled = !timeout.is_zero() && self.last_progress + timeout <= deadline;
+                    return Ok(0);
+                }
                 Ok(Chunk::Pending) => {}
                 Ok(Chunk::End) => self.interrupted(FetchError::Truncated)?,
                 Err(e) => self.interrupted(e)?,
@@ -1021,6 +1031,7 @@ impl OtaSession {
             retry_at: None,
             last_progress: Instant::now(),
             restarts: 0,
+            stalled: false,
             persist: Persistence {
                 store: None,
                 policy: SavePolicy::default(),

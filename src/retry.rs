@@ -11,7 +11,8 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest delay between attempts.
     pub max_delay: Duration,
-    /// A download that delivers nothing for this long is reconnected.
+    /// A download that delivers nothing for this long is reconnected (so is one that gave a
+    /// FetchYield nothing for that call's whole timeout: the next call reconnects).
     pub stall_timeout: Duration,
 }
 

@@ -174,18 +174,44 @@ fn fetch_yield_returns_within_its_timeout_while_the_server_stalls() {
     let run = start(
         50_000,
         Faults {
-            stall_ms: 2500,
+            stall_ms: 1200,
             ..Faults::default()
         },
         fast_retries(2),
     );
-    let (flash, err, longest) = download(&run, Duration::from_millis(300));
+    let (flash, err, longest) = download(&run, Duration::from_secs(2));
     assert_eq!(err, None);
     assert!(flash == run.image);
     // Generous margin: the bound is the behaviour under test, not a speed.
     assert!(
+        longest < Duration::from_millis(3000),
+        "a FetchYield took {longest:?}"
+    );
+}
+
+#[test]
+fn a_stall_past_the_fetch_yield_timeout_reconnects_with_range() {
+    let run = start(
+        100_000,
+        Faults {
+            stall_once: Some((40_000, 1500)),
+            ..Faults::default()
+        },
+        fast_retries(3),
+    );
+    let (flash, err, longest) = download(&run, Duration::from_millis(300));
+    assert_eq!(err, None);
+    assert!(flash == run.image);
+    assert!(
         longest < Duration::from_millis(1300),
         "a FetchYield took {longest:?}"
+    );
+    let requests = run.server.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.range.as_deref() == Some("bytes=40000-")),
+        "the next FetchYield reconnected at the stall: {requests:?}"
     );
 }
 
