@@ -14,7 +14,11 @@
 //!
 //! Each protocol's test collects every deviation before failing, so one run lists them all.
 
-use std::sync::{Arc, Mutex};
+#[path = "common/recorder.rs"]
+mod recorder;
+use recorder::{Recorder, Sent};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use ota::error::Error;
@@ -24,19 +28,6 @@ use ota::{OtaConfig, OtaSession, OtaState, Protocol};
 
 // ---------------------------------------------------------------------------------------------
 // Transports
-
-type Sent = Arc<Mutex<Vec<(String, String)>>>;
-
-/// An uplink that records what the session publishes.
-struct Recorder(Sent);
-
-impl ota::ota::Uplink for Recorder {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> ota::error::Result<()> {
-        let text = String::from_utf8_lossy(payload).into_owned();
-        self.0.lock().unwrap().push((topic.to_string(), text));
-        Ok(())
-    }
-}
 
 /// The announced size of every base upgrade; the in-memory server holds exactly that many bytes.
 const SIZE: usize = 1000;

@@ -1,25 +1,17 @@
 //! The state machine's transitions on in-memory transports: every row of the table in
 //! `src/ota.rs`, plus the reports each failure sends.
 
-use std::sync::{Arc, Mutex};
+#[path = "common/recorder.rs"]
+mod recorder;
+use recorder::{Recorder, Sent};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use ota::error::{Error, FetchError};
 use ota::fetch::MemorySource;
 use ota::protocol::NoticeError;
 use ota::{OtaConfig, OtaSession, OtaState};
-
-type Sent = Arc<Mutex<Vec<(String, String)>>>;
-
-struct Recorder(Sent);
-
-impl ota::ota::Uplink for Recorder {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> ota::error::Result<()> {
-        let text = String::from_utf8(payload.to_vec()).unwrap();
-        self.0.lock().unwrap().push((topic.to_string(), text));
-        Ok(())
-    }
-}
 
 const TOPIC: &str = "/ota/device/upgrade/pk/dn";
 

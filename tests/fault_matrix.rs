@@ -2,7 +2,11 @@
 //! image with CHECK_FIRMWARE true, or the protocol's failure report with CHECK_FIRMWARE false:
 //! never a wrong image reported valid.
 
-use std::sync::{Arc, Mutex};
+#[path = "common/recorder.rs"]
+mod recorder;
+use recorder::{payloads, Recorder, Sent};
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ota::error::{Error, FetchError};
@@ -10,20 +14,6 @@ use ota::fetch::{HttpConfig, HttpSource};
 use ota::retry::RetryPolicy;
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::http::{Faults, FirmwareServer};
-
-type Sent = Arc<Mutex<Vec<String>>>;
-
-struct Recorder(Sent);
-
-impl ota::ota::Uplink for Recorder {
-    fn publish(&mut self, _topic: &str, payload: &[u8]) -> ota::error::Result<()> {
-        self.0
-            .lock()
-            .unwrap()
-            .push(String::from_utf8(payload.to_vec()).unwrap());
-        Ok(())
-    }
-}
 
 const PROTOCOLS: [Protocol; 4] = [
     Protocol::Aliyun,
@@ -115,7 +105,7 @@ fn run(protocol: Protocol, size: usize, faults: Faults, expect: Expect) {
         }
     }
     let valid = s.check_firmware().unwrap();
-    let sent = sent.lock().unwrap().clone();
+    let sent = payloads(&sent);
     match expect {
         Expect::Valid => {
             assert_eq!(error, None, "{protocol:?}");

@@ -2,7 +2,11 @@
 //! a byte-exact image that verifies, or a reported failure that does not — never a wrong image
 //! reported valid.
 
-use std::sync::{Arc, Mutex};
+#[path = "common/recorder.rs"]
+mod recorder;
+use recorder::{payloads, Recorder, Sent};
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ota::error::{Error, FetchError};
@@ -10,20 +14,6 @@ use ota::fetch::{HttpConfig, HttpSource};
 use ota::retry::RetryPolicy;
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::http::{Faults, FirmwareServer};
-
-type Sent = Arc<Mutex<Vec<String>>>;
-
-struct Recorder(Sent);
-
-impl ota::ota::Uplink for Recorder {
-    fn publish(&mut self, _topic: &str, payload: &[u8]) -> ota::error::Result<()> {
-        self.0
-            .lock()
-            .unwrap()
-            .push(String::from_utf8(payload.to_vec()).unwrap());
-        Ok(())
-    }
-}
 
 struct Run {
     session: OtaSession,
@@ -165,7 +155,7 @@ fn a_server_error_is_retried_up_to_the_limit_then_reported() {
     assert_eq!(err, Some(Error::Fetch(FetchError::Status(503))));
     assert_eq!(run.server.requests().len(), 4, "one try and three retries");
     assert!(!run.session.check_firmware().unwrap());
-    let last = run.sent.lock().unwrap().last().cloned().unwrap();
+    let last = payloads(&run.sent).pop().unwrap();
     assert!(last.contains(r#""step":"-2""#), "{last}");
 }
 
@@ -232,7 +222,7 @@ fn a_stall_longer_than_the_stall_timeout_reconnects() {
     // Every answer stalls past the limit: reconnections, then a reported timeout.
     assert_eq!(err, Some(Error::Fetch(FetchError::Timeout)));
     assert!(run.server.requests().len() >= 2 || run.session.retries() == 2);
-    let last = run.sent.lock().unwrap().last().cloned().unwrap();
+    let last = payloads(&run.sent).pop().unwrap();
     assert!(
         last.contains(r#""step":"-2""#) && last.contains("timed out"),
         "{last}"
@@ -294,7 +284,7 @@ fn an_expired_url_is_reported_and_a_fresh_one_requested() {
     let (_, err, _) = download(&run, Duration::from_secs(2));
     assert_eq!(err, Some(Error::Fetch(FetchError::Status(403))));
     assert_eq!(run.server.requests().len(), 1, "403 is not retried");
-    let sent = run.sent.lock().unwrap().clone();
+    let sent = payloads(&run.sent);
     let n = sent.len();
     assert!(
         sent[n - 2].contains(r#""step":"-2""#) && sent[n - 2].contains("URL expired"),

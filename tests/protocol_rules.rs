@@ -1,25 +1,17 @@
 //! Each platform's rules as the engine applies them, on in-memory transports: what is sent
 //! for every event, what is refused, what is ignored.
 
-use std::sync::{Arc, Mutex};
+#[path = "common/recorder.rs"]
+mod recorder;
+use recorder::{Recorder, Sent};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use ota::error::{Error, FetchError};
 use ota::fetch::{HttpConfig, HttpSource, MemorySource};
 use ota::protocol::NoticeError;
 use ota::{OtaConfig, OtaSession, OtaState, Protocol};
-
-type Sent = Arc<Mutex<Vec<(String, String)>>>;
-
-struct Recorder(Sent);
-
-impl ota::ota::Uplink for Recorder {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> ota::error::Result<()> {
-        let text = String::from_utf8(payload.to_vec()).unwrap();
-        self.0.lock().unwrap().push((topic.to_string(), text));
-        Ok(())
-    }
-}
 
 fn image(len: usize) -> &'static [u8] {
     let v: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();

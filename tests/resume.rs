@@ -2,28 +2,18 @@
 //! dropped mid-download (a power cut, as far as the SDK can tell), and a new session that
 //! continues from the record; success or failure reported after the reboot.
 
+#[path = "common/recorder.rs"]
+mod recorder;
+use recorder::{payloads, Recorder, Sent};
+
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ota::fetch::{HttpConfig, HttpSource};
 use ota::resume::{FileStore, SavePolicy};
 use ota::{OtaConfig, OtaSession, OtaState, Protocol};
 use ota_cloud::http::FirmwareServer;
-
-type Sent = Arc<Mutex<Vec<String>>>;
-
-struct Recorder(Sent);
-
-impl ota::ota::Uplink for Recorder {
-    fn publish(&mut self, _topic: &str, payload: &[u8]) -> ota::error::Result<()> {
-        self.0
-            .lock()
-            .unwrap()
-            .push(String::from_utf8(payload.to_vec()).unwrap());
-        Ok(())
-    }
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ota-resume-{name}-{}", std::process::id()));
@@ -201,7 +191,7 @@ fn after_the_reboot_the_pending_version_completes_the_upgrade() {
 
         let (s, sent) = boot(Protocol::Ucloud, &record, EVERY_64K);
         s.report_version(booted).unwrap();
-        let sent = sent.lock().unwrap().clone();
+        let sent = payloads(&sent);
         assert_eq!(sent[0], expect, "booted {booted}: {sent:?}");
         assert_eq!(
             sent[1],
@@ -233,7 +223,7 @@ fn aliyun_success_after_reboot_is_the_version_report_itself() {
     let (s, sent) = boot(Protocol::Aliyun, &record, EVERY_64K);
     s.report_version("2.0.0").unwrap();
     assert_eq!(
-        sent.lock().unwrap().clone(),
+        payloads(&sent),
         [r#"{"id":1,"params":{"version":"2.0.0"}}"#]
     );
 }

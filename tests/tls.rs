@@ -2,6 +2,10 @@
 //! (right CA, wrong CA, wrong host name, expired certificate), MQTT over TLS against Mosquitto,
 //! and the C option `IOTX_IOCTL_SET_HTTPS_CA`.
 
+#[path = "common/recorder.rs"]
+mod recorder;
+use recorder::{Recorder, Sent};
+
 #[path = "common/certs.rs"]
 mod certs;
 
@@ -29,19 +33,6 @@ const WAIT: Duration = Duration::from_secs(30);
 fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(Pki::generate)
-}
-
-type Sent = Arc<Mutex<Vec<(String, String)>>>;
-
-/// The uplink of a session under test: records what it publishes.
-struct Recorder(Sent);
-
-impl ota::ota::Uplink for Recorder {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> ota::error::Result<()> {
-        let text = String::from_utf8(payload.to_vec()).expect("UTF-8 payload");
-        self.0.lock().unwrap().push((topic.to_string(), text));
-        Ok(())
-    }
 }
 
 /// An Aliyun upgrade notification for `image` at `url`.
