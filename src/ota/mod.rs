@@ -12,23 +12,28 @@
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
 
+mod outbox;
+mod persist;
+mod support;
+
+use outbox::{Deferred, Outbox};
+use persist::Persistence;
+use support::{RunningVersions, TextWriter};
+
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::digest::{to_hex, StreamDigest};
-use crate::error::{Error, MqttError, Result};
+use crate::error::{Error, Result};
 use crate::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, OpenInfo};
 use crate::log::Level;
 use crate::mqtt::{MqttClient, QoS};
 use crate::ota_log;
 use crate::protocol::{
-    self, Channel, Downstream, FailureCause, FixedStr, Limits, NoticeError, Protocol, Report,
-    Topics, UpgradeNotice,
+    self, Downstream, FailureCause, Limits, NoticeError, Protocol, Report, Topics, UpgradeNotice,
 };
-use crate::resume::{
-    Breakpoint, BreakpointStore, RebootOutcome, RecordState, SavePolicy, RECORD_LEN,
-};
+use crate::resume::{BreakpointStore, SavePolicy, RECORD_LEN};
 use crate::retry::{Backoff, RetryPolicy};
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
@@ -75,89 +80,6 @@ pub enum OtaState {
     Fetching,
     /// The download ended: completely (then verified) or by a failure.
     Fetched,
-}
-
-/// Everything needed to publish one upstream message.
-struct Outbox {
-    protocol: Protocol,
-    topics: Topics,
-    uplink: Box<dyn Uplink>,
-    message: Box<[u8]>,
-    next_id: u64,
-    /// Messages that could not go out while the broker was unreachable: the latest per
-    /// channel, sent after the reconnection.
-    deferred: [Deferred; 3],
-}
-
-/// One held-back message.
-struct Deferred {
-    buf: Box<[u8]>,
-    len: Option<usize>,
-}
-
-impl Deferred {
-    fn new(size: usize) -> Deferred {
-        Deferred {
-            buf: vec![0u8; size].into_boxed_slice(),
-            len: None,
-        }
-    }
-}
-
-fn channel_index(channel: Channel) -> usize {
-    match channel {
-        Channel::Inform => 0,
-        Channel::Progress => 1,
-        Channel::Request => 2,
-    }
-}
-
-const CHANNELS: [Channel; 3] = [Channel::Inform, Channel::Progress, Channel::Request];
-
-impl Outbox {
-    /// Encodes and publishes `report`; a report the protocol has no message for is a no-op.
-    fn send(&mut self, report: Report<'_>) -> Result<()> {
-        let encoded = protocol::encode(self.protocol, &report, self.next_id, &mut self.message)
-            .map_err(|_| Error::TooLong {
-                what: "upstream message",
-                len: self.message.len() + 1,
-                max: self.message.len(),
-            })?;
-        let Some((channel, len)) = encoded else {
-            return Ok(());
-        };
-        self.next_id += 1;
-        let topic = self.topics.for_channel(channel);
-        match self.uplink.publish(topic, &self.message[..len]) {
-            Err(Error::Mqtt(MqttError::NotConnected)) => {
-                let slot = &mut self.deferred[channel_index(channel)];
-                slot.buf[..len].copy_from_slice(&self.message[..len]);
-                slot.len = Some(len);
-                ota_log!(
-                    Level::Info,
-                    "broker unreachable: message kept until reconnection"
-                );
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    /// Sends what was held back while disconnected; true when a version report was among it.
-    fn flush_deferred(&mut self) -> bool {
-        let mut sent_inform = false;
-        for channel in CHANNELS {
-            let slot = &mut self.deferred[channel_index(channel)];
-            if let Some(len) = slot.len.take() {
-                let topic = self.topics.for_channel(channel);
-                if let Err(e) = self.uplink.publish(topic, &slot.buf[..len]) {
-                    ota_log!(Level::Warning, "held-back message not sent: {e}");
-                }
-                sent_inform |= channel == Channel::Inform;
-            }
-        }
-        sent_inform
-    }
 }
 
 struct Engine {
@@ -717,134 +639,6 @@ impl Engine {
         }
     }
 
-    /// With a breakpoint store: continue a download interrupted by a restart when the record
-    /// names this image, else start a fresh record.
-    fn resume_from_record(&mut self) {
-        if self.persist.store.is_none() {
-            return;
-        }
-        match self.persist.load() {
-            Some(bp)
-                if bp.state() == RecordState::Downloading
-                    && bp.protocol() == self.protocol
-                    && bp.matches(&self.notice) =>
-            {
-                self.fetched = bp.offset();
-                match bp.restore_digest() {
-                    Some(d) => {
-                        self.digest = d;
-                        self.digest_bytes = bp.offset();
-                    }
-                    // The firmware re-feeds its stored bytes (IOT_OTA_UpdateClientMd5).
-                    None => self.digest_bytes = 0,
-                }
-                ota_log!(
-                    Level::Info,
-                    "resuming the download of {} at byte {} from the breakpoint record",
-                    self.notice.version,
-                    self.fetched
-                );
-                self.persist.last_saved = bp.offset();
-                self.persist.record = Some(bp);
-                return;
-            }
-            Some(_) => {
-                ota_log!(
-                    Level::Info,
-                    "breakpoint record is for another upgrade: discarded"
-                );
-                self.persist.erase();
-            }
-            None => {}
-        }
-        match Breakpoint::for_upgrade(self.protocol, &self.notice) {
-            Ok(bp) => self.persist.record = Some(bp),
-            Err(e) => ota_log!(Level::Warning, "no breakpoint record for this upgrade: {e}"),
-        }
-        self.persist.last_saved = 0;
-        self.save_progress();
-    }
-
-    /// Writes the offset and digest state of the download to the breakpoint record.
-    fn save_progress(&mut self) {
-        let digest = (self.digest_bytes == self.fetched).then_some(&self.digest);
-        let Some(bp) = self.persist.record.as_mut() else {
-            return;
-        };
-        if let Err(e) = bp.set_progress(self.fetched, digest) {
-            ota_log!(Level::Warning, "breakpoint not recorded: {e}");
-            return;
-        }
-        self.persist.last_saved = self.fetched;
-        self.persist.save();
-    }
-
-    /// The image verified: the device will reboot into it; remember which version it expects.
-    fn record_pending_reboot(&mut self) {
-        let Some(bp) = self.persist.record.as_mut() else {
-            return;
-        };
-        match bp.set_pending_reboot(self.notice.version.as_str()) {
-            Ok(()) => self.persist.save(),
-            Err(e) => ota_log!(Level::Warning, "pending version not recorded: {e}"),
-        }
-    }
-
-    /// After a reboot: the first version report completes a pending upgrade in the protocol's
-    /// terms (success when it is the pending version, failure otherwise). True when that report
-    /// replaced the plain version report.
-    fn complete_pending_reboot(&mut self, version: &str, module: Option<&str>) -> bool {
-        if self.persist.store.is_none() || self.state != OtaState::Idle {
-            return false;
-        }
-        let Some(bp) = self.persist.load() else {
-            return false;
-        };
-        if bp.state() != RecordState::PendingReboot
-            || bp.protocol() != self.protocol
-            || bp.module_name() != module.unwrap_or("default")
-        {
-            return false;
-        }
-        self.persist.erase();
-        if bp.fill_notice(&mut self.notice).is_err() {
-            return false;
-        }
-        let r = match bp.reboot_outcome(version) {
-            Some(RebootOutcome::Succeeded) => {
-                ota_log!(
-                    Level::Info,
-                    "upgrade to {version} completed after the reboot"
-                );
-                self.out.send(Report::Success {
-                    version,
-                    notice: &self.notice,
-                })
-            }
-            _ => {
-                ota_log!(
-                    Level::Error,
-                    "rebooted into {version}, not the pending {}: upgrade failed",
-                    self.notice.version
-                );
-                let r = self.out.send(Report::Failure {
-                    cause: FailureCause::UpgradeFailed,
-                    desc: "the device did not boot the new firmware",
-                    notice: &self.notice,
-                });
-                if let Err(e) = r {
-                    ota_log!(Level::Warning, "failure report not sent: {e}");
-                }
-                return false;
-            }
-        };
-        if let Err(e) = r {
-            ota_log!(Level::Warning, "completion not reported: {e}");
-        }
-        // Aliyun and SagooIOT count the version report itself as the success.
-        matches!(self.protocol, Protocol::Aliyun | Protocol::Sagoo)
-    }
-
     /// After the broker connection came back: send what was held back, and report the
     /// running versions again so the platform re-sends a pending upgrade.
     fn on_reconnect(&mut self) {
@@ -1284,141 +1078,4 @@ fn check_identity(what: &'static str, s: &str) -> Result<()> {
 /// An expected-digest check helper for callers: lowercase hex of the announced digest.
 pub fn notice_digest_hex<'a>(notice: &UpgradeNotice, out: &'a mut [u8; 64]) -> &'a str {
     to_hex(notice.digest(), out)
-}
-
-/// The last version reported for each module (a few modules, sized at init).
-struct RunningVersions {
-    entries: Vec<(FixedStr, FixedStr)>,
-    used: usize,
-}
-
-/// Most modules one session tracks.
-const MAX_MODULES: usize = 8;
-
-impl RunningVersions {
-    fn new(limits: &Limits) -> RunningVersions {
-        let entries = (0..MAX_MODULES)
-            .map(|_| {
-                (
-                    FixedStr::with_capacity(limits.module.max(7)),
-                    FixedStr::with_capacity(limits.version),
-                )
-            })
-            .collect();
-        RunningVersions { entries, used: 0 }
-    }
-
-    fn get(&self, module: &str) -> Option<&str> {
-        self.entries[..self.used]
-            .iter()
-            .find(|(m, _)| m.as_str() == module)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Remembers `version` for `module`; when the table is full the oldest module is replaced.
-    fn record(&mut self, module: &str, version: &str) {
-        let i = match self.entries[..self.used]
-            .iter()
-            .position(|(m, _)| m.as_str() == module)
-        {
-            Some(i) => i,
-            None if self.used < self.entries.len() => {
-                self.used += 1;
-                self.used - 1
-            }
-            None => {
-                self.entries.rotate_left(1);
-                self.entries.len() - 1
-            }
-        };
-        let (m, v) = &mut self.entries[i];
-        if m.set(module).is_err() || v.set(version).is_err() {
-            m.clear();
-            v.clear();
-        }
-    }
-}
-
-/// `fmt::Write` into a fixed buffer; text that does not fit is cut (on a char boundary).
-struct TextWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl<'a> TextWriter<'a> {
-    fn new(buf: &'a mut [u8]) -> Self {
-        TextWriter { buf, len: 0 }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-}
-
-impl std::fmt::Write for TextWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let room = self.buf.len() - self.len;
-        let mut n = s.len().min(room);
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
-}
-
-/// The breakpoint record and where it is kept.
-struct Persistence {
-    store: Option<Box<dyn BreakpointStore>>,
-    policy: SavePolicy,
-    /// The record of the current upgrade.
-    record: Option<Breakpoint>,
-    /// Offset at the last save.
-    last_saved: u64,
-    buf: Box<[u8; RECORD_LEN]>,
-}
-
-impl Persistence {
-    fn due(&self, offset: u64, size: u64) -> bool {
-        self.store.is_some()
-            && self.record.is_some()
-            && self.policy.due(self.last_saved, offset, size)
-    }
-
-    /// The stored record, or None (a missing, torn or corrupt record is never trusted).
-    fn load(&mut self) -> Option<Breakpoint> {
-        let store = self.store.as_mut()?;
-        match Breakpoint::load(store.as_mut()) {
-            Ok(bp) => Some(bp),
-            Err(e) => {
-                if !matches!(
-                    e,
-                    crate::resume::LoadError::Record(crate::resume::RecordError::Missing)
-                ) {
-                    ota_log!(Level::Warning, "breakpoint record ignored: {e}");
-                }
-                None
-            }
-        }
-    }
-
-    fn save(&mut self) {
-        let (Some(store), Some(bp)) = (self.store.as_mut(), self.record.as_ref()) else {
-            return;
-        };
-        let len = bp.encode(&mut self.buf);
-        if let Err(e) = store.save(&self.buf[..len]) {
-            ota_log!(Level::Warning, "breakpoint record not saved: {e}");
-        }
-    }
-
-    fn erase(&mut self) {
-        self.record = None;
-        if let Some(store) = self.store.as_mut() {
-            if let Err(e) = store.erase() {
-                ota_log!(Level::Warning, "breakpoint record not erased: {e}");
-            }
-        }
-    }
 }
