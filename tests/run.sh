@@ -38,3 +38,5 @@ step "C examples under ctest"
 cmake -S examples-c -B target/ctest -DOTA_BUILD_RUST=OFF >/dev/null
 cmake --build target/ctest
 ctest --test-dir target/ctest --output-on-failure
+step "benchmark, quick mode (proves it still runs; no timing assertions)"
+cargo run --release -p ota-bench -- --quick

@@ -748,23 +748,19 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     // 4. Size.
     out.push(String::new());
     out.push("4. Size".into());
-    out.push(format!(
-        "   target/release/libota.a                                   {:>10} bytes",
-        file_size(&lib_a)?
-    ));
+    let size_row = |name: &str, n: u64| format!("   {name:<66} {n:>10} bytes");
+    out.push(size_row("target/release/libota.a", file_size(&lib_a)?));
     match file_size(&lib_so) {
-        Ok(n) => out.push(format!(
-            "   target/release/libota.so                                  {n:>10} bytes"
-        )),
+        Ok(n) => out.push(size_row("target/release/libota.so", n)),
         Err(e) => out.push(format!("   target/release/libota.so: {e}")),
     }
-    out.push(format!(
-        "   ota_mqtt_example, libota.a linked in, -O2, stripped         {:>10} bytes",
-        stripped_size(&ex_bin)?
+    out.push(size_row(
+        "ota_mqtt_example + libota.a, -O2, stripped",
+        stripped_size(&ex_bin)?,
     ));
-    out.push(format!(
-        "   same with -ffunction-sections -fdata-sections -Wl,--gc-sections {:>6} bytes",
-        stripped_size(&ex_gc)?
+    out.push(size_row(
+        "  same + -ffunction-sections -fdata-sections -Wl,--gc-sections",
+        stripped_size(&ex_gc)?,
     ));
 
     // 5. Latency.
