@@ -396,7 +396,7 @@ impl Breakpoint {
         w.put(MAGIC);
         w.put(&[
             FORMAT_VERSION,
-            protocol_id(self.protocol),
+            self.protocol.id(),
             state_id(self.state),
             kind_id(self.digest_kind),
         ]);
@@ -424,7 +424,7 @@ impl Breakpoint {
     pub fn decode(bytes: &[u8]) -> Result<Breakpoint, RecordError> {
         check_frame(bytes)?;
         let mut r = Reader { bytes, pos: 7 };
-        let protocol = protocol_from_id(r.byte())?;
+        let protocol = Protocol::from_id(r.byte()).ok_or(RecordError::Corrupt)?;
         let state = state_from_id(r.byte())?;
         let digest_kind = kind_from_id(r.byte())?;
         let digest = r.array::<32>();
@@ -579,26 +579,6 @@ impl Reader<'_> {
         } else {
             Err(RecordError::Corrupt)
         }
-    }
-}
-
-// The record's numbering, fixed forever for format version 1 (independent of enum order).
-fn protocol_id(p: Protocol) -> u8 {
-    match p {
-        Protocol::Aliyun => 0,
-        Protocol::Sagoo => 1,
-        Protocol::Tencent => 2,
-        Protocol::Ucloud => 3,
-    }
-}
-
-fn protocol_from_id(id: u8) -> Result<Protocol, RecordError> {
-    match id {
-        0 => Ok(Protocol::Aliyun),
-        1 => Ok(Protocol::Sagoo),
-        2 => Ok(Protocol::Tencent),
-        3 => Ok(Protocol::Ucloud),
-        _ => Err(RecordError::Corrupt),
     }
 }
 

@@ -443,6 +443,91 @@ fn every_ota_function_rejects_a_null_handle() {
 }
 
 #[test]
+fn every_extension_rejects_a_null_handle() {
+    let v = c"2.0.0".as_ptr();
+    let mut kept = [7u8; 16];
+    assert_eq!(
+        IOT_OTA_ReportModuleVersion(null_mut(), c"MCU".as_ptr(), v),
+        INVALID_PARAM
+    );
+    assert_eq!(IOT_OTA_StartDownload(null_mut(), 0, 0), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ResetClientMD5(null_mut()), INVALID_PARAM);
+    IOT_OTA_UpdateClientMd5(null_mut(), kept.as_mut_ptr().cast(), 16); // logged, no crash
+    assert_eq!(IOT_OTA_ReportUpgradeBegin(null_mut()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ReportUpgradeSuccess(null_mut(), v), INVALID_PARAM);
+    assert_eq!(IOT_OTA_ReportUpgradeFail(null_mut(), v), INVALID_PARAM);
+    assert_eq!(IOT_OTA_SetRetryPolicy(null_mut(), 3, 0), INVALID_PARAM);
+    assert_eq!(
+        IOT_OTA_SetBreakpointFile(null_mut(), c"/tmp/x.bp".as_ptr()),
+        INVALID_PARAM
+    );
+    assert_eq!(
+        IOT_OTA_SetBreakpointStore(null_mut(), null()),
+        INVALID_PARAM
+    );
+    assert_eq!(IOT_OTA_SetSaveInterval(null_mut(), 4096, 0), INVALID_PARAM);
+    assert!(IOT_OTA_InitWithProtocol(null(), null(), null_mut(), 0).is_null());
+}
+
+#[test]
+fn protocol_numbers_are_the_documented_ones() {
+    use ota::Protocol;
+    for (c, p) in [
+        (IOT_OTA_PROTOCOL_ALIYUN, Protocol::Aliyun),
+        (IOT_OTA_PROTOCOL_SAGOO, Protocol::Sagoo),
+        (IOT_OTA_PROTOCOL_TENCENT, Protocol::Tencent),
+        (IOT_OTA_PROTOCOL_UCLOUD, Protocol::Ucloud),
+    ] {
+        assert_eq!(Protocol::from_id(c as u8), Some(p));
+        assert_eq!(p.id() as c_int, c);
+    }
+    assert_eq!(Protocol::from_id(4), None);
+}
+
+#[test]
+fn extensions_check_their_arguments_on_a_live_session() {
+    let (_broker, dev, _cloud) = setup("ext-args");
+    assert!(
+        IOT_OTA_InitWithProtocol(c"pk".as_ptr(), c"dn".as_ptr(), dev.mqtt, 4).is_null(),
+        "unknown protocol"
+    );
+    assert!(
+        IOT_OTA_InitWithProtocol(c"pk".as_ptr(), c"dn".as_ptr(), dev.mqtt, -1).is_null(),
+        "negative protocol"
+    );
+    assert_eq!(
+        IOT_OTA_ReportModuleVersion(dev.ota, c"MCU".as_ptr(), null()),
+        INVALID_PARAM
+    );
+    assert_eq!(
+        IOT_OTA_ReportModuleVersion(dev.ota, null(), c"1.0.0".as_ptr()),
+        0
+    );
+    // No upgrade yet: the Tencent-style calls are refused with INVALID_STATE.
+    assert_eq!(IOT_OTA_StartDownload(dev.ota, 0, 0), INVALID_STATE);
+    assert_eq!(IOT_OTA_ResetClientMD5(dev.ota), INVALID_STATE);
+    assert_eq!(IOT_OTA_ReportUpgradeBegin(dev.ota), INVALID_STATE);
+    assert_eq!(IOT_OTA_ReportUpgradeSuccess(dev.ota, null()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_SetBreakpointFile(dev.ota, null()), INVALID_PARAM);
+    assert_eq!(
+        IOT_OTA_SetBreakpointFile(dev.ota, c"".as_ptr()),
+        INVALID_PARAM
+    );
+    assert_eq!(IOT_OTA_SetBreakpointStore(dev.ota, null()), INVALID_PARAM);
+    assert_eq!(IOT_OTA_SetSaveInterval(dev.ota, 0, 101), INVALID_PARAM);
+    assert_eq!(IOT_OTA_SetSaveInterval(dev.ota, 65536, 10), 0);
+    let dir = std::env::temp_dir().join(format!("ota-capi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = CString::new(dir.join("ota.bp").to_str().unwrap()).unwrap();
+    assert_eq!(IOT_OTA_SetBreakpointFile(dev.ota, path.as_ptr()), 0);
+    assert_eq!(
+        IOT_OTA_GetLastError(dev.ota),
+        INVALID_PARAM,
+        "the last refusal is kept"
+    );
+}
+
+#[test]
 fn ota_init_rejects_null_arguments_and_foreign_handles() {
     let broker = EmbeddedBroker::start().unwrap();
     let mut dev = Device::connect(broker.port(), "init-args");

@@ -243,12 +243,11 @@ pub extern "C" fn IOT_OTA_InitWithProtocol(
     protocol: IOT_OTA_Protocol_t,
 ) -> *mut c_void {
     ffi_guard!("IOT_OTA_InitWithProtocol", {
-        let protocol = match protocol {
-            IOT_OTA_PROTOCOL_ALIYUN => Protocol::Aliyun,
-            IOT_OTA_PROTOCOL_SAGOO => Protocol::Sagoo,
-            IOT_OTA_PROTOCOL_TENCENT => Protocol::Tencent,
-            IOT_OTA_PROTOCOL_UCLOUD => Protocol::Ucloud,
-            other => {
+        let known = u8::try_from(protocol).ok().and_then(Protocol::from_id);
+        let protocol = match known {
+            Some(p) => p,
+            None => {
+                let other = protocol;
                 ota_log!(
                     Level::Error,
                     "IOT_OTA_InitWithProtocol: unknown protocol {other}"

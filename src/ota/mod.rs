@@ -505,7 +505,7 @@ impl Engine {
     /// Asks the platform for the upgrade again (Aliyun's request topic); a re-sent upgrade of
     /// the same image resumes at the current offset.
     fn request_fresh_url(&mut self) {
-        if self.protocol != Protocol::Aliyun {
+        if !self.protocol.can_request_upgrade() {
             return;
         }
         let Some(version) = self.running.get(self.notice.module_name()) else {

@@ -3,7 +3,7 @@
 use super::{Engine, OtaState};
 use crate::log::Level;
 use crate::ota_log;
-use crate::protocol::{FailureCause, Protocol, Report};
+use crate::protocol::{FailureCause, Report};
 use crate::resume::{
     Breakpoint, BreakpointStore, RebootOutcome, RecordState, SavePolicy, RECORD_LEN,
 };
@@ -134,7 +134,7 @@ impl Engine {
             ota_log!(Level::Warning, "completion not reported: {e}");
         }
         // Aliyun and SagooIOT count the version report itself as the success.
-        matches!(self.protocol, Protocol::Aliyun | Protocol::Sagoo)
+        self.protocol.success_is_version_report()
     }
 }
 

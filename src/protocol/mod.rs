@@ -32,6 +32,39 @@ impl Protocol {
             Protocol::Ucloud => "ucloud",
         }
     }
+
+    /// The number stored in breakpoint records and passed to `IOT_OTA_InitWithProtocol`;
+    /// fixed forever, independent of the enum's order.
+    pub fn id(self) -> u8 {
+        match self {
+            Protocol::Aliyun => 0,
+            Protocol::Sagoo => 1,
+            Protocol::Tencent => 2,
+            Protocol::Ucloud => 3,
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<Protocol> {
+        [
+            Protocol::Aliyun,
+            Protocol::Sagoo,
+            Protocol::Tencent,
+            Protocol::Ucloud,
+        ]
+        .into_iter()
+        .find(|p| p.id() == id)
+    }
+
+    /// The device can ask for the upgrade (and so a fresh URL) itself: Aliyun's request topic.
+    pub fn can_request_upgrade(self) -> bool {
+        self == Protocol::Aliyun
+    }
+
+    /// The platform counts the new version's report as the upgrade's success, so a success
+    /// report and a version report are one message (Aliyun, SagooIOT).
+    pub fn success_is_version_report(self) -> bool {
+        matches!(self, Protocol::Aliyun | Protocol::Sagoo)
+    }
 }
 
 /// Which digest an upgrade announces.
