@@ -1,10 +1,14 @@
 //! Firmware download over HTTP(S) with `Range`, behind the [`FirmwareSource`] trait so the engine
 //! can also run on in-memory transports.
 //!
-//! [`HttpSource`] runs ureq on a worker thread started at init and hands bytes over through a
-//! ring buffer allocated at init. That is what lets `FetchYield` honour its timeout (ureq has no
-//! per-read timeout) and keeps the caller's thread free of blocking socket reads.
+//! [`HttpSource`] runs ureq on a worker thread started at init and hands bytes over in blocks
+//! allocated at init. That is what lets `FetchYield` honour its timeout (ureq has no per-read
+//! timeout), keeps the caller's thread free of blocking socket reads, and overlaps the network
+//! with the caller's digest. The worker reads straight into a free block and the caller copies
+//! out of a full one, so each byte is copied once on each side; the lock is taken once per block,
+//! not per read, and a side is woken only when it is waiting.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -98,7 +102,8 @@ pub trait FirmwareSource: Send {
 /// Tunables of [`HttpSource`].
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Bytes buffered between the network and the caller.
+    /// Bytes buffered between the network and the caller (split into blocks of
+    /// [`BLOCK_SIZE`] or less; at least two).
     pub ring_size: usize,
     pub connect_timeout: Duration,
     /// Time allowed for the response headers.
@@ -127,6 +132,30 @@ impl Default for HttpConfig {
     }
 }
 
+/// Largest block handed from the worker to the caller.
+pub const BLOCK_SIZE: usize = 32 * 1024;
+
+/// Downloaded bytes on their way from the worker to the caller. Blocks are made at init and
+/// only ever moved between the worker, the queue and the caller, so no download allocates.
+struct Block {
+    data: Box<[u8]>,
+    len: usize,
+}
+
+impl Block {
+    /// `count` blocks of `size` bytes holding `total` bytes between them (at least two).
+    fn pool(total: usize) -> Vec<Block> {
+        let size = (total / 2).clamp(1, BLOCK_SIZE);
+        let count = total.div_ceil(size).max(2);
+        (0..count)
+            .map(|_| Block {
+                data: vec![0u8; size].into_boxed_slice(),
+                len: 0,
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 enum Command {
     Idle,
@@ -138,7 +167,15 @@ struct Shared {
     generation: u64,
     command: Command,
     url: FixedStr,
-    ring: Ring,
+    /// Blocks of the current generation holding bytes, oldest first (never grows past the
+    /// number of blocks, so pushing never allocates).
+    full: VecDeque<Block>,
+    /// Empty blocks for the worker.
+    free: Vec<Block>,
+    /// The caller waits in `read` for something to arrive (only then is it woken).
+    consumer_waiting: bool,
+    /// The worker waits for a free block (only then is it woken).
+    worker_waiting: bool,
     opened: Option<OpenInfo>,
     error: Option<FetchError>,
     ended: bool,
@@ -155,7 +192,7 @@ struct Channel {
     shared: Mutex<Shared>,
     /// Signalled when data, headers, an error or the end arrive.
     to_consumer: Condvar,
-    /// Signalled when a command arrives or ring space frees up.
+    /// Signalled when a command arrives or a block is freed.
     to_worker: Condvar,
 }
 
@@ -165,18 +202,36 @@ impl Channel {
     }
 }
 
+impl Shared {
+    /// Empties every queued block back into the free list.
+    fn recycle_full(&mut self) {
+        while let Some(mut b) = self.full.pop_front() {
+            b.len = 0;
+            self.free.push(b);
+        }
+    }
+
+    fn give_back(&mut self, mut b: Block) {
+        b.len = 0;
+        self.free.push(b);
+    }
+}
+
 /// HTTP(S) download through ureq on a worker thread.
 pub struct HttpSource {
     channel: Arc<Channel>,
     /// The generation of the current download.
     generation: u64,
+    /// The block being copied out to the caller, and how far.
+    current: Option<Block>,
+    pos: usize,
     /// What a replacement worker is built from.
     config: HttpConfig,
     roots: Option<CaRoots>,
 }
 
 impl HttpSource {
-    /// Allocates the ring and starts the worker thread.
+    /// Allocates the blocks and starts the worker thread.
     ///
     /// Fails with [`std::io::ErrorKind::InvalidInput`] when `config.ca_pem` holds no usable
     /// certificate, otherwise only when the thread cannot be started.
@@ -187,12 +242,16 @@ impl HttpSource {
             })?),
             None => None,
         };
+        let blocks = Block::pool(config.ring_size);
         let channel = Arc::new(Channel {
             shared: Mutex::new(Shared {
                 generation: 0,
                 command: Command::Idle,
                 url: FixedStr::with_capacity(config.max_url),
-                ring: Ring::new(config.ring_size),
+                full: VecDeque::with_capacity(blocks.len()),
+                free: blocks,
+                consumer_waiting: false,
+                worker_waiting: false,
                 opened: None,
                 error: None,
                 ended: false,
@@ -208,6 +267,8 @@ impl HttpSource {
         let source = HttpSource {
             channel,
             generation: 0,
+            current: None,
+            pos: 0,
             config,
             roots,
         };
@@ -273,6 +334,47 @@ impl Drop for HttpSource {
     }
 }
 
+impl HttpSource {
+    /// Hands the caller's block back to the worker (used up, or its download abandoned).
+    fn drop_current(current: &mut Option<Block>, pos: &mut usize, s: &mut Shared) {
+        if let Some(b) = current.take() {
+            s.give_back(b);
+        }
+        *pos = 0;
+    }
+
+    /// Swaps the used-up block for the next queued one of this download (the used one goes
+    /// back to the worker, which is woken if it waits for it); false when none is queued.
+    fn take_queued(&mut self) -> bool {
+        let mut s = self.channel.lock();
+        if s.generation != self.generation || s.opened.is_some() {
+            return false;
+        }
+        let Some(next) = s.full.pop_front() else {
+            return false;
+        };
+        Self::drop_current(&mut self.current, &mut self.pos, &mut s);
+        self.current = Some(next);
+        let wake = std::mem::take(&mut s.worker_waiting);
+        drop(s);
+        if wake {
+            self.channel.to_worker.notify_one();
+        }
+        true
+    }
+
+    /// Copies from the caller's block; 0 when it holds nothing more.
+    fn copy_out(&mut self, buf: &mut [u8]) -> usize {
+        let Some(b) = &self.current else {
+            return 0;
+        };
+        let n = buf.len().min(b.len - self.pos);
+        buf[..n].copy_from_slice(&b.data[self.pos..self.pos + n]);
+        self.pos += n;
+        n
+    }
+}
+
 impl FirmwareSource for HttpSource {
     fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
         let mut s = self.channel.lock();
@@ -281,7 +383,8 @@ impl FirmwareSource for HttpSource {
         self.generation = s.generation;
         s.command = Command::Open { offset };
         s.open_offset = offset;
-        s.ring.clear();
+        Self::drop_current(&mut self.current, &mut self.pos, &mut s);
+        s.recycle_full();
         s.opened = None;
         s.error = None;
         s.ended = false;
@@ -295,17 +398,28 @@ impl FirmwareSource for HttpSource {
     }
 
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
-        let deadline = Instant::now() + timeout;
+        // The common case takes no lock: the rest of the block already handed over, then what
+        // is queued behind it (one short lock per block; the copies happen outside the lock).
+        let mut n = self.copy_out(buf);
+        while n > 0 && n < buf.len() && self.take_queued() {
+            n += self.copy_out(&mut buf[n..]);
+        }
+        if n > 0 {
+            return Ok(Chunk::Data(n));
+        }
+        let mut deadline = None;
         let mut s = self.channel.lock();
         loop {
             if s.generation == self.generation {
                 if let Some(info) = s.opened.take() {
                     return Ok(Chunk::Opened(info));
                 }
-                if !s.ring.is_empty() {
-                    let n = s.ring.pop_into(buf);
+                if !s.full.is_empty() {
                     drop(s);
-                    self.channel.to_worker.notify_all();
+                    let mut n = 0;
+                    while n < buf.len() && self.take_queued() {
+                        n += self.copy_out(&mut buf[n..]);
+                    }
                     return Ok(Chunk::Data(n));
                 }
                 if let Some(e) = s.error.take() {
@@ -316,15 +430,18 @@ impl FirmwareSource for HttpSource {
                 }
             }
             let now = Instant::now();
-            if now >= deadline {
+            let until = *deadline.get_or_insert(now + timeout);
+            if now >= until {
                 return Ok(Chunk::Pending);
             }
+            s.consumer_waiting = true;
             s = self
                 .channel
                 .to_consumer
-                .wait_timeout(s, deadline - now)
+                .wait_timeout(s, until - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            s.consumer_waiting = false;
         }
     }
 
@@ -333,7 +450,8 @@ impl FirmwareSource for HttpSource {
         s.generation += 1;
         self.generation = s.generation;
         s.command = Command::Idle;
-        s.ring.clear();
+        Self::drop_current(&mut self.current, &mut self.pos, &mut s);
+        s.recycle_full();
         s.opened = None;
         s.error = None;
         s.ended = false;
@@ -347,7 +465,6 @@ struct Worker {
     epoch: u64,
     agent: ureq::Agent,
     url: String,
-    staging: Box<[u8]>,
 }
 
 impl Worker {
@@ -381,7 +498,6 @@ impl Worker {
             epoch,
             agent,
             url: String::with_capacity(config.max_url),
-            staging: vec![0u8; 16 * 1024].into_boxed_slice(),
         }
     }
 
@@ -452,47 +568,88 @@ impl Worker {
         self.pump(generation, &mut reader);
     }
 
+    /// Whether this worker's download is still wanted.
+    fn current(&self, s: &Shared, generation: u64) -> bool {
+        s.generation == generation && !s.quit && s.epoch == self.epoch
+    }
+
+    /// Moves the body into blocks until it ends, fails or goes stale. The worker keeps one
+    /// block while it reads (outside the lock) and hands it over when it is full, or at once
+    /// when the caller has nothing queued (so a slow network still delivers promptly).
     fn pump(&mut self, generation: u64, reader: &mut impl std::io::Read) {
+        let mut block: Option<Block> = None;
         loop {
-            let room = {
-                let mut s = self.channel.lock();
-                loop {
-                    if s.generation != generation || s.quit || s.epoch != self.epoch {
-                        return;
+            let mut b = match block.take() {
+                Some(b) => b,
+                None => {
+                    let mut s = self.channel.lock();
+                    loop {
+                        if !self.current(&s, generation) {
+                            return;
+                        }
+                        if let Some(b) = s.free.pop() {
+                            break b;
+                        }
+                        s.worker_waiting = true;
+                        s = self
+                            .channel
+                            .to_worker
+                            .wait(s)
+                            .unwrap_or_else(|p| p.into_inner());
                     }
-                    if s.ring.free() > 0 {
-                        break s.ring.free();
-                    }
-                    s = self
-                        .channel
-                        .to_worker
-                        .wait(s)
-                        .unwrap_or_else(|p| p.into_inner());
                 }
             };
-            let want = room.min(self.staging.len());
-            match reader.read(&mut self.staging[..want]) {
+            let result = reader.read(&mut b.data[b.len..]);
+            let mut s = self.channel.lock();
+            if !self.current(&s, generation) {
+                s.give_back(b);
+                return;
+            }
+            match result {
                 Ok(0) => {
-                    self.publish(generation, |s| s.ended = true);
-                    return;
+                    if b.len > 0 {
+                        s.full.push_back(b);
+                    } else {
+                        s.give_back(b);
+                    }
+                    s.ended = true;
                 }
                 Ok(n) => {
-                    let bytes = &self.staging[..n];
-                    if !self.publish(generation, |s| s.ring.push(bytes)) {
-                        return;
+                    b.len += n;
+                    if b.len < b.data.len() && !s.full.is_empty() {
+                        // The caller has bytes to work on: fill this block further first.
+                        block = Some(b);
+                        continue;
+                    }
+                    s.full.push_back(b);
+                    if !s.consumer_waiting {
+                        continue;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    block = Some(b);
+                    continue;
+                }
                 Err(e) => {
-                    let err = match e.kind() {
+                    // Bytes read before the failure still count (the caller resumes after them).
+                    if b.len > 0 {
+                        s.full.push_back(b);
+                    } else {
+                        s.give_back(b);
+                    }
+                    s.error = Some(match e.kind() {
                         _ if is_tls_io_error(&e) => FetchError::Tls,
                         std::io::ErrorKind::TimedOut => FetchError::Timeout,
                         std::io::ErrorKind::UnexpectedEof => FetchError::Truncated,
                         k => FetchError::Io(k),
-                    };
-                    self.publish(generation, |s| s.error = Some(err));
-                    return;
+                    });
                 }
+            }
+            let stop = s.ended || s.error.is_some();
+            drop(s);
+            self.channel.to_consumer.notify_all();
+            if stop {
+                return;
             }
         }
     }
@@ -586,59 +743,6 @@ fn map_ureq_error(e: &ureq::Error) -> FetchError {
     }
 }
 
-/// A byte ring of fixed capacity.
-struct Ring {
-    buf: Box<[u8]>,
-    head: usize,
-    len: usize,
-}
-
-impl Ring {
-    fn new(capacity: usize) -> Ring {
-        Ring {
-            buf: vec![0u8; capacity.max(1)].into_boxed_slice(),
-            head: 0,
-            len: 0,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn free(&self) -> usize {
-        self.buf.len() - self.len
-    }
-
-    fn clear(&mut self) {
-        self.head = 0;
-        self.len = 0;
-    }
-
-    /// Appends `bytes`; the caller checked `free()`.
-    fn push(&mut self, bytes: &[u8]) {
-        let cap = self.buf.len();
-        let n = bytes.len().min(self.free());
-        let tail = (self.head + self.len) % cap;
-        let first = n.min(cap - tail);
-        self.buf[tail..tail + first].copy_from_slice(&bytes[..first]);
-        self.buf[..n - first].copy_from_slice(&bytes[first..n]);
-        self.len += n;
-    }
-
-    /// Moves up to `out.len()` bytes out; returns how many.
-    fn pop_into(&mut self, out: &mut [u8]) -> usize {
-        let cap = self.buf.len();
-        let n = out.len().min(self.len);
-        let first = n.min(cap - self.head);
-        out[..first].copy_from_slice(&self.buf[self.head..self.head + first]);
-        out[first..n].copy_from_slice(&self.buf[..n - first]);
-        self.head = (self.head + n) % cap;
-        self.len -= n;
-        n
-    }
-}
-
 /// Firmware served from memory: for tests and for callers that already hold the image.
 pub struct MemorySource {
     image: &'static [u8],
@@ -702,18 +806,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ring_wraps_around() {
-        let mut r = Ring::new(8);
-        r.push(b"abcdef");
-        let mut out = [0u8; 4];
-        assert_eq!(r.pop_into(&mut out), 4);
-        assert_eq!(&out, b"abcd");
-        r.push(b"ghijkl");
-        assert_eq!(r.free(), 0);
-        let mut out = [0u8; 16];
-        let n = r.pop_into(&mut out);
-        assert_eq!(&out[..n], b"efghijkl");
-        assert!(r.is_empty());
+    fn block_pool_sizes() {
+        let pool = Block::pool(128 * 1024);
+        assert_eq!(pool.len(), 4);
+        assert!(pool
+            .iter()
+            .all(|b| b.data.len() == BLOCK_SIZE && b.len == 0));
+        let pool = Block::pool(10);
+        assert_eq!(pool.len(), 2);
+        assert_eq!(pool[0].data.len(), 5);
+        assert_eq!(Block::pool(0).len(), 2);
     }
 
     #[test]

@@ -133,6 +133,14 @@ fn main() {
             latency_size: 64 * 1024,
         }
     };
+    let mut settings = settings;
+    // OTA_BENCH_MIB=N: the throughput image size in MiB (default 256, 16 with --quick).
+    if let Some(mib) = std::env::var("OTA_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        settings.throughput_size = mib.max(1) * MIB;
+    }
     match run(&args, &settings) {
         Ok(()) => {}
         Err(e) => {
@@ -798,7 +806,12 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         t_start.elapsed().as_secs_f64(),
         if s.quick { " (--quick)" } else { "" }
     ));
-    let _ = std::fs::remove_dir_all(&work);
+    // OTA_BENCH_KEEP=1 keeps the C programs (e.g. for `perf report` on a recorded run).
+    if std::env::var_os("OTA_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("ota-bench: kept {}", work.display());
+    }
     println!("{}", out.join("\n"));
     Ok(())
 }
