@@ -800,7 +800,9 @@ int IOT_MQTT_Destroy(void **phandle);
 /*
  Drives the connection for `timeout_ms` milliseconds (0: one non-blocking pass): sends queued
  publishes, delivers arrived messages to their handlers and events to `handle_event`, and
- reconnects (with backoff) after a drop.
+ reconnects (with backoff) after a drop. It returns early, right after the message, when an
+ upgrade message starts a firmware download (an OTA handle made by IOT_OTA_Init on this
+ client), so the firmware's loop reaches IOT_OTA_FetchYield without waiting out the timeout.
 
  Returns 0, or NULL_VALUE_ERROR (-2) for a NULL handle, or FAIL_RETURN (-1) when called from
  inside one of this client's handlers.

@@ -102,8 +102,8 @@ pub trait FirmwareSource: Send {
 /// Tunables of [`HttpSource`].
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Bytes buffered between the network and the caller (split into blocks of
-    /// [`BLOCK_SIZE`] or less; at least two).
+    /// Bytes buffered between the network and the caller (in blocks of at most 32 KiB; at
+    /// least two).
     pub ring_size: usize,
     pub connect_timeout: Duration,
     /// Time allowed for the response headers.
@@ -133,7 +133,7 @@ impl Default for HttpConfig {
 }
 
 /// Largest block handed from the worker to the caller.
-pub const BLOCK_SIZE: usize = 32 * 1024;
+const BLOCK_SIZE: usize = 32 * 1024;
 
 /// Downloaded bytes on their way from the worker to the caller. Blocks are made at init and
 /// only ever moved between the worker, the queue and the caller, so no download allocates.

@@ -124,6 +124,21 @@ pub struct MqttClient {
     connect_window: Duration,
     /// Set by `disconnect`: the connection's end is expected, not a loss.
     closing: Mutex<bool>,
+    /// Set by a handler (through [`YieldBreak`]) to end the yield that dispatched its message.
+    break_yield: Arc<AtomicBool>,
+}
+
+/// Lets a message handler end the [`MqttClient::yield_for`] that is dispatching its message,
+/// so the caller acts on it at once instead of waiting out its timeout (the OTA session uses
+/// it when an upgrade message starts a download).
+#[derive(Clone)]
+pub struct YieldBreak(Arc<AtomicBool>);
+
+impl YieldBreak {
+    /// The yield returns once the message being dispatched has been handled.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,6 +242,7 @@ impl MqttClient {
             backoff: Mutex::new(Backoff::new(RECONNECT_POLICY)),
             reconnect_hooks: Mutex::new(Vec::new()),
             closing: Mutex::new(false),
+            break_yield: Arc::new(AtomicBool::new(false)),
             connect_window,
         })
     }
@@ -303,8 +319,14 @@ impl MqttClient {
         }
     }
 
+    /// What a handler uses to end the yield dispatching its message early.
+    pub fn yield_break(&self) -> YieldBreak {
+        YieldBreak(self.break_yield.clone())
+    }
+
     /// Drives the connection for up to `timeout` (zero: one pass over what is ready), sending
     /// queued publishes and dispatching what arrives. Reconnects after a drop, with backoff.
+    /// Returns early after a message whose handler asked for it ([`YieldBreak`]).
     pub fn yield_for(&self, timeout: Duration) -> Result<()> {
         let Ok(mut connection) = self.connection.try_lock() else {
             return Err(Error::InvalidState("yield called from inside a handler"));
@@ -350,7 +372,12 @@ impl MqttClient {
                 }
             };
             match event {
-                Ok(event) => self.dispatch(event),
+                Ok(event) => {
+                    self.dispatch(event);
+                    if self.break_yield.swap(false, Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                }
                 Err(_) if *lock(&self.closing) => return Ok(()),
                 Err(e) => {
                     let err = map_connection_error(&e);

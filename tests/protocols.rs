@@ -233,3 +233,61 @@ fn repeated_upgrade_message_keeps_the_download_going() {
     assert!(got == image);
     assert!(session.check_firmware().unwrap());
 }
+
+/// A yield that dispatches an upgrade message returns right after it (the firmware gets to
+/// FetchYield at once); other messages, and a repeat of the upgrade already being fetched, let
+/// the yield run its whole time.
+#[test]
+fn yield_returns_when_an_upgrade_starts() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let image = ota_cloud::generate_firmware(10_000);
+    let server = FirmwareServer::start(image.clone()).unwrap();
+    let md5 = ota_cloud::cloud::md5_hex(&image);
+    let msg = format!(
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{}","md5":"{md5}"}},"id":1,"message":"success"}}"#,
+        image.len(),
+        server.url()
+    );
+    let mqtt = connect(broker.port(), "dev-early");
+    let session = OtaSession::attach(&mqtt, "pk1", "dev-early", OtaConfig::default()).unwrap();
+    let topic = session.downstream_topic().to_string();
+    let cloud = connect(broker.port(), "cloud-early");
+    // Let the subscription reach the broker (nothing to dispatch yet).
+    mqtt.yield_for(Duration::from_millis(300)).unwrap();
+    let publish = |payload: &str| {
+        cloud
+            .publish(
+                &topic,
+                ota::mqtt::QoS::AtLeastOnce,
+                false,
+                payload.as_bytes(),
+            )
+            .unwrap();
+        cloud.yield_for(Duration::from_millis(20)).unwrap();
+    };
+
+    // Not an upgrade (ignored by the decoder): the yield runs to its end.
+    publish(r#"{"code":"1000","data":{},"id":2,"message":"success"}"#);
+    let t = Instant::now();
+    mqtt.yield_for(Duration::from_millis(400)).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(400));
+    assert!(!session.is_fetching());
+
+    // The upgrade: the yield returns long before its 10 s.
+    publish(&msg);
+    let t = Instant::now();
+    mqtt.yield_for(Duration::from_secs(10)).unwrap();
+    assert!(session.is_fetching(), "the upgrade was dispatched");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "yield went on for {:?} after the upgrade",
+        t.elapsed()
+    );
+
+    // The same upgrade again while fetching: nothing new starts, the yield runs its time.
+    publish(&msg);
+    let t = Instant::now();
+    mqtt.yield_for(Duration::from_millis(400)).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(400));
+    assert!(session.is_fetching());
+}

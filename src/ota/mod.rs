@@ -872,10 +872,16 @@ impl OtaSession {
         )?;
         let weak: Weak<Mutex<Engine>> = Arc::downgrade(&session.engine);
         let weak_hook = weak.clone();
+        let yield_break = mqtt.yield_break();
         mqtt.subscribe(&session.downstream, QoS::AtLeastOnce, move |msg| {
             if let Some(engine) = weak.upgrade() {
                 let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+                let was_fetching = e.state == OtaState::Fetching;
                 let _ = e.handle_message(msg.topic, msg.payload);
+                if !was_fetching && e.state == OtaState::Fetching {
+                    // A download starts: let the firmware's yield loop get to FetchYield now.
+                    yield_break.request();
+                }
             }
         })?;
         mqtt.on_reconnect(move || match weak_hook.upgrade() {
