@@ -292,6 +292,13 @@ typedef enum iotx_ioctl_option_t {
    text holds no usable PEM certificate.
    */
   IOTX_IOCTL_SET_HTTPS_CA = 9,
+  /*
+   Extension. `data`: `int *`, 1 = firmware may be downloaded over plain `http://` (the
+   default, as the platforms' documents use such URLs; each download logs a warning), 0 =
+   HTTPS only: `http://` URLs and redirects to them fail the download (reported to the
+   cloud). Applies to OTA handles initialised afterwards.
+   */
+  IOTX_IOCTL_SET_HTTP_PLAIN = 10,
 } iotx_ioctl_option_t;
 
 /*
@@ -625,8 +632,8 @@ int IOT_SetupConnInfo(const char *product_key,
    `IOTX_IOCTL_SET_HTTPS_CA` (NULL = the bundled web roots).
 
  Returns 0 on success; -1 when `option` is unknown, `data` is NULL, or the value is invalid
- (unknown region, empty or too long domain, port outside 0..=65535, TLS flag not 0/1, CA not a
- PEM, dynamic registration requested). On failure nothing changes.
+ (unknown region, empty or too long domain, port outside 0..=65535, TLS or plain-HTTP flag
+ not 0/1, CA not a PEM, dynamic registration requested). On failure nothing changes.
 
  # Safety
  `data` is NULL or points to the type the option documents (an `int`, or a NUL-terminated

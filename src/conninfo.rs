@@ -149,6 +149,7 @@ struct Settings {
     http_domain: Option<String>,
     mqtt_port: Option<u16>,
     https_ca: Option<Arc<[u8]>>,
+    allow_plain_http: bool,
     product_key: String,
     device_name: String,
     device_secret: String,
@@ -162,6 +163,7 @@ impl Settings {
         http_domain: None,
         mqtt_port: None,
         https_ca: None,
+        allow_plain_http: true,
         product_key: String::new(),
         device_name: String::new(),
         device_secret: String::new(),
@@ -259,6 +261,18 @@ pub fn set_https_ca(pem: Option<&[u8]>) -> Result<(), ConnInfoError> {
 /// The CA PEM set by [`set_https_ca`], if any (`None`: the web roots).
 pub fn https_ca() -> Option<Arc<[u8]>> {
     settings().https_ca.clone()
+}
+
+/// Whether OTA sessions created afterwards may download over plain `http://` (default true, as
+/// the platforms' documents use such URLs; each such download logs a warning). False refuses
+/// them and redirects to them.
+pub fn set_allow_plain_http(allow: bool) {
+    settings().allow_plain_http = allow;
+}
+
+/// See [`set_allow_plain_http`].
+pub fn allow_plain_http() -> bool {
+    settings().allow_plain_http
 }
 
 /// Stores one identity value for the HAL getters; returns its length.

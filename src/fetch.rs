@@ -35,6 +35,10 @@ pub enum FetchError {
     Url,
     #[error("too many redirects")]
     Redirects,
+    #[error("plain http:// download refused (HTTPS required by the configuration)")]
+    PlainHttp,
+    #[error("redirect to a weaker or unknown scheme refused")]
+    RedirectScheme,
     #[error("server sent more bytes than the announced size")]
     Oversize,
     #[error("connection closed before the announced size was received")]
@@ -57,6 +61,8 @@ impl FetchError {
             | FetchError::BadResponse(_)
             | FetchError::Url
             | FetchError::Redirects
+            | FetchError::PlainHttp
+            | FetchError::RedirectScheme
             | FetchError::Oversize
             | FetchError::Restarted => false,
         }
@@ -110,9 +116,18 @@ pub struct HttpConfig {
     pub response_timeout: Duration,
     /// Longest a whole body may take (a hard stop for a stalled server).
     pub body_timeout: Duration,
+    /// Redirects followed per request; one more fails with [`FetchError::Redirects`]. A
+    /// redirect keeps the scheme or goes from http to https, never from https to http or to
+    /// another scheme ([`FetchError::RedirectScheme`]).
     pub max_redirects: u32,
-    /// Largest URL accepted.
+    /// Largest URL accepted (also for redirect targets).
     pub max_url: usize,
+    /// Largest response head (status line and headers); a larger one fails the request.
+    pub max_header_bytes: usize,
+    /// Whether plain `http://` URLs may be downloaded (logged as a warning). The platforms'
+    /// documents use them, so this is allowed by default; false refuses them with
+    /// [`FetchError::PlainHttp`] (and refuses redirects to them).
+    pub allow_plain_http: bool,
     /// CA certificate(s) in PEM that HTTPS servers must chain to, replacing the bundled web
     /// roots; `None` trusts the web roots. Chain and host name are verified either way.
     pub ca_pem: Option<Arc<[u8]>>,
@@ -127,6 +142,8 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(3600),
             max_redirects: 5,
             max_url: 2048,
+            max_header_bytes: 16 * 1024,
+            allow_plain_http: true,
             ca_pem: None,
         }
     }
@@ -377,6 +394,15 @@ impl HttpSource {
 
 impl FirmwareSource for HttpSource {
     fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
+        match Scheme::of(url) {
+            Some(Scheme::Https) => {}
+            Some(Scheme::Http) if self.config.allow_plain_http => crate::ota_log!(
+                crate::log::Level::Warning,
+                "firmware download over plain http:// (not encrypted, not authenticated)"
+            ),
+            Some(Scheme::Http) => return Err(FetchError::PlainHttp),
+            None => return Err(FetchError::Url),
+        }
         let mut s = self.channel.lock();
         s.url.set(url).map_err(|_| FetchError::Url)?;
         s.generation += 1;
@@ -465,6 +491,11 @@ struct Worker {
     epoch: u64,
     agent: ureq::Agent,
     url: String,
+    /// Where a redirect leads (built here, then swapped into `url`).
+    next_url: String,
+    max_redirects: u32,
+    max_url: usize,
+    allow_plain_http: bool,
 }
 
 impl Worker {
@@ -487,7 +518,9 @@ impl Worker {
         let agent = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
-            .max_redirects(config.max_redirects)
+            // Redirects are followed here, where their scheme and number are checked.
+            .max_redirects(0)
+            .max_response_header_size(config.max_header_bytes)
             .timeout_connect(Some(config.connect_timeout))
             .timeout_recv_response(Some(config.response_timeout))
             .timeout_recv_body(Some(config.body_timeout))
@@ -498,6 +531,10 @@ impl Worker {
             epoch,
             agent,
             url: String::with_capacity(config.max_url),
+            next_url: String::with_capacity(config.max_url),
+            max_redirects: config.max_redirects,
+            max_url: config.max_url,
+            allow_plain_http: config.allow_plain_http,
         }
     }
 
@@ -544,16 +581,38 @@ impl Worker {
     }
 
     fn download(&mut self, generation: u64, offset: u64) {
-        let mut request = self.agent.get(&self.url);
-        if offset > 0 {
-            request = request.header("Range", format!("bytes={offset}-"));
-        }
-        let response = match request.call() {
-            Ok(r) => r,
-            Err(e) => {
-                self.publish(generation, |s| s.error = Some(map_ureq_error(&e)));
+        let mut redirects = 0;
+        let response = loop {
+            let mut request = self.agent.get(&self.url);
+            if offset > 0 {
+                request = request.header("Range", format!("bytes={offset}-"));
+            }
+            let response = match request.call() {
+                Ok(r) => r,
+                Err(e) => {
+                    self.publish(generation, |s| s.error = Some(map_ureq_error(&e)));
+                    return;
+                }
+            };
+            let status = response.status().as_u16();
+            if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                break response;
+            }
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok());
+            let next = match location {
+                _ if redirects >= self.max_redirects => Err(FetchError::Redirects),
+                None => Err(FetchError::BadResponse("redirect without a Location")),
+                Some(loc) => self.follow(loc),
+            };
+            if let Err(e) = next {
+                crate::ota_log!(crate::log::Level::Error, "redirect refused: {e}");
+                self.publish(generation, |s| s.error = Some(e));
                 return;
             }
+            redirects += 1;
         };
         let status = response.status().as_u16();
         if status != 200 && status != 206 {
@@ -566,6 +625,21 @@ impl Worker {
         }
         let mut reader = response.into_body().into_reader();
         self.pump(generation, &mut reader);
+    }
+
+    /// Makes the redirect target the URL to request next (see [`resolve_redirect`]).
+    fn follow(&mut self, location: &str) -> Result<(), FetchError> {
+        resolve_redirect(
+            &self.url,
+            location,
+            self.allow_plain_http,
+            &mut self.next_url,
+        )?;
+        if self.next_url.len() > self.max_url {
+            return Err(FetchError::Url);
+        }
+        std::mem::swap(&mut self.url, &mut self.next_url);
+        Ok(())
     }
 
     /// Whether this worker's download is still wanted.
@@ -722,6 +796,77 @@ fn is_tls_io_error(io: &std::io::Error) -> bool {
         .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
+/// Writes to `out` the URL a redirect from `current` to `location` (absolute, or relative to
+/// `current`) leads to, if its scheme is as strong as the current one (http -> https is fine,
+/// https -> http is not) and plain http is allowed where it is used. Other schemes and
+/// scheme-relative locations are refused.
+fn resolve_redirect(
+    current: &str,
+    location: &str,
+    allow_plain_http: bool,
+    out: &mut String,
+) -> Result<(), FetchError> {
+    let location = location.trim();
+    let from = Scheme::of(current).ok_or(FetchError::Url)?;
+    out.clear();
+    if let Some(to) = Scheme::of(location) {
+        if to < from || (to == Scheme::Http && !allow_plain_http) {
+            return Err(FetchError::RedirectScheme);
+        }
+        out.push_str(location);
+    } else if location.starts_with("//")
+        || location[..location.find(['/', '?', '#']).unwrap_or(location.len())].contains(':')
+    {
+        // Another scheme (ftp:, file:, data:), or scheme-relative: not followed.
+        return Err(FetchError::RedirectScheme);
+    } else {
+        let after_scheme = current.find("://").map_or(0, |i| i + 3);
+        let path_start = current[after_scheme..]
+            .find('/')
+            .map_or(current.len(), |i| after_scheme + i);
+        if location.starts_with('/') {
+            // Absolute path: same origin.
+            out.push_str(&current[..path_start]);
+        } else {
+            // Relative to the current path's directory (query and fragment dropped).
+            let path_end = current[path_start..]
+                .find(['?', '#'])
+                .map_or(current.len(), |i| path_start + i);
+            let dir_end = current[path_start..path_end]
+                .rfind('/')
+                .map_or(path_start, |i| path_start + i);
+            out.push_str(&current[..dir_end]);
+            out.push('/');
+        }
+        out.push_str(location);
+    }
+    Ok(())
+}
+
+/// The download schemes, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    /// The scheme `url` starts with (any case); `None` for any other or none.
+    fn of(url: &str) -> Option<Scheme> {
+        let prefix = |p: &str| {
+            url.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        };
+        if prefix("https://") {
+            Some(Scheme::Https)
+        } else if prefix("http://") {
+            Some(Scheme::Http)
+        } else {
+            None
+        }
+    }
+}
+
 fn map_ureq_error(e: &ureq::Error) -> FetchError {
     use ureq::Error as E;
     match e {
@@ -739,6 +884,7 @@ fn map_ureq_error(e: &ureq::Error) -> FetchError {
         E::TooManyRedirects | E::RedirectFailed => FetchError::Redirects,
         E::Rustls(_) | E::Tls(_) => FetchError::Tls,
         E::Protocol(_) => FetchError::BadResponse("HTTP protocol error"),
+        E::LargeResponseHeader(..) => FetchError::BadResponse("response head too large"),
         _ => FetchError::BadResponse("unexpected HTTP client error"),
     }
 }
@@ -804,6 +950,56 @@ impl FirmwareSource for MemorySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_keep_or_strengthen_the_scheme() {
+        let go = |from: &str, to: &str, plain: bool| {
+            let mut out = String::new();
+            resolve_redirect(from, to, plain, &mut out).map(|()| out)
+        };
+        let base = "https://h.test:8443/fw/v2/image.bin?sig=1";
+        assert_eq!(
+            go(base, "https://cdn.test/x.bin", true).unwrap(),
+            "https://cdn.test/x.bin"
+        );
+        assert_eq!(
+            go(base, "/other/y.bin", true).unwrap(),
+            "https://h.test:8443/other/y.bin"
+        );
+        assert_eq!(
+            go(base, "y.bin?s=2", true).unwrap(),
+            "https://h.test:8443/fw/v2/y.bin?s=2"
+        );
+        assert_eq!(
+            go("http://h.test", "y.bin", true).unwrap(),
+            "http://h.test/y.bin"
+        );
+        assert_eq!(
+            go("http://h.test/a", "HTTPS://h.test/b", false).unwrap(),
+            "HTTPS://h.test/b"
+        );
+        assert_eq!(
+            go("http://h.test/a", "http://h.test/b", true).unwrap(),
+            "http://h.test/b"
+        );
+        for bad in [
+            "http://h.test/b",
+            "ftp://h.test/b",
+            "file:///etc/passwd",
+            "//h.test/b",
+            "data:,x",
+        ] {
+            assert_eq!(
+                go(base, bad, true),
+                Err(FetchError::RedirectScheme),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            go("http://h.test/a", "http://h.test/b", false),
+            Err(FetchError::RedirectScheme)
+        );
+    }
 
     #[test]
     fn block_pool_sizes() {

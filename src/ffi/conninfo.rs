@@ -138,9 +138,14 @@ pub enum iotx_ioctl_option_t {
     /// name and chain are always verified). NULL goes back to the bundled web roots. -1 when the
     /// text holds no usable PEM certificate.
     IOTX_IOCTL_SET_HTTPS_CA = 9,
+    /// Extension. `data`: `int *`, 1 = firmware may be downloaded over plain `http://` (the
+    /// default, as the platforms' documents use such URLs; each download logs a warning), 0 =
+    /// HTTPS only: `http://` URLs and redirects to them fail the download (reported to the
+    /// cloud). Applies to OTA handles initialised afterwards.
+    IOTX_IOCTL_SET_HTTP_PLAIN = 10,
 }
 
-const IOCTL_OPTIONS: [iotx_ioctl_option_t; 10] = {
+const IOCTL_OPTIONS: [iotx_ioctl_option_t; 11] = {
     use iotx_ioctl_option_t::*;
     [
         IOTX_IOCTL_SET_REGION,
@@ -153,6 +158,7 @@ const IOCTL_OPTIONS: [iotx_ioctl_option_t; 10] = {
         IOTX_IOCTL_SET_MQTT_TLS,
         IOTX_IOCTL_SET_MQTT_CA,
         IOTX_IOCTL_SET_HTTPS_CA,
+        IOTX_IOCTL_SET_HTTP_PLAIN,
     ]
 };
 
@@ -283,8 +289,8 @@ unsafe fn read_int(data: *mut c_void) -> c_int {
 ///   `IOTX_IOCTL_SET_HTTPS_CA` (NULL = the bundled web roots).
 ///
 /// Returns 0 on success; -1 when `option` is unknown, `data` is NULL, or the value is invalid
-/// (unknown region, empty or too long domain, port outside 0..=65535, TLS flag not 0/1, CA not a
-/// PEM, dynamic registration requested). On failure nothing changes.
+/// (unknown region, empty or too long domain, port outside 0..=65535, TLS or plain-HTTP flag
+/// not 0/1, CA not a PEM, dynamic registration requested). On failure nothing changes.
 ///
 /// # Safety
 /// `data` is NULL or points to the type the option documents (an `int`, or a NUL-terminated
@@ -369,6 +375,13 @@ pub unsafe extern "C" fn IOT_Ioctl(option: c_int, data: *mut c_void) -> c_int {
                 let pem = try_str!(data as *const c_char, "IOT_Ioctl: HTTPS CA PEM", -1);
                 log_err(conninfo::set_https_ca(Some(pem.as_bytes())))
             }
+            IOTX_IOCTL_SET_HTTP_PLAIN => match unsafe { read_int(data) } {
+                v @ (0 | 1) => {
+                    conninfo::set_allow_plain_http(v == 1);
+                    true
+                }
+                _ => false,
+            },
         };
         if ok {
             0
@@ -393,6 +406,7 @@ fn log_err(r: Result<(), conninfo::ConnInfoError>) -> bool {
 pub(crate) fn reset_for_test() {
     MQTT_TLS.store(false, Ordering::Release);
     MQTT_CA.store(std::ptr::null_mut(), Ordering::Release);
+    conninfo::set_allow_plain_http(true);
 }
 
 #[cfg(test)]
@@ -573,6 +587,31 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_flag_takes_0_or_1() {
+        let _g = lock();
+        let set = |mut v: c_int| unsafe {
+            IOT_Ioctl(
+                iotx_ioctl_option_t::IOTX_IOCTL_SET_HTTP_PLAIN as c_int,
+                (&mut v as *mut c_int).cast(),
+            )
+        };
+        assert!(conninfo::allow_plain_http(), "allowed by default");
+        assert_eq!(set(0), 0);
+        assert!(!conninfo::allow_plain_http());
+        assert_eq!(set(2), -1);
+        assert!(!conninfo::allow_plain_http(), "a bad value changes nothing");
+        assert_eq!(set(1), 0);
+        assert!(conninfo::allow_plain_http());
+        let rc = unsafe {
+            IOT_Ioctl(
+                iotx_ioctl_option_t::IOTX_IOCTL_SET_HTTP_PLAIN as c_int,
+                ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, -1);
+    }
+
+    #[test]
     fn https_ca_is_copied_and_null_resets() {
         use iotx_ioctl_option_t::*;
         let _g = lock();
@@ -609,7 +648,7 @@ mod tests {
         };
         assert_eq!((rc, v), (0, 0));
         assert_eq!(
-            unsafe { IOT_Ioctl(10, &mut v as *mut c_int as *mut c_void) },
+            unsafe { IOT_Ioctl(11, &mut v as *mut c_int as *mut c_void) },
             -1
         );
         assert_eq!(

@@ -493,6 +493,19 @@ impl Engine {
                 C::DownloadFailed,
                 "download failed: file larger than announced",
             ),
+            FetchError::Redirects => (C::DownloadFailed, "download failed: too many redirects"),
+            FetchError::RedirectScheme => (
+                C::DownloadFailed,
+                "download failed: redirect to a weaker scheme refused",
+            ),
+            FetchError::PlainHttp => (
+                C::DownloadFailed,
+                "download failed: plain http:// not allowed",
+            ),
+            FetchError::BadResponse(_) => (
+                C::DownloadFailed,
+                "download failed: malformed HTTP response",
+            ),
             _ => (C::DownloadFailed, "download failed"),
         };
         let err = self.abort_fetch(Error::Fetch(e), cause, desc);
