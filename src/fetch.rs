@@ -13,6 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::protocol::FixedStr;
+pub use crate::tls::{check_ca_pem, CaPemError};
+use crate::tls::{is_tls_io_error, parse_ca_pem, CaRoots};
 
 /// Why a download failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -395,7 +397,8 @@ impl HttpSource {
 impl FirmwareSource for HttpSource {
     fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
         match Scheme::of(url) {
-            Some(Scheme::Https) => {}
+            Some(Scheme::Https) if cfg!(feature = "tls") => {}
+            Some(Scheme::Https) => return Err(FetchError::Tls),
             Some(Scheme::Http) if self.config.allow_plain_http => crate::ota_log!(
                 crate::log::Level::Warning,
                 "firmware download over plain http:// (not encrypted, not authenticated)"
@@ -505,18 +508,12 @@ impl Worker {
         roots: Option<CaRoots>,
         epoch: u64,
     ) -> Worker {
-        // An explicit provider: rustls panics when it has to pick one and finds two.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(provider)
-            .root_certs(match roots {
-                Some(certs) => ureq::tls::RootCerts::Specific(Arc::new(certs.0)),
-                None => ureq::tls::RootCerts::WebPki,
-            })
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
+        let builder = ureq::Agent::config_builder();
+        #[cfg(feature = "tls")]
+        let builder = builder.tls_config(crate::tls::http_config(roots.as_ref()));
+        #[cfg(not(feature = "tls"))]
+        let _ = roots;
+        let agent = builder
             .http_status_as_error(false)
             // Redirects are followed here, where their scheme and number are checked.
             .max_redirects(0)
@@ -754,48 +751,6 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     (start <= end && end < total).then_some((start, total))
 }
 
-/// Why a CA PEM was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CaPemError {
-    #[error("no PEM certificate found")]
-    NoCertificate,
-    #[error("a PEM certificate block is malformed")]
-    Malformed,
-    #[error("a certificate cannot serve as a trust anchor")]
-    NotAnAnchor,
-}
-
-/// Trust anchors parsed from a CA PEM.
-#[derive(Clone)]
-struct CaRoots(Vec<ureq::tls::Certificate<'static>>);
-
-/// Parses every `CERTIFICATE` block of `pem` and checks that each can be a trust anchor.
-/// Other PEM blocks (keys, parameters) are ignored; at least one certificate is required.
-pub fn check_ca_pem(pem: &[u8]) -> Result<(), CaPemError> {
-    parse_ca_pem(pem).map(drop)
-}
-
-fn parse_ca_pem(pem: &[u8]) -> Result<CaRoots, CaPemError> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut store = rustls::RootCertStore::empty();
-    let mut certs = Vec::new();
-    for der in CertificateDer::pem_slice_iter(pem) {
-        let der = der.map_err(|_| CaPemError::Malformed)?;
-        certs.push(ureq::tls::Certificate::from_der(der.as_ref()).to_owned());
-        store.add(der).map_err(|_| CaPemError::NotAnAnchor)?;
-    }
-    if certs.is_empty() {
-        return Err(CaPemError::NoCertificate);
-    }
-    Ok(CaRoots(certs))
-}
-
-/// Whether `io` carries a rustls error (ureq reports handshake failures that way).
-fn is_tls_io_error(io: &std::io::Error) -> bool {
-    io.get_ref()
-        .is_some_and(|inner| inner.is::<rustls::Error>())
-}
-
 /// Writes to `out` the URL a redirect from `current` to `location` (absolute, or relative to
 /// `current`) leads to, if its scheme is as strong as the current one (http -> https is fine,
 /// https -> http is not) and plain http is allowed where it is used. Other schemes and
@@ -882,7 +837,9 @@ fn map_ureq_error(e: &ureq::Error) -> FetchError {
         },
         E::ConnectionFailed => FetchError::Connect,
         E::TooManyRedirects | E::RedirectFailed => FetchError::Redirects,
-        E::Rustls(_) | E::Tls(_) => FetchError::Tls,
+        #[cfg(feature = "tls")]
+        E::Rustls(_) => FetchError::Tls,
+        E::Tls(_) => FetchError::Tls,
         E::Protocol(_) => FetchError::BadResponse("HTTP protocol error"),
         E::LargeResponseHeader(..) => FetchError::BadResponse("response head too large"),
         _ => FetchError::BadResponse("unexpected HTTP client error"),
@@ -1012,21 +969,6 @@ mod tests {
         assert_eq!(pool.len(), 2);
         assert_eq!(pool[0].data.len(), 5);
         assert_eq!(Block::pool(0).len(), 2);
-    }
-
-    #[test]
-    fn ca_pem_checks() {
-        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
-        let key = ca.signing_key.serialize_pem();
-        let pem = ca.cert.pem();
-        assert_eq!(check_ca_pem(pem.as_bytes()), Ok(()));
-        assert_eq!(check_ca_pem(format!("{key}{pem}").as_bytes()), Ok(()));
-        assert_eq!(check_ca_pem(b""), Err(CaPemError::NoCertificate));
-        assert_eq!(check_ca_pem(key.as_bytes()), Err(CaPemError::NoCertificate));
-        let not_der = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        assert_eq!(check_ca_pem(not_der), Err(CaPemError::NotAnAnchor));
-        let not_base64 = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
-        assert_eq!(check_ca_pem(not_base64), Err(CaPemError::Malformed));
     }
 
     #[test]

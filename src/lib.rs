@@ -20,6 +20,7 @@ pub mod ota;
 pub mod protocol;
 pub mod resume;
 pub mod retry;
+pub mod tls;
 
 pub mod ffi;
 

@@ -149,34 +149,31 @@ fn map_connection_error(e: &ConnectionError) -> MqttError {
     match e {
         ConnectionError::ConnectionRefused(code) => MqttError::Refused(*code as u8),
         ConnectionError::Io(io) => MqttError::Io(io.kind()),
+        #[cfg(feature = "tls")]
         ConnectionError::Tls(_) => MqttError::Tls,
         ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => MqttError::Timeout,
         _ => MqttError::Protocol,
     }
 }
 
+#[cfg(feature = "tls")]
 fn tls_transport(ca_pem: &[u8]) -> Result<Transport> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    let mut any = false;
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|_| Error::InvalidParam("pub_key is not a PEM certificate"))?;
-        roots
-            .add(cert)
-            .map_err(|_| Error::InvalidParam("pub_key certificate rejected"))?;
-        any = true;
-    }
-    if !any {
-        return Err(Error::InvalidParam("pub_key holds no PEM certificate"));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|_| Error::Mqtt(MqttError::Tls))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    use crate::tls::CaPemError as E;
+    let config = crate::tls::mqtt_config(ca_pem).map_err(|e| match e {
+        E::NoCertificate => Error::InvalidParam("pub_key holds no PEM certificate"),
+        E::Malformed => Error::InvalidParam("pub_key is not a PEM certificate"),
+        E::NotAnAnchor => Error::InvalidParam("pub_key certificate rejected"),
+        E::NoTls => Error::Mqtt(MqttError::Tls),
+    })?;
     Ok(Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+        rumqttc::TlsConfiguration::Rustls(config),
+    ))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_transport(_ca_pem: &[u8]) -> Result<Transport> {
+    Err(Error::InvalidParam(
+        "MQTT over TLS needs the `tls` cargo feature",
     ))
 }
 

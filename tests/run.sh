@@ -30,6 +30,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+step "cargo clippy, library without TLS (the \`tls\` feature off)"
+cargo clippy -p ota --lib --no-default-features -- -D warnings
 step "cargo test"
 cargo test --workspace
 step "release build (libota.a, libota.so, ota-cloud, the Rust example)"

@@ -2,6 +2,8 @@
 //! (right CA, wrong CA, wrong host name, expired certificate), MQTT over TLS against Mosquitto,
 //! and the C option `IOTX_IOCTL_SET_HTTPS_CA`.
 
+#![cfg(feature = "tls")]
+
 #[path = "common/recorder.rs"]
 mod recorder;
 use recorder::{Recorder, Sent};

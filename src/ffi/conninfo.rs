@@ -612,6 +612,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn https_ca_is_copied_and_null_resets() {
         use iotx_ioctl_option_t::*;
         let _g = lock();

@@ -239,6 +239,44 @@ fn file_size(p: &Path) -> Res<u64> {
 }
 
 /// Copies `bin` to `bin.stripped`, strips it and returns its size.
+/// How the size rows link the C example (glibc stays dynamic in all).
+const EXAMPLE_LINKS: [(&str, &[&str]); 3] = [
+    ("ota_mqtt_example + libota.a, -O2, stripped", &[]),
+    (
+        "  + -ffunction-sections -fdata-sections -Wl,--gc-sections",
+        &[
+            "-ffunction-sections",
+            "-fdata-sections",
+            "-Wl,--gc-sections",
+        ],
+    ),
+    (
+        "  + gc-sections + -no-pie",
+        &[
+            "-ffunction-sections",
+            "-fdata-sections",
+            "-Wl,--gc-sections",
+            "-no-pie",
+        ],
+    ),
+];
+
+/// Links examples-c/ota_mqtt_example.c against `lib` with `flags`; the stripped size.
+fn example_size(work: &Path, src: &Path, inc: &str, lib: &Path, flags: &[&str]) -> Res<u64> {
+    let bin = work.join("ota_mqtt_example");
+    let (src, lib, bin_s) = (
+        src.display().to_string(),
+        lib.display().to_string(),
+        bin.display().to_string(),
+    );
+    let mut a = vec!["-O2", inc, &src, &lib];
+    a.extend(C_LIBS);
+    a.extend(flags);
+    a.extend(["-o", &bin_s]);
+    cc(&a)?;
+    stripped_size(&bin)
+}
+
 fn stripped_size(bin: &Path) -> Res<u64> {
     let out = bin.with_extension("stripped");
     std::fs::copy(bin, &out)?;
@@ -538,27 +576,6 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     a.extend(C_LIBS);
     a.extend(["-o", &bench_bin_s]);
     cc(&a)?;
-    let ex_src = root
-        .join("examples-c/ota_mqtt_example.c")
-        .display()
-        .to_string();
-    let ex_bin = work.join("ota_mqtt_example");
-    let ex_bin_s = ex_bin.display().to_string();
-    let ex_gc = work.join("ota_mqtt_example_gc");
-    let ex_gc_s = ex_gc.display().to_string();
-    let mut a = vec!["-O2", &inc, &ex_src, &lib_a_s];
-    a.extend(C_LIBS);
-    let mut b = a.clone();
-    a.extend(["-o", &ex_bin_s]);
-    b.extend([
-        "-ffunction-sections",
-        "-fdata-sections",
-        "-Wl,--gc-sections",
-    ]);
-    b.extend(["-o", &ex_gc_s]);
-    cc(&a)?;
-    cc(&b)?;
-
     let mut out: Vec<String> = Vec::new();
     let cmd = args
         .iter()
@@ -762,14 +779,43 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         Ok(n) => out.push(size_row("target/release/libota.so", n)),
         Err(e) => out.push(format!("   target/release/libota.so: {e}")),
     }
-    out.push(size_row(
-        "ota_mqtt_example + libota.a, -O2, stripped",
-        stripped_size(&ex_bin)?,
-    ));
-    out.push(size_row(
-        "  same + -ffunction-sections -fdata-sections -Wl,--gc-sections",
-        stripped_size(&ex_gc)?,
-    ));
+    let ex_src = root.join("examples-c/ota_mqtt_example.c");
+    for (label, flags) in EXAMPLE_LINKS {
+        let n = example_size(&work, &ex_src, &inc, &lib_a, flags)?;
+        out.push(size_row(label, n));
+    }
+    if s.quick {
+        out.push("   (without TLS: skipped in --quick; it builds libota.a once more)".into());
+    } else {
+        eprintln!("ota-bench: building libota.a without TLS (--no-default-features)");
+        let dir = root.join("target/ota-bench-notls");
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "ota",
+                "--lib",
+                "--no-default-features",
+            ])
+            .env("CARGO_TARGET_DIR", &dir)
+            .env("OTA_SKIP_HEADER", "1")
+            .current_dir(&root)
+            .status()?;
+        if !st.success() {
+            return Err("cargo build --no-default-features failed".into());
+        }
+        let lib = dir.join("release/libota.a");
+        out.push(size_row(
+            "libota.a without TLS (--no-default-features)",
+            file_size(&lib)?,
+        ));
+        for (label, flags) in EXAMPLE_LINKS {
+            let n = example_size(&work, &ex_src, &inc, &lib, flags)?;
+            out.push(size_row(&format!("{label}, no TLS"), n));
+        }
+    }
 
     // 5. Latency.
     eprintln!("ota-bench: latency ({} runs)", s.latency_runs);
