@@ -1,7 +1,9 @@
 /*
  * ota_bench.c: the Aliyun-sample device flow, instrumented for ota-bench.
  *
- * Usage: ota_bench BUF_LEN        (broker from IOTX_MQTT_HOST / IOTX_MQTT_PORT)
+ * Usage: ota_bench BUF_LEN [PROTOCOL]   (broker from IOTX_MQTT_HOST / IOTX_MQTT_PORT)
+ *        PROTOCOL: an IOT_OTA_PROTOCOL_* number (default 0, Aliyun through IOT_OTA_Init; others
+ *        through IOT_OTA_InitWithProtocol, e.g. 1 SagooIOT for a SHA-256 signed upgrade)
  *
  * IOT_MQTT_Construct -> IOT_OTA_Init -> IOT_OTA_ReportVersion -> waits for the SUBACK, prints
  * "READY", then loops IOT_MQTT_Yield(pclient, 200) until IOT_OTA_IsFetching, runs the FetchYield
@@ -68,6 +70,7 @@ static void event_handle(void *pcontext, void *pclient, iotx_mqtt_event_msg_pt m
 int main(int argc, char **argv)
 {
     long buf_len = argc > 1 ? strtol(argv[1], NULL, 10) : 5000;
+    long protocol = argc > 2 ? strtol(argv[2], NULL, 10) : IOT_OTA_PROTOCOL_ALIYUN;
     char *buf, *msg_buf, *msg_readbuf;
     iotx_conn_info_pt ci = NULL;
     iotx_mqtt_param_t p;
@@ -112,7 +115,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "IOT_MQTT_Construct failed\n");
         return 1;
     }
-    h_ota = IOT_OTA_Init(PK, DN, pclient);
+    h_ota = protocol == IOT_OTA_PROTOCOL_ALIYUN
+                ? IOT_OTA_Init(PK, DN, pclient)
+                : IOT_OTA_InitWithProtocol(PK, DN, pclient, (IOT_OTA_Protocol_t)protocol);
     if (!h_ota || IOT_OTA_ReportVersion(h_ota, "1.0.0") != 0) {
         fprintf(stderr, "IOT_OTA_Init / ReportVersion failed\n");
         return 1;

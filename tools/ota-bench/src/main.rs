@@ -342,6 +342,19 @@ fn run_c(
     message: &str,
     delay: Duration,
 ) -> Res<CRun> {
+    run_c_with(bin, work, broker, buf_len, Protocol::Aliyun, message, delay)
+}
+
+/// [`run_c`] for any protocol (the device gets its number, the message goes to its topic).
+fn run_c_with(
+    bin: &Path,
+    work: &Path,
+    broker: &EmbeddedBroker,
+    buf_len: usize,
+    protocol: Protocol,
+    message: &str,
+    delay: Duration,
+) -> Res<CRun> {
     let cloud = MqttClient::connect(&MqttOptions::new(
         broker.host(),
         broker.port(),
@@ -350,6 +363,7 @@ fn run_c(
     let stderr = std::fs::File::create(work.join("c-stderr.txt"))?;
     let mut child = Command::new(bin)
         .arg(buf_len.to_string())
+        .arg(protocol.id().to_string())
         .env("IOTX_MQTT_HOST", broker.host())
         .env("IOTX_MQTT_PORT", broker.port().to_string())
         .stdin(Stdio::null())
@@ -360,7 +374,7 @@ fn run_c(
     let result = (|| -> Res<(u64, String)> {
         read_until(&mut out, "READY")?;
         std::thread::sleep(delay);
-        let topic = format!("/ota/device/upgrade/{PK}/{DN}");
+        let topic = ota::protocol::Topics::new(protocol, PK, DN).downstream;
         let published = mono_ns();
         cloud.publish(
             &topic,
@@ -604,12 +618,19 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     // 1. Throughput.
     eprintln!("ota-bench: throughput");
     let tp = &image[..s.throughput_size];
-    let t = Instant::now();
-    let md5_digest = md5::Md5::digest(tp);
-    let md5_limit = mb_s(tp.len(), t.elapsed().as_secs_f64());
-    let t = Instant::now();
-    let sha_digest = sha2::Sha256::digest(tp);
-    let sha_limit = mb_s(tp.len(), t.elapsed().as_secs_f64());
+    // The limit is the digest's best speed: the fastest of three passes (a pass slowed down by
+    // another process on the machine would flatter every ratio).
+    let best_of_3 = |f: &dyn Fn() -> Vec<u8>| -> (Vec<u8>, f64) {
+        let mut best = (Vec::new(), 0.0f64);
+        for _ in 0..3 {
+            let t = Instant::now();
+            let d = f();
+            best = (d, best.1.max(mb_s(tp.len(), t.elapsed().as_secs_f64())));
+        }
+        best
+    };
+    let (md5_digest, md5_limit) = best_of_3(&|| md5::Md5::digest(tp).to_vec());
+    let (sha_digest, sha_limit) = best_of_3(&|| sha2::Sha256::digest(tp).to_vec());
     let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let server = FirmwareServer::start(tp.to_vec())?;
     let url = server.url();
@@ -661,6 +682,15 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         &aliyun_msg,
         Duration::ZERO,
     )?;
+    let c64k_sha = run_c_with(
+        &bench_bin,
+        &work,
+        &broker,
+        65536,
+        Protocol::Sagoo,
+        &sagoo_msg,
+        Duration::ZERO,
+    )?;
     let c_speed = |r: &CRun| mb_s(r.bytes as usize, r.loop_ns as f64 / 1e9);
     let (rmd5_s, rmd5_n, ok1) = rust_download(
         Protocol::Aliyun,
@@ -688,7 +718,7 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     out.push(format!("   {:<66} {:>9} {:>9}", "", "MB/s", "vs limit"));
     let row = |name: &str, v: f64, limit: f64| format!("   {name:<66} {v:>9.1} {:>9.2}", v / limit);
     out.push(row(
-        "MD5 in memory, md-5 0.11, 1 core (= MD5 limit)",
+        "MD5 in memory, md-5 0.11, 1 core, best of 3 (= MD5 limit)",
         md5_limit,
         md5_limit,
     ));
@@ -713,8 +743,13 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         md5_limit,
     ));
     out.push(row(
-        "SHA-256 in memory, sha2 0.11, 1 core (= SHA-256 limit)",
+        "SHA-256 in memory, sha2 0.11, 1 core, best of 3 (= SHA-256 limit)",
         sha_limit,
+        sha_limit,
+    ));
+    out.push(row(
+        "C FetchYield loop (libota.a, SagooIOT, SHA-256), buffer 65536",
+        c_speed(&c64k_sha),
         sha_limit,
     ));
     out.push(row(
