@@ -6,7 +6,8 @@
 #   find_package  configure the consumer's CMakeLists with CMAKE_PREFIX_PATH=prefix (ota::ota, static)
 #   pkg_config    cc main.c $(pkg-config --cflags --libs --static ota) (links libota.so when both
 #                 libota.so and libota.a are installed, as -lota does; run with LD_LIBRARY_PATH)
-# env:   OTA_KEEP_TMP=1 keeps the scratch directory
+# env:   OTA_KEEP_TMP=1 keeps the scratch directory; OTA_TEST_WRAPPER (a command the consumer is
+#        run under, split on spaces: the valgrind wrapper memcheck.sh in the memcheck run)
 set -euo pipefail
 
 usage="usage: run_consumer_test.sh find_package|pkg_config CMAKE BUILD_DIR CONSUMER_SRC CC"
@@ -15,6 +16,10 @@ cmake_bin=${2:?$usage}
 build_dir=${3:?$usage}
 consumer_src=${4:?$usage}
 cc_bin=${5:?$usage}
+wrapper=()
+if [[ -n ${OTA_TEST_WRAPPER:-} ]]; then
+    read -r -a wrapper <<<"$OTA_TEST_WRAPPER"
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ota-consumer-XXXXXX")
 cleanup() {
@@ -67,7 +72,7 @@ pkg_config)
     "$cc_bin" -std=c99 -Wall -Wextra -Werror "$consumer_src/main.c" -o "$tmp/ota_consumer" $flags
     export LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     echo "== run the dynamically linked consumer"
-    "$tmp/ota_consumer"
+    "${wrapper[@]}" "$tmp/ota_consumer"
 
     # Libs.private must be complete: link libota.a explicitly with everything else pkg-config says.
     static_flags=()
@@ -86,5 +91,5 @@ pkg_config)
 esac
 
 echo "== run $consumer"
-"$consumer"
+"${wrapper[@]}" "$consumer"
 echo "PASS: $mode consumer built against the installed package and ran"

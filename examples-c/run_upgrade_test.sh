@@ -9,6 +9,9 @@
 # usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN [upgrade|bad-md5]
 # env:   OTA_PROTOCOL (aliyun|sagoo|tencent|ucloud, default aliyun; bad-md5 is aliyun only),
 #        OTA_BUF_LEN (bytes per FetchYield, default 5000), OTA_TEST_FIRMWARE_SIZE (default 3000000),
+#        OTA_TIMEOUT_S (deadline of the device and of the cloud, default 120),
+#        OTA_TEST_WRAPPER (a command the device is run under, split on spaces: the valgrind
+#        wrapper memcheck.sh in the memcheck run; the cloud, broker and python run bare),
 #        OTA_REQUIRE_MOSQUITTO=required (fail instead of skip without mosquitto),
 #        OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (path to the broker binary)
 # exit:  0 pass, 1 fail, 77 skipped (no mosquitto)
@@ -21,6 +24,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 buf_len=${OTA_BUF_LEN:-5000}
 firmware_size=${OTA_TEST_FIRMWARE_SIZE:-3000000}
 protocol=${OTA_PROTOCOL:-aliyun}
+timeout_s=${OTA_TIMEOUT_S:-120}
+wrapper=()
+if [[ -n ${OTA_TEST_WRAPPER:-} ]]; then
+    read -r -a wrapper <<<"$OTA_TEST_WRAPPER"
+fi
 product_key=a1OtaTestPk
 device_name=ota_ctest_device
 device_secret=CtestSecretCtestSecretCtestSecre
@@ -103,11 +111,11 @@ case $scenario in
 upgrade)
     "$cloud" serve --protocol "$protocol" --broker "127.0.0.1:$port" --product-key "$product_key" --device-name "$device_name" \
         --firmware-size "$firmware_size" --write-firmware "$tmp/served.bin" --version 2.0.0 \
-        --timeout-s 120 >"$tmp/cloud.log" 2>&1 &
+        --timeout-s "$timeout_s" >"$tmp/cloud.log" 2>&1 &
     expected_device_rc=0
     ;;
 bad-md5)
-    python3 "$here/bad_md5_cloud.py" "$port" "$product_key" "$device_name" 300000 60 >"$tmp/cloud.log" 2>&1 &
+    python3 "$here/bad_md5_cloud.py" "$port" "$product_key" "$device_name" 300000 "${OTA_TIMEOUT_S:-60}" >"$tmp/cloud.log" 2>&1 &
     expected_device_rc=1
     ;;
 *)
@@ -138,8 +146,8 @@ echo "running $example (OTA_PROTOCOL=$protocol, OTA_BUF_LEN=$buf_len)"
 set +e
 IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port \
     OTA_PRODUCT_KEY=$product_key OTA_DEVICE_NAME=$device_name OTA_DEVICE_SECRET=$device_secret \
-    OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL=$protocol OTA_BUF_LEN=$buf_len OTA_TIMEOUT_S=${OTA_TIMEOUT_S:-120} \
-    "$example" "$tmp/ota.bin"
+    OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL=$protocol OTA_BUF_LEN=$buf_len OTA_TIMEOUT_S=$timeout_s \
+    "${wrapper[@]}" "$example" "$tmp/ota.bin"
 device_rc=$?
 wait "$cloud_pid"
 cloud_rc=$?

@@ -40,5 +40,7 @@ step "C examples under ctest"
 cmake -S examples-c -B target/ctest -DOTA_BUILD_RUST=OFF >/dev/null
 cmake --build target/ctest
 ctest --test-dir target/ctest --output-on-failure
+step "C API under valgrind memcheck and ASan/UBSan"
+bash tests/sanitizers.sh
 step "benchmark, quick mode (proves it still runs; no timing assertions)"
 cargo run --release -p ota-bench -- --quick

@@ -102,8 +102,8 @@ unsafe fn get(name: &str, value: &str, buf: *mut c_char, size: usize) -> c_int {
 ///
 /// - `product_key`: NUL-terminated, at most `PRODUCT_KEY_LEN` bytes (copied).
 ///
-/// Returns the length stored, or -1 when `product_key` is NULL, not UTF-8 or too long (the
-/// previous value is kept).
+/// Returns the length stored (0 for an empty string, which clears the value), or -1 when
+/// `product_key` is NULL, not UTF-8 or too long (the previous value is kept).
 ///
 /// # Safety
 /// `product_key` is NULL or NUL-terminated.
@@ -118,8 +118,8 @@ pub unsafe extern "C" fn HAL_SetProductKey(product_key: *mut c_char) -> c_int {
 ///
 /// - `device_name`: NUL-terminated, at most `DEVICE_NAME_LEN` bytes (copied).
 ///
-/// Returns the length stored, or -1 when `device_name` is NULL, not UTF-8 or too long (the
-/// previous value is kept).
+/// Returns the length stored (0 for an empty string, which clears the value), or -1 when
+/// `device_name` is NULL, not UTF-8 or too long (the previous value is kept).
 ///
 /// # Safety
 /// `device_name` is NULL or NUL-terminated.
@@ -134,8 +134,8 @@ pub unsafe extern "C" fn HAL_SetDeviceName(device_name: *mut c_char) -> c_int {
 ///
 /// - `device_secret`: NUL-terminated, at most `DEVICE_SECRET_LEN` bytes (copied).
 ///
-/// Returns the length stored, or -1 when `device_secret` is NULL, not UTF-8 or too long (the
-/// previous value is kept).
+/// Returns the length stored (0 for an empty string, which clears the value), or -1 when
+/// `device_secret` is NULL, not UTF-8 or too long (the previous value is kept).
 ///
 /// # Safety
 /// `device_secret` is NULL or NUL-terminated.

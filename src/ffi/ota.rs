@@ -202,6 +202,7 @@ fn init(
     };
     let mut config = OtaConfig::for_protocol(protocol);
     config.http.ca_pem = crate::conninfo::https_ca();
+    config.http.allow_plain_http = crate::conninfo::allow_plain_http();
     match OtaSession::attach(mqtt.client(), pk, dn, config) {
         Ok(session) => Box::into_raw(Box::new(OtaHandle {
             magic: OTA_MAGIC,
@@ -221,7 +222,9 @@ fn init(
 /// (call IOT_OTA_Deinit before IOT_MQTT_Destroy). All memory the session needs is allocated here.
 ///
 /// Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, or the
-/// subscription cannot be queued.
+/// subscription cannot be queued. `product_key` and `device_name` must be non-empty UTF-8 of at
+/// most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
+/// other pointer gives NULL).
 #[no_mangle]
 pub extern "C" fn IOT_OTA_Init(
     product_key: *const c_char,
@@ -259,10 +262,16 @@ pub extern "C" fn IOT_OTA_InitWithProtocol(
     })
 }
 
-/// Releases an OTA handle and unsubscribes its upgrade topic. NULL is accepted
-/// (IOT_OTAE_INVALID_PARAM). Must not be called twice with the same handle.
+/// Releases an OTA handle and unsubscribes its upgrade topic; a download in progress is
+/// abandoned (its connection closed). NULL is accepted (IOT_OTAE_INVALID_PARAM).
 ///
-/// Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL or foreign handle.
+/// Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL or foreign handle (one that IOT_OTA_Init did
+/// not return, e.g. an MQTT handle).
+///
+/// Calling it twice with the same handle, or passing the handle to any function after this one
+/// returned 0, is the caller's bug: the memory is freed, so the behaviour is undefined (the
+/// foreign-handle check cannot recognise a released handle). So is calling it after
+/// IOT_MQTT_Destroy of the client the handle was built on.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_Deinit", {
@@ -280,7 +289,7 @@ pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
 
 /// Reports the running firmware version on the inform topic.
 ///
-/// Returns 0; IOT_OTAE_INVALID_PARAM for NULL arguments or an empty version;
+/// Returns 0; IOT_OTAE_INVALID_PARAM for NULL arguments or an empty or non-UTF-8 version;
 /// IOT_OTAE_STR_TOO_LONG when the version exceeds OTA_VERSION_LEN_MAX - 1 bytes;
 /// IOT_OTAE_OSC_FAILED when MQTT cannot queue the message.
 #[no_mangle]
@@ -300,12 +309,13 @@ pub extern "C" fn IOT_OTA_ReportVersion(handle: *mut c_void, version: *const c_c
     })
 }
 
-/// Reports the running `version` of `module` (extension; "default" or NULL module = the
+/// Reports the running `version` of `module` (extension; "default", "" or NULL module = the
 /// firmware itself). Aliyun/SagooIOT inform with `module`, UCloud `report` with `Module`;
 /// Tencent has no modules and reports the version alone.
 ///
-/// Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_STR_TOO_LONG also for a
-/// module longer than the limit fixed at init).
+/// Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_INVALID_PARAM also for a
+/// non-UTF-8 module, IOT_OTAE_STR_TOO_LONG for a module longer than the limit fixed at init,
+/// 63 bytes).
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ReportModuleVersion(
     handle: *mut c_void,
@@ -364,9 +374,13 @@ pub extern "C" fn IOT_OTA_RequestImage(handle: *mut c_void, version: *const c_ch
 /// Reports download progress (0..100) or a failure (-1..-4, see IOT_OTA_Progress_t) with an
 /// optional description `msg` (NULL: none).
 ///
-/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or a progress outside -4..100;
-/// IOT_OTAE_INVALID_STATE before an upgrade was accepted; IOT_OTAE_OSC_FAILED when MQTT
-/// cannot queue the message.
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle, a progress outside -4..100 or a
+/// non-UTF-8 `msg`; IOT_OTAE_STR_TOO_LONG when the message with `msg` does not fit the
+/// 1024-byte message buffer fixed at init (SagooIOT cuts `msg` to 128 characters instead);
+/// IOT_OTAE_INVALID_STATE before an upgrade was accepted, or for a
+/// percentage after the upgrade's failure was reported; IOT_OTAE_OSC_FAILED when MQTT cannot
+/// queue the message. A failure (-1..-4) after the failure was already reported returns 0 and
+/// sends nothing.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ReportProgress(
     handle: *mut c_void,
@@ -421,7 +435,8 @@ pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
 /// Downloads the next part of the firmware into `buf` (at most `buf_len` bytes, and never past
 /// the announced size), waiting at most `timeout_s` seconds (0: only what is already there).
 ///
-/// Returns the number of bytes written (> 0), 0 when nothing arrived in time,
+/// Returns the number of bytes written (> 0; only `buf[0..n)` is written, nothing on an error),
+/// 0 when nothing arrived in time,
 /// IOT_OTAE_INVALID_PARAM for a NULL handle/buffer or `buf_len` 0, IOT_OTAE_INVALID_STATE when
 /// no upgrade is being fetched, IOT_OTAE_FETCH_FAILED when the download failed (the platform
 /// has been told; IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0).
@@ -455,14 +470,22 @@ pub extern "C" fn IOT_OTA_FetchYield(
     })
 }
 
-/// Writes a uint32_t answer; buf_len must be 4.
-unsafe fn put_u32(h: &OtaHandle, buf: *mut c_void, buf_len: usize, v: u64) -> c_int {
+/// Rejects a `buf_len` other than 4 for a uint32_t answer (before any state check).
+fn check_u32_len(h: &OtaHandle, buf_len: usize) -> Result<(), c_int> {
     if buf_len != 4 {
-        return reject(
+        return Err(reject(
             h,
             "IOT_OTA_Ioctl",
             Error::InvalidParam("buf_len must be 4 for this type"),
-        );
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a uint32_t answer; buf_len must be 4.
+unsafe fn put_u32(h: &OtaHandle, buf: *mut c_void, buf_len: usize, v: u64) -> c_int {
+    if let Err(code) = check_u32_len(h, buf_len) {
+        return code;
     }
     let Ok(v) = u32::try_from(v) else {
         return reject(
@@ -521,10 +544,12 @@ fn not_available(h: &OtaHandle, what: &'static str) -> c_int {
 
 /// Answers one query about the current upgrade; see IOT_OTA_CmdType_t for each type's buffer.
 ///
-/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle/buffer, a wrong `buf_len` for a uint32_t
-/// type, or an unknown/unsupported type; IOT_OTAE_STR_TOO_LONG when a string does not fit
-/// `buf_len` (nothing is written); IOT_OTAE_INVALID_STATE when the value does not exist yet
-/// (no upgrade, download not finished) or not in this upgrade (e.g. SHA-256 of an MD5 upgrade).
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle/buffer, a `buf_len` other than 4 for a
+/// uint32_t type (checked before the state), or an unknown/unsupported type;
+/// IOT_OTAE_STR_TOO_LONG when a string and its NUL do not fit `buf_len`; IOT_OTAE_INVALID_STATE
+/// when the value does not exist yet (no upgrade, download not finished) or not in this upgrade
+/// (e.g. SHA-256 of an MD5 upgrade). Nothing is written to `buf` on an error, and a string
+/// answer writes exactly its length plus the NUL.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_Ioctl(
     handle: *mut c_void,
@@ -558,10 +583,16 @@ unsafe fn ioctl(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) ->
             };
             put_u32(h, buf, buf_len, v as u64)
         }
-        IOT_OTAG_CHECK_FIRMWARE => match s.check_firmware() {
-            Ok(valid) => put_u32(h, buf, buf_len, valid as u64),
-            Err(e) => err_code(&e),
-        },
+        IOT_OTAG_CHECK_FIRMWARE => {
+            // The length is an argument error whatever the state, as for the other uint32_t types.
+            if let Err(code) = check_u32_len(h, buf_len) {
+                return code;
+            }
+            match s.check_firmware() {
+                Ok(valid) => put_u32(h, buf, buf_len, valid as u64),
+                Err(e) => err_code(&e),
+            }
+        }
         k if NOTICE_QUERIES.contains(&k) => {
             if s.state() == OtaState::Idle {
                 return not_available(h, "no upgrade has been accepted");
@@ -664,7 +695,8 @@ pub extern "C" fn IOT_OTA_StartDownload(handle: *mut c_void, offset: u32, size: 
 
 /// Feeds `size` bytes the firmware already holds into the image digest (Tencent's call, in
 /// every protocol). NULL handle, or NULL `buff` with a non-zero size: logged, nothing done
-/// (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells).
+/// (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells: IOT_OTAE_INVALID_PARAM).
+/// Before an upgrade was accepted: logged, nothing done, IOT_OTAE_INVALID_STATE.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char, size: u32) {
     ffi_guard!("IOT_OTA_UpdateClientMd5", {
@@ -742,9 +774,12 @@ pub extern "C" fn IOT_OTA_ReportUpgradeSuccess(
 }
 
 /// Reports that flashing the upgrade failed: Aliyun/SagooIOT step -4, Tencent `fail` -5,
-/// UCloud `fail`. `version` (the version that failed) may be NULL.
+/// UCloud `fail`. `version` (the version that failed) may be NULL; it is not sent (the report
+/// names the accepted upgrade).
 ///
-/// Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin.
+/// Returns 0 (also, sending nothing, when this upgrade's failure was already reported);
+/// IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE before an upgrade was
+/// accepted; IOT_OTAE_OSC_FAILED when MQTT cannot queue it.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ReportUpgradeFail(handle: *mut c_void, version: *const c_char) -> c_int {
     ffi_guard!("IOT_OTA_ReportUpgradeFail", {

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs one C test program against a private mosquitto broker on a free 127.0.0.1 port: the
+# program finds it through IOTX_MQTT_HOST / IOTX_MQTT_PORT (what IOT_SetupConnInfo reads).
+#
+# usage: run_with_broker.sh PROGRAM [ARGS...]
+# env:   OTA_TEST_WRAPPER (a command the program is run under, split on spaces, e.g. the
+#        valgrind wrapper memcheck.sh), OTA_REQUIRE_MOSQUITTO=required (fail instead of skip
+#        without mosquitto), MOSQUITTO (path to the broker binary), OTA_KEEP_TMP=1
+# exit:  the program's exit code; 77 skipped (no mosquitto)
+set -euo pipefail
+
+program=${1:?usage: run_with_broker.sh PROGRAM [ARGS...]}
+shift
+
+mosquitto_bin=${MOSQUITTO:-$(command -v mosquitto || true)}
+if [[ -z $mosquitto_bin && -x /usr/sbin/mosquitto ]]; then
+    mosquitto_bin=/usr/sbin/mosquitto
+fi
+if [[ -z $mosquitto_bin || ! -x $mosquitto_bin ]]; then
+    if [[ ${OTA_REQUIRE_MOSQUITTO:-} == required ]]; then
+        echo "FAIL: mosquitto is not installed but OTA_REQUIRE_MOSQUITTO=required (apt-get install mosquitto)" >&2
+        exit 1
+    fi
+    echo "SKIP: mosquitto is not installed (apt-get install mosquitto); set OTA_REQUIRE_MOSQUITTO=required to fail instead"
+    exit 77
+fi
+if [[ ! -x $program ]]; then
+    echo "FAIL: $program is missing or not executable (build first: cmake --build)" >&2
+    exit 1
+fi
+
+wrapper=()
+if [[ -n ${OTA_TEST_WRAPPER:-} ]]; then
+    read -r -a wrapper <<<"$OTA_TEST_WRAPPER"
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ota-broker-XXXXXX")
+mosquitto_pid=
+cleanup() {
+    local rc=$?
+    if [[ -n $mosquitto_pid ]]; then
+        kill "$mosquitto_pid" 2>/dev/null || true
+        wait "$mosquitto_pid" 2>/dev/null || true
+    fi
+    if [[ $rc -ne 0 ]]; then
+        echo "----- mosquitto -----"
+        cat "$tmp/mosquitto.log" 2>/dev/null || true
+    fi
+    if [[ -n ${OTA_KEEP_TMP:-} ]]; then
+        echo "scratch directory kept: $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+"$mosquitto_bin" -p "$port" >"$tmp/mosquitto.log" 2>&1 &
+mosquitto_pid=$!
+deadline=$((SECONDS + 10))
+until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ((SECONDS >= deadline)) || ! kill -0 "$mosquitto_pid" 2>/dev/null; then
+        echo "FAIL: mosquitto did not start listening on 127.0.0.1:$port" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+echo "mosquitto listening on 127.0.0.1:$port"
+
+set +e
+IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port OTA_TEST_TMPDIR=$tmp \
+    "${wrapper[@]}" "$program" "$@"
+rc=$?
+set -e
+exit "$rc"
