@@ -156,15 +156,6 @@ typedef enum iotx_mqtt_event_type_t {
 } iotx_mqtt_event_type_t;
 
 /*
- MQTT QoS levels.
- */
-typedef enum iotx_mqtt_qos_t {
-  IOTX_MQTT_QOS0 = 0,
-  IOTX_MQTT_QOS1 = 1,
-  IOTX_MQTT_QOS2 = 2,
-} iotx_mqtt_qos_t;
-
-/*
  OTA error codes (iotkit v2.3 values).
  */
 typedef enum IOT_OTA_Err_t {
@@ -351,8 +342,8 @@ typedef struct iotx_mqtt_event_handle_t {
 
 /*
  Connection parameters. `pub_key` = CA certificate PEM for TLS, NULL for plain TCP.
- `pwrite_buf`/`pread_buf` are accepted for v2.0x compatibility and not used; `read_buf_size`
- (when non-zero) bounds the largest packet accepted.
+ `pwrite_buf`/`pread_buf` are accepted for v2.0x compatibility and not used; `read_buf_size`,
+ when at least 1024, is the largest packet sent or received (otherwise 64 KiB).
  */
 typedef struct iotx_mqtt_param_t {
   uint16_t port;
@@ -370,6 +361,12 @@ typedef struct iotx_mqtt_param_t {
   uint32_t read_buf_size;
   struct iotx_mqtt_event_handle_t handle_event;
 } iotx_mqtt_param_t;
+
+/*
+ MQTT QoS levels: an `int`, so that any value a C caller passes is defined (an unknown one
+ is an argument error), with the iotkit v2.3 names as constants.
+ */
+typedef int iotx_mqtt_qos_t;
 
 /*
  A message, as passed to subscription handlers (`msg->msg` of a PUBLISH_RECEIVED event) and
@@ -476,6 +473,12 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
 
 
 
+
+#define IOTX_MQTT_QOS0 0
+
+#define IOTX_MQTT_QOS1 1
+
+#define IOTX_MQTT_QOS2 2
 
 /*
  Burning (flashing) the image failed.
@@ -674,8 +677,8 @@ uint64_t HAL_UptimeMs(void);
 
  - `product_key`: NUL-terminated, at most `PRODUCT_KEY_LEN` bytes (copied).
 
- Returns the length stored, or -1 when `product_key` is NULL, not UTF-8 or too long (the
- previous value is kept).
+ Returns the length stored (0 for an empty string, which clears the value), or -1 when
+ `product_key` is NULL, not UTF-8 or too long (the previous value is kept).
 
  # Safety
  `product_key` is NULL or NUL-terminated.
@@ -687,8 +690,8 @@ int HAL_SetProductKey(char *product_key);
 
  - `device_name`: NUL-terminated, at most `DEVICE_NAME_LEN` bytes (copied).
 
- Returns the length stored, or -1 when `device_name` is NULL, not UTF-8 or too long (the
- previous value is kept).
+ Returns the length stored (0 for an empty string, which clears the value), or -1 when
+ `device_name` is NULL, not UTF-8 or too long (the previous value is kept).
 
  # Safety
  `device_name` is NULL or NUL-terminated.
@@ -700,8 +703,8 @@ int HAL_SetDeviceName(char *device_name);
 
  - `device_secret`: NUL-terminated, at most `DEVICE_SECRET_LEN` bytes (copied).
 
- Returns the length stored, or -1 when `device_secret` is NULL, not UTF-8 or too long (the
- previous value is kept).
+ Returns the length stored (0 for an empty string, which clears the value), or -1 when
+ `device_secret` is NULL, not UTF-8 or too long (the previous value is kept).
 
  # Safety
  `device_secret` is NULL or NUL-terminated.
@@ -790,7 +793,7 @@ void IOT_DumpMemoryStats(int level);
 
 /*
  Connects to the broker described by `pInitParams` and returns the client handle, or NULL
- when `pInitParams`, `host` or `client_id` is NULL, `port` is 0, `pub_key` is not a PEM
+ when `pInitParams`, `host` or `client_id` is NULL, `host` is empty or not UTF-8, `port` is 0, `pub_key` is not a PEM
  certificate, or the connection fails (refused, unreachable, timeout after
  `request_timeout_ms`, default 5000).
  */
@@ -800,21 +803,25 @@ void *IOT_MQTT_Construct(struct iotx_mqtt_param_t *pInitParams);
  Disconnects and frees the client, then sets `*phandle` to NULL.
 
  Returns 0, or NULL_VALUE_ERROR (-2) when `phandle` or `*phandle` is NULL or not a client.
- Release OTA handles built on this client first.
+ Release OTA handles built on this client first. Calling it again through the same variable
+ is safe (it is NULL by then: -2); destroying through another copy of the pointer, using any
+ copy afterwards, or calling IOT_OTA_Deinit on a handle of a destroyed client is the caller's
+ bug (undefined).
  */
 int IOT_MQTT_Destroy(void **phandle);
 
 /*
- Drives the connection for `timeout_ms` milliseconds (0: one non-blocking pass): sends queued
- publishes, delivers arrived messages to their handlers and events to `handle_event`, and
- reconnects (with backoff) after a drop. It returns early, right after the message, when an
+ Drives the connection for `timeout_ms` milliseconds (0, or negative: one non-blocking pass):
+ sends queued publishes, delivers arrived messages to their handlers and events to
+ `handle_event`, and reconnects (with backoff) after a drop. It returns early, right after the message, when an
  upgrade message starts a firmware download (an OTA handle made by IOT_OTA_Init on this
  client), so the firmware's loop reaches IOT_OTA_FetchYield without waiting out the timeout.
 
  Returns 0, or NULL_VALUE_ERROR (-2) for a NULL handle, or FAIL_RETURN (-1) when called from
  inside one of this client's handlers.
  */
-int IOT_MQTT_Yield(void *handle, int timeout_ms);
+int IOT_MQTT_Yield(void *handle,
+                   int timeout_ms);
 
 /*
  Returns 1 when connected to the broker, 0 otherwise (also for a NULL handle).
@@ -827,12 +834,13 @@ int IOT_MQTT_CheckStateNormal(void *handle);
  `iotx_mqtt_topic_info_t *` valid during the call. Subscribing the same filter again replaces
  the handler.
 
- Returns 0; NULL_VALUE_ERROR (-2) for a NULL handle/filter/handler, an invalid filter or QoS;
+ Returns 0; NULL_VALUE_ERROR (-2) for a NULL handle/filter/handler, an empty, non-UTF-8 or
+ otherwise invalid filter, a QoS other than 0..=2, or a filter too long for one packet;
  FAIL_RETURN (-1) when the request cannot be queued.
  */
 int IOT_MQTT_Subscribe(void *handle,
                        const char *topic_filter,
-                       enum iotx_mqtt_qos_t qos,
+                       iotx_mqtt_qos_t qos,
                        iotx_mqtt_event_handle_func_fpt topic_handle_func,
                        void *pcontext);
 
@@ -848,8 +856,10 @@ int IOT_MQTT_Unsubscribe(void *handle, const char *topic_filter);
  Queues `topic_msg->payload` (`payload_len` bytes) for `topic_name` with `topic_msg->qos`
  and `retain`; it is sent during the next IOT_MQTT_Yield.
 
- Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments, a NULL payload with a non-zero length,
- a QoS above 2 or a topic with wildcards; FAIL_RETURN (-1) when the queue is full.
+ Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments, a NULL payload with a non-zero length
+ (NULL with length 0 sends an empty message), a QoS above 2, an empty or non-UTF-8 topic or
+ one with wildcards, or a message too large for one packet (the client's maximum packet size:
+ `read_buf_size` when at least 1024, else 64 KiB); FAIL_RETURN (-1) when the queue is full.
  */
 int IOT_MQTT_Publish(void *handle, const char *topic_name, iotx_mqtt_topic_info_pt topic_msg);
 
@@ -860,7 +870,9 @@ int IOT_MQTT_Publish(void *handle, const char *topic_name, iotx_mqtt_topic_info_
  (call IOT_OTA_Deinit before IOT_MQTT_Destroy). All memory the session needs is allocated here.
 
  Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, or the
- subscription cannot be queued.
+ subscription cannot be queued. `product_key` and `device_name` must be non-empty UTF-8 of at
+ most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
+ other pointer gives NULL).
  */
 void *IOT_OTA_Init(const char *product_key, const char *device_name, void *ch_signal);
 
@@ -874,29 +886,36 @@ void *IOT_OTA_InitWithProtocol(const char *product_key,
                                IOT_OTA_Protocol_t protocol);
 
 /*
- Releases an OTA handle and unsubscribes its upgrade topic. NULL is accepted
- (IOT_OTAE_INVALID_PARAM). Must not be called twice with the same handle.
+ Releases an OTA handle and unsubscribes its upgrade topic; a download in progress is
+ abandoned (its connection closed). NULL is accepted (IOT_OTAE_INVALID_PARAM).
 
- Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL or foreign handle.
+ Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL or foreign handle (one that IOT_OTA_Init did
+ not return, e.g. an MQTT handle).
+
+ Calling it twice with the same handle, or passing the handle to any function after this one
+ returned 0, is the caller's bug: the memory is freed, so the behaviour is undefined (the
+ foreign-handle check cannot recognise a released handle). So is calling it after
+ IOT_MQTT_Destroy of the client the handle was built on.
  */
 int IOT_OTA_Deinit(void *handle);
 
 /*
  Reports the running firmware version on the inform topic.
 
- Returns 0; IOT_OTAE_INVALID_PARAM for NULL arguments or an empty version;
+ Returns 0; IOT_OTAE_INVALID_PARAM for NULL arguments or an empty or non-UTF-8 version;
  IOT_OTAE_STR_TOO_LONG when the version exceeds OTA_VERSION_LEN_MAX - 1 bytes;
  IOT_OTAE_OSC_FAILED when MQTT cannot queue the message.
  */
 int IOT_OTA_ReportVersion(void *handle, const char *version);
 
 /*
- Reports the running `version` of `module` (extension; "default" or NULL module = the
+ Reports the running `version` of `module` (extension; "default", "" or NULL module = the
  firmware itself). Aliyun/SagooIOT inform with `module`, UCloud `report` with `Module`;
  Tencent has no modules and reports the version alone.
 
- Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_STR_TOO_LONG also for a
- module longer than the limit fixed at init).
+ Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_INVALID_PARAM also for a
+ non-UTF-8 module, IOT_OTAE_STR_TOO_LONG for a module longer than the limit fixed at init,
+ 63 bytes).
  */
 int IOT_OTA_ReportModuleVersion(void *handle, const char *module, const char *version);
 
@@ -911,9 +930,13 @@ int IOT_OTA_RequestImage(void *handle, const char *version);
  Reports download progress (0..100) or a failure (-1..-4, see IOT_OTA_Progress_t) with an
  optional description `msg` (NULL: none).
 
- Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or a progress outside -4..100;
- IOT_OTAE_INVALID_STATE before an upgrade was accepted; IOT_OTAE_OSC_FAILED when MQTT
- cannot queue the message.
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle, a progress outside -4..100 or a
+ non-UTF-8 `msg`; IOT_OTAE_STR_TOO_LONG when the message with `msg` does not fit the
+ 1024-byte message buffer fixed at init (SagooIOT cuts `msg` to 128 characters instead);
+ IOT_OTAE_INVALID_STATE before an upgrade was accepted, or for a
+ percentage after the upgrade's failure was reported; IOT_OTAE_OSC_FAILED when MQTT cannot
+ queue the message. A failure (-1..-4) after the failure was already reported returns 0 and
+ sends nothing.
  */
 int IOT_OTA_ReportProgress(void *handle, IOT_OTA_Progress_t progress, const char *msg);
 
@@ -932,7 +955,8 @@ int IOT_OTA_IsFetchFinish(void *handle);
  Downloads the next part of the firmware into `buf` (at most `buf_len` bytes, and never past
  the announced size), waiting at most `timeout_s` seconds (0: only what is already there).
 
- Returns the number of bytes written (> 0), 0 when nothing arrived in time,
+ Returns the number of bytes written (> 0; only `buf[0..n)` is written, nothing on an error),
+ 0 when nothing arrived in time,
  IOT_OTAE_INVALID_PARAM for a NULL handle/buffer or `buf_len` 0, IOT_OTAE_INVALID_STATE when
  no upgrade is being fetched, IOT_OTAE_FETCH_FAILED when the download failed (the platform
  has been told; IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0).
@@ -942,10 +966,12 @@ int IOT_OTA_FetchYield(void *handle, char *buf, uint32_t buf_len, uint32_t timeo
 /*
  Answers one query about the current upgrade; see IOT_OTA_CmdType_t for each type's buffer.
 
- Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle/buffer, a wrong `buf_len` for a uint32_t
- type, or an unknown/unsupported type; IOT_OTAE_STR_TOO_LONG when a string does not fit
- `buf_len` (nothing is written); IOT_OTAE_INVALID_STATE when the value does not exist yet
- (no upgrade, download not finished) or not in this upgrade (e.g. SHA-256 of an MD5 upgrade).
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle/buffer, a `buf_len` other than 4 for a
+ uint32_t type (checked before the state), or an unknown/unsupported type;
+ IOT_OTAE_STR_TOO_LONG when a string and its NUL do not fit `buf_len`; IOT_OTAE_INVALID_STATE
+ when the value does not exist yet (no upgrade, download not finished) or not in this upgrade
+ (e.g. SHA-256 of an MD5 upgrade). Nothing is written to `buf` on an error, and a string
+ answer writes exactly its length plus the NUL.
  */
 int IOT_OTA_Ioctl(void *handle, IOT_OTA_CmdType_t type, void *buf, size_t buf_len);
 
@@ -969,7 +995,8 @@ int IOT_OTA_StartDownload(void *handle, uint32_t offset, uint32_t size);
 /*
  Feeds `size` bytes the firmware already holds into the image digest (Tencent's call, in
  every protocol). NULL handle, or NULL `buff` with a non-zero size: logged, nothing done
- (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells).
+ (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells: IOT_OTAE_INVALID_PARAM).
+ Before an upgrade was accepted: logged, nothing done, IOT_OTAE_INVALID_STATE.
  */
 void IOT_OTA_UpdateClientMd5(void *handle, char *buff, uint32_t size);
 
@@ -1001,9 +1028,12 @@ int IOT_OTA_ReportUpgradeSuccess(void *handle, const char *version);
 
 /*
  Reports that flashing the upgrade failed: Aliyun/SagooIOT step -4, Tencent `fail` -5,
- UCloud `fail`. `version` (the version that failed) may be NULL.
+ UCloud `fail`. `version` (the version that failed) may be NULL; it is not sent (the report
+ names the accepted upgrade).
 
- Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin.
+ Returns 0 (also, sending nothing, when this upgrade's failure was already reported);
+ IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE before an upgrade was
+ accepted; IOT_OTAE_OSC_FAILED when MQTT cannot queue it.
  */
 int IOT_OTA_ReportUpgradeFail(void *handle, const char *version);
 

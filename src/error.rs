@@ -26,6 +26,8 @@ pub enum MqttError {
     Topic,
     #[error("no free subscription slot")]
     TooManySubscriptions,
+    #[error("packet larger than the maximum packet size")]
+    TooLarge,
 }
 
 /// Every failure of the SDK.

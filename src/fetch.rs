@@ -644,9 +644,8 @@ impl Worker {
         s.generation == generation && !s.quit && s.epoch == self.epoch
     }
 
-    /// Moves the body into blocks until it ends, fails or goes stale. The worker keeps one
-    /// block while it reads (outside the lock) and hands it over when it is full, or at once
-    /// when the caller has nothing queued (so a slow network still delivers promptly).
+    /// Moves the body into blocks until it ends, fails or goes stale. The worker holds one
+    /// block while it reads (outside the lock) and hands it over after each read.
     fn pump(&mut self, generation: u64, reader: &mut impl std::io::Read) {
         let mut block: Option<Block> = None;
         loop {
@@ -686,12 +685,10 @@ impl Worker {
                     s.ended = true;
                 }
                 Ok(n) => {
+                    // Handed over at once, full or not: bytes kept back while the next read
+                    // blocks (a stalled server) would reach the caller late, and a resume after
+                    // the stall would start before them.
                     b.len += n;
-                    if b.len < b.data.len() && !s.full.is_empty() {
-                        // The caller has bytes to work on: fill this block further first.
-                        block = Some(b);
-                        continue;
-                    }
                     s.full.push_back(b);
                     if !s.consumer_waiting {
                         continue;

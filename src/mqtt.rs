@@ -126,6 +126,25 @@ pub struct MqttClient {
     closing: Mutex<bool>,
     /// Set by a handler (through [`YieldBreak`]) to end the yield that dispatched its message.
     break_yield: Arc<AtomicBool>,
+    /// Largest packet sent or received ([`MqttOptions::max_packet_size`]).
+    max_packet: usize,
+}
+
+/// Whether an MQTT 3.1.1 packet with `body` bytes after its fixed header (a string of
+/// `string_len` bytes among them) can be sent: strings are at most 65535 bytes, packets at most
+/// `max_packet`. A packet rumqttc cannot send breaks the connection (and comes back after every
+/// reconnection), so such a request is refused before it is queued.
+fn packet_fits(string_len: usize, body: usize, max_packet: usize) -> bool {
+    let header = 1 + match body {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    // The remaining-length field tops out at 268435455.
+    string_len <= u16::MAX as usize
+        && body <= 268_435_455
+        && body.saturating_add(header) <= max_packet
 }
 
 /// Lets a message handler end the [`MqttClient::yield_for`] that is dispatching its message,
@@ -240,6 +259,7 @@ impl MqttClient {
             reconnect_hooks: Mutex::new(Vec::new()),
             closing: Mutex::new(false),
             break_yield: Arc::new(AtomicBool::new(false)),
+            max_packet: options.max_packet_size,
             connect_window,
         })
     }
@@ -270,6 +290,10 @@ impl MqttClient {
     ) -> Result<()> {
         if !valid_filter(filter) {
             return Err(Error::Mqtt(MqttError::Topic));
+        }
+        // Packet id, the filter with its length, the QoS byte.
+        if !packet_fits(filter.len(), 2 + 2 + filter.len() + 1, self.max_packet) {
+            return Err(Error::Mqtt(MqttError::TooLarge));
         }
         self.client
             .try_subscribe(filter, qos)
@@ -302,6 +326,12 @@ impl MqttClient {
     pub fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) -> Result<()> {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return Err(Error::Mqtt(MqttError::Topic));
+        }
+        // The topic with its length, the packet id (QoS 1 and 2), the payload.
+        let id = if qos == QoS::AtMostOnce { 0 } else { 2 };
+        let body = (2 + topic.len() + id).saturating_add(payload.len());
+        if !packet_fits(topic.len(), body, self.max_packet) {
+            return Err(Error::Mqtt(MqttError::TooLarge));
         }
         self.client
             .try_publish(topic, qos, retain, payload)
@@ -560,5 +590,24 @@ mod tests {
         assert!(!valid_filter("a/#/b"));
         assert!(!valid_filter("a/b+"));
         assert!(!valid_filter(""));
+    }
+
+    #[test]
+    fn packets_over_the_limit_are_refused() {
+        // 127 body bytes take a 1-byte length, 128 a 2-byte one.
+        assert!(packet_fits(10, 127, 129));
+        assert!(!packet_fits(10, 128, 130));
+        assert!(packet_fits(10, 128, 131));
+        assert!(packet_fits(0, 65_530, 64 * 1024));
+        assert!(!packet_fits(0, 65_534, 64 * 1024));
+        assert!(
+            !packet_fits(65_536, 65_540, usize::MAX),
+            "strings are at most 65535 bytes"
+        );
+        assert!(!packet_fits(0, usize::MAX, usize::MAX), "no overflow");
+        assert!(
+            !packet_fits(0, 268_435_456, usize::MAX),
+            "past the remaining-length field"
+        );
     }
 }

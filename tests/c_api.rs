@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use ota::ffi::mqtt::{
     iotx_mqtt_event_handle_t, iotx_mqtt_event_msg_pt, iotx_mqtt_event_type_t, iotx_mqtt_param_t,
-    iotx_mqtt_qos_t, iotx_mqtt_topic_info_t, IOT_MQTT_CheckStateNormal, IOT_MQTT_Construct,
-    IOT_MQTT_Destroy, IOT_MQTT_Publish, IOT_MQTT_Subscribe, IOT_MQTT_Unsubscribe, IOT_MQTT_Yield,
-    MqttHandle, FAIL_RETURN, NULL_VALUE_ERROR,
+    iotx_mqtt_topic_info_t, IOT_MQTT_CheckStateNormal, IOT_MQTT_Construct, IOT_MQTT_Destroy,
+    IOT_MQTT_Publish, IOT_MQTT_Subscribe, IOT_MQTT_Unsubscribe, IOT_MQTT_Yield, MqttHandle,
+    FAIL_RETURN, IOTX_MQTT_QOS1, NULL_VALUE_ERROR,
 };
 use ota::ffi::ota::*;
 use ota::mqtt::{MqttEvent, QoS};
@@ -639,7 +639,7 @@ fn mqtt_functions_reject_null_arguments() {
     let mut nothing: *mut c_void = null_mut();
     assert_eq!(IOT_MQTT_Destroy(&mut nothing), NULL_VALUE_ERROR);
     assert_eq!(IOT_MQTT_CheckStateNormal(null_mut()), 0);
-    let qos1 = iotx_mqtt_qos_t::IOTX_MQTT_QOS1;
+    let qos1 = IOTX_MQTT_QOS1;
     let topic = c"capi/echo".as_ptr();
     let received: &'static Mutex<Vec<Vec<u8>>> = Box::leak(Box::new(Mutex::new(Vec::new())));
     let ctx = received as *const Mutex<Vec<Vec<u8>>> as *mut c_void;

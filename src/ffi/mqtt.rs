@@ -7,7 +7,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::time::Duration;
 
 use super::guard::c_str;
-use crate::error::Error;
+use crate::error::{Error, MqttError};
 use crate::log::Level;
 use crate::mqtt::{Message, MqttClient, MqttEvent, MqttOptions, QoS};
 use crate::ota_log;
@@ -17,15 +17,13 @@ pub const FAIL_RETURN: c_int = -1;
 /// A NULL or invalid argument.
 pub const NULL_VALUE_ERROR: c_int = -2;
 
-/// MQTT QoS levels.
-#[repr(C)]
+/// MQTT QoS levels: an `int`, so that any value a C caller passes is defined (an unknown one
+/// is an argument error), with the iotkit v2.3 names as constants.
 #[allow(non_camel_case_types)]
-#[derive(Clone, Copy)]
-pub enum iotx_mqtt_qos_t {
-    IOTX_MQTT_QOS0 = 0,
-    IOTX_MQTT_QOS1 = 1,
-    IOTX_MQTT_QOS2 = 2,
-}
+pub type iotx_mqtt_qos_t = c_int;
+pub const IOTX_MQTT_QOS0: iotx_mqtt_qos_t = 0;
+pub const IOTX_MQTT_QOS1: iotx_mqtt_qos_t = 1;
+pub const IOTX_MQTT_QOS2: iotx_mqtt_qos_t = 2;
 
 /// Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values).
 #[repr(C)]
@@ -92,8 +90,8 @@ pub struct iotx_mqtt_event_handle_t {
 }
 
 /// Connection parameters. `pub_key` = CA certificate PEM for TLS, NULL for plain TCP.
-/// `pwrite_buf`/`pread_buf` are accepted for v2.0x compatibility and not used; `read_buf_size`
-/// (when non-zero) bounds the largest packet accepted.
+/// `pwrite_buf`/`pread_buf` are accepted for v2.0x compatibility and not used; `read_buf_size`,
+/// when at least 1024, is the largest packet sent or received (otherwise 64 KiB).
 #[repr(C)]
 #[allow(non_camel_case_types)]
 pub struct iotx_mqtt_param_t {
@@ -195,7 +193,7 @@ fn options_from(p: &iotx_mqtt_param_t) -> Result<MqttOptions, &'static str> {
 }
 
 /// Connects to the broker described by `pInitParams` and returns the client handle, or NULL
-/// when `pInitParams`, `host` or `client_id` is NULL, `port` is 0, `pub_key` is not a PEM
+/// when `pInitParams`, `host` or `client_id` is NULL, `host` is empty or not UTF-8, `port` is 0, `pub_key` is not a PEM
 /// certificate, or the connection fails (refused, unreachable, timeout after
 /// `request_timeout_ms`, default 5000).
 #[no_mangle]
@@ -246,7 +244,10 @@ pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mu
 /// Disconnects and frees the client, then sets `*phandle` to NULL.
 ///
 /// Returns 0, or NULL_VALUE_ERROR (-2) when `phandle` or `*phandle` is NULL or not a client.
-/// Release OTA handles built on this client first.
+/// Release OTA handles built on this client first. Calling it again through the same variable
+/// is safe (it is NULL by then: -2); destroying through another copy of the pointer, using any
+/// copy afterwards, or calling IOT_OTA_Deinit on a handle of a destroyed client is the caller's
+/// bug (undefined).
 #[no_mangle]
 pub extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
     ffi_guard!("IOT_MQTT_Destroy", {
@@ -265,9 +266,9 @@ pub extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
     })
 }
 
-/// Drives the connection for `timeout_ms` milliseconds (0: one non-blocking pass): sends queued
-/// publishes, delivers arrived messages to their handlers and events to `handle_event`, and
-/// reconnects (with backoff) after a drop. It returns early, right after the message, when an
+/// Drives the connection for `timeout_ms` milliseconds (0, or negative: one non-blocking pass):
+/// sends queued publishes, delivers arrived messages to their handlers and events to
+/// `handle_event`, and reconnects (with backoff) after a drop. It returns early, right after the message, when an
 /// upgrade message starts a firmware download (an OTA handle made by IOT_OTA_Init on this
 /// client), so the firmware's loop reaches IOT_OTA_FetchYield without waiting out the timeout.
 ///
@@ -316,7 +317,8 @@ fn qos_from(q: c_int) -> Option<QoS> {
 /// `iotx_mqtt_topic_info_t *` valid during the call. Subscribing the same filter again replaces
 /// the handler.
 ///
-/// Returns 0; NULL_VALUE_ERROR (-2) for a NULL handle/filter/handler, an invalid filter or QoS;
+/// Returns 0; NULL_VALUE_ERROR (-2) for a NULL handle/filter/handler, an empty, non-UTF-8 or
+/// otherwise invalid filter, a QoS other than 0..=2, or a filter too long for one packet;
 /// FAIL_RETURN (-1) when the request cannot be queued.
 #[no_mangle]
 pub extern "C" fn IOT_MQTT_Subscribe(
@@ -340,7 +342,7 @@ pub extern "C" fn IOT_MQTT_Subscribe(
             ota_log!(Level::Error, "IOT_MQTT_Subscribe: NULL handler");
             return NULL_VALUE_ERROR;
         };
-        let Some(qos) = qos_from(qos as c_int) else {
+        let Some(qos) = qos_from(qos) else {
             return NULL_VALUE_ERROR;
         };
         let ctx = CPtr(pcontext);
@@ -365,7 +367,7 @@ pub extern "C" fn IOT_MQTT_Subscribe(
         });
         match r {
             Ok(()) => 0,
-            Err(Error::Mqtt(crate::error::MqttError::Topic)) => NULL_VALUE_ERROR,
+            Err(Error::Mqtt(MqttError::Topic | MqttError::TooLarge)) => NULL_VALUE_ERROR,
             Err(e) => {
                 ota_log!(Level::Error, "IOT_MQTT_Subscribe: {e}");
                 FAIL_RETURN
@@ -402,8 +404,10 @@ pub extern "C" fn IOT_MQTT_Unsubscribe(handle: *mut c_void, topic_filter: *const
 /// Queues `topic_msg->payload` (`payload_len` bytes) for `topic_name` with `topic_msg->qos`
 /// and `retain`; it is sent during the next IOT_MQTT_Yield.
 ///
-/// Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments, a NULL payload with a non-zero length,
-/// a QoS above 2 or a topic with wildcards; FAIL_RETURN (-1) when the queue is full.
+/// Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments, a NULL payload with a non-zero length
+/// (NULL with length 0 sends an empty message), a QoS above 2, an empty or non-UTF-8 topic or
+/// one with wildcards, or a message too large for one packet (the client's maximum packet size:
+/// `read_buf_size` when at least 1024, else 64 KiB); FAIL_RETURN (-1) when the queue is full.
 #[no_mangle]
 pub extern "C" fn IOT_MQTT_Publish(
     handle: *mut c_void,
@@ -428,7 +432,7 @@ pub extern "C" fn IOT_MQTT_Publish(
         };
         match h.client.publish(topic, qos, m.retain != 0, payload) {
             Ok(()) => 0,
-            Err(Error::Mqtt(crate::error::MqttError::Topic)) => NULL_VALUE_ERROR,
+            Err(Error::Mqtt(MqttError::Topic | MqttError::TooLarge)) => NULL_VALUE_ERROR,
             Err(e) => {
                 ota_log!(Level::Error, "IOT_MQTT_Publish: {e}");
                 FAIL_RETURN
