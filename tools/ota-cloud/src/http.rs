@@ -9,7 +9,12 @@
 //! [`Faults`] covers what a real download meets: connections cut mid-body (at fixed or
 //! pseudo-random offsets), stalls, short bodies, a corrupted byte, refused connections,
 //! transient error statuses and signed URLs that expire ([`ExpireRule`],
-//! [`FirmwareServer::renew_url`]).
+//! [`FirmwareServer::renew_url`]). It also plays a hostile server, to check the client's
+//! limits: redirects (loops, other schemes), an endless body, a false `Content-Length`, a
+//! response head sent byte by byte (slow-loris) or padded to any size. Every fault is bounded
+//! on the server side too: a write error (the client went away) ends the connection, a client
+//! that stops reading is dropped after a write timeout, and nothing is buffered per response
+//! beyond one chunk.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
@@ -34,9 +39,11 @@ const CHUNK: usize = 64 * 1024;
 ///
 /// Offsets are absolute byte offsets in the image, whatever `Range` a request asks for.
 /// Faults that fire "once" fire once per server, on the first response they apply to.
-/// When several apply to one request: `status`, then `fail_first`, then `expire_after` decide
-/// the status; for a file body, `short_body` and the cuts decide where it ends, `flip_byte_at`
-/// corrupts what is sent, `stall_ms` and `stall_once` only delay it.
+/// When several apply to one request: `redirect_first`, then `redirect`, then `status`, then
+/// `fail_first`, then `expire_after` decide the status; for a file body, `endless_body`,
+/// `short_body` and the cuts decide where it ends, `flip_byte_at` corrupts what is sent,
+/// `stall_ms` and `stall_once` only delay it. `content_length`, `huge_head` and
+/// `slow_head_ms` change only how the head is written.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Answer every request with this status (e.g. 403, 404, 500) and a short text body.
@@ -84,6 +91,40 @@ pub struct Faults {
     /// set, URLs carry a `?token=N` query; [`FirmwareServer::renew_url`] issues the next token,
     /// after which only the new one is accepted.
     pub expire_after: Option<ExpireRule>,
+    /// Answer every request (any path, HEAD too) with `302 Found` and this `Location`, e.g. to
+    /// another server, another scheme, or back to itself for a loop. The literal `{self}` is
+    /// replaced by the server's own [`url`](FirmwareServer::url) (so `"{self}"` is a redirect
+    /// loop); anything else, a relative value included, is sent as it is.
+    pub redirect: Option<String>,
+    /// Answer the first requests (counted over all connections, like
+    /// [`fail_first`](Self::fail_first), by the same count) with `302 Found` to these
+    /// `Location`s in order (`{self}` replaced as in [`redirect`](Self::redirect)); later
+    /// requests are served normally. For redirect chains that end in a download, e.g.
+    /// `["/a/firmware.bin", "b/firmware.bin"]`: two hops, then the file (any path ending in
+    /// the file name serves it).
+    pub redirect_first: Vec<String>,
+    /// Answer file requests with `200`, no `Content-Length` and `Connection: close` (Range is
+    /// ignored), then send the image followed by pseudo-random garbage (splitmix64) without
+    /// end: the body stops only when the client closes the connection (a write fails), stops
+    /// reading for the write timeout (30 s), or the server stops. `flip_byte_at` and
+    /// `stall_once` apply to the image part; `short_body`, the cuts and `content_length` do
+    /// not apply. The log entry ([`RequestLog::complete`] false)
+    /// is made when the body ends, so it tells when the server noticed the client leave.
+    pub endless_body: bool,
+    /// Announce this `Content-Length` in file responses (HEAD too) instead of the real one,
+    /// and send the real bytes; when the two differ, close the connection after the body (its
+    /// framing is broken). E.g. `1 << 50` with the real image: a client that trusts the
+    /// header would wait for, or make room for, a petabyte.
+    pub content_length: Option<u64>,
+    /// Slow-loris: write the status line and the headers of every response one byte at a
+    /// time, with this pause (ms) after each byte. The response ends when a write fails (the
+    /// client went away: noticed at the second byte after it closed) or the server stops.
+    /// After the blank line the body follows at normal speed.
+    pub slow_head_ms: Option<u64>,
+    /// Add about this many bytes of header lines (`X-Pad-N: aaa...`, at most 2 KiB each;
+    /// rounded up to whole lines of at least 12 bytes) to every response head, before the
+    /// blank line. Written line by line: a huge value costs time, not memory.
+    pub huge_head: usize,
 }
 
 /// When a firmware URL (one `?token=N`) stops working: from then on it gets 403.
@@ -99,13 +140,21 @@ pub enum ExpireRule {
 /// One request as the server saw and answered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestLog {
+    /// The request's number in arrival order, from 0, over all connections (the count
+    /// [`Faults::fail_first`] and [`Faults::redirect_first`] go by). The log itself is in
+    /// completion order, which can differ for requests on different connections.
+    pub seq: u64,
     pub method: String,
     pub path: String,
     /// The raw `Range` header value, if any.
     pub range: Option<String>,
     pub status: u16,
-    /// Body bytes actually written (including injected extra bytes).
+    /// Body bytes actually written (including injected extra bytes or garbage).
     pub bytes_sent: u64,
+    /// The whole response the server meant to send was written (a deliberate cut counts as
+    /// complete). False when a write failed (the client closed the connection or stopped
+    /// reading) or the server stopped; always false for [`Faults::endless_body`] GETs.
+    pub complete: bool,
 }
 
 struct Shared {
@@ -226,13 +275,18 @@ fn random_offsets(n: u32, seed: u64, len: u64) -> Vec<u64> {
     let mut state = seed;
     let mut out = BTreeSet::new();
     while (out.len() as u64) < want {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.insert(1 + (z ^ (z >> 31)) % span);
+        out.insert(1 + splitmix64(&mut state) % span);
     }
     out.into_iter().collect()
+}
+
+/// The next value of a splitmix64 sequence.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Serves one firmware image at `http://127.0.0.1:PORT/firmware.bin` (or, in TLS mode,
@@ -376,7 +430,8 @@ impl FirmwareServer {
     }
 
     /// Every request answered so far, in completion order. An entry is recorded once its
-    /// response has been written, so a client may see its bytes slightly before the entry.
+    /// response has been written (or a write failed: [`RequestLog::complete`]), so a client
+    /// may see its bytes slightly before the entry.
     pub fn requests(&self) -> Vec<RequestLog> {
         self.shared.log.lock().unwrap().clone()
     }
@@ -476,6 +531,38 @@ fn describe(shared: &Shared) -> Vec<String> {
         out.push(format!(
             "{} extra byte(s) after every body, then close",
             f.extra_bytes
+        ));
+    }
+    if !f.redirect_first.is_empty() {
+        out.push(format!(
+            "the first {} request(s) redirected (302) to {}",
+            f.redirect_first.len(),
+            join(&f.redirect_first)
+        ));
+    }
+    if let Some(location) = &f.redirect {
+        out.push(format!("every request redirected (302) to {location}"));
+    }
+    if f.endless_body {
+        out.push(
+            "endless body: no Content-Length, the image then garbage until the client closes"
+                .into(),
+        );
+    }
+    if let Some(n) = f.content_length {
+        out.push(format!(
+            "Content-Length: {n} announced for every file, the real bytes sent"
+        ));
+    }
+    if let Some(ms) = f.slow_head_ms {
+        out.push(format!(
+            "slow-loris: every response head sent one byte every {ms} ms"
+        ));
+    }
+    if f.huge_head > 0 {
+        out.push(format!(
+            "{} bytes of padding header lines in every response head",
+            f.huge_head
         ));
     }
     out
@@ -595,7 +682,7 @@ fn serve(stream: &mut impl Conn, shared: &Shared) -> io::Result<()> {
         let req = parse_head(&buf[..head_len]);
         buf.drain(..head_len);
         let Some(req) = req else {
-            let _ = respond_simple(stream, 400, "bad request\n", false, false);
+            let _ = respond_simple(stream, shared, 400, "bad request\n", false);
             return Ok(());
         };
         // GET/HEAD have no body; skip one if a client sends it anyway, to keep framing.
@@ -772,38 +859,86 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Longest `X-Pad-N` line of [`Faults::huge_head`], CRLF included.
+const PAD_LINE: usize = 2048;
+
+/// Writes head bytes: at once, or one byte at a time with [`Faults::slow_head_ms`].
+fn send_head_bytes(stream: &mut impl Conn, shared: &Shared, bytes: &[u8]) -> io::Result<()> {
+    let Some(ms) = shared.faults.slow_head_ms else {
+        return stream.write_all(bytes);
+    };
+    for byte in bytes {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Err(stopping());
+        }
+        stream.write_all(std::slice::from_ref(byte))?;
+        stream.flush()?;
+        shared.sleep(Duration::from_millis(ms));
+    }
+    Ok(())
+}
+
+fn stopping() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "server stopping")
+}
+
+/// Writes a response head; `content_length` `None` leaves the header out (the body then ends
+/// when the connection closes). [`Faults::huge_head`] pads it, [`Faults::slow_head_ms`] slows
+/// it down.
 fn write_head(
     stream: &mut impl Conn,
+    shared: &Shared,
     status: u16,
-    content_length: u64,
+    content_length: Option<u64>,
     extra_headers: &str,
     keep_alive: bool,
 ) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Length: {content_length}\r\n{extra_headers}Connection: {}\r\n\r\n",
-        reason(status),
-        if keep_alive { "keep-alive" } else { "close" },
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    if let Some(n) = content_length {
+        head.push_str(&format!("Content-Length: {n}\r\n"));
+    }
+    head.push_str(extra_headers);
+    let end = format!(
+        "Connection: {}\r\n\r\n",
+        if keep_alive { "keep-alive" } else { "close" }
     );
-    stream.write_all(head.as_bytes())
+    if shared.faults.huge_head == 0 {
+        head.push_str(&end);
+        return send_head_bytes(stream, shared, head.as_bytes());
+    }
+    send_head_bytes(stream, shared, head.as_bytes())?;
+    // Padding line by line: memory stays at one line whatever the size asked for.
+    let mut left = shared.faults.huge_head;
+    let mut line = Vec::with_capacity(PAD_LINE);
+    let mut i = 0u64;
+    while left > 0 {
+        line.clear();
+        write!(line, "X-Pad-{i}: ")?;
+        let len = left.min(PAD_LINE).max(line.len() + 3);
+        line.resize(len - 2, b'a');
+        line.extend_from_slice(b"\r\n");
+        send_head_bytes(stream, shared, &line)?;
+        left = left.saturating_sub(len);
+        i += 1;
+    }
+    send_head_bytes(stream, shared, end.as_bytes())
 }
 
 fn respond_simple(
     stream: &mut impl Conn,
+    shared: &Shared,
     status: u16,
     body: &str,
-    head_only: bool,
     keep: bool,
 ) -> io::Result<u64> {
     write_head(
         stream,
+        shared,
         status,
-        body.len() as u64,
+        Some(body.len() as u64),
         "Content-Type: text/plain\r\n",
         keep,
     )?;
-    if head_only {
-        return Ok(0);
-    }
     stream.write_all(body.as_bytes())?;
     Ok(body.len() as u64)
 }
@@ -815,24 +950,33 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
     let total = image.len() as u64;
     let is_head = req.method == "HEAD";
     let mut keep = req.keep_alive;
+    let n = shared.requests_seen.fetch_add(1, Ordering::SeqCst);
     let mut log = RequestLog {
+        seq: n,
         method: req.method.clone(),
         path: req.path.clone(),
         range: req.range.clone(),
         status: 0,
         bytes_sent: 0,
+        complete: false,
     };
     let path = req.path.split(['?', '#']).next().unwrap_or("");
-    let seq = shared.requests_seen.fetch_add(1, Ordering::SeqCst);
-    let injected = usize::try_from(seq)
-        .ok()
-        .and_then(|i| faults.fail_first.get(i).copied());
+    let seq = usize::try_from(n).ok();
+    let injected = seq.and_then(|i| faults.fail_first.get(i).copied());
+    let redirect = seq
+        .and_then(|i| faults.redirect_first.get(i))
+        .or(faults.redirect.as_ref());
 
     // Decide the status and, for the file, the byte range to send (end exclusive).
     let mut file_range = None;
     let mut text_body = "";
     let mut extra_headers = String::new();
-    if let Some(status) = faults.status {
+    if let Some(location) = redirect {
+        log.status = 302;
+        text_body = "redirected\n";
+        let location = location.replace("{self}", &shared.url());
+        extra_headers.push_str(&format!("Location: {location}\r\n"));
+    } else if let Some(status) = faults.status {
         log.status = status;
         text_body = "injected fault\n";
     } else if let Some(status) = injected {
@@ -848,7 +992,7 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
         text_body = "not found\n";
     } else {
         let range = match &req.range {
-            Some(r) if !faults.ignore_range => parse_range(r, total),
+            Some(r) if !faults.ignore_range && !faults.endless_body => parse_range(r, total),
             _ => RangeReq::Ignore,
         };
         let succeeds = range != RangeReq::Unsatisfiable;
@@ -856,7 +1000,9 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
             log.status = 403;
             text_body = "URL expired\n";
         } else {
-            extra_headers.push_str("Accept-Ranges: bytes\r\n");
+            if !faults.endless_body {
+                extra_headers.push_str("Accept-Ranges: bytes\r\n");
+            }
             match range {
                 RangeReq::Satisfiable(s, e) => {
                     log.status = 206;
@@ -877,20 +1023,27 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
             }
         }
     }
-    if faults.extra_bytes > 0 && !is_head {
-        keep = false; // framing is broken on purpose: nothing sensible can follow
-    }
-
+    let endless = faults.endless_body && file_range.is_some();
     let body_len = match file_range {
         Some((s, e)) => e - s,
         None => text_body.len() as u64,
     };
+    let announced = match file_range {
+        _ if endless => None,
+        Some(_) => Some(faults.content_length.unwrap_or(body_len)),
+        None => Some(body_len),
+    };
+    // Framing broken on purpose (more bytes than announced, no end, a false length): nothing
+    // sensible can follow on this connection.
+    if !is_head && (faults.extra_bytes > 0 || endless || announced != Some(body_len)) {
+        keep = false;
+    }
     if !text_body.is_empty() && file_range.is_none() {
         extra_headers.push_str("Content-Type: text/plain\r\n");
     }
 
     let result = (|| -> io::Result<bool> {
-        write_head(stream, log.status, body_len, &extra_headers, keep)?;
+        write_head(stream, shared, log.status, announced, &extra_headers, keep)?;
         if is_head {
             return Ok(keep);
         }
@@ -899,6 +1052,11 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
             shared.sleep(Duration::from_millis(faults.stall_ms));
         }
         match file_range {
+            Some((s, e)) if endless => {
+                send_file(stream, shared, s, e, &mut log.bytes_sent)?;
+                send_garbage(stream, shared, &mut log.bytes_sent)?;
+                return Ok(false);
+            }
             Some((s, e)) => {
                 // Where this body ends: a short body, else the first pending cut in range.
                 let mut end = e;
@@ -926,8 +1084,26 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
         stream.flush()?;
         Ok(keep)
     })();
+    log.complete = result.is_ok();
     shared.log.lock().unwrap().push(log);
     result
+}
+
+/// Sends pseudo-random bytes until a write fails or the server stops (then an error either
+/// way: the body never ends by itself), one reused chunk at a time.
+fn send_garbage(stream: &mut impl Conn, shared: &Shared, sent: &mut u64) -> io::Result<()> {
+    let mut chunk = vec![0u8; CHUNK];
+    let mut state = 0x6a09_e667_f3bc_c908u64;
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Err(stopping());
+        }
+        for word in chunk.chunks_exact_mut(8) {
+            word.copy_from_slice(&splitmix64(&mut state).to_le_bytes());
+        }
+        stream.write_all(&chunk)?;
+        *sent += CHUNK as u64;
+    }
 }
 
 /// Writes the image's bytes `start..end`, with the one-time stall and the flipped byte.

@@ -56,6 +56,14 @@ rehearsed; all off by default, any combination; OFFSETs are byte offsets in the 
   --close-before-headers N      accept the first N connections and close them unanswered
   --expire-after N              the URL gets 403 after N successful requests
   --expire-after-s SECONDS      the URL gets 403 once it is SECONDS old
+  --redirect LOCATION           answer every request with 302 to LOCATION ({self}: the
+                                server's own URL, i.e. a redirect loop; relative values
+                                are sent as they are)
+  --endless-body                answer with no Content-Length, then the image followed by
+                                garbage until the device closes the connection
+  --content-length BYTES        announce Content-Length BYTES, send the real bytes
+  --slow-head-ms MS             slow-loris: send every response head one byte per MS
+  --huge-head BYTES             pad every response head with BYTES of header lines
       With --expire-after or --expire-after-s the URL carries ?token=N, and every upgrade
       message after the first (the device asks again: aliyun request on
       /ota/device/request/PK/DN; or it re-reports its version) carries a fresh URL that
@@ -101,10 +109,14 @@ const FAULT_FLAGS: &[&str] = &[
     "close-before-headers",
     "expire-after",
     "expire-after-s",
+    "redirect",
+    "content-length",
+    "slow-head-ms",
+    "huge-head",
 ];
 
 /// Fault flags without a value.
-const FAULT_SWITCHES: &[&str] = &["ignore-range"];
+const FAULT_SWITCHES: &[&str] = &["ignore-range", "endless-body"];
 
 /// Parses `--name value` pairs, accepting only `allowed` names, and `--name` alone for the
 /// `switches` (stored with an empty value), each at most once.
@@ -197,8 +209,17 @@ fn faults(f: &HashMap<String, String>) -> Result<Faults, Usage> {
         ignore_range: f.contains_key("ignore-range"),
         stall_ms: number(f, "stall-ms", 0u64)?,
         close_before_headers: number(f, "close-before-headers", 0u32)?,
+        redirect: f.get("redirect").cloned(),
+        endless_body: f.contains_key("endless-body"),
+        huge_head: number(f, "huge-head", 0usize)?,
         ..Faults::default()
     };
+    if let Some(v) = get("content-length") {
+        faults.content_length = Some(parse_num("content-length", v)?);
+    }
+    if let Some(v) = get("slow-head-ms") {
+        faults.slow_head_ms = Some(parse_num("slow-head-ms", v)?);
+    }
     if let Some(v) = get("cut-at") {
         faults.cuts = num_list("cut-at", v)?;
     }

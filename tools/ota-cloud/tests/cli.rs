@@ -99,6 +99,11 @@ fn usage_errors_exit_2() {
         &["--expire-after", "1", "--expire-after-s", "2"][..],
         &["--expire-after-s", "-1"][..],
         &["--ignore-range", "yes"][..],
+        &["--endless-body", "yes"][..],
+        &["--content-length", "-1"][..],
+        &["--slow-head-ms", "x"][..],
+        &["--huge-head", "1k"][..],
+        &["--redirect"][..],
     ] {
         let out = Command::new(BIN).args(base).args(extra).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{extra:?}");
@@ -127,6 +132,11 @@ fn usage_errors_exit_2() {
         "--close-before-headers N",
         "--expire-after N",
         "--expire-after-s SECONDS",
+        "--redirect LOCATION",
+        "--endless-body",
+        "--content-length BYTES",
+        "--slow-head-ms MS",
+        "--huge-head BYTES",
     ] {
         assert!(usage.contains(word), "{word}");
     }

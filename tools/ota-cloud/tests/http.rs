@@ -484,11 +484,14 @@ fn fault_fail_first_answers_the_first_requests_then_serves() {
     // Counted over all connections.
     let mut other = HttpConn::open(server.port());
     assert_eq!(other.request("GET", "/firmware.bin", &[]).status, 500);
+    // Entries are logged by the connections' threads once written, possibly just after the
+    // client read the response: wait for the 500's before the next request on the other one.
+    assert_eq!(wait_for_log(&server, 3).len(), 3);
     let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=0-")]);
     assert_eq!((r.status, r.body), (206, image.clone()));
     assert_eq!(other.request("GET", "/firmware.bin", &[]).body, image);
     let mut statuses: Vec<u16> = wait_for_log(&server, 5).iter().map(|l| l.status).collect();
-    // Entries are logged by the connections' threads once written: the last two may swap.
+    // The last two may swap for the same reason.
     statuses[3..].sort_unstable();
     assert_eq!(statuses, [503, 503, 500, 200, 206]);
 }
@@ -584,6 +587,197 @@ fn no_fault_no_token_and_renew_url_is_the_url() {
 }
 
 #[test]
+fn fault_redirect_answers_everything_with_302() {
+    let (server, _) = server(Faults {
+        redirect: Some("{self}".into()),
+        ..Faults::default()
+    });
+    let mut conn = HttpConn::open(server.port());
+    for (method, path) in [
+        ("GET", "/firmware.bin"),
+        ("GET", "/elsewhere"),
+        ("HEAD", "/firmware.bin"),
+    ] {
+        let r = conn.request(method, path, &[("Range", "bytes=0-")]);
+        assert_eq!(r.status, 302, "{method} {path}");
+        assert_eq!(
+            r.header("Location"),
+            Some(server.url().as_str()),
+            "{{self}} is the server's own URL"
+        );
+        assert!(r.header("Content-Range").is_none());
+    }
+    let log = wait_for_log(&server, 3);
+    assert!(log.iter().all(|l| l.status == 302 && l.complete), "{log:?}");
+    // Anything else is sent as it is, relative values included.
+    for location in ["next/firmware.bin", "ftp://127.0.0.1/firmware.bin"] {
+        let (server, _) = self::server(Faults {
+            redirect: Some(location.into()),
+            ..Faults::default()
+        });
+        let r = HttpConn::open(server.port()).request("GET", "/firmware.bin", &[]);
+        assert_eq!((r.status, r.header("Location")), (302, Some(location)));
+    }
+}
+
+#[test]
+fn fault_redirect_first_redirects_the_first_requests_then_serves() {
+    let (server, image) = server(Faults {
+        redirect_first: vec!["/a/firmware.bin".into(), "{self}?again".into()],
+        ..Faults::default()
+    });
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/firmware.bin", &[]);
+    assert_eq!(
+        (r.status, r.header("Location")),
+        (302, Some("/a/firmware.bin"))
+    );
+    let r = conn.request("GET", "/a/firmware.bin", &[]);
+    let again = format!("{}?again", server.url());
+    assert_eq!(
+        (r.status, r.header("Location")),
+        (302, Some(again.as_str()))
+    );
+    let r = conn.request("GET", "/firmware.bin?again", &[]);
+    assert_eq!((r.status, r.body), (200, image));
+    let log = wait_for_log(&server, 3);
+    let statuses: Vec<(u64, u16)> = log.iter().map(|l| (l.seq, l.status)).collect();
+    assert_eq!(statuses, [(0, 302), (1, 302), (2, 200)]);
+}
+
+#[test]
+fn fault_endless_body_sends_the_image_then_garbage_until_the_client_leaves() {
+    let (server, image) = server(Faults {
+        endless_body: true,
+        ..Faults::default()
+    });
+    // Range is ignored: 200 from byte 0, no length, close.
+    let (status, head, mut reader) =
+        raw_request(server.port(), "/firmware.bin", &[("Range", "bytes=500-")]);
+    assert_eq!(status, 200);
+    assert!(
+        !head
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-length")),
+        "{head:?}"
+    );
+    assert!(head.iter().any(|h| h == "Connection: close"), "{head:?}");
+    let mut body = vec![0u8; SIZE + 1_000_000];
+    reader.read_exact(&mut body).unwrap();
+    assert_eq!(body[..SIZE], image[..]);
+    let garbage = &body[SIZE..];
+    assert!(
+        garbage
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == 256,
+        "pseudo-random, not a constant fill"
+    );
+    assert!(
+        server.requests().is_empty(),
+        "still sending: no log entry yet"
+    );
+    // The client goes away: the server notices at its next writes and logs the response.
+    let t = Instant::now();
+    drop(reader);
+    let log = wait_for_log(&server, 1);
+    assert_eq!(log.len(), 1, "the server noticed the close");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(!log[0].complete);
+    assert!(log[0].bytes_sent >= body.len() as u64, "{log:?}");
+}
+
+#[test]
+fn fault_content_length_announces_a_false_length_and_sends_the_real_bytes() {
+    for announced in [1u64 << 50, 10] {
+        let (server, image) = server(Faults {
+            content_length: Some(announced),
+            ..Faults::default()
+        });
+        let mut conn = HttpConn::open(server.port());
+        let h = conn.request("HEAD", "/firmware.bin", &[]);
+        assert_eq!(
+            h.header("Content-Length"),
+            Some(announced.to_string().as_str())
+        );
+        let (status, head, mut reader) = raw_request(server.port(), "/firmware.bin", &[]);
+        assert_eq!(status, 200);
+        assert!(
+            head.contains(&format!("Content-Length: {announced}")),
+            "{head:?}"
+        );
+        assert!(head.iter().any(|h| h == "Connection: close"), "{head:?}");
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body).unwrap();
+        assert!(body == image, "the real bytes, then close");
+        let log = wait_for_log(&server, 2);
+        let get = log.iter().find(|l| l.method == "GET").unwrap();
+        assert_eq!(get.bytes_sent, SIZE as u64);
+        // Error responses keep their true length.
+        let mut conn = HttpConn::open(server.port());
+        let r = conn.request("GET", "/other.bin", &[]);
+        assert_eq!((r.status, r.header("Content-Length")), (404, Some("10")));
+    }
+}
+
+#[test]
+fn fault_slow_head_dribbles_the_head_and_ends_when_the_client_leaves() {
+    let (server, image) = server(Faults {
+        slow_head_ms: Some(20),
+        ..Faults::default()
+    });
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    stream.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /firmware.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let t = Instant::now();
+    let mut status_line = [0u8; 17];
+    stream.read_exact(&mut status_line).unwrap();
+    assert_eq!(&status_line, b"HTTP/1.1 200 OK\r\n");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(16 * 20), "{took:?}");
+    drop(stream);
+    let log = wait_for_log(&server, 1);
+    assert_eq!(log.len(), 1, "the server noticed the close");
+    assert!(!log[0].complete);
+    assert_eq!(log[0].bytes_sent, 0, "the body was never reached");
+    // A patient client gets the whole response; the body comes at full speed.
+    let (server, _) = self::server(Faults {
+        slow_head_ms: Some(1),
+        ..Faults::default()
+    });
+    assert_eq!(common::http_get(&server.url()), image);
+}
+
+#[test]
+fn fault_huge_head_pads_the_head_with_header_lines() {
+    for size in [1usize, 50_000, 64 * 1024] {
+        let (server, image) = server(Faults {
+            huge_head: size,
+            ..Faults::default()
+        });
+        let (status, head, mut reader) = raw_request(server.port(), "/firmware.bin", &[]);
+        assert_eq!(status, 200);
+        let pad: Vec<&String> = head.iter().filter(|h| h.starts_with("X-Pad-")).collect();
+        let bytes: usize = pad.iter().map(|l| l.len() + 2).sum();
+        assert!(
+            bytes >= size && bytes < size.max(12) + 12,
+            "{size}: {bytes}"
+        );
+        assert!(pad.iter().all(|l| l.len() + 2 <= 2048));
+        assert!(
+            head.iter().any(|h| h == &format!("Content-Length: {SIZE}")),
+            "{head:?}"
+        );
+        let mut body = vec![0u8; SIZE];
+        reader.read_exact(&mut body).unwrap();
+        assert!(body == image);
+    }
+}
+
+#[test]
 fn faults_are_described() {
     let (server, _) = server(Faults {
         cut_at: Some(5),
@@ -594,6 +788,12 @@ fn faults_are_described() {
         fail_first: vec![503],
         expire_after: Some(ExpireRule::Requests(3)),
         ignore_range: true,
+        redirect: Some("{self}".into()),
+        redirect_first: vec!["/x/firmware.bin".into()],
+        endless_body: true,
+        content_length: Some(77),
+        slow_head_ms: Some(13),
+        huge_head: 4096,
         ..Faults::default()
     });
     let text = server.fault_descriptions().join("\n");
@@ -606,6 +806,12 @@ fn faults_are_described() {
         "503",
         "after 3 successful",
         "Range ignored",
+        "redirected (302) to {self}",
+        "redirected (302) to /x/firmware.bin",
+        "endless body",
+        "Content-Length: 77",
+        "every 13 ms",
+        "4096 bytes of padding",
     ] {
         assert!(text.contains(word), "{word:?} in {text}");
     }
