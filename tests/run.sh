@@ -13,6 +13,7 @@ command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v cc >/dev/null || missing+=(gcc)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v python3 >/dev/null || missing+=(python3)
+command -v valgrind >/dev/null || missing+=(valgrind)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     if [ "$(id -u)" = 0 ]; then
