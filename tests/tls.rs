@@ -204,8 +204,14 @@ impl Mosquitto {
         candidates.into_iter().find(|p| p.is_file())
     }
 
-    fn start(binary: &Path, pki: &Pki) -> Mosquitto {
-        let dir = std::env::temp_dir().join(format!("ota-tls-mosquitto-{}", std::process::id()));
+    /// A broker presenting `leaf` (signed by `pki`'s CA).
+    fn start(binary: &Path, pki: &Pki, leaf: &Leaf) -> Mosquitto {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ota-tls-mosquitto-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, SeqCst)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let file = |name: &str, text: &str| {
             let path = dir.join(name);
@@ -220,8 +226,8 @@ impl Mosquitto {
         let conf = format!(
             "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\n",
             file("ca.pem", &pki.ca_pem),
-            file("server.pem", &pki.server.cert_pem),
-            file("server.key", &pki.server.key_pem),
+            file("server.pem", &leaf.cert_pem),
+            file("server.key", &leaf.key_pem),
         );
         let conf = file("mosquitto.conf", &conf);
         let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
@@ -277,19 +283,42 @@ fn tls_options(port: u16, client_id: &str, ca_pem: &str) -> MqttOptions {
     }
 }
 
-#[test]
-fn mqtt_over_tls_with_mosquitto() {
-    let Some(binary) = Mosquitto::find() else {
+/// The mosquitto binary; None (the test skips) when it is missing and not required.
+fn mosquitto_or_skip() -> Option<PathBuf> {
+    let found = Mosquitto::find();
+    if found.is_none() {
         if std::env::var("OTA_REQUIRE_MOSQUITTO").as_deref() == Ok("required") {
             panic!("mosquitto is not installed and OTA_REQUIRE_MOSQUITTO=required");
         }
         println!(
             "skipped: mosquitto is not installed (set OTA_REQUIRE_MOSQUITTO=required to fail)"
         );
+    }
+    found
+}
+
+/// The broker's certificate is checked like an HTTPS server's: a certificate for another host
+/// name, or an expired one, is refused even when it chains to the trusted CA.
+#[test]
+fn mqtt_over_tls_refuses_a_wrong_host_name_and_an_expired_certificate() {
+    let Some(binary) = mosquitto_or_skip() else {
         return;
     };
     let pki = pki();
-    let broker = Mosquitto::start(&binary, pki);
+    for (what, leaf) in [("host name", &pki.other_host), ("expired", &pki.expired)] {
+        let broker = Mosquitto::start(&binary, pki, leaf);
+        let r = MqttClient::connect(&tls_options(broker.port, "ota-tls-bad", &pki.ca_pem));
+        assert_eq!(r.err(), Some(Error::Mqtt(MqttError::Tls)), "{what}");
+    }
+}
+
+#[test]
+fn mqtt_over_tls_with_mosquitto() {
+    let Some(binary) = mosquitto_or_skip() else {
+        return;
+    };
+    let pki = pki();
+    let broker = Mosquitto::start(&binary, pki, &pki.server);
 
     let client = MqttClient::connect(&tls_options(broker.port, "ota-tls-echo", &pki.ca_pem))
         .unwrap_or_else(|e| panic!("TLS connect failed: {e}\n{}", broker.log()));
