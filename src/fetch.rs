@@ -203,6 +203,9 @@ struct Shared {
     epoch: u64,
     /// The current worker waits for a command (it is not inside a download).
     worker_idle: bool,
+    /// The generation of the last command a worker took: once it is the current one, the
+    /// worker is on the current download (free for it, whatever `worker_idle` says).
+    taken: u64,
     /// The offset of the current download's request (re-issued to a replacement worker).
     open_offset: u64,
 }
@@ -278,6 +281,7 @@ impl HttpSource {
                 epoch: 0,
                 // Not inside a download: a command given before the worker starts waits for it.
                 worker_idle: true,
+                taken: 0,
                 open_offset: 0,
             }),
             to_consumer: Condvar::new(),
@@ -314,7 +318,7 @@ impl HttpSource {
     fn ensure_worker_free(&self) -> Result<(), FetchError> {
         let grace = Instant::now() + Duration::from_millis(200);
         let mut s = self.channel.lock();
-        while !s.worker_idle {
+        while !s.worker_idle && s.taken != s.generation {
             let now = Instant::now();
             if now >= grace {
                 s.epoch += 1;
@@ -396,6 +400,9 @@ impl HttpSource {
 
 impl FirmwareSource for HttpSource {
     fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
+        if !valid_port(url) {
+            return Err(FetchError::Url);
+        }
         match Scheme::of(url) {
             Some(Scheme::Https) if cfg!(feature = "tls") => {}
             Some(Scheme::Https) => return Err(FetchError::Tls),
@@ -546,6 +553,8 @@ impl Worker {
                     if let Command::Open { offset } = s.command {
                         s.command = Command::Idle;
                         s.worker_idle = false;
+                        s.taken = s.generation;
+                        self.channel.to_consumer.notify_all();
                         self.url.clear();
                         self.url.push_str(s.url.as_str());
                         break (s.generation, offset);
@@ -705,7 +714,10 @@ impl Worker {
                     } else {
                         s.give_back(b);
                     }
+                    // ureq reports its own failures (e.g. the body timeout) inside io::Error.
+                    let inner = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>());
                     s.error = Some(match e.kind() {
+                        _ if inner.is_some() => inner.map_or(FetchError::Timeout, map_ureq_error),
                         _ if is_tls_io_error(&e) => FetchError::Tls,
                         std::io::ErrorKind::TimedOut => FetchError::Timeout,
                         std::io::ErrorKind::UnexpectedEof => FetchError::Truncated,
@@ -793,6 +805,28 @@ fn resolve_redirect(
         out.push_str(location);
     }
     Ok(())
+}
+
+/// Whether the URL's port, if it names one, is 1..=65535 (a bad port is a bad URL, not a
+/// connection failure worth retrying).
+fn valid_port(url: &str) -> bool {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return true;
+    };
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    // After the user info and an IPv6 literal's brackets.
+    let host_port = &authority[authority.rfind('@').map_or(0, |i| i + 1)..];
+    let after_host = &host_port[host_port.rfind(']').map_or(0, |i| i + 1)..];
+    match after_host.rfind(':') {
+        None => true,
+        Some(i) => {
+            let port = &after_host[i + 1..];
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
+        }
+    }
 }
 
 /// The download schemes, weakest first.
@@ -953,6 +987,29 @@ mod tests {
             go("http://h.test/a", "http://h.test/b", false),
             Err(FetchError::RedirectScheme)
         );
+    }
+
+    #[test]
+    fn ports_outside_1_to_65535_are_bad_urls() {
+        for good in [
+            "http://h.test/a",
+            "http://h.test:80/a",
+            "https://h.test:65535",
+            "http://[::1]:8080/x",
+            "http://[::1]/x",
+            "http://u:p@h.test:1/x?q=a:b",
+        ] {
+            assert!(valid_port(good), "{good}");
+        }
+        for bad in [
+            "http://h.test:99999/a",
+            "http://h.test:0/",
+            "http://h.test:/a",
+            "http://h.test:8x/a",
+            "http://[::1]:70000/x",
+        ] {
+            assert!(!valid_port(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -784,8 +784,9 @@ impl Engine {
             "image rejected: {desc} (got {})",
             to_hex(&actual[..n], &mut hex)
         );
-        self.last_error = Some(Error::Fetch(e));
         self.auto_report_failure(FailureCause::DigestMismatch, desc);
+        // After the report: a report that could not be sent must not hide why the image failed.
+        self.last_error = Some(Error::Fetch(e));
     }
 }
 

@@ -1,0 +1,675 @@
+//! The state machine's less travelled paths on in-memory transports: reports that cannot be
+//! sent, sources that fail to open, end early or answer with the wrong range, every download
+//! failure's report, argument checks, fixed-size limits (upstream message buffer, the running
+//! versions table, the failure description buffer).
+
+mod common {
+    pub mod flaky;
+    pub mod recorder;
+}
+use common::flaky::{Flaky, QUEUE_FULL};
+use common::recorder::{payloads, Sent};
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ota::error::{Error, FetchError};
+use ota::fetch::{Chunk, FirmwareSource, MemorySource, OpenInfo};
+use ota::protocol::{Limits, NoticeError};
+use ota::resume::MemoryStore;
+use ota::retry::RetryPolicy;
+use ota::{OtaConfig, OtaSession, OtaState, Protocol};
+use ota_cloud::cloud::Firmware;
+
+const URL: &str = "http://h/f.bin";
+const PROGRESS: &str = "/ota/device/progress/pk/dn";
+const REQUEST: &str = "/ota/device/request/pk/dn";
+
+fn image(len: usize, seed: u8) -> &'static [u8] {
+    let v: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
+        .collect();
+    Box::leak(v.into_boxed_slice())
+}
+
+fn aliyun(img: &[u8], version: &str) -> String {
+    ota_cloud::aliyun::upgrade_message(&Firmware::new(version, URL, img), 1)
+}
+
+fn ucloud(img: &[u8], version: &str, current: &str, module: Option<&str>) -> String {
+    ota_cloud::ucloud::notify_message(&Firmware::new(version, URL, img), current, module, "t1")
+}
+
+/// What a [`Scripted`] source does instead of serving its image.
+#[derive(Default)]
+struct Script {
+    /// Returned by the next `open` calls, in order.
+    open_errors: VecDeque<FetchError>,
+    /// Returned by the next `read` calls, in order; `None` lets the image answer that read.
+    reads: VecDeque<Option<Result<Chunk, FetchError>>>,
+    /// The offset of every `open`.
+    opens: Vec<u64>,
+}
+
+/// A [`MemorySource`] whose opens and reads can be overridden by a script.
+struct Scripted {
+    image: MemorySource,
+    script: Arc<Mutex<Script>>,
+}
+
+impl FirmwareSource for Scripted {
+    fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
+        let mut s = self.script.lock().unwrap();
+        s.opens.push(offset);
+        if let Some(e) = s.open_errors.pop_front() {
+            return Err(e);
+        }
+        self.image.open(url, offset)
+    }
+
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
+        if let Some(Some(step)) = self.script.lock().unwrap().reads.pop_front() {
+            return step;
+        }
+        self.image.read(buf, timeout)
+    }
+
+    fn close(&mut self) {
+        self.image.close();
+    }
+}
+
+struct Rig {
+    s: OtaSession,
+    sent: Sent,
+    down: Arc<AtomicBool>,
+    script: Arc<Mutex<Script>>,
+}
+
+fn rig(protocol: Protocol, limits: Limits, img: &'static [u8], chunk: usize) -> Rig {
+    let sent: Sent = Arc::default();
+    let (uplink, down) = Flaky::new(sent.clone());
+    let script = Arc::new(Mutex::new(Script::default()));
+    let mut source = MemorySource::new(img);
+    source.chunk = chunk;
+    let config = OtaConfig {
+        limits,
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            stall_timeout: Duration::from_secs(5),
+        },
+        ..OtaConfig::for_protocol(protocol)
+    };
+    let s = OtaSession::new(
+        "pk",
+        "dn",
+        config,
+        Box::new(uplink),
+        Box::new(Scripted {
+            image: source,
+            script: script.clone(),
+        }),
+    )
+    .unwrap();
+    Rig {
+        s,
+        sent,
+        down,
+        script,
+    }
+}
+
+impl Rig {
+    fn announce(&self, msg: &str) -> ota::error::Result<()> {
+        self.s
+            .handle_message(self.s.downstream_topic(), msg.as_bytes())
+    }
+
+    /// Fetches until the download ends; the bytes, and the error that ended it (if any).
+    fn fetch_all(&self) -> (Vec<u8>, Option<Error>) {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 700];
+        while !self.s.is_fetch_finished() {
+            match self.s.fetch_yield(&mut buf, Duration::from_secs(1)) {
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    fn payloads(&self) -> Vec<String> {
+        payloads(&self.sent)
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn script(&self) -> std::sync::MutexGuard<'_, Script> {
+        self.script.lock().unwrap()
+    }
+}
+
+#[test]
+fn a_failing_uplink_loses_reports_but_not_the_upgrade() {
+    // UCloud acknowledges a task and reports the download start: both are lost here, and the
+    // upgrade goes on regardless.
+    let img = image(2000, 1);
+    let r = rig(Protocol::Ucloud, Limits::default(), img, usize::MAX);
+    r.set_down(true);
+    assert_eq!(r.s.report_version("1.0.0"), Err(QUEUE_FULL));
+    assert_eq!(r.s.last_error(), Some(QUEUE_FULL));
+    r.set_down(false);
+    r.s.report_version("1.0.0").unwrap();
+    r.set_down(true);
+    r.announce(&ucloud(img, "2.0.0", "1.0.0", None)).unwrap();
+    assert_eq!(r.s.state(), OtaState::Fetching);
+    let (got, err) = r.fetch_all();
+    assert_eq!((got.as_slice(), err), (img, None));
+    assert!(r.s.check_firmware().unwrap());
+    assert_eq!(r.s.report_upgrade_success("2.0.0"), Err(QUEUE_FULL));
+    assert_eq!(r.s.last_error(), Some(QUEUE_FULL));
+    assert_eq!(
+        r.payloads(),
+        [r#"{"Method":"report","Payload":{"Version":"1.0.0"}}"#],
+        "only the version report sent while the uplink worked went out"
+    );
+}
+
+#[test]
+fn a_failure_that_cannot_be_reported_still_ends_the_download() {
+    // The server's file is shorter than announced: refused at once, whether or not the
+    // failure report goes out.
+    let img = image(500, 2);
+    let r = rig(Protocol::Aliyun, Limits::default(), &img[..400], usize::MAX);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    r.set_down(true);
+    let (_, err) = r.fetch_all();
+    assert_eq!(
+        err,
+        Some(Error::Fetch(FetchError::BadResponse(
+            "server file is smaller than the announced size"
+        )))
+    );
+    assert_eq!(r.s.state(), OtaState::Fetched);
+    assert!(!r.s.check_firmware().unwrap());
+    // The SDK counts the failure as reported: the firmware's own -2 adds nothing.
+    r.set_down(false);
+    r.s.report_progress(-2, Some("again")).unwrap();
+    assert!(r.payloads().is_empty(), "{:?}", r.payloads());
+
+    // A digest mismatch is rejected the same way.
+    let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
+    r.announce(&aliyun(image(500, 3), "2.0.0")).unwrap();
+    r.set_down(true);
+    assert_eq!(r.fetch_all(), (img.to_vec(), None));
+    assert_eq!(r.s.state(), OtaState::Fetched);
+    // The last error names the mismatch, not the report that could not be sent.
+    assert_eq!(
+        r.s.last_error(),
+        Some(Error::Fetch(FetchError::BadResponse("digest mismatch")))
+    );
+    assert!(!r.s.check_firmware().unwrap());
+    r.set_down(false);
+    assert_eq!(
+        r.s.report_progress(100, None),
+        Err(Error::InvalidState("this upgrade already failed"))
+    );
+    assert!(r.payloads().is_empty());
+}
+
+#[test]
+fn superseding_and_refusing_work_without_their_reports() {
+    let img = image(1000, 4);
+    let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    let mut buf = [0u8; 100];
+    assert_eq!(r.s.fetch_yield(&mut buf, Duration::ZERO), Ok(100));
+    r.set_down(true);
+    r.announce(&aliyun(img, "3.0.0")).unwrap();
+    assert_eq!(r.s.fetched_size(), 0, "the new upgrade starts over");
+    assert_eq!(r.s.with_notice(|n| n.version.as_str().to_string()), "3.0.0");
+    r.set_down(false);
+    assert_eq!(r.fetch_all(), (img.to_vec(), None));
+    assert!(r.s.check_firmware().unwrap());
+    assert!(r.payloads().is_empty(), "{:?}", r.payloads());
+
+    // UCloud: a task for another running version is refused; the refusal is lost and the
+    // session stays idle.
+    let r = rig(Protocol::Ucloud, Limits::default(), img, usize::MAX);
+    r.s.report_version("1.0.0").unwrap();
+    r.set_down(true);
+    assert_eq!(
+        r.announce(&ucloud(img, "2.0.0", "0.9.0", None)),
+        Err(Error::Notice(NoticeError::NotForRunningVersion))
+    );
+    assert_eq!(r.s.state(), OtaState::Idle);
+    assert_eq!(r.payloads().len(), 1, "{:?}", r.payloads());
+}
+
+#[test]
+fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
+    let img = image(800, 5);
+    let expired = || {
+        let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
+        r.script()
+            .reads
+            .extend([None, Some(Err(FetchError::Status(403)))]);
+        r
+    };
+    let desc = r#""step":"-2","desc":"download failed: URL expired (HTTP 403)""#;
+
+    // No version reported yet: nothing to ask with.
+    let r = expired();
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
+    assert_eq!(r.topics(), [PROGRESS]);
+    assert!(r.payloads()[0].contains(desc), "{:?}", r.payloads());
+
+    // With a working uplink the request goes out, for the running version.
+    let r = expired();
+    r.s.report_version("1.0.0").unwrap();
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
+    let sent = r.sent.lock().unwrap().clone();
+    assert_eq!(sent.last().unwrap().0, REQUEST);
+    assert_eq!(
+        sent.last().unwrap().1,
+        r#"{"id":3,"params":{"version":"1.0.0"}}"#
+    );
+}
+
+#[test]
+fn an_expired_url_is_only_reported_where_the_device_cannot_ask_for_the_upgrade() {
+    // Tencent has no request message: the platform hears of the expiry (result_code -3) and
+    // re-sends the task itself.
+    let img = image(800, 18);
+    let r = rig(Protocol::Tencent, Limits::default(), img, usize::MAX);
+    r.script()
+        .reads
+        .extend([None, Some(Err(FetchError::Status(403)))]);
+    r.s.report_version("1.0.0").unwrap();
+    let fw = Firmware::new("2.0.0", URL, img);
+    r.announce(&ota_cloud::tencent::update_message(&fw))
+        .unwrap();
+    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
+    assert_eq!(
+        r.payloads(),
+        [
+            r#"{"type":"report_version","report":{"version":"1.0.0"}}"#,
+            r#"{"type":"report_progress","report":{"progress":{"state":"fail","result_code":"-3","result_msg":"download failed: URL expired (HTTP 403)"},"version":"2.0.0"}}"#
+        ]
+    );
+}
+
+#[test]
+fn an_expired_url_whose_request_is_lost_is_not_retried() {
+    let img = image(800, 6);
+    let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
+    r.script()
+        .reads
+        .extend([None, Some(Err(FetchError::Status(403)))]);
+    r.s.report_version("1.0.0").unwrap();
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    r.set_down(true);
+    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
+    assert_eq!(r.s.state(), OtaState::Fetched);
+    r.set_down(false);
+    assert_eq!(
+        r.topics(),
+        ["/ota/device/inform/pk/dn"],
+        "neither failure nor request"
+    );
+}
+
+#[test]
+fn every_download_failure_is_reported_with_its_cause() {
+    let img = image(600, 7);
+    let cases = [
+        (
+            FetchError::Status(404),
+            "download failed: firmware not found (HTTP 404)",
+        ),
+        (
+            FetchError::Status(500),
+            "download failed: HTTP error status",
+        ),
+        (
+            FetchError::Connect,
+            "download failed: cannot connect to the server",
+        ),
+        (
+            FetchError::Resolve,
+            "download failed: cannot connect to the server",
+        ),
+        (FetchError::Timeout, "download failed: timed out"),
+        (FetchError::Tls, "download failed: TLS verification failed"),
+        (
+            FetchError::Truncated,
+            "download failed: connection ended early",
+        ),
+        (
+            FetchError::Oversize,
+            "download failed: file larger than announced",
+        ),
+        (FetchError::Redirects, "download failed: too many redirects"),
+        (
+            FetchError::RedirectScheme,
+            "download failed: redirect to a weaker scheme refused",
+        ),
+        (
+            FetchError::PlainHttp,
+            "download failed: plain http:// not allowed",
+        ),
+        (
+            FetchError::BadResponse("x"),
+            "download failed: malformed HTTP response",
+        ),
+        (FetchError::Url, "download failed"),
+        (
+            FetchError::Io(std::io::ErrorKind::ConnectionReset),
+            "download failed",
+        ),
+        (FetchError::Restarted, "download failed"),
+    ];
+    for (e, desc) in cases {
+        let r = rig(Protocol::Aliyun, Limits::default(), img, 250);
+        r.s.set_retry_policy(RetryPolicy {
+            max_attempts: 0,
+            ..r.s.retry_policy()
+        });
+        r.script().reads.extend([None, None, Some(Err(e))]);
+        r.announce(&aliyun(img, "2.0.0")).unwrap();
+        let (got, err) = r.fetch_all();
+        assert_eq!(got.len(), 250, "{e:?}");
+        assert_eq!(err, Some(Error::Fetch(e)));
+        assert_eq!(r.s.state(), OtaState::Fetched, "{e:?}");
+        assert!(!r.s.check_firmware().unwrap());
+        assert_eq!(r.s.retries(), 0);
+        let last = r.payloads().last().cloned().unwrap();
+        assert!(
+            last.ends_with(&format!(r#""step":"-2","desc":"{desc}"}}}}"#)),
+            "{e:?}: {last}"
+        );
+    }
+}
+
+#[test]
+fn a_source_that_cannot_open_is_retried_then_reported() {
+    let img = image(3000, 8);
+    let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
+    r.script()
+        .open_errors
+        .extend([FetchError::Connect, FetchError::Timeout]);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    assert_eq!(r.fetch_all(), (img.to_vec(), None));
+    assert!(r.s.check_firmware().unwrap());
+    assert_eq!(r.s.retries(), 2);
+    assert_eq!(r.script().opens, [0, 0, 0]);
+
+    // More failures in a row than the policy allows (3): the download fails.
+    let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
+    r.script().open_errors.extend([FetchError::Connect; 4]);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Connect)));
+    assert_eq!(r.script().opens.len(), 4);
+    assert!(r.payloads()[0].contains("cannot connect to the server"));
+}
+
+#[test]
+fn a_body_that_ends_early_resumes_from_the_offset() {
+    let img = image(1000, 9);
+    let r = rig(Protocol::Aliyun, Limits::default(), img, 300);
+    // Headers, 300 bytes, then the end of the body (no error): 700 bytes are missing.
+    r.script().reads.extend([None, None, Some(Ok(Chunk::End))]);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    assert_eq!(r.fetch_all(), (img.to_vec(), None));
+    assert!(r.s.check_firmware().unwrap());
+    assert_eq!(r.script().opens, [0, 300]);
+    assert_eq!(r.s.retries(), 1);
+    assert!(r.payloads().is_empty());
+}
+
+#[test]
+fn an_early_pending_does_not_end_the_fetch_yield_call() {
+    let img = image(1000, 10);
+    let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
+    r.script()
+        .reads
+        .extend([None, Some(Ok(Chunk::Pending)), Some(Ok(Chunk::Pending))]);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    let mut buf = [0u8; 400];
+    assert_eq!(
+        r.s.fetch_yield(&mut buf, Duration::from_secs(5)),
+        Ok(400),
+        "the call goes on waiting until its own timeout"
+    );
+    assert_eq!(&buf[..], &img[..400]);
+}
+
+#[test]
+fn a_partial_answer_for_another_range_fails_the_download() {
+    let img = image(1000, 11);
+    let opened = |start, total| {
+        Some(Ok(Chunk::Opened(OpenInfo {
+            status: 206,
+            content_length: Some(1000 - start),
+            range_start: Some(start),
+            range_total: Some(total),
+        })))
+    };
+    let bad = r#""step":"-2","desc":"download failed: malformed HTTP response""#;
+    // The connection breaks at 300; the resumed request is answered from byte 0.
+    let r = rig(Protocol::Aliyun, Limits::default(), img, 300);
+    r.script().reads.extend([
+        None,
+        None,
+        Some(Err(FetchError::Io(std::io::ErrorKind::ConnectionReset))),
+        opened(0, 1000),
+    ]);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    let (got, err) = r.fetch_all();
+    assert_eq!(got, &img[..300]);
+    assert_eq!(
+        err,
+        Some(Error::Fetch(FetchError::BadResponse(
+            "Content-Range does not match the request"
+        )))
+    );
+    assert_eq!(r.script().opens, [0, 300]);
+    assert!(r.payloads()[0].contains(bad));
+    // A range of another total size, at the right offset, fails the same way.
+    let r = rig(Protocol::Aliyun, Limits::default(), img, 300);
+    r.script().reads.extend([opened(0, 2000)]);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    assert!(matches!(
+        r.fetch_all(),
+        (v, Some(Error::Fetch(FetchError::BadResponse(_)))) if v.is_empty()
+    ));
+}
+
+#[test]
+fn a_resume_offset_past_the_servers_file_fails_with_its_status() {
+    // The image is announced at 1000 bytes but the server holds 500: a resume at 800 gets 416.
+    let img = image(1000, 12);
+    let r = rig(Protocol::Aliyun, Limits::default(), &img[..500], usize::MAX);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    r.s.start_download(800, 1000).unwrap();
+    assert_eq!(r.s.fetched_size(), 800);
+    let mut buf = [0u8; 100];
+    assert_eq!(
+        r.s.fetch_yield(&mut buf, Duration::ZERO),
+        Err(Error::Fetch(FetchError::Status(416)))
+    );
+    assert!(r.payloads()[0].contains("HTTP error status"));
+}
+
+#[test]
+fn calls_with_bad_arguments_or_in_the_wrong_state_change_nothing() {
+    let img = image(1000, 13);
+    let r = rig(Protocol::Tencent, Limits::default(), img, usize::MAX);
+    assert_eq!(
+        r.s.reset_client_digest(),
+        Err(Error::InvalidState("no upgrade accepted"))
+    );
+    assert_eq!(
+        r.s.update_client_digest(&img[..10]),
+        Err(Error::InvalidState("no upgrade accepted"))
+    );
+    assert_eq!(
+        r.s.report_module_version(&"m".repeat(64), "1.0.0"),
+        Err(Error::TooLong {
+            what: "module",
+            len: 64,
+            max: 63
+        })
+    );
+    assert_eq!(
+        r.s.set_breakpoint_store(Box::new(MemoryStore::default())),
+        Ok(())
+    );
+    let fw = Firmware::new("2.0.0", URL, img);
+    r.announce(&ota_cloud::tencent::update_message(&fw))
+        .unwrap();
+    let mut buf = [0u8; 300];
+    assert_eq!(r.s.fetch_yield(&mut buf, Duration::ZERO), Ok(300));
+    assert_eq!(
+        r.s.fetch_yield(&mut [], Duration::ZERO),
+        Err(Error::InvalidParam("buffer is empty"))
+    );
+    assert_eq!(
+        r.s.start_download(0, 999),
+        Err(Error::InvalidParam("size differs from the announced size"))
+    );
+    assert_eq!(
+        r.s.set_breakpoint_store(Box::new(MemoryStore::default())),
+        Err(Error::InvalidState(
+            "cannot change the store while fetching"
+        ))
+    );
+    assert_eq!(
+        r.s.last_error(),
+        Some(Error::InvalidState(
+            "cannot change the store while fetching"
+        ))
+    );
+    // None of it disturbed the download.
+    assert_eq!(r.s.state(), OtaState::Fetching);
+    assert_eq!(r.s.fetched_size(), 300);
+    let (rest, err) = r.fetch_all();
+    assert_eq!((&rest[..], err), (&img[300..], None));
+    assert!(r.s.check_firmware().unwrap());
+}
+
+#[test]
+fn a_report_larger_than_the_message_buffer_is_refused() {
+    let limits = Limits {
+        message: 40,
+        ..Limits::default()
+    };
+    let r = rig(Protocol::Aliyun, limits, image(10, 14), usize::MAX);
+    r.s.report_version("1.0").unwrap();
+    let long = "1.0.0-with-a-long-suffix";
+    assert_eq!(
+        r.s.report_version(long),
+        Err(Error::TooLong {
+            what: "upstream message",
+            len: 41,
+            max: 40
+        })
+    );
+    assert_eq!(
+        r.payloads(),
+        [r#"{"id":1,"params":{"version":"1.0"}}"#],
+        "nothing half-written went out"
+    );
+    // The id was not used up by the refused message.
+    r.s.report_version("1.1").unwrap();
+    assert_eq!(r.payloads()[1], r#"{"id":2,"params":{"version":"1.1"}}"#);
+}
+
+#[test]
+fn progress_step_minus_one_reports_an_upgrade_failure_once() {
+    let img = image(100, 15);
+    let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    r.s.report_progress(-1, Some("user cancelled")).unwrap();
+    r.s.report_progress(-1, None).unwrap();
+    assert_eq!(
+        r.payloads(),
+        [r#"{"id":1,"params":{"step":"-1","desc":"user cancelled"}}"#]
+    );
+    assert_eq!(
+        r.s.report_progress(50, None),
+        Err(Error::InvalidState("this upgrade already failed"))
+    );
+}
+
+#[test]
+fn the_ninth_module_replaces_the_oldest_running_version() {
+    // UCloud refuses a task that upgrades from a version the module does not run; a session
+    // remembers eight modules' versions, so the first one reported is forgotten by the ninth.
+    let img = image(100, 16);
+    let r = rig(Protocol::Ucloud, Limits::default(), img, usize::MAX);
+    for i in 0..9 {
+        r.s.report_module_version(&format!("m{i}"), "1.0").unwrap();
+    }
+    assert_eq!(
+        r.announce(&ucloud(img, "2.0", "0.9", Some("m1"))),
+        Err(Error::Notice(NoticeError::NotForRunningVersion)),
+        "m1 is still known to run 1.0"
+    );
+    assert!(r.payloads()[9].contains("refused: task upgrades from 0.9 but 1.0 runs"));
+    assert_eq!(
+        r.announce(&ucloud(img, "2.0", "0.9", Some("m0"))),
+        Ok(()),
+        "m0's version was forgotten: nothing to contradict the task"
+    );
+    assert_eq!(r.s.state(), OtaState::Fetching);
+    // Reporting a known module again updates it in place.
+    r.s.report_module_version("m8", "1.1").unwrap();
+    assert_eq!(
+        r.announce(&ucloud(img, "2.0", "1.0", Some("m8"))),
+        Err(Error::Notice(NoticeError::NotForRunningVersion))
+    );
+}
+
+#[test]
+fn a_failure_description_is_cut_on_a_character_boundary() {
+    // The description buffer holds 256 bytes; "superseded by the upgrade to " takes 29, and
+    // the new version (two-byte characters) cannot end exactly on the limit.
+    let limits = Limits {
+        version: 400,
+        ..Limits::default()
+    };
+    let img = image(500, 17);
+    let r = rig(Protocol::Aliyun, limits, img, usize::MAX);
+    r.announce(&aliyun(img, "2.0.0")).unwrap();
+    let mut buf = [0u8; 10];
+    r.s.fetch_yield(&mut buf, Duration::ZERO).unwrap();
+    let long = "é".repeat(150);
+    r.announce(&aliyun(img, &long)).unwrap();
+    assert_eq!(r.s.with_notice(|n| n.version.len()), 300);
+    let expected = format!("superseded by the upgrade to {}", "é".repeat(113));
+    assert_eq!(expected.len(), 255);
+    assert_eq!(
+        r.payloads(),
+        [format!(
+            r#"{{"id":1,"params":{{"step":"-1","desc":"{expected}"}}}}"#
+        )]
+    );
+}
