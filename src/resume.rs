@@ -28,8 +28,8 @@
 //! |    391 |   129 | digest state: length byte (0, 88 MD5, 104 SHA-256) + 128 bytes |
 //! |    520 |     4 | CRC-32 (IEEE) of bytes 0..520 |
 //!
-//! Decoding is strict (unused bytes must be zero), so a record decodes only to what encodes
-//! back to exactly the same bytes.
+//! Decoding is strict (unused bytes must be zero, a digest state covers exactly `offset`
+//! bytes), so a record decodes only to what encodes back to exactly the same bytes.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -218,9 +218,9 @@ impl Breakpoint {
     /// Records that `offset` bytes are stored, with the digest over them when given (`None`:
     /// the firmware will re-feed its bytes with `IOT_OTA_UpdateClientMd5` instead).
     ///
-    /// Errors: [`Error::InvalidParam`] when `offset` exceeds the size or the digest is of
-    /// another kind; [`Error::InvalidState`] once the record is pending reboot. On error the
-    /// record is unchanged.
+    /// Errors: [`Error::InvalidParam`] when `offset` exceeds the size, or the digest is of
+    /// another kind or has not absorbed exactly `offset` bytes; [`Error::InvalidState`] once
+    /// the record is pending reboot. On error the record is unchanged.
     pub fn set_progress(
         &mut self,
         offset: u64,
@@ -244,6 +244,11 @@ impl Breakpoint {
             Some(d) => d.save_state(&mut state),
             None => 0,
         };
+        if len != 0 && StreamDigest::state_bytes(self.digest_kind, &state[..len]) != Some(offset) {
+            return Err(Error::InvalidParam(
+                "breakpoint: the digest does not cover exactly offset bytes",
+            ));
+        }
         self.offset = offset;
         self.digest_state = state;
         self.digest_state_len = len as u8;
@@ -419,7 +424,8 @@ impl Breakpoint {
     /// Reads a record written by [`encode`](Self::encode). Empty input is
     /// [`RecordError::Missing`]; a prefix of a record is [`RecordError::Torn`]; a newer format is
     /// [`RecordError::UnknownVersion`]; anything else that is not exactly a valid record
-    /// (magic, length, CRC, a value out of range, offset beyond size, non-zero padding) is
+    /// (magic, length, CRC, a value out of range, offset beyond size, non-zero padding, a
+    /// digest state over another number of bytes than `offset`) is
     /// [`RecordError::Corrupt`].
     pub fn decode(bytes: &[u8]) -> Result<Breakpoint, RecordError> {
         check_frame(bytes)?;
@@ -494,6 +500,9 @@ impl Breakpoint {
             && !self.version.as_str().is_empty()
             && zeros(&self.digest[kind_len..])
             && (state_len == 0 || state_len == StreamDigest::state_len(self.digest_kind))
+            && (state_len == 0
+                || StreamDigest::state_bytes(self.digest_kind, self.digest_state())
+                    == Some(self.offset))
             && zeros(&self.digest_state[state_len.min(DIGEST_STATE_MAX)..]);
         if ok {
             Ok(())

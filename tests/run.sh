@@ -43,5 +43,7 @@ cmake --build target/ctest
 ctest --test-dir target/ctest --output-on-failure
 step "C API under valgrind memcheck and ASan/UBSan"
 bash tests/sanitizers.sh
+step "fuzzing: every fuzz/ target for 20 s (cargo-fuzz on stable; installed when missing)"
+bash fuzz/run.sh 20
 step "benchmark, quick mode (proves it still runs; no timing assertions)"
 cargo run --release -p ota-bench -- --quick

@@ -10,6 +10,8 @@
 pub(crate) mod guard;
 
 pub mod conninfo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hal;
 pub mod log;
 pub mod mqtt;

@@ -127,6 +127,28 @@ pub struct OtaHandle {
     mqtt: *const MqttHandle,
 }
 
+impl OtaHandle {
+    /// A handle over a session built on any transports (no MQTT handle behind it); the
+    /// `IOT_OTA_*` functions accept it and IOT_OTA_Deinit frees it. For [`super::fuzzing`].
+    pub(crate) fn into_raw(session: OtaSession) -> *mut c_void {
+        let mqtt = std::ptr::null();
+        let magic = OTA_MAGIC;
+        Box::into_raw(Box::new(OtaHandle {
+            magic,
+            session,
+            mqtt,
+        })) as *mut c_void
+    }
+
+    /// The session of a live handle; None for NULL or a foreign pointer.
+    ///
+    /// # Safety
+    /// As every `IOT_OTA_*` function: `h` is NULL, a live OTA handle, or readable for 4 bytes.
+    pub(crate) unsafe fn session<'a>(h: *mut c_void) -> Option<&'a OtaSession> {
+        handle(h, "OtaHandle::session").map(|h| &h.session)
+    }
+}
+
 /// The C code of an error.
 pub fn err_code(e: &Error) -> c_int {
     match e {

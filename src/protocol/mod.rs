@@ -233,6 +233,8 @@ pub enum NoticeError {
     },
     #[error("field \"{0}\" is empty")]
     Empty(&'static str),
+    #[error("field \"{0}\" contains a NUL character, which a C string cannot carry")]
+    Nul(&'static str),
     #[error("digest \"{0}\" is not the expected number of hex digits")]
     BadDigest(&'static str),
     #[error("size must be 1 ..= 4294967295 bytes")]
@@ -306,6 +308,10 @@ fn take_value_str(
         expected: "string",
         found: value.kind(),
     })?;
+    // Every field reaches C as a NUL-terminated string: a "\u0000" would cut it silently.
+    if s.chars().any(|c| c == '\0') {
+        return Err(NoticeError::Nul(field));
+    }
     dst.set_json(s).map_err(|e| match e {
         SetJsonError::TooLong(t) => NoticeError::TooLong {
             field,
