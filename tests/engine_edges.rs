@@ -38,6 +38,10 @@ fn aliyun(img: &[u8], version: &str) -> String {
     ota_cloud::aliyun::upgrade_message(&Firmware::new(version, URL, img), 1)
 }
 
+fn tencent(img: &[u8], version: &str) -> String {
+    ota_cloud::tencent::update_message(&Firmware::new(version, URL, img))
+}
+
 fn ucloud(img: &[u8], version: &str, current: &str, module: Option<&str>) -> String {
     ota_cloud::ucloud::notify_message(&Firmware::new(version, URL, img), current, module, "t1")
 }
@@ -671,5 +675,35 @@ fn a_failure_description_is_cut_on_a_character_boundary() {
         [format!(
             r#"{{"id":1,"params":{{"step":"-1","desc":"{expected}"}}}}"#
         )]
+    );
+}
+
+/// Tencent-style resume with every byte already kept: nothing is fetched, the image is checked
+/// at once from the bytes the firmware fed back (fuzzing found it retrying to a failure).
+#[test]
+fn starting_a_download_with_every_byte_kept_checks_the_image_at_once() {
+    let img = image(3000, 9);
+    let r = rig(Protocol::Tencent, Limits::default(), img, usize::MAX);
+    r.s.report_version("1.0.0").unwrap();
+    r.announce(&tencent(img, "2.0.0")).unwrap();
+    r.s.update_client_digest(img).unwrap();
+    r.s.start_download(img.len() as u64, img.len() as u64)
+        .unwrap();
+    assert!(r.s.is_fetch_finished());
+    assert_eq!(r.s.fetched_size(), img.len() as u64);
+    assert!(r.s.check_firmware().unwrap());
+
+    // The same with the wrong bytes kept: rejected and reported, not retried.
+    let r = rig(Protocol::Tencent, Limits::default(), img, usize::MAX);
+    r.s.report_version("1.0.0").unwrap();
+    r.announce(&tencent(img, "2.0.0")).unwrap();
+    r.s.update_client_digest(image(3000, 10)).unwrap();
+    r.s.start_download(img.len() as u64, 0).unwrap();
+    assert!(r.s.is_fetch_finished());
+    assert!(!r.s.check_firmware().unwrap());
+    assert!(
+        r.payloads().iter().any(|p| p.contains(r#""state":"fail""#)),
+        "{:?}",
+        r.payloads()
     );
 }

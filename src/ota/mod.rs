@@ -725,6 +725,10 @@ impl Engine {
         self.failure_reported = false;
         self.fetch_cause = None;
         self.state = OtaState::Fetching;
+        if offset == self.notice.size {
+            // Every byte is already kept: nothing to fetch, the image is checked now.
+            self.finish();
+        }
         Ok(())
     }
 
