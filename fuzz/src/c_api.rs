@@ -865,7 +865,13 @@ impl World {
         if rc == NONE {
             let s = self.session().expect("success on the live handle");
             assert_eq!(s.fetched_size(), u64::from(offset));
-            assert!(s.is_fetching() && u64::from(offset) <= s.file_size());
+            assert!(u64::from(offset) <= s.file_size());
+            // Every byte already kept: the image is checked at once, nothing left to fetch.
+            if u64::from(offset) == s.file_size() {
+                assert!(s.is_fetch_finished());
+            } else {
+                assert!(s.is_fetching());
+            }
         }
     }
 
