@@ -3,6 +3,10 @@
 //! over HTTP on 127.0.0.1 (with injected faults), and a second MQTT client playing the platform.
 //! Each test has its own broker and device names, and every wait is bounded.
 
+#[path = "common/cmqtt.rs"]
+mod cmqtt;
+use cmqtt::mqtt_param;
+
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::net::TcpListener;
 use std::ptr::{null, null_mut};
@@ -11,10 +15,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ota::ffi::mqtt::{
-    iotx_mqtt_event_handle_t, iotx_mqtt_event_msg_pt, iotx_mqtt_event_type_t, iotx_mqtt_param_t,
-    iotx_mqtt_topic_info_t, IOT_MQTT_CheckStateNormal, IOT_MQTT_Construct, IOT_MQTT_Destroy,
-    IOT_MQTT_Publish, IOT_MQTT_Subscribe, IOT_MQTT_Unsubscribe, IOT_MQTT_Yield, MqttHandle,
-    FAIL_RETURN, IOTX_MQTT_QOS1, NULL_VALUE_ERROR,
+    iotx_mqtt_event_msg_pt, iotx_mqtt_event_type_t, iotx_mqtt_topic_info_t,
+    IOT_MQTT_CheckStateNormal, IOT_MQTT_Construct, IOT_MQTT_Destroy, IOT_MQTT_Publish,
+    IOT_MQTT_Subscribe, IOT_MQTT_Unsubscribe, IOT_MQTT_Yield, MqttHandle, FAIL_RETURN,
+    IOTX_MQTT_QOS1, NULL_VALUE_ERROR,
 };
 use ota::ffi::ota::*;
 use ota::mqtt::{MqttEvent, QoS};
@@ -42,23 +46,6 @@ fn cstring(s: &str) -> CString {
     CString::new(s).unwrap()
 }
 
-/// `handle_event` callback: counts SUBSCRIBE_SUCCESS events into the `AtomicUsize` at `ctx`.
-unsafe extern "C" fn count_subacks(
-    ctx: *mut c_void,
-    _client: *mut c_void,
-    msg: iotx_mqtt_event_msg_pt,
-) {
-    if ctx.is_null() || msg.is_null() {
-        return;
-    }
-    if matches!(
-        (*msg).event_type,
-        iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS
-    ) {
-        (*(ctx as *const AtomicUsize)).fetch_add(1, SeqCst);
-    }
-}
-
 /// Subscription handler: appends the payload to the `Mutex<Vec<Vec<u8>>>` at `ctx`.
 unsafe extern "C" fn collect_payloads(
     ctx: *mut c_void,
@@ -80,28 +67,6 @@ unsafe extern "C" fn collect_payloads(
         .lock()
         .unwrap()
         .push(payload.to_vec());
-}
-
-fn mqtt_param(port: u16, client_id: &CStr, subacks: &AtomicUsize) -> iotx_mqtt_param_t {
-    iotx_mqtt_param_t {
-        port,
-        host: c"127.0.0.1".as_ptr(),
-        client_id: client_id.as_ptr(),
-        username: null(),
-        password: null(),
-        pub_key: null(),
-        clean_session: 1,
-        request_timeout_ms: 2000,
-        keepalive_interval_ms: 60_000,
-        pwrite_buf: null_mut(),
-        write_buf_size: 0,
-        pread_buf: null_mut(),
-        read_buf_size: 0,
-        handle_event: iotx_mqtt_event_handle_t {
-            h_fp: Some(count_subacks),
-            pcontext: subacks as *const AtomicUsize as *mut c_void,
-        },
-    }
 }
 
 /// A port on 127.0.0.1 where nothing listens (bound once, then released).

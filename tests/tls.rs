@@ -4,6 +4,8 @@
 
 #![cfg(feature = "tls")]
 
+#[path = "common/cmqtt.rs"]
+mod cmqtt;
 #[path = "common/recorder.rs"]
 mod recorder;
 use recorder::{Recorder, Sent};
@@ -15,7 +17,7 @@ use std::ffi::{c_int, c_void, CString};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::ptr::{null, null_mut};
+use std::ptr::null_mut;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -362,21 +364,6 @@ fn mqtt_over_tls_with_mosquitto() {
     assert_eq!(wrong.err(), Some(Error::Mqtt(MqttError::Tls)));
 }
 
-/// `handle_event` callback: counts SUBSCRIBE_SUCCESS events into the `AtomicUsize` at `ctx`.
-unsafe extern "C" fn count_subacks(
-    ctx: *mut c_void,
-    _client: *mut c_void,
-    msg: ota::ffi::mqtt::iotx_mqtt_event_msg_pt,
-) {
-    use ota::ffi::mqtt::iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS;
-    if !ctx.is_null()
-        && !msg.is_null()
-        && matches!((*msg).event_type, IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS)
-    {
-        (*(ctx as *const AtomicUsize)).fetch_add(1, SeqCst);
-    }
-}
-
 /// Firmware calling the C API: MQTT on an embedded broker, OTA handle, HTTPS download.
 /// Returns `IOT_OTAG_CHECK_FIRMWARE`, or the FetchYield error code.
 fn c_device_download(broker_port: u16, server: &FirmwareServer, dn: &str) -> Result<u32, c_int> {
@@ -385,25 +372,7 @@ fn c_device_download(broker_port: u16, server: &FirmwareServer, dn: &str) -> Res
 
     let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
     let client_id = CString::new(format!("{PK}.{dn}")).unwrap();
-    let mut param = iotx_mqtt_param_t {
-        port: broker_port,
-        host: c"127.0.0.1".as_ptr(),
-        client_id: client_id.as_ptr(),
-        username: null(),
-        password: null(),
-        pub_key: null(),
-        clean_session: 1,
-        request_timeout_ms: 2000,
-        keepalive_interval_ms: 60_000,
-        pwrite_buf: null_mut(),
-        write_buf_size: 0,
-        pread_buf: null_mut(),
-        read_buf_size: 0,
-        handle_event: iotx_mqtt_event_handle_t {
-            h_fp: Some(count_subacks),
-            pcontext: subacks as *const AtomicUsize as *mut c_void,
-        },
-    };
+    let mut param = cmqtt::mqtt_param(broker_port, &client_id, subacks);
     let mut mqtt = IOT_MQTT_Construct(&mut param);
     assert!(!mqtt.is_null(), "IOT_MQTT_Construct");
     let (pk, dn_c) = (CString::new(PK).unwrap(), CString::new(dn).unwrap());

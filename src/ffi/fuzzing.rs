@@ -11,7 +11,7 @@ use crate::ota::OtaSession;
 /// that the `IOT_OTA_*` functions accept. Release it with `IOT_OTA_Deinit`.
 #[doc(hidden)]
 pub fn handle_from_session(session: OtaSession) -> *mut c_void {
-    OtaHandle::into_raw(session)
+    OtaHandle::into_raw(session, std::ptr::null())
 }
 
 /// The session behind `handle`, to feed it downstream messages

@@ -128,13 +128,11 @@ pub struct OtaHandle {
 }
 
 impl OtaHandle {
-    /// A handle over a session built on any transports (no MQTT handle behind it); the
-    /// `IOT_OTA_*` functions accept it and IOT_OTA_Deinit frees it. For [`super::fuzzing`].
-    pub(crate) fn into_raw(session: OtaSession) -> *mut c_void {
-        let mqtt = std::ptr::null();
-        let magic = OTA_MAGIC;
+    /// The C handle of `session`, attached to `mqtt` (NULL: a session on other transports,
+    /// e.g. [`super::fuzzing`]); IOT_OTA_Deinit frees it.
+    pub(crate) fn into_raw(session: OtaSession, mqtt: *const MqttHandle) -> *mut c_void {
         Box::into_raw(Box::new(OtaHandle {
-            magic,
+            magic: OTA_MAGIC,
             session,
             mqtt,
         })) as *mut c_void
@@ -226,11 +224,7 @@ fn init(
     config.http.ca_pem = crate::conninfo::https_ca();
     config.http.allow_plain_http = crate::conninfo::allow_plain_http();
     match OtaSession::attach(mqtt.client(), pk, dn, config) {
-        Ok(session) => Box::into_raw(Box::new(OtaHandle {
-            magic: OTA_MAGIC,
-            session,
-            mqtt: mqtt as *const MqttHandle,
-        })) as *mut c_void,
+        Ok(session) => OtaHandle::into_raw(session, mqtt),
         Err(e) => {
             ota_log!(Level::Error, "IOT_OTA_Init: {e}");
             std::ptr::null_mut()
