@@ -1,39 +1,12 @@
 //! No allocation after init: a counting global allocator watches a full upgrade
 //! (notify → fetch → verify → report) on in-memory transports.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ota::fetch::MemorySource;
 use ota::ota::{OtaConfig, Uplink};
 use ota::{OtaSession, OtaState};
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static BYTES: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            BYTES.fetch_add(new, Ordering::Relaxed);
-        }
-        System.realloc(ptr, layout, new)
-    }
-}
+use ota_cloud::counting::{allocated_bytes, allocations, set_counting, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -94,7 +67,14 @@ fn a_full_upgrade_allocates_nothing_after_init() {
     let mut buf = vec![0u8; 5000];
     let mut hex = [0u8; 64];
 
-    COUNTING.store(true, Ordering::SeqCst);
+    // The counter sees an allocation (so the 0 below means something).
+    set_counting(true);
+    drop(std::hint::black_box(Box::new(7u64)));
+    set_counting(false);
+    assert_eq!(allocations(), 1, "the counting allocator counts");
+    let (base, base_bytes) = (allocations(), allocated_bytes());
+
+    set_counting(true);
     session.report_version("1.0.0").unwrap();
     session.handle_message(topic, notice.as_bytes()).unwrap();
     assert!(session.is_fetching());
@@ -117,10 +97,10 @@ fn a_full_upgrade_allocates_nothing_after_init() {
     let valid = session.check_firmware().unwrap();
     let announced = session.with_notice(|n| ota::ota::notice_digest_hex(n, &mut hex).len());
     session.report_version("2.0.0").unwrap();
-    COUNTING.store(false, Ordering::SeqCst);
+    set_counting(false);
 
-    let allocs = ALLOCS.load(Ordering::SeqCst);
-    let bytes = BYTES.load(Ordering::SeqCst);
+    let allocs = allocations() - base;
+    let bytes = allocated_bytes() - base_bytes;
     assert!(valid, "the image verifies");
     assert_eq!(&hex[..announced], md5.as_bytes());
     assert_eq!(total, image.len());

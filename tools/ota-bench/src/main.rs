@@ -4,12 +4,11 @@
 //! Usage: `cargo run --release -p ota-bench [-- --quick]` after `cargo build --release` (the C
 //! rows link `target/release/libota.a`). See README.md for what each row measures.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,51 +16,19 @@ use md5::Digest as _;
 use ota::fetch::{HttpSource, MemorySource};
 use ota::ota::{OtaConfig, Uplink};
 use ota::{MqttClient, MqttOptions, OtaSession, Protocol};
+use ota_cloud::counting::{allocated_bytes, allocations, set_counting, Counting};
 use ota_cloud::{EmbeddedBroker, Firmware, FirmwareServer, SignMethod};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
 // ---------------------------------------------------------------------------------------------
-// Counting allocator: counts every allocation and reallocation of the process while `COUNTING`.
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static BYTES: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            BYTES.fetch_add(new, Ordering::Relaxed);
-        }
-        System.realloc(ptr, layout, new)
-    }
-}
+// Counting allocator (ota_cloud::counting): every allocation of the process while counting.
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
 fn allocs() -> usize {
-    ALLOCS.load(Ordering::SeqCst)
+    allocations()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,8 +444,8 @@ fn allocs_in_memory() -> Res<(usize, usize, usize)> {
     let topic = session.downstream_topic().to_string();
     let mut buf = vec![0u8; 5000];
     let mut calls = 0usize;
-    let before = (allocs(), BYTES.load(Ordering::SeqCst));
-    COUNTING.store(true, Ordering::SeqCst);
+    let before = (allocs(), allocated_bytes());
+    set_counting(true);
     session.report_version("1.0.0")?;
     session.handle_message(&topic, notice.as_bytes())?;
     let mut last = 0;
@@ -493,15 +460,11 @@ fn allocs_in_memory() -> Res<(usize, usize, usize)> {
     }
     let valid = session.check_firmware()?;
     session.report_version("2.0.0")?;
-    COUNTING.store(false, Ordering::SeqCst);
+    set_counting(false);
     if !valid {
         return Err("in-memory upgrade did not verify".into());
     }
-    Ok((
-        allocs() - before.0,
-        BYTES.load(Ordering::SeqCst) - before.1,
-        calls,
-    ))
+    Ok((allocs() - before.0, allocated_bytes() - before.1, calls))
 }
 
 /// Allocations per FetchYield in the middle 80 % (by bytes) of a real HTTP download; the server
@@ -526,7 +489,7 @@ fn allocs_http(size: usize) -> Res<(usize, usize, usize)> {
     // (allocs at 10 %, allocs at 90 %, calls in between)
     let mut window = [None::<usize>; 2];
     let mut calls = 0usize;
-    COUNTING.store(true, Ordering::SeqCst);
+    set_counting(true);
     let r = rust_download(
         Protocol::Aliyun,
         &message,
@@ -543,7 +506,7 @@ fn allocs_http(size: usize) -> Res<(usize, usize, usize)> {
             }
         },
     );
-    COUNTING.store(false, Ordering::SeqCst);
+    set_counting(false);
     drop(server.stdin.take());
     let _ = server.wait();
     let (_, _, valid) = r?;

@@ -16,6 +16,7 @@
 pub mod aliyun;
 pub mod broker;
 pub mod cloud;
+pub mod counting;
 pub mod demo;
 pub mod http;
 pub mod sagoo;
