@@ -435,6 +435,19 @@ impl FirmwareServer {
     pub fn requests(&self) -> Vec<RequestLog> {
         self.shared.log.lock().unwrap().clone()
     }
+
+    /// [`requests`](Self::requests) once it holds at least `n` entries, or as it is after
+    /// `limit`: for checks made right after the client saw its last response.
+    pub fn requests_when(&self, n: usize, limit: std::time::Duration) -> Vec<RequestLog> {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            let log = self.requests();
+            if log.len() >= n || std::time::Instant::now() >= end {
+                return log;
+            }
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
 /// Renews a [`FirmwareServer`]'s URL ([`FirmwareServer::renew_url`]) without borrowing the
