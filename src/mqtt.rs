@@ -1,15 +1,30 @@
-//! A synchronous MQTT client on rumqttc, shaped like iotkit's: the caller's thread drives the
-//! connection in [`MqttClient::yield_for`], which also delivers incoming messages to the
-//! subscription handlers and connection events to the event handler.
+//! A synchronous MQTT 3.1.1 client, shaped like iotkit's: the caller's thread drives the
+//! connection in [`MqttClient::yield_for`], which sends what is queued, reads what arrived with
+//! blocking socket reads bounded by the caller's timeout, delivers messages to the subscription
+//! handlers and connection events to the event handler, keeps the connection alive and
+//! reconnects after a loss.
+//!
+//! rumqttc supplies the packet codec (`mqttbytes::v4`) and the protocol state (`MqttState`:
+//! packet ids, QoS 1/2 acknowledgements, what to resend after a reconnection); the sockets are
+//! plain `std::net` (and rustls on top with the `tls` feature). There is no async runtime and
+//! no thread: nothing runs between two yields.
 //!
 //! Every method takes `&self`, so a handler may publish or subscribe on the client that is
-//! calling it (as iotkit firmware does from its callbacks).
+//! calling it (as iotkit firmware does from its callbacks): requests wait in a bounded queue
+//! until the yield sends them.
 
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Connection, ConnectionError, Event, Incoming, Outgoing, Transport};
+use bytes::BytesMut;
+use rumqttc::{
+    ConnectReturnCode, Event, Incoming, MqttState, Packet, PingReq, Request, Subscribe,
+    SubscribeReasonCode, Unsubscribe,
+};
 
 use crate::error::{Error, MqttError, Result};
 use crate::log::Level;
@@ -27,8 +42,17 @@ const RECONNECT_POLICY: RetryPolicy = RetryPolicy {
     stall_timeout: Duration::from_secs(60),
 };
 
-/// Most events one zero-timeout yield handles.
+/// Most packets one zero-timeout yield handles.
 const MAX_READY_EVENTS: u32 = 64;
+
+/// Requests (publish, subscribe, unsubscribe) that may wait for the next yield.
+const QUEUE_CAPACITY: usize = 64;
+
+/// QoS 1/2 publishes (and subscriptions) sent but not yet acknowledged; more wait in the queue.
+const MAX_INFLIGHT: u16 = 100;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4096;
 
 /// How to reach the broker.
 #[derive(Debug, Clone)]
@@ -41,6 +65,8 @@ pub struct MqttOptions {
     /// CA certificate(s) in PEM: `Some` means TLS verified against them; `None` plain TCP.
     pub ca_pem: Option<Vec<u8>>,
     pub clean_session: bool,
+    /// A PINGREQ goes out this often while the caller yields (whole seconds, at least 1); one
+    /// still unanswered when the next is due ends the connection.
     pub keepalive: Duration,
     /// Connect and request timeout.
     pub request_timeout: Duration,
@@ -108,10 +134,329 @@ struct Subscription {
     handler: Option<MessageHandler>,
 }
 
+/// Requests waiting for the next yield; shared with the [`MqttUplink`]s.
+#[derive(Clone)]
+struct Queue(Arc<Mutex<VecDeque<Request>>>);
+
+impl Queue {
+    /// Queues `request` unless [`QUEUE_CAPACITY`] requests are already waiting.
+    fn push(&self, request: Request) -> Result<()> {
+        let mut q = lock(&self.0);
+        if q.len() >= QUEUE_CAPACITY {
+            return Err(Error::Mqtt(MqttError::QueueFull));
+        }
+        q.push_back(request);
+        Ok(())
+    }
+}
+
+/// The socket: plain TCP, or TLS over it.
+enum Stream {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn io_error(e: &io::Error) -> MqttError {
+    if crate::tls::is_tls_io_error(e) {
+        return MqttError::Tls;
+    }
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => MqttError::Timeout,
+        kind => MqttError::Io(kind),
+    }
+}
+
+/// What a read from the socket brought.
+enum Fill {
+    Data,
+    /// Nothing within the wait.
+    Idle,
+}
+
+/// One connection's bytes and protocol state; only the yielding thread touches it.
+struct Link {
+    stream: Option<Stream>,
+    state: MqttState,
+    rx: BytesMut,
+    tx: BytesMut,
+    /// When the next PINGREQ is due.
+    ping_at: Instant,
+    keepalive: Duration,
+    max_packet: usize,
+}
+
+impl Link {
+    fn close(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let _ = s.tcp().shutdown(Shutdown::Both);
+        }
+        self.rx.clear();
+        self.tx.clear();
+    }
+
+    fn stream(&mut self) -> io::Result<&mut Stream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// Encodes `packet` after what is waiting to be written.
+    fn encode(&mut self, packet: &Packet) -> std::result::Result<(), MqttError> {
+        packet
+            .write(&mut self.tx, self.max_packet)
+            .map(drop)
+            .map_err(|_| MqttError::TooLarge)
+    }
+
+    /// Writes everything encoded (blocking, bounded by the socket's write timeout).
+    fn flush(&mut self) -> std::result::Result<(), MqttError> {
+        if self.tx.is_empty() {
+            return Ok(());
+        }
+        let tx = std::mem::take(&mut self.tx);
+        let stream = self.stream().map_err(|e| io_error(&e))?;
+        let r = stream.write_all(&tx).and_then(|()| stream.flush());
+        self.tx = tx;
+        self.tx.clear();
+        r.map_err(|e| io_error(&e))
+    }
+
+    /// Reads what the socket has: waiting up to `wait`, or not at all for `None`.
+    fn fill(&mut self, wait: Option<Duration>) -> std::result::Result<Fill, MqttError> {
+        let at = self.rx.len();
+        self.rx.resize(at + READ_CHUNK, 0);
+        let stream = self.stream.as_mut().ok_or(MqttError::NotConnected)?;
+        let tcp = stream.tcp();
+        let set = match wait {
+            None => tcp.set_nonblocking(true),
+            Some(w) => tcp
+                .set_nonblocking(false)
+                .and_then(|()| tcp.set_read_timeout(Some(w.max(Duration::from_millis(1))))),
+        };
+        let r = set.and_then(|()| stream.read(&mut self.rx[at..]));
+        if wait.is_none() {
+            let _ = stream.tcp().set_nonblocking(false);
+        }
+        match r {
+            Ok(0) => {
+                self.rx.truncate(at);
+                Err(MqttError::Io(io::ErrorKind::UnexpectedEof))
+            }
+            Ok(n) => {
+                self.rx.truncate(at + n);
+                Ok(Fill::Data)
+            }
+            Err(e) => {
+                self.rx.truncate(at);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Ok(Fill::Idle),
+                    io::ErrorKind::Interrupted => Ok(Fill::Data),
+                    _ => Err(io_error(&e)),
+                }
+            }
+        }
+    }
+
+    /// The next whole packet among the bytes read, if there is one.
+    fn next_packet(&mut self) -> std::result::Result<Option<Packet>, MqttError> {
+        match Packet::read(&mut self.rx, self.max_packet) {
+            Ok(p) => Ok(Some(p)),
+            Err(rumqttc::Error::InsufficientBytes(_)) => Ok(None),
+            Err(_) => Err(MqttError::Protocol),
+        }
+    }
+}
+
+/// Everything needed to (re)open the connection.
+struct Dialer {
+    host: String,
+    port: u16,
+    connect: rumqttc::Connect,
+    #[cfg(feature = "tls")]
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// TCP connect and socket write timeout.
+    timeout: Duration,
+    /// Longest a whole (re)connection may take: DNS, TCP, TLS and CONNACK.
+    window: Duration,
+}
+
+impl Dialer {
+    fn new(options: &MqttOptions) -> Result<Dialer> {
+        let mut connect = rumqttc::Connect::new(options.client_id.as_str());
+        // MQTT counts keep-alive in whole seconds; 0 would turn it off.
+        let keepalive = options.keepalive.max(Duration::from_secs(1));
+        connect.keep_alive = keepalive.as_secs().min(u16::MAX as u64) as u16;
+        connect.clean_session = options.clean_session;
+        if let Some(user) = &options.username {
+            connect.set_login(user.as_str(), options.password.as_deref().unwrap_or(""));
+        }
+        let secs = options.request_timeout.as_secs().max(1);
+        #[cfg(feature = "tls")]
+        let tls = match &options.ca_pem {
+            Some(ca) => Some(tls_config(ca, &options.host)?),
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        if options.ca_pem.is_some() {
+            return Err(Error::InvalidParam(
+                "MQTT over TLS needs the `tls` cargo feature",
+            ));
+        }
+        Ok(Dialer {
+            host: options.host.clone(),
+            port: options.port,
+            connect,
+            #[cfg(feature = "tls")]
+            tls,
+            timeout: Duration::from_secs(secs),
+            // The connection timeout plus a margin for the CONNACK.
+            window: Duration::from_secs(secs + 2),
+        })
+    }
+
+    /// Opens the socket, sends CONNECT and waits for the CONNACK, all within the window.
+    fn dial(&self, link: &mut Link) -> std::result::Result<(), MqttError> {
+        link.close();
+        let deadline = Instant::now() + self.window;
+        let stream = self.open(deadline)?;
+        link.stream = Some(stream);
+        link.encode(&Packet::Connect(self.connect.clone()))?;
+        link.flush()?;
+        loop {
+            if let Some(packet) = link.next_packet()? {
+                return match packet {
+                    Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {
+                        link.ping_at = Instant::now() + link.keepalive;
+                        Ok(())
+                    }
+                    Packet::ConnAck(ack) => Err(MqttError::Refused(ack.code as u8)),
+                    _ => Err(MqttError::Protocol),
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(MqttError::Timeout);
+            }
+            link.fill(Some(left))?;
+        }
+    }
+
+    fn open(&self, deadline: Instant) -> std::result::Result<Stream, MqttError> {
+        let addrs = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| io_error(&e))?;
+        let mut last = MqttError::Io(io::ErrorKind::NotFound);
+        for addr in addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(MqttError::Timeout);
+            }
+            match TcpStream::connect_timeout(&addr, left.min(self.timeout)) {
+                Ok(tcp) => return self.secure(tcp, deadline),
+                Err(e) => last = io_error(&e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sets the socket up and, with TLS, completes the handshake before the deadline.
+    fn secure(&self, tcp: TcpStream, deadline: Instant) -> std::result::Result<Stream, MqttError> {
+        let setup = tcp
+            .set_nodelay(true)
+            .and_then(|()| tcp.set_write_timeout(Some(self.timeout)));
+        setup.map_err(|e| io_error(&e))?;
+        #[cfg(feature = "tls")]
+        if let Some((config, name)) = &self.tls {
+            let conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                .map_err(|_| MqttError::Tls)?;
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            while tls.conn.is_handshaking() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(MqttError::Timeout);
+                }
+                tls.sock
+                    .set_read_timeout(Some(left))
+                    .map_err(|e| io_error(&e))?;
+                tls.conn
+                    .complete_io(&mut tls.sock)
+                    .map_err(|e| io_error(&e))?;
+            }
+            return Ok(Stream::Tls(Box::new(tls)));
+        }
+        let _ = deadline;
+        Ok(Stream::Tcp(tcp))
+    }
+}
+
+/// The TLS settings for `host`, trusting exactly the certificates in `ca_pem`.
+#[cfg(feature = "tls")]
+fn tls_config(
+    ca_pem: &[u8],
+    host: &str,
+) -> Result<(
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+)> {
+    use crate::tls::CaPemError as E;
+    let config = crate::tls::mqtt_config(ca_pem).map_err(|e| match e {
+        E::NoCertificate => Error::InvalidParam("pub_key holds no PEM certificate"),
+        E::Malformed => Error::InvalidParam("pub_key is not a PEM certificate"),
+        E::NotAnAnchor => Error::InvalidParam("pub_key certificate rejected"),
+        E::NoTls => Error::Mqtt(MqttError::Tls),
+    })?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| Error::InvalidParam("host is neither a DNS name nor an IP address"))?;
+    Ok((config, name))
+}
+
 /// A connected MQTT client.
 pub struct MqttClient {
-    client: Client,
-    connection: Mutex<Connection>,
+    dialer: Dialer,
+    link: Mutex<Link>,
+    queue: Queue,
     subscriptions: Mutex<Vec<Subscription>>,
     events: Mutex<Option<EventHandler>>,
     connected: Arc<AtomicBool>,
@@ -120,10 +465,8 @@ pub struct MqttClient {
     backoff: Mutex<Backoff>,
     /// Run after every reconnection (after re-subscribing), e.g. to re-report versions.
     reconnect_hooks: Mutex<Vec<ReconnectHook>>,
-    /// How long a (re)connection attempt may take: rumqttc's connection timeout plus a margin.
-    connect_window: Duration,
     /// Set by `disconnect`: the connection's end is expected, not a loss.
-    closing: Mutex<bool>,
+    closing: AtomicBool,
     /// Set by a handler (through [`YieldBreak`]) to end the yield that dispatched its message.
     break_yield: Arc<AtomicBool>,
     /// Largest packet sent or received ([`MqttOptions::max_packet_size`]).
@@ -132,8 +475,8 @@ pub struct MqttClient {
 
 /// Whether an MQTT 3.1.1 packet with `body` bytes after its fixed header (a string of
 /// `string_len` bytes among them) can be sent: strings are at most 65535 bytes, packets at most
-/// `max_packet`. A packet rumqttc cannot send breaks the connection (and comes back after every
-/// reconnection), so such a request is refused before it is queued.
+/// `max_packet`. A packet that cannot be encoded would break the connection (and come back
+/// after every reconnection), so such a request is refused before it is queued.
 fn packet_fits(string_len: usize, body: usize, max_packet: usize) -> bool {
     let header = 1 + match body {
         0..=127 => 1,
@@ -164,83 +507,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn map_connection_error(e: &ConnectionError) -> MqttError {
-    match e {
-        ConnectionError::ConnectionRefused(code) => MqttError::Refused(*code as u8),
-        ConnectionError::Io(io) => MqttError::Io(io.kind()),
-        #[cfg(feature = "tls")]
-        ConnectionError::Tls(_) => MqttError::Tls,
-        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => MqttError::Timeout,
-        _ => MqttError::Protocol,
-    }
-}
-
-#[cfg(feature = "tls")]
-fn tls_transport(ca_pem: &[u8]) -> Result<Transport> {
-    use crate::tls::CaPemError as E;
-    let config = crate::tls::mqtt_config(ca_pem).map_err(|e| match e {
-        E::NoCertificate => Error::InvalidParam("pub_key holds no PEM certificate"),
-        E::Malformed => Error::InvalidParam("pub_key is not a PEM certificate"),
-        E::NotAnAnchor => Error::InvalidParam("pub_key certificate rejected"),
-        E::NoTls => Error::Mqtt(MqttError::Tls),
-    })?;
-    Ok(Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(config),
-    ))
-}
-
-#[cfg(not(feature = "tls"))]
-fn tls_transport(_ca_pem: &[u8]) -> Result<Transport> {
-    Err(Error::InvalidParam(
-        "MQTT over TLS needs the `tls` cargo feature",
-    ))
-}
-
 impl MqttClient {
     /// Connects to the broker; returns once the broker accepted the connection.
     pub fn connect(options: &MqttOptions) -> Result<MqttClient> {
         if options.host.is_empty() || options.port == 0 {
             return Err(Error::InvalidParam("host and port are required"));
         }
-        let mut mo = rumqttc::MqttOptions::new(&options.client_id, &options.host, options.port);
-        mo.set_keep_alive(options.keepalive.max(Duration::from_secs(5)));
-        mo.set_clean_session(options.clean_session);
-        mo.set_max_packet_size(options.max_packet_size, options.max_packet_size);
-        if let Some(user) = &options.username {
-            mo.set_credentials(user, options.password.as_deref().unwrap_or(""));
-        }
-        if let Some(ca) = &options.ca_pem {
-            mo.set_transport(tls_transport(ca)?);
-        }
-        let (client, mut connection) = Client::new(mo, 64);
-        let secs = options.request_timeout.as_secs().max(1);
-        let mut net = connection.eventloop.network_options();
-        net.set_connection_timeout(secs);
-        connection.eventloop.set_network_options(net);
-        // rumqttc drops a half-made connection when recv_timeout expires: allow it the whole
-        // connection timeout plus a margin for the CONNACK.
-        let connect_window = Duration::from_secs(secs + 2);
-        let deadline = Instant::now() + connect_window;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Mqtt(MqttError::Timeout));
-            }
-            match connection.recv_timeout(left) {
-                Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => break,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    let e = map_connection_error(&e);
-                    ota_log!(
-                        Level::Error,
-                        "MQTT connect to {}:{} failed: {e}",
-                        options.host,
-                        options.port
-                    );
-                    return Err(Error::Mqtt(e));
-                }
-                Err(_) => return Err(Error::Mqtt(MqttError::Timeout)),
-            }
+        let dialer = Dialer::new(options)?;
+        let mut link = Link {
+            stream: None,
+            state: MqttState::new(MAX_INFLIGHT, false),
+            rx: BytesMut::with_capacity(READ_CHUNK * 2),
+            tx: BytesMut::with_capacity(READ_CHUNK),
+            ping_at: Instant::now(),
+            keepalive: Duration::from_secs(dialer.connect.keep_alive.into()),
+            max_packet: options.max_packet_size,
+        };
+        if let Err(e) = dialer.dial(&mut link) {
+            link.close();
+            ota_log!(
+                Level::Error,
+                "MQTT connect to {}:{} failed: {e}",
+                options.host,
+                options.port
+            );
+            return Err(Error::Mqtt(e));
         }
         ota_log!(
             Level::Info,
@@ -249,18 +540,20 @@ impl MqttClient {
             options.port
         );
         Ok(MqttClient {
-            client,
-            connection: Mutex::new(connection),
+            dialer,
+            link: Mutex::new(link),
+            queue: Queue(Arc::new(Mutex::new(VecDeque::with_capacity(
+                QUEUE_CAPACITY,
+            )))),
             subscriptions: Mutex::new(Vec::new()),
             events: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(true)),
             retry_at: Mutex::new(None),
             backoff: Mutex::new(Backoff::new(RECONNECT_POLICY)),
             reconnect_hooks: Mutex::new(Vec::new()),
-            closing: Mutex::new(false),
+            closing: AtomicBool::new(false),
             break_yield: Arc::new(AtomicBool::new(false)),
             max_packet: options.max_packet_size,
-            connect_window,
         })
     }
 
@@ -295,9 +588,8 @@ impl MqttClient {
         if !packet_fits(filter.len(), 2 + 2 + filter.len() + 1, self.max_packet) {
             return Err(Error::Mqtt(MqttError::TooLarge));
         }
-        self.client
-            .try_subscribe(filter, qos)
-            .map_err(|_| Error::Mqtt(MqttError::QueueFull))?;
+        self.queue
+            .push(Request::Subscribe(Subscribe::new(filter, qos)))?;
         let mut subs = lock(&self.subscriptions);
         subs.retain(|s| s.filter != filter);
         subs.push(Subscription {
@@ -317,9 +609,8 @@ impl MqttClient {
             return Err(Error::InvalidParam("topic filter is not subscribed"));
         }
         drop(subs);
-        self.client
-            .try_unsubscribe(filter)
-            .map_err(|_| Error::Mqtt(MqttError::QueueFull))
+        self.queue
+            .push(Request::Unsubscribe(Unsubscribe::new(filter)))
     }
 
     /// Queues a publish; it goes out during the next [`yield_for`](Self::yield_for).
@@ -333,16 +624,17 @@ impl MqttClient {
         if !packet_fits(topic.len(), body, self.max_packet) {
             return Err(Error::Mqtt(MqttError::TooLarge));
         }
-        self.client
-            .try_publish(topic, qos, retain, payload)
-            .map_err(|_| Error::Mqtt(MqttError::QueueFull))
+        let mut p = rumqttc::Publish::new(topic, qos, payload);
+        p.retain = retain;
+        self.queue.push(Request::Publish(p))
     }
 
     /// A publishing handle for an [`crate::OtaSession`].
     pub fn uplink(&self) -> MqttUplink {
         MqttUplink {
-            client: self.client.clone(),
+            queue: self.queue.clone(),
             connected: self.connected.clone(),
+            max_packet: self.max_packet,
         }
     }
 
@@ -352,77 +644,217 @@ impl MqttClient {
     }
 
     /// Drives the connection for up to `timeout` (zero: one pass over what is ready), sending
-    /// queued publishes and dispatching what arrives. Reconnects after a drop, with backoff.
+    /// queued requests and dispatching what arrives. Reconnects after a drop, with backoff.
     /// Returns early after a message whose handler asked for it ([`YieldBreak`]).
     pub fn yield_for(&self, timeout: Duration) -> Result<()> {
-        let Ok(mut connection) = self.connection.try_lock() else {
+        let Ok(mut link) = self.link.try_lock() else {
             return Err(Error::InvalidState("yield called from inside a handler"));
         };
+        let link = &mut *link;
         let deadline = Instant::now() + timeout;
-        let mut passes = 0;
+        let mut handled = 0;
         loop {
-            // Copied out first: a guard in the `if let` scrutinee would live through the block.
-            let retry_at = *lock(&self.retry_at);
-            if let Some(at) = retry_at {
-                let now = Instant::now();
-                if now < at {
-                    std::thread::sleep(at.min(deadline).saturating_duration_since(now));
-                    if Instant::now() < at {
-                        return Ok(());
-                    }
-                }
-                *lock(&self.retry_at) = None;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event = if !self.connected.load(Ordering::SeqCst) {
-                // rumqttc drops a half-made connection when the wait ends early, so a
-                // reconnection attempt gets the whole connect window, whatever the caller's
-                // timeout (this only happens after a drop, once per backoff period).
-                match connection.recv_timeout(left.max(self.connect_window)) {
-                    Ok(r) => r,
-                    Err(_) => return Ok(()),
-                }
-            } else if left.is_zero() {
-                // One pass: take what is ready (bounded, so a flood cannot hold the caller).
-                passes += 1;
-                if passes > MAX_READY_EVENTS {
+            if !self.connected.load(Ordering::SeqCst) {
+                if self.closing.load(Ordering::SeqCst) {
                     return Ok(());
                 }
-                match connection.try_recv() {
-                    Ok(r) => r,
-                    Err(_) => return Ok(()),
-                }
-            } else {
-                match connection.recv_timeout(left) {
-                    Ok(r) => r,
-                    Err(_) => return Ok(()),
-                }
-            };
-            match event {
-                Ok(event) => {
-                    self.dispatch(event);
-                    if self.break_yield.swap(false, Ordering::SeqCst) {
-                        return Ok(());
+                // Copied out first: a guard in the `if let` scrutinee would live through it.
+                let retry_at = *lock(&self.retry_at);
+                if let Some(at) = retry_at {
+                    let now = Instant::now();
+                    if now < at {
+                        std::thread::sleep(at.min(deadline).saturating_duration_since(now));
+                        if Instant::now() < at {
+                            return Ok(());
+                        }
                     }
+                    *lock(&self.retry_at) = None;
                 }
-                Err(_) if *lock(&self.closing) => return Ok(()),
-                Err(e) => {
-                    let err = map_connection_error(&e);
-                    let was = self.connected.swap(false, Ordering::SeqCst);
-                    let delay = lock(&self.backoff)
-                        .next_delay()
-                        .unwrap_or(RECONNECT_POLICY.max_delay);
-                    *lock(&self.retry_at) = Some(Instant::now() + delay);
-                    if was {
-                        ota_log!(Level::Warning, "MQTT connection lost: {err} ({e})");
-                        self.emit(MqttEvent::Disconnected);
-                    }
-                    if Instant::now() >= deadline {
-                        return Ok(());
+                // A reconnection attempt gets the whole connect window, whatever the caller's
+                // timeout (this only happens after a drop, once per backoff period).
+                match self.dialer.dial(link) {
+                    Ok(()) => self.reconnected(),
+                    Err(e) => {
+                        link.close();
+                        self.schedule_retry();
+                        ota_log!(Level::Debug, "MQTT reconnection failed: {e}");
+                        if Instant::now() >= deadline {
+                            return Ok(());
+                        }
+                        continue;
                     }
                 }
             }
+            if let Err(e) = self.send_queued(link) {
+                self.lost(link, e);
+                continue;
+            }
+            if link.stream.is_none() {
+                // DISCONNECT went out.
+                return Ok(());
+            }
+            match link.next_packet() {
+                Ok(Some(packet)) => {
+                    handled += 1;
+                    if let Err(e) = self.incoming(link, packet) {
+                        self.lost(link, e);
+                        continue;
+                    }
+                    if self.break_yield.swap(false, Ordering::SeqCst) {
+                        // Acknowledgements and what the handler queued go out first.
+                        if let Err(e) = self.send_queued(link) {
+                            self.lost(link, e);
+                        }
+                        return Ok(());
+                    }
+                    if timeout.is_zero() && handled >= MAX_READY_EVENTS {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.lost(link, e);
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            let filled = if now >= link.ping_at {
+                // What already arrived first: the answer to the last PINGREQ may be in it.
+                match link.fill(None) {
+                    Ok(Fill::Idle) => match self.ping(link) {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    },
+                    r => r,
+                }
+            } else if now >= deadline {
+                if !timeout.is_zero() {
+                    return Ok(());
+                }
+                match link.fill(None) {
+                    Ok(Fill::Idle) => return Ok(()),
+                    r => r,
+                }
+            } else {
+                link.fill(Some(deadline.min(link.ping_at) - now))
+            };
+            match filled {
+                Ok(_) => {}
+                Err(e) => self.lost(link, e),
+            }
         }
+    }
+
+    /// Sends a PINGREQ; the last one unanswered means the broker is gone.
+    fn ping(&self, link: &mut Link) -> std::result::Result<(), MqttError> {
+        link.ping_at = Instant::now() + link.keepalive;
+        match link.state.handle_outgoing_packet(Request::PingReq(PingReq)) {
+            Ok(Some(p)) => {
+                link.state.events.clear();
+                link.encode(&p)?;
+                link.flush()
+            }
+            Ok(None) => Ok(()),
+            Err(_) => Err(MqttError::Timeout),
+        }
+    }
+
+    /// Moves queued requests through the protocol state onto the socket, as far as the
+    /// in-flight window allows.
+    fn send_queued(&self, link: &mut Link) -> std::result::Result<(), MqttError> {
+        loop {
+            if link.state.inflight() >= MAX_INFLIGHT || link.state.collision.is_some() {
+                break;
+            }
+            let Some(request) = lock(&self.queue.0).pop_front() else {
+                break;
+            };
+            let disconnect = matches!(request, Request::Disconnect(_));
+            let packet = link.state.handle_outgoing_packet(request);
+            link.state.events.clear();
+            match packet {
+                Ok(Some(p)) => link.encode(&p)?,
+                Ok(None) => {}
+                Err(_) => return Err(MqttError::Protocol),
+            }
+            if disconnect {
+                let r = link.flush();
+                link.close();
+                self.connected.store(false, Ordering::SeqCst);
+                return r;
+            }
+        }
+        link.flush()
+    }
+
+    /// Runs an arrived packet through the protocol state (which may answer it) and delivers it.
+    fn incoming(&self, link: &mut Link, packet: Packet) -> std::result::Result<(), MqttError> {
+        let reply = link
+            .state
+            .handle_incoming_packet(packet)
+            .map_err(|_| MqttError::Protocol)?;
+        if let Some(p) = reply {
+            link.encode(&p)?;
+        }
+        while let Some(event) = link.state.events.pop_front() {
+            if let Event::Incoming(packet) = event {
+                self.dispatch(packet);
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: keeps what must be resent, plans the reconnection, tells the
+    /// event handler (unless the end was asked for).
+    fn lost(&self, link: &mut Link, err: MqttError) {
+        link.close();
+        let mut resend = link.state.clean();
+        resend.extend(link.state.collision.take().map(Request::Publish));
+        link.state.events.clear();
+        {
+            let mut q = lock(&self.queue.0);
+            for r in resend.into_iter().rev() {
+                q.push_front(r);
+            }
+        }
+        let was = self.connected.swap(false, Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        self.schedule_retry();
+        if was {
+            ota_log!(Level::Warning, "MQTT connection lost: {err}");
+            self.emit(MqttEvent::Disconnected);
+        }
+    }
+
+    fn schedule_retry(&self) {
+        let delay = lock(&self.backoff)
+            .next_delay()
+            .unwrap_or(RECONNECT_POLICY.max_delay);
+        *lock(&self.retry_at) = Some(Instant::now() + delay);
+    }
+
+    /// Renews the subscriptions, tells the event handler and runs the reconnection hooks.
+    fn reconnected(&self) {
+        self.connected.store(true, Ordering::SeqCst);
+        lock(&self.backoff).progressed();
+        ota_log!(Level::Info, "MQTT reconnected");
+        {
+            let subs = lock(&self.subscriptions);
+            let mut q = lock(&self.queue.0);
+            for s in subs.iter() {
+                q.push_back(Request::Subscribe(Subscribe::new(s.filter.as_str(), s.qos)));
+            }
+        }
+        self.emit(MqttEvent::Reconnected);
+        let mut hooks = std::mem::take(&mut *lock(&self.reconnect_hooks));
+        hooks.retain_mut(|hook| hook());
+        // Hooks added while these ran go after them.
+        let mut table = lock(&self.reconnect_hooks);
+        hooks.append(&mut table);
+        *table = hooks;
     }
 
     fn emit(&self, event: MqttEvent) {
@@ -431,26 +863,9 @@ impl MqttClient {
         }
     }
 
-    fn dispatch(&self, event: Event) {
-        match event {
-            Event::Incoming(Incoming::ConnAck(_)) => {
-                let was = self.connected.swap(true, Ordering::SeqCst);
-                lock(&self.backoff).progressed();
-                if !was {
-                    ota_log!(Level::Info, "MQTT reconnected");
-                    for s in lock(&self.subscriptions).iter() {
-                        let _ = self.client.try_subscribe(s.filter.as_str(), s.qos);
-                    }
-                    self.emit(MqttEvent::Reconnected);
-                    let mut hooks = std::mem::take(&mut *lock(&self.reconnect_hooks));
-                    hooks.retain_mut(|hook| hook());
-                    // Hooks added while these ran go after them.
-                    let mut table = lock(&self.reconnect_hooks);
-                    hooks.append(&mut table);
-                    *table = hooks;
-                }
-            }
-            Event::Incoming(Incoming::Publish(p)) => {
+    fn dispatch(&self, packet: Incoming) {
+        match packet {
+            Incoming::Publish(p) => {
                 let msg = Message {
                     topic: &p.topic,
                     payload: &p.payload,
@@ -461,11 +876,11 @@ impl MqttClient {
                 };
                 self.deliver(&msg);
             }
-            Event::Incoming(Incoming::SubAck(ack)) => {
+            Incoming::SubAck(ack) => {
                 let failed = ack
                     .return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure));
                 self.emit(if failed {
                     MqttEvent::SubscribeNack {
                         packet_id: ack.pkid,
@@ -476,13 +891,13 @@ impl MqttClient {
                     }
                 });
             }
-            Event::Incoming(Incoming::UnsubAck(ack)) => self.emit(MqttEvent::UnsubscribeAck {
+            Incoming::UnsubAck(ack) => self.emit(MqttEvent::UnsubscribeAck {
                 packet_id: ack.pkid,
             }),
-            Event::Incoming(Incoming::PubAck(ack)) => self.emit(MqttEvent::PublishAck {
+            Incoming::PubAck(ack) => self.emit(MqttEvent::PublishAck {
                 packet_id: ack.pkid,
             }),
-            Event::Outgoing(Outgoing::Publish(_)) | Event::Outgoing(_) | Event::Incoming(_) => {}
+            _ => {}
         }
     }
 
@@ -514,12 +929,15 @@ impl MqttClient {
         }
     }
 
-    /// Sends DISCONNECT and flushes it (best effort, bounded by `timeout`).
+    /// Sends DISCONNECT after what is queued and closes the connection (best effort, bounded
+    /// by `timeout`).
     pub fn disconnect(&self, timeout: Duration) {
-        *lock(&self.closing) = true;
-        if self.client.try_disconnect().is_ok() {
-            let _ = self.yield_for(timeout);
+        self.closing.store(true, Ordering::SeqCst);
+        if !self.is_connected() {
+            return;
         }
+        lock(&self.queue.0).push_back(Request::Disconnect(rumqttc::Disconnect));
+        let _ = self.yield_for(timeout);
     }
 }
 
@@ -553,8 +971,9 @@ fn valid_filter(filter: &str) -> bool {
 /// Publishes an OTA session's messages (QoS 1) through an [`MqttClient`].
 #[derive(Clone)]
 pub struct MqttUplink {
-    client: Client,
+    queue: Queue,
     connected: Arc<AtomicBool>,
+    max_packet: usize,
 }
 
 impl Uplink for MqttUplink {
@@ -563,9 +982,15 @@ impl Uplink for MqttUplink {
             // The session keeps the message and sends it after the reconnection.
             return Err(Error::Mqtt(MqttError::NotConnected));
         }
-        self.client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload)
-            .map_err(|_| Error::Mqtt(MqttError::QueueFull))
+        let body = (2 + topic.len() + 2).saturating_add(payload.len());
+        if !packet_fits(topic.len(), body, self.max_packet) {
+            return Err(Error::Mqtt(MqttError::TooLarge));
+        }
+        self.queue.push(Request::Publish(rumqttc::Publish::new(
+            topic,
+            QoS::AtLeastOnce,
+            payload,
+        )))
     }
 }
 

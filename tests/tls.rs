@@ -302,6 +302,26 @@ fn mosquitto_or_skip() -> Option<PathBuf> {
 /// The broker's certificate is checked like an HTTPS server's: a certificate for another host
 /// name, or an expired one, is refused even when it chains to the trusted CA.
 #[test]
+fn mqtt_over_tls_times_out_on_a_broker_that_never_answers_the_handshake() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // Reads the ClientHello and answers nothing until the client gives up.
+        let mut buf = [0u8; 4096];
+        while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+    });
+    let mut o = tls_options(port, "tls-stall", &pki().ca_pem);
+    o.request_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let err = MqttClient::connect(&o).err().expect("no connection");
+    assert_eq!(err, Error::Mqtt(MqttError::Timeout));
+    // The 1 s request timeout plus the 2 s CONNACK margin, with slack for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    peer.join().unwrap();
+}
+
+#[test]
 fn mqtt_over_tls_refuses_a_wrong_host_name_and_an_expired_certificate() {
     let Some(binary) = mosquitto_or_skip() else {
         return;
