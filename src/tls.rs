@@ -30,9 +30,13 @@ pub(crate) use imp::*;
 mod imp {
     use std::sync::Arc;
 
-    use rustls::crypto::{CryptoProvider, KeyProvider};
+    use rustls::crypto::{
+        CryptoProvider, GetRandomFailed, KeyProvider, SecureRandom, WebPkiSupportedAlgorithms,
+    };
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     use rustls::sign::SigningKey;
+    use rustls::{SignatureScheme, SupportedCipherSuite};
+    use webpki::ring as alg;
 
     use super::CaPemError;
 
@@ -70,13 +74,112 @@ mod imp {
         }
     }
 
-    /// ring's cipher suites, key exchanges and signature checks. Given explicitly: rustls
-    /// panics when it has to pick a provider itself and finds two in the build.
+    /// The operating system's random numbers, through ring.
+    #[derive(Debug)]
+    struct SystemRandom;
+
+    impl SecureRandom for SystemRandom {
+        fn fill(&self, buf: &mut [u8]) -> Result<(), GetRandomFailed> {
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), buf)
+                .map_err(|_| GetRandomFailed)
+        }
+    }
+
+    /// The cipher suites offered: AES-GCM, which every TLS 1.3 server must accept and every
+    /// TLS 1.2 server of the four platforms does; ChaCha20-Poly1305 too with the
+    /// `tls-chacha20` feature (for CPUs without AES instructions; about 50 KB of code).
+    fn cipher_suites() -> Vec<SupportedCipherSuite> {
+        use rustls::crypto::ring::cipher_suite as cs;
+        let mut suites = vec![
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ];
+        if cfg!(feature = "tls-chacha20") {
+            suites.extend([
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ]);
+        }
+        suites
+    }
+
+    /// The server signatures accepted, the same as rustls' ring provider's: ECDSA on P-256
+    /// and P-384, Ed25519, RSA PSS and PKCS#1 with 2048- to 8192-bit keys. Written out here
+    /// because taking them from `rustls::crypto::ring::default_provider()` links that
+    /// provider's private-key loaders (RSA, ECDSA and Ed25519 signing) as well.
+    static SIGNATURE_ALGORITHMS: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
+        all: &[
+            alg::ECDSA_P256_SHA256,
+            alg::ECDSA_P256_SHA384,
+            alg::ECDSA_P384_SHA256,
+            alg::ECDSA_P384_SHA384,
+            alg::ED25519,
+            alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            alg::RSA_PKCS1_2048_8192_SHA256,
+            alg::RSA_PKCS1_2048_8192_SHA384,
+            alg::RSA_PKCS1_2048_8192_SHA512,
+            alg::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+        ],
+        mapping: &[
+            // In TLS 1.2 the scheme does not fix the curve; in TLS 1.3 it does.
+            (
+                SignatureScheme::ECDSA_NISTP384_SHA384,
+                &[alg::ECDSA_P384_SHA384, alg::ECDSA_P256_SHA384],
+            ),
+            (
+                SignatureScheme::ECDSA_NISTP256_SHA256,
+                &[alg::ECDSA_P256_SHA256, alg::ECDSA_P384_SHA256],
+            ),
+            (SignatureScheme::ED25519, &[alg::ED25519]),
+            (
+                SignatureScheme::RSA_PSS_SHA512,
+                &[alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY],
+            ),
+            (
+                SignatureScheme::RSA_PSS_SHA384,
+                &[alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY],
+            ),
+            (
+                SignatureScheme::RSA_PSS_SHA256,
+                &[alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
+            ),
+            (
+                SignatureScheme::RSA_PKCS1_SHA512,
+                &[alg::RSA_PKCS1_2048_8192_SHA512],
+            ),
+            (
+                SignatureScheme::RSA_PKCS1_SHA384,
+                &[alg::RSA_PKCS1_2048_8192_SHA384],
+            ),
+            (
+                SignatureScheme::RSA_PKCS1_SHA256,
+                &[alg::RSA_PKCS1_2048_8192_SHA256],
+            ),
+        ],
+    };
+
+    /// ring's AES-GCM suites, X25519/P-256/P-384 key exchange and the signature checks above.
+    /// Given explicitly: rustls panics when it has to pick a provider itself and finds two in
+    /// the build.
     pub fn provider() -> Arc<CryptoProvider> {
+        use rustls::crypto::ring::kx_group;
         static NO_KEYS: NoClientKeys = NoClientKeys;
+        static RANDOM: SystemRandom = SystemRandom;
         Arc::new(CryptoProvider {
+            cipher_suites: cipher_suites(),
+            kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+            signature_verification_algorithms: SIGNATURE_ALGORITHMS,
+            secure_random: &RANDOM,
             key_provider: &NO_KEYS,
-            ..rustls::crypto::ring::default_provider()
         })
     }
 
@@ -152,5 +255,40 @@ mod tests {
         assert_eq!(check_ca_pem(not_der), Err(CaPemError::NotAnAnchor));
         let not_base64 = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
         assert_eq!(check_ca_pem(not_base64), Err(CaPemError::Malformed));
+    }
+
+    #[test]
+    fn the_provider_checks_signatures_like_rustls_ring_and_offers_aes_gcm() {
+        let ours = provider();
+        let ring = rustls::crypto::ring::default_provider();
+        let (a, b) = (
+            &ours.signature_verification_algorithms,
+            &ring.signature_verification_algorithms,
+        );
+        assert_eq!(format!("{:?}", a.all), format!("{:?}", b.all));
+        assert_eq!(format!("{:?}", a.mapping), format!("{:?}", b.mapping));
+        assert_eq!(a.all.len(), 14);
+        assert_eq!(
+            format!("{:?}", ours.kx_groups),
+            format!("{:?}", ring.kx_groups)
+        );
+        let names: Vec<String> = ours
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert!(names.iter().any(|n| n == "TLS13_AES_128_GCM_SHA256"));
+        assert!(names
+            .iter()
+            .any(|n| n == "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"));
+        let chacha = names.iter().filter(|n| n.contains("CHACHA20")).count();
+        assert_eq!(chacha, if cfg!(feature = "tls-chacha20") { 3 } else { 0 });
+        assert_eq!(ours.cipher_suites.len(), 6 + chacha);
+        let mut random = [0u8; 32];
+        ours.secure_random.fill(&mut random).unwrap();
+        assert_ne!(random, [0u8; 32]);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        assert!(ours.key_provider.load_private_key(der).is_err());
     }
 }

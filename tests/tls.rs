@@ -127,6 +127,25 @@ fn https_download_with_the_right_ca() {
 
 /// The download fails on TLS, the session ends in Fetched and unverified, and the platform was
 /// told with a step -2 progress report.
+#[test]
+fn https_download_from_a_tls_1_2_only_server() {
+    // The client offers AES-GCM only (no ChaCha20 without `tls-chacha20`): the ECDHE suites
+    // of TLS 1.2 must still meet a server that never learnt TLS 1.3.
+    let pki = pki();
+    let image: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let server = FirmwareServer::start_tls_versions(
+        image.clone(),
+        Faults::default(),
+        pki.server.cert_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+        &[&rustls::version::TLS12],
+    )
+    .expect("HTTPS server");
+    let (session, _sent) = session_for(&server, Some(&pki.ca_pem));
+    assert_eq!(download(&session).unwrap(), image);
+    assert!(session.check_firmware().unwrap());
+}
+
 fn assert_tls_rejected(leaf: &Leaf, ca_pem: Option<&str>) {
     let image = ota_cloud::generate_firmware(10_000);
     let server = tls_server(leaf, image);

@@ -321,7 +321,20 @@ impl FirmwareServer {
         cert_chain_pem: &[u8],
         key_pem: &[u8],
     ) -> io::Result<FirmwareServer> {
-        let config = server_tls_config(cert_chain_pem, key_pem)?;
+        let config = server_tls_config(cert_chain_pem, key_pem, rustls::DEFAULT_VERSIONS)?;
+        Self::spawn(image.into(), faults, Some(Arc::new(config)))
+    }
+
+    /// [`start_tls`](Self::start_tls) speaking only the TLS `versions` given, e.g.
+    /// `&[&rustls::version::TLS12]` for a server that never learnt TLS 1.3.
+    pub fn start_tls_versions(
+        image: impl Into<Arc<[u8]>>,
+        faults: Faults,
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> io::Result<FirmwareServer> {
+        let config = server_tls_config(cert_chain_pem, key_pem, versions)?;
         Self::spawn(image.into(), faults, Some(Arc::new(config)))
     }
 
@@ -593,7 +606,11 @@ impl Drop for FirmwareServer {
     }
 }
 
-fn server_tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> io::Result<rustls::ServerConfig> {
+fn server_tls_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> io::Result<rustls::ServerConfig> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
     let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
@@ -607,7 +624,7 @@ fn server_tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> io::Result<rustls
     // An explicit provider: rustls panics when it has to pick one and finds two.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| invalid(format!("TLS versions: {e}")))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
