@@ -54,6 +54,9 @@ const MAX_INFLIGHT: u16 = 100;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
 
+/// How long a zero-timeout yield that found the socket quiet skips looking again.
+const QUIET_POLL: Duration = Duration::from_millis(1);
+
 /// How to reach the broker.
 #[derive(Debug, Clone)]
 pub struct MqttOptions {
@@ -165,6 +168,35 @@ impl Stream {
             Stream::Tls(s) => &s.sock,
         }
     }
+
+    /// Whether a read would return at once: bytes (or the end) on the socket, or, with TLS,
+    /// records already decrypted.
+    fn ready(&mut self) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            if s.conn
+                .process_new_packets()
+                .map_err(io::Error::other)?
+                .plaintext_bytes_to_read()
+                > 0
+            {
+                return Ok(true);
+            }
+        }
+        let mut fd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(self.tcp()),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd, no wait.
+            match unsafe { libc::poll(&mut fd, 1, 0) } {
+                -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                -1 => return Err(io::Error::last_os_error()),
+                n => return Ok(n > 0),
+            }
+        }
+    }
 }
 
 impl Read for Stream {
@@ -220,6 +252,8 @@ struct Link {
     tx: BytesMut,
     /// When the next PINGREQ is due.
     ping_at: Instant,
+    /// Until when a zero-wait read takes the socket's last answer (nothing) as still true.
+    quiet_until: Instant,
     keepalive: Duration,
     max_packet: usize,
 }
@@ -262,20 +296,34 @@ impl Link {
 
     /// Reads what the socket has: waiting up to `wait`, or not at all for `None`.
     fn fill(&mut self, wait: Option<Duration>) -> std::result::Result<Fill, MqttError> {
+        let stream = self.stream.as_mut().ok_or(MqttError::NotConnected)?;
+        if wait.is_none() {
+            // The common case is `IOT_MQTT_Yield(pclient, 0)` after every FetchYield of the
+            // iotkit sample: tens of thousands of calls a second with nothing to read. The
+            // socket is looked at (one poll(2)) at most once a millisecond while it is quiet.
+            let now = Instant::now();
+            if now < self.quiet_until {
+                return Ok(Fill::Idle);
+            }
+            if !stream.ready().map_err(|e| io_error(&e))? {
+                self.quiet_until = now + QUIET_POLL;
+                return Ok(Fill::Idle);
+            }
+        }
         let at = self.rx.len();
         self.rx.resize(at + READ_CHUNK, 0);
-        let stream = self.stream.as_mut().ok_or(MqttError::NotConnected)?;
         let tcp = stream.tcp();
-        let set = match wait {
-            None => tcp.set_nonblocking(true),
+        let r = match wait {
+            // Something is there, but a TLS record may be incomplete: don't wait for the rest.
+            None => tcp.set_nonblocking(true).and_then(|()| {
+                let r = stream.read(&mut self.rx[at..]);
+                let _ = stream.tcp().set_nonblocking(false);
+                r
+            }),
             Some(w) => tcp
-                .set_nonblocking(false)
-                .and_then(|()| tcp.set_read_timeout(Some(w.max(Duration::from_millis(1))))),
+                .set_read_timeout(Some(w.max(Duration::from_millis(1))))
+                .and_then(|()| stream.read(&mut self.rx[at..])),
         };
-        let r = set.and_then(|()| stream.read(&mut self.rx[at..]));
-        if wait.is_none() {
-            let _ = stream.tcp().set_nonblocking(false);
-        }
         match r {
             Ok(0) => {
                 self.rx.truncate(at);
@@ -520,6 +568,7 @@ impl MqttClient {
             rx: BytesMut::with_capacity(READ_CHUNK * 2),
             tx: BytesMut::with_capacity(READ_CHUNK),
             ping_at: Instant::now(),
+            quiet_until: Instant::now(),
             keepalive: Duration::from_secs(dialer.connect.keep_alive.into()),
             max_packet: options.max_packet_size,
         };
