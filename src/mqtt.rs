@@ -769,7 +769,9 @@ impl MqttClient {
             }
             let now = Instant::now();
             let filled = if now >= link.ping_at {
-                // What already arrived first: the answer to the last PINGREQ may be in it.
+                // What already arrived first (looking at the socket even if it was quiet a
+                // moment ago): the answer to the last PINGREQ may be in it.
+                link.quiet_until = now;
                 match link.fill(None) {
                     Ok(Fill::Idle) => match self.ping(link) {
                         Ok(()) => continue,
