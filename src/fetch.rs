@@ -525,6 +525,11 @@ impl Worker {
             // Redirects are followed here, where their scheme and number are checked.
             .max_redirects(0)
             .max_response_header_size(config.max_header_bytes)
+            // ureq's 128 KiB defaults are sized for servers; a response head (at most
+            // `max_header_bytes`) and the body's reads fit in 32 KiB, a request head (the URL
+            // and a few headers) in the URL limit plus 4 KiB.
+            .input_buffer_size((config.max_header_bytes + 16 * 1024).max(32 * 1024))
+            .output_buffer_size(config.max_url + 4096)
             .timeout_connect(Some(config.connect_timeout))
             .timeout_recv_response(Some(config.response_timeout))
             .timeout_recv_body(Some(config.body_timeout))

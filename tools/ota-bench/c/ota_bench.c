@@ -11,15 +11,21 @@
  * IOT_MQTT_Yield(pclient, 0); the bytes are discarded instead of written to a file) and
  * IOT_OTAG_CHECK_FIRMWARE, then prints one line:
  *   RESULT bytes=N loop_ns=T check_ns=T first_byte_mono_ns=T valid=0|1 hwm_kib=K
+ *          heap_init=B heap_download=B
  * first_byte_mono_ns is CLOCK_MONOTONIC when the first FetchYield returned data (the bench
  * compares it with its own CLOCK_MONOTONIC at publish time); hwm_kib is VmHWM from
  * /proc/self/status after the download: the peak RSS of this program since its exec.
+ * heap_init is the malloc heap in use (glibc mallinfo2: arena + mmapped chunks) after
+ * IOT_SetupConnInfo + IOT_MQTT_Construct + IOT_OTA_Init, minus before them; heap_download the
+ * same at the end of the FetchYield loop (so it includes the download's HTTP connection).
+ * Thread stacks are not malloc'd: they show in hwm_kib only.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <malloc.h>
 
 #include "iot_import.h"
 #include "iot_export.h"
@@ -58,6 +64,17 @@ static long vm_hwm_kib(void)
     return kib;
 }
 
+/* Bytes of malloc heap in use; -1 without glibc. */
+static long long heap_in_use(void)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    struct mallinfo2 mi = mallinfo2();
+    return (long long)(mi.uordblks + mi.hblkhd);
+#else
+    return -1;
+#endif
+}
+
 static void event_handle(void *pcontext, void *pclient, iotx_mqtt_event_msg_pt msg)
 {
     (void)pcontext;
@@ -78,6 +95,7 @@ int main(int argc, char **argv)
     uint64_t deadline, t0, t1, t2, first = 0, total = 0;
     uint32_t valid = 0, fetched = 0, size = 0;
     int last_percent = 0, len;
+    long long heap0, heap_init, heap_download;
 
     if (buf_len <= 0 || buf_len > 65536) {
         fprintf(stderr, "bad buffer length\n");
@@ -91,6 +109,7 @@ int main(int argc, char **argv)
     }
     IOT_OpenLog("bench");
     IOT_SetLogLevel(IOT_LOG_ERROR);
+    heap0 = heap_in_use();
     if (IOT_SetupConnInfo(PK, DN, DS, (void **)&ci) != 0) {
         fprintf(stderr, "IOT_SetupConnInfo failed\n");
         return 1;
@@ -118,6 +137,7 @@ int main(int argc, char **argv)
     h_ota = protocol == IOT_OTA_PROTOCOL_ALIYUN
                 ? IOT_OTA_Init(PK, DN, pclient)
                 : IOT_OTA_InitWithProtocol(PK, DN, pclient, (IOT_OTA_Protocol_t)protocol);
+    heap_init = heap_in_use() - heap0;
     if (!h_ota || IOT_OTA_ReportVersion(h_ota, "1.0.0") != 0) {
         fprintf(stderr, "IOT_OTA_Init / ReportVersion failed\n");
         return 1;
@@ -169,13 +189,15 @@ int main(int argc, char **argv)
         IOT_MQTT_Yield(pclient, 0);
     } while (!IOT_OTA_IsFetchFinish(h_ota));
     t1 = mono_ns();
+    heap_download = heap_in_use() - heap0;
     if (IOT_OTA_Ioctl(h_ota, IOT_OTAG_CHECK_FIRMWARE, &valid, 4) != 0) {
         valid = 0;
     }
     t2 = mono_ns();
-    printf("RESULT bytes=%llu loop_ns=%llu check_ns=%llu first_byte_mono_ns=%llu valid=%u hwm_kib=%ld\n",
+    printf("RESULT bytes=%llu loop_ns=%llu check_ns=%llu first_byte_mono_ns=%llu valid=%u hwm_kib=%ld"
+           " heap_init=%lld heap_download=%lld\n",
            (unsigned long long)total, (unsigned long long)(t1 - t0), (unsigned long long)(t2 - t1),
-           (unsigned long long)first, (unsigned)valid, vm_hwm_kib());
+           (unsigned long long)first, (unsigned)valid, vm_hwm_kib(), heap_init, heap_download);
     fflush(stdout);
     IOT_OTA_Deinit(h_ota);
     IOT_MQTT_Destroy(&pclient);

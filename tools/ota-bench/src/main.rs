@@ -276,6 +276,9 @@ struct CRun {
     latency_ns: u64,
     maxrss_kib: i64,
     hwm_kib: i64,
+    /// malloc heap in use after init / at the end of the download, minus before init (bytes).
+    heap_init: i64,
+    heap_download: i64,
 }
 
 fn read_until(lines: &mut BufReader<ChildStdout>, prefix: &str) -> Res<String> {
@@ -376,6 +379,12 @@ fn run_c_with(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
+    let signed = |k: &str| -> i64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
     if code != 0 || field("valid") != 1 {
         return Err(format!("C bench failed (exit {code}): {line}\n{errors}").into());
     }
@@ -385,11 +394,9 @@ fn run_c_with(
         check_ns: field("check_ns"),
         latency_ns: field("first_byte_mono_ns").saturating_sub(published),
         maxrss_kib: maxrss,
-        hwm_kib: line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("hwm_kib="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1),
+        hwm_kib: signed("hwm_kib"),
+        heap_init: signed("heap_init"),
+        heap_download: signed("heap_download"),
     })
 }
 
@@ -440,6 +447,22 @@ fn rust_download(
 }
 
 /// Allocations after init over a full upgrade on in-memory transports (as tests/alloc.rs).
+/// What creating a session with the real HTTP transport allocates: (allocations, bytes).
+fn allocs_init() -> Res<(usize, usize)> {
+    let create = || -> Res<OtaSession> {
+        let config = OtaConfig::for_protocol(Protocol::Aliyun);
+        let source = HttpSource::new(config.http.clone())?;
+        let uplink = Box::new(NullUplink(Arc::new(AtomicUsize::new(0))));
+        Ok(OtaSession::new(PK, DN, config, uplink, Box::new(source))?)
+    };
+    let before = (allocs(), allocated_bytes());
+    set_counting(true);
+    let session = create();
+    set_counting(false);
+    drop(session?);
+    Ok((allocs() - before.0, allocated_bytes() - before.1))
+}
+
 fn allocs_in_memory() -> Res<(usize, usize, usize)> {
     let image: &'static [u8] = Box::leak(ota_cloud::generate_firmware(MIB).into_boxed_slice());
     let fw = firmware("http://127.0.0.1/fw.bin", image, false);
@@ -580,6 +603,7 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
 
     // 2. Allocations (first: nothing else runs in the process yet).
     eprintln!("ota-bench: allocations");
+    let init_allocs = allocs_init()?;
     let (mem_allocs, mem_bytes, mem_calls) = allocs_in_memory()?;
     let (http_allocs, http_calls, http_size) = allocs_http(s.alloc_http_size)?;
 
@@ -758,7 +782,14 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         let server = FirmwareServer::start(img.to_vec())?;
         let msg = ota_cloud::aliyun::upgrade_message(&firmware(&server.url(), img, false), 1);
         let r = run_c(&bench_bin, &work, &broker, 5000, &msg, Duration::ZERO)?;
-        rss.push((size, r.hwm_kib, r.maxrss_kib, c_speed(&r)));
+        rss.push((
+            size,
+            r.hwm_kib,
+            r.maxrss_kib,
+            c_speed(&r),
+            r.heap_init,
+            r.heap_download,
+        ));
     }
     out.push(String::new());
     out.push("3. Memory: peak RSS of the C bench program, buffer 5000".into());
@@ -766,7 +797,7 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     out.push(
         "   wait4 ru_maxrss also counts the bench process's pages before exec (vfork), so not the program's own".into(),
     );
-    for (size, kib, maxrss, speed) in &rss {
+    for (size, kib, maxrss, speed, _, _) in &rss {
         out.push(format!(
             "   {:>5} MiB image: VmHWM {kib} KiB   (wait4 ru_maxrss {maxrss} KiB; {speed:.1} MB/s)",
             size / MIB
@@ -777,6 +808,20 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         rss[1].0 / MIB,
         rss[0].0 / MIB,
         rss[1].1 as f64 / rss[0].1.max(1) as f64
+    ));
+    out.push(
+        "   heap at init (C, glibc mallinfo2 in use: IOT_SetupConnInfo + IOT_MQTT_Construct + IOT_OTA_Init):"
+            .into(),
+    );
+    for (size, _, _, _, init, download) in &rss {
+        out.push(format!(
+            "   {:>5} MiB image: {init} bytes after init, {download} bytes at the end of the download",
+            size / MIB
+        ));
+    }
+    out.push(format!(
+        "   Rust OtaSession::new with HttpSource (counting allocator): {} allocations, {} bytes",
+        init_allocs.0, init_allocs.1
     ));
     drop(image);
 
