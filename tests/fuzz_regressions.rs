@@ -93,3 +93,8 @@ fn breakpoint() {
 fn c_api() {
     replay("c_api");
 }
+
+#[test]
+fn mqtt_client() {
+    replay("mqtt_client");
+}

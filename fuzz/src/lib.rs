@@ -10,13 +10,14 @@ pub mod c_api;
 pub mod decode;
 pub mod input;
 pub mod json;
+pub mod mqtt;
 
 /// What a target runs on one input; it panics when a check fails.
 pub type Check = fn(&[u8]);
 
 /// The fuzz targets, by name (the directories under `corpus/` and `regressions/`), with the
 /// function each runs on an input.
-pub const TARGETS: [(&str, Check); 7] = [
+pub const TARGETS: [(&str, Check); 8] = [
     ("decode_aliyun", decode::aliyun),
     ("decode_tencent", decode::tencent),
     ("decode_ucloud", decode::ucloud),
@@ -24,4 +25,5 @@ pub const TARGETS: [(&str, Check); 7] = [
     ("json", json::run),
     ("breakpoint", breakpoint::run),
     ("c_api", c_api::run),
+    ("mqtt_client", mqtt::run),
 ];
