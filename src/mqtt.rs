@@ -139,17 +139,34 @@ struct Subscription {
 
 /// Requests waiting for the next yield; shared with the [`MqttUplink`]s.
 #[derive(Clone)]
-struct Queue(Arc<Mutex<VecDeque<Request>>>);
+struct Queue {
+    requests: Arc<Mutex<VecDeque<Request>>>,
+    /// Largest packet sent or received ([`MqttOptions::max_packet_size`]).
+    max_packet: usize,
+}
 
 impl Queue {
     /// Queues `request` unless [`QUEUE_CAPACITY`] requests are already waiting.
     fn push(&self, request: Request) -> Result<()> {
-        let mut q = lock(&self.0);
+        let mut q = lock(&self.requests);
         if q.len() >= QUEUE_CAPACITY {
             return Err(Error::Mqtt(MqttError::QueueFull));
         }
         q.push_back(request);
         Ok(())
+    }
+
+    /// Queues a publish of `payload` to `topic` (a valid topic name) if it fits in a packet.
+    fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) -> Result<()> {
+        // The topic with its length, the packet id (QoS 1 and 2), the payload.
+        let id = if qos == QoS::AtMostOnce { 0 } else { 2 };
+        let body = (2 + topic.len() + id).saturating_add(payload.len());
+        if !packet_fits(topic.len(), body, self.max_packet) {
+            return Err(Error::Mqtt(MqttError::TooLarge));
+        }
+        let mut p = rumqttc::Publish::new(topic, qos, payload);
+        p.retain = retain;
+        self.push(Request::Publish(p))
     }
 }
 
@@ -267,12 +284,6 @@ impl Link {
         self.tx.clear();
     }
 
-    fn stream(&mut self) -> io::Result<&mut Stream> {
-        self.stream
-            .as_mut()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
-    }
-
     /// Encodes `packet` after what is waiting to be written.
     fn encode(&mut self, packet: &Packet) -> std::result::Result<(), MqttError> {
         packet
@@ -286,10 +297,8 @@ impl Link {
         if self.tx.is_empty() {
             return Ok(());
         }
-        let tx = std::mem::take(&mut self.tx);
-        let stream = self.stream().map_err(|e| io_error(&e))?;
-        let r = stream.write_all(&tx).and_then(|()| stream.flush());
-        self.tx = tx;
+        let stream = self.stream.as_mut().ok_or(MqttError::NotConnected)?;
+        let r = stream.write_all(&self.tx).and_then(|()| stream.flush());
         self.tx.clear();
         r.map_err(|e| io_error(&e))
     }
@@ -517,8 +526,6 @@ pub struct MqttClient {
     closing: AtomicBool,
     /// Set by a handler (through [`YieldBreak`]) to end the yield that dispatched its message.
     break_yield: Arc<AtomicBool>,
-    /// Largest packet sent or received ([`MqttOptions::max_packet_size`]).
-    max_packet: usize,
 }
 
 /// Whether an MQTT 3.1.1 packet with `body` bytes after its fixed header (a string of
@@ -591,9 +598,10 @@ impl MqttClient {
         Ok(MqttClient {
             dialer,
             link: Mutex::new(link),
-            queue: Queue(Arc::new(Mutex::new(VecDeque::with_capacity(
-                QUEUE_CAPACITY,
-            )))),
+            queue: Queue {
+                requests: Arc::new(Mutex::new(VecDeque::with_capacity(QUEUE_CAPACITY))),
+                max_packet: options.max_packet_size,
+            },
             subscriptions: Mutex::new(Vec::new()),
             events: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(true)),
@@ -602,7 +610,6 @@ impl MqttClient {
             reconnect_hooks: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
             break_yield: Arc::new(AtomicBool::new(false)),
-            max_packet: options.max_packet_size,
         })
     }
 
@@ -634,7 +641,11 @@ impl MqttClient {
             return Err(Error::Mqtt(MqttError::Topic));
         }
         // Packet id, the filter with its length, the QoS byte.
-        if !packet_fits(filter.len(), 2 + 2 + filter.len() + 1, self.max_packet) {
+        if !packet_fits(
+            filter.len(),
+            2 + 2 + filter.len() + 1,
+            self.queue.max_packet,
+        ) {
             return Err(Error::Mqtt(MqttError::TooLarge));
         }
         self.queue
@@ -667,15 +678,7 @@ impl MqttClient {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return Err(Error::Mqtt(MqttError::Topic));
         }
-        // The topic with its length, the packet id (QoS 1 and 2), the payload.
-        let id = if qos == QoS::AtMostOnce { 0 } else { 2 };
-        let body = (2 + topic.len() + id).saturating_add(payload.len());
-        if !packet_fits(topic.len(), body, self.max_packet) {
-            return Err(Error::Mqtt(MqttError::TooLarge));
-        }
-        let mut p = rumqttc::Publish::new(topic, qos, payload);
-        p.retain = retain;
-        self.queue.push(Request::Publish(p))
+        self.queue.publish(topic, qos, retain, payload)
     }
 
     /// A publishing handle for an [`crate::OtaSession`].
@@ -683,7 +686,6 @@ impl MqttClient {
         MqttUplink {
             queue: self.queue.clone(),
             connected: self.connected.clone(),
-            max_packet: self.max_packet,
         }
     }
 
@@ -818,7 +820,7 @@ impl MqttClient {
             if link.state.inflight() >= MAX_INFLIGHT || link.state.collision.is_some() {
                 break;
             }
-            let Some(request) = lock(&self.queue.0).pop_front() else {
+            let Some(request) = lock(&self.queue.requests).pop_front() else {
                 break;
             };
             let disconnect = matches!(request, Request::Disconnect(_));
@@ -864,7 +866,7 @@ impl MqttClient {
         resend.extend(link.state.collision.take().map(Request::Publish));
         link.state.events.clear();
         {
-            let mut q = lock(&self.queue.0);
+            let mut q = lock(&self.queue.requests);
             for r in resend.into_iter().rev() {
                 q.push_front(r);
             }
@@ -894,7 +896,7 @@ impl MqttClient {
         ota_log!(Level::Info, "MQTT reconnected");
         {
             let subs = lock(&self.subscriptions);
-            let mut q = lock(&self.queue.0);
+            let mut q = lock(&self.queue.requests);
             for s in subs.iter() {
                 q.push_back(Request::Subscribe(Subscribe::new(s.filter.as_str(), s.qos)));
             }
@@ -987,7 +989,7 @@ impl MqttClient {
         if !self.is_connected() {
             return;
         }
-        lock(&self.queue.0).push_back(Request::Disconnect(rumqttc::Disconnect));
+        lock(&self.queue.requests).push_back(Request::Disconnect(rumqttc::Disconnect));
         let _ = self.yield_for(timeout);
     }
 }
@@ -1024,7 +1026,6 @@ fn valid_filter(filter: &str) -> bool {
 pub struct MqttUplink {
     queue: Queue,
     connected: Arc<AtomicBool>,
-    max_packet: usize,
 }
 
 impl Uplink for MqttUplink {
@@ -1033,15 +1034,7 @@ impl Uplink for MqttUplink {
             // The session keeps the message and sends it after the reconnection.
             return Err(Error::Mqtt(MqttError::NotConnected));
         }
-        let body = (2 + topic.len() + 2).saturating_add(payload.len());
-        if !packet_fits(topic.len(), body, self.max_packet) {
-            return Err(Error::Mqtt(MqttError::TooLarge));
-        }
-        self.queue.push(Request::Publish(rumqttc::Publish::new(
-            topic,
-            QoS::AtLeastOnce,
-            payload,
-        )))
+        self.queue.publish(topic, QoS::AtLeastOnce, false, payload)
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ota::error::{Error, MqttError};
 use ota::mqtt::{MqttEvent, QoS};
+use ota::ota::Uplink;
 use ota::{MqttClient, MqttOptions};
 use ota_cloud::broker::EmbeddedBroker;
 
@@ -471,4 +472,33 @@ fn a_zero_timeout_yield_handles_at_most_64_messages() {
         device.yield_for(Duration::ZERO).unwrap();
     }
     assert_eq!(got.load(Ordering::SeqCst), 200);
+}
+
+#[test]
+fn a_publish_larger_than_a_packet_is_refused_before_it_is_queued() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut o = options(broker.port(), "big");
+    o.max_packet_size = 1024;
+    let client = MqttClient::connect(&o).unwrap();
+    let mut uplink = client.uplink();
+    let too_large = Err(Error::Mqtt(MqttError::TooLarge));
+    // QoS 1: 2 + 3 topic bytes + 2 id bytes + payload, after a 3-byte fixed header.
+    assert_eq!(
+        client.publish("t/b", QoS::AtLeastOnce, false, &[0; 1015]),
+        too_large
+    );
+    assert_eq!(uplink.publish("t/b", &[0; 1015]), too_large);
+    assert_eq!(
+        client.publish("t/b", QoS::AtLeastOnce, false, &[0; 1014]),
+        Ok(())
+    );
+    assert_eq!(uplink.publish("t/b", &[0; 1014]), Ok(()));
+    // QoS 0 has no packet id: two more payload bytes fit.
+    assert_eq!(
+        client.publish("t/b", QoS::AtMostOnce, false, &[0; 1016]),
+        Ok(())
+    );
+    // What was queued goes out and the connection stays up.
+    client.yield_for(Duration::from_millis(100)).unwrap();
+    assert!(client.is_connected());
 }
