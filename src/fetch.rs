@@ -47,6 +47,10 @@ pub enum FetchError {
     Truncated,
     #[error("the download was restarted from byte 0 by the server")]
     Restarted,
+    #[error("a different upgrade replaced this download")]
+    Superseded,
+    #[error("the download was ended by a failure report")]
+    Abandoned,
 }
 
 impl FetchError {
@@ -66,7 +70,9 @@ impl FetchError {
             | FetchError::PlainHttp
             | FetchError::RedirectScheme
             | FetchError::Oversize
-            | FetchError::Restarted => false,
+            | FetchError::Restarted
+            | FetchError::Superseded
+            | FetchError::Abandoned => false,
         }
     }
 }

@@ -140,7 +140,7 @@ fn bad_messages_and_wrong_topics_change_nothing() {
 }
 
 #[test]
-fn same_image_keeps_the_offset_and_another_image_restarts() {
+fn same_image_keeps_the_offset_and_another_image_ends_the_cycle() {
     let img = image(1000, 4);
     let (s, _) = session(MemorySource::new(img));
     let first = notice(img.len(), "2.0.0", &md5_hex(img));
@@ -157,7 +157,10 @@ fn same_image_keeps_the_offset_and_another_image_restarts() {
     );
     let other = notice(img.len(), "3.0.0", &md5_hex(img));
     s.handle_message(TOPIC, other.as_bytes()).unwrap();
-    assert_eq!(s.fetched_size(), 0, "a different upgrade starts over");
+    assert!(s.is_fetch_finished(), "a different upgrade ends this cycle");
+    assert!(!s.check_firmware().unwrap());
+    assert!(s.is_fetching(), "and starts as the next one");
+    assert_eq!(s.fetched_size(), 0, "from byte 0");
     assert_eq!(fetch_all(&s), img);
     assert!(s.check_firmware().unwrap());
 }
@@ -270,6 +273,13 @@ fn a_different_upgrade_mid_download_reports_the_old_one_superseded() {
         last,
         r#"{"id":1,"params":{"step":"-1","desc":"superseded by the upgrade to 3.0.0"}}"#
     );
+    assert!(matches!(
+        s.fetch_yield(&mut buf, Duration::ZERO),
+        Err(Error::Fetch(FetchError::Superseded))
+    ));
+    assert!(s.is_fetch_finished());
+    assert!(!s.check_firmware().unwrap());
+    assert!(s.is_fetching());
     assert_eq!(s.fetched_size(), 0);
     assert_eq!(fetch_all(&s), img);
     assert!(s.check_firmware().unwrap());

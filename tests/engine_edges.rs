@@ -245,6 +245,8 @@ fn superseding_and_refusing_work_without_their_reports() {
     assert_eq!(r.s.fetch_yield(&mut buf, Duration::ZERO), Ok(100));
     r.set_down(true);
     r.announce(&aliyun(img, "3.0.0")).unwrap();
+    assert!(r.s.is_fetch_finished(), "the superseded cycle ends");
+    assert!(r.s.is_fetching(), "the new upgrade is the next cycle");
     assert_eq!(r.s.fetched_size(), 0, "the new upgrade starts over");
     assert_eq!(r.s.with_notice(|n| n.version.as_str().to_string()), "3.0.0");
     r.set_down(false);
@@ -284,16 +286,30 @@ fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
     assert_eq!(r.topics(), [PROGRESS]);
     assert!(r.payloads()[0].contains(desc), "{:?}", r.payloads());
 
-    // With a working uplink the request goes out, for the running version.
+    // With a running version the request goes out first; -2 follows only when no fresh URL
+    // came within the wait, and its desc names the expiry.
     let r = expired();
+    r.s.set_fresh_url_wait(Duration::from_millis(50));
     r.s.report_version("1.0.0").unwrap();
     r.announce(&aliyun(img, "2.0.0")).unwrap();
     assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
     let sent = r.sent.lock().unwrap().clone();
-    assert_eq!(sent.last().unwrap().0, REQUEST);
-    assert_eq!(
-        sent.last().unwrap().1,
-        r#"{"id":3,"params":{"version":"1.0.0"}}"#
+    let topics: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
+    let request = topics.iter().position(|t| *t == REQUEST).expect("request sent");
+    let failure = sent
+        .iter()
+        .position(|(_, p)| p.contains(r#""step":"-2""#))
+        .expect("-2 sent after the wait");
+    assert!(request < failure, "{sent:?}");
+    assert!(
+        sent[request].1.ends_with(r#""params":{"version":"1.0.0"}}"#),
+        "{sent:?}"
+    );
+    assert!(
+        sent[failure]
+            .1
+            .contains("URL expired (HTTP 403) and no fresh URL within"),
+        "{sent:?}"
     );
 }
 
@@ -667,6 +683,7 @@ fn a_failure_description_is_cut_on_a_character_boundary() {
     r.s.fetch_yield(&mut buf, Duration::ZERO).unwrap();
     let long = "é".repeat(150);
     r.announce(&aliyun(img, &long)).unwrap();
+    assert!(r.s.is_fetch_finished() && r.s.is_fetching(), "the next cycle");
     assert_eq!(r.s.with_notice(|n| n.version.len()), 300);
     let expected = format!("superseded by the upgrade to {}", "é".repeat(113));
     assert_eq!(expected.len(), 255);

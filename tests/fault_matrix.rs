@@ -9,7 +9,6 @@ use recorder::{payloads, Recorder, Sent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ota::error::{Error, FetchError};
 use ota::fetch::{HttpConfig, HttpSource};
 use ota::retry::RetryPolicy;
 use ota::{OtaConfig, OtaSession, Protocol};
@@ -57,8 +56,7 @@ enum Expect {
     Failed(i32, i32),
 }
 
-/// Runs one download like firmware that writes where the session says; returns whether the
-/// outcome is what `expect` says.
+/// Runs one download with iotkit-sample firmware and checks the outcome is what `expect` says.
 fn run(protocol: Protocol, size: usize, faults: Faults, expect: Expect) {
     let image = ota_cloud::generate_firmware(size);
     let server = FirmwareServer::start_with(image.clone(), faults).unwrap();
@@ -85,41 +83,57 @@ fn run(protocol: Protocol, size: usize, faults: Faults, expect: Expect) {
         notice(protocol, &image, &server.url()).as_bytes(),
     )
     .unwrap();
-    let mut flash = vec![0u8; image.len()];
+    let mut flash = Vec::with_capacity(image.len());
     let mut buf = vec![0u8; 5000];
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut error = None;
-    while !s.is_fetch_finished() {
+    // Firmware written like the iotkit sample: appends what it gets, never rewinds, reports
+    // "fetch failed" on every return <= 0, leaves only when the SDK says the fetch finished.
+    loop {
         assert!(
             Instant::now() < deadline,
             "{protocol:?}: download did not end"
         );
-        let at = s.fetched_size() as usize;
         match s.fetch_yield(&mut buf, Duration::from_secs(1)) {
-            Ok(n) => flash[at..at + n].copy_from_slice(&buf[..n]),
-            Err(Error::Fetch(FetchError::Restarted)) => {}
-            Err(e) => {
-                error = Some(e);
-                break;
+            Ok(n) if n > 0 => flash.extend_from_slice(&buf[..n]),
+            other => {
+                if let Err(e) = other {
+                    error.get_or_insert(e);
+                }
+                s.report_progress(-2, None).unwrap();
             }
+        }
+        if s.is_fetch_finished() {
+            break;
         }
     }
     let valid = s.check_firmware().unwrap();
     let sent = payloads(&sent);
+    let failures: Vec<&String> = sent.iter().filter(|m| is_failure(protocol, m)).collect();
     match expect {
         Expect::Valid => {
             assert_eq!(error, None, "{protocol:?}");
             assert!(valid, "{protocol:?}: image should verify");
             assert!(flash == image, "{protocol:?}: image differs");
+            assert!(failures.is_empty(), "{protocol:?}: {failures:?}");
         }
         Expect::Failed(step, code) => {
             assert!(!valid, "{protocol:?}: a failed download must not verify");
             let want = failure_report(protocol, step, code);
+            assert_eq!(failures.len(), 1, "{protocol:?}: one failure report: {sent:?}");
             assert!(
-                sent.last().is_some_and(|m| m.contains(&want)),
+                failures[0].contains(&want),
                 "{protocol:?}: expected a report containing {want}, sent {sent:?}"
             );
         }
+    }
+}
+
+fn is_failure(protocol: Protocol, message: &str) -> bool {
+    match protocol {
+        Protocol::Aliyun | Protocol::Sagoo => message.contains(r#""step":"-"#),
+        Protocol::Tencent => message.contains(r#""state":"fail""#),
+        Protocol::Ucloud => message.contains(r#""Method":"fail""#),
     }
 }
 

@@ -63,23 +63,22 @@ fn fast_retries(max_attempts: u32) -> RetryPolicy {
     }
 }
 
-/// Downloads like firmware that writes at the offset FETCHED_SIZE says, rewinding when the
-/// server restarts the stream. Returns the written image and the first hard error.
+/// Downloads like iotkit-sample firmware: from the cycle's start offset (FETCHED_SIZE when the
+/// cycle begins; the bytes before it are left zero here) it appends what FetchYield returns and
+/// never rewinds. Returns the written image, the first hard error and the longest call.
 fn download(run: &Run, timeout: Duration) -> (Vec<u8>, Option<Error>, Duration) {
     let s = &run.session;
-    let mut flash = vec![0u8; run.image.len()];
+    let mut flash = vec![0u8; s.fetched_size() as usize];
     let mut buf = vec![0u8; 5000];
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut longest = Duration::ZERO;
     while !s.is_fetch_finished() {
         assert!(Instant::now() < deadline, "download did not end");
-        let at = s.fetched_size() as usize;
         let t = Instant::now();
         let r = s.fetch_yield(&mut buf, timeout);
         longest = longest.max(t.elapsed());
         match r {
-            Ok(n) => flash[at..at + n].copy_from_slice(&buf[..n]),
-            Err(Error::Fetch(FetchError::Restarted)) => assert_eq!(s.fetched_size(), 0),
+            Ok(n) => flash.extend_from_slice(&buf[..n]),
             Err(e) => return (flash, Some(e), longest),
         }
     }
@@ -107,7 +106,7 @@ fn a_cut_connection_resumes_with_range_and_verifies() {
 }
 
 #[test]
-fn a_server_that_ignores_range_restarts_the_stream_and_the_caller_rewinds() {
+fn a_server_that_ignores_range_has_the_kept_bytes_skipped_by_the_sdk() {
     let run = start(
         600_000,
         Faults {
@@ -120,7 +119,7 @@ fn a_server_that_ignores_range_restarts_the_stream_and_the_caller_rewinds() {
     let (flash, err, _) = download(&run, Duration::from_secs(2));
     assert_eq!(err, None);
     assert_eq!(run.session.restarts(), 1);
-    assert!(flash == run.image);
+    assert!(flash == run.image, "the appended stream is the image");
     assert!(run.session.check_firmware().unwrap());
 }
 
@@ -242,8 +241,9 @@ fn aliyun_notice(image: &[u8], url: &str) -> String {
 }
 
 #[test]
-fn a_failed_download_resumes_at_its_offset_when_the_upgrade_comes_again() {
-    // No retries: the cut ends the download; the re-sent upgrade (new URL) continues it.
+fn a_failed_download_sent_again_is_a_new_cycle_from_byte_0() {
+    // No retries: the cut ends the cycle; the re-sent upgrade (new URL) is the next cycle, and
+    // without a breakpoint store it starts from 0 (FETCHED_SIZE says so).
     let run = start(
         400_000,
         Faults {
@@ -252,30 +252,30 @@ fn a_failed_download_resumes_at_its_offset_when_the_upgrade_comes_again() {
         },
         fast_retries(0),
     );
-    let (mut flash, err, _) = download(&run, Duration::from_secs(2));
+    let (flash, err, _) = download(&run, Duration::from_secs(2));
     assert_eq!(err, Some(Error::Fetch(FetchError::Truncated)));
-    assert_eq!(run.session.fetched_size(), 150_000);
+    assert_eq!(flash.len(), 150_000);
+    assert!(run.session.is_fetch_finished());
     let second = FirmwareServer::start(run.image.clone()).unwrap();
     let topic = run.session.downstream_topic().to_string();
     run.session
         .handle_message(&topic, aliyun_notice(&run.image, &second.url()).as_bytes())
         .unwrap();
-    assert!(run.session.is_fetching());
-    assert_eq!(
-        run.session.fetched_size(),
-        150_000,
-        "resumed, not restarted"
+    assert!(
+        run.session.is_fetch_finished(),
+        "the ended cycle stays ended until the firmware asks again"
     );
-    let (rest, err, _) = download(&run, Duration::from_secs(2));
+    assert!(run.session.is_fetching());
+    assert_eq!(run.session.fetched_size(), 0);
+    let (flash, err, _) = download(&run, Duration::from_secs(2));
     assert_eq!(err, None);
-    flash[150_000..].copy_from_slice(&rest[150_000..]);
     assert!(flash == run.image);
     assert!(run.session.check_firmware().unwrap());
-    assert_eq!(second.requests()[0].range.as_deref(), Some("bytes=150000-"));
+    assert_eq!(second.requests()[0].range, None);
 }
 
 #[test]
-fn an_expired_url_is_reported_and_a_fresh_one_requested() {
+fn an_expired_url_asks_for_a_fresh_one_before_reporting() {
     let run = start(
         10_000,
         Faults {
@@ -284,6 +284,7 @@ fn an_expired_url_is_reported_and_a_fresh_one_requested() {
         },
         fast_retries(3),
     );
+    run.session.set_fresh_url_wait(Duration::from_millis(300));
     run.session.report_version("1.0.0").unwrap();
     let (_, err, _) = download(&run, Duration::from_secs(2));
     assert_eq!(err, Some(Error::Fetch(FetchError::Status(403))));
@@ -295,12 +296,12 @@ fn an_expired_url_is_reported_and_a_fresh_one_requested() {
     let sent = payloads(&run.sent);
     let n = sent.len();
     assert!(
-        sent[n - 2].contains(r#""step":"-2""#) && sent[n - 2].contains("URL expired"),
-        "{sent:?}"
+        sent[n - 2].ends_with(r#""params":{"version":"1.0.0"}}"#),
+        "the request comes first: {sent:?}"
     );
-    assert_eq!(
-        sent[n - 1],
-        r#"{"id":3,"params":{"version":"1.0.0"}}"#,
-        "the request"
+    assert!(
+        sent[n - 1].contains(r#""step":"-2""#)
+            && sent[n - 1].contains("URL expired (HTTP 403) and no fresh URL within"),
+        "{sent:?}"
     );
 }

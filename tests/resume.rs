@@ -330,8 +330,10 @@ fn killed_mid_download_resumes_after_restart() {
         .expect("the restart resumed with Range")
         .parse()
         .unwrap();
+    // A save happens at the start of a FetchYield, so the record may lag one save interval
+    // plus the one buffer the device was writing.
     assert!(
-        resumed_at <= written && written - resumed_at <= 64 * 1024,
+        resumed_at <= written && written - resumed_at <= 64 * 1024 + 5000,
         "resumed at {resumed_at}, had written {written}: more than one save interval fetched again"
     );
 }

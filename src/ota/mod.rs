@@ -1,13 +1,28 @@
 //! The upgrade state machine: idle → fetching → fetched (verified or failed).
 //!
-//! | state    | event                         | next     | effect                                   |
-//! |----------|-------------------------------|----------|------------------------------------------|
-//! | any      | valid upgrade, other image    | fetching | new image, download from 0               |
-//! | fetching | valid upgrade, same image     | fetching | keeps offset; takes a fresh URL          |
-//! | any      | invalid upgrade message       | same     | error logged, `last_error` set           |
-//! | fetching | bytes arrive                  | fetching | digest updated                           |
-//! | fetching | last byte arrives             | fetched  | digest compared; step −3 report if bad   |
-//! | fetching | download fails                | fetched  | step −2 report; `check_firmware` false   |
+//! **The stream invariant.** Between `is_fetching` turning true and `is_fetch_finished` turning
+//! true, the bytes `fetch_yield` returns, concatenated, are bytes `start..n` of one image, where
+//! `start` is `fetched_size()` read when the cycle began (0, or the breakpoint record's offset
+//! after a restart): no gap, no repeat, no restart. `check_firmware` is true only when those
+//! bytes reach the announced size and their digest matches. Every recovery keeps this true or
+//! ends the cycle: a server that ignores `Range` has the skipped bytes discarded here, a
+//! different upgrade ends the cycle (it starts as the next one), a breakpoint record never
+//! covers bytes not yet handed to the caller. Firmware that appends what it gets and never
+//! rewinds (the iotkit sample) is therefore always right.
+//!
+//! | state    | event                                | next     | effect                                   |
+//! |----------|--------------------------------------|----------|------------------------------------------|
+//! | idle     | valid upgrade                        | fetching | new cycle (from the record's offset or 0)|
+//! | fetching | same upgrade again                   | fetching | keeps the offset; takes the fresh URL    |
+//! | fetching | different upgrade                    | fetched  | reported superseded; the new one waits   |
+//! | fetched  | any upgrade not yet verified         | fetched  | waits until the caller saw the end       |
+//! | fetched  | `is_fetching` after the end was seen | fetching | the waiting upgrade starts a new cycle   |
+//! | any      | invalid upgrade message              | same     | error logged, `last_error` set           |
+//! | fetching | bytes arrive                         | fetching | digest updated                           |
+//! | fetching | last byte arrives                    | fetched  | digest compared; step −3 report if bad   |
+//! | fetching | server ignored `Range`               | fetching | the first `offset` bytes are discarded   |
+//! | fetching | HTTP 403 (Aliyun)                    | fetching | fresh URL requested; −2 only if none     |
+//! | fetching | download fails / caller reports < 0  | fetched  | one failure report; `check_firmware` 0   |
 //!
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
@@ -18,7 +33,8 @@ mod support;
 
 use outbox::{Deferred, Outbox};
 use persist::Persistence;
-use support::{RunningVersions, TextWriter};
+pub use support::Once;
+use support::{DescText, Quiet, RunningVersions, TextWriter};
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -49,7 +65,14 @@ pub struct OtaConfig {
     pub http: HttpConfig,
     /// How broken downloads are retried (with `Range`, from where they stopped).
     pub retry: RetryPolicy,
+    /// How long an expired URL (HTTP 403) waits for the platform's fresh one before the
+    /// download fails (Aliyun, which the SDK can ask for one; other platforms fail at once).
+    pub fresh_url_wait: Duration,
 }
+
+/// Default of [`OtaConfig::fresh_url_wait`]: the platform answers a request in well under a
+/// second; a minute covers a congested cellular link without leaving the firmware hanging.
+pub const FRESH_URL_WAIT: Duration = Duration::from_secs(60);
 
 impl Default for OtaConfig {
     fn default() -> Self {
@@ -58,6 +81,7 @@ impl Default for OtaConfig {
             limits: Limits::default(),
             http: HttpConfig::default(),
             retry: RetryPolicy::default(),
+            fresh_url_wait: FRESH_URL_WAIT,
         }
     }
 }
@@ -92,6 +116,14 @@ struct Engine {
     notice: UpgradeNotice,
     /// Decoding target; swapped with `notice` when valid, so a bad message changes nothing.
     scratch: UpgradeNotice,
+    /// An upgrade that arrived after the current cycle ended (or ended it): it starts when the
+    /// caller, having seen that end, asks `is_fetching` again.
+    next: UpgradeNotice,
+    next_pending: bool,
+    /// The caller saw this cycle end (`is_fetch_finished` true, or `check_firmware`).
+    end_seen: bool,
+    /// Why the cycle ended without a verified image; `fetch_yield` returns it from then on.
+    end_error: Option<Error>,
     /// The versions the device last reported as running, per module.
     running: RunningVersions,
     /// Scratch for failure descriptions built at run time.
@@ -105,6 +137,20 @@ struct Engine {
     last_progress: Instant,
     /// Times the server answered a Range request with the whole file in this upgrade.
     restarts: u32,
+    /// Bytes of a whole-file answer to a Range request still to be discarded.
+    skip: u64,
+    /// Aliyun: an expired URL waits until then for the fresh one the SDK asked for.
+    url_wait_until: Option<Instant>,
+    fresh_url_wait: Duration,
+    /// Fresh URLs asked for since the download last progressed.
+    url_requests: u32,
+    /// The last `fetch_yield` returned 0: nothing yet, the SDK is still working on it.
+    last_yield_empty: bool,
+    /// The caller reported "fetch failed" after such a 0: held, not sent, while the SDK
+    /// recovers; its own report replaces it if the download fails.
+    held_fetch_failed: bool,
+    /// Things said once per upgrade (see [`Quiet`]).
+    quiet: Quiet,
     /// The last FetchYield waited its whole timeout for nothing: the next one reconnects.
     stalled: bool,
     /// Where the breakpoint record lives across restarts (opt-in).
@@ -154,35 +200,74 @@ impl Engine {
         if !self.runs_current_version() {
             return Err(self.refuse(NoticeError::NotForRunningVersion));
         }
-        if self.state == OtaState::Fetching && self.scratch.same_image(&self.notice) {
+        match self.state {
+            OtaState::Fetching if self.scratch.same_image(&self.notice) => self.renewed(),
+            OtaState::Fetching => {
+                self.supersede();
+                self.hold_next();
+            }
+            OtaState::Fetched if self.verified && self.scratch.same_image(&self.notice) => {
+                ota_log!(
+                    Level::Info,
+                    "upgrade to {} announced again; the image is already verified",
+                    self.notice.version
+                );
+            }
+            OtaState::Fetched => self.hold_next(),
+            OtaState::Idle => {
+                std::mem::swap(&mut self.notice, &mut self.scratch);
+                self.accept_notice();
+            }
+        }
+        Ok(())
+    }
+
+    /// The upgrade being fetched was announced again: the download goes on, with the fresh
+    /// URL (which ends a wait for one after an expiry).
+    fn renewed(&mut self) {
+        std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
+        if self.url_wait_until.take().is_some() {
             ota_log!(
                 Level::Info,
-                "upgrade to {} announced again; download continues at byte {}",
+                "fresh URL for {} received: resuming at byte {}",
                 self.notice.version,
                 self.fetched
             );
-            std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
-            return Ok(());
+            self.source.close();
+            self.source_open = false;
+            self.retry_at = None;
+            return;
         }
-        if self.resumable_with_scratch() {
-            self.resume_with_fresh_url();
-            return Ok(());
+        ota_log!(
+            Level::Info,
+            "upgrade to {} announced again; download continues at byte {}",
+            self.notice.version,
+            self.fetched
+        );
+    }
+
+    /// Keeps the decoded upgrade until the caller has seen the current cycle end.
+    fn hold_next(&mut self) {
+        if self.next_pending && self.scratch.same_image(&self.next) {
+            std::mem::swap(&mut self.next.url, &mut self.scratch.url);
+            return;
         }
-        if self.state == OtaState::Fetched && self.verified && self.scratch.same_image(&self.notice)
-        {
-            ota_log!(
-                Level::Info,
-                "upgrade to {} announced again; the image is already verified",
-                self.notice.version
-            );
-            return Ok(());
+        std::mem::swap(&mut self.next, &mut self.scratch);
+        self.next_pending = true;
+        ota_log!(
+            Level::Info,
+            "upgrade to {} waits for the end of the current cycle",
+            self.next.version
+        );
+    }
+
+    /// Starts the waiting upgrade once the caller saw the last cycle end.
+    fn start_next_if_due(&mut self) {
+        if self.state == OtaState::Fetched && self.next_pending && self.end_seen {
+            self.next_pending = false;
+            std::mem::swap(&mut self.notice, &mut self.next);
+            self.accept_notice();
         }
-        if self.state == OtaState::Fetching {
-            self.supersede();
-        }
-        std::mem::swap(&mut self.notice, &mut self.scratch);
-        self.accept_notice();
-        Ok(())
     }
 
     /// Makes the (already swapped-in) notice the current upgrade and acknowledges it.
@@ -198,9 +283,18 @@ impl Engine {
         self.backoff.reset();
         self.retry_at = None;
         self.restarts = 0;
+        self.skip = 0;
+        self.url_wait_until = None;
+        self.url_requests = 0;
+        self.last_yield_empty = false;
+        self.held_fetch_failed = false;
+        self.quiet = Quiet::default();
         self.stalled = false;
         self.fetch_cause = None;
         self.verified = false;
+        self.end_seen = false;
+        self.end_error = None;
+        self.persist.reboot_recorded = false;
         self.state = OtaState::Fetching;
         ota_log!(
             Level::Info,
@@ -277,7 +371,13 @@ impl Engine {
         }
         if self.failure_reported {
             if failing {
-                ota_log!(Level::Info, "this upgrade's failure was already reported");
+                if self.quiet.first(Once::DroppedReport) {
+                    ota_log!(
+                        Level::Info,
+                        "failure of the upgrade to {} already reported: later failure reports are dropped",
+                        self.notice.version
+                    );
+                }
                 return Ok(false);
             }
             return Err(self.fail(Error::InvalidState("this upgrade already failed")));
@@ -290,13 +390,18 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("progress must be -4 ..= 100")));
         }
         if step < 0 {
-            let cause = match (step, self.fetch_cause) {
-                (-2, Some(cause)) => cause,
-                _ => FailureCause::from_step(step),
-            };
-            return self.report_failure(cause, desc.unwrap_or(""));
+            return self.caller_failure(step, desc.unwrap_or(""));
         }
         if !self.check_upgrade_report(false)? {
+            return Ok(());
+        }
+        if step == 0 && !self.protocol.sends_zero_percent() {
+            if self.quiet.first(Once::ZeroPercent) {
+                ota_log!(
+                    Level::Debug,
+                    "0 % progress not sent: the platform's steps run 1..100"
+                );
+            }
             return Ok(());
         }
         let r = self.out.send(Report::Progress {
@@ -305,6 +410,31 @@ impl Engine {
             notice: &self.notice,
         });
         r.map_err(|e| self.fail(e))
+    }
+
+    /// A negative step from the caller. "Fetch failed" right after a `fetch_yield` that
+    /// returned 0 (nothing yet, the SDK still at work) is held: the download goes on, and if it
+    /// fails after all the SDK's own report, naming the cause, is the one the platform gets.
+    /// Any other failure ends the cycle and is reported (once per upgrade).
+    fn caller_failure(&mut self, step: i32, desc: &str) -> Result<()> {
+        if self.state == OtaState::Fetching && step == -2 && self.last_yield_empty {
+            self.held_fetch_failed = true;
+            if self.quiet.first(Once::HeldReport) {
+                ota_log!(
+                    Level::Info,
+                    "\"fetch failed\" after a FetchYield that returned 0 is held: the download is still being recovered"
+                );
+            }
+            return Ok(());
+        }
+        let cause = match (step, self.fetch_cause) {
+            (-2, Some(cause)) => cause,
+            _ => FailureCause::from_step(step),
+        };
+        if self.state == OtaState::Fetching {
+            self.end_cycle(Error::Fetch(FetchError::Abandoned), cause);
+        }
+        self.report_failure(cause, desc)
     }
 
     /// Tells the platform this upgrade failed, once.
@@ -350,6 +480,9 @@ impl Engine {
             return Ok(());
         }
         self.ensure_upgrading_reported()?;
+        if self.state == OtaState::Fetched && self.verified {
+            self.record_pending_reboot();
+        }
         let r = self.out.send(Report::Burning {
             notice: &self.notice,
         });
@@ -373,14 +506,23 @@ impl Engine {
         r.map_err(|e| self.fail(e))
     }
 
-    /// A failure the platform should hear about: logs, records, reports it, ends the fetch.
-    fn abort_fetch(&mut self, e: Error, cause: FailureCause, desc: &str) -> Error {
-        self.fail(e);
+    /// Ends the cycle without a verified image; `fetch_yield` returns `e` from now on.
+    fn end_cycle(&mut self, e: Error, cause: FailureCause) {
         self.source.close();
         self.source_open = false;
         self.state = OtaState::Fetched;
         self.verified = false;
         self.fetch_cause = Some(cause);
+        self.url_wait_until = None;
+        self.skip = 0;
+        self.end_error = Some(e);
+        self.last_error = Some(e);
+    }
+
+    /// A failure the platform should hear about: logs, records, reports it, ends the fetch.
+    fn abort_fetch(&mut self, e: Error, cause: FailureCause, desc: &str) -> Error {
+        self.fail(e);
+        self.end_cycle(e, cause);
         self.auto_report_failure(cause, desc);
         self.last_error = Some(e);
         e
@@ -388,12 +530,42 @@ impl Engine {
 
     fn fetch_yield(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
         if self.state != OtaState::Fetching {
-            return Err(self.fail(Error::InvalidState("no download in progress")));
+            return Err(self.fetch_after_end());
         }
         if buf.is_empty() {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
+        let r = self.fetch_into(buf, timeout);
+        self.last_yield_empty = matches!(r, Ok(0));
+        if matches!(r, Ok(n) if n > 0) && std::mem::take(&mut self.held_fetch_failed) {
+            ota_log!(
+                Level::Info,
+                "the download went on: the held \"fetch failed\" report was not sent"
+            );
+        }
+        r
+    }
+
+    /// `fetch_yield` outside a cycle: the error that ended it (said once), else a state error.
+    fn fetch_after_end(&mut self) -> Error {
+        match self.end_error {
+            Some(e) if self.state == OtaState::Fetched => {
+                if self.quiet.first(Once::EndedFetch) {
+                    ota_log!(Level::Error, "FetchYield after the download ended: {e}");
+                }
+                self.last_error = Some(e);
+                e
+            }
+            _ => self.fail(Error::InvalidState("no download in progress")),
+        }
+    }
+
+    fn fetch_into(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
+        // Only here, before new bytes: the record covers what earlier calls returned.
+        if self.persist.due(self.fetched, self.notice.size) {
+            self.save_progress();
+        }
         if std::mem::take(&mut self.stalled) && self.source_open {
             self.interrupted(FetchError::Timeout)?;
         }
@@ -401,6 +573,16 @@ impl Engine {
             ota_log!(Level::Warning, "upgrading report not sent: {e}");
         }
         loop {
+            if let Some(until) = self.url_wait_until {
+                if Instant::now() >= until {
+                    return Err(self.fresh_url_missing());
+                }
+                std::thread::sleep(deadline.min(until).saturating_duration_since(Instant::now()));
+                if Instant::now() >= deadline {
+                    return Ok(0);
+                }
+                continue;
+            }
             if let Some(at) = self.retry_at {
                 let now = Instant::now();
                 if at >= deadline {
@@ -416,9 +598,14 @@ impl Engine {
                     continue;
                 }
                 self.source_open = true;
+                self.skip = 0;
                 self.last_progress = Instant::now();
             }
-            let remaining = self.notice.size - self.fetched;
+            // While skipping, read no further than the skip: what follows is the caller's.
+            let remaining = match self.skip {
+                0 => self.notice.size - self.fetched,
+                skip => skip,
+            };
             let want = buf
                 .len()
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX));
@@ -428,8 +615,10 @@ impl Engine {
                 .saturating_duration_since(Instant::now());
             match self.source.read(&mut buf[..want], wait) {
                 Ok(Chunk::Opened(info)) => self.check_response(info)?,
+                Ok(Chunk::Data(n)) if self.skip > 0 => self.discard(n),
                 Ok(Chunk::Data(n)) => {
                     self.backoff.progressed();
+                    self.url_requests = 0;
                     self.last_progress = Instant::now();
                     return Ok(self.accept(&buf[..n]));
                 }
@@ -448,11 +637,24 @@ impl Engine {
         }
     }
 
+    /// Drops `n` bytes (never more than `skip`) of a whole-file answer the caller already has.
+    fn discard(&mut self, n: usize) {
+        self.skip -= n as u64;
+        self.last_progress = Instant::now();
+        if self.skip == 0 {
+            self.backoff.progressed();
+        }
+    }
+
     /// A broken download: scheduled for a retry from the current offset when the failure is
     /// transient and the retry limit allows, else the end of the download (reported).
     fn interrupted(&mut self, e: FetchError) -> Result<()> {
         self.source.close();
         self.source_open = false;
+        self.skip = 0;
+        if e == FetchError::Status(403) && self.ask_fresh_url() {
+            return Ok(());
+        }
         if e.is_transient() {
             if let Some(delay) = self.backoff.next_delay() {
                 ota_log!(
@@ -471,78 +673,59 @@ impl Engine {
     }
 
     fn download_failed(&mut self, e: FetchError) -> Error {
-        use FailureCause as C;
-        let (cause, desc) = match e {
-            FetchError::Status(403) => (C::UrlExpired, "download failed: URL expired (HTTP 403)"),
-            FetchError::Status(404) => (
-                C::NotFound,
-                "download failed: firmware not found (HTTP 404)",
-            ),
-            FetchError::Status(_) => (C::DownloadFailed, "download failed: HTTP error status"),
-            FetchError::Connect | FetchError::Resolve => (
-                C::DownloadFailed,
-                "download failed: cannot connect to the server",
-            ),
-            FetchError::Timeout => (C::DownloadTimeout, "download failed: timed out"),
-            FetchError::Tls => (
-                C::DownloadFailed,
-                "download failed: TLS verification failed",
-            ),
-            FetchError::Truncated => (C::DownloadFailed, "download failed: connection ended early"),
-            FetchError::Oversize => (
-                C::DownloadFailed,
-                "download failed: file larger than announced",
-            ),
-            FetchError::Redirects => (C::DownloadFailed, "download failed: too many redirects"),
-            FetchError::RedirectScheme => (
-                C::DownloadFailed,
-                "download failed: redirect to a weaker scheme refused",
-            ),
-            FetchError::PlainHttp => (
-                C::DownloadFailed,
-                "download failed: plain http:// not allowed",
-            ),
-            FetchError::BadResponse(_) => (
-                C::DownloadFailed,
-                "download failed: malformed HTTP response",
-            ),
-            _ => (C::DownloadFailed, "download failed"),
-        };
-        let err = self.abort_fetch(Error::Fetch(e), cause, desc);
-        if cause == C::UrlExpired {
-            self.request_fresh_url();
-        }
-        err
+        let (cause, desc) = failure_of(e);
+        self.abort_fetch(Error::Fetch(e), cause, desc)
     }
 
-    /// Asks the platform for the upgrade again (Aliyun's request topic); a re-sent upgrade of
-    /// the same image resumes at the current offset.
-    fn request_fresh_url(&mut self) {
-        if !self.protocol.can_request_upgrade() {
-            return;
+    /// No fresh URL came within the wait after an expiry: the download fails, saying so.
+    fn fresh_url_missing(&mut self) -> Error {
+        self.url_wait_until = None;
+        let mut text = DescText::new();
+        let _ = write!(
+            text,
+            "download failed: URL expired (HTTP 403) and no fresh URL within {} s",
+            self.fresh_url_wait.as_secs()
+        );
+        let e = Error::Fetch(FetchError::Status(403));
+        self.fail(e);
+        self.end_cycle(e, FailureCause::UrlExpired);
+        self.auto_report_failure(FailureCause::UrlExpired, text.as_str());
+        e
+    }
+
+    /// The URL expired (HTTP 403): where the platform can be asked (Aliyun's request topic),
+    /// ask for a fresh one and wait for it instead of failing. False when that is not possible.
+    fn ask_fresh_url(&mut self) -> bool {
+        const MAX_REQUESTS: u32 = 3;
+        if !self.protocol.can_request_upgrade() || self.url_requests >= MAX_REQUESTS {
+            return false;
         }
         let Some(version) = self.running.get(self.notice.module_name()) else {
             ota_log!(
                 Level::Warning,
                 "URL expired; no running version known to request a new one"
             );
-            return;
+            return false;
         };
         let module = Self::module_arg(Some(self.notice.module.as_str()));
-        let r = self.out.send(Report::Request { version, module });
-        match r {
-            Ok(()) => ota_log!(
-                Level::Info,
-                "URL expired: asked the platform for a fresh one"
-            ),
-            Err(e) => ota_log!(Level::Warning, "fresh URL not requested: {e}"),
+        if let Err(e) = self.out.send(Report::Request { version, module }) {
+            ota_log!(Level::Warning, "fresh URL not requested: {e}");
+            return false;
         }
+        self.url_requests += 1;
+        self.url_wait_until = Some(Instant::now() + self.fresh_url_wait);
+        ota_log!(
+            Level::Info,
+            "URL expired at byte {}: asked the platform for a fresh one (waiting up to {} s)",
+            self.fetched,
+            self.fresh_url_wait.as_secs()
+        );
+        true
     }
 
     fn check_response(&mut self, info: OpenInfo) -> Result<()> {
-        let expected_rest = self.notice.size - self.fetched;
         if self.fetched > 0 && info.status == 200 {
-            return Err(self.restarted());
+            return self.range_ignored(info);
         }
         if info.status == 206
             && (info.range_start != Some(self.fetched)
@@ -552,6 +735,7 @@ impl Engine {
                 "Content-Range does not match the request",
             )));
         }
+        let expected_rest = self.notice.size - self.fetched;
         match info.content_length {
             Some(len) if len > expected_rest => {
                 ota_log!(
@@ -570,22 +754,24 @@ impl Engine {
         Ok(())
     }
 
-    /// The server answered a Range request with the whole file: the stream now starts at byte
-    /// 0, so the digest restarts and the caller must rewind (told by this error and by
-    /// `restarts`). The download itself goes on from the open stream.
-    fn restarted(&mut self) -> Error {
+    /// The server answered a Range request with the whole file: the bytes the caller already
+    /// has are read and discarded here, so the stream goes on seamlessly. A whole file of
+    /// another size is not this image.
+    fn range_ignored(&mut self, info: OpenInfo) -> Result<()> {
+        if info.content_length.is_some_and(|len| len != self.notice.size) {
+            return Err(self.download_failed(FetchError::BadResponse(
+                "server ignored Range and sent a file of another size",
+            )));
+        }
+        self.skip = self.fetched;
+        self.restarts += 1;
         ota_log!(
             Level::Warning,
-            "server ignored Range at byte {}: the download restarts from byte 0",
-            self.fetched
+            "server ignored Range at byte {}: re-downloading and discarding {} bytes",
+            self.fetched,
+            self.skip
         );
-        self.fetched = 0;
-        self.digest = StreamDigest::new(self.notice.digest_kind);
-        self.digest_bytes = 0;
-        self.restarts += 1;
-        let e = Error::Fetch(FetchError::Restarted);
-        self.last_error = Some(e);
-        e
+        Ok(())
     }
 
     /// Takes `bytes` into the digest; finishes when the announced size is reached.
@@ -595,61 +781,25 @@ impl Engine {
         self.fetched += bytes.len() as u64;
         if self.fetched == self.notice.size {
             self.finish();
-        } else if self.persist.due(self.fetched, self.notice.size) {
-            self.save_progress();
         }
         bytes.len()
     }
 
-    /// A failed download of the same image can continue where it stopped (a fresh URL after
-    /// an expired one, or the platform re-sending the upgrade).
-    fn resumable_with_scratch(&self) -> bool {
-        self.state == OtaState::Fetched
-            && !self.verified
-            && !self.oversize
-            && self.fetched > 0
-            && self.digest_bytes == self.fetched
-            && self.scratch.same_image(&self.notice)
-    }
-
-    fn resume_with_fresh_url(&mut self) {
-        std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
-        std::mem::swap(&mut self.notice.task_id, &mut self.scratch.task_id);
-        self.state = OtaState::Fetching;
-        self.failure_reported = false;
-        self.upgrading_reported = false;
-        self.fetch_cause = None;
-        self.retry_at = None;
-        self.backoff.progressed();
-        ota_log!(
-            Level::Info,
-            "upgrade to {} announced again: resuming at byte {}",
-            self.notice.version,
-            self.fetched
-        );
-    }
-
-    /// Abandons the current download for the upgrade in `scratch`, telling the platform.
+    /// Ends the current download for the upgrade in `scratch`, telling the platform once.
     fn supersede(&mut self) {
         ota_log!(
             Level::Warning,
-            "upgrade to {} replaces the download of {} at byte {}",
+            "upgrade to {} replaces the download of {} at byte {}: this cycle ends",
             self.scratch.version,
             self.notice.version,
             self.fetched
         );
-        let mut w = TextWriter::new(&mut self.desc);
-        let _ = write!(w, "superseded by the upgrade to {}", self.scratch.version);
-        let len = w.len();
-        let desc = std::str::from_utf8(&self.desc[..len]).unwrap_or("superseded");
-        let r = self.out.send(Report::Failure {
-            cause: FailureCause::UpgradeFailed,
-            desc,
-            notice: &self.notice,
-        });
-        if let Err(e) = r {
-            ota_log!(Level::Warning, "abandon report not sent: {e}");
-        }
+        let e = Error::Fetch(FetchError::Superseded);
+        self.end_cycle(e, FailureCause::UpgradeFailed);
+        self.persist.erase();
+        let mut text = DescText::new();
+        let _ = write!(text, "superseded by the upgrade to {}", self.scratch.version);
+        self.auto_report_failure(FailureCause::UpgradeFailed, text.as_str());
     }
 
     /// After the broker connection came back: send what was held back, and report the
@@ -724,6 +874,10 @@ impl Engine {
         self.oversize = false;
         self.failure_reported = false;
         self.fetch_cause = None;
+        self.skip = 0;
+        self.url_wait_until = None;
+        self.end_seen = false;
+        self.end_error = None;
         self.state = OtaState::Fetching;
         if offset == self.notice.size {
             // Every byte is already kept: nothing to fetch, the image is checked now.
@@ -762,8 +916,9 @@ impl Engine {
         let digest_ok = actual[..n] == *self.notice.digest();
         self.verified = covered && digest_ok && !self.oversize;
         if self.verified {
+            // The pending-reboot record waits for check_firmware: the caller has not stored
+            // the bytes this call returns yet.
             ota_log!(Level::Info, "image of {} bytes verified", self.fetched);
-            self.record_pending_reboot();
             return;
         }
         let (e, desc) = if !covered {
@@ -791,6 +946,7 @@ impl Engine {
         self.auto_report_failure(FailureCause::DigestMismatch, desc);
         // After the report: a report that could not be sent must not hide why the image failed.
         self.last_error = Some(Error::Fetch(e));
+        self.end_error = Some(Error::Fetch(e));
     }
 }
 
@@ -836,6 +992,10 @@ impl OtaSession {
             state: OtaState::Idle,
             notice: UpgradeNotice::new(&limits),
             scratch: UpgradeNotice::new(&limits),
+            next: UpgradeNotice::new(&limits),
+            next_pending: false,
+            end_seen: false,
+            end_error: None,
             running: RunningVersions::new(&limits),
             desc: vec![0u8; 256].into_boxed_slice(),
             digest_bytes: 0,
@@ -843,6 +1003,13 @@ impl OtaSession {
             retry_at: None,
             last_progress: Instant::now(),
             restarts: 0,
+            skip: 0,
+            url_wait_until: None,
+            fresh_url_wait: config.fresh_url_wait,
+            url_requests: 0,
+            last_yield_empty: false,
+            held_fetch_failed: false,
+            quiet: Quiet::default(),
             stalled: false,
             persist: Persistence {
                 store: None,
@@ -850,6 +1017,7 @@ impl OtaSession {
                 record: None,
                 last_saved: 0,
                 buf: Box::new([0u8; RECORD_LEN]),
+                reboot_recorded: false,
             },
             digest: StreamDigest::new(crate::protocol::DigestKind::Md5),
             fetched: 0,
@@ -995,14 +1163,22 @@ impl OtaSession {
         self.engine().state
     }
 
-    /// An upgrade is accepted and not yet fully fetched.
+    /// An upgrade is accepted and not yet fully fetched. An upgrade that arrived after (or
+    /// ended) the last cycle starts here, once [`is_fetch_finished`](Self::is_fetch_finished)
+    /// or [`check_firmware`](Self::check_firmware) has shown that cycle's end.
     pub fn is_fetching(&self) -> bool {
-        self.engine().state == OtaState::Fetching
+        let mut e = self.engine();
+        e.start_next_if_due();
+        e.state == OtaState::Fetching
     }
 
-    /// The download ended (completely or by failure).
+    /// The download ended (completely or by failure); stays true until the next upgrade's
+    /// cycle starts.
     pub fn is_fetch_finished(&self) -> bool {
-        self.engine().state == OtaState::Fetched
+        let mut e = self.engine();
+        let ended = e.state == OtaState::Fetched;
+        e.end_seen |= ended;
+        ended
     }
 
     /// Downloads the next bytes into `buf`, waiting at most `timeout`; `Ok(0)` means nothing
@@ -1041,8 +1217,8 @@ impl OtaSession {
         self.engine().backoff = Backoff::new(policy);
     }
 
-    /// Times the server restarted the stream from byte 0 in this upgrade (see
-    /// [`FetchError::Restarted`]).
+    /// Times the server ignored `Range` in this upgrade (answered with the whole file, whose
+    /// bytes up to the offset were discarded).
     pub fn restarts(&self) -> u32 {
         self.engine().restarts
     }
@@ -1069,13 +1245,30 @@ impl OtaSession {
         if e.state != OtaState::Fetched {
             return Err(e.fail(Error::InvalidState("download not finished")));
         }
-        Ok(e.verified && e.fetched == e.notice.size)
+        e.end_seen = true;
+        let valid = e.verified && e.fetched == e.notice.size;
+        if valid {
+            // Every byte is with the caller now: a restart may expect the new version.
+            e.record_pending_reboot();
+        }
+        Ok(valid)
     }
 
     /// Runs `f` on the accepted upgrade notice (version, URL, digest, module …), without copying.
     /// The session is locked meanwhile: `f` must not call back into it.
     pub fn with_notice<R>(&self, f: impl FnOnce(&UpgradeNotice) -> R) -> R {
         f(&self.engine().notice)
+    }
+
+    /// Sets how long an expired URL waits for a fresh one (see [`OtaConfig::fresh_url_wait`]).
+    pub fn set_fresh_url_wait(&self, wait: Duration) {
+        self.engine().fresh_url_wait = wait;
+    }
+
+    /// True the first time `what` happens in the current upgrade (for callers that log a
+    /// refusal repeated in a loop once, as the engine does).
+    pub fn first_in_upgrade(&self, what: Once) -> bool {
+        self.engine().quiet.first(what)
     }
 
     /// The last error recorded by any call or incoming message.
@@ -1086,6 +1279,47 @@ impl OtaSession {
     /// Records an error found by a caller layer (e.g. a C argument check).
     pub fn record_error(&self, e: Error) {
         self.engine().last_error = Some(e);
+    }
+}
+
+/// What a download error is called in the failure report.
+fn failure_of(e: FetchError) -> (FailureCause, &'static str) {
+    use FailureCause as C;
+    match e {
+        FetchError::Status(403) => (C::UrlExpired, "download failed: URL expired (HTTP 403)"),
+        FetchError::Status(404) => (
+            C::NotFound,
+            "download failed: firmware not found (HTTP 404)",
+        ),
+        FetchError::Status(_) => (C::DownloadFailed, "download failed: HTTP error status"),
+        FetchError::Connect | FetchError::Resolve => (
+            C::DownloadFailed,
+            "download failed: cannot connect to the server",
+        ),
+        FetchError::Timeout => (C::DownloadTimeout, "download failed: timed out"),
+        FetchError::Tls => (
+            C::DownloadFailed,
+            "download failed: TLS verification failed",
+        ),
+        FetchError::Truncated => (C::DownloadFailed, "download failed: connection ended early"),
+        FetchError::Oversize => (
+            C::DownloadFailed,
+            "download failed: file larger than announced",
+        ),
+        FetchError::Redirects => (C::DownloadFailed, "download failed: too many redirects"),
+        FetchError::RedirectScheme => (
+            C::DownloadFailed,
+            "download failed: redirect to a weaker scheme refused",
+        ),
+        FetchError::PlainHttp => (
+            C::DownloadFailed,
+            "download failed: plain http:// not allowed",
+        ),
+        FetchError::BadResponse(_) => (
+            C::DownloadFailed,
+            "download failed: malformed HTTP response",
+        ),
+        _ => (C::DownloadFailed, "download failed"),
     }
 }
 

@@ -71,13 +71,20 @@ impl Engine {
         self.persist.save();
     }
 
-    /// The image verified: the device will reboot into it; remember which version it expects.
+    /// The image verified and the caller has it: the device will reboot into it; remember which
+    /// version it expects (once per upgrade).
     pub(super) fn record_pending_reboot(&mut self) {
+        if self.persist.reboot_recorded {
+            return;
+        }
         let Some(bp) = self.persist.record.as_mut() else {
             return;
         };
         match bp.set_pending_reboot(self.notice.version.as_str()) {
-            Ok(()) => self.persist.save(),
+            Ok(()) => {
+                self.persist.reboot_recorded = true;
+                self.persist.save()
+            }
             Err(e) => ota_log!(Level::Warning, "pending version not recorded: {e}"),
         }
     }
@@ -147,6 +154,8 @@ pub(super) struct Persistence {
     /// Offset at the last save.
     pub(super) last_saved: u64,
     pub(super) buf: Box<[u8; RECORD_LEN]>,
+    /// The record already says "pending reboot" for this upgrade.
+    pub(super) reboot_recorded: bool,
 }
 
 impl Persistence {

@@ -83,3 +83,64 @@ impl std::fmt::Write for TextWriter<'_> {
         Ok(())
     }
 }
+
+/// What is said at most once per upgrade, so firmware that repeats a refused call in its loop
+/// gets one log line, not one per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Once {
+    /// A failure report dropped because this upgrade's failure was already reported.
+    DroppedReport,
+    /// `fetch_yield` called after the cycle ended.
+    EndedFetch,
+    /// A "fetch failed" report held while the SDK recovers.
+    HeldReport,
+    /// A query for the digest the upgrade did not announce (MD5 of a SHA-256 upgrade).
+    OtherDigest,
+    /// A 0 % report dropped (the platform's range starts at 1).
+    ZeroPercent,
+}
+
+/// The [`Once`] lines already said in this upgrade.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Quiet(u8);
+
+impl Quiet {
+    /// True the first time `what` happens in this upgrade.
+    pub(super) fn first(&mut self, what: Once) -> bool {
+        let bit = 1u8 << what as u8;
+        let first = self.0 & bit == 0;
+        self.0 |= bit;
+        first
+    }
+}
+
+/// A failure description built at run time, on the stack (cut on a character boundary).
+pub(super) struct DescText {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl DescText {
+    pub(super) fn new() -> DescText {
+        DescText {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for DescText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut w = TextWriter {
+            buf: &mut self.buf[self.len..],
+            len: 0,
+        };
+        w.write_str(s)?;
+        self.len += w.len;
+        Ok(())
+    }
+}

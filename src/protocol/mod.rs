@@ -65,6 +65,12 @@ impl Protocol {
     pub fn success_is_version_report(self) -> bool {
         matches!(self, Protocol::Aliyun | Protocol::Sagoo)
     }
+
+    /// Whether a 0 % progress report may be sent: Aliyun's and SagooIOT's `step` runs 1..100
+    /// (a "0" is outside the platform's range), Tencent's percent 0..100.
+    pub fn sends_zero_percent(self) -> bool {
+        !matches!(self, Protocol::Aliyun | Protocol::Sagoo)
+    }
 }
 
 /// Which digest an upgrade announces.
@@ -205,6 +211,7 @@ impl UpgradeNotice {
             && self.size == other.size
             && self.digest_kind == other.digest_kind
             && self.digest() == other.digest()
+            && self.task_id == other.task_id
     }
 }
 
