@@ -295,14 +295,19 @@ fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
     assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
     let sent = r.sent.lock().unwrap().clone();
     let topics: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
-    let request = topics.iter().position(|t| *t == REQUEST).expect("request sent");
+    let request = topics
+        .iter()
+        .position(|t| *t == REQUEST)
+        .expect("request sent");
     let failure = sent
         .iter()
         .position(|(_, p)| p.contains(r#""step":"-2""#))
         .expect("-2 sent after the wait");
     assert!(request < failure, "{sent:?}");
     assert!(
-        sent[request].1.ends_with(r#""params":{"version":"1.0.0"}}"#),
+        sent[request]
+            .1
+            .ends_with(r#""params":{"version":"1.0.0"}}"#),
         "{sent:?}"
     );
     assert!(
@@ -683,7 +688,10 @@ fn a_failure_description_is_cut_on_a_character_boundary() {
     r.s.fetch_yield(&mut buf, Duration::ZERO).unwrap();
     let long = "é".repeat(150);
     r.announce(&aliyun(img, &long)).unwrap();
-    assert!(r.s.is_fetch_finished() && r.s.is_fetching(), "the next cycle");
+    assert!(
+        r.s.is_fetch_finished() && r.s.is_fetching(),
+        "the next cycle"
+    );
     assert_eq!(r.s.with_notice(|n| n.version.len()), 300);
     let expected = format!("superseded by the upgrade to {}", "é".repeat(113));
     assert_eq!(expected.len(), 255);

@@ -120,7 +120,11 @@ fn run(protocol: Protocol, size: usize, faults: Faults, expect: Expect) {
         Expect::Failed(step, code) => {
             assert!(!valid, "{protocol:?}: a failed download must not verify");
             let want = failure_report(protocol, step, code);
-            assert_eq!(failures.len(), 1, "{protocol:?}: one failure report: {sent:?}");
+            assert_eq!(
+                failures.len(),
+                1,
+                "{protocol:?}: one failure report: {sent:?}"
+            );
             assert!(
                 failures[0].contains(&want),
                 "{protocol:?}: expected a report containing {want}, sent {sent:?}"

@@ -577,7 +577,11 @@ impl Engine {
                 if Instant::now() >= until {
                     return Err(self.fresh_url_missing());
                 }
-                std::thread::sleep(deadline.min(until).saturating_duration_since(Instant::now()));
+                std::thread::sleep(
+                    deadline
+                        .min(until)
+                        .saturating_duration_since(Instant::now()),
+                );
                 if Instant::now() >= deadline {
                     return Ok(0);
                 }
@@ -758,7 +762,10 @@ impl Engine {
     /// has are read and discarded here, so the stream goes on seamlessly. A whole file of
     /// another size is not this image.
     fn range_ignored(&mut self, info: OpenInfo) -> Result<()> {
-        if info.content_length.is_some_and(|len| len != self.notice.size) {
+        if info
+            .content_length
+            .is_some_and(|len| len != self.notice.size)
+        {
             return Err(self.download_failed(FetchError::BadResponse(
                 "server ignored Range and sent a file of another size",
             )));
@@ -798,7 +805,11 @@ impl Engine {
         self.end_cycle(e, FailureCause::UpgradeFailed);
         self.persist.erase();
         let mut text = DescText::new();
-        let _ = write!(text, "superseded by the upgrade to {}", self.scratch.version);
+        let _ = write!(
+            text,
+            "superseded by the upgrade to {}",
+            self.scratch.version
+        );
         self.auto_report_failure(FailureCause::UpgradeFailed, text.as_str());
     }
 
