@@ -10,20 +10,40 @@
  *   IOT_OTA_IsFetchFinish } -> Ioctl(IOT_OTAG_CHECK_FIRMWARE) -> IOT_OTA_Deinit -> IOT_MQTT_Destroy.
  * Release the OTA handle before the MQTT handle it was built on.
  *
+ * The stream invariant (what firmware may rely on): between IOT_OTA_IsFetching turning 1 and
+ * IOT_OTA_IsFetchFinish turning 1, the bytes IOT_OTA_FetchYield returns, concatenated, are
+ * bytes S..n-1 of one image, where S is IOT_OTAG_FETCHED_SIZE read when IsFetching turned 1
+ * (0, or the breakpoint record's offset after a restart): no gap, no repeat, no restart.
+ * IOT_OTAG_CHECK_FIRMWARE is 1 only when those bytes reach the announced size and their digest
+ * matches. So firmware that appends every chunk it gets and never seeks back (as the iotkit
+ * sample does) always holds exactly the image it is told is valid.
+ * - A server that ignores Range: the SDK re-reads and discards the bytes you already have.
+ * - A different upgrade (other version, digest, size, module or task) mid-download: FetchYield
+ *   returns IOT_OTAE_FETCH_FAILED, IsFetchFinish becomes 1, CHECK_FIRMWARE 0; the platform is
+ *   told the old upgrade was superseded. The new upgrade starts as a fresh cycle from byte 0:
+ *   the next IOT_OTA_IsFetching after you saw that end returns 1. The same upgrade announced
+ *   again changes nothing (a fresh URL is taken).
+ * - Every terminal failure (found by the SDK, reported by you with a negative step, a
+ *   supersede): IsFetchFinish stays 1 until the next upgrade's cycle, FetchYield returns
+ *   IOT_OTAE_FETCH_FAILED at once, and the platform gets one failure report per upgrade;
+ *   later failure reports are dropped (return 0, one log line). An IOT_OTAP_FETCH_FAILED report
+ *   right after a FetchYield that returned 0 (nothing yet, the SDK still recovering) is held:
+ *   dropped if the download goes on, replaced by the SDK's own report naming the cause if not.
+ * - Progress 0 is not sent to Aliyun/SagooIOT (their steps run 1..100); it returns 0.
+ *
  * Never losing a download:
  * - Within a run, a broken, stalled or cut download is resumed by IOT_OTA_FetchYield itself
- *   with HTTP Range after a backoff (IOT_OTA_SetRetryPolicy). If a server answers a Range
- *   request with the whole file, FetchYield returns IOT_OTAE_FETCH_FAILED once and
- *   IOT_OTAG_FETCHED_SIZE drops to 0: rewind your write offset and keep calling FetchYield.
- *   Write each chunk at the offset IOT_OTAG_FETCHED_SIZE had before the call.
+ *   with HTTP Range after a backoff (IOT_OTA_SetRetryPolicy).
  * - Across restarts (power loss): call IOT_OTA_SetBreakpointFile (or IOT_OTA_SetBreakpointStore
  *   with flash callbacks) right after IOT_OTA_Init, before IOT_OTA_ReportVersion. When the
- *   platform re-sends the same upgrade, the download continues at IOT_OTAG_RESUME_OFFSET with
- *   the saved digest state; keep the bytes before it and write from there. (Tencent style
- *   instead: IOT_OTA_ResetClientMD5, IOT_OTA_UpdateClientMd5 over the kept bytes,
- *   IOT_OTA_StartDownload(offset, size).)
- * - An expired URL (HTTP 403) is reported in the protocol's terms; Aliyun is asked for a fresh
- *   URL on the request topic; a re-sent upgrade of the same image resumes at its offset.
+ *   platform re-sends the same upgrade, the cycle starts at IOT_OTAG_FETCHED_SIZE with the saved
+ *   digest state; keep the bytes before it and append from there. A record only covers bytes
+ *   earlier FetchYield calls returned (it is saved at the start of a call), so a power cut
+ *   right after a save never leaves a hole. (Tencent style instead: IOT_OTA_ResetClientMD5,
+ *   IOT_OTA_UpdateClientMd5 over the kept bytes, IOT_OTA_StartDownload(offset, size).)
+ * - An expired URL (HTTP 403): on Aliyun the SDK first asks for a fresh URL on the request
+ *   topic and resumes with it; only when none comes within IOT_OTA_SetFreshUrlWait's time
+ *   (default 60 s) does it report step -2 naming the expiry. Other platforms report at once.
  *
  * Success after reboot: with a breakpoint store, a verified image records the version the
  * device is about to boot. After the reboot, the first IOT_OTA_ReportVersion completes the
@@ -935,19 +955,25 @@ int IOT_OTA_RequestImage(void *handle, const char *version);
  1024-byte message buffer fixed at init (SagooIOT cuts `msg` to 128 characters instead);
  IOT_OTAE_INVALID_STATE before an upgrade was accepted, or for a
  percentage after the upgrade's failure was reported; IOT_OTAE_OSC_FAILED when MQTT cannot
- queue the message. A failure (-1..-4) after the failure was already reported returns 0 and
- sends nothing.
+ queue the message. A failure (-1..-4) ends the download (IOT_OTA_IsFetchFinish 1,
+ CHECK_FIRMWARE 0); after the upgrade's failure was already reported it returns 0 and sends
+ nothing. IOT_OTAP_FETCH_FAILED right after a FetchYield that returned 0 is held while the SDK
+ recovers (see the header's opening comment). Progress 0 returns 0 and is not sent to Aliyun
+ or SagooIOT, whose steps run 1..100.
  */
 int IOT_OTA_ReportProgress(void *handle, IOT_OTA_Progress_t progress, const char *msg);
 
 /*
- Returns 1 while an accepted upgrade is being fetched, else 0 (also for a NULL handle).
+ Returns 1 while an accepted upgrade is being fetched, else 0 (also for a NULL handle). An
+ upgrade that arrived during or after the last download starts here, as a new cycle from
+ IOT_OTAG_FETCHED_SIZE, once IOT_OTA_IsFetchFinish (or CHECK_FIRMWARE) showed that end.
  */
 int IOT_OTA_IsFetching(void *handle);
 
 /*
- Returns 1 once the download ended (complete or failed; see IOT_OTAG_CHECK_FIRMWARE), else 0
- (also for a NULL handle).
+ Returns 1 once the download ended (complete, failed or superseded; see
+ IOT_OTAG_CHECK_FIRMWARE) and stays 1 until the next upgrade's cycle starts, else 0 (also for
+ a NULL handle).
  */
 int IOT_OTA_IsFetchFinish(void *handle);
 
@@ -958,8 +984,10 @@ int IOT_OTA_IsFetchFinish(void *handle);
  Returns the number of bytes written (> 0; only `buf[0..n)` is written, nothing on an error),
  0 when nothing arrived in time,
  IOT_OTAE_INVALID_PARAM for a NULL handle/buffer or `buf_len` 0, IOT_OTAE_INVALID_STATE when
- no upgrade is being fetched, IOT_OTAE_FETCH_FAILED when the download failed (the platform
- has been told; IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0).
+ no upgrade is being fetched, IOT_OTAE_FETCH_FAILED at once, from then on, when the download
+ failed or a different upgrade superseded it (the platform has been told;
+ IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). The bytes returned over a
+ cycle are one image, in order (the stream invariant in the header's opening comment).
  */
 int IOT_OTA_FetchYield(void *handle, char *buf, uint32_t buf_len, uint32_t timeout_s);
 
@@ -1046,6 +1074,15 @@ int IOT_OTA_ReportUpgradeFail(void *handle, const char *version);
  Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL handle or `max_attempts` above 1000.
  */
 int IOT_OTA_SetRetryPolicy(void *handle, uint32_t max_attempts, uint32_t stall_timeout_s);
+
+/*
+ Sets how long, after the firmware URL expired (HTTP 403), the SDK waits for the fresh URL it
+ asked the platform for (Aliyun's request topic) before it reports the download failed
+ (extension; default 60 s; 0 reports at once). Meanwhile IOT_OTA_FetchYield returns 0.
+
+ Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL handle or more than 3600 seconds.
+ */
+int IOT_OTA_SetFreshUrlWait(void *handle, uint32_t seconds);
 
 /*
  Keeps the breakpoint record (resume after power loss, success after reboot) through the

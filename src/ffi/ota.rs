@@ -8,7 +8,7 @@ use super::mqtt::MqttHandle;
 use super::resume::ota_breakpoint_store_t;
 use crate::error::Error;
 use crate::log::Level;
-use crate::ota::{OtaConfig, OtaSession, OtaState};
+use crate::ota::{Once, OtaConfig, OtaSession, OtaState};
 use crate::ota_log;
 use crate::protocol::{Protocol, UpgradeNotice};
 
@@ -395,8 +395,11 @@ pub extern "C" fn IOT_OTA_RequestImage(handle: *mut c_void, version: *const c_ch
 /// 1024-byte message buffer fixed at init (SagooIOT cuts `msg` to 128 characters instead);
 /// IOT_OTAE_INVALID_STATE before an upgrade was accepted, or for a
 /// percentage after the upgrade's failure was reported; IOT_OTAE_OSC_FAILED when MQTT cannot
-/// queue the message. A failure (-1..-4) after the failure was already reported returns 0 and
-/// sends nothing.
+/// queue the message. A failure (-1..-4) ends the download (IOT_OTA_IsFetchFinish 1,
+/// CHECK_FIRMWARE 0); after the upgrade's failure was already reported it returns 0 and sends
+/// nothing. IOT_OTAP_FETCH_FAILED right after a FetchYield that returned 0 is held while the SDK
+/// recovers (see the header's opening comment). Progress 0 returns 0 and is not sent to Aliyun
+/// or SagooIOT, whose steps run 1..100.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ReportProgress(
     handle: *mut c_void,
@@ -425,7 +428,9 @@ pub extern "C" fn IOT_OTA_ReportProgress(
     })
 }
 
-/// Returns 1 while an accepted upgrade is being fetched, else 0 (also for a NULL handle).
+/// Returns 1 while an accepted upgrade is being fetched, else 0 (also for a NULL handle). An
+/// upgrade that arrived during or after the last download starts here, as a new cycle from
+/// IOT_OTAG_FETCHED_SIZE, once IOT_OTA_IsFetchFinish (or CHECK_FIRMWARE) showed that end.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_IsFetching(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_IsFetching", {
@@ -436,8 +441,9 @@ pub extern "C" fn IOT_OTA_IsFetching(handle: *mut c_void) -> c_int {
     })
 }
 
-/// Returns 1 once the download ended (complete or failed; see IOT_OTAG_CHECK_FIRMWARE), else 0
-/// (also for a NULL handle).
+/// Returns 1 once the download ended (complete, failed or superseded; see
+/// IOT_OTAG_CHECK_FIRMWARE) and stays 1 until the next upgrade's cycle starts, else 0 (also for
+/// a NULL handle).
 #[no_mangle]
 pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_IsFetchFinish", {
@@ -454,8 +460,10 @@ pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
 /// Returns the number of bytes written (> 0; only `buf[0..n)` is written, nothing on an error),
 /// 0 when nothing arrived in time,
 /// IOT_OTAE_INVALID_PARAM for a NULL handle/buffer or `buf_len` 0, IOT_OTAE_INVALID_STATE when
-/// no upgrade is being fetched, IOT_OTAE_FETCH_FAILED when the download failed (the platform
-/// has been told; IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0).
+/// no upgrade is being fetched, IOT_OTAE_FETCH_FAILED at once, from then on, when the download
+/// failed or a different upgrade superseded it (the platform has been told;
+/// IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). The bytes returned over a
+/// cycle are one image, in order (the stream invariant in the header's opening comment).
 #[no_mangle]
 pub extern "C" fn IOT_OTA_FetchYield(
     handle: *mut c_void,
@@ -655,7 +663,15 @@ unsafe fn notice_query(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: us
             });
             match n {
                 Some(n) => put_str(h, buf, buf_len, &hex[..n]),
-                None => not_available(h, "the upgrade announced another digest"),
+                // Firmware asking for MD5 in its loop on a SHA-256 upgrade: one log line.
+                None if s.first_in_upgrade(Once::OtherDigest) => {
+                    not_available(h, "the upgrade announced another digest")
+                }
+                None => {
+                    let e = Error::NotAvailable("the upgrade announced another digest");
+                    s.record_error(e);
+                    err_code(&e)
+                }
             }
         }
         IOT_OTAG_SIGN_METHOD => {
@@ -838,6 +854,30 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
             policy.stall_timeout = Duration::from_secs(stall_timeout_s as u64);
         }
         h.session.set_retry_policy(policy);
+        0
+    })
+}
+
+/// Sets how long, after the firmware URL expired (HTTP 403), the SDK waits for the fresh URL it
+/// asked the platform for (Aliyun's request topic) before it reports the download failed
+/// (extension; default 60 s; 0 reports at once). Meanwhile IOT_OTA_FetchYield returns 0.
+///
+/// Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL handle or more than 3600 seconds.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_SetFreshUrlWait(handle: *mut c_void, seconds: u32) -> c_int {
+    ffi_guard!("IOT_OTA_SetFreshUrlWait", {
+        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetFreshUrlWait") }) else {
+            return INVALID_PARAM;
+        };
+        if seconds > 3600 {
+            return reject(
+                h,
+                "IOT_OTA_SetFreshUrlWait",
+                Error::InvalidParam("seconds above 3600"),
+            );
+        }
+        h.session
+            .set_fresh_url_wait(Duration::from_secs(seconds as u64));
         0
     })
 }
