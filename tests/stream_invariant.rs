@@ -24,6 +24,9 @@ fn image(len: usize, seed: u8) -> Arc<[u8]> {
         .collect()
 }
 
+/// The image served at each URL.
+type Images = Arc<Mutex<Vec<(String, Arc<[u8]>)>>>;
+
 /// How the scripted server answers one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Answer {
@@ -54,7 +57,7 @@ struct Script {
 /// An HTTP server in memory that answers as its script says.
 struct Scripted {
     /// The image served at each URL; any other URL serves the first.
-    images: Arc<Mutex<Vec<(String, Arc<[u8]>)>>>,
+    images: Images,
     image: Arc<[u8]>,
     script: Arc<Mutex<Script>>,
     /// The open response: answer, next byte of the file to send, bytes of body left.
@@ -163,7 +166,7 @@ impl BreakpointStore for CountingStore {
 }
 
 struct Device {
-    images: Arc<Mutex<Vec<(String, Arc<[u8]>)>>>,
+    images: Images,
     s: OtaSession,
     sent: Sent,
     script: Arc<Mutex<Script>>,
@@ -654,7 +657,7 @@ fn a_power_cut_right_after_any_save_resumes_byte_exact() {
             let n =
                 d.s.fetch_yield(&mut buf, Duration::from_millis(20))
                     .unwrap();
-            if *store.saves.lock().unwrap() >= cut_after + 1 {
+            if *store.saves.lock().unwrap() > cut_after {
                 break; // power cut: these n bytes never reach the flash
             }
             flash.extend_from_slice(&buf[..n]);
