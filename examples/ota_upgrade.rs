@@ -71,8 +71,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }))?;
         if session.is_fetching() {
             failed_at = None;
-            // Write where the session says the bytes belong: after a resume or a server that
-            // restarted the stream, that is not the end of what was written before.
+            // Write where the session says the bytes belong: after a resume from a breakpoint
+            // record, that is not the end of what was written before.
             let at = session.fetched_size();
             match session.fetch_yield(&mut buf, Duration::from_secs(1)) {
                 Ok(n) => {
