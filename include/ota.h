@@ -907,15 +907,18 @@ void *IOT_OTA_InitWithProtocol(const char *product_key,
 
 /*
  Releases an OTA handle and unsubscribes its upgrade topic; a download in progress is
- abandoned (its connection closed). NULL is accepted (IOT_OTAE_INVALID_PARAM).
+ abandoned (its connection closed, nothing reported: the platform re-sends the upgrade after
+ the next version report, and a breakpoint record resumes it). NULL is accepted
+ (IOT_OTAE_INVALID_PARAM).
 
- Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL or foreign handle (one that IOT_OTA_Init did
- not return, e.g. an MQTT handle).
+ Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL, foreign or already released handle (one
+ that IOT_OTA_Init did not return, e.g. an MQTT handle).
 
- Calling it twice with the same handle, or passing the handle to any function after this one
- returned 0, is the caller's bug: the memory is freed, so the behaviour is undefined (the
- foreign-handle check cannot recognise a released handle). So is calling it after
- IOT_MQTT_Destroy of the client the handle was built on.
+ Safe from another thread while one is inside an IOT_OTA_* call on the same handle: that call
+ returns (a FetchYield with IOT_OTAE_FETCH_FAILED) and the memory is freed after it. A loop on
+ that thread then ends: IOT_OTA_IsFetchFinish returns 1 and IOT_OTA_FetchYield
+ IOT_OTAE_FETCH_FAILED for a handle released recently (the last 16). Calling it after
+ IOT_MQTT_Destroy of the client the handle was built on is the caller's bug.
  */
 int IOT_OTA_Deinit(void *handle);
 

@@ -677,3 +677,53 @@ fn a_power_cut_right_after_any_save_resumes_byte_exact() {
         assert!(flash == *img, "cut after save {cut_after}: byte-exact");
     }
 }
+
+/// Deinit from another thread ends the fetching thread's loop: its call in progress returns,
+/// IsFetchFinish answers 1 and FetchYield FETCH_FAILED for the released handle, at once.
+#[test]
+fn deinit_from_another_thread_ends_the_fetch_loop() {
+    use ota::ffi::ota::{
+        IOT_OTA_Deinit, IOT_OTA_Err_t, IOT_OTA_FetchYield, IOT_OTA_IsFetchFinish,
+        IOT_OTA_IsFetching,
+    };
+    let img = image(20_000, 17);
+    let d = device(Protocol::Aliyun, &img);
+    d.answers(&[Answer::Pending; 64]);
+    d.announce(&img, "2.0.0", URL);
+    let h = ota::ffi::fuzzing::handle_from_session(d.s) as usize;
+    assert_eq!(IOT_OTA_IsFetching(h as *mut _), 1);
+    let fetcher = std::thread::spawn(move || {
+        let h = h as *mut std::ffi::c_void;
+        let mut buf = [0u8; 512];
+        let mut last = 0;
+        let start = Instant::now();
+        while IOT_OTA_IsFetchFinish(h) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the loop did not end"
+            );
+            last = IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), buf.len() as u32, 1);
+        }
+        (last, IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 512, 1))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(IOT_OTA_Deinit(h as *mut _), 0);
+    let (last, after) = fetcher.join().unwrap();
+    let failed = IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as i32;
+    assert!(last == 0 || last == failed, "{last}");
+    assert_eq!(after, failed);
+    assert_eq!(IOT_OTA_IsFetchFinish(h as *mut _), 1);
+    assert_eq!(
+        IOT_OTA_Deinit(h as *mut _),
+        IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as i32,
+        "a second release is refused, not undefined"
+    );
+    // A pointer that never was a handle is recognised without being read.
+    let mut not_a_handle = 0u8;
+    let p = (&mut not_a_handle as *mut u8).cast();
+    assert_eq!(IOT_OTA_IsFetchFinish(p), 0);
+    assert_eq!(
+        IOT_OTA_Deinit(p),
+        IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as i32
+    );
+}

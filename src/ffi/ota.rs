@@ -1,6 +1,7 @@
 //! `IOT_OTA_*`: the OTA functions of iotkit v2.3 `iot_export_ota.h`, plus our extensions.
 
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::guard::{c_str, write_c_str};
@@ -116,34 +117,92 @@ pub const IOT_OTA_PROTOCOL_SAGOO: IOT_OTA_Protocol_t = 1;
 pub const IOT_OTA_PROTOCOL_TENCENT: IOT_OTA_Protocol_t = 2;
 pub const IOT_OTA_PROTOCOL_UCLOUD: IOT_OTA_Protocol_t = 3;
 
-const OTA_MAGIC: u32 = 0x4f54_4148;
-
-/// What `IOT_OTA_Init` returns (as `void *`).
-#[repr(C)]
+/// What `IOT_OTA_Init` returns (as `void *`): the address of this, a key into [`HANDLES`].
 pub struct OtaHandle {
-    /// First, so checking it never reads past the start of a foreign pointer.
-    magic: u32,
     session: OtaSession,
-    mqtt: *const MqttHandle,
+    /// The `MqttHandle` the session is attached to (0: none, e.g. [`super::fuzzing`]).
+    mqtt: usize,
 }
 
 impl OtaHandle {
     /// The C handle of `session`, attached to `mqtt` (NULL: a session on other transports,
-    /// e.g. [`super::fuzzing`]); IOT_OTA_Deinit frees it.
+    /// e.g. [`super::fuzzing`]); IOT_OTA_Deinit releases it.
     pub(crate) fn into_raw(session: OtaSession, mqtt: *const MqttHandle) -> *mut c_void {
-        Box::into_raw(Box::new(OtaHandle {
-            magic: OTA_MAGIC,
+        let handle = Arc::new(OtaHandle {
             session,
-            mqtt,
-        })) as *mut c_void
+            mqtt: mqtt as usize,
+        });
+        let key = Arc::as_ptr(&handle) as *mut c_void;
+        handles().insert(handle);
+        key
     }
 
-    /// The session of a live handle; None for NULL or a foreign pointer.
+    /// The session of a live handle; None for NULL, a released or a foreign pointer.
     ///
     /// # Safety
-    /// As every `IOT_OTA_*` function: `h` is NULL, a live OTA handle, or readable for 4 bytes.
+    /// The borrow must end before the handle is released (IOT_OTA_Deinit).
     pub(crate) unsafe fn session<'a>(h: *mut c_void) -> Option<&'a OtaSession> {
-        handle(h, "OtaHandle::session").map(|h| &h.session)
+        let handle = handle(h, "OtaHandle::session")?;
+        // The table keeps its own reference until IOT_OTA_Deinit.
+        Some(&(*Arc::as_ptr(&handle)).session)
+    }
+}
+
+/// The live OTA handles. A C handle is only a key into this table, never dereferenced, so a
+/// foreign or released pointer is recognised without reading it, and a handle released on one
+/// thread while another is inside a call stays alive until that call returns.
+struct Handles {
+    live: Vec<Arc<OtaHandle>>,
+    /// The last keys released, so that a loop on another thread ends instead of spinning.
+    released: [usize; 16],
+    next_released: usize,
+}
+
+static HANDLES: Mutex<Handles> = Mutex::new(Handles {
+    live: Vec::new(),
+    released: [0; 16],
+    next_released: 0,
+});
+
+fn handles() -> std::sync::MutexGuard<'static, Handles> {
+    HANDLES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a C handle is.
+enum Lookup {
+    Live(Arc<OtaHandle>),
+    /// Released by IOT_OTA_Deinit (recently).
+    Released,
+    Unknown,
+}
+
+impl Handles {
+    fn insert(&mut self, handle: Arc<OtaHandle>) {
+        let key = Arc::as_ptr(&handle) as usize;
+        for k in self.released.iter_mut().filter(|k| **k == key) {
+            *k = 0;
+        }
+        self.live.push(handle);
+    }
+
+    fn lookup(&self, h: *mut c_void) -> Lookup {
+        let key = h as usize;
+        match self.live.iter().find(|x| Arc::as_ptr(x) as usize == key) {
+            Some(x) => Lookup::Live(x.clone()),
+            None if key != 0 && self.released.contains(&key) => Lookup::Released,
+            None => Lookup::Unknown,
+        }
+    }
+
+    fn remove(&mut self, h: *mut c_void) -> Option<Arc<OtaHandle>> {
+        let key = h as usize;
+        let i = self
+            .live
+            .iter()
+            .position(|x| Arc::as_ptr(x) as usize == key)?;
+        self.released[self.next_released] = key;
+        self.next_released = (self.next_released + 1) % self.released.len();
+        Some(self.live.swap_remove(i))
     }
 }
 
@@ -165,18 +224,30 @@ pub fn err_code(e: &Error) -> c_int {
 const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
 const STR_TOO_LONG: c_int = IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int;
 
-/// Borrows the handle, or None (after a log line) when it is NULL or not an OTA handle.
-unsafe fn handle<'a>(h: *mut c_void, func: &str) -> Option<&'a OtaHandle> {
+/// The live handle behind `h`, or None (after a log line) when it is NULL, released or not an
+/// OTA handle.
+fn handle(h: *mut c_void, func: &str) -> Option<Arc<OtaHandle>> {
     if h.is_null() {
         ota_log!(Level::Error, "{func}: NULL handle");
         return None;
     }
-    // Read only the magic before treating the memory as a handle.
-    if std::ptr::read_unaligned(h as *const u32) != OTA_MAGIC {
-        ota_log!(Level::Error, "{func}: not an OTA handle");
-        return None;
+    let found = handles().lookup(h);
+    match found {
+        Lookup::Live(handle) => Some(handle),
+        Lookup::Released => {
+            ota_log!(Level::Error, "{func}: handle already released");
+            None
+        }
+        Lookup::Unknown => {
+            ota_log!(Level::Error, "{func}: not an OTA handle");
+            None
+        }
     }
-    Some(&*(h as *const OtaHandle))
+}
+
+/// Whether `h` was released by IOT_OTA_Deinit (recently).
+fn released(h: *mut c_void) -> bool {
+    matches!(handles().lookup(h), Lookup::Released)
 }
 
 /// Maps a result to 0 or the error code, recording an argument error on the session.
@@ -279,25 +350,35 @@ pub extern "C" fn IOT_OTA_InitWithProtocol(
 }
 
 /// Releases an OTA handle and unsubscribes its upgrade topic; a download in progress is
-/// abandoned (its connection closed). NULL is accepted (IOT_OTAE_INVALID_PARAM).
+/// abandoned (its connection closed, nothing reported: the platform re-sends the upgrade after
+/// the next version report, and a breakpoint record resumes it). NULL is accepted
+/// (IOT_OTAE_INVALID_PARAM).
 ///
-/// Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL or foreign handle (one that IOT_OTA_Init did
-/// not return, e.g. an MQTT handle).
+/// Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL, foreign or already released handle (one
+/// that IOT_OTA_Init did not return, e.g. an MQTT handle).
 ///
-/// Calling it twice with the same handle, or passing the handle to any function after this one
-/// returned 0, is the caller's bug: the memory is freed, so the behaviour is undefined (the
-/// foreign-handle check cannot recognise a released handle). So is calling it after
-/// IOT_MQTT_Destroy of the client the handle was built on.
+/// Safe from another thread while one is inside an IOT_OTA_* call on the same handle: that call
+/// returns (a FetchYield with IOT_OTAE_FETCH_FAILED) and the memory is freed after it. A loop on
+/// that thread then ends: IOT_OTA_IsFetchFinish returns 1 and IOT_OTA_FetchYield
+/// IOT_OTAE_FETCH_FAILED for a handle released recently (the last 16). Calling it after
+/// IOT_MQTT_Destroy of the client the handle was built on is the caller's bug.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_Deinit", {
-        if unsafe { self::handle(handle, "IOT_OTA_Deinit") }.is_none() {
+        if handle.is_null() {
+            ota_log!(Level::Error, "IOT_OTA_Deinit: NULL handle");
             return INVALID_PARAM;
         }
-        let mut boxed = unsafe { Box::from_raw(handle as *mut OtaHandle) };
-        boxed.magic = 0;
-        if let Some(mqtt) = unsafe { MqttHandle::from_ptr(boxed.mqtt as *mut c_void) } {
-            let _ = boxed.session.detach(mqtt.client());
+        let removed = handles().remove(handle);
+        let Some(h) = removed else {
+            return match self::handle(handle, "IOT_OTA_Deinit") {
+                Some(_) => 0,
+                None => INVALID_PARAM,
+            };
+        };
+        h.session.release();
+        if let Some(mqtt) = unsafe { MqttHandle::from_ptr(h.mqtt as *mut c_void) } {
+            let _ = h.session.detach(mqtt.client());
         }
         0
     })
@@ -311,17 +392,17 @@ pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ReportVersion(handle: *mut c_void, version: *const c_char) -> c_int {
     ffi_guard!("IOT_OTA_ReportVersion", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportVersion") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_ReportVersion") else {
             return INVALID_PARAM;
         };
         let Some(v) = (unsafe { c_str(version) }) else {
             return reject(
-                h,
+                &h,
                 "IOT_OTA_ReportVersion",
                 Error::InvalidParam("version is NULL"),
             );
         };
-        code(h, h.session.report_version(v))
+        code(&h, h.session.report_version(v))
     })
 }
 
@@ -339,12 +420,12 @@ pub extern "C" fn IOT_OTA_ReportModuleVersion(
     version: *const c_char,
 ) -> c_int {
     ffi_guard!("IOT_OTA_ReportModuleVersion", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportModuleVersion") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_ReportModuleVersion") else {
             return INVALID_PARAM;
         };
         let Some(v) = (unsafe { c_str(version) }) else {
             return reject(
-                h,
+                &h,
                 "IOT_OTA_ReportModuleVersion",
                 Error::InvalidParam("version is NULL"),
             );
@@ -356,14 +437,14 @@ pub extern "C" fn IOT_OTA_ReportModuleVersion(
                 Some(m) => m,
                 None => {
                     return reject(
-                        h,
+                        &h,
                         "IOT_OTA_ReportModuleVersion",
                         Error::InvalidParam("module is not UTF-8"),
                     )
                 }
             }
         };
-        code(h, h.session.report_module_version(m, v))
+        code(&h, h.session.report_module_version(m, v))
     })
 }
 
@@ -373,17 +454,17 @@ pub extern "C" fn IOT_OTA_ReportModuleVersion(
 #[no_mangle]
 pub extern "C" fn IOT_OTA_RequestImage(handle: *mut c_void, version: *const c_char) -> c_int {
     ffi_guard!("IOT_OTA_RequestImage", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_RequestImage") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_RequestImage") else {
             return INVALID_PARAM;
         };
         let Some(v) = (unsafe { c_str(version) }) else {
             return reject(
-                h,
+                &h,
                 "IOT_OTA_RequestImage",
                 Error::InvalidParam("version is NULL"),
             );
         };
-        code(h, h.session.request_image(v))
+        code(&h, h.session.request_image(v))
     })
 }
 
@@ -407,7 +488,7 @@ pub extern "C" fn IOT_OTA_ReportProgress(
     msg: *const c_char,
 ) -> c_int {
     ffi_guard!("IOT_OTA_ReportProgress", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportProgress") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_ReportProgress") else {
             return INVALID_PARAM;
         };
         let desc = if msg.is_null() {
@@ -417,14 +498,14 @@ pub extern "C" fn IOT_OTA_ReportProgress(
                 Some(s) => Some(s),
                 None => {
                     return reject(
-                        h,
+                        &h,
                         "IOT_OTA_ReportProgress",
                         Error::InvalidParam("msg is not UTF-8"),
                     )
                 }
             }
         };
-        code(h, h.session.report_progress(progress, desc))
+        code(&h, h.session.report_progress(progress, desc))
     })
 }
 
@@ -434,7 +515,7 @@ pub extern "C" fn IOT_OTA_ReportProgress(
 #[no_mangle]
 pub extern "C" fn IOT_OTA_IsFetching(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_IsFetching", {
-        match unsafe { self::handle(handle, "IOT_OTA_IsFetching") } {
+        match self::handle(handle, "IOT_OTA_IsFetching") {
             Some(h) => h.session.is_fetching() as c_int,
             None => 0,
         }
@@ -447,8 +528,10 @@ pub extern "C" fn IOT_OTA_IsFetching(handle: *mut c_void) -> c_int {
 #[no_mangle]
 pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_IsFetchFinish", {
-        match unsafe { self::handle(handle, "IOT_OTA_IsFetchFinish") } {
+        match self::handle(handle, "IOT_OTA_IsFetchFinish") {
             Some(h) => h.session.is_fetch_finished() as c_int,
+            // Released (by another thread): nothing more will come, so the loop must end.
+            None if released(handle) => 1,
             None => 0,
         }
     })
@@ -472,12 +555,15 @@ pub extern "C" fn IOT_OTA_FetchYield(
     timeout_s: u32,
 ) -> c_int {
     ffi_guard!("IOT_OTA_FetchYield", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_FetchYield") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_FetchYield") else {
+            if released(handle) {
+                return IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int;
+            }
             return INVALID_PARAM;
         };
         if buf.is_null() || buf_len == 0 {
             return reject(
-                h,
+                &h,
                 "IOT_OTA_FetchYield",
                 Error::InvalidParam("buf is NULL or buf_len is 0"),
             );
@@ -582,13 +668,13 @@ pub extern "C" fn IOT_OTA_Ioctl(
     buf_len: usize,
 ) -> c_int {
     ffi_guard!("IOT_OTA_Ioctl", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_Ioctl") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_Ioctl") else {
             return INVALID_PARAM;
         };
         if buf.is_null() {
-            return reject(h, "IOT_OTA_Ioctl", Error::InvalidParam("buf is NULL"));
+            return reject(&h, "IOT_OTA_Ioctl", Error::InvalidParam("buf is NULL"));
         }
-        unsafe { ioctl(h, r#type, buf, buf_len) }
+        unsafe { ioctl(&h, r#type, buf, buf_len) }
     })
 }
 
@@ -701,7 +787,7 @@ unsafe fn notice_query(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: us
 #[no_mangle]
 pub extern "C" fn IOT_OTA_GetLastError(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_GetLastError", {
-        match unsafe { self::handle(handle, "IOT_OTA_GetLastError") } {
+        match self::handle(handle, "IOT_OTA_GetLastError") {
             Some(h) => h.session.last_error().map_or(0, |e| err_code(&e)),
             None => INVALID_PARAM,
         }
@@ -718,10 +804,10 @@ pub extern "C" fn IOT_OTA_GetLastError(handle: *mut c_void) -> c_int {
 #[no_mangle]
 pub extern "C" fn IOT_OTA_StartDownload(handle: *mut c_void, offset: u32, size: u32) -> c_int {
     ffi_guard!("IOT_OTA_StartDownload", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_StartDownload") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_StartDownload") else {
             return INVALID_PARAM;
         };
-        code(h, h.session.start_download(offset as u64, size as u64))
+        code(&h, h.session.start_download(offset as u64, size as u64))
     })
 }
 
@@ -732,14 +818,14 @@ pub extern "C" fn IOT_OTA_StartDownload(handle: *mut c_void, offset: u32, size: 
 #[no_mangle]
 pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char, size: u32) {
     ffi_guard!("IOT_OTA_UpdateClientMd5", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_UpdateClientMd5") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_UpdateClientMd5") else {
             return;
         };
         let bytes: &[u8] = if size == 0 {
             &[]
         } else if buff.is_null() {
             reject(
-                h,
+                &h,
                 "IOT_OTA_UpdateClientMd5",
                 Error::InvalidParam("buff is NULL"),
             );
@@ -747,7 +833,7 @@ pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char
         } else {
             unsafe { std::slice::from_raw_parts(buff as *const u8, size as usize) }
         };
-        let _ = code(h, h.session.update_client_digest(bytes));
+        let _ = code(&h, h.session.update_client_digest(bytes));
     })
 }
 
@@ -758,10 +844,10 @@ pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ResetClientMD5(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_ResetClientMD5", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ResetClientMD5") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_ResetClientMD5") else {
             return INVALID_PARAM;
         };
-        code(h, h.session.reset_client_digest())
+        code(&h, h.session.reset_client_digest())
     })
 }
 
@@ -773,10 +859,10 @@ pub extern "C" fn IOT_OTA_ResetClientMD5(handle: *mut c_void) -> c_int {
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ReportUpgradeBegin(handle: *mut c_void) -> c_int {
     ffi_guard!("IOT_OTA_ReportUpgradeBegin", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportUpgradeBegin") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_ReportUpgradeBegin") else {
             return INVALID_PARAM;
         };
-        code(h, h.session.report_upgrade_begin())
+        code(&h, h.session.report_upgrade_begin())
     })
 }
 
@@ -791,17 +877,17 @@ pub extern "C" fn IOT_OTA_ReportUpgradeSuccess(
     version: *const c_char,
 ) -> c_int {
     ffi_guard!("IOT_OTA_ReportUpgradeSuccess", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportUpgradeSuccess") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_ReportUpgradeSuccess") else {
             return INVALID_PARAM;
         };
         let Some(v) = (unsafe { c_str(version) }) else {
             return reject(
-                h,
+                &h,
                 "IOT_OTA_ReportUpgradeSuccess",
                 Error::InvalidParam("version is NULL"),
             );
         };
-        code(h, h.session.report_upgrade_success(v))
+        code(&h, h.session.report_upgrade_success(v))
     })
 }
 
@@ -815,11 +901,11 @@ pub extern "C" fn IOT_OTA_ReportUpgradeSuccess(
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ReportUpgradeFail(handle: *mut c_void, version: *const c_char) -> c_int {
     ffi_guard!("IOT_OTA_ReportUpgradeFail", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_ReportUpgradeFail") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_ReportUpgradeFail") else {
             return INVALID_PARAM;
         };
         let _ = version;
-        code(h, h.session.report_upgrade_fail("firmware update failed"))
+        code(&h, h.session.report_upgrade_fail("firmware update failed"))
     })
 }
 
@@ -836,12 +922,12 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
     stall_timeout_s: u32,
 ) -> c_int {
     ffi_guard!("IOT_OTA_SetRetryPolicy", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetRetryPolicy") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_SetRetryPolicy") else {
             return INVALID_PARAM;
         };
         if max_attempts > 1000 {
             return reject(
-                h,
+                &h,
                 "IOT_OTA_SetRetryPolicy",
                 Error::InvalidParam("max_attempts above 1000"),
             );
@@ -866,12 +952,12 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
 #[no_mangle]
 pub extern "C" fn IOT_OTA_SetFreshUrlWait(handle: *mut c_void, seconds: u32) -> c_int {
     ffi_guard!("IOT_OTA_SetFreshUrlWait", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetFreshUrlWait") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_SetFreshUrlWait") else {
             return INVALID_PARAM;
         };
         if seconds > 3600 {
             return reject(
-                h,
+                &h,
                 "IOT_OTA_SetFreshUrlWait",
                 Error::InvalidParam("seconds above 3600"),
             );
@@ -896,12 +982,12 @@ pub extern "C" fn IOT_OTA_SetBreakpointStore(
     store: *const ota_breakpoint_store_t,
 ) -> c_int {
     ffi_guard!("IOT_OTA_SetBreakpointStore", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetBreakpointStore") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_SetBreakpointStore") else {
             return INVALID_PARAM;
         };
         match unsafe { super::resume::callback_store(store) } {
-            Ok(s) => code(h, h.session.set_breakpoint_store(Box::new(s))),
-            Err(e) => reject(h, "IOT_OTA_SetBreakpointStore", e),
+            Ok(s) => code(&h, h.session.set_breakpoint_store(Box::new(s))),
+            Err(e) => reject(&h, "IOT_OTA_SetBreakpointStore", e),
         }
     })
 }
@@ -916,12 +1002,12 @@ pub extern "C" fn IOT_OTA_SetBreakpointStore(
 #[no_mangle]
 pub extern "C" fn IOT_OTA_SetBreakpointFile(handle: *mut c_void, path: *const c_char) -> c_int {
     ffi_guard!("IOT_OTA_SetBreakpointFile", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetBreakpointFile") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_SetBreakpointFile") else {
             return INVALID_PARAM;
         };
         match unsafe { super::resume::file_store(path) } {
-            Ok(s) => code(h, h.session.set_breakpoint_store(Box::new(s))),
-            Err(e) => reject(h, "IOT_OTA_SetBreakpointFile", e),
+            Ok(s) => code(&h, h.session.set_breakpoint_store(Box::new(s))),
+            Err(e) => reject(&h, "IOT_OTA_SetBreakpointFile", e),
         }
     })
 }
@@ -935,7 +1021,7 @@ pub extern "C" fn IOT_OTA_SetBreakpointFile(handle: *mut c_void, path: *const c_
 #[no_mangle]
 pub extern "C" fn IOT_OTA_SetSaveInterval(handle: *mut c_void, bytes: u32, percent: u32) -> c_int {
     ffi_guard!("IOT_OTA_SetSaveInterval", {
-        let Some(h) = (unsafe { self::handle(handle, "IOT_OTA_SetSaveInterval") }) else {
+        let Some(h) = self::handle(handle, "IOT_OTA_SetSaveInterval") else {
             return INVALID_PARAM;
         };
         match super::resume::save_policy(bytes, percent) {
@@ -943,7 +1029,7 @@ pub extern "C" fn IOT_OTA_SetSaveInterval(handle: *mut c_void, bytes: u32, perce
                 h.session.set_save_policy(p);
                 0
             }
-            Err(e) => reject(h, "IOT_OTA_SetSaveInterval", e),
+            Err(e) => reject(&h, "IOT_OTA_SetSaveInterval", e),
         }
     })
 }

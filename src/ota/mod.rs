@@ -1271,6 +1271,25 @@ impl OtaSession {
         f(&self.engine().notice)
     }
 
+    /// Ends a download in progress without a report (the caller is letting the session go:
+    /// IOT_OTA_Deinit); a call waiting on another thread returns.
+    pub fn release(&self) {
+        let mut e = self.engine();
+        e.next_pending = false;
+        if e.state == OtaState::Fetching {
+            ota_log!(
+                Level::Info,
+                "session released during the download of {} at byte {}",
+                e.notice.version,
+                e.fetched
+            );
+            e.end_cycle(
+                Error::Fetch(FetchError::Abandoned),
+                FailureCause::DownloadFailed,
+            );
+        }
+    }
+
     /// Sets how long an expired URL waits for a fresh one (see [`OtaConfig::fresh_url_wait`]).
     pub fn set_fresh_url_wait(&self, wait: Duration) {
         self.engine().fresh_url_wait = wait;
