@@ -339,7 +339,7 @@ typedef struct Style Style;
 
 /*
  An event: `msg` is the packet id (cast to a pointer) for (un)subscribe/publish events and
- an `iotx_mqtt_topic_info_t *` for PUBLISH_RECEIVED.
+ an `iotx_mqtt_topic_info_t *` (never NULL, valid during the call) for PUBLISH_RECEIVED.
  */
 typedef struct iotx_mqtt_event_msg_t {
   enum iotx_mqtt_event_type_t event_type;
@@ -815,7 +815,9 @@ void IOT_DumpMemoryStats(int level);
  Connects to the broker described by `pInitParams` and returns the client handle, or NULL
  when `pInitParams`, `host` or `client_id` is NULL, `host` is empty or not UTF-8, `port` is 0, `pub_key` is not a PEM
  certificate, or the connection fails (refused, unreachable, timeout after
- `request_timeout_ms`, default 5000).
+ `request_timeout_ms`, default 5000). `handle_event`, when set, gets the connection events
+ and every message no subscription matches (PUBLISH_RECEIVED, `msg` an
+ `iotx_mqtt_topic_info_t *`, as iotkit does).
  */
 void *IOT_MQTT_Construct(struct iotx_mqtt_param_t *pInitParams);
 

@@ -99,20 +99,10 @@ impl MqttOptions {
 pub enum MqttEvent {
     Disconnected,
     Reconnected,
-    SubscribeAck {
-        packet_id: u16,
-    },
-    SubscribeNack {
-        packet_id: u16,
-    },
-    UnsubscribeAck {
-        packet_id: u16,
-    },
-    PublishAck {
-        packet_id: u16,
-    },
-    /// A message arrived that no subscription handler matched.
-    PublishReceived,
+    SubscribeAck { packet_id: u16 },
+    SubscribeNack { packet_id: u16 },
+    UnsubscribeAck { packet_id: u16 },
+    PublishAck { packet_id: u16 },
 }
 
 /// An incoming message as a handler sees it.
@@ -516,6 +506,8 @@ pub struct MqttClient {
     queue: Queue,
     subscriptions: Mutex<Vec<Subscription>>,
     events: Mutex<Option<EventHandler>>,
+    /// Gets the messages no subscription matches; taken out while it runs, like a handler.
+    unmatched: Mutex<Option<MessageHandler>>,
     connected: Arc<AtomicBool>,
     retry_at: Mutex<Option<Instant>>,
     /// Reconnection delays: exponential with jitter, never giving up.
@@ -604,6 +596,7 @@ impl MqttClient {
             },
             subscriptions: Mutex::new(Vec::new()),
             events: Mutex::new(None),
+            unmatched: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(true)),
             retry_at: Mutex::new(None),
             backoff: Mutex::new(Backoff::new(RECONNECT_POLICY)),
@@ -616,6 +609,13 @@ impl MqttClient {
     /// Sets the handler for connection events (replacing any previous one).
     pub fn on_event(&self, handler: impl FnMut(&MqttEvent) + Send + 'static) {
         *lock(&self.events) = Some(Box::new(handler));
+    }
+
+    /// Sets the handler for messages that no subscription matches (replacing any previous
+    /// one), e.g. those a persistent session still holds for a filter unsubscribed since;
+    /// without one they are dropped. It runs inside [`yield_for`](Self::yield_for).
+    pub fn on_unmatched(&self, handler: impl FnMut(&Message<'_>) + Send + 'static) {
+        *lock(&self.unmatched) = Some(Box::new(handler));
     }
 
     /// Whether the connection to the broker is up.
@@ -954,7 +954,8 @@ impl MqttClient {
         }
     }
 
-    /// Runs every handler whose filter matches; each is taken out of the table while it runs.
+    /// Runs every handler whose filter matches, or the unmatched-message handler when none
+    /// does; each is taken out of its place while it runs, so it may call back into the client.
     fn deliver(&self, msg: &Message<'_>) {
         let mut delivered = false;
         let mut i = 0;
@@ -978,7 +979,14 @@ impl MqttClient {
             i += 1;
         }
         if !delivered {
-            self.emit(MqttEvent::PublishReceived);
+            let handler = lock(&self.unmatched).take();
+            if let Some(mut h) = handler {
+                h(msg);
+                let mut slot = lock(&self.unmatched);
+                if slot.is_none() {
+                    *slot = Some(h);
+                }
+            }
         }
     }
 

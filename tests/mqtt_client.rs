@@ -1,8 +1,12 @@
 //! The synchronous MQTT client against brokers that misbehave on purpose: scripted peers on
-//! real 127.0.0.1 sockets that refuse, stall, stop answering pings, send oversized packets or
-//! drop a publish, plus the embedded broker for flow control. Each test names the behaviour a
-//! device relies on.
+//! real 127.0.0.1 sockets that refuse, stall, stop answering pings, send oversized packets,
+//! drop a publish or deliver what was never subscribed, plus the embedded broker for flow
+//! control. Each test names the behaviour a device relies on.
 
+#[path = "common/cmqtt.rs"]
+mod cmqtt;
+
+use std::ffi::c_void;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +16,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ota::error::{Error, MqttError};
+use ota::ffi::mqtt::{
+    iotx_mqtt_event_msg_pt, iotx_mqtt_event_type_t, iotx_mqtt_topic_info_t, IOT_MQTT_Construct,
+    IOT_MQTT_Destroy, IOT_MQTT_Subscribe, IOT_MQTT_Yield, IOTX_MQTT_QOS1,
+};
 use ota::mqtt::{MqttEvent, QoS};
 use ota::ota::Uplink;
 use ota::{MqttClient, MqttOptions};
@@ -501,4 +509,103 @@ fn a_publish_larger_than_a_packet_is_refused_before_it_is_queued() {
     // What was queued goes out and the connection stays up.
     client.yield_for(Duration::from_millis(100)).unwrap();
     assert!(client.is_connected());
+}
+
+/// A PUBLISH of `payload` to `topic` (QoS 0 when `packet_id` is 0, else QoS 1), under 128 bytes.
+fn publish_packet(topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    if packet_id != 0 {
+        body.extend_from_slice(&packet_id.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    assert!(body.len() < 128, "one length byte");
+    let first = if packet_id != 0 { 0x32 } else { 0x30 };
+    let mut packet = vec![first, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// What a C handler saw of each PUBLISH_RECEIVED event: topic, payload, QoS and packet id, or
+/// `None` when `msg->msg` was NULL.
+type SeenByC = Mutex<Vec<Option<(Vec<u8>, Vec<u8>, u8, u16)>>>;
+
+/// An iotkit-style C handler: records PUBLISH_RECEIVED events into the [`SeenByC`] at `ctx`,
+/// reading the topic and payload through the pointers it was given; ignores other events.
+unsafe extern "C" fn record_received(
+    ctx: *mut c_void,
+    _client: *mut c_void,
+    msg: iotx_mqtt_event_msg_pt,
+) {
+    if !matches!(
+        (*msg).event_type,
+        iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_PUBLISH_RECEIVED
+    ) {
+        return;
+    }
+    let info = (*msg).msg as *const iotx_mqtt_topic_info_t;
+    let seen = info.as_ref().map(|i| {
+        let bytes = |p: *const std::ffi::c_char, n: usize| {
+            std::slice::from_raw_parts(p as *const u8, n).to_vec()
+        };
+        (
+            bytes(i.ptopic, i.topic_len as usize),
+            bytes(i.payload, i.payload_len as usize),
+            i.qos,
+            i.packet_id,
+        )
+    });
+    let record = &*(ctx as *const SeenByC);
+    record.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
+}
+
+#[test]
+fn a_message_no_subscription_matches_reaches_handle_event_with_its_topic_and_payload() {
+    let (port, peer) = scripted(1, |_, mut s| {
+        read_until(&mut s, CONNECT).expect("CONNECT");
+        connack(&mut s, 0);
+        let sub = read_until(&mut s, SUBSCRIBE).expect("SUBSCRIBE");
+        write(&mut s, &[0x90, 3, sub.body[0], sub.body[1], 1]);
+        // What a persistent session still holds for a filter unsubscribed since.
+        write(&mut s, &publish_packet("old/topic", 5, b"left over"));
+        write(&mut s, &publish_packet("dev/sub", 0, b"mine"));
+        let ack = read_until(&mut s, PUBACK).expect("PUBACK of the unmatched message");
+        assert_eq!(ack.body, [0, 5]);
+        let _ = read_until(&mut s, DISCONNECT);
+    });
+    let unmatched: &'static SeenByC = Box::leak(Box::default());
+    let matched: &'static SeenByC = Box::leak(Box::default());
+    let subacks: &'static AtomicUsize = Box::leak(Box::default());
+    let mut param = cmqtt::mqtt_param(port, c"stray", subacks);
+    param.handle_event.h_fp = Some(record_received);
+    param.handle_event.pcontext = unmatched as *const SeenByC as *mut c_void;
+    let mut client = IOT_MQTT_Construct(&mut param);
+    assert!(!client.is_null());
+    let matched_ctx = matched as *const SeenByC as *mut c_void;
+    let r = IOT_MQTT_Subscribe(
+        client,
+        c"dev/sub".as_ptr(),
+        IOTX_MQTT_QOS1,
+        Some(record_received),
+        matched_ctx,
+    );
+    assert_eq!(r, 0);
+    let end = Instant::now() + Duration::from_secs(5);
+    while (unmatched.lock().unwrap().is_empty() || matched.lock().unwrap().is_empty())
+        && Instant::now() < end
+    {
+        assert_eq!(IOT_MQTT_Yield(client, 50), 0);
+    }
+    assert_eq!(
+        unmatched.lock().unwrap().as_slice(),
+        &[Some((b"old/topic".to_vec(), b"left over".to_vec(), 1, 5))],
+        "handle_event gets the unmatched message, and only it"
+    );
+    assert_eq!(
+        matched.lock().unwrap().as_slice(),
+        &[Some((b"dev/sub".to_vec(), b"mine".to_vec(), 0, 0))]
+    );
+    assert_eq!(IOT_MQTT_Destroy(&mut client), 0);
+    peer.join().unwrap();
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (see README): installs what is missing, then runs every check CI
-# runs: format, lints, the Rust tests (embedded broker), and the C examples under ctest against
-# Mosquitto. Set OTA_REQUIRE_MOSQUITTO=required to make Mosquitto tests fail instead of skip
-# when the broker cannot be installed (CI does).
+# runs: format, lints, the committed C header, the Rust tests (embedded broker), and the C
+# examples under ctest against Mosquitto. Set OTA_REQUIRE_MOSQUITTO=required to make Mosquitto
+# tests fail instead of skip when the broker cannot be installed (CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -31,6 +31,18 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# That build ran build.rs, which regenerates include/ota.h from src/ffi: what is committed must
+# be what it generates (tests/header.rs covers the cases where build.rs did not run).
+step "include/ota.h is committed as generated"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    if ! git diff --exit-code -- include/; then
+        echo "include/ota.h as generated from src/ffi differs from the committed file (diff above):" >&2
+        echo "commit the regenerated header (git add include/ota.h)" >&2
+        exit 1
+    fi
+else
+    echo "not a git checkout: skipped"
+fi
 step "cargo clippy, library without TLS (the \`tls\` feature off)"
 cargo clippy -p ota --lib --no-default-features -- -D warnings
 step "cargo test"

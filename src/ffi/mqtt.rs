@@ -65,7 +65,7 @@ pub struct iotx_mqtt_topic_info_t {
 pub type iotx_mqtt_topic_info_pt = *mut iotx_mqtt_topic_info_t;
 
 /// An event: `msg` is the packet id (cast to a pointer) for (un)subscribe/publish events and
-/// an `iotx_mqtt_topic_info_t *` for PUBLISH_RECEIVED.
+/// an `iotx_mqtt_topic_info_t *` (never NULL, valid during the call) for PUBLISH_RECEIVED.
 #[repr(C)]
 #[allow(non_camel_case_types)]
 pub struct iotx_mqtt_event_msg_t {
@@ -165,8 +165,35 @@ fn event_type(e: &MqttEvent) -> (iotx_mqtt_event_type_t, usize) {
         MqttEvent::PublishAck { packet_id } => {
             (T::IOTX_MQTT_EVENT_PUBLISH_SUCCESS, packet_id as usize)
         }
-        MqttEvent::PublishReceived => (T::IOTX_MQTT_EVENT_PUBLISH_RECEIVED, 0),
     }
+}
+
+/// Calls a C handler with a PUBLISH_RECEIVED event for `m`, whose topic info lives on the stack
+/// for the call: subscription handlers get matching messages this way, `handle_event` the rest.
+///
+/// # Safety
+/// `func` is a valid C function; `ctx` and `me` are what it expects.
+unsafe fn deliver_to_c(
+    func: unsafe extern "C" fn(*mut c_void, *mut c_void, iotx_mqtt_event_msg_pt),
+    ctx: CPtr,
+    me: CPtr,
+    m: &Message<'_>,
+) {
+    let mut info = iotx_mqtt_topic_info_t {
+        packet_id: m.packet_id,
+        qos: m.qos as u8,
+        dup: m.dup as u8,
+        retain: m.retain as u8,
+        topic_len: m.topic.len().min(u16::MAX as usize) as u16,
+        payload_len: m.payload.len().min(u32::MAX as usize) as u32,
+        ptopic: m.topic.as_ptr() as *const c_char,
+        payload: m.payload.as_ptr() as *const c_char,
+    };
+    let mut msg = iotx_mqtt_event_msg_t {
+        event_type: iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_PUBLISH_RECEIVED,
+        msg: &mut info as *mut iotx_mqtt_topic_info_t as *mut c_void,
+    };
+    func(ctx.0, me.0, &mut msg);
 }
 
 fn options_from(p: &iotx_mqtt_param_t) -> Result<MqttOptions, &'static str> {
@@ -195,7 +222,9 @@ fn options_from(p: &iotx_mqtt_param_t) -> Result<MqttOptions, &'static str> {
 /// Connects to the broker described by `pInitParams` and returns the client handle, or NULL
 /// when `pInitParams`, `host` or `client_id` is NULL, `host` is empty or not UTF-8, `port` is 0, `pub_key` is not a PEM
 /// certificate, or the connection fails (refused, unreachable, timeout after
-/// `request_timeout_ms`, default 5000).
+/// `request_timeout_ms`, default 5000). `handle_event`, when set, gets the connection events
+/// and every message no subscription matches (PUBLISH_RECEIVED, `msg` an
+/// `iotx_mqtt_topic_info_t *`, as iotkit does).
 #[no_mangle]
 #[allow(non_snake_case)]
 pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mut c_void {
@@ -227,7 +256,8 @@ pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mu
         if let Some(h_fp) = p.handle_event.h_fp {
             let ctx = CPtr(p.handle_event.pcontext);
             let me = CPtr(handle as *mut c_void);
-            unsafe { &*handle }.client.on_event(move |e| {
+            let client = &unsafe { &*handle }.client;
+            client.on_event(move |e| {
                 let (event_type, id) = event_type(e);
                 let mut msg = iotx_mqtt_event_msg_t {
                     event_type,
@@ -235,6 +265,11 @@ pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mu
                 };
                 let (ctx, me) = (ctx, me);
                 unsafe { h_fp(ctx.0, me.0, &mut msg) };
+            });
+            // As in iotkit, a message no subscription matches goes to handle_event.
+            client.on_unmatched(move |m| {
+                let (ctx, me) = (ctx, me);
+                unsafe { deliver_to_c(h_fp, ctx, me, m) };
             });
         }
         handle as *mut c_void
@@ -349,21 +384,7 @@ pub extern "C" fn IOT_MQTT_Subscribe(
         let me = CPtr(handle);
         let r = h.client.subscribe(filter, qos, move |m: &Message<'_>| {
             let (ctx, me) = (ctx, me);
-            let mut info = iotx_mqtt_topic_info_t {
-                packet_id: m.packet_id,
-                qos: m.qos as u8,
-                dup: m.dup as u8,
-                retain: m.retain as u8,
-                topic_len: m.topic.len().min(u16::MAX as usize) as u16,
-                payload_len: m.payload.len().min(u32::MAX as usize) as u32,
-                ptopic: m.topic.as_ptr() as *const c_char,
-                payload: m.payload.as_ptr() as *const c_char,
-            };
-            let mut msg = iotx_mqtt_event_msg_t {
-                event_type: iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_PUBLISH_RECEIVED,
-                msg: &mut info as *mut iotx_mqtt_topic_info_t as *mut c_void,
-            };
-            unsafe { func(ctx.0, me.0, &mut msg) };
+            unsafe { deliver_to_c(func, ctx, me, m) };
         });
         match r {
             Ok(()) => 0,

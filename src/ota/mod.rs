@@ -992,7 +992,7 @@ impl OtaSession {
                 topics,
                 uplink,
                 message: vec![0u8; limits.message].into_boxed_slice(),
-                next_id: 1,
+                ids: outbox::IdCounter::new(config.protocol),
                 deferred: [
                     Deferred::new(limits.message),
                     Deferred::new(limits.message),

@@ -1,5 +1,8 @@
 //! Publishing upstream messages, and holding them back while the broker is unreachable.
 
+use std::hash::BuildHasher;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use super::Uplink;
 use crate::error::{Error, MqttError, Result};
 use crate::log::Level;
@@ -12,7 +15,7 @@ pub(super) struct Outbox {
     pub(super) topics: Topics,
     pub(super) uplink: Box<dyn Uplink>,
     pub(super) message: Box<[u8]>,
-    pub(super) next_id: u64,
+    pub(super) ids: IdCounter,
     /// Messages that could not go out while the broker was unreachable: the latest per
     /// channel, sent after the reconnection.
     pub(super) deferred: [Deferred; 3],
@@ -46,16 +49,19 @@ const CHANNELS: [Channel; 3] = [Channel::Inform, Channel::Progress, Channel::Req
 impl Outbox {
     /// Encodes and publishes `report`; a report the protocol has no message for is a no-op.
     pub(super) fn send(&mut self, report: Report<'_>) -> Result<()> {
-        let encoded = protocol::encode(self.protocol, &report, self.next_id, &mut self.message)
-            .map_err(|_| Error::TooLong {
-                what: "upstream message",
-                len: self.message.len() + 1,
-                max: self.message.len(),
+        let id = self.ids.peek();
+        let encoded =
+            protocol::encode(self.protocol, &report, id, &mut self.message).map_err(|_| {
+                Error::TooLong {
+                    what: "upstream message",
+                    len: self.message.len() + 1,
+                    max: self.message.len(),
+                }
             })?;
         let Some((channel, len)) = encoded else {
             return Ok(());
         };
-        self.next_id += 1;
+        self.ids.take(id);
         let topic = self.topics.for_channel(channel);
         match self.uplink.publish(topic, &self.message[..len]) {
             Err(Error::Mqtt(MqttError::NotConnected)) => {
@@ -86,5 +92,145 @@ impl Outbox {
             }
         }
         sent_inform
+    }
+}
+
+/// 2020-01-01T00:00:00Z in milliseconds: a wall clock before it was never set (a gateway
+/// without a battery-backed RTC boots in 1970).
+const CLOCK_SET_MS: u64 = 1_577_836_800_000;
+
+/// Message ids that do not repeat when the device restarts: every message id of a device must
+/// be unique (Aliyun, SagooIOT), and a counter from 1 would reuse the ids of the previous run.
+///
+/// Ids follow the wall clock in milliseconds: each is `max(previous + 1, now)`, so they are
+/// strictly increasing within a run and a restart cannot reuse one unless the device sent more
+/// than one message per millisecond on average before it. Aliyun allows 0..=4294967295, so
+/// its ids are the milliseconds modulo 2^32, compared in serial-number order (RFC 1982):
+/// they wrap to small numbers once every 49.7 days, still unique. While the clock reads
+/// before 2020 (not set), a run starts at a random id (below the 2020 mark for 64-bit ids, so
+/// never one a set clock gives) and counts up; ids follow the clock again once it is set.
+/// Protocols without message ids ignore them.
+pub(super) struct IdCounter {
+    /// The id of the last message sent; `None` before the first.
+    last: Option<u64>,
+    /// Ids are counted modulo `mask + 1`.
+    mask: u64,
+}
+
+impl IdCounter {
+    pub(super) fn new(protocol: Protocol) -> IdCounter {
+        let mask = match protocol {
+            Protocol::Aliyun => u32::MAX as u64,
+            Protocol::Sagoo | Protocol::Tencent | Protocol::Ucloud => u64::MAX,
+        };
+        IdCounter { last: None, mask }
+    }
+
+    /// The id the next message gets; [`take`](Self::take) it once the message is built.
+    pub(super) fn peek(&self) -> u64 {
+        self.peek_at(wall_clock_ms())
+    }
+
+    /// Records `id` (from [`peek`](Self::peek)) as used.
+    pub(super) fn take(&mut self, id: u64) {
+        self.last = Some(id);
+    }
+
+    /// The next id when the wall clock reads `now_ms` (`None`: not set).
+    fn peek_at(&self, now_ms: Option<u64>) -> u64 {
+        let now = now_ms.map(|ms| ms & self.mask);
+        match (self.last, now) {
+            (None, Some(now)) => now,
+            // Below the 2020 mark, and within Aliyun's range.
+            (None, None) => random() % self.mask.min(CLOCK_SET_MS),
+            (Some(last), now) => {
+                let next = last.wrapping_add(1) & self.mask;
+                match now {
+                    // `now` is at or after `next` in serial-number order.
+                    Some(now) if now.wrapping_sub(next) & self.mask <= self.mask >> 1 => now,
+                    _ => next,
+                }
+            }
+        }
+    }
+}
+
+/// Milliseconds since 1970 by the wall clock, or `None` when it reads before 2020.
+fn wall_clock_ms() -> Option<u64> {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    u64::try_from(ms).ok().filter(|&ms| ms >= CLOCK_SET_MS)
+}
+
+/// A number that differs between runs: std seeds `RandomState` from the OS.
+fn random() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2025-06-01T00:00:00Z.
+    const JUNE_2025: u64 = 1_748_736_000_000;
+
+    fn next(ids: &mut IdCounter, now_ms: Option<u64>) -> u64 {
+        let id = ids.peek_at(now_ms);
+        ids.take(id);
+        id
+    }
+
+    #[test]
+    fn ids_follow_the_clock_and_never_go_back() {
+        let mut ids = IdCounter::new(Protocol::Sagoo);
+        assert_eq!(next(&mut ids, Some(JUNE_2025)), JUNE_2025);
+        // Several in one millisecond, then the clock steps back (NTP): the count goes on.
+        assert_eq!(next(&mut ids, Some(JUNE_2025)), JUNE_2025 + 1);
+        assert_eq!(next(&mut ids, Some(JUNE_2025)), JUNE_2025 + 2);
+        assert_eq!(next(&mut ids, Some(JUNE_2025 - 60_000)), JUNE_2025 + 3);
+        assert_eq!(next(&mut ids, Some(JUNE_2025 + 500)), JUNE_2025 + 500);
+    }
+
+    #[test]
+    fn a_peeked_id_is_not_used_up_until_taken() {
+        let mut ids = IdCounter::new(Protocol::Sagoo);
+        ids.take(JUNE_2025);
+        assert_eq!(ids.peek_at(Some(JUNE_2025)), JUNE_2025 + 1);
+        assert_eq!(ids.peek_at(Some(JUNE_2025)), JUNE_2025 + 1);
+    }
+
+    #[test]
+    fn aliyun_ids_stay_within_32_bits_and_wrap_with_the_clock() {
+        let mut ids = IdCounter::new(Protocol::Aliyun);
+        let first = next(&mut ids, Some(JUNE_2025));
+        assert_eq!(first, JUNE_2025 % (1 << 32));
+        assert_eq!(next(&mut ids, Some(JUNE_2025)), first + 1);
+        // The clock's last millisecond before a multiple of 2^32, then the next ones.
+        let edge = (JUNE_2025 | u32::MAX as u64) + 1;
+        let mut ids = IdCounter::new(Protocol::Aliyun);
+        assert_eq!(next(&mut ids, Some(edge - 1)), u32::MAX as u64);
+        assert_eq!(next(&mut ids, Some(edge - 1)), 0, "wraps, within the range");
+        assert_eq!(next(&mut ids, Some(edge)), 1);
+        assert_eq!(
+            next(&mut ids, Some(edge + 10)),
+            10,
+            "follows the clock again"
+        );
+    }
+
+    #[test]
+    fn an_unset_clock_starts_at_a_random_id_below_the_2020_mark() {
+        let mut a = IdCounter::new(Protocol::Sagoo);
+        let b = IdCounter::new(Protocol::Sagoo);
+        let first = next(&mut a, None);
+        assert!(first < CLOCK_SET_MS);
+        assert_ne!(first, b.peek_at(None), "two runs start apart");
+        assert_eq!(next(&mut a, None), first + 1);
+        // The clock gets set (NTP): ids follow it from then on.
+        assert_eq!(next(&mut a, Some(JUNE_2025)), JUNE_2025);
+        let aliyun = IdCounter::new(Protocol::Aliyun);
+        assert!(aliyun.peek_at(None) <= u32::MAX as u64);
     }
 }

@@ -1,4 +1,8 @@
 //! The uplink of a session under test: records what it publishes (topic, text).
+//!
+//! Message ids follow the wall clock, so the recorded text carries, in place of the real id,
+//! the message's place among the recorded messages with an id (1, 2, …): tests can spell out
+//! whole messages. tests/message_ids.rs checks the real ids.
 
 use std::sync::{Arc, Mutex};
 
@@ -9,9 +13,28 @@ pub struct Recorder(pub Sent);
 impl ota::ota::Uplink for Recorder {
     fn publish(&mut self, topic: &str, payload: &[u8]) -> ota::error::Result<()> {
         let text = String::from_utf8_lossy(payload).into_owned();
-        self.0.lock().unwrap().push((topic.to_string(), text));
+        let mut sent = self.0.lock().unwrap();
+        let place = 1 + sent.iter().filter(|(_, t)| has_id(t)).count();
+        let text = with_id(&text, place).unwrap_or(text);
+        sent.push((topic.to_string(), text));
         Ok(())
     }
+}
+
+fn has_id(text: &str) -> bool {
+    text.starts_with(r#"{"id":"#)
+}
+
+/// `text` with its leading `{"id":N` or `{"id":"N"` set to `id`; `None` when it has none.
+fn with_id(text: &str, id: usize) -> Option<String> {
+    let rest = text.strip_prefix(r#"{"id":"#)?;
+    let quote = if rest.starts_with('"') { "\"" } else { "" };
+    let digits = rest[quote.len()..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    let after = &rest[quote.len() + digits..];
+    (digits > 0 && after.starts_with(quote)).then(|| format!(r#"{{"id":{quote}{id}{after}"#))
 }
 
 /// The published payloads, in order.

@@ -76,7 +76,7 @@ pub fn parse(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Devi
 /// What the envelope's `id` may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IdRule {
-    /// Aliyun: a number or a string.
+    /// Aliyun: a number, or a string of digits, in 0..=4294967295 (the documented range).
     NumberOrString,
     /// SagooIOT: a non-empty string.
     String,
@@ -93,7 +93,16 @@ pub(crate) fn envelope(payload: &[u8], id: IdRule) -> Result<Map<String, Value>,
         return Err(format!("unexpected top-level key {k:?}"));
     }
     match (id, obj.get("id")) {
-        (IdRule::NumberOrString, Some(Value::Number(_) | Value::String(_))) => {}
+        (IdRule::NumberOrString, Some(v @ (Value::Number(_) | Value::String(_)))) => {
+            let n = match v {
+                Value::String(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+                Value::String(_) => None,
+                _ => v.as_u64(),
+            };
+            if n.is_none_or(|n| n > u64::from(u32::MAX)) {
+                return Err(format!("\"id\" {v} is not an integer in 0..=4294967295"));
+            }
+        }
         (IdRule::NumberOrString, Some(other)) => {
             return Err(format!("\"id\" must be a number or a string, got {other}"))
         }
@@ -221,6 +230,11 @@ mod tests {
                 module: None
             }))
         );
+        // The ends of the documented id range, as a number and as a string.
+        for id in ["0", "4294967295", r#""0""#, r#""4294967295""#] {
+            let msg = format!(r#"{{"id":{id},"params":{{"version":"1.0.0"}}}}"#);
+            assert!(p(&t.inform, &msg).is_ok(), "{msg}");
+        }
         assert_eq!(p("/other", "not json"), Ok(None));
     }
 
@@ -232,6 +246,17 @@ mod tests {
             (&t.inform, "[1]"),
             (&t.inform, r#"{"params":{"version":"1"}}"#),
             (&t.inform, r#"{"id":null,"params":{"version":"1"}}"#),
+            // Outside 0..=4294967295, e.g. a millisecond timestamp.
+            (&t.inform, r#"{"id":4294967296,"params":{"version":"1"}}"#),
+            (
+                &t.inform,
+                r#"{"id":1748736000000,"params":{"version":"1"}}"#,
+            ),
+            (&t.inform, r#"{"id":"4294967296","params":{"version":"1"}}"#),
+            (&t.inform, r#"{"id":-1,"params":{"version":"1"}}"#),
+            (&t.inform, r#"{"id":1.5,"params":{"version":"1"}}"#),
+            (&t.inform, r#"{"id":"","params":{"version":"1"}}"#),
+            (&t.inform, r#"{"id":"12a","params":{"version":"1"}}"#),
             (&t.inform, r#"{"id":1,"params":{"version":"1"},"x":1}"#),
             (&t.inform, r#"{"id":1,"params":{}}"#),
             (&t.inform, r#"{"id":1,"params":{"version":1}}"#),

@@ -270,6 +270,9 @@ mod tests {
         let desc = "é".repeat(MAX_DESC_CHARS);
         let ok = format!(r#"{{"id":"1","params":{{"step":"1","desc":"{desc}"}}}}"#);
         assert!(p(&t.progress, &ok).is_ok());
+        // Millisecond timestamps, like the platform's own ids.
+        let ms = r#"{"id":"1748736000000","params":{"version":"1.0.1"}}"#;
+        assert!(p(&t.inform, ms).is_ok());
         // The request topic is Aliyun's; not a SagooIOT device topic.
         assert_eq!(p("/ota/device/request/pk/dn", "{}"), Ok(None));
         assert_eq!(p(&t.upgrade, "{}"), Ok(None));
