@@ -53,7 +53,7 @@ fn run(protocol: Protocol) -> Vec<(String, String)> {
     s.report_version("1.0.0").unwrap();
     s.handle_message(s.downstream_topic(), notice(protocol).as_bytes())
         .unwrap();
-    for percent in [0, 10, 20, 30, 40, 50] {
+    for percent in [1, 10, 20, 30, 40, 50] {
         s.report_progress(percent, None).unwrap();
     }
     drop(s);
