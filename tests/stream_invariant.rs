@@ -727,3 +727,59 @@ fn deinit_from_another_thread_ends_the_fetch_loop() {
         IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as i32
     );
 }
+
+/// The child side of `repeated_refusals_are_logged_once_per_upgrade` (this binary run again):
+/// firmware that repeats refused calls in its loop.
+#[test]
+#[ignore = "a child process of repeated_refusals_are_logged_once_per_upgrade"]
+fn repeated_refusals_child() {
+    use ota::ffi::ota::{
+        IOT_OTA_FetchYield, IOT_OTA_Ioctl, IOT_OTA_ReportProgress, IOT_OTAG_MD5SUM,
+    };
+    if std::env::var_os("OTA_CHILD_REFUSALS").is_none() {
+        return;
+    }
+    ota::log::set_level(ota::log::Level::Info);
+    let img = image(3_000, 18);
+    let d = device(Protocol::Sagoo, &img);
+    d.answers(&[Answer::Status(404)]);
+    let fw = Firmware::new("2.0.0", URL, &img);
+    let msg = ota_cloud::sagoo::upgrade_message(&fw, 1, ota_cloud::SignMethod::Sha256, None, None);
+    d.s.handle_message(d.s.downstream_topic(), msg.as_bytes())
+        .unwrap();
+    let sent = d.sent.clone();
+    let h = ota::ffi::fuzzing::handle_from_session(d.s);
+    let mut md5 = [0u8; 33];
+    let mut buf = [0u8; 100];
+    for _ in 0..10 {
+        assert!(IOT_OTA_Ioctl(h, IOT_OTAG_MD5SUM, md5.as_mut_ptr().cast(), 33) < 0);
+        IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 100, 1);
+        assert_eq!(IOT_OTA_ReportProgress(h, -2, std::ptr::null()), 0);
+    }
+    let failures = payloads(&sent)
+        .into_iter()
+        .filter(|m| m.contains(r#""step":"-"#))
+        .count();
+    assert_eq!(failures, 1);
+}
+
+#[test]
+fn repeated_refusals_are_logged_once_per_upgrade() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "repeated_refusals_child",
+            "--nocapture",
+        ])
+        .env("OTA_CHILD_REFUSALS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let count = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(count("download failed: HTTP status 404"), 1, "{stderr}");
+    assert_eq!(count("the upgrade announced another digest"), 1, "{stderr}");
+    assert_eq!(count("FetchYield after the download ended"), 1, "{stderr}");
+    assert_eq!(count("later failure reports are dropped"), 1, "{stderr}");
+}
