@@ -778,7 +778,11 @@ fn repeated_refusals_are_logged_once_per_upgrade() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let count = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
-    assert_eq!(count("download failed: HTTP status 404"), 1, "{stderr}");
+    assert_eq!(
+        count("ota::ota: download failed: HTTP status 404"),
+        1,
+        "{stderr}"
+    );
     assert_eq!(count("the upgrade announced another digest"), 1, "{stderr}");
     assert_eq!(count("FetchYield after the download ended"), 1, "{stderr}");
     assert_eq!(count("later failure reports are dropped"), 1, "{stderr}");
