@@ -31,11 +31,19 @@ pub use cloud::{
 pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, UrlRenewer};
 pub use sagoo::SignMethod;
 
+/// The seed of [`generate_firmware`].
+pub const FIRMWARE_SEED: u64 = 0x5eed_f1a3_0000_0001;
+
 /// A deterministic pseudo-random firmware image of `size` bytes (the same bytes every time), so
 /// a test or a second process can regenerate it instead of shipping a binary.
 pub fn generate_firmware(size: usize) -> Vec<u8> {
+    generate_firmware_seeded(size, FIRMWARE_SEED)
+}
+
+/// [`generate_firmware`] from another seed: another image of the same size.
+pub fn generate_firmware_seeded(size: usize, seed: u64) -> Vec<u8> {
     // splitmix64: tiny, fast, and good enough that the image does not compress to nothing.
-    let mut state: u64 = 0x5eed_f1a3_0000_0001;
+    let mut state: u64 = seed;
     let mut out = Vec::with_capacity(size + 8);
     while out.len() < size {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
