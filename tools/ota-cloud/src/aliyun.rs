@@ -141,7 +141,8 @@ pub(crate) fn check_keys(
     Ok(())
 }
 
-/// `"1"`…`"100"` percent, `"0"`, or `"-1"`…`"-4"` failures, written exactly as `%d` would.
+/// `"1"`…`"100"` percent or `"-1"`…`"-4"` failures, written exactly as `%d` would. `"0"` is
+/// not a step: the platform reads every step as progress or failure, and 0 % says nothing.
 pub(crate) fn parse_step(s: &str) -> Result<i32, String> {
     let n: i32 = s
         .parse()
@@ -153,6 +154,9 @@ pub(crate) fn parse_step(s: &str) -> Result<i32, String> {
     }
     if !(-4..=100).contains(&n) {
         return Err(format!("params.step {n} is outside -4..=100"));
+    }
+    if n == 0 {
+        return Err("params.step \"0\" is not a step (1..100 progress, -1..-4 failure)".into());
     }
     Ok(n)
 }
@@ -269,6 +273,8 @@ mod tests {
             (&t.progress, r#"{"id":1,"params":{"step":37}}"#),
             (&t.progress, r#"{"id":1,"params":{"step":"101"}}"#),
             (&t.progress, r#"{"id":1,"params":{"step":"-5"}}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":"0"}}"#),
+            (&t.progress, r#"{"id":1,"params":{"step":"-0"}}"#),
             (&t.progress, r#"{"id":1,"params":{"step":"+5"}}"#),
             (&t.progress, r#"{"id":1,"params":{"step":"05"}}"#),
             (&t.progress, r#"{"id":1,"params":{"step":"5%"}}"#),

@@ -10,12 +10,19 @@
 //! The cloud subscribes to the OTA topic families of all four platforms for its device, so a
 //! device that publishes on another platform's topic (or on an unknown topic of the right
 //! family) is caught as a [`Failure::Violation`] instead of going unseen.
+//!
+//! Besides the message shapes, a run checks the rules of an upgrade's life: at most one
+//! failure report per upgrade, nothing but silence about an upgrade after its failure report
+//! (no progress, no success, no version report naming it). A [`Trigger`] makes the cloud
+//! announce on its own during a run: the same upgrade again, or a different one that
+//! supersedes it ([`Announcement`]); the run's [`Summary`] then says what the device decided
+//! about the run's target ([`TargetOutcome`]).
 
 use std::fmt;
 use std::io;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +40,13 @@ pub const DEFAULT_MAX_UPGRADE_MESSAGES: u32 = 5;
 /// After [`Cloud::run_until`]'s abort flag is set (the device exited), messages still in
 /// flight through the broker get this long to arrive.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// After the device reported the target upgrade failed, the run goes on this long by default
+/// to catch what must not follow ([`Cloud::set_grace`]).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long [`Trigger::fire`] waits for its announcement to be published and routed.
+const TRIGGER_WAIT: Duration = Duration::from_secs(5);
 
 /// The OTA platform whose cloud side is played.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -244,9 +258,10 @@ pub enum Success {
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// The device reported a failure: `step` is the Aliyun/SagooIOT step (-1..=-4), the
-    /// Tencent `result_code` (-1..=-5), or -1 for a UCloud `fail`; `desc` is the device's text
-    /// (`desc`, `result_msg`, `ErrMsg`).
+    /// The device reported the target upgrade failed (the run ends after a grace period, see
+    /// [`Cloud::set_grace`]): `step` is the Aliyun/SagooIOT step (-1..=-4), the Tencent
+    /// `result_code` (-1..=-5), or -1 for a UCloud `fail`; `desc` is the device's text
+    /// (`desc`, `result_msg`, `ErrMsg`). The first report, if there were more.
     DeviceFailed { step: i32, desc: Option<String> },
     /// The device sent something the protocol does not allow.
     Violation {
@@ -304,21 +319,32 @@ pub struct Summary {
     pub progress: Vec<i32>,
     /// Every version the device reported, in arrival order.
     pub versions: Vec<String>,
-    /// Upgrade notifications published (`upgrade`, `update_firmware`, `notify`).
+    /// Upgrade notifications published (`upgrade`, `update_firmware`, `notify`), those the
+    /// cloud sent on its own ([`Trigger`]) included.
     pub upgrade_messages_sent: u32,
     /// Tencent `report_version_rsp` replies published.
     pub version_replies_sent: u32,
     /// Firmware-request messages received (Aliyun).
     pub requests_received: u32,
+    /// Requests and re-reported versions left unanswered ([`Cloud::set_ignore_requests`]).
+    pub requests_ignored: u32,
     /// Upgrade notifications that carried a fresh URL ([`Cloud::set_url_renewer`]).
     pub urls_renewed: u32,
-    /// The UCloud task id, once a task was sent.
+    /// The UCloud task id of the target upgrade, once a task was sent.
     pub task_id: Option<String>,
+    /// Every upgrade of the run in the order it became the target: the one [`Cloud::run`] was
+    /// given, then any that superseded it ([`Announcement::Supersede`]). The last one is the
+    /// run's target.
+    pub upgrades: Vec<UpgradeRecord>,
     /// From the first upgrade notification to the end of the download (progress 100, or
     /// Tencent `burning`), if both happened.
     pub download_time: Option<Duration>,
     /// From the start of the run to its end.
     pub elapsed: Duration,
+    /// What the device decided about the target upgrade, whatever else went wrong.
+    pub target_outcome: TargetOutcome,
+    /// `Err` for anything but a success: a [`Failure::Violation`] wins over the device's own
+    /// failure report.
     pub outcome: Result<Success, Failure>,
 }
 
@@ -326,14 +352,142 @@ impl Summary {
     pub fn is_success(&self) -> bool {
         self.outcome.is_ok()
     }
+
+    /// The violation that ended the run, if one did.
+    pub fn violation(&self) -> Option<&Failure> {
+        self.outcome
+            .as_ref()
+            .err()
+            .filter(|f| matches!(f, Failure::Violation { .. }))
+    }
+
+    /// `outcome: success VERSION`, `outcome: failed VERSION reports=N desc=...` or
+    /// `outcome: timeout`: the one line a run ends with.
+    pub fn outcome_line(&self) -> String {
+        format!("outcome: {}", self.target_outcome)
+    }
+
+    /// The run's target upgrade (the last of [`upgrades`](Self::upgrades)).
+    pub fn target(&self) -> &UpgradeRecord {
+        self.upgrades.last().expect("a run has a target")
+    }
 }
 
-/// What the MQTT thread forwards to the run loop.
+/// What the device decided about the run's target upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetOutcome {
+    /// The device completed the target upgrade, or already ran its version.
+    Success { version: String },
+    /// The device reported the target upgrade failed, `reports` times (more than once is a
+    /// violation); `desc` is the first report's text (`desc`, `result_msg`, `ErrMsg`).
+    Failed {
+        version: String,
+        reports: u32,
+        desc: String,
+    },
+    /// Nothing decisive happened (the run timed out, gave up, or a violation ended it first).
+    Timeout,
+}
+
+impl fmt::Display for TargetOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetOutcome::Success { version } => write!(f, "success {version}"),
+            TargetOutcome::Failed {
+                version,
+                reports,
+                desc,
+            } => {
+                // One line whatever the device wrote.
+                let desc = desc.replace(['\r', '\n'], " ");
+                write!(f, "failed {version} reports={reports} desc={desc}")
+            }
+            TargetOutcome::Timeout => f.write_str("timeout"),
+        }
+    }
+}
+
+/// One upgrade of a run, as the cloud announced it and as the device answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRecord {
+    /// As last announced (a renewed URL replaces the first one).
+    pub firmware: Firmware,
+    /// UCloud: the task id.
+    pub task_id: Option<String>,
+    /// Upgrade notifications published for it.
+    pub messages_sent: u32,
+    /// Failure reports the device sent for it (more than one is a violation).
+    pub failure_reports: u32,
+    /// The first failure report: step (Aliyun/SagooIOT), `result_code` (Tencent) or -1
+    /// (UCloud), and the device's text.
+    pub first_failure: Option<(i32, Option<String>)>,
+    /// A later upgrade took its place ([`Announcement::Supersede`]).
+    pub superseded: bool,
+}
+
+/// What the cloud announces on its own when a [`Trigger`] fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    /// The target upgrade again, exactly as last announced (same URL, version, digest, size,
+    /// UCloud task).
+    Again,
+    /// A different upgrade, which becomes the run's target: the device must give up the one
+    /// in progress (reporting it failed) and install this one.
+    Supersede(Firmware),
+}
+
+/// Makes a [`Cloud`] publish an [`Announcement`] during [`Cloud::run`], from any thread
+/// (typically a [`crate::FirmwareServer::on_image_sent`] hook, so that it happens at a known
+/// point of the download). Cheap to clone.
+#[derive(Clone)]
+pub struct Trigger {
+    tx: Sender<Net>,
+    what: Announcement,
+}
+
+impl Trigger {
+    /// Asks the running cloud to publish its announcement and waits (at most 5 s) until the
+    /// broker has routed it (the cloud's own copy came back), so the device has it by then.
+    /// Returns whether it was published: not when no run is going on, nothing was announced
+    /// yet (the run's first announcement is an answer to the device), or the target upgrade
+    /// already failed.
+    pub fn fire(&self) -> bool {
+        let (done, published) = mpsc::sync_channel(1);
+        let ask = Net::Announce {
+            what: self.what.clone(),
+            asked: Instant::now(),
+            done,
+        };
+        if self.tx.send(ask).is_err() {
+            return false;
+        }
+        published.recv_timeout(TRIGGER_WAIT).unwrap_or(false)
+    }
+}
+
+impl fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Trigger").field(&self.what).finish()
+    }
+}
+
+/// What the MQTT thread (and the [`Trigger`]s) forward to the run loop.
 enum Net {
     Connected,
     Subscribed(bool),
-    Message { topic: String, payload: Vec<u8> },
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
     Error(String),
+    /// The MQTT thread is gone.
+    Ended,
+    /// A [`Trigger`] fired; `done` gets whether the announcement was published.
+    Announce {
+        what: Announcement,
+        asked: Instant,
+        done: SyncSender<bool>,
+    },
 }
 
 /// One protocol's topics for one device.
@@ -413,33 +567,44 @@ pub struct Cloud {
     options: CloudOptions,
     client: Client,
     events: Receiver<Net>,
+    /// For [`Trigger`]s: they talk to the run loop through the same channel as the broker.
+    tx: Sender<Net>,
     quiet: bool,
     max_upgrade_messages: u32,
-    /// Gives a fresh firmware URL for every upgrade notification after the first.
-    renew_url: Option<Box<dyn FnMut() -> String + Send>>,
+    ignore_requests: bool,
+    grace: Duration,
+    /// Gives a fresh URL, for the URL it replaces, for every upgrade notification after the
+    /// first.
+    renew_url: Option<RenewUrl>,
 }
+
+/// Given the URL an upgrade was last announced with, a fresh one ([`Cloud::set_url_renewer_for`]).
+type RenewUrl = Box<dyn FnMut(&str) -> String + Send>;
 
 /// Kept from when Aliyun was the only protocol; `AliyunCloud::connect_aliyun(...)` reads
 /// naturally.
 pub type AliyunCloud = Cloud;
 
 /// What the run loop does after a message.
-enum Verdict {
+enum Next {
     Wait,
+    /// Send the target upgrade (an answer to the device: bounded).
     Offer,
-    Finish(Result<Success, Failure>),
+    Done(Success),
+    /// The device reported the target upgrade failed: the run ends after the grace period.
+    TargetFailed,
 }
 
-/// Per-run state the stateful checks need.
-struct Run {
-    first_upgrade_at: Option<Instant>,
-    /// UCloud: the task id of this run.
+/// One upgrade of the run and the state its checks need.
+struct Upgrade {
+    record: UpgradeRecord,
+    /// UCloud: the task id.
     task_id: String,
-    /// UCloud: the version the device reported before the latest task (its running version).
-    device_version: Option<String>,
-    /// UCloud: the `CurrentVersion` announced in the latest task.
+    /// UCloud: the `CurrentVersion` announced in the latest notification.
     announced_from: Option<String>,
+    /// UCloud: `notify` (the ack) seen.
     acked: bool,
+    /// UCloud: `upgrading` seen.
     upgrading: bool,
     /// Tencent: `burning` seen.
     burning: bool,
@@ -447,14 +612,102 @@ struct Run {
     last_state: Option<TencentState>,
 }
 
-impl Run {
+impl Upgrade {
+    fn new(firmware: Firmware, task_id: String) -> Upgrade {
+        Upgrade {
+            record: UpgradeRecord {
+                firmware,
+                task_id: None,
+                messages_sent: 0,
+                failure_reports: 0,
+                first_failure: None,
+                superseded: false,
+            },
+            task_id,
+            announced_from: None,
+            acked: false,
+            upgrading: false,
+            burning: false,
+            last_state: None,
+        }
+    }
+
+    fn version(&self) -> &str {
+        &self.record.firmware.version
+    }
+
+    fn announced(&self) -> bool {
+        self.record.messages_sent > 0
+    }
+
+    fn failed(&self) -> bool {
+        self.record.failure_reports > 0
+    }
+
+    /// A non-failure report for an upgrade the device already reported failed.
+    fn check_not_failed(&self, what: &str) -> Result<(), String> {
+        match &self.record.first_failure {
+            Some((code, desc)) => Err(format!(
+                "{what} for the upgrade to {} after reporting it failed ({code}: {:?}); a failed \
+                 upgrade stays failed",
+                self.version(),
+                desc.as_deref().unwrap_or("")
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// UCloud: the announced `CurrentVersion` differs from what the device runs, so the
     /// device must refuse the task.
-    fn must_refuse(&self) -> Option<(&str, &str)> {
-        match (&self.announced_from, &self.device_version) {
+    fn must_refuse<'a>(&'a self, device_version: &'a Option<String>) -> Option<(&'a str, &'a str)> {
+        match (&self.announced_from, device_version) {
             (Some(a), Some(d)) if a != d => Some((a, d)),
             _ => None,
         }
+    }
+}
+
+/// Per-run state.
+struct Run {
+    first_upgrade_at: Option<Instant>,
+    /// The version the device last reported running (UCloud's `CurrentVersion`).
+    device_version: Option<String>,
+    /// Never empty; the last one is the target.
+    upgrades: Vec<Upgrade>,
+    /// Upgrade notifications sent in answer to the device (bounded by the limit).
+    answers: u32,
+    /// UCloud task ids are this plus the upgrade's index.
+    task_base: u64,
+    /// Published announcements whose own copy has not come back from the broker yet, and
+    /// who waits for it.
+    echoes: Vec<(String, SyncSender<bool>)>,
+}
+
+impl Run {
+    fn target(&self) -> &Upgrade {
+        self.upgrades.last().expect("a run has a target")
+    }
+
+    fn target_mut(&mut self) -> &mut Upgrade {
+        self.upgrades.last_mut().expect("a run has a target")
+    }
+
+    fn target_index(&self) -> usize {
+        self.upgrades.len() - 1
+    }
+
+    fn offered(&self) -> bool {
+        self.upgrades.iter().any(Upgrade::announced)
+    }
+
+    /// Aliyun/SagooIOT progress says nothing about which upgrade it is for. After a
+    /// supersede, reports belong to the superseded upgrade until its failure report (which
+    /// the device sends before it turns to the new one); after that, to the target.
+    fn progress_owner(&self) -> usize {
+        self.upgrades
+            .iter()
+            .position(|u| u.record.superseded && u.announced() && !u.failed())
+            .unwrap_or(self.target_index())
     }
 }
 
@@ -481,9 +734,10 @@ impl Cloud {
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut connection) = Client::new(options, 64);
         let (tx, events) = mpsc::channel();
+        let mqtt_tx = tx.clone();
         thread::Builder::new()
             .name("ota-cloud-mqtt".into())
-            .spawn(move || mqtt_loop(&mut connection, tx))?;
+            .spawn(move || mqtt_loop(&mut connection, mqtt_tx))?;
 
         let cloud = Cloud {
             protocol,
@@ -492,8 +746,11 @@ impl Cloud {
             options: CloudOptions::default(),
             client,
             events,
+            tx,
             quiet: false,
             max_upgrade_messages: DEFAULT_MAX_UPGRADE_MESSAGES,
+            ignore_requests: false,
+            grace: DEFAULT_GRACE,
             renew_url: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -550,33 +807,80 @@ impl Cloud {
         self
     }
 
-    /// Changes the limit on upgrade notifications per run (default 5).
+    /// Changes the limit on upgrade notifications sent in answer to the device (version
+    /// reports, requests) per run (default 5). Announcements a [`Trigger`] makes are not
+    /// counted.
     pub fn set_max_upgrade_messages(&mut self, n: u32) -> &mut Self {
         self.max_upgrade_messages = n;
         self
     }
 
-    /// Makes every upgrade notification after the first of a run carry a fresh URL from
-    /// `renew` instead of the firmware's, as a platform signs a new download URL each time it
-    /// (re)sends an upgrade: a device whose URL expired (HTTP 403) asks again (Aliyun
+    /// Never answers the device's requests for the upgrade: an Aliyun `request`, a version
+    /// report after the first announcement (the resume path of a device that restarted), a
+    /// Tencent/UCloud failure naming an expired URL. An expired URL is then never refreshed.
+    pub fn set_ignore_requests(&mut self, ignore: bool) -> &mut Self {
+        self.ignore_requests = ignore;
+        self
+    }
+
+    /// How long the run goes on after the device reported the target upgrade failed, to catch
+    /// what it must not send after that (default 2 s).
+    pub fn set_grace(&mut self, grace: Duration) -> &mut Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Makes every upgrade notification after the first of a run (a superseding one included;
+    /// not [`Announcement::Again`], an exact repeat) carry a fresh URL from `renew` instead of
+    /// the firmware's, as a platform signs a new download URL each time it (re)sends an
+    /// upgrade: a device whose URL expired (HTTP 403) asks again (Aliyun
     /// `request`) or re-reports its version, and gets a URL that works. Typically
     /// `let r = server.url_renewer(); cloud.set_url_renewer(move || r.renew());` with a
-    /// server whose [`crate::Faults::expire_after`] is set.
-    pub fn set_url_renewer(&mut self, renew: impl FnMut() -> String + Send + 'static) -> &mut Self {
+    /// server whose [`crate::Faults::expire_after`] is set. For runs with more than one image
+    /// (a supersede), use [`set_url_renewer_for`](Self::set_url_renewer_for).
+    pub fn set_url_renewer(
+        &mut self,
+        mut renew: impl FnMut() -> String + Send + 'static,
+    ) -> &mut Self {
+        self.renew_url = Some(Box::new(move |_: &str| renew()));
+        self
+    }
+
+    /// Like [`set_url_renewer`](Self::set_url_renewer), with `renew` given the URL it replaces
+    /// (so it can renew the URL of whichever image is announced), e.g.
+    /// `cloud.set_url_renewer_for(move |url| r.renew_url_of(url))`.
+    pub fn set_url_renewer_for(
+        &mut self,
+        renew: impl FnMut(&str) -> String + Send + 'static,
+    ) -> &mut Self {
         self.renew_url = Some(Box::new(renew));
         self
     }
 
+    /// A handle that makes this cloud publish `what` during a run, e.g. from a
+    /// [`crate::FirmwareServer::on_image_sent`] hook.
+    pub fn trigger(&self, what: Announcement) -> Trigger {
+        Trigger {
+            tx: self.tx.clone(),
+            what,
+        }
+    }
+
     /// Whether a failure the device reports is the expired URL this run provokes on purpose
     /// (a URL renewer is set), which a fresh URL answers, rather than the end of the upgrade.
+    /// Tencent and UCloud only: an Aliyun/SagooIOT device asks for a fresh URL before it
+    /// reports anything, so its failure report is final.
     fn url_expiry_expected(&self, desc: &str) -> bool {
-        self.renew_url.is_some() && desc.to_ascii_lowercase().contains("expired")
+        self.renew_url.is_some()
+            && !self.ignore_requests
+            && desc.to_ascii_lowercase().contains("expired")
     }
 
     /// Plays one upgrade: waits for the device's version report, offers `firmware` if the
     /// version differs, follows the progress and checks every message, and succeeds when the
-    /// protocol's success condition is met (see [`Success::Upgraded`]). Gives up after
-    /// `timeout`.
+    /// protocol's success condition is met (see [`Success::Upgraded`]). A failure report for
+    /// the target upgrade ends the run after the grace period ([`Cloud::set_grace`]). Gives up
+    /// after `timeout`.
     pub fn run(&mut self, firmware: &Firmware, timeout: Duration) -> Summary {
         self.run_until(firmware, timeout, &AtomicBool::new(false))
     }
@@ -592,6 +896,7 @@ impl Cloud {
         let start = Instant::now();
         let mut deadline = start + timeout;
         let mut aborted = false;
+        let mut grace_started = false;
         let mut summary = Summary {
             protocol: self.protocol,
             messages: Vec::new(),
@@ -600,23 +905,25 @@ impl Cloud {
             upgrade_messages_sent: 0,
             version_replies_sent: 0,
             requests_received: 0,
+            requests_ignored: 0,
             urls_renewed: 0,
             task_id: None,
+            upgrades: Vec::new(),
             download_time: None,
             elapsed: Duration::ZERO,
+            target_outcome: TargetOutcome::Timeout,
             outcome: Err(Failure::Timeout {
                 waiting_for: String::new(),
             }),
         };
+        let task_base = now_ms();
         let mut run = Run {
             first_upgrade_at: None,
-            task_id: now_ms().to_string(),
             device_version: None,
-            announced_from: None,
-            acked: false,
-            upgrading: false,
-            burning: false,
-            last_state: None,
+            upgrades: vec![Upgrade::new(firmware.clone(), task_base.to_string())],
+            answers: 0,
+            task_base,
+            echoes: Vec::new(),
         };
         self.say(format!(
             "playing {}; waiting for the device's version report on {}",
@@ -630,8 +937,14 @@ impl Cloud {
             }
             let now = Instant::now();
             if now >= deadline {
+                if let Some((step, desc)) = &run.target().record.first_failure {
+                    break Err(Failure::DeviceFailed {
+                        step: *step,
+                        desc: desc.clone(),
+                    });
+                }
                 break Err(Failure::Timeout {
-                    waiting_for: self.waiting_for(&summary, &run, firmware, aborted),
+                    waiting_for: self.waiting_for(&summary, &run, aborted),
                 });
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
@@ -650,8 +963,22 @@ impl Cloud {
                     self.say(format!("mqtt connection error: {e} (reconnecting)"));
                     continue;
                 }
+                Ok(Net::Announce { asked, .. }) if asked < start => continue, // no run then
+                Ok(Net::Announce { what, done, .. }) => {
+                    match self.announce(what, &mut summary, &mut run) {
+                        Ok(Some(payload)) => run.echoes.push((payload, done)),
+                        Ok(None) => {
+                            let _ = done.send(false);
+                        }
+                        Err(e) => {
+                            let _ = done.send(true);
+                            break Err(Failure::Mqtt(e.to_string()));
+                        }
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
+                Ok(Net::Ended) | Err(RecvTimeoutError::Disconnected) => {
                     break Err(Failure::Mqtt("connection thread ended".into()));
                 }
             };
@@ -662,8 +989,14 @@ impl Cloud {
             };
             let msg = match self.wire.parse(&topic, &payload) {
                 Ok(Some(msg)) => msg,
-                // Our own upgrade messages come back through the family subscription.
-                Ok(None) if topic == self.wire.downstream() => continue,
+                // Our own upgrade messages come back through the family subscription: the
+                // broker has routed them, which is what a trigger waits for.
+                Ok(None) if topic == self.wire.downstream() => {
+                    if let Some(i) = run.echoes.iter().position(|(p, _)| p.as_bytes() == payload) {
+                        let _ = run.echoes.remove(i).1.send(true);
+                    }
+                    continue;
+                }
                 Ok(None) => {
                     break Err(violation(format!(
                         "not a {} device → cloud topic (expected {})",
@@ -674,74 +1007,152 @@ impl Cloud {
                 Err(reason) => break Err(violation(reason)),
             };
             summary.messages.push(msg.clone());
-            match self.handle(msg, &mut summary, &mut run, firmware) {
-                Ok(Verdict::Wait) => continue,
-                Ok(Verdict::Finish(outcome)) => break outcome,
-                Ok(Verdict::Offer) => {}
+            match self.handle(msg, &mut summary, &mut run) {
+                Ok(Next::Wait) => continue,
+                Ok(Next::Done(success)) => break Ok(success),
+                Ok(Next::TargetFailed) => {
+                    if !grace_started {
+                        grace_started = true;
+                        deadline = deadline.min(Instant::now() + self.grace);
+                        self.say(format!(
+                            "the upgrade to {} failed; watching {} ms more for what must not follow",
+                            run.target().version(),
+                            self.grace.as_millis()
+                        ));
+                    }
+                    continue;
+                }
+                Ok(Next::Offer) => {}
                 Err(reason) => break Err(violation(reason)),
             }
-            if summary.upgrade_messages_sent >= self.max_upgrade_messages {
-                break Err(Failure::TooManyUpgradeMessages(
-                    summary.upgrade_messages_sent,
-                ));
+            if run.target().failed() {
+                self.say("no answer: the upgrade already failed".into());
+                continue;
             }
-            let renewed = match &mut self.renew_url {
-                Some(renew) if summary.upgrade_messages_sent > 0 => Some(Firmware {
-                    url: renew(),
-                    ..firmware.clone()
-                }),
-                _ => None,
-            };
-            if let Some(fresh) = &renewed {
-                self.say(format!("fresh firmware URL: {}", fresh.url));
-                summary.urls_renewed += 1;
+            if run.answers >= self.max_upgrade_messages {
+                break Err(Failure::TooManyUpgradeMessages(run.answers));
             }
-            if let Err(e) = self.publish_upgrade(renewed.as_ref().unwrap_or(firmware), &mut run) {
+            if let Err(e) = self.publish_target(&mut summary, &mut run, true) {
                 break Err(Failure::Mqtt(e.to_string()));
             }
-            summary.upgrade_messages_sent += 1;
-            if self.protocol == Protocol::Ucloud {
-                summary.task_id = Some(run.task_id.clone());
-            }
-            run.first_upgrade_at.get_or_insert_with(Instant::now);
+            run.answers += 1;
         };
-        if let Err(failure @ Failure::Violation { .. }) = &outcome {
-            if !self.quiet {
-                eprintln!("cloud: {failure}");
-            }
+        // Nobody waits for these any more; they were published.
+        for (_, done) in run.echoes.drain(..) {
+            let _ = done.send(true);
         }
+        let target = &run.target().record;
+        summary.target_outcome = match (&outcome, &target.first_failure) {
+            (Ok(_), _) => TargetOutcome::Success {
+                version: target.firmware.version.clone(),
+            },
+            (Err(_), Some((_, desc))) => TargetOutcome::Failed {
+                version: target.firmware.version.clone(),
+                reports: target.failure_reports,
+                desc: desc.clone().unwrap_or_default(),
+            },
+            (Err(_), None) => TargetOutcome::Timeout,
+        };
+        let target_version = target.firmware.version.clone();
         match &outcome {
             Ok(Success::Upgraded) => self.say(format!(
-                "device now runs {}: upgrade succeeded",
-                firmware.version
+                "device now runs {target_version}: upgrade succeeded"
             )),
             Ok(Success::AlreadyCurrent) => {
-                self.say(format!("device already runs {}", firmware.version))
+                self.say(format!("device already runs {target_version}"))
             }
             Err(e) => self.say(format!("upgrade failed: {e}")),
         }
+        if self.protocol == Protocol::Ucloud && run.target().announced() {
+            summary.task_id = Some(run.target().task_id.clone());
+        }
+        summary.upgrades = run.upgrades.into_iter().map(|u| u.record).collect();
         summary.outcome = outcome;
         summary.elapsed = start.elapsed();
         summary
     }
 
-    /// The protocol's flow and stateful checks for one checked message. `Err` is a violation.
-    fn handle(
-        &self,
-        msg: DeviceMsg,
+    /// Publishes the target upgrade: as last announced, or with a fresh URL when a renewer is
+    /// set and this is not the run's first notification (`renew`). Returns the payload.
+    fn publish_target(
+        &mut self,
         summary: &mut Summary,
         run: &mut Run,
-        firmware: &Firmware,
-    ) -> Result<Verdict, String> {
-        let offered = summary.upgrade_messages_sent > 0;
+        renew: bool,
+    ) -> io::Result<String> {
+        if renew && summary.upgrade_messages_sent > 0 {
+            if let Some(renew_url) = &mut self.renew_url {
+                let target = run.target_mut();
+                let fresh = renew_url(&target.record.firmware.url);
+                self.say(format!("fresh firmware URL: {fresh}"));
+                target.record.firmware.url = fresh;
+                summary.urls_renewed += 1;
+            }
+        }
+        let index = run.target_index();
+        let payload = self.publish_upgrade(run, index)?;
+        summary.upgrade_messages_sent += 1;
+        run.first_upgrade_at.get_or_insert_with(Instant::now);
+        Ok(payload)
+    }
+
+    /// A [`Trigger`] fired: publishes what it asks for, if the run is in a state to.
+    /// `Ok(None)`: nothing was published.
+    fn announce(
+        &mut self,
+        what: Announcement,
+        summary: &mut Summary,
+        run: &mut Run,
+    ) -> io::Result<Option<String>> {
+        if run.target().failed() {
+            self.say(format!(
+                "not announcing {}: the upgrade to {} already failed",
+                describe_announcement(&what),
+                run.target().version()
+            ));
+            return Ok(None);
+        }
+        match what {
+            Announcement::Again => {
+                if !run.target().announced() {
+                    self.say("nothing announced yet; nothing to announce again".into());
+                    return Ok(None);
+                }
+                self.say(format!(
+                    "announcing the upgrade to {} again, unchanged",
+                    run.target().version()
+                ));
+                self.publish_target(summary, run, false).map(Some)
+            }
+            Announcement::Supersede(next) => {
+                let offered = run.offered();
+                let old = run.target_mut();
+                old.record.superseded = true;
+                self.say(format!(
+                    "the upgrade to {} is superseded by an upgrade to {} ({} bytes, md5 {})",
+                    old.version(),
+                    next.version,
+                    next.size,
+                    next.md5
+                ));
+                let task_id = (run.task_base + run.upgrades.len() as u64).to_string();
+                run.upgrades.push(Upgrade::new(next, task_id));
+                if !offered {
+                    self.say(
+                        "nothing announced yet: the new upgrade is offered when the device asks"
+                            .into(),
+                    );
+                    return Ok(None);
+                }
+                self.publish_target(summary, run, true).map(Some)
+            }
+        }
+    }
+
+    /// The protocol's flow and stateful checks for one checked message. `Err` is a violation.
+    fn handle(&self, msg: DeviceMsg, summary: &mut Summary, run: &mut Run) -> Result<Next, String> {
+        let offered = run.offered();
         let module = self.options.module.as_deref();
-        let upgraded = || {
-            Verdict::Finish(Ok(if offered {
-                Success::Upgraded
-            } else {
-                Success::AlreadyCurrent
-            }))
-        };
         match msg {
             DeviceMsg::Version { version, module: m } => {
                 let m_text = m
@@ -753,10 +1164,11 @@ impl Cloud {
                 if self.protocol == Protocol::Tencent {
                     let reply = tencent::version_reply(&version);
                     if let Err(e) = self.publish(self.wire.downstream(), reply) {
-                        return Ok(Verdict::Finish(Err(Failure::Mqtt(e.to_string()))));
+                        self.say(format!("cannot send report_version_rsp: {e}"));
+                    } else {
+                        summary.version_replies_sent += 1;
+                        self.say(format!("sent report_version_rsp for {version}"));
                     }
-                    summary.version_replies_sent += 1;
-                    self.say(format!("sent report_version_rsp for {version}"));
                 }
                 let checks_module = matches!(self.protocol, Protocol::Sagoo | Protocol::Ucloud);
                 if checks_module && !sagoo::same_module(m.as_deref(), module) {
@@ -764,25 +1176,34 @@ impl Cloud {
                         "not the upgrade's module ({}); nothing to do",
                         module.unwrap_or("default")
                     ));
-                    return Ok(Verdict::Wait);
+                    return Ok(Next::Wait);
                 }
-                if version == firmware.version {
+                // Running a version the device reported failed to install.
+                if let Some(u) = run.upgrades.iter().find(|u| u.version() == version) {
+                    u.check_not_failed(&format!("version report {version:?}"))?;
+                }
+                if version == run.target().version() {
                     return Ok(match self.protocol {
-                        Protocol::Aliyun | Protocol::Sagoo => upgraded(),
+                        Protocol::Aliyun | Protocol::Sagoo if offered => {
+                            Next::Done(Success::Upgraded)
+                        }
                         // Success is `done` / `success`, not the version report.
-                        Protocol::Tencent | Protocol::Ucloud if offered => Verdict::Wait,
-                        Protocol::Tencent | Protocol::Ucloud => upgraded(),
+                        Protocol::Tencent | Protocol::Ucloud if offered => Next::Wait,
+                        _ => Next::Done(Success::AlreadyCurrent),
                     });
                 }
-                // Also covers a device that rebooted into its old version or came back
-                // online: the platform (re)sends the pending upgrade after a report.
                 run.device_version = Some(version);
-                Ok(Verdict::Offer)
+                if !offered {
+                    return Ok(Next::Offer);
+                }
+                // A device that rebooted into its old version or came back online: the
+                // platform (re)sends the pending upgrade after a report.
+                Ok(self.answer_request(summary))
             }
             DeviceMsg::Request { version, .. } => {
                 summary.requests_received += 1;
                 self.say(format!("device (version {version}) asks for the firmware"));
-                Ok(Verdict::Offer)
+                Ok(self.answer_request(summary))
             }
             DeviceMsg::Progress { step, ref desc, .. } => {
                 if self.protocol == Protocol::Sagoo {
@@ -795,148 +1216,233 @@ impl Cloud {
                 }
                 summary.progress.push(step);
                 let desc_text = desc.as_deref().unwrap_or("");
+                let owner = run.progress_owner();
                 if step < 0 {
                     self.say(format!("device reports failure step {step}: {desc_text}"));
-                    if step == -2 && self.url_expiry_expected(desc_text) {
-                        // The device asks for a fresh URL next (`request`); keep going.
-                        return Ok(Verdict::Wait);
-                    }
-                    return Ok(Verdict::Finish(Err(Failure::DeviceFailed {
-                        step,
-                        desc: desc.clone(),
-                    })));
+                    return self.failure_report(run, owner, step, desc.clone(), false);
                 }
+                let upgrade = &run.upgrades[owner];
+                upgrade.check_not_failed(&format!("step {step}"))?;
                 self.say(
                     format!("progress {step}% {desc_text}")
                         .trim_end()
                         .to_string(),
                 );
-                if step == 100 && summary.download_time.is_none() {
+                if step == 100 && owner == run.target_index() && summary.download_time.is_none() {
                     summary.download_time = run.first_upgrade_at.map(|t| t.elapsed());
                 }
-                Ok(Verdict::Wait)
+                Ok(Next::Wait)
             }
             DeviceMsg::TencentProgress { version, state } => {
                 if !offered {
                     return Err("report_progress before any update_firmware".into());
                 }
-                if version != firmware.version {
+                let Some(owner) = run
+                    .upgrades
+                    .iter()
+                    .rposition(|u| u.announced() && u.version() == version)
+                else {
                     return Err(format!(
                         "report.version {version:?} is not the version being installed ({:?})",
-                        firmware.version
+                        run.target().version()
                     ));
+                };
+                let is_target = owner == run.target_index();
+                if let TencentState::Fail { code, msg } = state {
+                    summary.progress.push(code);
+                    self.say(format!("device reports fail {code} for {version}: {msg}"));
+                    run.upgrades[owner].last_state = Some(TencentState::Fail {
+                        code,
+                        msg: msg.clone(),
+                    });
+                    return self.failure_report(run, owner, code, Some(msg), true);
                 }
-                run.last_state = Some(state.clone());
+                let upgrade = &mut run.upgrades[owner];
+                upgrade.check_not_failed(&format!("state {}", state_name(&state)))?;
+                upgrade.last_state = Some(state.clone());
                 match state {
                     TencentState::Downloading { percent } => {
                         summary.progress.push(percent.into());
-                        self.say(format!("downloading {percent}%"));
-                        if percent == 100 && summary.download_time.is_none() {
+                        self.say(format!("downloading {percent}% of {version}"));
+                        if percent == 100 && is_target && summary.download_time.is_none() {
                             summary.download_time = run.first_upgrade_at.map(|t| t.elapsed());
                         }
-                        Ok(Verdict::Wait)
+                        Ok(Next::Wait)
                     }
                     TencentState::Burning => {
-                        self.say("burning".into());
-                        run.burning = true;
-                        if summary.download_time.is_none() {
+                        self.say(format!("burning {version}"));
+                        upgrade.burning = true;
+                        if is_target && summary.download_time.is_none() {
                             summary.download_time = run.first_upgrade_at.map(|t| t.elapsed());
                         }
-                        Ok(Verdict::Wait)
+                        Ok(Next::Wait)
                     }
                     TencentState::Done => {
-                        if !run.burning {
+                        if !upgrade.burning {
                             return Err("state done before state burning".into());
                         }
-                        self.say("done".into());
-                        Ok(Verdict::Finish(Ok(Success::Upgraded)))
-                    }
-                    TencentState::Fail { code, msg } => {
-                        summary.progress.push(code);
-                        self.say(format!("device reports fail {code}: {msg}"));
-                        if code == -3 && self.url_expiry_expected(&msg) {
-                            // Tencent has no request: the platform re-sends with a fresh URL.
-                            return Ok(Verdict::Offer);
+                        self.say(format!("done: {version}"));
+                        if is_target {
+                            Ok(Next::Done(Success::Upgraded))
+                        } else {
+                            self.say(
+                                "(a superseded upgrade; still waiting for the new one)".into(),
+                            );
+                            Ok(Next::Wait)
                         }
-                        Ok(Verdict::Finish(Err(Failure::DeviceFailed {
-                            step: code,
-                            desc: Some(msg),
-                        })))
                     }
+                    TencentState::Fail { .. } => unreachable!("handled above"),
                 }
             }
-            DeviceMsg::TaskAck { task_id }
-            | DeviceMsg::TaskUpgrading { task_id }
-            | DeviceMsg::TaskSuccess { task_id }
-            | DeviceMsg::TaskFail { task_id, .. }
-                if !offered || task_id != run.task_id =>
-            {
-                Err(if offered {
-                    format!(
-                        "Payload.TaskID {task_id:?} is not the task's TaskID {:?}",
-                        run.task_id
-                    )
-                } else {
-                    format!("TaskID {task_id:?} before any task was sent")
-                })
+            DeviceMsg::TaskAck { ref task_id }
+            | DeviceMsg::TaskUpgrading { ref task_id }
+            | DeviceMsg::TaskSuccess { ref task_id }
+            | DeviceMsg::TaskFail { ref task_id, .. } => {
+                let Some(owner) = run
+                    .upgrades
+                    .iter()
+                    .position(|u| u.announced() && u.task_id == *task_id)
+                else {
+                    return Err(if offered {
+                        format!(
+                            "Payload.TaskID {task_id:?} is not the task's TaskID {:?}",
+                            run.target().task_id
+                        )
+                    } else {
+                        format!("TaskID {task_id:?} before any task was sent")
+                    });
+                };
+                self.ucloud_task(msg, owner, run)
+            }
+        }
+    }
+
+    /// UCloud: a message about task `owner`.
+    fn ucloud_task(&self, msg: DeviceMsg, owner: usize, run: &mut Run) -> Result<Next, String> {
+        let is_target = owner == run.target_index();
+        let device_version = run.device_version.clone();
+        let upgrade = &mut run.upgrades[owner];
+        let task = upgrade.task_id.clone();
+        match msg {
+            DeviceMsg::TaskFail { err_msg, .. } => {
+                self.say(format!("device reports fail for task {task}: {err_msg}"));
+                let refusal = upgrade.must_refuse(&device_version).map(|(a, r)| {
+                    format!("(expected: the task upgrades from {a} but the device runs {r})")
+                });
+                if let Some(note) = &refusal {
+                    self.say(note.clone());
+                }
+                let resend = refusal.is_none();
+                self.failure_report(run, owner, -1, Some(err_msg), resend)
             }
             DeviceMsg::TaskAck { .. } => {
-                self.say(format!("device acknowledged task {}", run.task_id));
-                run.acked = true;
-                Ok(Verdict::Wait)
+                upgrade.check_not_failed("notify")?;
+                self.say(format!("device acknowledged task {task}"));
+                upgrade.acked = true;
+                Ok(Next::Wait)
             }
-            DeviceMsg::TaskUpgrading { .. } | DeviceMsg::TaskSuccess { .. } => {
+            _ => {
                 let success = matches!(msg, DeviceMsg::TaskSuccess { .. });
-                if let Some((announced, runs)) = run.must_refuse() {
+                upgrade.check_not_failed(if success { "success" } else { "upgrading" })?;
+                if let Some((announced, runs)) = upgrade.must_refuse(&device_version) {
                     return Err(format!(
                         "the device went on with a task that upgrades from {announced} while it \
                          runs {runs}; it must refuse it (fail with an ErrMsg)"
                     ));
                 }
-                if !success && !run.acked {
+                if !success && !upgrade.acked {
                     return Err("upgrading before the task was acknowledged (notify)".into());
                 }
-                if success && !run.upgrading {
+                if success && !upgrade.upgrading {
                     return Err("success before upgrading".into());
                 }
-                if success {
-                    self.say(format!("device reports success for task {}", run.task_id));
-                    return Ok(Verdict::Finish(Ok(Success::Upgraded)));
+                if !success {
+                    self.say(format!("device is upgrading (task {task})"));
+                    upgrade.upgrading = true;
+                    return Ok(Next::Wait);
                 }
-                self.say(format!("device is upgrading (task {})", run.task_id));
-                run.upgrading = true;
-                Ok(Verdict::Wait)
-            }
-            DeviceMsg::TaskFail { err_msg, .. } => {
-                self.say(format!(
-                    "device reports fail for task {}: {err_msg}",
-                    run.task_id
-                ));
-                if run.must_refuse().is_none() && self.url_expiry_expected(&err_msg) {
-                    // UCloud has no request: the platform re-sends with a fresh URL.
-                    return Ok(Verdict::Offer);
+                self.say(format!("device reports success for task {task}"));
+                if is_target {
+                    Ok(Next::Done(Success::Upgraded))
+                } else {
+                    self.say("(a superseded task; still waiting for the new one)".into());
+                    Ok(Next::Wait)
                 }
-                if let Some((announced, runs)) = run.must_refuse() {
-                    self.say(format!(
-                        "(expected: the task upgrades from {announced} but the device runs {runs})"
-                    ));
-                }
-                Ok(Verdict::Finish(Err(Failure::DeviceFailed {
-                    step: -1,
-                    desc: Some(err_msg),
-                })))
             }
         }
     }
 
-    fn publish_upgrade(&self, firmware: &Firmware, run: &mut Run) -> io::Result<()> {
+    /// A failure report for upgrade `owner`: at most one per upgrade. `resend_on_expiry`:
+    /// Tencent/UCloud, where the platform answers an expired URL with a fresh notification
+    /// (the upgrade is then issued anew).
+    fn failure_report(
+        &self,
+        run: &mut Run,
+        owner: usize,
+        code: i32,
+        desc: Option<String>,
+        resend_on_expiry: bool,
+    ) -> Result<Next, String> {
+        let is_target = owner == run.target_index();
+        let upgrade = &mut run.upgrades[owner];
+        if let Some((first, first_desc)) = &upgrade.record.first_failure {
+            upgrade.record.failure_reports += 1;
+            return Err(format!(
+                "a second failure report for the upgrade to {} (the first: {first}: {:?}); at \
+                 most one per upgrade",
+                upgrade.version(),
+                first_desc.as_deref().unwrap_or("")
+            ));
+        }
+        upgrade.record.failure_reports = 1;
+        let text = desc.clone().unwrap_or_default();
+        upgrade.record.first_failure = Some((code, desc));
+        if !is_target {
+            self.say(format!(
+                "the superseded upgrade to {} is reported failed{}",
+                upgrade.version(),
+                if text.to_ascii_lowercase().contains("supersed") {
+                    ""
+                } else {
+                    " (the report does not say superseded)"
+                }
+            ));
+            return Ok(Next::Wait);
+        }
+        if resend_on_expiry && self.url_expiry_expected(&text) {
+            // No request on these platforms: the platform re-issues the upgrade with a
+            // fresh URL, a new start for the one-failure rule.
+            upgrade.record.failure_reports = 0;
+            upgrade.record.first_failure = None;
+            return Ok(Next::Offer);
+        }
+        Ok(Next::TargetFailed)
+    }
+
+    /// What to do with a request for the upgrade (Aliyun `request`, a re-reported version).
+    fn answer_request(&self, summary: &mut Summary) -> Next {
+        if self.ignore_requests {
+            summary.requests_ignored += 1;
+            self.say("not answered (--ignore-requests)".into());
+            Next::Wait
+        } else {
+            Next::Offer
+        }
+    }
+
+    /// Publishes the notification of upgrade `index` as it stands in `run`; returns the
+    /// payload.
+    fn publish_upgrade(&self, run: &mut Run, index: usize) -> io::Result<String> {
         let id = now_ms();
         let o = &self.options;
         let module = o.module.as_deref();
+        let device_version = run.device_version.clone();
+        let upgrade = &mut run.upgrades[index];
+        let firmware = upgrade.record.firmware.clone();
         let (payload, what) = match self.protocol {
-            Protocol::Aliyun => (aliyun::upgrade_message(firmware, id), "upgrade".into()),
+            Protocol::Aliyun => (aliyun::upgrade_message(&firmware, id), "upgrade".into()),
             Protocol::Sagoo => (
-                sagoo::upgrade_message(firmware, id, o.sign_method, module, o.strategy.as_deref()),
+                sagoo::upgrade_message(&firmware, id, o.sign_method, module, o.strategy.as_deref()),
                 format!(
                     "upgrade (module {}, {}, strategy {})",
                     module.unwrap_or("default"),
@@ -944,25 +1450,27 @@ impl Cloud {
                     o.strategy.as_deref().unwrap_or("none")
                 ),
             ),
-            Protocol::Tencent => (tencent::update_message(firmware), "update_firmware".into()),
+            Protocol::Tencent => (tencent::update_message(&firmware), "update_firmware".into()),
             Protocol::Ucloud => {
                 let from = o
                     .current_version
                     .clone()
-                    .or_else(|| run.device_version.clone())
+                    .or(device_version)
                     .unwrap_or_default();
-                let payload = ucloud::notify_message(firmware, &from, module, &run.task_id);
-                let what = format!("task {} from {from}", run.task_id);
-                run.announced_from = Some(from);
+                let payload = ucloud::notify_message(&firmware, &from, module, &upgrade.task_id);
+                let what = format!("task {} from {from}", upgrade.task_id);
+                upgrade.announced_from = Some(from);
+                upgrade.record.task_id = Some(upgrade.task_id.clone());
                 (payload, what)
             }
         };
-        self.publish(self.wire.downstream(), payload)?;
+        self.publish(self.wire.downstream(), payload.clone())?;
+        upgrade.record.messages_sent += 1;
         self.say(format!(
             "sent {what} to {} ({} bytes, md5 {})",
             firmware.version, firmware.size, firmware.md5
         ));
-        Ok(())
+        Ok(payload)
     }
 
     fn publish(&self, topic: &str, payload: String) -> io::Result<()> {
@@ -1011,10 +1519,11 @@ impl Cloud {
         }
     }
 
-    fn waiting_for(&self, summary: &Summary, run: &Run, fw: &Firmware, aborted: bool) -> String {
+    fn waiting_for(&self, summary: &Summary, run: &Run, aborted: bool) -> String {
+        let target = run.target();
         let what = if summary.versions.is_empty() {
             "the device's version report".to_string()
-        } else if summary.upgrade_messages_sent == 0 {
+        } else if !run.offered() {
             format!(
                 "a version report for module {}",
                 self.options.module.as_deref().unwrap_or("default")
@@ -1024,25 +1533,25 @@ impl Cloud {
                 Protocol::Aliyun | Protocol::Sagoo => match summary.progress.last() {
                     Some(100) => format!(
                         "the device to report version {} after its reboot",
-                        fw.version
+                        target.version()
                     ),
                     Some(p) => format!("download progress (last {p}%)"),
                     None => "download progress".to_string(),
                 },
-                Protocol::Tencent => match &run.last_state {
-                    Some(TencentState::Burning) => format!("state done for {}", fw.version),
+                Protocol::Tencent => match &target.last_state {
+                    Some(TencentState::Burning) => format!("state done for {}", target.version()),
                     Some(TencentState::Downloading { percent }) => {
                         format!("download progress (last {percent}%)")
                     }
                     _ => "download progress".to_string(),
                 },
-                Protocol::Ucloud if !run.acked => {
-                    format!("the device to acknowledge task {} (notify)", run.task_id)
+                Protocol::Ucloud if !target.acked => {
+                    format!("the device to acknowledge task {} (notify)", target.task_id)
                 }
-                Protocol::Ucloud if !run.upgrading => {
-                    format!("upgrading for task {}", run.task_id)
+                Protocol::Ucloud if !target.upgrading => {
+                    format!("upgrading for task {}", target.task_id)
                 }
-                Protocol::Ucloud => format!("success or fail for task {}", run.task_id),
+                Protocol::Ucloud => format!("success or fail for task {}", target.task_id),
             }
         };
         if aborted {
@@ -1050,6 +1559,23 @@ impl Cloud {
         } else {
             what
         }
+    }
+}
+
+/// A Tencent state as the device spells it.
+fn state_name(state: &TencentState) -> String {
+    match state {
+        TencentState::Downloading { percent } => format!("downloading ({percent}%)"),
+        TencentState::Burning => "burning".into(),
+        TencentState::Done => "done".into(),
+        TencentState::Fail { code, .. } => format!("fail ({code})"),
+    }
+}
+
+fn describe_announcement(what: &Announcement) -> String {
+    match what {
+        Announcement::Again => "the upgrade again".into(),
+        Announcement::Supersede(fw) => format!("a new upgrade to {}", fw.version),
     }
 }
 
@@ -1097,4 +1623,5 @@ fn mqtt_loop(connection: &mut rumqttc::Connection, tx: Sender<Net>) {
             return; // the Cloud is gone
         }
     }
+    let _ = tx.send(Net::Ended);
 }

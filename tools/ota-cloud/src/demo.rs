@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Faults, Firmware, FirmwareServer,
-    Protocol, Success, Summary,
+    Milestones, Protocol, Success, Summary, DEFAULT_GRACE,
 };
 
 pub const PRODUCT_KEY: &str = "a1DemoProduct";
@@ -66,6 +66,13 @@ pub struct DemoOptions {
     /// Faults the firmware server injects (none by default). With
     /// [`Faults::expire_after`], every upgrade message after the first carries a fresh URL.
     pub faults: Faults,
+    /// What the cloud announces on its own (none by default); with a supersede, the device
+    /// must end up with the superseding image.
+    pub milestones: Milestones,
+    /// [`Cloud::set_ignore_requests`].
+    pub ignore_requests: bool,
+    /// [`Cloud::set_grace`].
+    pub grace: Duration,
 }
 
 impl Default for DemoOptions {
@@ -77,6 +84,9 @@ impl Default for DemoOptions {
             size: DEFAULT_SIZE,
             timeout: Duration::from_secs(120),
             faults: Faults::default(),
+            milestones: Milestones::default(),
+            ignore_requests: false,
+            grace: DEFAULT_GRACE,
         }
     }
 }
@@ -86,8 +96,11 @@ impl Default for DemoOptions {
 pub struct DemoReport {
     pub summary: Summary,
     pub firmware_size: usize,
-    /// Whether the device's output file has exactly the firmware's bytes.
+    /// Whether the device's output file has exactly the target image's bytes (the
+    /// superseding one after a supersede).
     pub identical: bool,
+    /// The target upgrade's version.
+    pub target_version: String,
     /// Size of the device's output file (0 if missing).
     pub output_size: u64,
     pub device_status: Option<ExitStatus>,
@@ -97,7 +110,8 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
-    /// The demo's verdict: a byte-identical file and the upgrade completed.
+    /// The demo's verdict: a byte-identical file and the upgrade completed (without a
+    /// violation).
     pub fn success(&self) -> bool {
         self.identical && self.summary.outcome == Ok(Success::Upgraded)
     }
@@ -144,9 +158,25 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     )
     .map_err(|e| format!("cloud cannot connect: {e}"))?;
     cloud.set_options(opts.options.clone())?;
+    cloud
+        .set_ignore_requests(opts.ignore_requests)
+        .set_grace(opts.grace);
     if opts.faults.expire_after.is_some() {
         let renewer = server.url_renewer();
-        cloud.set_url_renewer(move || renewer.renew());
+        cloud.set_url_renewer_for(move |url| renewer.renew_url_of(url));
+    }
+    let next = opts.milestones.install(&cloud, &server, &firmware)?;
+    if let Some(next) = &next {
+        println!(
+            "demo: a different upgrade to {} (md5 {}, at {}) supersedes it once {} % is sent",
+            next.firmware.version,
+            next.firmware.md5,
+            next.firmware.url,
+            opts.milestones.supersede.as_ref().map_or(0, |s| s.percent)
+        );
+    }
+    if let Some(p) = opts.milestones.renotify_at {
+        println!("demo: the upgrade is announced again once {p} % is sent");
     }
     println!("demo: the cloud plays {}", opts.protocol);
 
@@ -192,11 +222,16 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     }
 
     let written = fs::read(&output).unwrap_or_default();
-    let identical = written.as_slice() == &server.image()[..];
+    let target_image = match &next {
+        Some(next) if summary.upgrades.len() > 1 => &next.image[..],
+        _ => &server.image()[..],
+    };
+    let identical = written.as_slice() == target_image;
     let requests = server.requests();
     let report = DemoReport {
         firmware_size: opts.size,
         identical,
+        target_version: summary.target().firmware.version.clone(),
         output_size: written.len() as u64,
         device_status,
         http_bytes: requests.iter().map(|r| r.bytes_sent).sum(),
@@ -217,8 +252,8 @@ pub fn print_report(r: &DemoReport) {
     println!("---- demo summary ----");
     println!("protocol       {}", s.protocol);
     println!(
-        "firmware       {} bytes, {OLD_VERSION} -> {NEW_VERSION}",
-        r.firmware_size
+        "firmware       {} bytes, {OLD_VERSION} -> {}",
+        r.firmware_size, r.target_version
     );
     println!(
         "download       {} bytes in {} HTTP request(s), {:.1} MB/s",

@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 /// The file name the image is served under; any path ending in it is accepted.
 pub const FILE_NAME: &str = "firmware.bin";
 
+/// How long a connection waits for an [`FirmwareServer::on_image_sent`] hook at most before it
+/// sends on (a hook that never returns must not hang the download for ever).
+const HOOK_WAIT: Duration = Duration::from_secs(10);
+
 /// Largest request head we accept; a firmware HTTP client never sends more.
 const MAX_HEAD: usize = 16 * 1024;
 /// An idle keep-alive connection is closed after this long, so handler threads never pile up.
@@ -164,6 +168,12 @@ struct Shared {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// `http://127.0.0.1:PORT/firmware.bin` or its TLS form, without a token.
     base_url: String,
+    /// `http://127.0.0.1:PORT` or its TLS form: where [`FirmwareServer::add_image`]'s files live.
+    origin: String,
+    /// More images, each served under its own file name ([`FirmwareServer::add_image`]).
+    extra_images: Mutex<Vec<(String, Arc<[u8]>)>>,
+    /// Bytes of the image sent so far and the hooks waiting for a count.
+    milestones: Mutex<Milestones>,
     /// Every cut offset (`cut_at`, `cuts`, `random_cuts`), sorted, without duplicates.
     cuts: Vec<u64>,
     /// Which of `cuts` have fired.
@@ -176,6 +186,17 @@ struct Shared {
     token: Mutex<Token>,
     stop: AtomicBool,
     log: Mutex<Vec<RequestLog>>,
+}
+
+/// A hook of [`FirmwareServer::on_image_sent`].
+type SentHook = Box<dyn FnOnce(u64) + Send>;
+
+/// Bytes of the (first) image written so far, over all responses, and the hooks still waiting.
+#[derive(Default)]
+struct Milestones {
+    sent: u64,
+    /// `(bytes, hook)`, sorted by `bytes` (stable: equal counts fire in registration order).
+    pending: Vec<(u64, SentHook)>,
 }
 
 /// The one URL token currently accepted (with `expire_after`).
@@ -199,8 +220,14 @@ impl Shared {
     }
 
     fn renew_url(&self) -> String {
+        self.renew_url_of(&self.base_url)
+    }
+
+    /// `url` without its query, with a fresh token (which from now on is the only one
+    /// accepted) when URLs expire; `url` unchanged otherwise.
+    fn renew_url_of(&self, url: &str) -> String {
         if self.faults.expire_after.is_none() {
-            return self.base_url.clone();
+            return url.to_string();
         }
         let mut t = self.token.lock().unwrap();
         *t = Token {
@@ -208,7 +235,66 @@ impl Shared {
             issued: Instant::now(),
             successes: 0,
         };
-        format!("{}?token={}", self.base_url, t.current)
+        let bare = url.split(['?', '#']).next().unwrap_or(url);
+        format!("{bare}?token={}", t.current)
+    }
+
+    /// The URL of an image served under `name`, with the current token when URLs expire.
+    fn url_of(&self, name: &str) -> String {
+        let bare = format!("{}/{name}", self.origin);
+        match self.faults.expire_after {
+            Some(_) => format!("{bare}?token={}", self.token.lock().unwrap().current),
+            None => bare,
+        }
+    }
+
+    /// The image a request path names: an added image by its file name, else the first image
+    /// by [`FILE_NAME`]; the flag says whether it is the first one (whose bytes are counted).
+    fn image_for(&self, path: &str) -> Option<(Arc<[u8]>, bool)> {
+        let extra = self.extra_images.lock().unwrap();
+        if let Some((_, image)) = extra
+            .iter()
+            .find(|(name, _)| path.ends_with(&format!("/{name}")))
+        {
+            return Some((Arc::clone(image), false));
+        }
+        path.ends_with(&format!("/{FILE_NAME}"))
+            .then(|| (Arc::clone(&self.image), true))
+    }
+
+    /// How many bytes may be sent before the next hook is due, if one is pending.
+    fn bytes_to_next_milestone(&self) -> Option<u64> {
+        let m = self.milestones.lock().unwrap();
+        m.pending.first().map(|(at, _)| at.saturating_sub(m.sent))
+    }
+
+    fn count_sent(&self, n: u64) {
+        self.milestones.lock().unwrap().sent += n;
+    }
+
+    /// Runs the hooks whose count has been reached (outside the lock: a hook may take a while,
+    /// and other connections keep counting meanwhile).
+    fn fire_due_milestones(&self) {
+        loop {
+            let (sent, hook) = {
+                let mut m = self.milestones.lock().unwrap();
+                match m.pending.first() {
+                    Some((at, _)) if *at <= m.sent => (m.sent, m.pending.remove(0).1),
+                    _ => return,
+                }
+            };
+            // In a thread of its own, so a hook that never returns delays this body only.
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let spawned = thread::Builder::new()
+                .name("fw-http-milestone".into())
+                .spawn(move || {
+                    hook(sent);
+                    let _ = done_tx.send(());
+                });
+            if spawned.is_ok() {
+                let _ = done.recv_timeout(HOOK_WAIT);
+            }
+        }
     }
 
     /// With `expire_after`: whether `target` (path and query) is refused because its token is
@@ -346,10 +432,11 @@ impl FirmwareServer {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let port = addr.port();
-        let base_url = match tls {
-            Some(_) => format!("https://localhost:{port}/{FILE_NAME}"),
-            None => format!("http://127.0.0.1:{port}/{FILE_NAME}"),
+        let origin = match tls {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
         };
+        let base_url = format!("{origin}/{FILE_NAME}");
         let mut cuts: BTreeSet<u64> = faults.cuts.iter().copied().collect();
         cuts.extend(faults.cut_at);
         if let Some((n, seed)) = faults.random_cuts {
@@ -361,6 +448,9 @@ impl FirmwareServer {
             faults,
             tls,
             base_url,
+            origin,
+            extra_images: Mutex::new(Vec::new()),
+            milestones: Mutex::new(Milestones::default()),
             cuts_fired: Mutex::new(vec![false; cuts.len()]),
             cuts,
             stall_once_done: AtomicBool::new(false),
@@ -401,6 +491,54 @@ impl FirmwareServer {
     /// nothing expires and this is [`url`](Self::url).
     pub fn renew_url(&self) -> String {
         self.shared.renew_url()
+    }
+
+    /// Serves `image` too, at `.../NAME` next to [`FILE_NAME`] (e.g. a second firmware that
+    /// supersedes the first); returns its URL ([`url_of`](Self::url_of)). The faults apply to
+    /// it as to the first image (offsets within it; cuts fire once per server, whichever image
+    /// they hit), and so does the one URL token of [`Faults::expire_after`]. Its bytes do not
+    /// count for [`on_image_sent`](Self::on_image_sent). Fails with `InvalidInput` for a name
+    /// that is empty, has a `/`, `?` or `#`, is [`FILE_NAME`] or was added before.
+    pub fn add_image(&self, name: &str, image: impl Into<Arc<[u8]>>) -> io::Result<String> {
+        let mut extra = self.shared.extra_images.lock().unwrap();
+        if name.is_empty()
+            || name.contains(['/', '?', '#'])
+            || name == FILE_NAME
+            || extra.iter().any(|(n, _)| n == name)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} cannot name another image"),
+            ));
+        }
+        extra.push((name.to_string(), image.into()));
+        drop(extra);
+        Ok(self.url_of(name))
+    }
+
+    /// The URL of the file `name` on this server (with the current token when URLs expire);
+    /// `url_of(FILE_NAME)` is [`url`](Self::url).
+    pub fn url_of(&self, name: &str) -> String {
+        self.shared.url_of(name)
+    }
+
+    /// Calls `hook` once the server has written `bytes` bytes of the first image to clients,
+    /// counted over all responses (a byte sent twice counts twice; HEAD, error bodies and
+    /// [`add_image`](Self::add_image)'s images do not count). The response that reaches the
+    /// count stops right there, flushes, and waits for `hook` to return (at most 10 s) before
+    /// it sends on, so what the hook does happens at a known point of the download, whatever
+    /// the timing. `hook` gets the count it fired at (`bytes`, or more for a count registered
+    /// after it was passed; `bytes` 0 fires at the start of the first body).
+    pub fn on_image_sent(&self, bytes: u64, hook: impl FnOnce(u64) + Send + 'static) {
+        let mut m = self.shared.milestones.lock().unwrap();
+        let at = m.pending.partition_point(|(b, _)| *b <= bytes);
+        m.pending.insert(at, (bytes, Box::new(hook)));
+    }
+
+    /// Bytes of the first image written so far, over all responses (see
+    /// [`on_image_sent`](Self::on_image_sent)).
+    pub fn image_bytes_sent(&self) -> u64 {
+        self.shared.milestones.lock().unwrap().sent
     }
 
     /// A handle that renews this server's URL from elsewhere (e.g. a [`crate::Cloud`] in
@@ -472,6 +610,13 @@ impl UrlRenewer {
     /// [`FirmwareServer::renew_url`].
     pub fn renew(&self) -> String {
         self.0.renew_url()
+    }
+
+    /// Like [`renew`](Self::renew), for the file `url` names (e.g. an image of
+    /// [`FirmwareServer::add_image`]): `url` with the fresh token, or unchanged when URLs do
+    /// not expire.
+    pub fn renew_url_of(&self, url: &str) -> String {
+        self.0.renew_url_of(url)
     }
 }
 
@@ -976,8 +1121,6 @@ fn respond_simple(
 /// Answers one request; returns whether the connection stays open.
 fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result<bool> {
     let faults = &shared.faults;
-    let image = &shared.image;
-    let total = image.len() as u64;
     let is_head = req.method == "HEAD";
     let mut keep = req.keep_alive;
     let n = shared.requests_seen.fetch_add(1, Ordering::SeqCst);
@@ -991,6 +1134,7 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
         complete: false,
     };
     let path = req.path.split(['?', '#']).next().unwrap_or("");
+    let file = shared.image_for(path);
     let seq = usize::try_from(n).ok();
     let injected = seq.and_then(|i| faults.fail_first.get(i).copied());
     let redirect = seq
@@ -1016,11 +1160,12 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
         log.status = 405;
         text_body = "method not allowed\n";
         extra_headers.push_str("Allow: GET, HEAD\r\n");
-    } else if !path.ends_with(&format!("/{FILE_NAME}")) {
+    } else if file.is_none() {
         // A wrong path is refused before the signature is looked at, so it costs no budget.
         log.status = 404;
         text_body = "not found\n";
     } else {
+        let total = file.as_ref().map_or(0, |(image, _)| image.len() as u64);
         let range = match &req.range {
             Some(r) if !faults.ignore_range && !faults.endless_body => parse_range(r, total),
             _ => RangeReq::Ignore,
@@ -1072,6 +1217,10 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
         extra_headers.push_str("Content-Type: text/plain\r\n");
     }
 
+    let body = Body {
+        image: file.as_ref().map_or(&[][..], |(image, _)| &image[..]),
+        counted: file.as_ref().is_some_and(|(_, first)| *first),
+    };
     let result = (|| -> io::Result<bool> {
         write_head(stream, shared, log.status, announced, &extra_headers, keep)?;
         if is_head {
@@ -1083,7 +1232,7 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
         }
         match file_range {
             Some((s, e)) if endless => {
-                send_file(stream, shared, s, e, &mut log.bytes_sent)?;
+                send_file(stream, shared, &body, s, e, &mut log.bytes_sent)?;
                 send_garbage(stream, shared, &mut log.bytes_sent)?;
                 return Ok(false);
             }
@@ -1096,7 +1245,7 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
                 if let Some(c) = shared.claim_cut(s, end) {
                     end = c;
                 }
-                send_file(stream, shared, s, end, &mut log.bytes_sent)?;
+                send_file(stream, shared, &body, s, end, &mut log.bytes_sent)?;
                 if end < e {
                     stream.flush()?;
                     return Ok(false);
@@ -1136,18 +1285,38 @@ fn send_garbage(stream: &mut impl Conn, shared: &Shared, sent: &mut u64) -> io::
     }
 }
 
-/// Writes the image's bytes `start..end`, with the one-time stall and the flipped byte.
+/// The image a response sends, and whether its bytes count for
+/// [`FirmwareServer::on_image_sent`] (the first image's do).
+struct Body<'a> {
+    image: &'a [u8],
+    counted: bool,
+}
+
+/// Runs the [`FirmwareServer::on_image_sent`] hooks that are due, once the bytes before them
+/// have left (flushed).
+fn reach_milestones(stream: &mut impl Conn, shared: &Shared, body: &Body) -> io::Result<()> {
+    if body.counted && shared.bytes_to_next_milestone() == Some(0) {
+        stream.flush()?;
+        shared.fire_due_milestones();
+    }
+    Ok(())
+}
+
+/// Writes the image's bytes `start..end`, with the one-time stall and the flipped byte, and
+/// stops at each milestone of a counted image.
 fn send_file(
     stream: &mut impl Conn,
     shared: &Shared,
+    body: &Body,
     start: u64,
     end: u64,
     sent: &mut u64,
 ) -> io::Result<()> {
     let faults = &shared.faults;
-    let image = &shared.image;
+    let image = body.image;
     let mut pos = start;
     while pos < end {
+        reach_milestones(stream, shared, body)?;
         let mut n = (end - pos).min(CHUNK as u64);
         if let Some((at, ms)) = faults.stall_once {
             if at == pos && !shared.stall_once_done.swap(true, Ordering::SeqCst) {
@@ -1156,6 +1325,10 @@ fn send_file(
             } else if at > pos && at < pos + n {
                 n = at - pos; // stop right before it; the next round stalls
             }
+        }
+        if body.counted {
+            // Stop exactly at the next milestone; the next round reaches it.
+            n = n.min(shared.bytes_to_next_milestone().unwrap_or(u64::MAX));
         }
         let chunk = &image[pos as usize..(pos + n) as usize];
         match faults.flip_byte_at {
@@ -1168,8 +1341,11 @@ fn send_file(
         }
         pos += n;
         *sent += n;
+        if body.counted {
+            shared.count_sent(n);
+        }
     }
-    Ok(())
+    reach_milestones(stream, shared, body)
 }
 
 #[cfg(test)]

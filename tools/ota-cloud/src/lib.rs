@@ -8,6 +8,8 @@
 //! - [`Cloud`] plays the platform's side of an OTA upgrade over MQTT and checks every message
 //!   the device sends against the protocol ([`Protocol`]: Aliyun, SagooIOT, Tencent, UCloud;
 //!   one pure module each: [`aliyun`], [`sagoo`], [`tencent`], [`ucloud`]).
+//! - [`Milestones`] tie the cloud's own announcements (the same upgrade again, a different one
+//!   that supersedes it) to the share of the image the server has sent.
 //! - [`demo`] runs a whole upgrade on one machine.
 //!
 //! This crate deliberately does not depend on the `ota` crate: it is an independent checker of
@@ -19,23 +21,38 @@ pub mod cloud;
 pub mod counting;
 pub mod demo;
 pub mod http;
+pub mod milestones;
 pub mod sagoo;
 pub mod tencent;
 pub mod ucloud;
 
 pub use broker::EmbeddedBroker;
 pub use cloud::{
-    md5_hex, sha256_hex, AliyunCloud, Cloud, CloudOptions, DeviceMsg, Failure, Firmware, Protocol,
-    Success, Summary, TencentState, DEFAULT_MAX_UPGRADE_MESSAGES,
+    md5_hex, sha256_hex, AliyunCloud, Announcement, Cloud, CloudOptions, DeviceMsg, Failure,
+    Firmware, Protocol, Success, Summary, TargetOutcome, TencentState, Trigger, UpgradeRecord,
+    DEFAULT_GRACE, DEFAULT_MAX_UPGRADE_MESSAGES,
 };
 pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, UrlRenewer};
+pub use milestones::{Milestones, NextUpgrade, Supersede};
 pub use sagoo::SignMethod;
+
+/// The seed of [`generate_firmware`].
+pub const FIRMWARE_SEED: u64 = 0x5eed_f1a3_0000_0001;
+
+/// The seed of the image that supersedes the first one ([`Milestones`]): same size, other
+/// bytes.
+pub const NEXT_FIRMWARE_SEED: u64 = 0x5eed_f1a3_0000_0002;
 
 /// A deterministic pseudo-random firmware image of `size` bytes (the same bytes every time), so
 /// a test or a second process can regenerate it instead of shipping a binary.
 pub fn generate_firmware(size: usize) -> Vec<u8> {
+    generate_firmware_seeded(size, FIRMWARE_SEED)
+}
+
+/// [`generate_firmware`] from another seed: another image of the same size.
+pub fn generate_firmware_seeded(size: usize, seed: u64) -> Vec<u8> {
     // splitmix64: tiny, fast, and good enough that the image does not compress to nothing.
-    let mut state: u64 = 0x5eed_f1a3_0000_0001;
+    let mut state: u64 = seed;
     let mut out = Vec::with_capacity(size + 8);
     while out.len() < size {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ota_cloud::demo::{self, DemoOptions, DeviceKind};
+use ota_cloud::milestones::{self, Milestones, Supersede};
 use ota_cloud::{
     generate_firmware, Cloud, CloudOptions, EmbeddedBroker, ExpireRule, Faults, Firmware,
-    FirmwareServer, Protocol, SignMethod,
+    FirmwareServer, Protocol, SignMethod, Summary,
 };
 
 const USAGE: &str = "\
@@ -17,12 +18,20 @@ usage:
                   (--firmware FILE | --firmware-size BYTES [--write-firmware PATH])
                   [--timeout-s 120] [--protocol aliyun|sagoo|tencent|ucloud]
                   [--module M] [--sign-method md5|sha256] [--current-version X]
-                  [fault flags]
+                  [run flags] [fault flags]
       Serve the firmware over HTTP on 127.0.0.1 and play the platform's side of one upgrade
       to version V, checking every message the device sends against the protocol (a wrong
-      topic, a missing or unknown key or a wrong JSON type fails the run). Exit 0 when the
-      upgrade succeeds (aliyun/sagoo: the device reports V; tencent: state done for V;
-      ucloud: success for the task), 1 on failure, violation or timeout.
+      topic, a missing or unknown key or a wrong JSON type fails the run) and the life of an
+      upgrade: at most one failure report per upgrade; after a failure report nothing more
+      about that upgrade (no progress, no success, no version report naming it); aliyun and
+      sagoo steps are 1..100 or -1..-4 (never '0'), tencent percents 0..100. A broken rule
+      prints a line 'violation: ...' and fails the run. The run ends with exactly one line
+      'outcome: success VERSION', 'outcome: failed VERSION reports=N desc=DESC' (the device
+      reported the target upgrade failed; the run goes on for the grace period first, to
+      catch what must not follow) or 'outcome: timeout' (nothing decisive happened). Exit 0
+      when the upgrade succeeds without a violation (aliyun/sagoo: the device reports V;
+      tencent: state done for V; ucloud: success for the task), 1 otherwise. A device that
+      reports its old version again (e.g. restarted) gets the pending upgrade again.
       --module M            sagoo, ucloud: upgrade module M (default: the default module)
       --sign-method         sagoo: digest announced in signMethod/sign (default md5)
       --current-version X   ucloud: announce CurrentVersion X instead of the version the
@@ -31,11 +40,31 @@ usage:
       Run the embedded MQTT 3.1.1 broker on 127.0.0.1 in the foreground.
   ota-cloud demo [--device c|rust] [--size BYTES] [--timeout-s 120]
                  [--protocol aliyun|sagoo|tencent|ucloud] [--sign-method md5|sha256]
-                 [fault flags]
+                 [run flags] [fault flags]
       One-command demo: embedded broker + firmware server + cloud + a device program from
       this workspace (default rust, 4 MiB), told the protocol in OTA_PROTOCOL. Exit 0 only
-      if the device wrote a byte-identical file and completed the upgrade.
+      if the device wrote a file byte-identical to the target image (the superseding one
+      with --supersede-at) and completed the upgrade without a violation.
   ota-cloud help
+run flags (serve, demo): what the cloud does on its own or leaves undone; PERCENT counts
+the bytes of the (first) image the firmware server has written to sockets, over all
+responses (a byte sent twice counts twice); the response that reaches it pauses until the
+announcement has gone through the broker, so it lands at the same point every run.
+  --supersede-at PERCENT[:VERSION]  once PERCENT % has been sent, publish a different
+                                upgrade: VERSION (default V.1), another image of the same
+                                size at its own URL path (.../firmware-next.bin) with its
+                                own digest; from then on the run's target is the new
+                                upgrade (the device must report the old one failed, once,
+                                and install the new one). serve: with --write-firmware
+                                PATH the new image is written to PATH.next
+  --renotify-at PERCENT         once PERCENT % has been sent, publish the same upgrade
+                                message again (same URL, version, digest, size, task)
+  --ignore-requests             never answer the device's requests for the upgrade (an
+                                aliyun request, a version re-reported after the first
+                                announcement, a tencent/ucloud failure naming an expired
+                                URL): an expired URL is then never refreshed
+  --grace-ms MS                 after a failure report for the target upgrade, watch MS
+                                more for violations before exiting 1 (default 2000)
 fault flags (serve, demo): the firmware server misbehaves so the device's recovery can be
 rehearsed; all off by default, any combination; OFFSETs are byte offsets in the image.
   --cut-at OFFSET[,OFFSET...]   close the connection once the bytes up to each OFFSET have
@@ -66,9 +95,13 @@ rehearsed; all off by default, any combination; OFFSETs are byte offsets in the 
   --huge-head BYTES             pad every response head with BYTES of header lines
       With --expire-after or --expire-after-s the URL carries ?token=N, and every upgrade
       message after the first (the device asks again: aliyun request on
-      /ota/device/request/PK/DN; or it re-reports its version) carries a fresh URL that
-      works again while the old one keeps getting 403. The cloud still sends at most 5
-      upgrade messages per run. The active faults are printed at start.
+      /ota/device/request/PK/DN; or it re-reports its version; a superseding upgrade; not
+      the exact repeat of --renotify-at) carries a fresh URL that works again while the old
+      one keeps getting 403. The cloud still sends at most 5
+      upgrade messages per run in answer to the device (--supersede-at and --renotify-at
+      come on top). The faults apply to the superseding image too (its own offsets; each cut
+      fires once per server; one URL token for both). The active faults are printed at
+      start.
 exit status: 0 success, 1 failure, 2 usage error";
 
 /// A usage error: printed with the usage text, exit 2.
@@ -115,8 +148,11 @@ const FAULT_FLAGS: &[&str] = &[
     "huge-head",
 ];
 
-/// Fault flags without a value.
-const FAULT_SWITCHES: &[&str] = &["ignore-range", "endless-body"];
+/// Fault flags without a value, and the run switches.
+const FAULT_SWITCHES: &[&str] = &["ignore-range", "endless-body", "ignore-requests"];
+
+/// Run flags taking a value, shared by `serve` and `demo`.
+const RUN_FLAGS: &[&str] = &["supersede-at", "renotify-at", "grace-ms"];
 
 /// Parses `--name value` pairs, accepting only `allowed` names, and `--name` alone for the
 /// `switches` (stored with an empty value), each at most once.
@@ -269,9 +305,53 @@ fn faults(f: &HashMap<String, String>) -> Result<Faults, Usage> {
     Ok(faults)
 }
 
-/// `serve`'s and `demo`'s flags plus the fault flags.
+/// `serve`'s and `demo`'s flags plus the run and fault flags.
 fn with_faults<'a>(own: &[&'a str]) -> Vec<&'a str> {
-    own.iter().chain(FAULT_FLAGS).copied().collect()
+    own.iter()
+        .chain(RUN_FLAGS)
+        .chain(FAULT_FLAGS)
+        .copied()
+        .collect()
+}
+
+/// The run flags.
+struct RunFlags {
+    milestones: Milestones,
+    ignore_requests: bool,
+    grace: Duration,
+}
+
+fn run_flags(f: &HashMap<String, String>) -> Result<RunFlags, Usage> {
+    let supersede = f
+        .get("supersede-at")
+        .map(|v| Supersede::parse(v))
+        .transpose()
+        .map_err(|e| Usage(format!("--supersede-at: {e}")))?;
+    let renotify_at = f
+        .get("renotify-at")
+        .map(|v| milestones::parse_percent(v))
+        .transpose()
+        .map_err(|e| Usage(format!("--renotify-at: {e}")))?;
+    Ok(RunFlags {
+        milestones: Milestones {
+            supersede,
+            renotify_at,
+        },
+        ignore_requests: f.contains_key("ignore-requests"),
+        grace: Duration::from_millis(number(f, "grace-ms", 2000u64)?),
+    })
+}
+
+/// Prints the run's violation (if any) and its outcome line; the exit status.
+fn finish(summary: &Summary) -> Result<ExitCode, Usage> {
+    if let Some(v) = summary.violation() {
+        println!("violation: {v}");
+    }
+    println!("{}", summary.outcome_line());
+    match &summary.outcome {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => fail(e),
+    }
 }
 
 fn fail(msg: impl std::fmt::Display) -> Result<ExitCode, Usage> {
@@ -319,6 +399,14 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
         .check(protocol)
         .map_err(|e| Usage(format!("{e} (--protocol {protocol})")))?;
     let faults = faults(&f)?;
+    let run = run_flags(&f)?;
+    if let Some(s) = &run.milestones.supersede {
+        if s.version.as_deref() == Some(version) {
+            return Err(Usage(format!(
+                "--supersede-at: the new upgrade needs a version other than {version}"
+            )));
+        }
+    }
 
     let image = match (f.get("firmware"), f.get("firmware-size")) {
         (Some(_), Some(_)) => {
@@ -360,14 +448,48 @@ fn serve(args: &[String]) -> Result<ExitCode, Usage> {
     if let Err(e) = cloud.set_options(options) {
         return Err(Usage(e));
     }
+    cloud
+        .set_ignore_requests(run.ignore_requests)
+        .set_grace(run.grace);
     if expires {
         let renewer = server.url_renewer();
-        cloud.set_url_renewer(move || renewer.renew());
+        cloud.set_url_renewer_for(move |url| renewer.renew_url_of(url));
+    }
+    let next = match run.milestones.install(&cloud, &server, &firmware) {
+        Ok(next) => next,
+        Err(e) => return fail(e),
+    };
+    print_milestones(&run.milestones, &firmware, next.as_ref());
+    if let (Some(next), Some(path)) = (&next, f.get("write-firmware")) {
+        let path = format!("{path}.next");
+        if let Err(e) = std::fs::write(&path, &next.image[..]) {
+            return fail(format!("cannot write {path}: {e}"));
+        }
     }
     let summary = cloud.run(&firmware, timeout);
-    match summary.outcome {
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(e) => fail(e),
+    finish(&summary)
+}
+
+/// Says what the cloud will do on its own, and where the superseding image is.
+fn print_milestones(m: &Milestones, first: &Firmware, next: Option<&milestones::NextUpgrade>) {
+    let at = |percent: u8| milestones::bytes_at(first.size, percent);
+    if let Some(p) = m.renotify_at {
+        println!(
+            "milestone: at {} bytes sent ({p} %), the upgrade is announced again",
+            at(p)
+        );
+    }
+    if let (Some(s), Some(next)) = (&m.supersede, next) {
+        println!(
+            "milestone: at {} bytes sent ({} %), an upgrade to {} supersedes {}",
+            at(s.percent),
+            s.percent,
+            next.firmware.version,
+            first.version
+        );
+        println!("next firmware url: {}", next.firmware.url);
+        println!("next firmware md5: {}", next.firmware.md5);
+        println!("next firmware size: {}", next.firmware.size);
     }
 }
 
@@ -406,6 +528,15 @@ fn run_demo(args: &[String]) -> Result<ExitCode, Usage> {
     )?;
     let defaults = DemoOptions::default();
     let protocol = protocol(&f)?;
+    let run = run_flags(&f)?;
+    if let Some(s) = &run.milestones.supersede {
+        if s.version.as_deref() == Some(demo::NEW_VERSION) {
+            return Err(Usage(format!(
+                "--supersede-at: the new upgrade needs a version other than {}",
+                demo::NEW_VERSION
+            )));
+        }
+    }
     let options = CloudOptions {
         sign_method: sign_method(&f)?,
         ..CloudOptions::default()
@@ -425,10 +556,17 @@ fn run_demo(args: &[String]) -> Result<ExitCode, Usage> {
         size: number(&f, "size", defaults.size)?,
         timeout: Duration::from_secs(number(&f, "timeout-s", defaults.timeout.as_secs())?),
         faults: faults(&f)?,
+        milestones: run.milestones,
+        ignore_requests: run.ignore_requests,
+        grace: run.grace,
     };
     match demo::run(&opts) {
         Ok(report) => {
             demo::print_report(&report);
+            if let Some(v) = report.summary.violation() {
+                println!("violation: {v}");
+            }
+            println!("{}", report.summary.outcome_line());
             Ok(if report.success() {
                 ExitCode::SUCCESS
             } else {

@@ -301,6 +301,7 @@ mod tests {
             (&t.progress, r#"{"id":1,"params":{"step":"1"}}"#),
             (&t.progress, r#"{"id":"1","params":{"step":1}}"#),
             (&t.progress, r#"{"id":"1","params":{"step":"-5"}}"#),
+            (&t.progress, r#"{"id":"1","params":{"step":"0"}}"#),
             (&t.progress, long_desc.as_str()),
             (
                 &t.progress,

@@ -60,6 +60,8 @@ fn usage_errors_exit_2() {
         &["demo", "--device", "java"][..],
         &["demo", "--protocol", "bogus"][..],
         &["demo", "--protocol", "tencent", "--sign-method", "sha256"][..],
+        &["demo", "--supersede-at", "50:2.0.0"][..],
+        &["demo", "--renotify-at", "x"][..],
         &["broker", "--port"][..],
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
@@ -104,6 +106,14 @@ fn usage_errors_exit_2() {
         &["--slow-head-ms", "x"][..],
         &["--huge-head", "1k"][..],
         &["--redirect"][..],
+        &["--supersede-at", "101"][..],
+        &["--supersede-at", "x"][..],
+        &["--supersede-at", "50:"][..],
+        &["--supersede-at", "50:2"][..],
+        &["--renotify-at", "-1"][..],
+        &["--renotify-at"][..],
+        &["--grace-ms", "2s"][..],
+        &["--ignore-requests", "yes"][..],
     ] {
         let out = Command::new(BIN).args(base).args(extra).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{extra:?}");
@@ -137,6 +147,14 @@ fn usage_errors_exit_2() {
         "--content-length BYTES",
         "--slow-head-ms MS",
         "--huge-head BYTES",
+        "--supersede-at PERCENT[:VERSION]",
+        "--renotify-at PERCENT",
+        "--ignore-requests",
+        "--grace-ms MS",
+        "'outcome: success VERSION'",
+        "'outcome: failed VERSION reports=N desc=DESC'",
+        "'outcome: timeout'",
+        "'violation: ...'",
     ] {
         assert!(usage.contains(word), "{word}");
     }
@@ -165,6 +183,17 @@ fn serve_full(
     extra: &[&str],
     script: impl FnOnce(&FakeDevice, &str),
 ) -> (Option<i32>, String, Vec<String>) {
+    let (code, stderr, startup, _) = serve_lines(dn, downstream, extra, script);
+    (code, stderr, startup)
+}
+
+/// Like [`serve_full`]; also returns what `serve` printed on stdout after the device started.
+fn serve_lines(
+    dn: &str,
+    downstream: &str,
+    extra: &[&str],
+    script: impl FnOnce(&FakeDevice, &str),
+) -> (Option<i32>, String, Vec<String>, Vec<String>) {
     let port = broker_port().to_string();
     let broker = format!("127.0.0.1:{port}");
     let mut child = Command::new(BIN)
@@ -191,7 +220,7 @@ fn serve_full(
     });
     let (tx, lines) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
-    thread::spawn(move || {
+    let echo = thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             println!("serve | {line}");
             let _ = tx.send(line);
@@ -217,7 +246,8 @@ fn serve_full(
     let code = child.wait().unwrap().code();
     let errors = errors.join().unwrap();
     eprint!("{errors}");
-    (code, errors, startup)
+    echo.join().unwrap();
+    (code, errors, startup, lines.try_iter().collect())
 }
 
 #[test]
@@ -245,15 +275,169 @@ fn serve_succeeds_when_the_device_upgrades() {
 
 #[test]
 fn serve_fails_when_the_device_fails() {
-    let code = serve("cli-fail", &["--firmware-size", "1000"], |dev, _| {
-        dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
-        dev.next_upgrade();
-        dev.send(
-            "progress",
-            r#"{"id":2,"params":{"step":"-3","desc":"md5 mismatch"}}"#,
-        );
-    });
+    let (code, _, _, after) = serve_lines(
+        "cli-fail",
+        "/ota/device/upgrade/pk/cli-fail",
+        &["--firmware-size", "1000", "--grace-ms", "300"],
+        |dev, _| {
+            dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+            dev.next_upgrade();
+            dev.send(
+                "progress",
+                r#"{"id":2,"params":{"step":"-3","desc":"md5 mismatch"}}"#,
+            );
+        },
+    );
     assert_eq!(code, Some(1));
+    assert_eq!(
+        outcome_lines(&after),
+        ["outcome: failed 2.0.0 reports=1 desc=md5 mismatch"]
+    );
+    assert!(
+        !after.iter().any(|l| l.starts_with("violation:")),
+        "{after:?}"
+    );
+}
+
+/// The `outcome:` lines of `serve`'s output; the last line must be one.
+fn outcome_lines(lines: &[String]) -> Vec<&str> {
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("outcome: ")),
+        "{lines:?}"
+    );
+    lines
+        .iter()
+        .filter(|l| l.starts_with("outcome:"))
+        .map(String::as_str)
+        .collect()
+}
+
+#[test]
+fn serve_progress_after_a_failure_report_is_a_violation() {
+    let (code, _, _, after) = serve_lines(
+        "cli-step-after-fail",
+        "/ota/device/upgrade/pk/cli-step-after-fail",
+        &["--firmware-size", "1000"],
+        |dev, _| {
+            dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+            dev.next_upgrade();
+            for step in ["-2", "50"] {
+                dev.send(
+                    "progress",
+                    &format!(r#"{{"id":2,"params":{{"step":"{step}","desc":"download failed"}}}}"#),
+                );
+            }
+        },
+    );
+    assert_eq!(code, Some(1));
+    let violations: Vec<_> = after
+        .iter()
+        .filter(|l| l.starts_with("violation:"))
+        .collect();
+    assert_eq!(violations.len(), 1, "{after:?}");
+    assert!(violations[0].contains("step 50"), "{violations:?}");
+    assert_eq!(
+        outcome_lines(&after),
+        ["outcome: failed 2.0.0 reports=1 desc=download failed"]
+    );
+}
+
+#[test]
+fn serve_ignore_requests_and_renotify_at() {
+    let (code, _, startup, after) = serve_lines(
+        "cli-renotify",
+        "/ota/device/upgrade/pk/cli-renotify",
+        &[
+            "--firmware-size",
+            "30000",
+            "--ignore-requests",
+            "--renotify-at",
+            "50",
+        ],
+        |dev, url| {
+            dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+            let first = dev.next_upgrade();
+            dev.send("request", r#"{"id":2,"params":{"version":"1.0.0"}}"#);
+            assert!(dev.nothing_within(std::time::Duration::from_millis(500)));
+            assert_eq!(common::http_get(url), generate_firmware(30000));
+            assert_eq!(dev.next_upgrade()["data"], first["data"]);
+            dev.send("progress", r#"{"id":3,"params":{"step":"100"}}"#);
+            dev.send("inform", r#"{"id":4,"params":{"version":"2.0.0"}}"#);
+        },
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        startup
+            .iter()
+            .any(|l| l == "milestone: at 15000 bytes sent (50 %), the upgrade is announced again"),
+        "{startup:?}"
+    );
+    assert_eq!(outcome_lines(&after), ["outcome: success 2.0.0"]);
+}
+
+#[test]
+fn serve_supersede_at_with_sagoo_sha256_announces_a_different_image() {
+    let path = std::env::temp_dir().join(format!("ota-cloud-cli-ss-{}.bin", std::process::id()));
+    let path_s = path.to_str().unwrap().to_string();
+    let first = generate_firmware(40000);
+    let next = ota_cloud::milestones::next_image(&first);
+    let sha256 = |b: &[u8]| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let progress = |step: &str, desc: &str| {
+        format!(r#"{{"id":"p","params":{{"step":"{step}","desc":"{desc}","strategy":"batch-7"}}}}"#)
+    };
+    let (code, _, startup, after) = serve_lines(
+        "cli-supersede",
+        "/ota/device/upgrade/pk/cli-supersede",
+        &[
+            "--firmware-size",
+            "40000",
+            "--write-firmware",
+            &path_s,
+            "--protocol",
+            "sagoo",
+            "--sign-method",
+            "sha256",
+            "--supersede-at",
+            "50:3.0.0",
+        ],
+        |dev, url| {
+            dev.send("inform", r#"{"id":"1","params":{"version":"1.0.0"}}"#);
+            let data = dev.next_upgrade()["data"].clone();
+            assert_eq!(data["sign"], sha256(&first));
+            assert_eq!(common::http_get(url), first);
+            let data = dev.next_upgrade()["data"].clone();
+            assert_eq!(data["version"], "3.0.0");
+            assert_eq!(data["size"], 40000);
+            assert_eq!(data["signMethod"], "SHA256");
+            assert_eq!(data["sign"], sha256(&next));
+            let next_url = data["url"].as_str().unwrap();
+            assert!(next_url.ends_with("/firmware-next.bin"), "{next_url}");
+            assert_eq!(common::http_get(next_url), next);
+            dev.send("progress", &progress("-1", "superseded by 3.0.0"));
+            dev.send("progress", &progress("100", ""));
+            dev.send("inform", r#"{"id":"2","params":{"version":"3.0.0"}}"#);
+        },
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        startup
+            .iter()
+            .any(|l| l
+                == "milestone: at 20000 bytes sent (50 %), an upgrade to 3.0.0 supersedes 2.0.0"),
+        "{startup:?}"
+    );
+    assert_eq!(outcome_lines(&after), ["outcome: success 3.0.0"]);
+    assert_eq!(std::fs::read(&path).unwrap(), first);
+    let next_path = format!("{path_s}.next");
+    assert_eq!(std::fs::read(&next_path).unwrap(), next);
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(next_path);
 }
 
 #[test]

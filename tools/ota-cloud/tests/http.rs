@@ -816,3 +816,155 @@ fn faults_are_described() {
         assert!(text.contains(word), "{word:?} in {text}");
     }
 }
+
+/// [`FirmwareServer::image_bytes_sent`] once it is `n`, or as it is after a while: the server
+/// counts bytes once written, so a client may have them slightly before the count.
+fn sent_when(server: &FirmwareServer, n: u64) -> u64 {
+    let deadline = Instant::now() + common::TIMEOUT;
+    loop {
+        let sent = server.image_bytes_sent();
+        if sent == n || Instant::now() > deadline {
+            return sent;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn on_image_sent_fires_at_the_count_with_the_bytes_before_it_delivered_and_holds_the_rest() {
+    let (server, image) = server(Faults::default());
+    let (fired_tx, fired) = std::sync::mpsc::channel();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    server.on_image_sent(30_000, move |sent| {
+        fired_tx.send(sent).unwrap();
+        let _ = go.recv_timeout(common::TIMEOUT);
+    });
+    // Below the count; HEAD and error bodies do not count.
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/firmware.bin", &[("Range", "bytes=0-19999")]);
+    assert_eq!(r.body, &image[..20_000]);
+    assert_eq!(conn.request("HEAD", "/firmware.bin", &[]).status, 200);
+    assert_eq!(conn.request("GET", "/nothing.bin", &[]).status, 404);
+    assert_eq!(server.image_bytes_sent(), 20_000);
+    assert!(fired.try_recv().is_err());
+
+    // The next response crosses it (the count runs over responses): 10 000 bytes, then the
+    // server waits for the hook.
+    let (status, _, mut reader) = raw_request(server.port(), "/firmware.bin", &[]);
+    assert_eq!(status, 200);
+    let mut before = vec![0u8; 10_000];
+    reader.read_exact(&mut before).unwrap();
+    assert_eq!(before, &image[..10_000]);
+    assert_eq!(fired.recv_timeout(common::TIMEOUT), Ok(30_000));
+    assert!(reader.buffer().is_empty());
+    reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let held = reader.read(&mut byte).unwrap_err();
+    assert!(
+        matches!(
+            held.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{held:?}"
+    );
+    assert_eq!(server.image_bytes_sent(), 30_000);
+    go_tx.send(()).unwrap();
+    reader
+        .get_ref()
+        .set_read_timeout(Some(common::TIMEOUT))
+        .unwrap();
+    let mut rest = vec![0u8; SIZE - 10_000];
+    reader.read_exact(&mut rest).unwrap();
+    assert_eq!(rest, &image[10_000..]);
+    assert_eq!(
+        sent_when(&server, 20_000 + SIZE as u64),
+        20_000 + SIZE as u64
+    );
+    // Once only.
+    assert_eq!(common::http_get(&server.url()), image);
+    assert!(fired.recv_timeout(Duration::from_millis(200)).is_err());
+}
+
+#[test]
+fn on_image_sent_at_zero_fires_before_the_first_byte_and_equal_counts_fire_in_order() {
+    let (server, image) = server(Faults::default());
+    let (tx, fired) = std::sync::mpsc::channel();
+    for (bytes, name) in [(0, "zero"), (SIZE as u64, "end-a"), (SIZE as u64, "end-b")] {
+        let tx = tx.clone();
+        server.on_image_sent(bytes, move |sent| tx.send((name, sent)).unwrap());
+    }
+    // A count never reached never fires.
+    let never = tx.clone();
+    server.on_image_sent(10 * SIZE as u64, move |_| never.send(("never", 0)).unwrap());
+    assert_eq!(common::http_get(&server.url()), image);
+    let got: Vec<_> = (0..3)
+        .map(|_| fired.recv_timeout(common::TIMEOUT).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [("zero", 0), ("end-a", SIZE as u64), ("end-b", SIZE as u64)]
+    );
+    assert!(fired.recv_timeout(Duration::from_millis(200)).is_err());
+}
+
+#[test]
+fn add_image_serves_a_second_file_at_its_own_path_whose_bytes_do_not_count() {
+    let (server, image) = server(Faults::default());
+    let other = ota_cloud::generate_firmware_seeded(5000, 9);
+    let url = server
+        .add_image("firmware-next.bin", other.clone())
+        .unwrap();
+    assert_eq!(
+        url,
+        format!("http://127.0.0.1:{}/firmware-next.bin", server.port())
+    );
+    assert_eq!(server.url_of("firmware-next.bin"), url);
+    assert_eq!(server.url_of("firmware.bin"), server.url());
+    assert_eq!(common::http_get(&url), other);
+    let mut conn = HttpConn::open(server.port());
+    let r = conn.request("GET", "/a/firmware-next.bin", &[("Range", "bytes=4000-")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("Content-Range"), Some("bytes 4000-4999/5000"));
+    assert_eq!(r.body, &other[4000..]);
+    assert_eq!(server.image_bytes_sent(), 0);
+    assert_eq!(common::http_get(&server.url()), image);
+    assert_eq!(sent_when(&server, SIZE as u64), SIZE as u64);
+    for bad in [
+        "",
+        "a/b.bin",
+        "firmware.bin",
+        "firmware-next.bin",
+        "x?y",
+        "x#y",
+    ] {
+        let e = server.add_image(bad, vec![1u8]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bad:?}");
+    }
+}
+
+#[test]
+fn an_added_image_shares_the_url_token_and_renews_by_its_url() {
+    let (server, _) = server(Faults {
+        expire_after: Some(ExpireRule::Requests(1)),
+        ..Faults::default()
+    });
+    let other = ota_cloud::generate_firmware_seeded(3000, 9);
+    let url = server
+        .add_image("firmware-next.bin", other.clone())
+        .unwrap();
+    assert!(url.ends_with("/firmware-next.bin?token=0"), "{url}");
+    assert_eq!(common::http_get(&url), other);
+    let mut conn = HttpConn::open(server.port());
+    assert_eq!(conn.request("GET", &target(&url), &[]).status, 403);
+    let fresh = server.url_renewer().renew_url_of(&url);
+    assert!(fresh.ends_with("/firmware-next.bin?token=1"), "{fresh}");
+    assert_eq!(common::http_get(&fresh), other);
+    assert_eq!(conn.request("GET", &target(&url), &[]).status, 403);
+    // Without expiry a URL renews to itself.
+    let (plain, _) = self::server(Faults::default());
+    let u = plain.add_image("n.bin", vec![1u8, 2]).unwrap();
+    assert_eq!(plain.url_renewer().renew_url_of(&u), u);
+}

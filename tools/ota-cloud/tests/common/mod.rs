@@ -136,6 +136,22 @@ pub fn start_cloud(
     thread::spawn(move || cloud.run(&firmware, timeout))
 }
 
+/// Like [`start_cloud`], with `setup` applied to the cloud before it runs (grace, requests,
+/// triggers, ...).
+pub fn start_cloud_with(
+    protocol: Protocol,
+    pk: &str,
+    dn: &str,
+    firmware: &Firmware,
+    timeout: Duration,
+    setup: impl FnOnce(&mut Cloud),
+) -> thread::JoinHandle<Summary> {
+    let mut cloud = Cloud::connect(protocol, "127.0.0.1", broker_port(), pk, dn).unwrap();
+    setup(&mut cloud);
+    let firmware = firmware.clone();
+    thread::spawn(move || cloud.run(&firmware, timeout))
+}
+
 /// A 50 000-byte image served over HTTP, described as version 2.0.0.
 pub fn firmware_for_test() -> (FirmwareServer, Firmware, Vec<u8>) {
     let image = ota_cloud::generate_firmware(50_000);
