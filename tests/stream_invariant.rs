@@ -46,6 +46,14 @@ enum Answer {
     Pending,
 }
 
+/// A whole-file answer announcing `content_length`, cut after `cut` bytes when set.
+fn whole(content_length: u64, cut: Option<usize>) -> Answer {
+    Answer::Whole {
+        content_length: Some(content_length),
+        cut,
+    }
+}
+
 #[derive(Default)]
 struct Script {
     /// One answer per request, in order; afterwards `Normal`.
@@ -241,6 +249,11 @@ impl Device {
             .push((url.to_string(), img.clone()));
     }
 
+    fn request_offsets(&self) -> Vec<u64> {
+        let script = self.script.lock().unwrap();
+        script.requests.iter().map(|r| r.0).collect()
+    }
+
     fn answers(&self, answers: &[Answer]) {
         self.script.lock().unwrap().answers.extend(answers);
     }
@@ -306,26 +319,13 @@ fn assert_one_failure(d: &Device, out: &Outcome, containing: &str) {
 fn a_server_that_ignores_range_is_skipped_seamlessly() {
     let img = image(20_000, 1);
     let d = device(Protocol::Aliyun, &img);
-    d.answers(&[
-        Answer::Normal { cut: Some(7_777) },
-        Answer::Whole {
-            content_length: Some(20_000),
-            cut: None,
-        },
-    ]);
+    d.answers(&[Answer::Normal { cut: Some(7_777) }, whole(20_000, None)]);
     d.announce(&img, "2.0.0", URL);
     let out = d.sample_cycle(|_, _| {});
     assert_valid(&d, &out, &img);
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     assert_eq!(d.s.restarts(), 1);
-    let offsets: Vec<u64> = d
-        .script
-        .lock()
-        .unwrap()
-        .requests
-        .iter()
-        .map(|r| r.0)
-        .collect();
+    let offsets = d.request_offsets();
     assert_eq!(offsets, [0, 7_777]);
 }
 
@@ -336,22 +336,12 @@ fn an_ignored_range_whose_body_is_shorter_than_the_skip_is_retried() {
     d.answers(&[
         Answer::Normal { cut: Some(9_000) },
         // Ends while the SDK is still discarding: a truncated answer, retried with Range.
-        Answer::Whole {
-            content_length: Some(20_000),
-            cut: Some(4_000),
-        },
+        whole(20_000, Some(4_000)),
     ]);
     d.announce(&img, "2.0.0", URL);
     let out = d.sample_cycle(|_, _| {});
     assert_valid(&d, &out, &img);
-    let offsets: Vec<u64> = d
-        .script
-        .lock()
-        .unwrap()
-        .requests
-        .iter()
-        .map(|r| r.0)
-        .collect();
+    let offsets = d.request_offsets();
     assert_eq!(offsets, [0, 9_000, 9_000]);
 }
 
@@ -359,13 +349,7 @@ fn an_ignored_range_whose_body_is_shorter_than_the_skip_is_retried() {
 fn a_whole_file_of_another_size_is_a_failure() {
     let img = image(20_000, 3);
     let d = device(Protocol::Aliyun, &img);
-    d.answers(&[
-        Answer::Normal { cut: Some(5_000) },
-        Answer::Whole {
-            content_length: Some(19_000),
-            cut: None,
-        },
-    ]);
+    d.answers(&[Answer::Normal { cut: Some(5_000) }, whole(19_000, None)]);
     d.announce(&img, "2.0.0", URL);
     let out = d.sample_cycle(|_, _| {});
     assert_one_failure(&d, &out, r#""step":"-2""#);
@@ -467,13 +451,7 @@ fn the_same_upgrade_announced_again_keeps_the_download_going() {
 fn a_supersede_during_the_skip_of_an_ignored_range_ends_the_cycle() {
     let img = image(20_000, 8);
     let d = device(Protocol::Aliyun, &img);
-    d.answers(&[
-        Answer::Normal { cut: Some(15_000) },
-        Answer::Whole {
-            content_length: Some(20_000),
-            cut: None,
-        },
-    ]);
+    d.answers(&[Answer::Normal { cut: Some(15_000) }, whole(20_000, None)]);
     d.announce(&img, "2.0.0", URL);
     let mut calls = 0;
     let mut at_cut = None;
