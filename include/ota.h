@@ -665,32 +665,47 @@ int IOT_SetupConnInfo(const char *product_key,
 int IOT_Ioctl(int option, void *data);
 
 /*
- Allocates `size` bytes with the C allocator (`malloc`).
+ Allocates `size` bytes. Default: `malloc`.
 
- Returns the memory, or NULL when out of memory (or, as `malloc` may, for `size` 0). Release
- it with `HAL_Free`.
+ Returns the memory, or NULL when out of memory (or, as `malloc` may, for `size` 0).
+ Release it with `HAL_Free`.
  */
-void *HAL_Malloc(uint32_t size);
+extern void *HAL_Malloc(uint32_t size);
 
 /*
- Releases memory from `HAL_Malloc`. NULL is accepted and does nothing; must not be called
- twice with the same pointer.
-
- # Safety
- `ptr` is NULL or a live pointer returned by `HAL_Malloc`.
+ Releases memory from `HAL_Malloc`. Default: `free`. NULL is accepted and does nothing;
+ must not be called twice with the same pointer.
  */
-void HAL_Free(void *ptr);
+extern void HAL_Free(void *ptr);
 
 /*
- Blocks the calling thread for at least `ms` milliseconds.
+ Prints a `printf` format. Default: `vprintf` to stdout, then `fflush`.
+
+ A firmware definition also receives libota's own log lines (one call per line, format
+ `"%s\n"`), from any thread that calls into libota or that libota runs; it must not call
+ back into libota.
  */
-void HAL_SleepMs(uint32_t ms);
+extern void HAL_Printf(const char *fmt, ...);
 
 /*
- Milliseconds elapsed on a monotonic clock since the first call of this function (which
- returns 0). Never goes backwards.
+ `snprintf` into `str` of `len` bytes. Default: `vsnprintf`.
+
+ Returns the length the whole text has (a value >= `len` means it was cut to `len - 1`
+ bytes and a NUL), or a negative value on a format error or a negative `len` (nothing
+ written then).
  */
-uint64_t HAL_UptimeMs(void);
+extern int HAL_Snprintf(char *str, int len, const char *fmt, ...);
+
+/*
+ Blocks the calling thread for at least `ms` milliseconds. Default: `nanosleep`, resumed
+ after signals.
+ */
+extern void HAL_SleepMs(uint32_t ms);
+
+/*
+ Milliseconds on a monotonic clock; never goes backwards. Default: `CLOCK_MONOTONIC`.
+ */
+extern uint64_t HAL_UptimeMs(void);
 
 /*
  Sets the product key that `HAL_GetProductKey` returns.
@@ -699,11 +714,8 @@ uint64_t HAL_UptimeMs(void);
 
  Returns the length stored (0 for an empty string, which clears the value), or -1 when
  `product_key` is NULL, not UTF-8 or too long (the previous value is kept).
-
- # Safety
- `product_key` is NULL or NUL-terminated.
  */
-int HAL_SetProductKey(char *product_key);
+extern int HAL_SetProductKey(char *product_key);
 
 /*
  Sets the device name that `HAL_GetDeviceName` returns.
@@ -712,11 +724,8 @@ int HAL_SetProductKey(char *product_key);
 
  Returns the length stored (0 for an empty string, which clears the value), or -1 when
  `device_name` is NULL, not UTF-8 or too long (the previous value is kept).
-
- # Safety
- `device_name` is NULL or NUL-terminated.
  */
-int HAL_SetDeviceName(char *device_name);
+extern int HAL_SetDeviceName(char *device_name);
 
 /*
  Sets the device secret that `HAL_GetDeviceSecret` returns.
@@ -725,11 +734,8 @@ int HAL_SetDeviceName(char *device_name);
 
  Returns the length stored (0 for an empty string, which clears the value), or -1 when
  `device_secret` is NULL, not UTF-8 or too long (the previous value is kept).
-
- # Safety
- `device_secret` is NULL or NUL-terminated.
  */
-int HAL_SetDeviceSecret(char *device_secret);
+extern int HAL_SetDeviceSecret(char *device_secret);
 
 /*
  Copies the product key set by `HAL_SetProductKey` (empty if never set), NUL-terminated.
@@ -737,11 +743,8 @@ int HAL_SetDeviceSecret(char *device_secret);
  - `product_key`: buffer of `PRODUCT_KEY_LEN + 1` bytes.
 
  Returns the length written (without the NUL), or -1 when `product_key` is NULL.
-
- # Safety
- `product_key` is NULL or valid for `PRODUCT_KEY_LEN + 1` bytes of writes.
  */
-int HAL_GetProductKey(char *product_key);
+extern int HAL_GetProductKey(char *product_key);
 
 /*
  Copies the device name set by `HAL_SetDeviceName` (empty if never set), NUL-terminated.
@@ -749,38 +752,31 @@ int HAL_GetProductKey(char *product_key);
  - `device_name`: buffer of `DEVICE_NAME_LEN + 1` bytes.
 
  Returns the length written (without the NUL), or -1 when `device_name` is NULL.
-
- # Safety
- `device_name` is NULL or valid for `DEVICE_NAME_LEN + 1` bytes of writes.
  */
-int HAL_GetDeviceName(char *device_name);
+extern int HAL_GetDeviceName(char *device_name);
 
 /*
- Copies the device secret set by `HAL_SetDeviceSecret` (empty if never set), NUL-terminated.
+ Copies the device secret set by `HAL_SetDeviceSecret` (empty if never set),
+ NUL-terminated.
 
  - `device_secret`: buffer of `DEVICE_SECRET_LEN + 1` bytes.
 
  Returns the length written (without the NUL), or -1 when `device_secret` is NULL.
-
- # Safety
- `device_secret` is NULL or valid for `DEVICE_SECRET_LEN + 1` bytes of writes.
  */
-int HAL_GetDeviceSecret(char *device_secret);
+extern int HAL_GetDeviceSecret(char *device_secret);
 
 /*
  Copies the running firmware's version, NUL-terminated: the environment variable
  `OTA_FIRMWARE_VERSION` when set and non-empty, else the version set from Rust
- (`ota::conninfo::set_identity`), else `"app-1.0.0-20180101.1000"` (as iotkit's Linux HAL).
+ (`ota::conninfo::set_identity`), else `"app-1.0.0-20180101.1000"` (as iotkit's Linux
+ HAL).
 
  - `version`: buffer of `FIRMWARE_VERSION_MAXLEN` bytes (NUL included).
 
  Returns the length written (without the NUL), or -1 when `version` is NULL or
  `OTA_FIRMWARE_VERSION` is longer than `FIRMWARE_VERSION_MAXLEN - 1` (nothing written).
-
- # Safety
- `version` is NULL or valid for `FIRMWARE_VERSION_MAXLEN` bytes of writes.
  */
-int HAL_GetFirmwareVersion(char *version);
+extern int HAL_GetFirmwareVersion(char *version);
 
 /*
  Opens the SDK log (lines go to stderr, filtered by `IOT_SetLogLevel`).

@@ -1,4 +1,5 @@
-//! The SDK's log: one line per event on stderr, filtered by a process-wide level.
+//! The SDK's log: one line per event on stderr (or the firmware's `HAL_Printf`, when it defines
+//! one), filtered by a process-wide level.
 //!
 //! Levels follow iotkit's `IOT_LogLevel` numbering so `IOT_SetLogLevel` maps one to one.
 
@@ -47,7 +48,7 @@ pub fn enabled(level: Level) -> bool {
 }
 
 /// Writes one line; called by the macros. Formatting goes straight to the unbuffered stderr
-/// handle, so logging does not allocate.
+/// handle (or a stack buffer for `HAL_Printf`), so logging does not allocate.
 pub fn write(level: Level, module: &str, args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let tag = match level {
@@ -58,6 +59,9 @@ pub fn write(level: Level, module: &str, args: std::fmt::Arguments<'_>) {
         Level::Info => "inf",
         Level::Debug => "dbg",
     };
+    if crate::ffi::hal::log_to_firmware(tag, module, args) {
+        return;
+    }
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "[{tag}] {module}: {args}");
 }

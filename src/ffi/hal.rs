@@ -1,248 +1,262 @@
-//! The HAL functions of `iot_import.h` that firmware calls itself (Linux implementations):
-//! memory, time, and the device identity kept in [`crate::conninfo`].
+//! The HAL functions of `iot_import.h`: memory, time, text and the device identity.
 //!
-//! `HAL_Printf` and `HAL_Snprintf` are variadic and cannot be defined in stable Rust; the header
-//! maps them to `printf` / `snprintf`.
+//! Firmware ported from iotkit brings its own `HAL_OS_<board>.c`, so libota's definitions are
+//! weak defaults, written in C (`hal_default.c`: stable Rust defines neither weak nor variadic
+//! functions) and declared here so that cbindgen puts their prototypes in `ota.h`. The identity
+//! store stays in Rust, shared with [`crate::conninfo`]: the C defaults reach it through
+//! `ota_hal_identity_set` / `ota_hal_identity_get`, internal symbols kept out of the header.
+//!
+//! The library itself calls one HAL function: its log lines go to the firmware's `HAL_Printf`
+//! when the firmware replaced it (as iotkit's log does), and to stderr otherwise. Its memory,
+//! clock and sleeps are Rust's own, whatever the firmware defines.
 
 #![allow(non_snake_case)]
 
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::fmt::{self, Write};
 
-use super::conninfo::{
-    DEVICE_NAME_LEN, DEVICE_SECRET_LEN, FIRMWARE_VERSION_MAXLEN, PRODUCT_KEY_LEN,
-};
-use super::guard::{write_c_str, PanicValue};
+use super::guard::write_c_str;
 use crate::conninfo::{self, IdentityField};
 use crate::log::Level;
 use crate::ota_log;
 
-impl PanicValue for u64 {
-    fn on_panic() -> Self {
-        0
-    }
+// Weak defaults in hal_default.c; a firmware definition of the same name replaces each one.
+extern "C" {
+    /// Allocates `size` bytes. Default: `malloc`.
+    ///
+    /// Returns the memory, or NULL when out of memory (or, as `malloc` may, for `size` 0).
+    /// Release it with `HAL_Free`.
+    pub fn HAL_Malloc(size: u32) -> *mut c_void;
+
+    /// Releases memory from `HAL_Malloc`. Default: `free`. NULL is accepted and does nothing;
+    /// must not be called twice with the same pointer.
+    pub fn HAL_Free(ptr: *mut c_void);
+
+    /// Prints a `printf` format. Default: `vprintf` to stdout, then `fflush`.
+    ///
+    /// A firmware definition also receives libota's own log lines (one call per line, format
+    /// `"%s\n"`), from any thread that calls into libota or that libota runs; it must not call
+    /// back into libota.
+    pub fn HAL_Printf(fmt: *const c_char, ...);
+
+    /// `snprintf` into `str` of `len` bytes. Default: `vsnprintf`.
+    ///
+    /// Returns the length the whole text has (a value >= `len` means it was cut to `len - 1`
+    /// bytes and a NUL), or a negative value on a format error or a negative `len` (nothing
+    /// written then).
+    pub fn HAL_Snprintf(str: *mut c_char, len: c_int, fmt: *const c_char, ...) -> c_int;
+
+    /// Blocks the calling thread for at least `ms` milliseconds. Default: `nanosleep`, resumed
+    /// after signals.
+    pub fn HAL_SleepMs(ms: u32);
+
+    /// Milliseconds on a monotonic clock; never goes backwards. Default: `CLOCK_MONOTONIC`.
+    pub fn HAL_UptimeMs() -> u64;
+
+    /// Sets the product key that `HAL_GetProductKey` returns.
+    ///
+    /// - `product_key`: NUL-terminated, at most `PRODUCT_KEY_LEN` bytes (copied).
+    ///
+    /// Returns the length stored (0 for an empty string, which clears the value), or -1 when
+    /// `product_key` is NULL, not UTF-8 or too long (the previous value is kept).
+    pub fn HAL_SetProductKey(product_key: *mut c_char) -> c_int;
+
+    /// Sets the device name that `HAL_GetDeviceName` returns.
+    ///
+    /// - `device_name`: NUL-terminated, at most `DEVICE_NAME_LEN` bytes (copied).
+    ///
+    /// Returns the length stored (0 for an empty string, which clears the value), or -1 when
+    /// `device_name` is NULL, not UTF-8 or too long (the previous value is kept).
+    pub fn HAL_SetDeviceName(device_name: *mut c_char) -> c_int;
+
+    /// Sets the device secret that `HAL_GetDeviceSecret` returns.
+    ///
+    /// - `device_secret`: NUL-terminated, at most `DEVICE_SECRET_LEN` bytes (copied).
+    ///
+    /// Returns the length stored (0 for an empty string, which clears the value), or -1 when
+    /// `device_secret` is NULL, not UTF-8 or too long (the previous value is kept).
+    pub fn HAL_SetDeviceSecret(device_secret: *mut c_char) -> c_int;
+
+    /// Copies the product key set by `HAL_SetProductKey` (empty if never set), NUL-terminated.
+    ///
+    /// - `product_key`: buffer of `PRODUCT_KEY_LEN + 1` bytes.
+    ///
+    /// Returns the length written (without the NUL), or -1 when `product_key` is NULL.
+    pub fn HAL_GetProductKey(product_key: *mut c_char) -> c_int;
+
+    /// Copies the device name set by `HAL_SetDeviceName` (empty if never set), NUL-terminated.
+    ///
+    /// - `device_name`: buffer of `DEVICE_NAME_LEN + 1` bytes.
+    ///
+    /// Returns the length written (without the NUL), or -1 when `device_name` is NULL.
+    pub fn HAL_GetDeviceName(device_name: *mut c_char) -> c_int;
+
+    /// Copies the device secret set by `HAL_SetDeviceSecret` (empty if never set),
+    /// NUL-terminated.
+    ///
+    /// - `device_secret`: buffer of `DEVICE_SECRET_LEN + 1` bytes.
+    ///
+    /// Returns the length written (without the NUL), or -1 when `device_secret` is NULL.
+    pub fn HAL_GetDeviceSecret(device_secret: *mut c_char) -> c_int;
+
+    /// Copies the running firmware's version, NUL-terminated: the environment variable
+    /// `OTA_FIRMWARE_VERSION` when set and non-empty, else the version set from Rust
+    /// (`ota::conninfo::set_identity`), else `"app-1.0.0-20180101.1000"` (as iotkit's Linux
+    /// HAL).
+    ///
+    /// - `version`: buffer of `FIRMWARE_VERSION_MAXLEN` bytes (NUL included).
+    ///
+    /// Returns the length written (without the NUL), or -1 when `version` is NULL or
+    /// `OTA_FIRMWARE_VERSION` is longer than `FIRMWARE_VERSION_MAXLEN - 1` (nothing written).
+    pub fn HAL_GetFirmwareVersion(version: *mut c_char) -> c_int;
+
+    /// 1 while `HAL_Printf` is libota's default (internal; not in the header).
+    fn ota_hal_printf_is_default() -> c_int;
 }
 
-/// Allocates `size` bytes with the C allocator (`malloc`).
+/// The identity fields in the numbering of `enum ota_hal_identity` in hal_default.c, with the
+/// HAL names used in log lines.
+const IDENTITY_FIELDS: [(IdentityField, &str, &str); 4] = [
+    (
+        IdentityField::ProductKey,
+        "HAL_SetProductKey",
+        "HAL_GetProductKey",
+    ),
+    (
+        IdentityField::DeviceName,
+        "HAL_SetDeviceName",
+        "HAL_GetDeviceName",
+    ),
+    (
+        IdentityField::DeviceSecret,
+        "HAL_SetDeviceSecret",
+        "HAL_GetDeviceSecret",
+    ),
+    (IdentityField::FirmwareVersion, "", "HAL_GetFirmwareVersion"),
+];
+
+fn identity_field(field: c_int) -> Option<(IdentityField, &'static str, &'static str)> {
+    usize::try_from(field)
+        .ok()
+        .and_then(|i| IDENTITY_FIELDS.get(i).copied())
+}
+
+/// The body of the default `HAL_Set*`: stores one identity value (internal to libota).
 ///
-/// Returns the memory, or NULL when out of memory (or, as `malloc` may, for `size` 0). Release
-/// it with `HAL_Free`.
-#[no_mangle]
-pub extern "C" fn HAL_Malloc(size: u32) -> *mut c_void {
-    ffi_guard!("HAL_Malloc", {
-        // SAFETY: malloc has no preconditions.
-        unsafe { libc::malloc(size as usize) }
-    })
-}
-
-/// Releases memory from `HAL_Malloc`. NULL is accepted and does nothing; must not be called
-/// twice with the same pointer.
-///
-/// # Safety
-/// `ptr` is NULL or a live pointer returned by `HAL_Malloc`.
-#[no_mangle]
-pub unsafe extern "C" fn HAL_Free(ptr: *mut c_void) {
-    ffi_guard!("HAL_Free", {
-        // SAFETY: the caller passes NULL or a live malloc pointer; free(NULL) is a no-op.
-        unsafe { libc::free(ptr) }
-    })
-}
-
-/// Blocks the calling thread for at least `ms` milliseconds.
-#[no_mangle]
-pub extern "C" fn HAL_SleepMs(ms: u32) {
-    ffi_guard!("HAL_SleepMs", {
-        std::thread::sleep(Duration::from_millis(u64::from(ms)));
-    })
-}
-
-/// Milliseconds elapsed on a monotonic clock since the first call of this function (which
-/// returns 0). Never goes backwards.
-#[no_mangle]
-pub extern "C" fn HAL_UptimeMs() -> u64 {
-    ffi_guard!("HAL_UptimeMs", {
-        static START: OnceLock<Instant> = OnceLock::new();
-        let ms = START.get_or_init(Instant::now).elapsed().as_millis();
-        u64::try_from(ms).unwrap_or(u64::MAX)
-    })
-}
-
-/// Stores one identity string; the shared body of the setters.
+/// Returns the length stored, or -1 when `value` is NULL, not UTF-8 or too long, or `field` is
+/// not a settable field (the firmware version is set from Rust or the environment only).
 ///
 /// # Safety
 /// `value` is NULL or NUL-terminated.
-unsafe fn set(name: &str, field: IdentityField, value: *const c_char) -> c_int {
-    let v = try_str!(value, name, -1);
-    match conninfo::set_identity(field, v) {
-        Ok(len) => len as c_int,
-        Err(e) => {
-            ota_log!(Level::Error, "{name}: {e}");
+#[no_mangle]
+pub unsafe extern "C" fn ota_hal_identity_set(field: c_int, value: *const c_char) -> c_int {
+    ffi_guard!("ota_hal_identity_set", {
+        let Some((field, name, _)) = identity_field(field) else {
+            return -1;
+        };
+        if field == IdentityField::FirmwareVersion {
+            return -1;
+        }
+        let v = try_str!(value, name, -1);
+        match conninfo::set_identity(field, v) {
+            Ok(len) => len as c_int,
+            Err(e) => {
+                ota_log!(Level::Error, "{name}: {e}");
+                -1
+            }
+        }
+    })
+}
+
+/// The body of the default `HAL_Get*`: copies one identity value and a NUL into `buf`, which
+/// holds the field's longest value plus the NUL (internal to libota).
+///
+/// Returns the length written, or -1 when `buf` is NULL, `field` is unknown or the value does
+/// not fit (nothing written).
+///
+/// # Safety
+/// `buf` is NULL or valid for the field's documented buffer size of writes.
+#[no_mangle]
+pub unsafe extern "C" fn ota_hal_identity_get(field: c_int, buf: *mut c_char) -> c_int {
+    ffi_guard!("ota_hal_identity_get", {
+        let Some((field, _, name)) = identity_field(field) else {
+            return -1;
+        };
+        try_nonnull!(buf, name, -1);
+        let value = if field == IdentityField::FirmwareVersion {
+            match conninfo::firmware_version() {
+                Ok(v) => v,
+                Err(e) => {
+                    ota_log!(Level::Error, "{name}: {e}");
+                    return -1;
+                }
+            }
+        } else {
+            conninfo::identity(field)
+        };
+        let size = field.max_len() + 1;
+        // SAFETY: buf is non-NULL and, per the caller, valid for `size` bytes.
+        if unsafe { write_c_str(buf as *mut c_void, size, value.as_bytes()) } {
+            value.len() as c_int
+        } else {
+            ota_log!(Level::Error, "{name}: value does not fit in {size} bytes");
             -1
         }
+    })
+}
+
+/// Longest log line handed to the firmware's `HAL_Printf`, NUL included; longer lines are cut.
+const LOG_LINE_MAX: usize = 512;
+
+/// One log line being formatted on the stack, cut at a character boundary when it is full.
+struct LogLine {
+    buf: [u8; LOG_LINE_MAX],
+    len: usize,
+}
+
+impl Write for LogLine {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = LOG_LINE_MAX - 1 - self.len;
+        let mut take = s.len().min(room);
+        while !s.is_char_boundary(take) {
+            take -= 1;
+        }
+        // A NUL would end the C string early: shown as a space.
+        for (dst, &b) in self.buf[self.len..self.len + take]
+            .iter_mut()
+            .zip(s.as_bytes())
+        {
+            *dst = if b == 0 { b' ' } else { b };
+        }
+        self.len += take;
+        Ok(())
     }
 }
 
-/// Writes `value` and a NUL into `buf` of `size` bytes; the shared body of the getters.
-///
-/// # Safety
-/// `buf` is NULL or valid for `size` bytes of writes.
-unsafe fn get(name: &str, value: &str, buf: *mut c_char, size: usize) -> c_int {
-    try_nonnull!(buf, name, -1);
-    // SAFETY: buf is non-NULL and, per the caller, valid for `size` bytes.
-    if unsafe { write_c_str(buf as *mut c_void, size, value.as_bytes()) } {
-        value.len() as c_int
-    } else {
-        ota_log!(Level::Error, "{name}: value does not fit in {size} bytes");
-        -1
+/// Hands one log line to the firmware's `HAL_Printf`, if the firmware defined one; false when
+/// `HAL_Printf` is libota's default (the caller writes to stderr instead).
+pub(crate) fn log_to_firmware(tag: &str, module: &str, args: fmt::Arguments<'_>) -> bool {
+    // SAFETY: no arguments, no preconditions.
+    if unsafe { ota_hal_printf_is_default() } != 0 {
+        return false;
     }
-}
-
-/// Sets the product key that `HAL_GetProductKey` returns.
-///
-/// - `product_key`: NUL-terminated, at most `PRODUCT_KEY_LEN` bytes (copied).
-///
-/// Returns the length stored (0 for an empty string, which clears the value), or -1 when
-/// `product_key` is NULL, not UTF-8 or too long (the previous value is kept).
-///
-/// # Safety
-/// `product_key` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn HAL_SetProductKey(product_key: *mut c_char) -> c_int {
-    ffi_guard!("HAL_SetProductKey", {
-        unsafe { set("HAL_SetProductKey", IdentityField::ProductKey, product_key) }
-    })
-}
-
-/// Sets the device name that `HAL_GetDeviceName` returns.
-///
-/// - `device_name`: NUL-terminated, at most `DEVICE_NAME_LEN` bytes (copied).
-///
-/// Returns the length stored (0 for an empty string, which clears the value), or -1 when
-/// `device_name` is NULL, not UTF-8 or too long (the previous value is kept).
-///
-/// # Safety
-/// `device_name` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn HAL_SetDeviceName(device_name: *mut c_char) -> c_int {
-    ffi_guard!("HAL_SetDeviceName", {
-        unsafe { set("HAL_SetDeviceName", IdentityField::DeviceName, device_name) }
-    })
-}
-
-/// Sets the device secret that `HAL_GetDeviceSecret` returns.
-///
-/// - `device_secret`: NUL-terminated, at most `DEVICE_SECRET_LEN` bytes (copied).
-///
-/// Returns the length stored (0 for an empty string, which clears the value), or -1 when
-/// `device_secret` is NULL, not UTF-8 or too long (the previous value is kept).
-///
-/// # Safety
-/// `device_secret` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn HAL_SetDeviceSecret(device_secret: *mut c_char) -> c_int {
-    ffi_guard!("HAL_SetDeviceSecret", {
-        unsafe {
-            set(
-                "HAL_SetDeviceSecret",
-                IdentityField::DeviceSecret,
-                device_secret,
-            )
-        }
-    })
-}
-
-/// Copies the product key set by `HAL_SetProductKey` (empty if never set), NUL-terminated.
-///
-/// - `product_key`: buffer of `PRODUCT_KEY_LEN + 1` bytes.
-///
-/// Returns the length written (without the NUL), or -1 when `product_key` is NULL.
-///
-/// # Safety
-/// `product_key` is NULL or valid for `PRODUCT_KEY_LEN + 1` bytes of writes.
-#[no_mangle]
-pub unsafe extern "C" fn HAL_GetProductKey(product_key: *mut c_char) -> c_int {
-    ffi_guard!("HAL_GetProductKey", {
-        let v = conninfo::identity(IdentityField::ProductKey);
-        unsafe { get("HAL_GetProductKey", &v, product_key, PRODUCT_KEY_LEN + 1) }
-    })
-}
-
-/// Copies the device name set by `HAL_SetDeviceName` (empty if never set), NUL-terminated.
-///
-/// - `device_name`: buffer of `DEVICE_NAME_LEN + 1` bytes.
-///
-/// Returns the length written (without the NUL), or -1 when `device_name` is NULL.
-///
-/// # Safety
-/// `device_name` is NULL or valid for `DEVICE_NAME_LEN + 1` bytes of writes.
-#[no_mangle]
-pub unsafe extern "C" fn HAL_GetDeviceName(device_name: *mut c_char) -> c_int {
-    ffi_guard!("HAL_GetDeviceName", {
-        let v = conninfo::identity(IdentityField::DeviceName);
-        unsafe { get("HAL_GetDeviceName", &v, device_name, DEVICE_NAME_LEN + 1) }
-    })
-}
-
-/// Copies the device secret set by `HAL_SetDeviceSecret` (empty if never set), NUL-terminated.
-///
-/// - `device_secret`: buffer of `DEVICE_SECRET_LEN + 1` bytes.
-///
-/// Returns the length written (without the NUL), or -1 when `device_secret` is NULL.
-///
-/// # Safety
-/// `device_secret` is NULL or valid for `DEVICE_SECRET_LEN + 1` bytes of writes.
-#[no_mangle]
-pub unsafe extern "C" fn HAL_GetDeviceSecret(device_secret: *mut c_char) -> c_int {
-    ffi_guard!("HAL_GetDeviceSecret", {
-        let v = conninfo::identity(IdentityField::DeviceSecret);
-        unsafe {
-            get(
-                "HAL_GetDeviceSecret",
-                &v,
-                device_secret,
-                DEVICE_SECRET_LEN + 1,
-            )
-        }
-    })
-}
-
-/// Copies the running firmware's version, NUL-terminated: the environment variable
-/// `OTA_FIRMWARE_VERSION` when set and non-empty, else the version set from Rust
-/// (`ota::conninfo::set_identity`), else `"app-1.0.0-20180101.1000"` (as iotkit's Linux HAL).
-///
-/// - `version`: buffer of `FIRMWARE_VERSION_MAXLEN` bytes (NUL included).
-///
-/// Returns the length written (without the NUL), or -1 when `version` is NULL or
-/// `OTA_FIRMWARE_VERSION` is longer than `FIRMWARE_VERSION_MAXLEN - 1` (nothing written).
-///
-/// # Safety
-/// `version` is NULL or valid for `FIRMWARE_VERSION_MAXLEN` bytes of writes.
-#[no_mangle]
-pub unsafe extern "C" fn HAL_GetFirmwareVersion(version: *mut c_char) -> c_int {
-    ffi_guard!("HAL_GetFirmwareVersion", {
-        try_nonnull!(version, "HAL_GetFirmwareVersion", -1);
-        let v = match conninfo::firmware_version() {
-            Ok(v) => v,
-            Err(e) => {
-                ota_log!(Level::Error, "HAL_GetFirmwareVersion: {e}");
-                return -1;
-            }
-        };
-        unsafe {
-            get(
-                "HAL_GetFirmwareVersion",
-                &v,
-                version,
-                FIRMWARE_VERSION_MAXLEN,
-            )
-        }
-    })
+    let mut line = LogLine {
+        buf: [0; LOG_LINE_MAX],
+        len: 0,
+    };
+    let _ = write!(line, "[{tag}] {module}: {args}");
+    line.buf[line.len] = 0;
+    // SAFETY: "%s\n" takes one NUL-terminated string, and line.buf ends in a NUL.
+    unsafe { HAL_Printf(c"%s\n".as_ptr(), line.buf.as_ptr() as *const c_char) };
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ffi::conninfo::{
+        DEVICE_NAME_LEN, DEVICE_SECRET_LEN, FIRMWARE_VERSION_MAXLEN, PRODUCT_KEY_LEN,
+    };
     use std::ffi::{CStr, CString};
     use std::ptr;
 
@@ -252,9 +266,9 @@ mod tests {
 
     #[test]
     fn malloc_and_free() {
-        let p = HAL_Malloc(64) as *mut u8;
-        assert!(!p.is_null());
         unsafe {
+            let p = HAL_Malloc(64) as *mut u8;
+            assert!(!p.is_null());
             p.write_bytes(0xa5, 64);
             assert_eq!(*p.add(63), 0xa5);
             HAL_Free(p as *mut c_void);
@@ -264,10 +278,44 @@ mod tests {
 
     #[test]
     fn uptime_is_monotonic_and_sleep_waits() {
-        let t0 = HAL_UptimeMs();
-        HAL_SleepMs(20);
-        let t1 = HAL_UptimeMs();
+        let t0 = unsafe { HAL_UptimeMs() };
+        unsafe { HAL_SleepMs(20) };
+        let t1 = unsafe { HAL_UptimeMs() };
         assert!(t1 >= t0 + 20, "{t0} -> {t1}");
+    }
+
+    #[test]
+    fn snprintf_formats_and_cuts() {
+        let mut buf = [0x55 as c_char; 8];
+        let n = unsafe { HAL_Snprintf(buf.as_mut_ptr(), 8, c"%s-%d".as_ptr(), c"v".as_ptr(), 2) };
+        assert_eq!(n, 3);
+        assert_eq!(text(&buf), "v-2");
+        let n = unsafe { HAL_Snprintf(buf.as_mut_ptr(), 4, c"%s".as_ptr(), c"abcdef".as_ptr()) };
+        assert_eq!(n, 6);
+        assert_eq!(text(&buf), "abc");
+        assert_eq!(buf[4], 0x55 as c_char);
+        let n = unsafe { HAL_Snprintf(buf.as_mut_ptr(), -1, c"x".as_ptr()) };
+        assert!(n < 0);
+    }
+
+    #[test]
+    fn the_default_printf_is_recognised() {
+        // Unit tests define no HAL_Printf: the log stays on stderr.
+        assert_ne!(unsafe { ota_hal_printf_is_default() }, 0);
+        assert!(!log_to_firmware("err", "hal", format_args!("not sent")));
+    }
+
+    #[test]
+    fn a_long_log_line_is_cut_at_a_character_boundary() {
+        let mut line = LogLine {
+            buf: [0; LOG_LINE_MAX],
+            len: 0,
+        };
+        let long = "é".repeat(LOG_LINE_MAX);
+        write!(line, "a\0{long}").unwrap();
+        assert_eq!(line.len, LOG_LINE_MAX - 2);
+        let text = std::str::from_utf8(&line.buf[..line.len]).unwrap();
+        assert!(text.starts_with("a é"));
     }
 
     #[test]
@@ -306,10 +354,11 @@ mod tests {
     }
 
     #[test]
-    fn identity_too_long_or_null() {
+    fn identity_too_long_null_or_unknown() {
         let _g = conninfo::test_lock();
         let mut long = vec![b'p'; PRODUCT_KEY_LEN + 1];
         long.push(0);
+        let mut buf = [0x55 as c_char; 64];
         unsafe {
             assert_eq!(HAL_SetProductKey(long.as_mut_ptr() as *mut c_char), -1);
             assert_eq!(HAL_SetProductKey(ptr::null_mut()), -1);
@@ -319,8 +368,15 @@ mod tests {
             assert_eq!(HAL_GetDeviceName(ptr::null_mut()), -1);
             assert_eq!(HAL_GetDeviceSecret(ptr::null_mut()), -1);
             assert_eq!(HAL_GetFirmwareVersion(ptr::null_mut()), -1);
+            assert_eq!(ota_hal_identity_set(3, c"app-9".as_ptr()), -1);
+            assert_eq!(ota_hal_identity_set(4, c"x".as_ptr()), -1);
+            assert_eq!(ota_hal_identity_set(-1, c"x".as_ptr()), -1);
+            assert_eq!(ota_hal_identity_get(4, buf.as_mut_ptr()), -1);
+            assert_eq!(ota_hal_identity_get(-1, buf.as_mut_ptr()), -1);
         }
+        assert!(buf.iter().all(|&c| c == 0x55 as c_char));
         assert_eq!(conninfo::identity(IdentityField::ProductKey), "");
+        assert_eq!(conninfo::identity(IdentityField::FirmwareVersion), "");
     }
 
     #[test]
