@@ -29,7 +29,8 @@ readonly firmware_size=300000
 readonly version=2.0.0
 
 # name|protocol|expected outcome|ota-cloud fault flags|extras: cycles=N (OTA_CYCLES),
-# kill-after-save=N (OTA_ABORT_AFTER_SAVE in a first run), bound=S (the writer's least bound)
+# kill-after-save=N (OTA_ABORT_AFTER_SAVE in a first run), bound=S (the writer's least bound),
+# fresh-url-wait=S (OTA_FRESH_URL_WAIT_S: IOT_OTA_SetFreshUrlWait)
 readonly cases=(
     # One per fault flag of ota-cloud, on Aliyun.
     "cut_at|aliyun|VALID|--cut-at 100000|"
@@ -61,7 +62,7 @@ readonly cases=(
     "not_found|aliyun|INVALID|--status 404|"
     "expired_url_refreshed|aliyun|VALID|--expire-after 2 --cut-at 100000,200000|"
     # The SDK waits IOT_OTA_SetFreshUrlWait's time (default 60 s) for a fresh URL first.
-    "expired_url_not_refreshed|aliyun|INVALID|--expire-after 1 --cut-at 100000 --ignore-requests|bound=90"
+    "expired_url_not_refreshed|aliyun|INVALID|--expire-after 1 --cut-at 100000 --ignore-requests|fresh-url-wait=5"
     "kill_after_save|aliyun|VALID||kill-after-save=3"
     # The other protocols.
     "sagoo_cut_at|sagoo|VALID|--cut-at 100000|"
@@ -119,11 +120,13 @@ buf_len=${OTA_BUF_LEN:-16384}
 timeout_s=${OTA_TIMEOUT_S:-30}
 cycles=1
 kill_after_save=0
+fresh_url_wait=0
 for extra in $extras; do
     case $extra in
     cycles=*) cycles=${extra#cycles=} ;;
     kill-after-save=*) kill_after_save=${extra#kill-after-save=} ;;
     bound=*) timeout_s=$((timeout_s > ${extra#bound=} ? timeout_s : ${extra#bound=})) ;;
+    fresh-url-wait=*) fresh_url_wait=${extra#fresh-url-wait=} ;;
     esac
 done
 wrapper=()
@@ -276,7 +279,7 @@ run_writer() {
     env IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT="$port" \
         OTA_PRODUCT_KEY=$product_key OTA_DEVICE_NAME=$device_name OTA_DEVICE_SECRET=$device_secret \
         OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL="$protocol" OTA_BUF_LEN="$buf_len" \
-        OTA_TIMEOUT_S="$timeout_s" OTA_CYCLES="$cycles" "$@" \
+        OTA_TIMEOUT_S="$timeout_s" OTA_CYCLES="$cycles" OTA_FRESH_URL_WAIT_S="$fresh_url_wait" "$@" \
         "${run[@]}" "$writer" "$tmp/ota.bin" >"$log" 2>&1
     writer_rc=$?
     set -e

@@ -21,6 +21,8 @@
  *   OTA_BREAKPOINT_FILE    keep the breakpoint record in this file, through the writer's own
  *                          IOT_OTA_SetBreakpointStore callbacks (resume after a restart)
  *   OTA_ABORT_AFTER_SAVE   N: abort() right after the N-th successful save (a power cut)
+ *   OTA_FRESH_URL_WAIT_S   seconds an expired URL waits for a fresh one (extension
+ *                          IOT_OTA_SetFreshUrlWait; default: the SDK's, 60 s)
  *   IOTX_MQTT_HOST, IOTX_MQTT_PORT   read by IOT_SetupConnInfo: point at a private broker
  *
  * Each cycle ends with one line "writer: cycle N -> VALID|INVALID|TIMEOUT|ERROR" on stdout.
@@ -535,6 +537,11 @@ int main(int argc, char **argv)
         goto do_exit;
     }
     if (setup_breakpoint_store(w.h_ota, &bp) != 0) {
+        goto do_exit;
+    }
+    if (env_long("OTA_FRESH_URL_WAIT_S", 0) > 0
+        && 0 != IOT_OTA_SetFreshUrlWait(w.h_ota, (uint32_t)env_long("OTA_FRESH_URL_WAIT_S", 0))) {
+        EXAMPLE_TRACE("IOT_OTA_SetFreshUrlWait failed");
         goto do_exit;
     }
     if (0 != IOT_OTA_ReportVersion(w.h_ota, id.firmware_version)) {
