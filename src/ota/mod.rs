@@ -27,10 +27,12 @@
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
 
+mod fetching;
 mod outbox;
 mod persist;
 mod support;
 
+use fetching::{FetchCall, FetchSide, Step};
 use outbox::{Deferred, Outbox};
 use persist::Persistence;
 pub use support::Once;
@@ -110,7 +112,6 @@ struct Engine {
     protocol: Protocol,
     limits: Limits,
     out: Outbox,
-    source: Box<dyn FirmwareSource>,
     state: OtaState,
     /// The accepted upgrade.
     notice: UpgradeNotice,
@@ -157,7 +158,11 @@ struct Engine {
     persist: Persistence,
     digest: StreamDigest,
     fetched: u64,
+    /// The firmware source holds a request of the current stream (see [`Engine::stream`]).
     source_open: bool,
+    /// Bumped whenever the current request must be abandoned; the fetching thread closes a
+    /// source opened for an older stream (the source is not behind this lock).
+    stream: u64,
     /// The server's copy is larger than the announced size.
     oversize: bool,
     /// The SDK already told the platform this upgrade failed; later reports would contradict it.
@@ -233,8 +238,7 @@ impl Engine {
                 self.notice.version,
                 self.fetched
             );
-            self.source.close();
-            self.source_open = false;
+            self.drop_stream();
             self.retry_at = None;
             return;
         }
@@ -272,8 +276,7 @@ impl Engine {
 
     /// Makes the (already swapped-in) notice the current upgrade and acknowledges it.
     fn accept_notice(&mut self) {
-        self.source.close();
-        self.source_open = false;
+        self.drop_stream();
         self.digest = StreamDigest::new(self.notice.digest_kind);
         self.fetched = 0;
         self.oversize = false;
@@ -508,8 +511,7 @@ impl Engine {
 
     /// Ends the cycle without a verified image; `fetch_yield` returns `e` from now on.
     fn end_cycle(&mut self, e: Error, cause: FailureCause) {
-        self.source.close();
-        self.source_open = false;
+        self.drop_stream();
         self.state = OtaState::Fetched;
         self.verified = false;
         self.fetch_cause = Some(cause);
@@ -528,22 +530,15 @@ impl Engine {
         e
     }
 
-    fn fetch_yield(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-        if self.state != OtaState::Fetching {
-            return Err(self.fetch_after_end());
-        }
-        if buf.is_empty() {
-            return Err(self.fail(Error::InvalidParam("buffer is empty")));
-        }
-        let r = self.fetch_into(buf, timeout);
+    /// Notes how a `fetch_yield` call ended (for the caller's "fetch failed" that may follow).
+    fn fetch_returned(&mut self, r: &Result<usize>) {
         self.last_yield_empty = matches!(r, Ok(0));
-        if matches!(r, Ok(n) if n > 0) && std::mem::take(&mut self.held_fetch_failed) {
+        if matches!(r, Ok(n) if *n > 0) && std::mem::take(&mut self.held_fetch_failed) {
             ota_log!(
                 Level::Info,
                 "the download went on: the held \"fetch failed\" report was not sent"
             );
         }
-        r
     }
 
     /// `fetch_yield` outside a cycle: the error that ended it (said once), else a state error.
@@ -560,8 +555,20 @@ impl Engine {
         }
     }
 
-    fn fetch_into(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
+    /// Abandons the request in flight, if any: the fetching thread closes the source.
+    fn drop_stream(&mut self) {
+        self.source_open = false;
+        self.stream += 1;
+    }
+
+    /// The bookkeeping that opens a `fetch_yield` call.
+    fn begin_fetch(&mut self, buf_len: usize) -> Result<()> {
+        if self.state != OtaState::Fetching {
+            return Err(self.fetch_after_end());
+        }
+        if buf_len == 0 {
+            return Err(self.fail(Error::InvalidParam("buffer is empty")));
+        }
         // Only here, before new bytes: the record covers what earlier calls returned.
         if self.persist.due(self.fetched, self.notice.size) {
             self.save_progress();
@@ -572,73 +579,128 @@ impl Engine {
         if let Err(e) = self.ensure_upgrading_reported() {
             ota_log!(Level::Warning, "upgrading report not sent: {e}");
         }
-        loop {
-            if let Some(until) = self.url_wait_until {
-                if Instant::now() >= until {
-                    return Err(self.fresh_url_missing());
-                }
-                std::thread::sleep(
-                    deadline
-                        .min(until)
-                        .saturating_duration_since(Instant::now()),
-                );
-                if Instant::now() >= deadline {
-                    return Ok(0);
-                }
-                continue;
+        Ok(())
+    }
+
+    /// What the fetching thread does next, outside this lock. Closes a source left open for an
+    /// abandoned stream first.
+    fn next_step(&mut self, side: &mut FetchSide, call: &FetchCall) -> Step {
+        if side.open.is_some_and(|s| s != self.stream) {
+            side.source.close();
+            side.open = None;
+        }
+        if self.state != OtaState::Fetching {
+            return Step::Done(Err(self.fetch_after_end()));
+        }
+        let now = Instant::now();
+        if let Some(until) = self.url_wait_until {
+            if now >= until {
+                return Step::Done(Err(self.fresh_url_missing()));
             }
-            if let Some(at) = self.retry_at {
-                let now = Instant::now();
-                if at >= deadline {
-                    std::thread::sleep(deadline.saturating_duration_since(now));
-                    return Ok(0);
-                }
-                std::thread::sleep(at.saturating_duration_since(now));
-                self.retry_at = None;
+            if now >= call.deadline {
+                return Step::Done(Ok(0));
             }
-            if !self.source_open {
-                if let Err(e) = self.source.open(self.notice.url.as_str(), self.fetched) {
-                    self.interrupted(e)?;
-                    continue;
+            return Step::Sleep(call.deadline.min(until));
+        }
+        if let Some(at) = self.retry_at {
+            if at >= call.deadline {
+                if now >= call.deadline {
+                    return Step::Done(Ok(0));
                 }
+                return Step::Sleep(call.deadline);
+            }
+            if now < at {
+                return Step::Sleep(at);
+            }
+            self.retry_at = None;
+        }
+        if side.open.is_none() {
+            if side.url.set(self.notice.url.as_str()).is_err() {
+                let e = Error::InvalidState("URL longer than the limit");
+                return Step::Done(Err(self.fail(e)));
+            }
+            return Step::Open {
+                stream: self.stream,
+                offset: self.fetched,
+            };
+        }
+        // While skipping, read no further than the skip: what follows is the caller's.
+        let remaining = match self.skip {
+            0 => self.notice.size - self.fetched,
+            skip => skip,
+        };
+        let stall_at = self.last_progress + self.backoff.policy().stall_timeout;
+        Step::Read {
+            stream: self.stream,
+            want: call
+                .buf_len
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX)),
+            wait: call.deadline.min(stall_at).saturating_duration_since(now),
+            stall_at,
+        }
+    }
+
+    /// The source's answer to an open of `stream`.
+    fn opened(
+        &mut self,
+        side: &mut FetchSide,
+        stream: u64,
+        r: Result<(), FetchError>,
+    ) -> Result<()> {
+        side.open = Some(stream);
+        if stream != self.stream {
+            return Ok(()); // abandoned meanwhile: next_step closes it
+        }
+        match r {
+            Ok(()) => {
                 self.source_open = true;
                 self.skip = 0;
                 self.last_progress = Instant::now();
+                Ok(())
             }
-            // While skipping, read no further than the skip: what follows is the caller's.
-            let remaining = match self.skip {
-                0 => self.notice.size - self.fetched,
-                skip => skip,
-            };
-            let want = buf
-                .len()
-                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            let stall_at = self.last_progress + self.backoff.policy().stall_timeout;
-            let wait = deadline
-                .min(stall_at)
-                .saturating_duration_since(Instant::now());
-            match self.source.read(&mut buf[..want], wait) {
-                Ok(Chunk::Opened(info)) => self.check_response(info)?,
-                Ok(Chunk::Data(n)) if self.skip > 0 => self.discard(n),
-                Ok(Chunk::Data(n)) => {
-                    self.backoff.progressed();
-                    self.url_requests = 0;
-                    self.last_progress = Instant::now();
-                    return Ok(self.accept(&buf[..n]));
-                }
-                Ok(Chunk::Pending) if Instant::now() >= stall_at => {
-                    self.interrupted(FetchError::Timeout)?
-                }
-                Ok(Chunk::Pending) if Instant::now() >= deadline => {
-                    // A whole (non-zero) wait without a byte: the connection stalled.
-                    self.stalled = !timeout.is_zero() && self.last_progress + timeout <= deadline;
-                    return Ok(0);
-                }
-                Ok(Chunk::Pending) => {}
-                Ok(Chunk::End) => self.interrupted(FetchError::Truncated)?,
-                Err(e) => self.interrupted(e)?,
-            }
+            Err(e) => self.interrupted(e),
         }
+    }
+
+    /// The source's answer to a read of `stream` into `buf`: the call's result, or None to go
+    /// on.
+    fn took(
+        &mut self,
+        stream: u64,
+        r: Result<Chunk, FetchError>,
+        buf: &[u8],
+        stall_at: Instant,
+        call: &FetchCall,
+    ) -> Option<Result<usize>> {
+        if stream != self.stream || self.state != OtaState::Fetching {
+            return None; // abandoned meanwhile (a supersede, a failure report): not ours
+        }
+        let r = match r {
+            Ok(Chunk::Opened(info)) => self.check_response(info),
+            Ok(Chunk::Data(n)) if self.skip > 0 => {
+                self.discard(n);
+                Ok(())
+            }
+            Ok(Chunk::Data(n)) => {
+                self.backoff.progressed();
+                self.url_requests = 0;
+                self.last_progress = Instant::now();
+                return Some(Ok(self.accept(&buf[..n])));
+            }
+            Ok(Chunk::Pending) if Instant::now() >= stall_at => {
+                self.interrupted(FetchError::Timeout)
+            }
+            Ok(Chunk::Pending) if Instant::now() >= call.deadline => {
+                // A whole (non-zero) wait without a byte: the connection stalled.
+                self.stalled =
+                    !call.timeout.is_zero() && self.last_progress + call.timeout <= call.deadline;
+                return Some(Ok(0));
+            }
+            Ok(Chunk::Pending) => Ok(()),
+            Ok(Chunk::End) => self.interrupted(FetchError::Truncated),
+            Err(e) => self.interrupted(e),
+        };
+        r.err().map(Err)
     }
 
     /// Drops `n` bytes (never more than `skip`) of a whole-file answer the caller already has.
@@ -653,8 +715,7 @@ impl Engine {
     /// A broken download: scheduled for a retry from the current offset when the failure is
     /// transient and the retry limit allows, else the end of the download (reported).
     fn interrupted(&mut self, e: FetchError) -> Result<()> {
-        self.source.close();
-        self.source_open = false;
+        self.drop_stream();
         self.skip = 0;
         if e == FetchError::Status(403) && self.ask_fresh_url() {
             return Ok(());
@@ -879,8 +940,7 @@ impl Engine {
         if offset > self.notice.size {
             return Err(self.fail(Error::InvalidParam("offset beyond the announced size")));
         }
-        self.source.close();
-        self.source_open = false;
+        self.drop_stream();
         self.fetched = offset;
         self.oversize = false;
         self.failure_reported = false;
@@ -918,8 +978,7 @@ impl Engine {
     }
 
     fn finish(&mut self) {
-        self.source.close();
-        self.source_open = false;
+        self.drop_stream();
         self.state = OtaState::Fetched;
         let mut actual = [0u8; 32];
         let n = self.digest.current(&mut actual);
@@ -967,6 +1026,8 @@ impl Engine {
 /// [`MqttClient::yield_for`] reach the session on the caller's thread.
 pub struct OtaSession {
     engine: Arc<Mutex<Engine>>,
+    /// The firmware source, locked by `fetch_yield` across its waits (never by MQTT).
+    fetch: Arc<Mutex<FetchSide>>,
     downstream: String,
 }
 
@@ -999,7 +1060,6 @@ impl OtaSession {
                     Deferred::new(limits.message),
                 ],
             },
-            source,
             state: OtaState::Idle,
             notice: UpgradeNotice::new(&limits),
             scratch: UpgradeNotice::new(&limits),
@@ -1033,6 +1093,7 @@ impl OtaSession {
             digest: StreamDigest::new(crate::protocol::DigestKind::Md5),
             fetched: 0,
             source_open: false,
+            stream: 0,
             oversize: false,
             failure_reported: false,
             upgrading_reported: false,
@@ -1042,6 +1103,11 @@ impl OtaSession {
         };
         Ok(OtaSession {
             engine: Arc::new(Mutex::new(engine)),
+            fetch: Arc::new(Mutex::new(FetchSide {
+                source,
+                open: None,
+                url: crate::protocol::FixedStr::with_capacity(limits.url),
+            })),
             downstream,
         })
     }
@@ -1069,6 +1135,7 @@ impl OtaSession {
         )?;
         let weak: Weak<Mutex<Engine>> = Arc::downgrade(&session.engine);
         let weak_hook = weak.clone();
+        let weak_fetch = Arc::downgrade(&session.fetch);
         let yield_break = mqtt.yield_break();
         mqtt.subscribe(&session.downstream, QoS::AtLeastOnce, move |msg| {
             if let Some(engine) = weak.upgrade() {
@@ -1078,6 +1145,10 @@ impl OtaSession {
                 if !was_fetching && e.state == OtaState::Fetching {
                     // A download starts: let the firmware's yield loop get to FetchYield now.
                     yield_break.request();
+                }
+                drop(e);
+                if let Some(side) = weak_fetch.upgrade() {
+                    fetching::close_abandoned(&engine, &side);
                 }
             }
         })?;
@@ -1110,7 +1181,15 @@ impl OtaSession {
 
     /// Feeds a message that arrived on the downstream topic (the MQTT subscription does this).
     pub fn handle_message(&self, topic: &str, payload: &[u8]) -> Result<()> {
-        self.engine().handle_message(topic, payload)
+        let r = self.engine().handle_message(topic, payload);
+        self.close_abandoned();
+        r
+    }
+
+    /// Closes the connection of a download the engine abandoned, unless a `fetch_yield` is
+    /// running (it closes it itself).
+    fn close_abandoned(&self) {
+        fetching::close_abandoned(&self.engine, &self.fetch);
     }
 
     /// Reports the running firmware version.
@@ -1130,7 +1209,9 @@ impl OtaSession {
 
     /// Reports download progress 0..=100, or a failure step -1..=-4 with a description.
     pub fn report_progress(&self, step: i32, desc: Option<&str>) -> Result<()> {
-        self.engine().report_progress(step, desc)
+        let r = self.engine().report_progress(step, desc);
+        self.close_abandoned();
+        r
     }
 
     /// Makes the next [`fetch_yield`](Self::fetch_yield) request the image from byte `offset`
@@ -1138,7 +1219,9 @@ impl OtaSession {
     /// firmware kept, feed those bytes to [`update_client_digest`](Self::update_client_digest)
     /// so the digest still covers the whole image; otherwise the image will not verify.
     pub fn start_download(&self, offset: u64, size: u64) -> Result<()> {
-        self.engine().start_download(offset, size)
+        let r = self.engine().start_download(offset, size);
+        self.close_abandoned();
+        r
     }
 
     /// Feeds bytes the firmware already holds into the image digest (Tencent's
@@ -1194,8 +1277,11 @@ impl OtaSession {
 
     /// Downloads the next bytes into `buf`, waiting at most `timeout`; `Ok(0)` means nothing
     /// arrived in time. Never writes more than the announced size in total.
+    ///
+    /// The session's lock is held only between the waits, so messages (a supersede, a fresh
+    /// URL) and every other call go through while this one waits for the network.
     pub fn fetch_yield(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-        self.engine().fetch_yield(buf, timeout)
+        fetching::fetch_yield(&self.engine, &self.fetch, buf, timeout)
     }
 
     /// Keeps the breakpoint record in `store` (resume after power loss, success after reboot).
@@ -1288,6 +1374,8 @@ impl OtaSession {
                 FailureCause::DownloadFailed,
             );
         }
+        drop(e);
+        self.close_abandoned();
     }
 
     /// Sets how long an expired URL waits for a fresh one (see [`OtaConfig::fresh_url_wait`]).

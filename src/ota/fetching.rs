@@ -1,0 +1,123 @@
+//! The fetching thread's side of a download: the firmware source and the loop of
+//! `fetch_yield`, which takes the engine lock only for bookkeeping between its waits.
+//!
+//! The engine decides each step ([`Step`]) under its lock; the wait itself (a sleep before a
+//! retry, an open, a read of the source) runs with only this side's lock held, which no MQTT
+//! callback ever takes. A message that arrives meanwhile (a supersede, a fresh URL) changes the
+//! engine at once; the read in flight is then recognised as belonging to an abandoned stream
+//! and dropped.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use crate::error::Result;
+use crate::fetch::FirmwareSource;
+use crate::protocol::FixedStr;
+
+/// The firmware source and what the fetching thread knows of it.
+pub(super) struct FetchSide {
+    pub(super) source: Box<dyn FirmwareSource>,
+    /// The engine stream the source was opened for (None: closed).
+    pub(super) open: Option<u64>,
+    /// The URL of the next open, copied out of the engine (sized at init).
+    pub(super) url: FixedStr,
+}
+
+/// What the fetching thread does next.
+pub(super) enum Step {
+    /// Wait until then (a retry's backoff, a fresh URL), then ask again.
+    Sleep(Instant),
+    /// Open the source at `offset` for `stream`.
+    Open { stream: u64, offset: u64 },
+    /// Read at most `want` bytes, waiting at most `wait`.
+    Read {
+        stream: u64,
+        want: usize,
+        wait: Duration,
+        stall_at: Instant,
+    },
+    /// The call returns this.
+    Done(Result<usize>),
+}
+
+/// One `fetch_yield` call.
+pub(super) struct FetchCall {
+    pub(super) deadline: Instant,
+    pub(super) timeout: Duration,
+    pub(super) buf_len: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one `fetch_yield`: the engine lock is held only between waits.
+pub(super) fn fetch_yield(
+    engine: &Mutex<Engine>,
+    side: &Mutex<FetchSide>,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<usize> {
+    let mut side = lock(side);
+    let call = FetchCall {
+        deadline: Instant::now() + timeout,
+        timeout,
+        buf_len: buf.len(),
+    };
+    let r = run(engine, &mut side, buf, &call);
+    let mut e = lock(engine);
+    // The source of an ended or abandoned stream is closed before the call returns.
+    if side.open.is_some_and(|s| s != e.stream) {
+        side.source.close();
+        side.open = None;
+    }
+    e.fetch_returned(&r);
+    r
+}
+
+fn run(
+    engine: &Mutex<Engine>,
+    side: &mut FetchSide,
+    buf: &mut [u8],
+    call: &FetchCall,
+) -> Result<usize> {
+    lock(engine).begin_fetch(buf.len())?;
+    loop {
+        let step = lock(engine).next_step(side, call);
+        match step {
+            Step::Done(r) => return r,
+            Step::Sleep(until) => {
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+            Step::Open { stream, offset } => {
+                let r = side.source.open(side.url.as_str(), offset);
+                lock(engine).opened(side, stream, r)?;
+            }
+            Step::Read {
+                stream,
+                want,
+                wait,
+                stall_at,
+            } => {
+                let r = side.source.read(&mut buf[..want], wait);
+                if let Some(done) = lock(engine).took(stream, r, buf, stall_at, call) {
+                    return done;
+                }
+            }
+        }
+    }
+}
+
+/// Closes the source of an abandoned stream when no `fetch_yield` is running (one that runs
+/// closes it itself), so a supersede or a failure report leaves no connection open.
+pub(super) fn close_abandoned(engine: &Mutex<Engine>, side: &Mutex<FetchSide>) {
+    let Ok(mut side) = side.try_lock() else {
+        return;
+    };
+    let stream = lock(engine).stream;
+    if side.open.is_some_and(|s| s != stream) {
+        side.source.close();
+        side.open = None;
+    }
+}
