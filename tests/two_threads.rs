@@ -83,3 +83,74 @@ fn a_waiting_fetch_yield_blocks_nothing_and_sees_a_supersede() {
         "{sent:?}"
     );
 }
+
+/// A breakpoint store that takes its time to write (a flash erase, an fsync on a slow card).
+#[derive(Clone, Default)]
+struct SlowStore(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl ota::resume::BreakpointStore for SlowStore {
+    fn load(&mut self, buf: &mut [u8]) -> Result<usize, ota::resume::StoreError> {
+        let r = self.0.lock().unwrap();
+        buf[..r.len()].copy_from_slice(&r);
+        Ok(r.len())
+    }
+    fn save(&mut self, bytes: &[u8]) -> Result<(), ota::resume::StoreError> {
+        std::thread::sleep(Duration::from_millis(800));
+        *self.0.lock().unwrap() = bytes.to_vec();
+        Ok(())
+    }
+    fn erase(&mut self) -> Result<(), ota::resume::StoreError> {
+        self.0.lock().unwrap().clear();
+        Ok(())
+    }
+}
+
+#[test]
+fn a_slow_breakpoint_write_blocks_no_other_thread() {
+    let img: &'static [u8] = Box::leak(vec![3u8; 50_000].into_boxed_slice());
+    let s = Arc::new(
+        OtaSession::new(
+            "pk",
+            "dn",
+            OtaConfig::for_protocol(Protocol::Tencent),
+            Box::new(Recorder(Arc::default())),
+            Box::new(ota::fetch::MemorySource::new(img)),
+        )
+        .unwrap(),
+    );
+    let store = SlowStore::default();
+    s.set_breakpoint_store(Box::new(store.clone())).unwrap();
+    s.set_save_policy(ota::resume::SavePolicy {
+        every_bytes: 1000,
+        every_percent: 0,
+    });
+    s.report_version("1.0.0").unwrap();
+    let msg = ota_cloud::tencent::update_message(&Firmware::new("2.0.0", "http://h/f", img));
+    let t = Instant::now();
+    s.handle_message(s.downstream_topic(), msg.as_bytes())
+        .unwrap(); // writes the fresh record: 0.8 s on this thread, the caller's own
+    assert!(t.elapsed() >= Duration::from_millis(700));
+    let mut buf = [0u8; 5000];
+    assert_eq!(s.fetch_yield(&mut buf, Duration::ZERO), Ok(5000));
+    // The next call saves the record of those 5000 bytes first: 0.8 s, on the fetching thread.
+    let fetcher = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 5000];
+            s.fetch_yield(&mut buf, Duration::ZERO)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    assert_eq!(s.fetched_size(), 5000, "the save comes before new bytes");
+    s.report_progress(10, None).unwrap();
+    assert!(s.is_fetching());
+    let quick = t.elapsed();
+    assert!(
+        quick < Duration::from_millis(400),
+        "the other thread waited {quick:?} for the record write"
+    );
+    assert_eq!(fetcher.join().unwrap(), Ok(5000));
+    let saved = ota::resume::Breakpoint::decode(&store.0.lock().unwrap()).unwrap();
+    assert_eq!(saved.offset(), 5000);
+}

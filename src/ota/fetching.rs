@@ -10,6 +10,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::persist::{flush, RecordStore};
 use super::Engine;
 use crate::error::Result;
 use crate::fetch::FirmwareSource;
@@ -56,6 +57,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) fn fetch_yield(
     engine: &Mutex<Engine>,
     side: &Mutex<FetchSide>,
+    records: &Mutex<RecordStore>,
     buf: &mut [u8],
     timeout: Duration,
 ) -> Result<usize> {
@@ -65,7 +67,7 @@ pub(super) fn fetch_yield(
         timeout,
         buf_len: buf.len(),
     };
-    let r = run(engine, &mut side, buf, &call);
+    let r = run(engine, &mut side, records, buf, &call);
     let mut e = lock(engine);
     // The source of an ended or abandoned stream is closed before the call returns.
     if side.open.is_some_and(|s| s != e.stream) {
@@ -79,10 +81,15 @@ pub(super) fn fetch_yield(
 fn run(
     engine: &Mutex<Engine>,
     side: &mut FetchSide,
+    records: &Mutex<RecordStore>,
     buf: &mut [u8],
     call: &FetchCall,
 ) -> Result<usize> {
-    lock(engine).begin_fetch(buf.len())?;
+    let begun = lock(engine).begin_fetch(buf.len());
+    // The record saved by begin_fetch (bytes of earlier calls only) is written before any
+    // new byte is read, and without the engine's lock.
+    flush(engine, records);
+    begun?;
     loop {
         let step = lock(engine).next_step(side, call);
         match step {

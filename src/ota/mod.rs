@@ -34,7 +34,7 @@ mod support;
 
 use fetching::{FetchCall, FetchSide, Step};
 use outbox::{Deferred, Outbox};
-use persist::Persistence;
+use persist::{Persistence, RecordStore};
 pub use support::Once;
 use support::{DescText, Quiet, RunningVersions, TextWriter};
 
@@ -51,7 +51,7 @@ use crate::ota_log;
 use crate::protocol::{
     self, Downstream, FailureCause, Limits, NoticeError, Protocol, Report, Topics, UpgradeNotice,
 };
-use crate::resume::{BreakpointStore, SavePolicy, RECORD_LEN};
+use crate::resume::{BreakpointStore, SavePolicy};
 use crate::retry::{Backoff, RetryPolicy};
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
@@ -1028,6 +1028,8 @@ pub struct OtaSession {
     engine: Arc<Mutex<Engine>>,
     /// The firmware source, locked by `fetch_yield` across its waits (never by MQTT).
     fetch: Arc<Mutex<FetchSide>>,
+    /// The breakpoint store, written with the engine unlocked.
+    records: Arc<Mutex<RecordStore>>,
     downstream: String,
 }
 
@@ -1082,14 +1084,7 @@ impl OtaSession {
             held_fetch_failed: false,
             quiet: Quiet::default(),
             stalled: false,
-            persist: Persistence {
-                store: None,
-                policy: SavePolicy::default(),
-                record: None,
-                last_saved: 0,
-                buf: Box::new([0u8; RECORD_LEN]),
-                reboot_recorded: false,
-            },
+            persist: Persistence::new(),
             digest: StreamDigest::new(crate::protocol::DigestKind::Md5),
             fetched: 0,
             source_open: false,
@@ -1108,6 +1103,7 @@ impl OtaSession {
                 open: None,
                 url: crate::protocol::FixedStr::with_capacity(limits.url),
             })),
+            records: Arc::new(Mutex::new(RecordStore::new())),
             downstream,
         })
     }
@@ -1136,6 +1132,7 @@ impl OtaSession {
         let weak: Weak<Mutex<Engine>> = Arc::downgrade(&session.engine);
         let weak_hook = weak.clone();
         let weak_fetch = Arc::downgrade(&session.fetch);
+        let weak_records = Arc::downgrade(&session.records);
         let yield_break = mqtt.yield_break();
         mqtt.subscribe(&session.downstream, QoS::AtLeastOnce, move |msg| {
             if let Some(engine) = weak.upgrade() {
@@ -1149,6 +1146,9 @@ impl OtaSession {
                 drop(e);
                 if let Some(side) = weak_fetch.upgrade() {
                     fetching::close_abandoned(&engine, &side);
+                }
+                if let Some(records) = weak_records.upgrade() {
+                    persist::flush(&engine, &records);
                 }
             }
         })?;
@@ -1182,24 +1182,30 @@ impl OtaSession {
     /// Feeds a message that arrived on the downstream topic (the MQTT subscription does this).
     pub fn handle_message(&self, topic: &str, payload: &[u8]) -> Result<()> {
         let r = self.engine().handle_message(topic, payload);
-        self.close_abandoned();
+        self.settle();
         r
     }
 
-    /// Closes the connection of a download the engine abandoned, unless a `fetch_yield` is
-    /// running (it closes it itself).
-    fn close_abandoned(&self) {
+    /// After a call that may have changed the download or the record: closes the connection of
+    /// an abandoned download (unless a `fetch_yield` runs, which closes it itself) and writes
+    /// the record, with the engine unlocked.
+    fn settle(&self) {
         fetching::close_abandoned(&self.engine, &self.fetch);
+        persist::flush(&self.engine, &self.records);
     }
 
     /// Reports the running firmware version.
     pub fn report_version(&self, version: &str) -> Result<()> {
-        self.engine().report_version(version, None)
+        let r = self.engine().report_version(version, None);
+        self.settle();
+        r
     }
 
     /// Reports the running version of `module`.
     pub fn report_module_version(&self, module: &str, version: &str) -> Result<()> {
-        self.engine().report_version(version, Some(module))
+        let r = self.engine().report_version(version, Some(module));
+        self.settle();
+        r
     }
 
     /// Asks the platform to send the upgrade for the running `version`.
@@ -1210,7 +1216,7 @@ impl OtaSession {
     /// Reports download progress 0..=100, or a failure step -1..=-4 with a description.
     pub fn report_progress(&self, step: i32, desc: Option<&str>) -> Result<()> {
         let r = self.engine().report_progress(step, desc);
-        self.close_abandoned();
+        self.settle();
         r
     }
 
@@ -1220,7 +1226,7 @@ impl OtaSession {
     /// so the digest still covers the whole image; otherwise the image will not verify.
     pub fn start_download(&self, offset: u64, size: u64) -> Result<()> {
         let r = self.engine().start_download(offset, size);
-        self.close_abandoned();
+        self.settle();
         r
     }
 
@@ -1238,19 +1244,25 @@ impl OtaSession {
     /// Reports that the image is downloaded and flashing begins (Aliyun/SagooIOT step 100
     /// "burning", Tencent `burning`, UCloud `upgrading`).
     pub fn report_upgrade_begin(&self) -> Result<()> {
-        self.engine().report_upgrade_begin()
+        let r = self.engine().report_upgrade_begin();
+        self.settle();
+        r
     }
 
     /// Reports that the upgrade succeeded and `version` now runs (Aliyun/SagooIOT version
     /// report, Tencent `done`, UCloud `success`).
     pub fn report_upgrade_success(&self, version: &str) -> Result<()> {
-        self.engine().report_upgrade_success(version)
+        let r = self.engine().report_upgrade_success(version);
+        self.settle();
+        r
     }
 
     /// Reports that flashing the upgrade failed (Aliyun/SagooIOT step −4, Tencent −5,
     /// UCloud `fail`).
     pub fn report_upgrade_fail(&self, desc: &str) -> Result<()> {
-        self.engine().report_failure(FailureCause::BurnFailed, desc)
+        let r = self.engine().report_failure(FailureCause::BurnFailed, desc);
+        self.settle();
+        r
     }
 
     pub fn state(&self) -> OtaState {
@@ -1263,7 +1275,10 @@ impl OtaSession {
     pub fn is_fetching(&self) -> bool {
         let mut e = self.engine();
         e.start_next_if_due();
-        e.state == OtaState::Fetching
+        let fetching = e.state == OtaState::Fetching;
+        drop(e);
+        self.settle();
+        fetching
     }
 
     /// The download ended (completely or by failure); stays true until the next upgrade's
@@ -1281,7 +1296,7 @@ impl OtaSession {
     /// The session's lock is held only between the waits, so messages (a supersede, a fresh
     /// URL) and every other call go through while this one waits for the network.
     pub fn fetch_yield(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-        fetching::fetch_yield(&self.engine, &self.fetch, buf, timeout)
+        fetching::fetch_yield(&self.engine, &self.fetch, &self.records, buf, timeout)
     }
 
     /// Keeps the breakpoint record in `store` (resume after power loss, success after reboot).
@@ -1289,13 +1304,20 @@ impl OtaSession {
     /// firmware that resumes must write the bytes it gets at [`fetched_size`](Self::fetched_size)
     /// (the resume offset), not at 0.
     pub fn set_breakpoint_store(&self, store: Box<dyn BreakpointStore>) -> Result<()> {
-        let mut e = self.engine();
-        if e.state == OtaState::Fetching {
+        let mut store = store;
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if self.engine().state == OtaState::Fetching {
+            let mut e = self.engine();
             return Err(e.fail(Error::InvalidState(
                 "cannot change the store while fetching",
             )));
         }
-        e.persist.store = Some(store);
+        let stored = persist::read_record(store.as_mut());
+        let mut e = self.engine();
+        e.persist.enabled = true;
+        e.persist.stored = stored;
+        e.persist.pending = persist::Pending::None;
+        records.store = Some(store);
         Ok(())
     }
 
@@ -1348,6 +1370,8 @@ impl OtaSession {
             // Every byte is with the caller now: a restart may expect the new version.
             e.record_pending_reboot();
         }
+        drop(e);
+        self.settle();
         Ok(valid)
     }
 
@@ -1375,7 +1399,7 @@ impl OtaSession {
             );
         }
         drop(e);
-        self.close_abandoned();
+        self.settle();
     }
 
     /// Sets how long an expired URL waits for a fresh one (see [`OtaConfig::fresh_url_wait`]).

@@ -4,6 +4,8 @@ use super::{Engine, OtaState};
 use crate::log::Level;
 use crate::ota_log;
 use crate::protocol::{FailureCause, Report};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
 use crate::resume::{
     Breakpoint, BreakpointStore, RebootOutcome, RecordState, SavePolicy, RECORD_LEN,
 };
@@ -12,7 +14,7 @@ impl Engine {
     /// With a breakpoint store: continue a download interrupted by a restart when the record
     /// names this image, else start a fresh record.
     pub(super) fn resume_from_record(&mut self) {
-        if self.persist.store.is_none() {
+        if !self.persist.enabled {
             return;
         }
         match self.persist.load() {
@@ -93,7 +95,7 @@ impl Engine {
     /// terms (success when it is the pending version, failure otherwise). True when that report
     /// replaced the plain version report.
     pub(super) fn complete_pending_reboot(&mut self, version: &str, module: Option<&str>) -> bool {
-        if self.persist.store.is_none() || self.state != OtaState::Idle {
+        if !self.persist.enabled || self.state != OtaState::Idle {
             return false;
         }
         let Some(bp) = self.persist.load() else {
@@ -145,58 +147,144 @@ impl Engine {
     }
 }
 
-/// The breakpoint record and where it is kept.
+/// The engine's view of the breakpoint record. The store itself ([`RecordStore`]) is outside
+/// the engine's lock: the engine only encodes what must be written, and [`flush`] writes it
+/// (an fsync, a flash erase) with the engine unlocked.
 pub(super) struct Persistence {
-    pub(super) store: Option<Box<dyn BreakpointStore>>,
+    /// A store is set.
+    pub(super) enabled: bool,
     pub(super) policy: SavePolicy,
     /// The record of the current upgrade.
     pub(super) record: Option<Breakpoint>,
+    /// What the store holds: read once when the store is set, then kept by every write.
+    pub(super) stored: Option<Breakpoint>,
     /// Offset at the last save.
     pub(super) last_saved: u64,
+    /// The encoded record of a pending save.
     pub(super) buf: Box<[u8; RECORD_LEN]>,
+    pub(super) pending: Pending,
     /// The record already says "pending reboot" for this upgrade.
     pub(super) reboot_recorded: bool,
 }
 
+/// A write the store has not seen yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pending {
+    None,
+    /// `buf[..len]` replaces the stored record.
+    Save(usize),
+    Erase,
+}
+
 impl Persistence {
+    pub(super) fn new() -> Persistence {
+        Persistence {
+            enabled: false,
+            policy: SavePolicy::default(),
+            record: None,
+            stored: None,
+            last_saved: 0,
+            buf: Box::new([0u8; RECORD_LEN]),
+            pending: Pending::None,
+            reboot_recorded: false,
+        }
+    }
+
     pub(super) fn due(&self, offset: u64, size: u64) -> bool {
-        self.store.is_some()
-            && self.record.is_some()
-            && self.policy.due(self.last_saved, offset, size)
+        self.enabled && self.record.is_some() && self.policy.due(self.last_saved, offset, size)
     }
 
     /// The stored record, or None (a missing, torn or corrupt record is never trusted).
-    pub(super) fn load(&mut self) -> Option<Breakpoint> {
-        let store = self.store.as_mut()?;
-        match Breakpoint::load(store.as_mut()) {
-            Ok(bp) => Some(bp),
-            Err(e) => {
-                if !matches!(
-                    e,
-                    crate::resume::LoadError::Record(crate::resume::RecordError::Missing)
-                ) {
-                    ota_log!(Level::Warning, "breakpoint record ignored: {e}");
-                }
-                None
-            }
-        }
+    pub(super) fn load(&self) -> Option<Breakpoint> {
+        self.stored.clone()
     }
 
     pub(super) fn save(&mut self) {
-        let (Some(store), Some(bp)) = (self.store.as_mut(), self.record.as_ref()) else {
+        let (true, Some(bp)) = (self.enabled, self.record.as_ref()) else {
             return;
         };
         let len = bp.encode(&mut self.buf);
-        if let Err(e) = store.save(&self.buf[..len]) {
-            ota_log!(Level::Warning, "breakpoint record not saved: {e}");
-        }
+        self.pending = Pending::Save(len);
+        self.stored = Some(bp.clone());
     }
 
     pub(super) fn erase(&mut self) {
         self.record = None;
-        if let Some(store) = self.store.as_mut() {
-            if let Err(e) = store.erase() {
-                ota_log!(Level::Warning, "breakpoint record not erased: {e}");
+        if self.enabled {
+            self.pending = Pending::Erase;
+            self.stored = None;
+        }
+    }
+}
+
+/// The breakpoint store, behind its own lock, and a copy of the record being written.
+pub(super) struct RecordStore {
+    pub(super) store: Option<Box<dyn BreakpointStore>>,
+    buf: Box<[u8; RECORD_LEN]>,
+}
+
+impl RecordStore {
+    pub(super) fn new() -> RecordStore {
+        RecordStore {
+            store: None,
+            buf: Box::new([0u8; RECORD_LEN]),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads the record a new store holds (None: missing, torn or corrupt, never trusted).
+pub(super) fn read_record(store: &mut dyn BreakpointStore) -> Option<Breakpoint> {
+    match Breakpoint::load(store) {
+        Ok(bp) => Some(bp),
+        Err(e) => {
+            if !matches!(
+                e,
+                crate::resume::LoadError::Record(crate::resume::RecordError::Missing)
+            ) {
+                ota_log!(Level::Warning, "breakpoint record ignored: {e}");
+            }
+            None
+        }
+    }
+}
+
+/// Writes what the engine left pending, with the engine unlocked (lock order: store, engine).
+/// A thread that finds another writing leaves its write to it: the writer looks again before
+/// it lets go, so no thread ever waits on another's fsync.
+pub(super) fn flush(engine: &Mutex<Engine>, records: &Mutex<RecordStore>) {
+    let mut guard = match records.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return,
+    };
+    let rs = &mut *guard;
+    loop {
+        let pending = {
+            let mut e = lock(engine);
+            let p = std::mem::replace(&mut e.persist.pending, Pending::None);
+            if let Pending::Save(len) = p {
+                rs.buf[..len].copy_from_slice(&e.persist.buf[..len]);
+            }
+            p
+        };
+        let Some(store) = rs.store.as_mut() else {
+            return;
+        };
+        match pending {
+            Pending::None => return,
+            Pending::Save(len) => {
+                if let Err(e) = store.save(&rs.buf[..len]) {
+                    ota_log!(Level::Warning, "breakpoint record not saved: {e}");
+                }
+            }
+            Pending::Erase => {
+                if let Err(e) = store.erase() {
+                    ota_log!(Level::Warning, "breakpoint record not erased: {e}");
+                }
             }
         }
     }
