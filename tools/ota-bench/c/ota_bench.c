@@ -11,14 +11,16 @@
  * IOT_MQTT_Yield(pclient, 0); the bytes are discarded instead of written to a file) and
  * IOT_OTAG_CHECK_FIRMWARE, then prints one line:
  *   RESULT bytes=N loop_ns=T check_ns=T first_byte_mono_ns=T valid=0|1 hwm_kib=K
- *          heap_init=B heap_download=B
+ *          heap_init=B heap_download=B threads_init=N threads_max=N
  * first_byte_mono_ns is CLOCK_MONOTONIC when the first FetchYield returned data (the bench
  * compares it with its own CLOCK_MONOTONIC at publish time); hwm_kib is VmHWM from
  * /proc/self/status after the download: the peak RSS of this program since its exec.
  * heap_init is the malloc heap in use (glibc mallinfo2: arena + mmapped chunks) after
  * IOT_SetupConnInfo + IOT_MQTT_Construct + IOT_OTA_Init, minus before them; heap_download the
  * same at the end of the FetchYield loop (so it includes the download's HTTP connection).
- * Thread stacks are not malloc'd: they show in hwm_kib only.
+ * Thread stacks are not malloc'd: they show in hwm_kib only. threads_init counts the
+ * program's threads (/proc/self/task) after init, threads_max the most seen during the download
+ * (sampled every 16 FetchYields and at the end).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -26,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 #include <malloc.h>
+#include <dirent.h>
 
 #include "iot_import.h"
 #include "iot_export.h"
@@ -75,6 +78,25 @@ static long long heap_in_use(void)
 #endif
 }
 
+/* Threads of this process (/proc/self/task entries); -1 when unknown. */
+static long thread_count(void)
+{
+    long n = 0;
+    struct dirent *e;
+    DIR *d = opendir("/proc/self/task");
+
+    if (!d) {
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] != '.') {
+            n++;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
 static void event_handle(void *pcontext, void *pclient, iotx_mqtt_event_msg_pt msg)
 {
     (void)pcontext;
@@ -96,6 +118,7 @@ int main(int argc, char **argv)
     uint32_t valid = 0, fetched = 0, size = 0;
     int last_percent = 0, len;
     long long heap0, heap_init, heap_download;
+    long threads_init, threads_max, calls = 0;
 
     if (buf_len <= 0 || buf_len > 65536) {
         fprintf(stderr, "bad buffer length\n");
@@ -138,6 +161,8 @@ int main(int argc, char **argv)
                 ? IOT_OTA_Init(PK, DN, pclient)
                 : IOT_OTA_InitWithProtocol(PK, DN, pclient, (IOT_OTA_Protocol_t)protocol);
     heap_init = heap_in_use() - heap0;
+    threads_init = thread_count();
+    threads_max = threads_init;
     if (!h_ota || IOT_OTA_ReportVersion(h_ota, "1.0.0") != 0) {
         fprintf(stderr, "IOT_OTA_Init / ReportVersion failed\n");
         return 1;
@@ -187,7 +212,15 @@ int main(int argc, char **argv)
             }
         }
         IOT_MQTT_Yield(pclient, 0);
+        if (++calls % 16 == 0) {
+            long n = thread_count();
+            threads_max = n > threads_max ? n : threads_max;
+        }
     } while (!IOT_OTA_IsFetchFinish(h_ota));
+    {
+        long n = thread_count();
+        threads_max = n > threads_max ? n : threads_max;
+    }
     t1 = mono_ns();
     heap_download = heap_in_use() - heap0;
     if (IOT_OTA_Ioctl(h_ota, IOT_OTAG_CHECK_FIRMWARE, &valid, 4) != 0) {
@@ -195,9 +228,10 @@ int main(int argc, char **argv)
     }
     t2 = mono_ns();
     printf("RESULT bytes=%llu loop_ns=%llu check_ns=%llu first_byte_mono_ns=%llu valid=%u hwm_kib=%ld"
-           " heap_init=%lld heap_download=%lld\n",
+           " heap_init=%lld heap_download=%lld threads_init=%ld threads_max=%ld\n",
            (unsigned long long)total, (unsigned long long)(t1 - t0), (unsigned long long)(t2 - t1),
-           (unsigned long long)first, (unsigned)valid, vm_hwm_kib(), heap_init, heap_download);
+           (unsigned long long)first, (unsigned)valid, vm_hwm_kib(), heap_init, heap_download,
+           threads_init, threads_max);
     fflush(stdout);
     IOT_OTA_Deinit(h_ota);
     IOT_MQTT_Destroy(&pclient);

@@ -279,6 +279,9 @@ struct CRun {
     /// malloc heap in use after init / at the end of the download, minus before init (bytes).
     heap_init: i64,
     heap_download: i64,
+    /// The program's threads after init, and the most seen during the download.
+    threads_init: i64,
+    threads_max: i64,
 }
 
 fn read_until(lines: &mut BufReader<ChildStdout>, prefix: &str) -> Res<String> {
@@ -397,6 +400,8 @@ fn run_c_with(
         hwm_kib: signed("hwm_kib"),
         heap_init: signed("heap_init"),
         heap_download: signed("heap_download"),
+        threads_init: signed("threads_init"),
+        threads_max: signed("threads_max"),
     })
 }
 
@@ -792,6 +797,7 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
             c_speed(&r),
             r.heap_init,
             r.heap_download,
+            (r.threads_init, r.threads_max),
         ));
     }
     out.push(String::new());
@@ -800,7 +806,7 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     out.push(
         "   wait4 ru_maxrss also counts the bench process's pages before exec (vfork), so not the program's own".into(),
     );
-    for (size, kib, maxrss, speed, _, _) in &rss {
+    for (size, kib, maxrss, speed, _, _, _) in &rss {
         out.push(format!(
             "   {:>5} MiB image: VmHWM {kib} KiB   (wait4 ru_maxrss {maxrss} KiB; {speed:.1} MB/s)",
             size / MIB
@@ -816,9 +822,16 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         "   heap at init (C, glibc mallinfo2 in use: IOT_SetupConnInfo + IOT_MQTT_Construct + IOT_OTA_Init):"
             .into(),
     );
-    for (size, _, _, _, init, download) in &rss {
+    for (size, _, _, _, init, download, _) in &rss {
         out.push(format!(
             "   {:>5} MiB image: {init} bytes after init, {download} bytes at the end of the download",
+            size / MIB
+        ));
+    }
+    out.push("   threads of the C program (/proc/self/task; 1 = the caller's thread only):".into());
+    for (size, _, _, _, _, _, (init, max)) in &rss {
+        out.push(format!(
+            "   {:>5} MiB image: {init} after init, at most {max} during the download",
             size / MIB
         ));
     }
