@@ -6,6 +6,16 @@
 #      bare). Any memcheck error or definitely-lost block fails its test.
 #   2. ASan + UBSan: the C programs built with -fsanitize=address,undefined (OTA_C_SANITIZE=ON)
 #      and linked with the uninstrumented libota.a, LeakSanitizer on. Any report fails.
+# and then the two-thread firmware (two_thread_firmware.c, a Yield thread beside the FetchYield
+# loop) once more:
+#   3. ThreadSanitizer, firmware only: built with -fsanitize=thread (OTA_C_TSAN=ON), linked with
+#      the uninstrumented libota.so, whose own interceptor calls examples-c/tsan.supp ignores: every
+#      access of the firmware's code (its callbacks too) is checked, libota's internals are not.
+#   4. ThreadSanitizer, whole process: libota.a and the std it links built with
+#      -Zsanitizer=thread -Zbuild-std (nightly + rust-src, installed with rustup when missing),
+#      the firmware as in 3, one runtime (rustc's), no suppressions: libota's locks and atomics
+#      are visible, so its internals are checked too.
+#      Any report fails either run.
 # Then prints a summary (tests, memcheck errors, definitely lost bytes, sanitizer reports) and
 # exits non-zero on any failure. Installs valgrind, cmake, mosquitto, gcc, pkg-config and
 # python3 with apt when missing, as tests/run.sh does.
@@ -118,6 +128,68 @@ for log in "$as_logs"/*; do
 done
 read -r as_tests as_failed <<<"$(ctest_counts "$work/asan-ctest.txt")"
 
+# --- 3. ThreadSanitizer (two-thread firmware) --------------------------------------------------
+step "the two-thread firmware under ThreadSanitizer (libota.so uninstrumented, examples-c/tsan.supp)"
+ts_build=$work/tsan
+ts_logs=$work/tsan-logs
+rm -rf "$ts_logs"
+mkdir -p "$ts_logs"
+cmake -S examples-c -B "$ts_build" -DOTA_BUILD_RUST=OFF -DOTA_CARGO_TARGET_DIR="$target" \
+    -DOTA_C_SANITIZE=OFF -DOTA_MEMCHECK=OFF -DOTA_C_TSAN=ON -DOTA_TEST_WRAPPER= >/dev/null
+cmake --build "$ts_build" --target two_thread_firmware
+set +e
+TSAN_OPTIONS="suppressions=$PWD/examples-c/tsan.supp:halt_on_error=1:exitcode=66:second_deadlock_stack=1:log_path=$ts_logs/tsan" \
+    ctest --test-dir "$ts_build" -R '^two_thread_firmware' --output-on-failure 2>&1 | tee "$work/tsan-ctest.txt"
+ts_rc=${PIPESTATUS[0]}
+set -e
+ts_reports=0
+for log in "$ts_logs"/*; do
+    [[ -e $log ]] || continue
+    ts_reports=$((ts_reports + $(grep -c 'WARNING: ThreadSanitizer' "$log" || true)))
+    echo "----- $log -----"
+    cat "$log"
+done
+read -r ts_tests ts_failed <<<"$(ctest_counts "$work/tsan-ctest.txt")"
+
+# --- 4. ThreadSanitizer (two-thread firmware and libota, both instrumented) ---------------------
+step "the two-thread firmware and libota (nightly, -Zsanitizer=thread -Zbuild-std) under ThreadSanitizer"
+host=$(rustc -vV | sed -n 's/^host: //p')
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    echo "installing: the nightly toolchain with rust-src (rustup)"
+    rustup toolchain install nightly --profile minimal --component rust-src || true
+fi
+tf_rc=1
+tf_reports=0
+tf_tests=
+tf_failed=
+tsan_runtime=$(rustc +nightly --print sysroot 2>/dev/null || true)/lib/rustlib/$host/lib/librustc-nightly_rt.tsan.a
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' || [[ ! -f $tsan_runtime ]]; then
+    echo "FAIL: the nightly toolchain with rust-src and its TSan runtime is not installed and could not be (rustup toolchain install nightly --component rust-src)" >&2
+else
+    RUSTFLAGS="-Zsanitizer=thread" CARGO_TARGET_DIR=$target/tsan \
+        cargo +nightly build -Zbuild-std --target "$host" --release -p ota --lib
+    tf_build=$work/tsan-full
+    tf_logs=$work/tsan-full-logs
+    rm -rf "$tf_logs"
+    mkdir -p "$tf_logs"
+    cmake -S examples-c -B "$tf_build" -DOTA_BUILD_RUST=OFF -DOTA_CARGO_TARGET_DIR="$target" \
+        -DOTA_LIB_DIR="$target/tsan/$host/release" -DOTA_C_SANITIZE=OFF -DOTA_MEMCHECK=OFF \
+        -DOTA_C_TSAN=ON -DOTA_TSAN_RUNTIME="$tsan_runtime" -DOTA_TEST_WRAPPER= >/dev/null
+    cmake --build "$tf_build" --target two_thread_firmware
+    set +e
+    TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:log_path=$tf_logs/tsan" \
+        ctest --test-dir "$tf_build" -R '^two_thread_firmware' --output-on-failure 2>&1 | tee "$work/tsan-full-ctest.txt"
+    tf_rc=${PIPESTATUS[0]}
+    set -e
+    for log in "$tf_logs"/*; do
+        [[ -e $log ]] || continue
+        tf_reports=$((tf_reports + $(grep -c 'WARNING: ThreadSanitizer' "$log" || true)))
+        echo "----- $log -----"
+        cat "$log"
+    done
+    read -r tf_tests tf_failed <<<"$(ctest_counts "$work/tsan-full-ctest.txt")"
+fi
+
 # --- summary ----------------------------------------------------------------------------------
 elapsed=$((SECONDS - start))
 step "sanitizer summary (${elapsed} s)"
@@ -129,6 +201,10 @@ printf 'memcheck: %s tests, %s failed; %d processes checked: %d errors, %d bytes
     "${mc_tests:-?}" "${mc_failed:-?}" "$mc_processes" "$mc_errors" "$mc_lost" "$broken_note"
 printf 'asan:     %s tests, %s failed; %d AddressSanitizer/LeakSanitizer/UBSan reports\n' \
     "${as_tests:-?}" "${as_failed:-?}" "$as_reports"
+printf 'tsan:     %s tests, %s failed; %d ThreadSanitizer reports (firmware code; libota uninstrumented)\n' \
+    "${ts_tests:-?}" "${ts_failed:-?}" "$ts_reports"
+printf 'tsan all: %s tests, %s failed; %d ThreadSanitizer reports (firmware and libota instrumented)\n' \
+    "${tf_tests:-?}" "${tf_failed:-?}" "$tf_reports"
 
 failed=0
 if [[ $mc_rc -ne 0 || -z ${mc_tests:-} || $mc_errors -ne 0 || $mc_lost -ne 0 || $mc_broken -ne 0 || $mc_processes -eq 0 ]]; then
@@ -139,8 +215,17 @@ if [[ $as_rc -ne 0 || -z ${as_tests:-} || $as_reports -ne 0 ]]; then
     echo "FAIL: ASan/UBSan run" >&2
     failed=1
 fi
-total=$(( ${mc_tests:-0} + ${as_tests:-0} ))
-bad=$(( ${mc_failed:-0} + ${as_failed:-0} ))
+# No two-thread test in the run (e.g. renamed) fails too: this step must not pass vacuously.
+if [[ $ts_rc -ne 0 || -z ${ts_tests:-} || ${ts_tests:-0} -eq 0 || $ts_reports -ne 0 ]]; then
+    echo "FAIL: ThreadSanitizer run" >&2
+    failed=1
+fi
+if [[ $tf_rc -ne 0 || -z ${tf_tests:-} || ${tf_tests:-0} -eq 0 || $tf_reports -ne 0 ]]; then
+    echo "FAIL: ThreadSanitizer run with libota instrumented" >&2
+    failed=1
+fi
+total=$(( ${mc_tests:-0} + ${as_tests:-0} + ${ts_tests:-0} + ${tf_tests:-0} ))
+bad=$(( ${mc_failed:-0} + ${as_failed:-0} + ${ts_failed:-0} + ${tf_failed:-0} ))
 if ((failed && bad == 0)); then
     bad=1
 fi
