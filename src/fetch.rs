@@ -20,7 +20,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -308,6 +307,11 @@ impl<N: Net> HttpSource<N> {
         })
     }
 
+    /// The time `span` from now (saturating: a caller may wait "for ever").
+    fn after(&self, span: Duration) -> Duration {
+        self.net.now().saturating_add(span)
+    }
+
     /// Closes the connection at once (no TLS close_notify: the server learns from the close).
     fn disconnect(&mut self) {
         self.socket = None;
@@ -394,7 +398,7 @@ impl<N: Net> HttpSource<N> {
             .resolve(host, port, &mut self.addrs)
             .map_err(|_| FetchError::Resolve)?;
         self.addr_next = 0;
-        self.phase_deadline = self.net.now() + self.config.connect_timeout;
+        self.phase_deadline = self.after(self.config.connect_timeout);
         self.connect_next()?;
         self.step = Step::Connecting(call);
         Ok(Flow::Again)
@@ -491,7 +495,7 @@ impl<N: Net> HttpSource<N> {
     /// The connection is up: the request goes out, and the head is due within
     /// `response_timeout`.
     fn begin_send(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
-        self.phase_deadline = self.net.now() + self.config.response_timeout;
+        self.phase_deadline = self.after(self.config.response_timeout);
         #[cfg(feature = "tls")]
         if let Some(tls) = self.tls.as_mut() {
             // rustls encrypts it into its own send buffer; `send_request` flushes that.
@@ -641,7 +645,7 @@ impl<N: Net> HttpSource<N> {
             None => return Err(FetchError::BadResponse("malformed response head")),
         };
         self.recv_start = used;
-        self.phase_deadline = self.net.now() + self.config.body_timeout;
+        self.phase_deadline = self.after(self.config.body_timeout);
         self.step = Step::Body(body);
         Ok(Flow::Done(Chunk::Opened(info)))
     }
@@ -796,7 +800,7 @@ impl<N: Net> FirmwareSource for HttpSource<N> {
     }
 
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
-        let deadline = self.net.now() + timeout;
+        let deadline = self.after(timeout);
         let r = self.drive(buf, deadline);
         if r.is_err() {
             self.disconnect();
