@@ -12,11 +12,17 @@
 //! and parses the response head and chunked bodies from bytes given to it. (ureq's own
 //! `call()` blocks until the response head and ends the request when its transport times out,
 //! so a download could not pause across calls.) TLS is a rustls `ClientConnection` on the same
-//! socket. Bytes reach the caller's buffer with one copy: identity bodies are received
-//! straight into it (from the socket, or out of rustls' plaintext), chunked bodies are decoded
-//! into it from the receive buffer. The buffers are made in [`HttpSource::new`]; a read in
-//! the middle of a plain-HTTP body allocates nothing. (rustls' buffered API allocates once
-//! per received TLS record, up to 16 KiB of plaintext.)
+//! socket. Over plain HTTP bytes reach the caller's buffer with one copy: identity bodies
+//! (`Content-Length`, or up to the close) are received straight into it, chunked bodies are
+//! decoded into it from the receive buffer. Over TLS the caller's buffer is filled from
+//! rustls' plaintext; rustls' buffered API itself copies each decrypted record (up to 16 KiB)
+//! into a buffer it allocates, so HTTPS costs one copy and one allocation per record more
+//! (its unbuffered API, which decrypts in place, would remove both). The buffers are made in
+//! [`HttpSource::new`]; a read in the middle of a plain-HTTP body allocates nothing.
+//!
+//! Name resolution is the one wait not bounded by the read's timeout (see [`crate::net`]):
+//! an IP address in the URL is never looked up, a name is looked up by the resolver once per
+//! connection.
 
 use std::io;
 use std::net::SocketAddr;
