@@ -254,7 +254,7 @@ fn a_connection_reset_mid_body_is_a_transient_network_error() {
         vec![0x5a; 1000],
         "the bytes before the reset count"
     );
-    // ureq reports the reset as an early end of the body.
+    // A reset may also read as an early end of the body.
     let e = d.end.unwrap_err();
     assert!(
         matches!(
@@ -301,8 +301,8 @@ fn a_body_stalled_past_the_body_timeout_ends_the_download_for_a_retry() {
     assert!(e.is_transient(), "{e:?}");
 }
 
-/// ureq reports the body timeout as `io::Error { kind: Other, error: ureq::Error::Timeout }`;
-/// it must come out as a timeout (reported as one: Tencent −1), not a plain network error.
+/// The body timeout must come out as a timeout (reported as one: Tencent −1), not a plain
+/// network error.
 #[test]
 fn a_body_stalled_past_the_body_timeout_is_a_timeout() {
     let (server, _, mut src) = stalled_body();
@@ -364,9 +364,9 @@ fn attach_refuses_a_ca_that_is_not_a_certificate() {
     s.report_version("1.0.0").unwrap();
 }
 
-/// `open` while the worker is busy with the previous download, but not stalled (it waits for a
-/// free block): the worker takes the new command at once, so the open costs no grace period,
-/// no second worker thread and no duplicate request.
+/// `open` in the middle of a download whose data waits unread (the socket's buffers full):
+/// the old connection is dropped at once, so the open costs no wait and makes exactly one new
+/// request. (Named from the worker thread this source once had.)
 #[test]
 fn reopening_while_the_worker_waits_for_room_is_immediate() {
     let image = ota_cloud::generate_firmware(4_000_000);
