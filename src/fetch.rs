@@ -1,20 +1,42 @@
 //! Firmware download over HTTP(S) with `Range`, behind the [`FirmwareSource`] trait so the engine
 //! can also run on in-memory transports.
 //!
-//! [`HttpSource`] runs ureq on a worker thread started at init and hands bytes over in blocks
-//! allocated at init. That is what lets `FetchYield` honour its timeout (ureq has no per-read
-//! timeout), keeps the caller's thread free of blocking socket reads, and overlaps the network
-//! with the caller's digest. The worker reads straight into a free block and the caller copies
-//! out of a full one, so each byte is copied once on each side; the lock is taken once per block,
-//! not per read, and a side is woken only when it is waiting.
+//! [`HttpSource`] creates no thread: the download is driven on the caller's thread, inside
+//! [`FirmwareSource::read`], over a non-blocking socket of the [`Net`] seam (`poll(2)` on
+//! POSIX), each wait bounded by the time left of that call's timeout. When the time is up the
+//! call returns [`Chunk::Pending`] and keeps the connection and the HTTP state, so the next call
+//! goes on where this one stopped: mid-connect, mid-TLS-handshake, mid-head or mid-body.
+//! `close` and a new `open` close the socket at once.
+//!
+//! HTTP/1.1 is ureq's sans-IO core, `ureq-proto`: it writes the request head into a buffer
+//! and parses the response head and chunked bodies from bytes given to it. (ureq's own
+//! `call()` blocks until the response head and ends the request when its transport times out,
+//! so a download could not pause across calls.) TLS is a rustls `ClientConnection` on the same
+//! socket. Over plain HTTP bytes reach the caller's buffer with one copy: identity bodies
+//! (`Content-Length`, or up to the close) are received straight into it, chunked bodies are
+//! decoded into it from the receive buffer. Over TLS the caller's buffer is filled from
+//! rustls' plaintext; rustls' buffered API itself copies each decrypted record (up to 16 KiB)
+//! into a buffer it allocates, so HTTPS costs one copy and one allocation per record more
+//! (its unbuffered API, which decrypts in place, would remove both). The buffers are made in
+//! [`HttpSource::new`]; a read in the middle of a plain-HTTP body allocates nothing.
+//!
+//! Name resolution is the one wait not bounded by the read's timeout (see [`crate::net`]):
+//! an IP address in the URL is never looked up, a name is looked up by the resolver once per
+//! connection.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::protocol::FixedStr;
+use ureq_proto::client::state::{RecvBody, RecvResponse};
+use ureq_proto::client::{Call, RecvResponseResult, SendRequestResult};
+use ureq_proto::http;
+use ureq_proto::BodyMode;
+
+use crate::net::{Interest, Net, PosixNet};
 pub use crate::tls::{check_ca_pem, CaPemError};
-use crate::tls::{is_tls_io_error, parse_ca_pem, CaRoots};
+use crate::tls::{is_tls_io_error, parse_ca_pem};
 
 /// Why a download failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -116,11 +138,15 @@ pub trait FirmwareSource: Send {
 /// Tunables of [`HttpSource`].
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Bytes buffered between the network and the caller (in blocks of at most 32 KiB; at
-    /// least two).
+    /// Bytes of the receive buffer, made in [`HttpSource::new`]. It holds the response head
+    /// (so at least `max_header_bytes` is used) and the raw data of chunked bodies; identity
+    /// bodies (`Content-Length`, or up to the close) bypass it into the caller's buffer. (It
+    /// was the hand-over ring of the worker thread, which is gone.)
     pub ring_size: usize,
+    /// Time allowed for the TCP connection and the TLS handshake together (name resolution
+    /// is bounded by the resolver, see [`crate::net`]).
     pub connect_timeout: Duration,
-    /// Time allowed for the response headers.
+    /// Time allowed for the response headers, from the start of the request.
     pub response_timeout: Duration,
     /// Longest a whole body may take (a hard stop for a stalled server).
     pub body_timeout: Duration,
@@ -144,7 +170,7 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            ring_size: 128 * 1024,
+            ring_size: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(3600),
@@ -157,256 +183,608 @@ impl Default for HttpConfig {
     }
 }
 
-/// Largest block handed from the worker to the caller.
-const BLOCK_SIZE: usize = 32 * 1024;
+/// Addresses of a host tried in turn.
+const MAX_ADDRS: usize = 4;
 
-/// Downloaded bytes on their way from the worker to the caller. Blocks are made at init and
-/// only ever moved between the worker, the queue and the caller, so no download allocates.
-struct Block {
-    data: Box<[u8]>,
-    len: usize,
-}
+/// Smallest receive buffer (a chunk-size line and its data must make progress).
+const MIN_RECV: usize = 1024;
 
-impl Block {
-    /// `count` blocks of `size` bytes holding `total` bytes between them (at least two).
-    fn pool(total: usize) -> Vec<Block> {
-        let size = (total / 2).clamp(1, BLOCK_SIZE);
-        let count = total.div_ceil(size).max(2);
-        (0..count)
-            .map(|_| Block {
-                data: vec![0u8; size].into_boxed_slice(),
-                len: 0,
-            })
-            .collect()
-    }
-}
-
-#[derive(Debug)]
-enum Command {
+/// Where a download stands between two reads.
+enum Step {
+    /// No download (never opened, closed, failed or refused).
     Idle,
-    Open { offset: u64 },
+    /// Opened: the next read builds the request, resolves the host and connects.
+    Start,
+    /// The TCP connection is being established (to `addrs[addr_next - 1]`).
+    Connecting(Call<RecvResponse>),
+    /// The TLS handshake is under way.
+    #[cfg(feature = "tls")]
+    Handshake(Call<RecvResponse>),
+    /// The request head is being sent.
+    Send(Call<RecvResponse>),
+    /// The response head is being received.
+    Head(Call<RecvResponse>),
+    /// The body is being received.
+    Body(Body),
+    /// The body ended (the connection is closed).
+    Ended,
 }
 
-struct Shared {
-    /// Bumped by every open/close; the worker drops work whose generation is stale.
-    generation: u64,
-    command: Command,
-    url: FixedStr,
-    /// Blocks of the current generation holding bytes, oldest first (never grows past the
-    /// number of blocks, so pushing never allocates).
-    full: VecDeque<Block>,
-    /// Empty blocks for the worker.
-    free: Vec<Block>,
-    /// The caller waits in `read` for something to arrive (only then is it woken).
-    consumer_waiting: bool,
-    /// The worker waits for a free block (only then is it woken).
-    worker_waiting: bool,
-    opened: Option<OpenInfo>,
-    error: Option<FetchError>,
-    ended: bool,
-    quit: bool,
-    /// The current worker's epoch; a worker of an older epoch exits when it wakes.
-    epoch: u64,
-    /// The current worker waits for a command (it is not inside a download).
-    worker_idle: bool,
-    /// The generation of the last command a worker took: once it is the current one, the
-    /// worker is on the current download (free for it, whatever `worker_idle` says).
-    taken: u64,
-    /// The offset of the current download's request (re-issued to a replacement worker).
-    open_offset: u64,
+/// How the body ends.
+enum Body {
+    /// After this many more bytes (`Content-Length`).
+    Length(u64),
+    /// At the server's close.
+    Close,
+    /// At the last chunk (decoded by ureq-proto; boxed per download, it is large).
+    Chunked(Box<Call<RecvBody>>),
 }
 
-struct Channel {
-    shared: Mutex<Shared>,
-    /// Signalled when data, headers, an error or the end arrive.
-    to_consumer: Condvar,
-    /// Signalled when a command arrives or a block is freed.
-    to_worker: Condvar,
+/// What a step of the download came to.
+enum Flow {
+    /// It moved on; go again.
+    Again,
+    /// It needs the socket to be ready for this.
+    Wait(Interest),
+    /// Something to hand to the caller.
+    Done(Chunk),
 }
 
-impl Channel {
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Shared {
-    /// Empties every queued block back into the free list.
-    fn recycle_full(&mut self) {
-        while let Some(mut b) = self.full.pop_front() {
-            b.len = 0;
-            self.free.push(b);
-        }
-    }
-
-    fn give_back(&mut self, mut b: Block) {
-        b.len = 0;
-        self.free.push(b);
-    }
-}
-
-/// HTTP(S) download through ureq on a worker thread.
-pub struct HttpSource {
-    channel: Arc<Channel>,
-    /// The generation of the current download.
-    generation: u64,
-    /// The block being copied out to the caller, and how far.
-    current: Option<Block>,
-    pos: usize,
-    /// What a replacement worker is built from.
+/// HTTP(S) download driven on the caller's thread (see the module doc); `N` is the socket and
+/// clock seam, [`PosixNet`] unless an RTOS port brings its own.
+pub struct HttpSource<N: Net = PosixNet> {
+    net: N,
     config: HttpConfig,
-    roots: Option<CaRoots>,
+    #[cfg(feature = "tls")]
+    tls_config: Arc<rustls::ClientConfig>,
+    /// The URL requested now: the one given to `open`, then each redirect's target.
+    url: String,
+    /// Where a redirect leads (built here, then swapped into `url`).
+    next_url: String,
+    offset: u64,
+    redirects: u32,
+    step: Step,
+    /// When the current phase (connect and handshake, head, body) must be over.
+    phase_deadline: Duration,
+    socket: Option<N::Socket>,
+    #[cfg(feature = "tls")]
+    tls: Option<Box<rustls::ClientConnection>>,
+    addrs: [SocketAddr; MAX_ADDRS],
+    addr_count: usize,
+    addr_next: usize,
+    /// The request head, and how much of it is sent.
+    request: Box<[u8]>,
+    request_len: usize,
+    request_sent: usize,
+    /// Received bytes not yet used are `recv[recv_start..recv_end]`.
+    recv: Box<[u8]>,
+    recv_start: usize,
+    recv_end: usize,
 }
 
-impl HttpSource {
-    /// Allocates the blocks and starts the worker thread.
+impl HttpSource<PosixNet> {
+    /// Makes the buffers (and the TLS settings); no thread, no connection.
     ///
     /// Fails with [`std::io::ErrorKind::InvalidInput`] when `config.ca_pem` holds no usable
-    /// certificate, otherwise only when the thread cannot be started.
-    pub fn new(config: HttpConfig) -> std::io::Result<HttpSource> {
+    /// certificate.
+    pub fn new(config: HttpConfig) -> io::Result<HttpSource> {
+        HttpSource::with_net(config, PosixNet::default())
+    }
+}
+
+impl<N: Net> HttpSource<N> {
+    /// [`HttpSource::new`] over another [`Net`].
+    pub fn with_net(config: HttpConfig, net: N) -> io::Result<HttpSource<N>> {
+        let bad_ca = |e: CaPemError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
         let roots = match &config.ca_pem {
-            Some(pem) => Some(parse_ca_pem(pem).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-            })?),
+            Some(pem) => Some(parse_ca_pem(pem).map_err(bad_ca)?),
             None => None,
         };
-        let blocks = Block::pool(config.ring_size);
-        let channel = Arc::new(Channel {
-            shared: Mutex::new(Shared {
-                generation: 0,
-                command: Command::Idle,
-                url: FixedStr::with_capacity(config.max_url),
-                full: VecDeque::with_capacity(blocks.len()),
-                free: blocks,
-                consumer_waiting: false,
-                worker_waiting: false,
-                opened: None,
-                error: None,
-                ended: false,
-                quit: false,
-                epoch: 0,
-                // Not inside a download: a command given before the worker starts waits for it.
-                worker_idle: true,
-                taken: 0,
-                open_offset: 0,
-            }),
-            to_consumer: Condvar::new(),
-            to_worker: Condvar::new(),
-        });
-        let source = HttpSource {
-            channel,
-            generation: 0,
-            current: None,
-            pos: 0,
+        #[cfg(feature = "tls")]
+        let tls_config = crate::tls::http_config(roots.as_ref()).map_err(bad_ca)?;
+        #[cfg(not(feature = "tls"))]
+        let _ = roots;
+        let recv_size = config.ring_size.max(config.max_header_bytes).max(MIN_RECV);
+        // The request line and the Host header each hold at most the URL.
+        let request_size = 2 * config.max_url + 512;
+        Ok(HttpSource {
+            net,
+            #[cfg(feature = "tls")]
+            tls_config,
+            url: String::with_capacity(config.max_url),
+            next_url: String::with_capacity(config.max_url),
+            offset: 0,
+            redirects: 0,
+            step: Step::Idle,
+            phase_deadline: Duration::ZERO,
+            socket: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ADDRS],
+            addr_count: 0,
+            addr_next: 0,
+            request: vec![0u8; request_size].into_boxed_slice(),
+            request_len: 0,
+            request_sent: 0,
+            recv: vec![0u8; recv_size].into_boxed_slice(),
+            recv_start: 0,
+            recv_end: 0,
             config,
-            roots,
-        };
-        source.spawn_worker(0)?;
-        Ok(source)
+        })
     }
 
-    fn spawn_worker(&self, epoch: u64) -> std::io::Result<()> {
-        let worker = Worker::new(
-            self.channel.clone(),
-            &self.config,
-            self.roots.clone(),
-            epoch,
-        );
-        std::thread::Builder::new()
-            .name("ota-fetch".into())
-            .spawn(move || worker.run())?;
-        Ok(())
+    /// The time `span` from now (saturating: a caller may wait "for ever").
+    fn after(&self, span: Duration) -> Duration {
+        self.net.now().saturating_add(span)
     }
 
-    /// A worker still inside an abandoned download (a stalled read) cannot take the new
-    /// command: after a short grace period it is left to exit on its own and a fresh worker
-    /// takes over. Only stalls pay for this (a thread start, which allocates).
-    fn ensure_worker_free(&self) -> Result<(), FetchError> {
-        let grace = Instant::now() + Duration::from_millis(200);
-        let mut s = self.channel.lock();
-        while !s.worker_idle && s.taken != s.generation {
-            let now = Instant::now();
-            if now >= grace {
-                s.epoch += 1;
-                let epoch = s.epoch;
-                // The stuck worker may have taken the command already: give it again.
-                s.command = Command::Open {
-                    offset: s.open_offset,
-                };
-                s.worker_idle = true;
-                drop(s);
-                self.channel.to_worker.notify_all();
-                crate::ota_log!(
-                    crate::log::Level::Warning,
-                    "download worker is stuck in a stalled read; starting a new one"
-                );
-                return self
-                    .spawn_worker(epoch)
-                    .map_err(|e| FetchError::Io(e.kind()));
+    /// Closes the connection at once (no TLS close_notify: the server learns from the close).
+    fn disconnect(&mut self) {
+        self.socket = None;
+        #[cfg(feature = "tls")]
+        {
+            self.tls = None;
+        }
+        self.recv_start = 0;
+        self.recv_end = 0;
+    }
+
+    /// Runs the download until `deadline` (on the clock of `net`) or something to report.
+    fn drive(&mut self, buf: &mut [u8], deadline: Duration) -> Result<Chunk, FetchError> {
+        loop {
+            let flow = match std::mem::replace(&mut self.step, Step::Idle) {
+                Step::Idle => return Ok(Chunk::Pending),
+                Step::Ended => {
+                    self.step = Step::Ended;
+                    return Ok(Chunk::End);
+                }
+                Step::Start => self.start()?,
+                Step::Connecting(call) => self.connecting(call)?,
+                #[cfg(feature = "tls")]
+                Step::Handshake(call) => self.handshake(call)?,
+                Step::Send(call) => self.send_request(call)?,
+                Step::Head(call) => self.head(call)?,
+                Step::Body(body) => self.body(body, buf)?,
+            };
+            match flow {
+                Flow::Again => {}
+                Flow::Done(chunk) => return Ok(chunk),
+                Flow::Wait(interest) => {
+                    let now = self.net.now();
+                    if now >= self.phase_deadline {
+                        return Err(FetchError::Timeout);
+                    }
+                    if now >= deadline {
+                        return Ok(Chunk::Pending);
+                    }
+                    let until = deadline.min(self.phase_deadline);
+                    let socket = self
+                        .socket
+                        .as_mut()
+                        .ok_or(FetchError::BadResponse("no connection"))?;
+                    self.net
+                        .wait(socket, interest, until)
+                        .map_err(|e| FetchError::Io(e.kind()))?;
+                }
             }
-            s = self
-                .channel
-                .to_consumer
-                .wait_timeout(s, grace - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
+    }
+
+    /// Builds the request for `url`, resolves its host and starts connecting.
+    fn start(&mut self) -> Result<Flow, FetchError> {
+        let uri: http::Uri = self.url.parse().map_err(|_| FetchError::Url)?;
+        let https = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => return Err(FetchError::Url),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or(FetchError::Url)?;
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let call = self.write_request(uri.clone())?;
+        #[cfg(feature = "tls")]
+        if https {
+            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
+                .map_err(|_| FetchError::Url)?
+                .to_owned();
+            let tls = rustls::ClientConnection::new(self.tls_config.clone(), name)
+                .map_err(|_| FetchError::Tls)?;
+            self.tls = Some(Box::new(tls));
+        }
+        #[cfg(not(feature = "tls"))]
+        if https {
+            return Err(FetchError::Tls);
+        }
+        // Bounded by the resolver, not by the deadlines (see `crate::net`).
+        let host = host.trim_matches(['[', ']']);
+        self.addr_count = self
+            .net
+            .resolve(host, port, &mut self.addrs)
+            .map_err(|_| FetchError::Resolve)?;
+        self.addr_next = 0;
+        self.phase_deadline = self.after(self.config.connect_timeout);
+        self.connect_next()?;
+        self.step = Step::Connecting(call);
+        Ok(Flow::Again)
+    }
+
+    /// Writes the GET for `uri` (with `Range` from a non-zero offset) into `request`.
+    fn write_request(&mut self, uri: http::Uri) -> Result<Call<RecvResponse>, FetchError> {
+        let mut request = http::Request::get(uri)
+            .header("user-agent", concat!("ota-sdk/", env!("CARGO_PKG_VERSION")));
+        if self.offset > 0 {
+            request = request.header("range", format!("bytes={}-", self.offset));
+        }
+        let request = request.body(()).map_err(|_| FetchError::Url)?;
+        let mut call = Call::new(request).map_err(|_| FetchError::Url)?.proceed();
+        self.request_len = call.write(&mut self.request).map_err(|_| FetchError::Url)?;
+        self.request_sent = 0;
+        match call.proceed() {
+            Ok(Some(SendRequestResult::RecvResponse(call))) => Ok(call),
+            _ => Err(FetchError::Url),
+        }
+    }
+
+    /// Starts a connection to the next address; [`FetchError::Connect`] when none is left.
+    fn connect_next(&mut self) -> Result<(), FetchError> {
+        self.socket = None;
+        while self.addr_next < self.addr_count {
+            let addr = self.addrs[self.addr_next];
+            self.addr_next += 1;
+            if let Ok(socket) = self.net.connect(&addr) {
+                self.socket = Some(socket);
+                return Ok(());
+            }
+        }
+        Err(FetchError::Connect)
+    }
+
+    fn connecting(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+        let now = self.net.now();
+        let socket = self.socket.as_mut().ok_or(FetchError::Connect)?;
+        if !self
+            .net
+            .wait(socket, Interest::Write, now)
+            .map_err(|e| FetchError::Io(e.kind()))?
+        {
+            self.step = Step::Connecting(call);
+            return Ok(Flow::Wait(Interest::Write));
+        }
+        if self.net.finish_connect(socket).is_err() {
+            self.connect_next()?;
+            self.step = Step::Connecting(call);
+            return Ok(Flow::Wait(Interest::Write));
+        }
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            self.step = Step::Handshake(call);
+            return Ok(Flow::Again);
+        }
+        self.begin_send(call)
+    }
+
+    #[cfg(feature = "tls")]
+    fn handshake(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+        let (Some(socket), Some(tls)) = (self.socket.as_mut(), self.tls.as_mut()) else {
+            return Err(FetchError::Tls);
+        };
+        let mut io = SocketIo {
+            net: &mut self.net,
+            socket,
+        };
+        while tls.is_handshaking() {
+            let wait = if tls.wants_write() {
+                match tls.write_tls(&mut io) {
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Interest::Write,
+                    Err(e) => return Err(FetchError::Io(e.kind())),
+                }
+            } else {
+                match tls.read_tls(&mut io) {
+                    Ok(0) => return Err(FetchError::Io(io::ErrorKind::UnexpectedEof)),
+                    Ok(_) => {
+                        process_tls(tls, &mut io)?;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Interest::Read,
+                    Err(e) => return Err(FetchError::Io(e.kind())),
+                }
+            };
+            self.step = Step::Handshake(call);
+            return Ok(Flow::Wait(wait));
+        }
+        self.begin_send(call)
+    }
+
+    /// The connection is up: the request goes out, and the head is due within
+    /// `response_timeout`.
+    fn begin_send(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+        self.phase_deadline = self.after(self.config.response_timeout);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            // rustls encrypts it into its own send buffer; `send_request` flushes that.
+            io::Write::write_all(&mut tls.writer(), &self.request[..self.request_len])
+                .map_err(|_| FetchError::Tls)?;
+            self.request_sent = self.request_len;
+        }
+        self.step = Step::Send(call);
+        Ok(Flow::Again)
+    }
+
+    fn send_request(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+        let socket = self
+            .socket
+            .as_mut()
+            .ok_or(FetchError::BadResponse("no connection"))?;
+        while self.request_sent < self.request_len {
+            match self
+                .net
+                .send(socket, &self.request[self.request_sent..self.request_len])
+            {
+                Ok(n) => self.request_sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.step = Step::Send(call);
+                    return Ok(Flow::Wait(Interest::Write));
+                }
+                Err(e) => return Err(FetchError::Io(e.kind())),
+            }
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            let mut io = SocketIo {
+                net: &mut self.net,
+                socket,
+            };
+            while tls.wants_write() {
+                match tls.write_tls(&mut io) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.step = Step::Send(call);
+                        return Ok(Flow::Wait(Interest::Write));
+                    }
+                    Err(e) => return Err(FetchError::Io(e.kind())),
+                }
+            }
+        }
+        self.recv_start = 0;
+        self.recv_end = 0;
+        self.step = Step::Head(call);
+        Ok(Flow::Again)
+    }
+
+    /// Receives plaintext into `buf`: from the socket, or through TLS. `WouldBlock` when
+    /// nothing has arrived.
+    fn receive(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let socket = self
+            .socket
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            let mut io = SocketIo {
+                net: &mut self.net,
+                socket,
+            };
+            return tls_receive(tls, &mut io, buf);
+        }
+        self.net.recv(socket, buf)
+    }
+
+    fn head(&mut self, mut call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+        loop {
+            if self.recv_end > 0 {
+                let input = &self.recv[..self.recv_end];
+                match call.try_response(input, false) {
+                    Ok((used, Some(response))) => return self.on_head(call, used, response),
+                    Ok((0, None)) => {}
+                    Ok((used, None)) => {
+                        // An informational (1xx) response: dropped, the real one follows.
+                        self.recv.copy_within(used..self.recv_end, 0);
+                        self.recv_end -= used;
+                        continue;
+                    }
+                    Err(_) => return Err(FetchError::BadResponse("malformed response head")),
+                }
+            }
+            if self.recv_end >= self.config.max_header_bytes {
+                return Err(FetchError::BadResponse("response head too large"));
+            }
+            let mut window = std::mem::take(&mut self.recv);
+            let r = self.receive(&mut window[self.recv_end..]);
+            self.recv = window;
+            match r {
+                Ok(0) => return Err(FetchError::Io(io::ErrorKind::UnexpectedEof)),
+                Ok(n) => self.recv_end += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.step = Step::Head(call);
+                    return Ok(Flow::Wait(Interest::Read));
+                }
+                Err(e) => return Err(receive_failure(e)),
+            }
+        }
+    }
+
+    /// A complete response head: a redirect to follow, a failure, or the body's start.
+    fn on_head(
+        &mut self,
+        call: Call<RecvResponse>,
+        used: usize,
+        response: http::Response<()>,
+    ) -> Result<Flow, FetchError> {
+        if used > self.config.max_header_bytes {
+            return Err(FetchError::BadResponse("response head too large"));
+        }
+        let status = response.status().as_u16();
+        if matches!(status, 301 | 302 | 303 | 307 | 308) {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok());
+            let next = match location {
+                _ if self.redirects >= self.config.max_redirects => Err(FetchError::Redirects),
+                None => Err(FetchError::BadResponse("redirect without a Location")),
+                Some(loc) => self.follow(loc),
+            };
+            if let Err(e) = next {
+                crate::ota_log!(crate::log::Level::Error, "redirect refused: {e}");
+                return Err(e);
+            }
+            self.redirects += 1;
+            self.disconnect();
+            self.step = Step::Start;
+            return Ok(Flow::Again);
+        }
+        if status != 200 && status != 206 {
+            return Err(FetchError::Status(status));
+        }
+        let info = open_info(status, response.headers());
+        let body = match call.proceed() {
+            Some(RecvResponseResult::RecvBody(call)) => match call.body_mode() {
+                BodyMode::LengthDelimited(n) => Body::Length(n),
+                BodyMode::CloseDelimited => Body::Close,
+                BodyMode::Chunked => Body::Chunked(Box::new(call)),
+                BodyMode::NoBody => Body::Length(0),
+            },
+            Some(_) => Body::Length(0),
+            None => return Err(FetchError::BadResponse("malformed response head")),
+        };
+        self.recv_start = used;
+        self.phase_deadline = self.after(self.config.body_timeout);
+        self.step = Step::Body(body);
+        Ok(Flow::Done(Chunk::Opened(info)))
+    }
+
+    /// Makes the redirect target the URL to request next (see [`resolve_redirect`]).
+    fn follow(&mut self, location: &str) -> Result<(), FetchError> {
+        resolve_redirect(
+            &self.url,
+            location,
+            self.config.allow_plain_http,
+            &mut self.next_url,
+        )?;
+        if self.next_url.len() > self.config.max_url {
+            return Err(FetchError::Url);
+        }
+        std::mem::swap(&mut self.url, &mut self.next_url);
         Ok(())
     }
-}
 
-impl Drop for HttpSource {
-    fn drop(&mut self) {
-        // The worker may sit in a blocking read; it notices `quit` when that returns.
-        self.channel.lock().quit = true;
-        self.channel.to_worker.notify_all();
-    }
-}
-
-impl HttpSource {
-    /// Hands the caller's block back to the worker (used up, or its download abandoned).
-    fn drop_current(current: &mut Option<Block>, pos: &mut usize, s: &mut Shared) {
-        if let Some(b) = current.take() {
-            s.give_back(b);
-        }
-        *pos = 0;
-    }
-
-    /// Swaps the used-up block for the next queued one of this download (the used one goes
-    /// back to the worker, which is woken if it waits for it); false when none is queued.
-    fn take_queued(&mut self) -> bool {
-        let mut s = self.channel.lock();
-        if s.generation != self.generation || s.opened.is_some() {
-            return false;
-        }
-        let Some(next) = s.full.pop_front() else {
-            return false;
-        };
-        Self::drop_current(&mut self.current, &mut self.pos, &mut s);
-        self.current = Some(next);
-        let wake = std::mem::take(&mut s.worker_waiting);
-        drop(s);
-        if wake {
-            self.channel.to_worker.notify_one();
-        }
-        true
-    }
-
-    /// Copies from the caller's block; 0 when it holds nothing more.
-    fn copy_out(&mut self, buf: &mut [u8]) -> usize {
-        let Some(b) = &self.current else {
-            return 0;
-        };
-        let n = buf.len().min(b.len - self.pos);
-        buf[..n].copy_from_slice(&b.data[self.pos..self.pos + n]);
-        self.pos += n;
+    /// Moves what was received with the head into `buf`, at most `limit` bytes.
+    fn take_buffered(&mut self, buf: &mut [u8], limit: u64) -> usize {
+        let n = (self.recv_end - self.recv_start)
+            .min(buf.len())
+            .min(usize::try_from(limit).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.recv[self.recv_start..self.recv_start + n]);
+        self.recv_start += n;
         n
     }
+
+    fn body(&mut self, body: Body, buf: &mut [u8]) -> Result<Flow, FetchError> {
+        if buf.is_empty() {
+            self.step = Step::Body(body);
+            return Ok(Flow::Done(Chunk::Data(0)));
+        }
+        match body {
+            Body::Length(0) => self.end(),
+            Body::Length(left) => {
+                let mut n = self.take_buffered(buf, left);
+                if n == 0 {
+                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    match self.receive(&mut buf[..want]) {
+                        Ok(0) => return Err(FetchError::Truncated),
+                        Ok(got) => n = got,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.step = Step::Body(Body::Length(left));
+                            return Ok(Flow::Wait(Interest::Read));
+                        }
+                        Err(e) => return Err(receive_failure(e)),
+                    }
+                }
+                self.step = Step::Body(Body::Length(left - n as u64));
+                Ok(Flow::Done(Chunk::Data(n)))
+            }
+            Body::Close => {
+                let mut n = self.take_buffered(buf, u64::MAX);
+                if n == 0 {
+                    match self.receive(buf) {
+                        // A TLS server that closes without close_notify ends the body too
+                        // (the engine checks the size and the digest).
+                        Ok(0) => return self.end(),
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.end(),
+                        Ok(got) => n = got,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.step = Step::Body(Body::Close);
+                            return Ok(Flow::Wait(Interest::Read));
+                        }
+                        Err(e) => return Err(receive_failure(e)),
+                    }
+                }
+                self.step = Step::Body(Body::Close);
+                Ok(Flow::Done(Chunk::Data(n)))
+            }
+            Body::Chunked(call) => self.chunked(call, buf),
+        }
+    }
+
+    /// Decodes chunked data from the receive buffer into `buf`, receiving more as needed.
+    fn chunked(
+        &mut self,
+        mut call: Box<Call<RecvBody>>,
+        buf: &mut [u8],
+    ) -> Result<Flow, FetchError> {
+        loop {
+            if call.can_proceed() {
+                return self.end();
+            }
+            if self.recv_start < self.recv_end {
+                let (used, n) = call
+                    .read(&self.recv[self.recv_start..self.recv_end], buf)
+                    .map_err(|_| FetchError::BadResponse("malformed chunked body"))?;
+                self.recv_start += used;
+                if n > 0 {
+                    self.step = Step::Body(Body::Chunked(call));
+                    return Ok(Flow::Done(Chunk::Data(n)));
+                }
+                if used > 0 {
+                    continue;
+                }
+            }
+            // Room for more: what is left (a partial chunk-size line) moves to the front.
+            self.recv.copy_within(self.recv_start..self.recv_end, 0);
+            self.recv_end -= self.recv_start;
+            self.recv_start = 0;
+            if self.recv_end == self.recv.len() {
+                return Err(FetchError::BadResponse("malformed chunked body"));
+            }
+            let mut window = std::mem::take(&mut self.recv);
+            let r = self.receive(&mut window[self.recv_end..]);
+            self.recv = window;
+            match r {
+                Ok(0) => return Err(FetchError::Truncated),
+                Ok(n) => self.recv_end += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.step = Step::Body(Body::Chunked(call));
+                    return Ok(Flow::Wait(Interest::Read));
+                }
+                Err(e) => return Err(receive_failure(e)),
+            }
+        }
+    }
+
+    /// The body is complete: the connection closes now (it is never reused).
+    fn end(&mut self) -> Result<Flow, FetchError> {
+        self.disconnect();
+        self.step = Step::Ended;
+        Ok(Flow::Done(Chunk::End))
+    }
 }
 
-impl FirmwareSource for HttpSource {
+impl<N: Net> FirmwareSource for HttpSource<N> {
     fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
-        if !valid_port(url) {
+        self.close();
+        if !valid_port(url) || url.len() > self.config.max_url {
             return Err(FetchError::Url);
         }
         match Scheme::of(url) {
@@ -419,334 +797,113 @@ impl FirmwareSource for HttpSource {
             Some(Scheme::Http) => return Err(FetchError::PlainHttp),
             None => return Err(FetchError::Url),
         }
-        let mut s = self.channel.lock();
-        s.url.set(url).map_err(|_| FetchError::Url)?;
-        s.generation += 1;
-        self.generation = s.generation;
-        s.command = Command::Open { offset };
-        s.open_offset = offset;
-        Self::drop_current(&mut self.current, &mut self.pos, &mut s);
-        s.recycle_full();
-        s.opened = None;
-        s.error = None;
-        s.ended = false;
-        let busy = !s.worker_idle;
-        drop(s);
-        self.channel.to_worker.notify_all();
-        if busy {
-            self.ensure_worker_free()?;
-        }
+        self.url.clear();
+        self.url.push_str(url);
+        self.offset = offset;
+        self.redirects = 0;
+        self.step = Step::Start;
         Ok(())
     }
 
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
-        // The common case takes no lock: the rest of the block already handed over, then what
-        // is queued behind it (one short lock per block; the copies happen outside the lock).
-        let mut n = self.copy_out(buf);
-        while n > 0 && n < buf.len() && self.take_queued() {
-            n += self.copy_out(&mut buf[n..]);
+        let deadline = self.after(timeout);
+        let r = self.drive(buf, deadline);
+        if r.is_err() {
+            self.disconnect();
+            self.step = Step::Idle;
         }
-        if n > 0 {
-            return Ok(Chunk::Data(n));
-        }
-        let mut deadline = None;
-        let mut s = self.channel.lock();
-        loop {
-            if s.generation == self.generation {
-                if let Some(info) = s.opened.take() {
-                    return Ok(Chunk::Opened(info));
-                }
-                if !s.full.is_empty() {
-                    drop(s);
-                    let mut n = 0;
-                    while n < buf.len() && self.take_queued() {
-                        n += self.copy_out(&mut buf[n..]);
-                    }
-                    return Ok(Chunk::Data(n));
-                }
-                if let Some(e) = s.error.take() {
-                    return Err(e);
-                }
-                if s.ended {
-                    return Ok(Chunk::End);
-                }
-            }
-            let now = Instant::now();
-            let until = *deadline.get_or_insert(now + timeout);
-            if now >= until {
-                return Ok(Chunk::Pending);
-            }
-            s.consumer_waiting = true;
-            s = self
-                .channel
-                .to_consumer
-                .wait_timeout(s, until - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-            s.consumer_waiting = false;
-        }
+        r
     }
 
     fn close(&mut self) {
-        let mut s = self.channel.lock();
-        s.generation += 1;
-        self.generation = s.generation;
-        s.command = Command::Idle;
-        Self::drop_current(&mut self.current, &mut self.pos, &mut s);
-        s.recycle_full();
-        s.opened = None;
-        s.error = None;
-        s.ended = false;
-        drop(s);
-        self.channel.to_worker.notify_all();
+        self.disconnect();
+        self.step = Step::Idle;
     }
 }
 
-struct Worker {
-    channel: Arc<Channel>,
-    epoch: u64,
-    agent: ureq::Agent,
-    url: String,
-    /// Where a redirect leads (built here, then swapped into `url`).
-    next_url: String,
-    max_redirects: u32,
-    max_url: usize,
-    allow_plain_http: bool,
+/// A receive failure of the body or the head.
+fn receive_failure(e: io::Error) -> FetchError {
+    if is_tls_io_error(&e) {
+        return FetchError::Tls;
+    }
+    match e.kind() {
+        io::ErrorKind::TimedOut => FetchError::Timeout,
+        io::ErrorKind::UnexpectedEof => FetchError::Truncated,
+        k => FetchError::Io(k),
+    }
 }
 
-impl Worker {
-    fn new(
-        channel: Arc<Channel>,
-        config: &HttpConfig,
-        roots: Option<CaRoots>,
-        epoch: u64,
-    ) -> Worker {
-        let builder = ureq::Agent::config_builder();
-        #[cfg(feature = "tls")]
-        let builder = builder.tls_config(crate::tls::http_config(roots.as_ref()));
-        #[cfg(not(feature = "tls"))]
-        let _ = roots;
-        let agent = builder
-            .http_status_as_error(false)
-            // Redirects are followed here, where their scheme and number are checked.
-            .max_redirects(0)
-            .max_response_header_size(config.max_header_bytes)
-            // ureq's 128 KiB defaults are sized for servers; a response head (at most
-            // `max_header_bytes`) and the body's reads fit in 32 KiB, a request head (the URL
-            // and a few headers) in the URL limit plus 4 KiB.
-            .input_buffer_size((config.max_header_bytes + 16 * 1024).max(32 * 1024))
-            .output_buffer_size(config.max_url + 4096)
-            .timeout_connect(Some(config.connect_timeout))
-            .timeout_recv_response(Some(config.response_timeout))
-            .timeout_recv_body(Some(config.body_timeout))
-            .build()
-            .new_agent();
-        Worker {
-            channel,
-            epoch,
-            agent,
-            url: String::with_capacity(config.max_url),
-            next_url: String::with_capacity(config.max_url),
-            max_redirects: config.max_redirects,
-            max_url: config.max_url,
-            allow_plain_http: config.allow_plain_http,
-        }
+/// A socket of the [`Net`] as the `Read`/`Write` rustls moves TLS records through.
+#[cfg(feature = "tls")]
+struct SocketIo<'a, N: Net> {
+    net: &'a mut N,
+    socket: &'a mut N::Socket,
+}
+
+#[cfg(feature = "tls")]
+impl<N: Net> io::Read for SocketIo<'_, N> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.net.recv(self.socket, buf)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<N: Net> io::Write for SocketIo<'_, N> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.net.send(self.socket, data)
     }
 
-    fn run(mut self) {
-        loop {
-            let (generation, offset) = {
-                let mut s = self.channel.lock();
-                loop {
-                    if s.quit || s.epoch != self.epoch {
-                        return;
-                    }
-                    if let Command::Open { offset } = s.command {
-                        s.command = Command::Idle;
-                        s.worker_idle = false;
-                        s.taken = s.generation;
-                        self.channel.to_consumer.notify_all();
-                        self.url.clear();
-                        self.url.push_str(s.url.as_str());
-                        break (s.generation, offset);
-                    }
-                    if !s.worker_idle {
-                        s.worker_idle = true;
-                        self.channel.to_consumer.notify_all();
-                    }
-                    s = self
-                        .channel
-                        .to_worker
-                        .wait(s)
-                        .unwrap_or_else(|p| p.into_inner());
-                }
-            };
-            self.download(generation, offset);
-        }
-    }
-
-    /// Publishes a result for `generation` unless it went stale; false when stale.
-    fn publish(&self, generation: u64, f: impl FnOnce(&mut Shared)) -> bool {
-        let mut s = self.channel.lock();
-        if s.generation != generation || s.quit || s.epoch != self.epoch {
-            return false;
-        }
-        f(&mut s);
-        drop(s);
-        self.channel.to_consumer.notify_all();
-        true
-    }
-
-    fn download(&mut self, generation: u64, offset: u64) {
-        let mut redirects = 0;
-        let response = loop {
-            let mut request = self.agent.get(&self.url);
-            if offset > 0 {
-                request = request.header("Range", format!("bytes={offset}-"));
-            }
-            let response = match request.call() {
-                Ok(r) => r,
-                Err(e) => {
-                    self.publish(generation, |s| s.error = Some(map_ureq_error(&e)));
-                    return;
-                }
-            };
-            let status = response.status().as_u16();
-            if !matches!(status, 301 | 302 | 303 | 307 | 308) {
-                break response;
-            }
-            let location = response
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok());
-            let next = match location {
-                _ if redirects >= self.max_redirects => Err(FetchError::Redirects),
-                None => Err(FetchError::BadResponse("redirect without a Location")),
-                Some(loc) => self.follow(loc),
-            };
-            if let Err(e) = next {
-                crate::ota_log!(crate::log::Level::Error, "redirect refused: {e}");
-                self.publish(generation, |s| s.error = Some(e));
-                return;
-            }
-            redirects += 1;
-        };
-        let status = response.status().as_u16();
-        if status != 200 && status != 206 {
-            self.publish(generation, |s| s.error = Some(FetchError::Status(status)));
-            return;
-        }
-        let info = open_info(status, response.headers());
-        if !self.publish(generation, |s| s.opened = Some(info)) {
-            return;
-        }
-        let mut reader = response.into_body().into_reader();
-        self.pump(generation, &mut reader);
-    }
-
-    /// Makes the redirect target the URL to request next (see [`resolve_redirect`]).
-    fn follow(&mut self, location: &str) -> Result<(), FetchError> {
-        resolve_redirect(
-            &self.url,
-            location,
-            self.allow_plain_http,
-            &mut self.next_url,
-        )?;
-        if self.next_url.len() > self.max_url {
-            return Err(FetchError::Url);
-        }
-        std::mem::swap(&mut self.url, &mut self.next_url);
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
 
-    /// Whether this worker's download is still wanted.
-    fn current(&self, s: &Shared, generation: u64) -> bool {
-        s.generation == generation && !s.quit && s.epoch == self.epoch
+/// Processes received TLS records; on a TLS failure the alert rustls queued is sent if it
+/// can be at once.
+#[cfg(feature = "tls")]
+fn process_tls<N: Net>(
+    tls: &mut rustls::ClientConnection,
+    io: &mut SocketIo<'_, N>,
+) -> Result<(), FetchError> {
+    if let Err(e) = tls.process_new_packets() {
+        crate::ota_log!(crate::log::Level::Error, "firmware download: TLS: {e}");
+        let _ = tls.write_tls(io);
+        return Err(FetchError::Tls);
     }
+    Ok(())
+}
 
-    /// Moves the body into blocks until it ends, fails or goes stale. The worker holds one
-    /// block while it reads (outside the lock) and hands it over after each read.
-    fn pump(&mut self, generation: u64, reader: &mut impl std::io::Read) {
-        let mut block: Option<Block> = None;
-        loop {
-            let mut b = match block.take() {
-                Some(b) => b,
-                None => {
-                    let mut s = self.channel.lock();
-                    loop {
-                        if !self.current(&s, generation) {
-                            return;
-                        }
-                        if let Some(b) = s.free.pop() {
-                            break b;
-                        }
-                        s.worker_waiting = true;
-                        s = self
-                            .channel
-                            .to_worker
-                            .wait(s)
-                            .unwrap_or_else(|p| p.into_inner());
-                    }
-                }
-            };
-            let result = reader.read(&mut b.data[b.len..]);
-            let mut s = self.channel.lock();
-            if !self.current(&s, generation) {
-                s.give_back(b);
-                return;
-            }
-            match result {
-                Ok(0) => {
-                    if b.len > 0 {
-                        s.full.push_back(b);
-                    } else {
-                        s.give_back(b);
-                    }
-                    s.ended = true;
-                }
-                Ok(n) => {
-                    // Handed over at once, full or not: bytes kept back while the next read
-                    // blocks (a stalled server) would reach the caller late, and a resume after
-                    // the stall would start before them.
-                    b.len += n;
-                    s.full.push_back(b);
-                    if !s.consumer_waiting {
-                        continue;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    block = Some(b);
-                    continue;
-                }
-                Err(e) => {
-                    // Bytes read before the failure still count (the caller resumes after them).
-                    if b.len > 0 {
-                        s.full.push_back(b);
-                    } else {
-                        s.give_back(b);
-                    }
-                    // ureq reports its own failures (e.g. the body timeout) inside io::Error.
-                    let inner = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>());
-                    s.error = Some(match e.kind() {
-                        _ if inner.is_some() => inner.map_or(FetchError::Timeout, map_ureq_error),
-                        _ if is_tls_io_error(&e) => FetchError::Tls,
-                        std::io::ErrorKind::TimedOut => FetchError::Timeout,
-                        std::io::ErrorKind::UnexpectedEof => FetchError::Truncated,
-                        k => FetchError::Io(k),
-                    });
-                }
-            }
-            let stop = s.ended || s.error.is_some();
-            drop(s);
-            self.channel.to_consumer.notify_all();
-            if stop {
-                return;
-            }
+/// Plaintext out of rustls into `buf`, receiving records as needed. `WouldBlock` when no
+/// whole record is there; `UnexpectedEof` at a close without close_notify.
+#[cfg(feature = "tls")]
+fn tls_receive<N: Net>(
+    tls: &mut rustls::ClientConnection,
+    io: &mut SocketIo<'_, N>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match io::Read::read(&mut tls.reader(), buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+        // Anything rustls has to say first (a key update's answer, an alert).
+        while tls.wants_write() {
+            tls.write_tls(io)?;
+        }
+        if tls.read_tls(io)? == 0 {
+            // The reader now reports the close: clean (Ok(0)) or not (UnexpectedEof).
+            continue;
+        }
+        if process_tls(tls, io).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::General("TLS failure".into()),
+            ));
         }
     }
 }
 
-fn open_info(status: u16, headers: &ureq::http::HeaderMap) -> OpenInfo {
+fn open_info(status: u16, headers: &http::HeaderMap) -> OpenInfo {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
     let (range_start, range_total) = header("content-range")
@@ -861,30 +1018,6 @@ impl Scheme {
         } else {
             None
         }
-    }
-}
-
-fn map_ureq_error(e: &ureq::Error) -> FetchError {
-    use ureq::Error as E;
-    match e {
-        E::StatusCode(code) => FetchError::Status(*code),
-        E::BadUri(_) | E::Http(_) => FetchError::Url,
-        E::Timeout(_) => FetchError::Timeout,
-        E::HostNotFound => FetchError::Resolve,
-        E::Io(io) if is_tls_io_error(io) => FetchError::Tls,
-        E::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => FetchError::Connect,
-            std::io::ErrorKind::TimedOut => FetchError::Timeout,
-            k => FetchError::Io(k),
-        },
-        E::ConnectionFailed => FetchError::Connect,
-        E::TooManyRedirects | E::RedirectFailed => FetchError::Redirects,
-        #[cfg(feature = "tls")]
-        E::Rustls(_) => FetchError::Tls,
-        E::Tls(_) => FetchError::Tls,
-        E::Protocol(_) => FetchError::BadResponse("HTTP protocol error"),
-        E::LargeResponseHeader(..) => FetchError::BadResponse("response head too large"),
-        _ => FetchError::BadResponse("unexpected HTTP client error"),
     }
 }
 
@@ -1021,19 +1154,6 @@ mod tests {
         ] {
             assert!(!valid_port(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn block_pool_sizes() {
-        let pool = Block::pool(128 * 1024);
-        assert_eq!(pool.len(), 4);
-        assert!(pool
-            .iter()
-            .all(|b| b.data.len() == BLOCK_SIZE && b.len == 0));
-        let pool = Block::pool(10);
-        assert_eq!(pool.len(), 2);
-        assert_eq!(pool[0].data.len(), 5);
-        assert_eq!(Block::pool(0).len(), 2);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod fetch;
 pub mod log;
 pub mod mqtt;
+pub mod net;
 pub mod ota;
 pub mod protocol;
 pub mod resume;

@@ -183,28 +183,32 @@ mod imp {
         })
     }
 
-    /// Whether `io` carries a rustls error (ureq reports handshake failures that way).
+    /// Whether `io` carries a rustls error (how a TLS stream reports handshake failures).
     pub fn is_tls_io_error(io: &std::io::Error) -> bool {
         io.get_ref()
             .is_some_and(|inner| inner.is::<rustls::Error>())
     }
 
-    /// ureq's TLS settings: `roots`, or the bundled web roots.
-    pub fn http_config(roots: Option<&CaRoots>) -> ureq::tls::TlsConfig {
-        ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(provider())
-            .root_certs(match roots {
-                Some(certs) => ureq::tls::RootCerts::Specific(Arc::new(
-                    certs
-                        .0
-                        .iter()
-                        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                        .collect(),
-                )),
-                None => ureq::tls::RootCerts::WebPki,
-            })
-            .build()
+    /// The download's TLS settings: chain and host name verified against `roots`, or the
+    /// bundled web roots (Mozilla's, from `webpki-roots`).
+    pub fn http_config(roots: Option<&CaRoots>) -> Result<Arc<rustls::ClientConfig>, CaPemError> {
+        let mut store = rustls::RootCertStore::empty();
+        match roots {
+            Some(certs) => {
+                for cert in &certs.0 {
+                    store
+                        .add(cert.clone())
+                        .map_err(|_| CaPemError::NotAnAnchor)?;
+                }
+            }
+            None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|_| CaPemError::NoTls)?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 
     /// The MQTT connection's TLS settings, trusting exactly the certificates in `ca_pem`.

@@ -136,7 +136,13 @@ fn a_download_closed_before_its_headers_delivers_nothing() {
     .unwrap();
     let mut src = http(HttpConfig::default());
     src.open(&slow.url(), 0).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // The download runs only inside `read`: 50 ms of it sends the request and takes part of
+    // the head, which is not handed over.
+    let mut buf = [0u8; 100];
+    assert_eq!(
+        src.read(&mut buf, Duration::from_millis(50)),
+        Ok(Chunk::Pending)
+    );
     src.close();
     let deadline = Instant::now() + Duration::from_secs(20);
     while slow.requests().is_empty() {
@@ -144,13 +150,12 @@ fn a_download_closed_before_its_headers_delivers_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(100));
-    let mut buf = [0u8; 100];
     assert_eq!(
         src.read(&mut buf, Duration::from_millis(200)),
         Ok(Chunk::Pending),
         "the abandoned response is not handed over"
     );
-    // The worker is free again: the next download is served at once, from the new server.
+    // The next download is served at once, from the new server.
     let fast = FirmwareServer::start(image.clone()).unwrap();
     let t = Instant::now();
     src.open(&fast.url(), 0).unwrap();
@@ -249,7 +254,7 @@ fn a_connection_reset_mid_body_is_a_transient_network_error() {
         vec![0x5a; 1000],
         "the bytes before the reset count"
     );
-    // ureq reports the reset as an early end of the body.
+    // A reset may also read as an early end of the body.
     let e = d.end.unwrap_err();
     assert!(
         matches!(
@@ -296,8 +301,8 @@ fn a_body_stalled_past_the_body_timeout_ends_the_download_for_a_retry() {
     assert!(e.is_transient(), "{e:?}");
 }
 
-/// ureq reports the body timeout as `io::Error { kind: Other, error: ureq::Error::Timeout }`;
-/// it must come out as a timeout (reported as one: Tencent −1), not a plain network error.
+/// The body timeout must come out as a timeout (reported as one: Tencent −1), not a plain
+/// network error.
 #[test]
 fn a_body_stalled_past_the_body_timeout_is_a_timeout() {
     let (server, _, mut src) = stalled_body();
@@ -359,9 +364,9 @@ fn attach_refuses_a_ca_that_is_not_a_certificate() {
     s.report_version("1.0.0").unwrap();
 }
 
-/// `open` while the worker is busy with the previous download, but not stalled (it waits for a
-/// free block): the worker takes the new command at once, so the open costs no grace period,
-/// no second worker thread and no duplicate request.
+/// `open` in the middle of a download whose data waits unread (the socket's buffers full):
+/// the old connection is dropped at once, so the open costs no wait and makes exactly one new
+/// request. (Named from the worker thread this source once had.)
 #[test]
 fn reopening_while_the_worker_waits_for_room_is_immediate() {
     let image = ota_cloud::generate_firmware(4_000_000);

@@ -508,7 +508,8 @@ fn allocs_in_memory() -> Res<(usize, usize, usize)> {
 }
 
 /// Allocations per FetchYield in the middle 80 % (by bytes) of a real HTTP download; the server
-/// runs in a child process so only the device side (caller thread + HttpSource worker) counts.
+/// runs in a child process so only the device side (the caller's thread: HttpSource has no
+/// thread of its own) counts.
 fn allocs_http(size: usize) -> Res<(usize, usize, usize)> {
     let mut server = Command::new(std::env::current_exe()?)
         .args(["serve", &size.to_string()])
@@ -610,9 +611,7 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     eprintln!("ota-bench: allocations");
     let (mem_allocs, mem_bytes, mem_calls) = allocs_in_memory()?;
     let (http_allocs, http_calls, http_size) = allocs_http(s.alloc_http_size)?;
-    // Last, and after a pause: a dropped HttpSource's worker thread ends on its own, and what
-    // its exit frees or allocates must not land in the zero-allocation windows above.
-    std::thread::sleep(Duration::from_millis(200));
+    // Last: what init allocates must not land in the zero-allocation windows above.
     let init_allocs = allocs_init()?;
 
     // Images: generated once at the largest size; smaller ones are prefixes (the generator is
