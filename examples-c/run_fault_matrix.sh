@@ -23,6 +23,8 @@
 #        OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (path to the broker binary)
 # exit:  0 the outcome was the expected one, 1 not, 77 skipped (no mosquitto)
 set -euo pipefail
+# shellcheck source=test_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/test_lib.sh"
 
 # The image size the fault offsets below are chosen for.
 readonly firmware_size=300000
@@ -129,32 +131,13 @@ for extra in $extras; do
     fresh-url-wait=*) fresh_url_wait=${extra#fresh-url-wait=} ;;
     esac
 done
-wrapper=()
-if [[ -n ${OTA_TEST_WRAPPER:-} ]]; then
-    read -r -a wrapper <<<"$OTA_TEST_WRAPPER"
-fi
+read_wrapper
 product_key=a1OtaTestPk
 device_name=ota_matrix_device
 device_secret=MatrixSecretMatrixSecretMatrixSe
 
-mosquitto_bin=${MOSQUITTO:-$(command -v mosquitto || true)}
-if [[ -z $mosquitto_bin && -x /usr/sbin/mosquitto ]]; then
-    mosquitto_bin=/usr/sbin/mosquitto
-fi
-if [[ -z $mosquitto_bin || ! -x $mosquitto_bin ]]; then
-    if [[ ${OTA_REQUIRE_MOSQUITTO:-} == required ]]; then
-        echo "FAIL: mosquitto is not installed but OTA_REQUIRE_MOSQUITTO=required (apt-get install mosquitto)" >&2
-        exit 1
-    fi
-    echo "SKIP: mosquitto is not installed (apt-get install mosquitto); set OTA_REQUIRE_MOSQUITTO=required to fail instead"
-    exit 77
-fi
-for bin in "$writer" "$cloud"; do
-    if [[ ! -x $bin ]]; then
-        echo "FAIL: $bin is missing or not executable (build first: cmake --build)" >&2
-        exit 1
-    fi
-done
+find_mosquitto
+require_executables "$writer" "$cloud"
 
 # The verdict of the case; anything but the expected outcome makes the case fail.
 verdict() {
@@ -186,11 +169,6 @@ mosquitto_pid=
 cloud_pid=
 logs_shown=0
 
-show_log() {
-    echo "----- $1 -----"
-    cat "$2" 2>/dev/null || true
-}
-
 show_logs() {
     if [[ $logs_shown -eq 0 ]]; then
         logs_shown=1
@@ -218,22 +196,6 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-
-# Succeeds once something accepts TCP connections on 127.0.0.1:$1 (up to $2 seconds).
-wait_for_port() {
-    local deadline=$((SECONDS + $2))
-    while ((SECONDS < deadline)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 port=$(free_port)
 "$mosquitto_bin" -p "$port" >"$tmp/mosquitto.log" 2>&1 &

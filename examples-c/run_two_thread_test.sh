@@ -27,6 +27,8 @@
 #        without mosquitto), OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (the broker)
 # exit:  0 pass, 1 fail, 77 skipped (no mosquitto)
 set -euo pipefail
+# shellcheck source=test_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/test_lib.sh"
 
 firmware=${1:?usage: run_two_thread_test.sh FIRMWARE_BIN OTA_CLOUD_BIN}
 cloud=${2:?usage: run_two_thread_test.sh FIRMWARE_BIN OTA_CLOUD_BIN}
@@ -36,42 +38,18 @@ head_stall_ms=${OTA_HEAD_STALL_MS:-6000}
 fetch_timeout_s=${OTA_FETCH_TIMEOUT_S:-5}
 timeout_s=${OTA_TIMEOUT_S:-120}
 readonly keepalive_s=4
-wrapper=()
-if [[ -n ${OTA_TEST_WRAPPER:-} ]]; then
-    read -r -a wrapper <<<"$OTA_TEST_WRAPPER"
-fi
+read_wrapper
 product_key=a1OtaTestPk
 device_name=ota_two_thread_device
 device_secret=TwoThreadSecretTwoThreadSecretTw
 version=2.0.0
 
-mosquitto_bin=${MOSQUITTO:-$(command -v mosquitto || true)}
-if [[ -z $mosquitto_bin && -x /usr/sbin/mosquitto ]]; then
-    mosquitto_bin=/usr/sbin/mosquitto
-fi
-if [[ -z $mosquitto_bin || ! -x $mosquitto_bin ]]; then
-    if [[ ${OTA_REQUIRE_MOSQUITTO:-} == required ]]; then
-        echo "FAIL: mosquitto is not installed but OTA_REQUIRE_MOSQUITTO=required (apt-get install mosquitto)" >&2
-        exit 1
-    fi
-    echo "SKIP: mosquitto is not installed (apt-get install mosquitto); set OTA_REQUIRE_MOSQUITTO=required to fail instead"
-    exit 77
-fi
-for bin in "$firmware" "$cloud"; do
-    if [[ ! -x $bin ]]; then
-        echo "FAIL: $bin is missing or not executable (build first: cmake --build)" >&2
-        exit 1
-    fi
-done
+find_mosquitto
+require_executables "$firmware" "$cloud"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ota-two-thread-XXXXXX")
 mosquitto_pid=
 cloud_pid=
-
-show_log() {
-    echo "----- $1 -----"
-    cat "$2" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -94,22 +72,6 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-
-# Succeeds once something accepts TCP connections on 127.0.0.1:$1 (up to $2 seconds).
-wait_for_port() {
-    local deadline=$((SECONDS + $2))
-    while ((SECONDS < deadline)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 port=$(free_port)
 # Every packet and every connection event, stamped with the epoch second: the broker's view of

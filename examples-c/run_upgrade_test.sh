@@ -16,6 +16,8 @@
 #        OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (path to the broker binary)
 # exit:  0 pass, 1 fail, 77 skipped (no mosquitto)
 set -euo pipefail
+# shellcheck source=test_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/test_lib.sh"
 
 example=${1:?usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN}
 cloud=${2:?usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN}
@@ -25,42 +27,18 @@ buf_len=${OTA_BUF_LEN:-5000}
 firmware_size=${OTA_TEST_FIRMWARE_SIZE:-3000000}
 protocol=${OTA_PROTOCOL:-aliyun}
 timeout_s=${OTA_TIMEOUT_S:-120}
-wrapper=()
-if [[ -n ${OTA_TEST_WRAPPER:-} ]]; then
-    read -r -a wrapper <<<"$OTA_TEST_WRAPPER"
-fi
+read_wrapper
 product_key=a1OtaTestPk
 device_name=ota_ctest_device
 device_secret=CtestSecretCtestSecretCtestSecre
 
-mosquitto_bin=${MOSQUITTO:-$(command -v mosquitto || true)}
-if [[ -z $mosquitto_bin && -x /usr/sbin/mosquitto ]]; then
-    mosquitto_bin=/usr/sbin/mosquitto
-fi
-if [[ -z $mosquitto_bin || ! -x $mosquitto_bin ]]; then
-    if [[ ${OTA_REQUIRE_MOSQUITTO:-} == required ]]; then
-        echo "FAIL: mosquitto is not installed but OTA_REQUIRE_MOSQUITTO=required (apt-get install mosquitto)" >&2
-        exit 1
-    fi
-    echo "SKIP: mosquitto is not installed (apt-get install mosquitto); set OTA_REQUIRE_MOSQUITTO=required to fail instead"
-    exit 77
-fi
-for bin in "$example" "$cloud"; do
-    if [[ ! -x $bin ]]; then
-        echo "FAIL: $bin is missing or not executable (build first: cmake --build)" >&2
-        exit 1
-    fi
-done
+find_mosquitto
+require_executables "$example" "$cloud"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ota-upgrade-XXXXXX")
 mosquitto_pid=
 cloud_pid=
 cloud_log_shown=0
-
-show_log() {
-    echo "----- $1 -----"
-    cat "$2" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -81,22 +59,6 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-
-# Succeeds once something accepts TCP connections on 127.0.0.1:$1 (up to $2 seconds).
-wait_for_port() {
-    local deadline=$((SECONDS + $2))
-    while ((SECONDS < deadline)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 port=$(free_port)
 "$mosquitto_bin" -p "$port" >"$tmp/mosquitto.log" 2>&1 &

@@ -8,31 +8,16 @@
 #        without mosquitto), MOSQUITTO (path to the broker binary), OTA_KEEP_TMP=1
 # exit:  the program's exit code; 77 skipped (no mosquitto)
 set -euo pipefail
+# shellcheck source=test_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/test_lib.sh"
 
 program=${1:?usage: run_with_broker.sh PROGRAM [ARGS...]}
 shift
 
-mosquitto_bin=${MOSQUITTO:-$(command -v mosquitto || true)}
-if [[ -z $mosquitto_bin && -x /usr/sbin/mosquitto ]]; then
-    mosquitto_bin=/usr/sbin/mosquitto
-fi
-if [[ -z $mosquitto_bin || ! -x $mosquitto_bin ]]; then
-    if [[ ${OTA_REQUIRE_MOSQUITTO:-} == required ]]; then
-        echo "FAIL: mosquitto is not installed but OTA_REQUIRE_MOSQUITTO=required (apt-get install mosquitto)" >&2
-        exit 1
-    fi
-    echo "SKIP: mosquitto is not installed (apt-get install mosquitto); set OTA_REQUIRE_MOSQUITTO=required to fail instead"
-    exit 77
-fi
-if [[ ! -x $program ]]; then
-    echo "FAIL: $program is missing or not executable (build first: cmake --build)" >&2
-    exit 1
-fi
+find_mosquitto
+require_executables "$program"
 
-wrapper=()
-if [[ -n ${OTA_TEST_WRAPPER:-} ]]; then
-    read -r -a wrapper <<<"$OTA_TEST_WRAPPER"
-fi
+read_wrapper
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ota-broker-XXXXXX")
 mosquitto_pid=
@@ -54,7 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+port=$(free_port)
 "$mosquitto_bin" -p "$port" >"$tmp/mosquitto.log" 2>&1 &
 mosquitto_pid=$!
 deadline=$((SECONDS + 10))

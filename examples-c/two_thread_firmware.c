@@ -17,7 +17,7 @@
  * Usage: two_thread_firmware [output-file]          (default output file: ota.bin)
  *
  * Environment (all optional):
- *   OTA_PRODUCT_KEY, OTA_DEVICE_NAME, OTA_DEVICE_SECRET   device identity (defaults below)
+ *   OTA_PRODUCT_KEY, OTA_DEVICE_NAME, OTA_DEVICE_SECRET   device identity (defaults in test_device.h)
  *   OTA_FIRMWARE_VERSION   version this "build" runs (read by HAL_GetFirmwareVersion)
  *   OTA_LOG_LEVEL          none|crit|error|warning|info|debug or 0..5 (default info)
  *   OTA_BUF_LEN            bytes per IOT_OTA_FetchYield, 1..65536 (default 5000, as the sample)
@@ -40,10 +40,8 @@
 
 #include "iot_import.h"
 #include "iot_export.h"
+#include "test_device.h"
 
-#define PRODUCT_KEY             "a1OtaExmpPk"
-#define DEVICE_NAME             "ota_example_device"
-#define DEVICE_SECRET           "ExampleSecretExampleSecretExampl"
 
 #define MQTT_MSGLEN             (2048)
 #define OTA_BUF_LEN             (5000)
@@ -63,23 +61,9 @@
 #define RC_INVALID              (2)
 #define RC_TIMEOUT              (3)
 
-#define EXAMPLE_TRACE(...)                                  \
-    do {                                                    \
-        HAL_Printf("%s|%03d :: ", __func__, __LINE__);      \
-        HAL_Printf(__VA_ARGS__);                            \
-        HAL_Printf("%s", "\n");                             \
-    } while (0)
-
 /* Upper bounds (ms past the Yield timeout) of the histogram's buckets; the last is open. */
 static const long yield_bucket_over_ms[] = { 0, 5, 10, 20, 50 };
 #define YIELD_BUCKETS           ((int)(sizeof(yield_bucket_over_ms) / sizeof(yield_bucket_over_ms[0])) + 1)
-
-typedef struct {
-    char product_key[PRODUCT_KEY_LEN + 1];
-    char device_name[DEVICE_NAME_LEN + 1];
-    char device_secret[DEVICE_SECRET_LEN + 1];
-    char firmware_version[FIRMWARE_VERSION_MAXLEN + 1];
-} device_identity_t;
 
 /* What both threads touch: only under `lock`. */
 typedef struct {
@@ -222,65 +206,6 @@ static void *yield_thread(void *arg)
         }
     }
     return NULL;
-}
-
-static const char *env_or(const char *name, const char *fallback)
-{
-    const char *value = getenv(name);
-    return (value != NULL && value[0] != '\0') ? value : fallback;
-}
-
-static long env_long(const char *name, long fallback)
-{
-    long value = strtol(env_or(name, "0"), NULL, 10);
-    return value > 0 ? value : fallback;
-}
-
-static int log_level_from_env(void)
-{
-    static const char *const names[] = { "none", "crit", "error", "warning", "info", "debug" };
-    const char *value = env_or("OTA_LOG_LEVEL", "info");
-    int i;
-
-    if (value[0] >= '0' && value[0] <= '5' && value[1] == '\0') {
-        return value[0] - '0';
-    }
-    for (i = 0; i < (int)(sizeof(names) / sizeof(names[0])); i++) {
-        if (strcmp(value, names[i]) == 0) {
-            return i;
-        }
-    }
-    return IOT_LOG_INFO;
-}
-
-static int copy_field(char *dst, size_t dst_len, const char *src, const char *what)
-{
-    if (strlen(src) >= dst_len) {
-        EXAMPLE_TRACE("%s is longer than %u characters", what, (unsigned int)(dst_len - 1));
-        return -1;
-    }
-    memcpy(dst, src, strlen(src) + 1);
-    return 0;
-}
-
-static int setup_identity(device_identity_t *id)
-{
-    memset(id, 0, sizeof(*id));
-    if (copy_field(id->product_key, sizeof(id->product_key), env_or("OTA_PRODUCT_KEY", PRODUCT_KEY), "product key") != 0
-        || copy_field(id->device_name, sizeof(id->device_name), env_or("OTA_DEVICE_NAME", DEVICE_NAME), "device name") != 0
-        || copy_field(id->device_secret, sizeof(id->device_secret), env_or("OTA_DEVICE_SECRET", DEVICE_SECRET), "device secret") != 0) {
-        return -1;
-    }
-    if (HAL_SetProductKey(id->product_key) < 0 || HAL_SetDeviceName(id->device_name) < 0
-        || HAL_SetDeviceSecret(id->device_secret) < 0) {
-        EXAMPLE_TRACE("HAL_Set* refused the device identity");
-        return -1;
-    }
-    if (HAL_GetFirmwareVersion(id->firmware_version) < 0) {
-        EXAMPLE_TRACE("HAL_GetFirmwareVersion failed");
-        return -1;
-    }
-    return 0;
 }
 
 static void *mqtt_connect(const device_identity_t *id, shared_t *shared, uint32_t keepalive_ms,
