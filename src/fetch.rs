@@ -170,13 +170,14 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            ring_size: 16 * 1024,
+            ring_size: 8 * 1024,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(3600),
             max_redirects: 5,
             max_url: 2048,
-            max_header_bytes: 16 * 1024,
+            // nginx's default for a request head; a CDN's response head is 1-2 KB.
+            max_header_bytes: 8 * 1024,
             allow_plain_http: true,
             ca_pem: None,
         }

@@ -49,7 +49,11 @@ const MAX_READY_EVENTS: u32 = 64;
 const QUEUE_CAPACITY: usize = 64;
 
 /// QoS 1/2 publishes (and subscriptions) sent but not yet acknowledged; more wait in the queue.
-const MAX_INFLIGHT: u16 = 100;
+/// iotkit keeps 20 for re-publishing; each slot costs rumqttc's state 144 bytes at init.
+const MAX_INFLIGHT: u16 = 20;
+
+/// Protocol events waiting in rumqttc's state; drained after every packet in and out.
+const EVENTS_CAPACITY: usize = 8;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
@@ -561,9 +565,13 @@ impl MqttClient {
             return Err(Error::InvalidParam("host and port are required"));
         }
         let dialer = Dialer::new(options)?;
+        let mut state = MqttState::new(MAX_INFLIGHT, false);
+        // rumqttc reserves 100 events (14 KB); this driver drains them after every packet, so
+        // never more than a few wait at once.
+        state.events = std::collections::VecDeque::with_capacity(EVENTS_CAPACITY);
         let mut link = Link {
             stream: None,
-            state: MqttState::new(MAX_INFLIGHT, false),
+            state,
             rx: BytesMut::with_capacity(READ_CHUNK * 2),
             tx: BytesMut::with_capacity(READ_CHUNK),
             ping_at: Instant::now(),

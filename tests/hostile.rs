@@ -436,7 +436,7 @@ fn a_slow_loris_head_is_cut_by_the_response_timeout() {
     );
 }
 
-/// (g) A response head larger than `max_header_bytes` (default 16 KiB; the padding stays
+/// (g) A response head larger than `max_header_bytes` (default 8 KiB; the padding stays
 /// below ureq's own 64 KiB default, so only the configured limit can refuse it): refused as
 /// malformed, not retried. The same server is fine for a client with a larger limit.
 #[test]
@@ -447,7 +447,7 @@ fn a_huge_response_head_is_refused() {
         ..Faults::default()
     };
     let too_large = FetchError::BadResponse("response head too large");
-    assert_eq!(HttpConfig::default().max_header_bytes, 16 * 1024);
+    assert_eq!(HttpConfig::default().max_header_bytes, 8 * 1024);
     for (pad, limit) in [
         (32 * 1024, None),
         (64 * 1024, None),

@@ -359,7 +359,7 @@ fn disconnect_sends_disconnect_and_raises_no_event() {
 }
 
 #[test]
-fn no_more_than_100_publishes_wait_for_their_acknowledgement() {
+fn no_more_than_20_publishes_wait_for_their_acknowledgement() {
     let (tx, rx) = mpsc::channel();
     let (port, peer) = scripted(1, move |_, mut s| {
         read_until(&mut s, CONNECT).expect("CONNECT");
@@ -410,8 +410,8 @@ fn no_more_than_100_publishes_wait_for_their_acknowledgement() {
     assert!(yield_until(&client, Duration::from_secs(10), || acks
         .load(Ordering::SeqCst)
         == 150));
-    assert_eq!(rx.recv().unwrap(), 100, "the in-flight window");
-    assert_eq!(rx.recv().unwrap(), 50);
+    assert_eq!(rx.recv().unwrap(), 20, "the in-flight window");
+    assert_eq!(rx.recv().unwrap(), 130);
     client.disconnect(Duration::from_secs(2));
     peer.join().unwrap();
 }
