@@ -51,6 +51,10 @@ pub enum FetchError {
     Timeout,
     #[error("TLS failure")]
     Tls,
+    /// A TLS connection that was up broke (a fatal alert, a record that does not decrypt):
+    /// unlike a failed handshake, a new connection may well work.
+    #[error("TLS connection broken after the handshake")]
+    TlsBroken,
     #[error("network error: {0}")]
     Io(std::io::ErrorKind),
     #[error("malformed HTTP response: {0}")]
@@ -84,6 +88,7 @@ impl FetchError {
             | FetchError::Resolve
             | FetchError::Timeout
             | FetchError::Io(_)
+            | FetchError::TlsBroken
             | FetchError::Truncated => true,
             FetchError::Tls
             | FetchError::BadResponse(_)
@@ -822,10 +827,10 @@ impl<N: Net> FirmwareSource for HttpSource<N> {
     }
 }
 
-/// A receive failure of the body or the head.
+/// A receive failure of the body or the head (the TLS handshake, if any, is done).
 fn receive_failure(e: io::Error) -> FetchError {
     if is_tls_io_error(&e) {
-        return FetchError::Tls;
+        return FetchError::TlsBroken;
     }
     match e.kind() {
         io::ErrorKind::TimedOut => FetchError::Timeout,

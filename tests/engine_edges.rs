@@ -384,6 +384,10 @@ fn every_download_failure_is_reported_with_its_cause() {
         (FetchError::Timeout, "download failed: timed out"),
         (FetchError::Tls, "download failed: TLS verification failed"),
         (
+            FetchError::TlsBroken,
+            "download failed: TLS connection broken",
+        ),
+        (
             FetchError::Truncated,
             "download failed: connection ended early",
         ),

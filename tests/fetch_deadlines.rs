@@ -294,3 +294,74 @@ fn a_chunked_body_cut_before_its_last_chunk_is_truncated() {
     assert_eq!(end, Err(FetchError::Truncated));
     server.join().unwrap();
 }
+
+/// A TLS server that breaks the connection mid-body: a record that does not decrypt (as a
+/// corrupted or forged one would be) after part of the body. The download sees a transient
+/// failure at once, and the next open may succeed: unlike a failed handshake, it is retried.
+#[test]
+fn a_tls_record_that_does_not_decrypt_mid_body_is_a_prompt_transient_failure() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let pki = pki();
+    let chain = CertificateDer::pem_slice_iter(pki.server.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "https://localhost:{}/f.bin",
+        listener.local_addr().unwrap().port()
+    );
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut request = [0u8; 2048];
+        let mut got = 0;
+        while !request[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+            got += tls.read(&mut request[got..]).unwrap();
+        }
+        tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            .unwrap();
+        tls.write_all(&[7u8; 20_000]).unwrap();
+        tls.flush().unwrap();
+        // An application-data record of the right shape whose contents do not decrypt.
+        let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        forged.extend_from_slice(&[0x5a; 0x40]);
+        tls.sock.write_all(&forged).unwrap();
+        let mut rest = [0u8; 256];
+        while matches!(tls.sock.read(&mut rest), Ok(n) if n > 0) {}
+    });
+    let mut src = source(HttpConfig::default());
+    src.open(&url, 0).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut body = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the broken record was not noticed"
+        );
+        match src.read(&mut buf, Duration::from_secs(2)) {
+            Ok(Chunk::Data(n)) => body += n,
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    // Records rustls decrypted with the broken one may be dropped with it: the retry's Range
+    // starts after the last byte delivered, so nothing is lost and nothing repeated.
+    assert!(body > 0 && body <= 20_000, "{body}");
+    assert_eq!(e, FetchError::TlsBroken);
+    assert!(e.is_transient(), "a new connection may well work");
+    drop(src);
+    server.join().unwrap();
+}

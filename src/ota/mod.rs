@@ -1443,6 +1443,7 @@ fn failure_of(e: FetchError) -> (FailureCause, &'static str) {
             C::DownloadFailed,
             "download failed: TLS verification failed",
         ),
+        FetchError::TlsBroken => (C::DownloadFailed, "download failed: TLS connection broken"),
         FetchError::Truncated => (C::DownloadFailed, "download failed: connection ended early"),
         FetchError::Oversize => (
             C::DownloadFailed,
