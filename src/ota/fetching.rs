@@ -1,9 +1,9 @@
 //! The fetching thread's side of a download: the firmware source and the loop of
 //! `fetch_yield`, which takes the engine lock only for bookkeeping between its waits.
 //!
-//! The engine decides each step ([`Step`]) under its lock; the wait itself (a sleep before a
-//! retry, an open, a read of the source) runs with only this side's lock held, which no MQTT
-//! callback ever takes. A message that arrives meanwhile (a supersede, a fresh URL) changes the
+//! The engine decides each step ([`Step`]) under its lock (an open, which never waits, runs
+//! there too); the wait itself (a sleep before a retry, a read of the source) runs with only
+//! this side's lock held, which no MQTT callback ever takes. A message that arrives meanwhile (a supersede, a fresh URL) changes the
 //! engine at once; the read in flight is then recognised as belonging to an abandoned stream
 //! and dropped.
 
@@ -14,23 +14,18 @@ use super::persist::{flush, RecordStore};
 use super::Engine;
 use crate::error::Result;
 use crate::fetch::FirmwareSource;
-use crate::protocol::FixedStr;
 
 /// The firmware source and what the fetching thread knows of it.
 pub(super) struct FetchSide {
     pub(super) source: Box<dyn FirmwareSource>,
     /// The engine stream the source was opened for (None: closed).
     pub(super) open: Option<u64>,
-    /// The URL of the next open, copied out of the engine (sized at init).
-    pub(super) url: FixedStr,
 }
 
 /// What the fetching thread does next.
 pub(super) enum Step {
     /// Wait until then (a retry's backoff, a fresh URL), then ask again.
     Sleep(Instant),
-    /// Open the source at `offset` for `stream`.
-    Open { stream: u64, offset: u64 },
     /// Read at most `want` bytes, waiting at most `wait`.
     Read {
         stream: u64,
@@ -96,10 +91,6 @@ fn run(
             Step::Done(r) => return r,
             Step::Sleep(until) => {
                 std::thread::sleep(until.saturating_duration_since(Instant::now()));
-            }
-            Step::Open { stream, offset } => {
-                let r = side.source.open(side.url.as_str(), offset);
-                lock(engine).opened(side, stream, r)?;
             }
             Step::Read {
                 stream,

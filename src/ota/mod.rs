@@ -36,7 +36,7 @@ use fetching::{FetchCall, FetchSide, Step};
 use outbox::{Deferred, Outbox};
 use persist::{Persistence, RecordStore};
 pub use support::Once;
-use support::{DescText, Quiet, RunningVersions, TextWriter};
+use support::{DescText, Quiet, RunningVersions};
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -127,8 +127,6 @@ struct Engine {
     end_error: Option<Error>,
     /// The versions the device last reported as running, per module.
     running: RunningVersions,
-    /// Scratch for failure descriptions built at run time.
-    desc: Box<[u8]>,
     /// Bytes the running digest covers (fetched, plus any fed by the firmware).
     digest_bytes: u64,
     backoff: Backoff,
@@ -147,9 +145,6 @@ struct Engine {
     url_requests: u32,
     /// The last `fetch_yield` returned 0: nothing yet, the SDK is still working on it.
     last_yield_empty: bool,
-    /// The caller reported "fetch failed" after such a 0: held, not sent, while the SDK
-    /// recovers; its own report replaces it if the download fails.
-    held_fetch_failed: bool,
     /// Things said once per upgrade (see [`Quiet`]).
     quiet: Quiet,
     /// The last FetchYield waited its whole timeout for nothing: the next one reconnects.
@@ -290,7 +285,6 @@ impl Engine {
         self.url_wait_until = None;
         self.url_requests = 0;
         self.last_yield_empty = false;
-        self.held_fetch_failed = false;
         self.quiet = Quiet::default();
         self.stalled = false;
         self.fetch_cause = None;
@@ -421,7 +415,6 @@ impl Engine {
     /// Any other failure ends the cycle and is reported (once per upgrade).
     fn caller_failure(&mut self, step: i32, desc: &str) -> Result<()> {
         if self.state == OtaState::Fetching && step == -2 && self.last_yield_empty {
-            self.held_fetch_failed = true;
             if self.quiet.first(Once::HeldReport) {
                 ota_log!(
                     Level::Info,
@@ -533,12 +526,6 @@ impl Engine {
     /// Notes how a `fetch_yield` call ended (for the caller's "fetch failed" that may follow).
     fn fetch_returned(&mut self, r: &Result<usize>) {
         self.last_yield_empty = matches!(r, Ok(0));
-        if matches!(r, Ok(n) if *n > 0) && std::mem::take(&mut self.held_fetch_failed) {
-            ota_log!(
-                Level::Info,
-                "the download went on: the held \"fetch failed\" report was not sent"
-            );
-        }
     }
 
     /// `fetch_yield` outside a cycle: the error that ended it (said once), else a state error.
@@ -615,14 +602,15 @@ impl Engine {
             self.retry_at = None;
         }
         if side.open.is_none() {
-            if side.url.set(self.notice.url.as_str()).is_err() {
-                let e = Error::InvalidState("URL longer than the limit");
-                return Step::Done(Err(self.fail(e)));
+            // An open never waits on the network (the FirmwareSource contract), so it runs
+            // here, with the URL where it is.
+            let r = side.source.open(self.notice.url.as_str(), self.fetched);
+            side.open = Some(self.stream);
+            if let Err(e) = self.opened(r) {
+                return Step::Done(Err(e));
             }
-            return Step::Open {
-                stream: self.stream,
-                offset: self.fetched,
-            };
+            // A failed open scheduled a retry (or a wait for a fresh URL): go round again.
+            return Step::Sleep(now);
         }
         // While skipping, read no further than the skip: what follows is the caller's.
         let remaining = match self.skip {
@@ -640,17 +628,8 @@ impl Engine {
         }
     }
 
-    /// The source's answer to an open of `stream`.
-    fn opened(
-        &mut self,
-        side: &mut FetchSide,
-        stream: u64,
-        r: Result<(), FetchError>,
-    ) -> Result<()> {
-        side.open = Some(stream);
-        if stream != self.stream {
-            return Ok(()); // abandoned meanwhile: next_step closes it
-        }
+    /// The source's answer to an open of the current stream.
+    fn opened(&mut self, r: Result<(), FetchError>) -> Result<()> {
         match r {
             Ok(()) => {
                 self.source_open = true;
@@ -744,7 +723,6 @@ impl Engine {
 
     /// No fresh URL came within the wait after an expiry: the download fails, saying so.
     fn fresh_url_missing(&mut self) -> Error {
-        self.url_wait_until = None;
         let mut text = DescText::new();
         let _ = write!(
             text,
@@ -752,10 +730,7 @@ impl Engine {
             self.fresh_url_wait.as_secs()
         );
         let e = Error::Fetch(FetchError::Status(403));
-        self.fail(e);
-        self.end_cycle(e, FailureCause::UrlExpired);
-        self.auto_report_failure(FailureCause::UrlExpired, text.as_str());
-        e
+        self.abort_fetch(e, FailureCause::UrlExpired, text.as_str())
     }
 
     /// The URL expired (HTTP 403): where the platform can be asked (Aliyun's request topic),
@@ -906,7 +881,7 @@ impl Engine {
     /// Rejects the upgrade in `scratch`, telling the platform why; the current state stays.
     fn refuse(&mut self, e: NoticeError) -> Error {
         let err = self.fail(Error::Notice(e));
-        let mut w = TextWriter::new(&mut self.desc);
+        let mut w = DescText::new();
         let _ = match e {
             NoticeError::NotForRunningVersion => write!(
                 w,
@@ -916,11 +891,9 @@ impl Engine {
             ),
             other => write!(w, "refused: {other}"),
         };
-        let len = w.len();
-        let desc = std::str::from_utf8(&self.desc[..len]).unwrap_or("refused");
         let r = self.out.send(Report::Failure {
             cause: FailureCause::UpgradeFailed,
-            desc,
+            desc: w.as_str(),
             notice: &self.scratch,
         });
         if let Err(send_err) = r {
@@ -1070,7 +1043,6 @@ impl OtaSession {
             end_seen: false,
             end_error: None,
             running: RunningVersions::new(&limits),
-            desc: vec![0u8; 256].into_boxed_slice(),
             digest_bytes: 0,
             backoff: Backoff::new(config.retry),
             retry_at: None,
@@ -1081,7 +1053,6 @@ impl OtaSession {
             fresh_url_wait: config.fresh_url_wait,
             url_requests: 0,
             last_yield_empty: false,
-            held_fetch_failed: false,
             quiet: Quiet::default(),
             stalled: false,
             persist: Persistence::new(),
@@ -1098,11 +1069,7 @@ impl OtaSession {
         };
         Ok(OtaSession {
             engine: Arc::new(Mutex::new(engine)),
-            fetch: Arc::new(Mutex::new(FetchSide {
-                source,
-                open: None,
-                url: crate::protocol::FixedStr::with_capacity(limits.url),
-            })),
+            fetch: Arc::new(Mutex::new(FetchSide { source, open: None })),
             records: Arc::new(Mutex::new(RecordStore::new())),
             downstream,
         })

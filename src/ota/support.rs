@@ -55,35 +55,6 @@ impl RunningVersions {
     }
 }
 
-/// `fmt::Write` into a fixed buffer; text that does not fit is cut (on a char boundary).
-pub(super) struct TextWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl<'a> TextWriter<'a> {
-    pub(super) fn new(buf: &'a mut [u8]) -> Self {
-        TextWriter { buf, len: 0 }
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-}
-
-impl std::fmt::Write for TextWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let room = self.buf.len() - self.len;
-        let mut n = s.len().min(room);
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
-}
-
 /// What is said at most once per upgrade, so firmware that repeats a refused call in its loop
 /// gets one log line, not one per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,13 +105,15 @@ impl DescText {
 }
 
 impl std::fmt::Write for DescText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let mut w = TextWriter {
-            buf: &mut self.buf[self.len..],
-            len: 0,
-        };
-        w.write_str(s)?;
-        self.len += w.len;
+    /// Text that does not fit is cut, on a character boundary.
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let room = self.buf.len() - self.len;
+        let mut n = text.len().min(room);
+        while !text.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&text.as_bytes()[..n]);
+        self.len += n;
         Ok(())
     }
 }
