@@ -198,12 +198,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(free_port)
-"$mosquitto_bin" -p "$port" >"$tmp/mosquitto.log" 2>&1 &
-mosquitto_pid=$!
-if ! wait_for_port "$port" 10; then
-    echo "FAIL: mosquitto did not start listening on 127.0.0.1:$port" >&2
-    exit 1
-fi
+start_mosquitto "$tmp/mosquitto.log"
 
 echo "case $case_name: $protocol, faults: ${flag_text:-none}${extras:+, $extras}; expected $expected"
 "$cloud" serve --protocol "$protocol" --broker "127.0.0.1:$port" --product-key "$product_key" \

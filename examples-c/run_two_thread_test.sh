@@ -84,12 +84,7 @@ log_dest stdout
 log_type all
 log_timestamp true
 EOF
-"$mosquitto_bin" -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 &
-mosquitto_pid=$!
-if ! wait_for_port "$port" 10; then
-    echo "FAIL: mosquitto did not start listening on 127.0.0.1:$port" >&2
-    exit 1
-fi
+start_mosquitto "$tmp/mosquitto.log" "$tmp/mosquitto.conf"
 
 # A pause on every response (first request and each resumed one), one long one mid-body, and a
 # cut after it, so the resumed request pauses again.
@@ -101,22 +96,7 @@ echo "two-thread firmware, keep-alive ${keepalive_s} s, FetchYield timeout ${fet
     --version "$version" --timeout-s "$((timeout_s + 20))" "${faults[@]}" >"$tmp/cloud.log" 2>&1 &
 cloud_pid=$!
 
-# The device reports its version once at start-up; the cloud must be subscribed before that.
-ready=0
-for _ in $(seq 100); do
-    if grep -q "waiting for the device's version report" "$tmp/cloud.log" 2>/dev/null; then
-        ready=1
-        break
-    fi
-    if ! kill -0 "$cloud_pid" 2>/dev/null; then
-        echo "FAIL: ota-cloud exited before it was ready" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [[ $ready -eq 0 ]]; then
-    echo "note: ota-cloud printed no ready line within 10 s; starting the device anyway"
-fi
+wait_cloud_ready "$tmp/cloud.log" "$cloud_pid" || exit 1
 
 set +e
 env IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT="$port" \

@@ -61,13 +61,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(free_port)
-"$mosquitto_bin" -p "$port" >"$tmp/mosquitto.log" 2>&1 &
-mosquitto_pid=$!
-if ! wait_for_port "$port" 10; then
-    echo "FAIL: mosquitto did not start listening on 127.0.0.1:$port" >&2
-    exit 1
-fi
-echo "mosquitto listening on 127.0.0.1:$port"
+start_mosquitto "$tmp/mosquitto.log"
 
 case $scenario in
 upgrade)
@@ -87,22 +81,7 @@ bad-md5)
 esac
 cloud_pid=$!
 
-# The device reports its version once at start-up; the cloud must be subscribed before that.
-ready=0
-for _ in $(seq 100); do
-    if grep -q "waiting for the device's version report" "$tmp/cloud.log" 2>/dev/null; then
-        ready=1
-        break
-    fi
-    if ! kill -0 "$cloud_pid" 2>/dev/null; then
-        echo "FAIL: ota-cloud exited before it was ready" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [[ $ready -eq 0 ]]; then
-    echo "note: ota-cloud printed no ready line within 10 s; starting the device anyway"
-fi
+wait_cloud_ready "$tmp/cloud.log" "$cloud_pid" || exit 1
 
 echo "running $example (OTA_PROTOCOL=$protocol, OTA_BUF_LEN=$buf_len)"
 set +e

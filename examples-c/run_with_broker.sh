@@ -40,17 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(free_port)
-"$mosquitto_bin" -p "$port" >"$tmp/mosquitto.log" 2>&1 &
-mosquitto_pid=$!
-deadline=$((SECONDS + 10))
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-    if ((SECONDS >= deadline)) || ! kill -0 "$mosquitto_pid" 2>/dev/null; then
-        echo "FAIL: mosquitto did not start listening on 127.0.0.1:$port" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-echo "mosquitto listening on 127.0.0.1:$port"
+start_mosquitto "$tmp/mosquitto.log"
 
 set +e
 IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port OTA_TEST_TMPDIR=$tmp \

@@ -57,3 +57,37 @@ show_log() {
     echo "----- $1 -----"
     cat "$2" 2>/dev/null || true
 }
+
+# Starts mosquitto (logging to $1; on the port in `port`, or with the config file $2) and waits
+# until it listens: sets mosquitto_pid, exits 1 when it does not start.
+start_mosquitto() {
+    if [[ -n ${2:-} ]]; then
+        "$mosquitto_bin" -c "$2" >"$1" 2>&1 &
+    else
+        "$mosquitto_bin" -p "$port" >"$1" 2>&1 &
+    fi
+    mosquitto_pid=$!
+    if ! wait_for_port "$port" 10; then
+        echo "FAIL: mosquitto did not start listening on 127.0.0.1:$port" >&2
+        exit 1
+    fi
+    echo "mosquitto listening on 127.0.0.1:$port"
+}
+
+# Waits (up to 10 s) for ota-cloud (pid $2) to print its ready line in $1: the device reports
+# its version once at start-up, so the cloud must be subscribed before that. Returns 1 when
+# the cloud exited first.
+wait_cloud_ready() {
+    local _
+    for _ in $(seq 100); do
+        if grep -q "waiting for the device's version report" "$1" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$2" 2>/dev/null; then
+            echo "FAIL: ota-cloud exited before it was ready" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "note: ota-cloud printed no ready line within 10 s; starting the device anyway"
+}

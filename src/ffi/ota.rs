@@ -371,10 +371,9 @@ pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
         }
         let removed = handles().remove(handle);
         let Some(h) = removed else {
-            return match self::handle(handle, "IOT_OTA_Deinit") {
-                Some(_) => 0,
-                None => INVALID_PARAM,
-            };
+            // Logs whether it was released before or never an OTA handle.
+            let _ = self::handle(handle, "IOT_OTA_Deinit");
+            return INVALID_PARAM;
         };
         h.session.release();
         if let Some(mqtt) = unsafe { MqttHandle::from_ptr(h.mqtt as *mut c_void) } {

@@ -119,11 +119,10 @@ pub(super) struct IdCounter {
 
 impl IdCounter {
     pub(super) fn new(protocol: Protocol) -> IdCounter {
-        let mask = match protocol {
-            Protocol::Aliyun => u32::MAX as u64,
-            Protocol::Sagoo | Protocol::Tencent | Protocol::Ucloud => u64::MAX,
-        };
-        IdCounter { last: None, mask }
+        IdCounter {
+            last: None,
+            mask: protocol.max_message_id(),
+        }
     }
 
     /// The id the next message gets; [`take`](Self::take) it once the message is built.

@@ -66,6 +66,14 @@ impl Protocol {
         matches!(self, Protocol::Aliyun | Protocol::Sagoo)
     }
 
+    /// The largest message id the platform accepts (Aliyun documents 0..=4294967295).
+    pub fn max_message_id(self) -> u64 {
+        match self {
+            Protocol::Aliyun => u32::MAX as u64,
+            Protocol::Sagoo | Protocol::Tencent | Protocol::Ucloud => u64::MAX,
+        }
+    }
+
     /// Whether a 0 % progress report may be sent: Aliyun's and SagooIOT's `step` runs 1..100
     /// (a "0" is outside the platform's range), Tencent's percent 0..100.
     pub fn sends_zero_percent(self) -> bool {
