@@ -143,10 +143,10 @@ pub trait FirmwareSource: Send {
 /// Tunables of [`HttpSource`].
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Bytes of the receive buffer, made in [`HttpSource::new`]. It holds the response head
-    /// (so at least `max_header_bytes` is used) and the raw data of chunked bodies; identity
-    /// bodies (`Content-Length`, or up to the close) bypass it into the caller's buffer. (It
-    /// was the hand-over ring of the worker thread, which is gone.)
+    /// Bytes of the receive buffer, made in [`HttpSource::new`]. It holds the request head
+    /// while it is sent (so at least `2 * max_url + 512`), then the response head (so at least
+    /// `max_header_bytes`) and the raw data of chunked bodies; identity bodies
+    /// (`Content-Length`, or up to the close) bypass it into the caller's buffer.
     pub ring_size: usize,
     /// Time allowed for the TCP connection and the TLS handshake together (name resolution
     /// is bounded by the resolver, see [`crate::net`]).
@@ -245,8 +245,6 @@ pub struct HttpSource<N: Net = PosixNet> {
     tls_config: Arc<rustls::ClientConfig>,
     /// The URL requested now: the one given to `open`, then each redirect's target.
     url: String,
-    /// Where a redirect leads (built here, then swapped into `url`).
-    next_url: String,
     offset: u64,
     redirects: u32,
     step: Step,
@@ -258,8 +256,8 @@ pub struct HttpSource<N: Net = PosixNet> {
     addrs: [SocketAddr; MAX_ADDRS],
     addr_count: usize,
     addr_next: usize,
-    /// The request head, and how much of it is sent.
-    request: Box<[u8]>,
+    /// The request head is `recv[..request_len]` until it is sent (nothing is received
+    /// before that); `request_sent` bytes of it are.
     request_len: usize,
     request_sent: usize,
     /// Received bytes not yet used are `recv[recv_start..recv_end]`.
@@ -290,15 +288,19 @@ impl<N: Net> HttpSource<N> {
         let tls_config = crate::tls::http_config(roots.as_ref()).map_err(bad_ca)?;
         #[cfg(not(feature = "tls"))]
         let _ = roots;
-        let recv_size = config.ring_size.max(config.max_header_bytes).max(MIN_RECV);
-        // The request line and the Host header each hold at most the URL.
-        let request_size = 2 * config.max_url + 512;
+        // The request is written into it too: its line and its Host header each hold at
+        // most the URL.
+        let request_size = config.max_url.saturating_mul(2).saturating_add(512);
+        let recv_size = config
+            .ring_size
+            .max(config.max_header_bytes)
+            .max(request_size)
+            .max(MIN_RECV);
         Ok(HttpSource {
             net,
             #[cfg(feature = "tls")]
             tls_config,
             url: String::with_capacity(config.max_url),
-            next_url: String::with_capacity(config.max_url),
             offset: 0,
             redirects: 0,
             step: Step::Idle,
@@ -309,7 +311,6 @@ impl<N: Net> HttpSource<N> {
             addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ADDRS],
             addr_count: 0,
             addr_next: 0,
-            request: vec![0u8; request_size].into_boxed_slice(),
             request_len: 0,
             request_sent: 0,
             recv: vec![0u8; recv_size].into_boxed_slice(),
@@ -416,7 +417,7 @@ impl<N: Net> HttpSource<N> {
         Ok(Flow::Again)
     }
 
-    /// Writes the GET for `uri` (with `Range` from a non-zero offset) into `request`.
+    /// Writes the GET for `uri` (with `Range` from a non-zero offset) into `recv`.
     fn write_request(&mut self, uri: http::Uri) -> Result<Call<RecvResponse>, FetchError> {
         let mut request = http::Request::get(uri)
             .header("user-agent", concat!("ota-sdk/", env!("CARGO_PKG_VERSION")));
@@ -425,7 +426,7 @@ impl<N: Net> HttpSource<N> {
         }
         let request = request.body(()).map_err(|_| FetchError::Url)?;
         let mut call = Call::new(request).map_err(|_| FetchError::Url)?.proceed();
-        self.request_len = call.write(&mut self.request).map_err(|_| FetchError::Url)?;
+        self.request_len = call.write(&mut self.recv).map_err(|_| FetchError::Url)?;
         self.request_sent = 0;
         match call.proceed() {
             Ok(Some(SendRequestResult::RecvResponse(call))) => Ok(call),
@@ -511,7 +512,7 @@ impl<N: Net> HttpSource<N> {
         #[cfg(feature = "tls")]
         if let Some(tls) = self.tls.as_mut() {
             // rustls encrypts it into its own send buffer; `send_request` flushes that.
-            io::Write::write_all(&mut tls.writer(), &self.request[..self.request_len])
+            io::Write::write_all(&mut tls.writer(), &self.recv[..self.request_len])
                 .map_err(|_| FetchError::Tls)?;
             self.request_sent = self.request_len;
         }
@@ -527,7 +528,7 @@ impl<N: Net> HttpSource<N> {
         while self.request_sent < self.request_len {
             match self
                 .net
-                .send(socket, &self.request[self.request_sent..self.request_len])
+                .send(socket, &self.recv[self.request_sent..self.request_len])
             {
                 Ok(n) => self.request_sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -662,19 +663,21 @@ impl<N: Net> HttpSource<N> {
         Ok(Flow::Done(Chunk::Opened(info)))
     }
 
-    /// Makes the redirect target the URL to request next (see [`resolve_redirect`]).
+    /// Makes the redirect target the URL to request next (see [`resolve_redirect`]). The
+    /// current URL is copied into the receive buffer to be resolved against: nothing else is
+    /// in use there once the head is parsed, as the connection closes now. On failure `url`
+    /// holds nothing useful (the download ends; the next `open` sets it).
     fn follow(&mut self, location: &str) -> Result<(), FetchError> {
+        let len = self.url.len();
+        self.recv[..len].copy_from_slice(self.url.as_bytes());
+        let current = std::str::from_utf8(&self.recv[..len]).map_err(|_| FetchError::Url)?;
         resolve_redirect(
-            &self.url,
+            current,
             location,
             self.config.allow_plain_http,
-            &mut self.next_url,
-        )?;
-        if self.next_url.len() > self.config.max_url {
-            return Err(FetchError::Url);
-        }
-        std::mem::swap(&mut self.url, &mut self.next_url);
-        Ok(())
+            self.config.max_url,
+            &mut self.url,
+        )
     }
 
     /// Moves what was received with the head into `buf`, at most `limit` bytes.
@@ -937,21 +940,31 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64)> {
 /// Writes to `out` the URL a redirect from `current` to `location` (absolute, or relative to
 /// `current`) leads to, if its scheme is as strong as the current one (http -> https is fine,
 /// https -> http is not) and plain http is allowed where it is used. Other schemes and
-/// scheme-relative locations are refused.
+/// scheme-relative locations are refused, and so is a result longer than `max_url`
+/// ([`FetchError::Url`]).
 fn resolve_redirect(
     current: &str,
     location: &str,
     allow_plain_http: bool,
+    max_url: usize,
     out: &mut String,
 ) -> Result<(), FetchError> {
     let location = location.trim();
     let from = Scheme::of(current).ok_or(FetchError::Url)?;
     out.clear();
+    // Within `out`'s capacity (max_url): a longer target is refused, never grown into.
+    let mut push = |s: &str| {
+        if out.len() + s.len() > max_url {
+            return Err(FetchError::Url);
+        }
+        out.push_str(s);
+        Ok(())
+    };
     if let Some(to) = Scheme::of(location) {
         if to < from || (to == Scheme::Http && !allow_plain_http) {
             return Err(FetchError::RedirectScheme);
         }
-        out.push_str(location);
+        push(location)?;
     } else if location.starts_with("//")
         || location[..location.find(['/', '?', '#']).unwrap_or(location.len())].contains(':')
     {
@@ -964,7 +977,7 @@ fn resolve_redirect(
             .map_or(current.len(), |i| after_scheme + i);
         if location.starts_with('/') {
             // Absolute path: same origin.
-            out.push_str(&current[..path_start]);
+            push(&current[..path_start])?;
         } else {
             // Relative to the current path's directory (query and fragment dropped).
             let path_end = current[path_start..]
@@ -973,10 +986,10 @@ fn resolve_redirect(
             let dir_end = current[path_start..path_end]
                 .rfind('/')
                 .map_or(path_start, |i| path_start + i);
-            out.push_str(&current[..dir_end]);
-            out.push('/');
+            push(&current[..dir_end])?;
+            push("/")?;
         }
-        out.push_str(location);
+        push(location)?;
     }
     Ok(())
 }
@@ -1093,7 +1106,7 @@ mod tests {
     fn redirects_keep_or_strengthen_the_scheme() {
         let go = |from: &str, to: &str, plain: bool| {
             let mut out = String::new();
-            resolve_redirect(from, to, plain, &mut out).map(|()| out)
+            resolve_redirect(from, to, plain, 2048, &mut out).map(|()| out)
         };
         let base = "https://h.test:8443/fw/v2/image.bin?sig=1";
         assert_eq!(

@@ -1017,7 +1017,10 @@ impl OtaSession {
     ) -> Result<OtaSession> {
         check_identity("product key", product_key)?;
         check_identity("device name", device_name)?;
-        let limits = config.limits;
+        let mut limits = config.limits;
+        if !config.protocol.carries_ext_data() {
+            limits.ext_data = 0;
+        }
         let topics = Topics::new(config.protocol, product_key, device_name);
         let downstream = topics.downstream.clone();
         let engine = Engine {

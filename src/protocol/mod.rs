@@ -79,6 +79,12 @@ impl Protocol {
     pub fn sends_zero_percent(self) -> bool {
         !matches!(self, Protocol::Aliyun | Protocol::Sagoo)
     }
+
+    /// Whether upgrade messages carry `extData` (SagooIOT's), kept in
+    /// [`UpgradeNotice::ext_data`]; the others need no room for it.
+    pub fn carries_ext_data(self) -> bool {
+        matches!(self, Protocol::Sagoo)
+    }
 }
 
 /// Which digest an upgrade announces.
