@@ -1019,6 +1019,8 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
             }),
         ));
     }
+    // Where the one-core rows go (or the line saying they could not run).
+    let one_core_at = rows.len();
     if let Some((_, _, msg)) = &one_core {
         for buf_len in [5000, 65536] {
             let dev = &dev;
@@ -1122,7 +1124,14 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         "   {:<66} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "", "run 1", "run 2", "run 3", "median", "vs limit"
     ));
-    for ((label, which), r) in labels.iter().zip(&runs) {
+    let one_core_missing = format!(
+        "   {:<66} taskset not found",
+        "C FetchYield loop, MD5, device on one CPU (taskset -c)"
+    );
+    for (i, ((label, which), r)) in labels.iter().zip(&runs).enumerate() {
+        if i == one_core_at && one_core.is_none() {
+            out.push(one_core_missing.clone());
+        }
         let limit = match which {
             Limit::Md5 => md5_limit,
             Limit::Sha256 => sha_limit,
@@ -1136,14 +1145,10 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
             r.median() / limit
         ));
     }
-    match &one_core {
-        Some(seen) => out.push(format!(
+    if let Some(seen) = &one_core {
+        out.push(format!(
             "   (CPU rows: device `taskset -c {device_cpu}`; their firmware server's threads on CPU(s) {seen} (its accept thread's Cpus_allowed_list); broker and bench threads unpinned)"
-        )),
-        None => out.push(format!(
-            "   {:<66} taskset not found",
-            "C FetchYield loop, MD5, device on one CPU (taskset -c)"
-        )),
+        ));
     }
     out.push(format!(
         "   {:<66} {:>8.1} {:>8} {:>8} {:>8} {:>8.2}",
