@@ -1,9 +1,15 @@
 /*
  * ota_bench.c: the Aliyun-sample device flow, instrumented for ota-bench.
  *
- * Usage: ota_bench BUF_LEN [PROTOCOL]   (broker from IOTX_MQTT_HOST / IOTX_MQTT_PORT)
+ * Usage: ota_bench BUF_LEN [PROTOCOL] [--https-ca FILE] [--handles N]
+ *        (broker from IOTX_MQTT_HOST / IOTX_MQTT_PORT)
  *        PROTOCOL: an IOT_OTA_PROTOCOL_* number (default 0, Aliyun through IOT_OTA_Init; others
  *        through IOT_OTA_InitWithProtocol, e.g. 1 SagooIOT for a SHA-256 signed upgrade)
+ *        --https-ca FILE: trust the CA certificate(s) in FILE (PEM) for HTTPS downloads, set
+ *        with IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA) before IOT_OTA_Init (counted in heap_init)
+ *        --handles N: after the first, N-1 more OTA handles on the same MQTT client, device
+ *        names DN_2 .. DN_N (a second handle with the same name would take over the first
+ *        one's upgrade topic); the download runs on the first
  *
  * IOT_MQTT_Construct -> IOT_OTA_Init -> IOT_OTA_ReportVersion -> waits for the SUBACK, prints
  * "READY", then loops IOT_MQTT_Yield(pclient, 200) until IOT_OTA_IsFetching, runs the FetchYield
@@ -11,13 +17,17 @@
  * IOT_MQTT_Yield(pclient, 0); the bytes are discarded instead of written to a file) and
  * IOT_OTAG_CHECK_FIRMWARE, then prints one line:
  *   RESULT bytes=N loop_ns=T check_ns=T first_byte_mono_ns=T valid=0|1 hwm_kib=K
- *          heap_init=B heap_download=B threads_init=N threads_max=N
+ *          heap_init=B heap_mid=B heap_download=B heap_handles=B,B,..|refused
+ *          threads_init=N threads_max=N
  * first_byte_mono_ns is CLOCK_MONOTONIC when the first FetchYield returned data (the bench
  * compares it with its own CLOCK_MONOTONIC at publish time); hwm_kib is VmHWM from
  * /proc/self/status after the download: the peak RSS of this program since its exec.
  * heap_init is the malloc heap in use (glibc mallinfo2: arena + mmapped chunks) after
- * IOT_SetupConnInfo + IOT_MQTT_Construct + IOT_OTA_Init, minus before them; heap_download the
- * same at the end of the FetchYield loop (so it includes the download's HTTP connection).
+ * IOT_SetupConnInfo + IOT_MQTT_Construct + IOT_OTA_Init, minus before them; heap_mid the same
+ * when the fetched size first reaches half the file (a download in flight: its connection, and
+ * with TLS its session); heap_download at the end of the FetchYield loop. heap_handles is the
+ * heap after each IOT_OTA_Init of --handles (the first is heap_init); "refused" ends the list
+ * where an IOT_OTA_Init returned NULL.
  * Thread stacks are not malloc'd: they show in hwm_kib only. threads_init counts the
  * program's threads (/proc/self/task) after init, threads_max the most seen during the download
  * (sampled every 16 FetchYields and at the end).
@@ -106,22 +116,68 @@ static void event_handle(void *pcontext, void *pclient, iotx_mqtt_event_msg_pt m
     }
 }
 
+/* The whole of FILE in a NUL-terminated malloc'd buffer; NULL when unreadable. */
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long n;
+
+    if (!f) {
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        text = malloc((size_t)n + 1);
+        if (text && fread(text, 1, (size_t)n, f) == (size_t)n) {
+            text[n] = '\0';
+        } else {
+            free(text);
+            text = NULL;
+        }
+    }
+    fclose(f);
+    return text;
+}
+
+#define MAX_HANDLES 16
+
 int main(int argc, char **argv)
 {
-    long buf_len = argc > 1 ? strtol(argv[1], NULL, 10) : 5000;
-    long protocol = argc > 2 ? strtol(argv[2], NULL, 10) : IOT_OTA_PROTOCOL_ALIYUN;
-    char *buf, *msg_buf, *msg_readbuf;
+    long buf_len = 5000, protocol = IOT_OTA_PROTOCOL_ALIYUN, handles = 1;
+    const char *ca_file = NULL;
+    char *buf, *msg_buf, *msg_readbuf, *ca_pem = NULL;
+    char heap_handles[MAX_HANDLES * 24] = "";
     iotx_conn_info_pt ci = NULL;
     iotx_mqtt_param_t p;
-    void *pclient, *h_ota;
+    void *pclient, *h_ota, *extra[MAX_HANDLES] = {NULL};
     uint64_t deadline, t0, t1, t2, first = 0, total = 0;
     uint32_t valid = 0, fetched = 0, size = 0;
-    int last_percent = 0, len;
-    long long heap0, heap_init, heap_download;
-    long threads_init, threads_max, calls = 0;
+    int last_percent = 0, len, positional = 0, i;
+    long long heap0, heap_init, heap_mid = -1, heap_download;
+    long threads_init, threads_max, calls = 0, extra_count = 0;
 
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--https-ca") == 0 && i + 1 < argc) {
+            ca_file = argv[++i];
+        } else if (strcmp(argv[i], "--handles") == 0 && i + 1 < argc) {
+            handles = strtol(argv[++i], NULL, 10);
+        } else if (positional == 0) {
+            buf_len = strtol(argv[i], NULL, 10);
+            positional++;
+        } else if (positional == 1) {
+            protocol = strtol(argv[i], NULL, 10);
+            positional++;
+        } else {
+            fprintf(stderr, "unknown argument %s\n", argv[i]);
+            return 1;
+        }
+    }
     if (buf_len <= 0 || buf_len > 65536) {
         fprintf(stderr, "bad buffer length\n");
+        return 1;
+    }
+    if (handles < 1 || handles > MAX_HANDLES) {
+        fprintf(stderr, "bad handle count\n");
         return 1;
     }
     buf = malloc((size_t)buf_len);
@@ -130,9 +186,19 @@ int main(int argc, char **argv)
     if (!buf || !msg_buf || !msg_readbuf) {
         return 1;
     }
+    /* The firmware's copy of the CA is its own memory: read before heap0. */
+    if (ca_file && !(ca_pem = read_file(ca_file))) {
+        fprintf(stderr, "cannot read %s\n", ca_file);
+        return 1;
+    }
     IOT_OpenLog("bench");
     IOT_SetLogLevel(IOT_LOG_ERROR);
     heap0 = heap_in_use();
+    /* The SDK copies the CA at this call: that copy is part of heap_init. */
+    if (ca_pem && IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA, ca_pem) != 0) {
+        fprintf(stderr, "IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA) refused %s\n", ca_file);
+        return 1;
+    }
     if (IOT_SetupConnInfo(PK, DN, DS, (void **)&ci) != 0) {
         fprintf(stderr, "IOT_SetupConnInfo failed\n");
         return 1;
@@ -166,6 +232,25 @@ int main(int argc, char **argv)
     if (!h_ota || IOT_OTA_ReportVersion(h_ota, "1.0.0") != 0) {
         fprintf(stderr, "IOT_OTA_Init / ReportVersion failed\n");
         return 1;
+    }
+    snprintf(heap_handles, sizeof(heap_handles), "%lld", heap_init);
+    /* More handles on the same client, as a gateway with sub-devices has. */
+    for (i = 2; i <= handles; i++) {
+        char name[40];
+        size_t used = strlen(heap_handles);
+
+        snprintf(name, sizeof(name), "%s_%d", DN, i);
+        extra[extra_count] = protocol == IOT_OTA_PROTOCOL_ALIYUN
+                                 ? IOT_OTA_Init(PK, name, pclient)
+                                 : IOT_OTA_InitWithProtocol(PK, name, pclient,
+                                                            (IOT_OTA_Protocol_t)protocol);
+        if (!extra[extra_count]) {
+            snprintf(heap_handles + used, sizeof(heap_handles) - used, ",refused");
+            break;
+        }
+        extra_count++;
+        snprintf(heap_handles + used, sizeof(heap_handles) - used, ",%lld",
+                 heap_in_use() - heap0);
     }
     deadline = mono_ns() + 10ull * 1000000000ull;
     while (!subscribed && mono_ns() < deadline) {
@@ -210,6 +295,10 @@ int main(int argc, char **argv)
                 IOT_OTA_ReportProgress(h_ota, (IOT_OTA_Progress_t)percent, NULL);
                 last_percent = percent;
             }
+            /* Once, halfway: the heap with the download's connection open. */
+            if (heap_mid < 0 && (uint64_t)fetched * 2 >= size) {
+                heap_mid = heap_in_use() - heap0;
+            }
         }
         IOT_MQTT_Yield(pclient, 0);
         if (++calls % 16 == 0) {
@@ -228,15 +317,20 @@ int main(int argc, char **argv)
     }
     t2 = mono_ns();
     printf("RESULT bytes=%llu loop_ns=%llu check_ns=%llu first_byte_mono_ns=%llu valid=%u hwm_kib=%ld"
-           " heap_init=%lld heap_download=%lld threads_init=%ld threads_max=%ld\n",
+           " heap_init=%lld heap_mid=%lld heap_download=%lld heap_handles=%s"
+           " threads_init=%ld threads_max=%ld\n",
            (unsigned long long)total, (unsigned long long)(t1 - t0), (unsigned long long)(t2 - t1),
-           (unsigned long long)first, (unsigned)valid, vm_hwm_kib(), heap_init, heap_download,
-           threads_init, threads_max);
+           (unsigned long long)first, (unsigned)valid, vm_hwm_kib(), heap_init, heap_mid,
+           heap_download, heap_handles, threads_init, threads_max);
     fflush(stdout);
+    while (extra_count > 0) {
+        IOT_OTA_Deinit(extra[--extra_count]);
+    }
     IOT_OTA_Deinit(h_ota);
     IOT_MQTT_Destroy(&pclient);
     free(buf);
     free(msg_buf);
     free(msg_readbuf);
+    free(ca_pem);
     return valid ? 0 : 1;
 }
