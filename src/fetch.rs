@@ -252,7 +252,7 @@ pub struct HttpSource<N: Net = PosixNet> {
     phase_deadline: Duration,
     socket: Option<N::Socket>,
     #[cfg(feature = "tls")]
-    tls: Option<Box<rustls::ClientConnection>>,
+    tls: Option<crate::tls_link::TlsLink>,
     addrs: [SocketAddr; MAX_ADDRS],
     addr_count: usize,
     addr_next: usize,
@@ -396,9 +396,9 @@ impl<N: Net> HttpSource<N> {
             let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
                 .map_err(|_| FetchError::Url)?
                 .to_owned();
-            let tls = rustls::ClientConnection::new(self.tls_config.clone(), name)
+            let tls = crate::tls_link::TlsLink::new(self.tls_config.clone(), name)
                 .map_err(|_| FetchError::Tls)?;
-            self.tls = Some(Box::new(tls));
+            self.tls = Some(tls);
         }
         #[cfg(not(feature = "tls"))]
         if https {
@@ -474,48 +474,29 @@ impl<N: Net> HttpSource<N> {
 
     #[cfg(feature = "tls")]
     fn handshake(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+        use crate::tls_link::{Handshake, HandshakeError};
         let (Some(socket), Some(tls)) = (self.socket.as_mut(), self.tls.as_mut()) else {
             return Err(FetchError::Tls);
         };
-        let mut io = SocketIo {
-            net: &mut self.net,
-            socket,
-        };
-        while tls.is_handshaking() {
-            let wait = if tls.wants_write() {
-                match tls.write_tls(&mut io) {
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Interest::Write,
-                    Err(e) => return Err(FetchError::Io(e.kind())),
-                }
-            } else {
-                match tls.read_tls(&mut io) {
-                    Ok(0) => return Err(FetchError::Io(io::ErrorKind::UnexpectedEof)),
-                    Ok(_) => {
-                        process_tls(tls, &mut io)?;
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Interest::Read,
-                    Err(e) => return Err(FetchError::Io(e.kind())),
-                }
-            };
-            self.step = Step::Handshake(call);
-            return Ok(Flow::Wait(wait));
+        match tls.handshake(&mut self.net, socket, &self.recv[..self.request_len]) {
+            Ok(Handshake::Done) => self.begin_send(call),
+            Ok(Handshake::Wait(interest)) => {
+                self.step = Step::Handshake(call);
+                Ok(Flow::Wait(interest))
+            }
+            Err(HandshakeError::Io(e)) => Err(FetchError::Io(e.kind())),
+            Err(HandshakeError::Tls(why)) => {
+                crate::ota_log!(crate::log::Level::Error, "firmware download: TLS: {why}");
+                Err(FetchError::Tls)
+            }
         }
-        self.begin_send(call)
     }
 
     /// The connection is up: the request goes out, and the head is due within
     /// `response_timeout`.
     fn begin_send(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
         self.phase_deadline = self.after(self.config.response_timeout);
-        #[cfg(feature = "tls")]
-        if let Some(tls) = self.tls.as_mut() {
-            // rustls encrypts it into its own send buffer; `send_request` flushes that.
-            io::Write::write_all(&mut tls.writer(), &self.recv[..self.request_len])
-                .map_err(|_| FetchError::Tls)?;
-            self.request_sent = self.request_len;
-        }
+        // With TLS the handshake has encrypted the request already (`send_request` sends it).
         self.step = Step::Send(call);
         Ok(Flow::Again)
     }
@@ -525,6 +506,17 @@ impl<N: Net> HttpSource<N> {
             .socket
             .as_mut()
             .ok_or(FetchError::BadResponse("no connection"))?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            self.request_sent = self.request_len;
+            if !tls
+                .send_request(&mut self.net, socket)
+                .map_err(|e| FetchError::Io(e.kind()))?
+            {
+                self.step = Step::Send(call);
+                return Ok(Flow::Wait(Interest::Write));
+            }
+        }
         while self.request_sent < self.request_len {
             match self
                 .net
@@ -536,23 +528,6 @@ impl<N: Net> HttpSource<N> {
                     return Ok(Flow::Wait(Interest::Write));
                 }
                 Err(e) => return Err(FetchError::Io(e.kind())),
-            }
-        }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = self.tls.as_mut() {
-            let mut io = SocketIo {
-                net: &mut self.net,
-                socket,
-            };
-            while tls.wants_write() {
-                match tls.write_tls(&mut io) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.step = Step::Send(call);
-                        return Ok(Flow::Wait(Interest::Write));
-                    }
-                    Err(e) => return Err(FetchError::Io(e.kind())),
-                }
             }
         }
         self.recv_start = 0;
@@ -570,11 +545,7 @@ impl<N: Net> HttpSource<N> {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
         #[cfg(feature = "tls")]
         if let Some(tls) = self.tls.as_mut() {
-            let mut io = SocketIo {
-                net: &mut self.net,
-                socket,
-            };
-            return tls_receive(tls, &mut io, buf);
+            return tls.receive(&mut self.net, socket, buf);
         }
         self.net.recv(socket, buf)
     }
@@ -839,76 +810,6 @@ fn receive_failure(e: io::Error) -> FetchError {
         io::ErrorKind::TimedOut => FetchError::Timeout,
         io::ErrorKind::UnexpectedEof => FetchError::Truncated,
         k => FetchError::Io(k),
-    }
-}
-
-/// A socket of the [`Net`] as the `Read`/`Write` rustls moves TLS records through.
-#[cfg(feature = "tls")]
-struct SocketIo<'a, N: Net> {
-    net: &'a mut N,
-    socket: &'a mut N::Socket,
-}
-
-#[cfg(feature = "tls")]
-impl<N: Net> io::Read for SocketIo<'_, N> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.net.recv(self.socket, buf)
-    }
-}
-
-#[cfg(feature = "tls")]
-impl<N: Net> io::Write for SocketIo<'_, N> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.net.send(self.socket, data)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Processes received TLS records; on a TLS failure the alert rustls queued is sent if it
-/// can be at once.
-#[cfg(feature = "tls")]
-fn process_tls<N: Net>(
-    tls: &mut rustls::ClientConnection,
-    io: &mut SocketIo<'_, N>,
-) -> Result<(), FetchError> {
-    if let Err(e) = tls.process_new_packets() {
-        crate::ota_log!(crate::log::Level::Error, "firmware download: TLS: {e}");
-        let _ = tls.write_tls(io);
-        return Err(FetchError::Tls);
-    }
-    Ok(())
-}
-
-/// Plaintext out of rustls into `buf`, receiving records as needed. `WouldBlock` when no
-/// whole record is there; `UnexpectedEof` at a close without close_notify.
-#[cfg(feature = "tls")]
-fn tls_receive<N: Net>(
-    tls: &mut rustls::ClientConnection,
-    io: &mut SocketIo<'_, N>,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    loop {
-        match io::Read::read(&mut tls.reader(), buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            r => return r,
-        }
-        // Anything rustls has to say first (a key update's answer, an alert).
-        while tls.wants_write() {
-            tls.write_tls(io)?;
-        }
-        if tls.read_tls(io)? == 0 {
-            // The reader now reports the close: clean (Ok(0)) or not (UnexpectedEof).
-            continue;
-        }
-        if process_tls(tls, io).is_err() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                rustls::Error::General("TLS failure".into()),
-            ));
-        }
     }
 }
 

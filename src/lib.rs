@@ -22,6 +22,8 @@ pub mod protocol;
 pub mod resume;
 pub mod retry;
 pub mod tls;
+#[cfg(feature = "tls")]
+mod tls_link;
 
 pub mod ffi;
 

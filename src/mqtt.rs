@@ -55,8 +55,12 @@ const MAX_INFLIGHT: u16 = 20;
 /// Protocol events waiting in rumqttc's state; drained after every packet in and out.
 const EVENTS_CAPACITY: usize = 8;
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 4096;
+/// Bytes asked of the socket per read. The receive buffer holds two (a partial packet and
+/// the next read) before it grows; an upgrade message with a long signed URL is 1-2 KB.
+const READ_CHUNK: usize = 2048;
+
+/// Bytes of the send buffer before it grows: a progress or version report is 100-300.
+const WRITE_BUFFER: usize = 2048;
 
 /// How long a zero-timeout yield that found the socket quiet skips looking again.
 const QUIET_POLL: Duration = Duration::from_millis(1);
@@ -573,7 +577,7 @@ impl MqttClient {
             stream: None,
             state,
             rx: BytesMut::with_capacity(READ_CHUNK * 2),
-            tx: BytesMut::with_capacity(READ_CHUNK),
+            tx: BytesMut::with_capacity(WRITE_BUFFER),
             ping_at: Instant::now(),
             quiet_until: Instant::now(),
             keepalive: Duration::from_secs(dialer.connect.keep_alive.into()),

@@ -288,19 +288,22 @@ mod imp {
     }
 
     /// The download's TLS settings: chain and host name verified against `roots`, or the
-    /// bundled web roots (Mozilla's, from `webpki-roots`).
+    /// bundled web roots (Mozilla's, from `webpki-roots`). The traffic keys may be handed
+    /// over after the handshake: the download opens its records itself (`tls_link`).
     pub fn http_config(roots: Option<&CaRoots>) -> Result<Arc<rustls::ClientConfig>, CaPemError> {
-        client_config(AnchorVerifier::new(roots)?)
+        let mut config = client_config(AnchorVerifier::new(roots)?)?;
+        config.enable_secret_extraction = true;
+        Ok(Arc::new(config))
     }
 
-    fn client_config(verifier: AnchorVerifier) -> Result<Arc<rustls::ClientConfig>, CaPemError> {
+    fn client_config(verifier: AnchorVerifier) -> Result<rustls::ClientConfig, CaPemError> {
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|_| CaPemError::NoTls)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        Ok(Arc::new(small_session_cache(config)))
+        Ok(small_session_cache(config))
     }
 
     /// A device talks to one firmware host (and perhaps its redirect target) and one broker:
@@ -312,7 +315,7 @@ mod imp {
 
     /// The MQTT connection's TLS settings, trusting exactly the certificates in `ca_pem`.
     pub fn mqtt_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, CaPemError> {
-        client_config(AnchorVerifier::new(Some(&parse_ca_pem(ca_pem)?))?)
+        client_config(AnchorVerifier::new(Some(&parse_ca_pem(ca_pem)?))?).map(Arc::new)
     }
 }
 
