@@ -1169,6 +1169,11 @@ static void check_ota_init(void *pclient)
     EXPECT_NULL(IOT_OTA_InitWithProtocol("a1EdgePk", "edge_device", pclient, INT_MIN));
     h = IOT_OTA_Init(pk64, "edge_device", pclient);
     EXPECT_TRUE("IOT_OTA_Init(64-byte product key) != NULL", h != NULL);
+    /* The same device twice on one connection: the second would take the first's messages. */
+    EXPECT_NULL(IOT_OTA_Init(pk64, "edge_device", pclient));
+    EXPECT_EQ(IOT_OTA_Deinit(h), 0);
+    h = IOT_OTA_Init(pk64, "edge_device", pclient);
+    EXPECT_TRUE("IOT_OTA_Init again after IOT_OTA_Deinit != NULL", h != NULL);
     EXPECT_EQ(IOT_OTA_Deinit(h), 0);
     free(pk64);
     free(pk65);

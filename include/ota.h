@@ -887,12 +887,15 @@ int IOT_MQTT_Publish(void *handle, const char *topic_name, iotx_mqtt_topic_info_
  `ch_signal` is the handle returned by IOT_MQTT_Construct; it must outlive the OTA handle
  (call IOT_OTA_Deinit before IOT_MQTT_Destroy). All memory the session needs is allocated here.
 
- Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, or the
- subscription cannot be queued. `product_key` and `device_name` must be non-empty UTF-8 of at
+ Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, the
+ subscription cannot be queued, or an OTA handle of the same device is open on this MQTT
+ connection (it would take that handle's upgrade messages). `product_key` and `device_name` must be non-empty UTF-8 of at
  most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
  other pointer gives NULL).
  */
-void *IOT_OTA_Init(const char *product_key, const char *device_name, void *ch_signal);
+void *IOT_OTA_Init(const char *product_key,
+                   const char *device_name,
+                   void *ch_signal);
 
 /*
  Like IOT_OTA_Init, for the platform `protocol` (extension): 0 Aliyun, 1 SagooIOT,

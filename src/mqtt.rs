@@ -649,6 +649,28 @@ impl MqttClient {
         qos: QoS,
         handler: impl FnMut(&Message<'_>) + Send + 'static,
     ) -> Result<()> {
+        self.add_subscription(filter, qos, Box::new(handler), true)
+    }
+
+    /// [`subscribe`](Self::subscribe) for a filter that must be new: when `filter` is
+    /// subscribed already, [`Error::InvalidState`] and nothing changes (the check and the
+    /// subscription are one step, so two callers cannot both succeed).
+    pub fn subscribe_new(
+        &self,
+        filter: &str,
+        qos: QoS,
+        handler: impl FnMut(&Message<'_>) + Send + 'static,
+    ) -> Result<()> {
+        self.add_subscription(filter, qos, Box::new(handler), false)
+    }
+
+    fn add_subscription(
+        &self,
+        filter: &str,
+        qos: QoS,
+        handler: Box<dyn FnMut(&Message<'_>) + Send>,
+        replace: bool,
+    ) -> Result<()> {
         if !valid_filter(filter) {
             return Err(Error::Mqtt(MqttError::Topic));
         }
@@ -660,14 +682,19 @@ impl MqttClient {
         ) {
             return Err(Error::Mqtt(MqttError::TooLarge));
         }
+        let mut subs = lock(&self.subscriptions);
+        if !replace && subs.iter().any(|s| s.filter == filter) {
+            return Err(Error::InvalidState(
+                "the topic filter is subscribed already",
+            ));
+        }
         self.queue
             .push(Request::Subscribe(Subscribe::new(filter, qos)))?;
-        let mut subs = lock(&self.subscriptions);
         subs.retain(|s| s.filter != filter);
         subs.push(Subscription {
             filter: filter.to_string(),
             qos,
-            handler: Some(Box::new(handler)),
+            handler: Some(handler),
         });
         Ok(())
     }

@@ -364,6 +364,48 @@ fn attach_refuses_a_ca_that_is_not_a_certificate() {
     s.report_version("1.0.0").unwrap();
 }
 
+/// Two sessions of one device on one client would share one subscription, the second taking
+/// the first one's upgrade messages: the second is refused while the first is attached; another
+/// device on the same client is fine, and after a detach the device can attach again and gets
+/// its messages.
+#[test]
+fn a_second_session_of_the_same_device_on_one_client_is_refused() {
+    let broker = ota_cloud::EmbeddedBroker::start().unwrap();
+    let connect = |id: &str| {
+        MqttClient::connect(&ota::MqttOptions::new(broker.host(), broker.port(), id)).unwrap()
+    };
+    let mqtt = connect("one-client");
+    let first = OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()).unwrap();
+    assert!(matches!(
+        OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()),
+        Err(Error::InvalidState(_))
+    ));
+    let _other = OtaSession::attach(&mqtt, "pk", "dn2", OtaConfig::default()).unwrap();
+    first.detach(&mqtt).unwrap();
+    let again = OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()).unwrap();
+    // Its subscription is the live one: an upgrade message starts its download.
+    let cloud = connect("cloud");
+    let notice = r#"{"code":"1000","data":{"size":10,"version":"2.0.0","url":"http://127.0.0.1:9/fw.bin","md5":"0123456789abcdef0123456789abcdef"},"id":1,"message":"success"}"#;
+    let deadline = Instant::now() + WAIT;
+    while !again.is_fetching() {
+        assert!(
+            Instant::now() < deadline,
+            "the upgrade message never arrived"
+        );
+        cloud
+            .publish(
+                again.downstream_topic(),
+                ota::mqtt::QoS::AtLeastOnce,
+                false,
+                notice.as_bytes(),
+            )
+            .unwrap();
+        cloud.yield_for(Duration::from_millis(50)).unwrap();
+        mqtt.yield_for(Duration::from_millis(200)).unwrap();
+    }
+    assert!(!first.is_fetching(), "the detached session got nothing");
+}
+
 /// `open` in the middle of a download whose data waits unread (the socket's buffers full):
 /// the old connection is dropped at once, so the open costs no wait and makes exactly one new
 /// request. (Named from the worker thread this source once had.)

@@ -308,8 +308,9 @@ fn init(
 /// `ch_signal` is the handle returned by IOT_MQTT_Construct; it must outlive the OTA handle
 /// (call IOT_OTA_Deinit before IOT_MQTT_Destroy). All memory the session needs is allocated here.
 ///
-/// Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, or the
-/// subscription cannot be queued. `product_key` and `device_name` must be non-empty UTF-8 of at
+/// Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, the
+/// subscription cannot be queued, or an OTA handle of the same device is open on this MQTT
+/// connection (it would take that handle's upgrade messages). `product_key` and `device_name` must be non-empty UTF-8 of at
 /// most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
 /// other pointer gives NULL).
 #[no_mangle]

@@ -1079,7 +1079,9 @@ impl OtaSession {
     }
 
     /// Creates a session that publishes through `mqtt`, downloads over HTTP(S), and subscribes
-    /// to the protocol's upgrade topic on `mqtt`.
+    /// to the protocol's upgrade topic on `mqtt`. One session per device and client:
+    /// [`Error::InvalidState`] while another session of the same device is attached (until it is
+    /// detached or, in C, `IOT_OTA_Deinit`ed).
     pub fn attach(
         mqtt: &MqttClient,
         product_key: &str,
@@ -1104,7 +1106,8 @@ impl OtaSession {
         let weak_fetch = Arc::downgrade(&session.fetch);
         let weak_records = Arc::downgrade(&session.records);
         let yield_break = mqtt.yield_break();
-        mqtt.subscribe(&session.downstream, QoS::AtLeastOnce, move |msg| {
+        // A second session of the same device would take the first one's messages.
+        let subscribed = mqtt.subscribe_new(&session.downstream, QoS::AtLeastOnce, move |msg| {
             if let Some(engine) = weak.upgrade() {
                 let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
                 let was_fetching = e.state == OtaState::Fetching;
@@ -1121,7 +1124,15 @@ impl OtaSession {
                     persist::flush(&engine, &records);
                 }
             }
-        })?;
+        });
+        if let Err(e) = subscribed {
+            return Err(match e {
+                Error::InvalidState(_) => Error::InvalidState(
+                    "an OTA session of this device is attached to this MQTT client already",
+                ),
+                e => e,
+            });
+        }
         mqtt.on_reconnect(move || match weak_hook.upgrade() {
             Some(engine) => {
                 engine
