@@ -71,7 +71,9 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("serve") {
         // Internal: the firmware server for the allocation row, in its own process so its
         // allocations are not counted.
-        if let Err(e) = serve(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(MIB)) {
+        let size = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(MIB);
+        let tls = args.get(3).zip(args.get(4));
+        if let Err(e) = serve(size, tls) {
             eprintln!("ota-bench serve: {e}");
             std::process::exit(1);
         }
@@ -118,8 +120,18 @@ fn main() {
     }
 }
 
-fn serve(size: usize) -> Res<()> {
-    let server = FirmwareServer::start(ota_cloud::generate_firmware(size))?;
+/// `tls`: the certificate chain and key files (PEM) of an HTTPS server.
+fn serve(size: usize, tls: Option<(&String, &String)>) -> Res<()> {
+    let image = ota_cloud::generate_firmware(size);
+    let server = match tls {
+        Some((cert, key)) => FirmwareServer::start_tls(
+            image,
+            Faults::default(),
+            &std::fs::read(cert)?,
+            &std::fs::read(key)?,
+        )?,
+        None => FirmwareServer::start(image)?,
+    };
     println!("URL {}", server.url());
     std::io::stdout().flush()?;
     // Serve until the parent closes our stdin.
@@ -628,9 +640,11 @@ fn rust_download(
     message: &str,
     buf_len: usize,
     publishes: Arc<AtomicUsize>,
+    ca_pem: Option<&str>,
     mut on_call: impl FnMut(u64, u64),
 ) -> Res<(f64, u64, bool)> {
-    let config = OtaConfig::for_protocol(protocol);
+    let mut config = OtaConfig::for_protocol(protocol);
+    config.http.ca_pem = ca_pem.map(|p| Arc::from(p.as_bytes()));
     let source = HttpSource::new(config.http.clone())?;
     let session = OtaSession::new(
         PK,
@@ -672,6 +686,7 @@ fn rust_measure(protocol: Protocol, message: &str) -> Measure<'_> {
             message,
             65536,
             Arc::new(AtomicUsize::new(0)),
+            None,
             |_, _| {},
         )?;
         if !valid {
@@ -740,12 +755,14 @@ fn allocs_in_memory() -> Res<(usize, usize, usize)> {
 /// Allocations per FetchYield in the middle 80 % (by bytes) of a real HTTP download; the server
 /// runs in a child process so only the device side (the caller's thread: HttpSource has no
 /// thread of its own) counts.
-fn allocs_http(size: usize) -> Res<(usize, usize, usize)> {
-    let mut server = Command::new(std::env::current_exe()?)
-        .args(["serve", &size.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+/// `tls`: the server's certificate and key files, and the CA PEM the client trusts.
+fn allocs_http(size: usize, tls: Option<(&Path, &Path, &str)>) -> Res<(usize, usize, usize)> {
+    let mut serve = Command::new(std::env::current_exe()?);
+    serve.args(["serve", &size.to_string()]);
+    if let Some((cert, key, _)) = tls {
+        serve.arg(cert).arg(key);
+    }
+    let mut server = serve.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
     let mut out = BufReader::new(server.stdout.take().ok_or("no stdout")?);
     let mut line = String::new();
     out.read_line(&mut line)?;
@@ -766,6 +783,7 @@ fn allocs_http(size: usize) -> Res<(usize, usize, usize)> {
         &message,
         5000,
         Arc::new(AtomicUsize::new(0)),
+        tls.map(|(_, _, ca)| ca),
         |fetched, total| {
             if window[0].is_none() && fetched * 10 >= total {
                 window[0] = Some(allocs());
@@ -909,7 +927,18 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     // 2. Allocations (first: nothing else runs in the process yet).
     eprintln!("ota-bench: allocations");
     let (mem_allocs, mem_bytes, mem_calls) = allocs_in_memory()?;
-    let (http_allocs, http_calls, http_size) = allocs_http(s.alloc_http_size)?;
+    let (http_allocs, http_calls, http_size) = allocs_http(s.alloc_http_size, None)?;
+    let (tls_allocs, tls_calls) = {
+        let (ca_pem, cert_pem, key_pem) = test_pki()?;
+        let (cert, key) = (work.join("alloc-cert.pem"), work.join("alloc-key.pem"));
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        let (allocs, calls, _) = allocs_http(
+            s.alloc_http_size,
+            Some((cert.as_path(), key.as_path(), &ca_pem)),
+        )?;
+        (allocs, calls)
+    };
     // Last: what init allocates must not land in the zero-allocation windows above.
     let init_allocs = allocs_init()?;
 
@@ -1202,6 +1231,10 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         "   (b) HttpSource vs FirmwareServer (other process), {} MiB, buffer 5000, middle 80% of bytes: {http_allocs} allocations / {http_calls} FetchYields = {:.4} per FetchYield",
         http_size / MIB,
         http_allocs as f64 / http_calls.max(1) as f64
+    ));
+    out.push(format!(
+        "   (c) the same over HTTPS (TLS 1.3, test CA): {tls_allocs} allocations / {tls_calls} FetchYields = {:.4} per FetchYield",
+        tls_allocs as f64 / tls_calls.max(1) as f64
     ));
 
     // 3. Memory.
