@@ -819,6 +819,16 @@ fn tls13_records_that_must_be_refused() {
             ("a renegotiation request", |f| {
                 f.record(HANDSHAKE, &handshake_message(0, &[]), 0)
             }),
+            ("a key update followed by more in its record", |f| {
+                let m = [handshake_message(24, &[0]), handshake_message(4, &[0; 9])];
+                f.record(HANDSHAKE, &m.concat(), 0);
+            }),
+            ("a key update whose body is not one byte", |f| {
+                f.record(HANDSHAKE, &handshake_message(24, &[0, 0]), 0)
+            }),
+            ("a key update asking for an unknown thing", |f| {
+                f.record(HANDSHAKE, &handshake_message(24, &[2]), 0)
+            }),
         ],
     );
 }
