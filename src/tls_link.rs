@@ -452,16 +452,9 @@ impl TlsLink {
 /// ticket or a key update is far smaller than one).
 fn post_handshake(rx: &mut Records, mut messages: &[u8]) -> io::Result<()> {
     while !messages.is_empty() {
-        let [typ, a, b, c, rest @ ..] = messages else {
-            return Err(bad_record("malformed handshake message"));
-        };
-        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
-        if rest.len() < len {
-            return Err(bad_record("handshake message split across records"));
-        }
-        let (body, more) = rest.split_at(len);
+        let (typ, body, more) = next_message(messages)?;
         messages = more;
-        match (*typ, rx.tls13) {
+        match (typ, rx.tls13) {
             (NEW_SESSION_TICKET, true) => {
                 // Only for resumption later: a ticket that cannot be kept costs nothing now.
                 if let Err(e) = rx.kernel.handle_new_session_ticket(body) {
@@ -472,6 +465,11 @@ fn post_handshake(rx: &mut Records, mut messages: &[u8]) -> io::Result<()> {
                 }
             }
             (KEY_UPDATE, true) => {
+                // One byte, 0 or 1 (RFC 8446 §4.6.3), and the record's last message: what
+                // followed it would be under the old keys (§5.1).
+                if !matches!(body, [0 | 1]) || !messages.is_empty() {
+                    return Err(bad_record("malformed key update"));
+                }
                 let (seq, traffic) = rx.kernel.update_rx_secret().map_err(tls_error)?;
                 let (key, iv, gcm) = keys(traffic).map_err(|e| bad_record(&e))?;
                 rx.key = key;
@@ -485,6 +483,19 @@ fn post_handshake(rx: &mut Records, mut messages: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first handshake message of `messages`: its type, its body, and what follows it.
+fn next_message(messages: &[u8]) -> io::Result<(u8, &[u8], &[u8])> {
+    let [typ, a, b, c, rest @ ..] = messages else {
+        return Err(bad_record("malformed handshake message"));
+    };
+    let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+    if rest.len() < len {
+        return Err(bad_record("handshake message split across records"));
+    }
+    let (body, more) = rest.split_at(len);
+    Ok((*typ, body, more))
 }
 
 /// ring's key for `traffic`, its IV, and whether it is AES-GCM.
@@ -511,4 +522,51 @@ fn nonce_xor(iv: &[u8; aead::NONCE_LEN], seq: u64) -> aead::Nonce {
         *b ^= s;
     }
     aead::Nonce::assume_unique_for_key(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nonce_is_the_iv_xor_the_sequence_number_in_its_last_8_bytes() {
+        let iv: [u8; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+        let nonce = |seq| *nonce_xor(&iv, seq).as_ref();
+        assert_eq!(nonce(0), iv);
+        assert_eq!(nonce(1), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]);
+        assert_eq!(
+            nonce(0x0102_0304_0506_0708),
+            [0, 1, 2, 3, 5, 7, 5, 3, 13, 15, 13, 3]
+        );
+        assert_eq!(
+            nonce(u64::MAX),
+            [0, 1, 2, 3, !4, !5, !6, !7, !8, !9, !10, !11]
+        );
+    }
+
+    #[test]
+    fn handshake_messages_are_split_where_their_lengths_say() {
+        let two = [4, 0, 0, 2, 0xaa, 0xbb, 24, 0, 0, 1, 0];
+        let (typ, body, rest) = next_message(&two).unwrap();
+        assert_eq!((typ, body, rest), (4, &[0xaa, 0xbb][..], &two[6..]));
+        let (typ, body, rest) = next_message(rest).unwrap();
+        assert_eq!((typ, body, rest), (24, &[0][..], &[][..]));
+        // An empty body (a HelloRequest).
+        assert_eq!(next_message(&[0, 0, 0, 0]).unwrap(), (0, &[][..], &[][..]));
+    }
+
+    #[test]
+    fn a_handshake_message_cut_short_is_refused() {
+        for broken in [
+            &[][..],
+            &[4],
+            &[4, 0, 0],
+            &[4, 0, 0, 3, 1, 2],
+            &[4, 0xff, 0xff, 0xff, 1],
+        ] {
+            let e = next_message(broken).expect_err("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{broken:?}");
+            assert!(crate::tls::is_tls_io_error(&e), "{broken:?}");
+        }
+    }
 }

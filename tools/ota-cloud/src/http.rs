@@ -11,7 +11,9 @@
 //! transient error statuses and signed URLs that expire ([`ExpireRule`],
 //! [`FirmwareServer::renew_url`]). It also plays a hostile server, to check the client's
 //! limits: redirects (loops, other schemes), an endless body, a false `Content-Length`, a
-//! response head sent byte by byte (slow-loris) or padded to any size. Every fault is bounded
+//! response head sent byte by byte (slow-loris) or padded to any size. Over TLS it also tests
+//! the client's record layer: key updates mid-body and a clean `close_notify` before the
+//! announced end. Every fault is bounded
 //! on the server side too: a write error (the client went away) ends the connection, a client
 //! that stops reading is dropped after a write timeout, and nothing is buffered per response
 //! beyond one chunk.
@@ -45,9 +47,10 @@ const CHUNK: usize = 64 * 1024;
 /// Faults that fire "once" fire once per server, on the first response they apply to.
 /// When several apply to one request: `redirect_first`, then `redirect`, then `status`, then
 /// `fail_first`, then `expire_after` decide the status; for a file body, `endless_body`,
-/// `short_body` and the cuts decide where it ends, `flip_byte_at` corrupts what is sent,
-/// `stall_ms` and `stall_once` only delay it. `content_length`, `huge_head` and
-/// `slow_head_ms` change only how the head is written.
+/// `short_body`, the cuts and `tls_close_notify_at` decide where it ends, `flip_byte_at`
+/// corrupts what is sent, `stall_ms` and `stall_once` only delay it, `tls_key_update_every`
+/// only changes its records. `content_length`, `huge_head` and `slow_head_ms` change only how
+/// the head is written. The `tls_` faults apply to TLS connections only.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Answer every request with this status (e.g. 403, 404, 500) and a short text body.
@@ -68,7 +71,9 @@ pub struct Faults {
     /// response whose range contains it (a response ends at its first pending offset): a
     /// resumed request that starts past an offset skips it, which stays pending for a later
     /// response that covers it (e.g. a restart from 0). Offsets at or past the end of the
-    /// image never fire.
+    /// image never fire. Over TLS the connection is cut without `close_notify`, as a network
+    /// failure would end it (a clean TLS close mid-body is
+    /// [`tls_close_notify_at`](Self::tls_close_notify_at)).
     pub cuts: Vec<u64>,
     /// `(n, seed)`: `n` more cuts like [`cuts`](Self::cuts) at distinct pseudo-random offsets
     /// in `1..len` (fewer if the image is too small), derived from `seed` (splitmix64, so the
@@ -129,6 +134,21 @@ pub struct Faults {
     /// rounded up to whole lines of at least 12 bytes) to every response head, before the
     /// blank line. Written line by line: a huge value costs time, not memory.
     pub huge_head: usize,
+    /// On a TLS 1.3 connection, update the server's sending keys (rustls
+    /// `refresh_traffic_keys`: a KeyUpdate message, the records after it under the next keys)
+    /// after every this many body bytes of each file response, counted from the response's
+    /// first body byte: the body is written in pieces that end at those offsets, each flushed
+    /// with its KeyUpdate (none after the last byte; for `endless_body`, in the image part
+    /// only). [`FirmwareServer::tls_key_updates`] counts them. No effect with `Some(0)`, on
+    /// TLS 1.2 (which has no key update) and on plain HTTP.
+    pub tls_key_update_every: Option<u64>,
+    /// Once per server, on the first file response that would send the byte at this absolute
+    /// offset (like [`stall_once`](Self::stall_once); a download from 0: after this many body
+    /// bytes), stop right before it, send `close_notify`, flush and close the connection: a
+    /// clean TLS close before the announced `Content-Length`. A cut before the offset in the
+    /// same response comes first (this one stays pending); a cut at the same offset waits for
+    /// a later response. Not for `endless_body`; no effect on plain HTTP.
+    pub tls_close_notify_at: Option<u64>,
 }
 
 /// When a firmware URL (one `?token=N`) stops working: from then on it gets 403.
@@ -179,6 +199,12 @@ struct Shared {
     /// Which of `cuts` have fired.
     cuts_fired: Mutex<Vec<bool>>,
     stall_once_done: AtomicBool,
+    /// `tls_close_notify_at` has fired.
+    close_notify_done: AtomicBool,
+    /// KeyUpdates sent (`tls_key_update_every`), over all connections.
+    tls_key_updates: AtomicU64,
+    /// TLS connections whose handshake resumed an earlier session.
+    tls_resumed: AtomicU64,
     /// Connections accepted so far.
     connections: AtomicU64,
     /// Requests parsed so far (for `fail_first`).
@@ -407,7 +433,7 @@ impl FirmwareServer {
         cert_chain_pem: &[u8],
         key_pem: &[u8],
     ) -> io::Result<FirmwareServer> {
-        let config = server_tls_config(cert_chain_pem, key_pem, rustls::DEFAULT_VERSIONS)?;
+        let config = server_tls_config(cert_chain_pem, key_pem, rustls::DEFAULT_VERSIONS, None)?;
         Self::spawn(image.into(), faults, Some(Arc::new(config)))
     }
 
@@ -420,7 +446,23 @@ impl FirmwareServer {
         key_pem: &[u8],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> io::Result<FirmwareServer> {
-        let config = server_tls_config(cert_chain_pem, key_pem, versions)?;
+        let config = server_tls_config(cert_chain_pem, key_pem, versions, None)?;
+        Self::spawn(image.into(), faults, Some(Arc::new(config)))
+    }
+
+    /// [`start_tls_versions`](Self::start_tls_versions) offering only the cipher `suites`
+    /// given (ring's, `rustls::crypto::ring::cipher_suite::*`), e.g. only ChaCha20-Poly1305:
+    /// the handshake fails unless the client offers one of them. Fails with `InvalidInput`
+    /// also when no suite fits the `versions`.
+    pub fn start_tls_suites(
+        image: impl Into<Arc<[u8]>>,
+        faults: Faults,
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suites: &[rustls::SupportedCipherSuite],
+    ) -> io::Result<FirmwareServer> {
+        let config = server_tls_config(cert_chain_pem, key_pem, versions, Some(suites))?;
         Self::spawn(image.into(), faults, Some(Arc::new(config)))
     }
 
@@ -454,6 +496,9 @@ impl FirmwareServer {
             cuts_fired: Mutex::new(vec![false; cuts.len()]),
             cuts,
             stall_once_done: AtomicBool::new(false),
+            close_notify_done: AtomicBool::new(false),
+            tls_key_updates: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             requests_seen: AtomicU64::new(0),
             token: Mutex::new(Token {
@@ -569,6 +614,18 @@ impl FirmwareServer {
     /// Whether the server speaks TLS.
     pub fn is_tls(&self) -> bool {
         self.shared.tls.is_some()
+    }
+
+    /// KeyUpdate messages sent so far ([`Faults::tls_key_update_every`]), over all
+    /// connections.
+    pub fn tls_key_updates(&self) -> u64 {
+        self.shared.tls_key_updates.load(Ordering::SeqCst)
+    }
+
+    /// TLS connections so far whose handshake resumed a session of an earlier one (a TLS 1.3
+    /// ticket, a TLS 1.2 session ID), counted when their first request arrives.
+    pub fn tls_resumed_connections(&self) -> u64 {
+        self.shared.tls_resumed.load(Ordering::SeqCst)
     }
 
     pub fn port(&self) -> u16 {
@@ -736,6 +793,16 @@ fn describe(shared: &Shared) -> Vec<String> {
             f.huge_head
         ));
     }
+    if let Some(n) = f.tls_key_update_every.filter(|&n| n > 0) {
+        out.push(format!(
+            "TLS 1.3: the server's keys updated (KeyUpdate) every {n} body bytes"
+        ));
+    }
+    if let Some(at) = f.tls_close_notify_at {
+        out.push(format!(
+            "TLS: one clean close (close_notify) mid-body before byte {at}"
+        ));
+    }
     out
 }
 
@@ -751,10 +818,12 @@ impl Drop for FirmwareServer {
     }
 }
 
+/// `suites`: the cipher suites offered, when not all of ring's.
 fn server_tls_config(
     cert_chain_pem: &[u8],
     key_pem: &[u8],
     versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: Option<&[rustls::SupportedCipherSuite]>,
 ) -> io::Result<rustls::ServerConfig> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
@@ -767,7 +836,11 @@ fn server_tls_config(
     let key =
         PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(format!("private key: {e}")))?;
     // An explicit provider: rustls panics when it has to pick one and finds two.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suites) = suites {
+        provider.cipher_suites = suites.to_vec();
+    }
+    let provider = Arc::new(provider);
     rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| invalid(format!("TLS versions: {e}")))?
@@ -778,13 +851,43 @@ fn server_tls_config(
 
 /// A connection the server answers on: plain TCP, or TLS over TCP.
 trait Conn: Read + Write {
-    /// Ends the connection after the last response.
+    /// Ends the connection after the last response (over TLS with `close_notify`).
     fn close(&mut self);
+    /// Ends the connection as a network failure would: over TLS without `close_notify`.
+    fn cut(&mut self);
+    /// Whether the TLS faults apply.
+    fn is_tls(&self) -> bool;
+    /// Whether the connection can update its keys (TLS 1.3).
+    fn can_update_keys(&self) -> bool;
+    /// Sends a KeyUpdate (the next records go under new keys) and flushes.
+    fn update_keys(&mut self) -> io::Result<()>;
+    /// Whether the TLS handshake resumed an earlier session.
+    fn resumed(&self) -> bool;
 }
 
 impl Conn for TcpStream {
     fn close(&mut self) {
         let _ = self.shutdown(Shutdown::Both);
+    }
+
+    fn cut(&mut self) {
+        self.close();
+    }
+
+    fn is_tls(&self) -> bool {
+        false
+    }
+
+    fn can_update_keys(&self) -> bool {
+        false
+    }
+
+    fn update_keys(&mut self) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn resumed(&self) -> bool {
+        false
     }
 }
 
@@ -795,6 +898,30 @@ impl Conn for TlsStream {
         self.conn.send_close_notify();
         let _ = self.flush();
         let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    fn cut(&mut self) {
+        let _ = self.flush();
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    fn is_tls(&self) -> bool {
+        true
+    }
+
+    fn can_update_keys(&self) -> bool {
+        self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+    }
+
+    fn update_keys(&mut self) -> io::Result<()> {
+        self.conn
+            .refresh_traffic_keys()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.flush()
+    }
+
+    fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 }
 
@@ -850,10 +977,15 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
 fn serve(stream: &mut impl Conn, shared: &Shared) -> io::Result<()> {
     // Bytes read but not consumed yet (pipelined requests).
     let mut buf: Vec<u8> = Vec::new();
+    let mut first = true;
     loop {
         let Some(head_len) = read_head(stream, &mut buf, shared)? else {
             return Ok(()); // peer closed, idle, or server stopping
         };
+        // The handshake is over by now (it ran inside the first read).
+        if std::mem::take(&mut first) && stream.resumed() {
+            shared.tls_resumed.fetch_add(1, Ordering::SeqCst);
+        }
         let req = parse_head(&buf[..head_len]);
         buf.drain(..head_len);
         let Some(req) = req else {
@@ -862,10 +994,37 @@ fn serve(stream: &mut impl Conn, shared: &Shared) -> io::Result<()> {
         };
         // GET/HEAD have no body; skip one if a client sends it anyway, to keep framing.
         skip_body(stream, &mut buf, req.body_len, shared)?;
-        let keep = respond(stream, shared, &req)?;
-        if !keep {
-            stream.close();
-            return Ok(());
+        match respond(stream, shared, &req)? {
+            Then::Keep => {}
+            Then::Close => {
+                stream.close();
+                return Ok(());
+            }
+            Then::Cut => {
+                stream.cut();
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What becomes of the connection after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// It stays open for the next request.
+    Keep,
+    /// It is closed (over TLS with `close_notify`).
+    Close,
+    /// It is cut (over TLS without `close_notify`).
+    Cut,
+}
+
+impl Then {
+    fn keep_if(keep: bool) -> Then {
+        if keep {
+            Then::Keep
+        } else {
+            Then::Close
         }
     }
 }
@@ -1118,8 +1277,8 @@ fn respond_simple(
     Ok(body.len() as u64)
 }
 
-/// Answers one request; returns whether the connection stays open.
-fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result<bool> {
+/// Answers one request; returns what becomes of the connection.
+fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result<Then> {
     let faults = &shared.faults;
     let is_head = req.method == "HEAD";
     let mut keep = req.keep_alive;
@@ -1221,10 +1380,10 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
         image: file.as_ref().map_or(&[][..], |(image, _)| &image[..]),
         counted: file.as_ref().is_some_and(|(_, first)| *first),
     };
-    let result = (|| -> io::Result<bool> {
+    let result = (|| -> io::Result<Then> {
         write_head(stream, shared, log.status, announced, &extra_headers, keep)?;
         if is_head {
-            return Ok(keep);
+            return Ok(Then::keep_if(keep));
         }
         if faults.stall_ms > 0 {
             stream.flush()?;
@@ -1234,21 +1393,33 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
             Some((s, e)) if endless => {
                 send_file(stream, shared, &body, s, e, &mut log.bytes_sent)?;
                 send_garbage(stream, shared, &mut log.bytes_sent)?;
-                return Ok(false);
+                return Ok(Then::Close);
             }
             Some((s, e)) => {
-                // Where this body ends: a short body, else the first pending cut in range.
+                // Where this body ends: a short body, else the first pending cut in range,
+                // else a pending close_notify in range.
                 let mut end = e;
                 if let Some(n) = faults.short_body {
                     end = end.min(s.saturating_add(n));
                 }
-                if let Some(c) = shared.claim_cut(s, end) {
+                let notify = faults.tls_close_notify_at.filter(|&at| {
+                    stream.is_tls()
+                        && (s..end).contains(&at)
+                        && !shared.close_notify_done.load(Ordering::SeqCst)
+                });
+                let mut then = Then::Close;
+                if let Some(c) = shared.claim_cut(s, notify.unwrap_or(end)) {
                     end = c;
+                    then = Then::Cut;
+                } else if let Some(at) = notify {
+                    if !shared.close_notify_done.swap(true, Ordering::SeqCst) {
+                        end = at;
+                    }
                 }
                 send_file(stream, shared, &body, s, end, &mut log.bytes_sent)?;
                 if end < e {
                     stream.flush()?;
-                    return Ok(false);
+                    return Ok(then);
                 }
             }
             None => {
@@ -1261,7 +1432,7 @@ fn respond(stream: &mut impl Conn, shared: &Shared, req: &Request) -> io::Result
             log.bytes_sent += faults.extra_bytes as u64;
         }
         stream.flush()?;
-        Ok(keep)
+        Ok(Then::keep_if(keep))
     })();
     log.complete = result.is_ok();
     shared.log.lock().unwrap().push(log);
@@ -1314,10 +1485,16 @@ fn send_file(
 ) -> io::Result<()> {
     let faults = &shared.faults;
     let image = body.image;
+    let key_update_every = faults
+        .tls_key_update_every
+        .filter(|&every| every > 0 && stream.can_update_keys());
     let mut pos = start;
     while pos < end {
         reach_milestones(stream, shared, body)?;
         let mut n = (end - pos).min(CHUNK as u64);
+        if let Some(every) = key_update_every {
+            n = n.min(every - (pos - start) % every); // stop at the next key update
+        }
         if let Some((at, ms)) = faults.stall_once {
             if at == pos && !shared.stall_once_done.swap(true, Ordering::SeqCst) {
                 stream.flush()?;
@@ -1343,6 +1520,12 @@ fn send_file(
         *sent += n;
         if body.counted {
             shared.count_sent(n);
+        }
+        if let Some(every) = key_update_every {
+            if (pos - start) % every == 0 && pos < end {
+                stream.update_keys()?;
+                shared.tls_key_updates.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
     reach_milestones(stream, shared, body)
