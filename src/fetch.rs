@@ -11,14 +11,13 @@
 //! HTTP/1.1 is ureq's sans-IO core, `ureq-proto`: it writes the request head into a buffer
 //! and parses the response head and chunked bodies from bytes given to it. (ureq's own
 //! `call()` blocks until the response head and ends the request when its transport times out,
-//! so a download could not pause across calls.) TLS is a rustls `ClientConnection` on the same
-//! socket. Over plain HTTP bytes reach the caller's buffer with one copy: identity bodies
-//! (`Content-Length`, or up to the close) are received straight into it, chunked bodies are
-//! decoded into it from the receive buffer. Over TLS the caller's buffer is filled from
-//! rustls' plaintext; rustls' buffered API itself copies each decrypted record (up to 16 KiB)
-//! into a buffer it allocates, so HTTPS costs one copy and one allocation per record more
-//! (its unbuffered API, which decrypts in place, would remove both). The buffers are made in
-//! [`HttpSource::new`]; a read in the middle of a plain-HTTP body allocates nothing.
+//! so a download could not pause across calls.) TLS: rustls runs the handshake on the same
+//! socket, then [`crate::tls_link`] opens the records itself, in place in one record buffer.
+//! Bytes reach the caller's buffer with one copy: identity bodies (`Content-Length`, or up to
+//! the close) are received straight into it over plain HTTP and copied into it from the
+//! decrypted record over HTTPS; chunked bodies are decoded into it from the receive buffer.
+//! The buffers are made in [`HttpSource::new`] (the record buffer with each HTTPS connection);
+//! a read in the middle of a body allocates nothing, over HTTP or HTTPS.
 //!
 //! Name resolution is the one wait not bounded by the read's timeout (see [`crate::net`]):
 //! an IP address in the URL is never looked up, a name is looked up by the resolver once per

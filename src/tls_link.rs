@@ -393,6 +393,10 @@ impl TlsLink {
                 .key
                 .open_in_place(nonce_xor(&rx.iv, seq), aead::Aad::from(header), payload)
                 .map_err(|_| tls_error(rustls::Error::DecryptError))?;
+            // Content, type and padding: at most 2^14 + 1 (RFC 8446 §5.4).
+            if plain.len() > 16385 {
+                return Err(bad_record("record plaintext too long"));
+            }
             // The inner type is the last non-zero byte; zeros after it are padding.
             let Some(at) = plain.iter().rposition(|&b| b != 0) else {
                 return Err(bad_record("record without a content type"));
@@ -437,6 +441,8 @@ impl TlsLink {
                 [_, desc] => Err(tls_error(rustls::Error::AlertReceived(desc.into()))),
                 _ => Err(bad_record("malformed alert")),
             },
+            // Zero-length handshake fragments are forbidden (RFC 8446 §5.1, RFC 5246 §6.2.1).
+            HANDSHAKE if start == end => Err(bad_record("empty handshake record")),
             HANDSHAKE => {
                 let Phase::Records(rx) = &mut self.phase else {
                     return Err(bad_record("record before the handshake ended"));

@@ -829,6 +829,10 @@ fn tls13_records_that_must_be_refused() {
             ("a key update asking for an unknown thing", |f| {
                 f.record(HANDSHAKE, &handshake_message(24, &[2]), 0)
             }),
+            ("content, type and padding longer than 2^14 + 1", |f| {
+                f.record(APPLICATION_DATA, &[0x41; 16384], 1)
+            }),
+            ("an empty handshake record", |f| f.record(HANDSHAKE, &[], 0)),
         ],
     );
 }
@@ -848,6 +852,7 @@ fn tls12_records_that_must_be_refused() {
                 f.raw(&[APPLICATION_DATA, 3, 3, 0, 20]);
                 f.raw(&[0; 20]);
             }),
+            ("an empty handshake record", |f| f.record(HANDSHAKE, &[], 0)),
         ],
     );
 }
