@@ -1,4 +1,6 @@
-//! Aliyun IoT OTA (seed `003_afcbb86bc3ca17a8.txt`): `/ota/device/{inform,upgrade,progress,request}`.
+//! Aliyun IoT OTA: `/ota/device/{inform,upgrade,progress,request}`. The rules and the readings
+//! taken are in `docs/protocols.md` ("Aliyun"); the tests quote the platform's document ("the
+//! seed") verbatim.
 //!
 //! Upgrade: `{"code":"1000","data":{"size":N,"version":"…","url":"…","md5":"<32 hex>"},"id":N,"message":"success"}`.
 //! Version / request: `{"id":N,"params":{"version":"…"[,"module":"…"]}}`.

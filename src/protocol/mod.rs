@@ -3,6 +3,8 @@
 //! sized by [`Limits`] at init.
 //!
 //! One file per platform; adding a platform touches this folder and [`Protocol`] only.
+//! The four formats side by side, with the readings taken where a platform's document is
+//! ambiguous: `docs/protocols.md`.
 
 pub mod aliyun;
 pub mod fixed;

@@ -1,4 +1,5 @@
-//! SagooIOT OTA (seed `002_a4c29e802b8b433b.txt`): the Aliyun topic family
+//! SagooIOT OTA (`docs/protocols.md`, "SagooIOT"; the tests quote the platform's document, "the
+//! seed", verbatim): the Aliyun topic family
 //! `/ota/device/{inform,upgrade,progress}` with modules, a choice of digest and free-form
 //! `extData`.
 //!

@@ -1,4 +1,5 @@
-//! Tencent Cloud IoT OTA (seed `001_8efad716fb79dd7c.txt`): `$ota/update/{productID}/{deviceName}`
+//! Tencent Cloud IoT OTA (`docs/protocols.md`, "Tencent Cloud IoT"; the tests quote the
+//! platform's document, "the seed", verbatim): `$ota/update/{productID}/{deviceName}`
 //! down, `$ota/report/{productID}/{deviceName}` up; every message names itself with `type`.
 //!
 //! Upgrade: `{"file_size":N,"md5sum":"<32 hex>","type":"update_firmware","url":"…","version":"…"}`.
@@ -289,7 +290,7 @@ mod tests {
         assert!(n.current_version.is_empty());
         assert!(n.batch.is_empty());
         assert_eq!(n.message_id, 0);
-        // The compact form (as the protocol sheet writes it) decodes the same.
+        // The compact form (as docs/protocols.md writes it) decodes the same.
         let mut m = notice();
         decode(
             compact(SEED_UPDATE_FIRMWARE).as_bytes(),

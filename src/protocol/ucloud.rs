@@ -1,4 +1,5 @@
-//! UCloud IoT OTA (seed `000_6d537dd724ab8d43.txt`): one topic each way,
+//! UCloud IoT OTA (`docs/protocols.md`, "UCloud"; the tests quote the platform's document, "the
+//! seed", verbatim): one topic each way,
 //! `/$system/{productSN}/{deviceSN}/ota/downstream` and `…/ota/upstream`.
 //!
 //! Task: `{"Method":"notify","Payload":{"Version":"…","CurrentVersion":"…","Module":"…","URL":"…","MD5":"<32 hex>","Size":N,"TaskID":"…"}}`.
