@@ -10,19 +10,30 @@
 //! covers bytes not yet handed to the caller. Firmware that appends what it gets and never
 //! rewinds (the iotkit sample) is therefore always right.
 //!
-//! | state    | event                                | next     | effect                                   |
-//! |----------|--------------------------------------|----------|------------------------------------------|
-//! | idle     | valid upgrade                        | fetching | new cycle (from the record's offset or 0)|
-//! | fetching | same upgrade again                   | fetching | keeps the offset; takes the fresh URL    |
-//! | fetching | different upgrade                    | fetched  | reported superseded; the new one waits   |
-//! | fetched  | any upgrade not yet verified         | fetched  | waits until the caller saw the end       |
-//! | fetched  | `is_fetching` after the end was seen | fetching | the waiting upgrade starts a new cycle   |
-//! | any      | invalid upgrade message              | same     | error logged, `last_error` set           |
-//! | fetching | bytes arrive                         | fetching | digest updated                           |
-//! | fetching | last byte arrives                    | fetched  | digest compared; step −3 report if bad   |
-//! | fetching | server ignored `Range`               | fetching | the first `offset` bytes are discarded   |
-//! | fetching | HTTP 403 (Aliyun)                    | fetching | fresh URL requested; −2 only if none     |
-//! | fetching | download fails / caller reports < 0  | fetched  | one failure report; `check_firmware` 0   |
+//! | state    | event                                         | next     | effect                                     |
+//! |----------|-----------------------------------------------|----------|--------------------------------------------|
+//! | idle     | valid upgrade                                 | fetching | new cycle (from the record's offset or 0); UCloud acknowledges the task |
+//! | any      | upgrade refused (SagooIOT `dProtocol` or unknown `signMethod`, UCloud `CurrentVersion` not running) | same | failure report naming why; `last_error` set |
+//! | any      | invalid message, or one on another topic      | same     | error logged, `last_error` set             |
+//! | any      | message not acted on (unknown Tencent `type` or UCloud `Method`, `report_version_rsp` 0) | same | nothing (a non-zero `report_version_rsp` sets `last_error`) |
+//! | fetching | same upgrade again                            | fetching | keeps the offset; takes the fresh URL      |
+//! | fetching | different upgrade                             | fetched  | reported superseded; the new one waits     |
+//! | fetched  | the verified image announced again            | fetched  | ignored                                    |
+//! | fetched  | any other upgrade                             | fetched  | waits until the caller saw the end (the latest one waits) |
+//! | fetched  | `is_fetching` after the end was seen          | fetching | the waiting upgrade starts a new cycle     |
+//! | fetching | bytes arrive                                  | fetching | digest updated                             |
+//! | fetching | last announced byte arrives                   | fetched  | digest and size checked; if bad, verify-failed report (Aliyun step −3) |
+//! | fetching | transient download error                      | fetching | retried from the offset with `Range` after a backoff |
+//! | fetching | server ignored `Range`                        | fetching | the first `offset` bytes are discarded     |
+//! | fetching | HTTP 403 (Aliyun, running version known)      | fetching | fresh URL requested; −2 only if none       |
+//! | fetching | download fails for good / caller reports < 0  | fetched  | one failure report; `check_firmware` false |
+//! | fetching | caller reports −2 after a `fetch_yield` of 0  | fetching | held: the SDK's own report follows if the download fails |
+//! | fetched  | caller reports < 0                            | fetched  | one failure report per upgrade (later ones dropped) |
+//! | fetching, or fetched unverified | `start_download(offset)` | fetching | next request from `offset`; checked at once when `offset` is the size |
+//! | fetching | `release` (`IOT_OTA_Deinit`)                  | fetched  | download ends, nothing reported            |
+//!
+//! "The end was seen": `is_fetch_finished` returned true, or `check_firmware` was called. The
+//! messages each platform sends for these events: `docs/protocols.md`.
 //!
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
