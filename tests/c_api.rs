@@ -1,6 +1,7 @@
 //! The C ABI (`IOT_MQTT_*`, `IOT_OTA_*`) called exactly as firmware calls it: `void *` handles,
-//! NUL-terminated strings, raw buffers. Real parts only: an embedded rumqttd broker, firmware
-//! over HTTP on 127.0.0.1 (with injected faults), and a second MQTT client playing the platform.
+//! NUL-terminated strings, raw buffers. Real parts only: the simulator's embedded MQTT broker
+//! (`tools/ota-cloud/src/broker.rs`), firmware over HTTP on 127.0.0.1 (with injected faults), and
+//! a second MQTT client playing the platform (messages as in `docs/protocols.md`).
 //! Each test has its own broker and device names, and every wait is bounded.
 
 #[path = "common/cmqtt.rs"]

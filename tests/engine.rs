@@ -1,5 +1,6 @@
-//! The state machine's transitions on in-memory transports: every row of the table in
-//! `src/ota.rs`, plus the reports each failure sends.
+//! The state machine's transitions on in-memory transports (the table at the top of
+//! `src/ota/mod.rs`; its less travelled rows are in `engine_edges.rs` and `stream_invariant.rs`),
+//! plus the reports each failure sends.
 
 #[path = "common/recorder.rs"]
 mod recorder;

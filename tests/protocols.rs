@@ -1,6 +1,7 @@
-//! Full upgrades through the Rust API for every protocol: embedded rumqttd broker, the
-//! `ota-cloud` simulator playing the platform (and checking every message the device sends),
-//! firmware over real HTTP on 127.0.0.1.
+//! Full upgrades through the Rust API for every protocol: the simulator's embedded MQTT broker
+//! (`tools/ota-cloud/src/broker.rs`), the `ota-cloud` simulator playing the platform and checking
+//! every message the device sends (the shapes: `docs/protocols.md`), firmware over real HTTP on
+//! 127.0.0.1.
 
 use std::time::{Duration, Instant};
 
