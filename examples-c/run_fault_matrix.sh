@@ -2,7 +2,8 @@
 # The fault matrix (issue 11): one misbehaving download per case, with sequential_writer.c (firmware
 # written like the iotkit v2.3 OTA sample, appending what FetchYield returns, never seeking back)
 # as the device, mosquitto as the broker and `ota-cloud serve` as the platform and firmware server.
-# Each case ends in exactly one of two outcomes (shared/contract.md):
+# Each case ends in exactly one of two outcomes (the stream invariant: include/ota.h's opening
+# comment, README.md):
 #   VALID    writer exit 0, its file byte-identical to the served image, cloud "outcome: success"
 #   INVALID  writer exit 2 (CHECK_FIRMWARE 0), cloud "outcome: failed ... reports=1"
 # with no "violation:" from the cloud; anything else (exit 3: the loop did not end in time, a
@@ -10,8 +11,9 @@
 # the outcome it must have; a two-cycle case (supersede) declares one per cycle ("INVALID+VALID").
 # The last line of a case is `matrix: CASE -> OUTCOME (expected EXPECTED)`, OUTCOME UNCLASSIFIED
 # when the case ended in neither (the reasons are printed before it, the logs after).
-# An ota-cloud without contract.md's additions prints no outcome line: its verdict is then taken
-# from its exit status and log, and the cases that need its new flags fail at once.
+# An older ota-cloud, without the outcome line and the flags in contract_flags below, prints no
+# outcome line: its verdict is then taken from its exit status and log, and the cases that need
+# those flags fail at once.
 #
 # usage: run_fault_matrix.sh WRITER_BIN OTA_CLOUD_BIN CASE     one case (exit 0 as expected)
 #        run_fault_matrix.sh WRITER_BIN OTA_CLOUD_BIN all      every case, then a summary table
@@ -73,7 +75,7 @@ readonly cases=(
     "tencent_supersede|tencent|INVALID+VALID|--supersede-at 30|cycles=2"
 )
 
-# Flags of the contract the simulator may not have yet (branch `cloud`).
+# Flags an older simulator may not have (see the opening comment).
 readonly contract_flags=(--supersede-at --renotify-at --ignore-requests)
 
 if [[ ${1:-} == --list ]]; then

@@ -2,7 +2,7 @@
 //! and the upgrade notification. Pure: no I/O.
 //!
 //! The checker is deliberately stricter than the real platform: it is there to catch a device
-//! SDK that drifts from the documented shapes (`shared/PROTOCOLS.md`), so an unknown key or a
+//! SDK that drifts from the documented shapes (`docs/protocols.md`), so an unknown key or a
 //! wrong JSON type is a violation rather than something to tolerate.
 
 use serde_json::{json, Map, Value};

@@ -4,7 +4,7 @@
 //! Same topic family as Aliyun (`/ota/device/{inform,progress,upgrade}/{pk}/{dn}`, no
 //! `request` topic), with string message ids, modules, a choice of digest (`sign` +
 //! `signMethod`) and `extData`. As in [`crate::aliyun`], anything beyond the documented shapes
-//! (`shared/PROTOCOLS.md`, seed `002`) is a violation.
+//! (`docs/protocols.md`, from SagooIOT's OTA document) is a violation.
 
 use std::fmt;
 use std::str::FromStr;

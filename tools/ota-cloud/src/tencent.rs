@@ -3,7 +3,7 @@
 //!
 //! The device publishes on `$ota/report/{pid}/{dn}`: `report_version` and `report_progress`
 //! (states `downloading`, `burning`, `done`, `fail`); the cloud answers on
-//! `$ota/update/{pid}/{dn}`. Shapes per `shared/PROTOCOLS.md` and seed `001`; anything else
+//! `$ota/update/{pid}/{dn}`. Shapes per `docs/protocols.md` (Tencent's OTA document); anything else
 //! (unknown keys or `type`s, numbers where strings belong) is a violation.
 
 use serde_json::{json, Map, Value};

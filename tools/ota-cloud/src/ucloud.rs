@@ -6,11 +6,12 @@
 //! `{"Method":"notify"|"upgrading"|"success","Payload":{"TaskID":"…"}}` and
 //! `{"Method":"fail","Payload":{"TaskID":"…","ErrMsg":"…"}}`. Cloud → device on
 //! `…/ota/downstream`: `{"Method":"notify","Payload":{"Version","CurrentVersion","Module"?,
-//! "URL","MD5","Size","TaskID"}}`. Shapes per `shared/PROTOCOLS.md` and seed `000`; the older
-//! SDK generation's Method names (`report_version`, `report_progress`, …) are violations.
+//! "URL","MD5","Size","TaskID"}}`. Shapes per `docs/protocols.md` (UCloud's OTA document);
+//! the older SDK generation's Method names (`report_version`, `report_progress`, …) are
+//! violations.
 //!
-//! Stricter than the seed on one point: `ErrMsg` is required (and non-empty) in `fail`, as
-//! PROTOCOLS.md asks devices to say why they fail.
+//! Stricter than UCloud's document on one point: `ErrMsg` is required (and non-empty) in `fail`,
+//! as devices should say why they fail (the SDK always does: `docs/protocols.md`, "UCloud").
 
 use serde_json::{json, Map, Value};
 
