@@ -306,7 +306,7 @@ if [[ $contract_cloud -eq 1 || ${#outcome_lines[@]} -gt 0 ]]; then
     fi
     cloud_outcome=${outcome_lines[0]:-}
 else
-    # Before contract.md: exit 0 only for success; it stopped at the first failure report.
+    # An older ota-cloud: exit 0 only for success; it stopped at the first failure report.
     failure_reports=$(grep -cE 'device reports fail' "$tmp/cloud.log" || true)
     if [[ $cloud_rc -eq 0 ]]; then
         cloud_outcome="outcome: success $target"
