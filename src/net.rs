@@ -61,12 +61,26 @@ pub trait Net: Send {
 #[derive(Debug)]
 pub struct PosixNet {
     origin: std::time::Instant,
+    receive_buffer: Option<usize>,
 }
 
 impl Default for PosixNet {
     fn default() -> Self {
         PosixNet {
             origin: std::time::Instant::now(),
+            receive_buffer: None,
+        }
+    }
+}
+
+impl PosixNet {
+    /// Sockets whose kernel receive buffer is `bytes` (`SO_RCVBUF`, set before the connect so
+    /// the window scale fits it; the kernel caps it at `net.core.rmem_max` and doubles it for
+    /// its bookkeeping), instead of the kernel's autotuning.
+    pub fn with_receive_buffer(bytes: usize) -> PosixNet {
+        PosixNet {
+            receive_buffer: Some(bytes),
+            ..PosixNet::default()
         }
     }
 }
@@ -165,6 +179,17 @@ impl Net for PosixNet {
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 );
             }
+            if let Some(bytes) = self.receive_buffer {
+                // Best effort: a kernel that refuses keeps its autotuning.
+                let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
             let (storage, len) = sockaddr_of(addr);
             let rc = libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len);
             if rc != 0 {
@@ -250,6 +275,43 @@ impl Net for PosixNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's receive buffer of a socket (what `SO_RCVBUF` reads back: twice what was
+    /// asked, for the kernel's bookkeeping).
+    fn receive_buffer(s: &PosixSocket) -> usize {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid descriptor and an int-sized out buffer.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        v as usize
+    }
+
+    #[test]
+    fn a_fixed_receive_buffer_is_set_before_the_connect_and_autotuning_is_the_default() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked = 192 * 1024;
+        let fixed = PosixNet::with_receive_buffer(asked).connect(&addr).unwrap();
+        let auto = PosixNet::default().connect(&addr).unwrap();
+        // Linux caps the request at net.core.rmem_max, then doubles it.
+        let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(usize::MAX);
+        if cfg!(target_os = "linux") {
+            assert_eq!(receive_buffer(&fixed), 2 * asked.min(cap));
+        }
+        assert_ne!(receive_buffer(&fixed), receive_buffer(&auto));
+    }
 
     #[test]
     fn a_connect_to_a_closed_port_fails_after_the_socket_is_writable() {
