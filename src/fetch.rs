@@ -12,7 +12,7 @@
 //! and parses the response head and chunked bodies from bytes given to it. (ureq's own
 //! `call()` blocks until the response head and ends the request when its transport times out,
 //! so a download could not pause across calls.) TLS: rustls runs the handshake on the same
-//! socket, then [`crate::tls_link`] opens the records itself, in place in one record buffer.
+//! socket, then the crate's `tls_link` opens the records itself, in place in one record buffer.
 //! Bytes reach the caller's buffer with one copy: identity bodies (`Content-Length`, or up to
 //! the close) are received straight into it over plain HTTP and copied into it from the
 //! decrypted record over HTTPS; chunked bodies are decoded into it from the receive buffer.
@@ -22,6 +22,8 @@
 //! Name resolution is the one wait not bounded by the read's timeout (see [`crate::net`]):
 //! an IP address in the URL is never looked up, a name is looked up by the resolver once per
 //! connection.
+
+#![deny(missing_docs)]
 
 use std::io;
 use std::net::SocketAddr;
@@ -40,40 +42,66 @@ use crate::tls::{is_tls_io_error, parse_ca_pem};
 /// Why a download failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
+    /// The server answered with this status instead of 200/206 or a redirect to follow
+    /// (416 from [`MemorySource`] for an offset past the end); 408, 429, 500 and 502-504 are
+    /// transient.
     #[error("HTTP status {0}")]
     Status(u16),
+    /// None of the host's addresses (at most 4, tried in turn) accepted a TCP connection.
     #[error("could not connect to the firmware server")]
     Connect,
+    /// The host name did not resolve to an address.
     #[error("host name lookup failed")]
     Resolve,
+    /// A phase outlasted its [`HttpConfig`] timeout (connect with handshake, response head,
+    /// body), or the engine saw nothing arrive for the retry policy's stall timeout.
     #[error("timed out")]
     Timeout,
+    /// The TLS handshake failed (certificate not trusted, wrong host name, alert), the URL's
+    /// host is not a valid server name, or the build has no TLS for an `https://` URL.
     #[error("TLS failure")]
     Tls,
     /// A TLS connection that was up broke (a fatal alert, a record that does not decrypt):
     /// unlike a failed handshake, a new connection may well work.
     #[error("TLS connection broken after the handshake")]
     TlsBroken,
+    /// Any other socket error, by kind (`UnexpectedEof`: closed during the response head).
     #[error("network error: {0}")]
     Io(std::io::ErrorKind),
+    /// The response is not usable HTTP, or does not fit the request (head too large, bad
+    /// chunking, `Content-Range` or size not the ones asked for, digest mismatch); the text
+    /// says which.
     #[error("malformed HTTP response: {0}")]
     BadResponse(&'static str),
+    /// The URL (or a redirect's target) is not `http(s)://host…`, has a port outside
+    /// 1..=65535, or is longer than [`HttpConfig::max_url`].
     #[error("invalid firmware URL")]
     Url,
+    /// More redirects than [`HttpConfig::max_redirects`].
     #[error("too many redirects")]
     Redirects,
+    /// An `http://` URL or redirect while [`HttpConfig::allow_plain_http`] is false.
     #[error("plain http:// download refused (HTTPS required by the configuration)")]
     PlainHttp,
+    /// A redirect from https to http, to another scheme (`ftp:`, `file:`) or scheme-relative
+    /// (`//host`).
     #[error("redirect to a weaker or unknown scheme refused")]
     RedirectScheme,
+    /// The server has more bytes than the upgrade announced; the image is rejected.
     #[error("server sent more bytes than the announced size")]
     Oversize,
+    /// The body ended (close, or the end of its `Content-Length` or chunks) before the
+    /// announced size; transient, the next connection resumes from the offset reached.
     #[error("connection closed before the announced size was received")]
     Truncated,
+    /// A resumed download came back from byte 0. No source of this crate returns it: the
+    /// engine skips the bytes it has when a server ignores `Range`.
     #[error("the download was restarted from byte 0 by the server")]
     Restarted,
+    /// An upgrade message for another image arrived during the download, which ends here.
     #[error("a different upgrade replaced this download")]
     Superseded,
+    /// The firmware reported the upgrade failed (or released the session) mid-download.
     #[error("the download was ended by a failure report")]
     Abandoned,
 }
@@ -110,8 +138,9 @@ pub struct OpenInfo {
     pub status: u16,
     /// `Content-Length`, when the server sent one.
     pub content_length: Option<u64>,
-    /// First byte and total size from `Content-Range` (206 answers).
+    /// First byte from `Content-Range` (206 answers).
     pub range_start: Option<u64>,
+    /// Size of the whole file from `Content-Range` (206 answers).
     pub range_total: Option<u64>,
 }
 
@@ -962,6 +991,7 @@ pub struct MemorySource {
 }
 
 impl MemorySource {
+    /// Serves `image` whole in each read (set [`chunk`](Self::chunk) for smaller reads).
     pub fn new(image: &'static [u8]) -> MemorySource {
         MemorySource {
             image,

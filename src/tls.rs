@@ -5,15 +5,21 @@
 //! fail with [`FetchError::Tls`](crate::fetch::FetchError::Tls), a CA is refused with
 //! [`CaPemError::NoTls`], and MQTT over TLS cannot be configured.
 
+#![deny(missing_docs)]
+
 /// Why a CA PEM was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CaPemError {
+    /// The PEM holds no `CERTIFICATE` block (it may hold keys or nothing at all).
     #[error("no PEM certificate found")]
     NoCertificate,
+    /// A `CERTIFICATE` block is not valid PEM (bad base64, missing end line).
     #[error("a PEM certificate block is malformed")]
     Malformed,
+    /// A certificate's DER does not parse as an X.509 certificate webpki can trust.
     #[error("a certificate cannot serve as a trust anchor")]
     NotAnAnchor,
+    /// The library was built without the `tls` feature, so no CA can be used.
     #[error("this build has no TLS support (cargo feature `tls`)")]
     NoTls,
 }
