@@ -4,6 +4,8 @@
 //!
 //! Pure Rust: nothing here knows about C. `ffi/conninfo.rs` and `ffi/hal.rs` translate.
 
+#![deny(missing_docs)]
+
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -41,11 +43,17 @@ const PORT_TLS: u16 = 443;
 /// Aliyun IoT region: selects the MQTT host, unless `Custom` (then the custom domain is used).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Region {
+    /// China (Shanghai), `cn-shanghai` (the default).
     Shanghai,
+    /// Singapore, `ap-southeast-1`.
     Singapore,
+    /// Japan (Tokyo), `ap-northeast-1`.
     Japan,
+    /// US West (Silicon Valley), `us-west-1`.
     UsWest,
+    /// Germany (Frankfurt), `eu-central-1`.
     Germany,
+    /// No Aliyun region: the host is the domain given to [`set_mqtt_domain`].
     Custom,
 }
 
@@ -66,9 +74,13 @@ impl Region {
 /// One device identity value kept for the HAL getters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdentityField {
+    /// The product key (Aliyun; the product id of the other platforms), at most 20 bytes.
     ProductKey,
+    /// The device name within the product, at most 32 bytes.
     DeviceName,
+    /// The device secret that signs the MQTT password, at most 64 bytes.
     DeviceSecret,
+    /// The running firmware version, at most 31 bytes; see [`firmware_version`].
     FirmwareVersion,
 }
 
@@ -101,8 +113,11 @@ pub enum ConnInfoError {
     Empty(&'static str),
     /// A value is longer than its limit (never truncated).
     TooLong {
+        /// The value refused (e.g. "device name", or the environment variable's name).
         what: &'static str,
+        /// Its length in bytes.
         len: usize,
+        /// The most bytes allowed.
         max: usize,
     },
     /// The region is `Custom` but no custom MQTT domain was set.
@@ -136,10 +151,17 @@ impl std::error::Error for ConnInfoError {}
 /// What a device needs to open its MQTT connection to Aliyun IoT.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
+    /// The broker's host name (regional, custom domain, or `IOTX_MQTT_HOST`).
     pub host: String,
+    /// The broker's port: 1883, 443 with TLS, or the custom or `IOTX_MQTT_PORT` one.
     pub port: u16,
+    /// `{pk}.{dn}|timestamp=…,securemode=…,signmethod=hmacsha1,…|`: the MQTT client id, which
+    /// carries the signing parameters.
     pub client_id: String,
+    /// `{dn}&{pk}`.
     pub username: String,
+    /// Lowercase hex HMAC-SHA1 of the client id, device name, product key and timestamp,
+    /// keyed with the device secret (40 characters).
     pub password: String,
 }
 
@@ -336,10 +358,10 @@ pub fn hmac_sha1_hex(key: &[u8], data: &[u8]) -> String {
 /// `Custom`; port 1883 (443 with `tls`) or the custom port. `IOTX_MQTT_HOST` and
 /// `IOTX_MQTT_PORT`, when set and non-empty, override both.
 ///
-/// Errors: `pk`, `dn` or `secret` empty or longer than [`MAX_PRODUCT_KEY_LEN`],
-/// [`MAX_DEVICE_NAME_LEN`], [`MAX_DEVICE_SECRET_LEN`]; custom region
-/// without a domain; `IOTX_MQTT_HOST` longer than [`MAX_HOST_LEN`];
-/// `IOTX_MQTT_PORT` not in 1..=65535.
+/// Errors: `pk`, `dn` or `secret` empty or longer than 64, 32 and 64 bytes
+/// ([`ConnInfoError::Empty`], [`ConnInfoError::TooLong`]); custom region without a domain
+/// ([`ConnInfoError::NoCustomDomain`]); `IOTX_MQTT_HOST` longer than 128 bytes;
+/// `IOTX_MQTT_PORT` not in 1..=65535 ([`ConnInfoError::InvalidEnvPort`]).
 pub fn aliyun_conn_info(
     pk: &str,
     dn: &str,
