@@ -13,6 +13,8 @@
 //! calling it (as iotkit firmware does from its callbacks): requests wait in a bounded queue
 //! until the yield sends them.
 
+#![deny(missing_docs)]
+
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -68,13 +70,20 @@ const QUIET_POLL: Duration = Duration::from_millis(1);
 /// How to reach the broker.
 #[derive(Debug, Clone)]
 pub struct MqttOptions {
+    /// The broker's host name or IP address; with TLS, the name its certificate must carry.
     pub host: String,
+    /// The broker's TCP port (not 0).
     pub port: u16,
+    /// The MQTT client id sent in CONNECT.
     pub client_id: String,
+    /// User name sent in CONNECT; `None` sends no credentials.
     pub username: Option<String>,
+    /// Password sent with `username` (`None`: empty); ignored without a user name.
     pub password: Option<String>,
     /// CA certificate(s) in PEM: `Some` means TLS verified against them; `None` plain TCP.
     pub ca_pem: Option<Vec<u8>>,
+    /// MQTT's clean-session flag: false asks the broker to keep subscriptions and queued
+    /// QoS 1/2 messages across connections (default true).
     pub clean_session: bool,
     /// A PINGREQ goes out this often while the caller yields (whole seconds, at least 1); one
     /// still unanswered when the next is due ends the connection.
@@ -86,6 +95,8 @@ pub struct MqttOptions {
 }
 
 impl MqttOptions {
+    /// Options for `host:port` as `client_id`: plain TCP, no credentials, clean session,
+    /// keep-alive 60 s, request timeout 5 s, packets up to 64 KiB.
     pub fn new(host: &str, port: u16, client_id: &str) -> MqttOptions {
         MqttOptions {
             host: host.to_string(),
@@ -105,22 +116,46 @@ impl MqttOptions {
 /// What [`MqttClient::yield_for`] reports to the event handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MqttEvent {
+    /// The connection was lost (not after [`MqttClient::disconnect`]); later yields reconnect.
     Disconnected,
+    /// The connection is back; the subscriptions are queued for renewal.
     Reconnected,
-    SubscribeAck { packet_id: u16 },
-    SubscribeNack { packet_id: u16 },
-    UnsubscribeAck { packet_id: u16 },
-    PublishAck { packet_id: u16 },
+    /// The broker granted a subscription (SUBACK without a failure code).
+    SubscribeAck {
+        /// The SUBSCRIBE's packet id.
+        packet_id: u16,
+    },
+    /// The broker refused a subscription (SUBACK with the failure code 0x80).
+    SubscribeNack {
+        /// The SUBSCRIBE's packet id.
+        packet_id: u16,
+    },
+    /// The broker confirmed an unsubscription (UNSUBACK).
+    UnsubscribeAck {
+        /// The UNSUBSCRIBE's packet id.
+        packet_id: u16,
+    },
+    /// The broker acknowledged a QoS 1 publish (PUBACK).
+    PublishAck {
+        /// The PUBLISH's packet id.
+        packet_id: u16,
+    },
 }
 
 /// An incoming message as a handler sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
+    /// The topic it was published to.
     pub topic: &'a str,
+    /// The application message, as sent.
     pub payload: &'a [u8],
+    /// The QoS it was delivered with.
     pub qos: QoS,
+    /// Whether the broker delivered it from its retained messages.
     pub retain: bool,
+    /// Whether this may be a redelivery of a QoS 1/2 message.
     pub dup: bool,
+    /// The PUBLISH's packet id (0 for QoS 0).
     pub packet_id: u16,
 }
 
