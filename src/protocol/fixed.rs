@@ -13,7 +13,9 @@ pub struct FixedStr {
 /// The value does not fit the capacity fixed at init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLong {
+    /// Bytes the value needs (unescaped, for a JSON string).
     pub len: usize,
+    /// The buffer's capacity in bytes.
     pub max: usize,
 }
 
@@ -61,18 +63,22 @@ impl FixedStr {
         self.len = 0;
     }
 
+    /// Whether the string holds no byte.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Length of the content in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// The content's UTF-8 bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 
+    /// The content.
     pub fn as_str(&self) -> &str {
         // Content only ever comes from &str or validated, unescaped JSON text.
         std::str::from_utf8(self.as_bytes()).unwrap_or("")
@@ -99,7 +105,10 @@ impl std::fmt::Display for FixedStr {
 /// Why a JSON string could not be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetJsonError {
+    /// The unescaped string is longer than the capacity.
     TooLong(TooLong),
+    /// Unescaping failed; not expected, as [`Object::parse`](super::json::Object::parse)
+    /// validated the escapes and the length was checked first.
     Json(JsonError),
 }
 

@@ -125,17 +125,22 @@ impl<'a> Iterator for Members<'a> {
 /// One JSON value borrowed from validated text.
 #[derive(Clone, Copy, Debug)]
 pub enum Value<'a> {
+    /// A string, still escaped.
     Str(Str<'a>),
     /// The number's source text (validated against the JSON number grammar).
     Num(&'a [u8]),
+    /// `true` or `false`.
     Bool(bool),
+    /// `null`.
     Null,
+    /// A nested object, validated with the whole text.
     Object(Object<'a>),
     /// Raw source including the brackets.
     Array(&'a [u8]),
 }
 
 impl<'a> Value<'a> {
+    /// The string, or `None` for any other type.
     pub fn as_str(&self) -> Option<Str<'a>> {
         match self {
             Value::Str(s) => Some(*s),
@@ -143,6 +148,7 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// The object, or `None` for any other type.
     pub fn as_object(&self) -> Option<Object<'a>> {
         match self {
             Value::Object(o) => Some(*o),
@@ -506,6 +512,7 @@ pub struct Writer<'b> {
 }
 
 impl<'b> Writer<'b> {
+    /// A writer that fills `buf` from its start.
     pub fn new(buf: &'b mut [u8]) -> Self {
         Writer {
             buf,
@@ -592,6 +599,7 @@ impl<'b> Writer<'b> {
         self
     }
 
+    /// Decimal with a leading `-` when negative.
     pub fn i64(&mut self, v: i64) -> &mut Self {
         if v < 0 {
             self.put(b"-");
@@ -604,6 +612,7 @@ impl<'b> Writer<'b> {
         self.len
     }
 
+    /// Whether nothing has been written yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -6,6 +6,8 @@
 //! The four formats side by side, with the readings taken where a platform's document is
 //! ambiguous: `docs/protocols.md`.
 
+#![deny(missing_docs)]
+
 pub mod aliyun;
 pub mod fixed;
 pub mod json;
@@ -19,13 +21,18 @@ use json::{JsonError, Object, Value};
 /// The IoT platform whose OTA protocol a session speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
+    /// Aliyun IoT (iotkit v2.3): `/ota/device/{inform,upgrade,progress,request}/{pk}/{dn}`.
     Aliyun,
+    /// SagooIOT: Aliyun's topics, with string ids, a choice of digest and `extData`.
     Sagoo,
+    /// Tencent Cloud IoT: `$ota/update` down, `$ota/report` up, messages typed by `type`.
     Tencent,
+    /// UCloud IoT: `/$system/{pk}/{dn}/ota/{downstream,upstream}`, with task ids.
     Ucloud,
 }
 
 impl Protocol {
+    /// Lowercase name (`aliyun`, `sagoo`, `tencent`, `ucloud`), for logs and configuration.
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Aliyun => "aliyun",
@@ -46,6 +53,7 @@ impl Protocol {
         }
     }
 
+    /// The protocol whose [`id`](Self::id) is `id`; `None` for an unknown number.
     pub fn from_id(id: u8) -> Option<Protocol> {
         [
             Protocol::Aliyun,
@@ -92,7 +100,9 @@ impl Protocol {
 /// Which digest an upgrade announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DigestKind {
+    /// MD5, 16 bytes: Aliyun, Tencent, UCloud, and SagooIOT's `MD5`.
     Md5,
+    /// SHA-256, 32 bytes: SagooIOT's `SHA256`.
     Sha256,
 }
 
@@ -152,7 +162,10 @@ impl Default for Limits {
 /// overwrites it in place.
 #[derive(Debug, Clone)]
 pub struct UpgradeNotice {
+    /// The version the upgrade installs (never empty once decoded).
     pub version: FixedStr,
+    /// Where the image is downloaded from, `http://` or `https://` (often pre-signed, so it
+    /// may expire and be renewed by a later notification).
     pub url: FixedStr,
     /// Module to upgrade; empty means `default`.
     pub module: FixedStr,
@@ -166,6 +179,7 @@ pub struct UpgradeNotice {
     pub batch: FixedStr,
     /// Image size in bytes, 1 ..= `u32::MAX`.
     pub size: u64,
+    /// Which digest [`digest`](Self::digest) holds.
     pub digest_kind: DigestKind,
     /// Expected digest; the first `digest_kind.len()` bytes are meaningful.
     pub digest: [u8; 32],
@@ -174,6 +188,8 @@ pub struct UpgradeNotice {
 }
 
 impl UpgradeNotice {
+    /// An empty notice whose text fields hold up to the sizes in `limits` (`current_version`
+    /// takes the version's limit, `batch` the task id's); the only allocation.
     pub fn new(limits: &Limits) -> Self {
         UpgradeNotice {
             version: FixedStr::with_capacity(limits.version),
@@ -234,38 +250,64 @@ impl UpgradeNotice {
 /// Why an upgrade notification was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NoticeError {
+    /// The payload is not one well-formed JSON object.
     #[error("not a valid JSON object ({0})")]
     Json(JsonError),
+    /// The payload is longer than [`Limits::downstream`].
     #[error("message of {len} bytes exceeds the {max}-byte limit")]
-    Oversize { len: usize, max: usize },
-    #[error("missing field \"{0}\"")]
-    Missing(&'static str),
-    #[error("field \"{field}\" is a {found}, expected a {expected}")]
-    WrongType {
-        field: &'static str,
-        expected: &'static str,
-        found: &'static str,
-    },
-    #[error("the platform reports a failure (code is not the success code)")]
-    NotSuccess,
-    #[error("field \"{field}\" is {len} bytes, longer than the {max}-byte limit fixed at init")]
-    TooLong {
-        field: &'static str,
+    Oversize {
+        /// Bytes of the payload.
         len: usize,
+        /// [`Limits::downstream`].
         max: usize,
     },
+    /// A required field is absent (named).
+    #[error("missing field \"{0}\"")]
+    Missing(&'static str),
+    /// A field has the wrong JSON type.
+    #[error("field \"{field}\" is a {found}, expected a {expected}")]
+    WrongType {
+        /// The field's name.
+        field: &'static str,
+        /// The type the protocol requires (`string`, `number`, `integer`, `object`).
+        expected: &'static str,
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// The notification's `code` is not the success code (Aliyun `1000`, SagooIOT `200`).
+    #[error("the platform reports a failure (code is not the success code)")]
+    NotSuccess,
+    /// A text field does not fit its [`Limits`] (never truncated).
+    #[error("field \"{field}\" is {len} bytes, longer than the {max}-byte limit fixed at init")]
+    TooLong {
+        /// The field's name.
+        field: &'static str,
+        /// Its length in bytes, unescaped.
+        len: usize,
+        /// The limit fixed at init.
+        max: usize,
+    },
+    /// A field that must have a value is empty (e.g. `version`).
     #[error("field \"{0}\" is empty")]
     Empty(&'static str),
+    /// A text field holds `\u0000`, which would cut it short in C.
     #[error("field \"{0}\" contains a NUL character, which a C string cannot carry")]
     Nul(&'static str),
+    /// The named digest field is not exactly 32 (MD5) or 64 (SHA-256) hex digits.
     #[error("digest \"{0}\" is not the expected number of hex digits")]
     BadDigest(&'static str),
+    /// The size is not an integer in 1..=4294967295.
     #[error("size must be 1 ..= 4294967295 bytes")]
     BadSize,
+    /// The URL is not `http://` or `https://` followed by a host.
     #[error("url must start with http:// or https://")]
     BadUrl,
+    /// A valid notification asks for something the SDK does not do (SagooIOT packages over
+    /// MQTT, an unknown `signMethod`); it is refused with a failure report.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    /// The upgrade is for devices on another version (UCloud `CurrentVersion`); refused with
+    /// a failure report.
     #[error("the task upgrades from another version than the one running")]
     NotForRunningVersion,
 }
@@ -434,6 +476,8 @@ pub struct Topics {
 }
 
 impl Topics {
+    /// The topics of `protocol` for the device `device_name` of `product_key` (used as given,
+    /// not checked).
     pub fn new(protocol: Protocol, product_key: &str, device_name: &str) -> Topics {
         let (pk, dn) = (product_key, device_name);
         match protocol {
@@ -464,6 +508,7 @@ impl Topics {
         }
     }
 
+    /// The topic messages of `channel` are published to.
     pub fn for_channel(&self, channel: Channel) -> &str {
         match channel {
             Channel::Inform => &self.inform,
@@ -476,8 +521,12 @@ impl Topics {
 /// Which upstream topic a message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
+    /// Version reports (and success, where that is a version report).
     Inform,
+    /// Progress, burning, failure and task-state reports (success too where it is not a
+    /// version report).
     Progress,
+    /// Requests for the upgrade (Aliyun).
     Request,
 }
 
@@ -532,35 +581,56 @@ impl FailureCause {
 pub enum Report<'a> {
     /// The running version (of `module`, when given).
     Version {
+        /// The version the device runs.
         version: &'a str,
+        /// The module it is the version of; `None` or `default` for the default module.
         module: Option<&'a str>,
     },
     /// Ask the platform to (re)send the upgrade for the running `version`.
     Request {
+        /// The version the device runs.
         version: &'a str,
+        /// The module to upgrade; `None` or `default` for the default module.
         module: Option<&'a str>,
     },
     /// The upgrade was accepted (UCloud acknowledges the task).
-    Accepted { notice: &'a UpgradeNotice },
+    Accepted {
+        /// The accepted upgrade.
+        notice: &'a UpgradeNotice,
+    },
     /// The download started (UCloud `upgrading`).
-    Upgrading { notice: &'a UpgradeNotice },
+    Upgrading {
+        /// The upgrade being downloaded.
+        notice: &'a UpgradeNotice,
+    },
     /// Download progress 0..=100, with an optional description.
     Progress {
+        /// Percent of the image downloaded, 0..=100.
         percent: u8,
+        /// Free text for the platform (may be empty; SagooIOT keeps 128 characters).
         desc: &'a str,
+        /// The upgrade being downloaded.
         notice: &'a UpgradeNotice,
     },
     /// The image is downloaded and verified; flashing begins.
-    Burning { notice: &'a UpgradeNotice },
+    Burning {
+        /// The upgrade being flashed.
+        notice: &'a UpgradeNotice,
+    },
     /// The upgrade succeeded: `version` runs now.
     Success {
+        /// The version the device runs after the upgrade.
         version: &'a str,
+        /// The upgrade that succeeded.
         notice: &'a UpgradeNotice,
     },
     /// The upgrade failed.
     Failure {
+        /// Why, mapped to the protocol's failure code.
         cause: FailureCause,
+        /// Free text for the platform; when empty, Tencent and UCloud name `cause` instead.
         desc: &'a str,
+        /// The upgrade that failed.
         notice: &'a UpgradeNotice,
     },
 }
@@ -572,7 +642,10 @@ pub enum Downstream {
     Upgrade,
     /// The platform's answer to a version report (Tencent `report_version_rsp`); non-zero
     /// `result_code` means it was refused.
-    VersionAck { result_code: i64 },
+    VersionAck {
+        /// 0 accepted; anything else refused.
+        result_code: i64,
+    },
     /// A message type this device does not act on (accepted without error).
     Ignored,
 }
