@@ -1,5 +1,7 @@
 //! Streaming firmware digests (MD5 or SHA-256) and their hex forms.
 
+#![deny(missing_docs)]
+
 use md5::digest::common::hazmat::{SerializableState, SerializedState};
 use md5::digest::typenum::Unsigned;
 use md5::Digest as _;
@@ -9,11 +11,14 @@ pub use crate::protocol::DigestKind;
 /// A running digest over the bytes fetched so far.
 #[derive(Clone)]
 pub enum StreamDigest {
+    /// MD5 (16 bytes): Aliyun, Tencent, UCloud, and SagooIOT's `signMethod` `MD5`.
     Md5(md5::Md5),
+    /// SHA-256 (32 bytes): SagooIOT's `signMethod` `SHA256`.
     Sha256(sha2::Sha256),
 }
 
 impl StreamDigest {
+    /// An empty digest of `kind`, before any byte.
     pub fn new(kind: DigestKind) -> Self {
         match kind {
             DigestKind::Md5 => StreamDigest::Md5(md5::Md5::new()),
@@ -21,6 +26,7 @@ impl StreamDigest {
         }
     }
 
+    /// Which algorithm this is.
     pub fn kind(&self) -> DigestKind {
         match self {
             StreamDigest::Md5(_) => DigestKind::Md5,
@@ -28,6 +34,7 @@ impl StreamDigest {
         }
     }
 
+    /// Feeds the next bytes of the firmware, in download order.
     pub fn update(&mut self, bytes: &[u8]) {
         match self {
             StreamDigest::Md5(d) => d.update(bytes),

@@ -31,6 +31,8 @@
 //! Decoding is strict (unused bytes must be zero, a digest state covers exactly `offset`
 //! bytes), so a record decodes only to what encodes back to exactly the same bytes.
 
+#![deny(missing_docs)]
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -73,12 +75,16 @@ pub enum RebootOutcome {
 /// Why a stored record was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    /// The store holds nothing (0 bytes).
     #[error("no breakpoint record is stored")]
     Missing,
+    /// A prefix of a record (magic and version intact, too short): a save was cut off.
     #[error("the breakpoint record is truncated (torn write)")]
     Torn,
+    /// Not a valid record: wrong magic, too long, bad CRC, or a field out of range.
     #[error("the breakpoint record is corrupt (magic, length, CRC or a field is wrong)")]
     Corrupt,
+    /// A record of another format version (written by another SDK build); not read.
     #[error("the breakpoint record has format version {0}, this SDK reads version 1")]
     UnknownVersion(u8),
 }
@@ -86,14 +92,24 @@ pub enum RecordError {
 /// Why the storage under a record failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// A file operation of [`FileStore`] failed, by kind.
     #[error("breakpoint storage I/O error: {0}")]
     Io(std::io::ErrorKind),
+    /// A firmware storage callback (`IOT_OTA_SetBreakpointStore`) returned this negative code.
     #[error("breakpoint storage callback returned {0}")]
     Callback(i32),
+    /// The firmware's load callback claimed to have written this many bytes, more than the
+    /// buffer it was given.
     #[error("breakpoint load callback reported {0} bytes, more than the buffer holds")]
     Overrun(i32),
+    /// A record longer than the storage or load buffer can hold.
     #[error("a record of {len} bytes does not fit the {max}-byte storage")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// Bytes of the record.
+        len: usize,
+        /// Bytes the storage (or the load buffer) holds.
+        max: usize,
+    },
 }
 
 impl From<std::io::Error> for StoreError {
@@ -105,8 +121,10 @@ impl From<std::io::Error> for StoreError {
 /// Why [`Breakpoint::load`] produced no record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
+    /// The store could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store was read, but holds no usable record.
     #[error(transparent)]
     Record(#[from] RecordError),
 }
@@ -329,14 +347,17 @@ impl Breakpoint {
         StreamDigest::restore(self.digest_kind, self.digest_state())
     }
 
+    /// The platform whose upgrade this is.
     pub fn protocol(&self) -> Protocol {
         self.protocol
     }
 
+    /// Downloading, or flashed and pending reboot.
     pub fn state(&self) -> RecordState {
         self.state
     }
 
+    /// The algorithm of [`digest`](Self::digest) and of the saved digest state.
     pub fn digest_kind(&self) -> DigestKind {
         self.digest_kind
     }
@@ -346,6 +367,7 @@ impl Breakpoint {
         &self.digest[..self.digest_kind.len()]
     }
 
+    /// The image size in bytes, as announced (never 0).
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -360,6 +382,7 @@ impl Breakpoint {
         self.url_identity
     }
 
+    /// The version the upgrade installs (never empty).
     pub fn version(&self) -> &str {
         self.version.as_str()
     }
@@ -377,10 +400,12 @@ impl Breakpoint {
         }
     }
 
+    /// The platform's task id (UCloud); empty where the protocol has none.
     pub fn task_id(&self) -> &str {
         self.task_id.as_str()
     }
 
+    /// The batch id echoed in progress reports (SagooIOT `extData.strategy`); may be empty.
     pub fn batch(&self) -> &str {
         self.batch.as_str()
     }
@@ -651,6 +676,7 @@ pub fn url_identity(url: &str) -> u64 {
 /// threshold; both 0 disables saving).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SavePolicy {
+    /// Bytes downloaded since the last save that trigger the next one (0: no byte threshold).
     pub every_bytes: u64,
     /// 0..=100 (larger values act as 100).
     pub every_percent: u8,
@@ -673,6 +699,7 @@ impl SavePolicy {
         every_percent: 0,
     };
 
+    /// Whether either threshold is set, i.e. records are written at all.
     pub fn is_enabled(&self) -> bool {
         self.every_bytes != 0 || self.every_percent != 0
     }
@@ -711,6 +738,8 @@ pub struct FileStore {
 }
 
 impl FileStore {
+    /// A store whose record lives at `path` (and `path.tmp` during a save); nothing is touched
+    /// on disk until the first save, load or erase.
     pub fn new(path: impl AsRef<Path>) -> FileStore {
         let path = path.as_ref().to_path_buf();
         let mut tmp = path.clone().into_os_string();
@@ -726,6 +755,7 @@ impl FileStore {
         }
     }
 
+    /// Where the record lives.
     pub fn path(&self) -> &Path {
         &self.path
     }
