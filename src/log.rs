@@ -3,17 +3,25 @@
 //!
 //! Levels follow iotkit's `IOT_LogLevel` numbering so `IOT_SetLogLevel` maps one to one.
 
+#![deny(missing_docs)]
+
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Log levels, iotkit numbering (`IOT_LOG_NONE` = 0 … `IOT_LOG_DEBUG` = 5).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// As a filter: print nothing. Not a level to log at (such a line is never printed).
     None = 0,
+    /// iotkit's `IOT_LOG_CRIT`: the SDK cannot go on (the engine itself logs nothing at it).
     Crit = 1,
+    /// An operation failed (the default level prints it).
     Error = 2,
+    /// Something went wrong and was recovered from, e.g. a lost connection; the default.
     Warning = 3,
+    /// Milestones: connected, upgrade accepted, download done.
     Info = 4,
+    /// Details for tracing a problem, e.g. each failed reconnection.
     Debug = 5,
 }
 

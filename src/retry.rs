@@ -1,5 +1,7 @@
 //! Exponential backoff with jitter for download retries; no allocation, no global state.
 
+#![deny(missing_docs)]
+
 use std::time::Duration;
 
 /// How often and how patiently a broken download is retried.
@@ -39,6 +41,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A fresh state for `policy`, its jitter seeded from the clock (no attempts yet).
     pub fn new(policy: RetryPolicy) -> Backoff {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -52,6 +55,7 @@ impl Backoff {
         }
     }
 
+    /// The policy this state follows.
     pub fn policy(&self) -> RetryPolicy {
         self.policy
     }
