@@ -6,7 +6,33 @@ use md5::digest::common::hazmat::{SerializableState, SerializedState};
 use md5::digest::typenum::Unsigned;
 use md5::Digest as _;
 
-pub use crate::protocol::DigestKind;
+/// Which digest an upgrade announces (and the platform spells in `signMethod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestKind {
+    /// MD5, 16 bytes: Aliyun, Tencent, UCloud, and SagooIOT's `MD5`.
+    Md5,
+    /// SHA-256, 32 bytes: SagooIOT's `SHA256`.
+    Sha256,
+}
+
+impl DigestKind {
+    /// Digest length in bytes.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(self) -> usize {
+        match self {
+            DigestKind::Md5 => 16,
+            DigestKind::Sha256 => 32,
+        }
+    }
+
+    /// The platform spelling (`signMethod`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestKind::Md5 => "MD5",
+            DigestKind::Sha256 => "SHA256",
+        }
+    }
+}
 
 /// A running digest over the bytes fetched so far.
 #[derive(Clone)]

@@ -97,33 +97,7 @@ impl Protocol {
     }
 }
 
-/// Which digest an upgrade announces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DigestKind {
-    /// MD5, 16 bytes: Aliyun, Tencent, UCloud, and SagooIOT's `MD5`.
-    Md5,
-    /// SHA-256, 32 bytes: SagooIOT's `SHA256`.
-    Sha256,
-}
-
-impl DigestKind {
-    /// Digest length in bytes.
-    #[allow(clippy::len_without_is_empty)]
-    pub fn len(self) -> usize {
-        match self {
-            DigestKind::Md5 => 16,
-            DigestKind::Sha256 => 32,
-        }
-    }
-
-    /// The platform spelling (`signMethod`).
-    pub fn name(self) -> &'static str {
-        match self {
-            DigestKind::Md5 => "MD5",
-            DigestKind::Sha256 => "SHA256",
-        }
-    }
-}
+pub use crate::digest::DigestKind;
 
 /// Field limits fixed at init; longer values are rejected with [`NoticeError::TooLong`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
