@@ -38,6 +38,9 @@ pub(super) struct Download {
     pub(super) stalled: bool,
     /// The firmware source holds a request of the current stream (see `Engine::stream`).
     pub(super) source_open: bool,
+    /// Bytes of a whole-file answer to a Range request still to be discarded (of the open
+    /// request: `opened` sets it to 0 as each request starts).
+    pub(super) skip: u64,
     /// The protocol's "download started" report went out.
     pub(super) upgrading_reported: bool,
     /// The breakpoint record already says "pending reboot" for this upgrade.
@@ -64,6 +67,7 @@ impl Download {
             quiet: Quiet::default(),
             stalled: false,
             source_open: false,
+            skip: 0,
             upgrading_reported: false,
             reboot_recorded: false,
             verified: false,
@@ -82,8 +86,6 @@ pub(super) struct Cycle {
     pub(super) failure_reported: bool,
     /// What made the download fail, for failure reports that name a cause.
     pub(super) fetch_cause: Option<FailureCause>,
-    /// Bytes of a whole-file answer to a Range request still to be discarded.
-    pub(super) skip: u64,
     /// Aliyun: an expired URL waits until then for the fresh one the SDK asked for.
     pub(super) url_wait_until: Option<Instant>,
     /// The caller saw this cycle end (`is_fetch_finished` true, or `check_firmware`).
@@ -98,7 +100,6 @@ impl Cycle {
             oversize: false,
             failure_reported: false,
             fetch_cause: None,
-            skip: 0,
             url_wait_until: None,
             end_seen: false,
             end_error: None,

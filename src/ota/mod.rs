@@ -468,10 +468,9 @@ impl Engine {
     fn end_cycle(&mut self, e: Error, cause: FailureCause) {
         self.drop_stream();
         self.state = OtaState::Fetched;
-        self.download.verified = false;
+        // Only why it ended is recorded: `verified` is false throughout a cycle, and its URL
+        // wait and skip are never read once it ended (the next cycle starts from new values).
         self.download.cycle.fetch_cause = Some(cause);
-        self.download.cycle.url_wait_until = None;
-        self.download.cycle.skip = 0;
         self.download.cycle.end_error = Some(e);
         self.last_error = Some(e);
     }
@@ -577,7 +576,7 @@ impl Engine {
             return Step::Sleep(now);
         }
         // While skipping, read no further than the skip: what follows is the caller's.
-        let remaining = match self.download.cycle.skip {
+        let remaining = match self.download.skip {
             0 => self.notice.size - self.download.fetched,
             skip => skip,
         };
@@ -596,8 +595,9 @@ impl Engine {
     fn opened(&mut self, r: Result<(), FetchError>) -> Result<()> {
         match r {
             Ok(()) => {
+                // Every request starts here, before any of its bytes is read.
                 self.download.source_open = true;
-                self.download.cycle.skip = 0;
+                self.download.skip = 0;
                 self.download.last_progress = Instant::now();
                 Ok(())
             }
@@ -620,7 +620,7 @@ impl Engine {
         }
         let r = match r {
             Ok(Chunk::Opened(info)) => self.check_response(info),
-            Ok(Chunk::Data(n)) if self.download.cycle.skip > 0 => {
+            Ok(Chunk::Data(n)) if self.download.skip > 0 => {
                 self.discard(n);
                 Ok(())
             }
@@ -648,9 +648,9 @@ impl Engine {
 
     /// Drops `n` bytes (never more than `skip`) of a whole-file answer the caller already has.
     fn discard(&mut self, n: usize) {
-        self.download.cycle.skip -= n as u64;
+        self.download.skip -= n as u64;
         self.download.last_progress = Instant::now();
-        if self.download.cycle.skip == 0 {
+        if self.download.skip == 0 {
             self.download.backoff.progressed();
         }
     }
@@ -659,7 +659,6 @@ impl Engine {
     /// transient and the retry limit allows, else the end of the download (reported).
     fn interrupted(&mut self, e: FetchError) -> Result<()> {
         self.drop_stream();
-        self.download.cycle.skip = 0;
         if e == FetchError::Status(403) && self.ask_fresh_url() {
             return Ok(());
         }
@@ -770,13 +769,13 @@ impl Engine {
                 "server ignored Range and sent a file of another size",
             )));
         }
-        self.download.cycle.skip = self.download.fetched;
+        self.download.skip = self.download.fetched;
         self.download.restarts += 1;
         ota_log!(
             Level::Warning,
             "server ignored Range at byte {}: re-downloading and discarding {} bytes",
             self.download.fetched,
-            self.download.cycle.skip
+            self.download.skip
         );
         Ok(())
     }
