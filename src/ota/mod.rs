@@ -12,7 +12,7 @@
 //!
 //! | state    | event                                         | next     | effect                                     |
 //! |----------|-----------------------------------------------|----------|--------------------------------------------|
-//! | idle     | valid upgrade                                 | fetching | new cycle (from the record's offset or 0); UCloud acknowledges the task |
+//! | idle     | valid upgrade                                 | fetching | new download, first cycle (from the record's offset or 0); UCloud acknowledges the task |
 //! | any      | upgrade refused (SagooIOT `dProtocol` or unknown `signMethod`, UCloud `CurrentVersion` not running) | same | failure report naming why; `last_error` set |
 //! | any      | invalid message, or one on another topic      | same     | error logged, `last_error` set             |
 //! | any      | message not acted on (unknown Tencent `type` or UCloud `Method`, `report_version_rsp` 0) | same | nothing (a non-zero `report_version_rsp` sets `last_error`) |
@@ -20,7 +20,7 @@
 //! | fetching | different upgrade                             | fetched  | reported superseded; the new one waits     |
 //! | fetched  | the verified image announced again            | fetched  | ignored                                    |
 //! | fetched  | any other upgrade                             | fetched  | waits until the caller saw the end (the latest one waits) |
-//! | fetched  | `is_fetching` after the end was seen          | fetching | the waiting upgrade starts a new cycle     |
+//! | fetched  | `is_fetching` after the end was seen          | fetching | the waiting upgrade starts a new download  |
 //! | fetching | bytes arrive                                  | fetching | digest updated                             |
 //! | fetching | last announced byte arrives                   | fetched  | digest and size checked; if bad, verify-failed report (Aliyun step −3) |
 //! | fetching | transient download error                      | fetching | retried from the offset with `Range` after a backoff |
@@ -28,12 +28,16 @@
 //! | fetching | HTTP 403 (Aliyun, running version known)      | fetching | fresh URL requested; −2 only if none       |
 //! | fetching | download fails for good / caller reports < 0  | fetched  | one failure report; `check_firmware` false |
 //! | fetching | caller reports −2 after a `fetch_yield` of 0  | fetching | held: the SDK's own report follows if the download fails |
-//! | fetched  | caller reports < 0                            | fetched  | one failure report per upgrade (later ones dropped) |
-//! | fetching, or fetched unverified | `start_download(offset)` | fetching | next request from `offset`; checked at once when `offset` is the size |
+//! | fetched  | caller reports < 0                            | fetched  | one failure report per cycle (later ones dropped) |
+//! | fetching, or fetched unverified | `start_download(offset)` | fetching | new cycle of the same download (digest kept); next request from `offset`; checked at once when `offset` is the size |
 //! | fetching | `release` (`IOT_OTA_Deinit`)                  | fetched  | download ends, nothing reported            |
 //!
 //! "The end was seen": `is_fetch_finished` returned true, or `check_firmware` was called. The
 //! messages each platform sends for these events: `docs/protocols.md`.
+//!
+//! "New download": the engine's per-upgrade state (offset, digest, retries, once-per-upgrade
+//! reports) is one `Download` value, replaced whole; a "new cycle" replaces only its `Cycle`
+//! (see `download.rs` for which fields are which).
 //!
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
@@ -374,7 +378,7 @@ impl Engine {
     /// A negative step from the caller. "Fetch failed" right after a `fetch_yield` that
     /// returned 0 (nothing yet, the SDK still at work) is held: the download goes on, and if it
     /// fails after all the SDK's own report, naming the cause, is the one the platform gets.
-    /// Any other failure ends the cycle and is reported (once per upgrade).
+    /// Any other failure ends the cycle and is reported (once per cycle).
     fn caller_failure(&mut self, step: i32, desc: &str) -> Result<()> {
         if self.state == OtaState::Fetching && step == -2 && self.download.last_yield_empty {
             if self.download.quiet.first(Once::HeldReport) {
