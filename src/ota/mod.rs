@@ -12,7 +12,7 @@
 //!
 //! | state    | event                                         | next     | effect                                     |
 //! |----------|-----------------------------------------------|----------|--------------------------------------------|
-//! | idle     | valid upgrade                                 | fetching | new cycle (from the record's offset or 0); UCloud acknowledges the task |
+//! | idle     | valid upgrade                                 | fetching | new download, first cycle (from the record's offset or 0); UCloud acknowledges the task |
 //! | any      | upgrade refused (SagooIOT `dProtocol` or unknown `signMethod`, UCloud `CurrentVersion` not running) | same | failure report naming why; `last_error` set |
 //! | any      | invalid message, or one on another topic      | same     | error logged, `last_error` set             |
 //! | any      | message not acted on (unknown Tencent `type` or UCloud `Method`, `report_version_rsp` 0) | same | nothing (a non-zero `report_version_rsp` sets `last_error`) |
@@ -20,7 +20,7 @@
 //! | fetching | different upgrade                             | fetched  | reported superseded; the new one waits     |
 //! | fetched  | the verified image announced again            | fetched  | ignored                                    |
 //! | fetched  | any other upgrade                             | fetched  | waits until the caller saw the end (the latest one waits) |
-//! | fetched  | `is_fetching` after the end was seen          | fetching | the waiting upgrade starts a new cycle     |
+//! | fetched  | `is_fetching` after the end was seen          | fetching | the waiting upgrade starts a new download  |
 //! | fetching | bytes arrive                                  | fetching | digest updated                             |
 //! | fetching | last announced byte arrives                   | fetched  | digest and size checked; if bad, verify-failed report (Aliyun step −3) |
 //! | fetching | transient download error                      | fetching | retried from the offset with `Range` after a backoff |
@@ -28,32 +28,38 @@
 //! | fetching | HTTP 403 (Aliyun, running version known)      | fetching | fresh URL requested; −2 only if none       |
 //! | fetching | download fails for good / caller reports < 0  | fetched  | one failure report; `check_firmware` false |
 //! | fetching | caller reports −2 after a `fetch_yield` of 0  | fetching | held: the SDK's own report follows if the download fails |
-//! | fetched  | caller reports < 0                            | fetched  | one failure report per upgrade (later ones dropped) |
-//! | fetching, or fetched unverified | `start_download(offset)` | fetching | next request from `offset`; checked at once when `offset` is the size |
+//! | fetched  | caller reports < 0                            | fetched  | one failure report per cycle (later ones dropped) |
+//! | fetching, or fetched unverified | `start_download(offset)` | fetching | new cycle of the same download (digest kept); next request from `offset`; checked at once when `offset` is the size |
 //! | fetching | `release` (`IOT_OTA_Deinit`)                  | fetched  | download ends, nothing reported            |
 //!
 //! "The end was seen": `is_fetch_finished` returned true, or `check_firmware` was called. The
 //! messages each platform sends for these events: `docs/protocols.md`.
 //!
+//! "New download": the engine's per-upgrade state (offset, digest, retries, once-per-upgrade
+//! reports) is one `Download` value, replaced whole; a "new cycle" replaces only its `Cycle`
+//! (see `download.rs` for which fields are which).
+//!
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
 
+mod download;
 mod fetching;
 mod outbox;
 mod persist;
 mod support;
 
+use download::{Cycle, Download};
 use fetching::{FetchCall, FetchSide, Step};
 use outbox::{Deferred, Outbox};
 use persist::{Persistence, RecordStore};
 pub use support::Once;
-use support::{DescText, Quiet, RunningVersions};
+use support::{DescText, RunningVersions};
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::digest::{to_hex, StreamDigest};
+use crate::digest::{to_hex, DigestKind, StreamDigest};
 use crate::error::{Error, Result};
 use crate::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, OpenInfo};
 use crate::log::Level;
@@ -132,53 +138,19 @@ struct Engine {
     /// caller, having seen that end, asks `is_fetching` again.
     next: UpgradeNotice,
     next_pending: bool,
-    /// The caller saw this cycle end (`is_fetch_finished` true, or `check_firmware`).
-    end_seen: bool,
-    /// Why the cycle ended without a verified image; `fetch_yield` returns it from then on.
-    end_error: Option<Error>,
+    /// The download of the accepted upgrade, replaced whole when the next one is accepted.
+    download: Download,
     /// The versions the device last reported as running, per module.
     running: RunningVersions,
-    /// Bytes the running digest covers (fetched, plus any fed by the firmware).
-    digest_bytes: u64,
-    backoff: Backoff,
-    /// When the next reconnection may be attempted.
-    retry_at: Option<Instant>,
-    /// When the download last delivered a byte (or connected).
-    last_progress: Instant,
-    /// Times the server answered a Range request with the whole file in this upgrade.
-    restarts: u32,
-    /// Bytes of a whole-file answer to a Range request still to be discarded.
-    skip: u64,
-    /// Aliyun: an expired URL waits until then for the fresh one the SDK asked for.
-    url_wait_until: Option<Instant>,
+    /// How each download is retried.
+    retry: RetryPolicy,
     fresh_url_wait: Duration,
-    /// Fresh URLs asked for since the download last progressed.
-    url_requests: u32,
-    /// The last `fetch_yield` returned 0: nothing yet, the SDK is still working on it.
-    last_yield_empty: bool,
-    /// Things said once per upgrade (see [`Quiet`]).
-    quiet: Quiet,
-    /// The last FetchYield waited its whole timeout for nothing: the next one reconnects.
-    stalled: bool,
     /// Where the breakpoint record lives across restarts (opt-in).
     persist: Persistence,
-    digest: StreamDigest,
-    fetched: u64,
-    /// The firmware source holds a request of the current stream (see [`Engine::stream`]).
-    source_open: bool,
     /// Bumped whenever the current request must be abandoned; the fetching thread closes a
-    /// source opened for an older stream (the source is not behind this lock).
+    /// source opened for an older stream (the source is not behind this lock). Counts across
+    /// downloads: a read in flight for the last download's request is recognised as stale.
     stream: u64,
-    /// The server's copy is larger than the announced size.
-    oversize: bool,
-    /// The SDK already told the platform this upgrade failed; later reports would contradict it.
-    failure_reported: bool,
-    /// The protocol's "download started" report went out for this upgrade.
-    upgrading_reported: bool,
-    /// What made the last download fail, for failure reports that name a cause.
-    fetch_cause: Option<FailureCause>,
-    /// All bytes arrived and the digest matched.
-    verified: bool,
     last_error: Option<Error>,
 }
 
@@ -217,7 +189,9 @@ impl Engine {
                 self.supersede();
                 self.hold_next();
             }
-            OtaState::Fetched if self.verified && self.scratch.same_image(&self.notice) => {
+            OtaState::Fetched
+                if self.download.verified && self.scratch.same_image(&self.notice) =>
+            {
                 ota_log!(
                     Level::Info,
                     "upgrade to {} announced again; the image is already verified",
@@ -237,22 +211,22 @@ impl Engine {
     /// URL (which ends a wait for one after an expiry).
     fn renewed(&mut self) {
         std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
-        if self.url_wait_until.take().is_some() {
+        if self.download.cycle.url_wait_until.take().is_some() {
             ota_log!(
                 Level::Info,
                 "fresh URL for {} received: resuming at byte {}",
                 self.notice.version,
-                self.fetched
+                self.download.fetched
             );
             self.drop_stream();
-            self.retry_at = None;
+            self.download.retry_at = None;
             return;
         }
         ota_log!(
             Level::Info,
             "upgrade to {} announced again; download continues at byte {}",
             self.notice.version,
-            self.fetched
+            self.download.fetched
         );
     }
 
@@ -273,7 +247,7 @@ impl Engine {
 
     /// Starts the waiting upgrade once the caller saw the last cycle end.
     fn start_next_if_due(&mut self) {
-        if self.state == OtaState::Fetched && self.next_pending && self.end_seen {
+        if self.state == OtaState::Fetched && self.next_pending && self.download.cycle.end_seen {
             self.next_pending = false;
             std::mem::swap(&mut self.notice, &mut self.next);
             self.accept_notice();
@@ -283,26 +257,7 @@ impl Engine {
     /// Makes the (already swapped-in) notice the current upgrade and acknowledges it.
     fn accept_notice(&mut self) {
         self.drop_stream();
-        self.digest = StreamDigest::new(self.notice.digest_kind);
-        self.fetched = 0;
-        self.oversize = false;
-        self.failure_reported = false;
-        self.upgrading_reported = false;
-        self.digest_bytes = 0;
-        self.backoff.reset();
-        self.retry_at = None;
-        self.restarts = 0;
-        self.skip = 0;
-        self.url_wait_until = None;
-        self.url_requests = 0;
-        self.last_yield_empty = false;
-        self.quiet = Quiet::default();
-        self.stalled = false;
-        self.fetch_cause = None;
-        self.verified = false;
-        self.end_seen = false;
-        self.end_error = None;
-        self.persist.reboot_recorded = false;
+        self.download = Download::new(self.notice.digest_kind, self.retry);
         self.state = OtaState::Fetching;
         ota_log!(
             Level::Info,
@@ -377,9 +332,9 @@ impl Engine {
         if self.state == OtaState::Idle {
             return Err(self.fail(Error::InvalidState("no upgrade in progress")));
         }
-        if self.failure_reported {
+        if self.download.cycle.failure_reported {
             if failing {
-                if self.quiet.first(Once::DroppedReport) {
+                if self.download.quiet.first(Once::DroppedReport) {
                     ota_log!(
                         Level::Info,
                         "failure of the upgrade to {} already reported: later failure reports are dropped",
@@ -404,7 +359,7 @@ impl Engine {
             return Ok(());
         }
         if step == 0 && !self.protocol.sends_zero_percent() {
-            if self.quiet.first(Once::ZeroPercent) {
+            if self.download.quiet.first(Once::ZeroPercent) {
                 ota_log!(
                     Level::Debug,
                     "0 % progress not sent: the platform's steps run 1..100"
@@ -423,10 +378,10 @@ impl Engine {
     /// A negative step from the caller. "Fetch failed" right after a `fetch_yield` that
     /// returned 0 (nothing yet, the SDK still at work) is held: the download goes on, and if it
     /// fails after all the SDK's own report, naming the cause, is the one the platform gets.
-    /// Any other failure ends the cycle and is reported (once per upgrade).
+    /// Any other failure ends the cycle and is reported (once per cycle).
     fn caller_failure(&mut self, step: i32, desc: &str) -> Result<()> {
-        if self.state == OtaState::Fetching && step == -2 && self.last_yield_empty {
-            if self.quiet.first(Once::HeldReport) {
+        if self.state == OtaState::Fetching && step == -2 && self.download.last_yield_empty {
+            if self.download.quiet.first(Once::HeldReport) {
                 ota_log!(
                     Level::Info,
                     "\"fetch failed\" after a FetchYield that returned 0 is held: the download is still being recovered"
@@ -434,7 +389,7 @@ impl Engine {
             }
             return Ok(());
         }
-        let cause = match (step, self.fetch_cause) {
+        let cause = match (step, self.download.cycle.fetch_cause) {
             (-2, Some(cause)) => cause,
             _ => FailureCause::from_step(step),
         };
@@ -453,7 +408,7 @@ impl Engine {
         if !self.check_upgrade_report(true)? {
             return Ok(());
         }
-        self.failure_reported = true;
+        self.download.cycle.failure_reported = true;
         let r = self.out.send(Report::Failure {
             cause,
             desc,
@@ -471,10 +426,10 @@ impl Engine {
 
     /// Sends the protocol's "download started" report once per upgrade.
     fn ensure_upgrading_reported(&mut self) -> Result<()> {
-        if self.upgrading_reported {
+        if self.download.upgrading_reported {
             return Ok(());
         }
-        self.upgrading_reported = true;
+        self.download.upgrading_reported = true;
         let r = self.out.send(Report::Upgrading {
             notice: &self.notice,
         });
@@ -487,7 +442,7 @@ impl Engine {
             return Ok(());
         }
         self.ensure_upgrading_reported()?;
-        if self.state == OtaState::Fetched && self.verified {
+        if self.state == OtaState::Fetched && self.download.verified {
             self.record_pending_reboot();
         }
         let r = self.out.send(Report::Burning {
@@ -517,11 +472,10 @@ impl Engine {
     fn end_cycle(&mut self, e: Error, cause: FailureCause) {
         self.drop_stream();
         self.state = OtaState::Fetched;
-        self.verified = false;
-        self.fetch_cause = Some(cause);
-        self.url_wait_until = None;
-        self.skip = 0;
-        self.end_error = Some(e);
+        // Only why it ended is recorded: `verified` is false throughout a cycle, and its URL
+        // wait and skip are never read once it ended (the next cycle starts from new values).
+        self.download.cycle.fetch_cause = Some(cause);
+        self.download.cycle.end_error = Some(e);
         self.last_error = Some(e);
     }
 
@@ -536,14 +490,14 @@ impl Engine {
 
     /// Notes how a `fetch_yield` call ended (for the caller's "fetch failed" that may follow).
     fn fetch_returned(&mut self, r: &Result<usize>) {
-        self.last_yield_empty = matches!(r, Ok(0));
+        self.download.last_yield_empty = matches!(r, Ok(0));
     }
 
     /// `fetch_yield` outside a cycle: the error that ended it (said once), else a state error.
     fn fetch_after_end(&mut self) -> Error {
-        match self.end_error {
+        match self.download.cycle.end_error {
             Some(e) if self.state == OtaState::Fetched => {
-                if self.quiet.first(Once::EndedFetch) {
+                if self.download.quiet.first(Once::EndedFetch) {
                     ota_log!(Level::Error, "FetchYield after the download ended: {e}");
                 }
                 self.last_error = Some(e);
@@ -555,7 +509,7 @@ impl Engine {
 
     /// Abandons the request in flight, if any: the fetching thread closes the source.
     fn drop_stream(&mut self) {
-        self.source_open = false;
+        self.download.source_open = false;
         self.stream += 1;
     }
 
@@ -568,10 +522,10 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
         // Only here, before new bytes: the record covers what earlier calls returned.
-        if self.persist.due(self.fetched, self.notice.size) {
+        if self.persist.due(self.download.fetched, self.notice.size) {
             self.save_progress();
         }
-        if std::mem::take(&mut self.stalled) && self.source_open {
+        if std::mem::take(&mut self.download.stalled) && self.download.source_open {
             self.interrupted(FetchError::Timeout)?;
         }
         if let Err(e) = self.ensure_upgrading_reported() {
@@ -591,7 +545,7 @@ impl Engine {
             return Step::Done(Err(self.fetch_after_end()));
         }
         let now = Instant::now();
-        if let Some(until) = self.url_wait_until {
+        if let Some(until) = self.download.cycle.url_wait_until {
             if now >= until {
                 return Step::Done(Err(self.fresh_url_missing()));
             }
@@ -600,7 +554,7 @@ impl Engine {
             }
             return Step::Sleep(call.deadline.min(until));
         }
-        if let Some(at) = self.retry_at {
+        if let Some(at) = self.download.retry_at {
             if at >= call.deadline {
                 if now >= call.deadline {
                     return Step::Done(Ok(0));
@@ -610,12 +564,14 @@ impl Engine {
             if now < at {
                 return Step::Sleep(at);
             }
-            self.retry_at = None;
+            self.download.retry_at = None;
         }
         if side.open.is_none() {
             // An open never waits on the network (the FirmwareSource contract), so it runs
             // here, with the URL where it is.
-            let r = side.source.open(self.notice.url.as_str(), self.fetched);
+            let r = side
+                .source
+                .open(self.notice.url.as_str(), self.download.fetched);
             side.open = Some(self.stream);
             if let Err(e) = self.opened(r) {
                 return Step::Done(Err(e));
@@ -624,11 +580,11 @@ impl Engine {
             return Step::Sleep(now);
         }
         // While skipping, read no further than the skip: what follows is the caller's.
-        let remaining = match self.skip {
-            0 => self.notice.size - self.fetched,
+        let remaining = match self.download.skip {
+            0 => self.notice.size - self.download.fetched,
             skip => skip,
         };
-        let stall_at = self.last_progress + self.backoff.policy().stall_timeout;
+        let stall_at = self.download.last_progress + self.retry.stall_timeout;
         Step::Read {
             stream: self.stream,
             want: call
@@ -643,9 +599,10 @@ impl Engine {
     fn opened(&mut self, r: Result<(), FetchError>) -> Result<()> {
         match r {
             Ok(()) => {
-                self.source_open = true;
-                self.skip = 0;
-                self.last_progress = Instant::now();
+                // Every request starts here, before any of its bytes is read.
+                self.download.source_open = true;
+                self.download.skip = 0;
+                self.download.last_progress = Instant::now();
                 Ok(())
             }
             Err(e) => self.interrupted(e),
@@ -667,14 +624,14 @@ impl Engine {
         }
         let r = match r {
             Ok(Chunk::Opened(info)) => self.check_response(info),
-            Ok(Chunk::Data(n)) if self.skip > 0 => {
+            Ok(Chunk::Data(n)) if self.download.skip > 0 => {
                 self.discard(n);
                 Ok(())
             }
             Ok(Chunk::Data(n)) => {
-                self.backoff.progressed();
-                self.url_requests = 0;
-                self.last_progress = Instant::now();
+                self.download.backoff.progressed();
+                self.download.url_requests = 0;
+                self.download.last_progress = Instant::now();
                 return Some(Ok(self.accept(&buf[..n])));
             }
             Ok(Chunk::Pending) if Instant::now() >= stall_at => {
@@ -682,8 +639,8 @@ impl Engine {
             }
             Ok(Chunk::Pending) if Instant::now() >= call.deadline => {
                 // A whole (non-zero) wait without a byte: the connection stalled.
-                self.stalled =
-                    !call.timeout.is_zero() && self.last_progress + call.timeout <= call.deadline;
+                self.download.stalled = !call.timeout.is_zero()
+                    && self.download.last_progress + call.timeout <= call.deadline;
                 return Some(Ok(0));
             }
             Ok(Chunk::Pending) => Ok(()),
@@ -695,10 +652,10 @@ impl Engine {
 
     /// Drops `n` bytes (never more than `skip`) of a whole-file answer the caller already has.
     fn discard(&mut self, n: usize) {
-        self.skip -= n as u64;
-        self.last_progress = Instant::now();
-        if self.skip == 0 {
-            self.backoff.progressed();
+        self.download.skip -= n as u64;
+        self.download.last_progress = Instant::now();
+        if self.download.skip == 0 {
+            self.download.backoff.progressed();
         }
     }
 
@@ -706,21 +663,20 @@ impl Engine {
     /// transient and the retry limit allows, else the end of the download (reported).
     fn interrupted(&mut self, e: FetchError) -> Result<()> {
         self.drop_stream();
-        self.skip = 0;
         if e == FetchError::Status(403) && self.ask_fresh_url() {
             return Ok(());
         }
         if e.is_transient() {
-            if let Some(delay) = self.backoff.next_delay() {
+            if let Some(delay) = self.download.backoff.next_delay() {
                 ota_log!(
                     Level::Warning,
                     "download interrupted at byte {} ({e}); retry {}/{} in a row in {} ms",
-                    self.fetched,
-                    self.backoff.attempts(),
-                    self.backoff.policy().max_attempts,
+                    self.download.fetched,
+                    self.download.backoff.attempts(),
+                    self.retry.max_attempts,
                     delay.as_millis()
                 );
-                self.retry_at = Some(Instant::now() + delay);
+                self.download.retry_at = Some(Instant::now() + delay);
                 return Ok(());
             }
         }
@@ -748,7 +704,7 @@ impl Engine {
     /// ask for a fresh one and wait for it instead of failing. False when that is not possible.
     fn ask_fresh_url(&mut self) -> bool {
         const MAX_REQUESTS: u32 = 3;
-        if !self.protocol.can_request_upgrade() || self.url_requests >= MAX_REQUESTS {
+        if !self.protocol.can_request_upgrade() || self.download.url_requests >= MAX_REQUESTS {
             return false;
         }
         let Some(version) = self.running.get(self.notice.module_name()) else {
@@ -763,37 +719,37 @@ impl Engine {
             ota_log!(Level::Warning, "fresh URL not requested: {e}");
             return false;
         }
-        self.url_requests += 1;
-        self.url_wait_until = Some(Instant::now() + self.fresh_url_wait);
+        self.download.url_requests += 1;
+        self.download.cycle.url_wait_until = Some(Instant::now() + self.fresh_url_wait);
         ota_log!(
             Level::Info,
             "URL expired at byte {}: asked the platform for a fresh one (waiting up to {} s)",
-            self.fetched,
+            self.download.fetched,
             self.fresh_url_wait.as_secs()
         );
         true
     }
 
     fn check_response(&mut self, info: OpenInfo) -> Result<()> {
-        if self.fetched > 0 && info.status == 200 {
+        if self.download.fetched > 0 && info.status == 200 {
             return self.range_ignored(info);
         }
         if info.status == 206
-            && (info.range_start != Some(self.fetched)
+            && (info.range_start != Some(self.download.fetched)
                 || info.range_total != Some(self.notice.size))
         {
             return Err(self.download_failed(FetchError::BadResponse(
                 "Content-Range does not match the request",
             )));
         }
-        let expected_rest = self.notice.size - self.fetched;
+        let expected_rest = self.notice.size - self.download.fetched;
         match info.content_length {
             Some(len) if len > expected_rest => {
                 ota_log!(
                     Level::Error,
                     "server announces {len} bytes, upgrade announced {expected_rest}: reading {expected_rest} and rejecting the image"
                 );
-                self.oversize = true;
+                self.download.cycle.oversize = true;
             }
             Some(len) if len < expected_rest => {
                 return Err(self.download_failed(FetchError::BadResponse(
@@ -817,23 +773,23 @@ impl Engine {
                 "server ignored Range and sent a file of another size",
             )));
         }
-        self.skip = self.fetched;
-        self.restarts += 1;
+        self.download.skip = self.download.fetched;
+        self.download.restarts += 1;
         ota_log!(
             Level::Warning,
             "server ignored Range at byte {}: re-downloading and discarding {} bytes",
-            self.fetched,
-            self.skip
+            self.download.fetched,
+            self.download.skip
         );
         Ok(())
     }
 
     /// Takes `bytes` into the digest; finishes when the announced size is reached.
     fn accept(&mut self, bytes: &[u8]) -> usize {
-        self.digest.update(bytes);
-        self.digest_bytes += bytes.len() as u64;
-        self.fetched += bytes.len() as u64;
-        if self.fetched == self.notice.size {
+        self.download.digest.update(bytes);
+        self.download.digest_bytes += bytes.len() as u64;
+        self.download.fetched += bytes.len() as u64;
+        if self.download.fetched == self.notice.size {
             self.finish();
         }
         bytes.len()
@@ -846,7 +802,7 @@ impl Engine {
             "upgrade to {} replaces the download of {} at byte {}: this cycle ends",
             self.scratch.version,
             self.notice.version,
-            self.fetched
+            self.download.fetched
         );
         let e = Error::Fetch(FetchError::Superseded);
         self.end_cycle(e, FailureCause::UpgradeFailed);
@@ -915,7 +871,7 @@ impl Engine {
 
     /// Tencent's resume call: the next download request starts at `offset`.
     fn start_download(&mut self, offset: u64, size: u64) -> Result<()> {
-        if self.state == OtaState::Idle || self.verified {
+        if self.state == OtaState::Idle || self.download.verified {
             return Err(self.fail(Error::InvalidState("no upgrade to download")));
         }
         if size != 0 && size != self.notice.size {
@@ -925,14 +881,9 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("offset beyond the announced size")));
         }
         self.drop_stream();
-        self.fetched = offset;
-        self.oversize = false;
-        self.failure_reported = false;
-        self.fetch_cause = None;
-        self.skip = 0;
-        self.url_wait_until = None;
-        self.end_seen = false;
-        self.end_error = None;
+        // A new cycle of the same download: the digest the firmware fed stays.
+        self.download.cycle = Cycle::new();
+        self.download.fetched = offset;
         self.state = OtaState::Fetching;
         if offset == self.notice.size {
             // Every byte is already kept: nothing to fetch, the image is checked now.
@@ -946,8 +897,8 @@ impl Engine {
         if self.state == OtaState::Idle {
             return Err(self.fail(Error::InvalidState("no upgrade accepted")));
         }
-        self.digest.update(bytes);
-        self.digest_bytes += bytes.len() as u64;
+        self.download.digest.update(bytes);
+        self.download.digest_bytes += bytes.len() as u64;
         Ok(())
     }
 
@@ -956,8 +907,8 @@ impl Engine {
         if self.state == OtaState::Idle {
             return Err(self.fail(Error::InvalidState("no upgrade accepted")));
         }
-        self.digest = StreamDigest::new(self.notice.digest_kind);
-        self.digest_bytes = 0;
+        self.download.digest = StreamDigest::new(self.notice.digest_kind);
+        self.download.digest_bytes = 0;
         Ok(())
     }
 
@@ -965,14 +916,18 @@ impl Engine {
         self.drop_stream();
         self.state = OtaState::Fetched;
         let mut actual = [0u8; 32];
-        let n = self.digest.current(&mut actual);
-        let covered = self.digest_bytes == self.notice.size;
+        let n = self.download.digest.current(&mut actual);
+        let covered = self.download.digest_bytes == self.notice.size;
         let digest_ok = actual[..n] == *self.notice.digest();
-        self.verified = covered && digest_ok && !self.oversize;
-        if self.verified {
+        self.download.verified = covered && digest_ok && !self.download.cycle.oversize;
+        if self.download.verified {
             // The pending-reboot record waits for check_firmware: the caller has not stored
             // the bytes this call returns yet.
-            ota_log!(Level::Info, "image of {} bytes verified", self.fetched);
+            ota_log!(
+                Level::Info,
+                "image of {} bytes verified",
+                self.download.fetched
+            );
             return;
         }
         let (e, desc) = if !covered {
@@ -980,7 +935,7 @@ impl Engine {
                 FetchError::BadResponse("digest does not cover the whole image"),
                 "verify failed: the digest does not cover the whole image",
             )
-        } else if self.oversize {
+        } else if self.download.cycle.oversize {
             (
                 FetchError::Oversize,
                 "verify failed: server file larger than announced",
@@ -1000,7 +955,7 @@ impl Engine {
         self.auto_report_failure(FailureCause::DigestMismatch, desc);
         // After the report: a report that could not be sent must not hide why the image failed.
         self.last_error = Some(Error::Fetch(e));
-        self.end_error = Some(Error::Fetch(e));
+        self.download.cycle.end_error = Some(Error::Fetch(e));
     }
 }
 
@@ -1054,31 +1009,12 @@ impl OtaSession {
             scratch: UpgradeNotice::new(&limits),
             next: UpgradeNotice::new(&limits),
             next_pending: false,
-            end_seen: false,
-            end_error: None,
+            download: Download::new(DigestKind::Md5, config.retry),
             running: RunningVersions::new(&limits),
-            digest_bytes: 0,
-            backoff: Backoff::new(config.retry),
-            retry_at: None,
-            last_progress: Instant::now(),
-            restarts: 0,
-            skip: 0,
-            url_wait_until: None,
+            retry: config.retry,
             fresh_url_wait: config.fresh_url_wait,
-            url_requests: 0,
-            last_yield_empty: false,
-            quiet: Quiet::default(),
-            stalled: false,
             persist: Persistence::new(),
-            digest: StreamDigest::new(crate::protocol::DigestKind::Md5),
-            fetched: 0,
-            source_open: false,
             stream: 0,
-            oversize: false,
-            failure_reported: false,
-            upgrading_reported: false,
-            fetch_cause: None,
-            verified: false,
             last_error: None,
         };
         Ok(OtaSession {
@@ -1278,7 +1214,7 @@ impl OtaSession {
     pub fn is_fetch_finished(&self) -> bool {
         let mut e = self.engine();
         let ended = e.state == OtaState::Fetched;
-        e.end_seen |= ended;
+        e.download.cycle.end_seen |= ended;
         ended
     }
 
@@ -1320,28 +1256,31 @@ impl OtaSession {
 
     /// The retry policy in force.
     pub fn retry_policy(&self) -> RetryPolicy {
-        self.engine().backoff.policy()
+        self.engine().retry
     }
 
     /// Replaces the retry policy (takes effect at the next failure).
     pub fn set_retry_policy(&self, policy: RetryPolicy) {
-        self.engine().backoff = Backoff::new(policy);
+        let mut e = self.engine();
+        e.retry = policy;
+        // The download in progress retries by the new policy from now on, counting from zero.
+        e.download.backoff = Backoff::new(policy);
     }
 
     /// Times the server ignored `Range` in this upgrade (answered with the whole file, whose
     /// bytes up to the offset were discarded).
     pub fn restarts(&self) -> u32 {
-        self.engine().restarts
+        self.engine().download.restarts
     }
 
     /// Reconnections made in this upgrade.
     pub fn retries(&self) -> u32 {
-        self.engine().backoff.total()
+        self.engine().download.backoff.total()
     }
 
     /// Bytes fetched so far.
     pub fn fetched_size(&self) -> u64 {
-        self.engine().fetched
+        self.engine().download.fetched
     }
 
     /// The announced image size (0 before an upgrade).
@@ -1356,8 +1295,8 @@ impl OtaSession {
         if e.state != OtaState::Fetched {
             return Err(e.fail(Error::InvalidState("download not finished")));
         }
-        e.end_seen = true;
-        let valid = e.verified && e.fetched == e.notice.size;
+        e.download.cycle.end_seen = true;
+        let valid = e.download.verified && e.download.fetched == e.notice.size;
         if valid {
             // Every byte is with the caller now: a restart may expect the new version.
             e.record_pending_reboot();
@@ -1383,7 +1322,7 @@ impl OtaSession {
                 Level::Info,
                 "session released during the download of {} at byte {}",
                 e.notice.version,
-                e.fetched
+                e.download.fetched
             );
             e.end_cycle(
                 Error::Fetch(FetchError::Abandoned),
@@ -1402,7 +1341,7 @@ impl OtaSession {
     /// True the first time `what` happens in the current upgrade (for callers that log a
     /// refusal repeated in a loop once, as the engine does).
     pub fn first_in_upgrade(&self, what: Once) -> bool {
-        self.engine().quiet.first(what)
+        self.engine().download.quiet.first(what)
     }
 
     /// The last error recorded by any call or incoming message.

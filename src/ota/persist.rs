@@ -23,20 +23,20 @@ impl Engine {
                     && bp.protocol() == self.protocol
                     && bp.matches(&self.notice) =>
             {
-                self.fetched = bp.offset();
+                self.download.fetched = bp.offset();
                 match bp.restore_digest() {
                     Some(d) => {
-                        self.digest = d;
-                        self.digest_bytes = bp.offset();
+                        self.download.digest = d;
+                        self.download.digest_bytes = bp.offset();
                     }
                     // The firmware re-feeds its stored bytes (IOT_OTA_UpdateClientMd5).
-                    None => self.digest_bytes = 0,
+                    None => self.download.digest_bytes = 0,
                 }
                 ota_log!(
                     Level::Info,
                     "resuming the download of {} at byte {} from the breakpoint record",
                     self.notice.version,
-                    self.fetched
+                    self.download.fetched
                 );
                 self.persist.last_saved = bp.offset();
                 self.persist.record = Some(bp);
@@ -61,22 +61,23 @@ impl Engine {
 
     /// Writes the offset and digest state of the download to the breakpoint record.
     pub(super) fn save_progress(&mut self) {
-        let digest = (self.digest_bytes == self.fetched).then_some(&self.digest);
+        let digest =
+            (self.download.digest_bytes == self.download.fetched).then_some(&self.download.digest);
         let Some(bp) = self.persist.record.as_mut() else {
             return;
         };
-        if let Err(e) = bp.set_progress(self.fetched, digest) {
+        if let Err(e) = bp.set_progress(self.download.fetched, digest) {
             ota_log!(Level::Warning, "breakpoint not recorded: {e}");
             return;
         }
-        self.persist.last_saved = self.fetched;
+        self.persist.last_saved = self.download.fetched;
         self.persist.save();
     }
 
     /// The image verified and the caller has it: the device will reboot into it; remember which
     /// version it expects (once per upgrade).
     pub(super) fn record_pending_reboot(&mut self) {
-        if self.persist.reboot_recorded {
+        if self.download.reboot_recorded {
             return;
         }
         let Some(bp) = self.persist.record.as_mut() else {
@@ -84,7 +85,7 @@ impl Engine {
         };
         match bp.set_pending_reboot(self.notice.version.as_str()) {
             Ok(()) => {
-                self.persist.reboot_recorded = true;
+                self.download.reboot_recorded = true;
                 self.persist.save()
             }
             Err(e) => ota_log!(Level::Warning, "pending version not recorded: {e}"),
@@ -163,8 +164,6 @@ pub(super) struct Persistence {
     /// The encoded record of a pending save.
     pub(super) buf: Box<[u8; RECORD_LEN]>,
     pub(super) pending: Pending,
-    /// The record already says "pending reboot" for this upgrade.
-    pub(super) reboot_recorded: bool,
 }
 
 /// A write the store has not seen yet.
@@ -186,7 +185,6 @@ impl Persistence {
             last_saved: 0,
             buf: Box::new([0u8; RECORD_LEN]),
             pending: Pending::None,
-            reboot_recorded: false,
         }
     }
 

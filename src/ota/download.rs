@@ -1,0 +1,108 @@
+//! The state of one upgrade's download, created whole when the upgrade is accepted and dropped
+//! whole when the next one is, so nothing of one upgrade leaks into the next.
+//!
+//! Inline values only: replacing a [`Download`] allocates nothing (the engine allocates
+//! nothing after init).
+
+use std::time::Instant;
+
+use super::support::Quiet;
+use crate::digest::{DigestKind, StreamDigest};
+use crate::error::Error;
+use crate::protocol::FailureCause;
+use crate::retry::{Backoff, RetryPolicy};
+
+/// The download of the accepted upgrade, from `accept_notice` to the next `accept_notice`
+/// (reports about it may still follow its end).
+pub(super) struct Download {
+    /// Bytes of the image the caller has (the resume offset, then what `fetch_yield` returned).
+    pub(super) fetched: u64,
+    pub(super) digest: StreamDigest,
+    /// Bytes the running digest covers (fetched, plus any fed by the firmware).
+    pub(super) digest_bytes: u64,
+    /// Retries of this download (the policy is the session's).
+    pub(super) backoff: Backoff,
+    /// When the next reconnection may be attempted.
+    pub(super) retry_at: Option<Instant>,
+    /// When the download last delivered a byte (or connected).
+    pub(super) last_progress: Instant,
+    /// Times the server answered a Range request with the whole file.
+    pub(super) restarts: u32,
+    /// Fresh URLs asked for since the download last progressed.
+    pub(super) url_requests: u32,
+    /// The last `fetch_yield` returned 0: nothing yet, the SDK is still working on it.
+    pub(super) last_yield_empty: bool,
+    /// Things said once per upgrade (see [`Quiet`]).
+    pub(super) quiet: Quiet,
+    /// The last FetchYield waited its whole timeout for nothing: the next one reconnects.
+    pub(super) stalled: bool,
+    /// The firmware source holds a request of the current stream (see `Engine::stream`).
+    pub(super) source_open: bool,
+    /// Bytes of a whole-file answer to a Range request still to be discarded (of the open
+    /// request: `opened` sets it to 0 as each request starts).
+    pub(super) skip: u64,
+    /// The protocol's "download started" report went out.
+    pub(super) upgrading_reported: bool,
+    /// The breakpoint record already says "pending reboot" for this upgrade.
+    pub(super) reboot_recorded: bool,
+    /// All bytes arrived and the digest matched.
+    pub(super) verified: bool,
+    pub(super) cycle: Cycle,
+}
+
+impl Download {
+    /// A download of an image digested with `kind`, from byte 0, retried by `retry`.
+    pub(super) fn new(kind: DigestKind, retry: RetryPolicy) -> Download {
+        Download {
+            fetched: 0,
+            digest: StreamDigest::new(kind),
+            digest_bytes: 0,
+            backoff: Backoff::new(retry),
+            retry_at: None,
+            // Set again when a request opens, before anything reads it.
+            last_progress: Instant::now(),
+            restarts: 0,
+            url_requests: 0,
+            last_yield_empty: false,
+            quiet: Quiet::default(),
+            stalled: false,
+            source_open: false,
+            skip: 0,
+            upgrading_reported: false,
+            reboot_recorded: false,
+            verified: false,
+            cycle: Cycle::new(),
+        }
+    }
+}
+
+/// What starts afresh with each cycle of a download: at `accept_notice`, and again at
+/// `start_download` (Tencent's resume), which keeps the digest the firmware fed, the retry
+/// count and the once-per-upgrade reports and log lines of the download.
+pub(super) struct Cycle {
+    /// The server's copy is larger than the announced size.
+    pub(super) oversize: bool,
+    /// The SDK already told the platform this upgrade failed; later reports would contradict it.
+    pub(super) failure_reported: bool,
+    /// What made the download fail, for failure reports that name a cause.
+    pub(super) fetch_cause: Option<FailureCause>,
+    /// Aliyun: an expired URL waits until then for the fresh one the SDK asked for.
+    pub(super) url_wait_until: Option<Instant>,
+    /// The caller saw this cycle end (`is_fetch_finished` true, or `check_firmware`).
+    pub(super) end_seen: bool,
+    /// Why the cycle ended without a verified image; `fetch_yield` returns it from then on.
+    pub(super) end_error: Option<Error>,
+}
+
+impl Cycle {
+    pub(super) fn new() -> Cycle {
+        Cycle {
+            oversize: false,
+            failure_reported: false,
+            fetch_cause: None,
+            url_wait_until: None,
+            end_seen: false,
+            end_error: None,
+        }
+    }
+}
