@@ -14,6 +14,7 @@ pub mod conninfo;
 pub mod digest;
 pub mod error;
 pub mod fetch;
+pub mod link;
 pub mod log;
 pub mod mqtt;
 pub mod net;

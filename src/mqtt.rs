@@ -30,7 +30,6 @@ use rumqttc::{
 
 use crate::error::{Error, MqttError, Result};
 use crate::log::Level;
-use crate::ota::Uplink;
 use crate::ota_log;
 use crate::retry::{Backoff, RetryPolicy};
 
@@ -1110,8 +1109,10 @@ pub struct MqttUplink {
     connected: Arc<AtomicBool>,
 }
 
-impl Uplink for MqttUplink {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+impl MqttUplink {
+    /// Queues a QoS 1 report for the next yield; [`MqttError::NotConnected`] while the broker
+    /// is away (the OTA session keeps the message and sends it after the reconnection).
+    pub fn publish_report(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
         if !self.connected.load(Ordering::SeqCst) {
             // The session keeps the message and sends it after the reconnection.
             return Err(Error::Mqtt(MqttError::NotConnected));

@@ -61,9 +61,8 @@ use std::time::{Duration, Instant};
 
 use crate::digest::{to_hex, DigestKind, StreamDigest};
 use crate::error::{Error, Result};
-use crate::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, OpenInfo};
+use crate::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, OpenInfo};
 use crate::log::Level;
-use crate::mqtt::{MqttClient, QoS};
 use crate::ota_log;
 use crate::protocol::{
     self, Downstream, FailureCause, Limits, NoticeError, Protocol, Report, Topics, UpgradeNotice,
@@ -972,6 +971,53 @@ pub struct OtaSession {
     downstream: String,
 }
 
+/// A weak hold on a session for the transport that delivers its messages (`crate::link`).
+#[derive(Clone)]
+pub(crate) struct SessionFeed {
+    engine: Weak<Mutex<Engine>>,
+    fetch: Weak<Mutex<FetchSide>>,
+    records: Weak<Mutex<RecordStore>>,
+}
+
+impl SessionFeed {
+    /// Hands a message of the session's upgrade topic to the engine; true when it started a
+    /// download (the firmware's yield loop should get to FetchYield now). Then closes a
+    /// connection the message abandoned and writes the breakpoint record it changed, both
+    /// with the engine unlocked.
+    pub(crate) fn deliver(&self, topic: &str, payload: &[u8]) -> bool {
+        let Some(engine) = self.engine.upgrade() else {
+            return false;
+        };
+        let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+        let was_fetching = e.state == OtaState::Fetching;
+        let _ = e.handle_message(topic, payload);
+        let started = !was_fetching && e.state == OtaState::Fetching;
+        drop(e);
+        if let Some(side) = self.fetch.upgrade() {
+            fetching::close_abandoned(&engine, &side);
+        }
+        if let Some(records) = self.records.upgrade() {
+            persist::flush(&engine, &records);
+        }
+        started
+    }
+
+    /// The broker connection is back (reports held meanwhile go out, the version is
+    /// reported again); false once the session is gone.
+    pub(crate) fn reconnected(&self) -> bool {
+        match self.engine.upgrade() {
+            Some(engine) => {
+                engine
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_reconnect();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl OtaSession {
     /// Creates a session on explicit transports. Allocates every buffer the session will use.
     pub fn new(
@@ -1025,77 +1071,14 @@ impl OtaSession {
         })
     }
 
-    /// Creates a session that publishes through `mqtt`, downloads over HTTP(S), and subscribes
-    /// to the protocol's upgrade topic on `mqtt`. One session per device and client:
-    /// [`Error::InvalidState`] while another session of the same device is attached (until it is
-    /// detached or, in C, `IOT_OTA_Deinit`ed).
-    pub fn attach(
-        mqtt: &MqttClient,
-        product_key: &str,
-        device_name: &str,
-        config: OtaConfig,
-    ) -> Result<OtaSession> {
-        let source = HttpSource::new(config.http.clone()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidInput => {
-                Error::InvalidParam("HTTPS CA is not a PEM certificate")
-            }
-            _ => Error::NoMemory,
-        })?;
-        let session = OtaSession::new(
-            product_key,
-            device_name,
-            config,
-            Box::new(mqtt.uplink()),
-            Box::new(source),
-        )?;
-        let weak: Weak<Mutex<Engine>> = Arc::downgrade(&session.engine);
-        let weak_hook = weak.clone();
-        let weak_fetch = Arc::downgrade(&session.fetch);
-        let weak_records = Arc::downgrade(&session.records);
-        let yield_break = mqtt.yield_break();
-        // A second session of the same device would take the first one's messages.
-        let subscribed = mqtt.subscribe_new(&session.downstream, QoS::AtLeastOnce, move |msg| {
-            if let Some(engine) = weak.upgrade() {
-                let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
-                let was_fetching = e.state == OtaState::Fetching;
-                let _ = e.handle_message(msg.topic, msg.payload);
-                if !was_fetching && e.state == OtaState::Fetching {
-                    // A download starts: let the firmware's yield loop get to FetchYield now.
-                    yield_break.request();
-                }
-                drop(e);
-                if let Some(side) = weak_fetch.upgrade() {
-                    fetching::close_abandoned(&engine, &side);
-                }
-                if let Some(records) = weak_records.upgrade() {
-                    persist::flush(&engine, &records);
-                }
-            }
-        });
-        if let Err(e) = subscribed {
-            return Err(match e {
-                Error::InvalidState(_) => Error::InvalidState(
-                    "an OTA session of this device is attached to this MQTT client already",
-                ),
-                e => e,
-            });
+    /// What a transport that feeds this session holds (see [`crate::link`]): it does nothing
+    /// once the session is dropped.
+    pub(crate) fn feed(&self) -> SessionFeed {
+        SessionFeed {
+            engine: Arc::downgrade(&self.engine),
+            fetch: Arc::downgrade(&self.fetch),
+            records: Arc::downgrade(&self.records),
         }
-        mqtt.on_reconnect(move || match weak_hook.upgrade() {
-            Some(engine) => {
-                engine
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .on_reconnect();
-                true
-            }
-            None => false,
-        });
-        Ok(session)
-    }
-
-    /// Unsubscribes the session's upgrade topic from `mqtt` (the session stays usable).
-    pub fn detach(&self, mqtt: &MqttClient) -> Result<()> {
-        mqtt.unsubscribe(&self.downstream)
     }
 
     fn engine(&self) -> MutexGuard<'_, Engine> {

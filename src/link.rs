@@ -1,0 +1,71 @@
+//! The link between the MQTT client and the OTA engine: the one module that knows both.
+//!
+//! The engine ([`crate::ota`]) takes an MQTT interface and knows no client: it publishes
+//! through an [`Uplink`] and is handed the messages of its upgrade topic. The client
+//! ([`crate::mqtt`]) knows no engine. Here an [`MqttUplink`] becomes the engine's `Uplink`, and
+//! [`OtaSession::attach`] subscribes a session's upgrade topic on an [`MqttClient`] and hooks the
+//! reconnections (the way AWS's OTA library takes its MQTT interface, rather than owning a client).
+
+use crate::error::{Error, Result};
+use crate::fetch::HttpSource;
+use crate::mqtt::{MqttClient, MqttUplink, QoS};
+use crate::ota::{OtaConfig, OtaSession, Uplink};
+
+impl Uplink for MqttUplink {
+    fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+        self.publish_report(topic, payload)
+    }
+}
+
+impl OtaSession {
+    /// Creates a session that publishes through `mqtt`, downloads over HTTP(S), and subscribes
+    /// to the protocol's upgrade topic on `mqtt`. One session per device and client:
+    /// [`Error::InvalidState`] while another session of the same device is attached (until it is
+    /// detached or, in C, `IOT_OTA_Deinit`ed).
+    pub fn attach(
+        mqtt: &MqttClient,
+        product_key: &str,
+        device_name: &str,
+        config: OtaConfig,
+    ) -> Result<OtaSession> {
+        let source = HttpSource::new(config.http.clone()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => {
+                Error::InvalidParam("HTTPS CA is not a PEM certificate")
+            }
+            _ => Error::NoMemory,
+        })?;
+        let session = OtaSession::new(
+            product_key,
+            device_name,
+            config,
+            Box::new(mqtt.uplink()),
+            Box::new(source),
+        )?;
+        let feed = session.feed();
+        let yield_break = mqtt.yield_break();
+        // A second session of the same device would take the first one's messages.
+        let subscribed =
+            mqtt.subscribe_new(session.downstream_topic(), QoS::AtLeastOnce, move |msg| {
+                if feed.deliver(msg.topic, msg.payload) {
+                    // A download starts: let the firmware's yield loop get to FetchYield now.
+                    yield_break.request();
+                }
+            });
+        if let Err(e) = subscribed {
+            return Err(match e {
+                Error::InvalidState(_) => Error::InvalidState(
+                    "an OTA session of this device is attached to this MQTT client already",
+                ),
+                e => e,
+            });
+        }
+        let feed = session.feed();
+        mqtt.on_reconnect(move || feed.reconnected());
+        Ok(session)
+    }
+
+    /// Unsubscribes the session's upgrade topic from `mqtt` (the session stays usable).
+    pub fn detach(&self, mqtt: &MqttClient) -> Result<()> {
+        mqtt.unsubscribe(self.downstream_topic())
+    }
+}
