@@ -42,6 +42,8 @@
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
 
+#![deny(missing_docs)]
+
 mod download;
 mod fetching;
 mod outbox;
@@ -72,14 +74,19 @@ use crate::retry::{Backoff, RetryPolicy};
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
 pub trait Uplink: Send {
+    /// Sends `payload` on `topic` (QoS 1), or says why not. An error keeps the message: the
+    /// session holds the latest one per channel and sends it again after a reconnection.
     fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()>;
 }
 
 /// Session settings fixed at init.
 #[derive(Debug, Clone)]
 pub struct OtaConfig {
+    /// The platform whose topics and messages the session speaks.
     pub protocol: Protocol,
+    /// Longest field values accepted in upgrade messages, and the report buffer sizes.
     pub limits: Limits,
+    /// How the firmware is downloaded (timeouts, redirects, CA, buffer sizes).
     pub http: HttpConfig,
     /// How broken downloads are retried (with `Range`, from where they stopped).
     pub retry: RetryPolicy,
@@ -105,6 +112,7 @@ impl Default for OtaConfig {
 }
 
 impl OtaConfig {
+    /// The defaults, speaking `protocol`.
     pub fn for_protocol(protocol: Protocol) -> Self {
         OtaConfig {
             protocol,
@@ -1176,6 +1184,7 @@ impl OtaSession {
         r
     }
 
+    /// Where the session stands (see the state table in this module's doc).
     pub fn state(&self) -> OtaState {
         self.engine().state
     }
