@@ -700,6 +700,61 @@ fn mqtt_construct_to_a_closed_port_fails_within_seconds() {
     );
 }
 
+/// Publishes `payload` to `topic` at QoS 1 through IOT_MQTT_Publish.
+fn c_publish(mqtt: *mut c_void, topic: &CStr, payload: &[u8]) {
+    let mut msg = iotx_mqtt_topic_info_t {
+        packet_id: 0,
+        qos: 1,
+        dup: 0,
+        retain: 0,
+        topic_len: 0,
+        payload_len: payload.len() as u32,
+        ptopic: null(),
+        payload: payload.as_ptr().cast(),
+    };
+    assert_eq!(IOT_MQTT_Publish(mqtt, topic.as_ptr(), &mut msg), 0);
+}
+
+/// A handler that panics inside IOT_MQTT_Yield (a bug in Rust code the client runs, such as the
+/// OTA session's upgrade handler): the guard turns the panic into FAIL_RETURN, and the client
+/// stays usable: the next Yield returns 0 and the same handler gets the next message.
+#[test]
+fn a_panic_in_a_handler_inside_yield_leaves_the_client_usable() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let dev = Device::connect(broker.port(), "panic-once");
+    let client = unsafe { MqttHandle::from_ptr(dev.mqtt) }
+        .expect("an MQTT handle")
+        .client();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&received);
+    client
+        .subscribe("capi/panic", QoS::AtLeastOnce, move |m| {
+            assert_ne!(m.payload, b"first", "a handler bug");
+            sink.lock().unwrap().push(m.payload.to_vec());
+        })
+        .unwrap();
+    dev.wait_until("the subscription is acknowledged", || {
+        dev.subacks.load(SeqCst) >= 1
+    });
+
+    c_publish(dev.mqtt, c"capi/panic", b"first");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match IOT_MQTT_Yield(dev.mqtt, 50) {
+            0 => assert!(Instant::now() < deadline, "the handler never ran"),
+            FAIL_RETURN => break,
+            rc => panic!("IOT_MQTT_Yield returned {rc}"),
+        }
+    }
+
+    c_publish(dev.mqtt, c"capi/panic", b"second");
+    dev.wait_until("the next message reaches the same handler", || {
+        !received.lock().unwrap().is_empty()
+    });
+    assert_eq!(*received.lock().unwrap(), [b"second".to_vec()]);
+    assert_eq!(IOT_MQTT_CheckStateNormal(dev.mqtt), 1);
+}
+
 // 2. Wrong state and bad arguments on a live session
 
 #[test]
