@@ -836,7 +836,8 @@ int IOT_MQTT_Destroy(void **phandle);
  client), so the firmware's loop reaches IOT_OTA_FetchYield without waiting out the timeout.
 
  Returns 0, or NULL_VALUE_ERROR (-2) for a NULL handle, or FAIL_RETURN (-1) when called from
- inside one of this client's handlers.
+ inside one of this client's handlers. A panic inside (a bug in the SDK's own handlers) returns
+ FAIL_RETURN once; the client stays usable.
  */
 int IOT_MQTT_Yield(void *handle,
                    int timeout_ms);

@@ -63,7 +63,7 @@ fn resident_bytes() -> Option<u64> {
 ///   NULL.
 #[no_mangle]
 pub extern "C" fn IOT_OpenLog(ident: *const c_char) {
-    ffi_guard!("IOT_OpenLog", {
+    ffi_body!(IOT_OpenLog, {
         let _ = ident;
         log::set_open(true);
     })
@@ -72,7 +72,7 @@ pub extern "C" fn IOT_OpenLog(ident: *const c_char) {
 /// Closes the SDK log: nothing is printed, whatever the level, until `IOT_OpenLog`.
 #[no_mangle]
 pub extern "C" fn IOT_CloseLog() {
-    ffi_guard!("IOT_CloseLog", {
+    ffi_body!(IOT_CloseLog, {
         log::set_open(false);
     })
 }
@@ -83,7 +83,7 @@ pub extern "C" fn IOT_CloseLog() {
 ///   level unchanged.
 #[no_mangle]
 pub extern "C" fn IOT_SetLogLevel(level: c_int) {
-    ffi_guard!("IOT_SetLogLevel", {
+    ffi_body!(IOT_SetLogLevel, {
         if let Some(l) = level_from_c("IOT_SetLogLevel", level) {
             log::set_level(l);
         }
@@ -96,7 +96,7 @@ pub extern "C" fn IOT_SetLogLevel(level: c_int) {
 /// - `level`: an `IOT_LogLevel` value. Any other value prints one error line instead.
 #[no_mangle]
 pub extern "C" fn IOT_DumpMemoryStats(level: c_int) {
-    ffi_guard!("IOT_DumpMemoryStats", {
+    ffi_body!(IOT_DumpMemoryStats, {
         let Some(l) = level_from_c("IOT_DumpMemoryStats", level) else {
             return;
         };
