@@ -60,7 +60,8 @@ pub fn guard<R: PanicValue>(name: &str, f: impl FnOnce() -> R) -> R {
 ///   (an `Arc<OtaHandle>`), or returns `DEFAULT` after one log line when `handle` is NULL,
 ///   released or not an OTA handle.
 /// - `ffi_body!(NAME, mqtt(handle), DEFAULT, |h| { ... })` does the same for an MQTT handle (a
-///   `&MqttHandle`).
+///   `&MqttHandle`). That lookup reads the handle's memory, so it compiles only inside an
+///   `unsafe fn`, whose `# Safety` section covers `handle`.
 ///
 /// `NAME` is the function's own identifier: log lines name it, and a misspelt one does not
 /// compile. The signature stays written out by hand, with `#[no_mangle]`, because cbindgen reads
@@ -78,10 +79,9 @@ macro_rules! ffi_body {
     };
     ($name:ident, mqtt($handle:expr), $default:expr, |$h:ident| $body:block) => {
         ffi_body!($name, {
-            // SAFETY: the C caller passes NULL, a live handle or memory readable for 4 bytes.
-            let Some($h) =
-                (unsafe { $crate::ffi::mqtt::MqttHandle::lookup($handle, stringify!($name)) })
-            else {
+            // No unsafe block on purpose: only the enclosing unsafe fn's contract makes it sound.
+            #[allow(unsafe_op_in_unsafe_fn)]
+            let Some($h) = $crate::ffi::mqtt::MqttHandle::lookup($handle, stringify!($name)) else {
                 return $default;
             };
             $body

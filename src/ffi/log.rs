@@ -61,8 +61,11 @@ fn resident_bytes() -> Option<u64> {
 ///
 /// - `ident`: the program's name in iotkit; accepted for compatibility and not used. May be
 ///   NULL.
+///
+/// # Safety
+/// `ident` is NULL or a NUL-terminated string (not read today).
 #[no_mangle]
-pub extern "C" fn IOT_OpenLog(ident: *const c_char) {
+pub unsafe extern "C" fn IOT_OpenLog(ident: *const c_char) {
     ffi_body!(IOT_OpenLog, {
         let _ = ident;
         log::set_open(true);
@@ -135,9 +138,9 @@ mod tests {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         IOT_CloseLog();
         assert!(!log::enabled(Level::Crit));
-        IOT_OpenLog(std::ptr::null());
+        unsafe { IOT_OpenLog(std::ptr::null()) };
         assert!(log::enabled(Level::Crit));
-        IOT_OpenLog(c"firmware".as_ptr());
+        unsafe { IOT_OpenLog(c"firmware".as_ptr()) };
         assert!(log::enabled(Level::Crit));
     }
 

@@ -248,9 +248,14 @@ unsafe fn options_from(p: &iotx_mqtt_param_t) -> Result<MqttOptions, &'static st
 /// `request_timeout_ms`, default 5000). `handle_event`, when set, gets the connection events
 /// and every message no subscription matches (PUBLISH_RECEIVED, `msg` an
 /// `iotx_mqtt_topic_info_t *`, as iotkit does).
+///
+/// # Safety
+/// `pInitParams` is NULL or points to a readable `iotx_mqtt_param_t` whose strings are NULL or
+/// NUL-terminated (they are copied); `handle_event.h_fp`, when set, is a function of its type
+/// that may be called with `handle_event.pcontext` until the client is destroyed.
 #[no_mangle]
 #[allow(non_snake_case)]
-pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mut c_void {
+pub unsafe extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mut c_void {
     ffi_body!(IOT_MQTT_Construct, {
         try_nonnull!(
             pInitParams,
@@ -309,8 +314,13 @@ pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mu
 /// is safe (it is NULL by then: -2); destroying through another copy of the pointer, using any
 /// copy afterwards, or calling IOT_OTA_Deinit on a handle of a destroyed client is the caller's
 /// bug (undefined).
+///
+/// # Safety
+/// `phandle` is NULL or valid for reading and writing one pointer; `*phandle` is NULL, a live
+/// handle or another pointer readable for 4 bytes; no other call uses the handle during or
+/// after this one.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
+pub unsafe extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
     ffi_body!(IOT_MQTT_Destroy, {
         try_nonnull!(phandle, "IOT_MQTT_Destroy: phandle", NULL_VALUE_ERROR);
         // SAFETY (the three blocks): this function's contract; `p` holds the magic, so it came
@@ -338,8 +348,12 @@ pub extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
 /// Returns 0, or NULL_VALUE_ERROR (-2) for a NULL handle, or FAIL_RETURN (-1) when called from
 /// inside one of this client's handlers. A panic inside (a bug in the SDK's own handlers) returns
 /// FAIL_RETURN once; the client stays usable.
+///
+/// # Safety
+/// `handle` is NULL, a live handle from IOT_MQTT_Construct, or another pointer readable for 4
+/// bytes (refused). The C handlers it calls are those registered under their own contracts.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Yield(handle: *mut c_void, timeout_ms: c_int) -> c_int {
+pub unsafe extern "C" fn IOT_MQTT_Yield(handle: *mut c_void, timeout_ms: c_int) -> c_int {
     ffi_body!(IOT_MQTT_Yield, mqtt(handle), NULL_VALUE_ERROR, |h| {
         let ms = timeout_ms.max(0) as u64;
         match h.client.yield_for(Duration::from_millis(ms)) {
@@ -353,8 +367,11 @@ pub extern "C" fn IOT_MQTT_Yield(handle: *mut c_void, timeout_ms: c_int) -> c_in
 }
 
 /// Returns 1 when connected to the broker, 0 otherwise (also for a NULL handle).
+///
+/// # Safety
+/// As IOT_MQTT_Yield.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_CheckStateNormal(handle: *mut c_void) -> c_int {
+pub unsafe extern "C" fn IOT_MQTT_CheckStateNormal(handle: *mut c_void) -> c_int {
     ffi_body!(IOT_MQTT_CheckStateNormal, mqtt(handle), 0, |h| {
         h.client.is_connected() as c_int
     })
@@ -377,8 +394,13 @@ fn qos_from(q: c_int) -> Option<QoS> {
 /// Returns 0; NULL_VALUE_ERROR (-2) for a NULL handle/filter/handler, an empty, non-UTF-8 or
 /// otherwise invalid filter, a QoS other than 0..=2, or a filter too long for one packet;
 /// FAIL_RETURN (-1) when the request cannot be queued.
+///
+/// # Safety
+/// `handle` as for IOT_MQTT_Yield; `topic_filter` is NULL or a NUL-terminated string;
+/// `topic_handle_func`, when set, may be called with `pcontext` until the filter is
+/// unsubscribed or the client destroyed.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Subscribe(
+pub unsafe extern "C" fn IOT_MQTT_Subscribe(
     handle: *mut c_void,
     topic_filter: *const c_char,
     qos: iotx_mqtt_qos_t,
@@ -420,8 +442,14 @@ pub extern "C" fn IOT_MQTT_Subscribe(
 ///
 /// Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments; FAIL_RETURN (-1) when the filter is not
 /// subscribed or the request cannot be queued.
+///
+/// # Safety
+/// `handle` as for IOT_MQTT_Yield; `topic_filter` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Unsubscribe(handle: *mut c_void, topic_filter: *const c_char) -> c_int {
+pub unsafe extern "C" fn IOT_MQTT_Unsubscribe(
+    handle: *mut c_void,
+    topic_filter: *const c_char,
+) -> c_int {
     ffi_body!(IOT_MQTT_Unsubscribe, mqtt(handle), NULL_VALUE_ERROR, |h| {
         let filter = try_str!(
             topic_filter,
@@ -445,8 +473,13 @@ pub extern "C" fn IOT_MQTT_Unsubscribe(handle: *mut c_void, topic_filter: *const
 /// (NULL with length 0 sends an empty message), a QoS above 2, an empty or non-UTF-8 topic or
 /// one with wildcards, or a message too large for one packet (the client's maximum packet size:
 /// `read_buf_size` when at least 1024, else 64 KiB); FAIL_RETURN (-1) when the queue is full.
+///
+/// # Safety
+/// `handle` as for IOT_MQTT_Yield; `topic_name` is NULL or a NUL-terminated string;
+/// `topic_msg` is NULL or points to a readable `iotx_mqtt_topic_info_t` whose `payload` is NULL
+/// or readable for `payload_len` bytes.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Publish(
+pub unsafe extern "C" fn IOT_MQTT_Publish(
     handle: *mut c_void,
     topic_name: *const c_char,
     topic_msg: iotx_mqtt_topic_info_pt,

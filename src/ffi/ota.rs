@@ -317,8 +317,12 @@ unsafe fn init(
 /// connection (it would take that handle's upgrade messages). `product_key` and `device_name` must be non-empty UTF-8 of at
 /// most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
 /// other pointer gives NULL).
+///
+/// # Safety
+/// `product_key` and `device_name` are NULL or NUL-terminated strings; `ch_signal` is NULL, a
+/// live MQTT handle, or another pointer readable for 4 bytes.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_Init(
+pub unsafe extern "C" fn IOT_OTA_Init(
     product_key: *const c_char,
     device_name: *const c_char,
     ch_signal: *mut c_void,
@@ -331,8 +335,11 @@ pub extern "C" fn IOT_OTA_Init(
 
 /// Like IOT_OTA_Init, for the platform `protocol` (extension): 0 Aliyun, 1 SagooIOT,
 /// 2 Tencent, 3 UCloud (see IOT_OTA_Protocol_t). Returns NULL also for an unknown protocol.
+///
+/// # Safety
+/// As IOT_OTA_Init.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_InitWithProtocol(
+pub unsafe extern "C" fn IOT_OTA_InitWithProtocol(
     product_key: *const c_char,
     device_name: *const c_char,
     ch_signal: *mut c_void,
@@ -369,8 +376,12 @@ pub extern "C" fn IOT_OTA_InitWithProtocol(
 /// that thread then ends: IOT_OTA_IsFetchFinish returns 1 and IOT_OTA_FetchYield
 /// IOT_OTAE_FETCH_FAILED for a handle released recently (the last 16). Calling it after
 /// IOT_MQTT_Destroy of the client the handle was built on is the caller's bug.
+///
+/// # Safety
+/// The MQTT client a live `handle` was built on is not destroyed yet (`handle` itself may be
+/// any value).
 #[no_mangle]
-pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
+pub unsafe extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
     ffi_body!(IOT_OTA_Deinit, {
         if handle.is_null() {
             ota_log!(Level::Error, "IOT_OTA_Deinit: NULL handle");
@@ -396,8 +407,14 @@ pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
 /// Returns 0; IOT_OTAE_INVALID_PARAM for NULL arguments or an empty or non-UTF-8 version;
 /// IOT_OTAE_STR_TOO_LONG when the version exceeds OTA_VERSION_LEN_MAX - 1 bytes;
 /// IOT_OTAE_OSC_FAILED when MQTT cannot queue the message.
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportVersion(handle: *mut c_void, version: *const c_char) -> c_int {
+pub unsafe extern "C" fn IOT_OTA_ReportVersion(
+    handle: *mut c_void,
+    version: *const c_char,
+) -> c_int {
     ffi_body!(IOT_OTA_ReportVersion, ota(handle), INVALID_PARAM, |h| {
         // SAFETY: this function's contract.
         let Some(v) = (unsafe { c_str(version) }) else {
@@ -418,8 +435,11 @@ pub extern "C" fn IOT_OTA_ReportVersion(handle: *mut c_void, version: *const c_c
 /// Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_INVALID_PARAM also for a
 /// non-UTF-8 module, IOT_OTAE_STR_TOO_LONG for a module longer than the limit fixed at init,
 /// 63 bytes).
+///
+/// # Safety
+/// `module` and `version` are NULL or NUL-terminated strings.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportModuleVersion(
+pub unsafe extern "C" fn IOT_OTA_ReportModuleVersion(
     handle: *mut c_void,
     module: *const c_char,
     version: *const c_char,
@@ -459,8 +479,14 @@ pub extern "C" fn IOT_OTA_ReportModuleVersion(
 /// Asks the platform to (re)send the upgrade for the running `version` (request topic).
 ///
 /// Returns 0 or an error code as IOT_OTA_ReportVersion.
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_RequestImage(handle: *mut c_void, version: *const c_char) -> c_int {
+pub unsafe extern "C" fn IOT_OTA_RequestImage(
+    handle: *mut c_void,
+    version: *const c_char,
+) -> c_int {
     ffi_body!(IOT_OTA_RequestImage, ota(handle), INVALID_PARAM, |h| {
         // SAFETY: this function's contract.
         let Some(v) = (unsafe { c_str(version) }) else {
@@ -487,8 +513,11 @@ pub extern "C" fn IOT_OTA_RequestImage(handle: *mut c_void, version: *const c_ch
 /// nothing. IOT_OTAP_FETCH_FAILED right after a FetchYield that returned 0 is held while the SDK
 /// recovers (see the header's opening comment). Progress 0 returns 0 and is not sent to Aliyun
 /// or SagooIOT, whose steps run 1..100.
+///
+/// # Safety
+/// `msg` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportProgress(
+pub unsafe extern "C" fn IOT_OTA_ReportProgress(
     handle: *mut c_void,
     progress: IOT_OTA_Progress_t,
     msg: *const c_char,
@@ -547,8 +576,11 @@ pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
 /// failed or a different upgrade superseded it (the platform has been told;
 /// IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). The bytes returned over a
 /// cycle are one image, in order (the stream invariant in the header's opening comment).
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes of writes.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_FetchYield(
+pub unsafe extern "C" fn IOT_OTA_FetchYield(
     handle: *mut c_void,
     buf: *mut c_char,
     buf_len: u32,
@@ -661,8 +693,11 @@ fn not_available(h: &OtaHandle, what: &'static str) -> c_int {
 /// when the value does not exist yet (no upgrade, download not finished) or not in this upgrade
 /// (e.g. SHA-256 of an MD5 upgrade). Nothing is written to `buf` on an error, and a string
 /// answer writes exactly its length plus the NUL.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes of writes.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_Ioctl(
+pub unsafe extern "C" fn IOT_OTA_Ioctl(
     handle: *mut c_void,
     r#type: IOT_OTA_CmdType_t,
     buf: *mut c_void,
@@ -810,8 +845,15 @@ pub extern "C" fn IOT_OTA_StartDownload(handle: *mut c_void, offset: u32, size: 
 /// every protocol). NULL handle, or NULL `buff` with a non-zero size: logged, nothing done
 /// (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells: IOT_OTAE_INVALID_PARAM).
 /// Before an upgrade was accepted: logged, nothing done, IOT_OTAE_INVALID_STATE.
+///
+/// # Safety
+/// `buff` is NULL or readable for `size` bytes.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char, size: u32) {
+pub unsafe extern "C" fn IOT_OTA_UpdateClientMd5(
+    handle: *mut c_void,
+    buff: *mut c_char,
+    size: u32,
+) {
     ffi_body!(IOT_OTA_UpdateClientMd5, ota(handle), (), |h| {
         let bytes: &[u8] = if size == 0 {
             &[]
@@ -861,8 +903,11 @@ pub extern "C" fn IOT_OTA_ReportUpgradeBegin(handle: *mut c_void) -> c_int {
 ///
 /// Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin (IOT_OTAE_INVALID_PARAM also for a
 /// NULL or empty version, IOT_OTAE_STR_TOO_LONG for an oversize one).
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportUpgradeSuccess(
+pub unsafe extern "C" fn IOT_OTA_ReportUpgradeSuccess(
     handle: *mut c_void,
     version: *const c_char,
 ) -> c_int {
@@ -891,8 +936,14 @@ pub extern "C" fn IOT_OTA_ReportUpgradeSuccess(
 /// Returns 0 (also, sending nothing, when this upgrade's failure was already reported);
 /// IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE before an upgrade was
 /// accepted; IOT_OTAE_OSC_FAILED when MQTT cannot queue it.
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string (not read today).
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportUpgradeFail(handle: *mut c_void, version: *const c_char) -> c_int {
+pub unsafe extern "C" fn IOT_OTA_ReportUpgradeFail(
+    handle: *mut c_void,
+    version: *const c_char,
+) -> c_int {
     ffi_body!(IOT_OTA_ReportUpgradeFail, ota(handle), INVALID_PARAM, |h| {
         let _ = version;
         code(&h, h.session.report_upgrade_fail("firmware update failed"))
@@ -960,8 +1011,12 @@ pub extern "C" fn IOT_OTA_SetFreshUrlWait(handle: *mut c_void, seconds: u32) -> 
 ///
 /// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or table, or a NULL callback;
 /// IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+///
+/// # Safety
+/// `store` is NULL or points to a readable `ota_breakpoint_store_t` whose callbacks are NULL or
+/// functions of their types; they, and `store->ctx`, stay valid until IOT_OTA_Deinit.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_SetBreakpointStore(
+pub unsafe extern "C" fn IOT_OTA_SetBreakpointStore(
     handle: *mut c_void,
     store: *const ota_breakpoint_store_t,
 ) -> c_int {
@@ -986,8 +1041,14 @@ pub extern "C" fn IOT_OTA_SetBreakpointStore(
 ///
 /// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or path, an empty path or one ending in
 /// '/'; IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_SetBreakpointFile(handle: *mut c_void, path: *const c_char) -> c_int {
+pub unsafe extern "C" fn IOT_OTA_SetBreakpointFile(
+    handle: *mut c_void,
+    path: *const c_char,
+) -> c_int {
     ffi_body!(IOT_OTA_SetBreakpointFile, ota(handle), INVALID_PARAM, |h| {
         // SAFETY: this function's contract.
         match unsafe { super::resume::file_store(path) } {
