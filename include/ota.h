@@ -783,6 +783,9 @@ extern int HAL_GetFirmwareVersion(char *version);
 
  - `ident`: the program's name in iotkit; accepted for compatibility and not used. May be
    NULL.
+
+ # Safety
+ `ident` is NULL or a NUL-terminated string (not read today).
  */
 void IOT_OpenLog(const char *ident);
 
@@ -814,6 +817,11 @@ void IOT_DumpMemoryStats(int level);
  `request_timeout_ms`, default 5000). `handle_event`, when set, gets the connection events
  and every message no subscription matches (PUBLISH_RECEIVED, `msg` an
  `iotx_mqtt_topic_info_t *`, as iotkit does).
+
+ # Safety
+ `pInitParams` is NULL or points to a readable `iotx_mqtt_param_t` whose strings are NULL or
+ NUL-terminated (they are copied); `handle_event.h_fp`, when set, is a function of its type
+ that may be called with `handle_event.pcontext` until the client is destroyed.
  */
 void *IOT_MQTT_Construct(struct iotx_mqtt_param_t *pInitParams);
 
@@ -825,6 +833,11 @@ void *IOT_MQTT_Construct(struct iotx_mqtt_param_t *pInitParams);
  is safe (it is NULL by then: -2); destroying through another copy of the pointer, using any
  copy afterwards, or calling IOT_OTA_Deinit on a handle of a destroyed client is the caller's
  bug (undefined).
+
+ # Safety
+ `phandle` is NULL or valid for reading and writing one pointer; `*phandle` is NULL, a live
+ handle or another pointer readable for 4 bytes; no other call uses the handle during or
+ after this one.
  */
 int IOT_MQTT_Destroy(void **phandle);
 
@@ -836,13 +849,21 @@ int IOT_MQTT_Destroy(void **phandle);
  client), so the firmware's loop reaches IOT_OTA_FetchYield without waiting out the timeout.
 
  Returns 0, or NULL_VALUE_ERROR (-2) for a NULL handle, or FAIL_RETURN (-1) when called from
- inside one of this client's handlers.
+ inside one of this client's handlers. A panic inside (a bug in the SDK's own handlers) returns
+ FAIL_RETURN once; the client stays usable.
+
+ # Safety
+ `handle` is NULL, a live handle from IOT_MQTT_Construct, or another pointer readable for 4
+ bytes (refused). The C handlers it calls are those registered under their own contracts.
  */
 int IOT_MQTT_Yield(void *handle,
                    int timeout_ms);
 
 /*
  Returns 1 when connected to the broker, 0 otherwise (also for a NULL handle).
+
+ # Safety
+ As IOT_MQTT_Yield.
  */
 int IOT_MQTT_CheckStateNormal(void *handle);
 
@@ -855,6 +876,11 @@ int IOT_MQTT_CheckStateNormal(void *handle);
  Returns 0; NULL_VALUE_ERROR (-2) for a NULL handle/filter/handler, an empty, non-UTF-8 or
  otherwise invalid filter, a QoS other than 0..=2, or a filter too long for one packet;
  FAIL_RETURN (-1) when the request cannot be queued.
+
+ # Safety
+ `handle` as for IOT_MQTT_Yield; `topic_filter` is NULL or a NUL-terminated string;
+ `topic_handle_func`, when set, may be called with `pcontext` until the filter is
+ unsubscribed or the client destroyed.
  */
 int IOT_MQTT_Subscribe(void *handle,
                        const char *topic_filter,
@@ -867,6 +893,9 @@ int IOT_MQTT_Subscribe(void *handle,
 
  Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments; FAIL_RETURN (-1) when the filter is not
  subscribed or the request cannot be queued.
+
+ # Safety
+ `handle` as for IOT_MQTT_Yield; `topic_filter` is NULL or a NUL-terminated string.
  */
 int IOT_MQTT_Unsubscribe(void *handle, const char *topic_filter);
 
@@ -878,6 +907,11 @@ int IOT_MQTT_Unsubscribe(void *handle, const char *topic_filter);
  (NULL with length 0 sends an empty message), a QoS above 2, an empty or non-UTF-8 topic or
  one with wildcards, or a message too large for one packet (the client's maximum packet size:
  `read_buf_size` when at least 1024, else 64 KiB); FAIL_RETURN (-1) when the queue is full.
+
+ # Safety
+ `handle` as for IOT_MQTT_Yield; `topic_name` is NULL or a NUL-terminated string;
+ `topic_msg` is NULL or points to a readable `iotx_mqtt_topic_info_t` whose `payload` is NULL
+ or readable for `payload_len` bytes.
  */
 int IOT_MQTT_Publish(void *handle, const char *topic_name, iotx_mqtt_topic_info_pt topic_msg);
 
@@ -892,6 +926,10 @@ int IOT_MQTT_Publish(void *handle, const char *topic_name, iotx_mqtt_topic_info_
  connection (it would take that handle's upgrade messages). `product_key` and `device_name` must be non-empty UTF-8 of at
  most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
  other pointer gives NULL).
+
+ # Safety
+ `product_key` and `device_name` are NULL or NUL-terminated strings; `ch_signal` is NULL, a
+ live MQTT handle, or another pointer readable for 4 bytes.
  */
 void *IOT_OTA_Init(const char *product_key,
                    const char *device_name,
@@ -900,6 +938,9 @@ void *IOT_OTA_Init(const char *product_key,
 /*
  Like IOT_OTA_Init, for the platform `protocol` (extension): 0 Aliyun, 1 SagooIOT,
  2 Tencent, 3 UCloud (see IOT_OTA_Protocol_t). Returns NULL also for an unknown protocol.
+
+ # Safety
+ As IOT_OTA_Init.
  */
 void *IOT_OTA_InitWithProtocol(const char *product_key,
                                const char *device_name,
@@ -920,6 +961,10 @@ void *IOT_OTA_InitWithProtocol(const char *product_key,
  that thread then ends: IOT_OTA_IsFetchFinish returns 1 and IOT_OTA_FetchYield
  IOT_OTAE_FETCH_FAILED for a handle released recently (the last 16). Calling it after
  IOT_MQTT_Destroy of the client the handle was built on is the caller's bug.
+
+ # Safety
+ The MQTT client a live `handle` was built on is not destroyed yet (`handle` itself may be
+ any value).
  */
 int IOT_OTA_Deinit(void *handle);
 
@@ -929,6 +974,9 @@ int IOT_OTA_Deinit(void *handle);
  Returns 0; IOT_OTAE_INVALID_PARAM for NULL arguments or an empty or non-UTF-8 version;
  IOT_OTAE_STR_TOO_LONG when the version exceeds OTA_VERSION_LEN_MAX - 1 bytes;
  IOT_OTAE_OSC_FAILED when MQTT cannot queue the message.
+
+ # Safety
+ `version` is NULL or a NUL-terminated string.
  */
 int IOT_OTA_ReportVersion(void *handle, const char *version);
 
@@ -940,6 +988,9 @@ int IOT_OTA_ReportVersion(void *handle, const char *version);
  Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_INVALID_PARAM also for a
  non-UTF-8 module, IOT_OTAE_STR_TOO_LONG for a module longer than the limit fixed at init,
  63 bytes).
+
+ # Safety
+ `module` and `version` are NULL or NUL-terminated strings.
  */
 int IOT_OTA_ReportModuleVersion(void *handle, const char *module, const char *version);
 
@@ -947,6 +998,9 @@ int IOT_OTA_ReportModuleVersion(void *handle, const char *module, const char *ve
  Asks the platform to (re)send the upgrade for the running `version` (request topic).
 
  Returns 0 or an error code as IOT_OTA_ReportVersion.
+
+ # Safety
+ `version` is NULL or a NUL-terminated string.
  */
 int IOT_OTA_RequestImage(void *handle, const char *version);
 
@@ -964,6 +1018,9 @@ int IOT_OTA_RequestImage(void *handle, const char *version);
  nothing. IOT_OTAP_FETCH_FAILED right after a FetchYield that returned 0 is held while the SDK
  recovers (see the header's opening comment). Progress 0 returns 0 and is not sent to Aliyun
  or SagooIOT, whose steps run 1..100.
+
+ # Safety
+ `msg` is NULL or a NUL-terminated string.
  */
 int IOT_OTA_ReportProgress(void *handle, IOT_OTA_Progress_t progress, const char *msg);
 
@@ -992,6 +1049,9 @@ int IOT_OTA_IsFetchFinish(void *handle);
  failed or a different upgrade superseded it (the platform has been told;
  IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). The bytes returned over a
  cycle are one image, in order (the stream invariant in the header's opening comment).
+
+ # Safety
+ `buf` is NULL or valid for `buf_len` bytes of writes.
  */
 int IOT_OTA_FetchYield(void *handle, char *buf, uint32_t buf_len, uint32_t timeout_s);
 
@@ -1004,6 +1064,9 @@ int IOT_OTA_FetchYield(void *handle, char *buf, uint32_t buf_len, uint32_t timeo
  when the value does not exist yet (no upgrade, download not finished) or not in this upgrade
  (e.g. SHA-256 of an MD5 upgrade). Nothing is written to `buf` on an error, and a string
  answer writes exactly its length plus the NUL.
+
+ # Safety
+ `buf` is NULL or valid for `buf_len` bytes of writes.
  */
 int IOT_OTA_Ioctl(void *handle, IOT_OTA_CmdType_t type, void *buf, size_t buf_len);
 
@@ -1029,6 +1092,9 @@ int IOT_OTA_StartDownload(void *handle, uint32_t offset, uint32_t size);
  every protocol). NULL handle, or NULL `buff` with a non-zero size: logged, nothing done
  (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells: IOT_OTAE_INVALID_PARAM).
  Before an upgrade was accepted: logged, nothing done, IOT_OTAE_INVALID_STATE.
+
+ # Safety
+ `buff` is NULL or readable for `size` bytes.
  */
 void IOT_OTA_UpdateClientMd5(void *handle, char *buff, uint32_t size);
 
@@ -1055,6 +1121,9 @@ int IOT_OTA_ReportUpgradeBegin(void *handle);
 
  Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin (IOT_OTAE_INVALID_PARAM also for a
  NULL or empty version, IOT_OTAE_STR_TOO_LONG for an oversize one).
+
+ # Safety
+ `version` is NULL or a NUL-terminated string.
  */
 int IOT_OTA_ReportUpgradeSuccess(void *handle, const char *version);
 
@@ -1066,6 +1135,9 @@ int IOT_OTA_ReportUpgradeSuccess(void *handle, const char *version);
  Returns 0 (also, sending nothing, when this upgrade's failure was already reported);
  IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE before an upgrade was
  accepted; IOT_OTAE_OSC_FAILED when MQTT cannot queue it.
+
+ # Safety
+ `version` is NULL or a NUL-terminated string (not read today).
  */
 int IOT_OTA_ReportUpgradeFail(void *handle, const char *version);
 
@@ -1097,6 +1169,10 @@ int IOT_OTA_SetFreshUrlWait(void *handle, uint32_t seconds);
 
  Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or table, or a NULL callback;
  IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+
+ # Safety
+ `store` is NULL or points to a readable `ota_breakpoint_store_t` whose callbacks are NULL or
+ functions of their types; they, and `store->ctx`, stay valid until IOT_OTA_Deinit.
  */
 int IOT_OTA_SetBreakpointStore(void *handle, const struct ota_breakpoint_store_t *store);
 
@@ -1108,6 +1184,9 @@ int IOT_OTA_SetBreakpointStore(void *handle, const struct ota_breakpoint_store_t
 
  Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or path, an empty path or one ending in
  '/'; IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+
+ # Safety
+ `path` is NULL or a NUL-terminated string.
  */
 int IOT_OTA_SetBreakpointFile(void *handle, const char *path);
 

@@ -18,8 +18,9 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -560,6 +561,9 @@ pub struct MqttClient {
     closing: AtomicBool,
     /// Set by a handler (through [`YieldBreak`]) to end the yield that dispatched its message.
     break_yield: Arc<AtomicBool>,
+    /// Set when a handler or hook panicked: the panic poisoned the link lock, but left the link
+    /// whole (a packet is fully processed before its handlers run), so the next yield goes on.
+    handler_panicked: AtomicBool,
 }
 
 /// Whether an MQTT 3.1.1 packet with `body` bytes after its fixed header (a string of
@@ -649,6 +653,7 @@ impl MqttClient {
             reconnect_hooks: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
             break_yield: Arc::new(AtomicBool::new(false)),
+            handler_panicked: AtomicBool::new(false),
         })
     }
 
@@ -770,9 +775,16 @@ impl MqttClient {
     /// Drives the connection for up to `timeout` (zero: one pass over what is ready), sending
     /// queued requests and dispatching what arrives. Reconnects after a drop, with backoff.
     /// Returns early after a message whose handler asked for it ([`YieldBreak`]).
+    ///
+    /// A panic in a handler goes on to the caller, and the handler stays subscribed: after
+    /// catching it, the caller yields again as before.
     pub fn yield_for(&self, timeout: Duration) -> Result<()> {
-        let Ok(mut link) = self.link.try_lock() else {
-            return Err(Error::InvalidState("yield called from inside a handler"));
+        let mut link = match self.link.try_lock() {
+            Ok(link) => link,
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::InvalidState("yield called from inside a handler"))
+            }
+            Err(TryLockError::Poisoned(p)) => self.recover(p.into_inner()),
         };
         let link = &mut *link;
         let deadline = Instant::now() + timeout;
@@ -870,6 +882,32 @@ impl MqttClient {
                 Err(e) => self.lost(link, e),
             }
         }
+    }
+
+    /// Takes the link back after a panic unwound through an earlier yield (and was caught by its
+    /// caller, e.g. the C boundary). A handler's panic left it whole; any other may have left the
+    /// protocol state half-updated, so that connection is dropped and a new one made.
+    fn recover<'a>(&self, mut link: MutexGuard<'a, Link>) -> MutexGuard<'a, Link> {
+        self.link.clear_poison();
+        // The yield the handler meant to end is over.
+        self.break_yield.store(false, Ordering::SeqCst);
+        if !self.handler_panicked.swap(false, Ordering::SeqCst) {
+            ota_log!(
+                Level::Error,
+                "MQTT: a panic interrupted the protocol; reconnecting"
+            );
+            self.lost(&mut link, MqttError::Protocol);
+        }
+        link
+    }
+
+    /// Goes on with the panic of a handler that was caught so the handler could be put back
+    /// first, noting for the next yield that the link it poisons is whole.
+    fn rethrow<T>(&self, r: std::thread::Result<T>) -> T {
+        r.unwrap_or_else(|panic| {
+            self.handler_panicked.store(true, Ordering::SeqCst);
+            resume_unwind(panic)
+        })
     }
 
     /// Sends a PINGREQ; the last one unanswered means the broker is gone.
@@ -976,16 +1014,20 @@ impl MqttClient {
         }
         self.emit(MqttEvent::Reconnected);
         let mut hooks = std::mem::take(&mut *lock(&self.reconnect_hooks));
-        hooks.retain_mut(|hook| hook());
+        // A panicking hook is kept, as are those after it (retain_mut is panic-safe).
+        let ran = catch_unwind(AssertUnwindSafe(|| hooks.retain_mut(|hook| hook())));
         // Hooks added while these ran go after them.
         let mut table = lock(&self.reconnect_hooks);
         hooks.append(&mut table);
         *table = hooks;
+        drop(table);
+        self.rethrow(ran);
     }
 
     fn emit(&self, event: MqttEvent) {
         if let Some(h) = lock(&self.events).as_mut() {
-            h(&event);
+            let r = catch_unwind(AssertUnwindSafe(|| h(&event)));
+            self.rethrow(r);
         }
     }
 
@@ -1028,7 +1070,8 @@ impl MqttClient {
     }
 
     /// Runs every handler whose filter matches, or the unmatched-message handler when none
-    /// does; each is taken out of its place while it runs, so it may call back into the client.
+    /// does; each is taken out of its place while it runs, so it may call back into the client,
+    /// and put back after it, also when it panicked.
     fn deliver(&self, msg: &Message<'_>) {
         let mut delivered = false;
         let mut i = 0;
@@ -1040,12 +1083,14 @@ impl MqttClient {
                 (m, if m { s.handler.take() } else { None })
             };
             if let Some(mut h) = handler {
-                h(msg);
+                let r = catch_unwind(AssertUnwindSafe(|| h(msg)));
                 delivered = true;
                 let mut subs = lock(&self.subscriptions);
                 if let Some(s) = subs.get_mut(i).filter(|s| s.handler.is_none()) {
                     s.handler = Some(h);
                 }
+                drop(subs);
+                self.rethrow(r);
             } else if filter_matches {
                 delivered = true;
             }
@@ -1054,11 +1099,13 @@ impl MqttClient {
         if !delivered {
             let handler = lock(&self.unmatched).take();
             if let Some(mut h) = handler {
-                h(msg);
+                let r = catch_unwind(AssertUnwindSafe(|| h(msg)));
                 let mut slot = lock(&self.unmatched);
                 if slot.is_none() {
                     *slot = Some(h);
                 }
+                drop(slot);
+                self.rethrow(r);
             }
         }
     }

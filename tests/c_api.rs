@@ -95,7 +95,7 @@ impl Device {
         let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
         let client_id = cstring(&format!("{PK}.{dn}"));
         let mut param = mqtt_param(port, &client_id, subacks);
-        let mqtt = IOT_MQTT_Construct(&mut param);
+        let mqtt = unsafe { IOT_MQTT_Construct(&mut param) };
         assert!(!mqtt.is_null(), "IOT_MQTT_Construct to port {port} failed");
         Device {
             mqtt,
@@ -116,7 +116,7 @@ impl Device {
     fn init_ota(&mut self, dn: &str) {
         let before = self.subacks.load(SeqCst);
         let (pk, dn) = (cstring(PK), cstring(dn));
-        self.ota = IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), self.mqtt);
+        self.ota = unsafe { IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), self.mqtt) };
         assert!(!self.ota.is_null(), "IOT_OTA_Init failed");
         self.wait_until("the upgrade topic subscription is acknowledged", || {
             self.subacks.load(SeqCst) > before
@@ -124,7 +124,11 @@ impl Device {
     }
 
     fn yield_ms(&self, ms: c_int) {
-        assert_eq!(IOT_MQTT_Yield(self.mqtt, ms), 0, "IOT_MQTT_Yield");
+        assert_eq!(
+            unsafe { IOT_MQTT_Yield(self.mqtt, ms) },
+            0,
+            "IOT_MQTT_Yield"
+        );
     }
 
     fn wait_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
@@ -140,7 +144,7 @@ impl Device {
     }
 
     fn report_version(&self, version: &str) -> c_int {
-        IOT_OTA_ReportVersion(self.ota, cstring(version).as_ptr())
+        unsafe { IOT_OTA_ReportVersion(self.ota, cstring(version).as_ptr()) }
     }
 
     fn state(&self) -> u32 {
@@ -155,12 +159,8 @@ impl Device {
         let (h, p) = (self.ota as usize, buf.as_mut_ptr() as usize);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(IOT_OTA_Ioctl(
-                h as *mut c_void,
-                kind,
-                p as *mut c_void,
-                buf_len,
-            ));
+            let _ = tx
+                .send(unsafe { IOT_OTA_Ioctl(h as *mut c_void, kind, p as *mut c_void, buf_len) });
         });
         let Ok(rc) = rx.recv_timeout(CALL_LIMIT) else {
             self.wedged.set(true);
@@ -201,7 +201,7 @@ impl Device {
 
     /// A later valid call still works: the handles survived whatever came before.
     fn assert_usable(&self) {
-        assert_eq!(IOT_MQTT_CheckStateNormal(self.mqtt), 1);
+        assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(self.mqtt) }, 1);
         assert_eq!(
             self.report_version("1.0.0"),
             0,
@@ -219,11 +219,11 @@ impl Drop for Device {
         }
         let quiet = std::thread::panicking();
         if !self.ota.is_null() {
-            let rc = IOT_OTA_Deinit(self.ota);
+            let rc = unsafe { IOT_OTA_Deinit(self.ota) };
             assert!(quiet || rc == 0, "IOT_OTA_Deinit returned {rc}");
         }
         if !self.mqtt.is_null() {
-            let rc = IOT_MQTT_Destroy(&mut self.mqtt);
+            let rc = unsafe { IOT_MQTT_Destroy(&mut self.mqtt) };
             assert!(
                 quiet || (rc == 0 && self.mqtt.is_null()),
                 "IOT_MQTT_Destroy returned {rc}"
@@ -334,12 +334,14 @@ fn download(dev: &Device) -> (Vec<u8>, Option<c_int>) {
     while IOT_OTA_IsFetchFinish(dev.ota) == 0 {
         assert!(Instant::now() < deadline, "download did not end in time");
         buf.fill(FILL);
-        let n = IOT_OTA_FetchYield(
-            dev.ota,
-            buf.as_mut_ptr().cast::<c_char>(),
-            FIRMWARE_BUF as u32,
-            1,
-        );
+        let n = unsafe {
+            IOT_OTA_FetchYield(
+                dev.ota,
+                buf.as_mut_ptr().cast::<c_char>(),
+                FIRMWARE_BUF as u32,
+                1,
+            )
+        };
         if n < 0 {
             assert!(
                 buf.iter().all(|&b| b == FILL),
@@ -366,35 +368,41 @@ fn every_ota_function_rejects_a_null_handle() {
     let mut buf = [0u8; 128];
     let b = buf.as_mut_ptr();
     let v = c"1.0.0".as_ptr();
-    assert_eq!(IOT_OTA_Deinit(null_mut()), INVALID_PARAM);
-    assert_eq!(IOT_OTA_ReportVersion(null_mut(), v), INVALID_PARAM);
-    assert_eq!(IOT_OTA_RequestImage(null_mut(), v), INVALID_PARAM);
+    assert_eq!(unsafe { IOT_OTA_Deinit(null_mut()) }, INVALID_PARAM);
     assert_eq!(
-        IOT_OTA_ReportProgress(null_mut(), 50, null()),
+        unsafe { IOT_OTA_ReportVersion(null_mut(), v) },
         INVALID_PARAM
     );
     assert_eq!(
-        IOT_OTA_ReportProgress(null_mut(), 50, c"x".as_ptr()),
+        unsafe { IOT_OTA_RequestImage(null_mut(), v) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_ReportProgress(null_mut(), 50, null()) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_ReportProgress(null_mut(), 50, c"x".as_ptr()) },
         INVALID_PARAM
     );
     assert_eq!(IOT_OTA_IsFetching(null_mut()), 0);
     assert_eq!(IOT_OTA_IsFetchFinish(null_mut()), 0);
     assert_eq!(
-        IOT_OTA_FetchYield(null_mut(), b.cast(), 128, 0),
+        unsafe { IOT_OTA_FetchYield(null_mut(), b.cast(), 128, 0) },
         INVALID_PARAM
     );
     assert_eq!(
-        IOT_OTA_FetchYield(null_mut(), null_mut(), 0, 0),
+        unsafe { IOT_OTA_FetchYield(null_mut(), null_mut(), 0, 0) },
         INVALID_PARAM
     );
     for kind in IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_STATE {
         assert_eq!(
-            IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 4),
+            unsafe { IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 4) },
             INVALID_PARAM,
             "type {kind}"
         );
         assert_eq!(
-            IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 128),
+            unsafe { IOT_OTA_Ioctl(null_mut(), kind, b.cast(), 128) },
             INVALID_PARAM,
             "type {kind}"
         );
@@ -404,8 +412,8 @@ fn every_ota_function_rejects_a_null_handle() {
         buf.iter().all(|&x| x == 0),
         "a call with a NULL handle wrote into the buffer"
     );
-    assert!(IOT_OTA_Init(null(), null(), null_mut()).is_null());
-    assert!(IOT_OTA_Init(c"pk".as_ptr(), c"dn".as_ptr(), null_mut()).is_null());
+    assert!(unsafe { IOT_OTA_Init(null(), null(), null_mut()) }.is_null());
+    assert!(unsafe { IOT_OTA_Init(c"pk".as_ptr(), c"dn".as_ptr(), null_mut()) }.is_null());
 }
 
 #[test]
@@ -413,26 +421,32 @@ fn every_extension_rejects_a_null_handle() {
     let v = c"2.0.0".as_ptr();
     let mut kept = [7u8; 16];
     assert_eq!(
-        IOT_OTA_ReportModuleVersion(null_mut(), c"MCU".as_ptr(), v),
+        unsafe { IOT_OTA_ReportModuleVersion(null_mut(), c"MCU".as_ptr(), v) },
         INVALID_PARAM
     );
     assert_eq!(IOT_OTA_StartDownload(null_mut(), 0, 0), INVALID_PARAM);
     assert_eq!(IOT_OTA_ResetClientMD5(null_mut()), INVALID_PARAM);
-    IOT_OTA_UpdateClientMd5(null_mut(), kept.as_mut_ptr().cast(), 16); // logged, no crash
+    unsafe { IOT_OTA_UpdateClientMd5(null_mut(), kept.as_mut_ptr().cast(), 16) }; // logged, no crash
     assert_eq!(IOT_OTA_ReportUpgradeBegin(null_mut()), INVALID_PARAM);
-    assert_eq!(IOT_OTA_ReportUpgradeSuccess(null_mut(), v), INVALID_PARAM);
-    assert_eq!(IOT_OTA_ReportUpgradeFail(null_mut(), v), INVALID_PARAM);
-    assert_eq!(IOT_OTA_SetRetryPolicy(null_mut(), 3, 0), INVALID_PARAM);
     assert_eq!(
-        IOT_OTA_SetBreakpointFile(null_mut(), c"/tmp/x.bp".as_ptr()),
+        unsafe { IOT_OTA_ReportUpgradeSuccess(null_mut(), v) },
         INVALID_PARAM
     );
     assert_eq!(
-        IOT_OTA_SetBreakpointStore(null_mut(), null()),
+        unsafe { IOT_OTA_ReportUpgradeFail(null_mut(), v) },
+        INVALID_PARAM
+    );
+    assert_eq!(IOT_OTA_SetRetryPolicy(null_mut(), 3, 0), INVALID_PARAM);
+    assert_eq!(
+        unsafe { IOT_OTA_SetBreakpointFile(null_mut(), c"/tmp/x.bp".as_ptr()) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_SetBreakpointStore(null_mut(), null()) },
         INVALID_PARAM
     );
     assert_eq!(IOT_OTA_SetSaveInterval(null_mut(), 4096, 0), INVALID_PARAM);
-    assert!(IOT_OTA_InitWithProtocol(null(), null(), null_mut(), 0).is_null());
+    assert!(unsafe { IOT_OTA_InitWithProtocol(null(), null(), null_mut(), 0) }.is_null());
 }
 
 #[test]
@@ -454,38 +468,50 @@ fn protocol_numbers_are_the_documented_ones() {
 fn extensions_check_their_arguments_on_a_live_session() {
     let (_broker, dev, _cloud) = setup("ext-args");
     assert!(
-        IOT_OTA_InitWithProtocol(c"pk".as_ptr(), c"dn".as_ptr(), dev.mqtt, 4).is_null(),
+        unsafe { IOT_OTA_InitWithProtocol(c"pk".as_ptr(), c"dn".as_ptr(), dev.mqtt, 4) }.is_null(),
         "unknown protocol"
     );
     assert!(
-        IOT_OTA_InitWithProtocol(c"pk".as_ptr(), c"dn".as_ptr(), dev.mqtt, -1).is_null(),
+        unsafe { IOT_OTA_InitWithProtocol(c"pk".as_ptr(), c"dn".as_ptr(), dev.mqtt, -1) }.is_null(),
         "negative protocol"
     );
     assert_eq!(
-        IOT_OTA_ReportModuleVersion(dev.ota, c"MCU".as_ptr(), null()),
+        unsafe { IOT_OTA_ReportModuleVersion(dev.ota, c"MCU".as_ptr(), null()) },
         INVALID_PARAM
     );
     assert_eq!(
-        IOT_OTA_ReportModuleVersion(dev.ota, null(), c"1.0.0".as_ptr()),
+        unsafe { IOT_OTA_ReportModuleVersion(dev.ota, null(), c"1.0.0".as_ptr()) },
         0
     );
     // No upgrade yet: the Tencent-style calls are refused with INVALID_STATE.
     assert_eq!(IOT_OTA_StartDownload(dev.ota, 0, 0), INVALID_STATE);
     assert_eq!(IOT_OTA_ResetClientMD5(dev.ota), INVALID_STATE);
     assert_eq!(IOT_OTA_ReportUpgradeBegin(dev.ota), INVALID_STATE);
-    assert_eq!(IOT_OTA_ReportUpgradeSuccess(dev.ota, null()), INVALID_PARAM);
-    assert_eq!(IOT_OTA_SetBreakpointFile(dev.ota, null()), INVALID_PARAM);
     assert_eq!(
-        IOT_OTA_SetBreakpointFile(dev.ota, c"".as_ptr()),
+        unsafe { IOT_OTA_ReportUpgradeSuccess(dev.ota, null()) },
         INVALID_PARAM
     );
-    assert_eq!(IOT_OTA_SetBreakpointStore(dev.ota, null()), INVALID_PARAM);
+    assert_eq!(
+        unsafe { IOT_OTA_SetBreakpointFile(dev.ota, null()) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_SetBreakpointFile(dev.ota, c"".as_ptr()) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_SetBreakpointStore(dev.ota, null()) },
+        INVALID_PARAM
+    );
     assert_eq!(IOT_OTA_SetSaveInterval(dev.ota, 0, 101), INVALID_PARAM);
     assert_eq!(IOT_OTA_SetSaveInterval(dev.ota, 65536, 10), 0);
     let dir = std::env::temp_dir().join(format!("ota-capi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = CString::new(dir.join("ota.bp").to_str().unwrap()).unwrap();
-    assert_eq!(IOT_OTA_SetBreakpointFile(dev.ota, path.as_ptr()), 0);
+    assert_eq!(
+        unsafe { IOT_OTA_SetBreakpointFile(dev.ota, path.as_ptr()) },
+        0
+    );
     assert_eq!(
         IOT_OTA_GetLastError(dev.ota),
         INVALID_PARAM,
@@ -498,27 +524,29 @@ fn ota_init_rejects_null_arguments_and_foreign_handles() {
     let broker = EmbeddedBroker::start().unwrap();
     let mut dev = Device::connect(broker.port(), "init-args");
     let (pk, dn) = (cstring(PK), cstring("init-args"));
-    assert!(IOT_OTA_Init(null(), dn.as_ptr(), dev.mqtt).is_null());
-    assert!(IOT_OTA_Init(pk.as_ptr(), null(), dev.mqtt).is_null());
-    assert!(IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), null_mut()).is_null());
-    assert!(IOT_OTA_Init(c"".as_ptr(), dn.as_ptr(), dev.mqtt).is_null());
-    assert!(IOT_OTA_Init(pk.as_ptr(), c"a/b".as_ptr(), dev.mqtt).is_null());
-    assert!(IOT_OTA_Init(pk.as_ptr(), cstring(&"d".repeat(65)).as_ptr(), dev.mqtt).is_null());
+    assert!(unsafe { IOT_OTA_Init(null(), dn.as_ptr(), dev.mqtt) }.is_null());
+    assert!(unsafe { IOT_OTA_Init(pk.as_ptr(), null(), dev.mqtt) }.is_null());
+    assert!(unsafe { IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), null_mut()) }.is_null());
+    assert!(unsafe { IOT_OTA_Init(c"".as_ptr(), dn.as_ptr(), dev.mqtt) }.is_null());
+    assert!(unsafe { IOT_OTA_Init(pk.as_ptr(), c"a/b".as_ptr(), dev.mqtt) }.is_null());
+    assert!(
+        unsafe { IOT_OTA_Init(pk.as_ptr(), cstring(&"d".repeat(65)).as_ptr(), dev.mqtt) }.is_null()
+    );
     // Some other memory where the MQTT handle belongs: a u64 on the stack, inside a zeroed block
     // at least as large as a real handle so the magic check reads only memory we own.
     let mut foreign = [0u64; 256];
     assert!(std::mem::size_of::<MqttHandle>() <= std::mem::size_of_val(&foreign));
     foreign[0] = 0x1234_5678_9abc_def0;
     let fake = foreign.as_mut_ptr().cast::<c_void>();
-    assert!(IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), fake).is_null());
+    assert!(unsafe { IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), fake) }.is_null());
     foreign.fill(u64::MAX);
-    assert!(IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), fake).is_null());
+    assert!(unsafe { IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), fake) }.is_null());
     // The same foreign memory is no MQTT handle either.
-    assert_eq!(IOT_MQTT_Yield(fake, 0), NULL_VALUE_ERROR);
-    assert_eq!(IOT_MQTT_CheckStateNormal(fake), 0);
+    assert_eq!(unsafe { IOT_MQTT_Yield(fake, 0) }, NULL_VALUE_ERROR);
+    assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(fake) }, 0);
 
     // The MQTT handle is intact, and a valid init works.
-    assert_eq!(IOT_MQTT_CheckStateNormal(dev.mqtt), 1);
+    assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(dev.mqtt) }, 1);
     dev.init_ota("init-args");
     dev.assert_usable();
 }
@@ -581,39 +609,42 @@ fn probe_foreign_handle_at_page_end(probe: &str) {
     };
     match probe {
         "IOT_OTA_Init" => {
-            assert!(IOT_OTA_Init(c"pk".as_ptr(), c"dn".as_ptr(), obj).is_null());
+            assert!(unsafe { IOT_OTA_Init(c"pk".as_ptr(), c"dn".as_ptr(), obj) }.is_null());
         }
         "IOT_MQTT_*" => {
-            assert_eq!(IOT_MQTT_Yield(obj, 0), NULL_VALUE_ERROR);
-            assert_eq!(IOT_MQTT_CheckStateNormal(obj), 0);
+            assert_eq!(unsafe { IOT_MQTT_Yield(obj, 0) }, NULL_VALUE_ERROR);
+            assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(obj) }, 0);
             let mut p = obj;
-            assert_eq!(IOT_MQTT_Destroy(&mut p), NULL_VALUE_ERROR);
+            assert_eq!(unsafe { IOT_MQTT_Destroy(&mut p) }, NULL_VALUE_ERROR);
         }
         _ => {
             assert_eq!(IOT_OTA_IsFetching(obj), 0);
             assert_eq!(IOT_OTA_GetLastError(obj), INVALID_PARAM);
-            assert_eq!(IOT_OTA_Deinit(obj), INVALID_PARAM);
+            assert_eq!(unsafe { IOT_OTA_Deinit(obj) }, INVALID_PARAM);
         }
     }
 }
 
 #[test]
 fn mqtt_functions_reject_null_arguments() {
-    assert!(IOT_MQTT_Construct(null_mut()).is_null());
-    assert_eq!(IOT_MQTT_Yield(null_mut(), 10), NULL_VALUE_ERROR);
-    assert_eq!(IOT_MQTT_Destroy(null_mut()), NULL_VALUE_ERROR);
+    assert!(unsafe { IOT_MQTT_Construct(null_mut()) }.is_null());
+    assert_eq!(unsafe { IOT_MQTT_Yield(null_mut(), 10) }, NULL_VALUE_ERROR);
+    assert_eq!(unsafe { IOT_MQTT_Destroy(null_mut()) }, NULL_VALUE_ERROR);
     let mut nothing: *mut c_void = null_mut();
-    assert_eq!(IOT_MQTT_Destroy(&mut nothing), NULL_VALUE_ERROR);
-    assert_eq!(IOT_MQTT_CheckStateNormal(null_mut()), 0);
+    assert_eq!(unsafe { IOT_MQTT_Destroy(&mut nothing) }, NULL_VALUE_ERROR);
+    assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(null_mut()) }, 0);
     let qos1 = IOTX_MQTT_QOS1;
     let topic = c"capi/echo".as_ptr();
     let received: &'static Mutex<Vec<Vec<u8>>> = Box::leak(Box::new(Mutex::new(Vec::new())));
     let ctx = received as *const Mutex<Vec<Vec<u8>>> as *mut c_void;
     assert_eq!(
-        IOT_MQTT_Subscribe(null_mut(), topic, qos1, Some(collect_payloads), ctx),
+        unsafe { IOT_MQTT_Subscribe(null_mut(), topic, qos1, Some(collect_payloads), ctx) },
         NULL_VALUE_ERROR
     );
-    assert_eq!(IOT_MQTT_Unsubscribe(null_mut(), topic), NULL_VALUE_ERROR);
+    assert_eq!(
+        unsafe { IOT_MQTT_Unsubscribe(null_mut(), topic) },
+        NULL_VALUE_ERROR
+    );
     let payload = b"hello";
     let mut msg = iotx_mqtt_topic_info_t {
         packet_id: 0,
@@ -626,7 +657,7 @@ fn mqtt_functions_reject_null_arguments() {
         payload: payload.as_ptr().cast(),
     };
     assert_eq!(
-        IOT_MQTT_Publish(null_mut(), topic, &mut msg),
+        unsafe { IOT_MQTT_Publish(null_mut(), topic, &mut msg) },
         NULL_VALUE_ERROR
     );
 
@@ -640,51 +671,66 @@ fn mqtt_functions_reject_null_arguments() {
         let mut param = mqtt_param(port, c"c1", subacks);
         param.host = host;
         param.client_id = client_id;
-        assert!(IOT_MQTT_Construct(&mut param).is_null());
+        assert!(unsafe { IOT_MQTT_Construct(&mut param) }.is_null());
     }
 
     let dev = Device::connect(broker.port(), "mqtt-args");
     let h = dev.mqtt;
     assert_eq!(
-        IOT_MQTT_Subscribe(h, null(), qos1, Some(collect_payloads), ctx),
+        unsafe { IOT_MQTT_Subscribe(h, null(), qos1, Some(collect_payloads), ctx) },
         NULL_VALUE_ERROR
     );
     assert_eq!(
-        IOT_MQTT_Subscribe(h, topic, qos1, None, ctx),
+        unsafe { IOT_MQTT_Subscribe(h, topic, qos1, None, ctx) },
         NULL_VALUE_ERROR
     );
     assert_eq!(
-        IOT_MQTT_Subscribe(h, c"capi/#/x".as_ptr(), qos1, Some(collect_payloads), ctx),
+        unsafe { IOT_MQTT_Subscribe(h, c"capi/#/x".as_ptr(), qos1, Some(collect_payloads), ctx) },
         NULL_VALUE_ERROR
     );
-    assert_eq!(IOT_MQTT_Unsubscribe(h, null()), NULL_VALUE_ERROR);
-    assert_eq!(IOT_MQTT_Unsubscribe(h, c"capi/never".as_ptr()), FAIL_RETURN);
-    assert_eq!(IOT_MQTT_Publish(h, topic, null_mut()), NULL_VALUE_ERROR);
-    assert_eq!(IOT_MQTT_Publish(h, null(), &mut msg), NULL_VALUE_ERROR);
+    assert_eq!(unsafe { IOT_MQTT_Unsubscribe(h, null()) }, NULL_VALUE_ERROR);
     assert_eq!(
-        IOT_MQTT_Publish(h, c"capi/+".as_ptr(), &mut msg),
+        unsafe { IOT_MQTT_Unsubscribe(h, c"capi/never".as_ptr()) },
+        FAIL_RETURN
+    );
+    assert_eq!(
+        unsafe { IOT_MQTT_Publish(h, topic, null_mut()) },
+        NULL_VALUE_ERROR
+    );
+    assert_eq!(
+        unsafe { IOT_MQTT_Publish(h, null(), &mut msg) },
+        NULL_VALUE_ERROR
+    );
+    assert_eq!(
+        unsafe { IOT_MQTT_Publish(h, c"capi/+".as_ptr(), &mut msg) },
         NULL_VALUE_ERROR
     );
     msg.qos = 3;
-    assert_eq!(IOT_MQTT_Publish(h, topic, &mut msg), NULL_VALUE_ERROR);
+    assert_eq!(
+        unsafe { IOT_MQTT_Publish(h, topic, &mut msg) },
+        NULL_VALUE_ERROR
+    );
     msg.qos = 1;
     msg.payload = null();
-    assert_eq!(IOT_MQTT_Publish(h, topic, &mut msg), NULL_VALUE_ERROR);
+    assert_eq!(
+        unsafe { IOT_MQTT_Publish(h, topic, &mut msg) },
+        NULL_VALUE_ERROR
+    );
     msg.payload = payload.as_ptr().cast();
 
     // Still usable: a message goes round through the broker to our own handler.
-    assert_eq!(IOT_MQTT_CheckStateNormal(h), 1);
+    assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(h) }, 1);
     assert_eq!(
-        IOT_MQTT_Subscribe(h, topic, qos1, Some(collect_payloads), ctx),
+        unsafe { IOT_MQTT_Subscribe(h, topic, qos1, Some(collect_payloads), ctx) },
         0
     );
     dev.wait_until("the echo subscription is acknowledged", || {
         dev.subacks.load(SeqCst) >= 1
     });
-    assert_eq!(IOT_MQTT_Publish(h, topic, &mut msg), 0);
+    assert_eq!(unsafe { IOT_MQTT_Publish(h, topic, &mut msg) }, 0);
     dev.wait_until("the echo arrives", || !received.lock().unwrap().is_empty());
     assert_eq!(received.lock().unwrap()[0], payload);
-    assert_eq!(IOT_MQTT_Unsubscribe(h, topic), 0);
+    assert_eq!(unsafe { IOT_MQTT_Unsubscribe(h, topic) }, 0);
 }
 
 #[test]
@@ -692,12 +738,70 @@ fn mqtt_construct_to_a_closed_port_fails_within_seconds() {
     let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
     let mut param = mqtt_param(closed_port(), c"nobody", subacks);
     let start = Instant::now();
-    assert!(IOT_MQTT_Construct(&mut param).is_null());
+    assert!(unsafe { IOT_MQTT_Construct(&mut param) }.is_null());
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "IOT_MQTT_Construct took {:?}",
         start.elapsed()
     );
+}
+
+/// Publishes `payload` to `topic` at QoS 1 through IOT_MQTT_Publish.
+fn c_publish(mqtt: *mut c_void, topic: &CStr, payload: &[u8]) {
+    let mut msg = iotx_mqtt_topic_info_t {
+        packet_id: 0,
+        qos: 1,
+        dup: 0,
+        retain: 0,
+        topic_len: 0,
+        payload_len: payload.len() as u32,
+        ptopic: null(),
+        payload: payload.as_ptr().cast(),
+    };
+    assert_eq!(
+        unsafe { IOT_MQTT_Publish(mqtt, topic.as_ptr(), &mut msg) },
+        0
+    );
+}
+
+/// A handler that panics inside IOT_MQTT_Yield (a bug in Rust code the client runs, such as the
+/// OTA session's upgrade handler): the guard turns the panic into FAIL_RETURN, and the client
+/// stays usable: the next Yield returns 0 and the same handler gets the next message.
+#[test]
+fn a_panic_in_a_handler_inside_yield_leaves_the_client_usable() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let dev = Device::connect(broker.port(), "panic-once");
+    let client = unsafe { MqttHandle::from_ptr(dev.mqtt) }
+        .expect("an MQTT handle")
+        .client();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&received);
+    client
+        .subscribe("capi/panic", QoS::AtLeastOnce, move |m| {
+            assert_ne!(m.payload, b"first", "a handler bug");
+            sink.lock().unwrap().push(m.payload.to_vec());
+        })
+        .unwrap();
+    dev.wait_until("the subscription is acknowledged", || {
+        dev.subacks.load(SeqCst) >= 1
+    });
+
+    c_publish(dev.mqtt, c"capi/panic", b"first");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match unsafe { IOT_MQTT_Yield(dev.mqtt, 50) } {
+            0 => assert!(Instant::now() < deadline, "the handler never ran"),
+            FAIL_RETURN => break,
+            rc => panic!("IOT_MQTT_Yield returned {rc}"),
+        }
+    }
+
+    c_publish(dev.mqtt, c"capi/panic", b"second");
+    dev.wait_until("the next message reaches the same handler", || {
+        !received.lock().unwrap().is_empty()
+    });
+    assert_eq!(*received.lock().unwrap(), [b"second".to_vec()]);
+    assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(dev.mqtt) }, 1);
 }
 
 // 2. Wrong state and bad arguments on a live session
@@ -712,36 +816,51 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
     assert_eq!(IOT_OTA_IsFetchFinish(h), 0);
     assert_eq!(dev.last_error(), 0);
     assert_eq!(
-        IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 64, 0),
+        unsafe { IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 64, 0) },
         INVALID_STATE
     );
     assert_eq!(dev.last_error(), INVALID_STATE);
     assert!(buf.iter().all(|&b| b == FILL));
-    assert_eq!(IOT_OTA_FetchYield(h, null_mut(), 64, 0), INVALID_PARAM);
     assert_eq!(
-        IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 0, 0),
+        unsafe { IOT_OTA_FetchYield(h, null_mut(), 64, 0) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 0, 0) },
         INVALID_PARAM
     );
     assert_eq!(dev.last_error(), INVALID_PARAM);
 
-    assert_eq!(IOT_OTA_ReportProgress(h, 50, null()), INVALID_STATE);
+    assert_eq!(
+        unsafe { IOT_OTA_ReportProgress(h, 50, null()) },
+        INVALID_STATE
+    );
     assert_eq!(dev.last_error(), INVALID_STATE);
-    assert_eq!(IOT_OTA_ReportProgress(h, 150, null()), INVALID_PARAM);
-    assert_eq!(IOT_OTA_ReportProgress(h, -5, null()), INVALID_PARAM);
+    assert_eq!(
+        unsafe { IOT_OTA_ReportProgress(h, 150, null()) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_ReportProgress(h, -5, null()) },
+        INVALID_PARAM
+    );
     assert_eq!(dev.last_error(), INVALID_PARAM);
 
     assert_eq!(dev.report_version(&"9".repeat(64)), STR_TOO_LONG);
     assert_eq!(dev.last_error(), STR_TOO_LONG);
     assert_eq!(dev.report_version(&"9".repeat(63)), 0);
     assert_eq!(dev.report_version(""), INVALID_PARAM);
-    assert_eq!(IOT_OTA_ReportVersion(h, null()), INVALID_PARAM);
+    assert_eq!(unsafe { IOT_OTA_ReportVersion(h, null()) }, INVALID_PARAM);
     assert_eq!(
-        IOT_OTA_RequestImage(h, cstring(&"9".repeat(64)).as_ptr()),
+        unsafe { IOT_OTA_RequestImage(h, cstring(&"9".repeat(64)).as_ptr()) },
         STR_TOO_LONG
     );
-    assert_eq!(IOT_OTA_RequestImage(h, c"".as_ptr()), INVALID_PARAM);
-    assert_eq!(IOT_OTA_RequestImage(h, null()), INVALID_PARAM);
-    assert_eq!(IOT_OTA_RequestImage(h, c"1.0.0".as_ptr()), 0);
+    assert_eq!(
+        unsafe { IOT_OTA_RequestImage(h, c"".as_ptr()) },
+        INVALID_PARAM
+    );
+    assert_eq!(unsafe { IOT_OTA_RequestImage(h, null()) }, INVALID_PARAM);
+    assert_eq!(unsafe { IOT_OTA_RequestImage(h, c"1.0.0".as_ptr()) }, 0);
 
     assert_eq!(dev.ioctl(999, 64).0, INVALID_PARAM);
     assert_eq!(dev.ioctl(-1, 64).0, INVALID_PARAM);
@@ -751,7 +870,7 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
         assert_eq!(dev.ioctl(kind, 64).0, INVALID_PARAM, "COTA type {kind}");
     }
     assert_eq!(
-        IOT_OTA_Ioctl(h, IOT_OTAG_STATE, null_mut(), 4),
+        unsafe { IOT_OTA_Ioctl(h, IOT_OTAG_STATE, null_mut(), 4) },
         INVALID_PARAM
     );
     assert_eq!(dev.ioctl(IOT_OTAG_FETCHED_SIZE, 3).0, INVALID_PARAM);
@@ -793,10 +912,16 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
     assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_SIZE), Ok(1000));
     assert_eq!(dev.ioctl_u32(IOT_OTAG_FETCHED_SIZE), Ok(0));
     assert_eq!(dev.ioctl_str(IOT_OTAG_MD5SUM, 33).as_deref(), Ok(md5));
-    assert_eq!(IOT_OTA_ReportProgress(h, 150, null()), INVALID_PARAM);
+    assert_eq!(
+        unsafe { IOT_OTA_ReportProgress(h, 150, null()) },
+        INVALID_PARAM
+    );
     // Aliyun's steps run 1..100: a 0 % report is accepted and dropped, never sent as "0".
-    assert_eq!(IOT_OTA_ReportProgress(h, 0, c"starting".as_ptr()), 0);
-    assert_eq!(IOT_OTA_ReportProgress(h, 1, c"one".as_ptr()), 0);
+    assert_eq!(
+        unsafe { IOT_OTA_ReportProgress(h, 0, c"starting".as_ptr()) },
+        0
+    );
+    assert_eq!(unsafe { IOT_OTA_ReportProgress(h, 1, c"one".as_ptr()) }, 0);
     cloud.wait_progress(&dev, "with step 1", |m| {
         m.contains(r#""step":"1""#) && m.contains("one")
     });
@@ -860,10 +985,10 @@ fn good_upgrade_through_the_c_api() {
     // The download is over: FetchYield is a state error, not a new download.
     let mut buf = [FILL; 16];
     assert_eq!(
-        IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 16, 0),
+        unsafe { IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 16, 0) },
         INVALID_STATE
     );
-    assert_eq!(IOT_OTA_ReportProgress(h, 100, null()), 0);
+    assert_eq!(unsafe { IOT_OTA_ReportProgress(h, 100, null()) }, 0);
     cloud.wait_progress(&dev, "with step 100", |m| m.contains(r#""step":"100""#));
     dev.assert_usable();
 }
@@ -929,7 +1054,10 @@ fn bad_upgrade_messages_change_nothing() {
         let expect_state = expect_state as u32;
         for (what, msg) in &bad {
             // Leave a different error behind, so the -1 below comes from this message.
-            assert_eq!(IOT_OTA_ReportProgress(h, 150, null()), INVALID_PARAM);
+            assert_eq!(
+                unsafe { IOT_OTA_ReportProgress(h, 150, null()) },
+                INVALID_PARAM
+            );
             cloud.publish(msg.as_bytes());
             dev.wait_until(&format!("the {what} message is rejected"), || {
                 dev.last_error() == GENERAL

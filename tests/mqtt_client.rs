@@ -580,22 +580,24 @@ fn a_message_no_subscription_matches_reaches_handle_event_with_its_topic_and_pay
     let mut param = cmqtt::mqtt_param(port, c"stray", subacks);
     param.handle_event.h_fp = Some(record_received);
     param.handle_event.pcontext = unmatched as *const SeenByC as *mut c_void;
-    let mut client = IOT_MQTT_Construct(&mut param);
+    let mut client = unsafe { IOT_MQTT_Construct(&mut param) };
     assert!(!client.is_null());
     let matched_ctx = matched as *const SeenByC as *mut c_void;
-    let r = IOT_MQTT_Subscribe(
-        client,
-        c"dev/sub".as_ptr(),
-        IOTX_MQTT_QOS1,
-        Some(record_received),
-        matched_ctx,
-    );
+    let r = unsafe {
+        IOT_MQTT_Subscribe(
+            client,
+            c"dev/sub".as_ptr(),
+            IOTX_MQTT_QOS1,
+            Some(record_received),
+            matched_ctx,
+        )
+    };
     assert_eq!(r, 0);
     let end = Instant::now() + Duration::from_secs(5);
     while (unmatched.lock().unwrap().is_empty() || matched.lock().unwrap().is_empty())
         && Instant::now() < end
     {
-        assert_eq!(IOT_MQTT_Yield(client, 50), 0);
+        assert_eq!(unsafe { IOT_MQTT_Yield(client, 50) }, 0);
     }
     assert_eq!(
         unmatched.lock().unwrap().as_slice(),
@@ -606,6 +608,6 @@ fn a_message_no_subscription_matches_reaches_handle_event_with_its_topic_and_pay
         matched.lock().unwrap().as_slice(),
         &[Some((b"dev/sub".to_vec(), b"mine".to_vec(), 0, 0))]
     );
-    assert_eq!(IOT_MQTT_Destroy(&mut client), 0);
+    assert_eq!(unsafe { IOT_MQTT_Destroy(&mut client) }, 0);
     peer.join().unwrap();
 }

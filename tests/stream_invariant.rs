@@ -680,19 +680,21 @@ fn deinit_from_another_thread_ends_the_fetch_loop() {
                 start.elapsed() < Duration::from_secs(10),
                 "the loop did not end"
             );
-            last = IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), buf.len() as u32, 1);
+            last = unsafe { IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), buf.len() as u32, 1) };
         }
-        (last, IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 512, 1))
+        (last, unsafe {
+            IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 512, 1)
+        })
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(IOT_OTA_Deinit(h as *mut _), 0);
+    assert_eq!(unsafe { IOT_OTA_Deinit(h as *mut _) }, 0);
     let (last, after) = fetcher.join().unwrap();
     let failed = IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as i32;
     assert!(last == 0 || last == failed, "{last}");
     assert_eq!(after, failed);
     assert_eq!(IOT_OTA_IsFetchFinish(h as *mut _), 1);
     assert_eq!(
-        IOT_OTA_Deinit(h as *mut _),
+        unsafe { IOT_OTA_Deinit(h as *mut _) },
         IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as i32,
         "a second release is refused, not undefined"
     );
@@ -701,7 +703,7 @@ fn deinit_from_another_thread_ends_the_fetch_loop() {
     let p = (&mut not_a_handle as *mut u8).cast();
     assert_eq!(IOT_OTA_IsFetchFinish(p), 0);
     assert_eq!(
-        IOT_OTA_Deinit(p),
+        unsafe { IOT_OTA_Deinit(p) },
         IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as i32
     );
 }
@@ -730,9 +732,12 @@ fn repeated_refusals_child() {
     let mut md5 = [0u8; 33];
     let mut buf = [0u8; 100];
     for _ in 0..10 {
-        assert!(IOT_OTA_Ioctl(h, IOT_OTAG_MD5SUM, md5.as_mut_ptr().cast(), 33) < 0);
-        IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 100, 1);
-        assert_eq!(IOT_OTA_ReportProgress(h, -2, std::ptr::null()), 0);
+        assert!(unsafe { IOT_OTA_Ioctl(h, IOT_OTAG_MD5SUM, md5.as_mut_ptr().cast(), 33) } < 0);
+        unsafe { IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 100, 1) };
+        assert_eq!(
+            unsafe { IOT_OTA_ReportProgress(h, -2, std::ptr::null()) },
+            0
+        );
     }
     let failures = payloads(&sent)
         .into_iter()

@@ -413,15 +413,15 @@ fn c_device_download(broker_port: u16, server: &FirmwareServer, dn: &str) -> Res
     let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
     let client_id = CString::new(format!("{PK}.{dn}")).unwrap();
     let mut param = cmqtt::mqtt_param(broker_port, &client_id, subacks);
-    let mut mqtt = IOT_MQTT_Construct(&mut param);
+    let mut mqtt = unsafe { IOT_MQTT_Construct(&mut param) };
     assert!(!mqtt.is_null(), "IOT_MQTT_Construct");
     let (pk, dn_c) = (CString::new(PK).unwrap(), CString::new(dn).unwrap());
-    let ota = IOT_OTA_Init(pk.as_ptr(), dn_c.as_ptr(), mqtt);
+    let ota = unsafe { IOT_OTA_Init(pk.as_ptr(), dn_c.as_ptr(), mqtt) };
     assert!(!ota.is_null(), "IOT_OTA_Init");
     let deadline = Instant::now() + WAIT;
     while subacks.load(SeqCst) == 0 {
         assert!(Instant::now() < deadline, "no SUBACK for the upgrade topic");
-        assert_eq!(IOT_MQTT_Yield(mqtt, 50), 0);
+        assert_eq!(unsafe { IOT_MQTT_Yield(mqtt, 50) }, 0);
     }
 
     let cloud = MqttClient::connect(&MqttOptions::new(
@@ -438,7 +438,7 @@ fn c_device_download(broker_port: u16, server: &FirmwareServer, dn: &str) -> Res
     cloud.yield_for(Duration::from_millis(100)).unwrap();
     while IOT_OTA_IsFetching(ota) == 0 {
         assert!(Instant::now() < deadline, "upgrade not received");
-        assert_eq!(IOT_MQTT_Yield(mqtt, 50), 0);
+        assert_eq!(unsafe { IOT_MQTT_Yield(mqtt, 50) }, 0);
     }
 
     let mut image = Vec::new();
@@ -446,7 +446,7 @@ fn c_device_download(broker_port: u16, server: &FirmwareServer, dn: &str) -> Res
     let mut result = Ok(());
     while IOT_OTA_IsFetchFinish(ota) == 0 {
         assert!(Instant::now() < deadline, "download did not finish");
-        let rc = IOT_OTA_FetchYield(ota, buf.as_mut_ptr().cast(), buf.len() as u32, 1);
+        let rc = unsafe { IOT_OTA_FetchYield(ota, buf.as_mut_ptr().cast(), buf.len() as u32, 1) };
         if rc < 0 {
             result = Err(rc);
             break;
@@ -459,18 +459,20 @@ fn c_device_download(broker_port: u16, server: &FirmwareServer, dn: &str) -> Res
             "C download differs from the image"
         );
         let mut ok: u32 = 7;
-        let rc = IOT_OTA_Ioctl(
-            ota,
-            IOT_OTAG_CHECK_FIRMWARE,
-            (&mut ok as *mut u32).cast(),
-            4,
-        );
+        let rc = unsafe {
+            IOT_OTA_Ioctl(
+                ota,
+                IOT_OTAG_CHECK_FIRMWARE,
+                (&mut ok as *mut u32).cast(),
+                4,
+            )
+        };
         assert_eq!(rc, 0);
         ok
     });
     cloud.disconnect(Duration::from_millis(200));
-    assert_eq!(IOT_OTA_Deinit(ota), 0);
-    assert_eq!(IOT_MQTT_Destroy(&mut mqtt), 0);
+    assert_eq!(unsafe { IOT_OTA_Deinit(ota) }, 0);
+    assert_eq!(unsafe { IOT_MQTT_Destroy(&mut mqtt) }, 0);
     result
 }
 

@@ -323,7 +323,7 @@ struct World {
 impl Drop for World {
     fn drop(&mut self) {
         if !self.handle.is_null() {
-            assert_eq!(IOT_OTA_Deinit(self.handle), NONE);
+            assert_eq!(unsafe { IOT_OTA_Deinit(self.handle) }, NONE);
         }
         drop(unsafe { Box::from_raw(self.flash) });
         clear_scratch_dir();
@@ -658,7 +658,7 @@ impl World {
     fn report_version(&mut self, inp: &mut Input<'_>, before: c_int) {
         let h = self.pick_handle(inp);
         let v = Self::c_string(inp);
-        let rc = IOT_OTA_ReportVersion(h, Self::ptr(&v));
+        let rc = unsafe { IOT_OTA_ReportVersion(h, Self::ptr(&v)) };
         self.returned(h, rc, before, "ReportVersion");
         if h == self.handle && !h.is_null() {
             check_version_rc(&v, rc);
@@ -668,7 +668,7 @@ impl World {
     fn report_module_version(&mut self, inp: &mut Input<'_>, before: c_int) {
         let h = self.pick_handle(inp);
         let (m, v) = (Self::c_string(inp), Self::c_string(inp));
-        let rc = IOT_OTA_ReportModuleVersion(h, Self::ptr(&m), Self::ptr(&v));
+        let rc = unsafe { IOT_OTA_ReportModuleVersion(h, Self::ptr(&m), Self::ptr(&v)) };
         self.returned(h, rc, before, "ReportModuleVersion");
         // A module that is not UTF-8 is refused before the version is looked at.
         let module_ok = m.as_ref().is_none_or(|m| m.to_str().is_ok());
@@ -680,7 +680,7 @@ impl World {
     fn request_image(&mut self, inp: &mut Input<'_>, before: c_int) {
         let h = self.pick_handle(inp);
         let v = Self::c_string(inp);
-        let rc = IOT_OTA_RequestImage(h, Self::ptr(&v));
+        let rc = unsafe { IOT_OTA_RequestImage(h, Self::ptr(&v)) };
         self.returned(h, rc, before, "RequestImage");
         if h == self.handle && !h.is_null() {
             check_version_rc(&v, rc);
@@ -694,7 +694,7 @@ impl World {
             _ => i32::from(inp.u8()) - 10,
         };
         let msg = Self::c_string(inp);
-        let rc = IOT_OTA_ReportProgress(h, progress, Self::ptr(&msg));
+        let rc = unsafe { IOT_OTA_ReportProgress(h, progress, Self::ptr(&msg)) };
         self.returned(h, rc, before, "ReportProgress");
         if h == self.handle && !h.is_null() && !(-4..=100).contains(&progress) {
             assert_eq!(rc, INVALID_PARAM, "progress {progress} accepted");
@@ -730,7 +730,7 @@ impl World {
         let ptr = buf
             .as_mut()
             .map_or(null_mut(), |b| b.as_mut_ptr() as *mut c_char);
-        let rc = IOT_OTA_FetchYield(h, ptr, pass, timeout);
+        let rc = unsafe { IOT_OTA_FetchYield(h, ptr, pass, timeout) };
         if rc <= 0 {
             self.returned(h, rc, before, "FetchYield");
         } else {
@@ -774,7 +774,7 @@ impl World {
         let ptr = buf
             .as_mut()
             .map_or(null_mut(), |b| b.as_mut_ptr() as *mut c_void);
-        let rc = IOT_OTA_Ioctl(h, kind, ptr, pass);
+        let rc = unsafe { IOT_OTA_Ioctl(h, kind, ptr, pass) };
         self.returned(h, rc, before, "Ioctl");
         let Some(b) = buf else {
             return;
@@ -889,7 +889,7 @@ impl World {
         let ptr = buf
             .as_mut()
             .map_or(null_mut(), |b| b.as_mut_ptr() as *mut c_char);
-        IOT_OTA_UpdateClientMd5(h, ptr, pass);
+        unsafe { IOT_OTA_UpdateClientMd5(h, ptr, pass) };
         if h == self.handle && !h.is_null() {
             let state = self.session().map(|s| s.state());
             let rejected = (ptr.is_null() && pass != 0) || state == Some(OtaState::Idle);
@@ -921,8 +921,14 @@ impl World {
         let h = self.pick_handle(inp);
         let v = Self::c_string(inp);
         let (rc, what) = match inp.u8() % 2 {
-            0 => (IOT_OTA_ReportUpgradeSuccess(h, Self::ptr(&v)), "Success"),
-            _ => (IOT_OTA_ReportUpgradeFail(h, Self::ptr(&v)), "Fail"),
+            0 => (
+                unsafe { IOT_OTA_ReportUpgradeSuccess(h, Self::ptr(&v)) },
+                "Success",
+            ),
+            _ => (
+                unsafe { IOT_OTA_ReportUpgradeFail(h, Self::ptr(&v)) },
+                "Fail",
+            ),
         };
         self.returned(h, rc, before, what);
     }
@@ -959,7 +965,7 @@ impl World {
         } else {
             &table as *const _
         };
-        let rc = IOT_OTA_SetBreakpointStore(h, ptr);
+        let rc = unsafe { IOT_OTA_SetBreakpointStore(h, ptr) };
         self.returned(h, rc, before, "SetBreakpointStore");
         if h == self.handle && !h.is_null() && which & 15 != 0 {
             assert_eq!(rc, INVALID_PARAM, "an incomplete store table was taken");
@@ -979,7 +985,7 @@ impl World {
             _ => Some([dir, b"/", FILE_NAMES[0]].concat()),
         };
         let path = path.map(|p| CString::new(p).expect("no NUL"));
-        let rc = IOT_OTA_SetBreakpointFile(h, Self::ptr(&path));
+        let rc = unsafe { IOT_OTA_SetBreakpointFile(h, Self::ptr(&path)) };
         self.returned(h, rc, before, "SetBreakpointFile");
     }
 
@@ -1068,7 +1074,7 @@ impl World {
     /// flash and file; or just a Deinit, after which no handle is live.
     fn restart(&mut self, inp: &mut Input<'_>) {
         if !self.handle.is_null() {
-            assert_eq!(IOT_OTA_Deinit(self.handle), NONE);
+            assert_eq!(unsafe { IOT_OTA_Deinit(self.handle) }, NONE);
             self.handle = null_mut();
         }
         match inp.u8() % 4 {
@@ -1090,10 +1096,10 @@ impl World {
             _ => self.handle,
         };
         let h = match inp.u8() % 2 {
-            0 => IOT_OTA_Init(Self::ptr(&pk), Self::ptr(&dn), ch),
+            0 => unsafe { IOT_OTA_Init(Self::ptr(&pk), Self::ptr(&dn), ch) },
             _ => {
                 let protocol = inp.i32_biased();
-                IOT_OTA_InitWithProtocol(Self::ptr(&pk), Self::ptr(&dn), ch, protocol)
+                unsafe { IOT_OTA_InitWithProtocol(Self::ptr(&pk), Self::ptr(&dn), ch, protocol) }
             }
         };
         assert!(h.is_null(), "Init on something that is not an MQTT handle");
@@ -1101,7 +1107,7 @@ impl World {
             0 => null_mut(),
             _ => self.foreign.as_mut_ptr() as *mut c_void,
         };
-        assert_eq!(IOT_OTA_Deinit(foreign), INVALID_PARAM);
+        assert_eq!(unsafe { IOT_OTA_Deinit(foreign) }, INVALID_PARAM);
         assert_eq!(self.last_error(), before);
     }
 
@@ -1120,7 +1126,7 @@ impl World {
             "fetched past the announced size"
         );
         let mut v = [FILL; 4 + GUARD];
-        let rc = IOT_OTA_Ioctl(h, IOT_OTAG_STATE, v.as_mut_ptr() as *mut c_void, 4);
+        let rc = unsafe { IOT_OTA_Ioctl(h, IOT_OTAG_STATE, v.as_mut_ptr() as *mut c_void, 4) };
         assert_eq!(rc, NONE);
         assert!((1..=3).contains(&u32::from_ne_bytes([v[0], v[1], v[2], v[3]])));
         assert!(v[4..].iter().all(|&b| b == FILL));

@@ -231,7 +231,7 @@ pub unsafe extern "C" fn IOT_SetupConnInfo(
     device_secret: *const c_char,
     info_ptr: *mut *mut c_void,
 ) -> c_int {
-    ffi_guard!("IOT_SetupConnInfo", {
+    ffi_body!(IOT_SetupConnInfo, {
         let pk = try_str!(product_key, "IOT_SetupConnInfo: product_key", -1);
         let dn = try_str!(device_name, "IOT_SetupConnInfo: device_name", -1);
         let secret = try_str!(device_secret, "IOT_SetupConnInfo: device_secret", -1);
@@ -297,7 +297,7 @@ unsafe fn read_int(data: *mut c_void) -> c_int {
 /// string; for `IOTX_IOCTL_SET_MQTT_CA` one that outlives every use of the connection info).
 #[no_mangle]
 pub unsafe extern "C" fn IOT_Ioctl(option: c_int, data: *mut c_void) -> c_int {
-    ffi_guard!("IOT_Ioctl", {
+    ffi_body!(IOT_Ioctl, {
         use iotx_ioctl_option_t::*;
         let Some(opt) = IOCTL_OPTIONS
             .iter()

@@ -23,5 +23,6 @@ pub fn handle_from_session(session: OtaSession) -> *mut c_void {
 /// bytes; the borrow must end before the handle is released.
 #[doc(hidden)]
 pub unsafe fn session<'a>(handle: *mut c_void) -> Option<&'a OtaSession> {
-    OtaHandle::session(handle)
+    // SAFETY: this function's contract, which is OtaHandle::session's.
+    unsafe { OtaHandle::session(handle) }
 }

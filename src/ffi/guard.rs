@@ -51,11 +51,47 @@ pub fn guard<R: PanicValue>(name: &str, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Wraps a shim body: `ffi_guard!("IOT_OTA_Init", { ... })`.
-macro_rules! ffi_guard {
-    ($name:expr, $body:block) => {
-        $crate::ffi::guard::guard($name, move || $body)
+/// The opening of every exported function, written once: the panic boundary and, for a handle
+/// argument, the lookup with the value returned when there is no live handle.
+///
+/// - `ffi_body!(NAME, { ... })` runs the block inside [`guard`]: a panic becomes the return
+///   type's [`PanicValue`] and one log line, never an unwind into C.
+/// - `ffi_body!(NAME, ota(handle), DEFAULT, |h| { ... })` also binds `h` to the live OTA handle
+///   (an `Arc<OtaHandle>`), or returns `DEFAULT` after one log line when `handle` is NULL,
+///   released or not an OTA handle.
+/// - `ffi_body!(NAME, mqtt(handle), DEFAULT, |h| { ... })` does the same for an MQTT handle (a
+///   `&MqttHandle`). That lookup reads the handle's memory, so it compiles only inside an
+///   `unsafe fn`, whose `# Safety` section covers `handle`.
+///
+/// `NAME` is the function's own identifier: log lines name it, and a misspelt one does not
+/// compile. The signature stays written out by hand, with `#[no_mangle]`, because cbindgen reads
+/// the source without expanding macros and would leave a generated function out of `ota.h`.
+macro_rules! ffi_body {
+    ($name:ident, ota($handle:expr), $default:expr, |$h:ident| $body:block) => {
+        ffi_body!($name, {
+            // DEFAULT is `()` for a function that returns nothing.
+            #[allow(clippy::unused_unit)]
+            let Some($h) = $crate::ffi::ota::lookup($handle, stringify!($name)) else {
+                return $default;
+            };
+            $body
+        })
     };
+    ($name:ident, mqtt($handle:expr), $default:expr, |$h:ident| $body:block) => {
+        ffi_body!($name, {
+            // No unsafe block on purpose: only the enclosing unsafe fn's contract makes it sound.
+            #[allow(unsafe_op_in_unsafe_fn)]
+            let Some($h) = $crate::ffi::mqtt::MqttHandle::lookup($handle, stringify!($name)) else {
+                return $default;
+            };
+            $body
+        })
+    };
+    ($name:ident, $body:block) => {{
+        // Names an item, so that a misspelt NAME fails to compile.
+        let _ = $name;
+        $crate::ffi::guard::guard(stringify!($name), move || $body)
+    }};
 }
 
 /// Borrows a C string as `&str`, or returns `$err` (after one log line) when it is NULL or not
@@ -92,7 +128,8 @@ pub unsafe fn c_str<'a>(p: *const c_char) -> Option<&'a str> {
     if p.is_null() {
         return None;
     }
-    CStr::from_ptr(p).to_str().ok()
+    // SAFETY: non-NULL, and per the contract NUL-terminated.
+    unsafe { CStr::from_ptr(p) }.to_str().ok()
 }
 
 /// Copies `s` plus a NUL into `buf[..len]`; false (nothing written) when it does not fit.
@@ -103,7 +140,16 @@ pub unsafe fn write_c_str(buf: *mut c_void, len: usize, s: &[u8]) -> bool {
     if buf.is_null() || s.len() >= len {
         return false;
     }
-    let out = std::slice::from_raw_parts_mut(buf as *mut u8, len);
+    // SAFETY: non-NULL, and per the contract valid for `len` bytes; only s.len() + 1 are written.
+    let out = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, s.len() + 1) };
+    put_c_str(out, s)
+}
+
+/// Copies `s` plus a NUL into the start of `out`; false (nothing written) when it does not fit.
+pub fn put_c_str(out: &mut [u8], s: &[u8]) -> bool {
+    if s.len() >= out.len() {
+        return false;
+    }
     out[..s.len()].copy_from_slice(s);
     out[s.len()] = 0;
     true

@@ -150,7 +150,7 @@ fn identity_field(field: c_int) -> Option<(IdentityField, &'static str, &'static
 /// `value` is NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn ota_hal_identity_set(field: c_int, value: *const c_char) -> c_int {
-    ffi_guard!("ota_hal_identity_set", {
+    ffi_body!(ota_hal_identity_set, {
         let Some((field, name, _)) = identity_field(field) else {
             return -1;
         };
@@ -178,7 +178,7 @@ pub unsafe extern "C" fn ota_hal_identity_set(field: c_int, value: *const c_char
 /// `buf` is NULL or valid for the field's documented buffer size of writes.
 #[no_mangle]
 pub unsafe extern "C" fn ota_hal_identity_get(field: c_int, buf: *mut c_char) -> c_int {
-    ffi_guard!("ota_hal_identity_get", {
+    ffi_body!(ota_hal_identity_get, {
         let Some((field, _, name)) = identity_field(field) else {
             return -1;
         };

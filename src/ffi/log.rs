@@ -61,9 +61,12 @@ fn resident_bytes() -> Option<u64> {
 ///
 /// - `ident`: the program's name in iotkit; accepted for compatibility and not used. May be
 ///   NULL.
+///
+/// # Safety
+/// `ident` is NULL or a NUL-terminated string (not read today).
 #[no_mangle]
-pub extern "C" fn IOT_OpenLog(ident: *const c_char) {
-    ffi_guard!("IOT_OpenLog", {
+pub unsafe extern "C" fn IOT_OpenLog(ident: *const c_char) {
+    ffi_body!(IOT_OpenLog, {
         let _ = ident;
         log::set_open(true);
     })
@@ -72,7 +75,7 @@ pub extern "C" fn IOT_OpenLog(ident: *const c_char) {
 /// Closes the SDK log: nothing is printed, whatever the level, until `IOT_OpenLog`.
 #[no_mangle]
 pub extern "C" fn IOT_CloseLog() {
-    ffi_guard!("IOT_CloseLog", {
+    ffi_body!(IOT_CloseLog, {
         log::set_open(false);
     })
 }
@@ -83,7 +86,7 @@ pub extern "C" fn IOT_CloseLog() {
 ///   level unchanged.
 #[no_mangle]
 pub extern "C" fn IOT_SetLogLevel(level: c_int) {
-    ffi_guard!("IOT_SetLogLevel", {
+    ffi_body!(IOT_SetLogLevel, {
         if let Some(l) = level_from_c("IOT_SetLogLevel", level) {
             log::set_level(l);
         }
@@ -96,7 +99,7 @@ pub extern "C" fn IOT_SetLogLevel(level: c_int) {
 /// - `level`: an `IOT_LogLevel` value. Any other value prints one error line instead.
 #[no_mangle]
 pub extern "C" fn IOT_DumpMemoryStats(level: c_int) {
-    ffi_guard!("IOT_DumpMemoryStats", {
+    ffi_body!(IOT_DumpMemoryStats, {
         let Some(l) = level_from_c("IOT_DumpMemoryStats", level) else {
             return;
         };
@@ -135,9 +138,9 @@ mod tests {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         IOT_CloseLog();
         assert!(!log::enabled(Level::Crit));
-        IOT_OpenLog(std::ptr::null());
+        unsafe { IOT_OpenLog(std::ptr::null()) };
         assert!(log::enabled(Level::Crit));
-        IOT_OpenLog(c"firmware".as_ptr());
+        unsafe { IOT_OpenLog(c"firmware".as_ptr()) };
         assert!(log::enabled(Level::Crit));
     }
 

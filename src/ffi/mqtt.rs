@@ -128,14 +128,31 @@ impl MqttHandle {
     /// Borrows a handle from C, or None when NULL or not an MQTT handle.
     ///
     /// # Safety
-    /// `p` is NULL or a pointer returned by IOT_MQTT_Construct and not yet destroyed.
+    /// `p` is NULL, a pointer returned by IOT_MQTT_Construct and not yet destroyed, or another
+    /// pointer readable for 4 bytes; the borrow ends before the handle is destroyed.
     pub unsafe fn from_ptr<'a>(p: *mut c_void) -> Option<&'a MqttHandle> {
         if p.is_null() {
             return None;
         }
-        // Read only the magic before treating the memory as a handle.
-        (std::ptr::read_unaligned(p as *const u32) == MQTT_MAGIC)
-            .then(|| &*(p as *const MqttHandle))
+        // SAFETY: per the contract, readable for 4 bytes, and a live handle when they hold the
+        // magic (read alone first, so a foreign pointer is never treated as a handle).
+        unsafe {
+            (std::ptr::read_unaligned(p as *const u32) == MQTT_MAGIC)
+                .then(|| &*(p as *const MqttHandle))
+        }
+    }
+
+    /// [`from_ptr`](Self::from_ptr), with one log line naming `func` when there is no handle.
+    ///
+    /// # Safety
+    /// As [`from_ptr`](Self::from_ptr).
+    pub(crate) unsafe fn lookup<'a>(p: *mut c_void, func: &str) -> Option<&'a MqttHandle> {
+        // SAFETY: this function's contract.
+        let h = unsafe { Self::from_ptr(p) };
+        if h.is_none() {
+            ota_log!(Level::Error, "{func}: NULL or foreign handle");
+        }
+        h
     }
 
     pub fn client(&self) -> &MqttClient {
@@ -193,17 +210,23 @@ unsafe fn deliver_to_c(
         event_type: iotx_mqtt_event_type_t::IOTX_MQTT_EVENT_PUBLISH_RECEIVED,
         msg: &mut info as *mut iotx_mqtt_topic_info_t as *mut c_void,
     };
-    func(ctx.0, me.0, &mut msg);
+    // SAFETY: this function's contract; `msg` and `info` outlive the call.
+    unsafe { func(ctx.0, me.0, &mut msg) };
 }
 
-fn options_from(p: &iotx_mqtt_param_t) -> Result<MqttOptions, &'static str> {
-    let host = unsafe { c_str(p.host) }.ok_or("host is NULL")?;
-    let client_id = unsafe { c_str(p.client_id) }.ok_or("client_id is NULL")?;
+/// # Safety
+/// The strings of `p` are NULL or NUL-terminated.
+unsafe fn options_from(p: &iotx_mqtt_param_t) -> Result<MqttOptions, &'static str> {
+    let strings = [p.host, p.client_id, p.username, p.password, p.pub_key];
+    // SAFETY: this function's contract.
+    let [host, client_id, username, password, pub_key] = strings.map(|s| unsafe { c_str(s) });
+    let host = host.ok_or("host is NULL")?;
+    let client_id = client_id.ok_or("client_id is NULL")?;
     let mut o = MqttOptions::new(host, p.port, client_id);
-    o.username = unsafe { c_str(p.username) }.map(str::to_string);
-    o.password = unsafe { c_str(p.password) }.map(str::to_string);
+    o.username = username.map(str::to_string);
+    o.password = password.map(str::to_string);
     if !p.pub_key.is_null() {
-        let pem = unsafe { c_str(p.pub_key) }.ok_or("pub_key is not text")?;
+        let pem = pub_key.ok_or("pub_key is not text")?;
         o.ca_pem = Some(pem.as_bytes().to_vec());
     }
     o.clean_session = p.clean_session != 0;
@@ -225,17 +248,23 @@ fn options_from(p: &iotx_mqtt_param_t) -> Result<MqttOptions, &'static str> {
 /// `request_timeout_ms`, default 5000). `handle_event`, when set, gets the connection events
 /// and every message no subscription matches (PUBLISH_RECEIVED, `msg` an
 /// `iotx_mqtt_topic_info_t *`, as iotkit does).
+///
+/// # Safety
+/// `pInitParams` is NULL or points to a readable `iotx_mqtt_param_t` whose strings are NULL or
+/// NUL-terminated (they are copied); `handle_event.h_fp`, when set, is a function of its type
+/// that may be called with `handle_event.pcontext` until the client is destroyed.
 #[no_mangle]
 #[allow(non_snake_case)]
-pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mut c_void {
-    ffi_guard!("IOT_MQTT_Construct", {
+pub unsafe extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mut c_void {
+    ffi_body!(IOT_MQTT_Construct, {
         try_nonnull!(
             pInitParams,
             "IOT_MQTT_Construct: pInitParams",
             std::ptr::null_mut()
         );
+        // SAFETY: non-NULL, and per the contract readable, with strings as options_from needs.
         let p = unsafe { &*pInitParams };
-        let options = match options_from(p) {
+        let options = match unsafe { options_from(p) } {
             Ok(o) => o,
             Err(what) => {
                 ota_log!(Level::Error, "IOT_MQTT_Construct: {what}");
@@ -256,6 +285,7 @@ pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mu
         if let Some(h_fp) = p.handle_event.h_fp {
             let ctx = CPtr(p.handle_event.pcontext);
             let me = CPtr(handle as *mut c_void);
+            // SAFETY: just made, and not yet returned to anyone who could destroy it.
             let client = &unsafe { &*handle }.client;
             client.on_event(move |e| {
                 let (event_type, id) = event_type(e);
@@ -264,6 +294,7 @@ pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mu
                     msg: id as *mut c_void,
                 };
                 let (ctx, me) = (ctx, me);
+                // SAFETY (both handlers): this function's contract on handle_event.
                 unsafe { h_fp(ctx.0, me.0, &mut msg) };
             });
             // As in iotkit, a message no subscription matches goes to handle_event.
@@ -283,10 +314,17 @@ pub extern "C" fn IOT_MQTT_Construct(pInitParams: *mut iotx_mqtt_param_t) -> *mu
 /// is safe (it is NULL by then: -2); destroying through another copy of the pointer, using any
 /// copy afterwards, or calling IOT_OTA_Deinit on a handle of a destroyed client is the caller's
 /// bug (undefined).
+///
+/// # Safety
+/// `phandle` is NULL or valid for reading and writing one pointer; `*phandle` is NULL, a live
+/// handle or another pointer readable for 4 bytes; no other call uses the handle during or
+/// after this one.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
-    ffi_guard!("IOT_MQTT_Destroy", {
+pub unsafe extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
+    ffi_body!(IOT_MQTT_Destroy, {
         try_nonnull!(phandle, "IOT_MQTT_Destroy: phandle", NULL_VALUE_ERROR);
+        // SAFETY (the three blocks): this function's contract; `p` holds the magic, so it came
+        // from Box::into_raw in IOT_MQTT_Construct, and no one else uses it any more.
         let p = unsafe { *phandle };
         if unsafe { MqttHandle::from_ptr(p) }.is_none() {
             ota_log!(Level::Error, "IOT_MQTT_Destroy: not an MQTT handle");
@@ -308,14 +346,15 @@ pub extern "C" fn IOT_MQTT_Destroy(phandle: *mut *mut c_void) -> c_int {
 /// client), so the firmware's loop reaches IOT_OTA_FetchYield without waiting out the timeout.
 ///
 /// Returns 0, or NULL_VALUE_ERROR (-2) for a NULL handle, or FAIL_RETURN (-1) when called from
-/// inside one of this client's handlers.
+/// inside one of this client's handlers. A panic inside (a bug in the SDK's own handlers) returns
+/// FAIL_RETURN once; the client stays usable.
+///
+/// # Safety
+/// `handle` is NULL, a live handle from IOT_MQTT_Construct, or another pointer readable for 4
+/// bytes (refused). The C handlers it calls are those registered under their own contracts.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Yield(handle: *mut c_void, timeout_ms: c_int) -> c_int {
-    ffi_guard!("IOT_MQTT_Yield", {
-        let Some(h) = (unsafe { MqttHandle::from_ptr(handle) }) else {
-            ota_log!(Level::Error, "IOT_MQTT_Yield: NULL or foreign handle");
-            return NULL_VALUE_ERROR;
-        };
+pub unsafe extern "C" fn IOT_MQTT_Yield(handle: *mut c_void, timeout_ms: c_int) -> c_int {
+    ffi_body!(IOT_MQTT_Yield, mqtt(handle), NULL_VALUE_ERROR, |h| {
         let ms = timeout_ms.max(0) as u64;
         match h.client.yield_for(Duration::from_millis(ms)) {
             Ok(()) => 0,
@@ -328,13 +367,13 @@ pub extern "C" fn IOT_MQTT_Yield(handle: *mut c_void, timeout_ms: c_int) -> c_in
 }
 
 /// Returns 1 when connected to the broker, 0 otherwise (also for a NULL handle).
+///
+/// # Safety
+/// As IOT_MQTT_Yield.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_CheckStateNormal(handle: *mut c_void) -> c_int {
-    ffi_guard!("IOT_MQTT_CheckStateNormal", {
-        match unsafe { MqttHandle::from_ptr(handle) } {
-            Some(h) => h.client.is_connected() as c_int,
-            None => 0,
-        }
+pub unsafe extern "C" fn IOT_MQTT_CheckStateNormal(handle: *mut c_void) -> c_int {
+    ffi_body!(IOT_MQTT_CheckStateNormal, mqtt(handle), 0, |h| {
+        h.client.is_connected() as c_int
     })
 }
 
@@ -355,19 +394,20 @@ fn qos_from(q: c_int) -> Option<QoS> {
 /// Returns 0; NULL_VALUE_ERROR (-2) for a NULL handle/filter/handler, an empty, non-UTF-8 or
 /// otherwise invalid filter, a QoS other than 0..=2, or a filter too long for one packet;
 /// FAIL_RETURN (-1) when the request cannot be queued.
+///
+/// # Safety
+/// `handle` as for IOT_MQTT_Yield; `topic_filter` is NULL or a NUL-terminated string;
+/// `topic_handle_func`, when set, may be called with `pcontext` until the filter is
+/// unsubscribed or the client destroyed.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Subscribe(
+pub unsafe extern "C" fn IOT_MQTT_Subscribe(
     handle: *mut c_void,
     topic_filter: *const c_char,
     qos: iotx_mqtt_qos_t,
     topic_handle_func: iotx_mqtt_event_handle_func_fpt,
     pcontext: *mut c_void,
 ) -> c_int {
-    ffi_guard!("IOT_MQTT_Subscribe", {
-        let Some(h) = (unsafe { MqttHandle::from_ptr(handle) }) else {
-            ota_log!(Level::Error, "IOT_MQTT_Subscribe: NULL or foreign handle");
-            return NULL_VALUE_ERROR;
-        };
+    ffi_body!(IOT_MQTT_Subscribe, mqtt(handle), NULL_VALUE_ERROR, |h| {
         let filter = try_str!(
             topic_filter,
             "IOT_MQTT_Subscribe: topic_filter",
@@ -384,6 +424,7 @@ pub extern "C" fn IOT_MQTT_Subscribe(
         let me = CPtr(handle);
         let r = h.client.subscribe(filter, qos, move |m: &Message<'_>| {
             let (ctx, me) = (ctx, me);
+            // SAFETY: the contract of the IOT_MQTT_Subscribe that registered `func`.
             unsafe { deliver_to_c(func, ctx, me, m) };
         });
         match r {
@@ -401,12 +442,15 @@ pub extern "C" fn IOT_MQTT_Subscribe(
 ///
 /// Returns 0; NULL_VALUE_ERROR (-2) for NULL arguments; FAIL_RETURN (-1) when the filter is not
 /// subscribed or the request cannot be queued.
+///
+/// # Safety
+/// `handle` as for IOT_MQTT_Yield; `topic_filter` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Unsubscribe(handle: *mut c_void, topic_filter: *const c_char) -> c_int {
-    ffi_guard!("IOT_MQTT_Unsubscribe", {
-        let Some(h) = (unsafe { MqttHandle::from_ptr(handle) }) else {
-            return NULL_VALUE_ERROR;
-        };
+pub unsafe extern "C" fn IOT_MQTT_Unsubscribe(
+    handle: *mut c_void,
+    topic_filter: *const c_char,
+) -> c_int {
+    ffi_body!(IOT_MQTT_Unsubscribe, mqtt(handle), NULL_VALUE_ERROR, |h| {
         let filter = try_str!(
             topic_filter,
             "IOT_MQTT_Unsubscribe: topic_filter",
@@ -429,18 +473,21 @@ pub extern "C" fn IOT_MQTT_Unsubscribe(handle: *mut c_void, topic_filter: *const
 /// (NULL with length 0 sends an empty message), a QoS above 2, an empty or non-UTF-8 topic or
 /// one with wildcards, or a message too large for one packet (the client's maximum packet size:
 /// `read_buf_size` when at least 1024, else 64 KiB); FAIL_RETURN (-1) when the queue is full.
+///
+/// # Safety
+/// `handle` as for IOT_MQTT_Yield; `topic_name` is NULL or a NUL-terminated string;
+/// `topic_msg` is NULL or points to a readable `iotx_mqtt_topic_info_t` whose `payload` is NULL
+/// or readable for `payload_len` bytes.
 #[no_mangle]
-pub extern "C" fn IOT_MQTT_Publish(
+pub unsafe extern "C" fn IOT_MQTT_Publish(
     handle: *mut c_void,
     topic_name: *const c_char,
     topic_msg: iotx_mqtt_topic_info_pt,
 ) -> c_int {
-    ffi_guard!("IOT_MQTT_Publish", {
-        let Some(h) = (unsafe { MqttHandle::from_ptr(handle) }) else {
-            return NULL_VALUE_ERROR;
-        };
+    ffi_body!(IOT_MQTT_Publish, mqtt(handle), NULL_VALUE_ERROR, |h| {
         let topic = try_str!(topic_name, "IOT_MQTT_Publish: topic_name", NULL_VALUE_ERROR);
         try_nonnull!(topic_msg, "IOT_MQTT_Publish: topic_msg", NULL_VALUE_ERROR);
+        // SAFETY (both blocks): non-NULL, and per the contract readable.
         let m = unsafe { &*topic_msg };
         let payload: &[u8] = if m.payload_len == 0 {
             &[]

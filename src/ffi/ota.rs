@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::guard::{c_str, write_c_str};
+use super::guard::{c_str, put_c_str};
 use super::mqtt::MqttHandle;
 use super::resume::ota_breakpoint_store_t;
 use crate::error::Error;
@@ -142,9 +142,10 @@ impl OtaHandle {
     /// # Safety
     /// The borrow must end before the handle is released (IOT_OTA_Deinit).
     pub(crate) unsafe fn session<'a>(h: *mut c_void) -> Option<&'a OtaSession> {
-        let handle = handle(h, "OtaHandle::session")?;
-        // The table keeps its own reference until IOT_OTA_Deinit.
-        Some(&(*Arc::as_ptr(&handle)).session)
+        let handle = lookup(h, "OtaHandle::session")?;
+        // SAFETY: the table keeps its own reference until IOT_OTA_Deinit, which the borrow
+        // does not outlive.
+        Some(unsafe { &(*Arc::as_ptr(&handle)).session })
     }
 }
 
@@ -225,8 +226,8 @@ const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
 const STR_TOO_LONG: c_int = IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int;
 
 /// The live handle behind `h`, or None (after a log line) when it is NULL, released or not an
-/// OTA handle.
-fn handle(h: *mut c_void, func: &str) -> Option<Arc<OtaHandle>> {
+/// OTA handle (`func`: the caller's name, for the log). `h` is only compared, never read.
+pub(crate) fn lookup(h: *mut c_void, func: &str) -> Option<Arc<OtaHandle>> {
     if h.is_null() {
         ota_log!(Level::Error, "{func}: NULL handle");
         return None;
@@ -268,7 +269,9 @@ fn reject(h: &OtaHandle, func: &str, e: Error) -> c_int {
     err_code(&e)
 }
 
-fn init(
+/// # Safety
+/// As IOT_OTA_Init.
+unsafe fn init(
     product_key: *const c_char,
     device_name: *const c_char,
     ch_signal: *mut c_void,
@@ -284,6 +287,7 @@ fn init(
         "IOT_OTA_Init: device_name",
         std::ptr::null_mut()
     );
+    // SAFETY: per IOT_OTA_Init's contract, ch_signal is NULL, live or readable for 4 bytes.
     let Some(mqtt) = (unsafe { MqttHandle::from_ptr(ch_signal) }) else {
         ota_log!(
             Level::Error,
@@ -313,27 +317,35 @@ fn init(
 /// connection (it would take that handle's upgrade messages). `product_key` and `device_name` must be non-empty UTF-8 of at
 /// most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
 /// other pointer gives NULL).
+///
+/// # Safety
+/// `product_key` and `device_name` are NULL or NUL-terminated strings; `ch_signal` is NULL, a
+/// live MQTT handle, or another pointer readable for 4 bytes.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_Init(
+pub unsafe extern "C" fn IOT_OTA_Init(
     product_key: *const c_char,
     device_name: *const c_char,
     ch_signal: *mut c_void,
 ) -> *mut c_void {
-    ffi_guard!("IOT_OTA_Init", {
-        init(product_key, device_name, ch_signal, Protocol::Aliyun)
+    ffi_body!(IOT_OTA_Init, {
+        // SAFETY: this function's contract.
+        unsafe { init(product_key, device_name, ch_signal, Protocol::Aliyun) }
     })
 }
 
 /// Like IOT_OTA_Init, for the platform `protocol` (extension): 0 Aliyun, 1 SagooIOT,
 /// 2 Tencent, 3 UCloud (see IOT_OTA_Protocol_t). Returns NULL also for an unknown protocol.
+///
+/// # Safety
+/// As IOT_OTA_Init.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_InitWithProtocol(
+pub unsafe extern "C" fn IOT_OTA_InitWithProtocol(
     product_key: *const c_char,
     device_name: *const c_char,
     ch_signal: *mut c_void,
     protocol: IOT_OTA_Protocol_t,
 ) -> *mut c_void {
-    ffi_guard!("IOT_OTA_InitWithProtocol", {
+    ffi_body!(IOT_OTA_InitWithProtocol, {
         let known = u8::try_from(protocol).ok().and_then(Protocol::from_id);
         let protocol = match known {
             Some(p) => p,
@@ -346,7 +358,8 @@ pub extern "C" fn IOT_OTA_InitWithProtocol(
                 return std::ptr::null_mut();
             }
         };
-        init(product_key, device_name, ch_signal, protocol)
+        // SAFETY: this function's contract, which is IOT_OTA_Init's.
+        unsafe { init(product_key, device_name, ch_signal, protocol) }
     })
 }
 
@@ -363,9 +376,13 @@ pub extern "C" fn IOT_OTA_InitWithProtocol(
 /// that thread then ends: IOT_OTA_IsFetchFinish returns 1 and IOT_OTA_FetchYield
 /// IOT_OTAE_FETCH_FAILED for a handle released recently (the last 16). Calling it after
 /// IOT_MQTT_Destroy of the client the handle was built on is the caller's bug.
+///
+/// # Safety
+/// The MQTT client a live `handle` was built on is not destroyed yet (`handle` itself may be
+/// any value).
 #[no_mangle]
-pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
-    ffi_guard!("IOT_OTA_Deinit", {
+pub unsafe extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
+    ffi_body!(IOT_OTA_Deinit, {
         if handle.is_null() {
             ota_log!(Level::Error, "IOT_OTA_Deinit: NULL handle");
             return INVALID_PARAM;
@@ -373,10 +390,11 @@ pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
         let removed = handles().remove(handle);
         let Some(h) = removed else {
             // Logs whether it was released before or never an OTA handle.
-            let _ = self::handle(handle, "IOT_OTA_Deinit");
+            let _ = lookup(handle, "IOT_OTA_Deinit");
             return INVALID_PARAM;
         };
         h.session.release();
+        // SAFETY: per the contract, the client this handle was built on is still alive.
         if let Some(mqtt) = unsafe { MqttHandle::from_ptr(h.mqtt as *mut c_void) } {
             let _ = h.session.detach(mqtt.client());
         }
@@ -389,12 +407,16 @@ pub extern "C" fn IOT_OTA_Deinit(handle: *mut c_void) -> c_int {
 /// Returns 0; IOT_OTAE_INVALID_PARAM for NULL arguments or an empty or non-UTF-8 version;
 /// IOT_OTAE_STR_TOO_LONG when the version exceeds OTA_VERSION_LEN_MAX - 1 bytes;
 /// IOT_OTAE_OSC_FAILED when MQTT cannot queue the message.
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportVersion(handle: *mut c_void, version: *const c_char) -> c_int {
-    ffi_guard!("IOT_OTA_ReportVersion", {
-        let Some(h) = self::handle(handle, "IOT_OTA_ReportVersion") else {
-            return INVALID_PARAM;
-        };
+pub unsafe extern "C" fn IOT_OTA_ReportVersion(
+    handle: *mut c_void,
+    version: *const c_char,
+) -> c_int {
+    ffi_body!(IOT_OTA_ReportVersion, ota(handle), INVALID_PARAM, |h| {
+        // SAFETY: this function's contract.
         let Some(v) = (unsafe { c_str(version) }) else {
             return reject(
                 &h,
@@ -413,50 +435,60 @@ pub extern "C" fn IOT_OTA_ReportVersion(handle: *mut c_void, version: *const c_c
 /// Returns 0 or an error code as IOT_OTA_ReportVersion (IOT_OTAE_INVALID_PARAM also for a
 /// non-UTF-8 module, IOT_OTAE_STR_TOO_LONG for a module longer than the limit fixed at init,
 /// 63 bytes).
+///
+/// # Safety
+/// `module` and `version` are NULL or NUL-terminated strings.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportModuleVersion(
+pub unsafe extern "C" fn IOT_OTA_ReportModuleVersion(
     handle: *mut c_void,
     module: *const c_char,
     version: *const c_char,
 ) -> c_int {
-    ffi_guard!("IOT_OTA_ReportModuleVersion", {
-        let Some(h) = self::handle(handle, "IOT_OTA_ReportModuleVersion") else {
-            return INVALID_PARAM;
-        };
-        let Some(v) = (unsafe { c_str(version) }) else {
-            return reject(
-                &h,
-                "IOT_OTA_ReportModuleVersion",
-                Error::InvalidParam("version is NULL"),
-            );
-        };
-        let m = if module.is_null() {
-            "default"
-        } else {
-            match unsafe { c_str(module) } {
-                Some(m) => m,
-                None => {
-                    return reject(
-                        &h,
-                        "IOT_OTA_ReportModuleVersion",
-                        Error::InvalidParam("module is not UTF-8"),
-                    )
+    ffi_body!(
+        IOT_OTA_ReportModuleVersion,
+        ota(handle),
+        INVALID_PARAM,
+        |h| {
+            // SAFETY (both strings): this function's contract.
+            let Some(v) = (unsafe { c_str(version) }) else {
+                return reject(
+                    &h,
+                    "IOT_OTA_ReportModuleVersion",
+                    Error::InvalidParam("version is NULL"),
+                );
+            };
+            let m = if module.is_null() {
+                "default"
+            } else {
+                match unsafe { c_str(module) } {
+                    Some(m) => m,
+                    None => {
+                        return reject(
+                            &h,
+                            "IOT_OTA_ReportModuleVersion",
+                            Error::InvalidParam("module is not UTF-8"),
+                        )
+                    }
                 }
-            }
-        };
-        code(&h, h.session.report_module_version(m, v))
-    })
+            };
+            code(&h, h.session.report_module_version(m, v))
+        }
+    )
 }
 
 /// Asks the platform to (re)send the upgrade for the running `version` (request topic).
 ///
 /// Returns 0 or an error code as IOT_OTA_ReportVersion.
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_RequestImage(handle: *mut c_void, version: *const c_char) -> c_int {
-    ffi_guard!("IOT_OTA_RequestImage", {
-        let Some(h) = self::handle(handle, "IOT_OTA_RequestImage") else {
-            return INVALID_PARAM;
-        };
+pub unsafe extern "C" fn IOT_OTA_RequestImage(
+    handle: *mut c_void,
+    version: *const c_char,
+) -> c_int {
+    ffi_body!(IOT_OTA_RequestImage, ota(handle), INVALID_PARAM, |h| {
+        // SAFETY: this function's contract.
         let Some(v) = (unsafe { c_str(version) }) else {
             return reject(
                 &h,
@@ -481,19 +513,20 @@ pub extern "C" fn IOT_OTA_RequestImage(handle: *mut c_void, version: *const c_ch
 /// nothing. IOT_OTAP_FETCH_FAILED right after a FetchYield that returned 0 is held while the SDK
 /// recovers (see the header's opening comment). Progress 0 returns 0 and is not sent to Aliyun
 /// or SagooIOT, whose steps run 1..100.
+///
+/// # Safety
+/// `msg` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportProgress(
+pub unsafe extern "C" fn IOT_OTA_ReportProgress(
     handle: *mut c_void,
     progress: IOT_OTA_Progress_t,
     msg: *const c_char,
 ) -> c_int {
-    ffi_guard!("IOT_OTA_ReportProgress", {
-        let Some(h) = self::handle(handle, "IOT_OTA_ReportProgress") else {
-            return INVALID_PARAM;
-        };
+    ffi_body!(IOT_OTA_ReportProgress, ota(handle), INVALID_PARAM, |h| {
         let desc = if msg.is_null() {
             None
         } else {
+            // SAFETY: this function's contract.
             match unsafe { c_str(msg) } {
                 Some(s) => Some(s),
                 None => {
@@ -514,11 +547,8 @@ pub extern "C" fn IOT_OTA_ReportProgress(
 /// IOT_OTAG_FETCHED_SIZE, once IOT_OTA_IsFetchFinish (or CHECK_FIRMWARE) showed that end.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_IsFetching(handle: *mut c_void) -> c_int {
-    ffi_guard!("IOT_OTA_IsFetching", {
-        match self::handle(handle, "IOT_OTA_IsFetching") {
-            Some(h) => h.session.is_fetching() as c_int,
-            None => 0,
-        }
+    ffi_body!(IOT_OTA_IsFetching, ota(handle), 0, |h| {
+        h.session.is_fetching() as c_int
     })
 }
 
@@ -527,14 +557,13 @@ pub extern "C" fn IOT_OTA_IsFetching(handle: *mut c_void) -> c_int {
 /// a NULL handle).
 #[no_mangle]
 pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
-    ffi_guard!("IOT_OTA_IsFetchFinish", {
-        match self::handle(handle, "IOT_OTA_IsFetchFinish") {
-            Some(h) => h.session.is_fetch_finished() as c_int,
-            // Released (by another thread): nothing more will come, so the loop must end.
-            None if released(handle) => 1,
-            None => 0,
-        }
-    })
+    // Released (by another thread): nothing more will come, so the loop must end.
+    ffi_body!(
+        IOT_OTA_IsFetchFinish,
+        ota(handle),
+        released(handle) as c_int,
+        |h| { h.session.is_fetch_finished() as c_int }
+    )
 }
 
 /// Downloads the next part of the firmware into `buf` (at most `buf_len` bytes, and never past
@@ -547,37 +576,45 @@ pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
 /// failed or a different upgrade superseded it (the platform has been told;
 /// IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). The bytes returned over a
 /// cycle are one image, in order (the stream invariant in the header's opening comment).
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes of writes.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_FetchYield(
+pub unsafe extern "C" fn IOT_OTA_FetchYield(
     handle: *mut c_void,
     buf: *mut c_char,
     buf_len: u32,
     timeout_s: u32,
 ) -> c_int {
-    ffi_guard!("IOT_OTA_FetchYield", {
-        let Some(h) = self::handle(handle, "IOT_OTA_FetchYield") else {
-            if released(handle) {
-                return IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int;
+    ffi_body!(
+        IOT_OTA_FetchYield,
+        ota(handle),
+        // Released (by another thread): the download is over for this loop.
+        if released(handle) {
+            IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int
+        } else {
+            INVALID_PARAM
+        },
+        |h| {
+            if buf.is_null() || buf_len == 0 {
+                return reject(
+                    &h,
+                    "IOT_OTA_FetchYield",
+                    Error::InvalidParam("buf is NULL or buf_len is 0"),
+                );
             }
-            return INVALID_PARAM;
-        };
-        if buf.is_null() || buf_len == 0 {
-            return reject(
-                &h,
-                "IOT_OTA_FetchYield",
-                Error::InvalidParam("buf is NULL or buf_len is 0"),
-            );
+            let len = (buf_len as usize).min(c_int::MAX as usize);
+            // SAFETY: non-NULL, and per the contract valid for buf_len >= len bytes of writes.
+            let out = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
+            match h
+                .session
+                .fetch_yield(out, Duration::from_secs(timeout_s as u64))
+            {
+                Ok(n) => n as c_int,
+                Err(e) => err_code(&e),
+            }
         }
-        let len = (buf_len as usize).min(c_int::MAX as usize);
-        let out = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
-        match h
-            .session
-            .fetch_yield(out, Duration::from_secs(timeout_s as u64))
-        {
-            Ok(n) => n as c_int,
-            Err(e) => err_code(&e),
-        }
-    })
+    )
 }
 
 /// Rejects a `buf_len` other than 4 for a uint32_t answer (before any state check).
@@ -592,9 +629,9 @@ fn check_u32_len(h: &OtaHandle, buf_len: usize) -> Result<(), c_int> {
     Ok(())
 }
 
-/// Writes a uint32_t answer; buf_len must be 4.
-unsafe fn put_u32(h: &OtaHandle, buf: *mut c_void, buf_len: usize, v: u64) -> c_int {
-    if let Err(code) = check_u32_len(h, buf_len) {
+/// Writes a uint32_t answer; `out` must be 4 bytes.
+fn put_u32(h: &OtaHandle, out: &mut [u8], v: u64) -> c_int {
+    if let Err(code) = check_u32_len(h, out.len()) {
         return code;
     }
     let Ok(v) = u32::try_from(v) else {
@@ -604,29 +641,25 @@ unsafe fn put_u32(h: &OtaHandle, buf: *mut c_void, buf_len: usize, v: u64) -> c_
             Error::InvalidParam("value exceeds uint32_t"),
         );
     };
-    std::ptr::write_unaligned(buf as *mut u32, v);
+    out.copy_from_slice(&v.to_ne_bytes());
     0
 }
 
 /// Writes a NUL-terminated string answer.
-unsafe fn put_str(h: &OtaHandle, buf: *mut c_void, buf_len: usize, s: &[u8]) -> c_int {
-    if write_c_str(buf, buf_len, s) {
+fn put_str(h: &OtaHandle, out: &mut [u8], s: &[u8]) -> c_int {
+    if put_c_str(out, s) {
         0
     } else {
-        too_small(h, buf_len, s.len())
+        too_small(h, out.len(), s.len())
     }
 }
 
 /// Writes a field of the accepted upgrade as a NUL-terminated string, under the session lock.
-unsafe fn put_notice_str(
-    h: &OtaHandle,
-    buf: *mut c_void,
-    buf_len: usize,
-    field: fn(&UpgradeNotice) -> &[u8],
-) -> c_int {
+fn put_notice_str(h: &OtaHandle, out: &mut [u8], field: fn(&UpgradeNotice) -> &[u8]) -> c_int {
+    let buf_len = out.len();
     let missing = h.session.with_notice(|n| {
         let v = field(n);
-        (!write_c_str(buf, buf_len, v)).then_some(v.len())
+        (!put_c_str(out, v)).then_some(v.len())
     });
     // Errors are recorded after the lock is released (recording takes it again).
     match missing {
@@ -660,46 +693,49 @@ fn not_available(h: &OtaHandle, what: &'static str) -> c_int {
 /// when the value does not exist yet (no upgrade, download not finished) or not in this upgrade
 /// (e.g. SHA-256 of an MD5 upgrade). Nothing is written to `buf` on an error, and a string
 /// answer writes exactly its length plus the NUL.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes of writes.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_Ioctl(
+pub unsafe extern "C" fn IOT_OTA_Ioctl(
     handle: *mut c_void,
     r#type: IOT_OTA_CmdType_t,
     buf: *mut c_void,
     buf_len: usize,
 ) -> c_int {
-    ffi_guard!("IOT_OTA_Ioctl", {
-        let Some(h) = self::handle(handle, "IOT_OTA_Ioctl") else {
-            return INVALID_PARAM;
-        };
+    ffi_body!(IOT_OTA_Ioctl, ota(handle), INVALID_PARAM, |h| {
         if buf.is_null() {
             return reject(&h, "IOT_OTA_Ioctl", Error::InvalidParam("buf is NULL"));
         }
-        unsafe { ioctl(&h, r#type, buf, buf_len) }
+        let len = buf_len.min(isize::MAX as usize);
+        // SAFETY: non-NULL, and per the contract valid for buf_len >= len bytes of writes.
+        let out = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
+        ioctl(&h, r#type, out)
     })
 }
 
-unsafe fn ioctl(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) -> c_int {
+fn ioctl(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
     let s = &h.session;
     let state = s.state();
     match kind {
-        IOT_OTAG_FETCHED_SIZE => put_u32(h, buf, buf_len, s.fetched_size()),
-        IOT_OTAG_FILE_SIZE => put_u32(h, buf, buf_len, s.file_size()),
-        IOT_OTAG_RESUME_OFFSET => put_u32(h, buf, buf_len, s.fetched_size()),
+        IOT_OTAG_FETCHED_SIZE => put_u32(h, out, s.fetched_size()),
+        IOT_OTAG_FILE_SIZE => put_u32(h, out, s.file_size()),
+        IOT_OTAG_RESUME_OFFSET => put_u32(h, out, s.fetched_size()),
         IOT_OTAG_STATE => {
             let v = match state {
                 OtaState::Idle => IOT_OTA_State_t::IOT_OTAS_INITED,
                 OtaState::Fetching => IOT_OTA_State_t::IOT_OTAS_FETCHING,
                 OtaState::Fetched => IOT_OTA_State_t::IOT_OTAS_FETCHED,
             };
-            put_u32(h, buf, buf_len, v as u64)
+            put_u32(h, out, v as u64)
         }
         IOT_OTAG_CHECK_FIRMWARE => {
             // The length is an argument error whatever the state, as for the other uint32_t types.
-            if let Err(code) = check_u32_len(h, buf_len) {
+            if let Err(code) = check_u32_len(h, out.len()) {
                 return code;
             }
             match s.check_firmware() {
-                Ok(valid) => put_u32(h, buf, buf_len, valid as u64),
+                Ok(valid) => put_u32(h, out, valid as u64),
                 Err(e) => err_code(&e),
             }
         }
@@ -707,7 +743,7 @@ unsafe fn ioctl(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) ->
             if s.state() == OtaState::Idle {
                 return not_available(h, "no upgrade has been accepted");
             }
-            notice_query(h, k, buf, buf_len)
+            notice_query(h, k, out)
         }
         IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_COTA_GETTYPE | IOT_OTAG_CHECK_CONFIG => reject(
             h,
@@ -733,7 +769,7 @@ const NOTICE_QUERIES: [c_int; 7] = [
     IOT_OTAG_EXT_DATA,
 ];
 
-unsafe fn notice_query(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: usize) -> c_int {
+fn notice_query(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
     use crate::protocol::DigestKind;
     let s = &h.session;
     match kind {
@@ -748,7 +784,7 @@ unsafe fn notice_query(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: us
                 (n.digest_kind == want).then(|| crate::digest::to_hex(n.digest(), &mut hex).len())
             });
             match n {
-                Some(n) => put_str(h, buf, buf_len, &hex[..n]),
+                Some(n) => put_str(h, out, &hex[..n]),
                 // Firmware asking for MD5 in its loop on a SHA-256 upgrade: one log line.
                 None if s.first_in_upgrade(Once::OtherDigest) => {
                     not_available(h, "the upgrade announced another digest")
@@ -762,18 +798,18 @@ unsafe fn notice_query(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: us
         }
         IOT_OTAG_SIGN_METHOD => {
             let name = s.with_notice(|n| n.digest_kind.name());
-            put_str(h, buf, buf_len, name.as_bytes())
+            put_str(h, out, name.as_bytes())
         }
-        IOT_OTAG_VERSION => put_notice_str(h, buf, buf_len, |n| n.version.as_bytes()),
-        IOT_OTAG_MODULE => put_notice_str(h, buf, buf_len, |n| n.module_name().as_bytes()),
+        IOT_OTAG_VERSION => put_notice_str(h, out, |n| n.version.as_bytes()),
+        IOT_OTAG_MODULE => put_notice_str(h, out, |n| n.module_name().as_bytes()),
         IOT_OTAG_TASK_ID if s.with_notice(|n| n.task_id.is_empty()) => {
             not_available(h, "the upgrade has no task id")
         }
-        IOT_OTAG_TASK_ID => put_notice_str(h, buf, buf_len, |n| n.task_id.as_bytes()),
+        IOT_OTAG_TASK_ID => put_notice_str(h, out, |n| n.task_id.as_bytes()),
         IOT_OTAG_EXT_DATA if s.with_notice(|n| n.ext_data.is_empty()) => {
             not_available(h, "the upgrade has no extData")
         }
-        IOT_OTAG_EXT_DATA => put_notice_str(h, buf, buf_len, |n| n.ext_data.as_bytes()),
+        IOT_OTAG_EXT_DATA => put_notice_str(h, out, |n| n.ext_data.as_bytes()),
         _ => reject(
             h,
             "IOT_OTA_Ioctl",
@@ -786,11 +822,8 @@ unsafe fn notice_query(h: &OtaHandle, kind: c_int, buf: *mut c_void, buf_len: us
 /// (0 when none), or IOT_OTAE_INVALID_PARAM for a NULL handle.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_GetLastError(handle: *mut c_void) -> c_int {
-    ffi_guard!("IOT_OTA_GetLastError", {
-        match self::handle(handle, "IOT_OTA_GetLastError") {
-            Some(h) => h.session.last_error().map_or(0, |e| err_code(&e)),
-            None => INVALID_PARAM,
-        }
+    ffi_body!(IOT_OTA_GetLastError, ota(handle), INVALID_PARAM, |h| {
+        h.session.last_error().map_or(0, |e| err_code(&e))
     })
 }
 
@@ -803,10 +836,7 @@ pub extern "C" fn IOT_OTA_GetLastError(handle: *mut c_void) -> c_int {
 /// the announced one; IOT_OTAE_INVALID_STATE when no upgrade was accepted or it already verified.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_StartDownload(handle: *mut c_void, offset: u32, size: u32) -> c_int {
-    ffi_guard!("IOT_OTA_StartDownload", {
-        let Some(h) = self::handle(handle, "IOT_OTA_StartDownload") else {
-            return INVALID_PARAM;
-        };
+    ffi_body!(IOT_OTA_StartDownload, ota(handle), INVALID_PARAM, |h| {
         code(&h, h.session.start_download(offset as u64, size as u64))
     })
 }
@@ -815,12 +845,16 @@ pub extern "C" fn IOT_OTA_StartDownload(handle: *mut c_void, offset: u32, size: 
 /// every protocol). NULL handle, or NULL `buff` with a non-zero size: logged, nothing done
 /// (the v2.3 signature returns nothing; IOT_OTA_GetLastError tells: IOT_OTAE_INVALID_PARAM).
 /// Before an upgrade was accepted: logged, nothing done, IOT_OTAE_INVALID_STATE.
+///
+/// # Safety
+/// `buff` is NULL or readable for `size` bytes.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char, size: u32) {
-    ffi_guard!("IOT_OTA_UpdateClientMd5", {
-        let Some(h) = self::handle(handle, "IOT_OTA_UpdateClientMd5") else {
-            return;
-        };
+pub unsafe extern "C" fn IOT_OTA_UpdateClientMd5(
+    handle: *mut c_void,
+    buff: *mut c_char,
+    size: u32,
+) {
+    ffi_body!(IOT_OTA_UpdateClientMd5, ota(handle), (), |h| {
         let bytes: &[u8] = if size == 0 {
             &[]
         } else if buff.is_null() {
@@ -831,6 +865,7 @@ pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char
             );
             return;
         } else {
+            // SAFETY: non-NULL, and per the contract readable for `size` bytes.
             unsafe { std::slice::from_raw_parts(buff as *const u8, size as usize) }
         };
         let _ = code(&h, h.session.update_client_digest(bytes));
@@ -843,10 +878,7 @@ pub extern "C" fn IOT_OTA_UpdateClientMd5(handle: *mut c_void, buff: *mut c_char
 /// was accepted.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ResetClientMD5(handle: *mut c_void) -> c_int {
-    ffi_guard!("IOT_OTA_ResetClientMD5", {
-        let Some(h) = self::handle(handle, "IOT_OTA_ResetClientMD5") else {
-            return INVALID_PARAM;
-        };
+    ffi_body!(IOT_OTA_ResetClientMD5, ota(handle), INVALID_PARAM, |h| {
         code(&h, h.session.reset_client_digest())
     })
 }
@@ -858,12 +890,12 @@ pub extern "C" fn IOT_OTA_ResetClientMD5(handle: *mut c_void) -> c_int {
 /// upgrade or after its failure was reported; IOT_OTAE_OSC_FAILED when MQTT cannot queue it.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_ReportUpgradeBegin(handle: *mut c_void) -> c_int {
-    ffi_guard!("IOT_OTA_ReportUpgradeBegin", {
-        let Some(h) = self::handle(handle, "IOT_OTA_ReportUpgradeBegin") else {
-            return INVALID_PARAM;
-        };
-        code(&h, h.session.report_upgrade_begin())
-    })
+    ffi_body!(
+        IOT_OTA_ReportUpgradeBegin,
+        ota(handle),
+        INVALID_PARAM,
+        |h| { code(&h, h.session.report_upgrade_begin()) }
+    )
 }
 
 /// Reports that the upgrade succeeded and `version` now runs: Aliyun/SagooIOT inform with
@@ -871,24 +903,30 @@ pub extern "C" fn IOT_OTA_ReportUpgradeBegin(handle: *mut c_void) -> c_int {
 ///
 /// Returns 0 or an error code as IOT_OTA_ReportUpgradeBegin (IOT_OTAE_INVALID_PARAM also for a
 /// NULL or empty version, IOT_OTAE_STR_TOO_LONG for an oversize one).
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportUpgradeSuccess(
+pub unsafe extern "C" fn IOT_OTA_ReportUpgradeSuccess(
     handle: *mut c_void,
     version: *const c_char,
 ) -> c_int {
-    ffi_guard!("IOT_OTA_ReportUpgradeSuccess", {
-        let Some(h) = self::handle(handle, "IOT_OTA_ReportUpgradeSuccess") else {
-            return INVALID_PARAM;
-        };
-        let Some(v) = (unsafe { c_str(version) }) else {
-            return reject(
-                &h,
-                "IOT_OTA_ReportUpgradeSuccess",
-                Error::InvalidParam("version is NULL"),
-            );
-        };
-        code(&h, h.session.report_upgrade_success(v))
-    })
+    ffi_body!(
+        IOT_OTA_ReportUpgradeSuccess,
+        ota(handle),
+        INVALID_PARAM,
+        |h| {
+            // SAFETY: this function's contract.
+            let Some(v) = (unsafe { c_str(version) }) else {
+                return reject(
+                    &h,
+                    "IOT_OTA_ReportUpgradeSuccess",
+                    Error::InvalidParam("version is NULL"),
+                );
+            };
+            code(&h, h.session.report_upgrade_success(v))
+        }
+    )
 }
 
 /// Reports that flashing the upgrade failed: Aliyun/SagooIOT step -4, Tencent `fail` -5,
@@ -898,12 +936,15 @@ pub extern "C" fn IOT_OTA_ReportUpgradeSuccess(
 /// Returns 0 (also, sending nothing, when this upgrade's failure was already reported);
 /// IOT_OTAE_INVALID_PARAM for a NULL handle; IOT_OTAE_INVALID_STATE before an upgrade was
 /// accepted; IOT_OTAE_OSC_FAILED when MQTT cannot queue it.
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string (not read today).
 #[no_mangle]
-pub extern "C" fn IOT_OTA_ReportUpgradeFail(handle: *mut c_void, version: *const c_char) -> c_int {
-    ffi_guard!("IOT_OTA_ReportUpgradeFail", {
-        let Some(h) = self::handle(handle, "IOT_OTA_ReportUpgradeFail") else {
-            return INVALID_PARAM;
-        };
+pub unsafe extern "C" fn IOT_OTA_ReportUpgradeFail(
+    handle: *mut c_void,
+    version: *const c_char,
+) -> c_int {
+    ffi_body!(IOT_OTA_ReportUpgradeFail, ota(handle), INVALID_PARAM, |h| {
         let _ = version;
         code(&h, h.session.report_upgrade_fail("firmware update failed"))
     })
@@ -921,10 +962,7 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
     max_attempts: u32,
     stall_timeout_s: u32,
 ) -> c_int {
-    ffi_guard!("IOT_OTA_SetRetryPolicy", {
-        let Some(h) = self::handle(handle, "IOT_OTA_SetRetryPolicy") else {
-            return INVALID_PARAM;
-        };
+    ffi_body!(IOT_OTA_SetRetryPolicy, ota(handle), INVALID_PARAM, |h| {
         if max_attempts > 1000 {
             return reject(
                 &h,
@@ -951,10 +989,7 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
 /// Returns 0, or IOT_OTAE_INVALID_PARAM for a NULL handle or more than 3600 seconds.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_SetFreshUrlWait(handle: *mut c_void, seconds: u32) -> c_int {
-    ffi_guard!("IOT_OTA_SetFreshUrlWait", {
-        let Some(h) = self::handle(handle, "IOT_OTA_SetFreshUrlWait") else {
-            return INVALID_PARAM;
-        };
+    ffi_body!(IOT_OTA_SetFreshUrlWait, ota(handle), INVALID_PARAM, |h| {
         if seconds > 3600 {
             return reject(
                 &h,
@@ -976,20 +1011,27 @@ pub extern "C" fn IOT_OTA_SetFreshUrlWait(handle: *mut c_void, seconds: u32) -> 
 ///
 /// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or table, or a NULL callback;
 /// IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+///
+/// # Safety
+/// `store` is NULL or points to a readable `ota_breakpoint_store_t` whose callbacks are NULL or
+/// functions of their types; they, and `store->ctx`, stay valid until IOT_OTA_Deinit.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_SetBreakpointStore(
+pub unsafe extern "C" fn IOT_OTA_SetBreakpointStore(
     handle: *mut c_void,
     store: *const ota_breakpoint_store_t,
 ) -> c_int {
-    ffi_guard!("IOT_OTA_SetBreakpointStore", {
-        let Some(h) = self::handle(handle, "IOT_OTA_SetBreakpointStore") else {
-            return INVALID_PARAM;
-        };
-        match unsafe { super::resume::callback_store(store) } {
-            Ok(s) => code(&h, h.session.set_breakpoint_store(Box::new(s))),
-            Err(e) => reject(&h, "IOT_OTA_SetBreakpointStore", e),
+    ffi_body!(
+        IOT_OTA_SetBreakpointStore,
+        ota(handle),
+        INVALID_PARAM,
+        |h| {
+            // SAFETY: this function's contract.
+            match unsafe { super::resume::callback_store(store) } {
+                Ok(s) => code(&h, h.session.set_breakpoint_store(Box::new(s))),
+                Err(e) => reject(&h, "IOT_OTA_SetBreakpointStore", e),
+            }
         }
-    })
+    )
 }
 
 /// Keeps the breakpoint record in the file `path` (extension; Linux default store): each save
@@ -999,12 +1041,16 @@ pub extern "C" fn IOT_OTA_SetBreakpointStore(
 ///
 /// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or path, an empty path or one ending in
 /// '/'; IOT_OTAE_INVALID_STATE while an upgrade is being fetched.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn IOT_OTA_SetBreakpointFile(handle: *mut c_void, path: *const c_char) -> c_int {
-    ffi_guard!("IOT_OTA_SetBreakpointFile", {
-        let Some(h) = self::handle(handle, "IOT_OTA_SetBreakpointFile") else {
-            return INVALID_PARAM;
-        };
+pub unsafe extern "C" fn IOT_OTA_SetBreakpointFile(
+    handle: *mut c_void,
+    path: *const c_char,
+) -> c_int {
+    ffi_body!(IOT_OTA_SetBreakpointFile, ota(handle), INVALID_PARAM, |h| {
+        // SAFETY: this function's contract.
         match unsafe { super::resume::file_store(path) } {
             Ok(s) => code(&h, h.session.set_breakpoint_store(Box::new(s))),
             Err(e) => reject(&h, "IOT_OTA_SetBreakpointFile", e),
@@ -1020,10 +1066,7 @@ pub extern "C" fn IOT_OTA_SetBreakpointFile(handle: *mut c_void, path: *const c_
 /// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or `percent` above 100.
 #[no_mangle]
 pub extern "C" fn IOT_OTA_SetSaveInterval(handle: *mut c_void, bytes: u32, percent: u32) -> c_int {
-    ffi_guard!("IOT_OTA_SetSaveInterval", {
-        let Some(h) = self::handle(handle, "IOT_OTA_SetSaveInterval") else {
-            return INVALID_PARAM;
-        };
+    ffi_body!(IOT_OTA_SetSaveInterval, ota(handle), INVALID_PARAM, |h| {
         match super::resume::save_policy(bytes, percent) {
             Ok(p) => {
                 h.session.set_save_policy(p);

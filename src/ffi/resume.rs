@@ -105,7 +105,9 @@ pub(crate) unsafe fn callback_store(
     if store.is_null() {
         return Err(Error::InvalidParam("store is NULL"));
     }
-    CallbackStore::new(&*store).ok_or(Error::InvalidParam("a store callback is NULL"))
+    // SAFETY: non-NULL, and per the contract readable.
+    let table = unsafe { &*store };
+    CallbackStore::new(table).ok_or(Error::InvalidParam("a store callback is NULL"))
 }
 
 /// For `IOT_OTA_SetBreakpointFile`: a file store at `path` (any bytes but NUL on Unix).
@@ -116,7 +118,8 @@ pub(crate) unsafe fn file_store(path: *const c_char) -> Result<FileStore, Error>
     if path.is_null() {
         return Err(Error::InvalidParam("path is NULL"));
     }
-    let bytes = CStr::from_ptr(path).to_bytes();
+    // SAFETY: non-NULL, and per the contract NUL-terminated.
+    let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
     if bytes.is_empty() || bytes.ends_with(b"/") {
         return Err(Error::InvalidParam("path is empty or names a directory"));
     }
@@ -156,7 +159,9 @@ mod tests {
     }
 
     unsafe extern "C" fn load(ctx: *mut c_void, buf: *mut u8, buf_len: u32) -> c_int {
-        let f = &mut *(ctx as *mut Flash);
+        // SAFETY (in the three callbacks): ctx is the test's Flash; buf holds buf_len (or len)
+        // bytes, as the store promises.
+        let f = unsafe { &mut *(ctx as *mut Flash) };
         if f.fail {
             return -5;
         }
@@ -164,22 +169,22 @@ mod tests {
             return buf_len as c_int + 1;
         }
         let n = f.len.min(buf_len as usize);
-        std::ptr::copy_nonoverlapping(f.bytes.as_ptr(), buf, n);
+        unsafe { std::ptr::copy_nonoverlapping(f.bytes.as_ptr(), buf, n) };
         n as c_int
     }
 
     unsafe extern "C" fn save(ctx: *mut c_void, buf: *const u8, len: u32) -> c_int {
-        let f = &mut *(ctx as *mut Flash);
+        let f = unsafe { &mut *(ctx as *mut Flash) };
         if f.fail {
             return -7;
         }
-        std::ptr::copy_nonoverlapping(buf, f.bytes.as_mut_ptr(), len as usize);
+        unsafe { std::ptr::copy_nonoverlapping(buf, f.bytes.as_mut_ptr(), len as usize) };
         f.len = len as usize;
         0
     }
 
     unsafe extern "C" fn erase(ctx: *mut c_void) -> c_int {
-        let f = &mut *(ctx as *mut Flash);
+        let f = unsafe { &mut *(ctx as *mut Flash) };
         f.len = 0;
         0
     }
