@@ -55,6 +55,18 @@ pub fn enabled(level: Level) -> bool {
     OPEN.load(Ordering::Relaxed) != 0 && level != Level::None && level <= self::level()
 }
 
+/// A destination tried before stderr: takes the tag, module and message, true when it took
+/// the line.
+pub type Sink = fn(&str, &str, std::fmt::Arguments<'_>) -> bool;
+
+static SINK: std::sync::OnceLock<Sink> = std::sync::OnceLock::new();
+
+/// Sends log lines to `sink` first (the C API installs the firmware's `HAL_Printf` this way the
+/// first time firmware calls in); the first sink set stays.
+pub fn set_sink(sink: Sink) {
+    let _ = SINK.set(sink);
+}
+
 /// Writes one line; called by the macros. Formatting goes straight to the unbuffered stderr
 /// handle (or a stack buffer for `HAL_Printf`), so logging does not allocate.
 pub fn write(level: Level, module: &str, args: std::fmt::Arguments<'_>) {
@@ -67,7 +79,7 @@ pub fn write(level: Level, module: &str, args: std::fmt::Arguments<'_>) {
         Level::Info => "inf",
         Level::Debug => "dbg",
     };
-    if crate::ffi::hal::log_to_firmware(tag, module, args) {
+    if SINK.get().is_some_and(|sink| sink(tag, module, args)) {
         return;
     }
     let mut err = std::io::stderr().lock();
