@@ -18,6 +18,21 @@ pub struct RetryPolicy {
     pub stall_timeout: Duration,
 }
 
+/// Most reconnections in a row a [`RetryPolicy`] may allow (a thousand backoffs of up to
+/// `max_delay` each is already most of a day of trying).
+pub const MAX_ATTEMPTS_LIMIT: u32 = 1000;
+
+impl RetryPolicy {
+    /// Whether the policy is within bounds: [`crate::error::Error::InvalidParam`] when
+    /// `max_attempts` is above [`MAX_ATTEMPTS_LIMIT`].
+    pub fn check(&self) -> crate::error::Result<()> {
+        if self.max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(crate::error::Error::InvalidParam("max_attempts above 1000"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {

@@ -289,7 +289,7 @@ fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
     // With a running version the request goes out first; -2 follows only when no fresh URL
     // came within the wait, and its desc names the expiry.
     let r = expired();
-    r.s.set_fresh_url_wait(Duration::from_millis(50));
+    r.s.set_fresh_url_wait(Duration::from_millis(50)).unwrap();
     r.s.report_version("1.0.0").unwrap();
     r.announce(&aliyun(img, "2.0.0")).unwrap();
     assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
@@ -420,7 +420,8 @@ fn every_download_failure_is_reported_with_its_cause() {
         r.s.set_retry_policy(RetryPolicy {
             max_attempts: 0,
             ..r.s.retry_policy()
-        });
+        })
+        .unwrap();
         r.script().reads.extend([None, None, Some(Err(e))]);
         r.announce(&aliyun(img, "2.0.0")).unwrap();
         let (got, err) = r.fetch_all();
@@ -737,4 +738,57 @@ fn starting_a_download_with_every_byte_kept_checks_the_image_at_once() {
         "{:?}",
         r.payloads()
     );
+}
+
+/// The bounds of the retry policy and of the fresh-URL wait are the core's, so a Rust caller
+/// meets them as the C API does: refused at construction and by the setters, which then change
+/// nothing and leave the error for `last_error`.
+#[test]
+fn retry_and_fresh_url_bounds_are_the_cores() {
+    let too_many = RetryPolicy {
+        max_attempts: ota::retry::MAX_ATTEMPTS_LIMIT + 1,
+        ..RetryPolicy::default()
+    };
+    let build = |config: OtaConfig| {
+        let (uplink, _down) = Flaky::new(Sent::default());
+        OtaSession::new(
+            "pk",
+            "dn",
+            config,
+            Box::new(uplink),
+            Box::new(MemorySource::new(image(10, 1))),
+        )
+    };
+    assert!(matches!(
+        build(OtaConfig {
+            retry: too_many,
+            ..OtaConfig::default()
+        }),
+        Err(Error::InvalidParam(_))
+    ));
+    assert!(matches!(
+        build(OtaConfig {
+            fresh_url_wait: ota::ota::MAX_FRESH_URL_WAIT + Duration::from_secs(1),
+            ..OtaConfig::default()
+        }),
+        Err(Error::InvalidParam(_))
+    ));
+    let r = rig(Protocol::Aliyun, Limits::default(), image(10, 1), 4);
+    let before = r.s.retry_policy();
+    assert!(matches!(
+        r.s.set_retry_policy(too_many),
+        Err(Error::InvalidParam(_))
+    ));
+    assert_eq!(r.s.retry_policy().max_attempts, before.max_attempts);
+    let at_limit = RetryPolicy {
+        max_attempts: ota::retry::MAX_ATTEMPTS_LIMIT,
+        ..before
+    };
+    r.s.set_retry_policy(at_limit).unwrap();
+    assert_eq!(r.s.retry_policy().max_attempts, 1000);
+    assert!(matches!(
+        r.s.set_fresh_url_wait(Duration::from_secs(3601)),
+        Err(Error::InvalidParam(_))
+    ));
+    r.s.set_fresh_url_wait(Duration::from_secs(3600)).unwrap();
 }

@@ -293,7 +293,9 @@ fn an_expired_url_asks_for_a_fresh_one_before_reporting() {
         },
         fast_retries(3),
     );
-    run.session.set_fresh_url_wait(Duration::from_millis(300));
+    run.session
+        .set_fresh_url_wait(Duration::from_millis(300))
+        .unwrap();
     run.session.report_version("1.0.0").unwrap();
     let (_, err, _) = download(&run, Duration::from_secs(2));
     assert_eq!(err, Some(Error::Fetch(FetchError::Status(403))));

@@ -253,7 +253,8 @@ fn tencent_failure_codes_follow_the_real_cause() {
         s.set_retry_policy(ota::retry::RetryPolicy {
             max_attempts: 0,
             ..Default::default()
-        });
+        })
+        .unwrap();
         let down = s.downstream_topic().to_string();
         s.handle_message(&down, tencent_notice(img, &server.url()).as_bytes())
             .unwrap();

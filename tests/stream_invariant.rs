@@ -540,7 +540,8 @@ fn fetch_failed_after_an_empty_yield_is_held_while_the_sdk_recovers() {
     d.s.set_retry_policy(ota::retry::RetryPolicy {
         stall_timeout: Duration::from_millis(1),
         ..d.s.retry_policy()
-    });
+    })
+    .unwrap();
     let out = d.sample_cycle(|_, _| {});
     assert_valid(&d, &out, &img);
 
@@ -551,7 +552,8 @@ fn fetch_failed_after_an_empty_yield_is_held_while_the_sdk_recovers() {
     d.s.set_retry_policy(ota::retry::RetryPolicy {
         stall_timeout: Duration::from_millis(30),
         ..d.s.retry_policy()
-    });
+    })
+    .unwrap();
     let out = d.sample_cycle(|_, _| {});
     assert_one_failure(&d, &out, "firmware not found (HTTP 404)");
 }

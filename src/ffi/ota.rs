@@ -963,13 +963,6 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
     stall_timeout_s: u32,
 ) -> c_int {
     ffi_body!(IOT_OTA_SetRetryPolicy, ota(handle), INVALID_PARAM, |h| {
-        if max_attempts > 1000 {
-            return reject(
-                &h,
-                "IOT_OTA_SetRetryPolicy",
-                Error::InvalidParam("max_attempts above 1000"),
-            );
-        }
         let mut policy = crate::retry::RetryPolicy {
             max_attempts,
             ..h.session.retry_policy()
@@ -977,8 +970,11 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
         if stall_timeout_s != 0 {
             policy.stall_timeout = Duration::from_secs(stall_timeout_s as u64);
         }
-        h.session.set_retry_policy(policy);
-        0
+        // The bound is the core's (RetryPolicy::check), as for Rust callers.
+        match h.session.set_retry_policy(policy) {
+            Ok(()) => 0,
+            Err(e) => reject(&h, "IOT_OTA_SetRetryPolicy", e),
+        }
     })
 }
 
@@ -990,16 +986,13 @@ pub extern "C" fn IOT_OTA_SetRetryPolicy(
 #[no_mangle]
 pub extern "C" fn IOT_OTA_SetFreshUrlWait(handle: *mut c_void, seconds: u32) -> c_int {
     ffi_body!(IOT_OTA_SetFreshUrlWait, ota(handle), INVALID_PARAM, |h| {
-        if seconds > 3600 {
-            return reject(
-                &h,
-                "IOT_OTA_SetFreshUrlWait",
-                Error::InvalidParam("seconds above 3600"),
-            );
+        match h
+            .session
+            .set_fresh_url_wait(Duration::from_secs(seconds as u64))
+        {
+            Ok(()) => 0,
+            Err(e) => reject(&h, "IOT_OTA_SetFreshUrlWait", e),
         }
-        h.session
-            .set_fresh_url_wait(Duration::from_secs(seconds as u64));
-        0
     })
 }
 

@@ -95,6 +95,17 @@ pub struct OtaConfig {
     pub fresh_url_wait: Duration,
 }
 
+/// Longest [`OtaConfig::fresh_url_wait`] accepted: an hour.
+pub const MAX_FRESH_URL_WAIT: Duration = Duration::from_secs(3600);
+
+/// Whether a fresh-URL wait is within [`MAX_FRESH_URL_WAIT`].
+fn check_fresh_url_wait(wait: Duration) -> Result<()> {
+    if wait > MAX_FRESH_URL_WAIT {
+        return Err(Error::InvalidParam("fresh URL wait above 3600 seconds"));
+    }
+    Ok(())
+}
+
 /// Default of [`OtaConfig::fresh_url_wait`]: the platform answers a request in well under a
 /// second; a minute covers a congested cellular link without leaving the firmware hanging.
 pub const FRESH_URL_WAIT: Duration = Duration::from_secs(60);
@@ -1037,6 +1048,8 @@ impl OtaSession {
     ) -> Result<OtaSession> {
         check_identity("product key", product_key)?;
         check_identity("device name", device_name)?;
+        config.retry.check()?;
+        check_fresh_url_wait(config.fresh_url_wait)?;
         let mut limits = config.limits;
         if !config.protocol.carries_ext_data() {
             limits.ext_data = 0;
@@ -1251,12 +1264,18 @@ impl OtaSession {
         self.engine().retry
     }
 
-    /// Replaces the retry policy (takes effect at the next failure).
-    pub fn set_retry_policy(&self, policy: RetryPolicy) {
+    /// Replaces the retry policy (takes effect at the next failure);
+    /// [`Error::InvalidParam`] for one out of bounds ([`RetryPolicy::check`]), which changes
+    /// nothing.
+    pub fn set_retry_policy(&self, policy: RetryPolicy) -> Result<()> {
         let mut e = self.engine();
+        if let Err(err) = policy.check() {
+            return Err(e.fail(err));
+        }
         e.retry = policy;
         // The download in progress retries by the new policy from now on, counting from zero.
         e.download.backoff = Backoff::new(policy);
+        Ok(())
     }
 
     /// Times the server ignored `Range` in this upgrade (answered with the whole file, whose
@@ -1325,9 +1344,15 @@ impl OtaSession {
         self.settle();
     }
 
-    /// Sets how long an expired URL waits for a fresh one (see [`OtaConfig::fresh_url_wait`]).
-    pub fn set_fresh_url_wait(&self, wait: Duration) {
-        self.engine().fresh_url_wait = wait;
+    /// Sets how long an expired URL waits for a fresh one (see [`OtaConfig::fresh_url_wait`]);
+    /// [`Error::InvalidParam`] above [`MAX_FRESH_URL_WAIT`], which changes nothing.
+    pub fn set_fresh_url_wait(&self, wait: Duration) -> Result<()> {
+        let mut e = self.engine();
+        if let Err(err) = check_fresh_url_wait(wait) {
+            return Err(e.fail(err));
+        }
+        e.fresh_url_wait = wait;
+        Ok(())
     }
 
     /// True the first time `what` happens in the current upgrade (for callers that log a
