@@ -287,6 +287,16 @@ fn io_error(e: &io::Error) -> MqttError {
     }
 }
 
+/// Where one step of [`MqttClient::yield_for`]'s loop leaves it.
+enum Step {
+    /// The yield is over.
+    Return,
+    /// Round the loop again from the top.
+    Again,
+    /// On to the next step of this round.
+    Proceed,
+}
+
 /// What a read from the socket brought.
 enum Fill {
     Data,
@@ -782,7 +792,9 @@ impl MqttClient {
         let mut link = match self.link.try_lock() {
             Ok(link) => link,
             Err(TryLockError::WouldBlock) => {
-                return Err(Error::InvalidState("yield called from inside a handler"))
+                return Err(Error::InvalidState(
+                    "yield called from inside a handler, or while another thread yields",
+                ))
             }
             Err(TryLockError::Poisoned(p)) => self.recover(p.into_inner()),
         };
@@ -790,98 +802,129 @@ impl MqttClient {
         let deadline = Instant::now() + timeout;
         let mut handled = 0;
         loop {
-            if !self.connected.load(Ordering::SeqCst) {
-                if self.closing.load(Ordering::SeqCst) {
-                    return Ok(());
-                }
-                // Copied out first: a guard in the `if let` scrutinee would live through it.
-                let retry_at = *lock(&self.retry_at);
-                if let Some(at) = retry_at {
-                    let now = Instant::now();
-                    if now < at {
-                        std::thread::sleep(at.min(deadline).saturating_duration_since(now));
-                        if Instant::now() < at {
-                            return Ok(());
-                        }
-                    }
-                    *lock(&self.retry_at) = None;
-                }
-                // A reconnection attempt gets the whole connect window, whatever the caller's
-                // timeout (this only happens after a drop, once per backoff period).
-                match self.dialer.dial(link) {
-                    Ok(()) => self.reconnected(),
-                    Err(e) => {
-                        link.close();
-                        self.schedule_retry();
-                        ota_log!(Level::Debug, "MQTT reconnection failed: {e}");
-                        if Instant::now() >= deadline {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                }
-            }
-            if let Err(e) = self.send_queued(link) {
-                self.lost(link, e);
-                continue;
-            }
-            if link.stream.is_none() {
-                // DISCONNECT went out.
+            let step = if self.connected.load(Ordering::SeqCst) {
+                Step::Proceed
+            } else {
+                self.redial(link, deadline)
+            };
+            let step = match step {
+                Step::Proceed => self.exchange(link, timeout, &mut handled),
+                other => other,
+            };
+            let step = match step {
+                Step::Proceed => self.wait_for_input(link, timeout, deadline),
+                other => other,
+            };
+            if let Step::Return = step {
                 return Ok(());
             }
-            match link.next_packet() {
-                Ok(Some(packet)) => {
-                    handled += 1;
-                    if let Err(e) = self.incoming(link, packet) {
-                        self.lost(link, e);
-                        continue;
-                    }
-                    if self.break_yield.swap(false, Ordering::SeqCst) {
-                        // Acknowledgements and what the handler queued go out first.
-                        if let Err(e) = self.send_queued(link) {
-                            self.lost(link, e);
-                        }
-                        return Ok(());
-                    }
-                    if timeout.is_zero() && handled >= MAX_READY_EVENTS {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.lost(link, e);
-                    continue;
+        }
+    }
+
+    /// The connection is down: waits out the backoff (within the yield's time), then dials.
+    /// A reconnection attempt gets the whole connect window, whatever the caller's timeout
+    /// (this only happens after a drop, once per backoff period).
+    fn redial(&self, link: &mut Link, deadline: Instant) -> Step {
+        if self.closing.load(Ordering::SeqCst) {
+            return Step::Return;
+        }
+        // Copied out first: a guard in the `if let` scrutinee would live through it.
+        let retry_at = *lock(&self.retry_at);
+        if let Some(at) = retry_at {
+            let now = Instant::now();
+            if now < at {
+                std::thread::sleep(at.min(deadline).saturating_duration_since(now));
+                if Instant::now() < at {
+                    return Step::Return;
                 }
             }
-            let now = Instant::now();
-            let filled = if now >= link.ping_at {
-                // What already arrived first (looking at the socket even if it was quiet a
-                // moment ago): the answer to the last PINGREQ may be in it.
-                link.quiet_until = now;
-                match link.fill(None) {
-                    Ok(Fill::Idle) => match self.ping(link) {
-                        Ok(()) => continue,
-                        Err(e) => Err(e),
-                    },
-                    r => r,
+            *lock(&self.retry_at) = None;
+        }
+        match self.dialer.dial(link) {
+            Ok(()) => {
+                self.reconnected();
+                Step::Proceed
+            }
+            Err(e) => {
+                link.close();
+                self.schedule_retry();
+                ota_log!(Level::Debug, "MQTT reconnection failed: {e}");
+                if Instant::now() >= deadline {
+                    Step::Return
+                } else {
+                    Step::Again
                 }
-            } else if now >= deadline {
-                if !timeout.is_zero() {
-                    return Ok(());
-                }
-                match link.fill(None) {
-                    Ok(Fill::Idle) => return Ok(()),
-                    r => r,
-                }
-            } else {
-                link.fill(Some(deadline.min(link.ping_at) - now))
-            };
-            match filled {
-                Ok(_) => {}
-                Err(e) => self.lost(link, e),
             }
         }
+    }
+
+    /// Sends what is queued and handles one whole packet that has arrived, if any.
+    fn exchange(&self, link: &mut Link, timeout: Duration, handled: &mut u32) -> Step {
+        if let Err(e) = self.send_queued(link) {
+            self.lost(link, e);
+            return Step::Again;
+        }
+        if link.stream.is_none() {
+            // DISCONNECT went out.
+            return Step::Return;
+        }
+        match link.next_packet() {
+            Ok(Some(packet)) => {
+                *handled += 1;
+                if let Err(e) = self.incoming(link, packet) {
+                    self.lost(link, e);
+                    return Step::Again;
+                }
+                if self.break_yield.swap(false, Ordering::SeqCst) {
+                    // Acknowledgements and what the handler queued go out first.
+                    if let Err(e) = self.send_queued(link) {
+                        self.lost(link, e);
+                    }
+                    return Step::Return;
+                }
+                if timeout.is_zero() && *handled >= MAX_READY_EVENTS {
+                    return Step::Return;
+                }
+                Step::Again
+            }
+            Ok(None) => Step::Proceed,
+            Err(e) => {
+                self.lost(link, e);
+                Step::Again
+            }
+        }
+    }
+
+    /// Nothing whole to handle: reads what arrives until the yield's deadline or the next
+    /// ping, which it sends when due.
+    fn wait_for_input(&self, link: &mut Link, timeout: Duration, deadline: Instant) -> Step {
+        let now = Instant::now();
+        let filled = if now >= link.ping_at {
+            // What already arrived first (looking at the socket even if it was quiet a
+            // moment ago): the answer to the last PINGREQ may be in it.
+            link.quiet_until = now;
+            match link.fill(None) {
+                Ok(Fill::Idle) => match self.ping(link) {
+                    Ok(()) => return Step::Again,
+                    Err(e) => Err(e),
+                },
+                r => r,
+            }
+        } else if now >= deadline {
+            if !timeout.is_zero() {
+                return Step::Return;
+            }
+            match link.fill(None) {
+                Ok(Fill::Idle) => return Step::Return,
+                r => r,
+            }
+        } else {
+            link.fill(Some(deadline.min(link.ping_at) - now))
+        };
+        if let Err(e) = filled {
+            self.lost(link, e);
+        }
+        Step::Again
     }
 
     /// Takes the link back after a panic unwound through an earlier yield (and was caught by its
