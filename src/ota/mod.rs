@@ -42,8 +42,6 @@
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
 
-#![deny(missing_docs)]
-
 mod download;
 mod fetching;
 mod outbox;
