@@ -156,22 +156,67 @@
 #define OTA_VERSION_LEN_MAX 64
 
 /*
- Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values).
+ Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values, and
+ iotkit's SUBCRIBE spelling). The values marked "never raised" keep iotkit's numbering only.
  */
 typedef enum iotx_mqtt_event_type_t {
+  /*
+   Never raised.
+   */
   IOTX_MQTT_EVENT_UNDEF = 0,
+  /*
+   The connection was lost (not after IOT_MQTT_Destroy); `msg` is NULL. Later
+   IOT_MQTT_Yield calls reconnect.
+   */
   IOTX_MQTT_EVENT_DISCONNECT = 1,
+  /*
+   The connection is back and the subscriptions are being renewed; `msg` is NULL.
+   */
   IOTX_MQTT_EVENT_RECONNECT = 2,
+  /*
+   The broker granted a subscription (SUBACK); `msg` is the SUBSCRIBE's packet id.
+   */
   IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS = 3,
+  /*
+   Never raised.
+   */
   IOTX_MQTT_EVENT_SUBCRIBE_TIMEOUT = 4,
+  /*
+   The broker refused a subscription (SUBACK failure code 0x80); `msg` is its packet id.
+   */
   IOTX_MQTT_EVENT_SUBCRIBE_NACK = 5,
+  /*
+   The broker confirmed an unsubscription (UNSUBACK); `msg` is its packet id.
+   */
   IOTX_MQTT_EVENT_UNSUBCRIBE_SUCCESS = 6,
+  /*
+   Never raised.
+   */
   IOTX_MQTT_EVENT_UNSUBCRIBE_TIMEOUT = 7,
+  /*
+   Never raised (MQTT 3.1.1 cannot refuse an unsubscription).
+   */
   IOTX_MQTT_EVENT_UNSUBCRIBE_NACK = 8,
+  /*
+   The broker acknowledged a QoS 1 publish (PUBACK); `msg` is its packet id.
+   */
   IOTX_MQTT_EVENT_PUBLISH_SUCCESS = 9,
+  /*
+   Never raised: an unacknowledged QoS 1 publish is resent after a reconnection.
+   */
   IOTX_MQTT_EVENT_PUBLISH_TIMEOUT = 10,
+  /*
+   Never raised.
+   */
   IOTX_MQTT_EVENT_PUBLISH_NACK = 11,
+  /*
+   A message arrived; `msg` is an `iotx_mqtt_topic_info_t *`, valid during the call only.
+   */
   IOTX_MQTT_EVENT_PUBLISH_RECEIVED = 12,
+  /*
+   Never raised: an incoming packet over the maximum packet size drops the connection
+   (DISCONNECT, then RECONNECT).
+   */
   IOTX_MQTT_EVENT_BUFFER_OVERFLOW = 13,
 } iotx_mqtt_event_type_t;
 
@@ -217,6 +262,9 @@ typedef enum IOT_OTA_Err_t {
  OTA states (iotkit v2.3 values), as returned by `IOT_OTAG_STATE`.
  */
 typedef enum IOT_OTA_State_t {
+  /*
+   iotkit's state before IOT_OTA_Init; never returned, as there is no handle to ask then.
+   */
   IOT_OTAS_UNINITED = 0,
   /*
    Initialised, no upgrade accepted (or the last one ended and was consumed).
@@ -236,10 +284,25 @@ typedef enum IOT_OTA_State_t {
  Aliyun regions for `IOTX_IOCTL_SET_REGION` / `IOTX_IOCTL_GET_REGION`.
  */
 typedef enum iotx_cloud_region_types_t {
+  /*
+   China East 2, `cn-shanghai` (the default).
+   */
   IOTX_CLOUD_REGION_SHANGHAI = 0,
+  /*
+   Singapore, `ap-southeast-1`.
+   */
   IOTX_CLOUD_REGION_SINGAPORE = 1,
+  /*
+   Japan (Tokyo), `ap-northeast-1`.
+   */
   IOTX_CLOUD_REGION_JAPAN = 2,
+  /*
+   US West (Silicon Valley), `us-west-1`.
+   */
   IOTX_CLOUD_REGION_USA_WEST = 3,
+  /*
+   Germany (Frankfurt), `eu-central-1`.
+   */
   IOTX_CLOUD_REGION_GERMANY = 4,
   /*
    The host is the domain set by `IOTX_IOCTL_SET_MQTT_DOMAIN`.
@@ -317,11 +380,30 @@ typedef enum iotx_ioctl_option_t {
  outside this enum is reported, not undefined behaviour.
  */
 typedef enum IOT_LogLevel {
+  /*
+   As the level set: print nothing.
+   */
   IOT_LOG_NONE = 0,
+  /*
+   An SDK bug: a panic caught at the C boundary (the call returns its failure value); the
+   SDK logs nothing else at this level.
+   */
   IOT_LOG_CRIT = 1,
+  /*
+   An operation failed.
+   */
   IOT_LOG_ERROR = 2,
+  /*
+   Something went wrong and was recovered from, e.g. a lost connection; the default level.
+   */
   IOT_LOG_WARNING = 3,
+  /*
+   Milestones: connected, upgrade accepted, download done.
+   */
   IOT_LOG_INFO = 4,
+  /*
+   Details for tracing a problem, e.g. each failed reconnection.
+   */
   IOT_LOG_DEBUG = 5,
 } IOT_LogLevel;
 
@@ -342,21 +424,43 @@ typedef struct Style Style;
  an `iotx_mqtt_topic_info_t *` (never NULL, valid during the call) for PUBLISH_RECEIVED.
  */
 typedef struct iotx_mqtt_event_msg_t {
+  /*
+   What happened.
+   */
   enum iotx_mqtt_event_type_t event_type;
+  /*
+   Depends on `event_type`: NULL, a packet id cast to a pointer, or an
+   `iotx_mqtt_topic_info_t *` (see `iotx_mqtt_event_type_t`).
+   */
   void *msg;
 } iotx_mqtt_event_msg_t;
 
+/*
+ Pointer to `iotx_mqtt_event_msg_t`, as handlers receive it (valid during the call only).
+ */
 typedef struct iotx_mqtt_event_msg_t *iotx_mqtt_event_msg_pt;
 
 /*
- Event and message callback.
+ Event and message callback: `pcontext` is the context registered with it, `pclient` the
+ MQTT handle it came from. Runs inside IOT_MQTT_Yield on the caller's thread.
  */
 typedef void (*iotx_mqtt_event_handle_func_fpt)(void *pcontext,
                                                 void *pclient,
                                                 iotx_mqtt_event_msg_pt msg);
 
+/*
+ The connection-wide handler of `iotx_mqtt_param_t`: connection events, acknowledgements,
+ and every message no subscription matches.
+ */
 typedef struct iotx_mqtt_event_handle_t {
+  /*
+   The handler, or NULL for none.
+   */
   iotx_mqtt_event_handle_func_fpt h_fp;
+  /*
+   Passed to `h_fp` as `pcontext`, never read by the SDK; must stay valid until
+   IOT_MQTT_Destroy.
+   */
   void *pcontext;
 } iotx_mqtt_event_handle_t;
 
@@ -366,19 +470,65 @@ typedef struct iotx_mqtt_event_handle_t {
  when at least 1024, is the largest packet sent or received (otherwise 64 KiB).
  */
 typedef struct iotx_mqtt_param_t {
+  /*
+   The broker's TCP port, not 0.
+   */
   uint16_t port;
+  /*
+   The broker's host name or IP address: NUL-terminated UTF-8, not NULL or empty.
+   */
   const char *host;
+  /*
+   The MQTT client id: NUL-terminated UTF-8, not NULL.
+   */
   const char *client_id;
+  /*
+   The MQTT user name, or NULL to connect without credentials.
+   */
   const char *username;
+  /*
+   The MQTT password (NULL: empty); ignored when `username` is NULL.
+   */
   const char *password;
+  /*
+   CA certificate(s) in PEM to verify the broker over TLS, or NULL for plain TCP (a library
+   built without TLS refuses non-NULL).
+   */
   const char *pub_key;
+  /*
+   MQTT's clean-session flag: 0 asks the broker to keep the subscriptions and queued QoS
+   1/2 messages across connections; any other value starts afresh.
+   */
   uint8_t clean_session;
+  /*
+   Connect and request timeout in milliseconds; 0 means the default, 5000.
+   */
   uint32_t request_timeout_ms;
+  /*
+   Keep-alive interval in milliseconds, sent to the broker in whole seconds (at least 1);
+   0 means the default, 60000.
+   */
   uint32_t keepalive_interval_ms;
+  /*
+   Not used (iotkit v2.0x's send buffer); may be NULL.
+   */
   char *pwrite_buf;
+  /*
+   Not used (the size of `pwrite_buf`).
+   */
   uint32_t write_buf_size;
+  /*
+   Not used (iotkit v2.0x's receive buffer); may be NULL.
+   */
   char *pread_buf;
+  /*
+   Largest MQTT packet sent or received, in bytes, when at least 1024; smaller values mean
+   the default, 64 KiB.
+   */
   uint32_t read_buf_size;
+  /*
+   Connection events and unmatched messages; `h_fp` NULL for none.
+   */
   struct iotx_mqtt_event_handle_t handle_event;
 } iotx_mqtt_param_t;
 
@@ -393,16 +543,48 @@ typedef int iotx_mqtt_qos_t;
  to IOT_MQTT_Publish. `ptopic` is not NUL-terminated: use `topic_len`.
  */
 typedef struct iotx_mqtt_topic_info_t {
+  /*
+   Received: the PUBLISH's packet id (0 for QoS 0). Ignored by IOT_MQTT_Publish, which
+   assigns its own.
+   */
   uint16_t packet_id;
+  /*
+   The message's QoS, an `iotx_mqtt_qos_t` value (0..=2); IOT_MQTT_Publish refuses others.
+   */
   uint8_t qos;
+  /*
+   Received: 1 when the broker is resending the message. Ignored by IOT_MQTT_Publish.
+   */
   uint8_t dup;
+  /*
+   1 when the message is (received) or is to be (published) retained by the broker, else 0.
+   */
   uint8_t retain;
+  /*
+   Received: length of `ptopic` in bytes. Ignored by IOT_MQTT_Publish, whose topic is
+   `topic_name`.
+   */
   uint16_t topic_len;
+  /*
+   Length of `payload` in bytes (0 for an empty message).
+   */
   uint32_t payload_len;
+  /*
+   Received: the topic, `topic_len` bytes, not NUL-terminated, valid during the handler
+   call only. Ignored by IOT_MQTT_Publish.
+   */
   const char *ptopic;
+  /*
+   The message body, `payload_len` bytes, not NUL-terminated. Received: valid during the
+   handler call only. Published: copied by IOT_MQTT_Publish; may be NULL when
+   `payload_len` is 0.
+   */
   const char *payload;
 } iotx_mqtt_topic_info_t;
 
+/*
+ Pointer to `iotx_mqtt_topic_info_t`, as iotkit declares it.
+ */
 typedef struct iotx_mqtt_topic_info_t *iotx_mqtt_topic_info_pt;
 
 /*
@@ -449,9 +631,24 @@ typedef int (*ota_bp_erase_fn)(void *ctx);
  handle, and must not call back into the SDK.
  */
 typedef struct ota_breakpoint_store_t {
+  /*
+   Reads the record back: when an upgrade is accepted, and at the first
+   IOT_OTA_ReportVersion (to complete an upgrade after the reboot). Not NULL.
+   */
   ota_bp_load_fn load;
+  /*
+   Writes the record: when a download starts, during it at the save interval, and when the
+   image verified (the version to boot). Not NULL.
+   */
   ota_bp_save_fn save;
+  /*
+   Removes the record: when it names another upgrade, or the upgrade succeeded, failed or
+   was superseded. Not NULL.
+   */
   ota_bp_erase_fn erase;
+  /*
+   Passed as the first argument of every callback, never read by the SDK; may be NULL.
+   */
   void *ctx;
 } ota_breakpoint_store_t;
 
@@ -460,6 +657,10 @@ typedef struct ota_breakpoint_store_t {
  NUL-terminated.
  */
 typedef struct iotx_conn_info_t {
+  /*
+   The broker's TCP port: 1883, 443 with `IOTX_IOCTL_SET_MQTT_TLS`, or the
+   `IOTX_IOCTL_SET_MQTT_PORT` / `IOTX_MQTT_PORT` one.
+   */
   uint16_t port;
   /*
    `HOST_ADDRESS_LEN + 1` bytes.
@@ -488,16 +689,29 @@ typedef struct iotx_conn_info_t {
  */
 typedef struct iotx_conn_info_t *iotx_conn_info_pt;
 
+/*
+ Pointer to `iotx_mqtt_param_t`, as iotkit declares it.
+ */
 typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
 
 
 
 
 
+/*
+ At most once: sent once, never acknowledged (no PUBLISH_SUCCESS event).
+ */
 #define IOTX_MQTT_QOS0 0
 
+/*
+ At least once: kept (and resent after a reconnection) until the broker's PUBACK, which
+ raises PUBLISH_SUCCESS.
+ */
 #define IOTX_MQTT_QOS1 1
 
+/*
+ Exactly once: the four-packet handshake; no PUBLISH_SUCCESS event is raised for it.
+ */
 #define IOTX_MQTT_QOS2 2
 
 /*
@@ -520,8 +734,14 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
  */
 #define IOT_OTAP_GENERAL_FAILED -1
 
+/*
+ Lowest download percentage (not sent to Aliyun or SagooIOT, whose steps start at 1).
+ */
 #define IOT_OTAP_FETCH_PERCENTAGE_MIN 0
 
+/*
+ Highest download percentage: the whole image.
+ */
 #define IOT_OTAP_FETCH_PERCENTAGE_MAX 100
 
 /*
@@ -529,14 +749,29 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
  */
 #define IOT_OTAG_COTA_CONFIG_ID 0
 
+/*
+ COTA: not supported, IOT_OTAE_INVALID_PARAM.
+ */
 #define IOT_OTAG_COTA_CONFIG_SIZE 1
 
+/*
+ COTA: not supported, IOT_OTAE_INVALID_PARAM.
+ */
 #define IOT_OTAG_COTA_SIGN 2
 
+/*
+ COTA: not supported, IOT_OTAE_INVALID_PARAM.
+ */
 #define IOT_OTAG_COTA_SIGN_METHOD 3
 
+/*
+ COTA: not supported, IOT_OTAE_INVALID_PARAM.
+ */
 #define IOT_OTAG_COTA_URL 4
 
+/*
+ COTA: not supported, IOT_OTAE_INVALID_PARAM.
+ */
 #define IOT_OTAG_COTA_GETTYPE 5
 
 /*
@@ -607,12 +842,24 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
  */
 #define IOT_OTAG_STATE 18
 
+/*
+ Aliyun IoT (iotkit v2.3): `/ota/device/{inform,upgrade,progress,request}/{pk}/{dn}`.
+ */
 #define IOT_OTA_PROTOCOL_ALIYUN 0
 
+/*
+ SagooIOT: Aliyun's topics, with string ids, a choice of digest and `extData`.
+ */
 #define IOT_OTA_PROTOCOL_SAGOO 1
 
+/*
+ Tencent Cloud IoT: `$ota/update/{pk}/{dn}` down, `$ota/report/{pk}/{dn}` up.
+ */
 #define IOT_OTA_PROTOCOL_TENCENT 2
 
+/*
+ UCloud IoT: `/$system/{pk}/{dn}/ota/{downstream,upstream}`, with task ids.
+ */
 #define IOT_OTA_PROTOCOL_UCLOUD 3
 
 #ifdef __cplusplus

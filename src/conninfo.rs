@@ -4,8 +4,6 @@
 //!
 //! Pure Rust: nothing here knows about C. `ffi/conninfo.rs` and `ffi/hal.rs` translate.
 
-#![deny(missing_docs)]
-
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -1,7 +1,5 @@
 //! Streaming firmware digests (MD5 or SHA-256) and their hex forms.
 
-#![deny(missing_docs)]
-
 use md5::digest::common::hazmat::{SerializableState, SerializedState};
 use md5::digest::typenum::Unsigned;
 use md5::Digest as _;

@@ -2,8 +2,6 @@
 //!
 //! Every variant carries only static text and numbers, so building an error never allocates.
 
-#![deny(missing_docs)]
-
 pub use crate::fetch::FetchError;
 pub use crate::protocol::NoticeError;
 

@@ -23,8 +23,6 @@
 //! an IP address in the URL is never looked up, a name is looked up by the resolver once per
 //! connection.
 
-#![deny(missing_docs)]
-
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

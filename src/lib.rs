@@ -10,6 +10,9 @@
 //! Everything an [`OtaSession`] needs is allocated when it is created; afterwards it only writes
 //! into those buffers and the caller's (see `tests/alloc.rs`).
 
+// One home for the rule, src/ffi included: cbindgen copies those docs into include/ota.h.
+#![deny(missing_docs)]
+
 pub mod conninfo;
 pub mod digest;
 pub mod error;

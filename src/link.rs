@@ -6,8 +6,6 @@
 //! [`OtaSession::attach`] subscribes a session's upgrade topic on an [`MqttClient`] and hooks the
 //! reconnections (the way AWS's OTA library takes its MQTT interface, rather than owning a client).
 
-#![deny(missing_docs)]
-
 use crate::error::{Error, Result};
 use crate::fetch::HttpSource;
 use crate::mqtt::{MqttClient, MqttUplink, QoS};

@@ -3,8 +3,6 @@
 //!
 //! Levels follow iotkit's `IOT_LogLevel` numbering so `IOT_SetLogLevel` maps one to one.
 
-#![deny(missing_docs)]
-
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Log levels, iotkit numbering (`IOT_LOG_NONE` = 0 … `IOT_LOG_DEBUG` = 5).

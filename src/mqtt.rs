@@ -13,8 +13,6 @@
 //! calling it (as iotkit firmware does from its callbacks): requests wait in a bounded queue
 //! until the yield sends them.
 
-#![deny(missing_docs)]
-
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};

@@ -13,8 +13,6 @@
 //! in the URL is never looked up. An RTOS port provides its own [`Net::resolve`] (lwIP's
 //! `netconn_gethostbyname` with its DNS timeout, say).
 
-#![deny(missing_docs)]
-
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;

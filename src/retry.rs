@@ -1,7 +1,5 @@
 //! Exponential backoff with jitter for download retries; no allocation, no global state.
 
-#![deny(missing_docs)]
-
 use std::time::Duration;
 
 /// How often and how patiently a broken download is retried.

@@ -5,8 +5,6 @@
 //! fail with [`FetchError::Tls`](crate::fetch::FetchError::Tls), a CA is refused with
 //! [`CaPemError::NoTls`], and MQTT over TLS cannot be configured.
 
-#![deny(missing_docs)]
-
 /// Why a CA PEM was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CaPemError {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (see README): installs what is missing, then runs every check CI
-# runs: format, lints, the committed C header, the Rust tests (embedded broker), and the C
+# runs: format, lints, rustdoc, the committed C header, the Rust tests (embedded broker), and the C
 # examples under ctest against Mosquitto. Set OTA_REQUIRE_MOSQUITTO=required to make Mosquitto
 # tests fail instead of skip when the broker cannot be installed (CI does).
 set -euo pipefail
@@ -45,6 +45,8 @@ else
 fi
 step "cargo clippy, library without TLS (the \`tls\` feature off)"
 cargo clippy -p ota --lib --no-default-features -- -D warnings
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc -p ota --no-deps
 step "cargo test"
 cargo test --workspace
 # The ChaCha20-Poly1305 suites exist only with this feature: the record layer meets them here.

@@ -49,6 +49,8 @@ const _: () = {
 // `EMPTY_CONN_INFO` below fails to compile if they drift from the constants.
 #[repr(C)]
 pub struct iotx_conn_info_t {
+    /// The broker's TCP port: 1883, 443 with `IOTX_IOCTL_SET_MQTT_TLS`, or the
+    /// `IOTX_IOCTL_SET_MQTT_PORT` / `IOTX_MQTT_PORT` one.
     pub port: u16,
     /// `HOST_ADDRESS_LEN + 1` bytes.
     pub host_name: [c_char; 129],
@@ -69,10 +71,15 @@ pub type iotx_conn_info_pt = *mut iotx_conn_info_t;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum iotx_cloud_region_types_t {
+    /// China East 2, `cn-shanghai` (the default).
     IOTX_CLOUD_REGION_SHANGHAI = 0,
+    /// Singapore, `ap-southeast-1`.
     IOTX_CLOUD_REGION_SINGAPORE = 1,
+    /// Japan (Tokyo), `ap-northeast-1`.
     IOTX_CLOUD_REGION_JAPAN = 2,
+    /// US West (Silicon Valley), `us-west-1`.
     IOTX_CLOUD_REGION_USA_WEST = 3,
+    /// Germany (Frankfurt), `eu-central-1`.
     IOTX_CLOUD_REGION_GERMANY = 4,
     /// The host is the domain set by `IOTX_IOCTL_SET_MQTT_DOMAIN`.
     IOTX_CLOUD_REGION_CUSTOM = 5,

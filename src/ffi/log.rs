@@ -12,11 +12,18 @@ use crate::ota_log;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IOT_LogLevel {
+    /// As the level set: print nothing.
     IOT_LOG_NONE = 0,
+    /// An SDK bug: a panic caught at the C boundary (the call returns its failure value); the
+    /// SDK logs nothing else at this level.
     IOT_LOG_CRIT = 1,
+    /// An operation failed.
     IOT_LOG_ERROR = 2,
+    /// Something went wrong and was recovered from, e.g. a lost connection; the default level.
     IOT_LOG_WARNING = 3,
+    /// Milestones: connected, upgrade accepted, download done.
     IOT_LOG_INFO = 4,
+    /// Details for tracing a problem, e.g. each failed reconnection.
     IOT_LOG_DEBUG = 5,
 }
 

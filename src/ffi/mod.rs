@@ -1,7 +1,7 @@
 //! `extern "C"` shims only: check pointers and lengths, convert, call the Rust API, map the
-//! result to a C code. Every body opens with [`ffi_body!`], which runs it inside the panic guard
-//! (a panic becomes an error value, never an unwind across the C boundary) and looks up its
-//! handle argument.
+//! result to a C code. Every body opens with `ffi_body!` (`src/ffi/guard.rs`), which runs it
+//! inside the panic guard (a panic becomes an error value, never an unwind across the C
+//! boundary) and looks up its handle argument.
 //!
 //! These functions are part of the Rust API too (tests and `fuzz/` call them as C does). One rule
 //! decides which are `unsafe`: a function is `unsafe extern "C" fn`, with a `# Safety` section

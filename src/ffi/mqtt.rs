@@ -21,28 +21,49 @@ pub const NULL_VALUE_ERROR: c_int = -2;
 /// is an argument error), with the iotkit v2.3 names as constants.
 #[allow(non_camel_case_types)]
 pub type iotx_mqtt_qos_t = c_int;
+/// At most once: sent once, never acknowledged (no PUBLISH_SUCCESS event).
 pub const IOTX_MQTT_QOS0: iotx_mqtt_qos_t = 0;
+/// At least once: kept (and resent after a reconnection) until the broker's PUBACK, which
+/// raises PUBLISH_SUCCESS.
 pub const IOTX_MQTT_QOS1: iotx_mqtt_qos_t = 1;
+/// Exactly once: the four-packet handshake; no PUBLISH_SUCCESS event is raised for it.
 pub const IOTX_MQTT_QOS2: iotx_mqtt_qos_t = 2;
 
-/// Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values).
+/// Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values, and
+/// iotkit's SUBCRIBE spelling). The values marked "never raised" keep iotkit's numbering only.
 #[repr(C)]
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy)]
 pub enum iotx_mqtt_event_type_t {
+    /// Never raised.
     IOTX_MQTT_EVENT_UNDEF = 0,
+    /// The connection was lost (not after IOT_MQTT_Destroy); `msg` is NULL. Later
+    /// IOT_MQTT_Yield calls reconnect.
     IOTX_MQTT_EVENT_DISCONNECT = 1,
+    /// The connection is back and the subscriptions are being renewed; `msg` is NULL.
     IOTX_MQTT_EVENT_RECONNECT = 2,
+    /// The broker granted a subscription (SUBACK); `msg` is the SUBSCRIBE's packet id.
     IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS = 3,
+    /// Never raised.
     IOTX_MQTT_EVENT_SUBCRIBE_TIMEOUT = 4,
+    /// The broker refused a subscription (SUBACK failure code 0x80); `msg` is its packet id.
     IOTX_MQTT_EVENT_SUBCRIBE_NACK = 5,
+    /// The broker confirmed an unsubscription (UNSUBACK); `msg` is its packet id.
     IOTX_MQTT_EVENT_UNSUBCRIBE_SUCCESS = 6,
+    /// Never raised.
     IOTX_MQTT_EVENT_UNSUBCRIBE_TIMEOUT = 7,
+    /// Never raised (MQTT 3.1.1 cannot refuse an unsubscription).
     IOTX_MQTT_EVENT_UNSUBCRIBE_NACK = 8,
+    /// The broker acknowledged a QoS 1 publish (PUBACK); `msg` is its packet id.
     IOTX_MQTT_EVENT_PUBLISH_SUCCESS = 9,
+    /// Never raised: an unacknowledged QoS 1 publish is resent after a reconnection.
     IOTX_MQTT_EVENT_PUBLISH_TIMEOUT = 10,
+    /// Never raised.
     IOTX_MQTT_EVENT_PUBLISH_NACK = 11,
+    /// A message arrived; `msg` is an `iotx_mqtt_topic_info_t *`, valid during the call only.
     IOTX_MQTT_EVENT_PUBLISH_RECEIVED = 12,
+    /// Never raised: an incoming packet over the maximum packet size drops the connection
+    /// (DISCONNECT, then RECONNECT).
     IOTX_MQTT_EVENT_BUFFER_OVERFLOW = 13,
 }
 
@@ -51,16 +72,30 @@ pub enum iotx_mqtt_event_type_t {
 #[repr(C)]
 #[allow(non_camel_case_types)]
 pub struct iotx_mqtt_topic_info_t {
+    /// Received: the PUBLISH's packet id (0 for QoS 0). Ignored by IOT_MQTT_Publish, which
+    /// assigns its own.
     pub packet_id: u16,
+    /// The message's QoS, an `iotx_mqtt_qos_t` value (0..=2); IOT_MQTT_Publish refuses others.
     pub qos: u8,
+    /// Received: 1 when the broker is resending the message. Ignored by IOT_MQTT_Publish.
     pub dup: u8,
+    /// 1 when the message is (received) or is to be (published) retained by the broker, else 0.
     pub retain: u8,
+    /// Received: length of `ptopic` in bytes. Ignored by IOT_MQTT_Publish, whose topic is
+    /// `topic_name`.
     pub topic_len: u16,
+    /// Length of `payload` in bytes (0 for an empty message).
     pub payload_len: u32,
+    /// Received: the topic, `topic_len` bytes, not NUL-terminated, valid during the handler
+    /// call only. Ignored by IOT_MQTT_Publish.
     pub ptopic: *const c_char,
+    /// The message body, `payload_len` bytes, not NUL-terminated. Received: valid during the
+    /// handler call only. Published: copied by IOT_MQTT_Publish; may be NULL when
+    /// `payload_len` is 0.
     pub payload: *const c_char,
 }
 
+/// Pointer to `iotx_mqtt_topic_info_t`, as iotkit declares it.
 #[allow(non_camel_case_types)]
 pub type iotx_mqtt_topic_info_pt = *mut iotx_mqtt_topic_info_t;
 
@@ -69,23 +104,33 @@ pub type iotx_mqtt_topic_info_pt = *mut iotx_mqtt_topic_info_t;
 #[repr(C)]
 #[allow(non_camel_case_types)]
 pub struct iotx_mqtt_event_msg_t {
+    /// What happened.
     pub event_type: iotx_mqtt_event_type_t,
+    /// Depends on `event_type`: NULL, a packet id cast to a pointer, or an
+    /// `iotx_mqtt_topic_info_t *` (see `iotx_mqtt_event_type_t`).
     pub msg: *mut c_void,
 }
 
+/// Pointer to `iotx_mqtt_event_msg_t`, as handlers receive it (valid during the call only).
 #[allow(non_camel_case_types)]
 pub type iotx_mqtt_event_msg_pt = *mut iotx_mqtt_event_msg_t;
 
-/// Event and message callback.
+/// Event and message callback: `pcontext` is the context registered with it, `pclient` the
+/// MQTT handle it came from. Runs inside IOT_MQTT_Yield on the caller's thread.
 #[allow(non_camel_case_types)]
 pub type iotx_mqtt_event_handle_func_fpt = Option<
     unsafe extern "C" fn(pcontext: *mut c_void, pclient: *mut c_void, msg: iotx_mqtt_event_msg_pt),
 >;
 
+/// The connection-wide handler of `iotx_mqtt_param_t`: connection events, acknowledgements,
+/// and every message no subscription matches.
 #[repr(C)]
 #[allow(non_camel_case_types)]
 pub struct iotx_mqtt_event_handle_t {
+    /// The handler, or NULL for none.
     pub h_fp: iotx_mqtt_event_handle_func_fpt,
+    /// Passed to `h_fp` as `pcontext`, never read by the SDK; must stay valid until
+    /// IOT_MQTT_Destroy.
     pub pcontext: *mut c_void,
 }
 
@@ -95,22 +140,41 @@ pub struct iotx_mqtt_event_handle_t {
 #[repr(C)]
 #[allow(non_camel_case_types)]
 pub struct iotx_mqtt_param_t {
+    /// The broker's TCP port, not 0.
     pub port: u16,
+    /// The broker's host name or IP address: NUL-terminated UTF-8, not NULL or empty.
     pub host: *const c_char,
+    /// The MQTT client id: NUL-terminated UTF-8, not NULL.
     pub client_id: *const c_char,
+    /// The MQTT user name, or NULL to connect without credentials.
     pub username: *const c_char,
+    /// The MQTT password (NULL: empty); ignored when `username` is NULL.
     pub password: *const c_char,
+    /// CA certificate(s) in PEM to verify the broker over TLS, or NULL for plain TCP (a library
+    /// built without TLS refuses non-NULL).
     pub pub_key: *const c_char,
+    /// MQTT's clean-session flag: 0 asks the broker to keep the subscriptions and queued QoS
+    /// 1/2 messages across connections; any other value starts afresh.
     pub clean_session: u8,
+    /// Connect and request timeout in milliseconds; 0 means the default, 5000.
     pub request_timeout_ms: u32,
+    /// Keep-alive interval in milliseconds, sent to the broker in whole seconds (at least 1);
+    /// 0 means the default, 60000.
     pub keepalive_interval_ms: u32,
+    /// Not used (iotkit v2.0x's send buffer); may be NULL.
     pub pwrite_buf: *mut c_char,
+    /// Not used (the size of `pwrite_buf`).
     pub write_buf_size: u32,
+    /// Not used (iotkit v2.0x's receive buffer); may be NULL.
     pub pread_buf: *mut c_char,
+    /// Largest MQTT packet sent or received, in bytes, when at least 1024; smaller values mean
+    /// the default, 64 KiB.
     pub read_buf_size: u32,
+    /// Connection events and unmatched messages; `h_fp` NULL for none.
     pub handle_event: iotx_mqtt_event_handle_t,
 }
 
+/// Pointer to `iotx_mqtt_param_t`, as iotkit declares it.
 #[allow(non_camel_case_types)]
 pub type iotx_mqtt_param_pt = *mut iotx_mqtt_param_t;
 
@@ -155,6 +219,7 @@ impl MqttHandle {
         h
     }
 
+    /// The Rust client behind the handle.
     pub fn client(&self) -> &MqttClient {
         &self.client
     }

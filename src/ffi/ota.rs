@@ -39,6 +39,7 @@ pub enum IOT_OTA_Err_t {
 #[repr(C)]
 #[allow(non_camel_case_types)]
 pub enum IOT_OTA_State_t {
+    /// iotkit's state before IOT_OTA_Init; never returned, as there is no handle to ask then.
     IOT_OTAS_UNINITED = 0,
     /// Initialised, no upgrade accepted (or the last one ended and was consumed).
     IOT_OTAS_INITED = 1,
@@ -60,7 +61,9 @@ pub const IOT_OTAP_CHECK_FALIED: IOT_OTA_Progress_t = -3;
 pub const IOT_OTAP_FETCH_FAILED: IOT_OTA_Progress_t = -2;
 /// The upgrade failed for another reason.
 pub const IOT_OTAP_GENERAL_FAILED: IOT_OTA_Progress_t = -1;
+/// Lowest download percentage (not sent to Aliyun or SagooIOT, whose steps start at 1).
 pub const IOT_OTAP_FETCH_PERCENTAGE_MIN: IOT_OTA_Progress_t = 0;
+/// Highest download percentage: the whole image.
 pub const IOT_OTAP_FETCH_PERCENTAGE_MAX: IOT_OTA_Progress_t = 100;
 
 /// IOT_OTA_Ioctl query types. An `int` so that an unknown value is an error, not undefined
@@ -70,10 +73,15 @@ pub const IOT_OTAP_FETCH_PERCENTAGE_MAX: IOT_OTA_Progress_t = 100;
 pub type IOT_OTA_CmdType_t = c_int;
 /// COTA (remote configuration) queries: not supported, IOT_OTAE_INVALID_PARAM.
 pub const IOT_OTAG_COTA_CONFIG_ID: IOT_OTA_CmdType_t = 0;
+/// COTA: not supported, IOT_OTAE_INVALID_PARAM.
 pub const IOT_OTAG_COTA_CONFIG_SIZE: IOT_OTA_CmdType_t = 1;
+/// COTA: not supported, IOT_OTAE_INVALID_PARAM.
 pub const IOT_OTAG_COTA_SIGN: IOT_OTA_CmdType_t = 2;
+/// COTA: not supported, IOT_OTAE_INVALID_PARAM.
 pub const IOT_OTAG_COTA_SIGN_METHOD: IOT_OTA_CmdType_t = 3;
+/// COTA: not supported, IOT_OTAE_INVALID_PARAM.
 pub const IOT_OTAG_COTA_URL: IOT_OTA_CmdType_t = 4;
+/// COTA: not supported, IOT_OTAE_INVALID_PARAM.
 pub const IOT_OTAG_COTA_GETTYPE: IOT_OTA_CmdType_t = 5;
 /// uint32_t, buf_len 4: bytes fetched so far.
 pub const IOT_OTAG_FETCHED_SIZE: IOT_OTA_CmdType_t = 6;
@@ -112,12 +120,17 @@ pub const OTA_VERSION_LEN_MAX: usize = 64;
 /// so that an unknown value is refused (NULL), not undefined behaviour.
 #[allow(non_camel_case_types)]
 pub type IOT_OTA_Protocol_t = c_int;
+/// Aliyun IoT (iotkit v2.3): `/ota/device/{inform,upgrade,progress,request}/{pk}/{dn}`.
 pub const IOT_OTA_PROTOCOL_ALIYUN: IOT_OTA_Protocol_t = 0;
+/// SagooIOT: Aliyun's topics, with string ids, a choice of digest and `extData`.
 pub const IOT_OTA_PROTOCOL_SAGOO: IOT_OTA_Protocol_t = 1;
+/// Tencent Cloud IoT: `$ota/update/{pk}/{dn}` down, `$ota/report/{pk}/{dn}` up.
 pub const IOT_OTA_PROTOCOL_TENCENT: IOT_OTA_Protocol_t = 2;
+/// UCloud IoT: `/$system/{pk}/{dn}/ota/{downstream,upstream}`, with task ids.
 pub const IOT_OTA_PROTOCOL_UCLOUD: IOT_OTA_Protocol_t = 3;
 
-/// What `IOT_OTA_Init` returns (as `void *`): the address of this, a key into [`HANDLES`].
+/// What `IOT_OTA_Init` returns (as `void *`): the address of this, a key into the table of live
+/// handles (never dereferenced from C's value).
 pub struct OtaHandle {
     session: OtaSession,
     /// The `MqttHandle` the session is attached to (0: none, e.g. [`super::fuzzing`]).

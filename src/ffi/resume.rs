@@ -33,9 +33,16 @@ pub type ota_bp_erase_fn = Option<unsafe extern "C" fn(ctx: *mut c_void) -> c_in
 #[derive(Clone, Copy)]
 #[allow(non_camel_case_types)]
 pub struct ota_breakpoint_store_t {
+    /// Reads the record back: when an upgrade is accepted, and at the first
+    /// IOT_OTA_ReportVersion (to complete an upgrade after the reboot). Not NULL.
     pub load: ota_bp_load_fn,
+    /// Writes the record: when a download starts, during it at the save interval, and when the
+    /// image verified (the version to boot). Not NULL.
     pub save: ota_bp_save_fn,
+    /// Removes the record: when it names another upgrade, or the upgrade succeeded, failed or
+    /// was superseded. Not NULL.
     pub erase: ota_bp_erase_fn,
+    /// Passed as the first argument of every callback, never read by the SDK; may be NULL.
     pub ctx: *mut c_void,
 }
 

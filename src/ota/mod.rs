@@ -42,8 +42,6 @@
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
 
-#![deny(missing_docs)]
-
 mod download;
 mod fetching;
 mod outbox;
@@ -980,7 +978,8 @@ impl Engine {
 /// One device's OTA session for one protocol.
 ///
 /// Cheap to share: the MQTT subscription holds a weak reference, so messages that arrive during
-/// [`MqttClient::yield_for`] reach the session on the caller's thread.
+/// [`MqttClient::yield_for`](crate::MqttClient::yield_for) reach the session on the caller's
+/// thread.
 pub struct OtaSession {
     engine: Arc<Mutex<Engine>>,
     /// The firmware source, locked by `fetch_yield` across its waits (never by MQTT).
