@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
-use crate::cloud::{Announcement, Cloud, Firmware};
+use crate::cloud::{Announcement, Cloud};
 use crate::http::FirmwareServer;
+use crate::platform::Firmware;
 use crate::{generate_firmware_seeded, NEXT_FIRMWARE_SEED};
 
 /// The file name the superseding image is served under, next to [`crate::http::FILE_NAME`].
