@@ -777,7 +777,7 @@ impl Cloud {
         &self.options
     }
 
-    /// Suppresses the `cloud: ...` narration on stdout (failures are still returned).
+    /// Suppresses the `cloud: ...` narration ([`crate::console`]; failures are still returned).
     pub fn set_quiet(&mut self, quiet: bool) -> &mut Self {
         self.quiet = quiet;
         self
@@ -1568,7 +1568,7 @@ impl Cloud {
 
     fn say(&self, line: String) {
         if !self.quiet {
-            println!("cloud: {line}");
+            crate::console::say(&format!("cloud: {line}"));
         }
     }
 

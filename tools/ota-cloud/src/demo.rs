@@ -20,8 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::{
-    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Faults, Firmware, FirmwareServer,
-    Milestones, Protocol, Success, Summary, DEFAULT_GRACE,
+    console, generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Faults, Firmware,
+    FirmwareServer, Milestones, Protocol, SentMeter, Success, Summary, DEFAULT_GRACE,
 };
 
 pub const PRODUCT_KEY: &str = "a1DemoProduct";
@@ -124,8 +124,18 @@ impl DemoReport {
     }
 }
 
-/// Runs the demo, narrating on stdout. `Err` means it could not be set up at all.
+/// Runs the demo, narrating on stdout ([`console`]). `Err` means it could not be set up at
+/// all.
 pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
+    run_observed(opts, |_| {})
+}
+
+/// [`run`], handing `observe` a meter of the firmware server's bytes sent once the device
+/// starts (e.g. for a progress bar).
+pub fn run_observed(
+    opts: &DemoOptions,
+    observe: impl FnOnce(SentMeter),
+) -> Result<DemoReport, String> {
     let root = workspace_root()?;
     let work = std::env::temp_dir().join(format!("ota-cloud-demo-{}", std::process::id()));
     fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
@@ -136,17 +146,17 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     let mut device = build_device(opts.device, &root, &work)?;
 
     let broker = EmbeddedBroker::start().map_err(|e| format!("cannot start the broker: {e}"))?;
-    println!("demo: MQTT broker on 127.0.0.1:{}", broker.port());
+    console::say(&format!("demo: MQTT broker on 127.0.0.1:{}", broker.port()));
     let image = generate_firmware(opts.size);
     let server = FirmwareServer::start_with(image, opts.faults.clone())
         .map_err(|e| format!("cannot start HTTP server: {e}"))?;
     let firmware = Firmware::new(NEW_VERSION, server.url(), &server.image()[..]);
-    println!(
+    console::say(&format!(
         "demo: firmware {} bytes, version {NEW_VERSION}, md5 {}, at {}",
         firmware.size, firmware.md5, firmware.url
-    );
+    ));
     for fault in server.fault_descriptions() {
-        println!("demo: fault: {fault}");
+        console::say(&format!("demo: fault: {fault}"));
     }
 
     let mut cloud = Cloud::connect(
@@ -167,18 +177,20 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     }
     let next = opts.milestones.install(&cloud, &server, &firmware)?;
     if let Some(next) = &next {
-        println!(
+        console::say(&format!(
             "demo: a different upgrade to {} (md5 {}, at {}) supersedes it once {} % is sent",
             next.firmware.version,
             next.firmware.md5,
             next.firmware.url,
             opts.milestones.supersede.as_ref().map_or(0, |s| s.percent)
-        );
+        ));
     }
     if let Some(p) = opts.milestones.renotify_at {
-        println!("demo: the upgrade is announced again once {p} % is sent");
+        console::say(&format!(
+            "demo: the upgrade is announced again once {p} % is sent"
+        ));
     }
-    println!("demo: the cloud plays {}", opts.protocol);
+    console::say(&format!("demo: the cloud plays {}", opts.protocol));
 
     device
         .env("IOTX_MQTT_HOST", "127.0.0.1")
@@ -193,7 +205,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    println!("demo: starting the device: {device:?}");
+    console::say(&format!("demo: starting the device: {device:?}"));
     let mut child = device
         .spawn()
         .map_err(|e| format!("cannot start the device: {e}"))?;
@@ -205,6 +217,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     let exited = Arc::new(AtomicBool::new(false));
     let watcher = watch(Arc::clone(&child), Arc::clone(&exited));
 
+    observe(server.sent_meter());
     let summary = cloud.run_until(&firmware, opts.timeout, &exited);
 
     // The device should exit by itself shortly after reporting the new version.
@@ -213,7 +226,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
         thread::sleep(Duration::from_millis(50));
     }
     if !exited.load(Ordering::SeqCst) {
-        println!("demo: the device did not exit; killing it");
+        console::say("demo: the device did not exit; killing it");
         let _ = child.lock().unwrap().kill();
     }
     let device_status = watcher.join().unwrap_or(None);
@@ -241,7 +254,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     if report.success() {
         let _ = fs::remove_dir_all(&work);
     } else {
-        println!("demo: files kept in {}", work.display());
+        console::say(&format!("demo: files kept in {}", work.display()));
     }
     Ok(report)
 }
@@ -374,7 +387,7 @@ fn cargo() -> String {
 }
 
 fn run_step(cmd: &mut Command) -> Result<(), String> {
-    println!("demo: {cmd:?}");
+    console::say(&format!("demo: {cmd:?}"));
     let status = cmd
         .stdin(Stdio::null())
         .status()
@@ -392,7 +405,7 @@ fn echo(prefix: &'static str, pipe: impl Read + Send + 'static) -> thread::JoinH
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             match line {
-                Ok(l) => println!("{prefix} | {l}"),
+                Ok(l) => console::say(&format!("{prefix} | {l}")),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
                 Err(_) => break,
             }

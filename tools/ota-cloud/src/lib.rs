@@ -19,6 +19,7 @@
 pub mod aliyun;
 pub mod broker;
 pub mod cloud;
+pub mod console;
 pub mod counting;
 pub mod demo;
 pub mod http;
@@ -33,7 +34,7 @@ pub use cloud::{
     AliyunCloud, Announcement, Cloud, CloudOptions, Failure, Protocol, Success, Summary,
     TargetOutcome, Trigger, UpgradeRecord, DEFAULT_GRACE, DEFAULT_MAX_UPGRADE_MESSAGES,
 };
-pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, UrlRenewer};
+pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, SentMeter, UrlRenewer};
 pub use milestones::{Milestones, NextUpgrade, Supersede};
 pub use platform::{md5_hex, sha256_hex, DeviceMsg, Firmware, TencentState};
 pub use sagoo::SignMethod;
