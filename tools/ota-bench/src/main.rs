@@ -1082,8 +1082,7 @@ fn header(command: &str) -> Vec<String> {
     ]
 }
 
-// ---------------------------------------------------------------------------------------------
-// 2. Allocations.
+// Section 2 of the table: allocations.
 
 struct Allocations {
     /// (allocations, bytes, FetchYields) of the in-memory upgrade.
@@ -1148,8 +1147,7 @@ fn allocation_section(a: &Allocations) -> Vec<String> {
     ]
 }
 
-// ---------------------------------------------------------------------------------------------
-// 1. Throughput.
+// Section 1 of the table: throughput.
 
 /// The image of the throughput rows and its digests.
 struct Payload {
@@ -1534,8 +1532,7 @@ fn throughput_section(t: &Throughput, tls: &CRun, image_len: usize) -> Vec<Strin
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// 3. Memory.
+// Section 3 of the table: memory.
 
 struct Memory {
     /// Per peak-RSS image size, the C device's run.
@@ -1693,8 +1690,7 @@ fn heap_lines(m: &Memory, tls: &CRun, https_image: usize) -> Vec<String> {
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// 4. Size.
+// Section 4 of the table: size.
 
 /// Other builds of libota.a: (what, cargo arguments, target directory).
 const VARIANTS: [(&str, &[&str], &str); 2] = [
@@ -1786,8 +1782,7 @@ fn example_rows(ws: &Workspace, lib: &Path, suffix: &str, goal: bool, c: &Campai
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// 5. Latency.
+// Section 5 of the table: latency.
 
 /// Upgrade message published -> first firmware byte in the C device, in ms, sorted.
 fn measure_latency(s: &Settings, dev: &CDevice<'_>, c: &Campaign) -> Res<Vec<f64>> {

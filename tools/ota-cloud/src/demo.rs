@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     console, generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Faults, Firmware,
-    FirmwareServer, Milestones, Protocol, SentMeter, Success, Summary, DEFAULT_GRACE,
+    FirmwareServer, Milestones, NextUpgrade, Protocol, SentMeter, Success, Summary, DEFAULT_GRACE,
 };
 
 pub const PRODUCT_KEY: &str = "a1DemoProduct";
@@ -143,10 +143,35 @@ pub fn run_observed(
     let _ = fs::remove_file(&output);
 
     // Build first, so compile time does not eat into the upgrade's timeout.
-    let mut device = build_device(opts.device, &root, &work)?;
+    let device = build_device(opts.device, &root, &work)?;
 
     let broker = EmbeddedBroker::start().map_err(|e| format!("cannot start the broker: {e}"))?;
     console::say(&format!("demo: MQTT broker on 127.0.0.1:{}", broker.port()));
+    let (server, firmware) = start_firmware_server(opts)?;
+    let (mut cloud, next) = connect_cloud(opts, broker.port(), &server, &firmware)?;
+    let device = start_device(device, opts.protocol, broker.port(), &root, &output)?;
+    observe(server.sent_meter());
+    let summary = cloud.run_until(&firmware, opts.timeout, &device.exited);
+    let device_status = device.wait(summary.is_success());
+
+    let report = report(
+        opts,
+        summary,
+        &server,
+        next.as_ref(),
+        &output,
+        device_status,
+    );
+    if report.success() {
+        let _ = fs::remove_dir_all(&work);
+    } else {
+        console::say(&format!("demo: files kept in {}", work.display()));
+    }
+    Ok(report)
+}
+
+/// The firmware server with the demo's image and faults, and the upgrade it serves.
+fn start_firmware_server(opts: &DemoOptions) -> Result<(FirmwareServer, Firmware), String> {
     let image = generate_firmware(opts.size);
     let server = FirmwareServer::start_with(image, opts.faults.clone())
         .map_err(|e| format!("cannot start HTTP server: {e}"))?;
@@ -158,15 +183,19 @@ pub fn run_observed(
     for fault in server.fault_descriptions() {
         console::say(&format!("demo: fault: {fault}"));
     }
+    Ok((server, firmware))
+}
 
-    let mut cloud = Cloud::connect(
-        opts.protocol,
-        "127.0.0.1",
-        broker.port(),
-        PRODUCT_KEY,
-        DEVICE_NAME,
-    )
-    .map_err(|e| format!("cloud cannot connect: {e}"))?;
+/// The cloud, connected to the broker on `port` and set up as `opts` say; the superseding
+/// upgrade, if there is one.
+fn connect_cloud(
+    opts: &DemoOptions,
+    port: u16,
+    server: &FirmwareServer,
+    firmware: &Firmware,
+) -> Result<(Cloud, Option<NextUpgrade>), String> {
+    let mut cloud = Cloud::connect(opts.protocol, "127.0.0.1", port, PRODUCT_KEY, DEVICE_NAME)
+        .map_err(|e| format!("cloud cannot connect: {e}"))?;
     cloud.set_options(opts.options.clone())?;
     cloud
         .set_ignore_requests(opts.ignore_requests)
@@ -175,7 +204,7 @@ pub fn run_observed(
         let renewer = server.url_renewer();
         cloud.set_url_renewer_for(move |url| renewer.renew_url_of(url));
     }
-    let next = opts.milestones.install(&cloud, &server, &firmware)?;
+    let next = opts.milestones.install(&cloud, server, firmware)?;
     if let Some(next) = &next {
         console::say(&format!(
             "demo: a different upgrade to {} (md5 {}, at {}) supersedes it once {} % is sent",
@@ -191,17 +220,37 @@ pub fn run_observed(
         ));
     }
     console::say(&format!("demo: the cloud plays {}", opts.protocol));
+    Ok((cloud, next))
+}
 
+/// The device program, started and watched.
+struct RunningDevice {
+    child: Arc<Mutex<Child>>,
+    /// Set once the program exited, so the cloud stops waiting.
+    exited: Arc<AtomicBool>,
+    watcher: thread::JoinHandle<Option<ExitStatus>>,
+    /// The threads echoing its stdout and stderr.
+    pipes: [Option<thread::JoinHandle<()>>; 2],
+}
+
+/// Starts `device` against the broker on `port`, told `protocol`, writing to `output`.
+fn start_device(
+    mut device: Command,
+    protocol: Protocol,
+    port: u16,
+    root: &Path,
+    output: &Path,
+) -> Result<RunningDevice, String> {
     device
         .env("IOTX_MQTT_HOST", "127.0.0.1")
-        .env("IOTX_MQTT_PORT", broker.port().to_string())
+        .env("IOTX_MQTT_PORT", port.to_string())
         .env("OTA_PRODUCT_KEY", PRODUCT_KEY)
         .env("OTA_DEVICE_NAME", DEVICE_NAME)
         .env("OTA_DEVICE_SECRET", DEVICE_SECRET)
         .env("OTA_FIRMWARE_VERSION", OLD_VERSION)
-        .env("OTA_PROTOCOL", opts.protocol.name())
-        .arg(&output)
-        .current_dir(&root)
+        .env("OTA_PROTOCOL", protocol.name())
+        .arg(output)
+        .current_dir(root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -216,47 +265,60 @@ pub fn run_observed(
     let child = Arc::new(Mutex::new(child));
     let exited = Arc::new(AtomicBool::new(false));
     let watcher = watch(Arc::clone(&child), Arc::clone(&exited));
+    Ok(RunningDevice {
+        child,
+        exited,
+        watcher,
+        pipes,
+    })
+}
 
-    observe(server.sent_meter());
-    let summary = cloud.run_until(&firmware, opts.timeout, &exited);
+impl RunningDevice {
+    /// Waits for the program to exit by itself shortly after the run (30 s after a success,
+    /// 5 s otherwise), then kills it; its exit status.
+    fn wait(self, upgraded: bool) -> Option<ExitStatus> {
+        let give_up = Instant::now() + Duration::from_secs(if upgraded { 30 } else { 5 });
+        while !self.exited.load(Ordering::SeqCst) && Instant::now() < give_up {
+            thread::sleep(Duration::from_millis(50));
+        }
+        if !self.exited.load(Ordering::SeqCst) {
+            console::say("demo: the device did not exit; killing it");
+            let _ = self.child.lock().unwrap().kill();
+        }
+        let status = self.watcher.join().unwrap_or(None);
+        for p in self.pipes.into_iter().flatten() {
+            let _ = p.join();
+        }
+        status
+    }
+}
 
-    // The device should exit by itself shortly after reporting the new version.
-    let give_up = Instant::now() + Duration::from_secs(if summary.is_success() { 30 } else { 5 });
-    while !exited.load(Ordering::SeqCst) && Instant::now() < give_up {
-        thread::sleep(Duration::from_millis(50));
-    }
-    if !exited.load(Ordering::SeqCst) {
-        console::say("demo: the device did not exit; killing it");
-        let _ = child.lock().unwrap().kill();
-    }
-    let device_status = watcher.join().unwrap_or(None);
-    for p in pipes.into_iter().flatten() {
-        let _ = p.join();
-    }
-
-    let written = fs::read(&output).unwrap_or_default();
-    let target_image = match &next {
+/// What the demo observed: the cloud's summary, the device's file against the target image,
+/// the server's traffic.
+fn report(
+    opts: &DemoOptions,
+    summary: Summary,
+    server: &FirmwareServer,
+    next: Option<&NextUpgrade>,
+    output: &Path,
+    device_status: Option<ExitStatus>,
+) -> DemoReport {
+    let written = fs::read(output).unwrap_or_default();
+    let target_image = match next {
         Some(next) if summary.upgrades.len() > 1 => &next.image[..],
         _ => &server.image()[..],
     };
-    let identical = written.as_slice() == target_image;
     let requests = server.requests();
-    let report = DemoReport {
+    DemoReport {
         firmware_size: opts.size,
-        identical,
+        identical: written.as_slice() == target_image,
         target_version: summary.target().firmware.version.clone(),
         output_size: written.len() as u64,
         device_status,
         http_bytes: requests.iter().map(|r| r.bytes_sent).sum(),
         http_requests: requests.len(),
         summary,
-    };
-    if report.success() {
-        let _ = fs::remove_dir_all(&work);
-    } else {
-        console::say(&format!("demo: files kept in {}", work.display()));
     }
-    Ok(report)
 }
 
 /// Prints the end-of-demo summary.
