@@ -1,18 +1,22 @@
 //! `ota-bench`: the benchmark table of the OTA SDK (throughput against the digest limit,
 //! allocations, peak memory, sizes, notification latency), every row measured in one run.
 //!
-//! Usage: `cargo run --release -p ota-bench [-- --quick]` after `cargo build --release` (the C
-//! rows link `target/release/libota.a`). See README.md for what each row measures.
+//! Usage: `cargo run --release -p ota-bench [-- --quick] [--quiet]` after `cargo build --release`
+//! (the C rows link `target/release/libota.a`). See README.md for what each row measures.
+
+mod campaign;
 
 use std::cell::Cell;
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use campaign::Campaign;
+use clap::{Parser, Subcommand};
 use md5::Digest as _;
 use ota::fetch::{HttpSource, MemorySource};
 use ota::ota::{OtaConfig, Uplink};
@@ -57,6 +61,46 @@ impl Uplink for NullUplink {
     }
 }
 
+/// The bench's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ota-bench",
+    about = "The benchmark table of the OTA SDK: throughput against the digest limit, \
+             allocations, peak memory, sizes, notification latency",
+    after_help = "Run after `cargo build --release` (the C rows link target/release/libota.a). \
+                  The table goes to stdout, the progress to stderr (with a bar on a terminal). \
+                  OTA_BENCH_MIB=N sets the throughput image size in MiB, OTA_BENCH_KEEP=1 keeps \
+                  the C programs. See tools/ota-bench/README.md for what each row measures."
+)]
+struct Cli {
+    /// The short run (CI): a 16 MiB throughput image, 4 and 64 MiB for peak RSS, 5 latency
+    /// runs, no other builds of libota.a.
+    #[arg(long)]
+    quick: bool,
+    /// No progress bar, even on a terminal (the progress lines stay).
+    #[arg(long)]
+    quiet: bool,
+    #[command(subcommand)]
+    internal: Option<Internal>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// The firmware server of the allocation rows, in its own process so that its allocations
+    /// are not counted: prints `URL ...`, serves until stdin closes.
+    #[command(hide = true)]
+    Serve {
+        /// The image's size.
+        #[arg(default_value_t = MIB)]
+        size: usize,
+        /// HTTPS: the certificate chain (PEM).
+        #[arg(requires = "key")]
+        cert: Option<PathBuf>,
+        /// HTTPS: the certificate's key (PEM).
+        key: Option<PathBuf>,
+    },
+}
+
 struct Settings {
     quick: bool,
     throughput_size: usize,
@@ -66,62 +110,67 @@ struct Settings {
     latency_size: usize,
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("serve") {
-        // Internal: the firmware server for the allocation row, in its own process so its
-        // allocations are not counted.
-        let size = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(MIB);
-        let tls = args.get(3).zip(args.get(4));
-        if let Err(e) = serve(size, tls) {
-            eprintln!("ota-bench serve: {e}");
-            std::process::exit(1);
+impl Settings {
+    fn new(quick: bool) -> Settings {
+        let mut settings = if quick {
+            Settings {
+                quick,
+                throughput_size: 16 * MIB,
+                rss_sizes: [4 * MIB, 64 * MIB],
+                alloc_http_size: 16 * MIB,
+                latency_runs: 5,
+                latency_size: 64 * 1024,
+            }
+        } else {
+            Settings {
+                quick,
+                throughput_size: 256 * MIB,
+                rss_sizes: [16 * MIB, 1024 * MIB],
+                alloc_http_size: 64 * MIB,
+                latency_runs: 50,
+                latency_size: 64 * 1024,
+            }
+        };
+        // OTA_BENCH_MIB=N: the throughput image size in MiB (default 256, 16 with --quick).
+        if let Some(mib) = std::env::var("OTA_BENCH_MIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            settings.throughput_size = mib.max(1) * MIB;
         }
-        return;
+        settings
     }
-    let quick = args.iter().skip(1).any(|a| a == "--quick");
-    if let Some(bad) = args.iter().skip(1).find(|a| *a != "--quick") {
-        eprintln!("usage: ota-bench [--quick]   (unknown argument {bad:?})");
-        std::process::exit(2);
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Internal::Serve { size, cert, key }) = &cli.internal {
+        return match serve(*size, cert.as_deref().zip(key.as_deref())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ota-bench serve: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
-    let settings = if quick {
-        Settings {
-            quick,
-            throughput_size: 16 * MIB,
-            rss_sizes: [4 * MIB, 64 * MIB],
-            alloc_http_size: 16 * MIB,
-            latency_runs: 5,
-            latency_size: 64 * 1024,
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let campaign = Campaign::new(!cli.quiet);
+    let table = run(&Settings::new(cli.quick), &command, &campaign);
+    campaign.finish();
+    match table {
+        Ok(table) => {
+            println!("{}", table.join("\n"));
+            ExitCode::SUCCESS
         }
-    } else {
-        Settings {
-            quick,
-            throughput_size: 256 * MIB,
-            rss_sizes: [16 * MIB, 1024 * MIB],
-            alloc_http_size: 64 * MIB,
-            latency_runs: 50,
-            latency_size: 64 * 1024,
-        }
-    };
-    let mut settings = settings;
-    // OTA_BENCH_MIB=N: the throughput image size in MiB (default 256, 16 with --quick).
-    if let Some(mib) = std::env::var("OTA_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        settings.throughput_size = mib.max(1) * MIB;
-    }
-    match run(&args, &settings) {
-        Ok(()) => {}
         Err(e) => {
             eprintln!("ota-bench: {e}");
-            std::process::exit(1);
+            ExitCode::FAILURE
         }
     }
 }
 
 /// `tls`: the certificate chain and key files (PEM) of an HTTPS server.
-fn serve(size: usize, tls: Option<(&String, &String)>) -> Res<()> {
+fn serve(size: usize, tls: Option<(&Path, &Path)>) -> Res<()> {
     let image = ota_cloud::generate_firmware(size);
     let server = match tls {
         Some((cert, key)) => FirmwareServer::start_tls(
@@ -498,11 +547,12 @@ type Measure<'a> = Box<dyn FnMut() -> Res<f64> + 'a>;
 
 /// Runs every measure three times, round-robin (run 1 of each, then run 2 of each, ...), so
 /// that a slow phase of the shared machine lands on all rows rather than on one.
-fn three_rounds(measures: &mut [Measure<'_>]) -> Res<Vec<Three>> {
+fn three_rounds(measures: &mut [Measure<'_>], c: &Campaign) -> Res<Vec<Three>> {
     let mut runs = vec![Three::default(); measures.len()];
     for round in 0..3 {
         for (m, r) in measures.iter_mut().zip(&mut runs) {
             r.0[round] = m()?;
+            c.step();
         }
     }
     Ok(runs)
@@ -870,212 +920,473 @@ fn test_pki() -> Res<(String, String, String)> {
     Ok((ca_pem, cert.pem(), key.serialize_pem()))
 }
 
-fn run(args: &[String], s: &Settings) -> Res<()> {
-    let root = root();
-    let lib_a = root.join("target/release/libota.a");
-    let lib_so = root.join("target/release/libota.so");
-    if !lib_a.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --release` in {} first",
-            lib_a.display(),
-            root.display()
-        )
-        .into());
-    }
-    ota::log::set_level(ota::log::Level::Error);
-    let work = std::env::temp_dir().join(format!("ota-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+/// The whole campaign; the table's lines.
+fn run(s: &Settings, command: &str, c: &Campaign) -> Res<Vec<String>> {
+    let ws = Workspace::prepare()?;
     let t_start = Instant::now();
-    eprintln!(
-        "ota-bench: building the C programs against {}",
-        lib_a.display()
-    );
-    let inc = format!("-I{}", root.join("include").display());
-    let lib_a_s = lib_a.display().to_string();
-    let bench_src = root
-        .join("tools/ota-bench/c/ota_bench.c")
-        .display()
-        .to_string();
-    let bench_bin = work.join("ota_bench");
-    let bench_bin_s = bench_bin.display().to_string();
-    let mut a = vec!["-O2", &inc, &bench_src, &lib_a_s];
-    a.extend(C_LIBS);
-    a.extend(["-o", &bench_bin_s]);
-    cc(&a)?;
-    // The same device linked as the README tells firmware to link (the third size row): the
-    // peak RSS rows are given for both, since most of the RSS is the program's mapped code.
-    let fw_bin = work.join("ota_bench_fw");
-    let fw_bin_s = fw_bin.display().to_string();
-    let mut a = vec!["-O2", &inc, &bench_src, &lib_a_s];
-    a.extend(C_LIBS);
-    a.extend(FIRMWARE_LINK);
-    a.extend(["-o", &fw_bin_s]);
-    cc(&a)?;
-    let mut out: Vec<String> = Vec::new();
-    let cmd = args
-        .iter()
-        .map(|a| a.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    out.push(format!("command: {cmd}"));
-    out.push(format!(
-        "machine: nproc {cores}, CPU {}; MB = 10^6 bytes",
-        cpu_model()
-    ));
+    let programs = build_c_programs(&ws, c)?;
+    let mut out = header(command);
 
     // 2. Allocations (first: nothing else runs in the process yet).
-    eprintln!("ota-bench: allocations");
-    let (mem_allocs, mem_bytes, mem_calls) = allocs_in_memory()?;
-    let (http_allocs, http_calls, http_size) = allocs_http(s.alloc_http_size, None)?;
-    let (tls_allocs, tls_calls) = {
-        let (ca_pem, cert_pem, key_pem) = test_pki()?;
-        let (cert, key) = (work.join("alloc-cert.pem"), work.join("alloc-key.pem"));
-        std::fs::write(&cert, cert_pem)?;
-        std::fs::write(&key, key_pem)?;
-        let (allocs, calls, _) = allocs_http(
-            s.alloc_http_size,
-            Some((cert.as_path(), key.as_path(), &ca_pem)),
-        )?;
-        (allocs, calls)
-    };
-    // Last: what init allocates must not land in the zero-allocation windows above.
-    let init_allocs = allocs_init()?;
+    let allocations = measure_allocations(s, &ws, c)?;
 
     // Images: generated once at the largest size; smaller ones are prefixes (the generator is
     // a stream, so a prefix is what generate_firmware(n) returns).
     let biggest = s.throughput_size.max(s.rss_sizes[1]);
-    eprintln!("ota-bench: generating a {} MiB image", biggest / MIB);
+    c.phase(&format!("generating a {} MiB image", biggest / MIB), 1);
     let image = ota_cloud::generate_firmware(biggest);
+    c.step();
     let broker = EmbeddedBroker::start()?;
-
     let dev = CDevice {
-        bin: &bench_bin,
-        work: &work,
+        bin: &programs.bench,
+        work: &ws.work,
         broker: &broker,
     };
     let dev_fw = CDevice {
-        bin: &fw_bin,
-        work: &work,
+        bin: &programs.firmware,
+        work: &ws.work,
         broker: &broker,
     };
 
-    // 1. Throughput.
-    eprintln!("ota-bench: throughput (3 runs of each row, round-robin)");
-    let tp: Arc<[u8]> = Arc::from(&image[..s.throughput_size]);
-    let md5_digest = md5::Md5::digest(&tp[..]).to_vec();
-    let sha_digest = sha2::Sha256::digest(&tp[..]).to_vec();
-    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let firmware_at = |url: String| Firmware {
-        version: "2.0.0".into(),
-        url,
-        size: tp.len() as u64,
-        md5: hex(&md5_digest),
-        sha256: hex(&sha_digest),
-    };
-    let server = FirmwareServer::start(Arc::clone(&tp))?;
-    let url = server.url();
-    let fw = firmware_at(url.clone());
+    // 1. Throughput, then the HTTPS download: one run, for its speed and its memory (section 3).
+    let payload = Payload::new(&image[..s.throughput_size]);
+    let server = FirmwareServer::start(Arc::clone(&payload.data))?;
+    let throughput = measure_throughput(&payload, &server.url(), &dev, c)?;
+    let https = measure_https(&payload, &ws, &dev, &dev_fw, c)?;
+    drop(server);
+    out.extend(throughput_section(
+        &throughput,
+        &https.bench,
+        payload.data.len(),
+    ));
+    out.extend(allocation_section(&allocations));
+
+    // 3. Memory.
+    let memory = measure_memory(s, &image, &dev, &dev_fw, c)?;
+    out.extend(memory_section(
+        s,
+        &memory,
+        &https,
+        payload.data.len(),
+        allocations.init,
+    ));
+    drop(image);
+
+    // 4. Size.
+    out.extend(size_section(s, &ws, c)?);
+
+    // 5. Latency.
+    let latency = measure_latency(s, &dev, c)?;
+    out.extend(latency_section(s, &latency));
+    out.push(String::new());
+    out.push(format!(
+        "total bench time {:.1} s{}",
+        t_start.elapsed().as_secs_f64(),
+        if s.quick { " (--quick)" } else { "" }
+    ));
+    ws.clean_up(c);
+    Ok(out)
+}
+
+/// The library the bench measures, and its scratch directory.
+struct Workspace {
+    root: PathBuf,
+    lib_a: PathBuf,
+    lib_so: PathBuf,
+    /// `-I` of the SDK's header.
+    inc: String,
+    work: PathBuf,
+}
+
+impl Workspace {
+    /// Fails unless target/release/libota.a is built; makes the scratch directory.
+    fn prepare() -> Res<Workspace> {
+        let root = root();
+        let lib_a = root.join("target/release/libota.a");
+        if !lib_a.exists() {
+            return Err(format!(
+                "{} is missing: run `cargo build --release` in {} first",
+                lib_a.display(),
+                root.display()
+            )
+            .into());
+        }
+        ota::log::set_level(ota::log::Level::Error);
+        let work = std::env::temp_dir().join(format!("ota-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+        Ok(Workspace {
+            lib_so: root.join("target/release/libota.so"),
+            inc: format!("-I{}", root.join("include").display()),
+            root,
+            lib_a,
+            work,
+        })
+    }
+
+    /// Removes the scratch directory, unless OTA_BENCH_KEEP=1 keeps the C programs (e.g. for
+    /// `perf report` on a recorded run).
+    fn clean_up(&self, c: &Campaign) {
+        if std::env::var_os("OTA_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.work);
+        } else {
+            c.note(&format!("ota-bench: kept {}", self.work.display()));
+        }
+    }
+}
+
+/// The C device, linked as the bench links it and as the README tells firmware to link.
+struct CPrograms {
+    bench: PathBuf,
+    firmware: PathBuf,
+}
+
+fn build_c_programs(ws: &Workspace, c: &Campaign) -> Res<CPrograms> {
+    c.phase(
+        &format!("building the C programs against {}", ws.lib_a.display()),
+        2,
+    );
+    let src = ws.root.join("tools/ota-bench/c/ota_bench.c");
+    let bench = ws.work.join("ota_bench");
+    link_c_device(ws, &src, &bench, &[])?;
+    c.step();
+    // The same device linked as the README tells firmware to link (the third size row): the
+    // peak RSS rows are given for both, since most of the RSS is the program's mapped code.
+    let firmware = ws.work.join("ota_bench_fw");
+    link_c_device(ws, &src, &firmware, FIRMWARE_LINK)?;
+    c.step();
+    Ok(CPrograms { bench, firmware })
+}
+
+fn link_c_device(ws: &Workspace, src: &Path, bin: &Path, flags: &[&str]) -> Res<()> {
+    let (src, lib, bin) = (
+        src.display().to_string(),
+        ws.lib_a.display().to_string(),
+        bin.display().to_string(),
+    );
+    let mut a = vec!["-O2", &ws.inc, &src, &lib];
+    a.extend(C_LIBS);
+    a.extend(flags);
+    a.extend(["-o", &bin]);
+    cc(&a)
+}
+
+/// The lines the table starts with: how it was made, and on what.
+fn header(command: &str) -> Vec<String> {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    vec![
+        format!("command: {command}"),
+        format!(
+            "machine: nproc {cores}, CPU {}; MB = 10^6 bytes",
+            cpu_model()
+        ),
+    ]
+}
+
+// Section 2 of the table: allocations.
+
+struct Allocations {
+    /// (allocations, bytes, FetchYields) of the in-memory upgrade.
+    in_memory: (usize, usize, usize),
+    /// (allocations, FetchYields, image size) of the HTTP download's middle 80 %.
+    http: (usize, usize, usize),
+    /// (allocations, FetchYields) of the HTTPS download's middle 80 %.
+    https: (usize, usize),
+    /// (allocations, bytes) of OtaSession::new with HttpSource.
+    init: (usize, usize),
+}
+
+fn measure_allocations(s: &Settings, ws: &Workspace, c: &Campaign) -> Res<Allocations> {
+    c.phase("allocations", 4);
+    let in_memory = allocs_in_memory()?;
+    c.step();
+    let http = allocs_http(s.alloc_http_size, None)?;
+    c.step();
+    let https = allocs_https(s.alloc_http_size, &ws.work)?;
+    c.step();
+    // Last: what init allocates must not land in the zero-allocation windows above.
+    let init = allocs_init()?;
+    c.step();
+    Ok(Allocations {
+        in_memory,
+        http,
+        https,
+        init,
+    })
+}
+
+/// [`allocs_http`] over HTTPS with a test CA whose files are written to `work`.
+fn allocs_https(size: usize, work: &Path) -> Res<(usize, usize)> {
+    let (ca_pem, cert_pem, key_pem) = test_pki()?;
+    let (cert, key) = (work.join("alloc-cert.pem"), work.join("alloc-key.pem"));
+    std::fs::write(&cert, cert_pem)?;
+    std::fs::write(&key, key_pem)?;
+    let (allocs, calls, _) = allocs_http(size, Some((cert.as_path(), key.as_path(), &ca_pem)))?;
+    Ok((allocs, calls))
+}
+
+fn allocation_section(a: &Allocations) -> Vec<String> {
+    let (mem_allocs, mem_bytes, mem_calls) = a.in_memory;
+    let (http_allocs, http_calls, http_size) = a.http;
+    let (tls_allocs, tls_calls) = a.https;
+    vec![
+        String::new(),
+        "2. Allocations (counting global allocator in ota-bench)".into(),
+        format!(
+            "   (a) after init, full upgrade on MemorySource + no-alloc Uplink, 1 MiB image, {mem_calls} FetchYields: {mem_allocs} allocations ({mem_bytes} bytes)  [must be 0: {}]",
+            if mem_allocs == 0 { "OK" } else { "FAIL" }
+        ),
+        format!(
+            "   (b) HttpSource vs FirmwareServer (other process), {} MiB, buffer 5000, middle 80% of bytes: {http_allocs} allocations / {http_calls} FetchYields = {:.4} per FetchYield",
+            http_size / MIB,
+            http_allocs as f64 / http_calls.max(1) as f64
+        ),
+        format!(
+            "   (c) the same over HTTPS (TLS 1.3, test CA): {tls_allocs} allocations / {tls_calls} FetchYields = {:.4} per FetchYield",
+            tls_allocs as f64 / tls_calls.max(1) as f64
+        ),
+    ]
+}
+
+// Section 1 of the table: throughput.
+
+/// The image of the throughput rows and its digests.
+struct Payload {
+    data: Arc<[u8]>,
+    md5: Vec<u8>,
+    sha256: Vec<u8>,
+}
+
+impl Payload {
+    fn new(image: &[u8]) -> Payload {
+        Payload {
+            md5: md5::Md5::digest(image).to_vec(),
+            sha256: sha2::Sha256::digest(image).to_vec(),
+            data: Arc::from(image),
+        }
+    }
+
+    /// The upgrade to this image at `url`, with both digests.
+    fn firmware_at(&self, url: String) -> Firmware {
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        Firmware {
+            version: "2.0.0".into(),
+            url,
+            size: self.data.len() as u64,
+            md5: hex(&self.md5),
+            sha256: hex(&self.sha256),
+        }
+    }
+}
+
+/// Which in-memory pass a row is compared with.
+#[derive(Clone, Copy)]
+enum Limit {
+    Md5,
+    Sha256,
+}
+
+/// A throughput row: what it is, what it is compared with, how it is measured.
+struct Row<'a> {
+    label: String,
+    limit: Limit,
+    measure: Measure<'a>,
+}
+
+impl<'a> Row<'a> {
+    fn new(label: impl Into<String>, limit: Limit, measure: Measure<'a>) -> Row<'a> {
+        Row {
+            label: label.into(),
+            limit,
+            measure,
+        }
+    }
+}
+
+/// The one-core rows' firmware server, its threads on the CPUs other than the device's.
+struct OneCore {
+    server: FirmwareServer,
+    /// Its accept thread's Cpus_allowed_list.
+    seen: String,
+    message: String,
+}
+
+/// Section 1's measurements.
+struct Throughput {
+    rows: Vec<(String, Limit)>,
+    runs: Vec<Three>,
+    md5_limit: f64,
+    sha_limit: f64,
+    /// Where the one-core rows are (or the line saying they could not run).
+    one_core_at: usize,
+    /// The one-core server's CPUs; `None`: no taskset, no one-core rows.
+    one_core_cpus: Option<String>,
+    device_cpu: usize,
+    /// CHECK_FIRMWARE after the C loop (ns), last run, buffers 5000 and 65536.
+    check_ns: [u64; 2],
+}
+
+fn measure_throughput(
+    payload: &Payload,
+    url: &str,
+    dev: &CDevice<'_>,
+    c: &Campaign,
+) -> Res<Throughput> {
+    let fw = payload.firmware_at(url.to_string());
     let aliyun_msg = ota_cloud::aliyun::upgrade_message(&fw, 1);
     let sagoo_msg = ota_cloud::sagoo::upgrade_message(&fw, 1, SignMethod::Sha256, None, None);
-
     // The one-core rows: the device on the first CPU this process may use (CPU 0 normally),
     // the firmware server of those rows on the others.
     let cpus = allowed_cpus()?;
     let device_cpu = cpus.first().copied().ok_or("no CPU in the affinity mask")?;
-    let one_core = if have_taskset() {
-        let (server, seen) = if cpus.len() > 1 {
-            server_on(&cpus[1..], Arc::clone(&tp))?
-        } else {
-            (
-                FirmwareServer::start(Arc::clone(&tp))?,
-                "not pinned: one CPU only".to_string(),
-            )
-        };
-        let msg = ota_cloud::aliyun::upgrade_message(&firmware_at(server.url()), 1);
-        Some((server, seen, msg))
-    } else if std::env::var("OTA_REQUIRE_MOSQUITTO").as_deref() == Ok("required") {
-        return Err(
-            "taskset (util-linux) not found, and OTA_REQUIRE_MOSQUITTO=required: the one-core row is required"
-                .into(),
-        );
-    } else {
-        None
-    };
-
-    #[derive(Clone, Copy)]
-    enum Limit {
-        Md5,
-        Sha256,
-    }
+    let one_core = one_core_server(&cpus, payload)?;
     let check_ns = [Cell::new(0u64), Cell::new(0u64)];
-    let mut rows: Vec<(String, Limit, Measure<'_>)> = Vec::new();
-    let md5_row = rows.len();
-    rows.push((
-        "MD5 in memory, md-5 0.11, 1 core (limit = best of 3)".into(),
+    let mut rows = md5_rows(payload, url, dev, &aliyun_msg, &check_ns);
+    let one_core_at = rows.len();
+    if let Some(one_core) = &one_core {
+        rows.extend(one_core_rows(dev, &one_core.message, device_cpu));
+    }
+    rows.push(Row::new(
+        "Rust OtaSession + HttpSource (Aliyun, MD5), buffer 65536",
         Limit::Md5,
-        Box::new(|| {
-            let t = Instant::now();
-            let d = md5::Md5::digest(&tp[..]);
-            let v = mb_s(tp.len(), t.elapsed().as_secs_f64());
-            if d.as_slice() != md5_digest.as_slice() {
-                return Err("MD5 in memory changed between passes".into());
-            }
-            Ok(v)
-        }),
+        rust_measure(Protocol::Aliyun, &aliyun_msg),
     ));
-    rows.push((
-        "raw HTTP read, ureq 3, no hashing, 64 KiB reads".into(),
-        Limit::Md5,
-        Box::new(|| {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(600)))
-                .build()
-                .into();
-            let t = Instant::now();
-            let resp = agent.get(&url).call()?;
-            let mut reader = resp.into_body().into_reader();
-            let mut buf = vec![0u8; 65536];
-            let mut n = 0usize;
-            loop {
-                let k = reader.read(&mut buf)?;
-                if k == 0 {
-                    break;
+    let sha_row = rows.len();
+    rows.extend(sha256_rows(payload, dev, &sagoo_msg));
+
+    c.phase(
+        "throughput (3 runs of each row, round-robin)",
+        3 * rows.len(),
+    );
+    let (labels, mut measures): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .map(|r| ((r.label, r.limit), r.measure))
+        .unzip();
+    let runs = three_rounds(&mut measures, c)?;
+    drop(measures);
+    Ok(Throughput {
+        md5_limit: runs[0].best(),
+        sha_limit: runs[sha_row].best(),
+        rows: labels,
+        runs,
+        one_core_at,
+        one_core_cpus: one_core.map(|o| {
+            drop(o.server);
+            o.seen
+        }),
+        device_cpu,
+        check_ns: [check_ns[0].get(), check_ns[1].get()],
+    })
+}
+
+/// The one-core rows' server; `None` without taskset (an error when
+/// OTA_REQUIRE_MOSQUITTO=required, as in CI).
+fn one_core_server(cpus: &[usize], payload: &Payload) -> Res<Option<OneCore>> {
+    if !have_taskset() {
+        if std::env::var("OTA_REQUIRE_MOSQUITTO").as_deref() == Ok("required") {
+            return Err(
+                "taskset (util-linux) not found, and OTA_REQUIRE_MOSQUITTO=required: the one-core row is required"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    let (server, seen) = if cpus.len() > 1 {
+        server_on(&cpus[1..], Arc::clone(&payload.data))?
+    } else {
+        (
+            FirmwareServer::start(Arc::clone(&payload.data))?,
+            "not pinned: one CPU only".to_string(),
+        )
+    };
+    let message = ota_cloud::aliyun::upgrade_message(&payload.firmware_at(server.url()), 1);
+    Ok(Some(OneCore {
+        server,
+        seen,
+        message,
+    }))
+}
+
+/// The MD5 rows before the one-core ones; the first is the MD5 limit. The C rows keep their
+/// last CHECK_FIRMWARE time in `check_ns`.
+fn md5_rows<'a>(
+    payload: &'a Payload,
+    url: &'a str,
+    dev: &'a CDevice<'a>,
+    aliyun_msg: &'a str,
+    check_ns: &'a [Cell<u64>; 2],
+) -> Vec<Row<'a>> {
+    let mut rows = vec![
+        Row::new(
+            "MD5 in memory, md-5 0.11, 1 core (limit = best of 3)",
+            Limit::Md5,
+            Box::new(move || {
+                let t = Instant::now();
+                let d = md5::Md5::digest(&payload.data[..]);
+                let v = mb_s(payload.data.len(), t.elapsed().as_secs_f64());
+                if d.as_slice() != payload.md5.as_slice() {
+                    return Err("MD5 in memory changed between passes".into());
                 }
-                n += k;
-            }
-            if n != tp.len() {
-                return Err(format!("raw HTTP read {n} of {} bytes", tp.len()).into());
-            }
-            Ok(mb_s(n, t.elapsed().as_secs_f64()))
-        }),
-    ));
+                Ok(v)
+            }),
+        ),
+        Row::new(
+            "raw HTTP read, ureq 3, no hashing, 64 KiB reads",
+            Limit::Md5,
+            Box::new(move || raw_http_read(url, payload.data.len())),
+        ),
+    ];
     for chunk in [5000, 65536] {
-        let (url, md5_digest, len) = (&url, &md5_digest, tp.len());
-        rows.push((
+        let (md5, len) = (&payload.md5, payload.data.len());
+        rows.push(Row::new(
             format!("single-thread bound: recv {chunk} + Md5::update, no SDK"),
             Limit::Md5,
-            Box::new(move || recv_md5_bound(url, len, md5_digest, chunk)),
+            Box::new(move || recv_md5_bound(url, len, md5, chunk)),
         ));
     }
-    for (i, buf_len) in [5000, 65536].into_iter().enumerate() {
-        let (dev, msg, check) = (&dev, &aliyun_msg, &check_ns[i]);
-        rows.push((
+    for (check, buf_len) in check_ns.iter().zip([5000, 65536]) {
+        rows.push(Row::new(
             format!("C FetchYield loop (libota.a, Aliyun, MD5), buffer {buf_len}"),
             Limit::Md5,
             Box::new(move || {
-                let r = dev.run(&CJob::new(buf_len, msg))?;
+                let r = dev.run(&CJob::new(buf_len, aliyun_msg))?;
                 check.set(r.check_ns);
                 Ok(r.speed())
             }),
         ));
     }
-    // Where the one-core rows go (or the line saying they could not run).
-    let one_core_at = rows.len();
-    if let Some((_, _, msg)) = &one_core {
-        for buf_len in [5000, 65536] {
-            let dev = &dev;
-            rows.push((
+    rows
+}
+
+/// A plain ureq GET of `url`, read in 64 KiB pieces, no hashing: MB/s.
+fn raw_http_read(url: &str, len: usize) -> Res<f64> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into();
+    let t = Instant::now();
+    let resp = agent.get(url).call()?;
+    let mut reader = resp.into_body().into_reader();
+    let mut buf = vec![0u8; 65536];
+    let mut n = 0usize;
+    loop {
+        let k = reader.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    if n != len {
+        return Err(format!("raw HTTP read {n} of {len} bytes").into());
+    }
+    Ok(mb_s(n, t.elapsed().as_secs_f64()))
+}
+
+/// The C rows with the device on CPU `device_cpu` only, against the one-core server.
+fn one_core_rows<'a>(dev: &'a CDevice<'a>, msg: &'a str, device_cpu: usize) -> Vec<Row<'a>> {
+    [5000, 65536]
+        .into_iter()
+        .map(|buf_len| {
+            Row::new(
                 format!(
                     "C FetchYield loop, MD5, buffer {buf_len}, device on CPU {device_cpu} only"
                 ),
@@ -1084,113 +1395,110 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
                     let mut job = CJob::new(buf_len, msg);
                     job.pin_cpu = Some(device_cpu);
                     Ok(dev.run(&job)?.speed())
-                }),
-            ));
-        }
-    }
-    rows.push((
-        "Rust OtaSession + HttpSource (Aliyun, MD5), buffer 65536".into(),
-        Limit::Md5,
-        rust_measure(Protocol::Aliyun, &aliyun_msg),
-    ));
-    let sha_row = rows.len();
-    rows.push((
-        "SHA-256 in memory, sha2 0.11, 1 core (limit = best of 3)".into(),
-        Limit::Sha256,
-        Box::new(|| {
-            let t = Instant::now();
-            let d = sha2::Sha256::digest(&tp[..]);
-            let v = mb_s(tp.len(), t.elapsed().as_secs_f64());
-            if d.as_slice() != sha_digest.as_slice() {
-                return Err("SHA-256 in memory changed between passes".into());
-            }
-            Ok(v)
-        }),
-    ));
-    {
-        let (dev, msg) = (&dev, &sagoo_msg);
-        rows.push((
-            "C FetchYield loop (libota.a, SagooIOT, SHA-256), buffer 65536".into(),
+                }) as Measure<'a>,
+            )
+        })
+        .collect()
+}
+
+/// The SHA-256 rows; the first is the SHA-256 limit.
+fn sha256_rows<'a>(payload: &'a Payload, dev: &'a CDevice<'a>, sagoo_msg: &'a str) -> Vec<Row<'a>> {
+    vec![
+        Row::new(
+            "SHA-256 in memory, sha2 0.11, 1 core (limit = best of 3)",
             Limit::Sha256,
             Box::new(move || {
-                let mut job = CJob::new(65536, msg);
+                let t = Instant::now();
+                let d = sha2::Sha256::digest(&payload.data[..]);
+                let v = mb_s(payload.data.len(), t.elapsed().as_secs_f64());
+                if d.as_slice() != payload.sha256.as_slice() {
+                    return Err("SHA-256 in memory changed between passes".into());
+                }
+                Ok(v)
+            }),
+        ),
+        Row::new(
+            "C FetchYield loop (libota.a, SagooIOT, SHA-256), buffer 65536",
+            Limit::Sha256,
+            Box::new(move || {
+                let mut job = CJob::new(65536, sagoo_msg);
                 job.protocol = Protocol::Sagoo;
                 Ok(dev.run(&job)?.speed())
             }),
-        ));
-    }
-    rows.push((
-        "Rust OtaSession + HttpSource (SagooIOT, SHA-256), buffer 65536".into(),
-        Limit::Sha256,
-        rust_measure(Protocol::Sagoo, &sagoo_msg),
-    ));
-    let mut measures: Vec<Measure<'_>> = Vec::new();
-    let mut labels = Vec::new();
-    for (label, limit, m) in rows {
-        labels.push((label, limit));
-        measures.push(m);
-    }
-    let runs = three_rounds(&mut measures)?;
-    drop(measures);
-    let (md5_limit, sha_limit) = (runs[md5_row].best(), runs[sha_row].best());
-    let one_core = one_core.map(|(server, seen, _)| {
-        drop(server);
-        seen
-    });
+        ),
+        Row::new(
+            "Rust OtaSession + HttpSource (SagooIOT, SHA-256), buffer 65536",
+            Limit::Sha256,
+            rust_measure(Protocol::Sagoo, sagoo_msg),
+        ),
+    ]
+}
 
-    // The HTTPS download: one run, for its speed and its memory (section 3).
-    eprintln!("ota-bench: HTTPS download");
+/// The C device's HTTPS downloads (test CA, buffer 5000), one run each.
+struct Https {
+    /// Linked as the bench links it.
+    bench: CRun,
+    /// Linked as firmware.
+    firmware: CRun,
+}
+
+fn measure_https(
+    payload: &Payload,
+    ws: &Workspace,
+    dev: &CDevice<'_>,
+    dev_fw: &CDevice<'_>,
+    c: &Campaign,
+) -> Res<Https> {
+    c.phase("HTTPS download", 2);
     let (ca_pem, cert_pem, key_pem) = test_pki()?;
-    let ca_file = work.join("test-ca.pem");
+    let ca_file = ws.work.join("test-ca.pem");
     std::fs::write(&ca_file, &ca_pem)?;
     let tls_server = FirmwareServer::start_tls(
-        Arc::clone(&tp),
+        Arc::clone(&payload.data),
         Faults::default(),
         cert_pem.as_bytes(),
         key_pem.as_bytes(),
     )?;
-    let tls_msg = ota_cloud::aliyun::upgrade_message(&firmware_at(tls_server.url()), 1);
-    let tls = {
-        let mut job = CJob::new(5000, &tls_msg);
+    let msg = ota_cloud::aliyun::upgrade_message(&payload.firmware_at(tls_server.url()), 1);
+    let download = |device: &CDevice<'_>| {
+        let mut job = CJob::new(5000, &msg);
         job.https_ca = Some(&ca_file);
-        dev.run(&job)?
+        let r = device.run(&job);
+        c.step();
+        r
     };
-    let tls_fw = {
-        let mut job = CJob::new(5000, &tls_msg);
-        job.https_ca = Some(&ca_file);
-        dev_fw.run(&job)?
-    };
-    drop(tls_server);
-    drop(server);
+    Ok(Https {
+        bench: download(dev)?,
+        firmware: download(dev_fw)?,
+    })
+}
 
-    out.push(String::new());
-    out.push(format!(
-        "1. Throughput, {} MiB image from ota_cloud FirmwareServer over HTTP on 127.0.0.1",
-        tp.len() / MIB
-    ));
-    out.push(
+fn throughput_section(t: &Throughput, tls: &CRun, image_len: usize) -> Vec<String> {
+    let mut out = vec![
+        String::new(),
+        format!(
+            "1. Throughput, {} MiB image from ota_cloud FirmwareServer over HTTP on 127.0.0.1",
+            image_len / MIB
+        ),
         "   MB/s of 3 runs (each row's runs interleaved with the others'), their median, and median / limit;"
             .into(),
-    );
-    out.push(
         "   the limit is the best of the 3 in-memory passes of that digest (issue 12 goal: C MD5 rows >= 0.85 at 5000, >= 0.90 at 65536)"
             .into(),
-    );
-    out.push(format!(
-        "   {:<66} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "", "run 1", "run 2", "run 3", "median", "vs limit"
-    ));
-    let one_core_missing = format!(
-        "   {:<66} taskset not found",
-        "C FetchYield loop, MD5, device on one CPU (taskset -c)"
-    );
-    for (i, ((label, which), r)) in labels.iter().zip(&runs).enumerate() {
-        if i == one_core_at && one_core.is_none() {
-            out.push(one_core_missing.clone());
+        format!(
+            "   {:<66} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "", "run 1", "run 2", "run 3", "median", "vs limit"
+        ),
+    ];
+    for (i, ((label, which), r)) in t.rows.iter().zip(&t.runs).enumerate() {
+        if i == t.one_core_at && t.one_core_cpus.is_none() {
+            out.push(format!(
+                "   {:<66} taskset not found",
+                "C FetchYield loop, MD5, device on one CPU (taskset -c)"
+            ));
         }
         let limit = match which {
-            Limit::Md5 => md5_limit,
-            Limit::Sha256 => sha_limit,
+            Limit::Md5 => t.md5_limit,
+            Limit::Sha256 => t.sha_limit,
         };
         out.push(format!(
             "   {label:<66} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2}",
@@ -1201,9 +1509,10 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
             r.median() / limit
         ));
     }
-    if let Some(seen) = &one_core {
+    if let Some(seen) = &t.one_core_cpus {
         out.push(format!(
-            "   (CPU rows: device `taskset -c {device_cpu}`; their firmware server's threads on CPU(s) {seen} (its accept thread's Cpus_allowed_list); broker and bench threads unpinned)"
+            "   (CPU rows: device `taskset -c {}`; their firmware server's threads on CPU(s) {seen} (its accept thread's Cpus_allowed_list); broker and bench threads unpinned)",
+            t.device_cpu
         ));
     }
     out.push(format!(
@@ -1213,61 +1522,103 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
         "",
         "",
         "1 run",
-        tls.speed() / md5_limit
+        tls.speed() / t.md5_limit
     ));
     out.push(format!(
         "   (CHECK_FIRMWARE after the C loop, last run: {:.3} ms / {:.3} ms; not in the MB/s)",
-        check_ns[0].get() as f64 / 1e6,
-        check_ns[1].get() as f64 / 1e6
+        t.check_ns[0] as f64 / 1e6,
+        t.check_ns[1] as f64 / 1e6
     ));
+    out
+}
 
-    out.push(String::new());
-    out.push("2. Allocations (counting global allocator in ota-bench)".into());
-    out.push(format!(
-        "   (a) after init, full upgrade on MemorySource + no-alloc Uplink, 1 MiB image, {mem_calls} FetchYields: {mem_allocs} allocations ({mem_bytes} bytes)  [must be 0: {}]",
-        if mem_allocs == 0 { "OK" } else { "FAIL" }
-    ));
-    out.push(format!(
-        "   (b) HttpSource vs FirmwareServer (other process), {} MiB, buffer 5000, middle 80% of bytes: {http_allocs} allocations / {http_calls} FetchYields = {:.4} per FetchYield",
-        http_size / MIB,
-        http_allocs as f64 / http_calls.max(1) as f64
-    ));
-    out.push(format!(
-        "   (c) the same over HTTPS (TLS 1.3, test CA): {tls_allocs} allocations / {tls_calls} FetchYields = {:.4} per FetchYield",
-        tls_allocs as f64 / tls_calls.max(1) as f64
-    ));
+// Section 3 of the table: memory.
 
-    // 3. Memory.
-    eprintln!("ota-bench: peak RSS");
+struct Memory {
+    /// Per peak-RSS image size, the C device's run.
+    rss: Vec<(usize, CRun)>,
+    /// The smaller image, the device linked as firmware.
+    rss_fw: CRun,
+    /// The run with [`HANDLES`] OTA handles on one client.
+    handles: CRun,
+}
+
+fn measure_memory(
+    s: &Settings,
+    image: &[u8],
+    dev: &CDevice<'_>,
+    dev_fw: &CDevice<'_>,
+    c: &Campaign,
+) -> Res<Memory> {
+    c.phase("peak RSS", s.rss_sizes.len() + 1);
     let mut rss = Vec::new();
     for size in s.rss_sizes {
-        let img = &image[..size];
-        let server = FirmwareServer::start(img.to_vec())?;
-        let msg = ota_cloud::aliyun::upgrade_message(&firmware(&server.url(), img, false), 1);
-        rss.push((size, dev.run(&CJob::new(5000, &msg))?));
+        rss.push((size, c_upgrade(dev, &image[..size], |_| {})?));
+        c.step();
     }
-    let rss_fw = {
-        let img = &image[..s.rss_sizes[0]];
-        let server = FirmwareServer::start(img.to_vec())?;
-        let msg = ota_cloud::aliyun::upgrade_message(&firmware(&server.url(), img, false), 1);
-        dev_fw.run(&CJob::new(5000, &msg))?
-    };
-    eprintln!("ota-bench: OTA handles on one MQTT client");
-    let handles = {
-        let img = &image[..MIB];
-        let server = FirmwareServer::start(img.to_vec())?;
-        let msg = ota_cloud::aliyun::upgrade_message(&firmware(&server.url(), img, false), 1);
-        let mut job = CJob::new(5000, &msg);
-        job.handles = HANDLES;
-        dev.run(&job)?
-    };
-    out.push(String::new());
-    out.push("3. Memory: peak RSS of the C bench program, buffer 5000".into());
-    out.push("   VmHWM = /proc/self/status of the C program at its end (since exec);".into());
-    out.push(
+    let rss_fw = c_upgrade(dev_fw, &image[..s.rss_sizes[0]], |_| {})?;
+    c.step();
+    c.phase("OTA handles on one MQTT client", 1);
+    let handles = c_upgrade(dev, &image[..MIB], |job| job.handles = HANDLES)?;
+    c.step();
+    Ok(Memory {
+        rss,
+        rss_fw,
+        handles,
+    })
+}
+
+/// One C upgrade (buffer 5000, adjusted by `adjust`) of `img`, from a firmware server of its
+/// own.
+fn c_upgrade(dev: &CDevice<'_>, img: &[u8], adjust: impl FnOnce(&mut CJob<'_>)) -> Res<CRun> {
+    let server = FirmwareServer::start(img.to_vec())?;
+    let msg = ota_cloud::aliyun::upgrade_message(&firmware(&server.url(), img, false), 1);
+    let mut job = CJob::new(5000, &msg);
+    adjust(&mut job);
+    dev.run(&job)
+}
+
+fn memory_section(
+    s: &Settings,
+    m: &Memory,
+    https: &Https,
+    https_image: usize,
+    init_allocs: (usize, usize),
+) -> Vec<String> {
+    let mut out = vec![
+        String::new(),
+        "3. Memory: peak RSS of the C bench program, buffer 5000".into(),
+        "   VmHWM = /proc/self/status of the C program at its end (since exec);".into(),
         "   wait4 ru_maxrss also counts the bench process's pages before exec (vfork), so not the program's own".into(),
-    );
-    for (size, r) in &rss {
+    ];
+    out.extend(rss_lines(s, m, https, https_image));
+    out.extend(heap_lines(m, &https.bench, https_image));
+    out.push("   threads of the C program (/proc/self/task; 1 = the caller's thread only):".into());
+    for (size, r) in &m.rss {
+        out.push(format!(
+            "   {:>5} MiB image, HTTP:  {} after init, at most {} during the download",
+            size / MIB,
+            r.threads_init,
+            r.threads_max
+        ));
+    }
+    out.push(format!(
+        "   {:>5} MiB image, HTTPS: {} after init, at most {} during the download",
+        https_image / MIB,
+        https.bench.threads_init,
+        https.bench.threads_max
+    ));
+    out.push(format!(
+        "   Rust OtaSession::new with HttpSource (counting allocator): {} allocations, {} bytes",
+        init_allocs.0, init_allocs.1
+    ));
+    out
+}
+
+/// The peak RSS rows: per image size, then linked as firmware, then the ratio of the sizes.
+fn rss_lines(s: &Settings, m: &Memory, https: &Https, https_image: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for (size, r) in &m.rss {
         out.push(format!(
             "   {:>5} MiB image, HTTP:  VmHWM {} KiB   (wait4 ru_maxrss {} KiB; {:.1} MB/s)",
             size / MIB,
@@ -1278,8 +1629,8 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     }
     out.push(format!(
         "   {:>5} MiB image, HTTPS: VmHWM {} KiB",
-        tp.len() / MIB,
-        tls.hwm_kib
+        https_image / MIB,
+        https.bench.hwm_kib
     ));
     out.push(format!(
         "   linked as firmware ({}):",
@@ -1288,178 +1639,189 @@ fn run(args: &[String], s: &Settings) -> Res<()> {
     out.push(format!(
         "   {:>5} MiB image, HTTP:  VmHWM {} KiB",
         s.rss_sizes[0] / MIB,
-        rss_fw.hwm_kib
+        m.rss_fw.hwm_kib
     ));
     out.push(format!(
         "   {:>5} MiB image, HTTPS: VmHWM {} KiB   [issue 12 goal with TLS: <= 3072 KiB]",
-        tp.len() / MIB,
-        tls_fw.hwm_kib
+        https_image / MIB,
+        https.firmware.hwm_kib
     ));
     out.push(format!(
         "   ratio {} MiB / {} MiB (HTTP): {:.3}",
-        rss[1].0 / MIB,
-        rss[0].0 / MIB,
-        rss[1].1.hwm_kib as f64 / rss[0].1.hwm_kib.max(1) as f64
+        m.rss[1].0 / MIB,
+        m.rss[0].0 / MIB,
+        m.rss[1].1.hwm_kib as f64 / m.rss[0].1.hwm_kib.max(1) as f64
     ));
-    out.push(
+    out
+}
+
+/// The heap rows: after init, halfway, at the end; then per OTA handle.
+fn heap_lines(m: &Memory, tls: &CRun, https_image: usize) -> Vec<String> {
+    let mut out = vec![
         "   heap (C, glibc mallinfo2 in use, minus before init; init = IOT_SetupConnInfo + IOT_MQTT_Construct + IOT_OTA_Init,"
             .into(),
-    );
-    out.push(
         "   for HTTPS also IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA, test CA) before them; halfway = when the fetched size first reached half):"
             .into(),
-    );
+    ];
     let heap_row = |what: String, r: &CRun| {
         format!(
             "   {what} {:>6} bytes after init, {:>6} halfway through the download, {:>6} at its end",
             r.heap_init, r.heap_mid, r.heap_download
         )
     };
-    for (size, r) in &rss {
+    for (size, r) in &m.rss {
         out.push(heap_row(format!("{:>5} MiB image, HTTP: ", size / MIB), r));
     }
     out.push(heap_row(
-        format!("{:>5} MiB image, HTTPS:", tp.len() / MIB),
-        &tls,
+        format!("{:>5} MiB image, HTTPS:", https_image / MIB),
+        tls,
     ));
     out.push(
         "   [issue 12 goals: <= 65536 bytes after init, no download in flight; <= 98304 during a TLS download]"
             .into(),
     );
-    let per_handle = handles_row(&handles.heap_handles);
     out.push(format!(
         "   OTA handles on one MQTT client (IOT_OTA_Init, device names {DN}, {DN}_2 .. {DN}_{HANDLES}; download on the first):"
     ));
     out.push(format!(
-        "   {per_handle}   [issue 12 goal: <= 65536 per additional handle]"
+        "   {}   [issue 12 goal: <= 65536 per additional handle]",
+        handles_row(&m.handles.heap_handles)
     ));
-    out.push("   threads of the C program (/proc/self/task; 1 = the caller's thread only):".into());
-    for (size, r) in &rss {
-        out.push(format!(
-            "   {:>5} MiB image, HTTP:  {} after init, at most {} during the download",
-            size / MIB,
-            r.threads_init,
-            r.threads_max
-        ));
-    }
-    out.push(format!(
-        "   {:>5} MiB image, HTTPS: {} after init, at most {} during the download",
-        tp.len() / MIB,
-        tls.threads_init,
-        tls.threads_max
-    ));
-    out.push(format!(
-        "   Rust OtaSession::new with HttpSource (counting allocator): {} allocations, {} bytes",
-        init_allocs.0, init_allocs.1
-    ));
-    drop(image);
+    out
+}
 
-    // 4. Size.
-    out.push(String::new());
-    out.push("4. Size".into());
-    let size_row = |name: &str, n: u64| format!("   {name:<66} {n:>10} bytes");
-    out.push(size_row("target/release/libota.a", file_size(&lib_a)?));
-    match file_size(&lib_so) {
+// Section 4 of the table: size.
+
+/// Other builds of libota.a: (what, cargo arguments, target directory).
+const VARIANTS: [(&str, &[&str], &str); 2] = [
+    ("without TLS", &["--no-default-features"], "ota-bench-notls"),
+    (
+        "with the ChaCha20 suites",
+        &["--features", "tls-chacha20"],
+        "ota-bench-chacha20",
+    ),
+];
+
+fn size_row(name: &str, n: u64) -> String {
+    format!("   {name:<66} {n:>10} bytes")
+}
+
+fn size_section(s: &Settings, ws: &Workspace, c: &Campaign) -> Res<Vec<String>> {
+    c.phase("sizes", EXAMPLE_LINKS.len());
+    let mut out = vec![String::new(), "4. Size".into()];
+    out.push(size_row("target/release/libota.a", file_size(&ws.lib_a)?));
+    match file_size(&ws.lib_so) {
         Ok(n) => out.push(size_row("target/release/libota.so", n)),
         Err(e) => out.push(format!("   target/release/libota.so: {e}")),
     }
-    let ex_src = root.join("examples-c/ota_mqtt_example.c");
-    let example_rows = |out: &mut Vec<String>, lib: &Path, suffix: &str, goal: bool| {
-        for (label, flags) in EXAMPLE_LINKS {
-            let name = format!("{label}{suffix}");
-            match example_size(&work, &ex_src, &inc, lib, flags) {
-                Ok(n) if goal => out.push(format!(
-                    "{}   {:.2} of the 2 MiB goal",
-                    size_row(&name, n),
-                    n as f64 / SIZE_GOAL as f64
-                )),
-                Ok(n) => out.push(size_row(&name, n)),
-                // An old linker without RELR, say: the row says so, the others still count.
-                Err(e) => out.push(format!("   {name:<66} failed: {e}")),
-            }
-        }
-    };
-    example_rows(&mut out, &lib_a, "", true);
-    // Other builds of libota.a: (what, cargo arguments, target directory).
-    let variants: [(&str, &[&str], &str); 2] = [
-        ("without TLS", &["--no-default-features"], "ota-bench-notls"),
-        (
-            "with the ChaCha20 suites",
-            &["--features", "tls-chacha20"],
-            "ota-bench-chacha20",
-        ),
-    ];
+    out.extend(example_rows(ws, &ws.lib_a, "", true, c));
     if s.quick {
         out.push(
             "   (without TLS, with ChaCha20: skipped in --quick; each builds libota.a once more)"
                 .into(),
         );
-    } else {
-        for (what, args, dir) in variants {
-            eprintln!("ota-bench: building libota.a {what} ({})", args.join(" "));
-            let dir = root.join("target").join(dir);
-            let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--release", "-q", "-p", "ota", "--lib"])
-                .args(args)
-                .env("CARGO_TARGET_DIR", &dir)
-                .env("OTA_SKIP_HEADER", "1")
-                .current_dir(&root)
-                .status()?;
-            if !st.success() {
-                return Err(format!("cargo build {} failed", args.join(" ")).into());
-            }
-            let lib = dir.join("release/libota.a");
-            out.push(size_row(
-                &format!("libota.a {what} ({})", args.join(" ")),
-                file_size(&lib)?,
-            ));
-            example_rows(&mut out, &lib, &format!(", {what}"), false);
-        }
+        return Ok(out);
     }
+    for (what, args, dir) in VARIANTS {
+        c.phase(
+            &format!("building libota.a {what} ({})", args.join(" ")),
+            1 + EXAMPLE_LINKS.len(),
+        );
+        let lib = build_variant(ws, args, dir)?;
+        c.step();
+        out.push(size_row(
+            &format!("libota.a {what} ({})", args.join(" ")),
+            file_size(&lib)?,
+        ));
+        out.extend(example_rows(ws, &lib, &format!(", {what}"), false, c));
+    }
+    Ok(out)
+}
 
-    // 5. Latency.
-    eprintln!("ota-bench: latency ({} runs)", s.latency_runs);
+/// Builds libota.a with `args` into `target/DIR`; its path.
+fn build_variant(ws: &Workspace, args: &[&str], dir: &str) -> Res<PathBuf> {
+    let dir = ws.root.join("target").join(dir);
+    // The output is kept for the error: on a terminal it would run through the progress bar.
+    let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-q", "-p", "ota", "--lib"])
+        .args(args)
+        .env("CARGO_TARGET_DIR", &dir)
+        .env("OTA_SKIP_HEADER", "1")
+        .current_dir(&ws.root)
+        .stdin(Stdio::null())
+        .output()?;
+    if !built.status.success() {
+        return Err(format!(
+            "cargo build {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&built.stderr)
+        )
+        .into());
+    }
+    Ok(dir.join("release/libota.a"))
+}
+
+/// The stripped size of the C example linked against `lib` in each of [`EXAMPLE_LINKS`].
+fn example_rows(ws: &Workspace, lib: &Path, suffix: &str, goal: bool, c: &Campaign) -> Vec<String> {
+    let src = ws.root.join("examples-c/ota_mqtt_example.c");
+    let mut out = Vec::new();
+    for (label, flags) in EXAMPLE_LINKS {
+        let name = format!("{label}{suffix}");
+        out.push(match example_size(&ws.work, &src, &ws.inc, lib, flags) {
+            Ok(n) if goal => format!(
+                "{}   {:.2} of the 2 MiB goal",
+                size_row(&name, n),
+                n as f64 / SIZE_GOAL as f64
+            ),
+            Ok(n) => size_row(&name, n),
+            // An old linker without RELR, say: the row says so, the others still count.
+            Err(e) => format!("   {name:<66} failed: {e}"),
+        });
+        c.step();
+    }
+    out
+}
+
+// Section 5 of the table: latency.
+
+/// Upgrade message published -> first firmware byte in the C device, in ms, sorted.
+fn measure_latency(s: &Settings, dev: &CDevice<'_>, c: &Campaign) -> Res<Vec<f64>> {
+    c.phase(
+        &format!("latency ({} runs)", s.latency_runs),
+        s.latency_runs,
+    );
     let img = ota_cloud::generate_firmware(s.latency_size);
     let server = FirmwareServer::start(img.clone())?;
     let msg = ota_cloud::aliyun::upgrade_message(&firmware(&server.url(), &img, false), 1);
     let mut lat = Vec::new();
     for i in 0..s.latency_runs {
         // Spread the publish over the device's 200 ms yield window.
-        let delay = Duration::from_millis((i as u64 * 37) % 200);
         let mut job = CJob::new(5000, &msg);
-        job.delay = delay;
-        let r = dev.run(&job)?;
-        lat.push(r.latency_ns as f64 / 1e6);
+        job.delay = Duration::from_millis((i as u64 * 37) % 200);
+        lat.push(dev.run(&job)?.latency_ns as f64 / 1e6);
+        c.step();
     }
     lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+fn latency_section(s: &Settings, lat: &[f64]) -> Vec<String> {
     let median = if lat.len() % 2 == 1 {
         lat[lat.len() / 2]
     } else {
         (lat[lat.len() / 2 - 1] + lat[lat.len() / 2]) / 2.0
     };
-    out.push(String::new());
-    out.push(format!(
-        "5. Latency: upgrade message published -> first firmware byte in the C device (IOT_MQTT_Yield(pclient, 200) loop), {} KiB image, {} runs",
-        s.latency_size / 1024,
-        lat.len()
-    ));
-    out.push(format!(
-        "   median {median:.1} ms   min {:.1} ms   max {:.1} ms",
-        lat[0],
-        lat[lat.len() - 1]
-    ));
-    out.push(String::new());
-    out.push(format!(
-        "total bench time {:.1} s{}",
-        t_start.elapsed().as_secs_f64(),
-        if s.quick { " (--quick)" } else { "" }
-    ));
-    // OTA_BENCH_KEEP=1 keeps the C programs (e.g. for `perf report` on a recorded run).
-    if std::env::var_os("OTA_BENCH_KEEP").is_none() {
-        let _ = std::fs::remove_dir_all(&work);
-    } else {
-        eprintln!("ota-bench: kept {}", work.display());
-    }
-    println!("{}", out.join("\n"));
-    Ok(())
+    vec![
+        String::new(),
+        format!(
+            "5. Latency: upgrade message published -> first firmware byte in the C device (IOT_MQTT_Yield(pclient, 200) loop), {} KiB image, {} runs",
+            s.latency_size / 1024,
+            lat.len()
+        ),
+        format!(
+            "   median {median:.1} ms   min {:.1} ms   max {:.1} ms",
+            lat[0],
+            lat[lat.len() - 1]
+        ),
+    ]
 }

@@ -7,7 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::cloud::{DeviceMsg, Firmware};
+use crate::platform::{DeviceMsg, Firmware};
 
 /// The four Aliyun OTA topics of one device.
 #[derive(Debug, Clone)]

@@ -26,12 +26,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use md5::{Digest, Md5};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
-use sha2::Sha256;
 
 use crate::sagoo::SignMethod;
 use crate::{aliyun, sagoo, tencent, ucloud};
+
+// Re-exported where they were defined before they moved, for `ota_cloud::cloud::Firmware` paths.
+pub use crate::platform::{md5_hex, sha256_hex, DeviceMsg, Firmware, TencentState};
 
 /// Upgrade notifications sent at most this many times per run, so a device that keeps
 /// re-reporting its old version (or asking again) cannot make the cloud loop forever.
@@ -156,95 +157,6 @@ impl CloudOptions {
     }
 }
 
-/// What the cloud offers the device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Firmware {
-    pub version: String,
-    pub url: String,
-    pub size: u64,
-    /// 32 lowercase hex digits.
-    pub md5: String,
-    /// 64 lowercase hex digits (SagooIOT with `signMethod` SHA256).
-    pub sha256: String,
-}
-
-impl Firmware {
-    /// Describes `image`, served at `url`, as version `version`.
-    pub fn new(version: impl Into<String>, url: impl Into<String>, image: &[u8]) -> Firmware {
-        Firmware {
-            version: version.into(),
-            url: url.into(),
-            size: image.len() as u64,
-            md5: md5_hex(image),
-            sha256: sha256_hex(image),
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// MD5 of `data` as 32 lowercase hex digits.
-pub fn md5_hex(data: &[u8]) -> String {
-    hex(&Md5::digest(data))
-}
-
-/// SHA-256 of `data` as 64 lowercase hex digits.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-/// A Tencent `report_progress` state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TencentState {
-    /// Download percent 0..=100.
-    Downloading { percent: u8 },
-    /// The download is complete; flashing starts.
-    Burning,
-    /// The upgrade is complete.
-    Done,
-    /// `result_code` -1..=-5 and its (non-empty) `result_msg`.
-    Fail { code: i32, msg: String },
-}
-
-/// A checked device → cloud message, independent of the platform's wire format.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceMsg {
-    /// The device reports its running version (at start-up, and again after the reboot):
-    /// Aliyun/SagooIOT `inform`, Tencent `report_version`, UCloud `report`.
-    Version {
-        version: String,
-        module: Option<String>,
-    },
-    /// Aliyun/SagooIOT progress: download percent 0..=100, or a failure step -1..=-4.
-    /// `module` and `strategy` are SagooIOT's (always `None` for Aliyun).
-    Progress {
-        step: i32,
-        desc: Option<String>,
-        module: Option<String>,
-        strategy: Option<String>,
-    },
-    /// The device asks for the firmware again (Aliyun).
-    Request {
-        version: String,
-        module: Option<String>,
-    },
-    /// Tencent `report_progress` for `version`.
-    TencentProgress {
-        version: String,
-        state: TencentState,
-    },
-    /// UCloud `notify`: the device accepted task `task_id`.
-    TaskAck { task_id: String },
-    /// UCloud `upgrading`.
-    TaskUpgrading { task_id: String },
-    /// UCloud `success`.
-    TaskSuccess { task_id: String },
-    /// UCloud `fail` with its `ErrMsg`.
-    TaskFail { task_id: String, err_msg: String },
-}
-
 /// How a run succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Success {
@@ -349,6 +261,29 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Before anything happened.
+    fn empty(protocol: Protocol) -> Summary {
+        Summary {
+            protocol,
+            messages: Vec::new(),
+            progress: Vec::new(),
+            versions: Vec::new(),
+            upgrade_messages_sent: 0,
+            version_replies_sent: 0,
+            requests_received: 0,
+            requests_ignored: 0,
+            urls_renewed: 0,
+            task_id: None,
+            upgrades: Vec::new(),
+            download_time: None,
+            elapsed: Duration::ZERO,
+            target_outcome: TargetOutcome::Timeout,
+            outcome: Err(Failure::Timeout {
+                waiting_for: String::new(),
+            }),
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         self.outcome.is_ok()
     }
@@ -387,6 +322,23 @@ pub enum TargetOutcome {
     },
     /// Nothing decisive happened (the run timed out, gave up, or a violation ended it first).
     Timeout,
+}
+
+impl TargetOutcome {
+    /// What the device decided about `target`, given how the run ended.
+    fn of(outcome: &Result<Success, Failure>, target: &UpgradeRecord) -> TargetOutcome {
+        match (outcome, &target.first_failure) {
+            (Ok(_), _) => TargetOutcome::Success {
+                version: target.firmware.version.clone(),
+            },
+            (Err(_), Some((_, desc))) => TargetOutcome::Failed {
+                version: target.firmware.version.clone(),
+                reports: target.failure_reports,
+                desc: desc.clone().unwrap_or_default(),
+            },
+            (Err(_), None) => TargetOutcome::Timeout,
+        }
+    }
 }
 
 impl fmt::Display for TargetOutcome {
@@ -669,6 +621,13 @@ impl Upgrade {
 
 /// Per-run state.
 struct Run {
+    started: Instant,
+    /// When the run ends: its timeout, shortened by an abort or a failure report's grace.
+    deadline: Instant,
+    /// The abort flag was seen set.
+    aborted: bool,
+    /// The grace period after the target's failure report is running.
+    grace_started: bool,
     first_upgrade_at: Option<Instant>,
     /// The version the device last reported running (UCloud's `CurrentVersion`).
     device_version: Option<String>,
@@ -684,6 +643,23 @@ struct Run {
 }
 
 impl Run {
+    fn new(firmware: &Firmware, timeout: Duration) -> Run {
+        let started = Instant::now();
+        let task_base = now_ms();
+        Run {
+            started,
+            deadline: started + timeout,
+            aborted: false,
+            grace_started: false,
+            first_upgrade_at: None,
+            device_version: None,
+            upgrades: vec![Upgrade::new(firmware.clone(), task_base.to_string())],
+            answers: 0,
+            task_base,
+            echoes: Vec::new(),
+        }
+    }
+
     fn target(&self) -> &Upgrade {
         self.upgrades.last().expect("a run has a target")
     }
@@ -801,7 +777,7 @@ impl Cloud {
         &self.options
     }
 
-    /// Suppresses the `cloud: ...` narration on stdout (failures are still returned).
+    /// Suppresses the `cloud: ...` narration ([`crate::console`]; failures are still returned).
     pub fn set_quiet(&mut self, quiet: bool) -> &mut Self {
         self.quiet = quiet;
         self
@@ -893,166 +869,208 @@ impl Cloud {
         timeout: Duration,
         abort: &AtomicBool,
     ) -> Summary {
-        let start = Instant::now();
-        let mut deadline = start + timeout;
-        let mut aborted = false;
-        let mut grace_started = false;
-        let mut summary = Summary {
-            protocol: self.protocol,
-            messages: Vec::new(),
-            progress: Vec::new(),
-            versions: Vec::new(),
-            upgrade_messages_sent: 0,
-            version_replies_sent: 0,
-            requests_received: 0,
-            requests_ignored: 0,
-            urls_renewed: 0,
-            task_id: None,
-            upgrades: Vec::new(),
-            download_time: None,
-            elapsed: Duration::ZERO,
-            target_outcome: TargetOutcome::Timeout,
-            outcome: Err(Failure::Timeout {
-                waiting_for: String::new(),
-            }),
-        };
-        let task_base = now_ms();
-        let mut run = Run {
-            first_upgrade_at: None,
-            device_version: None,
-            upgrades: vec![Upgrade::new(firmware.clone(), task_base.to_string())],
-            answers: 0,
-            task_base,
-            echoes: Vec::new(),
-        };
+        let mut run = Run::new(firmware, timeout);
+        let mut summary = Summary::empty(self.protocol);
         self.say(format!(
             "playing {}; waiting for the device's version report on {}",
             self.protocol,
             self.wire.version_topic()
         ));
         let outcome = loop {
-            if !aborted && abort.load(Ordering::SeqCst) {
-                aborted = true;
-                deadline = deadline.min(Instant::now() + ABORT_GRACE);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                if let Some((step, desc)) = &run.target().record.first_failure {
-                    break Err(Failure::DeviceFailed {
-                        step: *step,
-                        desc: desc.clone(),
-                    });
-                }
-                break Err(Failure::Timeout {
-                    waiting_for: self.waiting_for(&summary, &run, aborted),
-                });
-            }
-            let wait = (deadline - now).min(Duration::from_millis(100));
-            let (topic, payload) = match self.events.recv_timeout(wait) {
-                Ok(Net::Message { topic, payload }) => (topic, payload),
-                Ok(Net::Connected) => {
-                    // Sessions are clean: after a reconnect the subscriptions must be renewed.
-                    self.say("reconnected to the broker; subscribing again".into());
-                    if let Err(e) = self.subscribe() {
-                        break Err(Failure::Mqtt(e.to_string()));
-                    }
-                    continue;
-                }
-                Ok(Net::Subscribed(_)) => continue,
-                Ok(Net::Error(e)) => {
-                    self.say(format!("mqtt connection error: {e} (reconnecting)"));
-                    continue;
-                }
-                Ok(Net::Announce { asked, .. }) if asked < start => continue, // no run then
-                Ok(Net::Announce { what, done, .. }) => {
-                    match self.announce(what, &mut summary, &mut run) {
-                        Ok(Some(payload)) => run.echoes.push((payload, done)),
-                        Ok(None) => {
-                            let _ = done.send(false);
-                        }
-                        Err(e) => {
-                            let _ = done.send(true);
-                            break Err(Failure::Mqtt(e.to_string()));
-                        }
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Timeout) => continue,
-                Ok(Net::Ended) | Err(RecvTimeoutError::Disconnected) => {
-                    break Err(Failure::Mqtt("connection thread ended".into()));
-                }
+            let wait = match self.time_left(abort, &summary, &mut run) {
+                Ok(wait) => wait,
+                Err(end) => break Err(end),
             };
-            let violation = |reason: String| Failure::Violation {
-                topic: topic.clone(),
-                reason,
-                payload: String::from_utf8_lossy(&payload).into_owned(),
-            };
-            let msg = match self.wire.parse(&topic, &payload) {
-                Ok(Some(msg)) => msg,
-                // Our own upgrade messages come back through the family subscription: the
-                // broker has routed them, which is what a trigger waits for.
-                Ok(None) if topic == self.wire.downstream() => {
-                    if let Some(i) = run.echoes.iter().position(|(p, _)| p.as_bytes() == payload) {
-                        let _ = run.echoes.remove(i).1.send(true);
+            match self.next_event(wait, &mut summary, &mut run) {
+                Ok(Some((topic, payload))) => {
+                    if let Some(end) = self.on_message(&topic, &payload, &mut summary, &mut run) {
+                        break end;
                     }
-                    continue;
                 }
-                Ok(None) => {
-                    break Err(violation(format!(
-                        "not a {} device → cloud topic (expected {})",
-                        self.protocol,
-                        self.wire.upstream().join(" or ")
-                    )))
-                }
-                Err(reason) => break Err(violation(reason)),
-            };
-            summary.messages.push(msg.clone());
-            match self.handle(msg, &mut summary, &mut run) {
-                Ok(Next::Wait) => continue,
-                Ok(Next::Done(success)) => break Ok(success),
-                Ok(Next::TargetFailed) => {
-                    if !grace_started {
-                        grace_started = true;
-                        deadline = deadline.min(Instant::now() + self.grace);
-                        self.say(format!(
-                            "the upgrade to {} failed; watching {} ms more for what must not follow",
-                            run.target().version(),
-                            self.grace.as_millis()
-                        ));
-                    }
-                    continue;
-                }
-                Ok(Next::Offer) => {}
-                Err(reason) => break Err(violation(reason)),
+                Ok(None) => {}
+                Err(end) => break Err(end),
             }
-            if run.target().failed() {
-                self.say("no answer: the upgrade already failed".into());
-                continue;
-            }
-            if run.answers >= self.max_upgrade_messages {
-                break Err(Failure::TooManyUpgradeMessages(run.answers));
-            }
-            if let Err(e) = self.publish_target(&mut summary, &mut run, true) {
-                break Err(Failure::Mqtt(e.to_string()));
-            }
-            run.answers += 1;
         };
+        self.conclude(outcome, summary, run)
+    }
+
+    /// The run's clock: `abort` shortens it; past the deadline the run ends (with the
+    /// device's failure report of the target, if there was one). Else how long to wait for
+    /// the next event.
+    fn time_left(
+        &self,
+        abort: &AtomicBool,
+        summary: &Summary,
+        run: &mut Run,
+    ) -> Result<Duration, Failure> {
+        if !run.aborted && abort.load(Ordering::SeqCst) {
+            run.aborted = true;
+            run.deadline = run.deadline.min(Instant::now() + ABORT_GRACE);
+        }
+        let now = Instant::now();
+        if now < run.deadline {
+            return Ok((run.deadline - now).min(Duration::from_millis(100)));
+        }
+        Err(match &run.target().record.first_failure {
+            Some((step, desc)) => Failure::DeviceFailed {
+                step: *step,
+                desc: desc.clone(),
+            },
+            None => Failure::Timeout {
+                waiting_for: self.waiting_for(summary, run),
+            },
+        })
+    }
+
+    /// Waits up to `wait` for what the MQTT thread or a [`Trigger`] forwards and deals with
+    /// all of it but the messages on watched topics, which it returns. `Err` ends the run.
+    fn next_event(
+        &mut self,
+        wait: Duration,
+        summary: &mut Summary,
+        run: &mut Run,
+    ) -> Result<Option<(String, Vec<u8>)>, Failure> {
+        match self.events.recv_timeout(wait) {
+            Ok(Net::Message { topic, payload }) => return Ok(Some((topic, payload))),
+            Ok(Net::Connected) => {
+                // Sessions are clean: after a reconnect the subscriptions must be renewed.
+                self.say("reconnected to the broker; subscribing again".into());
+                self.subscribe().map_err(|e| Failure::Mqtt(e.to_string()))?;
+            }
+            Ok(Net::Subscribed(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Net::Error(e)) => self.say(format!("mqtt connection error: {e} (reconnecting)")),
+            Ok(Net::Announce { asked, .. }) if asked < run.started => {} // no run then
+            Ok(Net::Announce { what, done, .. }) => self.on_trigger(what, done, summary, run)?,
+            Ok(Net::Ended) | Err(RecvTimeoutError::Disconnected) => {
+                return Err(Failure::Mqtt("connection thread ended".into()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A [`Trigger`] fired: publishes its announcement; `done` hears whether it was, once the
+    /// broker has routed it (see [`check_message`](Self::check_message)). `Err` ends the run.
+    fn on_trigger(
+        &mut self,
+        what: Announcement,
+        done: SyncSender<bool>,
+        summary: &mut Summary,
+        run: &mut Run,
+    ) -> Result<(), Failure> {
+        match self.announce(what, summary, run) {
+            Ok(Some(payload)) => run.echoes.push((payload, done)),
+            Ok(None) => {
+                let _ = done.send(false);
+            }
+            Err(e) => {
+                let _ = done.send(true);
+                return Err(Failure::Mqtt(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// A message on a watched topic: checked, then played. `Some` ends the run.
+    fn on_message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        summary: &mut Summary,
+        run: &mut Run,
+    ) -> Option<Result<Success, Failure>> {
+        let violation = |reason: String| Failure::Violation {
+            topic: topic.to_string(),
+            reason,
+            payload: String::from_utf8_lossy(payload).into_owned(),
+        };
+        let msg = match self.check_message(topic, payload, run) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return None,
+            Err(reason) => return Some(Err(violation(reason))),
+        };
+        summary.messages.push(msg.clone());
+        match self.handle(msg, summary, run) {
+            Ok(Next::Wait) => None,
+            Ok(Next::Done(success)) => Some(Ok(success)),
+            Ok(Next::TargetFailed) => {
+                self.start_grace(run);
+                None
+            }
+            Ok(Next::Offer) => self.answer_device(summary, run).err().map(Err),
+            Err(reason) => Some(Err(violation(reason))),
+        }
+    }
+
+    /// Parses a message on a watched topic. `Ok(None)`: the cloud's own upgrade message came
+    /// back through the family subscription, so the broker has routed it, which is what a
+    /// [`Trigger`] waits for. `Err` is a violation's reason.
+    fn check_message(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        run: &mut Run,
+    ) -> Result<Option<DeviceMsg>, String> {
+        match self.wire.parse(topic, payload)? {
+            Some(msg) => Ok(Some(msg)),
+            None if topic == self.wire.downstream() => {
+                if let Some(i) = run.echoes.iter().position(|(p, _)| p.as_bytes() == payload) {
+                    let _ = run.echoes.remove(i).1.send(true);
+                }
+                Ok(None)
+            }
+            None => Err(format!(
+                "not a {} device → cloud topic (expected {})",
+                self.protocol,
+                self.wire.upstream().join(" or ")
+            )),
+        }
+    }
+
+    /// The device reported the target upgrade failed: the run ends after the grace period
+    /// (counted from the first such report).
+    fn start_grace(&self, run: &mut Run) {
+        if run.grace_started {
+            return;
+        }
+        run.grace_started = true;
+        run.deadline = run.deadline.min(Instant::now() + self.grace);
+        self.say(format!(
+            "the upgrade to {} failed; watching {} ms more for what must not follow",
+            run.target().version(),
+            self.grace.as_millis()
+        ));
+    }
+
+    /// Sends the target upgrade in answer to the device, within the limit of answers. `Err`
+    /// ends the run.
+    fn answer_device(&mut self, summary: &mut Summary, run: &mut Run) -> Result<(), Failure> {
+        if run.target().failed() {
+            self.say("no answer: the upgrade already failed".into());
+            return Ok(());
+        }
+        if run.answers >= self.max_upgrade_messages {
+            return Err(Failure::TooManyUpgradeMessages(run.answers));
+        }
+        self.publish_target(summary, run, true)
+            .map_err(|e| Failure::Mqtt(e.to_string()))?;
+        run.answers += 1;
+        Ok(())
+    }
+
+    /// Ends the run with `outcome`: releases the triggers still waiting for their echo, says
+    /// how the upgrade ended and completes the summary.
+    fn conclude(
+        &self,
+        outcome: Result<Success, Failure>,
+        mut summary: Summary,
+        mut run: Run,
+    ) -> Summary {
         // Nobody waits for these any more; they were published.
         for (_, done) in run.echoes.drain(..) {
             let _ = done.send(true);
         }
         let target = &run.target().record;
-        summary.target_outcome = match (&outcome, &target.first_failure) {
-            (Ok(_), _) => TargetOutcome::Success {
-                version: target.firmware.version.clone(),
-            },
-            (Err(_), Some((_, desc))) => TargetOutcome::Failed {
-                version: target.firmware.version.clone(),
-                reports: target.failure_reports,
-                desc: desc.clone().unwrap_or_default(),
-            },
-            (Err(_), None) => TargetOutcome::Timeout,
-        };
+        summary.target_outcome = TargetOutcome::of(&outcome, target);
         let target_version = target.firmware.version.clone();
         match &outcome {
             Ok(Success::Upgraded) => self.say(format!(
@@ -1066,9 +1084,9 @@ impl Cloud {
         if self.protocol == Protocol::Ucloud && run.target().announced() {
             summary.task_id = Some(run.target().task_id.clone());
         }
+        summary.elapsed = run.started.elapsed();
         summary.upgrades = run.upgrades.into_iter().map(|u| u.record).collect();
         summary.outcome = outcome;
-        summary.elapsed = start.elapsed();
         summary
     }
 
@@ -1151,54 +1169,9 @@ impl Cloud {
 
     /// The protocol's flow and stateful checks for one checked message. `Err` is a violation.
     fn handle(&self, msg: DeviceMsg, summary: &mut Summary, run: &mut Run) -> Result<Next, String> {
-        let offered = run.offered();
-        let module = self.options.module.as_deref();
         match msg {
-            DeviceMsg::Version { version, module: m } => {
-                let m_text = m
-                    .as_deref()
-                    .map(|m| format!(" (module {m})"))
-                    .unwrap_or_default();
-                self.say(format!("device reports version {version}{m_text}"));
-                summary.versions.push(version.clone());
-                if self.protocol == Protocol::Tencent {
-                    let reply = tencent::version_reply(&version);
-                    if let Err(e) = self.publish(self.wire.downstream(), reply) {
-                        self.say(format!("cannot send report_version_rsp: {e}"));
-                    } else {
-                        summary.version_replies_sent += 1;
-                        self.say(format!("sent report_version_rsp for {version}"));
-                    }
-                }
-                let checks_module = matches!(self.protocol, Protocol::Sagoo | Protocol::Ucloud);
-                if checks_module && !sagoo::same_module(m.as_deref(), module) {
-                    self.say(format!(
-                        "not the upgrade's module ({}); nothing to do",
-                        module.unwrap_or("default")
-                    ));
-                    return Ok(Next::Wait);
-                }
-                // Running a version the device reported failed to install.
-                if let Some(u) = run.upgrades.iter().find(|u| u.version() == version) {
-                    u.check_not_failed(&format!("version report {version:?}"))?;
-                }
-                if version == run.target().version() {
-                    return Ok(match self.protocol {
-                        Protocol::Aliyun | Protocol::Sagoo if offered => {
-                            Next::Done(Success::Upgraded)
-                        }
-                        // Success is `done` / `success`, not the version report.
-                        Protocol::Tencent | Protocol::Ucloud if offered => Next::Wait,
-                        _ => Next::Done(Success::AlreadyCurrent),
-                    });
-                }
-                run.device_version = Some(version);
-                if !offered {
-                    return Ok(Next::Offer);
-                }
-                // A device that rebooted into its old version or came back online: the
-                // platform (re)sends the pending upgrade after a report.
-                Ok(self.answer_request(summary))
+            DeviceMsg::Version { version, module } => {
+                self.version_report(version, module, summary, run)
             }
             DeviceMsg::Request { version, .. } => {
                 summary.requests_received += 1;
@@ -1206,114 +1179,194 @@ impl Cloud {
                 Ok(self.answer_request(summary))
             }
             DeviceMsg::Progress { step, ref desc, .. } => {
-                if self.protocol == Protocol::Sagoo {
-                    let strategy = if offered {
-                        self.options.strategy.as_deref()
-                    } else {
-                        None
-                    };
-                    sagoo::check_progress(&msg, module, strategy)?;
-                }
-                summary.progress.push(step);
-                let desc_text = desc.as_deref().unwrap_or("");
-                let owner = run.progress_owner();
-                if step < 0 {
-                    self.say(format!("device reports failure step {step}: {desc_text}"));
-                    return self.failure_report(run, owner, step, desc.clone(), false);
-                }
-                let upgrade = &run.upgrades[owner];
-                upgrade.check_not_failed(&format!("step {step}"))?;
-                self.say(
-                    format!("progress {step}% {desc_text}")
-                        .trim_end()
-                        .to_string(),
-                );
-                if step == 100 && owner == run.target_index() && summary.download_time.is_none() {
-                    summary.download_time = run.first_upgrade_at.map(|t| t.elapsed());
-                }
-                Ok(Next::Wait)
+                self.progress_report(&msg, step, desc.as_deref(), summary, run)
             }
             DeviceMsg::TencentProgress { version, state } => {
-                if !offered {
-                    return Err("report_progress before any update_firmware".into());
-                }
-                let Some(owner) = run
-                    .upgrades
-                    .iter()
-                    .rposition(|u| u.announced() && u.version() == version)
-                else {
-                    return Err(format!(
-                        "report.version {version:?} is not the version being installed ({:?})",
-                        run.target().version()
-                    ));
-                };
-                let is_target = owner == run.target_index();
-                if let TencentState::Fail { code, msg } = state {
-                    summary.progress.push(code);
-                    self.say(format!("device reports fail {code} for {version}: {msg}"));
-                    run.upgrades[owner].last_state = Some(TencentState::Fail {
-                        code,
-                        msg: msg.clone(),
-                    });
-                    return self.failure_report(run, owner, code, Some(msg), true);
-                }
-                let upgrade = &mut run.upgrades[owner];
-                upgrade.check_not_failed(&format!("state {}", state_name(&state)))?;
-                upgrade.last_state = Some(state.clone());
-                match state {
-                    TencentState::Downloading { percent } => {
-                        summary.progress.push(percent.into());
-                        self.say(format!("downloading {percent}% of {version}"));
-                        if percent == 100 && is_target && summary.download_time.is_none() {
-                            summary.download_time = run.first_upgrade_at.map(|t| t.elapsed());
-                        }
-                        Ok(Next::Wait)
-                    }
-                    TencentState::Burning => {
-                        self.say(format!("burning {version}"));
-                        upgrade.burning = true;
-                        if is_target && summary.download_time.is_none() {
-                            summary.download_time = run.first_upgrade_at.map(|t| t.elapsed());
-                        }
-                        Ok(Next::Wait)
-                    }
-                    TencentState::Done => {
-                        if !upgrade.burning {
-                            return Err("state done before state burning".into());
-                        }
-                        self.say(format!("done: {version}"));
-                        if is_target {
-                            Ok(Next::Done(Success::Upgraded))
-                        } else {
-                            self.say(
-                                "(a superseded upgrade; still waiting for the new one)".into(),
-                            );
-                            Ok(Next::Wait)
-                        }
-                    }
-                    TencentState::Fail { .. } => unreachable!("handled above"),
-                }
+                self.tencent_progress(version, state, summary, run)
             }
             DeviceMsg::TaskAck { ref task_id }
             | DeviceMsg::TaskUpgrading { ref task_id }
             | DeviceMsg::TaskSuccess { ref task_id }
             | DeviceMsg::TaskFail { ref task_id, .. } => {
-                let Some(owner) = run
-                    .upgrades
-                    .iter()
-                    .position(|u| u.announced() && u.task_id == *task_id)
-                else {
-                    return Err(if offered {
-                        format!(
-                            "Payload.TaskID {task_id:?} is not the task's TaskID {:?}",
-                            run.target().task_id
-                        )
-                    } else {
-                        format!("TaskID {task_id:?} before any task was sent")
-                    });
-                };
+                let owner = ucloud_task_owner(run, task_id)?;
                 self.ucloud_task(msg, owner, run)
             }
+        }
+    }
+
+    /// The device reports the version it runs (at start-up, after the reboot, or again).
+    fn version_report(
+        &self,
+        version: String,
+        module: Option<String>,
+        summary: &mut Summary,
+        run: &mut Run,
+    ) -> Result<Next, String> {
+        let m_text = module
+            .as_deref()
+            .map(|m| format!(" (module {m})"))
+            .unwrap_or_default();
+        self.say(format!("device reports version {version}{m_text}"));
+        summary.versions.push(version.clone());
+        if self.protocol == Protocol::Tencent {
+            self.reply_to_tencent_version(&version, summary);
+        }
+        let ours = self.options.module.as_deref();
+        let checks_module = matches!(self.protocol, Protocol::Sagoo | Protocol::Ucloud);
+        if checks_module && !sagoo::same_module(module.as_deref(), ours) {
+            self.say(format!(
+                "not the upgrade's module ({}); nothing to do",
+                ours.unwrap_or("default")
+            ));
+            return Ok(Next::Wait);
+        }
+        // Running a version the device reported failed to install.
+        if let Some(u) = run.upgrades.iter().find(|u| u.version() == version) {
+            u.check_not_failed(&format!("version report {version:?}"))?;
+        }
+        let offered = run.offered();
+        if version == run.target().version() {
+            return Ok(match self.protocol {
+                Protocol::Aliyun | Protocol::Sagoo if offered => Next::Done(Success::Upgraded),
+                // Success is `done` / `success`, not the version report.
+                Protocol::Tencent | Protocol::Ucloud if offered => Next::Wait,
+                _ => Next::Done(Success::AlreadyCurrent),
+            });
+        }
+        run.device_version = Some(version);
+        if !offered {
+            return Ok(Next::Offer);
+        }
+        // A device that rebooted into its old version or came back online: the
+        // platform (re)sends the pending upgrade after a report.
+        Ok(self.answer_request(summary))
+    }
+
+    /// Tencent answers every version report with `report_version_rsp`; a failure to send it
+    /// is narrated, not fatal.
+    fn reply_to_tencent_version(&self, version: &str, summary: &mut Summary) {
+        let reply = tencent::version_reply(version);
+        if let Err(e) = self.publish(self.wire.downstream(), reply) {
+            self.say(format!("cannot send report_version_rsp: {e}"));
+        } else {
+            summary.version_replies_sent += 1;
+            self.say(format!("sent report_version_rsp for {version}"));
+        }
+    }
+
+    /// Aliyun/SagooIOT progress `msg`: a download percent, or a failure step.
+    fn progress_report(
+        &self,
+        msg: &DeviceMsg,
+        step: i32,
+        desc: Option<&str>,
+        summary: &mut Summary,
+        run: &mut Run,
+    ) -> Result<Next, String> {
+        if self.protocol == Protocol::Sagoo {
+            let strategy = if run.offered() {
+                self.options.strategy.as_deref()
+            } else {
+                None
+            };
+            sagoo::check_progress(msg, self.options.module.as_deref(), strategy)?;
+        }
+        summary.progress.push(step);
+        let desc_text = desc.unwrap_or("");
+        let owner = run.progress_owner();
+        if step < 0 {
+            self.say(format!("device reports failure step {step}: {desc_text}"));
+            return self.failure_report(run, owner, step, desc.map(str::to_string), false);
+        }
+        run.upgrades[owner].check_not_failed(&format!("step {step}"))?;
+        self.say(
+            format!("progress {step}% {desc_text}")
+                .trim_end()
+                .to_string(),
+        );
+        if step == 100 && owner == run.target_index() {
+            note_download_end(summary, run);
+        }
+        Ok(Next::Wait)
+    }
+
+    /// Tencent `report_progress`: finds the upgrade it names, then its state.
+    fn tencent_progress(
+        &self,
+        version: String,
+        state: TencentState,
+        summary: &mut Summary,
+        run: &mut Run,
+    ) -> Result<Next, String> {
+        if !run.offered() {
+            return Err("report_progress before any update_firmware".into());
+        }
+        let Some(owner) = run
+            .upgrades
+            .iter()
+            .rposition(|u| u.announced() && u.version() == version)
+        else {
+            return Err(format!(
+                "report.version {version:?} is not the version being installed ({:?})",
+                run.target().version()
+            ));
+        };
+        if let TencentState::Fail { code, msg } = state {
+            summary.progress.push(code);
+            self.say(format!("device reports fail {code} for {version}: {msg}"));
+            run.upgrades[owner].last_state = Some(TencentState::Fail {
+                code,
+                msg: msg.clone(),
+            });
+            return self.failure_report(run, owner, code, Some(msg), true);
+        }
+        self.tencent_state(&version, state, owner, summary, run)
+    }
+
+    /// Tencent: a non-failure state of upgrade `owner` (downloading, burning, done, in that
+    /// order).
+    fn tencent_state(
+        &self,
+        version: &str,
+        state: TencentState,
+        owner: usize,
+        summary: &mut Summary,
+        run: &mut Run,
+    ) -> Result<Next, String> {
+        let is_target = owner == run.target_index();
+        let upgrade = &mut run.upgrades[owner];
+        upgrade.check_not_failed(&format!("state {}", state_name(&state)))?;
+        upgrade.last_state = Some(state.clone());
+        match state {
+            TencentState::Downloading { percent } => {
+                summary.progress.push(percent.into());
+                self.say(format!("downloading {percent}% of {version}"));
+                if percent == 100 && is_target {
+                    note_download_end(summary, run);
+                }
+                Ok(Next::Wait)
+            }
+            TencentState::Burning => {
+                self.say(format!("burning {version}"));
+                upgrade.burning = true;
+                if is_target {
+                    note_download_end(summary, run);
+                }
+                Ok(Next::Wait)
+            }
+            TencentState::Done => {
+                if !upgrade.burning {
+                    return Err("state done before state burning".into());
+                }
+                self.say(format!("done: {version}"));
+                if is_target {
+                    Ok(Next::Done(Success::Upgraded))
+                } else {
+                    self.say("(a superseded upgrade; still waiting for the new one)".into());
+                    Ok(Next::Wait)
+                }
+            }
+            TencentState::Fail { .. } => unreachable!("tencent_progress handles failures"),
         }
     }
 
@@ -1515,11 +1568,12 @@ impl Cloud {
 
     fn say(&self, line: String) {
         if !self.quiet {
-            println!("cloud: {line}");
+            crate::console::say(&format!("cloud: {line}"));
         }
     }
 
-    fn waiting_for(&self, summary: &Summary, run: &Run, aborted: bool) -> String {
+    /// What the run still waited for when it timed out.
+    fn waiting_for(&self, summary: &Summary, run: &Run) -> String {
         let target = run.target();
         let what = if summary.versions.is_empty() {
             "the device's version report".to_string()
@@ -1554,7 +1608,7 @@ impl Cloud {
                 Protocol::Ucloud => format!("success or fail for task {}", target.task_id),
             }
         };
-        if aborted {
+        if run.aborted {
             format!("{what} (the device has exited)")
         } else {
             what
@@ -1569,6 +1623,31 @@ fn state_name(state: &TencentState) -> String {
         TencentState::Burning => "burning".into(),
         TencentState::Done => "done".into(),
         TencentState::Fail { code, .. } => format!("fail ({code})"),
+    }
+}
+
+/// UCloud: the announced upgrade whose task `task_id` names; `Err` is the violation.
+fn ucloud_task_owner(run: &Run, task_id: &str) -> Result<usize, String> {
+    run.upgrades
+        .iter()
+        .position(|u| u.announced() && u.task_id == task_id)
+        .ok_or_else(|| {
+            if run.offered() {
+                format!(
+                    "Payload.TaskID {task_id:?} is not the task's TaskID {:?}",
+                    run.target().task_id
+                )
+            } else {
+                format!("TaskID {task_id:?} before any task was sent")
+            }
+        })
+}
+
+/// The target's download is over (progress 100, Tencent `burning`): its time counts from the
+/// first upgrade notification, once.
+fn note_download_end(summary: &mut Summary, run: &Run) {
+    if summary.download_time.is_none() {
+        summary.download_time = run.first_upgrade_at.map(|t| t.elapsed());
     }
 }
 

@@ -20,8 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::{
-    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Faults, Firmware, FirmwareServer,
-    Milestones, Protocol, Success, Summary, DEFAULT_GRACE,
+    console, generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Faults, Firmware,
+    FirmwareServer, Milestones, NextUpgrade, Protocol, SentMeter, Success, Summary, DEFAULT_GRACE,
 };
 
 pub const PRODUCT_KEY: &str = "a1DemoProduct";
@@ -124,8 +124,18 @@ impl DemoReport {
     }
 }
 
-/// Runs the demo, narrating on stdout. `Err` means it could not be set up at all.
+/// Runs the demo, narrating on stdout ([`console`]). `Err` means it could not be set up at
+/// all.
 pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
+    run_observed(opts, |_| {})
+}
+
+/// [`run`], handing `observe` a meter of the firmware server's bytes sent once the device
+/// starts (e.g. for a progress bar).
+pub fn run_observed(
+    opts: &DemoOptions,
+    observe: impl FnOnce(SentMeter),
+) -> Result<DemoReport, String> {
     let root = workspace_root()?;
     let work = std::env::temp_dir().join(format!("ota-cloud-demo-{}", std::process::id()));
     fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
@@ -133,30 +143,59 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     let _ = fs::remove_file(&output);
 
     // Build first, so compile time does not eat into the upgrade's timeout.
-    let mut device = build_device(opts.device, &root, &work)?;
+    let device = build_device(opts.device, &root, &work)?;
 
     let broker = EmbeddedBroker::start().map_err(|e| format!("cannot start the broker: {e}"))?;
-    println!("demo: MQTT broker on 127.0.0.1:{}", broker.port());
+    console::say(&format!("demo: MQTT broker on 127.0.0.1:{}", broker.port()));
+    let (server, firmware) = start_firmware_server(opts)?;
+    let (mut cloud, next) = connect_cloud(opts, broker.port(), &server, &firmware)?;
+    let device = start_device(device, opts.protocol, broker.port(), &root, &output)?;
+    observe(server.sent_meter());
+    let summary = cloud.run_until(&firmware, opts.timeout, &device.exited);
+    let device_status = device.wait(summary.is_success());
+
+    let report = report(
+        opts,
+        summary,
+        &server,
+        next.as_ref(),
+        &output,
+        device_status,
+    );
+    if report.success() {
+        let _ = fs::remove_dir_all(&work);
+    } else {
+        console::say(&format!("demo: files kept in {}", work.display()));
+    }
+    Ok(report)
+}
+
+/// The firmware server with the demo's image and faults, and the upgrade it serves.
+fn start_firmware_server(opts: &DemoOptions) -> Result<(FirmwareServer, Firmware), String> {
     let image = generate_firmware(opts.size);
     let server = FirmwareServer::start_with(image, opts.faults.clone())
         .map_err(|e| format!("cannot start HTTP server: {e}"))?;
     let firmware = Firmware::new(NEW_VERSION, server.url(), &server.image()[..]);
-    println!(
+    console::say(&format!(
         "demo: firmware {} bytes, version {NEW_VERSION}, md5 {}, at {}",
         firmware.size, firmware.md5, firmware.url
-    );
+    ));
     for fault in server.fault_descriptions() {
-        println!("demo: fault: {fault}");
+        console::say(&format!("demo: fault: {fault}"));
     }
+    Ok((server, firmware))
+}
 
-    let mut cloud = Cloud::connect(
-        opts.protocol,
-        "127.0.0.1",
-        broker.port(),
-        PRODUCT_KEY,
-        DEVICE_NAME,
-    )
-    .map_err(|e| format!("cloud cannot connect: {e}"))?;
+/// The cloud, connected to the broker on `port` and set up as `opts` say; the superseding
+/// upgrade, if there is one.
+fn connect_cloud(
+    opts: &DemoOptions,
+    port: u16,
+    server: &FirmwareServer,
+    firmware: &Firmware,
+) -> Result<(Cloud, Option<NextUpgrade>), String> {
+    let mut cloud = Cloud::connect(opts.protocol, "127.0.0.1", port, PRODUCT_KEY, DEVICE_NAME)
+        .map_err(|e| format!("cloud cannot connect: {e}"))?;
     cloud.set_options(opts.options.clone())?;
     cloud
         .set_ignore_requests(opts.ignore_requests)
@@ -165,35 +204,57 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
         let renewer = server.url_renewer();
         cloud.set_url_renewer_for(move |url| renewer.renew_url_of(url));
     }
-    let next = opts.milestones.install(&cloud, &server, &firmware)?;
+    let next = opts.milestones.install(&cloud, server, firmware)?;
     if let Some(next) = &next {
-        println!(
+        console::say(&format!(
             "demo: a different upgrade to {} (md5 {}, at {}) supersedes it once {} % is sent",
             next.firmware.version,
             next.firmware.md5,
             next.firmware.url,
             opts.milestones.supersede.as_ref().map_or(0, |s| s.percent)
-        );
+        ));
     }
     if let Some(p) = opts.milestones.renotify_at {
-        println!("demo: the upgrade is announced again once {p} % is sent");
+        console::say(&format!(
+            "demo: the upgrade is announced again once {p} % is sent"
+        ));
     }
-    println!("demo: the cloud plays {}", opts.protocol);
+    console::say(&format!("demo: the cloud plays {}", opts.protocol));
+    Ok((cloud, next))
+}
 
+/// The device program, started and watched.
+struct RunningDevice {
+    child: Arc<Mutex<Child>>,
+    /// Set once the program exited, so the cloud stops waiting.
+    exited: Arc<AtomicBool>,
+    watcher: thread::JoinHandle<Option<ExitStatus>>,
+    /// The threads echoing its stdout and stderr.
+    pipes: [Option<thread::JoinHandle<()>>; 2],
+}
+
+/// Starts `device` against the broker on `port`, told `protocol`, writing to `output`.
+fn start_device(
+    mut device: Command,
+    protocol: Protocol,
+    port: u16,
+    root: &Path,
+    output: &Path,
+) -> Result<RunningDevice, String> {
     device
         .env("IOTX_MQTT_HOST", "127.0.0.1")
-        .env("IOTX_MQTT_PORT", broker.port().to_string())
+        .env("IOTX_MQTT_PORT", port.to_string())
         .env("OTA_PRODUCT_KEY", PRODUCT_KEY)
         .env("OTA_DEVICE_NAME", DEVICE_NAME)
         .env("OTA_DEVICE_SECRET", DEVICE_SECRET)
         .env("OTA_FIRMWARE_VERSION", OLD_VERSION)
-        .env("OTA_PROTOCOL", opts.protocol.name())
-        .arg(&output)
-        .current_dir(&root)
+        .env("OTA_PROTOCOL", protocol.name())
+        .arg(output)
+        .current_dir(root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    println!("demo: starting the device: {device:?}");
+    console::say(&format!("demo: starting the device: {device:?}"));
     let mut child = device
         .spawn()
         .map_err(|e| format!("cannot start the device: {e}"))?;
@@ -204,46 +265,60 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     let child = Arc::new(Mutex::new(child));
     let exited = Arc::new(AtomicBool::new(false));
     let watcher = watch(Arc::clone(&child), Arc::clone(&exited));
+    Ok(RunningDevice {
+        child,
+        exited,
+        watcher,
+        pipes,
+    })
+}
 
-    let summary = cloud.run_until(&firmware, opts.timeout, &exited);
+impl RunningDevice {
+    /// Waits for the program to exit by itself shortly after the run (30 s after a success,
+    /// 5 s otherwise), then kills it; its exit status.
+    fn wait(self, upgraded: bool) -> Option<ExitStatus> {
+        let give_up = Instant::now() + Duration::from_secs(if upgraded { 30 } else { 5 });
+        while !self.exited.load(Ordering::SeqCst) && Instant::now() < give_up {
+            thread::sleep(Duration::from_millis(50));
+        }
+        if !self.exited.load(Ordering::SeqCst) {
+            console::say("demo: the device did not exit; killing it");
+            let _ = self.child.lock().unwrap().kill();
+        }
+        let status = self.watcher.join().unwrap_or(None);
+        for p in self.pipes.into_iter().flatten() {
+            let _ = p.join();
+        }
+        status
+    }
+}
 
-    // The device should exit by itself shortly after reporting the new version.
-    let give_up = Instant::now() + Duration::from_secs(if summary.is_success() { 30 } else { 5 });
-    while !exited.load(Ordering::SeqCst) && Instant::now() < give_up {
-        thread::sleep(Duration::from_millis(50));
-    }
-    if !exited.load(Ordering::SeqCst) {
-        println!("demo: the device did not exit; killing it");
-        let _ = child.lock().unwrap().kill();
-    }
-    let device_status = watcher.join().unwrap_or(None);
-    for p in pipes.into_iter().flatten() {
-        let _ = p.join();
-    }
-
-    let written = fs::read(&output).unwrap_or_default();
-    let target_image = match &next {
+/// What the demo observed: the cloud's summary, the device's file against the target image,
+/// the server's traffic.
+fn report(
+    opts: &DemoOptions,
+    summary: Summary,
+    server: &FirmwareServer,
+    next: Option<&NextUpgrade>,
+    output: &Path,
+    device_status: Option<ExitStatus>,
+) -> DemoReport {
+    let written = fs::read(output).unwrap_or_default();
+    let target_image = match next {
         Some(next) if summary.upgrades.len() > 1 => &next.image[..],
         _ => &server.image()[..],
     };
-    let identical = written.as_slice() == target_image;
     let requests = server.requests();
-    let report = DemoReport {
+    DemoReport {
         firmware_size: opts.size,
-        identical,
+        identical: written.as_slice() == target_image,
         target_version: summary.target().firmware.version.clone(),
         output_size: written.len() as u64,
         device_status,
         http_bytes: requests.iter().map(|r| r.bytes_sent).sum(),
         http_requests: requests.len(),
         summary,
-    };
-    if report.success() {
-        let _ = fs::remove_dir_all(&work);
-    } else {
-        println!("demo: files kept in {}", work.display());
     }
-    Ok(report)
 }
 
 /// Prints the end-of-demo summary.
@@ -374,7 +449,7 @@ fn cargo() -> String {
 }
 
 fn run_step(cmd: &mut Command) -> Result<(), String> {
-    println!("demo: {cmd:?}");
+    console::say(&format!("demo: {cmd:?}"));
     let status = cmd
         .stdin(Stdio::null())
         .status()
@@ -392,7 +467,7 @@ fn echo(prefix: &'static str, pipe: impl Read + Send + 'static) -> thread::JoinH
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             match line {
-                Ok(l) => println!("{prefix} | {l}"),
+                Ok(l) => console::say(&format!("{prefix} | {l}")),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
                 Err(_) => break,
             }

@@ -586,6 +586,12 @@ impl FirmwareServer {
         self.shared.milestones.lock().unwrap().sent
     }
 
+    /// A handle that reads [`image_bytes_sent`](Self::image_bytes_sent) from elsewhere (e.g. a
+    /// progress display in another thread).
+    pub fn sent_meter(&self) -> SentMeter {
+        SentMeter(Arc::clone(&self.shared))
+    }
+
     /// A handle that renews this server's URL from elsewhere (e.g. a [`crate::Cloud`] in
     /// another thread, see [`crate::Cloud::set_url_renewer`]).
     pub fn url_renewer(&self) -> UrlRenewer {
@@ -655,6 +661,31 @@ impl FirmwareServer {
             }
             thread::sleep(std::time::Duration::from_millis(5));
         }
+    }
+}
+
+/// Reads how much of a [`FirmwareServer`]'s first image it has sent, without borrowing the
+/// server; cheap to clone.
+#[derive(Clone)]
+pub struct SentMeter(Arc<Shared>);
+
+impl SentMeter {
+    /// [`FirmwareServer::image_bytes_sent`].
+    pub fn image_bytes_sent(&self) -> u64 {
+        self.0.milestones.lock().unwrap().sent
+    }
+
+    /// The size of the first image.
+    pub fn image_len(&self) -> u64 {
+        self.0.image.len() as u64
+    }
+}
+
+impl std::fmt::Debug for SentMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SentMeter")
+            .field(&self.image_bytes_sent())
+            .finish()
     }
 }
 

@@ -7,7 +7,8 @@
 //!   `$`-topics Tencent uses).
 //! - [`Cloud`] plays the platform's side of an OTA upgrade over MQTT and checks every message
 //!   the device sends against the protocol ([`Protocol`]: Aliyun, SagooIOT, Tencent, UCloud;
-//!   one pure module each: [`aliyun`], [`sagoo`], [`tencent`], [`ucloud`]).
+//!   one pure module each: [`aliyun`], [`sagoo`], [`tencent`], [`ucloud`], which share the
+//!   types of [`platform`] and need nothing from [`cloud`]).
 //! - [`Milestones`] tie the cloud's own announcements (the same upgrade again, a different one
 //!   that supersedes it) to the share of the image the server has sent.
 //! - [`demo`] runs a whole upgrade on one machine.
@@ -18,22 +19,24 @@
 pub mod aliyun;
 pub mod broker;
 pub mod cloud;
+pub mod console;
 pub mod counting;
 pub mod demo;
 pub mod http;
 pub mod milestones;
+pub mod platform;
 pub mod sagoo;
 pub mod tencent;
 pub mod ucloud;
 
 pub use broker::EmbeddedBroker;
 pub use cloud::{
-    md5_hex, sha256_hex, AliyunCloud, Announcement, Cloud, CloudOptions, DeviceMsg, Failure,
-    Firmware, Protocol, Success, Summary, TargetOutcome, TencentState, Trigger, UpgradeRecord,
-    DEFAULT_GRACE, DEFAULT_MAX_UPGRADE_MESSAGES,
+    AliyunCloud, Announcement, Cloud, CloudOptions, Failure, Protocol, Success, Summary,
+    TargetOutcome, Trigger, UpgradeRecord, DEFAULT_GRACE, DEFAULT_MAX_UPGRADE_MESSAGES,
 };
-pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, UrlRenewer};
+pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, SentMeter, UrlRenewer};
 pub use milestones::{Milestones, NextUpgrade, Supersede};
+pub use platform::{md5_hex, sha256_hex, DeviceMsg, Firmware, TencentState};
 pub use sagoo::SignMethod;
 
 /// The seed of [`generate_firmware`].

@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
-use crate::cloud::{Announcement, Cloud, Firmware};
+use crate::cloud::{Announcement, Cloud};
+use crate::console;
 use crate::http::FirmwareServer;
+use crate::platform::Firmware;
 use crate::{generate_firmware_seeded, NEXT_FIRMWARE_SEED};
 
 /// The file name the superseding image is served under, next to [`crate::http::FILE_NAME`].
@@ -96,9 +98,9 @@ impl Milestones {
         if let Some(percent) = self.renotify_at {
             let trigger = cloud.trigger(Announcement::Again);
             server.on_image_sent(bytes_at(size, percent), move |sent| {
-                println!(
+                console::say(&format!(
                     "cloud: {sent} bytes of the image sent ({percent} %): announcing it again"
-                );
+                ));
                 trigger.fire();
             });
         }
@@ -127,7 +129,9 @@ impl Milestones {
         let trigger = cloud.trigger(Announcement::Supersede(next.clone()));
         let percent = supersede.percent;
         server.on_image_sent(bytes_at(size, percent), move |sent| {
-            println!("cloud: {sent} bytes of the image sent ({percent} %): superseding it");
+            console::say(&format!(
+                "cloud: {sent} bytes of the image sent ({percent} %): superseding it"
+            ));
             trigger.fire();
         });
         Ok(Some(NextUpgrade {

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde_json::{json, Map, Value};
 
 use crate::aliyun::{check_keys, envelope, parse_step, IdRule};
-use crate::cloud::{DeviceMsg, Firmware};
+use crate::platform::{DeviceMsg, Firmware};
 
 /// Longest progress `desc` the platform accepts, in characters.
 pub const MAX_DESC_CHARS: usize = 128;

@@ -8,7 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::cloud::{DeviceMsg, Firmware, TencentState};
+use crate::platform::{DeviceMsg, Firmware, TencentState};
 
 /// The two Tencent OTA topics of one device.
 #[derive(Debug, Clone)]

@@ -12,6 +12,23 @@ use ota_cloud::generate_firmware;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-cloud");
 
+/// Runs the binary with `args`; its exit code and stderr.
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_plain(&String::from_utf8_lossy(&out.stdout));
+    assert_plain(&stderr);
+    (out.status.code(), stderr)
+}
+
+/// Text for a log: no escape sequences, no carriage returns (a progress bar's or colour's).
+fn assert_plain(text: &str) {
+    assert!(
+        !text.contains(['\x1b', '\r']),
+        "control characters in {text:?}"
+    );
+}
+
 #[test]
 fn usage_errors_exit_2() {
     for args in [
@@ -64,27 +81,15 @@ fn usage_errors_exit_2() {
         &["demo", "--renotify-at", "x"][..],
         &["broker", "--port"][..],
     ] {
-        let out = Command::new(BIN).args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}");
+        // The usage, or where to find it.
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("usage:"),
-            "{args:?}"
+            stderr.contains("Usage: ota-cloud") || stderr.contains("try '--help'"),
+            "{args:?}: {stderr}"
         );
     }
     // Options that do not fit the protocol, or bad values.
-    let base = [
-        "serve",
-        "--broker",
-        "127.0.0.1:1",
-        "--product-key",
-        "p",
-        "--device-name",
-        "d",
-        "--version",
-        "2",
-        "--firmware-size",
-        "1",
-    ];
     for extra in [
         &["--module", "MCU"][..],
         &["--protocol", "tencent", "--module", "MCU"][..],
@@ -114,49 +119,176 @@ fn usage_errors_exit_2() {
         &["--renotify-at"][..],
         &["--grace-ms", "2s"][..],
         &["--ignore-requests", "yes"][..],
+        &["--grace-ms", "1", "--grace-ms", "2"][..],
+        &["--firmware", "/nonexistent"][..],
+        &["--write-firmware", "x", "--firmware", "y"][..],
     ] {
-        let out = Command::new(BIN).args(base).args(extra).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{extra:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("usage:"),
-            "{extra:?}"
-        );
+        let args = [&SERVE_BASE[..], extra].concat();
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{extra:?}: {stderr}");
     }
-    let out = Command::new(BIN).arg("help").output().unwrap();
-    assert!(out.status.success());
-    let usage = String::from_utf8_lossy(&out.stdout);
-    for word in [
-        "aliyun|sagoo|tencent|ucloud",
-        "--current-version",
-        "--sign-method",
-        "--module",
-        "--cut-at OFFSET[,OFFSET...]",
-        "--random-cuts N[:SEED]",
-        "--stall-ms MS",
-        "--stall-at OFFSET:MS",
-        "--short-body BYTES",
-        "--flip-at OFFSET",
-        "--ignore-range",
-        "--status CODE",
-        "--fail-first CODE[,CODE...]",
-        "--close-before-headers N",
-        "--expire-after N",
-        "--expire-after-s SECONDS",
-        "--redirect LOCATION",
-        "--endless-body",
-        "--content-length BYTES",
-        "--slow-head-ms MS",
-        "--huge-head BYTES",
-        "--supersede-at PERCENT[:VERSION]",
-        "--renotify-at PERCENT",
-        "--ignore-requests",
-        "--grace-ms MS",
-        "'outcome: success VERSION'",
-        "'outcome: failed VERSION reports=N desc=DESC'",
-        "'outcome: timeout'",
-        "'violation: ...'",
+}
+
+/// `serve` with every required flag (and a broker nobody listens on).
+const SERVE_BASE: [&str; 11] = [
+    "serve",
+    "--broker",
+    "127.0.0.1:1",
+    "--product-key",
+    "p",
+    "--device-name",
+    "d",
+    "--version",
+    "2",
+    "--firmware-size",
+    "1",
+];
+
+#[test]
+fn a_bad_flag_or_value_is_named_in_the_error() {
+    for (args, named) in [
+        (&["serve", "--bogus"][..], "'--bogus'"),
+        (&["demo", "--cut-at"][..], "'--cut-at <OFFSET[,OFFSET...]>'"),
+        (
+            &["demo", "--grace-ms", "2s"][..],
+            "'2s' for '--grace-ms <MS>'",
+        ),
+        (
+            &["demo", "--renotify-at", "-1"][..],
+            "'-1' for '--renotify-at <PERCENT>'",
+        ),
+        (
+            &["demo", "--protocol", "azure"][..],
+            "'azure' for '--protocol <PROTOCOL>'",
+        ),
+        (&["demo", "--status", "42"][..], "42 is not an HTTP status"),
+        (
+            &["demo", "--stall-at", "100"][..],
+            "'100' for '--stall-at <OFFSET:MS>'",
+        ),
+        (
+            &["broker", "--port", "70000"][..],
+            "'70000' for '--port <P>'",
+        ),
+        (
+            &["demo", "--expire-after", "1", "--expire-after-s", "2"][..],
+            "'--expire-after <N>' cannot be used with '--expire-after-s <SECONDS>'",
+        ),
+        (
+            &["demo", "--supersede-at", "50:2.0.0"][..],
+            "--supersede-at: the new upgrade",
+        ),
+        (
+            &["demo", "--protocol", "tencent", "--sign-method", "sha256"][..],
+            "--protocol tencent",
+        ),
+        (
+            &SERVE_BASE[..9],
+            "--firmware <FILE>|--firmware-size <BYTES>",
+        ),
+        (&["serv"][..], "'serv'"),
     ] {
-        assert!(usage.contains(word), "{word}");
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}");
+        assert!(stderr.contains(named), "{named:?} in {stderr}");
+    }
+    // Close to a real flag: the error suggests it.
+    let (_, stderr) = run(&["demo", "--renotify", "50"]);
+    assert!(stderr.contains("--renotify-at"), "{stderr}");
+}
+
+#[test]
+fn help_of_each_subcommand() {
+    // `help` is what run_fault_matrix.sh greps for the run flags and the outcome lines.
+    for args in [&["help"][..], &["--help"][..]] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert_plain(&help);
+        for word in [
+            "serve",
+            "broker",
+            "demo",
+            "--supersede-at",
+            "--renotify-at",
+            "--ignore-requests",
+            "--grace-ms",
+            "'outcome: success VERSION'",
+            "'outcome: failed VERSION reports=N desc=DESC'",
+            "'outcome: timeout'",
+            "'violation: ...'",
+            "2 usage error",
+        ] {
+            assert!(help.contains(word), "{word} in {args:?}");
+        }
+    }
+    let run_and_faults = [
+        "--supersede-at <PERCENT[:VERSION]>",
+        "--renotify-at <PERCENT>",
+        "--ignore-requests",
+        "--grace-ms <MS>",
+        "--cut-at <OFFSET[,OFFSET...]>",
+        "--random-cuts <N[:SEED]>",
+        "--stall-ms <MS>",
+        "--stall-at <OFFSET:MS>",
+        "--short-body <BYTES>",
+        "--flip-at <OFFSET>",
+        "--ignore-range",
+        "--status <CODE>",
+        "--fail-first <CODE[,CODE...]>",
+        "--close-before-headers <N>",
+        "--expire-after <N>",
+        "--expire-after-s <SECONDS>",
+        "--redirect <LOCATION>",
+        "--endless-body",
+        "--content-length <BYTES>",
+        "--slow-head-ms <MS>",
+        "--huge-head <BYTES>",
+        "--quiet",
+        "--json",
+        "aliyun, sagoo, tencent, ucloud",
+    ];
+    let serve_own = [
+        "--broker <HOST:PORT>",
+        "--product-key <PK>",
+        "--device-name <DN>",
+        "--version <V>",
+        "--firmware <FILE>",
+        "--firmware-size <BYTES>",
+        "--write-firmware <PATH>",
+        "--timeout-s <SECONDS>",
+        "--module <M>",
+        "--sign-method <METHOD>",
+        "--current-version <X>",
+    ];
+    let demo_own = [
+        "--device <DEVICE>",
+        "--size <BYTES>",
+        "--timeout-s <SECONDS>",
+    ];
+    for (args, words) in [
+        (
+            &["serve", "--help"][..],
+            [&serve_own[..], &run_and_faults].concat(),
+        ),
+        (
+            &["help", "serve"][..],
+            [&serve_own[..], &run_and_faults].concat(),
+        ),
+        (
+            &["demo", "--help"][..],
+            [&demo_own[..], &run_and_faults].concat(),
+        ),
+        (&["broker", "--help"][..], vec!["--port <P>"]),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert_plain(&help);
+        for word in words {
+            assert!(help.contains(word), "{word} in {args:?}");
+        }
     }
 }
 
@@ -247,7 +379,12 @@ fn serve_lines(
     let errors = errors.join().unwrap();
     eprint!("{errors}");
     echo.join().unwrap();
-    (code, errors, startup, lines.try_iter().collect())
+    let after: Vec<String> = lines.try_iter().collect();
+    // Not a terminal: plain lines only, whatever happened.
+    assert_plain(&errors);
+    assert_plain(&startup.join("\n"));
+    assert_plain(&after.join("\n"));
+    (code, errors, startup, after)
 }
 
 #[test]
@@ -310,6 +447,51 @@ fn outcome_lines(lines: &[String]) -> Vec<&str> {
         .filter(|l| l.starts_with("outcome:"))
         .map(String::as_str)
         .collect()
+}
+
+#[test]
+fn serve_json_reports_the_run_after_the_outcome_line() {
+    let (code, _, _, after) = serve_lines(
+        "cli-json",
+        "/ota/device/upgrade/pk/cli-json",
+        &[
+            "--firmware-size",
+            "1000",
+            "--grace-ms",
+            "300",
+            "--json",
+            "--quiet",
+        ],
+        |dev, _| {
+            dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+            dev.next_upgrade();
+            dev.send(
+                "progress",
+                r#"{"id":2,"params":{"step":"-3","desc":"md5 mismatch"}}"#,
+            );
+        },
+    );
+    assert_eq!(code, Some(1));
+    let [.., outcome, json] = &after[..] else {
+        panic!("{after:?}");
+    };
+    assert_eq!(outcome, "outcome: failed 2.0.0 reports=1 desc=md5 mismatch");
+    let report: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(report["outcome"], "failed");
+    assert_eq!(report["protocol"], "aliyun");
+    assert_eq!(report["target_version"], "2.0.0");
+    assert_eq!(report["failure_reports"], 1);
+    assert_eq!(report["failure_desc"], "md5 mismatch");
+    assert_eq!(report["success"], false);
+    assert_eq!(report["violation"], serde_json::Value::Null);
+    assert_eq!(report["versions"], serde_json::json!(["1.0.0"]));
+    assert_eq!(report["progress"], serde_json::json!([-3]));
+    assert_eq!(report["upgrade_messages_sent"], 1);
+    let upgrades = report["upgrades"].as_array().unwrap();
+    assert_eq!(upgrades.len(), 1);
+    assert_eq!(upgrades[0]["size"], 1000);
+    assert_eq!(upgrades[0]["first_failure"]["code"], -3);
+    assert_eq!(outcome_lines(&after[..after.len() - 1]).len(), 1);
 }
 
 #[test]
@@ -668,5 +850,37 @@ fn serve_prints_the_active_faults() {
             startup.iter().any(|l| l.starts_with(expected)),
             "{expected:?} in {startup:?}"
         );
+    }
+}
+
+/// `serve` for `timeout_s` with no device, on a pseudo-terminal (util-linux `script`): what the
+/// terminal showed.
+fn serve_on_a_terminal(extra: &str) -> String {
+    let cmd = format!(
+        "{BIN} serve --broker 127.0.0.1:{} --product-key pk --device-name cli-tty \
+         --version 2.0.0 --firmware-size 1000 --timeout-s 1 {extra}",
+        broker_port()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux script runs (it gives the test a terminal)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_progress_bar_is_drawn_on_a_terminal_unless_quiet() {
+    let shown = serve_on_a_terminal("");
+    assert!(shown.contains("download "), "{shown}");
+    assert!(shown.contains("0 B/1000 B sent"), "{shown}");
+    // The narration and the outcome line come through whole, the bar cleared before the end.
+    assert!(shown.contains("cloud: playing aliyun"), "{shown}");
+    assert!(shown.contains("outcome: timeout"), "{shown}");
+    for flag in ["--quiet", "--json"] {
+        let shown = serve_on_a_terminal(flag);
+        assert!(!shown.contains("download "), "{flag}: {shown}");
+        assert!(!shown.contains('\x1b'), "{flag}: {shown}");
+        assert!(shown.contains("outcome: timeout"), "{flag}: {shown}");
     }
 }

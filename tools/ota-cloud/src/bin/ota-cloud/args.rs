@@ -1,0 +1,486 @@
+//! The command line of `ota-cloud` (clap): the subcommands, their flags, and the parsers that
+//! turn flag values into the library's types, so a bad value is reported with its flag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
+use ota_cloud::demo::{self, DeviceKind};
+use ota_cloud::milestones::{self, Milestones, Supersede};
+use ota_cloud::{ExpireRule, Faults, Protocol, SignMethod};
+
+/// The contract of a run, shown by `ota-cloud help` (scripts grep it for the run flags).
+const RUN_CONTRACT: &str = "\
+A run (serve, demo) checks every message the device sends against the protocol (a wrong topic,
+a missing or unknown key or a wrong JSON type fails the run) and the life of an upgrade: at most
+one failure report per upgrade; after a failure report nothing more about that upgrade (no
+progress, no success, no version report naming it); aliyun and sagoo steps are 1..100 or -1..-4
+(never '0'), tencent percents 0..100. A broken rule prints a line 'violation: ...' and fails the
+run. The run ends with exactly one of these lines:
+  'outcome: success VERSION'
+  'outcome: failed VERSION reports=N desc=DESC': the device reported the target upgrade
+      failed (the run goes on for the grace period first, to catch what must not follow)
+  'outcome: timeout': nothing decisive happened
+With --json, one line with the run's report as a JSON object follows it.
+
+Run flags (serve, demo): --supersede-at PERCENT[:VERSION], --renotify-at PERCENT,
+--ignore-requests, --grace-ms MS: what the cloud does on its own or leaves undone.
+Fault flags (serve, demo): --cut-at, --random-cuts, --stall-ms, --stall-at, --short-body,
+--flip-at, --ignore-range, --status, --fail-first, --close-before-headers, --expire-after,
+--expire-after-s, --redirect, --endless-body, --content-length, --slow-head-ms, --huge-head:
+the firmware server misbehaves so the device's recovery can be rehearsed.
+See 'ota-cloud help serve' for each flag.
+
+On a terminal, serve and demo draw the download's progress on stderr (not with --quiet or
+--json); elsewhere only plain lines are written.
+
+Exit status: 0 success, 1 failure, 2 usage error.";
+
+/// Local OTA platform simulator: plays the cloud side (Aliyun, SagooIOT, Tencent, UCloud)
+/// against a real MQTT broker and serves the firmware over HTTP on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ota-cloud",
+    version,
+    subcommand_required = true,
+    arg_required_else_help = true,
+    after_help = RUN_CONTRACT
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Play the platform's side of one upgrade to version V against your device and broker.
+    ///
+    /// Serves the firmware over HTTP on 127.0.0.1 and plays the platform's side of one upgrade
+    /// to version V, checking every message the device sends (see 'ota-cloud help'). Exit 0
+    /// when the upgrade succeeds without a violation (aliyun/sagoo: the device reports V;
+    /// tencent: state done for V; ucloud: success for the task), 1 otherwise. A device that
+    /// reports its old version again (e.g. restarted) gets the pending upgrade again.
+    #[command(after_help = FAULT_NOTES)]
+    Serve(Box<ServeArgs>),
+    /// Run the embedded MQTT 3.1.1 broker on 127.0.0.1 in the foreground.
+    Broker(BrokerArgs),
+    /// One-command demo: broker, firmware server, cloud and a device program of this workspace.
+    ///
+    /// Embedded broker + firmware server + cloud + a device program from this workspace
+    /// (default rust, 4 MiB), told the protocol in OTA_PROTOCOL. Exit 0 only if the device
+    /// wrote a file byte-identical to the target image (the superseding one with
+    /// --supersede-at) and completed the upgrade without a violation.
+    #[command(after_help = FAULT_NOTES)]
+    Demo(Box<DemoArgs>),
+}
+
+/// How the fault flags combine, under `serve --help` and `demo --help`.
+const FAULT_NOTES: &str = "\
+Run flags: PERCENT counts the bytes of the (first) image the firmware server has written to
+sockets, over all responses (a byte sent twice counts twice); the response that reaches it pauses
+until the announcement has gone through the broker, so it lands at the same point every run.
+
+Fault flags: all off by default, any combination; OFFSETs are byte offsets in the image. With
+--expire-after or --expire-after-s the URL carries ?token=N, and every upgrade message after the
+first (the device asks again: aliyun request on /ota/device/request/PK/DN; or it re-reports its
+version; a superseding upgrade; not the exact repeat of --renotify-at) carries a fresh URL that
+works again while the old one keeps getting 403. The cloud still sends at most 5 upgrade
+messages per run in answer to the device (--supersede-at and --renotify-at come on top). The
+faults apply to the superseding image too (its own offsets; each cut fires once per server; one
+URL token for both). The active faults are printed at start.";
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("image")
+        .required(true)
+        .args(["firmware", "firmware_size"])
+))]
+pub struct ServeArgs {
+    /// The MQTT broker the device is connected to.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_broker)]
+    pub broker: BrokerAddr,
+    /// The device's product key (Tencent: product ID, UCloud: product SN), as in its topics.
+    #[arg(long, value_name = "PK")]
+    pub product_key: String,
+    /// The device's name (UCloud: device SN), as in its topics.
+    #[arg(long, value_name = "DN")]
+    pub device_name: String,
+    /// The version the upgrade installs.
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// Serve this file.
+    #[arg(long, value_name = "FILE")]
+    pub firmware: Option<PathBuf>,
+    /// Serve a generated image of BYTES bytes (the same bytes every run).
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES")]
+    pub firmware_size: Option<usize>,
+    /// Write the generated image to PATH (with --supersede-at, the new one to PATH.next).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "firmware_size",
+        conflicts_with = "firmware"
+    )]
+    pub write_firmware: Option<PathBuf>,
+    /// Give up after this long.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "SECONDS",
+        default_value_t = 120
+    )]
+    pub timeout_s: u64,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// sagoo, ucloud: upgrade module M (default: the default module).
+    #[arg(long, value_name = "M")]
+    pub module: Option<String>,
+    /// ucloud: announce CurrentVersion X instead of the version the device reported; a
+    /// correct device refuses with fail + ErrMsg.
+    #[arg(long, value_name = "X")]
+    pub current_version: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Listen on this port (0: a free one, printed).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "P",
+        default_value_t = 0
+    )]
+    pub port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The device program: the C example on libota.a, or the Rust example.
+    #[arg(long, value_name = "DEVICE", value_parser = device_parser(), default_value = "rust")]
+    pub device: DeviceKind,
+    /// The firmware image's size.
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES", default_value_t = demo::DEFAULT_SIZE)]
+    pub size: usize,
+    /// Give up after this long, once the device program is built.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "SECONDS",
+        default_value_t = 120
+    )]
+    pub timeout_s: u64,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// The platform played, for `serve` and `demo`.
+#[derive(Debug, Args)]
+pub struct PlatformArgs {
+    /// The platform whose cloud side is played.
+    #[arg(
+        long,
+        value_name = "PROTOCOL",
+        value_parser = protocol_parser(),
+        ignore_case = true,
+        default_value = "aliyun"
+    )]
+    pub protocol: Protocol,
+    /// sagoo: the digest announced in signMethod/sign.
+    #[arg(
+        long,
+        value_name = "METHOD",
+        value_parser = sign_method_parser(),
+        ignore_case = true,
+        default_value = "md5"
+    )]
+    pub sign_method: SignMethod,
+}
+
+/// What the cloud does on its own or leaves undone (`serve`, `demo`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Run flags")]
+pub struct RunArgs {
+    /// Once PERCENT % has been sent, publish a different upgrade: VERSION (default V.1), another
+    /// image of the same size at its own URL path (.../firmware-next.bin) with its own digest;
+    /// from then on the run's target is the new upgrade (the device must report the old one
+    /// failed, once, and install the new one).
+    #[arg(long, allow_negative_numbers = true, value_name = "PERCENT[:VERSION]", value_parser = Supersede::parse)]
+    pub supersede_at: Option<Supersede>,
+    /// Once PERCENT % has been sent, publish the same upgrade message again (same URL,
+    /// version, digest, size, task).
+    #[arg(long, allow_negative_numbers = true, value_name = "PERCENT", value_parser = milestones::parse_percent)]
+    pub renotify_at: Option<u8>,
+    /// Never answer the device's requests for the upgrade (an aliyun request, a version
+    /// re-reported after the first announcement, a tencent/ucloud failure naming an expired
+    /// URL): an expired URL is then never refreshed.
+    #[arg(long)]
+    pub ignore_requests: bool,
+    /// After a failure report for the target upgrade, watch MS more for violations before
+    /// exiting 1.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "MS",
+        default_value_t = 2000
+    )]
+    pub grace_ms: u64,
+}
+
+/// The firmware server's faults (`serve`, `demo`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Fault flags")]
+pub struct FaultArgs {
+    /// Close the connection once the bytes up to each OFFSET have been sent; each fires once,
+    /// on the first response that covers it (a resumed request starting past it is not cut).
+    #[arg(long, allow_negative_numbers = true, value_name = "OFFSET[,OFFSET...]", value_parser = parse_offsets)]
+    pub cut_at: Option<Offsets>,
+    /// N such cuts at distinct pseudo-random offsets drawn from SEED (default 0: the same seed
+    /// and size give the same offsets).
+    #[arg(long, allow_negative_numbers = true, value_name = "N[:SEED]", value_parser = parse_random_cuts)]
+    pub random_cuts: Option<(u32, u64)>,
+    /// Pause MS between the head and the body of every response.
+    #[arg(long, allow_negative_numbers = true, value_name = "MS")]
+    pub stall_ms: Option<u64>,
+    /// Pause MS once, mid-body, just before the byte at OFFSET.
+    #[arg(long, allow_negative_numbers = true, value_name = "OFFSET:MS", value_parser = parse_stall_at)]
+    pub stall_at: Option<(u64, u64)>,
+    /// Announce the full Content-Length but send only BYTES of every body, then close.
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES")]
+    pub short_body: Option<u64>,
+    /// Corrupt the byte at OFFSET (XOR 0xFF) in every response that sends it.
+    #[arg(long, allow_negative_numbers = true, value_name = "OFFSET")]
+    pub flip_at: Option<u64>,
+    /// Ignore Range headers: always 200 with the whole file.
+    #[arg(long)]
+    pub ignore_range: bool,
+    /// Answer every request with status CODE.
+    #[arg(long, allow_negative_numbers = true, value_name = "CODE", value_parser = parse_http_status)]
+    pub status: Option<u16>,
+    /// Answer the first requests with these statuses, in order, then serve normally (e.g.
+    /// 503,503).
+    #[arg(long, allow_negative_numbers = true, value_name = "CODE[,CODE...]", value_parser = parse_http_statuses)]
+    pub fail_first: Option<Statuses>,
+    /// Accept the first N connections and close them unanswered.
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    pub close_before_headers: Option<u32>,
+    /// The URL gets 403 after N successful requests.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        conflicts_with = "expire_after_s"
+    )]
+    pub expire_after: Option<u32>,
+    /// The URL gets 403 once it is SECONDS old.
+    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub expire_after_s: Option<Duration>,
+    /// Answer every request with 302 to LOCATION ({self}: the server's own URL, i.e. a
+    /// redirect loop; relative values are sent as they are).
+    #[arg(long, value_name = "LOCATION")]
+    pub redirect: Option<String>,
+    /// Answer with no Content-Length, then the image followed by garbage until the device
+    /// closes the connection.
+    #[arg(long)]
+    pub endless_body: bool,
+    /// Announce Content-Length BYTES, send the real bytes.
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES")]
+    pub content_length: Option<u64>,
+    /// Slow-loris: send every response head one byte per MS.
+    #[arg(long, allow_negative_numbers = true, value_name = "MS")]
+    pub slow_head_ms: Option<u64>,
+    /// Pad every response head with BYTES of header lines.
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES")]
+    pub huge_head: Option<usize>,
+}
+
+/// How the end of a run is written (`serve`, `demo`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
+pub struct OutputArgs {
+    /// No progress bar, even on a terminal (the narration stays, as plain lines).
+    #[arg(long)]
+    pub quiet: bool,
+    /// After the outcome line, one line with the run's report as a JSON object (no progress
+    /// bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    /// Whether a progress bar may be drawn (it is only where stderr is a terminal).
+    pub fn progress(&self) -> bool {
+        !self.quiet && !self.json
+    }
+}
+
+/// `--broker HOST:PORT`.
+#[derive(Debug, Clone)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+/// `--cut-at` offsets.
+#[derive(Debug, Clone)]
+pub struct Offsets(pub Vec<u64>);
+
+/// `--fail-first` statuses.
+#[derive(Debug, Clone)]
+pub struct Statuses(pub Vec<u16>);
+
+fn parse_broker(v: &str) -> Result<BrokerAddr, String> {
+    v.rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+        .map(|(host, port)| BrokerAddr {
+            host: host.to_string(),
+            port,
+        })
+        .ok_or_else(|| "not HOST:PORT".to_string())
+}
+
+fn protocol_parser() -> impl TypedValueParser<Value = Protocol> {
+    PossibleValuesParser::new([
+        PossibleValue::new("aliyun"),
+        PossibleValue::new("sagoo").alias("sagooiot"),
+        PossibleValue::new("tencent"),
+        PossibleValue::new("ucloud"),
+    ])
+    .try_map(|v| v.parse::<Protocol>())
+}
+
+fn sign_method_parser() -> impl TypedValueParser<Value = SignMethod> {
+    PossibleValuesParser::new(["md5", "sha256"]).try_map(|v| v.parse::<SignMethod>())
+}
+
+fn device_parser() -> impl TypedValueParser<Value = DeviceKind> {
+    PossibleValuesParser::new([
+        PossibleValue::new("c").alias("C"),
+        PossibleValue::new("rust"),
+    ])
+    .try_map(|v| v.parse::<DeviceKind>())
+}
+
+/// One number of a list or pair; spaces around it are allowed.
+fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a valid number"))
+}
+
+fn parse_offsets(v: &str) -> Result<Offsets, String> {
+    v.split(',')
+        .map(number)
+        .collect::<Result<_, _>>()
+        .map(Offsets)
+}
+
+fn parse_random_cuts(v: &str) -> Result<(u32, u64), String> {
+    let (n, seed) = v.split_once(':').unwrap_or((v, "0"));
+    Ok((number(n)?, number(seed)?))
+}
+
+fn parse_stall_at(v: &str) -> Result<(u64, u64), String> {
+    let (at, ms) = v.split_once(':').ok_or("not OFFSET:MS")?;
+    Ok((number(at)?, number(ms)?))
+}
+
+fn parse_http_status(v: &str) -> Result<u16, String> {
+    let code: u16 = number(v)?;
+    if (100..=599).contains(&code) {
+        Ok(code)
+    } else {
+        Err(format!("{code} is not an HTTP status"))
+    }
+}
+
+fn parse_http_statuses(v: &str) -> Result<Statuses, String> {
+    v.split(',')
+        .map(parse_http_status)
+        .collect::<Result<_, _>>()
+        .map(Statuses)
+}
+
+fn parse_seconds(v: &str) -> Result<Duration, String> {
+    let secs: f64 = number(v)?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{v:?} is not a duration"))
+}
+
+impl FaultArgs {
+    /// The firmware server's faults.
+    pub fn faults(&self) -> Faults {
+        Faults {
+            cuts: self.cut_at.clone().map(|o| o.0).unwrap_or_default(),
+            random_cuts: self.random_cuts,
+            stall_ms: self.stall_ms.unwrap_or(0),
+            stall_once: self.stall_at,
+            short_body: self.short_body,
+            flip_byte_at: self.flip_at,
+            ignore_range: self.ignore_range,
+            status: self.status,
+            fail_first: self.fail_first.clone().map(|s| s.0).unwrap_or_default(),
+            close_before_headers: self.close_before_headers.unwrap_or(0),
+            expire_after: match (self.expire_after, self.expire_after_s) {
+                (Some(n), _) => Some(ExpireRule::Requests(n)),
+                (None, Some(d)) => Some(ExpireRule::Duration(d)),
+                (None, None) => None,
+            },
+            redirect: self.redirect.clone(),
+            endless_body: self.endless_body,
+            content_length: self.content_length,
+            slow_head_ms: self.slow_head_ms,
+            huge_head: self.huge_head.unwrap_or(0),
+            ..Faults::default()
+        }
+    }
+}
+
+impl RunArgs {
+    pub fn milestones(&self) -> Milestones {
+        Milestones {
+            supersede: self.supersede_at.clone(),
+            renotify_at: self.renotify_at,
+        }
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+
+    /// A usage error when the superseding upgrade would have the target's own `version`.
+    pub fn check_supersede(&self, subcommand: &str, version: &str) {
+        if let Some(s) = &self.supersede_at {
+            if s.version.as_deref() == Some(version) {
+                usage_error(
+                    subcommand,
+                    format!("--supersede-at: the new upgrade needs a version other than {version}"),
+                );
+            }
+        }
+    }
+}
+
+/// Exits 2 with `msg` and `subcommand`'s usage, as clap does for the errors it finds itself:
+/// for the checks that need more than one flag.
+pub fn usage_error(subcommand: &str, msg: impl std::fmt::Display) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    let cmd = cli
+        .find_subcommand_mut(subcommand)
+        .expect("a subcommand of ota-cloud");
+    cmd.error(clap::error::ErrorKind::ArgumentConflict, msg)
+        .exit()
+}

@@ -1,0 +1,222 @@
+//! `ota-cloud` command line: `serve`, `broker`, `demo` (see `ota-cloud help`). The flags are
+//! in args.rs; usage errors exit 2 with the flag named, failures of a run exit 1.
+
+mod args;
+mod progress;
+mod report;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use args::{BrokerArgs, Cli, Command, DemoArgs, PlatformArgs, ServeArgs};
+use clap::Parser;
+use ota_cloud::demo::{self, DemoOptions};
+use ota_cloud::milestones::{self, Milestones, NextUpgrade};
+use ota_cloud::{
+    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer, Summary,
+};
+use progress::DownloadBar;
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Serve(a) => serve(&a),
+        Command::Broker(a) => broker(&a),
+        Command::Demo(a) => run_demo(&a),
+    };
+    result.unwrap_or_else(|msg| {
+        eprintln!("ota-cloud: {msg}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `serve`: the firmware server and the cloud for a device of the caller's.
+fn serve(args: &ServeArgs) -> Result<ExitCode, String> {
+    let options = serve_options(args);
+    args.run.check_supersede("serve", &args.version);
+    let image = firmware_image(args)?;
+    let faults = args.faults.faults();
+    let expires = faults.expire_after.is_some();
+    let server = FirmwareServer::start_with(image, faults)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    let firmware = Firmware::new(&args.version, server.url(), &server.image()[..]);
+    print_firmware("", &firmware);
+    print_faults(&server);
+    let mut cloud = connect_cloud(args, options)?;
+    if expires {
+        let renewer = server.url_renewer();
+        cloud.set_url_renewer_for(move |url| renewer.renew_url_of(url));
+    }
+    let milestones = args.run.milestones();
+    let next = milestones.install(&cloud, &server, &firmware)?;
+    print_milestones(&milestones, &firmware, next.as_ref());
+    if let (Some(next), Some(path)) = (&next, &args.write_firmware) {
+        let path = format!("{}.next", path.display());
+        std::fs::write(&path, &next.image[..]).map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
+    let bar = DownloadBar::start(server.sent_meter(), args.output.progress());
+    let summary = cloud.run(&firmware, Duration::from_secs(args.timeout_s));
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    finish_run(
+        &summary,
+        args.output.json.then(|| report::summary(&summary)),
+    );
+    summary
+        .outcome
+        .map(|_| ExitCode::SUCCESS)
+        .map_err(|e| e.to_string())
+}
+
+/// The upgrade's options from `serve`'s flags.
+fn serve_options(args: &ServeArgs) -> CloudOptions {
+    let options = CloudOptions {
+        module: args.module.clone(),
+        sign_method: args.platform.sign_method,
+        current_version: args.current_version.clone(),
+        ..CloudOptions::default()
+    };
+    check_options("serve", &args.platform, options)
+}
+
+/// `o`, or a usage error when an option does not fit the protocol.
+fn check_options(subcommand: &str, platform: &PlatformArgs, o: CloudOptions) -> CloudOptions {
+    let protocol = platform.protocol;
+    if let Err(e) = o.check(protocol) {
+        args::usage_error(subcommand, format!("{e} (--protocol {protocol})"));
+    }
+    o
+}
+
+/// The image `serve` offers: `--firmware` read, or `--firmware-size` generated (and written to
+/// `--write-firmware`).
+fn firmware_image(args: &ServeArgs) -> Result<Vec<u8>, String> {
+    if let Some(path) = &args.firmware {
+        return std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+    }
+    let image = generate_firmware(args.firmware_size.unwrap_or(0));
+    if let Some(path) = &args.write_firmware {
+        std::fs::write(path, &image)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(image)
+}
+
+/// The cloud of `serve`, connected and subscribed to the device's topics.
+fn connect_cloud(args: &ServeArgs, options: CloudOptions) -> Result<Cloud, String> {
+    let mut cloud = Cloud::connect(
+        args.platform.protocol,
+        &args.broker.host,
+        args.broker.port,
+        &args.product_key,
+        &args.device_name,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Err(e) = cloud.set_options(options) {
+        args::usage_error("serve", e);
+    }
+    cloud
+        .set_ignore_requests(args.run.ignore_requests)
+        .set_grace(args.run.grace());
+    Ok(cloud)
+}
+
+/// The lines a run ends with: the violation (if any), the outcome, the JSON report (if asked).
+fn finish_run(summary: &Summary, json: Option<serde_json::Value>) {
+    if let Some(v) = summary.violation() {
+        println!("violation: {v}");
+    }
+    println!("{}", summary.outcome_line());
+    if let Some(json) = json {
+        println!("{json}");
+    }
+}
+
+fn print_firmware(prefix: &str, firmware: &Firmware) {
+    println!("{prefix}firmware url: {}", firmware.url);
+    println!("{prefix}firmware md5: {}", firmware.md5);
+    println!("{prefix}firmware size: {}", firmware.size);
+}
+
+/// Says what the cloud will do on its own, and where the superseding image is.
+fn print_milestones(m: &Milestones, first: &Firmware, next: Option<&NextUpgrade>) {
+    let at = |percent: u8| milestones::bytes_at(first.size, percent);
+    if let Some(p) = m.renotify_at {
+        println!(
+            "milestone: at {} bytes sent ({p} %), the upgrade is announced again",
+            at(p)
+        );
+    }
+    if let (Some(s), Some(next)) = (&m.supersede, next) {
+        println!(
+            "milestone: at {} bytes sent ({} %), an upgrade to {} supersedes {}",
+            at(s.percent),
+            s.percent,
+            next.firmware.version,
+            first.version
+        );
+        print_firmware("next ", &next.firmware);
+    }
+}
+
+fn print_faults(server: &FirmwareServer) {
+    let faults = server.fault_descriptions();
+    if faults.is_empty() {
+        println!("faults: none");
+    }
+    for fault in faults {
+        println!("fault: {fault}");
+    }
+}
+
+/// `broker`: runs until the process is stopped.
+fn broker(args: &BrokerArgs) -> Result<ExitCode, String> {
+    let started = match args.port {
+        0 => EmbeddedBroker::start(),
+        port => EmbeddedBroker::start_on(port),
+    };
+    let broker = started.map_err(|e| format!("cannot start the broker: {e}"))?;
+    println!("broker listening on 127.0.0.1:{}", broker.port());
+    // The broker runs in its own thread until the process is stopped (Ctrl-C).
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `demo`: the whole upgrade on this machine.
+fn run_demo(args: &DemoArgs) -> Result<ExitCode, String> {
+    args.run.check_supersede("demo", demo::NEW_VERSION);
+    let options = CloudOptions {
+        sign_method: args.platform.sign_method,
+        ..CloudOptions::default()
+    };
+    let opts = DemoOptions {
+        protocol: args.platform.protocol,
+        options: check_options("demo", &args.platform, options),
+        device: args.device,
+        size: args.size,
+        timeout: Duration::from_secs(args.timeout_s),
+        faults: args.faults.faults(),
+        milestones: args.run.milestones(),
+        ignore_requests: args.run.ignore_requests,
+        grace: args.run.grace(),
+    };
+    let mut bar = None;
+    let report = demo::run_observed(&opts, |meter| {
+        bar = DownloadBar::start(meter, args.output.progress());
+    });
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    let report = report?;
+    demo::print_report(&report);
+    finish_run(
+        &report.summary,
+        args.output.json.then(|| report::demo(&report)),
+    );
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,66 @@
+//! `--json`: the run's report as one JSON object, printed after the outcome line.
+
+use ota_cloud::demo::DemoReport;
+use ota_cloud::{Summary, TargetOutcome, UpgradeRecord};
+use serde_json::{json, Value};
+
+/// What the cloud saw of the run.
+pub fn summary(s: &Summary) -> Value {
+    let (outcome, failure_reports, failure_desc) = match &s.target_outcome {
+        TargetOutcome::Success { .. } => ("success", 0, None),
+        TargetOutcome::Failed { reports, desc, .. } => ("failed", *reports, Some(desc.as_str())),
+        TargetOutcome::Timeout => ("timeout", 0, None),
+    };
+    json!({
+        "protocol": s.protocol.name(),
+        "outcome": outcome,
+        "target_version": s.target().firmware.version,
+        "failure_reports": failure_reports,
+        "failure_desc": failure_desc,
+        "success": s.is_success(),
+        "violation": s.violation().map(|v| v.to_string()),
+        "error": s.outcome.as_ref().err().map(|e| e.to_string()),
+        "upgrades": s.upgrades.iter().map(upgrade).collect::<Vec<_>>(),
+        "upgrade_messages_sent": s.upgrade_messages_sent,
+        "version_replies_sent": s.version_replies_sent,
+        "requests_received": s.requests_received,
+        "requests_ignored": s.requests_ignored,
+        "urls_renewed": s.urls_renewed,
+        "task_id": s.task_id,
+        "versions": s.versions,
+        "progress": s.progress,
+        "download_ms": s.download_time.map(|d| d.as_millis() as u64),
+        "elapsed_ms": s.elapsed.as_millis() as u64,
+    })
+}
+
+fn upgrade(u: &UpgradeRecord) -> Value {
+    json!({
+        "version": u.firmware.version,
+        "url": u.firmware.url,
+        "size": u.firmware.size,
+        "md5": u.firmware.md5,
+        "messages_sent": u.messages_sent,
+        "failure_reports": u.failure_reports,
+        "first_failure": u.first_failure.as_ref().map(|(code, desc)| json!({
+            "code": code,
+            "desc": desc,
+        })),
+        "superseded": u.superseded,
+    })
+}
+
+/// The demo's verdict and what it measured, with the cloud's summary.
+pub fn demo(r: &DemoReport) -> Value {
+    json!({
+        "success": r.success(),
+        "identical": r.identical,
+        "firmware_size": r.firmware_size,
+        "output_size": r.output_size,
+        "device_exit_code": r.device_status.and_then(|s| s.code()),
+        "http_bytes": r.http_bytes,
+        "http_requests": r.http_requests,
+        "mb_per_s": r.mb_per_s(),
+        "cloud": summary(&r.summary),
+    })
+}
