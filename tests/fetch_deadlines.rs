@@ -300,20 +300,14 @@ fn a_chunked_body_cut_before_its_last_chunk_is_truncated() {
 /// failure at once, and the next open may succeed: unlike a failed handshake, it is retried.
 #[test]
 fn a_tls_record_that_does_not_decrypt_mid_body_is_a_prompt_transient_failure() {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let pki = pki();
-    let chain = CertificateDer::pem_slice_iter(pki.server.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap();
     let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
+        ota_cloud::http::server_tls_config(
+            pki.server.cert_pem.as_bytes(),
+            pki.server.key_pem.as_bytes(),
+            rustls::DEFAULT_VERSIONS,
+            None,
+        )
         .unwrap(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

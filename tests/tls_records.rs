@@ -311,20 +311,14 @@ fn close_delimited_server(
     body: Vec<u8>,
     version: &'static SupportedProtocolVersion,
 ) -> (String, JoinHandle<()>) {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let leaf = &pki().server;
-    let chain = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
     let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
+        ota_cloud::http::server_tls_config(
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            &[version],
+            None,
+        )
         .unwrap(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -573,20 +567,14 @@ mod forged {
         suite: SupportedCipherSuite,
         script: impl FnOnce(&mut Forger) + Send + 'static,
     ) -> (String, JoinHandle<()>) {
-        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
         let leaf = &pki().server;
-        let chain = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-        let mut provider = rustls::crypto::ring::default_provider();
-        provider.cipher_suites = vec![suite];
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
+        let mut config = ota_cloud::http::server_tls_config(
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            &[version],
+            Some(&[suite]),
+        )
+        .unwrap();
         config.enable_secret_extraction = true;
         let config = Arc::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -282,6 +282,21 @@ fn reject(h: &OtaHandle, func: &str, e: Error) -> c_int {
     err_code(&e)
 }
 
+/// The `version` argument of `func`, or its INVALID_PARAM answer (logged, kept for
+/// IOT_OTA_GetLastError) when it is NULL or not UTF-8.
+///
+/// # Safety
+/// `version` is NULL or a NUL-terminated string that outlives `'a`.
+unsafe fn version_arg<'a>(
+    h: &OtaHandle,
+    func: &str,
+    version: *const c_char,
+) -> Result<&'a str, c_int> {
+    // SAFETY: the caller's contract.
+    unsafe { c_str(version) }
+        .ok_or_else(|| reject(h, func, Error::InvalidParam("version is NULL or not UTF-8")))
+}
+
 /// # Safety
 /// As IOT_OTA_Init.
 unsafe fn init(
@@ -430,12 +445,9 @@ pub unsafe extern "C" fn IOT_OTA_ReportVersion(
 ) -> c_int {
     ffi_body!(IOT_OTA_ReportVersion, ota(handle), INVALID_PARAM, |h| {
         // SAFETY: this function's contract.
-        let Some(v) = (unsafe { c_str(version) }) else {
-            return reject(
-                &h,
-                "IOT_OTA_ReportVersion",
-                Error::InvalidParam("version is NULL"),
-            );
+        let v = match unsafe { version_arg(&h, "IOT_OTA_ReportVersion", version) } {
+            Ok(v) => v,
+            Err(code) => return code,
         };
         code(&h, h.session.report_version(v))
     })
@@ -462,13 +474,10 @@ pub unsafe extern "C" fn IOT_OTA_ReportModuleVersion(
         ota(handle),
         INVALID_PARAM,
         |h| {
-            // SAFETY (both strings): this function's contract.
-            let Some(v) = (unsafe { c_str(version) }) else {
-                return reject(
-                    &h,
-                    "IOT_OTA_ReportModuleVersion",
-                    Error::InvalidParam("version is NULL"),
-                );
+            // SAFETY (module below too): this function's contract.
+            let v = match unsafe { version_arg(&h, "IOT_OTA_ReportModuleVersion", version) } {
+                Ok(v) => v,
+                Err(code) => return code,
             };
             let m = if module.is_null() {
                 "default"
@@ -502,12 +511,9 @@ pub unsafe extern "C" fn IOT_OTA_RequestImage(
 ) -> c_int {
     ffi_body!(IOT_OTA_RequestImage, ota(handle), INVALID_PARAM, |h| {
         // SAFETY: this function's contract.
-        let Some(v) = (unsafe { c_str(version) }) else {
-            return reject(
-                &h,
-                "IOT_OTA_RequestImage",
-                Error::InvalidParam("version is NULL"),
-            );
+        let v = match unsafe { version_arg(&h, "IOT_OTA_RequestImage", version) } {
+            Ok(v) => v,
+            Err(code) => return code,
         };
         code(&h, h.session.request_image(v))
     })
@@ -930,12 +936,9 @@ pub unsafe extern "C" fn IOT_OTA_ReportUpgradeSuccess(
         INVALID_PARAM,
         |h| {
             // SAFETY: this function's contract.
-            let Some(v) = (unsafe { c_str(version) }) else {
-                return reject(
-                    &h,
-                    "IOT_OTA_ReportUpgradeSuccess",
-                    Error::InvalidParam("version is NULL"),
-                );
+            let v = match unsafe { version_arg(&h, "IOT_OTA_ReportUpgradeSuccess", version) } {
+                Ok(v) => v,
+                Err(code) => return code,
             };
             code(&h, h.session.report_upgrade_success(v))
         }

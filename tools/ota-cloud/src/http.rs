@@ -849,8 +849,12 @@ impl Drop for FirmwareServer {
     }
 }
 
-/// `suites`: the cipher suites offered, when not all of ring's.
-fn server_tls_config(
+/// A rustls server configuration on ring for the certificate chain and key in PEM, speaking
+/// `versions`, offering `suites` when given (else all of ring's). What [`FirmwareServer`]'s TLS
+/// runs on; tests that write their own TLS peer start from it too.
+/// Fails with `InvalidInput` when the PEMs hold no certificate, no key, or a key that does not
+/// match.
+pub fn server_tls_config(
     cert_chain_pem: &[u8],
     key_pem: &[u8],
     versions: &[&'static rustls::SupportedProtocolVersion],
