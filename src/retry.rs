@@ -78,12 +78,6 @@ impl Backoff {
         self.attempts = 0;
     }
 
-    /// Forgets everything (a new download).
-    pub fn reset(&mut self) {
-        self.attempts = 0;
-        self.total = 0;
-    }
-
     /// Retries in a row without progress so far.
     pub fn attempts(&self) -> u32 {
         self.attempts
