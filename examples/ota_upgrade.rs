@@ -42,7 +42,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let config = OtaConfig::for_protocol(protocol);
 
-    let info = aliyun_conn_info(&pk, &dn, &secret, false)?;
+    let info = aliyun_conn_info(&pk, &dn, &secret)?;
     let mut options = MqttOptions::new(&info.host, info.port, &info.client_id);
     options.username = Some(info.username);
     options.password = Some(info.password);

@@ -355,8 +355,9 @@ typedef enum iotx_ioctl_option_t {
    */
   IOTX_IOCTL_SET_MQTT_TLS = 7,
   /*
-   Extension. `data`: `const char *` CA certificate PEM, kept by pointer (not copied): the
-   caller keeps it alive and unchanged for as long as the connection info is used.
+   Extension. `data`: `const char *` CA certificate PEM, checked and copied at the call
+   (the `pub_key` of the connection info points at the copy until the next successful
+   `IOT_SetupConnInfo`). -1 when the text holds no usable PEM certificate.
    */
   IOTX_IOCTL_SET_MQTT_CA = 8,
   /*
@@ -874,7 +875,7 @@ extern "C" {
  default cn-shanghai) or the `IOTX_IOCTL_SET_MQTT_DOMAIN` domain; port 1883, or 443 with
  `IOTX_IOCTL_SET_MQTT_TLS`, or the `IOTX_IOCTL_SET_MQTT_PORT` port. The environment variables
  `IOTX_MQTT_HOST` and `IOTX_MQTT_PORT`, when set and non-empty, override host and port.
- `pub_key` is NULL for plain TCP, the `IOTX_IOCTL_SET_MQTT_CA` PEM with TLS.
+ `pub_key` is NULL for plain TCP, a copy of the `IOTX_IOCTL_SET_MQTT_CA` PEM with TLS.
 
  - `product_key`: at most 64 bytes (Aliyun's are 11), non-empty.
  - `device_name`: at most `DEVICE_NAME_LEN` bytes, non-empty.
@@ -907,7 +908,7 @@ int IOT_SetupConnInfo(const char *product_key,
 
  # Safety
  `data` is NULL or points to the type the option documents (an `int`, or a NUL-terminated
- string; for `IOTX_IOCTL_SET_MQTT_CA` one that outlives every use of the connection info).
+ string).
  */
 int IOT_Ioctl(int option, void *data);
 
@@ -924,15 +925,6 @@ extern void *HAL_Malloc(uint32_t size);
  must not be called twice with the same pointer.
  */
 extern void HAL_Free(void *ptr);
-
-/*
- Prints a `printf` format. Default: `vprintf` to stdout, then `fflush`.
-
- A firmware definition also receives libota's own log lines (one call per line, format
- `"%s\n"`), from any thread that calls into libota or that libota runs; it must not call
- back into libota.
- */
-extern void HAL_Printf(const char *fmt, ...);
 
 /*
  `snprintf` into `str` of `len` bytes. Default: `vsnprintf`.
@@ -1446,6 +1438,15 @@ int IOT_OTA_SetBreakpointFile(void *handle, const char *path);
  Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle or `percent` above 100.
  */
 int IOT_OTA_SetSaveInterval(void *handle, uint32_t bytes, uint32_t percent);
+
+/*
+ Prints a `printf` format. Default: `vprintf` to stdout, then `fflush`.
+
+ A firmware definition also receives libota's own log lines (one call per line, format
+ `"%s\n"`), from any thread that calls into libota or that libota runs; it must not call
+ back into libota.
+ */
+extern void HAL_Printf(const char *fmt, ...);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::fetch::{check_ca_pem, CaPemError};
+use crate::source::{check_ca_pem, CaPemError};
 
 /// Timestamp signed into every password; iotkit v2.3 uses the same fixed value (2050-01-01), so
 /// one password stays valid and needs no clock.
@@ -124,6 +124,10 @@ pub enum ConnInfoError {
     InvalidEnvPort(String),
     /// The HTTPS CA is not a usable PEM certificate.
     InvalidCa(CaPemError),
+    /// The MQTT CA is not a usable PEM certificate.
+    InvalidMqttCa(CaPemError),
+    /// MQTT over TLS is on ([`set_mqtt_tls`]) but no CA was set ([`set_mqtt_ca`]).
+    TlsWithoutCa,
 }
 
 impl fmt::Display for ConnInfoError {
@@ -140,6 +144,10 @@ impl fmt::Display for ConnInfoError {
                 write!(f, "{ENV_MQTT_PORT}={v:?} is not a port number in 1..=65535")
             }
             ConnInfoError::InvalidCa(e) => write!(f, "HTTPS CA rejected: {e}"),
+            ConnInfoError::InvalidMqttCa(e) => write!(f, "MQTT CA rejected: {e}"),
+            ConnInfoError::TlsWithoutCa => {
+                f.write_str("MQTT over TLS is on but no CA was set (IOTX_IOCTL_SET_MQTT_CA)")
+            }
         }
     }
 }
@@ -161,6 +169,33 @@ pub struct ConnInfo {
     /// Lowercase hex HMAC-SHA1 of the client id, device name, product key and timestamp,
     /// keyed with the device secret (40 characters).
     pub password: String,
+    /// The CA that authenticates the broker when MQTT runs over TLS ([`set_mqtt_tls`]); `None`
+    /// for plain TCP.
+    pub ca: Option<CaPem>,
+}
+
+/// A CA certificate PEM as checked and copied by [`set_mqtt_ca`]. It keeps a NUL after the
+/// text, so C callers get it as the `pub_key` string of `iotx_conn_info_t`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaPem(Arc<[u8]>);
+
+impl CaPem {
+    fn new(pem: &[u8]) -> CaPem {
+        let mut bytes = Vec::with_capacity(pem.len() + 1);
+        bytes.extend_from_slice(pem);
+        bytes.push(0);
+        CaPem(Arc::from(bytes))
+    }
+
+    /// The PEM text (without the trailing NUL).
+    pub fn pem(&self) -> &[u8] {
+        self.0.split_last().map_or(&[], |(_, text)| text)
+    }
+
+    /// The PEM text as a C string (valid as long as this value or a clone of it lives).
+    pub fn as_c_str(&self) -> &std::ffi::CStr {
+        std::ffi::CStr::from_bytes_until_nul(&self.0).unwrap_or_default()
+    }
 }
 
 struct Settings {
@@ -169,6 +204,8 @@ struct Settings {
     http_domain: Option<String>,
     mqtt_port: Option<u16>,
     https_ca: Option<Arc<[u8]>>,
+    mqtt_tls: bool,
+    mqtt_ca: Option<CaPem>,
     allow_plain_http: bool,
     product_key: String,
     device_name: String,
@@ -183,6 +220,8 @@ impl Settings {
         http_domain: None,
         mqtt_port: None,
         https_ca: None,
+        mqtt_tls: false,
+        mqtt_ca: None,
         allow_plain_http: true,
         product_key: String::new(),
         device_name: String::new(),
@@ -283,6 +322,37 @@ pub fn https_ca() -> Option<Arc<[u8]>> {
     settings().https_ca.clone()
 }
 
+/// Runs the MQTT connection of [`aliyun_conn_info`] over TLS (port 443 unless a port was set,
+/// `securemode=2`) or plain TCP (the default, port 1883). TLS needs a CA ([`set_mqtt_ca`]).
+pub fn set_mqtt_tls(tls: bool) {
+    settings().mqtt_tls = tls;
+}
+
+/// See [`set_mqtt_tls`].
+pub fn mqtt_tls() -> bool {
+    settings().mqtt_tls
+}
+
+/// Trusts exactly the CA certificate(s) in `pem` for the broker when MQTT runs over TLS;
+/// `None` forgets it. The PEM is checked (it must hold a certificate that can be a trust anchor)
+/// and copied, so the caller's buffer need not outlive the call.
+pub fn set_mqtt_ca(pem: Option<&[u8]>) -> Result<(), ConnInfoError> {
+    let ca = match pem {
+        Some(pem) => {
+            check_ca_pem(pem).map_err(ConnInfoError::InvalidMqttCa)?;
+            Some(CaPem::new(pem))
+        }
+        None => None,
+    };
+    settings().mqtt_ca = ca;
+    Ok(())
+}
+
+/// The CA set by [`set_mqtt_ca`], if any.
+pub fn mqtt_ca() -> Option<CaPem> {
+    settings().mqtt_ca.clone()
+}
+
 /// Whether OTA sessions created afterwards may download over plain `http://` (default true, as
 /// the platforms' documents use such URLs; each such download logs a warning). False refuses
 /// them and redirects to them.
@@ -353,22 +423,27 @@ pub fn hmac_sha1_hex(key: &[u8], data: &[u8]) -> String {
 /// Computes the Aliyun MQTT connection info for one device, as iotkit v2.3 does.
 ///
 /// Host: `{pk}.iot-as-mqtt.{region}.aliyuncs.com`, or the custom domain when the region is
-/// `Custom`; port 1883 (443 with `tls`) or the custom port. `IOTX_MQTT_HOST` and
+/// `Custom`; port 1883 (443 with TLS, see [`set_mqtt_tls`]) or the custom port. `IOTX_MQTT_HOST` and
 /// `IOTX_MQTT_PORT`, when set and non-empty, override both.
 ///
 /// Errors: `pk`, `dn` or `secret` empty or longer than 64, 32 and 64 bytes
 /// ([`ConnInfoError::Empty`], [`ConnInfoError::TooLong`]); custom region without a domain
 /// ([`ConnInfoError::NoCustomDomain`]); `IOTX_MQTT_HOST` longer than 128 bytes;
-/// `IOTX_MQTT_PORT` not in 1..=65535 ([`ConnInfoError::InvalidEnvPort`]).
-pub fn aliyun_conn_info(
-    pk: &str,
-    dn: &str,
-    secret: &str,
-    tls: bool,
-) -> Result<ConnInfo, ConnInfoError> {
+/// `IOTX_MQTT_PORT` not in 1..=65535 ([`ConnInfoError::InvalidEnvPort`]); TLS on without a
+/// CA ([`ConnInfoError::TlsWithoutCa`]).
+pub fn aliyun_conn_info(pk: &str, dn: &str, secret: &str) -> Result<ConnInfo, ConnInfoError> {
     check("product key", pk, MAX_PRODUCT_KEY_LEN)?;
     check("device name", dn, MAX_DEVICE_NAME_LEN)?;
     check("device secret", secret, MAX_DEVICE_SECRET_LEN)?;
+    let (tls, ca) = {
+        let s = settings();
+        (s.mqtt_tls, s.mqtt_ca.clone())
+    };
+    let ca = match (tls, ca) {
+        (false, _) => None,
+        (true, None) => return Err(ConnInfoError::TlsWithoutCa),
+        (true, Some(ca)) => Some(ca),
+    };
 
     let (host, port) = endpoint(pk, tls)?;
     let securemode = if tls { 2 } else { 3 };
@@ -382,6 +457,7 @@ pub fn aliyun_conn_info(
         client_id,
         username: format!("{dn}&{pk}"),
         password: hmac_sha1_hex(secret.as_bytes(), sign_source.as_bytes()),
+        ca,
     })
 }
 
@@ -443,7 +519,7 @@ mod tests {
     #[test]
     fn plain_tcp_shanghai() {
         let _g = test_lock();
-        let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
+        let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!(info.host, "a1.iot-as-mqtt.cn-shanghai.aliyuncs.com");
         assert_eq!(info.port, 1883);
         assert_eq!(
@@ -454,13 +530,53 @@ mod tests {
         assert_eq!(info.password, A1_D1_PASSWORD);
     }
 
+    #[cfg(feature = "tls")]
+    fn test_ca_pem() -> String {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        ca.cert.pem()
+    }
+
     #[test]
+    #[cfg(feature = "tls")]
     fn tls_uses_port_443_and_securemode_2() {
         let _g = test_lock();
-        let info = aliyun_conn_info("a1", "d1", "secret", true).unwrap();
+        let pem = test_ca_pem();
+        set_mqtt_tls(true);
+        assert_eq!(
+            aliyun_conn_info("a1", "d1", "secret"),
+            Err(ConnInfoError::TlsWithoutCa)
+        );
+        set_mqtt_ca(Some(pem.as_bytes())).unwrap();
+        let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!(info.port, 443);
         assert!(info.client_id.contains(",securemode=2,"));
         assert_eq!(info.password, A1_D1_PASSWORD);
+        let ca = info.ca.expect("the CA rides along with TLS");
+        assert_eq!(ca.pem(), pem.as_bytes());
+        assert_eq!(ca.as_c_str().to_bytes(), pem.as_bytes());
+
+        set_mqtt_tls(false);
+        assert_eq!(aliyun_conn_info("a1", "d1", "secret").unwrap().ca, None);
+    }
+
+    #[test]
+    #[cfg(feature = "tls")]
+    fn mqtt_ca_is_checked_and_copied() {
+        let _g = test_lock();
+        assert!(matches!(
+            set_mqtt_ca(Some(
+                b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+            )),
+            Err(ConnInfoError::InvalidMqttCa(_))
+        ));
+        assert_eq!(mqtt_ca(), None);
+        let mut pem = test_ca_pem().into_bytes();
+        set_mqtt_ca(Some(&pem)).unwrap();
+        let kept = pem.clone();
+        pem.fill(b'x');
+        assert_eq!(mqtt_ca().unwrap().pem(), &kept[..]);
+        set_mqtt_ca(None).unwrap();
+        assert_eq!(mqtt_ca(), None);
     }
 
     #[test]
@@ -475,7 +591,7 @@ mod tests {
         ] {
             set_region(r);
             assert_eq!(region(), r);
-            let info = aliyun_conn_info("pk", "dn", "s", false).unwrap();
+            let info = aliyun_conn_info("pk", "dn", "s").unwrap();
             assert_eq!(info.host, format!("pk.iot-as-mqtt.{id}.aliyuncs.com"));
         }
     }
@@ -486,13 +602,13 @@ mod tests {
         set_mqtt_domain("broker.example.com").unwrap();
         assert_eq!(region(), Region::Custom);
         set_mqtt_port(Some(8883));
-        let info = aliyun_conn_info("a1", "d1", "secret", true).unwrap();
+        let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!(info.host, "broker.example.com");
         assert_eq!(info.port, 8883);
 
         set_region(Region::Japan);
         set_mqtt_port(None);
-        let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
+        let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!(info.host, "a1.iot-as-mqtt.ap-northeast-1.aliyuncs.com");
         assert_eq!(info.port, 1883);
     }
@@ -528,7 +644,7 @@ mod tests {
         let _g = test_lock();
         set_region(Region::Custom);
         assert_eq!(
-            aliyun_conn_info("a1", "d1", "secret", false),
+            aliyun_conn_info("a1", "d1", "secret"),
             Err(ConnInfoError::NoCustomDomain)
         );
     }
@@ -540,13 +656,13 @@ mod tests {
         set_mqtt_port(Some(1));
         std::env::set_var(ENV_MQTT_HOST, "127.0.0.1");
         std::env::set_var(ENV_MQTT_PORT, "18830");
-        let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
+        let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!((info.host.as_str(), info.port), ("127.0.0.1", 18830));
         assert_eq!(info.password, A1_D1_PASSWORD);
 
         std::env::set_var(ENV_MQTT_HOST, "");
         std::env::set_var(ENV_MQTT_PORT, "");
-        let info = aliyun_conn_info("a1", "d1", "secret", false).unwrap();
+        let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!((info.host.as_str(), info.port), ("ignored.example.com", 1));
     }
 
@@ -556,15 +672,12 @@ mod tests {
         for bad in ["0", "65536", "-1", "http", "18 83"] {
             std::env::set_var(ENV_MQTT_PORT, bad);
             assert_eq!(
-                aliyun_conn_info("a1", "d1", "secret", false),
+                aliyun_conn_info("a1", "d1", "secret"),
                 Err(ConnInfoError::InvalidEnvPort(bad.to_owned()))
             );
         }
         std::env::set_var(ENV_MQTT_PORT, "65535");
-        assert_eq!(
-            aliyun_conn_info("a1", "d1", "secret", false).unwrap().port,
-            65535
-        );
+        assert_eq!(aliyun_conn_info("a1", "d1", "secret").unwrap().port, 65535);
     }
 
     #[test]
@@ -572,7 +685,7 @@ mod tests {
         let _g = test_lock();
         std::env::set_var(ENV_MQTT_HOST, "h".repeat(MAX_HOST_LEN + 1));
         assert!(matches!(
-            aliyun_conn_info("a1", "d1", "secret", false),
+            aliyun_conn_info("a1", "d1", "secret"),
             Err(ConnInfoError::TooLong {
                 what: ENV_MQTT_HOST,
                 ..
@@ -590,7 +703,7 @@ mod tests {
         ];
         for (pk, dn, secret, what) in cases {
             assert_eq!(
-                aliyun_conn_info(pk, dn, secret, false),
+                aliyun_conn_info(pk, dn, secret),
                 Err(ConnInfoError::Empty(what))
             );
         }
@@ -606,22 +719,22 @@ mod tests {
         let pk = "p".repeat(MAX_PRODUCT_KEY_LEN);
         let dn = "d".repeat(MAX_DEVICE_NAME_LEN);
         let secret = "s".repeat(MAX_DEVICE_SECRET_LEN);
-        assert!(aliyun_conn_info(&pk, &dn, &secret, false).is_ok());
+        assert!(aliyun_conn_info(&pk, &dn, &secret).is_ok());
 
         let long_pk = "p".repeat(MAX_PRODUCT_KEY_LEN + 1);
         let long_dn = "d".repeat(MAX_DEVICE_NAME_LEN + 1);
         let long_secret = "s".repeat(MAX_DEVICE_SECRET_LEN + 1);
         let too_long = |what, len, max| ConnInfoError::TooLong { what, len, max };
         assert_eq!(
-            aliyun_conn_info(&long_pk, &dn, &secret, false).unwrap_err(),
+            aliyun_conn_info(&long_pk, &dn, &secret).unwrap_err(),
             too_long("product key", 65, 64)
         );
         assert_eq!(
-            aliyun_conn_info(&pk, &long_dn, &secret, false).unwrap_err(),
+            aliyun_conn_info(&pk, &long_dn, &secret).unwrap_err(),
             too_long("device name", 33, 32)
         );
         assert_eq!(
-            aliyun_conn_info(&pk, &dn, &long_secret, false).unwrap_err(),
+            aliyun_conn_info(&pk, &dn, &long_secret).unwrap_err(),
             too_long("device secret", 65, 64)
         );
         assert_eq!(

@@ -2,8 +2,8 @@
 //!
 //! Every variant carries only static text and numbers, so building an error never allocates.
 
-pub use crate::fetch::FetchError;
 pub use crate::protocol::NoticeError;
+pub use crate::source::DownloadError;
 
 /// Why an MQTT operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +76,7 @@ pub enum Error {
     Notice(#[from] NoticeError),
     /// The firmware download failed (network, HTTP, size or digest).
     #[error("download failed: {0}")]
-    Fetch(#[from] FetchError),
+    Fetch(#[from] DownloadError),
     /// The MQTT connection or a request on it failed.
     #[error("MQTT: {0}")]
     Mqtt(#[from] MqttError),

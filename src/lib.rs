@@ -16,7 +16,6 @@
 pub mod conninfo;
 pub mod digest;
 pub mod error;
-pub mod fetch;
 pub mod link;
 pub mod log;
 pub mod mqtt;
@@ -25,6 +24,7 @@ pub mod ota;
 pub mod protocol;
 pub mod resume;
 pub mod retry;
+pub mod source;
 pub mod tls;
 #[cfg(feature = "tls")]
 mod tls_link;

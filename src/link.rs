@@ -7,9 +7,9 @@
 //! reconnections (the way AWS's OTA library takes its MQTT interface, rather than owning a client).
 
 use crate::error::{Error, Result};
-use crate::fetch::HttpSource;
 use crate::mqtt::{MqttClient, MqttUplink, QoS};
 use crate::ota::{OtaConfig, OtaSession, Uplink};
+use crate::source::HttpSource;
 
 impl Uplink for MqttUplink {
     fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {

@@ -4,7 +4,7 @@
 //! Everything is non-blocking: [`Net::connect`] only starts a connection, [`Net::send`] and
 //! [`Net::recv`] return [`io::ErrorKind::WouldBlock`] instead of waiting, and the only wait is
 //! [`Net::wait`], bounded by a deadline on the clock of [`Net::now`]. The download
-//! ([`HttpSource`](crate::fetch::HttpSource)) is driven through these on the caller's thread.
+//! ([`HttpSource`](crate::source::HttpSource)) is driven through these on the caller's thread.
 //!
 //! [`PosixNet`] is the implementation for Linux and other POSIX systems: `socket(2)` with
 //! `O_NONBLOCK`, `poll(2)`, and std's resolver for names. Name resolution is the one step that

@@ -2,7 +2,7 @@
 //! verified, against the CA the firmware gives or the bundled web roots.
 //!
 //! Without the `tls` cargo feature (default on) the library has no TLS at all: `https://` URLs
-//! fail with [`FetchError::Tls`](crate::fetch::FetchError::Tls), a CA is refused with
+//! fail with [`DownloadError::Tls`](crate::source::DownloadError::Tls), a CA is refused with
 //! [`CaPemError::NoTls`], and MQTT over TLS cannot be configured.
 
 /// Why a CA PEM was refused.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use ota::fetch::MemorySource;
 use ota::ota::{OtaConfig, Uplink};
+use ota::source::MemorySource;
 use ota::{OtaSession, OtaState};
 use ota_cloud::counting::{allocated_bytes, allocations, set_counting, Counting};
 

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ota::fetch::{Chunk, FirmwareSource, HttpConfig, HttpSource};
+use ota::source::{Chunk, FirmwareSource, HttpConfig, HttpSource};
 use ota_cloud::http::{Faults, FirmwareServer};
 
 const SIZE: usize = 300_000;

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ota::error::Error;
-use ota::fetch::MemorySource;
 use ota::protocol::Limits;
+use ota::source::MemorySource;
 use ota::{OtaConfig, OtaSession, OtaState, Protocol};
 
 // ---------------------------------------------------------------------------------------------
@@ -989,7 +989,7 @@ fn check_rejected(
     if before.state == OtaState::Idle && s.is_fetching() {
         bad.push("is_fetching() on an idle session".to_string());
     }
-    if before.state == OtaState::Fetching && !s.is_fetching() {
+    if before.state == OtaState::Downloading && !s.is_fetching() {
         bad.push("is_fetching() false after the download was interrupted".to_string());
     }
     if let Some((topic, texts)) = &case.publishes {
@@ -1034,7 +1034,7 @@ fn run_case(p: &Spec, case: &Case) -> Vec<String> {
                 if let Err(e) = got {
                     b.push(format!("rejected: {e}"));
                 }
-                if s.state() != OtaState::Fetching || !s.is_fetching() {
+                if s.state() != OtaState::Downloading || !s.is_fetching() {
                     b.push(format!("state {:?}, expected Fetching", s.state()));
                 }
                 if let Some(e) = s.last_error() {

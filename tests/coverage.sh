@@ -2,7 +2,7 @@
 # Line coverage of the library (src/): runs the `ota` package's unit and integration tests
 # under cargo-tarpaulin (installed from crates.io when missing) and prints the coverage of each
 # file under src/, the total, and the "engine" (src/protocol/*, src/ota/*, src/digest.rs,
-# src/fetch.rs, src/resume.rs). The tools/* crates and the examples are not measured.
+# src/source.rs, src/resume.rs). The tools/* crates and the examples are not measured.
 #
 #   tests/coverage.sh
 #
@@ -71,7 +71,7 @@ awk -v root="$PWD/" -v min="$min_engine" '
     }
     function pct(h, t) { return t ? 100 * h / t : 100 }
     function engine(f) {
-        return f ~ /^src\/(protocol|ota)\// || f == "src/digest.rs" || f == "src/fetch.rs" \
+        return f ~ /^src\/(protocol|ota)\// || f == "src/digest.rs" || f == "src/source.rs" \
             || f == "src/resume.rs"
     }
     END {

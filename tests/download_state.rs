@@ -11,10 +11,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ota::error::{Error, FetchError};
-use ota::fetch::{Chunk, FirmwareSource, MemorySource};
+use ota::error::{DownloadError, Error};
 use ota::ota::Once;
 use ota::retry::RetryPolicy;
+use ota::source::{Chunk, FirmwareSource, MemorySource};
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::cloud::Firmware;
 
@@ -32,12 +32,12 @@ fn image(len: usize, seed: u8) -> &'static [u8] {
 struct Source {
     images: [(&'static str, &'static [u8]); 2],
     image: MemorySource,
-    open_errors: Arc<Mutex<VecDeque<FetchError>>>,
+    open_errors: Arc<Mutex<VecDeque<DownloadError>>>,
     opens: Arc<Mutex<Vec<u64>>>,
 }
 
 impl FirmwareSource for Source {
-    fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
+    fn open(&mut self, url: &str, offset: u64) -> Result<(), DownloadError> {
         self.opens.lock().unwrap().push(offset);
         if let Some(e) = self.open_errors.lock().unwrap().pop_front() {
             return Err(e);
@@ -48,7 +48,7 @@ impl FirmwareSource for Source {
         self.image.open(url, offset)
     }
 
-    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, DownloadError> {
         self.image.read(buf, timeout)
     }
 
@@ -60,7 +60,7 @@ impl FirmwareSource for Source {
 struct Rig {
     s: OtaSession,
     sent: Sent,
-    open_errors: Arc<Mutex<VecDeque<FetchError>>>,
+    open_errors: Arc<Mutex<VecDeque<DownloadError>>>,
     opens: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -133,7 +133,10 @@ impl Rig {
 /// The first download: one failed open (a retry), 300 bytes, then the caller gives up twice
 /// (one failure report, the second dropped and said so once).
 fn first_download_fails(r: &Rig) {
-    r.open_errors.lock().unwrap().push_back(FetchError::Connect);
+    r.open_errors
+        .lock()
+        .unwrap()
+        .push_back(DownloadError::Connect);
     assert_eq!(r.fetch().unwrap().len(), 300);
     assert_eq!(r.s.retries(), 1);
     assert_eq!(r.s.fetched_size(), 300);

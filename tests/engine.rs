@@ -9,9 +9,9 @@ use recorder::{Recorder, Sent};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ota::error::{Error, FetchError};
-use ota::fetch::MemorySource;
+use ota::error::{DownloadError, Error};
 use ota::protocol::NoticeError;
+use ota::source::MemorySource;
 use ota::{OtaConfig, OtaSession, OtaState};
 
 const TOPIC: &str = "/ota/device/upgrade/pk/dn";
@@ -86,7 +86,7 @@ fn valid_upgrade_is_fetched_verified_and_progress_reported() {
     let (s, sent) = session(MemorySource::new(img));
     s.handle_message(TOPIC, notice(img.len(), "2.0.0", &md5_hex(img)).as_bytes())
         .unwrap();
-    assert_eq!(s.state(), OtaState::Fetching);
+    assert_eq!(s.state(), OtaState::Downloading);
     assert_eq!(fetch_all(&s), img);
     assert_eq!(s.state(), OtaState::Fetched);
     assert!(s.check_firmware().unwrap());
@@ -135,7 +135,7 @@ fn bad_messages_and_wrong_topics_change_nothing() {
     let mut buf = [0u8; 40];
     assert_eq!(s.fetch_yield(&mut buf, Duration::ZERO).unwrap(), 40);
     assert!(s.handle_message(TOPIC, b"{}").is_err());
-    assert_eq!(s.state(), OtaState::Fetching);
+    assert_eq!(s.state(), OtaState::Downloading);
     assert_eq!(s.fetched_size(), 40);
     assert_eq!(s.with_notice(|n| n.version.as_str().to_string()), "2.0.0");
 }
@@ -200,7 +200,7 @@ fn a_short_server_file_fails_the_download_with_step_minus_2() {
     let mut buf = [0u8; 1000];
     let r = s.fetch_yield(&mut buf, Duration::ZERO);
     assert!(
-        matches!(r, Err(Error::Fetch(FetchError::BadResponse(_)))),
+        matches!(r, Err(Error::Fetch(DownloadError::BadResponse(_)))),
         "a server file smaller than announced is refused at once: {r:?}"
     );
     assert_eq!(s.state(), OtaState::Fetched);
@@ -276,7 +276,7 @@ fn a_different_upgrade_mid_download_reports_the_old_one_superseded() {
     );
     assert!(matches!(
         s.fetch_yield(&mut buf, Duration::ZERO),
-        Err(Error::Fetch(FetchError::Superseded))
+        Err(Error::Fetch(DownloadError::Superseded))
     ));
     assert!(s.is_fetch_finished());
     assert!(!s.check_firmware().unwrap());

@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ota::error::{Error, FetchError};
-use ota::fetch::{Chunk, FirmwareSource, MemorySource, OpenInfo};
+use ota::error::{DownloadError, Error};
 use ota::protocol::{Limits, NoticeError};
 use ota::resume::MemoryStore;
 use ota::retry::RetryPolicy;
+use ota::source::{Chunk, FirmwareSource, MemorySource, OpenInfo};
 use ota::{OtaConfig, OtaSession, OtaState, Protocol};
 use ota_cloud::cloud::Firmware;
 
@@ -50,9 +50,9 @@ fn ucloud(img: &[u8], version: &str, current: &str, module: Option<&str>) -> Str
 #[derive(Default)]
 struct Script {
     /// Returned by the next `open` calls, in order.
-    open_errors: VecDeque<FetchError>,
+    open_errors: VecDeque<DownloadError>,
     /// Returned by the next `read` calls, in order; `None` lets the image answer that read.
-    reads: VecDeque<Option<Result<Chunk, FetchError>>>,
+    reads: VecDeque<Option<Result<Chunk, DownloadError>>>,
     /// The offset of every `open`.
     opens: Vec<u64>,
 }
@@ -64,7 +64,7 @@ struct Scripted {
 }
 
 impl FirmwareSource for Scripted {
-    fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
+    fn open(&mut self, url: &str, offset: u64) -> Result<(), DownloadError> {
         let mut s = self.script.lock().unwrap();
         s.opens.push(offset);
         if let Some(e) = s.open_errors.pop_front() {
@@ -73,7 +73,7 @@ impl FirmwareSource for Scripted {
         self.image.open(url, offset)
     }
 
-    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, DownloadError> {
         if let Some(Some(step)) = self.script.lock().unwrap().reads.pop_front() {
             return step;
         }
@@ -181,7 +181,7 @@ fn a_failing_uplink_loses_reports_but_not_the_upgrade() {
     r.s.report_version("1.0.0").unwrap();
     r.set_down(true);
     r.announce(&ucloud(img, "2.0.0", "1.0.0", None)).unwrap();
-    assert_eq!(r.s.state(), OtaState::Fetching);
+    assert_eq!(r.s.state(), OtaState::Downloading);
     let (got, err) = r.fetch_all();
     assert_eq!((got.as_slice(), err), (img, None));
     assert!(r.s.check_firmware().unwrap());
@@ -205,7 +205,7 @@ fn a_failure_that_cannot_be_reported_still_ends_the_download() {
     let (_, err) = r.fetch_all();
     assert_eq!(
         err,
-        Some(Error::Fetch(FetchError::BadResponse(
+        Some(Error::Fetch(DownloadError::BadResponse(
             "server file is smaller than the announced size"
         )))
     );
@@ -225,7 +225,7 @@ fn a_failure_that_cannot_be_reported_still_ends_the_download() {
     // The last error names the mismatch, not the report that could not be sent.
     assert_eq!(
         r.s.last_error(),
-        Some(Error::Fetch(FetchError::BadResponse("digest mismatch")))
+        Some(Error::Fetch(DownloadError::BadResponse("digest mismatch")))
     );
     assert!(!r.s.check_firmware().unwrap());
     r.set_down(false);
@@ -274,7 +274,7 @@ fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
         let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
         r.script()
             .reads
-            .extend([None, Some(Err(FetchError::Status(403)))]);
+            .extend([None, Some(Err(DownloadError::Status(403)))]);
         r
     };
     let desc = r#""step":"-2","desc":"download failed: URL expired (HTTP 403)""#;
@@ -282,7 +282,10 @@ fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
     // No version reported yet: nothing to ask with.
     let r = expired();
     r.announce(&aliyun(img, "2.0.0")).unwrap();
-    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
+    assert_eq!(
+        r.fetch_all().1,
+        Some(Error::Fetch(DownloadError::Status(403)))
+    );
     assert_eq!(r.topics(), [PROGRESS]);
     assert!(r.payloads()[0].contains(desc), "{:?}", r.payloads());
 
@@ -292,7 +295,10 @@ fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
     r.s.set_fresh_url_wait(Duration::from_millis(50)).unwrap();
     r.s.report_version("1.0.0").unwrap();
     r.announce(&aliyun(img, "2.0.0")).unwrap();
-    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
+    assert_eq!(
+        r.fetch_all().1,
+        Some(Error::Fetch(DownloadError::Status(403)))
+    );
     let sent = r.sent.lock().unwrap().clone();
     let topics: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
     let request = topics
@@ -326,12 +332,15 @@ fn an_expired_url_is_only_reported_where_the_device_cannot_ask_for_the_upgrade()
     let r = rig(Protocol::Tencent, Limits::default(), img, usize::MAX);
     r.script()
         .reads
-        .extend([None, Some(Err(FetchError::Status(403)))]);
+        .extend([None, Some(Err(DownloadError::Status(403)))]);
     r.s.report_version("1.0.0").unwrap();
     let fw = Firmware::new("2.0.0", URL, img);
     r.announce(&ota_cloud::tencent::update_message(&fw))
         .unwrap();
-    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
+    assert_eq!(
+        r.fetch_all().1,
+        Some(Error::Fetch(DownloadError::Status(403)))
+    );
     assert_eq!(
         r.payloads(),
         [
@@ -347,11 +356,14 @@ fn an_expired_url_whose_request_is_lost_is_not_retried() {
     let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
     r.script()
         .reads
-        .extend([None, Some(Err(FetchError::Status(403)))]);
+        .extend([None, Some(Err(DownloadError::Status(403)))]);
     r.s.report_version("1.0.0").unwrap();
     r.announce(&aliyun(img, "2.0.0")).unwrap();
     r.set_down(true);
-    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Status(403))));
+    assert_eq!(
+        r.fetch_all().1,
+        Some(Error::Fetch(DownloadError::Status(403)))
+    );
     assert_eq!(r.s.state(), OtaState::Fetched);
     r.set_down(false);
     assert_eq!(
@@ -366,54 +378,60 @@ fn every_download_failure_is_reported_with_its_cause() {
     let img = image(600, 7);
     let cases = [
         (
-            FetchError::Status(404),
+            DownloadError::Status(404),
             "download failed: firmware not found (HTTP 404)",
         ),
         (
-            FetchError::Status(500),
+            DownloadError::Status(500),
             "download failed: HTTP error status",
         ),
         (
-            FetchError::Connect,
+            DownloadError::Connect,
             "download failed: cannot connect to the server",
         ),
         (
-            FetchError::Resolve,
+            DownloadError::Resolve,
             "download failed: cannot connect to the server",
         ),
-        (FetchError::Timeout, "download failed: timed out"),
-        (FetchError::Tls, "download failed: TLS verification failed"),
+        (DownloadError::Timeout, "download failed: timed out"),
         (
-            FetchError::TlsBroken,
+            DownloadError::Tls,
+            "download failed: TLS verification failed",
+        ),
+        (
+            DownloadError::TlsBroken,
             "download failed: TLS connection broken",
         ),
         (
-            FetchError::Truncated,
+            DownloadError::Truncated,
             "download failed: connection ended early",
         ),
         (
-            FetchError::Oversize,
+            DownloadError::Oversize,
             "download failed: file larger than announced",
         ),
-        (FetchError::Redirects, "download failed: too many redirects"),
         (
-            FetchError::RedirectScheme,
+            DownloadError::Redirects,
+            "download failed: too many redirects",
+        ),
+        (
+            DownloadError::RedirectScheme,
             "download failed: redirect to a weaker scheme refused",
         ),
         (
-            FetchError::PlainHttp,
+            DownloadError::PlainHttp,
             "download failed: plain http:// not allowed",
         ),
         (
-            FetchError::BadResponse("x"),
+            DownloadError::BadResponse("x"),
             "download failed: malformed HTTP response",
         ),
-        (FetchError::Url, "download failed"),
+        (DownloadError::Url, "download failed"),
         (
-            FetchError::Io(std::io::ErrorKind::ConnectionReset),
+            DownloadError::Io(std::io::ErrorKind::ConnectionReset),
             "download failed",
         ),
-        (FetchError::Restarted, "download failed"),
+        (DownloadError::Restarted, "download failed"),
     ];
     for (e, desc) in cases {
         let r = rig(Protocol::Aliyun, Limits::default(), img, 250);
@@ -444,7 +462,7 @@ fn a_source_that_cannot_open_is_retried_then_reported() {
     let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
     r.script()
         .open_errors
-        .extend([FetchError::Connect, FetchError::Timeout]);
+        .extend([DownloadError::Connect, DownloadError::Timeout]);
     r.announce(&aliyun(img, "2.0.0")).unwrap();
     assert_eq!(r.fetch_all(), (img.to_vec(), None));
     assert!(r.s.check_firmware().unwrap());
@@ -453,9 +471,9 @@ fn a_source_that_cannot_open_is_retried_then_reported() {
 
     // More failures in a row than the policy allows (3): the download fails.
     let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
-    r.script().open_errors.extend([FetchError::Connect; 4]);
+    r.script().open_errors.extend([DownloadError::Connect; 4]);
     r.announce(&aliyun(img, "2.0.0")).unwrap();
-    assert_eq!(r.fetch_all().1, Some(Error::Fetch(FetchError::Connect)));
+    assert_eq!(r.fetch_all().1, Some(Error::Fetch(DownloadError::Connect)));
     assert_eq!(r.script().opens.len(), 4);
     assert!(r.payloads()[0].contains("cannot connect to the server"));
 }
@@ -508,7 +526,7 @@ fn a_partial_answer_for_another_range_fails_the_download() {
     r.script().reads.extend([
         None,
         None,
-        Some(Err(FetchError::Io(std::io::ErrorKind::ConnectionReset))),
+        Some(Err(DownloadError::Io(std::io::ErrorKind::ConnectionReset))),
         opened(0, 1000),
     ]);
     r.announce(&aliyun(img, "2.0.0")).unwrap();
@@ -516,7 +534,7 @@ fn a_partial_answer_for_another_range_fails_the_download() {
     assert_eq!(got, &img[..300]);
     assert_eq!(
         err,
-        Some(Error::Fetch(FetchError::BadResponse(
+        Some(Error::Fetch(DownloadError::BadResponse(
             "Content-Range does not match the request"
         )))
     );
@@ -528,7 +546,7 @@ fn a_partial_answer_for_another_range_fails_the_download() {
     r.announce(&aliyun(img, "2.0.0")).unwrap();
     assert!(matches!(
         r.fetch_all(),
-        (v, Some(Error::Fetch(FetchError::BadResponse(_)))) if v.is_empty()
+        (v, Some(Error::Fetch(DownloadError::BadResponse(_)))) if v.is_empty()
     ));
 }
 
@@ -543,7 +561,7 @@ fn a_resume_offset_past_the_servers_file_fails_with_its_status() {
     let mut buf = [0u8; 100];
     assert_eq!(
         r.s.fetch_yield(&mut buf, Duration::ZERO),
-        Err(Error::Fetch(FetchError::Status(416)))
+        Err(Error::Fetch(DownloadError::Status(416)))
     );
     assert!(r.payloads()[0].contains("HTTP error status"));
 }
@@ -598,7 +616,7 @@ fn calls_with_bad_arguments_or_in_the_wrong_state_change_nothing() {
         ))
     );
     // None of it disturbed the download.
-    assert_eq!(r.s.state(), OtaState::Fetching);
+    assert_eq!(r.s.state(), OtaState::Downloading);
     assert_eq!(r.s.fetched_size(), 300);
     let (rest, err) = r.fetch_all();
     assert_eq!((&rest[..], err), (&img[300..], None));
@@ -671,7 +689,7 @@ fn the_ninth_module_replaces_the_oldest_running_version() {
         Ok(()),
         "m0's version was forgotten: nothing to contradict the task"
     );
-    assert_eq!(r.s.state(), OtaState::Fetching);
+    assert_eq!(r.s.state(), OtaState::Downloading);
     // Reporting a known module again updates it in place.
     r.s.report_module_version("m8", "1.1").unwrap();
     assert_eq!(

@@ -9,8 +9,8 @@ use recorder::{payloads, Recorder, Sent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ota::fetch::{HttpConfig, HttpSource};
 use ota::retry::RetryPolicy;
+use ota::source::{HttpConfig, HttpSource};
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::http::{Faults, FirmwareServer};
 

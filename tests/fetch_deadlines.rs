@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ota::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource};
+use ota::source::{Chunk, DownloadError, FirmwareSource, HttpConfig, HttpSource};
 use ota_cloud::http::{Faults, FirmwareServer};
 
 /// Slack allowed past a read's timeout (a shared 2-core machine).
@@ -33,7 +33,7 @@ fn source(config: HttpConfig) -> HttpSource {
 }
 
 /// One read, timed: what it returned and how long it took.
-fn timed_read(src: &mut HttpSource, timeout: Duration) -> (Result<Chunk, FetchError>, Duration) {
+fn timed_read(src: &mut HttpSource, timeout: Duration) -> (Result<Chunk, DownloadError>, Duration) {
     let mut buf = [0u8; 4096];
     let t = Instant::now();
     let r = src.read(&mut buf, timeout);
@@ -75,13 +75,13 @@ fn a_server_that_accepts_and_never_answers_costs_each_read_its_timeout_only() {
         }
         // The phase's own bound (the handshake's over TLS, the head's over plain HTTP) ends it.
         let (r, took) = timed_read(&mut src, Duration::from_secs(5));
-        assert_eq!(r, Err(FetchError::Timeout), "{scheme}");
+        assert_eq!(r, Err(DownloadError::Timeout), "{scheme}");
         assert!(started.elapsed() >= Duration::from_millis(1500), "{scheme}");
         assert!(
             took < Duration::from_millis(1500) + SLACK,
             "{scheme}: {took:?}"
         );
-        assert!(FetchError::Timeout.is_transient());
+        assert!(DownloadError::Timeout.is_transient());
         server.join().unwrap();
     }
 }
@@ -148,9 +148,9 @@ fn a_server_that_closes_after_the_head_is_a_prompt_truncation() {
         "{r:?}"
     );
     let (r, took) = timed_read(&mut src, Duration::from_secs(5));
-    assert_eq!(r, Err(FetchError::Truncated));
+    assert_eq!(r, Err(DownloadError::Truncated));
     assert!(took < Duration::from_secs(1), "{took:?}");
-    assert!(FetchError::Truncated.is_transient());
+    assert!(DownloadError::Truncated.is_transient());
     server.join().unwrap();
 }
 
@@ -192,8 +192,8 @@ fn a_reset_during_the_tls_handshake_is_a_prompt_transient_failure() {
     assert!(
         matches!(
             e,
-            FetchError::Io(std::io::ErrorKind::ConnectionReset)
-                | FetchError::Io(std::io::ErrorKind::UnexpectedEof)
+            DownloadError::Io(std::io::ErrorKind::ConnectionReset)
+                | DownloadError::Io(std::io::ErrorKind::UnexpectedEof)
         ),
         "{e:?}"
     );
@@ -265,7 +265,7 @@ fn a_chunked_body_is_decoded_across_reads() {
     answer.extend_from_slice(b"0\r\n\r\n");
     let (url, server) = answer_once(answer, Duration::from_micros(300));
     let mut src = source(HttpConfig {
-        ring_size: 0, // the smallest receive buffer: the head's
+        receive_buffer: 0, // the smallest receive buffer: the head's
         max_header_bytes: 1024,
         ..HttpConfig::default()
     });
@@ -291,7 +291,7 @@ fn a_chunked_body_cut_before_its_last_chunk_is_truncated() {
         }
     };
     assert_eq!(got, b"hello");
-    assert_eq!(end, Err(FetchError::Truncated));
+    assert_eq!(end, Err(DownloadError::Truncated));
     server.join().unwrap();
 }
 
@@ -354,7 +354,7 @@ fn a_tls_record_that_does_not_decrypt_mid_body_is_a_prompt_transient_failure() {
     // Records rustls decrypted with the broken one may be dropped with it: the retry's Range
     // starts after the last byte delivered, so nothing is lost and nothing repeated.
     assert!(body > 0 && body <= 20_000, "{body}");
-    assert_eq!(e, FetchError::TlsBroken);
+    assert_eq!(e, DownloadError::TlsBroken);
     assert!(e.is_transient(), "a new connection may well work");
     drop(src);
     server.join().unwrap();

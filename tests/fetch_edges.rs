@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ota::error::Error;
-use ota::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, MemorySource};
+use ota::source::{Chunk, DownloadError, FirmwareSource, HttpConfig, HttpSource, MemorySource};
 use ota::{MqttClient, OtaConfig, OtaSession};
 use ota_cloud::http::{Faults, FirmwareServer};
 
@@ -17,9 +17,9 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// Everything a source yields until it ends or fails: the headers, the bytes, how it stopped.
 struct Drained {
-    opened: Vec<ota::fetch::OpenInfo>,
+    opened: Vec<ota::source::OpenInfo>,
     bytes: Vec<u8>,
-    end: Result<(), FetchError>,
+    end: Result<(), DownloadError>,
 }
 
 fn drain(src: &mut impl FirmwareSource) -> Drained {
@@ -57,7 +57,7 @@ fn http_source_delivers_the_whole_body_then_its_end() {
     let image = ota_cloud::generate_firmware(100_000);
     let server = FirmwareServer::start(image.clone()).unwrap();
     let mut src = http(HttpConfig {
-        ring_size: 8 * 1024,
+        receive_buffer: 8 * 1024,
         ..HttpConfig::default()
     });
     src.open(&server.url(), 0).unwrap();
@@ -88,19 +88,22 @@ fn urls_that_cannot_be_fetched_are_refused_at_open() {
         ..HttpConfig::default()
     });
     for url in ["ftp://h/f.bin", "h/f.bin", "", "file:///etc/passwd"] {
-        assert_eq!(src.open(url, 0), Err(FetchError::Url), "{url:?}");
+        assert_eq!(src.open(url, 0), Err(DownloadError::Url), "{url:?}");
     }
     let long = format!("http://h/{}", "a".repeat(64));
-    assert_eq!(src.open(&long, 0), Err(FetchError::Url));
+    assert_eq!(src.open(&long, 0), Err(DownloadError::Url));
     let mut strict = http(HttpConfig {
         allow_plain_http: false,
         ..HttpConfig::default()
     });
-    assert_eq!(strict.open("http://h/f.bin", 0), Err(FetchError::PlainHttp));
+    assert_eq!(
+        strict.open("http://h/f.bin", 0),
+        Err(DownloadError::PlainHttp)
+    );
     let https = if cfg!(feature = "tls") {
         Ok(())
     } else {
-        Err(FetchError::Tls)
+        Err(DownloadError::Tls)
     };
     assert_eq!(strict.open("HTTPS://h/f.bin", 0), https);
     strict.close();
@@ -116,8 +119,8 @@ fn urls_the_http_client_cannot_parse_fail_for_good() {
         let mut src = http(HttpConfig::default());
         src.open(url, 0).unwrap();
         let d = drain(&mut src);
-        assert_eq!(d.end, Err(FetchError::Url), "{url}");
-        assert!(!FetchError::Url.is_transient());
+        assert_eq!(d.end, Err(DownloadError::Url), "{url}");
+        assert!(!DownloadError::Url.is_transient());
     }
 }
 
@@ -220,7 +223,7 @@ fn a_redirect_without_a_location_fails() {
     let mut src = http(HttpConfig::default());
     src.open(&url, 0).unwrap();
     let d = drain(&mut src);
-    let e = FetchError::BadResponse("redirect without a Location");
+    let e = DownloadError::BadResponse("redirect without a Location");
     assert_eq!(d.end, Err(e));
     assert!(d.opened.is_empty() && d.bytes.is_empty());
     assert!(!e.is_transient(), "the same answer would come again");
@@ -234,7 +237,7 @@ fn a_server_that_does_not_speak_http_is_a_malformed_response() {
     src.open(&url, 0).unwrap();
     let d = drain(&mut src);
     let e = d.end.unwrap_err();
-    assert!(matches!(e, FetchError::BadResponse(_)), "{e:?}");
+    assert!(matches!(e, DownloadError::BadResponse(_)), "{e:?}");
     assert!(!e.is_transient());
     server.join().unwrap();
 }
@@ -259,7 +262,7 @@ fn a_connection_reset_mid_body_is_a_transient_network_error() {
     assert!(
         matches!(
             e,
-            FetchError::Truncated | FetchError::Io(std::io::ErrorKind::ConnectionReset)
+            DownloadError::Truncated | DownloadError::Io(std::io::ErrorKind::ConnectionReset)
         ),
         "{e:?}"
     );
@@ -307,7 +310,7 @@ fn a_body_stalled_past_the_body_timeout_ends_the_download_for_a_retry() {
 fn a_body_stalled_past_the_body_timeout_is_a_timeout() {
     let (server, _, mut src) = stalled_body();
     src.open(&server.url(), 0).unwrap();
-    assert_eq!(drain(&mut src).end, Err(FetchError::Timeout));
+    assert_eq!(drain(&mut src).end, Err(DownloadError::Timeout));
 }
 
 #[test]
@@ -317,9 +320,9 @@ fn memory_source_serves_ranges_and_refuses_offsets_past_its_image() {
     let mut buf = [0u8; 4];
     assert_eq!(
         src.read(&mut buf, WAIT),
-        Err(FetchError::BadResponse("not open"))
+        Err(DownloadError::BadResponse("not open"))
     );
-    assert_eq!(src.open("mem:", 11), Err(FetchError::Status(416)));
+    assert_eq!(src.open("mem:", 11), Err(DownloadError::Status(416)));
     src.open("mem:", 10).unwrap();
     let d = drain(&mut src);
     assert_eq!(d.opened[0].content_length, Some(0));
@@ -335,7 +338,7 @@ fn memory_source_serves_ranges_and_refuses_offsets_past_its_image() {
     src.close();
     assert_eq!(
         src.read(&mut buf, WAIT),
-        Err(FetchError::BadResponse("not open"))
+        Err(DownloadError::BadResponse("not open"))
     );
 }
 
@@ -414,7 +417,7 @@ fn reopening_while_the_worker_waits_for_room_is_immediate() {
     let image = ota_cloud::generate_firmware(4_000_000);
     let server = FirmwareServer::start(image.clone()).unwrap();
     let mut src = http(HttpConfig {
-        ring_size: 16 * 1024,
+        receive_buffer: 16 * 1024,
         ..HttpConfig::default()
     });
     src.open(&server.url(), 0).unwrap();

@@ -17,9 +17,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use certs::Pki;
-use ota::error::{Error, FetchError};
-use ota::fetch::{HttpConfig, HttpSource};
+use ota::error::{DownloadError, Error};
 use ota::retry::RetryPolicy;
+use ota::source::{HttpConfig, HttpSource};
 use ota::{OtaConfig, OtaSession, OtaState, Protocol};
 use ota_cloud::http::{Faults, FirmwareServer, RequestLog};
 
@@ -84,7 +84,7 @@ fn device(url: &str, image: &[u8], http: HttpConfig, retry: RetryPolicy) -> Devi
     session
         .handle_message(session.downstream_topic(), msg.as_bytes())
         .expect("upgrade accepted");
-    assert_eq!(session.state(), OtaState::Fetching);
+    assert_eq!(session.state(), OtaState::Downloading);
     Device { session, sent }
 }
 
@@ -111,7 +111,7 @@ fn download(d: &Device, call_timeout: Duration) -> (Vec<u8>, Option<Error>, Dura
 
 /// The download failed with `error` and the platform was told once, last, with `step` and a
 /// description containing `desc`; the image does not verify.
-fn assert_failed(d: &Device, error: FetchError, step: i32, desc: &str) {
+fn assert_failed(d: &Device, error: DownloadError, step: i32, desc: &str) {
     let s = &d.session;
     assert_eq!(s.last_error(), Some(Error::Fetch(error)));
     assert_eq!(s.state(), OtaState::Fetched);
@@ -184,8 +184,12 @@ fn a_redirect_loop_stops_after_max_redirects() {
         assert_eq!(HttpConfig::default().max_redirects, 5);
         let d = device(&server.url(), &image, config, retries(3));
         let (_, err, _) = download(&d, Duration::from_secs(2));
-        assert_eq!(err, Some(Error::Fetch(FetchError::Redirects)), "{location}");
-        assert_failed(&d, FetchError::Redirects, -2, "too many redirects");
+        assert_eq!(
+            err,
+            Some(Error::Fetch(DownloadError::Redirects)),
+            "{location}"
+        );
+        assert_failed(&d, DownloadError::Redirects, -2, "too many redirects");
         let want = max_redirects as usize + 1;
         let log = log_of(&server, want, Duration::from_secs(5));
         assert_eq!(log.len(), want, "{location}, max {max_redirects}: {log:?}");
@@ -218,8 +222,8 @@ fn max_redirects_hops_are_followed_and_one_more_is_not() {
     let server = plain(&image, hops(max + 1));
     let d = device(&server.url(), &image, http(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(FetchError::Redirects)));
-    assert_failed(&d, FetchError::Redirects, -2, "too many redirects");
+    assert_eq!(err, Some(Error::Fetch(DownloadError::Redirects)));
+    assert_failed(&d, DownloadError::Redirects, -2, "too many redirects");
     let log = log_of(&server, max + 1, Duration::from_secs(5));
     assert_eq!(
         statuses(&log),
@@ -238,10 +242,10 @@ fn an_https_redirect_to_http_is_refused() {
     assert!(server.url().starts_with("https://"));
     let d = device(&server.url(), &image, http(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(FetchError::RedirectScheme)));
+    assert_eq!(err, Some(Error::Fetch(DownloadError::RedirectScheme)));
     assert_failed(
         &d,
-        FetchError::RedirectScheme,
+        DownloadError::RedirectScheme,
         -2,
         "redirect to a weaker scheme refused",
     );
@@ -271,12 +275,12 @@ fn redirects_to_other_schemes_are_refused() {
         let (_, err, _) = download(&d, Duration::from_secs(2));
         assert_eq!(
             err,
-            Some(Error::Fetch(FetchError::RedirectScheme)),
+            Some(Error::Fetch(DownloadError::RedirectScheme)),
             "{location}"
         );
         assert_failed(
             &d,
-            FetchError::RedirectScheme,
+            DownloadError::RedirectScheme,
             -2,
             "redirect to a weaker scheme refused",
         );
@@ -300,8 +304,8 @@ fn a_redirect_to_an_overlong_url_is_refused() {
     );
     let d = device(&server.url(), &image, http(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(FetchError::Url)));
-    assert_failed(&d, FetchError::Url, -2, "download failed");
+    assert_eq!(err, Some(Error::Fetch(DownloadError::Url)));
+    assert_failed(&d, DownloadError::Url, -2, "download failed");
     assert_eq!(statuses(&log_of(&server, 1, Duration::from_secs(5))), [302]);
 }
 
@@ -369,8 +373,13 @@ fn plain_http_is_refused_when_not_allowed() {
     let server = plain(&image, Faults::default());
     let d = device(&server.url(), &image, strict(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(FetchError::PlainHttp)));
-    assert_failed(&d, FetchError::PlainHttp, -2, "plain http:// not allowed");
+    assert_eq!(err, Some(Error::Fetch(DownloadError::PlainHttp)));
+    assert_failed(
+        &d,
+        DownloadError::PlainHttp,
+        -2,
+        "plain http:// not allowed",
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(server.connections(), 0, "no connection was made");
     assert!(server.requests().is_empty());
@@ -380,7 +389,7 @@ fn plain_http_is_refused_when_not_allowed() {
     let secure = tls(&image, redirect(&server.url()));
     let d = device(&secure.url(), &image, strict(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(FetchError::RedirectScheme)));
+    assert_eq!(err, Some(Error::Fetch(DownloadError::RedirectScheme)));
     assert_eq!(server.connections(), 0);
 
     let secure = tls(&image, Faults::default());
@@ -412,8 +421,8 @@ fn a_slow_loris_head_is_cut_by_the_response_timeout() {
     let max_attempts = 2;
     let d = device(&server.url(), &image, config, retries(max_attempts));
     let (_, err, took) = download(&d, Duration::from_secs(10));
-    assert_eq!(err, Some(Error::Fetch(FetchError::Timeout)));
-    assert_failed(&d, FetchError::Timeout, -2, "timed out");
+    assert_eq!(err, Some(Error::Fetch(DownloadError::Timeout)));
+    assert_failed(&d, DownloadError::Timeout, -2, "timed out");
     assert!(
         took >= Duration::from_millis(1400),
         "{} tries of 500 ms took {took:?}",
@@ -446,7 +455,7 @@ fn a_huge_response_head_is_refused() {
         huge_head: bytes,
         ..Faults::default()
     };
-    let too_large = FetchError::BadResponse("response head too large");
+    let too_large = DownloadError::BadResponse("response head too large");
     assert_eq!(HttpConfig::default().max_header_bytes, 8 * 1024);
     for (pad, limit) in [
         (32 * 1024, None),
@@ -502,7 +511,7 @@ fn a_huge_content_length_is_read_up_to_the_announced_size_and_rejected() {
     );
     assert_failed(
         &d,
-        FetchError::Oversize,
+        DownloadError::Oversize,
         -3,
         "server file larger than announced",
     );
@@ -518,7 +527,7 @@ fn a_huge_content_length_is_read_up_to_the_announced_size_and_rejected() {
     );
     let d = device(&server.url(), &image, http(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    let smaller = FetchError::BadResponse("server file is smaller than the announced size");
+    let smaller = DownloadError::BadResponse("server file is smaller than the announced size");
     assert_eq!(err, Some(Error::Fetch(smaller)));
     assert_failed(&d, smaller, -2, "malformed HTTP response");
     assert_eq!(d.session.fetched_size(), 0);
@@ -564,7 +573,7 @@ fn an_endless_garbage_body_is_cut_at_the_announced_size_and_rejected() {
     let (d, _) = endless(&garbage, &image);
     assert_failed(
         &d,
-        FetchError::BadResponse("digest mismatch"),
+        DownloadError::BadResponse("digest mismatch"),
         -3,
         "digest mismatch",
     );

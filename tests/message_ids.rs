@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ota::fetch::MemorySource;
+use ota::source::MemorySource;
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::md5_hex;
 

@@ -8,9 +8,9 @@ use recorder::{Recorder, Sent};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ota::error::{Error, FetchError};
-use ota::fetch::{HttpConfig, HttpSource, MemorySource};
+use ota::error::{DownloadError, Error};
 use ota::protocol::NoticeError;
+use ota::source::{HttpConfig, HttpSource, MemorySource};
 use ota::{OtaConfig, OtaSession, OtaState, Protocol};
 
 fn image(len: usize) -> &'static [u8] {
@@ -36,7 +36,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 fn session_on(
     protocol: Protocol,
-    source: Box<dyn ota::fetch::FirmwareSource>,
+    source: Box<dyn ota::source::FirmwareSource>,
 ) -> (OtaSession, Sent) {
     let sent: Sent = Arc::default();
     let s = OtaSession::new(
@@ -260,7 +260,7 @@ fn tencent_failure_codes_follow_the_real_cause() {
             .unwrap();
         let mut buf = [0u8; 512];
         let r = s.fetch_yield(&mut buf, Duration::from_secs(5));
-        assert_eq!(r, Err(Error::Fetch(FetchError::Status(status))));
+        assert_eq!(r, Err(Error::Fetch(DownloadError::Status(status))));
         let last = texts(&sent).pop().unwrap();
         assert!(
             last.contains(r#""state":"fail""#)

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ota::fetch::{HttpConfig, HttpSource};
 use ota::resume::{FileStore, SavePolicy};
+use ota::source::{HttpConfig, HttpSource};
 use ota::{OtaConfig, OtaSession, OtaState, Protocol};
 use ota_cloud::http::FirmwareServer;
 

@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ota::error::{Error, FetchError};
-use ota::fetch::MemorySource;
+use ota::error::{DownloadError, Error};
 use ota::protocol::{Limits, UpgradeNotice};
 use ota::resume::{
     Breakpoint, BreakpointStore, FileStore, LoadError, MemoryStore, RecordState, SavePolicy,
     StoreError, RECORD_LEN,
 };
+use ota::source::MemorySource;
 use ota::{OtaConfig, OtaSession, OtaState, Protocol};
 use ota_cloud::cloud::Firmware;
 
@@ -201,7 +201,7 @@ fn a_record_without_digest_state_needs_the_firmware_to_refeed_its_bytes() {
     assert!(!d.s.check_firmware().unwrap());
     assert_eq!(
         d.s.last_error(),
-        Some(Error::Fetch(FetchError::BadResponse(
+        Some(Error::Fetch(DownloadError::BadResponse(
             "digest does not cover the whole image"
         )))
     );
@@ -235,7 +235,7 @@ fn a_version_longer_than_a_record_holds_downloads_without_a_record() {
     let store = Shared::default();
     let d = boot(Protocol::Tencent, limits, img, &store);
     d.announce(&tencent(img, &version));
-    assert_eq!(d.s.state(), OtaState::Fetching);
+    assert_eq!(d.s.state(), OtaState::Downloading);
     d.fetch_to(u64::MAX);
     assert!(d.s.check_firmware().unwrap());
     assert!(store.contents().is_empty(), "no record was ever written");

@@ -12,9 +12,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ota::error::{Error, FetchError};
-use ota::fetch::{Chunk, FirmwareSource, OpenInfo};
+use ota::error::{DownloadError, Error};
 use ota::resume::{BreakpointStore, SavePolicy, StoreError};
+use ota::source::{Chunk, FirmwareSource, OpenInfo};
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::cloud::Firmware;
 
@@ -75,7 +75,7 @@ struct Scripted {
 }
 
 impl FirmwareSource for Scripted {
-    fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
+    fn open(&mut self, url: &str, offset: u64) -> Result<(), DownloadError> {
         let mut s = self.script.lock().unwrap();
         s.requests.push((offset, url.to_string()));
         let answer = s
@@ -92,7 +92,7 @@ impl FirmwareSource for Scripted {
         let len = self.image.len();
         let off = offset as usize;
         self.current = Some(match answer {
-            Answer::Status(code) => return Err(FetchError::Status(code)),
+            Answer::Status(code) => return Err(DownloadError::Status(code)),
             Answer::Normal { cut } => (answer, off, cut.unwrap_or(len - off).min(len - off)),
             Answer::Whole { cut, .. } => (answer, 0, cut.unwrap_or(len).min(len)),
             Answer::WrongRange { start } => (answer, start as usize, len - start as usize),
@@ -102,10 +102,10 @@ impl FirmwareSource for Scripted {
         Ok(())
     }
 
-    fn read(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<Chunk, FetchError> {
+    fn read(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<Chunk, DownloadError> {
         let total = self.image.len() as u64;
         let Some((answer, pos, left)) = self.current.as_mut() else {
-            return Err(FetchError::BadResponse("not open"));
+            return Err(DownloadError::BadResponse("not open"));
         };
         if *answer == Answer::Pending {
             return Ok(Chunk::Pending);
@@ -356,7 +356,7 @@ fn a_whole_file_of_another_size_is_a_failure() {
     assert_eq!(out.flash.len(), 5_000, "nothing after the failure");
     assert_eq!(
         out.errors,
-        [Error::Fetch(FetchError::BadResponse(
+        [Error::Fetch(DownloadError::BadResponse(
             "server ignored Range and sent a file of another size"
         ))]
     );
@@ -402,14 +402,14 @@ fn a_different_upgrade_ends_the_cycle_and_starts_as_the_next() {
         assert!(
             out.errors
                 .iter()
-                .all(|e| *e == Error::Fetch(FetchError::Superseded)),
+                .all(|e| *e == Error::Fetch(DownloadError::Superseded)),
             "{protocol:?}: {:?}",
             out.errors
         );
         let mut buf = [0u8; 10];
         assert_eq!(
             d.s.fetch_yield(&mut buf, Duration::from_secs(5)),
-            Err(Error::Fetch(FetchError::Superseded))
+            Err(Error::Fetch(DownloadError::Superseded))
         );
         assert_one_failure(&d, &out, "superseded by the upgrade to 2.0.1");
         assert!(out.flash.len() < img.len());
@@ -510,7 +510,7 @@ fn a_failure_reported_by_the_firmware_ends_the_cycle() {
     let t = Instant::now();
     assert_eq!(
         d.s.fetch_yield(&mut buf, Duration::from_secs(5)),
-        Err(Error::Fetch(FetchError::Abandoned))
+        Err(Error::Fetch(DownloadError::Abandoned))
     );
     assert!(
         t.elapsed() < Duration::from_secs(1),

@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use certs::{Leaf, Pki};
-use ota::error::{Error, FetchError, MqttError};
-use ota::fetch::{HttpConfig, HttpSource};
+use ota::error::{DownloadError, Error, MqttError};
 use ota::mqtt::{MqttEvent, QoS};
+use ota::source::{HttpConfig, HttpSource};
 use ota::{MqttClient, MqttOptions, OtaConfig, OtaSession, OtaState};
 use ota_cloud::http::{Faults, FirmwareServer};
 
@@ -78,7 +78,7 @@ fn session_for(server: &FirmwareServer, ca_pem: Option<&str>) -> (OtaSession, Se
     session
         .handle_message(session.downstream_topic(), msg.as_bytes())
         .expect("upgrade accepted");
-    assert_eq!(session.state(), OtaState::Fetching);
+    assert_eq!(session.state(), OtaState::Downloading);
     (session, sent)
 }
 
@@ -152,8 +152,8 @@ fn assert_tls_rejected(leaf: &Leaf, ca_pem: Option<&str>) {
     let server = tls_server(leaf, image);
     let (session, sent) = session_for(&server, ca_pem);
     let err = download(&session).expect_err("the download must fail");
-    assert_eq!(err, Error::Fetch(FetchError::Tls));
-    assert_eq!(session.last_error(), Some(Error::Fetch(FetchError::Tls)));
+    assert_eq!(err, Error::Fetch(DownloadError::Tls));
+    assert_eq!(session.last_error(), Some(Error::Fetch(DownloadError::Tls)));
     assert_eq!(session.state(), OtaState::Fetched);
     assert!(session.is_fetch_finished());
     assert!(!session.check_firmware().unwrap());

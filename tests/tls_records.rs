@@ -19,8 +19,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ota::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, OpenInfo};
 use ota::retry::RetryPolicy;
+use ota::source::{Chunk, DownloadError, FirmwareSource, HttpConfig, HttpSource, OpenInfo};
 use ota::{OtaConfig, OtaSession, OtaState};
 use ota_cloud::http::{Faults, FirmwareServer, RequestLog};
 use rustls::crypto::ring::cipher_suite as cs;
@@ -84,7 +84,7 @@ fn source() -> HttpSource {
 }
 
 /// Reads after `open` until the body ends or fails: the head, the bytes, how it ended.
-fn read_body(src: &mut HttpSource) -> (Option<OpenInfo>, Vec<u8>, Result<(), FetchError>) {
+fn read_body(src: &mut HttpSource) -> (Option<OpenInfo>, Vec<u8>, Result<(), DownloadError>) {
     let mut info = None;
     let mut bytes = Vec::new();
     let mut buf = vec![0u8; 4096];
@@ -135,7 +135,7 @@ fn session_for(server: &FirmwareServer) -> (OtaSession, Sent) {
     session
         .handle_message(session.downstream_topic(), msg.as_bytes())
         .expect("upgrade accepted");
-    assert_eq!(session.state(), OtaState::Fetching);
+    assert_eq!(session.state(), OtaState::Downloading);
     (session, sent)
 }
 
@@ -274,8 +274,8 @@ fn an_early_close_with_or_without_close_notify_is_a_truncation() {
         let (info, first, end) = read_body(&mut src);
         assert_eq!(info.and_then(|i| i.content_length), Some(250_000), "{what}");
         assert_eq!(first.len(), 100_000, "{what}");
-        assert_eq!(end, Err(FetchError::Truncated), "{what}");
-        assert!(FetchError::Truncated.is_transient());
+        assert_eq!(end, Err(DownloadError::Truncated), "{what}");
+        assert!(DownloadError::Truncated.is_transient());
         src.open(&server.url(), 100_000).unwrap();
         let (info, rest, end) = read_body(&mut src);
         assert_eq!(end, Ok(()), "{what}");
@@ -440,8 +440,8 @@ fn without_the_feature_a_chacha20_only_server_is_a_handshake_failure() {
         let mut src = source();
         src.open(&server.url(), 0).unwrap();
         let (info, _, end) = read_body(&mut src);
-        assert_eq!((info, end), (None, Err(FetchError::Tls)), "{suite:?}");
-        assert!(!FetchError::Tls.is_transient());
+        assert_eq!((info, end), (None, Err(DownloadError::Tls)), "{suite:?}");
+        assert!(!DownloadError::Tls.is_transient());
         assert!(server.requests().is_empty());
     }
 }
@@ -651,7 +651,7 @@ fn forged_download(
     version: &'static SupportedProtocolVersion,
     suite: rustls::SupportedCipherSuite,
     script: impl FnOnce(&mut forged::Forger) + Send + 'static,
-) -> (Vec<u8>, Result<(), FetchError>) {
+) -> (Vec<u8>, Result<(), DownloadError>) {
     let (url, server) = forged::server(version, suite, script);
     let mut src = source();
     src.open(&url, 0).unwrap();
@@ -756,7 +756,7 @@ fn refused(version: &'static SupportedProtocolVersion, cases: &[(&str, Bad)]) {
             f.data(&[7; 1_000]);
             bad(f);
         });
-        if (bytes.len(), end) != (1_000, Err(FetchError::TlsBroken)) {
+        if (bytes.len(), end) != (1_000, Err(DownloadError::TlsBroken)) {
             accepted.push((what, bytes.len(), end));
         }
     }

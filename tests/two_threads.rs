@@ -9,8 +9,8 @@ use recorder::{payloads, Recorder, Sent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ota::error::{Error, FetchError};
-use ota::fetch::{Chunk, FirmwareSource};
+use ota::error::{DownloadError, Error};
+use ota::source::{Chunk, FirmwareSource};
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::cloud::Firmware;
 
@@ -18,11 +18,11 @@ use ota_cloud::cloud::Firmware;
 struct Silent;
 
 impl FirmwareSource for Silent {
-    fn open(&mut self, _url: &str, _offset: u64) -> Result<(), FetchError> {
+    fn open(&mut self, _url: &str, _offset: u64) -> Result<(), DownloadError> {
         Ok(())
     }
 
-    fn read(&mut self, _buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
+    fn read(&mut self, _buf: &mut [u8], timeout: Duration) -> Result<Chunk, DownloadError> {
         std::thread::sleep(timeout);
         Ok(Chunk::Pending)
     }
@@ -74,7 +74,7 @@ fn a_waiting_fetch_yield_blocks_nothing_and_sees_a_supersede() {
         "the other thread waited {quick:?} for the fetching one"
     );
     let (r, took) = fetcher.join().unwrap();
-    assert_eq!(r, Err(Error::Fetch(FetchError::Superseded)));
+    assert_eq!(r, Err(Error::Fetch(DownloadError::Superseded)));
     assert!(took < Duration::from_secs(3), "{took:?}");
     let sent = payloads(&sent);
     assert!(
@@ -114,7 +114,7 @@ fn a_slow_breakpoint_write_blocks_no_other_thread() {
             "dn",
             OtaConfig::for_protocol(Protocol::Tencent),
             Box::new(Recorder(Arc::default())),
-            Box::new(ota::fetch::MemorySource::new(img)),
+            Box::new(ota::source::MemorySource::new(img)),
         )
         .unwrap(),
     );

@@ -22,7 +22,6 @@ use std::time::Duration;
 use super::input::Input;
 use ota::digest::{to_hex, StreamDigest};
 use ota::error::{Error, MqttError};
-use ota::fetch::{Chunk, FetchError, FirmwareSource, MemorySource, OpenInfo};
 use ota::ffi::fuzzing;
 use ota::ffi::ota::*;
 use ota::ffi::resume::ota_breakpoint_store_t;
@@ -31,6 +30,7 @@ use ota::protocol::json::Object;
 use ota::protocol::{self, DigestKind, Limits, Protocol, Topics, UpgradeNotice};
 use ota::resume::{Breakpoint, RECORD_LEN};
 use ota::retry::RetryPolicy;
+use ota::source::{Chunk, DownloadError, FirmwareSource, MemorySource, OpenInfo};
 use ota::{OtaSession, OtaState};
 
 const PK: &str = "pkFuzz";
@@ -134,23 +134,23 @@ impl ScriptedSource {
         b
     }
 
-    fn error(&mut self) -> FetchError {
+    fn error(&mut self) -> DownloadError {
         const STATUS: [u16; 8] = [403, 404, 416, 500, 503, 429, 408, 301];
         let b = self.next().unwrap_or(0);
         match b % 12 {
-            0..=3 => FetchError::Status(STATUS[usize::from(b / 12) % 8]),
-            4 => FetchError::Connect,
-            5 => FetchError::Resolve,
-            6 => FetchError::Timeout,
-            7 => FetchError::Tls,
-            8 => FetchError::Io(std::io::ErrorKind::ConnectionReset),
-            9 => FetchError::BadResponse("scripted"),
-            10 => FetchError::Redirects,
-            _ => FetchError::Truncated,
+            0..=3 => DownloadError::Status(STATUS[usize::from(b / 12) % 8]),
+            4 => DownloadError::Connect,
+            5 => DownloadError::Resolve,
+            6 => DownloadError::Timeout,
+            7 => DownloadError::Tls,
+            8 => DownloadError::Io(std::io::ErrorKind::ConnectionReset),
+            9 => DownloadError::BadResponse("scripted"),
+            10 => DownloadError::Redirects,
+            _ => DownloadError::Truncated,
         }
     }
 
-    fn data(&mut self, buf: &mut [u8], pos: u64, n: usize) -> Result<Chunk, FetchError> {
+    fn data(&mut self, buf: &mut [u8], pos: u64, n: usize) -> Result<Chunk, DownloadError> {
         let start = pos as usize;
         buf[..n].copy_from_slice(&image()[start..start + n]);
         self.pos = Some(pos + n as u64);
@@ -169,9 +169,9 @@ impl ScriptedSource {
 }
 
 impl FirmwareSource for ScriptedSource {
-    fn open(&mut self, _url: &str, offset: u64) -> Result<(), FetchError> {
+    fn open(&mut self, _url: &str, offset: u64) -> Result<(), DownloadError> {
         match self.next() {
-            None => return Err(FetchError::Connect),
+            None => return Err(DownloadError::Connect),
             Some(b) if b % 16 == 0 => return Err(self.error()),
             Some(_) => {}
         }
@@ -180,15 +180,15 @@ impl FirmwareSource for ScriptedSource {
         Ok(())
     }
 
-    fn read(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<Chunk, FetchError> {
-        let pos = self.pos.ok_or(FetchError::BadResponse("not open"))?;
-        let b = self.next().ok_or(FetchError::Connect)?;
+    fn read(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<Chunk, DownloadError> {
+        let pos = self.pos.ok_or(DownloadError::BadResponse("not open"))?;
+        let b = self.next().ok_or(DownloadError::Connect)?;
         let total = IMAGE_LEN as u64;
         if !self.opened {
             self.opened = true;
             let info = match b % 8 {
                 0 | 1 => return Err(self.error()),
-                _ if pos > total => return Err(FetchError::Status(416)),
+                _ if pos > total => return Err(DownloadError::Status(416)),
                 2 => {
                     // A server that ignores Range: the whole file, from byte 0.
                     self.pos = Some(0);
@@ -815,7 +815,7 @@ impl World {
             IOT_OTAG_STATE => {
                 let want = match state {
                     OtaState::Idle => IOT_OTA_State_t::IOT_OTAS_INITED,
-                    OtaState::Fetching => IOT_OTA_State_t::IOT_OTAS_FETCHING,
+                    OtaState::Downloading => IOT_OTA_State_t::IOT_OTAS_FETCHING,
                     OtaState::Fetched => IOT_OTA_State_t::IOT_OTAS_FETCHED,
                 };
                 assert_eq!(u32_answer(), want as u32);
@@ -1119,7 +1119,7 @@ impl World {
         let h = self.handle;
         let (fetching, finished) = (IOT_OTA_IsFetching(h), IOT_OTA_IsFetchFinish(h));
         let state = s.state();
-        assert_eq!(fetching == 1, state == OtaState::Fetching);
+        assert_eq!(fetching == 1, state == OtaState::Downloading);
         assert_eq!(finished == 1, state == OtaState::Fetched);
         assert!(
             s.fetched_size() <= s.file_size(),

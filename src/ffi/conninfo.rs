@@ -5,10 +5,9 @@
 
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Mutex;
 
-use crate::conninfo::{self, IdentityField, Region};
+use crate::conninfo::{self, CaPem, IdentityField, Region};
 use crate::log::Level;
 use crate::ota_log;
 
@@ -137,8 +136,9 @@ pub enum iotx_ioctl_option_t {
     /// Extension. `data`: `int *`, 0 = plain TCP (the default; `pub_key` is NULL), 1 = TLS
     /// (default port 443, `pub_key` = the PEM set by `IOTX_IOCTL_SET_MQTT_CA`).
     IOTX_IOCTL_SET_MQTT_TLS = 7,
-    /// Extension. `data`: `const char *` CA certificate PEM, kept by pointer (not copied): the
-    /// caller keeps it alive and unchanged for as long as the connection info is used.
+    /// Extension. `data`: `const char *` CA certificate PEM, checked and copied at the call
+    /// (the `pub_key` of the connection info points at the copy until the next successful
+    /// `IOT_SetupConnInfo`). -1 when the text holds no usable PEM certificate.
     IOTX_IOCTL_SET_MQTT_CA = 8,
     /// Extension. `data`: `const char *` CA certificate(s) in PEM, copied at the call: HTTPS
     /// firmware downloads of OTA handles initialised afterwards trust exactly these roots (host
@@ -169,15 +169,12 @@ const IOCTL_OPTIONS: [iotx_ioctl_option_t; 11] = {
     ]
 };
 
-static MQTT_TLS: AtomicBool = AtomicBool::new(false);
-static MQTT_CA: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
-
 /// The static `iotx_conn_info_t` handed out by `IOT_SetupConnInfo`, as iotkit's
-/// `g_iotx_conn_info`. Rust writes it only under `CONN_INFO_WRITE`; C reads it through the
+/// `g_iotx_conn_info`. Rust writes it only under `CONN_INFO_CA`; C reads it through the
 /// returned pointer.
 struct ConnInfoCell(UnsafeCell<iotx_conn_info_t>);
 
-// SAFETY: writes are serialised by CONN_INFO_WRITE; the CA pointer it holds is only handed back
+// SAFETY: writes are serialised by CONN_INFO_CA; the CA pointer it holds is only handed back
 // to C, never dereferenced here.
 unsafe impl Sync for ConnInfoCell {}
 
@@ -191,7 +188,9 @@ const EMPTY_CONN_INFO: iotx_conn_info_t = iotx_conn_info_t {
 };
 
 static CONN_INFO: ConnInfoCell = ConnInfoCell(UnsafeCell::new(EMPTY_CONN_INFO));
-static CONN_INFO_WRITE: Mutex<()> = Mutex::new(());
+/// The CA whose text `CONN_INFO.pub_key` points at, kept alive while it does (until the next
+/// successful `IOT_SetupConnInfo`); its lock serialises the writers of `CONN_INFO`.
+static CONN_INFO_CA: Mutex<Option<CaPem>> = Mutex::new(None);
 
 /// Copies `s` into the zeroed `dst`, leaving at least one NUL; false (and one log line) when it
 /// does not fit.
@@ -218,7 +217,7 @@ fn copy_field<const N: usize>(dst: &mut [c_char; N], s: &str, what: &str) -> boo
 /// default cn-shanghai) or the `IOTX_IOCTL_SET_MQTT_DOMAIN` domain; port 1883, or 443 with
 /// `IOTX_IOCTL_SET_MQTT_TLS`, or the `IOTX_IOCTL_SET_MQTT_PORT` port. The environment variables
 /// `IOTX_MQTT_HOST` and `IOTX_MQTT_PORT`, when set and non-empty, override host and port.
-/// `pub_key` is NULL for plain TCP, the `IOTX_IOCTL_SET_MQTT_CA` PEM with TLS.
+/// `pub_key` is NULL for plain TCP, a copy of the `IOTX_IOCTL_SET_MQTT_CA` PEM with TLS.
 ///
 /// - `product_key`: at most 64 bytes (Aliyun's are 11), non-empty.
 /// - `device_name`: at most `DEVICE_NAME_LEN` bytes, non-empty.
@@ -244,16 +243,7 @@ pub unsafe extern "C" fn IOT_SetupConnInfo(
         let secret = try_str!(device_secret, "IOT_SetupConnInfo: device_secret", -1);
         try_nonnull!(info_ptr, "IOT_SetupConnInfo: info_ptr", -1);
 
-        let tls = MQTT_TLS.load(Ordering::Acquire);
-        let pub_key = MQTT_CA.load(Ordering::Acquire) as *const c_char;
-        if tls && pub_key.is_null() {
-            ota_log!(
-                Level::Error,
-                "IOT_SetupConnInfo: TLS is on but no CA was set (IOTX_IOCTL_SET_MQTT_CA)"
-            );
-            return -1;
-        }
-        let info = match conninfo::aliyun_conn_info(pk, dn, secret, tls) {
+        let info = match conninfo::aliyun_conn_info(pk, dn, secret) {
             Ok(info) => info,
             Err(e) => {
                 ota_log!(Level::Error, "IOT_SetupConnInfo: {e}");
@@ -270,10 +260,14 @@ pub unsafe extern "C" fn IOT_SetupConnInfo(
             return -1;
         }
         out.port = info.port;
-        out.pub_key = if tls { pub_key } else { std::ptr::null() };
-        let _w = CONN_INFO_WRITE.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the only Rust writer holds CONN_INFO_WRITE; C readers race as with iotkit.
+        out.pub_key = info
+            .ca
+            .as_ref()
+            .map_or(std::ptr::null(), |ca| ca.as_c_str().as_ptr());
+        let mut kept_ca = CONN_INFO_CA.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the only Rust writer holds CONN_INFO_CA; C readers race as with iotkit.
         unsafe { *CONN_INFO.0.get() = out };
+        *kept_ca = info.ca;
         // SAFETY: checked non-NULL above; the caller guarantees it is writable.
         unsafe { *info_ptr = CONN_INFO.0.get() as *mut c_void };
         0
@@ -301,7 +295,7 @@ unsafe fn read_int(data: *mut c_void) -> c_int {
 ///
 /// # Safety
 /// `data` is NULL or points to the type the option documents (an `int`, or a NUL-terminated
-/// string; for `IOTX_IOCTL_SET_MQTT_CA` one that outlives every use of the connection info).
+/// string).
 #[no_mangle]
 pub unsafe extern "C" fn IOT_Ioctl(option: c_int, data: *mut c_void) -> c_int {
     ffi_body!(IOT_Ioctl, {
@@ -321,74 +315,24 @@ pub unsafe extern "C" fn IOT_Ioctl(option: c_int, data: *mut c_void) -> c_int {
             };
         }
         try_nonnull!(data, "IOT_Ioctl: data", -1);
-        // SAFETY (all arms): `data` is non-NULL and, per the contract, points to what `opt` takes.
+        // SAFETY (all three): `data` is non-NULL and, per the contract, points to what `opt` takes.
         let ok = match opt {
-            IOTX_IOCTL_SET_REGION => match region_from_c(unsafe { read_int(data) }) {
-                Some(r) => {
-                    conninfo::set_region(r);
-                    true
-                }
-                None => false,
-            },
             IOTX_IOCTL_GET_REGION => {
                 unsafe { *(data as *mut c_int) = region_to_c(conninfo::region()) };
                 true
-            }
-            IOTX_IOCTL_SET_MQTT_DOMAIN => {
-                let domain = try_str!(data as *const c_char, "IOT_Ioctl: MQTT domain", -1);
-                log_err(conninfo::set_mqtt_domain(domain))
-            }
-            IOTX_IOCTL_SET_HTTP_DOMAIN => {
-                let domain = try_str!(data as *const c_char, "IOT_Ioctl: HTTP domain", -1);
-                log_err(conninfo::set_http_domain(domain))
-            }
-            IOTX_IOCTL_SET_DYNAMIC_REGISTER => {
-                let on = unsafe { read_int(data) } != 0;
-                if on {
-                    ota_log!(
-                        Level::Error,
-                        "IOT_Ioctl: dynamic registration is not supported"
-                    );
-                }
-                !on
             }
             IOTX_IOCTL_GET_DYNAMIC_REGISTER => {
                 unsafe { *(data as *mut c_int) = 0 };
                 true
             }
-            IOTX_IOCTL_SET_MQTT_PORT => match u16::try_from(unsafe { read_int(data) }) {
-                Ok(port) => {
-                    conninfo::set_mqtt_port((port != 0).then_some(port));
-                    true
-                }
-                Err(_) => false,
-            },
-            IOTX_IOCTL_SET_MQTT_TLS => match unsafe { read_int(data) } {
-                v @ (0 | 1) => {
-                    MQTT_TLS.store(v == 1, Ordering::Release);
-                    true
-                }
-                _ => false,
-            },
-            IOTX_IOCTL_SET_MQTT_CA => {
-                let pem = try_str!(data as *const c_char, "IOT_Ioctl: CA PEM", -1);
-                let is_pem = pem.contains("-----BEGIN ");
-                if is_pem {
-                    MQTT_CA.store(data as *mut c_char, Ordering::Release);
-                }
-                is_pem
+            IOTX_IOCTL_SET_MQTT_DOMAIN
+            | IOTX_IOCTL_SET_HTTP_DOMAIN
+            | IOTX_IOCTL_SET_MQTT_CA
+            | IOTX_IOCTL_SET_HTTPS_CA => {
+                let text = try_str!(data as *const c_char, "IOT_Ioctl: data", -1);
+                set_text_option(opt, text)
             }
-            IOTX_IOCTL_SET_HTTPS_CA => {
-                let pem = try_str!(data as *const c_char, "IOT_Ioctl: HTTPS CA PEM", -1);
-                log_err(conninfo::set_https_ca(Some(pem.as_bytes())))
-            }
-            IOTX_IOCTL_SET_HTTP_PLAIN => match unsafe { read_int(data) } {
-                v @ (0 | 1) => {
-                    conninfo::set_allow_plain_http(v == 1);
-                    true
-                }
-                _ => false,
-            },
+            _ => set_int_option(opt, unsafe { read_int(data) }),
         };
         if ok {
             0
@@ -396,6 +340,46 @@ pub unsafe extern "C" fn IOT_Ioctl(option: c_int, data: *mut c_void) -> c_int {
             ota_log!(Level::Error, "IOT_Ioctl: invalid value for {opt:?}");
             -1
         }
+    })
+}
+
+/// Applies an option whose `data` is an `int *`; false when the value is invalid.
+fn set_int_option(opt: iotx_ioctl_option_t, v: c_int) -> bool {
+    use iotx_ioctl_option_t::*;
+    let flag = match v {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    };
+    match opt {
+        IOTX_IOCTL_SET_REGION => region_from_c(v).map(conninfo::set_region).is_some(),
+        IOTX_IOCTL_SET_DYNAMIC_REGISTER => {
+            if v != 0 {
+                ota_log!(
+                    Level::Error,
+                    "IOT_Ioctl: dynamic registration is not supported"
+                );
+            }
+            v == 0
+        }
+        IOTX_IOCTL_SET_MQTT_PORT => u16::try_from(v)
+            .map(|port| conninfo::set_mqtt_port((port != 0).then_some(port)))
+            .is_ok(),
+        IOTX_IOCTL_SET_MQTT_TLS => flag.map(conninfo::set_mqtt_tls).is_some(),
+        IOTX_IOCTL_SET_HTTP_PLAIN => flag.map(conninfo::set_allow_plain_http).is_some(),
+        _ => false,
+    }
+}
+
+/// Applies an option whose `data` is a string; false when the value is refused.
+fn set_text_option(opt: iotx_ioctl_option_t, text: &str) -> bool {
+    use iotx_ioctl_option_t::*;
+    log_err(match opt {
+        IOTX_IOCTL_SET_MQTT_DOMAIN => conninfo::set_mqtt_domain(text),
+        IOTX_IOCTL_SET_HTTP_DOMAIN => conninfo::set_http_domain(text),
+        IOTX_IOCTL_SET_MQTT_CA => conninfo::set_mqtt_ca(Some(text.as_bytes())),
+        IOTX_IOCTL_SET_HTTPS_CA => conninfo::set_https_ca(Some(text.as_bytes())),
+        _ => return false,
     })
 }
 
@@ -411,9 +395,7 @@ fn log_err(r: Result<(), conninfo::ConnInfoError>) -> bool {
 
 #[cfg(test)]
 pub(crate) fn reset_for_test() {
-    MQTT_TLS.store(false, Ordering::Release);
-    MQTT_CA.store(std::ptr::null_mut(), Ordering::Release);
-    conninfo::set_allow_plain_http(true);
+    conninfo::reset_settings();
 }
 
 #[cfg(test)]
@@ -576,18 +558,26 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn tls_needs_a_ca() {
         use iotx_ioctl_option_t::*;
         let _g = lock();
-        static PEM: &CStr = c"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let mut pem = std::ffi::CString::new(ca.cert.pem()).unwrap();
         assert_eq!(ioctl_int(IOTX_IOCTL_SET_MQTT_TLS, 2), -1);
         assert_eq!(ioctl_int(IOTX_IOCTL_SET_MQTT_TLS, 1), 0);
         assert_eq!(setup(c"a1", c"d1", c"s").err(), Some(-1));
         assert_eq!(ioctl_str(IOTX_IOCTL_SET_MQTT_CA, c"not a pem"), -1);
-        assert_eq!(ioctl_str(IOTX_IOCTL_SET_MQTT_CA, PEM), 0);
+        let fake = c"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert_eq!(ioctl_str(IOTX_IOCTL_SET_MQTT_CA, fake), -1);
+        assert_eq!(ioctl_str(IOTX_IOCTL_SET_MQTT_CA, &pem), 0);
+        // The CA is copied: the caller's buffer may go away.
+        let pem_text = pem.as_bytes().to_vec();
+        pem = std::ffi::CString::new(vec![b'x'; pem_text.len()]).unwrap();
+        drop(pem);
         let info = setup(c"a1", c"d1", c"s").unwrap();
         assert_eq!(info.port, 443);
-        assert_eq!(info.pub_key, PEM.as_ptr());
+        assert_eq!(unsafe { CStr::from_ptr(info.pub_key) }.to_bytes(), pem_text);
         assert!(text(&info.client_id).contains(",securemode=2,"));
         assert_eq!(ioctl_int(IOTX_IOCTL_SET_MQTT_TLS, 0), 0);
         assert!(setup(c"a1", c"d1", c"s").unwrap().pub_key.is_null());

@@ -743,7 +743,7 @@ fn ioctl(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
         IOT_OTAG_STATE => {
             let v = match state {
                 OtaState::Idle => IOT_OTA_State_t::IOT_OTAS_INITED,
-                OtaState::Fetching => IOT_OTA_State_t::IOT_OTAS_FETCHING,
+                OtaState::Downloading => IOT_OTA_State_t::IOT_OTAS_FETCHING,
                 OtaState::Fetched => IOT_OTA_State_t::IOT_OTAS_FETCHED,
             };
             put_u32(h, out, v as u64)

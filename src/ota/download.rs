@@ -36,7 +36,7 @@ pub(super) struct Download {
     pub(super) quiet: Quiet,
     /// The last FetchYield waited its whole timeout for nothing: the next one reconnects.
     pub(super) stalled: bool,
-    /// The firmware source holds a request of the current stream (see `Engine::stream`).
+    /// The firmware source holds the current request (see `Engine::request`).
     pub(super) source_open: bool,
     /// Bytes of a whole-file answer to a Range request still to be discarded (of the open
     /// request: `opened` sets it to 0 as each request starts).
@@ -85,7 +85,7 @@ pub(super) struct Cycle {
     /// The SDK already told the platform this upgrade failed; later reports would contradict it.
     pub(super) failure_reported: bool,
     /// What made the download fail, for failure reports that name a cause.
-    pub(super) fetch_cause: Option<FailureCause>,
+    pub(super) failure_cause: Option<FailureCause>,
     /// Aliyun: an expired URL waits until then for the fresh one the SDK asked for.
     pub(super) url_wait_until: Option<Instant>,
     /// The caller saw this cycle end (`is_fetch_finished` true, or `check_firmware`).
@@ -99,7 +99,7 @@ impl Cycle {
         Cycle {
             oversize: false,
             failure_reported: false,
-            fetch_cause: None,
+            failure_cause: None,
             url_wait_until: None,
             end_seen: false,
             end_error: None,

@@ -42,16 +42,16 @@
 //! All buffers are allocated in [`OtaSession::new`]; afterwards the session only writes into
 //! them and into the caller's buffers.
 
+mod breakpoint;
 mod download;
-mod fetching;
+mod fetch_call;
 mod outbox;
-mod persist;
 mod support;
 
+use breakpoint::{RecordKeeper, StoreWriter};
 use download::{Cycle, Download};
-use fetching::{FetchCall, FetchSide, Step};
+use fetch_call::{FetchCall, SourceSide, Step};
 use outbox::{Deferred, Outbox};
-use persist::{Persistence, RecordStore};
 pub use support::Once;
 use support::{DescText, RunningVersions};
 
@@ -61,7 +61,6 @@ use std::time::{Duration, Instant};
 
 use crate::digest::{to_hex, DigestKind, StreamDigest};
 use crate::error::{Error, Result};
-use crate::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, OpenInfo};
 use crate::log::Level;
 use crate::ota_log;
 use crate::protocol::{
@@ -69,6 +68,7 @@ use crate::protocol::{
 };
 use crate::resume::{BreakpointStore, SavePolicy};
 use crate::retry::{Backoff, RetryPolicy};
+use crate::source::{Chunk, DownloadError, FirmwareSource, HttpConfig, OpenInfo};
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
 pub trait Uplink: Send {
@@ -136,7 +136,7 @@ pub enum OtaState {
     /// No upgrade accepted yet.
     Idle,
     /// An upgrade was accepted; `fetch_yield` downloads it.
-    Fetching,
+    Downloading,
     /// The download ended: completely (then verified) or by a failure.
     Fetched,
 }
@@ -162,11 +162,11 @@ struct Engine {
     retry: RetryPolicy,
     fresh_url_wait: Duration,
     /// Where the breakpoint record lives across restarts (opt-in).
-    persist: Persistence,
-    /// Bumped whenever the current request must be abandoned; the fetching thread closes a
-    /// source opened for an older stream (the source is not behind this lock). Counts across
+    keeper: RecordKeeper,
+    /// Bumped whenever the current request must be abandoned; the caller of `fetch_yield`
+    /// closes a source opened for an older request (the source is not behind this lock). Counts across
     /// downloads: a read in flight for the last download's request is recognised as stale.
-    stream: u64,
+    request: u64,
     last_error: Option<Error>,
 }
 
@@ -200,8 +200,8 @@ impl Engine {
             return Err(self.refuse(NoticeError::NotForRunningVersion));
         }
         match self.state {
-            OtaState::Fetching if self.scratch.same_image(&self.notice) => self.renewed(),
-            OtaState::Fetching => {
+            OtaState::Downloading if self.scratch.same_image(&self.notice) => self.renewed(),
+            OtaState::Downloading => {
                 self.supersede();
                 self.hold_next();
             }
@@ -234,7 +234,7 @@ impl Engine {
                 self.notice.version,
                 self.download.fetched
             );
-            self.drop_stream();
+            self.abandon_request();
             self.download.retry_at = None;
             return;
         }
@@ -272,9 +272,9 @@ impl Engine {
 
     /// Makes the (already swapped-in) notice the current upgrade and acknowledges it.
     fn accept_notice(&mut self) {
-        self.drop_stream();
+        self.abandon_request();
         self.download = Download::new(self.notice.digest_kind, self.retry);
-        self.state = OtaState::Fetching;
+        self.state = OtaState::Downloading;
         ota_log!(
             Level::Info,
             "upgrade accepted: version {} module {} size {}",
@@ -396,7 +396,7 @@ impl Engine {
     /// fails after all the SDK's own report, naming the cause, is the one the platform gets.
     /// Any other failure ends the cycle and is reported (once per cycle).
     fn caller_failure(&mut self, step: i32, desc: &str) -> Result<()> {
-        if self.state == OtaState::Fetching && step == -2 && self.download.last_yield_empty {
+        if self.state == OtaState::Downloading && step == -2 && self.download.last_yield_empty {
             if self.download.quiet.first(Once::HeldReport) {
                 ota_log!(
                     Level::Info,
@@ -405,12 +405,12 @@ impl Engine {
             }
             return Ok(());
         }
-        let cause = match (step, self.download.cycle.fetch_cause) {
+        let cause = match (step, self.download.cycle.failure_cause) {
             (-2, Some(cause)) => cause,
             _ => FailureCause::from_step(step),
         };
-        if self.state == OtaState::Fetching {
-            self.end_cycle(Error::Fetch(FetchError::Abandoned), cause);
+        if self.state == OtaState::Downloading {
+            self.end_cycle(Error::Fetch(DownloadError::Abandoned), cause);
         }
         self.report_failure(cause, desc)
     }
@@ -419,7 +419,7 @@ impl Engine {
     fn report_failure(&mut self, cause: FailureCause, desc: &str) -> Result<()> {
         if cause == FailureCause::BurnFailed {
             // The device stays on its old firmware: nothing is pending any more.
-            self.persist.erase();
+            self.keeper.erase();
         }
         if !self.check_upgrade_report(true)? {
             return Ok(());
@@ -473,7 +473,7 @@ impl Engine {
         if !self.check_upgrade_report(false)? {
             return Ok(());
         }
-        self.persist.erase();
+        self.keeper.erase();
         let r = self.out.send(Report::Success {
             version,
             notice: &self.notice,
@@ -486,11 +486,11 @@ impl Engine {
 
     /// Ends the cycle without a verified image; `fetch_yield` returns `e` from now on.
     fn end_cycle(&mut self, e: Error, cause: FailureCause) {
-        self.drop_stream();
+        self.abandon_request();
         self.state = OtaState::Fetched;
         // Only why it ended is recorded: `verified` is false throughout a cycle, and its URL
         // wait and skip are never read once it ended (the next cycle starts from new values).
-        self.download.cycle.fetch_cause = Some(cause);
+        self.download.cycle.failure_cause = Some(cause);
         self.download.cycle.end_error = Some(e);
         self.last_error = Some(e);
     }
@@ -523,26 +523,26 @@ impl Engine {
         }
     }
 
-    /// Abandons the request in flight, if any: the fetching thread closes the source.
-    fn drop_stream(&mut self) {
+    /// Abandons the request in flight, if any: the caller of `fetch_yield` closes the source.
+    fn abandon_request(&mut self) {
         self.download.source_open = false;
-        self.stream += 1;
+        self.request += 1;
     }
 
     /// The bookkeeping that opens a `fetch_yield` call.
-    fn begin_fetch(&mut self, buf_len: usize) -> Result<()> {
-        if self.state != OtaState::Fetching {
+    fn begin_fetch_call(&mut self, buf_len: usize) -> Result<()> {
+        if self.state != OtaState::Downloading {
             return Err(self.fetch_after_end());
         }
         if buf_len == 0 {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
         // Only here, before new bytes: the record covers what earlier calls returned.
-        if self.persist.due(self.download.fetched, self.notice.size) {
+        if self.keeper.due(self.download.fetched, self.notice.size) {
             self.save_progress();
         }
         if std::mem::take(&mut self.download.stalled) && self.download.source_open {
-            self.interrupted(FetchError::Timeout)?;
+            self.interrupted(DownloadError::Timeout)?;
         }
         if let Err(e) = self.ensure_upgrading_reported() {
             ota_log!(Level::Warning, "upgrading report not sent: {e}");
@@ -550,14 +550,14 @@ impl Engine {
         Ok(())
     }
 
-    /// What the fetching thread does next, outside this lock. Closes a source left open for an
-    /// abandoned stream first.
-    fn next_step(&mut self, side: &mut FetchSide, call: &FetchCall) -> Step {
-        if side.open.is_some_and(|s| s != self.stream) {
+    /// What the caller of `fetch_yield` does next, outside this lock. Closes a source left open
+    /// for an abandoned request first.
+    fn next_step(&mut self, side: &mut SourceSide, call: &FetchCall) -> Step {
+        if side.open_request.is_some_and(|s| s != self.request) {
             side.source.close();
-            side.open = None;
+            side.open_request = None;
         }
-        if self.state != OtaState::Fetching {
+        if self.state != OtaState::Downloading {
             return Step::Done(Err(self.fetch_after_end()));
         }
         let now = Instant::now();
@@ -582,13 +582,13 @@ impl Engine {
             }
             self.download.retry_at = None;
         }
-        if side.open.is_none() {
+        if side.open_request.is_none() {
             // An open never waits on the network (the FirmwareSource contract), so it runs
             // here, with the URL where it is.
             let r = side
                 .source
                 .open(self.notice.url.as_str(), self.download.fetched);
-            side.open = Some(self.stream);
+            side.open_request = Some(self.request);
             if let Err(e) = self.opened(r) {
                 return Step::Done(Err(e));
             }
@@ -602,7 +602,7 @@ impl Engine {
         };
         let stall_at = self.download.last_progress + self.retry.stall_timeout;
         Step::Read {
-            stream: self.stream,
+            request: self.request,
             want: call
                 .buf_len
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX)),
@@ -611,8 +611,8 @@ impl Engine {
         }
     }
 
-    /// The source's answer to an open of the current stream.
-    fn opened(&mut self, r: Result<(), FetchError>) -> Result<()> {
+    /// The source's answer to an open of the current request.
+    fn opened(&mut self, r: Result<(), DownloadError>) -> Result<()> {
         match r {
             Ok(()) => {
                 // Every request starts here, before any of its bytes is read.
@@ -625,17 +625,17 @@ impl Engine {
         }
     }
 
-    /// The source's answer to a read of `stream` into `buf`: the call's result, or None to go
+    /// The source's answer to a read of `request` into `buf`: the call's result, or None to go
     /// on.
     fn took(
         &mut self,
-        stream: u64,
-        r: Result<Chunk, FetchError>,
+        request: u64,
+        r: Result<Chunk, DownloadError>,
         buf: &[u8],
         stall_at: Instant,
         call: &FetchCall,
     ) -> Option<Result<usize>> {
-        if stream != self.stream || self.state != OtaState::Fetching {
+        if request != self.request || self.state != OtaState::Downloading {
             return None; // abandoned meanwhile (a supersede, a failure report): not ours
         }
         let r = match r {
@@ -651,7 +651,7 @@ impl Engine {
                 return Some(Ok(self.accept(&buf[..n])));
             }
             Ok(Chunk::Pending) if Instant::now() >= stall_at => {
-                self.interrupted(FetchError::Timeout)
+                self.interrupted(DownloadError::Timeout)
             }
             Ok(Chunk::Pending) if Instant::now() >= call.deadline => {
                 // A whole (non-zero) wait without a byte: the connection stalled.
@@ -660,7 +660,7 @@ impl Engine {
                 return Some(Ok(0));
             }
             Ok(Chunk::Pending) => Ok(()),
-            Ok(Chunk::End) => self.interrupted(FetchError::Truncated),
+            Ok(Chunk::End) => self.interrupted(DownloadError::Truncated),
             Err(e) => self.interrupted(e),
         };
         r.err().map(Err)
@@ -677,9 +677,9 @@ impl Engine {
 
     /// A broken download: scheduled for a retry from the current offset when the failure is
     /// transient and the retry limit allows, else the end of the download (reported).
-    fn interrupted(&mut self, e: FetchError) -> Result<()> {
-        self.drop_stream();
-        if e == FetchError::Status(403) && self.ask_fresh_url() {
+    fn interrupted(&mut self, e: DownloadError) -> Result<()> {
+        self.abandon_request();
+        if e == DownloadError::Status(403) && self.ask_fresh_url() {
             return Ok(());
         }
         if e.is_transient() {
@@ -699,7 +699,7 @@ impl Engine {
         Err(self.download_failed(e))
     }
 
-    fn download_failed(&mut self, e: FetchError) -> Error {
+    fn download_failed(&mut self, e: DownloadError) -> Error {
         let (cause, desc) = failure_of(e);
         self.abort_fetch(Error::Fetch(e), cause, desc)
     }
@@ -712,7 +712,7 @@ impl Engine {
             "download failed: URL expired (HTTP 403) and no fresh URL within {} s",
             self.fresh_url_wait.as_secs()
         );
-        let e = Error::Fetch(FetchError::Status(403));
+        let e = Error::Fetch(DownloadError::Status(403));
         self.abort_fetch(e, FailureCause::UrlExpired, text.as_str())
     }
 
@@ -754,7 +754,7 @@ impl Engine {
             && (info.range_start != Some(self.download.fetched)
                 || info.range_total != Some(self.notice.size))
         {
-            return Err(self.download_failed(FetchError::BadResponse(
+            return Err(self.download_failed(DownloadError::BadResponse(
                 "Content-Range does not match the request",
             )));
         }
@@ -768,7 +768,7 @@ impl Engine {
                 self.download.cycle.oversize = true;
             }
             Some(len) if len < expected_rest => {
-                return Err(self.download_failed(FetchError::BadResponse(
+                return Err(self.download_failed(DownloadError::BadResponse(
                     "server file is smaller than the announced size",
                 )));
             }
@@ -785,7 +785,7 @@ impl Engine {
             .content_length
             .is_some_and(|len| len != self.notice.size)
         {
-            return Err(self.download_failed(FetchError::BadResponse(
+            return Err(self.download_failed(DownloadError::BadResponse(
                 "server ignored Range and sent a file of another size",
             )));
         }
@@ -820,9 +820,9 @@ impl Engine {
             self.notice.version,
             self.download.fetched
         );
-        let e = Error::Fetch(FetchError::Superseded);
+        let e = Error::Fetch(DownloadError::Superseded);
         self.end_cycle(e, FailureCause::UpgradeFailed);
-        self.persist.erase();
+        self.keeper.erase();
         let mut text = DescText::new();
         let _ = write!(
             text,
@@ -896,11 +896,11 @@ impl Engine {
         if offset > self.notice.size {
             return Err(self.fail(Error::InvalidParam("offset beyond the announced size")));
         }
-        self.drop_stream();
+        self.abandon_request();
         // A new cycle of the same download: the digest the firmware fed stays.
         self.download.cycle = Cycle::new();
         self.download.fetched = offset;
-        self.state = OtaState::Fetching;
+        self.state = OtaState::Downloading;
         if offset == self.notice.size {
             // Every byte is already kept: nothing to fetch, the image is checked now.
             self.finish();
@@ -929,7 +929,7 @@ impl Engine {
     }
 
     fn finish(&mut self) {
-        self.drop_stream();
+        self.abandon_request();
         self.state = OtaState::Fetched;
         let mut actual = [0u8; 32];
         let n = self.download.digest.current(&mut actual);
@@ -948,17 +948,17 @@ impl Engine {
         }
         let (e, desc) = if !covered {
             (
-                FetchError::BadResponse("digest does not cover the whole image"),
+                DownloadError::BadResponse("digest does not cover the whole image"),
                 "verify failed: the digest does not cover the whole image",
             )
         } else if self.download.cycle.oversize {
             (
-                FetchError::Oversize,
+                DownloadError::Oversize,
                 "verify failed: server file larger than announced",
             )
         } else {
             (
-                FetchError::BadResponse("digest mismatch"),
+                DownloadError::BadResponse("digest mismatch"),
                 "verify failed: digest mismatch",
             )
         };
@@ -983,9 +983,9 @@ impl Engine {
 pub struct OtaSession {
     engine: Arc<Mutex<Engine>>,
     /// The firmware source, locked by `fetch_yield` across its waits (never by MQTT).
-    fetch: Arc<Mutex<FetchSide>>,
+    fetch: Arc<Mutex<SourceSide>>,
     /// The breakpoint store, written with the engine unlocked.
-    records: Arc<Mutex<RecordStore>>,
+    records: Arc<Mutex<StoreWriter>>,
     downstream: String,
 }
 
@@ -993,8 +993,8 @@ pub struct OtaSession {
 #[derive(Clone)]
 pub(crate) struct SessionFeed {
     engine: Weak<Mutex<Engine>>,
-    fetch: Weak<Mutex<FetchSide>>,
-    records: Weak<Mutex<RecordStore>>,
+    fetch: Weak<Mutex<SourceSide>>,
+    records: Weak<Mutex<StoreWriter>>,
 }
 
 impl SessionFeed {
@@ -1007,15 +1007,15 @@ impl SessionFeed {
             return false;
         };
         let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
-        let was_fetching = e.state == OtaState::Fetching;
+        let was_fetching = e.state == OtaState::Downloading;
         let _ = e.handle_message(topic, payload);
-        let started = !was_fetching && e.state == OtaState::Fetching;
+        let started = !was_fetching && e.state == OtaState::Downloading;
         drop(e);
         if let Some(side) = self.fetch.upgrade() {
-            fetching::close_abandoned(&engine, &side);
+            fetch_call::close_abandoned(&engine, &side);
         }
         if let Some(records) = self.records.upgrade() {
-            persist::flush(&engine, &records);
+            breakpoint::flush(&engine, &records);
         }
         started
     }
@@ -1079,14 +1079,17 @@ impl OtaSession {
             running: RunningVersions::new(&limits),
             retry: config.retry,
             fresh_url_wait: config.fresh_url_wait,
-            persist: Persistence::new(),
-            stream: 0,
+            keeper: RecordKeeper::new(),
+            request: 0,
             last_error: None,
         };
         Ok(OtaSession {
             engine: Arc::new(Mutex::new(engine)),
-            fetch: Arc::new(Mutex::new(FetchSide { source, open: None })),
-            records: Arc::new(Mutex::new(RecordStore::new())),
+            fetch: Arc::new(Mutex::new(SourceSide {
+                source,
+                open_request: None,
+            })),
+            records: Arc::new(Mutex::new(StoreWriter::new())),
             downstream,
         })
     }
@@ -1121,8 +1124,8 @@ impl OtaSession {
     /// an abandoned download (unless a `fetch_yield` runs, which closes it itself) and writes
     /// the record, with the engine unlocked.
     fn settle(&self) {
-        fetching::close_abandoned(&self.engine, &self.fetch);
-        persist::flush(&self.engine, &self.records);
+        fetch_call::close_abandoned(&self.engine, &self.fetch);
+        breakpoint::flush(&self.engine, &self.records);
     }
 
     /// Reports the running firmware version.
@@ -1207,7 +1210,7 @@ impl OtaSession {
     pub fn is_fetching(&self) -> bool {
         let mut e = self.engine();
         e.start_next_if_due();
-        let fetching = e.state == OtaState::Fetching;
+        let fetching = e.state == OtaState::Downloading;
         drop(e);
         self.settle();
         fetching
@@ -1228,7 +1231,7 @@ impl OtaSession {
     /// The session's lock is held only between the waits, so messages (a supersede, a fresh
     /// URL) and every other call go through while this one waits for the network.
     pub fn fetch_yield(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-        fetching::fetch_yield(&self.engine, &self.fetch, &self.records, buf, timeout)
+        fetch_call::fetch_yield(&self.engine, &self.fetch, &self.records, buf, timeout)
     }
 
     /// Keeps the breakpoint record in `store` (resume after power loss, success after reboot).
@@ -1238,24 +1241,24 @@ impl OtaSession {
     pub fn set_breakpoint_store(&self, store: Box<dyn BreakpointStore>) -> Result<()> {
         let mut store = store;
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        if self.engine().state == OtaState::Fetching {
+        if self.engine().state == OtaState::Downloading {
             let mut e = self.engine();
             return Err(e.fail(Error::InvalidState(
                 "cannot change the store while fetching",
             )));
         }
-        let stored = persist::read_record(store.as_mut());
+        let stored = breakpoint::read_record(store.as_mut());
         let mut e = self.engine();
-        e.persist.enabled = true;
-        e.persist.stored = stored;
-        e.persist.pending = persist::Pending::None;
+        e.keeper.enabled = true;
+        e.keeper.stored = stored;
+        e.keeper.pending = breakpoint::Pending::None;
         records.store = Some(store);
         Ok(())
     }
 
     /// How often the breakpoint record is written while downloading.
     pub fn set_save_policy(&self, policy: SavePolicy) {
-        self.engine().persist.policy = policy;
+        self.engine().keeper.policy = policy;
     }
 
     /// The retry policy in force.
@@ -1327,7 +1330,7 @@ impl OtaSession {
     pub fn release(&self) {
         let mut e = self.engine();
         e.next_pending = false;
-        if e.state == OtaState::Fetching {
+        if e.state == OtaState::Downloading {
             ota_log!(
                 Level::Info,
                 "session released during the download of {} at byte {}",
@@ -1335,7 +1338,7 @@ impl OtaSession {
                 e.download.fetched
             );
             e.end_cycle(
-                Error::Fetch(FetchError::Abandoned),
+                Error::Fetch(DownloadError::Abandoned),
                 FailureCause::DownloadFailed,
             );
         }
@@ -1372,40 +1375,40 @@ impl OtaSession {
 }
 
 /// What a download error is called in the failure report.
-fn failure_of(e: FetchError) -> (FailureCause, &'static str) {
+fn failure_of(e: DownloadError) -> (FailureCause, &'static str) {
     use FailureCause as C;
     match e {
-        FetchError::Status(403) => (C::UrlExpired, "download failed: URL expired (HTTP 403)"),
-        FetchError::Status(404) => (
+        DownloadError::Status(403) => (C::UrlExpired, "download failed: URL expired (HTTP 403)"),
+        DownloadError::Status(404) => (
             C::NotFound,
             "download failed: firmware not found (HTTP 404)",
         ),
-        FetchError::Status(_) => (C::DownloadFailed, "download failed: HTTP error status"),
-        FetchError::Connect | FetchError::Resolve => (
+        DownloadError::Status(_) => (C::DownloadFailed, "download failed: HTTP error status"),
+        DownloadError::Connect | DownloadError::Resolve => (
             C::DownloadFailed,
             "download failed: cannot connect to the server",
         ),
-        FetchError::Timeout => (C::DownloadTimeout, "download failed: timed out"),
-        FetchError::Tls => (
+        DownloadError::Timeout => (C::DownloadTimeout, "download failed: timed out"),
+        DownloadError::Tls => (
             C::DownloadFailed,
             "download failed: TLS verification failed",
         ),
-        FetchError::TlsBroken => (C::DownloadFailed, "download failed: TLS connection broken"),
-        FetchError::Truncated => (C::DownloadFailed, "download failed: connection ended early"),
-        FetchError::Oversize => (
+        DownloadError::TlsBroken => (C::DownloadFailed, "download failed: TLS connection broken"),
+        DownloadError::Truncated => (C::DownloadFailed, "download failed: connection ended early"),
+        DownloadError::Oversize => (
             C::DownloadFailed,
             "download failed: file larger than announced",
         ),
-        FetchError::Redirects => (C::DownloadFailed, "download failed: too many redirects"),
-        FetchError::RedirectScheme => (
+        DownloadError::Redirects => (C::DownloadFailed, "download failed: too many redirects"),
+        DownloadError::RedirectScheme => (
             C::DownloadFailed,
             "download failed: redirect to a weaker scheme refused",
         ),
-        FetchError::PlainHttp => (
+        DownloadError::PlainHttp => (
             C::DownloadFailed,
             "download failed: plain http:// not allowed",
         ),
-        FetchError::BadResponse(_) => (
+        DownloadError::BadResponse(_) => (
             C::DownloadFailed,
             "download failed: malformed HTTP response",
         ),

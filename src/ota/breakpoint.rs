@@ -14,10 +14,10 @@ impl Engine {
     /// With a breakpoint store: continue a download interrupted by a restart when the record
     /// names this image, else start a fresh record.
     pub(super) fn resume_from_record(&mut self) {
-        if !self.persist.enabled {
+        if !self.keeper.enabled {
             return;
         }
-        match self.persist.load() {
+        match self.keeper.load() {
             Some(bp)
                 if bp.state() == RecordState::Downloading
                     && bp.protocol() == self.protocol
@@ -38,8 +38,8 @@ impl Engine {
                     self.notice.version,
                     self.download.fetched
                 );
-                self.persist.last_saved = bp.offset();
-                self.persist.record = Some(bp);
+                self.keeper.last_saved = bp.offset();
+                self.keeper.record = Some(bp);
                 return;
             }
             Some(_) => {
@@ -47,15 +47,15 @@ impl Engine {
                     Level::Info,
                     "breakpoint record is for another upgrade: discarded"
                 );
-                self.persist.erase();
+                self.keeper.erase();
             }
             None => {}
         }
         match Breakpoint::for_upgrade(self.protocol, &self.notice) {
-            Ok(bp) => self.persist.record = Some(bp),
+            Ok(bp) => self.keeper.record = Some(bp),
             Err(e) => ota_log!(Level::Warning, "no breakpoint record for this upgrade: {e}"),
         }
-        self.persist.last_saved = 0;
+        self.keeper.last_saved = 0;
         self.save_progress();
     }
 
@@ -63,15 +63,15 @@ impl Engine {
     pub(super) fn save_progress(&mut self) {
         let digest =
             (self.download.digest_bytes == self.download.fetched).then_some(&self.download.digest);
-        let Some(bp) = self.persist.record.as_mut() else {
+        let Some(bp) = self.keeper.record.as_mut() else {
             return;
         };
         if let Err(e) = bp.set_progress(self.download.fetched, digest) {
             ota_log!(Level::Warning, "breakpoint not recorded: {e}");
             return;
         }
-        self.persist.last_saved = self.download.fetched;
-        self.persist.save();
+        self.keeper.last_saved = self.download.fetched;
+        self.keeper.save();
     }
 
     /// The image verified and the caller has it: the device will reboot into it; remember which
@@ -80,13 +80,13 @@ impl Engine {
         if self.download.reboot_recorded {
             return;
         }
-        let Some(bp) = self.persist.record.as_mut() else {
+        let Some(bp) = self.keeper.record.as_mut() else {
             return;
         };
         match bp.set_pending_reboot(self.notice.version.as_str()) {
             Ok(()) => {
                 self.download.reboot_recorded = true;
-                self.persist.save()
+                self.keeper.save()
             }
             Err(e) => ota_log!(Level::Warning, "pending version not recorded: {e}"),
         }
@@ -96,10 +96,10 @@ impl Engine {
     /// terms (success when it is the pending version, failure otherwise). True when that report
     /// replaced the plain version report.
     pub(super) fn complete_pending_reboot(&mut self, version: &str, module: Option<&str>) -> bool {
-        if !self.persist.enabled || self.state != OtaState::Idle {
+        if !self.keeper.enabled || self.state != OtaState::Idle {
             return false;
         }
-        let Some(bp) = self.persist.load() else {
+        let Some(bp) = self.keeper.load() else {
             return false;
         };
         if bp.state() != RecordState::PendingReboot
@@ -108,7 +108,7 @@ impl Engine {
         {
             return false;
         }
-        self.persist.erase();
+        self.keeper.erase();
         if bp.fill_notice(&mut self.notice).is_err() {
             return false;
         }
@@ -148,10 +148,10 @@ impl Engine {
     }
 }
 
-/// The engine's view of the breakpoint record. The store itself ([`RecordStore`]) is outside
+/// The engine's view of the breakpoint record. The store itself ([`StoreWriter`]) is outside
 /// the engine's lock: the engine only encodes what must be written, and [`flush`] writes it
 /// (an fsync, a flash erase) with the engine unlocked.
-pub(super) struct Persistence {
+pub(super) struct RecordKeeper {
     /// A store is set.
     pub(super) enabled: bool,
     pub(super) policy: SavePolicy,
@@ -175,9 +175,9 @@ pub(super) enum Pending {
     Erase,
 }
 
-impl Persistence {
-    pub(super) fn new() -> Persistence {
-        Persistence {
+impl RecordKeeper {
+    pub(super) fn new() -> RecordKeeper {
+        RecordKeeper {
             enabled: false,
             policy: SavePolicy::default(),
             record: None,
@@ -216,14 +216,14 @@ impl Persistence {
 }
 
 /// The breakpoint store, behind its own lock, and a copy of the record being written.
-pub(super) struct RecordStore {
+pub(super) struct StoreWriter {
     pub(super) store: Option<Box<dyn BreakpointStore>>,
     buf: Box<[u8; RECORD_LEN]>,
 }
 
-impl RecordStore {
-    pub(super) fn new() -> RecordStore {
-        RecordStore {
+impl StoreWriter {
+    pub(super) fn new() -> StoreWriter {
+        StoreWriter {
             store: None,
             buf: Box::new([0u8; RECORD_LEN]),
         }
@@ -253,7 +253,7 @@ pub(super) fn read_record(store: &mut dyn BreakpointStore) -> Option<Breakpoint>
 /// Writes what the engine left pending, with the engine unlocked (lock order: store, engine).
 /// A thread that finds another writing leaves its write to it: the writer looks again before
 /// it lets go, so no thread ever waits on another's fsync.
-pub(super) fn flush(engine: &Mutex<Engine>, records: &Mutex<RecordStore>) {
+pub(super) fn flush(engine: &Mutex<Engine>, records: &Mutex<StoreWriter>) {
     let mut guard = match records.try_lock() {
         Ok(g) => g,
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -263,9 +263,9 @@ pub(super) fn flush(engine: &Mutex<Engine>, records: &Mutex<RecordStore>) {
     loop {
         let pending = {
             let mut e = lock(engine);
-            let p = std::mem::replace(&mut e.persist.pending, Pending::None);
+            let p = std::mem::replace(&mut e.keeper.pending, Pending::None);
             if let Pending::Save(len) = p {
-                rs.buf[..len].copy_from_slice(&e.persist.buf[..len]);
+                rs.buf[..len].copy_from_slice(&e.keeper.buf[..len]);
             }
             p
         };

@@ -39,7 +39,7 @@ use crate::tls::{is_tls_io_error, parse_ca_pem};
 
 /// Why a download failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
+pub enum DownloadError {
     /// The server answered with this status instead of 200/206 or a redirect to follow
     /// (416 from [`MemorySource`] for an offset past the end); 408, 429, 500 and 502-504 are
     /// transient.
@@ -104,27 +104,27 @@ pub enum FetchError {
     Abandoned,
 }
 
-impl FetchError {
+impl DownloadError {
     /// Whether reconnecting (from the current offset) may help.
     pub fn is_transient(self) -> bool {
         match self {
-            FetchError::Status(code) => matches!(code, 408 | 429 | 500 | 502 | 503 | 504),
-            FetchError::Connect
-            | FetchError::Resolve
-            | FetchError::Timeout
-            | FetchError::Io(_)
-            | FetchError::TlsBroken
-            | FetchError::Truncated => true,
-            FetchError::Tls
-            | FetchError::BadResponse(_)
-            | FetchError::Url
-            | FetchError::Redirects
-            | FetchError::PlainHttp
-            | FetchError::RedirectScheme
-            | FetchError::Oversize
-            | FetchError::Restarted
-            | FetchError::Superseded
-            | FetchError::Abandoned => false,
+            DownloadError::Status(code) => matches!(code, 408 | 429 | 500 | 502 | 503 | 504),
+            DownloadError::Connect
+            | DownloadError::Resolve
+            | DownloadError::Timeout
+            | DownloadError::Io(_)
+            | DownloadError::TlsBroken
+            | DownloadError::Truncated => true,
+            DownloadError::Tls
+            | DownloadError::BadResponse(_)
+            | DownloadError::Url
+            | DownloadError::Redirects
+            | DownloadError::PlainHttp
+            | DownloadError::RedirectScheme
+            | DownloadError::Oversize
+            | DownloadError::Restarted
+            | DownloadError::Superseded
+            | DownloadError::Abandoned => false,
         }
     }
 }
@@ -132,7 +132,7 @@ impl FetchError {
 /// What the server answered to a download request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenInfo {
-    /// HTTP status (200 or 206; other statuses come back as [`FetchError::Status`]).
+    /// HTTP status (200 or 206; other statuses come back as [`DownloadError::Status`]).
     pub status: u16,
     /// `Content-Length`, when the server sent one.
     pub content_length: Option<u64>,
@@ -159,9 +159,9 @@ pub enum Chunk {
 pub trait FirmwareSource: Send {
     /// Starts a download of `url` from byte `offset` (`Range: bytes=offset-` when non-zero),
     /// abandoning any download in progress. Must not block on the network.
-    fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError>;
+    fn open(&mut self, url: &str, offset: u64) -> Result<(), DownloadError>;
     /// Waits at most `timeout` for the next step.
-    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError>;
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, DownloadError>;
     /// Abandons the download in progress, if any.
     fn close(&mut self);
 }
@@ -173,7 +173,7 @@ pub struct HttpConfig {
     /// while it is sent (so at least `2 * max_url + 512`), then the response head (so at least
     /// `max_header_bytes`) and the raw data of chunked bodies; identity bodies
     /// (`Content-Length`, or up to the close) bypass it into the caller's buffer.
-    pub ring_size: usize,
+    pub receive_buffer: usize,
     /// Time allowed for the TCP connection and the TLS handshake together (name resolution
     /// is bounded by the resolver, see [`crate::net`]).
     pub connect_timeout: Duration,
@@ -181,9 +181,9 @@ pub struct HttpConfig {
     pub response_timeout: Duration,
     /// Longest a whole body may take (a hard stop for a stalled server).
     pub body_timeout: Duration,
-    /// Redirects followed per request; one more fails with [`FetchError::Redirects`]. A
+    /// Redirects followed per request; one more fails with [`DownloadError::Redirects`]. A
     /// redirect keeps the scheme or goes from http to https, never from https to http or to
-    /// another scheme ([`FetchError::RedirectScheme`]).
+    /// another scheme ([`DownloadError::RedirectScheme`]).
     pub max_redirects: u32,
     /// Largest URL accepted (also for redirect targets).
     pub max_url: usize,
@@ -191,7 +191,7 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// Whether plain `http://` URLs may be downloaded (logged as a warning). The platforms'
     /// documents use them, so this is allowed by default; false refuses them with
-    /// [`FetchError::PlainHttp`] (and refuses redirects to them).
+    /// [`DownloadError::PlainHttp`] (and refuses redirects to them).
     pub allow_plain_http: bool,
     /// CA certificate(s) in PEM that HTTPS servers must chain to, replacing the bundled web
     /// roots; `None` trusts the web roots. Chain and host name are verified either way.
@@ -208,7 +208,7 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            ring_size: 8 * 1024,
+            receive_buffer: 8 * 1024,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(3600),
@@ -330,7 +330,7 @@ impl<N: Net> HttpSource<N> {
         // most the URL.
         let request_size = config.max_url.saturating_mul(2).saturating_add(512);
         let recv_size = config
-            .ring_size
+            .receive_buffer
             .max(config.max_header_bytes)
             .max(request_size)
             .max(MIN_RECV);
@@ -375,7 +375,7 @@ impl<N: Net> HttpSource<N> {
     }
 
     /// Runs the download until `deadline` (on the clock of `net`) or something to report.
-    fn drive(&mut self, buf: &mut [u8], deadline: Duration) -> Result<Chunk, FetchError> {
+    fn drive(&mut self, buf: &mut [u8], deadline: Duration) -> Result<Chunk, DownloadError> {
         loop {
             let flow = match std::mem::replace(&mut self.step, Step::Idle) {
                 Step::Idle => return Ok(Chunk::Pending),
@@ -397,7 +397,7 @@ impl<N: Net> HttpSource<N> {
                 Flow::Wait(interest) => {
                     let now = self.net.now();
                     if now >= self.phase_deadline {
-                        return Err(FetchError::Timeout);
+                        return Err(DownloadError::Timeout);
                     }
                     if now >= deadline {
                         return Ok(Chunk::Pending);
@@ -406,48 +406,48 @@ impl<N: Net> HttpSource<N> {
                     let socket = self
                         .socket
                         .as_mut()
-                        .ok_or(FetchError::BadResponse("no connection"))?;
+                        .ok_or(DownloadError::BadResponse("no connection"))?;
                     self.net
                         .wait(socket, interest, until)
-                        .map_err(|e| FetchError::Io(e.kind()))?;
+                        .map_err(|e| DownloadError::Io(e.kind()))?;
                 }
             }
         }
     }
 
     /// Builds the request for `url`, resolves its host and starts connecting.
-    fn start(&mut self) -> Result<Flow, FetchError> {
-        let uri: http::Uri = self.url.parse().map_err(|_| FetchError::Url)?;
+    fn start(&mut self) -> Result<Flow, DownloadError> {
+        let uri: http::Uri = self.url.parse().map_err(|_| DownloadError::Url)?;
         let https = match uri.scheme_str() {
             Some(s) if s.eq_ignore_ascii_case("https") => true,
             Some(s) if s.eq_ignore_ascii_case("http") => false,
-            _ => return Err(FetchError::Url),
+            _ => return Err(DownloadError::Url),
         };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
-            .ok_or(FetchError::Url)?;
+            .ok_or(DownloadError::Url)?;
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let call = self.write_request(uri.clone())?;
         #[cfg(feature = "tls")]
         if https {
             let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
-                .map_err(|_| FetchError::Url)?
+                .map_err(|_| DownloadError::Url)?
                 .to_owned();
             let tls = crate::tls_link::TlsLink::new(self.tls_config.clone(), name)
-                .map_err(|_| FetchError::Tls)?;
+                .map_err(|_| DownloadError::Tls)?;
             self.tls = Some(tls);
         }
         #[cfg(not(feature = "tls"))]
         if https {
-            return Err(FetchError::Tls);
+            return Err(DownloadError::Tls);
         }
         // Bounded by the resolver, not by the deadlines (see `crate::net`).
         let host = host.trim_matches(['[', ']']);
         self.addr_count = self
             .net
             .resolve(host, port, &mut self.addrs)
-            .map_err(|_| FetchError::Resolve)?;
+            .map_err(|_| DownloadError::Resolve)?;
         self.addr_next = 0;
         self.phase_deadline = self.after(self.config.connect_timeout);
         self.connect_next()?;
@@ -456,24 +456,26 @@ impl<N: Net> HttpSource<N> {
     }
 
     /// Writes the GET for `uri` (with `Range` from a non-zero offset) into `recv`.
-    fn write_request(&mut self, uri: http::Uri) -> Result<Call<RecvResponse>, FetchError> {
+    fn write_request(&mut self, uri: http::Uri) -> Result<Call<RecvResponse>, DownloadError> {
         let mut request = http::Request::get(uri)
             .header("user-agent", concat!("ota-sdk/", env!("CARGO_PKG_VERSION")));
         if self.offset > 0 {
             request = request.header("range", format!("bytes={}-", self.offset));
         }
-        let request = request.body(()).map_err(|_| FetchError::Url)?;
-        let mut call = Call::new(request).map_err(|_| FetchError::Url)?.proceed();
-        self.request_len = call.write(&mut self.recv).map_err(|_| FetchError::Url)?;
+        let request = request.body(()).map_err(|_| DownloadError::Url)?;
+        let mut call = Call::new(request)
+            .map_err(|_| DownloadError::Url)?
+            .proceed();
+        self.request_len = call.write(&mut self.recv).map_err(|_| DownloadError::Url)?;
         self.request_sent = 0;
         match call.proceed() {
             Ok(Some(SendRequestResult::RecvResponse(call))) => Ok(call),
-            _ => Err(FetchError::Url),
+            _ => Err(DownloadError::Url),
         }
     }
 
-    /// Starts a connection to the next address; [`FetchError::Connect`] when none is left.
-    fn connect_next(&mut self) -> Result<(), FetchError> {
+    /// Starts a connection to the next address; [`DownloadError::Connect`] when none is left.
+    fn connect_next(&mut self) -> Result<(), DownloadError> {
         self.socket = None;
         while self.addr_next < self.addr_count {
             let addr = self.addrs[self.addr_next];
@@ -483,16 +485,16 @@ impl<N: Net> HttpSource<N> {
                 return Ok(());
             }
         }
-        Err(FetchError::Connect)
+        Err(DownloadError::Connect)
     }
 
-    fn connecting(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+    fn connecting(&mut self, call: Call<RecvResponse>) -> Result<Flow, DownloadError> {
         let now = self.net.now();
-        let socket = self.socket.as_mut().ok_or(FetchError::Connect)?;
+        let socket = self.socket.as_mut().ok_or(DownloadError::Connect)?;
         if !self
             .net
             .wait(socket, Interest::Write, now)
-            .map_err(|e| FetchError::Io(e.kind()))?
+            .map_err(|e| DownloadError::Io(e.kind()))?
         {
             self.step = Step::Connecting(call);
             return Ok(Flow::Wait(Interest::Write));
@@ -511,10 +513,10 @@ impl<N: Net> HttpSource<N> {
     }
 
     #[cfg(feature = "tls")]
-    fn handshake(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+    fn handshake(&mut self, call: Call<RecvResponse>) -> Result<Flow, DownloadError> {
         use crate::tls_link::{Handshake, HandshakeError};
         let (Some(socket), Some(tls)) = (self.socket.as_mut(), self.tls.as_mut()) else {
-            return Err(FetchError::Tls);
+            return Err(DownloadError::Tls);
         };
         match tls.handshake(&mut self.net, socket, &self.recv[..self.request_len]) {
             Ok(Handshake::Done) => self.begin_send(call),
@@ -522,34 +524,34 @@ impl<N: Net> HttpSource<N> {
                 self.step = Step::Handshake(call);
                 Ok(Flow::Wait(interest))
             }
-            Err(HandshakeError::Io(e)) => Err(FetchError::Io(e.kind())),
+            Err(HandshakeError::Io(e)) => Err(DownloadError::Io(e.kind())),
             Err(HandshakeError::Tls(why)) => {
                 crate::ota_log!(crate::log::Level::Error, "firmware download: TLS: {why}");
-                Err(FetchError::Tls)
+                Err(DownloadError::Tls)
             }
         }
     }
 
     /// The connection is up: the request goes out, and the head is due within
     /// `response_timeout`.
-    fn begin_send(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+    fn begin_send(&mut self, call: Call<RecvResponse>) -> Result<Flow, DownloadError> {
         self.phase_deadline = self.after(self.config.response_timeout);
         // With TLS the handshake has encrypted the request already (`send_request` sends it).
         self.step = Step::Send(call);
         Ok(Flow::Again)
     }
 
-    fn send_request(&mut self, call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+    fn send_request(&mut self, call: Call<RecvResponse>) -> Result<Flow, DownloadError> {
         let socket = self
             .socket
             .as_mut()
-            .ok_or(FetchError::BadResponse("no connection"))?;
+            .ok_or(DownloadError::BadResponse("no connection"))?;
         #[cfg(feature = "tls")]
         if let Some(tls) = self.tls.as_mut() {
             self.request_sent = self.request_len;
             if !tls
                 .send_request(&mut self.net, socket)
-                .map_err(|e| FetchError::Io(e.kind()))?
+                .map_err(|e| DownloadError::Io(e.kind()))?
             {
                 self.step = Step::Send(call);
                 return Ok(Flow::Wait(Interest::Write));
@@ -565,7 +567,7 @@ impl<N: Net> HttpSource<N> {
                     self.step = Step::Send(call);
                     return Ok(Flow::Wait(Interest::Write));
                 }
-                Err(e) => return Err(FetchError::Io(e.kind())),
+                Err(e) => return Err(DownloadError::Io(e.kind())),
             }
         }
         self.recv_start = 0;
@@ -588,7 +590,7 @@ impl<N: Net> HttpSource<N> {
         self.net.recv(socket, buf)
     }
 
-    fn head(&mut self, mut call: Call<RecvResponse>) -> Result<Flow, FetchError> {
+    fn head(&mut self, mut call: Call<RecvResponse>) -> Result<Flow, DownloadError> {
         loop {
             if self.recv_end > 0 {
                 let input = &self.recv[..self.recv_end];
@@ -601,17 +603,17 @@ impl<N: Net> HttpSource<N> {
                         self.recv_end -= used;
                         continue;
                     }
-                    Err(_) => return Err(FetchError::BadResponse("malformed response head")),
+                    Err(_) => return Err(DownloadError::BadResponse("malformed response head")),
                 }
             }
             if self.recv_end >= self.config.max_header_bytes {
-                return Err(FetchError::BadResponse("response head too large"));
+                return Err(DownloadError::BadResponse("response head too large"));
             }
             let mut window = std::mem::take(&mut self.recv);
             let r = self.receive(&mut window[self.recv_end..]);
             self.recv = window;
             match r {
-                Ok(0) => return Err(FetchError::Io(io::ErrorKind::UnexpectedEof)),
+                Ok(0) => return Err(DownloadError::Io(io::ErrorKind::UnexpectedEof)),
                 Ok(n) => self.recv_end += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.step = Step::Head(call);
@@ -628,9 +630,9 @@ impl<N: Net> HttpSource<N> {
         call: Call<RecvResponse>,
         used: usize,
         response: http::Response<()>,
-    ) -> Result<Flow, FetchError> {
+    ) -> Result<Flow, DownloadError> {
         if used > self.config.max_header_bytes {
-            return Err(FetchError::BadResponse("response head too large"));
+            return Err(DownloadError::BadResponse("response head too large"));
         }
         let status = response.status().as_u16();
         if matches!(status, 301 | 302 | 303 | 307 | 308) {
@@ -639,8 +641,8 @@ impl<N: Net> HttpSource<N> {
                 .get("location")
                 .and_then(|v| v.to_str().ok());
             let next = match location {
-                _ if self.redirects >= self.config.max_redirects => Err(FetchError::Redirects),
-                None => Err(FetchError::BadResponse("redirect without a Location")),
+                _ if self.redirects >= self.config.max_redirects => Err(DownloadError::Redirects),
+                None => Err(DownloadError::BadResponse("redirect without a Location")),
                 Some(loc) => self.follow(loc),
             };
             if let Err(e) = next {
@@ -653,7 +655,7 @@ impl<N: Net> HttpSource<N> {
             return Ok(Flow::Again);
         }
         if status != 200 && status != 206 {
-            return Err(FetchError::Status(status));
+            return Err(DownloadError::Status(status));
         }
         let info = open_info(status, response.headers());
         let body = match call.proceed() {
@@ -664,7 +666,7 @@ impl<N: Net> HttpSource<N> {
                 BodyMode::NoBody => Body::Length(0),
             },
             Some(_) => Body::Length(0),
-            None => return Err(FetchError::BadResponse("malformed response head")),
+            None => return Err(DownloadError::BadResponse("malformed response head")),
         };
         self.recv_start = used;
         self.phase_deadline = self.after(self.config.body_timeout);
@@ -676,10 +678,10 @@ impl<N: Net> HttpSource<N> {
     /// current URL is copied into the receive buffer to be resolved against: nothing else is
     /// in use there once the head is parsed, as the connection closes now. On failure `url`
     /// holds nothing useful (the download ends; the next `open` sets it).
-    fn follow(&mut self, location: &str) -> Result<(), FetchError> {
+    fn follow(&mut self, location: &str) -> Result<(), DownloadError> {
         let len = self.url.len();
         self.recv[..len].copy_from_slice(self.url.as_bytes());
-        let current = std::str::from_utf8(&self.recv[..len]).map_err(|_| FetchError::Url)?;
+        let current = std::str::from_utf8(&self.recv[..len]).map_err(|_| DownloadError::Url)?;
         resolve_redirect(
             current,
             location,
@@ -699,7 +701,7 @@ impl<N: Net> HttpSource<N> {
         n
     }
 
-    fn body(&mut self, body: Body, buf: &mut [u8]) -> Result<Flow, FetchError> {
+    fn body(&mut self, body: Body, buf: &mut [u8]) -> Result<Flow, DownloadError> {
         if buf.is_empty() {
             self.step = Step::Body(body);
             return Ok(Flow::Done(Chunk::Data(0)));
@@ -711,7 +713,7 @@ impl<N: Net> HttpSource<N> {
                 if n == 0 {
                     let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     match self.receive(&mut buf[..want]) {
-                        Ok(0) => return Err(FetchError::Truncated),
+                        Ok(0) => return Err(DownloadError::Truncated),
                         Ok(got) => n = got,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             self.step = Step::Body(Body::Length(left));
@@ -751,7 +753,7 @@ impl<N: Net> HttpSource<N> {
         &mut self,
         mut call: Box<Call<RecvBody>>,
         buf: &mut [u8],
-    ) -> Result<Flow, FetchError> {
+    ) -> Result<Flow, DownloadError> {
         loop {
             if call.can_proceed() {
                 return self.end();
@@ -759,7 +761,7 @@ impl<N: Net> HttpSource<N> {
             if self.recv_start < self.recv_end {
                 let (used, n) = call
                     .read(&self.recv[self.recv_start..self.recv_end], buf)
-                    .map_err(|_| FetchError::BadResponse("malformed chunked body"))?;
+                    .map_err(|_| DownloadError::BadResponse("malformed chunked body"))?;
                 self.recv_start += used;
                 if n > 0 {
                     self.step = Step::Body(Body::Chunked(call));
@@ -774,13 +776,13 @@ impl<N: Net> HttpSource<N> {
             self.recv_end -= self.recv_start;
             self.recv_start = 0;
             if self.recv_end == self.recv.len() {
-                return Err(FetchError::BadResponse("malformed chunked body"));
+                return Err(DownloadError::BadResponse("malformed chunked body"));
             }
             let mut window = std::mem::take(&mut self.recv);
             let r = self.receive(&mut window[self.recv_end..]);
             self.recv = window;
             match r {
-                Ok(0) => return Err(FetchError::Truncated),
+                Ok(0) => return Err(DownloadError::Truncated),
                 Ok(n) => self.recv_end += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.step = Step::Body(Body::Chunked(call));
@@ -792,7 +794,7 @@ impl<N: Net> HttpSource<N> {
     }
 
     /// The body is complete: the connection closes now (it is never reused).
-    fn end(&mut self) -> Result<Flow, FetchError> {
+    fn end(&mut self) -> Result<Flow, DownloadError> {
         self.disconnect();
         self.step = Step::Ended;
         Ok(Flow::Done(Chunk::End))
@@ -800,20 +802,20 @@ impl<N: Net> HttpSource<N> {
 }
 
 impl<N: Net> FirmwareSource for HttpSource<N> {
-    fn open(&mut self, url: &str, offset: u64) -> Result<(), FetchError> {
+    fn open(&mut self, url: &str, offset: u64) -> Result<(), DownloadError> {
         self.close();
         if !valid_port(url) || url.len() > self.config.max_url {
-            return Err(FetchError::Url);
+            return Err(DownloadError::Url);
         }
         match Scheme::of(url) {
             Some(Scheme::Https) if cfg!(feature = "tls") => {}
-            Some(Scheme::Https) => return Err(FetchError::Tls),
+            Some(Scheme::Https) => return Err(DownloadError::Tls),
             Some(Scheme::Http) if self.config.allow_plain_http => crate::ota_log!(
                 crate::log::Level::Warning,
                 "firmware download over plain http:// (not encrypted, not authenticated)"
             ),
-            Some(Scheme::Http) => return Err(FetchError::PlainHttp),
-            None => return Err(FetchError::Url),
+            Some(Scheme::Http) => return Err(DownloadError::PlainHttp),
+            None => return Err(DownloadError::Url),
         }
         self.url.clear();
         self.url.push_str(url);
@@ -823,7 +825,7 @@ impl<N: Net> FirmwareSource for HttpSource<N> {
         Ok(())
     }
 
-    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, FetchError> {
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Chunk, DownloadError> {
         let deadline = self.after(timeout);
         let r = self.drive(buf, deadline);
         if r.is_err() {
@@ -840,14 +842,14 @@ impl<N: Net> FirmwareSource for HttpSource<N> {
 }
 
 /// A receive failure of the body or the head (the TLS handshake, if any, is done).
-fn receive_failure(e: io::Error) -> FetchError {
+fn receive_failure(e: io::Error) -> DownloadError {
     if is_tls_io_error(&e) {
-        return FetchError::TlsBroken;
+        return DownloadError::TlsBroken;
     }
     match e.kind() {
-        io::ErrorKind::TimedOut => FetchError::Timeout,
-        io::ErrorKind::UnexpectedEof => FetchError::Truncated,
-        k => FetchError::Io(k),
+        io::ErrorKind::TimedOut => DownloadError::Timeout,
+        io::ErrorKind::UnexpectedEof => DownloadError::Truncated,
+        k => DownloadError::Io(k),
     }
 }
 
@@ -880,35 +882,35 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64)> {
 /// `current`) leads to, if its scheme is as strong as the current one (http -> https is fine,
 /// https -> http is not) and plain http is allowed where it is used. Other schemes and
 /// scheme-relative locations are refused, and so is a result longer than `max_url`
-/// ([`FetchError::Url`]).
+/// ([`DownloadError::Url`]).
 fn resolve_redirect(
     current: &str,
     location: &str,
     allow_plain_http: bool,
     max_url: usize,
     out: &mut String,
-) -> Result<(), FetchError> {
+) -> Result<(), DownloadError> {
     let location = location.trim();
-    let from = Scheme::of(current).ok_or(FetchError::Url)?;
+    let from = Scheme::of(current).ok_or(DownloadError::Url)?;
     out.clear();
     // Within `out`'s capacity (max_url): a longer target is refused, never grown into.
     let mut push = |s: &str| {
         if out.len() + s.len() > max_url {
-            return Err(FetchError::Url);
+            return Err(DownloadError::Url);
         }
         out.push_str(s);
         Ok(())
     };
     if let Some(to) = Scheme::of(location) {
         if to < from || (to == Scheme::Http && !allow_plain_http) {
-            return Err(FetchError::RedirectScheme);
+            return Err(DownloadError::RedirectScheme);
         }
         push(location)?;
     } else if location.starts_with("//")
         || location[..location.find(['/', '?', '#']).unwrap_or(location.len())].contains(':')
     {
         // Another scheme (ftp:, file:, data:), or scheme-relative: not followed.
-        return Err(FetchError::RedirectScheme);
+        return Err(DownloadError::RedirectScheme);
     } else {
         let after_scheme = current.find("://").map_or(0, |i| i + 3);
         let path_start = current[after_scheme..]
@@ -1001,18 +1003,18 @@ impl MemorySource {
 }
 
 impl FirmwareSource for MemorySource {
-    fn open(&mut self, _url: &str, offset: u64) -> Result<(), FetchError> {
-        let offset = usize::try_from(offset).map_err(|_| FetchError::Status(416))?;
+    fn open(&mut self, _url: &str, offset: u64) -> Result<(), DownloadError> {
+        let offset = usize::try_from(offset).map_err(|_| DownloadError::Status(416))?;
         if offset > self.image.len() {
-            return Err(FetchError::Status(416));
+            return Err(DownloadError::Status(416));
         }
         self.pos = Some(offset);
         self.opened = false;
         Ok(())
     }
 
-    fn read(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<Chunk, FetchError> {
-        let pos = self.pos.ok_or(FetchError::BadResponse("not open"))?;
+    fn read(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<Chunk, DownloadError> {
+        let pos = self.pos.ok_or(DownloadError::BadResponse("not open"))?;
         let total = self.image.len() as u64;
         if !self.opened {
             self.opened = true;
@@ -1082,13 +1084,13 @@ mod tests {
         ] {
             assert_eq!(
                 go(base, bad, true),
-                Err(FetchError::RedirectScheme),
+                Err(DownloadError::RedirectScheme),
                 "{bad}"
             );
         }
         assert_eq!(
             go("http://h.test/a", "http://h.test/b", false),
-            Err(FetchError::RedirectScheme)
+            Err(DownloadError::RedirectScheme)
         );
     }
 

@@ -1,34 +1,34 @@
-//! The fetching thread's side of a download: the firmware source and the loop of
-//! `fetch_yield`, which takes the engine lock only for bookkeeping between its waits.
+//! The caller's side of a download (the thread inside `fetch_yield`): the firmware source and
+//! the loop of `fetch_yield`, which takes the engine lock only for bookkeeping between its waits.
 //!
 //! The engine decides each step ([`Step`]) under its lock (an open, which never waits, runs
 //! there too); the wait itself (a sleep before a retry, a read of the source) runs with only
-//! this side's lock held, which no MQTT callback ever takes. A message that arrives meanwhile (a supersede, a fresh URL) changes the
-//! engine at once; the read in flight is then recognised as belonging to an abandoned stream
-//! and dropped.
+//! this side's lock held, which no MQTT callback ever takes. A message that arrives meanwhile
+//! (a supersede, a fresh URL) changes the engine at once; the read in flight is then recognised
+//! as belonging to an abandoned request and dropped.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::persist::{flush, RecordStore};
+use super::breakpoint::{flush, StoreWriter};
 use super::Engine;
 use crate::error::Result;
-use crate::fetch::FirmwareSource;
+use crate::source::FirmwareSource;
 
-/// The firmware source and what the fetching thread knows of it.
-pub(super) struct FetchSide {
+/// The firmware source and what the caller of `fetch_yield` knows of it.
+pub(super) struct SourceSide {
     pub(super) source: Box<dyn FirmwareSource>,
-    /// The engine stream the source was opened for (None: closed).
-    pub(super) open: Option<u64>,
+    /// The engine's request the source was opened for (None: closed).
+    pub(super) open_request: Option<u64>,
 }
 
-/// What the fetching thread does next.
+/// What the caller of `fetch_yield` does next.
 pub(super) enum Step {
     /// Wait until then (a retry's backoff, a fresh URL), then ask again.
     Sleep(Instant),
     /// Read at most `want` bytes, waiting at most `wait`.
     Read {
-        stream: u64,
+        request: u64,
         want: usize,
         wait: Duration,
         stall_at: Instant,
@@ -51,8 +51,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Runs one `fetch_yield`: the engine lock is held only between waits.
 pub(super) fn fetch_yield(
     engine: &Mutex<Engine>,
-    side: &Mutex<FetchSide>,
-    records: &Mutex<RecordStore>,
+    side: &Mutex<SourceSide>,
+    records: &Mutex<StoreWriter>,
     buf: &mut [u8],
     timeout: Duration,
 ) -> Result<usize> {
@@ -64,10 +64,10 @@ pub(super) fn fetch_yield(
     };
     let r = run(engine, &mut side, records, buf, &call);
     let mut e = lock(engine);
-    // The source of an ended or abandoned stream is closed before the call returns.
-    if side.open.is_some_and(|s| s != e.stream) {
+    // The source of an ended or abandoned request is closed before the call returns.
+    if side.open_request.is_some_and(|s| s != e.request) {
         side.source.close();
-        side.open = None;
+        side.open_request = None;
     }
     e.fetch_returned(&r);
     r
@@ -75,13 +75,13 @@ pub(super) fn fetch_yield(
 
 fn run(
     engine: &Mutex<Engine>,
-    side: &mut FetchSide,
-    records: &Mutex<RecordStore>,
+    side: &mut SourceSide,
+    records: &Mutex<StoreWriter>,
     buf: &mut [u8],
     call: &FetchCall,
 ) -> Result<usize> {
-    let begun = lock(engine).begin_fetch(buf.len());
-    // The record saved by begin_fetch (bytes of earlier calls only) is written before any
+    let begun = lock(engine).begin_fetch_call(buf.len());
+    // The record saved by begin_fetch_call (bytes of earlier calls only) is written before any
     // new byte is read, and without the engine's lock.
     flush(engine, records);
     begun?;
@@ -93,13 +93,13 @@ fn run(
                 std::thread::sleep(until.saturating_duration_since(Instant::now()));
             }
             Step::Read {
-                stream,
+                request,
                 want,
                 wait,
                 stall_at,
             } => {
                 let r = side.source.read(&mut buf[..want], wait);
-                if let Some(done) = lock(engine).took(stream, r, buf, stall_at, call) {
+                if let Some(done) = lock(engine).took(request, r, buf, stall_at, call) {
                     return done;
                 }
             }
@@ -107,15 +107,15 @@ fn run(
     }
 }
 
-/// Closes the source of an abandoned stream when no `fetch_yield` is running (one that runs
+/// Closes the source of an abandoned request when no `fetch_yield` is running (one that runs
 /// closes it itself), so a supersede or a failure report leaves no connection open.
-pub(super) fn close_abandoned(engine: &Mutex<Engine>, side: &Mutex<FetchSide>) {
+pub(super) fn close_abandoned(engine: &Mutex<Engine>, side: &Mutex<SourceSide>) {
     let Ok(mut side) = side.try_lock() else {
         return;
     };
-    let stream = lock(engine).stream;
-    if side.open.is_some_and(|s| s != stream) {
+    let request = lock(engine).request;
+    if side.open_request.is_some_and(|s| s != request) {
         side.source.close();
-        side.open = None;
+        side.open_request = None;
     }
 }
