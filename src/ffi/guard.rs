@@ -40,7 +40,7 @@ impl<T> PanicValue for *const T {
 /// Runs `f`, turning a panic into `R::on_panic()` and one log line.
 pub fn guard<R: PanicValue>(name: &str, f: impl FnOnce() -> R) -> R {
     // The firmware's HAL_Printf, when it has one, gets libota's log lines.
-    crate::log::set_sink(crate::ffi::hal::log_to_firmware);
+    crate::log::set_sink(crate::ffi::printf::log_to_firmware);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(_) => {

@@ -23,4 +23,5 @@ pub mod hal;
 pub mod log;
 pub mod mqtt;
 pub mod ota;
+mod printf;
 pub mod resume;
