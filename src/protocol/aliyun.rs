@@ -6,12 +6,38 @@
 //! Version / request: `{"id":N,"params":{"version":"…"[,"module":"…"]}}`.
 //! Progress: `{"id":N,"params":{"step":"<-4..100>","desc":"…"[,"module":"…"]}}`.
 
+use super::fields::{
+    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
+    take_raw_str, take_size, take_str,
+};
 use super::json::{JsonError, Writer};
 use super::{
-    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
-    take_raw_str, take_size, take_str, Channel, DigestKind, Downstream, Limits, NoticeError,
-    Report, UpgradeNotice,
+    Channel, DigestKind, Downstream, Facts, Limits, NoticeError, Report, Topics, UpgradeNotice,
 };
+
+/// Aliyun: the device may request the upgrade (and a fresh URL); the new version's report is the
+/// success; message ids are 0..=2^32-1 as documented; `step` runs 1..100, so no "0" is sent.
+pub(crate) const FACTS: Facts = Facts {
+    name: "aliyun",
+    id: 0,
+    can_request_upgrade: true,
+    success_is_version_report: true,
+    max_message_id: u32::MAX as u64,
+    sends_zero_percent: false,
+    carries_ext_data: false,
+    topics,
+};
+
+/// Aliyun's topics: `/ota/device/{upgrade,inform,progress,request}/{pk}/{dn}` (SagooIOT uses
+/// them too).
+pub(crate) fn topics(pk: &str, dn: &str) -> Topics {
+    Topics {
+        downstream: format!("/ota/device/upgrade/{pk}/{dn}"),
+        inform: format!("/ota/device/inform/{pk}/{dn}"),
+        progress: format!("/ota/device/progress/{pk}/{dn}"),
+        request: format!("/ota/device/request/{pk}/{dn}"),
+    }
+}
 
 /// The `code` of a successful upgrade notification.
 pub const SUCCESS_CODE: &str = "1000";

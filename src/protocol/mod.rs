@@ -7,6 +7,7 @@
 //! ambiguous: `docs/protocols.md`.
 
 pub mod aliyun;
+mod fields;
 pub mod fixed;
 pub mod json;
 pub mod sagoo;
@@ -14,7 +15,7 @@ pub mod tencent;
 pub mod ucloud;
 
 pub use fixed::{FixedStr, SetJsonError, TooLong};
-use json::{JsonError, Object, Value};
+use json::JsonError;
 
 /// The IoT platform whose OTA protocol a session speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,69 +31,89 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The four, in the order of their [`id`](Self::id)s.
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Aliyun,
+        Protocol::Sagoo,
+        Protocol::Tencent,
+        Protocol::Ucloud,
+    ];
+
+    /// This platform's facts, kept in its own file.
+    fn facts(self) -> &'static Facts {
+        match self {
+            Protocol::Aliyun => &aliyun::FACTS,
+            Protocol::Sagoo => &sagoo::FACTS,
+            Protocol::Tencent => &tencent::FACTS,
+            Protocol::Ucloud => &ucloud::FACTS,
+        }
+    }
+
     /// Lowercase name (`aliyun`, `sagoo`, `tencent`, `ucloud`), for logs and configuration.
     pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Aliyun => "aliyun",
-            Protocol::Sagoo => "sagoo",
-            Protocol::Tencent => "tencent",
-            Protocol::Ucloud => "ucloud",
-        }
+        self.facts().name
     }
 
     /// The number stored in breakpoint records and passed to `IOT_OTA_InitWithProtocol`;
     /// fixed forever, independent of the enum's order.
     pub fn id(self) -> u8 {
-        match self {
-            Protocol::Aliyun => 0,
-            Protocol::Sagoo => 1,
-            Protocol::Tencent => 2,
-            Protocol::Ucloud => 3,
-        }
+        self.facts().id
     }
 
     /// The protocol whose [`id`](Self::id) is `id`; `None` for an unknown number.
     pub fn from_id(id: u8) -> Option<Protocol> {
-        [
-            Protocol::Aliyun,
-            Protocol::Sagoo,
-            Protocol::Tencent,
-            Protocol::Ucloud,
-        ]
-        .into_iter()
-        .find(|p| p.id() == id)
+        Self::ALL.into_iter().find(|p| p.id() == id)
     }
 
     /// The device can ask for the upgrade (and so a fresh URL) itself: Aliyun's request topic.
     pub fn can_request_upgrade(self) -> bool {
-        self == Protocol::Aliyun
+        self.facts().can_request_upgrade
     }
 
     /// The platform counts the new version's report as the upgrade's success, so a success
     /// report and a version report are one message (Aliyun, SagooIOT).
     pub fn success_is_version_report(self) -> bool {
-        matches!(self, Protocol::Aliyun | Protocol::Sagoo)
+        self.facts().success_is_version_report
     }
 
     /// The largest message id the platform accepts (Aliyun documents 0..=4294967295).
     pub fn max_message_id(self) -> u64 {
-        match self {
-            Protocol::Aliyun => u32::MAX as u64,
-            Protocol::Sagoo | Protocol::Tencent | Protocol::Ucloud => u64::MAX,
-        }
+        self.facts().max_message_id
     }
 
     /// Whether a 0 % progress report may be sent: Aliyun's and SagooIOT's `step` runs 1..100
     /// (a "0" is outside the platform's range), Tencent's percent 0..100.
     pub fn sends_zero_percent(self) -> bool {
-        !matches!(self, Protocol::Aliyun | Protocol::Sagoo)
+        self.facts().sends_zero_percent
     }
 
     /// Whether upgrade messages carry `extData` (SagooIOT's), kept in
     /// [`UpgradeNotice::ext_data`]; the others need no room for it.
     pub fn carries_ext_data(self) -> bool {
-        matches!(self, Protocol::Sagoo)
+        self.facts().carries_ext_data
     }
+}
+
+/// What sets one platform apart besides its message formats. Each platform's file defines its
+/// own `FACTS`; [`Protocol`]'s methods read them, so adding a platform adds one file and one
+/// arm of `Protocol::facts`.
+pub(crate) struct Facts {
+    /// [`Protocol::name`].
+    pub(crate) name: &'static str,
+    /// [`Protocol::id`]: written into breakpoint records, so never reused or changed.
+    pub(crate) id: u8,
+    /// [`Protocol::can_request_upgrade`].
+    pub(crate) can_request_upgrade: bool,
+    /// [`Protocol::success_is_version_report`].
+    pub(crate) success_is_version_report: bool,
+    /// [`Protocol::max_message_id`]: where message ids wrap.
+    pub(crate) max_message_id: u64,
+    /// [`Protocol::sends_zero_percent`].
+    pub(crate) sends_zero_percent: bool,
+    /// [`Protocol::carries_ext_data`].
+    pub(crate) carries_ext_data: bool,
+    /// The device's topics from its product key and device name ([`Topics::new`]).
+    pub(crate) topics: fn(product_key: &str, device_name: &str) -> Topics,
 }
 
 pub use crate::digest::DigestKind;
@@ -284,156 +305,6 @@ pub enum NoticeError {
     NotForRunningVersion,
 }
 
-/// Reads a required string field into `dst`, unescaped.
-pub(crate) fn take_str(
-    obj: &Object<'_>,
-    field: &'static str,
-    dst: &mut FixedStr,
-) -> Result<(), NoticeError> {
-    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
-    take_value_str(value, field, dst)
-}
-
-/// Reads a required, non-empty string field into `dst`, unescaped.
-pub(crate) fn take_nonempty_str(
-    obj: &Object<'_>,
-    field: &'static str,
-    dst: &mut FixedStr,
-) -> Result<(), NoticeError> {
-    take_str(obj, field, dst)?;
-    if dst.is_empty() {
-        return Err(NoticeError::Empty(field));
-    }
-    Ok(())
-}
-
-/// Reads a required string field without copying it (message types and result codes).
-pub(crate) fn take_raw_str<'a>(
-    obj: &Object<'a>,
-    field: &'static str,
-) -> Result<json::Str<'a>, NoticeError> {
-    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
-    value.as_str().ok_or(NoticeError::WrongType {
-        field,
-        expected: "string",
-        found: value.kind(),
-    })
-}
-
-/// Reads an optional string field into `dst` (cleared when absent).
-pub(crate) fn take_opt_str(
-    obj: &Object<'_>,
-    field: &'static str,
-    dst: &mut FixedStr,
-) -> Result<(), NoticeError> {
-    match obj.get(field) {
-        None => {
-            dst.clear();
-            Ok(())
-        }
-        Some(value) => take_value_str(value, field, dst),
-    }
-}
-
-fn take_value_str(
-    value: Value<'_>,
-    field: &'static str,
-    dst: &mut FixedStr,
-) -> Result<(), NoticeError> {
-    let s = value.as_str().ok_or(NoticeError::WrongType {
-        field,
-        expected: "string",
-        found: value.kind(),
-    })?;
-    // Every field reaches C as a NUL-terminated string: a "\u0000" would cut it silently.
-    if s.chars().any(|c| c == '\0') {
-        return Err(NoticeError::Nul(field));
-    }
-    dst.set_json(s).map_err(|e| match e {
-        SetJsonError::TooLong(t) => NoticeError::TooLong {
-            field,
-            len: t.len,
-            max: t.max,
-        },
-        SetJsonError::Json(j) => NoticeError::Json(j),
-    })
-}
-
-/// Reads a required JSON-number size, 1 ..= u32::MAX.
-pub(crate) fn take_size(obj: &Object<'_>, field: &'static str) -> Result<u64, NoticeError> {
-    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
-    match value {
-        Value::Num(_) => match value.as_u64() {
-            Some(n) if (1..=u32::MAX as u64).contains(&n) => Ok(n),
-            _ => Err(NoticeError::BadSize),
-        },
-        other => Err(NoticeError::WrongType {
-            field,
-            expected: "number",
-            found: other.kind(),
-        }),
-    }
-}
-
-/// Reads a required hex digest of `kind` into `out`.
-pub(crate) fn take_digest(
-    obj: &Object<'_>,
-    field: &'static str,
-    kind: DigestKind,
-    out: &mut [u8; 32],
-) -> Result<(), NoticeError> {
-    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
-    let s = value.as_str().ok_or(NoticeError::WrongType {
-        field,
-        expected: "string",
-        found: value.kind(),
-    })?;
-    if crate::digest::from_hex(s.raw(), &mut out[..kind.len()]) {
-        Ok(())
-    } else {
-        Err(NoticeError::BadDigest(field))
-    }
-}
-
-/// Reads a required object field.
-pub(crate) fn take_object<'a>(
-    obj: &Object<'a>,
-    field: &'static str,
-) -> Result<Object<'a>, NoticeError> {
-    let value = obj.get(field).ok_or(NoticeError::Missing(field))?;
-    value.as_object().ok_or(NoticeError::WrongType {
-        field,
-        expected: "object",
-        found: value.kind(),
-    })
-}
-
-/// Checks that a stored URL has a scheme the fetcher speaks.
-pub(crate) fn check_url(url: &FixedStr) -> Result<(), NoticeError> {
-    let u = url.as_str();
-    let rest = u
-        .strip_prefix("https://")
-        .or_else(|| u.strip_prefix("http://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(()),
-        _ => Err(NoticeError::BadUrl),
-    }
-}
-
-/// Parses a downstream payload as one JSON object, within the size limit.
-pub(crate) fn parse_object<'a>(
-    payload: &'a [u8],
-    limits: &Limits,
-) -> Result<Object<'a>, NoticeError> {
-    if payload.len() > limits.downstream {
-        return Err(NoticeError::Oversize {
-            len: payload.len(),
-            max: limits.downstream,
-        });
-    }
-    Object::parse(payload).map_err(NoticeError::Json)
-}
-
 /// The topics one device uses, built once at init.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -451,33 +322,7 @@ impl Topics {
     /// The topics of `protocol` for the device `device_name` of `product_key` (used as given,
     /// not checked).
     pub fn new(protocol: Protocol, product_key: &str, device_name: &str) -> Topics {
-        let (pk, dn) = (product_key, device_name);
-        match protocol {
-            Protocol::Aliyun | Protocol::Sagoo => Topics {
-                downstream: format!("/ota/device/upgrade/{pk}/{dn}"),
-                inform: format!("/ota/device/inform/{pk}/{dn}"),
-                progress: format!("/ota/device/progress/{pk}/{dn}"),
-                request: format!("/ota/device/request/{pk}/{dn}"),
-            },
-            Protocol::Tencent => {
-                let up = format!("$ota/report/{pk}/{dn}");
-                Topics {
-                    downstream: format!("$ota/update/{pk}/{dn}"),
-                    inform: up.clone(),
-                    progress: up.clone(),
-                    request: up,
-                }
-            }
-            Protocol::Ucloud => {
-                let up = format!("/$system/{pk}/{dn}/ota/upstream");
-                Topics {
-                    downstream: format!("/$system/{pk}/{dn}/ota/downstream"),
-                    inform: up.clone(),
-                    progress: up.clone(),
-                    request: up,
-                }
-            }
-        }
+        (protocol.facts().topics)(product_key, device_name)
     }
 
     /// The topic messages of `channel` are published to.

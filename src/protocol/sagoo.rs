@@ -9,11 +9,27 @@
 //! Progress: `{"id":"N","params":{"step":"<-4..100>","desc":"<≤128 chars>"[,"module":"…"][,"strategy":"…"]}}`.
 
 use super::aliyun::{encode_with, Style};
+use super::fields::{
+    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
+    take_raw_str, take_size, take_str,
+};
 use super::json::{JsonError, Object, Value};
 use super::{
-    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
-    take_raw_str, take_size, take_str, Channel, DigestKind, Downstream, Limits, NoticeError,
-    Report, SetJsonError, UpgradeNotice,
+    Channel, DigestKind, Downstream, Facts, Limits, NoticeError, Report, SetJsonError,
+    UpgradeNotice,
+};
+
+/// SagooIOT: Aliyun's topics and success rule, no request topic, ids of any size (13-digit ms),
+/// `step` 1..100, and `extData` in upgrade messages.
+pub(crate) const FACTS: Facts = Facts {
+    name: "sagoo",
+    id: 1,
+    can_request_upgrade: false,
+    success_is_version_report: true,
+    max_message_id: u64::MAX,
+    sends_zero_percent: false,
+    carries_ext_data: true,
+    topics: super::aliyun::topics,
 };
 
 /// The `code` of a successful upgrade notification.

@@ -11,11 +11,37 @@
 //! Tencent has no modules, no message ids and no firmware request: re-reporting the running
 //! version makes the platform send the pending upgrade again (also how a download resumes).
 
+use super::fields::{
+    check_url, parse_object, take_digest, take_nonempty_str, take_raw_str, take_size, take_str,
+};
 use super::json::{JsonError, Writer};
 use super::{
-    check_url, parse_object, take_digest, take_nonempty_str, take_raw_str, take_size, take_str,
-    Channel, DigestKind, Downstream, FailureCause, Limits, NoticeError, Report, UpgradeNotice,
+    Channel, DigestKind, Downstream, Facts, FailureCause, Limits, NoticeError, Report, Topics,
+    UpgradeNotice,
 };
+
+/// Tencent: one upstream topic, success is its own report, percent 0..100.
+pub(crate) const FACTS: Facts = Facts {
+    name: "tencent",
+    id: 2,
+    can_request_upgrade: false,
+    success_is_version_report: false,
+    max_message_id: u64::MAX,
+    sends_zero_percent: true,
+    carries_ext_data: false,
+    topics,
+};
+
+/// Tencent's topics: `$ota/update/{pk}/{dn}` down, every report on `$ota/report/{pk}/{dn}`.
+pub(crate) fn topics(pk: &str, dn: &str) -> Topics {
+    let up = format!("$ota/report/{pk}/{dn}");
+    Topics {
+        downstream: format!("$ota/update/{pk}/{dn}"),
+        inform: up.clone(),
+        progress: up.clone(),
+        request: up,
+    }
+}
 
 /// The `type` of an upgrade notification.
 pub const UPDATE_FIRMWARE: &str = "update_firmware";

@@ -11,12 +11,38 @@
 //! UCloud has no message id, no percentage and no firmware request; the `CurrentVersion` check
 //! against the running version is the engine's job.
 
+use super::fields::{
+    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
+    take_raw_str, take_size, take_str,
+};
 use super::json::{JsonError, Writer};
 use super::{
-    check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
-    take_raw_str, take_size, take_str, Channel, DigestKind, Downstream, FailureCause, Limits,
-    NoticeError, Report, UpgradeNotice,
+    Channel, DigestKind, Downstream, Facts, FailureCause, Limits, NoticeError, Report, Topics,
+    UpgradeNotice,
 };
+
+/// UCloud: one upstream topic, success is its own report, percent 0..100.
+pub(crate) const FACTS: Facts = Facts {
+    name: "ucloud",
+    id: 3,
+    can_request_upgrade: false,
+    success_is_version_report: false,
+    max_message_id: u64::MAX,
+    sends_zero_percent: true,
+    carries_ext_data: false,
+    topics,
+};
+
+/// UCloud's topics: `/$system/{pk}/{dn}/ota/downstream` and `.../upstream`.
+pub(crate) fn topics(pk: &str, dn: &str) -> Topics {
+    let up = format!("/$system/{pk}/{dn}/ota/upstream");
+    Topics {
+        downstream: format!("/$system/{pk}/{dn}/ota/downstream"),
+        inform: up.clone(),
+        progress: up.clone(),
+        request: up,
+    }
+}
 
 /// The `Method` of an upgrade task (downstream) and of its acknowledgement (upstream).
 pub const NOTIFY: &str = "notify";
