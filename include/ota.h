@@ -409,6 +409,11 @@ typedef enum IOT_LogLevel {
 } IOT_LogLevel;
 
 /*
+ The IoT platform whose OTA protocol a session speaks.
+ */
+typedef struct Protocol Protocol;
+
+/*
  When to write the record while downloading: after `every_bytes` bytes or `every_percent`
  percent of the image since the last save, whichever comes first (0 disables that
  threshold; both 0 disables saving).
@@ -694,6 +699,8 @@ typedef struct iotx_conn_info_t *iotx_conn_info_pt;
  Pointer to `iotx_mqtt_param_t`, as iotkit declares it.
  */
 typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
+
+
 
 
 

@@ -76,7 +76,7 @@ pub enum Error {
     Notice(#[from] NoticeError),
     /// The firmware download failed (network, HTTP, size or digest).
     #[error("download failed: {0}")]
-    Fetch(#[from] DownloadError),
+    Download(#[from] DownloadError),
     /// The MQTT connection or a request on it failed.
     #[error("MQTT: {0}")]
     Mqtt(#[from] MqttError),

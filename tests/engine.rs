@@ -200,7 +200,7 @@ fn a_short_server_file_fails_the_download_with_step_minus_2() {
     let mut buf = [0u8; 1000];
     let r = s.fetch_yield(&mut buf, Duration::ZERO);
     assert!(
-        matches!(r, Err(Error::Fetch(DownloadError::BadResponse(_)))),
+        matches!(r, Err(Error::Download(DownloadError::BadResponse(_)))),
         "a server file smaller than announced is refused at once: {r:?}"
     );
     assert_eq!(s.state(), OtaState::Fetched);
@@ -276,7 +276,7 @@ fn a_different_upgrade_mid_download_reports_the_old_one_superseded() {
     );
     assert!(matches!(
         s.fetch_yield(&mut buf, Duration::ZERO),
-        Err(Error::Fetch(DownloadError::Superseded))
+        Err(Error::Download(DownloadError::Superseded))
     ));
     assert!(s.is_fetch_finished());
     assert!(!s.check_firmware().unwrap());

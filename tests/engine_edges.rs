@@ -205,7 +205,7 @@ fn a_failure_that_cannot_be_reported_still_ends_the_download() {
     let (_, err) = r.fetch_all();
     assert_eq!(
         err,
-        Some(Error::Fetch(DownloadError::BadResponse(
+        Some(Error::Download(DownloadError::BadResponse(
             "server file is smaller than the announced size"
         )))
     );
@@ -225,7 +225,9 @@ fn a_failure_that_cannot_be_reported_still_ends_the_download() {
     // The last error names the mismatch, not the report that could not be sent.
     assert_eq!(
         r.s.last_error(),
-        Some(Error::Fetch(DownloadError::BadResponse("digest mismatch")))
+        Some(Error::Download(DownloadError::BadResponse(
+            "digest mismatch"
+        )))
     );
     assert!(!r.s.check_firmware().unwrap());
     r.set_down(false);
@@ -284,7 +286,7 @@ fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
     r.announce(&aliyun(img, "2.0.0")).unwrap();
     assert_eq!(
         r.fetch_all().1,
-        Some(Error::Fetch(DownloadError::Status(403)))
+        Some(Error::Download(DownloadError::Status(403)))
     );
     assert_eq!(r.topics(), [PROGRESS]);
     assert!(r.payloads()[0].contains(desc), "{:?}", r.payloads());
@@ -297,7 +299,7 @@ fn an_expired_url_asks_for_a_fresh_one_only_when_it_can() {
     r.announce(&aliyun(img, "2.0.0")).unwrap();
     assert_eq!(
         r.fetch_all().1,
-        Some(Error::Fetch(DownloadError::Status(403)))
+        Some(Error::Download(DownloadError::Status(403)))
     );
     let sent = r.sent.lock().unwrap().clone();
     let topics: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
@@ -339,7 +341,7 @@ fn an_expired_url_is_only_reported_where_the_device_cannot_ask_for_the_upgrade()
         .unwrap();
     assert_eq!(
         r.fetch_all().1,
-        Some(Error::Fetch(DownloadError::Status(403)))
+        Some(Error::Download(DownloadError::Status(403)))
     );
     assert_eq!(
         r.payloads(),
@@ -362,7 +364,7 @@ fn an_expired_url_whose_request_is_lost_is_not_retried() {
     r.set_down(true);
     assert_eq!(
         r.fetch_all().1,
-        Some(Error::Fetch(DownloadError::Status(403)))
+        Some(Error::Download(DownloadError::Status(403)))
     );
     assert_eq!(r.s.state(), OtaState::Fetched);
     r.set_down(false);
@@ -444,7 +446,7 @@ fn every_download_failure_is_reported_with_its_cause() {
         r.announce(&aliyun(img, "2.0.0")).unwrap();
         let (got, err) = r.fetch_all();
         assert_eq!(got.len(), 250, "{e:?}");
-        assert_eq!(err, Some(Error::Fetch(e)));
+        assert_eq!(err, Some(Error::Download(e)));
         assert_eq!(r.s.state(), OtaState::Fetched, "{e:?}");
         assert!(!r.s.check_firmware().unwrap());
         assert_eq!(r.s.retries(), 0);
@@ -473,7 +475,10 @@ fn a_source_that_cannot_open_is_retried_then_reported() {
     let r = rig(Protocol::Aliyun, Limits::default(), img, usize::MAX);
     r.script().open_errors.extend([DownloadError::Connect; 4]);
     r.announce(&aliyun(img, "2.0.0")).unwrap();
-    assert_eq!(r.fetch_all().1, Some(Error::Fetch(DownloadError::Connect)));
+    assert_eq!(
+        r.fetch_all().1,
+        Some(Error::Download(DownloadError::Connect))
+    );
     assert_eq!(r.script().opens.len(), 4);
     assert!(r.payloads()[0].contains("cannot connect to the server"));
 }
@@ -534,7 +539,7 @@ fn a_partial_answer_for_another_range_fails_the_download() {
     assert_eq!(got, &img[..300]);
     assert_eq!(
         err,
-        Some(Error::Fetch(DownloadError::BadResponse(
+        Some(Error::Download(DownloadError::BadResponse(
             "Content-Range does not match the request"
         )))
     );
@@ -546,7 +551,7 @@ fn a_partial_answer_for_another_range_fails_the_download() {
     r.announce(&aliyun(img, "2.0.0")).unwrap();
     assert!(matches!(
         r.fetch_all(),
-        (v, Some(Error::Fetch(DownloadError::BadResponse(_)))) if v.is_empty()
+        (v, Some(Error::Download(DownloadError::BadResponse(_)))) if v.is_empty()
     ));
 }
 
@@ -561,7 +566,7 @@ fn a_resume_offset_past_the_servers_file_fails_with_its_status() {
     let mut buf = [0u8; 100];
     assert_eq!(
         r.s.fetch_yield(&mut buf, Duration::ZERO),
-        Err(Error::Fetch(DownloadError::Status(416)))
+        Err(Error::Download(DownloadError::Status(416)))
     );
     assert!(r.payloads()[0].contains("HTTP error status"));
 }

@@ -156,7 +156,7 @@ fn a_server_error_is_retried_up_to_the_limit_then_reported() {
         fast_retries(3),
     );
     let (_, err, _) = download(&run, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::Status(503))));
+    assert_eq!(err, Some(Error::Download(DownloadError::Status(503))));
     assert_eq!(
         run.server.requests_when(4, Duration::from_secs(5)).len(),
         4,
@@ -229,7 +229,7 @@ fn a_stall_longer_than_the_stall_timeout_reconnects() {
     );
     let (_, err, _) = download(&run, Duration::from_millis(200));
     // Every answer stalls past the limit: reconnections, then a reported timeout.
-    assert_eq!(err, Some(Error::Fetch(DownloadError::Timeout)));
+    assert_eq!(err, Some(Error::Download(DownloadError::Timeout)));
     assert!(run.server.requests().len() >= 2 || run.session.retries() == 2);
     let last = payloads(&run.sent).pop().unwrap();
     assert!(
@@ -259,7 +259,7 @@ fn a_failed_download_sent_again_is_a_new_cycle_from_byte_0() {
         fast_retries(0),
     );
     let (flash, err, _) = download(&run, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::Truncated)));
+    assert_eq!(err, Some(Error::Download(DownloadError::Truncated)));
     assert_eq!(flash.len(), 150_000);
     assert!(run.session.is_fetch_finished());
     let second = FirmwareServer::start(run.image.clone()).unwrap();
@@ -298,7 +298,7 @@ fn an_expired_url_asks_for_a_fresh_one_before_reporting() {
         .unwrap();
     run.session.report_version("1.0.0").unwrap();
     let (_, err, _) = download(&run, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::Status(403))));
+    assert_eq!(err, Some(Error::Download(DownloadError::Status(403))));
     assert_eq!(
         run.server.requests_when(1, Duration::from_secs(5)).len(),
         1,

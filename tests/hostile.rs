@@ -113,7 +113,7 @@ fn download(d: &Device, call_timeout: Duration) -> (Vec<u8>, Option<Error>, Dura
 /// description containing `desc`; the image does not verify.
 fn assert_failed(d: &Device, error: DownloadError, step: i32, desc: &str) {
     let s = &d.session;
-    assert_eq!(s.last_error(), Some(Error::Fetch(error)));
+    assert_eq!(s.last_error(), Some(Error::Download(error)));
     assert_eq!(s.state(), OtaState::Fetched);
     assert!(
         !s.check_firmware().unwrap(),
@@ -186,7 +186,7 @@ fn a_redirect_loop_stops_after_max_redirects() {
         let (_, err, _) = download(&d, Duration::from_secs(2));
         assert_eq!(
             err,
-            Some(Error::Fetch(DownloadError::Redirects)),
+            Some(Error::Download(DownloadError::Redirects)),
             "{location}"
         );
         assert_failed(&d, DownloadError::Redirects, -2, "too many redirects");
@@ -222,7 +222,7 @@ fn max_redirects_hops_are_followed_and_one_more_is_not() {
     let server = plain(&image, hops(max + 1));
     let d = device(&server.url(), &image, http(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::Redirects)));
+    assert_eq!(err, Some(Error::Download(DownloadError::Redirects)));
     assert_failed(&d, DownloadError::Redirects, -2, "too many redirects");
     let log = log_of(&server, max + 1, Duration::from_secs(5));
     assert_eq!(
@@ -242,7 +242,7 @@ fn an_https_redirect_to_http_is_refused() {
     assert!(server.url().starts_with("https://"));
     let d = device(&server.url(), &image, http(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::RedirectScheme)));
+    assert_eq!(err, Some(Error::Download(DownloadError::RedirectScheme)));
     assert_failed(
         &d,
         DownloadError::RedirectScheme,
@@ -275,7 +275,7 @@ fn redirects_to_other_schemes_are_refused() {
         let (_, err, _) = download(&d, Duration::from_secs(2));
         assert_eq!(
             err,
-            Some(Error::Fetch(DownloadError::RedirectScheme)),
+            Some(Error::Download(DownloadError::RedirectScheme)),
             "{location}"
         );
         assert_failed(
@@ -304,7 +304,7 @@ fn a_redirect_to_an_overlong_url_is_refused() {
     );
     let d = device(&server.url(), &image, http(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::Url)));
+    assert_eq!(err, Some(Error::Download(DownloadError::Url)));
     assert_failed(&d, DownloadError::Url, -2, "download failed");
     assert_eq!(statuses(&log_of(&server, 1, Duration::from_secs(5))), [302]);
 }
@@ -373,7 +373,7 @@ fn plain_http_is_refused_when_not_allowed() {
     let server = plain(&image, Faults::default());
     let d = device(&server.url(), &image, strict(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::PlainHttp)));
+    assert_eq!(err, Some(Error::Download(DownloadError::PlainHttp)));
     assert_failed(
         &d,
         DownloadError::PlainHttp,
@@ -389,7 +389,7 @@ fn plain_http_is_refused_when_not_allowed() {
     let secure = tls(&image, redirect(&server.url()));
     let d = device(&secure.url(), &image, strict(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::RedirectScheme)));
+    assert_eq!(err, Some(Error::Download(DownloadError::RedirectScheme)));
     assert_eq!(server.connections(), 0);
 
     let secure = tls(&image, Faults::default());
@@ -421,7 +421,7 @@ fn a_slow_loris_head_is_cut_by_the_response_timeout() {
     let max_attempts = 2;
     let d = device(&server.url(), &image, config, retries(max_attempts));
     let (_, err, took) = download(&d, Duration::from_secs(10));
-    assert_eq!(err, Some(Error::Fetch(DownloadError::Timeout)));
+    assert_eq!(err, Some(Error::Download(DownloadError::Timeout)));
     assert_failed(&d, DownloadError::Timeout, -2, "timed out");
     assert!(
         took >= Duration::from_millis(1400),
@@ -469,7 +469,11 @@ fn a_huge_response_head_is_refused() {
         };
         let d = device(&server.url(), &image, config, retries(3));
         let (_, err, _) = download(&d, Duration::from_secs(2));
-        assert_eq!(err, Some(Error::Fetch(too_large)), "{pad} bytes of headers");
+        assert_eq!(
+            err,
+            Some(Error::Download(too_large)),
+            "{pad} bytes of headers"
+        );
         assert_failed(&d, too_large, -2, "malformed HTTP response");
         assert_eq!(log_of(&server, 1, Duration::from_secs(5)).len(), 1);
         std::thread::sleep(Duration::from_millis(200));
@@ -528,7 +532,7 @@ fn a_huge_content_length_is_read_up_to_the_announced_size_and_rejected() {
     let d = device(&server.url(), &image, http(), retries(3));
     let (_, err, _) = download(&d, Duration::from_secs(2));
     let smaller = DownloadError::BadResponse("server file is smaller than the announced size");
-    assert_eq!(err, Some(Error::Fetch(smaller)));
+    assert_eq!(err, Some(Error::Download(smaller)));
     assert_failed(&d, smaller, -2, "malformed HTTP response");
     assert_eq!(d.session.fetched_size(), 0);
 }

@@ -260,7 +260,7 @@ fn tencent_failure_codes_follow_the_real_cause() {
             .unwrap();
         let mut buf = [0u8; 512];
         let r = s.fetch_yield(&mut buf, Duration::from_secs(5));
-        assert_eq!(r, Err(Error::Fetch(DownloadError::Status(status))));
+        assert_eq!(r, Err(Error::Download(DownloadError::Status(status))));
         let last = texts(&sent).pop().unwrap();
         assert!(
             last.contains(r#""state":"fail""#)

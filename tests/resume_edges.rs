@@ -201,7 +201,7 @@ fn a_record_without_digest_state_needs_the_firmware_to_refeed_its_bytes() {
     assert!(!d.s.check_firmware().unwrap());
     assert_eq!(
         d.s.last_error(),
-        Some(Error::Fetch(DownloadError::BadResponse(
+        Some(Error::Download(DownloadError::BadResponse(
             "digest does not cover the whole image"
         )))
     );

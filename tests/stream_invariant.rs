@@ -356,7 +356,7 @@ fn a_whole_file_of_another_size_is_a_failure() {
     assert_eq!(out.flash.len(), 5_000, "nothing after the failure");
     assert_eq!(
         out.errors,
-        [Error::Fetch(DownloadError::BadResponse(
+        [Error::Download(DownloadError::BadResponse(
             "server ignored Range and sent a file of another size"
         ))]
     );
@@ -402,14 +402,14 @@ fn a_different_upgrade_ends_the_cycle_and_starts_as_the_next() {
         assert!(
             out.errors
                 .iter()
-                .all(|e| *e == Error::Fetch(DownloadError::Superseded)),
+                .all(|e| *e == Error::Download(DownloadError::Superseded)),
             "{protocol:?}: {:?}",
             out.errors
         );
         let mut buf = [0u8; 10];
         assert_eq!(
             d.s.fetch_yield(&mut buf, Duration::from_secs(5)),
-            Err(Error::Fetch(DownloadError::Superseded))
+            Err(Error::Download(DownloadError::Superseded))
         );
         assert_one_failure(&d, &out, "superseded by the upgrade to 2.0.1");
         assert!(out.flash.len() < img.len());
@@ -510,7 +510,7 @@ fn a_failure_reported_by_the_firmware_ends_the_cycle() {
     let t = Instant::now();
     assert_eq!(
         d.s.fetch_yield(&mut buf, Duration::from_secs(5)),
-        Err(Error::Fetch(DownloadError::Abandoned))
+        Err(Error::Download(DownloadError::Abandoned))
     );
     assert!(
         t.elapsed() < Duration::from_secs(1),

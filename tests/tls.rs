@@ -152,8 +152,11 @@ fn assert_tls_rejected(leaf: &Leaf, ca_pem: Option<&str>) {
     let server = tls_server(leaf, image);
     let (session, sent) = session_for(&server, ca_pem);
     let err = download(&session).expect_err("the download must fail");
-    assert_eq!(err, Error::Fetch(DownloadError::Tls));
-    assert_eq!(session.last_error(), Some(Error::Fetch(DownloadError::Tls)));
+    assert_eq!(err, Error::Download(DownloadError::Tls));
+    assert_eq!(
+        session.last_error(),
+        Some(Error::Download(DownloadError::Tls))
+    );
     assert_eq!(session.state(), OtaState::Fetched);
     assert!(session.is_fetch_finished());
     assert!(!session.check_firmware().unwrap());

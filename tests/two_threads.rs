@@ -74,7 +74,7 @@ fn a_waiting_fetch_yield_blocks_nothing_and_sees_a_supersede() {
         "the other thread waited {quick:?} for the fetching one"
     );
     let (r, took) = fetcher.join().unwrap();
-    assert_eq!(r, Err(Error::Fetch(DownloadError::Superseded)));
+    assert_eq!(r, Err(Error::Download(DownloadError::Superseded)));
     assert!(took < Duration::from_secs(3), "{took:?}");
     let sent = payloads(&sent);
     assert!(

@@ -228,7 +228,7 @@ pub fn err_code(e: &Error) -> c_int {
             IOT_OTA_Err_t::IOT_OTAE_INVALID_STATE as c_int
         }
         Error::TooLong { .. } => IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int,
-        Error::Fetch(_) => IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int,
+        Error::Download(_) => IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int,
         Error::NoMemory => IOT_OTA_Err_t::IOT_OTAE_NOMEM as c_int,
         Error::Mqtt(_) => IOT_OTA_Err_t::IOT_OTAE_OSC_FAILED as c_int,
         Error::Notice(_) | Error::VersionRefused(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,

@@ -410,7 +410,7 @@ impl Engine {
             _ => FailureCause::from_step(step),
         };
         if self.state == OtaState::Downloading {
-            self.end_cycle(Error::Fetch(DownloadError::Abandoned), cause);
+            self.end_cycle(Error::Download(DownloadError::Abandoned), cause);
         }
         self.report_failure(cause, desc)
     }
@@ -701,7 +701,7 @@ impl Engine {
 
     fn download_failed(&mut self, e: DownloadError) -> Error {
         let (cause, desc) = failure_of(e);
-        self.abort_fetch(Error::Fetch(e), cause, desc)
+        self.abort_fetch(Error::Download(e), cause, desc)
     }
 
     /// No fresh URL came within the wait after an expiry: the download fails, saying so.
@@ -712,7 +712,7 @@ impl Engine {
             "download failed: URL expired (HTTP 403) and no fresh URL within {} s",
             self.fresh_url_wait.as_secs()
         );
-        let e = Error::Fetch(DownloadError::Status(403));
+        let e = Error::Download(DownloadError::Status(403));
         self.abort_fetch(e, FailureCause::UrlExpired, text.as_str())
     }
 
@@ -820,7 +820,7 @@ impl Engine {
             self.notice.version,
             self.download.fetched
         );
-        let e = Error::Fetch(DownloadError::Superseded);
+        let e = Error::Download(DownloadError::Superseded);
         self.end_cycle(e, FailureCause::UpgradeFailed);
         self.keeper.erase();
         let mut text = DescText::new();
@@ -970,8 +970,8 @@ impl Engine {
         );
         self.auto_report_failure(FailureCause::DigestMismatch, desc);
         // After the report: a report that could not be sent must not hide why the image failed.
-        self.last_error = Some(Error::Fetch(e));
-        self.download.cycle.end_error = Some(Error::Fetch(e));
+        self.last_error = Some(Error::Download(e));
+        self.download.cycle.end_error = Some(Error::Download(e));
     }
 }
 
@@ -1338,7 +1338,7 @@ impl OtaSession {
                 e.download.fetched
             );
             e.end_cycle(
-                Error::Fetch(DownloadError::Abandoned),
+                Error::Download(DownloadError::Abandoned),
                 FailureCause::DownloadFailed,
             );
         }
