@@ -347,9 +347,10 @@ static void check_conn_info(void)
                     && field_terminated(ci->password, sizeof(ci->password)));
     EXPECT_EQ(IOT_SetupConnInfo("a1EdgePk", "edge", "secret", &info), 0);
     ci = (iotx_conn_info_pt)info;
-    EXPECT_TRUE("  default host a1EdgePk.iot-as-mqtt.cn-shanghai.aliyuncs.com:1883, plain TCP",
+    EXPECT_TRUE("  default host a1EdgePk.iot-as-mqtt.cn-shanghai.aliyuncs.com:443, TLS on the web roots",
                 strcmp(ci->host_name, "a1EdgePk.iot-as-mqtt.cn-shanghai.aliyuncs.com") == 0
-                    && ci->port == 1883 && ci->pub_key == NULL);
+                    && ci->port == 443 && ci->pub_key != NULL
+                    && strstr(ci->pub_key, "OTA BUNDLED WEB ROOTS") != NULL);
     memcpy(&saved, ci, sizeof(saved));
 
     /* Environment overrides: checked, never truncated. */
@@ -365,8 +366,9 @@ static void check_conn_info(void)
     EXPECT_TRUE("  failed calls left the static conn info unchanged", memcmp(&saved, ci, sizeof(saved)) == 0);
     setenv("IOTX_MQTT_PORT", "", 1);
     EXPECT_EQ(IOT_SetupConnInfo("a1EdgePk", "edge", "secret", &info), 0);
-    EXPECT_TRUE("  a 128-byte IOTX_MQTT_HOST fits host_name; an empty IOTX_MQTT_PORT is ignored",
-                strcmp(ci->host_name, host128) == 0 && ci->port == 1883);
+    EXPECT_TRUE("  a 128-byte IOTX_MQTT_HOST fits host_name; an empty IOTX_MQTT_PORT is ignored;"
+                " a local broker gets plain TCP",
+                strcmp(ci->host_name, host128) == 0 && ci->port == 1883 && ci->pub_key == NULL);
     unsetenv("IOTX_MQTT_HOST");
     unsetenv("IOTX_MQTT_PORT");
 
@@ -450,7 +452,10 @@ static void check_iot_ioctl(void)
     EXPECT_EQ(IOT_Ioctl(IOTX_IOCTL_SET_MQTT_CA, "not a pem"), -1);
     EXPECT_EQ(IOT_Ioctl(IOTX_IOCTL_SET_MQTT_CA, (void *)not_utf8), -1);
     EXPECT_EQ(ioctl_int(IOTX_IOCTL_SET_MQTT_TLS, 1), 0);
-    EXPECT_EQ(IOT_SetupConnInfo("a1EdgePk", "edge", "secret", &info), -1);
+    EXPECT_EQ(IOT_SetupConnInfo("a1EdgePk", "edge", "secret", &info), 0);
+    EXPECT_TRUE("  TLS without a CA: the bundled web roots",
+                ((iotx_conn_info_pt)info)->pub_key != NULL
+                    && strstr(((iotx_conn_info_pt)info)->pub_key, "OTA BUNDLED WEB ROOTS") != NULL);
     EXPECT_EQ(ioctl_int(IOTX_IOCTL_SET_MQTT_TLS, 0), 0);
 
     EXPECT_EQ(IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA, ""), -1);
@@ -459,7 +464,7 @@ static void check_iot_ioctl(void)
     EXPECT_EQ(IOT_Ioctl(IOTX_IOCTL_SET_HTTPS_CA, NULL), 0);
 
     EXPECT_EQ(IOT_SetupConnInfo("a1EdgePk", "edge", "secret", &info), 0);
-    EXPECT_TRUE("  settings back to the defaults: cn-shanghai, 1883, plain TCP",
+    EXPECT_TRUE("  settings back: cn-shanghai, 1883, plain TCP (TLS turned off above)",
                 strcmp(((iotx_conn_info_pt)info)->host_name, "a1EdgePk.iot-as-mqtt.cn-shanghai.aliyuncs.com") == 0
                     && ((iotx_conn_info_pt)info)->port == 1883 && ((iotx_conn_info_pt)info)->pub_key == NULL);
     free(host128);

@@ -46,6 +46,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut options = MqttOptions::new(&info.host, info.port, &info.client_id);
     options.username = Some(info.username);
     options.password = Some(info.password);
+    // TLS unless IOTX_MQTT_HOST/PORT point at a local broker (then `ca` is None).
+    options.ca_pem = info.ca.map(|ca| ca.pem().to_vec());
     let mqtt = MqttClient::connect(&options)?;
 
     let session = OtaSession::attach(&mqtt, &pk, &dn, config.clone())?;

@@ -350,8 +350,10 @@ typedef enum iotx_ioctl_option_t {
    */
   IOTX_IOCTL_SET_MQTT_PORT = 6,
   /*
-   Extension. `data`: `int *`, 0 = plain TCP (the default; `pub_key` is NULL), 1 = TLS
-   (default port 443, `pub_key` = the PEM set by `IOTX_IOCTL_SET_MQTT_CA`).
+   Extension. `data`: `int *`, 1 = TLS (port 443 unless set, `pub_key` = a copy of the PEM
+   set by `IOTX_IOCTL_SET_MQTT_CA`, else the bundled web roots' marker, `WEB_ROOTS_PEM` in
+   the Rust API), 0 = plain TCP (port 1883, `pub_key` NULL). Default, as iotkit: TLS,
+   except when `IOTX_MQTT_HOST` or `IOTX_MQTT_PORT` points at another (local) broker.
    */
   IOTX_IOCTL_SET_MQTT_TLS = 7,
   /*
@@ -471,7 +473,8 @@ typedef struct iotx_mqtt_event_handle_t {
 } iotx_mqtt_event_handle_t;
 
 /*
- Connection parameters. `pub_key` = CA certificate PEM for TLS, NULL for plain TCP.
+ Connection parameters. `pub_key` = CA certificate PEM for TLS (or the bundled web roots' text
+ that `IOT_SetupConnInfo` puts there), NULL for plain TCP.
  `pwrite_buf`/`pread_buf` are accepted for v2.0x compatibility and not used; `read_buf_size`,
  when at least 1024, is the largest packet sent or received (otherwise 64 KiB).
  */
@@ -879,10 +882,12 @@ extern "C" {
  `iotx_conn_info_t` (overwritten by the next call; not thread-safe against readers).
 
  Host `{product_key}.iot-as-mqtt.{region}.aliyuncs.com` (region from `IOTX_IOCTL_SET_REGION`,
- default cn-shanghai) or the `IOTX_IOCTL_SET_MQTT_DOMAIN` domain; port 1883, or 443 with
- `IOTX_IOCTL_SET_MQTT_TLS`, or the `IOTX_IOCTL_SET_MQTT_PORT` port. The environment variables
- `IOTX_MQTT_HOST` and `IOTX_MQTT_PORT`, when set and non-empty, override host and port.
- `pub_key` is NULL for plain TCP, a copy of the `IOTX_IOCTL_SET_MQTT_CA` PEM with TLS.
+ default cn-shanghai) or the `IOTX_IOCTL_SET_MQTT_DOMAIN` domain; port 443 with TLS (the
+ default), 1883 on plain TCP, or the `IOTX_IOCTL_SET_MQTT_PORT` port. The environment
+ variables `IOTX_MQTT_HOST` and `IOTX_MQTT_PORT`, when set and non-empty, override host and
+ port, and then plain TCP is the default (see `IOTX_IOCTL_SET_MQTT_TLS`). `pub_key` is NULL
+ on plain TCP; with TLS a copy of the `IOTX_IOCTL_SET_MQTT_CA` PEM, or a text standing for
+ the bundled web roots, which `IOT_MQTT_Construct` understands.
 
  - `product_key`: at most 64 bytes (Aliyun's are 11), non-empty.
  - `device_name`: at most `DEVICE_NAME_LEN` bytes, non-empty.

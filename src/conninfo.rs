@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::source::{check_ca_pem, CaPemError};
+use crate::tls::{is_web_roots, WEB_ROOTS_PEM};
 
 /// Timestamp signed into every password; iotkit v2.3 uses the same fixed value (2050-01-01), so
 /// one password stays valid and needs no clock.
@@ -126,8 +127,6 @@ pub enum ConnInfoError {
     InvalidCa(CaPemError),
     /// The MQTT CA is not a usable PEM certificate.
     InvalidMqttCa(CaPemError),
-    /// MQTT over TLS is on ([`set_mqtt_tls`]) but no CA was set ([`set_mqtt_ca`]).
-    TlsWithoutCa,
 }
 
 impl fmt::Display for ConnInfoError {
@@ -145,9 +144,6 @@ impl fmt::Display for ConnInfoError {
             }
             ConnInfoError::InvalidCa(e) => write!(f, "HTTPS CA rejected: {e}"),
             ConnInfoError::InvalidMqttCa(e) => write!(f, "MQTT CA rejected: {e}"),
-            ConnInfoError::TlsWithoutCa => {
-                f.write_str("MQTT over TLS is on but no CA was set (IOTX_IOCTL_SET_MQTT_CA)")
-            }
         }
     }
 }
@@ -169,8 +165,9 @@ pub struct ConnInfo {
     /// Lowercase hex HMAC-SHA1 of the client id, device name, product key and timestamp,
     /// keyed with the device secret (40 characters).
     pub password: String,
-    /// The CA that authenticates the broker when MQTT runs over TLS ([`set_mqtt_tls`]); `None`
-    /// for plain TCP.
+    /// The CA that authenticates the broker when MQTT runs over TLS ([`set_mqtt_tls`]): the one
+    /// set with [`set_mqtt_ca`], else [`WEB_ROOTS_PEM`] (the bundled web roots); `None` for
+    /// plain TCP.
     pub ca: Option<CaPem>,
 }
 
@@ -204,7 +201,8 @@ struct Settings {
     http_domain: Option<String>,
     mqtt_port: Option<u16>,
     https_ca: Option<Arc<[u8]>>,
-    mqtt_tls: bool,
+    /// `None`: the default (TLS unless an environment override points at a local broker).
+    mqtt_tls: Option<bool>,
     mqtt_ca: Option<CaPem>,
     allow_plain_http: bool,
     product_key: String,
@@ -220,7 +218,7 @@ impl Settings {
         http_domain: None,
         mqtt_port: None,
         https_ca: None,
-        mqtt_tls: false,
+        mqtt_tls: None,
         mqtt_ca: None,
         allow_plain_http: true,
         product_key: String::new(),
@@ -304,8 +302,10 @@ pub fn set_mqtt_port(port: Option<u16>) {
 }
 
 /// Trusts exactly the CA certificate(s) in `pem` for HTTPS firmware downloads of OTA sessions
-/// created afterwards; `None` goes back to the bundled web roots. The PEM is checked and copied.
+/// created afterwards; `None` (or [`WEB_ROOTS_PEM`]) goes back to the bundled web roots. The
+/// PEM is checked and copied.
 pub fn set_https_ca(pem: Option<&[u8]>) -> Result<(), ConnInfoError> {
+    let pem = pem.filter(|p| !is_web_roots(p));
     let ca = match pem {
         Some(pem) => {
             check_ca_pem(pem).map_err(ConnInfoError::InvalidCa)?;
@@ -323,18 +323,26 @@ pub fn https_ca() -> Option<Arc<[u8]>> {
 }
 
 /// Runs the MQTT connection of [`aliyun_conn_info`] over TLS (port 443 unless a port was set,
-/// `securemode=2`) or plain TCP (the default, port 1883). TLS needs a CA ([`set_mqtt_ca`]).
-pub fn set_mqtt_tls(tls: bool) {
+/// `securemode=2`; the broker verified against [`set_mqtt_ca`]'s CA, else the bundled web
+/// roots) or plain TCP (port 1883, `securemode=3`). `None` restores the default: TLS, as
+/// iotkit, except when `IOTX_MQTT_HOST` or `IOTX_MQTT_PORT` points the device at another
+/// broker (a local test broker), and in a build without the `tls` feature.
+pub fn set_mqtt_tls(tls: Option<bool>) {
     settings().mqtt_tls = tls;
 }
 
-/// See [`set_mqtt_tls`].
+/// Whether [`aliyun_conn_info`] gives a TLS connection now (see [`set_mqtt_tls`]).
 pub fn mqtt_tls() -> bool {
-    settings().mqtt_tls
+    let explicit = settings().mqtt_tls;
+    explicit.unwrap_or_else(|| {
+        cfg!(feature = "tls")
+            && env_non_empty(ENV_MQTT_HOST).is_none()
+            && env_non_empty(ENV_MQTT_PORT).is_none()
+    })
 }
 
 /// Trusts exactly the CA certificate(s) in `pem` for the broker when MQTT runs over TLS;
-/// `None` forgets it. The PEM is checked (it must hold a certificate that can be a trust anchor)
+/// `None` goes back to the bundled web roots. The PEM is checked (it must hold a certificate that can be a trust anchor)
 /// and copied, so the caller's buffer need not outlive the call.
 pub fn set_mqtt_ca(pem: Option<&[u8]>) -> Result<(), ConnInfoError> {
     let ca = match pem {
@@ -429,21 +437,13 @@ pub fn hmac_sha1_hex(key: &[u8], data: &[u8]) -> String {
 /// Errors: `pk`, `dn` or `secret` empty or longer than 64, 32 and 64 bytes
 /// ([`ConnInfoError::Empty`], [`ConnInfoError::TooLong`]); custom region without a domain
 /// ([`ConnInfoError::NoCustomDomain`]); `IOTX_MQTT_HOST` longer than 128 bytes;
-/// `IOTX_MQTT_PORT` not in 1..=65535 ([`ConnInfoError::InvalidEnvPort`]); TLS on without a
-/// CA ([`ConnInfoError::TlsWithoutCa`]).
+/// `IOTX_MQTT_PORT` not in 1..=65535 ([`ConnInfoError::InvalidEnvPort`]).
 pub fn aliyun_conn_info(pk: &str, dn: &str, secret: &str) -> Result<ConnInfo, ConnInfoError> {
     check("product key", pk, MAX_PRODUCT_KEY_LEN)?;
     check("device name", dn, MAX_DEVICE_NAME_LEN)?;
     check("device secret", secret, MAX_DEVICE_SECRET_LEN)?;
-    let (tls, ca) = {
-        let s = settings();
-        (s.mqtt_tls, s.mqtt_ca.clone())
-    };
-    let ca = match (tls, ca) {
-        (false, _) => None,
-        (true, None) => return Err(ConnInfoError::TlsWithoutCa),
-        (true, Some(ca)) => Some(ca),
-    };
+    let tls = mqtt_tls();
+    let ca = tls.then(|| mqtt_ca().unwrap_or_else(|| CaPem::new(WEB_ROOTS_PEM.as_bytes())));
 
     let (host, port) = endpoint(pk, tls)?;
     let securemode = if tls { 2 } else { 3 };
@@ -519,6 +519,7 @@ mod tests {
     #[test]
     fn plain_tcp_shanghai() {
         let _g = test_lock();
+        set_mqtt_tls(Some(false));
         let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!(info.host, "a1.iot-as-mqtt.cn-shanghai.aliyuncs.com");
         assert_eq!(info.port, 1883);
@@ -541,11 +542,7 @@ mod tests {
     fn tls_uses_port_443_and_securemode_2() {
         let _g = test_lock();
         let pem = test_ca_pem();
-        set_mqtt_tls(true);
-        assert_eq!(
-            aliyun_conn_info("a1", "d1", "secret"),
-            Err(ConnInfoError::TlsWithoutCa)
-        );
+        set_mqtt_tls(Some(true));
         set_mqtt_ca(Some(pem.as_bytes())).unwrap();
         let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!(info.port, 443);
@@ -555,8 +552,30 @@ mod tests {
         assert_eq!(ca.pem(), pem.as_bytes());
         assert_eq!(ca.as_c_str().to_bytes(), pem.as_bytes());
 
-        set_mqtt_tls(false);
+        set_mqtt_tls(Some(false));
         assert_eq!(aliyun_conn_info("a1", "d1", "secret").unwrap().ca, None);
+    }
+
+    #[test]
+    #[cfg(feature = "tls")]
+    fn tls_with_the_web_roots_is_the_default_except_for_a_local_broker() {
+        let _g = test_lock();
+        let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
+        assert_eq!(info.port, 443);
+        assert!(info.client_id.contains(",securemode=2,"));
+        assert!(is_web_roots(info.ca.as_ref().unwrap().pem()));
+        assert!(crate::tls::mqtt_config(info.ca.unwrap().pem()).is_ok());
+
+        for var in [ENV_MQTT_HOST, ENV_MQTT_PORT] {
+            std::env::set_var(var, "1884");
+            let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
+            assert_eq!(info.ca, None, "{var} points at a local broker: plain TCP");
+            assert!(info.client_id.contains(",securemode=3,"));
+            set_mqtt_tls(Some(true));
+            assert!(aliyun_conn_info("a1", "d1", "secret").unwrap().ca.is_some());
+            set_mqtt_tls(None);
+            std::env::remove_var(var);
+        }
     }
 
     #[test]
@@ -608,6 +627,7 @@ mod tests {
 
         set_region(Region::Japan);
         set_mqtt_port(None);
+        set_mqtt_tls(Some(false));
         let info = aliyun_conn_info("a1", "d1", "secret").unwrap();
         assert_eq!(info.host, "a1.iot-as-mqtt.ap-northeast-1.aliyuncs.com");
         assert_eq!(info.port, 1883);

@@ -15,6 +15,10 @@ impl Uplink for MqttUplink {
     fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
         self.publish_report(topic, payload)
     }
+
+    fn authenticated(&self) -> bool {
+        self.is_tls()
+    }
 }
 
 impl OtaSession {

@@ -421,6 +421,14 @@ struct Dialer {
 }
 
 impl Dialer {
+    /// Whether connections run over TLS (the broker's certificate verified).
+    fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
     fn new(options: &MqttOptions) -> Result<Dialer> {
         let mut connect = rumqttc::Connect::new(options.client_id.as_str());
         // MQTT counts keep-alive in whole seconds; 0 would turn it off.
@@ -772,6 +780,7 @@ impl MqttClient {
         MqttUplink {
             queue: self.queue.clone(),
             connected: self.connected.clone(),
+            tls: self.dialer.is_tls(),
         }
     }
 
@@ -1195,9 +1204,15 @@ fn valid_filter(filter: &str) -> bool {
 pub struct MqttUplink {
     queue: Queue,
     connected: Arc<AtomicBool>,
+    tls: bool,
 }
 
 impl MqttUplink {
+    /// Whether the client's connection runs over TLS, the broker's certificate verified.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// Queues a QoS 1 report for the next yield; [`MqttError::NotConnected`] while the broker
     /// is away (the OTA session keeps the message and sends it after the reconnection).
     pub fn publish_report(&mut self, topic: &str, payload: &[u8]) -> Result<()> {

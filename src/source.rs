@@ -810,10 +810,8 @@ impl<N: Net> FirmwareSource for HttpSource<N> {
         match Scheme::of(url) {
             Some(Scheme::Https) if cfg!(feature = "tls") => {}
             Some(Scheme::Https) => return Err(DownloadError::Tls),
-            Some(Scheme::Http) if self.config.allow_plain_http => crate::ota_log!(
-                crate::log::Level::Warning,
-                "firmware download over plain http:// (not encrypted, not authenticated)"
-            ),
+            // The engine says once per upgrade what protects such an image.
+            Some(Scheme::Http) if self.config.allow_plain_http => {}
             Some(Scheme::Http) => return Err(DownloadError::PlainHttp),
             None => return Err(DownloadError::Url),
         }

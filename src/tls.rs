@@ -22,9 +22,31 @@ pub enum CaPemError {
     NoTls,
 }
 
+/// A PEM-shaped text that stands for the bundled web roots (Mozilla's, from `webpki-roots`)
+/// wherever a CA PEM is taken: the MQTT CA (`MqttOptions::ca_pem`, the `pub_key` of
+/// `iotx_mqtt_param_t`, `conninfo::set_mqtt_ca`) and the HTTPS CA. It is what
+/// `IOT_SetupConnInfo` puts in `pub_key` when MQTT runs over TLS and no CA was set, as iotkit
+/// puts its bundled root there.
+pub const WEB_ROOTS_PEM: &str =
+    "-----BEGIN OTA BUNDLED WEB ROOTS-----\n-----END OTA BUNDLED WEB ROOTS-----\n";
+
+/// Whether `pem` is [`WEB_ROOTS_PEM`] (surrounding white space and a trailing NUL aside).
+pub fn is_web_roots(pem: &[u8]) -> bool {
+    let text = pem.strip_suffix(&[0]).unwrap_or(pem);
+    text.trim_ascii() == WEB_ROOTS_PEM.as_bytes().trim_ascii()
+}
+
 /// Parses every `CERTIFICATE` block of `pem` and checks that each can be a trust anchor.
 /// Other PEM blocks (keys, parameters) are ignored; at least one certificate is required.
+/// [`WEB_ROOTS_PEM`] is accepted too (in a build with TLS).
 pub fn check_ca_pem(pem: &[u8]) -> Result<(), CaPemError> {
+    if is_web_roots(pem) {
+        return if cfg!(feature = "tls") {
+            Ok(())
+        } else {
+            Err(CaPemError::NoTls)
+        };
+    }
     imp::parse_ca_pem(pem).map(drop)
 }
 
@@ -318,8 +340,15 @@ mod imp {
     }
 
     /// The MQTT connection's TLS settings, trusting exactly the certificates in `ca_pem`.
+    /// The MQTT connection's TLS settings: trusting exactly the certificates of `ca_pem`, or
+    /// the bundled web roots when it is [`WEB_ROOTS_PEM`](super::WEB_ROOTS_PEM).
     pub fn mqtt_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, CaPemError> {
-        client_config(AnchorVerifier::new(Some(&parse_ca_pem(ca_pem)?))?).map(Arc::new)
+        let roots = if super::is_web_roots(ca_pem) {
+            None
+        } else {
+            Some(parse_ca_pem(ca_pem)?)
+        };
+        client_config(AnchorVerifier::new(roots.as_ref())?).map(Arc::new)
     }
 }
 

@@ -133,8 +133,10 @@ pub enum iotx_ioctl_option_t {
     /// Extension. `data`: `int *` port in 1..=65535, or 0 to restore the default (1883, or 443
     /// with TLS).
     IOTX_IOCTL_SET_MQTT_PORT = 6,
-    /// Extension. `data`: `int *`, 0 = plain TCP (the default; `pub_key` is NULL), 1 = TLS
-    /// (default port 443, `pub_key` = the PEM set by `IOTX_IOCTL_SET_MQTT_CA`).
+    /// Extension. `data`: `int *`, 1 = TLS (port 443 unless set, `pub_key` = a copy of the PEM
+    /// set by `IOTX_IOCTL_SET_MQTT_CA`, else the bundled web roots' marker, `WEB_ROOTS_PEM` in
+    /// the Rust API), 0 = plain TCP (port 1883, `pub_key` NULL). Default, as iotkit: TLS,
+    /// except when `IOTX_MQTT_HOST` or `IOTX_MQTT_PORT` points at another (local) broker.
     IOTX_IOCTL_SET_MQTT_TLS = 7,
     /// Extension. `data`: `const char *` CA certificate PEM, checked and copied at the call
     /// (the `pub_key` of the connection info points at the copy until the next successful
@@ -214,10 +216,12 @@ fn copy_field<const N: usize>(dst: &mut [c_char; N], s: &str, what: &str) -> boo
 /// `iotx_conn_info_t` (overwritten by the next call; not thread-safe against readers).
 ///
 /// Host `{product_key}.iot-as-mqtt.{region}.aliyuncs.com` (region from `IOTX_IOCTL_SET_REGION`,
-/// default cn-shanghai) or the `IOTX_IOCTL_SET_MQTT_DOMAIN` domain; port 1883, or 443 with
-/// `IOTX_IOCTL_SET_MQTT_TLS`, or the `IOTX_IOCTL_SET_MQTT_PORT` port. The environment variables
-/// `IOTX_MQTT_HOST` and `IOTX_MQTT_PORT`, when set and non-empty, override host and port.
-/// `pub_key` is NULL for plain TCP, a copy of the `IOTX_IOCTL_SET_MQTT_CA` PEM with TLS.
+/// default cn-shanghai) or the `IOTX_IOCTL_SET_MQTT_DOMAIN` domain; port 443 with TLS (the
+/// default), 1883 on plain TCP, or the `IOTX_IOCTL_SET_MQTT_PORT` port. The environment
+/// variables `IOTX_MQTT_HOST` and `IOTX_MQTT_PORT`, when set and non-empty, override host and
+/// port, and then plain TCP is the default (see `IOTX_IOCTL_SET_MQTT_TLS`). `pub_key` is NULL
+/// on plain TCP; with TLS a copy of the `IOTX_IOCTL_SET_MQTT_CA` PEM, or a text standing for
+/// the bundled web roots, which `IOT_MQTT_Construct` understands.
 ///
 /// - `product_key`: at most 64 bytes (Aliyun's are 11), non-empty.
 /// - `device_name`: at most `DEVICE_NAME_LEN` bytes, non-empty.
@@ -365,7 +369,7 @@ fn set_int_option(opt: iotx_ioctl_option_t, v: c_int) -> bool {
         IOTX_IOCTL_SET_MQTT_PORT => u16::try_from(v)
             .map(|port| conninfo::set_mqtt_port((port != 0).then_some(port)))
             .is_ok(),
-        IOTX_IOCTL_SET_MQTT_TLS => flag.map(conninfo::set_mqtt_tls).is_some(),
+        IOTX_IOCTL_SET_MQTT_TLS => flag.map(|tls| conninfo::set_mqtt_tls(Some(tls))).is_some(),
         IOTX_IOCTL_SET_HTTP_PLAIN => flag.map(conninfo::set_allow_plain_http).is_some(),
         _ => false,
     }
@@ -436,6 +440,10 @@ mod tests {
     #[test]
     fn fills_the_static_struct() {
         let _g = lock();
+        assert_eq!(
+            ioctl_int(iotx_ioctl_option_t::IOTX_IOCTL_SET_MQTT_TLS, 0),
+            0
+        );
         let info = setup(c"a1", c"d1", c"secret").unwrap();
         assert_eq!(info.port, 1883);
         assert_eq!(
@@ -543,6 +551,12 @@ mod tests {
         let info = setup(c"a1", c"d1", c"s").unwrap();
         assert_eq!((text(&info.host_name), info.port), ("mqtt.local", 1884));
         assert_eq!(ioctl_int(IOTX_IOCTL_SET_MQTT_PORT, 0), 0);
+        assert_eq!(
+            setup(c"a1", c"d1", c"s").unwrap().port,
+            443,
+            "TLS by default"
+        );
+        assert_eq!(ioctl_int(IOTX_IOCTL_SET_MQTT_TLS, 0), 0);
         assert_eq!(setup(c"a1", c"d1", c"s").unwrap().port, 1883);
         for bad in [-1, 65536] {
             assert_eq!(ioctl_int(IOTX_IOCTL_SET_MQTT_PORT, bad), -1);
@@ -559,14 +573,16 @@ mod tests {
 
     #[test]
     #[cfg(feature = "tls")]
-    fn tls_needs_a_ca() {
+    fn tls_trusts_the_web_roots_or_the_ca_set() {
         use iotx_ioctl_option_t::*;
         let _g = lock();
         let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
         let mut pem = std::ffi::CString::new(ca.cert.pem()).unwrap();
         assert_eq!(ioctl_int(IOTX_IOCTL_SET_MQTT_TLS, 2), -1);
         assert_eq!(ioctl_int(IOTX_IOCTL_SET_MQTT_TLS, 1), 0);
-        assert_eq!(setup(c"a1", c"d1", c"s").err(), Some(-1));
+        let info = setup(c"a1", c"d1", c"s").unwrap();
+        let pub_key = unsafe { CStr::from_ptr(info.pub_key) }.to_bytes();
+        assert_eq!(pub_key, crate::tls::WEB_ROOTS_PEM.as_bytes());
         assert_eq!(ioctl_str(IOTX_IOCTL_SET_MQTT_CA, c"not a pem"), -1);
         let fake = c"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         assert_eq!(ioctl_str(IOTX_IOCTL_SET_MQTT_CA, fake), -1);

@@ -134,7 +134,8 @@ pub struct iotx_mqtt_event_handle_t {
     pub pcontext: *mut c_void,
 }
 
-/// Connection parameters. `pub_key` = CA certificate PEM for TLS, NULL for plain TCP.
+/// Connection parameters. `pub_key` = CA certificate PEM for TLS (or the bundled web roots' text
+/// that `IOT_SetupConnInfo` puts there), NULL for plain TCP.
 /// `pwrite_buf`/`pread_buf` are accepted for v2.0x compatibility and not used; `read_buf_size`,
 /// when at least 1024, is the largest packet sent or received (otherwise 64 KiB).
 #[repr(C)]

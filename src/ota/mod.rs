@@ -75,6 +75,13 @@ pub trait Uplink: Send {
     /// Sends `payload` on `topic` (QoS 1), or says why not. An error keeps the message: the
     /// session holds the latest one per channel and sends it again after a reconnection.
     fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()>;
+
+    /// Whether the connection runs over TLS with the broker verified, so the upgrade message
+    /// (and the digest in it) came authenticated. Decides what a plain `http://` download's log
+    /// line says protects the image. Default: false.
+    fn authenticated(&self) -> bool {
+        false
+    }
 }
 
 /// Session settings fixed at init.
@@ -615,6 +622,9 @@ impl Engine {
     fn opened(&mut self, r: Result<(), DownloadError>) -> Result<()> {
         match r {
             Ok(()) => {
+                if self.download.quiet.first(Once::PlainHttp) {
+                    self.say_what_protects_plain_http();
+                }
                 // Every request starts here, before any of its bytes is read.
                 self.download.source_open = true;
                 self.download.skip = 0;
@@ -622,6 +632,31 @@ impl Engine {
                 Ok(())
             }
             Err(e) => self.interrupted(e),
+        }
+    }
+
+    /// The one line per upgrade a plain `http://` download gets: what protects the image.
+    fn say_what_protects_plain_http(&self) {
+        let url = self.notice.url.as_str().as_bytes();
+        if !url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"http://"))
+        {
+            return;
+        }
+        if self.out.uplink.authenticated() {
+            ota_log!(
+                Level::Info,
+                "firmware download over plain http:// (not encrypted): the image is checked \
+                 against the {} digest that came over MQTT on TLS",
+                self.notice.digest_kind.name()
+            );
+        } else {
+            ota_log!(
+                Level::Warning,
+                "firmware download over plain http:// with MQTT on plain TCP: nothing protects \
+                 this image from substitution on the path (use TLS, HTTPS or signed images)"
+            );
         }
     }
 

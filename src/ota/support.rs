@@ -69,6 +69,8 @@ pub enum Once {
     OtherDigest,
     /// A 0 % report dropped (the platform's range starts at 1).
     ZeroPercent,
+    /// A download over plain `http://`: what protects the image.
+    PlainHttp,
 }
 
 /// The [`Once`] lines already said in this upgrade.
