@@ -2,9 +2,7 @@
 //! (offset, digest, retries, the failure already reported, what was said once), while Tencent's
 //! `start_download` goes on with the same download (digest, retries) in a new cycle.
 
-mod common {
-    pub mod recorder;
-}
+mod common;
 use common::recorder::{payloads, Recorder, Sent};
 
 use std::collections::VecDeque;

@@ -2,9 +2,8 @@
 //! `src/ota/mod.rs`; its less travelled rows are in `engine_edges.rs` and `stream_invariant.rs`),
 //! plus the reports each failure sends.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{Recorder, Sent};
+mod common;
+use common::recorder::{Recorder, Sent};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,10 +3,7 @@
 //! failure's report, argument checks, fixed-size limits (upstream message buffer, the running
 //! versions table, the failure description buffer).
 
-mod common {
-    pub mod flaky;
-    pub mod recorder;
-}
+mod common;
 use common::flaky::{Flaky, QUEUE_FULL};
 use common::recorder::{payloads, Sent};
 

@@ -2,9 +2,8 @@
 //! image with CHECK_FIRMWARE true, or the protocol's failure report with CHECK_FIRMWARE false:
 //! never a wrong image reported valid.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::recorder::{payloads, Recorder, Sent};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

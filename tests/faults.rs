@@ -2,9 +2,8 @@
 //! a byte-exact image that verifies, or a reported failure that does not — never a wrong image
 //! reported valid.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::recorder::{payloads, Recorder, Sent};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,13 +3,12 @@
 //! and a download driven by reads that never wait goes on from wherever the last one stopped:
 //! mid-connect, mid-handshake, mid-head, mid-body, mid-chunk.
 
-#[path = "common/certs.rs"]
-#[allow(dead_code)] // only the CA and the localhost leaf are used here
-mod certs;
+mod common;
+use common::certs::pki;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,11 +17,6 @@ use ota_cloud::http::{Faults, FirmwareServer};
 
 /// Slack allowed past a read's timeout (a shared 2-core machine).
 const SLACK: Duration = Duration::from_millis(400);
-
-fn pki() -> &'static certs::Pki {
-    static PKI: OnceLock<certs::Pki> = OnceLock::new();
-    PKI.get_or_init(certs::Pki::generate)
-}
 
 fn source(config: HttpConfig) -> HttpSource {
     HttpSource::new(HttpConfig {

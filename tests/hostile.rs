@@ -5,18 +5,14 @@
 //! connections it saw, whether the client left), so a test cannot pass by luck — and end in
 //! the protocol's failure report (Aliyun progress step -2 or -3) with a clear error.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::certs::pki;
+use common::firmware::aliyun_notice;
+use common::recorder::{payloads, Recorder, Sent};
 
-#[path = "common/certs.rs"]
-#[allow(dead_code)] // only the CA and the localhost leaf are used here
-mod certs;
-
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certs::Pki;
 use ota::error::{Error, FetchError};
 use ota::fetch::{HttpConfig, HttpSource};
 use ota::retry::RetryPolicy;
@@ -26,11 +22,6 @@ use ota_cloud::http::{Faults, FirmwareServer, RequestLog};
 const SIZE: usize = 200_000;
 /// Upper bound of any one download in these tests.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(Pki::generate)
-}
 
 fn image() -> Vec<u8> {
     ota_cloud::generate_firmware(SIZE)
@@ -76,11 +67,7 @@ fn device(url: &str, image: &[u8], http: HttpConfig, retry: RetryPolicy) -> Devi
         Box::new(source),
     )
     .expect("session");
-    let msg = format!(
-        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{}"}},"id":1,"message":"success"}}"#,
-        image.len(),
-        ota_cloud::md5_hex(image)
-    );
+    let msg = aliyun_notice(image, url, "2.0.0");
     session
         .handle_message(session.downstream_topic(), msg.as_bytes())
         .expect("upgrade accepted");

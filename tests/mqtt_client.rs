@@ -3,8 +3,8 @@
 //! drop a publish or deliver what was never subscribed, plus the embedded broker for flow
 //! control. Each test names the behaviour a device relies on.
 
-#[path = "common/cmqtt.rs"]
-mod cmqtt;
+mod common;
+use common::cmqtt;
 
 use std::ffi::c_void;
 use std::io::{Read, Write};

@@ -1,9 +1,8 @@
 //! Each platform's rules as the engine applies them, on in-memory transports: what is sent
 //! for every event, what is refused, what is ignored.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{Recorder, Sent};
+mod common;
+use common::recorder::{Recorder, Sent};
 
 use std::sync::Arc;
 use std::time::Duration;

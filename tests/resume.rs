@@ -2,9 +2,8 @@
 //! dropped mid-download (a power cut, as far as the SDK can tell), and a new session that
 //! continues from the record; success or failure reported after the reboot.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::recorder::{payloads, Recorder, Sent};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,10 +2,7 @@
 //! state (the firmware re-feeds its bytes), records the session cannot hold, completion reports
 //! that cannot be sent after a reboot, and the record API's own checks.
 
-mod common {
-    pub mod flaky;
-    pub mod recorder;
-}
+mod common;
 use common::flaky::{Flaky, QUEUE_FULL};
 use common::recorder::{payloads, Sent};
 

@@ -4,9 +4,8 @@
 //! For every fault the outcome is one of two: the appended bytes are the image and the check
 //! passes, or the check fails and the platform got exactly one failure report.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::recorder::{payloads, Recorder, Sent};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -2,9 +2,8 @@
 //! the network holds no lock the other thread needs, and what that thread does (a supersede, a
 //! progress report, a state query) takes effect at once.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::recorder::{payloads, Recorder, Sent};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
