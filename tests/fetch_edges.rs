@@ -1,16 +1,13 @@
 //! `HttpSource` and `MemorySource` at their edges: the end of a body, URLs that cannot be
 //! fetched, servers that answer a redirect without a target, speak something other than HTTP,
-//! reset the connection mid-body or stall past the body timeout; a bad CA given to `attach`.
+//! reset the connection mid-body or stall past the body timeout.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ota::error::Error;
 use ota::fetch::{Chunk, FetchError, FirmwareSource, HttpConfig, HttpSource, MemorySource};
-use ota::{MqttClient, OtaConfig, OtaSession};
 use ota_cloud::http::{Faults, FirmwareServer};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -337,73 +334,6 @@ fn memory_source_serves_ranges_and_refuses_offsets_past_its_image() {
         src.read(&mut buf, WAIT),
         Err(FetchError::BadResponse("not open"))
     );
-}
-
-#[test]
-fn attach_refuses_a_ca_that_is_not_a_certificate() {
-    let broker = ota_cloud::EmbeddedBroker::start().unwrap();
-    let mqtt = MqttClient::connect(&ota::MqttOptions::new(
-        broker.host(),
-        broker.port(),
-        "ca-check",
-    ))
-    .unwrap();
-    let config = OtaConfig {
-        http: HttpConfig {
-            ca_pem: Some(Arc::from(&b"not a certificate"[..])),
-            ..HttpConfig::default()
-        },
-        ..OtaConfig::default()
-    };
-    assert!(matches!(
-        OtaSession::attach(&mqtt, "pk", "dn", config),
-        Err(Error::InvalidParam("HTTPS CA is not a PEM certificate"))
-    ));
-    // The client is still usable for a session with a sound configuration.
-    let s = OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()).unwrap();
-    s.report_version("1.0.0").unwrap();
-}
-
-/// Two sessions of one device on one client would share one subscription, the second taking
-/// the first one's upgrade messages: the second is refused while the first is attached; another
-/// device on the same client is fine, and after a detach the device can attach again and gets
-/// its messages.
-#[test]
-fn a_second_session_of_the_same_device_on_one_client_is_refused() {
-    let broker = ota_cloud::EmbeddedBroker::start().unwrap();
-    let connect = |id: &str| {
-        MqttClient::connect(&ota::MqttOptions::new(broker.host(), broker.port(), id)).unwrap()
-    };
-    let mqtt = connect("one-client");
-    let first = OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()).unwrap();
-    assert!(matches!(
-        OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()),
-        Err(Error::InvalidState(_))
-    ));
-    let _other = OtaSession::attach(&mqtt, "pk", "dn2", OtaConfig::default()).unwrap();
-    first.detach(&mqtt).unwrap();
-    let again = OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()).unwrap();
-    // Its subscription is the live one: an upgrade message starts its download.
-    let cloud = connect("cloud");
-    let notice = r#"{"code":"1000","data":{"size":10,"version":"2.0.0","url":"http://127.0.0.1:9/fw.bin","md5":"0123456789abcdef0123456789abcdef"},"id":1,"message":"success"}"#;
-    let deadline = Instant::now() + WAIT;
-    while !again.is_fetching() {
-        assert!(
-            Instant::now() < deadline,
-            "the upgrade message never arrived"
-        );
-        cloud
-            .publish(
-                again.downstream_topic(),
-                ota::mqtt::QoS::AtLeastOnce,
-                false,
-                notice.as_bytes(),
-            )
-            .unwrap();
-        cloud.yield_for(Duration::from_millis(50)).unwrap();
-        mqtt.yield_for(Duration::from_millis(200)).unwrap();
-    }
-    assert!(!first.is_fetching(), "the detached session got nothing");
 }
 
 /// `open` in the middle of a download whose data waits unread (the socket's buffers full):
