@@ -8,6 +8,7 @@ use common::firmware::aliyun_notice;
 use common::mosquitto::{self, Mosquitto};
 use common::net::free_port;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,8 @@ fn a_broker_restart_mid_download_loses_nothing() {
                 .fetch_yield(&mut buf, Duration::from_millis(100))
                 .unwrap();
             got.extend_from_slice(&buf[..n]);
-            // Slow the download down so the outage happens in the middle of it.
+            // Slow the download down so the outage happens in the middle of it: pacing, not a
+            // synchronisation.
             std::thread::sleep(Duration::from_millis(5));
             let percent = (session.fetched_size() * 100 / session.file_size()) as i32;
             if percent > last {
@@ -82,13 +84,24 @@ fn a_broker_restart_mid_download_loses_nothing() {
                     MqttClient::connect(&MqttOptions::new("127.0.0.1", port, "watcher")).unwrap();
                 let seen = Arc::new(Mutex::new(Vec::new()));
                 let s2 = seen.clone();
+                let subscribed = Arc::new(AtomicBool::new(false));
+                let acked = subscribed.clone();
+                w.on_event(move |e| {
+                    if matches!(e, MqttEvent::SubscribeAck { .. }) {
+                        acked.store(true, Ordering::SeqCst);
+                    }
+                });
                 w.subscribe("/ota/device/+/pk/loss-dev", QoS::AtLeastOnce, move |m| {
                     s2.lock()
                         .unwrap()
                         .push(String::from_utf8_lossy(m.payload).into_owned());
                 })
                 .unwrap();
-                w.yield_for(Duration::from_millis(100)).unwrap();
+                let until = Instant::now() + Duration::from_secs(5);
+                while !subscribed.load(Ordering::SeqCst) {
+                    assert!(Instant::now() < until, "the watcher was not subscribed");
+                    w.yield_for(Duration::from_millis(10)).unwrap();
+                }
                 watcher = Some((w, seen));
             }
         }

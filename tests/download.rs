@@ -9,11 +9,12 @@ mod common;
 use common::certs::pki;
 use common::firmware::image;
 use common::recorder::{payloads, Recorder, Sent};
+use common::wait;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,9 +61,15 @@ fn drain(src: &mut impl FirmwareSource) -> Drained {
         bytes: Vec::new(),
         end: Ok(()),
     };
+    drain_until(src, &mut d, |_| false);
+    d
+}
+
+/// Reads into `d` until the source ends or fails, or `enough` holds for what was read.
+fn drain_until(src: &mut impl FirmwareSource, d: &mut Drained, enough: impl Fn(&Drained) -> bool) {
     let mut buf = vec![0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    while !enough(d) {
         assert!(
             Instant::now() < deadline,
             "the source neither ended nor failed"
@@ -71,10 +78,10 @@ fn drain(src: &mut impl FirmwareSource) -> Drained {
             Ok(Chunk::Opened(info)) => d.opened.push(info),
             Ok(Chunk::Data(n)) => d.bytes.extend_from_slice(&buf[..n]),
             Ok(Chunk::Pending) => {}
-            Ok(Chunk::End) => return d,
+            Ok(Chunk::End) => return,
             Err(e) => {
                 d.end = Err(e);
-                return d;
+                return;
             }
         }
     }
@@ -217,12 +224,12 @@ mod sources {
             Ok(Chunk::Pending)
         );
         src.close();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while slow.requests().is_empty() {
-            assert!(Instant::now() < deadline, "the slow response never ended");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !slow.requests_when(1, Duration::from_secs(20)).is_empty(),
+            "the slow response never ended"
+        );
+        // All of the response has been sent by now: a source that had kept its connection
+        // would have it to hand over.
         assert_eq!(
             src.read(&mut buf, Duration::from_millis(200)),
             Ok(Chunk::Pending),
@@ -240,18 +247,12 @@ mod sources {
     }
 
     /// Answers one connection on 127.0.0.1 with `answer` (after reading the request head), then
-    /// closes it, with a reset (RST) instead of a clean close when `reset`. The URL to fetch.
-    fn raw_server(answer: Vec<u8>, reset: bool) -> (String, JoinHandle<()>) {
+    /// closes it. The URL to fetch.
+    fn raw_server(answer: Vec<u8>) -> (String, JoinHandle<()>) {
         let (url, listener) = listen();
         let handle = std::thread::spawn(move || {
-            let Some(mut conn) = accept_request(&listener) else {
-                return;
-            };
-            conn.write_all(&answer).unwrap();
-            if reset {
-                // Let the client take what was sent, then abort the connection.
-                std::thread::sleep(Duration::from_millis(300));
-                reset_on_close(&conn);
+            if let Some(mut conn) = accept_request(&listener) {
+                conn.write_all(&answer).unwrap();
             }
         });
         (url, handle)
@@ -261,7 +262,6 @@ mod sources {
     fn a_redirect_without_a_location_fails() {
         let (url, server) = raw_server(
             b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
-            false,
         );
         let mut src = source(HttpConfig::default());
         src.open(&url, 0).unwrap();
@@ -275,7 +275,7 @@ mod sources {
 
     #[test]
     fn a_server_that_does_not_speak_http_is_a_malformed_response() {
-        let (url, server) = raw_server(b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(), false);
+        let (url, server) = raw_server(b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec());
         let mut src = source(HttpConfig::default());
         src.open(&url, 0).unwrap();
         let d = drain(&mut src);
@@ -289,10 +289,27 @@ mod sources {
     fn a_connection_reset_mid_body_is_a_transient_network_error() {
         let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
         answer.extend(std::iter::repeat_n(0x5a, 1000));
-        let (url, server) = raw_server(answer, true);
+        let (url, listener) = listen();
+        let (taken, taken_rx) = mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let mut conn = accept_request(&listener).expect("a request");
+            conn.write_all(&answer).unwrap();
+            // Abort the connection once the client has taken what was sent.
+            taken_rx
+                .recv_timeout(WAIT)
+                .expect("the client took the bytes");
+            reset_on_close(&conn);
+        });
         let mut src = source(HttpConfig::default());
         src.open(&url, 0).unwrap();
-        let d = drain(&mut src);
+        let mut d = Drained {
+            opened: Vec::new(),
+            bytes: Vec::new(),
+            end: Ok(()),
+        };
+        drain_until(&mut src, &mut d, |d| d.bytes.len() == 1000);
+        taken.send(()).unwrap();
+        drain_until(&mut src, &mut d, |_| false);
         assert_eq!(d.opened.len(), 1);
         assert_eq!(d.opened[0].content_length, Some(100_000));
         assert_eq!(
@@ -385,9 +402,9 @@ mod sources {
         );
     }
 
-    /// `open` in the middle of a download whose data waits unread (the socket's buffers full):
-    /// the old connection is dropped at once, so the open costs no wait and makes exactly one new
-    /// request. (Named from the worker thread this source once had.)
+    /// `open` in the middle of a download whose data waits unread (a quarter MiB and more in the
+    /// socket buffers): the old connection is dropped at once, so the open costs no wait and
+    /// makes exactly one new request. (Named from the worker thread this source once had.)
     #[test]
     fn reopening_while_the_worker_waits_for_room_is_immediate() {
         let image = ota_cloud::generate_firmware(4_000_000);
@@ -399,15 +416,20 @@ mod sources {
         src.open(&server.url(), 0).unwrap();
         let mut buf = [0u8; 1000];
         while !matches!(src.read(&mut buf, WAIT).unwrap(), Chunk::Data(_)) {}
-        std::thread::sleep(Duration::from_millis(300)); // the ring fills up
+        wait::until("unread data in the socket buffers", WAIT, || {
+            server.image_bytes_sent() >= 256 * 1024
+        });
         let t = Instant::now();
         src.open(&server.url(), 5000).unwrap();
         let took = t.elapsed();
         let first = src.read(&mut buf, WAIT).unwrap();
         assert!(matches!(first, Chunk::Opened(o) if o.range_start == Some(5000)));
-        std::thread::sleep(Duration::from_millis(300));
         assert!(took < Duration::from_millis(100), "open took {took:?}");
-        assert_eq!(server.connections(), 2, "one request per open");
+        assert_eq!(server.connections(), 2);
+        assert!(
+            wait::never_within(Duration::from_millis(300), || server.connections() > 2),
+            "one request per open"
+        );
     }
 }
 
@@ -498,6 +520,7 @@ mod deadlines {
                     return;
                 }
                 if !pause.is_zero() {
+                    // A server that trickles: the fault under test, not a synchronisation.
                     std::thread::sleep(pause);
                 }
             }
@@ -573,6 +596,7 @@ mod deadlines {
                 }
                 Chunk::Pending => {
                     pending += 1;
+                    // The firmware's other work between polls, not a synchronisation.
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 Chunk::End => return (bytes, pending),

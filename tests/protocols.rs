@@ -10,11 +10,13 @@ mod common;
 use common::firmware::{aliyun_notice, image};
 use common::recorder::{payloads, Recorder, Sent};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ota::error::{Error, FetchError};
 use ota::fetch::{HttpConfig, HttpSource, MemorySource};
+use ota::mqtt::MqttEvent;
 use ota::protocol::{decode, FixedStr, Limits, NoticeError, UpgradeNotice};
 use ota::{MqttClient, MqttOptions, OtaConfig, OtaSession, OtaState, Protocol};
 use ota_cloud::broker::EmbeddedBroker;
@@ -262,11 +264,25 @@ mod upgrade_messages {
         let server = FirmwareServer::start(image.clone()).unwrap();
         let msg = aliyun_notice(&image, &server.url(), "2.0.0");
         let mqtt = connect(broker.port(), "dev-early");
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let acked = subscribed.clone();
+        mqtt.on_event(move |e| {
+            if matches!(e, MqttEvent::SubscribeAck { .. }) {
+                acked.store(true, Ordering::SeqCst);
+            }
+        });
         let session = OtaSession::attach(&mqtt, "pk1", "dev-early", OtaConfig::default()).unwrap();
         let topic = session.downstream_topic().to_string();
         let cloud = connect(broker.port(), "cloud-early");
-        // Let the subscription reach the broker (nothing to dispatch yet).
-        mqtt.yield_for(Duration::from_millis(300)).unwrap();
+        // The broker has the subscription (nothing to dispatch yet).
+        let until = Instant::now() + Duration::from_secs(5);
+        while !subscribed.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < until,
+                "the upgrade topic was not subscribed"
+            );
+            mqtt.yield_for(Duration::from_millis(10)).unwrap();
+        }
         let publish = |payload: &str| {
             cloud
                 .publish(

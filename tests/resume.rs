@@ -317,6 +317,7 @@ mod restarts {
             flash.sync_data().unwrap();
             writeln!(out, "offset {}", at + n as u64).unwrap();
             out.flush().unwrap();
+            // A slow device, so that the kill lands mid-download: pacing, not a synchronisation.
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(s.check_firmware().unwrap());

@@ -1,5 +1,6 @@
-//! Bounded waits for an event: tests wait for what they need to have happened, never for a
-//! fixed time.
+//! Bounded waits for an event: tests wait for what they need to have happened, not for a fixed
+//! time. Only a check that something does not happen needs a window of time, and it ends as
+//! soon as the thing happens.
 
 use std::time::{Duration, Instant};
 
@@ -24,4 +25,10 @@ pub fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// Returns once `done` is true; panics naming `what` when it is still false after `limit`.
 pub fn until(what: &str, limit: Duration, done: impl FnMut() -> bool) {
     assert!(within(limit, done), "{what}: not within {limit:?}");
+}
+
+/// Whether `happened` stayed false for the whole `window` (false as soon as it turns true): for
+/// checks that something does not happen, which need a window of time.
+pub fn never_within(window: Duration, happened: impl FnMut() -> bool) -> bool {
+    !within(window, happened)
 }
