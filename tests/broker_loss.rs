@@ -3,8 +3,12 @@
 //! events, sends the progress held back while disconnected and reports its version again.
 //! Needs Mosquitto: skipped without it, failed when OTA_REQUIRE_MOSQUITTO=required.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::firmware::aliyun_notice;
+use common::mosquitto::{self, Mosquitto};
+use common::net::free_port;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,68 +16,9 @@ use ota::mqtt::{MqttEvent, QoS};
 use ota::{MqttClient, MqttOptions, OtaConfig, OtaSession};
 use ota_cloud::http::FirmwareServer;
 
-fn mosquitto_binary() -> Option<PathBuf> {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
-struct Mosquitto {
-    child: Child,
-}
-
-impl Mosquitto {
-    fn start(binary: &PathBuf, port: u16) -> Mosquitto {
-        let child = Command::new(binary)
-            .args(["-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto { child }
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_broker_restart_mid_download_loses_nothing() {
-    let Some(binary) = mosquitto_binary() else {
-        if std::env::var("OTA_REQUIRE_MOSQUITTO").as_deref() == Ok("required") {
-            panic!("mosquitto is not installed and OTA_REQUIRE_MOSQUITTO=required");
-        }
-        println!(
-            "skipped: mosquitto is not installed (set OTA_REQUIRE_MOSQUITTO=required to fail)"
-        );
+    let Some(binary) = mosquitto::binary_or_skip() else {
         return;
     };
     let port = free_port();
@@ -88,12 +33,7 @@ fn a_broker_restart_mid_download_loses_nothing() {
     let session = OtaSession::attach(&mqtt, "pk", "loss-dev", OtaConfig::default()).unwrap();
     session.report_version("1.0.0").unwrap();
     mqtt.yield_for(Duration::from_millis(200)).unwrap();
-    let notice = format!(
-        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{}","md5":"{}"}},"id":1,"message":"success"}}"#,
-        image.len(),
-        server.url(),
-        ota_cloud::cloud::md5_hex(&image)
-    );
+    let notice = aliyun_notice(&image, &server.url(), "2.0.0");
     session
         .handle_message(session.downstream_topic(), notice.as_bytes())
         .unwrap();
@@ -118,7 +58,8 @@ fn a_broker_restart_mid_download_loses_nothing() {
                 .fetch_yield(&mut buf, Duration::from_millis(100))
                 .unwrap();
             got.extend_from_slice(&buf[..n]);
-            // Slow the download down so the outage happens in the middle of it.
+            // Slow the download down so the outage happens in the middle of it: pacing, not a
+            // synchronisation.
             std::thread::sleep(Duration::from_millis(5));
             let percent = (session.fetched_size() * 100 / session.file_size()) as i32;
             if percent > last {
@@ -143,13 +84,24 @@ fn a_broker_restart_mid_download_loses_nothing() {
                     MqttClient::connect(&MqttOptions::new("127.0.0.1", port, "watcher")).unwrap();
                 let seen = Arc::new(Mutex::new(Vec::new()));
                 let s2 = seen.clone();
+                let subscribed = Arc::new(AtomicBool::new(false));
+                let acked = subscribed.clone();
+                w.on_event(move |e| {
+                    if matches!(e, MqttEvent::SubscribeAck { .. }) {
+                        acked.store(true, Ordering::SeqCst);
+                    }
+                });
                 w.subscribe("/ota/device/+/pk/loss-dev", QoS::AtLeastOnce, move |m| {
                     s2.lock()
                         .unwrap()
                         .push(String::from_utf8_lossy(m.payload).into_owned());
                 })
                 .unwrap();
-                w.yield_for(Duration::from_millis(100)).unwrap();
+                let until = Instant::now() + Duration::from_secs(5);
+                while !subscribed.load(Ordering::SeqCst) {
+                    assert!(Instant::now() < until, "the watcher was not subscribed");
+                    w.yield_for(Duration::from_millis(10)).unwrap();
+                }
                 watcher = Some((w, seen));
             }
         }

@@ -4,12 +4,11 @@
 //! a second MQTT client playing the platform (messages as in `docs/protocols.md`).
 //! Each test has its own broker and device names, and every wait is bounded.
 
-#[path = "common/cmqtt.rs"]
-mod cmqtt;
-use cmqtt::mqtt_param;
+mod common;
+use common::cmqtt::mqtt_param;
+use common::net::free_port;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::net::TcpListener;
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
@@ -68,15 +67,6 @@ unsafe extern "C" fn collect_payloads(
         .lock()
         .unwrap()
         .push(payload.to_vec());
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound once, then released).
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The device side, built purely through the C functions.
@@ -736,7 +726,7 @@ fn mqtt_functions_reject_null_arguments() {
 #[test]
 fn mqtt_construct_to_a_closed_port_fails_within_seconds() {
     let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
-    let mut param = mqtt_param(closed_port(), c"nobody", subacks);
+    let mut param = mqtt_param(free_port(), c"nobody", subacks);
     let start = Instant::now();
     assert!(unsafe { IOT_MQTT_Construct(&mut param) }.is_null());
     assert!(
@@ -1130,7 +1120,7 @@ fn refused_connection_fails_the_download_after_the_retry_limit() {
         IOT_OTA_SetRetryPolicy(std::ptr::null_mut(), 2, 0),
         INVALID_PARAM
     );
-    let url = format!("http://127.0.0.1:{}/firmware.bin", closed_port());
+    let url = format!("http://127.0.0.1:{}/firmware.bin", free_port());
     announce(
         &dev,
         &cloud,

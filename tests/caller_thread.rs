@@ -6,9 +6,7 @@
 //! The firmware servers run in child processes (this binary, started with `serve`), so every
 //! thread and socket counted here is the device side's.
 
-#[path = "common/certs.rs"]
-#[allow(dead_code)] // only the CA and the localhost leaf are used here
-mod certs;
+mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -29,7 +27,7 @@ fn main() {
     ota::log::set_level(ota::log::Level::Error);
     let started = Instant::now();
     let image = ota_cloud::generate_firmware(SIZE);
-    let pki = certs::Pki::generate();
+    let pki = common::certs::pki();
     let dir = std::env::temp_dir().join(format!("ota-caller-thread-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cert = dir.join("cert.pem");

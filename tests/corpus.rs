@@ -14,9 +14,8 @@
 //!
 //! Each protocol's test collects every deviation before failing, so one run lists them all.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{Recorder, Sent};
+mod common;
+use common::recorder::{Recorder, Sent};
 
 use std::sync::Arc;
 use std::time::Duration;

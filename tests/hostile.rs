@@ -5,18 +5,15 @@
 //! connections it saw, whether the client left), so a test cannot pass by luck — and end in
 //! the protocol's failure report (Aliyun progress step -2 or -3) with a clear error.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::certs::pki;
+use common::firmware::aliyun_notice;
+use common::recorder::{payloads, Recorder, Sent};
+use common::wait;
 
-#[path = "common/certs.rs"]
-#[allow(dead_code)] // only the CA and the localhost leaf are used here
-mod certs;
-
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certs::Pki;
 use ota::error::{DownloadError, Error};
 use ota::retry::RetryPolicy;
 use ota::source::{HttpConfig, HttpSource};
@@ -26,11 +23,8 @@ use ota_cloud::http::{Faults, FirmwareServer, RequestLog};
 const SIZE: usize = 200_000;
 /// Upper bound of any one download in these tests.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(Pki::generate)
-}
+/// How long a server is watched for a connection that must not come.
+const ABSENCE: Duration = Duration::from_millis(200);
 
 fn image() -> Vec<u8> {
     ota_cloud::generate_firmware(SIZE)
@@ -76,11 +70,7 @@ fn device(url: &str, image: &[u8], http: HttpConfig, retry: RetryPolicy) -> Devi
         Box::new(source),
     )
     .expect("session");
-    let msg = format!(
-        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{}"}},"id":1,"message":"success"}}"#,
-        image.len(),
-        ota_cloud::md5_hex(image)
-    );
+    let msg = aliyun_notice(image, url, "2.0.0");
     session
         .handle_message(session.downstream_topic(), msg.as_bytes())
         .expect("upgrade accepted");
@@ -133,15 +123,9 @@ fn assert_failed(d: &Device, error: DownloadError, step: i32, desc: &str) {
 /// response ends, which for a client that walked away is when the server notices). Waits at
 /// most `wait`.
 fn log_of(server: &FirmwareServer, n: usize, wait: Duration) -> Vec<RequestLog> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let mut log = server.requests();
-        if log.len() >= n || Instant::now() > deadline {
-            log.sort_by_key(|l| l.seq);
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut log = server.requests_when(n, wait);
+    log.sort_by_key(|l| l.seq);
+    log
 }
 
 fn statuses(log: &[RequestLog]) -> Vec<u16> {
@@ -250,10 +234,8 @@ fn an_https_redirect_to_http_is_refused() {
         "redirect to a weaker scheme refused",
     );
     assert_eq!(statuses(&log_of(&server, 1, Duration::from_secs(5))), [302]);
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        target.connections(),
-        0,
+    assert!(
+        wait::never_within(ABSENCE, || target.connections() > 0),
         "the http server was never contacted"
     );
     assert!(target.requests().is_empty());
@@ -380,8 +362,10 @@ fn plain_http_is_refused_when_not_allowed() {
         -2,
         "plain http:// not allowed",
     );
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(server.connections(), 0, "no connection was made");
+    assert!(
+        wait::never_within(ABSENCE, || server.connections() > 0),
+        "no connection was made"
+    );
     assert!(server.requests().is_empty());
     assert_eq!(d.session.retries(), 0);
 
@@ -476,8 +460,11 @@ fn a_huge_response_head_is_refused() {
         );
         assert_failed(&d, too_large, -2, "malformed HTTP response");
         assert_eq!(log_of(&server, 1, Duration::from_secs(5)).len(), 1);
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(server.connections(), 1, "not retried");
+        assert_eq!(server.connections(), 1);
+        assert!(
+            wait::never_within(ABSENCE, || server.connections() > 1),
+            "not retried"
+        );
         assert_eq!(server.requests_when(1, Duration::from_secs(5)).len(), 1);
     }
 

@@ -105,7 +105,8 @@ fn now_ms() -> u64 {
 
 fn ids_survive_a_restart(protocol: Protocol) -> (Vec<u64>, Vec<u64>) {
     let before = run(protocol);
-    // A restart takes seconds; 20 ms is more than the burst ran ahead of the clock.
+    // The restart's downtime, the condition under test (not a synchronisation): a restart takes
+    // seconds; 20 ms is more than the burst ran ahead of the clock.
     thread::sleep(Duration::from_millis(20));
     let after = run(protocol);
     let ids = |sent: &[(String, String)]| -> Vec<u64> {

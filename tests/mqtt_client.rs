@@ -3,8 +3,9 @@
 //! drop a publish or deliver what was never subscribed, plus the embedded broker for flow
 //! control. Each test names the behaviour a device relies on.
 
-#[path = "common/cmqtt.rs"]
-mod cmqtt;
+mod common;
+use common::cmqtt;
+use common::wait;
 
 use std::ffi::c_void;
 use std::io::{Read, Write};
@@ -111,6 +112,24 @@ fn options(port: u16, id: &str) -> MqttOptions {
     let mut o = MqttOptions::new("127.0.0.1", port, id);
     o.request_timeout = Duration::from_secs(1);
     o
+}
+
+/// Bytes received and not yet read on this machine's IPv4 sockets connected to `port` on
+/// 127.0.0.1 (the clients' ends of their connections to a broker there), from /proc/net/tcp.
+fn unread_bytes_from(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (_, remote_port) = fields.get(2)?.split_once(':')?;
+            let (_, rx_queue) = fields.get(4)?.split_once(':')?;
+            (u16::from_str_radix(remote_port, 16).ok()? == port)
+                .then(|| usize::from_str_radix(rx_queue, 16).ok())?
+        })
+        .sum()
 }
 
 /// Records the client's events.
@@ -457,21 +476,24 @@ fn a_zero_timeout_yield_handles_at_most_64_messages() {
         .load(Ordering::SeqCst)
         == 1));
     let cloud = MqttClient::connect(&options(broker.port(), "flooder")).unwrap();
+    let mut flood_bytes = 0;
     for round in 0..4 {
         for i in 0..50 {
+            let payload = format!("{round}.{i}");
             cloud
-                .publish(
-                    "flood/x",
-                    QoS::AtMostOnce,
-                    false,
-                    format!("{round}.{i}").as_bytes(),
-                )
+                .publish("flood/x", QoS::AtMostOnce, false, payload.as_bytes())
                 .unwrap();
+            // As the broker writes it: fixed header and length (2), topic length (2), topic,
+            // payload.
+            flood_bytes += 4 + "flood/x".len() + payload.len();
         }
         cloud.yield_for(Duration::ZERO).unwrap();
     }
-    // Wait until the broker has written all 200 to the device's socket.
-    thread::sleep(Duration::from_millis(500));
+    wait::until(
+        "all 200 written to the device's socket",
+        Duration::from_secs(5),
+        || unread_bytes_from(broker.port()) >= flood_bytes,
+    );
     device.yield_for(Duration::ZERO).unwrap();
     let first = got.load(Ordering::SeqCst);
     assert!((1..=64).contains(&first), "one pass handled {first}");

@@ -4,9 +4,9 @@
 //! For every fault the outcome is one of two: the appended bytes are the image and the check
 //! passes, or the check fails and the platform got exactly one failure report.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::recorder::{payloads, Recorder, Sent};
+use common::wait;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -60,6 +60,8 @@ struct Script {
     answers: VecDeque<Answer>,
     /// The offset and URL of every request.
     requests: Vec<(u64, String)>,
+    /// Reads answered `Pending`.
+    pending_reads: usize,
 }
 
 /// An HTTP server in memory that answers as its script says.
@@ -108,6 +110,7 @@ impl FirmwareSource for Scripted {
             return Err(DownloadError::BadResponse("not open"));
         };
         if *answer == Answer::Pending {
+            self.script.lock().unwrap().pending_reads += 1;
             return Ok(Chunk::Pending);
         }
         if !self.head_sent {
@@ -670,6 +673,7 @@ fn deinit_from_another_thread_ends_the_fetch_loop() {
     let d = device(Protocol::Aliyun, &img);
     d.answers(&[Answer::Pending; 64]);
     d.announce(&img, "2.0.0", URL);
+    let script = d.script.clone();
     let h = ota::ffi::fuzzing::handle_from_session(d.s) as usize;
     assert_eq!(IOT_OTA_IsFetching(h as *mut _), 1);
     let fetcher = std::thread::spawn(move || {
@@ -688,7 +692,10 @@ fn deinit_from_another_thread_ends_the_fetch_loop() {
             IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast(), 512, 1)
         })
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Deinit while a FetchYield (of up to a second) waits for the answer.
+    wait::until("a FetchYield waiting", Duration::from_secs(10), || {
+        script.lock().unwrap().pending_reads > 0
+    });
     assert_eq!(unsafe { IOT_OTA_Deinit(h as *mut _) }, 0);
     let (last, after) = fetcher.join().unwrap();
     let failed = IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as i32;

@@ -4,25 +4,20 @@
 
 #![cfg(feature = "tls")]
 
-#[path = "common/cmqtt.rs"]
-mod cmqtt;
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{Recorder, Sent};
-
-#[path = "common/certs.rs"]
-mod certs;
+mod common;
+use common::certs::{pki, Leaf};
+use common::cmqtt;
+use common::firmware::aliyun_notice;
+use common::mosquitto::{self, Mosquitto};
+use common::recorder::{Recorder, Sent};
 
 use std::ffi::{c_int, c_void, CString};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use certs::{Leaf, Pki};
 use ota::error::{DownloadError, Error, MqttError};
 use ota::mqtt::{MqttEvent, QoS};
 use ota::source::{HttpConfig, HttpSource};
@@ -33,20 +28,6 @@ const PK: &str = "pkTls";
 const DN: &str = "devTls";
 /// Upper bound of every wait (a download, a broker start, a message).
 const WAIT: Duration = Duration::from_secs(30);
-
-fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(Pki::generate)
-}
-
-/// An Aliyun upgrade notification for `image` at `url`.
-fn notice(url: &str, image: &[u8]) -> String {
-    format!(
-        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{}"}},"id":1,"message":"success"}}"#,
-        image.len(),
-        ota_cloud::md5_hex(image)
-    )
-}
 
 fn http_config(ca_pem: Option<&str>) -> HttpConfig {
     HttpConfig {
@@ -74,7 +55,7 @@ fn session_for(server: &FirmwareServer, ca_pem: Option<&str>) -> (OtaSession, Se
         Box::new(source),
     )
     .expect("session");
-    let msg = notice(&server.url(), server.image());
+    let msg = aliyun_notice(server.image(), &server.url(), "2.0.0");
     session
         .handle_message(session.downstream_topic(), msg.as_bytes())
         .expect("upgrade accepted");
@@ -209,117 +190,11 @@ fn http_source_refuses_a_ca_that_is_not_a_pem_certificate() {
     }
 }
 
-/// A Mosquitto broker with a TLS listener on 127.0.0.1, stopped and cleaned up on drop.
-struct Mosquitto {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Mosquitto {
-    /// `None` when no mosquitto binary is installed.
-    fn find() -> Option<PathBuf> {
-        let mut candidates = vec![
-            PathBuf::from("/usr/sbin/mosquitto"),
-            PathBuf::from("/usr/local/sbin/mosquitto"),
-        ];
-        if let Some(path) = std::env::var_os("PATH") {
-            candidates.extend(std::env::split_paths(&path).map(|d| d.join("mosquitto")));
-        }
-        candidates.into_iter().find(|p| p.is_file())
-    }
-
-    /// A broker presenting `leaf` (signed by `pki`'s CA).
-    fn start(binary: &Path, pki: &Pki, leaf: &Leaf) -> Mosquitto {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ota-tls-mosquitto-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = |name: &str, text: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, text).unwrap();
-            path.display().to_string()
-        };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = format!(
-            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\n",
-            file("ca.pem", &pki.ca_pem),
-            file("server.pem", &leaf.cert_pem),
-            file("server.key", &leaf.key_pem),
-        );
-        let conf = file("mosquitto.conf", &conf);
-        let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto starts");
-        let mut broker = Mosquitto { child, dir, port };
-        broker.wait_ready();
-        broker
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("mosquitto exited with {status}:\n{}", self.log());
-            }
-            let addr = ([127, 0, 0, 1], self.port).into();
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn tls_options(port: u16, client_id: &str, ca_pem: &str) -> MqttOptions {
     MqttOptions {
         ca_pem: Some(ca_pem.as_bytes().to_vec()),
         ..MqttOptions::new("localhost", port, client_id)
     }
-}
-
-/// The mosquitto binary; None (the test skips) when it is missing and not required.
-fn mosquitto_or_skip() -> Option<PathBuf> {
-    let found = Mosquitto::find();
-    if found.is_none() {
-        if std::env::var("OTA_REQUIRE_MOSQUITTO").as_deref() == Ok("required") {
-            panic!("mosquitto is not installed and OTA_REQUIRE_MOSQUITTO=required");
-        }
-        println!(
-            "skipped: mosquitto is not installed (set OTA_REQUIRE_MOSQUITTO=required to fail)"
-        );
-    }
-    found
 }
 
 /// The broker's certificate is checked like an HTTPS server's: a certificate for another host
@@ -346,12 +221,12 @@ fn mqtt_over_tls_times_out_on_a_broker_that_never_answers_the_handshake() {
 
 #[test]
 fn mqtt_over_tls_refuses_a_wrong_host_name_and_an_expired_certificate() {
-    let Some(binary) = mosquitto_or_skip() else {
+    let Some(binary) = mosquitto::binary_or_skip() else {
         return;
     };
     let pki = pki();
     for (what, leaf) in [("host name", &pki.other_host), ("expired", &pki.expired)] {
-        let broker = Mosquitto::start(&binary, pki, leaf);
+        let broker = Mosquitto::start_tls(&binary, pki, leaf);
         let r = MqttClient::connect(&tls_options(broker.port, "ota-tls-bad", &pki.ca_pem));
         assert_eq!(r.err(), Some(Error::Mqtt(MqttError::Tls)), "{what}");
     }
@@ -359,11 +234,11 @@ fn mqtt_over_tls_refuses_a_wrong_host_name_and_an_expired_certificate() {
 
 #[test]
 fn mqtt_over_tls_with_mosquitto() {
-    let Some(binary) = mosquitto_or_skip() else {
+    let Some(binary) = mosquitto::binary_or_skip() else {
         return;
     };
     let pki = pki();
-    let broker = Mosquitto::start(&binary, pki, &pki.server);
+    let broker = Mosquitto::start_tls(&binary, pki, &pki.server);
 
     let client = MqttClient::connect(&tls_options(broker.port, "ota-tls-echo", &pki.ca_pem))
         .unwrap_or_else(|e| panic!("TLS connect failed: {e}\n{}", broker.log()));
@@ -434,7 +309,7 @@ fn c_device_download(broker_port: u16, server: &FirmwareServer, dn: &str) -> Res
     ))
     .expect("cloud connects");
     let topic = format!("/ota/device/upgrade/{PK}/{dn}");
-    let msg = notice(&server.url(), server.image());
+    let msg = aliyun_notice(server.image(), &server.url(), "2.0.0");
     cloud
         .publish(&topic, QoS::AtLeastOnce, false, msg.as_bytes())
         .unwrap();

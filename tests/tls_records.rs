@@ -6,16 +6,14 @@
 
 #![cfg(feature = "tls")]
 
-#[path = "common/certs.rs"]
-#[allow(dead_code)] // only the CA and the localhost leaf are used here
-mod certs;
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{Recorder, Sent};
+mod common;
+use common::certs::pki;
+use common::firmware::aliyun_notice;
+use common::recorder::{Recorder, Sent};
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,11 +27,6 @@ use rustls::SupportedProtocolVersion;
 
 /// Upper bound of every wait (a read, a download, the server's log).
 const WAIT: Duration = Duration::from_secs(10);
-
-fn pki() -> &'static certs::Pki {
-    static PKI: OnceLock<certs::Pki> = OnceLock::new();
-    PKI.get_or_init(certs::Pki::generate)
-}
 
 fn server(
     image: &[u8],
@@ -99,15 +92,6 @@ fn read_body(src: &mut HttpSource) -> (Option<OpenInfo>, Vec<u8>, Result<(), Dow
     }
 }
 
-/// An Aliyun upgrade notification for `image` at `url`.
-fn notice(url: &str, image: &[u8]) -> String {
-    format!(
-        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{}"}},"id":1,"message":"success"}}"#,
-        image.len(),
-        ota_cloud::md5_hex(image)
-    )
-}
-
 /// A session on a recording uplink and a real HTTPS source trusting the test CA, told to
 /// upgrade to what `server` serves; retries come quickly.
 fn session_for(server: &FirmwareServer) -> (OtaSession, Sent) {
@@ -131,7 +115,7 @@ fn session_for(server: &FirmwareServer) -> (OtaSession, Sent) {
         Box::new(source),
     )
     .expect("session");
-    let msg = notice(&server.url(), server.image());
+    let msg = aliyun_notice(server.image(), &server.url(), "2.0.0");
     session
         .handle_message(session.downstream_topic(), msg.as_bytes())
         .expect("upgrade accepted");

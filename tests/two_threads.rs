@@ -2,11 +2,10 @@
 //! the network holds no lock the other thread needs, and what that thread does (a supersede, a
 //! progress report, a state query) takes effect at once.
 
-#[path = "common/recorder.rs"]
-mod recorder;
-use recorder::{payloads, Recorder, Sent};
+mod common;
+use common::recorder::{payloads, Recorder, Sent};
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ota::error::{DownloadError, Error};
@@ -14,8 +13,11 @@ use ota::source::{Chunk, FirmwareSource};
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::cloud::Firmware;
 
-/// A server that sends its head, then nothing: every read waits its whole timeout.
-struct Silent;
+/// A server that sends its head, then nothing: every read waits its whole timeout. Says on
+/// `waiting` when a read starts.
+struct Silent {
+    waiting: mpsc::Sender<()>,
+}
 
 impl FirmwareSource for Silent {
     fn open(&mut self, _url: &str, _offset: u64) -> Result<(), DownloadError> {
@@ -23,6 +25,8 @@ impl FirmwareSource for Silent {
     }
 
     fn read(&mut self, _buf: &mut [u8], timeout: Duration) -> Result<Chunk, DownloadError> {
+        let _ = self.waiting.send(());
+        // The server's silence: the fault under test, not a synchronisation.
         std::thread::sleep(timeout);
         Ok(Chunk::Pending)
     }
@@ -39,13 +43,14 @@ fn announce(s: &OtaSession, version: &str, img: &[u8]) {
 #[test]
 fn a_waiting_fetch_yield_blocks_nothing_and_sees_a_supersede() {
     let sent: Sent = Arc::default();
+    let (waiting, fetch_waits) = mpsc::channel();
     let s = Arc::new(
         OtaSession::new(
             "pk",
             "dn",
             OtaConfig::for_protocol(Protocol::Aliyun),
             Box::new(Recorder(sent.clone())),
-            Box::new(Silent),
+            Box::new(Silent { waiting }),
         )
         .unwrap(),
     );
@@ -60,7 +65,9 @@ fn a_waiting_fetch_yield_blocks_nothing_and_sees_a_supersede() {
             (r, t.elapsed())
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    fetch_waits
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the fetch waits for the server");
     // The "MQTT thread": every call returns at once although the fetch waits.
     let t = Instant::now();
     assert!(s.is_fetching());
@@ -85,22 +92,28 @@ fn a_waiting_fetch_yield_blocks_nothing_and_sees_a_supersede() {
 }
 
 /// A breakpoint store that takes its time to write (a flash erase, an fsync on a slow card).
-#[derive(Clone, Default)]
-struct SlowStore(Arc<std::sync::Mutex<Vec<u8>>>);
+/// Says on `saving` when a write starts.
+#[derive(Clone)]
+struct SlowStore {
+    record: Arc<std::sync::Mutex<Vec<u8>>>,
+    saving: mpsc::Sender<()>,
+}
 
 impl ota::resume::BreakpointStore for SlowStore {
     fn load(&mut self, buf: &mut [u8]) -> Result<usize, ota::resume::StoreError> {
-        let r = self.0.lock().unwrap();
+        let r = self.record.lock().unwrap();
         buf[..r.len()].copy_from_slice(&r);
         Ok(r.len())
     }
     fn save(&mut self, bytes: &[u8]) -> Result<(), ota::resume::StoreError> {
+        let _ = self.saving.send(());
+        // The slow write: the condition under test, not a synchronisation.
         std::thread::sleep(Duration::from_millis(800));
-        *self.0.lock().unwrap() = bytes.to_vec();
+        *self.record.lock().unwrap() = bytes.to_vec();
         Ok(())
     }
     fn erase(&mut self) -> Result<(), ota::resume::StoreError> {
-        self.0.lock().unwrap().clear();
+        self.record.lock().unwrap().clear();
         Ok(())
     }
 }
@@ -118,7 +131,11 @@ fn a_slow_breakpoint_write_blocks_no_other_thread() {
         )
         .unwrap(),
     );
-    let store = SlowStore::default();
+    let (saving, saves) = mpsc::channel();
+    let store = SlowStore {
+        record: Arc::default(),
+        saving,
+    };
     s.set_breakpoint_store(Box::new(store.clone())).unwrap();
     s.set_save_policy(ota::resume::SavePolicy {
         every_bytes: 1000,
@@ -130,8 +147,10 @@ fn a_slow_breakpoint_write_blocks_no_other_thread() {
     s.handle_message(s.downstream_topic(), msg.as_bytes())
         .unwrap(); // writes the fresh record: 0.8 s on this thread, the caller's own
     assert!(t.elapsed() >= Duration::from_millis(700));
+    assert_eq!(saves.try_recv(), Ok(()), "the fresh record");
     let mut buf = [0u8; 5000];
     assert_eq!(s.fetch_yield(&mut buf, Duration::ZERO), Ok(5000));
+    assert!(saves.try_recv().is_err(), "nothing new to save yet");
     // The next call saves the record of those 5000 bytes first: 0.8 s, on the fetching thread.
     let fetcher = {
         let s = s.clone();
@@ -140,7 +159,9 @@ fn a_slow_breakpoint_write_blocks_no_other_thread() {
             s.fetch_yield(&mut buf, Duration::ZERO)
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    saves
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the fetching thread saves the record");
     let t = Instant::now();
     assert_eq!(s.fetched_size(), 5000, "the save comes before new bytes");
     s.report_progress(10, None).unwrap();
@@ -151,6 +172,6 @@ fn a_slow_breakpoint_write_blocks_no_other_thread() {
         "the other thread waited {quick:?} for the record write"
     );
     assert_eq!(fetcher.join().unwrap(), Ok(5000));
-    let saved = ota::resume::Breakpoint::decode(&store.0.lock().unwrap()).unwrap();
+    let saved = ota::resume::Breakpoint::decode(&store.record.lock().unwrap()).unwrap();
     assert_eq!(saved.offset(), 5000);
 }

@@ -1,6 +1,8 @@
 //! Certificates made at test time with rcgen (ring): a CA and what it signs, plus an unrelated
 //! CA, so TLS tests need no key material checked in.
 
+use std::sync::OnceLock;
+
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -74,4 +76,10 @@ impl Pki {
             expired: leaf(&issuer, &local, true),
         }
     }
+}
+
+/// The certificates of this test process, made on first use.
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(Pki::generate)
 }

@@ -9,7 +9,6 @@ use ota::error::{Error, MqttError};
 use super::recorder::{Recorder, Sent};
 
 /// What a publish returns while the uplink is down.
-#[allow(dead_code)]
 pub const QUEUE_FULL: Error = Error::Mqtt(MqttError::QueueFull);
 
 pub struct Flaky {

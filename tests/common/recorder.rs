@@ -38,7 +38,6 @@ fn with_id(text: &str, id: usize) -> Option<String> {
 }
 
 /// The published payloads, in order.
-#[allow(dead_code)]
 pub fn payloads(sent: &Sent) -> Vec<String> {
     sent.lock()
         .unwrap()

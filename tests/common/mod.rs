@@ -1,0 +1,14 @@
+//! What the integration tests share, declared once: each test crate says `mod common;` and
+//! uses the parts it needs.
+
+// Every test file is its own crate, and none uses all of this.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod cmqtt;
+pub mod firmware;
+pub mod flaky;
+pub mod mosquitto;
+pub mod net;
+pub mod recorder;
+pub mod wait;
