@@ -41,36 +41,7 @@
 
 #include "iot_import.h"
 #include "iot_export.h"
-
-/* ------------------------------------------------------------------------------------------ */
-/* Checks                                                                                      */
-
-static int checks_passed;
-
-static void check_int(const char *what, long got, int ok, const char *expected)
-{
-    printf("%-72s got %-11ld expected %-24s %s\n", what, got, expected, ok ? "ok" : "FAILED");
-    if (!ok) {
-        printf("%d passed, 1 failed\n", checks_passed);
-        exit(1);
-    }
-    checks_passed++;
-}
-
-#define EXPECT_EQ(expr, expected) \
-    do { long got_ = (long)(expr); check_int(#expr, got_, got_ == (long)(expected), "== " #expected); } while (0)
-#define EXPECT_NULL(expr) \
-    do { const void *got_ = (const void *)(expr); check_int(#expr, got_ != NULL, got_ == NULL, "NULL"); } while (0)
-#define EXPECT_TRUE(what, cond) \
-    do { int got_ = (cond) ? 1 : 0; check_int(what, got_, got_, "true"); } while (0)
-
-/* The same check with a description built at run time. */
-static void expect_eq_msg(const char *what, long got, long expected)
-{
-    char text[32];
-    snprintf(text, sizeof(text), "== %ld", expected);
-    check_int(what, got, got == expected, text);
-}
+#include "test_checks.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Output buffers between canaries                                                             */
@@ -90,8 +61,7 @@ static void *gbuf_new(gbuf_t *g, size_t len)
     g->len = len;
     g->block = malloc(len + 2 * GUARD);
     if (g->block == NULL) {
-        printf("out of memory\n");
-        exit(1);
+        check_fail("out of memory");
     }
     memset(g->block, CANARY, GUARD);
     memset(g->block + GUARD, FILLER, len);
@@ -157,8 +127,7 @@ static char *repeat(char c, size_t len)
 {
     char *s = malloc(len + 1);
     if (s == NULL) {
-        printf("out of memory\n");
-        exit(1);
+        check_fail("out of memory");
     }
     memset(s, c, len);
     s[len] = '\0';
@@ -478,13 +447,6 @@ static int store_load(void *ctx, uint8_t *buf, uint32_t buf_len);
 static int store_save(void *ctx, const uint8_t *buf, uint32_t len);
 static int store_erase(void *ctx);
 
-static void on_message_ignore(void *pcontext, void *pclient, iotx_mqtt_event_msg_pt msg)
-{
-    (void)pcontext;
-    (void)pclient;
-    (void)msg;
-}
-
 /* Every IOT_OTA_* function given `h`, which is NULL or not an OTA handle. */
 static void check_ota_bad_handle(void *h, const char *name)
 {
@@ -555,7 +517,7 @@ static void check_mqtt_bad_handle(void *h, const char *name)
     EXPECT_EQ(IOT_MQTT_Yield(h, 0), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_Yield(h, -1), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_CheckStateNormal(h), 0);
-    EXPECT_EQ(IOT_MQTT_Subscribe(h, "a/b", IOTX_MQTT_QOS1, on_message_ignore, NULL), NULL_VALUE_ERROR);
+    EXPECT_EQ(IOT_MQTT_Subscribe(h, "a/b", IOTX_MQTT_QOS1, ignore_mqtt_event, NULL), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_Subscribe(h, NULL, IOTX_MQTT_QOS1, NULL, NULL), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_Unsubscribe(h, "a/b"), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_Unsubscribe(h, NULL), NULL_VALUE_ERROR);
@@ -795,8 +757,9 @@ static void server_start(http_server_t *s)
     if (s->listen_fd < 0 || bind(s->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) != 0
         || listen(s->listen_fd, 8) != 0 || getsockname(s->listen_fd, (struct sockaddr *)&addr, &len) != 0
         || pthread_create(&s->thread, NULL, server_main, s) != 0) {
-        printf("cannot start the firmware server: %s\n", strerror(errno));
-        exit(1);
+        char why[128];
+        snprintf(why, sizeof(why), "cannot start the firmware server: %s", strerror(errno));
+        check_fail(why);
     }
     s->port = ntohs(addr.sin_port);
     printf("-- firmware server on http://127.0.0.1:%d/ (%u bytes, md5 %s)\n", s->port, FIRMWARE_SIZE, FIRMWARE_MD5);
@@ -947,9 +910,8 @@ static size_t check_string_query(void *h, int type, const char *name, const char
     expect_eq_msg(what, IOT_OTA_Ioctl(h, type, answer, 2048), 0);
     len = strlen(answer);
     if (len == 0) {
-        printf("%s: empty answer\n", name);
-        printf("%d passed, 1 failed\n", checks_passed);
-        exit(1);
+        snprintf(what, sizeof(what), "%s: empty answer", name);
+        check_fail(what);
     }
     snprintf(what, sizeof(what), "  %s answer \"%.40s\" NUL-terminated, nothing written after the NUL", name, answer);
     EXPECT_TRUE(what, len < 2048 && gbuf_untouched_from(&big, len + 1) && gbuf_guards_ok(&big));
@@ -1083,11 +1045,11 @@ static void check_mqtt_live(void *pclient)
     EXPECT_EQ(IOT_MQTT_Yield(pclient, -100), 0);
     EXPECT_EQ(IOT_MQTT_Yield(pclient, INT_MIN), 0);
 
-    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, NULL, IOTX_MQTT_QOS1, on_message_ignore, NULL), NULL_VALUE_ERROR);
+    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, NULL, IOTX_MQTT_QOS1, ignore_mqtt_event, NULL), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_Subscribe(pclient, "edge/x", IOTX_MQTT_QOS1, NULL, NULL), NULL_VALUE_ERROR);
-    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, "edge/#/x", IOTX_MQTT_QOS1, on_message_ignore, NULL), NULL_VALUE_ERROR);
-    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, "", IOTX_MQTT_QOS1, on_message_ignore, NULL), NULL_VALUE_ERROR);
-    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, not_utf8, IOTX_MQTT_QOS1, on_message_ignore, NULL), NULL_VALUE_ERROR);
+    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, "edge/#/x", IOTX_MQTT_QOS1, ignore_mqtt_event, NULL), NULL_VALUE_ERROR);
+    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, "", IOTX_MQTT_QOS1, ignore_mqtt_event, NULL), NULL_VALUE_ERROR);
+    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, not_utf8, IOTX_MQTT_QOS1, ignore_mqtt_event, NULL), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_Unsubscribe(pclient, NULL), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_Unsubscribe(pclient, "edge/never/subscribed"), FAIL_RETURN);
 
@@ -1137,7 +1099,7 @@ static void check_mqtt_oversize(void *pclient)
     msg.qos = IOTX_MQTT_QOS0;
     msg.payload = "hello";
     msg.payload_len = 5;
-    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, long_topic, IOTX_MQTT_QOS1, on_message_ignore, NULL), NULL_VALUE_ERROR);
+    EXPECT_EQ(IOT_MQTT_Subscribe(pclient, long_topic, IOTX_MQTT_QOS1, ignore_mqtt_event, NULL), NULL_VALUE_ERROR);
     EXPECT_EQ(IOT_MQTT_Publish(pclient, long_topic, &msg), NULL_VALUE_ERROR);
     msg.payload = big;
     msg.payload_len = 70000;
@@ -1562,9 +1524,7 @@ static void check_live(void)
     void *pclient;
 
     if (getenv("IOTX_MQTT_HOST") == NULL || getenv("IOTX_MQTT_PORT") == NULL) {
-        printf("live mode needs IOTX_MQTT_HOST and IOTX_MQTT_PORT (run_with_broker.sh sets them)\n");
-        printf("%d passed, 1 failed\n", checks_passed);
-        exit(1);
+        check_fail("live mode needs IOTX_MQTT_HOST and IOTX_MQTT_PORT (run_with_broker.sh sets them)");
     }
     server_start(&server);
     pclient = connect_live();
@@ -1599,6 +1559,5 @@ int main(int argc, char **argv)
         return 2;
     }
     IOT_CloseLog();
-    printf("%d passed, 0 failed\n", checks_passed);
-    return 0;
+    return checks_done();
 }

@@ -1,7 +1,8 @@
 /*
  * ota_mqtt_example.c: firmware upgrade over MQTT + HTTPS, written the way Aliyun iotkit v2.3
  * firmware is (its samples mqtt/mqtt_example.c and ota/ota_example_mqtt.c), compiled unchanged
- * against libota.
+ * against libota. Self-contained on purpose: customers copy it, and ota-cloud's demo and
+ * ota-bench compile it alone (the test devices share test_device.c instead).
  *
  * Usage: ota_mqtt_example [output-file]            (default output file: ota.bin)
  *
