@@ -667,7 +667,8 @@ impl ImageVerifier {
     /// Rebuilds a verifier from a state written by [`save_state`](Self::save_state). `None`
     /// unless `state` is exactly such a state: its length, format byte and flags, a header
     /// that passed its checks, positions that fit the image's layout, a hash state that has
-    /// absorbed exactly the hashed bytes received, and zeros wherever nothing was written.
+    /// absorbed exactly the hashed bytes received, zeros wherever nothing was written, and
+    /// bytes that save back unchanged.
     pub fn restore(state: &[u8]) -> Option<ImageVerifier> {
         if state.len() != STATE_MAX {
             return None;
@@ -717,7 +718,12 @@ impl ImageVerifier {
             hash: restore_hash(hash_field, hashed, kind)?,
             ..v
         };
-        v.is_reachable().then_some(v)
+        if !v.is_reachable() {
+            return None;
+        }
+        // Canonical: what was read saves back to the same bytes (nothing ignored on the way).
+        let mut again = [0u8; STATE_MAX];
+        (v.save_state(&mut again) == STATE_MAX && again[..] == *state).then_some(v)
     }
 
     /// Bytes the image hash has absorbed at this point (`None`: final), as `update` leaves it.
