@@ -16,6 +16,7 @@
 pub mod conninfo;
 pub mod digest;
 pub mod error;
+pub mod image;
 pub mod link;
 pub mod log;
 pub mod mqtt;

@@ -98,3 +98,8 @@ fn c_api() {
 fn mqtt_client() {
     replay("mqtt_client");
 }
+
+#[test]
+fn image_tlv() {
+    replay("image_tlv");
+}

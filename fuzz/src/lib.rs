@@ -8,6 +8,7 @@
 pub mod breakpoint;
 pub mod c_api;
 pub mod decode;
+pub mod image;
 pub mod input;
 pub mod json;
 pub mod mqtt;
@@ -17,7 +18,7 @@ pub type Check = fn(&[u8]);
 
 /// The fuzz targets, by name (the directories under `corpus/` and `regressions/`), with the
 /// function each runs on an input.
-pub const TARGETS: [(&str, Check); 8] = [
+pub const TARGETS: [(&str, Check); 9] = [
     ("decode_aliyun", decode::aliyun),
     ("decode_tencent", decode::tencent),
     ("decode_ucloud", decode::ucloud),
@@ -26,4 +27,5 @@ pub const TARGETS: [(&str, Check); 8] = [
     ("breakpoint", breakpoint::run),
     ("c_api", c_api::run),
     ("mqtt_client", mqtt::run),
+    ("image_tlv", image::run),
 ];
