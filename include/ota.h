@@ -253,6 +253,89 @@ typedef enum IOT_OTA_Err_t {
    */
   IOT_OTAE_OSC_FAILED = -7,
   /*
+   A signature is required and the file is not an MCUboot image (extension: the image
+   refusals, -20 to -39, each end the download with the protocol's verify-failed report
+   naming the cause; see IOT_OTAC_REQUIRE_SIGNATURE).
+   */
+  IOT_OTAE_IMAGE_NOT_MCUBOOT = -20,
+  /*
+   The MCUboot header's size is below its 32 bytes.
+   */
+  IOT_OTAE_IMAGE_BAD_HEADER = -21,
+  /*
+   An encrypted MCUboot image: its hash and signature cover the plaintext, not what is
+   downloaded.
+   */
+  IOT_OTAE_IMAGE_ENCRYPTED = -22,
+  /*
+   The image ended inside its header or payload.
+   */
+  IOT_OTAE_IMAGE_TRUNCATED = -23,
+  /*
+   A TLV area does not open with its info (magic, size).
+   */
+  IOT_OTAE_IMAGE_BAD_TLV_INFO = -24,
+  /*
+   A TLV runs past the end of its area.
+   */
+  IOT_OTAE_IMAGE_TLV_PAST_END = -25,
+  /*
+   A TLV the verifier needs has a length it cannot use.
+   */
+  IOT_OTAE_IMAGE_TLV_LENGTH = -26,
+  /*
+   A TLV that must appear once appears twice.
+   */
+  IOT_OTAE_IMAGE_DUPLICATE_TLV = -27,
+  /*
+   The image ended inside its TLV areas.
+   */
+  IOT_OTAE_IMAGE_TLV_TRUNCATED = -28,
+  /*
+   Bytes follow the end of the image's TLV area.
+   */
+  IOT_OTAE_IMAGE_TRAILING_BYTES = -29,
+  /*
+   The image's headers give another length than the announced size.
+   */
+  IOT_OTAE_IMAGE_SIZE_MISMATCH = -30,
+  /*
+   Only a hash or signature of a kind this SDK does not check (SHA-384/512, RSA, pure).
+   */
+  IOT_OTAE_IMAGE_UNSUPPORTED = -31,
+  /*
+   An MCUboot image without its SHA-256 TLV.
+   */
+  IOT_OTAE_IMAGE_MISSING_HASH = -32,
+  /*
+   The image's SHA-256 TLV differs from the hash of the bytes received.
+   */
+  IOT_OTAE_IMAGE_HASH_MISMATCH = -33,
+  /*
+   A signature is required and the image has none.
+   */
+  IOT_OTAE_IMAGE_MISSING_SIGNATURE = -34,
+  /*
+   A signature is required and no key was added (IOT_OTAC_ADD_IMAGE_KEY).
+   */
+  IOT_OTAE_IMAGE_NO_KEYS = -35,
+  /*
+   The image is signed with a key that was not added.
+   */
+  IOT_OTAE_IMAGE_UNKNOWN_KEY = -36,
+  /*
+   The signature does not verify.
+   */
+  IOT_OTAE_IMAGE_BAD_SIGNATURE = -37,
+  /*
+   The image's version is lower than the running one (IOT_OTAC_RUNNING_VERSION).
+   */
+  IOT_OTAE_IMAGE_DOWNGRADE = -38,
+  /*
+   The image's security counter is lower than the running one.
+   */
+  IOT_OTAE_IMAGE_COUNTER_DOWNGRADE = -39,
+  /*
    Success.
    */
   IOT_OTAE_NONE = 0,
@@ -708,6 +791,75 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
 
 
 
+
+/*
+ Configuration, before a download: buf = a vendor public key, `buf_len` its length: PEM text
+ (`imgtool getpub -e pem`; a trailing NUL is allowed), DER SubjectPublicKeyInfo, or raw (32
+ bytes Ed25519, 65 bytes uncompressed P-256). Adds it to the keys images may be signed with
+ (several for rotation; the image's key-hash TLV picks one). IOT_OTAE_INVALID_PARAM when it is
+ no such key.
+ */
+#define IOT_OTAC_ADD_IMAGE_KEY 19
+
+/*
+ Configuration: uint32_t, buf_len 4: 1 = only MCUboot images signed with an added key are
+ accepted (recommended); 0 = the default, any image the platform's digest accepts (an MCUboot
+ image still gets every check that can be made: its hash, its signature when keys are added,
+ the downgrade rule).
+ */
+#define IOT_OTAC_REQUIRE_SIGNATURE 20
+
+/*
+ Configuration: char buffer, NUL-terminated within `buf_len`: the running image's version,
+ `MAJOR[.MINOR[.REVISION[+BUILD]]]` as imgtool spells it. An image whose header version
+ (major.minor.revision) is lower is refused (IOT_OTAE_IMAGE_DOWNGRADE). An empty string
+ removes the rule.
+ */
+#define IOT_OTAC_RUNNING_VERSION 21
+
+/*
+ Configuration: uint32_t, buf_len 4: the running image's security counter. An image whose
+ protected security-counter TLV is lower (none counts as 0) is refused
+ (IOT_OTAE_IMAGE_COUNTER_DOWNGRADE).
+ */
+#define IOT_OTAC_RUNNING_SECURITY_COUNTER 22
+
+/*
+ Configuration: uint32_t, buf_len 4: 1 = lower versions and security counters are accepted
+ (a deliberate rollback); 0 = refused (the default).
+ */
+#define IOT_OTAC_ALLOW_DOWNGRADE 23
+
+/*
+ uint32_t, buf_len 4, after IOT_OTAG_CHECK_FIRMWARE is 1: 1 when the image's signature
+ verified with an added key, else 0.
+ */
+#define IOT_OTAG_IMAGE_SIGNED 24
+
+/*
+ int, buf_len 4, after IOT_OTAG_CHECK_FIRMWARE is 1: which added key verified the image (0 for
+ the first IOT_OTAC_ADD_IMAGE_KEY), -1 when none did.
+ */
+#define IOT_OTAG_IMAGE_KEY_INDEX 25
+
+/*
+ char buffer, after IOT_OTAG_CHECK_FIRMWARE is 1: the MCUboot header's version
+ ("1.2.3", "+BUILD" when not 0); IOT_OTAE_INVALID_STATE for an image without an MCUboot header.
+ */
+#define IOT_OTAG_IMAGE_VERSION 26
+
+/*
+ uint32_t, buf_len 4, after IOT_OTAG_CHECK_FIRMWARE is 1: where the payload starts in the
+ downloaded file (the MCUboot header size; 0 for a plain file), so Linux firmware that installs
+ the bare payload can strip the header.
+ */
+#define IOT_OTAG_PAYLOAD_OFFSET 27
+
+/*
+ uint32_t, buf_len 4, after IOT_OTAG_CHECK_FIRMWARE is 1: the payload's length (the whole file
+ for a plain file).
+ */
+#define IOT_OTAG_PAYLOAD_SIZE 28
 
 /*
  At most once: sent once, never acknowledged (no PUBLISH_SUCCESS event).

@@ -2,6 +2,7 @@
 //!
 //! Every variant carries only static text and numbers, so building an error never allocates.
 
+pub use crate::image::ImageError;
 pub use crate::protocol::NoticeError;
 pub use crate::source::DownloadError;
 
@@ -77,6 +78,10 @@ pub enum Error {
     /// The firmware download failed (network, HTTP, size or digest).
     #[error("download failed: {0}")]
     Download(#[from] DownloadError),
+    /// The image was refused by its own checks (MCUboot hash, signature, key, downgrade, TLV
+    /// layout); the platform's digest matched or had not been checked yet.
+    #[error("image refused: {0}")]
+    Image(#[from] ImageError),
     /// The MQTT connection or a request on it failed.
     #[error("MQTT: {0}")]
     Mqtt(#[from] MqttError),

@@ -55,7 +55,13 @@ impl Uplink for Link {
 
 /// Downloads the image `server` serves over a session whose MQTT link is `tls`; the image.
 fn download(server: &FirmwareServer, tls: bool) -> Vec<u8> {
+    download_under(server, tls, ota::image::ImagePolicy::default())
+}
+
+/// [`download`] under an image policy.
+fn download_under(server: &FirmwareServer, tls: bool, image: ota::image::ImagePolicy) -> Vec<u8> {
     let config = OtaConfig {
+        image,
         http: HttpConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
@@ -135,6 +141,30 @@ fn each_upgrade_gets_its_own_line() {
     download(&server, false);
     download(&server, false);
     assert_eq!(lines_with("nothing protects").len(), 2);
+}
+
+#[test]
+fn plain_http_with_a_signature_required_says_the_signature_protects_the_image() {
+    let _g = serial();
+    let image = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/mcuboot/ed25519.bin"
+    ))
+    .expect("fixture");
+    let server = FirmwareServer::start(image).expect("firmware server");
+    let key = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/mcuboot/test-only-ed25519.pub.pem"
+    ))
+    .expect("key");
+    let policy = ota::image::ImagePolicy {
+        keys: vec![ota::image::ImageKey::parse(&key).expect("key")],
+        require_signature: true,
+        ..Default::default()
+    };
+    assert_eq!(download_under(&server, false, policy), &server.image()[..]);
+    assert_eq!(lines_with("valid signature of a configured key").len(), 1);
+    assert!(lines_with("nothing protects").is_empty());
 }
 
 // The bundled web roots for MQTT are exercised in src/conninfo.rs (the default connection

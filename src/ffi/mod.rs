@@ -20,6 +20,7 @@ pub mod conninfo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hal;
+pub mod image;
 pub mod log;
 pub mod mqtt;
 pub mod ota;

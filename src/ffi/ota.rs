@@ -31,6 +31,49 @@ pub enum IOT_OTA_Err_t {
     IOT_OTAE_NOMEM = -6,
     /// The signalling channel (MQTT) failed to take a message.
     IOT_OTAE_OSC_FAILED = -7,
+    /// A signature is required and the file is not an MCUboot image (extension: the image
+    /// refusals, -20 to -39, each end the download with the protocol's verify-failed report
+    /// naming the cause; see IOT_OTAC_REQUIRE_SIGNATURE).
+    IOT_OTAE_IMAGE_NOT_MCUBOOT = -20,
+    /// The MCUboot header's size is below its 32 bytes.
+    IOT_OTAE_IMAGE_BAD_HEADER = -21,
+    /// An encrypted MCUboot image: its hash and signature cover the plaintext, not what is
+    /// downloaded.
+    IOT_OTAE_IMAGE_ENCRYPTED = -22,
+    /// The image ended inside its header or payload.
+    IOT_OTAE_IMAGE_TRUNCATED = -23,
+    /// A TLV area does not open with its info (magic, size).
+    IOT_OTAE_IMAGE_BAD_TLV_INFO = -24,
+    /// A TLV runs past the end of its area.
+    IOT_OTAE_IMAGE_TLV_PAST_END = -25,
+    /// A TLV the verifier needs has a length it cannot use.
+    IOT_OTAE_IMAGE_TLV_LENGTH = -26,
+    /// A TLV that must appear once appears twice.
+    IOT_OTAE_IMAGE_DUPLICATE_TLV = -27,
+    /// The image ended inside its TLV areas.
+    IOT_OTAE_IMAGE_TLV_TRUNCATED = -28,
+    /// Bytes follow the end of the image's TLV area.
+    IOT_OTAE_IMAGE_TRAILING_BYTES = -29,
+    /// The image's headers give another length than the announced size.
+    IOT_OTAE_IMAGE_SIZE_MISMATCH = -30,
+    /// Only a hash or signature of a kind this SDK does not check (SHA-384/512, RSA, pure).
+    IOT_OTAE_IMAGE_UNSUPPORTED = -31,
+    /// An MCUboot image without its SHA-256 TLV.
+    IOT_OTAE_IMAGE_MISSING_HASH = -32,
+    /// The image's SHA-256 TLV differs from the hash of the bytes received.
+    IOT_OTAE_IMAGE_HASH_MISMATCH = -33,
+    /// A signature is required and the image has none.
+    IOT_OTAE_IMAGE_MISSING_SIGNATURE = -34,
+    /// A signature is required and no key was added (IOT_OTAC_ADD_IMAGE_KEY).
+    IOT_OTAE_IMAGE_NO_KEYS = -35,
+    /// The image is signed with a key that was not added.
+    IOT_OTAE_IMAGE_UNKNOWN_KEY = -36,
+    /// The signature does not verify.
+    IOT_OTAE_IMAGE_BAD_SIGNATURE = -37,
+    /// The image's version is lower than the running one (IOT_OTAC_RUNNING_VERSION).
+    IOT_OTAE_IMAGE_DOWNGRADE = -38,
+    /// The image's security counter is lower than the running one.
+    IOT_OTAE_IMAGE_COUNTER_DOWNGRADE = -39,
     /// Success.
     IOT_OTAE_NONE = 0,
 }
@@ -138,6 +181,11 @@ pub struct OtaHandle {
 }
 
 impl OtaHandle {
+    /// The session behind the handle.
+    pub(crate) fn ota_session(&self) -> &OtaSession {
+        &self.session
+    }
+
     /// The C handle of `session`, attached to `mqtt` (NULL: a session on other transports,
     /// e.g. [`super::fuzzing`]); IOT_OTA_Deinit releases it.
     pub(crate) fn into_raw(session: OtaSession, mqtt: *const MqttHandle) -> *mut c_void {
@@ -232,6 +280,7 @@ pub fn err_code(e: &Error) -> c_int {
         Error::NoMemory => IOT_OTA_Err_t::IOT_OTAE_NOMEM as c_int,
         Error::Mqtt(_) => IOT_OTA_Err_t::IOT_OTAE_OSC_FAILED as c_int,
         Error::Notice(_) | Error::VersionRefused(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,
+        Error::Image(e) => super::image::code(e),
     }
 }
 
@@ -276,7 +325,7 @@ fn code(h: &OtaHandle, r: Result<(), Error>) -> c_int {
 }
 
 /// Records and returns an argument error found in the shim itself.
-fn reject(h: &OtaHandle, func: &str, e: Error) -> c_int {
+pub(crate) fn reject(h: &OtaHandle, func: &str, e: Error) -> c_int {
     ota_log!(Level::Error, "{func}: {e}");
     h.session.record_error(e);
     err_code(&e)
@@ -637,7 +686,7 @@ pub unsafe extern "C" fn IOT_OTA_FetchYield(
 }
 
 /// Rejects a `buf_len` other than 4 for a uint32_t answer (before any state check).
-fn check_u32_len(h: &OtaHandle, buf_len: usize) -> Result<(), c_int> {
+pub(crate) fn check_u32_len(h: &OtaHandle, buf_len: usize) -> Result<(), c_int> {
     if buf_len != 4 {
         return Err(reject(
             h,
@@ -649,7 +698,7 @@ fn check_u32_len(h: &OtaHandle, buf_len: usize) -> Result<(), c_int> {
 }
 
 /// Writes a uint32_t answer; `out` must be 4 bytes.
-fn put_u32(h: &OtaHandle, out: &mut [u8], v: u64) -> c_int {
+pub(crate) fn put_u32(h: &OtaHandle, out: &mut [u8], v: u64) -> c_int {
     if let Err(code) = check_u32_len(h, out.len()) {
         return code;
     }
@@ -665,7 +714,7 @@ fn put_u32(h: &OtaHandle, out: &mut [u8], v: u64) -> c_int {
 }
 
 /// Writes a NUL-terminated string answer.
-fn put_str(h: &OtaHandle, out: &mut [u8], s: &[u8]) -> c_int {
+pub(crate) fn put_str(h: &OtaHandle, out: &mut [u8], s: &[u8]) -> c_int {
     if put_c_str(out, s) {
         0
     } else {
@@ -758,6 +807,7 @@ fn ioctl(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
                 Err(e) => err_code(&e),
             }
         }
+        k if super::image::is_image_ioctl(k) => super::image::ioctl(h, k, out),
         k if NOTICE_QUERIES.contains(&k) => {
             if s.state() == OtaState::Idle {
                 return not_available(h, "no upgrade has been accepted");

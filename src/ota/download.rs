@@ -7,9 +7,10 @@
 use std::time::Instant;
 
 use super::support::Quiet;
-use crate::digest::{DigestKind, StreamDigest};
+use crate::digest::StreamDigest;
 use crate::error::Error;
-use crate::protocol::FailureCause;
+use crate::image::{ImagePolicy, ImageVerifier, VerifiedImage};
+use crate::protocol::{FailureCause, UpgradeNotice};
 use crate::retry::{Backoff, RetryPolicy};
 
 /// The download of the accepted upgrade, from `accept_notice` to the next `accept_notice`
@@ -20,6 +21,11 @@ pub(super) struct Download {
     pub(super) digest: StreamDigest,
     /// Bytes the running digest covers (fetched, plus any fed by the firmware).
     pub(super) digest_bytes: u64,
+    /// The image's own checks (MCUboot hash, signature, downgrade), fed the same bytes as the
+    /// digest.
+    pub(super) image: ImageVerifier,
+    /// What the verifier found once the image passed every check.
+    pub(super) image_info: Option<VerifiedImage>,
     /// Retries of this download (the policy is the session's).
     pub(super) backoff: Backoff,
     /// When the next reconnection may be attempted.
@@ -51,12 +57,19 @@ pub(super) struct Download {
 }
 
 impl Download {
-    /// A download of an image digested with `kind`, from byte 0, retried by `retry`.
-    pub(super) fn new(kind: DigestKind, retry: RetryPolicy) -> Download {
+    /// A download of the image `notice` announces, from byte 0, retried by `retry`, checked
+    /// under `policy`.
+    pub(super) fn new(
+        notice: &UpgradeNotice,
+        retry: RetryPolicy,
+        policy: &ImagePolicy,
+    ) -> Download {
         Download {
             fetched: 0,
-            digest: StreamDigest::new(kind),
+            digest: StreamDigest::new(notice.digest_kind),
             digest_bytes: 0,
+            image: ImageVerifier::new(policy).with_announced_size(notice.size),
+            image_info: None,
             backoff: Backoff::new(retry),
             retry_at: None,
             // Set again when a request opens, before anything reads it.

@@ -59,8 +59,9 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::digest::{to_hex, DigestKind, StreamDigest};
+use crate::digest::{to_hex, StreamDigest};
 use crate::error::{Error, Result};
+use crate::image::{ImageError, ImagePolicy, ImageVerifier, VerifiedImage};
 use crate::log::Level;
 use crate::ota_log;
 use crate::protocol::{
@@ -98,6 +99,10 @@ pub struct OtaConfig {
     /// How long an expired URL (HTTP 403) waits for the platform's fresh one before the
     /// download fails (Aliyun, which the SDK can ask for one; other platforms fail at once).
     pub fresh_url_wait: Duration,
+    /// Which images are accepted beyond the platform's digest: vendor keys, whether an MCUboot
+    /// signature is required, anti-downgrade (see [`crate::image`]). Default: nothing required,
+    /// so unchanged firmware behaves as before; an MCUboot image still has its own hash checked.
+    pub image: ImagePolicy,
 }
 
 /// Longest [`OtaConfig::fresh_url_wait`] accepted: an hour.
@@ -122,6 +127,7 @@ impl Default for OtaConfig {
             limits: Limits::default(),
             http: HttpConfig::default(),
             retry: RetryPolicy::default(),
+            image: ImagePolicy::default(),
             fresh_url_wait: FRESH_URL_WAIT,
         }
     }
@@ -168,6 +174,8 @@ struct Engine {
     /// How each download is retried.
     retry: RetryPolicy,
     fresh_url_wait: Duration,
+    /// Which images are accepted beyond the platform's digest (keys allocated at init).
+    policy: ImagePolicy,
     /// Where the breakpoint record lives across restarts (opt-in).
     keeper: RecordKeeper,
     /// Bumped whenever the current request must be abandoned; the caller of `fetch_yield`
@@ -280,7 +288,7 @@ impl Engine {
     /// Makes the (already swapped-in) notice the current upgrade and acknowledges it.
     fn accept_notice(&mut self) {
         self.abandon_request();
-        self.download = Download::new(self.notice.digest_kind, self.retry);
+        self.download = Download::new(&self.notice, self.retry, &self.policy);
         self.state = OtaState::Downloading;
         ota_log!(
             Level::Info,
@@ -644,7 +652,13 @@ impl Engine {
         {
             return;
         }
-        if self.out.uplink.authenticated() {
+        if self.policy.require_signature {
+            ota_log!(
+                Level::Info,
+                "firmware download over plain http:// (not encrypted): the image must carry a \
+                 valid signature of a configured key"
+            );
+        } else if self.out.uplink.authenticated() {
             ota_log!(
                 Level::Info,
                 "firmware download over plain http:// (not encrypted): the image is checked \
@@ -683,7 +697,7 @@ impl Engine {
                 self.download.backoff.progressed();
                 self.download.url_requests = 0;
                 self.download.last_progress = Instant::now();
-                return Some(Ok(self.accept(&buf[..n])));
+                return Some(self.accept(&buf[..n]));
             }
             Ok(Chunk::Pending) if Instant::now() >= stall_at => {
                 self.interrupted(DownloadError::Timeout)
@@ -835,15 +849,31 @@ impl Engine {
         Ok(())
     }
 
-    /// Takes `bytes` into the digest; finishes when the announced size is reached.
-    fn accept(&mut self, bytes: &[u8]) -> usize {
+    /// Takes `bytes` into the digest and the image verifier; finishes when the announced size is
+    /// reached. An image the verifier refuses on its way (a header, a TLV layout, a length that
+    /// cannot be right) ends the download here: these bytes are not handed out.
+    fn accept(&mut self, bytes: &[u8]) -> Result<usize> {
+        if let Err(e) = self.download.image.update(bytes) {
+            return Err(self.image_refused(e));
+        }
         self.download.digest.update(bytes);
         self.download.digest_bytes += bytes.len() as u64;
         self.download.fetched += bytes.len() as u64;
         if self.download.fetched == self.notice.size {
             self.finish();
         }
-        bytes.len()
+        Ok(bytes.len())
+    }
+
+    /// Ends the download for an image the verifier refused: its own log line, the protocol's
+    /// verify-failed report naming the cause (Aliyun/SagooIOT step -3, Tencent -4, UCloud
+    /// fail), and `Error::Image` from `fetch_yield` and `check_firmware` from now on.
+    fn image_refused(&mut self, e: ImageError) -> Error {
+        let mut text = [0u8; 128];
+        let desc = e.describe(&mut text);
+        self.download.verified = false;
+        // abort_fetch logs it.
+        self.abort_fetch(Error::Image(e), FailureCause::DigestMismatch, desc)
     }
 
     /// Ends the current download for the upgrade in `scratch`, telling the platform once.
@@ -950,16 +980,20 @@ impl Engine {
         }
         self.download.digest.update(bytes);
         self.download.digest_bytes += bytes.len() as u64;
+        // A refusal stays in the verifier and ends the download when the image is complete.
+        let _ = self.download.image.update(bytes);
         Ok(())
     }
 
-    /// Restarts the digest from nothing.
+    /// Restarts the digest (and the image verifier) from nothing.
     fn reset_client_digest(&mut self) -> Result<()> {
         if self.state == OtaState::Idle {
             return Err(self.fail(Error::InvalidState("no upgrade accepted")));
         }
         self.download.digest = StreamDigest::new(self.notice.digest_kind);
         self.download.digest_bytes = 0;
+        self.download.image =
+            ImageVerifier::new(&self.policy).with_announced_size(self.notice.size);
         Ok(())
     }
 
@@ -972,6 +1006,20 @@ impl Engine {
         let digest_ok = actual[..n] == *self.notice.digest();
         self.download.verified = covered && digest_ok && !self.download.cycle.oversize;
         if self.download.verified {
+            match self.download.image.finish(&self.policy) {
+                Ok(image) => self.download.image_info = Some(image),
+                Err(e) => {
+                    // The bytes of this call go to the caller; the cycle ends after them.
+                    let mut text = [0u8; 128];
+                    let desc = e.describe(&mut text);
+                    ota_log!(Level::Error, "image rejected: {e}");
+                    self.download.verified = false;
+                    self.auto_report_failure(FailureCause::DigestMismatch, desc);
+                    self.last_error = Some(Error::Image(e));
+                    self.download.cycle.end_error = Some(Error::Image(e));
+                    return;
+                }
+            }
             // The pending-reboot record waits for check_firmware: the caller has not stored
             // the bytes this call returns yet.
             ota_log!(
@@ -1110,10 +1158,11 @@ impl OtaSession {
             scratch: UpgradeNotice::new(&limits),
             next: UpgradeNotice::new(&limits),
             next_pending: false,
-            download: Download::new(DigestKind::Md5, config.retry),
+            download: Download::new(&UpgradeNotice::new(&limits), config.retry, &config.image),
             running: RunningVersions::new(&limits),
             retry: config.retry,
             fresh_url_wait: config.fresh_url_wait,
+            policy: config.image,
             keeper: RecordKeeper::new(),
             request: 0,
             last_error: None,
@@ -1336,8 +1385,39 @@ impl OtaSession {
         self.engine().notice.size
     }
 
-    /// True only when every announced byte arrived, nothing more, and the digest matches.
-    /// `InvalidState` before the download ended.
+    /// The image policy in force (see [`OtaConfig::image`]).
+    pub fn image_policy(&self) -> ImagePolicy {
+        self.engine().policy.clone()
+    }
+
+    /// Replaces the image policy (keys, signature requirement, running version and security
+    /// counter, downgrade). `InvalidState` while a download is in progress: each download is
+    /// checked under the policy it started with.
+    pub fn set_image_policy(&self, policy: ImagePolicy) -> Result<()> {
+        let mut e = self.engine();
+        if e.state == OtaState::Downloading {
+            return Err(e.fail(Error::InvalidState(
+                "the image policy cannot change during a download",
+            )));
+        }
+        e.policy = policy;
+        Ok(())
+    }
+
+    /// What the image's own checks found (MCUboot or plain, signed and by which key, header
+    /// version, security counter, payload offset and size), once the image verified
+    /// ([`check_firmware`](Self::check_firmware) true); `None` before.
+    pub fn verified_image(&self) -> Option<VerifiedImage> {
+        let e = self.engine();
+        e.download
+            .verified
+            .then_some(e.download.image_info)
+            .flatten()
+    }
+
+    /// True only when every announced byte arrived, nothing more, the digest matches, and the
+    /// image passed its own checks under the image policy (MCUboot hash, signature, key,
+    /// downgrade). `InvalidState` before the download ended.
     pub fn check_firmware(&self) -> Result<bool> {
         let mut e = self.engine();
         if e.state != OtaState::Fetched {

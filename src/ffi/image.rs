@@ -1,0 +1,302 @@
+//! Signed images through `IOT_OTA_Ioctl`: the image policy (keys, signature requirement,
+//! running version and security counter, downgrade) set before a download, what the image's own
+//! checks found queried after it, and one `IOT_OTA_Err_t` code per refusal. Over
+//! [`crate::image`] and [`crate::ota::OtaSession::set_image_policy`].
+
+use std::ffi::c_int;
+
+use super::ota::{
+    check_u32_len, put_str, put_u32, reject, IOT_OTA_CmdType_t, IOT_OTA_Err_t, OtaHandle,
+};
+use crate::error::Error;
+use crate::image::{ImageError, ImageKey, ImagePolicy, ImageVersion, VerifiedImage};
+
+/// Configuration, before a download: buf = a vendor public key, `buf_len` its length: PEM text
+/// (`imgtool getpub -e pem`; a trailing NUL is allowed), DER SubjectPublicKeyInfo, or raw (32
+/// bytes Ed25519, 65 bytes uncompressed P-256). Adds it to the keys images may be signed with
+/// (several for rotation; the image's key-hash TLV picks one). IOT_OTAE_INVALID_PARAM when it is
+/// no such key.
+pub const IOT_OTAC_ADD_IMAGE_KEY: IOT_OTA_CmdType_t = 19;
+/// Configuration: uint32_t, buf_len 4: 1 = only MCUboot images signed with an added key are
+/// accepted (recommended); 0 = the default, any image the platform's digest accepts (an MCUboot
+/// image still gets every check that can be made: its hash, its signature when keys are added,
+/// the downgrade rule).
+pub const IOT_OTAC_REQUIRE_SIGNATURE: IOT_OTA_CmdType_t = 20;
+/// Configuration: char buffer, NUL-terminated within `buf_len`: the running image's version,
+/// `MAJOR[.MINOR[.REVISION[+BUILD]]]` as imgtool spells it. An image whose header version
+/// (major.minor.revision) is lower is refused (IOT_OTAE_IMAGE_DOWNGRADE). An empty string
+/// removes the rule.
+pub const IOT_OTAC_RUNNING_VERSION: IOT_OTA_CmdType_t = 21;
+/// Configuration: uint32_t, buf_len 4: the running image's security counter. An image whose
+/// protected security-counter TLV is lower (none counts as 0) is refused
+/// (IOT_OTAE_IMAGE_COUNTER_DOWNGRADE).
+pub const IOT_OTAC_RUNNING_SECURITY_COUNTER: IOT_OTA_CmdType_t = 22;
+/// Configuration: uint32_t, buf_len 4: 1 = lower versions and security counters are accepted
+/// (a deliberate rollback); 0 = refused (the default).
+pub const IOT_OTAC_ALLOW_DOWNGRADE: IOT_OTA_CmdType_t = 23;
+/// uint32_t, buf_len 4, after IOT_OTAG_CHECK_FIRMWARE is 1: 1 when the image's signature
+/// verified with an added key, else 0.
+pub const IOT_OTAG_IMAGE_SIGNED: IOT_OTA_CmdType_t = 24;
+/// int, buf_len 4, after IOT_OTAG_CHECK_FIRMWARE is 1: which added key verified the image (0 for
+/// the first IOT_OTAC_ADD_IMAGE_KEY), -1 when none did.
+pub const IOT_OTAG_IMAGE_KEY_INDEX: IOT_OTA_CmdType_t = 25;
+/// char buffer, after IOT_OTAG_CHECK_FIRMWARE is 1: the MCUboot header's version
+/// ("1.2.3", "+BUILD" when not 0); IOT_OTAE_INVALID_STATE for an image without an MCUboot header.
+pub const IOT_OTAG_IMAGE_VERSION: IOT_OTA_CmdType_t = 26;
+/// uint32_t, buf_len 4, after IOT_OTAG_CHECK_FIRMWARE is 1: where the payload starts in the
+/// downloaded file (the MCUboot header size; 0 for a plain file), so Linux firmware that installs
+/// the bare payload can strip the header.
+pub const IOT_OTAG_PAYLOAD_OFFSET: IOT_OTA_CmdType_t = 27;
+/// uint32_t, buf_len 4, after IOT_OTAG_CHECK_FIRMWARE is 1: the payload's length (the whole file
+/// for a plain file).
+pub const IOT_OTAG_PAYLOAD_SIZE: IOT_OTA_CmdType_t = 28;
+
+/// The C code of an image refusal: one per cause.
+pub(crate) fn code(e: &ImageError) -> c_int {
+    use IOT_OTA_Err_t::*;
+    (match e {
+        ImageError::NotAnImage { .. } => IOT_OTAE_IMAGE_NOT_MCUBOOT,
+        ImageError::HeaderTooSmall { .. } => IOT_OTAE_IMAGE_BAD_HEADER,
+        ImageError::Encrypted { .. } => IOT_OTAE_IMAGE_ENCRYPTED,
+        ImageError::Truncated { .. } => IOT_OTAE_IMAGE_TRUNCATED,
+        ImageError::BadTlvInfo { .. } => IOT_OTAE_IMAGE_BAD_TLV_INFO,
+        ImageError::TlvPastEnd { .. } => IOT_OTAE_IMAGE_TLV_PAST_END,
+        ImageError::TlvLength { .. } => IOT_OTAE_IMAGE_TLV_LENGTH,
+        ImageError::DuplicateTlv { .. } => IOT_OTAE_IMAGE_DUPLICATE_TLV,
+        ImageError::TlvTruncated { .. } => IOT_OTAE_IMAGE_TLV_TRUNCATED,
+        ImageError::TrailingBytes { .. } => IOT_OTAE_IMAGE_TRAILING_BYTES,
+        ImageError::SizeMismatch { .. } => IOT_OTAE_IMAGE_SIZE_MISMATCH,
+        ImageError::Unsupported { .. } => IOT_OTAE_IMAGE_UNSUPPORTED,
+        ImageError::MissingHash => IOT_OTAE_IMAGE_MISSING_HASH,
+        ImageError::HashMismatch => IOT_OTAE_IMAGE_HASH_MISMATCH,
+        ImageError::MissingSignature => IOT_OTAE_IMAGE_MISSING_SIGNATURE,
+        ImageError::NoKeys => IOT_OTAE_IMAGE_NO_KEYS,
+        ImageError::UnknownKey => IOT_OTAE_IMAGE_UNKNOWN_KEY,
+        ImageError::BadSignature => IOT_OTAE_IMAGE_BAD_SIGNATURE,
+        ImageError::Downgrade { .. } => IOT_OTAE_IMAGE_DOWNGRADE,
+        ImageError::CounterDowngrade { .. } => IOT_OTAE_IMAGE_COUNTER_DOWNGRADE,
+    }) as c_int
+}
+
+/// Whether `kind` is one of this file's Ioctl types.
+pub(crate) fn is_image_ioctl(kind: c_int) -> bool {
+    (IOT_OTAC_ADD_IMAGE_KEY..=IOT_OTAG_PAYLOAD_SIZE).contains(&kind)
+}
+
+/// Answers one of this file's Ioctl types; `buf` is the caller's buffer (read for the
+/// configuration types, written for the queries).
+pub(crate) fn ioctl(h: &OtaHandle, kind: c_int, buf: &mut [u8]) -> c_int {
+    match kind {
+        IOT_OTAC_ADD_IMAGE_KEY => {
+            // PEM text passed with its NUL counted is still the same text.
+            let bytes = buf.strip_suffix(&[0]).unwrap_or(buf);
+            match ImageKey::parse(bytes) {
+                Ok(key) => configure(h, |p| p.keys.push(key)),
+                Err(e) => {
+                    crate::ota_log!(crate::log::Level::Error, "IOT_OTA_Ioctl: image key: {e}");
+                    reject(
+                        h,
+                        "IOT_OTA_Ioctl",
+                        Error::InvalidParam("not an Ed25519 or P-256 public key"),
+                    )
+                }
+            }
+        }
+        IOT_OTAC_REQUIRE_SIGNATURE => match flag(h, buf) {
+            Ok(on) => configure(h, |p| p.require_signature = on),
+            Err(code) => code,
+        },
+        IOT_OTAC_ALLOW_DOWNGRADE => match flag(h, buf) {
+            Ok(on) => configure(h, |p| p.allow_downgrade = on),
+            Err(code) => code,
+        },
+        IOT_OTAC_RUNNING_SECURITY_COUNTER => match get_u32(h, buf) {
+            Ok(v) => configure(h, |p| p.running_security_counter = Some(v)),
+            Err(code) => code,
+        },
+        IOT_OTAC_RUNNING_VERSION => {
+            let text = buf
+                .iter()
+                .position(|&b| b == 0)
+                .and_then(|n| std::str::from_utf8(&buf[..n]).ok());
+            match text {
+                None => reject(
+                    h,
+                    "IOT_OTA_Ioctl",
+                    Error::InvalidParam(
+                        "running version is not NUL-terminated UTF-8 within buf_len",
+                    ),
+                ),
+                Some("") => configure(h, |p| p.running_version = None),
+                Some(text) => match ImageVersion::parse(text) {
+                    Some(v) => configure(h, |p| p.running_version = Some(v)),
+                    None => reject(
+                        h,
+                        "IOT_OTA_Ioctl",
+                        Error::InvalidParam(
+                            "running version is not MAJOR[.MINOR[.REVISION[+BUILD]]]",
+                        ),
+                    ),
+                },
+            }
+        }
+        _ => query(h, kind, buf),
+    }
+}
+
+/// A uint32_t argument (`buf_len` 4).
+fn get_u32(h: &OtaHandle, buf: &[u8]) -> Result<u32, c_int> {
+    check_u32_len(h, buf.len())?;
+    let mut v = [0u8; 4];
+    v.copy_from_slice(buf);
+    Ok(u32::from_ne_bytes(v))
+}
+
+/// A 0/1 uint32_t argument.
+fn flag(h: &OtaHandle, buf: &[u8]) -> Result<bool, c_int> {
+    match get_u32(h, buf)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::InvalidParam("value must be 0 or 1"),
+        )),
+    }
+}
+
+/// Changes the session's image policy (refused during a download).
+fn configure(h: &OtaHandle, change: impl FnOnce(&mut ImagePolicy)) -> c_int {
+    let mut policy = h.ota_session().image_policy();
+    change(&mut policy);
+    match h.ota_session().set_image_policy(policy) {
+        Ok(()) => 0,
+        Err(e) => reject(h, "IOT_OTA_Ioctl", e),
+    }
+}
+
+/// The queries about a verified image.
+fn query(h: &OtaHandle, kind: c_int, buf: &mut [u8]) -> c_int {
+    // The length is an argument error whatever the state, as for the other uint32_t types.
+    if kind != IOT_OTAG_IMAGE_VERSION {
+        if let Err(code) = check_u32_len(h, buf.len()) {
+            return code;
+        }
+    }
+    let Some(image): Option<VerifiedImage> = h.ota_session().verified_image() else {
+        return reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::NotAvailable("no verified image (IOT_OTAG_CHECK_FIRMWARE is not 1)"),
+        );
+    };
+    match kind {
+        IOT_OTAG_IMAGE_SIGNED => put_u32(h, buf, image.signed as u64),
+        IOT_OTAG_IMAGE_KEY_INDEX => {
+            let index = image
+                .key_index
+                .and_then(|i| i32::try_from(i).ok())
+                .unwrap_or(-1);
+            buf.copy_from_slice(&index.to_ne_bytes());
+            0
+        }
+        IOT_OTAG_PAYLOAD_OFFSET => put_u32(h, buf, image.payload_offset),
+        IOT_OTAG_PAYLOAD_SIZE => put_u32(h, buf, image.payload_size),
+        IOT_OTAG_IMAGE_VERSION => match image.version {
+            Some(v) => {
+                // At most "255.255.65535+4294967295", 24 characters: no allocation.
+                let mut text = [0u8; 32];
+                let n = version_text(&v, &mut text);
+                put_str(h, buf, &text[..n])
+            }
+            None => reject(
+                h,
+                "IOT_OTA_Ioctl",
+                Error::NotAvailable("the image has no MCUboot header"),
+            ),
+        },
+        _ => reject(
+            h,
+            "IOT_OTA_Ioctl",
+            Error::InvalidParam("unknown Ioctl type"),
+        ),
+    }
+}
+
+/// Writes `v` as imgtool spells it into `out`; returns the length.
+fn version_text(v: &ImageVersion, out: &mut [u8; 32]) -> usize {
+    struct Into<'a>(&'a mut [u8; 32], usize);
+    impl std::fmt::Write for Into<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.1 + s.len();
+            self.0
+                .get_mut(self.1..end)
+                .ok_or(std::fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.1 = end;
+            Ok(())
+        }
+    }
+    let mut w = Into(out, 0);
+    let _ = std::fmt::Write::write_fmt(&mut w, format_args!("{v}"));
+    w.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_its_own_code() {
+        use crate::image::ImageVersion;
+        let all = [
+            ImageError::NotAnImage { magic: 0 },
+            ImageError::HeaderTooSmall { hdr_size: 0 },
+            ImageError::Encrypted { flags: 0 },
+            ImageError::Truncated {
+                received: 0,
+                expected: 0,
+            },
+            ImageError::BadTlvInfo {
+                offset: 0,
+                magic: 0,
+                size: 0,
+            },
+            ImageError::TlvPastEnd { offset: 0, end: 0 },
+            ImageError::TlvLength {
+                tlv_type: 0,
+                len: 0,
+            },
+            ImageError::DuplicateTlv { tlv_type: 0 },
+            ImageError::TlvTruncated {
+                received: 0,
+                expected: 0,
+            },
+            ImageError::TrailingBytes { expected: 0 },
+            ImageError::SizeMismatch {
+                announced: 0,
+                image: 0,
+            },
+            ImageError::Unsupported { tlv_type: 0 },
+            ImageError::MissingHash,
+            ImageError::HashMismatch,
+            ImageError::MissingSignature,
+            ImageError::NoKeys,
+            ImageError::UnknownKey,
+            ImageError::BadSignature,
+            ImageError::Downgrade {
+                running: ImageVersion::new(1, 0, 0, 0),
+                image: ImageVersion::new(0, 9, 0, 0),
+            },
+            ImageError::CounterDowngrade {
+                running: 1,
+                image: 0,
+            },
+        ];
+        let mut codes: Vec<c_int> = all.iter().map(code).collect();
+        assert!(codes.iter().all(|&c| c <= -20), "{codes:?}");
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len(), "one code per refusal");
+    }
+}
