@@ -66,26 +66,6 @@
 #define MAX_DEPTH 16
 
 /*
- Longest version, module, task id or batch a record holds, bytes.
- */
-#define TEXT_MAX 64
-
-/*
- Room for a serialized digest state, bytes (SHA-256 needs 104).
- */
-#define DIGEST_STATE_MAX 128
-
-/*
- The record format this build writes (and the only one it reads).
- */
-#define FORMAT_VERSION 1
-
-/*
- Length of an encoded record, bytes (every version-1 record has exactly this length).
- */
-#define RECORD_LEN (CRC_AT + 4)
-
-/*
  Longest product key the HAL stores (buffers are `PRODUCT_KEY_LEN + 1`).
  */
 #define PRODUCT_KEY_LEN 20
@@ -154,6 +134,11 @@
  Size of the buffer that always holds an upgrade's version plus its NUL.
  */
 #define OTA_VERSION_LEN_MAX 64
+
+/*
+ Bytes of a breakpoint record: what a firmware's store must hold.
+ */
+#define OTA_BREAKPOINT_RECORD_LEN 810
 
 /*
  Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values, and
@@ -705,8 +690,8 @@ typedef int IOT_OTA_CmdType_t;
 typedef int (*ota_bp_load_fn)(void *ctx, uint8_t *buf, uint32_t buf_len);
 
 /*
- Replaces the stored breakpoint record with `len` bytes at `buf` (at most a few hundred
- bytes; erase-then-write of one flash sector is typical). Returns 0, or < 0 on error.
+ Replaces the stored breakpoint record with `len` bytes at `buf` (at most
+ OTA_BREAKPOINT_RECORD_LEN bytes; erase-then-write of one flash sector is typical). Returns 0, or < 0 on error.
  A write cut by power loss is tolerated: the record carries a CRC and is then ignored.
  */
 typedef int (*ota_bp_save_fn)(void *ctx, const uint8_t *buf, uint32_t len);

@@ -7,7 +7,8 @@
 //! ([`MemoryStore`]) — as one [`RECORD_LEN`]-byte record protected by a CRC-32, so a torn or
 //! corrupt record is detected and never trusted.
 //!
-//! Record layout, format version 1 (all integers little-endian):
+//! Record layout, format version 2 (all integers little-endian; version 1, written by earlier
+//! builds, is the first 520 bytes with version byte 1, then its CRC at 520, and is still read):
 //!
 //! | offset | bytes | field |
 //! |-------:|------:|-------|
@@ -26,10 +27,12 @@
 //! |    261 |    65 | batch (SagooIOT `extData.strategy`), same form |
 //! |    326 |    65 | pending version, same form (empty unless pending reboot) |
 //! |    391 |   129 | digest state: length byte (0, 88 MD5, 104 SHA-256) + 128 bytes |
-//! |    520 |     4 | CRC-32 (IEEE) of bytes 0..520 |
+//! |    520 |   286 | image verifier state (signed images, [`crate::image`]): length `u16` (0: none) + 284 bytes |
+//! |    806 |     4 | CRC-32 (IEEE) of bytes 0..806 |
 //!
-//! Decoding is strict (unused bytes must be zero, a digest state covers exactly `offset`
-//! bytes), so a record decodes only to what encodes back to exactly the same bytes.
+//! Decoding is strict (unused bytes must be zero, a digest or image state covers exactly
+//! `offset` bytes), so a record decodes only to what encodes back to exactly the same bytes
+//! (a version-1 record decodes to one that encodes as version 2).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -37,19 +40,29 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::StreamDigest;
 use crate::error::Error;
+use crate::image::{ImageVerifier, STATE_MAX as IMAGE_STATE_MAX};
 use crate::protocol::{DigestKind, Protocol, UpgradeNotice};
 
 /// Longest version, module, task id or batch a record holds, bytes.
+/// cbindgen:ignore
 pub const TEXT_MAX: usize = 64;
 /// Room for a serialized digest state, bytes (SHA-256 needs 104).
+/// cbindgen:ignore
 pub const DIGEST_STATE_MAX: usize = 128;
-/// The record format this build writes (and the only one it reads).
-pub const FORMAT_VERSION: u8 = 1;
+/// The record format this build writes (it reads this one and version 1).
+/// cbindgen:ignore
+pub const FORMAT_VERSION: u8 = 2;
 const MAGIC: &[u8; 6] = b"OTABP1";
 const TEXT_FIELD: usize = 1 + TEXT_MAX;
-const CRC_AT: usize = 7 + 3 + 32 + 3 * 8 + 5 * TEXT_FIELD + 1 + DIGEST_STATE_MAX;
-/// Length of an encoded record, bytes (every version-1 record has exactly this length).
-pub const RECORD_LEN: usize = CRC_AT + 4;
+/// Where version 1's CRC is, and version 2's image state starts.
+const V1_CRC_AT: usize = 7 + 3 + 32 + 3 * 8 + 5 * TEXT_FIELD + 1 + DIGEST_STATE_MAX;
+const V1_LEN: usize = V1_CRC_AT + 4;
+const CRC_AT: usize = V1_CRC_AT + 2 + IMAGE_STATE_MAX;
+/// Length of an encoded record, bytes (every version-2 record has exactly this length; a
+/// store must hold this many).
+/// cbindgen:ignore
+pub const RECORD_LEN: usize = 810;
+const _: () = assert!(RECORD_LEN == CRC_AT + 4);
 
 /// What the device was doing when the record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +96,7 @@ pub enum RecordError {
     #[error("the breakpoint record is corrupt (magic, length, CRC or a field is wrong)")]
     Corrupt,
     /// A record of another format version (written by another SDK build); not read.
-    #[error("the breakpoint record has format version {0}, this SDK reads version 1")]
+    #[error("the breakpoint record has format version {0}, this SDK reads versions 1 and 2")]
     UnknownVersion(u8),
 }
 
@@ -197,6 +210,8 @@ pub struct Breakpoint {
     pending_version: Text,
     digest_state: [u8; DIGEST_STATE_MAX],
     digest_state_len: u8,
+    image_state: [u8; IMAGE_STATE_MAX],
+    image_state_len: u16,
 }
 
 impl Breakpoint {
@@ -228,19 +243,24 @@ impl Breakpoint {
             pending_version: Text::EMPTY,
             digest_state: [0; DIGEST_STATE_MAX],
             digest_state_len: 0,
+            image_state: [0; IMAGE_STATE_MAX],
+            image_state_len: 0,
         })
     }
 
     /// Records that `offset` bytes are stored, with the digest over them when given (`None`:
-    /// the firmware will re-feed its bytes with `IOT_OTA_UpdateClientMd5` instead).
+    /// the firmware will re-feed its bytes with `IOT_OTA_UpdateClientMd5` instead), and the
+    /// image verifier's state over them when given (a signed image's checks then resume too).
     ///
     /// Errors: [`Error::InvalidParam`] when `offset` exceeds the size, or the digest is of
-    /// another kind or has not absorbed exactly `offset` bytes; [`Error::InvalidState`] once
-    /// the record is pending reboot. On error the record is unchanged.
+    /// another kind, or the digest or the verifier has not absorbed exactly `offset` bytes;
+    /// [`Error::InvalidState`] once the record is pending reboot. On error the record is
+    /// unchanged.
     pub fn set_progress(
         &mut self,
         offset: u64,
         digest: Option<&StreamDigest>,
+        image: Option<&ImageVerifier>,
     ) -> Result<(), Error> {
         if self.state != RecordState::Downloading {
             return Err(Error::InvalidState(
@@ -265,10 +285,36 @@ impl Breakpoint {
                 "breakpoint: the digest does not cover exactly offset bytes",
             ));
         }
+        let mut image_state = [0u8; IMAGE_STATE_MAX];
+        let image_len = match image {
+            Some(v) if v.received() != offset => {
+                return Err(Error::InvalidParam(
+                    "breakpoint: the image verifier does not cover exactly offset bytes",
+                ))
+            }
+            Some(v) => v.save_state(&mut image_state),
+            None => 0,
+        };
         self.offset = offset;
         self.digest_state = state;
         self.digest_state_len = len as u8;
+        self.image_state = image_state;
+        self.image_state_len = image_len as u16;
         Ok(())
+    }
+
+    /// The image verifier over the first [`offset`](Self::offset) bytes, when the record
+    /// holds its state.
+    pub fn restore_image(&self) -> Option<ImageVerifier> {
+        if self.image_state_len == 0 {
+            return None;
+        }
+        ImageVerifier::restore(self.image_state())
+    }
+
+    /// The serialized image verifier state (empty when none was recorded).
+    pub fn image_state(&self) -> &[u8] {
+        &self.image_state[..self.image_state_len as usize]
     }
 
     /// Marks the image as flashed: the device reboots into `version`. The digest state is
@@ -284,6 +330,8 @@ impl Breakpoint {
         self.state = RecordState::PendingReboot;
         self.digest_state = [0; DIGEST_STATE_MAX];
         self.digest_state_len = 0;
+        self.image_state = [0; IMAGE_STATE_MAX];
+        self.image_state_len = 0;
         Ok(())
     }
 
@@ -438,6 +486,8 @@ impl Breakpoint {
         }
         w.put(&[self.digest_state_len]);
         w.put(&self.digest_state);
+        w.put(&self.image_state_len.to_le_bytes());
+        w.put(&self.image_state);
         let crc = crc32(&w.out[..CRC_AT]);
         w.put(&crc.to_le_bytes());
         debug_assert_eq!(w.pos, RECORD_LEN);
@@ -451,7 +501,7 @@ impl Breakpoint {
     /// digest state over another number of bytes than `offset`) is
     /// [`RecordError::Corrupt`].
     pub fn decode(bytes: &[u8]) -> Result<Breakpoint, RecordError> {
-        check_frame(bytes)?;
+        let version = check_frame(bytes)?;
         let mut r = Reader { bytes, pos: 7 };
         let protocol = Protocol::from_id(r.byte()).ok_or(RecordError::Corrupt)?;
         let state = state_from_id(r.byte())?;
@@ -473,6 +523,16 @@ impl Breakpoint {
             pending_version: r.text()?,
             digest_state_len: r.byte(),
             digest_state: r.array::<DIGEST_STATE_MAX>(),
+            image_state_len: if version == 1 {
+                0
+            } else {
+                u16::from_le_bytes(r.array())
+            },
+            image_state: if version == 1 {
+                [0; IMAGE_STATE_MAX]
+            } else {
+                r.array::<IMAGE_STATE_MAX>()
+            },
         };
         bp.check().map(|()| bp)
     }
@@ -513,11 +573,19 @@ impl Breakpoint {
     fn check(&self) -> Result<(), RecordError> {
         let kind_len = self.digest_kind.len();
         let state_len = self.digest_state_len as usize;
+        let image_len = self.image_state_len as usize;
+        let image_ok = image_len <= IMAGE_STATE_MAX
+            && zeros(&self.image_state[image_len.min(IMAGE_STATE_MAX)..])
+            && (image_len == 0
+                || (self.state == RecordState::Downloading
+                    && ImageVerifier::restore(self.image_state())
+                        .is_some_and(|v| v.received() == self.offset)));
         let pending_ok = match self.state {
             RecordState::Downloading => self.pending_version.len == 0,
             RecordState::PendingReboot => self.pending_version.len != 0 && state_len == 0,
         };
         let ok = pending_ok
+            && image_ok
             && self.size != 0
             && self.offset <= self.size
             && !self.version.as_str().is_empty()
@@ -535,8 +603,8 @@ impl Breakpoint {
     }
 }
 
-/// Magic, format version, length and CRC.
-fn check_frame(bytes: &[u8]) -> Result<(), RecordError> {
+/// Magic, format version, length and CRC; the format version.
+fn check_frame(bytes: &[u8]) -> Result<u8, RecordError> {
     if bytes.is_empty() {
         return Err(RecordError::Missing);
     }
@@ -544,23 +612,24 @@ fn check_frame(bytes: &[u8]) -> Result<(), RecordError> {
     if bytes[..head] != MAGIC[..head] {
         return Err(RecordError::Corrupt);
     }
-    match bytes.get(MAGIC.len()) {
+    let (version, len) = match bytes.get(MAGIC.len()) {
         None => return Err(RecordError::Torn),
-        Some(&FORMAT_VERSION) => {}
+        Some(&1) => (1, V1_LEN),
+        Some(&FORMAT_VERSION) => (FORMAT_VERSION, RECORD_LEN),
         Some(&v) => return Err(RecordError::UnknownVersion(v)),
-    }
-    if bytes.len() < RECORD_LEN {
+    };
+    if bytes.len() < len {
         return Err(RecordError::Torn);
     }
-    if bytes.len() > RECORD_LEN {
+    if bytes.len() > len {
         return Err(RecordError::Corrupt);
     }
     let mut crc = [0u8; 4];
-    crc.copy_from_slice(&bytes[CRC_AT..]);
-    if crc32(&bytes[..CRC_AT]) != u32::from_le_bytes(crc) {
+    crc.copy_from_slice(&bytes[len - 4..]);
+    if crc32(&bytes[..len - 4]) != u32::from_le_bytes(crc) {
         return Err(RecordError::Corrupt);
     }
-    Ok(())
+    Ok(version)
 }
 
 fn zeros(bytes: &[u8]) -> bool {
@@ -899,7 +968,7 @@ mod tests {
         let mut bp = Breakpoint::for_upgrade(Protocol::Ucloud, &notice(kind)).unwrap();
         let mut d = StreamDigest::new(kind);
         d.update(&[0x5a; 1000]);
-        bp.set_progress(1000, Some(&d)).unwrap();
+        bp.set_progress(1000, Some(&d), None).unwrap();
         bp
     }
 
@@ -909,13 +978,89 @@ mod tests {
         buf
     }
 
+    /// The version-1 form of `bp` (no image state), as earlier builds wrote it.
+    fn encoded_v1(bp: &Breakpoint) -> Vec<u8> {
+        let v2 = encoded(bp);
+        let mut v1 = v2[..V1_CRC_AT].to_vec();
+        v1[6] = 1;
+        let crc = crc32(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        v1
+    }
+
+    #[test]
+    fn a_version_1_record_of_an_earlier_build_is_still_read() {
+        let bp = sample(DigestKind::Md5);
+        let v1 = encoded_v1(&bp);
+        assert_eq!(v1.len(), V1_LEN);
+        assert_eq!(Breakpoint::decode(&v1), Ok(bp.clone()));
+        assert_eq!(
+            Breakpoint::decode(&v1[..V1_LEN - 1]),
+            Err(RecordError::Torn)
+        );
+        let mut long = v1.clone();
+        long.push(0);
+        assert_eq!(Breakpoint::decode(&long), Err(RecordError::Corrupt));
+        // It is written back as version 2.
+        assert_eq!(
+            encoded(&Breakpoint::decode(&v1).unwrap())[6],
+            FORMAT_VERSION
+        );
+    }
+
+    #[test]
+    fn the_image_verifier_state_round_trips_and_must_cover_the_offset() {
+        let image = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/mcuboot/ed25519.bin"
+        ))
+        .unwrap();
+        let policy = crate::image::ImagePolicy::default();
+        let mut notice = UpgradeNotice::new(&crate::protocol::Limits::default());
+        notice.version.set("1.2.3").unwrap();
+        notice.url.set("http://h/f.bin").unwrap();
+        notice.size = image.len() as u64;
+        let mut bp = Breakpoint::for_upgrade(Protocol::Aliyun, &notice).unwrap();
+        let mut v = ImageVerifier::new(&policy).with_announced_size(notice.size);
+        v.update(&image[..1000]).unwrap();
+        assert!(
+            bp.set_progress(999, None, Some(&v)).is_err(),
+            "must cover the offset"
+        );
+        bp.set_progress(1000, None, Some(&v)).unwrap();
+        assert_eq!(bp.image_state().len(), IMAGE_STATE_MAX);
+        let back = Breakpoint::decode(&encoded(&bp)).unwrap();
+        assert_eq!(back, bp);
+        let mut resumed = back.restore_image().expect("verifier state");
+        assert_eq!(resumed.received(), 1000);
+        resumed.update(&image[1000..]).unwrap();
+        assert!(resumed.finish(&policy).unwrap().mcuboot);
+
+        // A state over another number of bytes than the offset is corrupt.
+        let mut bad = encoded(&bp);
+        bad[50..58].copy_from_slice(&1001u64.to_le_bytes());
+        resign(&mut bad);
+        assert_eq!(Breakpoint::decode(&bad), Err(RecordError::Corrupt));
+        // So is a flipped state byte (it no longer restores), and bytes after the state.
+        let mut bad = encoded(&bp);
+        bad[V1_CRC_AT + 2 + 20] ^= 0xff;
+        resign(&mut bad);
+        assert_eq!(Breakpoint::decode(&bad), Err(RecordError::Corrupt));
+        bp.set_progress(1000, None, None).unwrap();
+        let mut bad = encoded(&bp);
+        bad[V1_CRC_AT + 2 + 5] = 1;
+        resign(&mut bad);
+        assert_eq!(Breakpoint::decode(&bad), Err(RecordError::Corrupt));
+    }
+
     #[test]
     fn layout_constants() {
-        assert_eq!(CRC_AT, 520);
-        assert_eq!(RECORD_LEN, 524);
+        assert_eq!((V1_CRC_AT, V1_LEN), (520, 524));
+        assert_eq!(CRC_AT, 806);
+        assert_eq!(RECORD_LEN, 810);
         let buf = encoded(&sample(DigestKind::Md5));
         assert_eq!(&buf[..6], b"OTABP1");
-        assert_eq!(buf[6..10], [1, 3, 0, 0]);
+        assert_eq!(buf[6..10], [2, 3, 0, 0]);
         assert_eq!(buf[42..50], 300_000u64.to_le_bytes());
         assert_eq!(buf[50..58], 1000u64.to_le_bytes());
         assert_eq!(&buf[66..72], b"\x052.1.0");
@@ -1023,11 +1168,11 @@ mod tests {
             );
         }
         let mut bad = good;
-        bad[6] = 2;
+        bad[6] = 3;
         resign(&mut bad);
         assert_eq!(
             Breakpoint::decode(&bad),
-            Err(RecordError::UnknownVersion(2))
+            Err(RecordError::UnknownVersion(3))
         );
         let mut bad = good;
         bad[67] = 0xff;
@@ -1113,11 +1258,11 @@ mod tests {
     fn progress_checks() {
         let mut bp = sample(DigestKind::Md5);
         let before = bp.clone();
-        assert!(bp.set_progress(300_001, None).is_err());
+        assert!(bp.set_progress(300_001, None, None).is_err());
         let sha = StreamDigest::new(DigestKind::Sha256);
-        assert!(bp.set_progress(10, Some(&sha)).is_err());
+        assert!(bp.set_progress(10, Some(&sha), None).is_err());
         assert_eq!(bp, before);
-        bp.set_progress(2000, None).unwrap();
+        bp.set_progress(2000, None, None).unwrap();
         assert!(bp.digest_state().is_empty());
         assert!(bp.restore_digest().is_none(), "firmware re-feeds instead");
         let back = Breakpoint::decode(&encoded(&bp)).unwrap();
@@ -1128,9 +1273,9 @@ mod tests {
     fn pending_reboot_decides_success_by_version() {
         let mut bp = sample(DigestKind::Sha256);
         assert_eq!(bp.reboot_outcome("2.1.0"), None);
-        bp.set_progress(300_000, None).unwrap();
+        bp.set_progress(300_000, None, None).unwrap();
         bp.set_pending_reboot("2.1.0").unwrap();
-        assert!(bp.set_progress(1, None).is_err());
+        assert!(bp.set_progress(1, None, None).is_err());
         let back = Breakpoint::decode(&encoded(&bp)).unwrap();
         assert_eq!(back.state(), RecordState::PendingReboot);
         assert_eq!(back.pending_version(), Some("2.1.0"));
@@ -1267,7 +1412,7 @@ mod tests {
         assert_eq!(Breakpoint::load(&mut store).unwrap(), old);
         // The next save replaces the stale temp file.
         let mut new = old.clone();
-        new.set_progress(5000, None).unwrap();
+        new.set_progress(5000, None, None).unwrap();
         new.save(&mut store).unwrap();
         assert_eq!(Breakpoint::load(&mut store).unwrap(), new);
         // A torn or corrupt file (e.g. written by hand) is detected, never trusted.

@@ -195,6 +195,101 @@ fn pending_reboot(img: &'static [u8], version: &str) -> Shared {
 mod restarts {
     use super::*;
 
+    /// A signed image (the ECDSA fixture), and a policy requiring its key.
+    fn signed() -> (&'static [u8], ota::image::ImagePolicy) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcuboot");
+        let image = std::fs::read(format!("{dir}/ecdsa-p256.bin")).unwrap();
+        let key = std::fs::read(format!("{dir}/test-only-ecdsa-p256.pub.pem")).unwrap();
+        let policy = ota::image::ImagePolicy {
+            keys: vec![ota::image::ImageKey::parse(&key).unwrap()],
+            require_signature: true,
+            ..Default::default()
+        };
+        (Box::leak(image.into_boxed_slice()), policy)
+    }
+
+    /// A device under `policy` booting with `store`, saving every 100 bytes.
+    fn boot_signed(
+        img: &'static [u8],
+        policy: &ota::image::ImagePolicy,
+        store: &Shared,
+    ) -> OtaSession {
+        let config = OtaConfig {
+            image: policy.clone(),
+            ..OtaConfig::default()
+        };
+        let sent: Sent = Arc::default();
+        let s = OtaSession::new(
+            "pk",
+            "dn",
+            config,
+            Box::new(Recorder(sent)),
+            Box::new(MemorySource::new(img)),
+        )
+        .unwrap();
+        s.set_breakpoint_store(Box::new(store.clone())).unwrap();
+        s.set_save_policy(SavePolicy {
+            every_bytes: 100,
+            every_percent: 0,
+        });
+        s
+    }
+
+    fn fetch_all(s: &OtaSession, stop_at: u64) {
+        let mut buf = [0u8; 100];
+        while !s.is_fetch_finished() && s.fetched_size() < stop_at {
+            s.fetch_yield(&mut buf, Duration::from_secs(1)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_signed_download_cut_by_a_restart_resumes_its_checks_from_the_record() {
+        let (img, policy) = signed();
+        let msg = aliyun_notice(img, URL, "2.0.0");
+        let store = Shared::default();
+        let s = boot_signed(img, &policy, &store);
+        s.handle_message(s.downstream_topic(), msg.as_bytes())
+            .unwrap();
+        fetch_all(&s, 1500);
+        drop(s); // power cut
+        let record = store.record();
+        assert!(record.offset() > 0 && !record.image_state().is_empty());
+
+        let s = boot_signed(img, &policy, &store);
+        s.handle_message(s.downstream_topic(), msg.as_bytes())
+            .unwrap();
+        assert_eq!(s.fetched_size(), record.offset(), "resumed from the record");
+        fetch_all(&s, u64::MAX);
+        assert!(s.check_firmware().unwrap(), "{:?}", s.last_error());
+        assert!(s.verified_image().unwrap().signed);
+    }
+
+    #[test]
+    fn a_record_without_image_checks_starts_over_when_signatures_are_required() {
+        let (img, policy) = signed();
+        let msg = aliyun_notice(img, URL, "2.0.0");
+        // A record as an earlier build (no image checks) leaves it: 1500 bytes in.
+        let store = Shared::default();
+        let s = boot_signed(img, &ota::image::ImagePolicy::default(), &store);
+        s.handle_message(s.downstream_topic(), msg.as_bytes())
+            .unwrap();
+        fetch_all(&s, 1500);
+        drop(s);
+        let mut bp = store.record();
+        let offset = bp.offset();
+        bp.set_progress(offset, bp.restore_digest().as_ref(), None)
+            .unwrap();
+        bp.save(&mut store.clone()).unwrap();
+
+        let s = boot_signed(img, &policy, &store);
+        s.handle_message(s.downstream_topic(), msg.as_bytes())
+            .unwrap();
+        assert_eq!(s.fetched_size(), 0, "the image's checks need every byte");
+        fetch_all(&s, u64::MAX);
+        assert!(s.check_firmware().unwrap(), "{:?}", s.last_error());
+        assert!(s.verified_image().unwrap().signed);
+    }
+
     #[test]
     fn a_download_cut_by_a_restart_resumes_from_the_record() {
         let dir = temp_dir("cut");

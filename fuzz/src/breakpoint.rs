@@ -216,7 +216,7 @@ fn check_updates(bp: &Breakpoint, params: &mut Input<'_>) {
             d
         });
         let mut next = bp.clone();
-        let r = next.set_progress(offset, d.as_ref());
+        let r = next.set_progress(offset, d.as_ref(), None);
         let digest_ok = match digest {
             None => true,
             Some(k) => k == kind && fed as u64 == offset,

@@ -1061,7 +1061,7 @@ impl World {
         let mut digest = StreamDigest::new(notice.digest_kind);
         digest.update(&image()[..(offset as usize).min(IMAGE_LEN)]);
         let digest = inp.bool().then_some(&digest);
-        let _ = bp.set_progress(offset, digest);
+        let _ = bp.set_progress(offset, digest, None);
         if inp.u8() % 4 == 0 {
             let _ = bp.set_pending_reboot(if inp.bool() { "2.0.0" } else { "1.0.0" });
         }

@@ -8,14 +8,18 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use crate::error::Error;
 use crate::resume::{BreakpointStore, FileStore, SavePolicy, StoreError};
 
+/// Bytes of a breakpoint record: what a firmware's store must hold.
+pub const OTA_BREAKPOINT_RECORD_LEN: usize = 810;
+const _: () = assert!(OTA_BREAKPOINT_RECORD_LEN == crate::resume::RECORD_LEN);
+
 /// Reads the stored breakpoint record into `buf` (at most `buf_len` bytes).
 /// Returns the number of bytes read, 0 when nothing is stored, < 0 on error.
 #[allow(non_camel_case_types)]
 pub type ota_bp_load_fn =
     Option<unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, buf_len: u32) -> c_int>;
 
-/// Replaces the stored breakpoint record with `len` bytes at `buf` (at most a few hundred
-/// bytes; erase-then-write of one flash sector is typical). Returns 0, or < 0 on error.
+/// Replaces the stored breakpoint record with `len` bytes at `buf` (at most
+/// OTA_BREAKPOINT_RECORD_LEN bytes; erase-then-write of one flash sector is typical). Returns 0, or < 0 on error.
 /// A write cut by power loss is tolerated: the record carries a CRC and is then ignored.
 #[allow(non_camel_case_types)]
 pub type ota_bp_save_fn =

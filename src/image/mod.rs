@@ -70,6 +70,14 @@ pub struct ImagePolicy {
     pub allow_downgrade: bool,
 }
 
+impl ImagePolicy {
+    /// Whether the policy asks for anything a plain file cannot give: a signature, or a check
+    /// with configured keys.
+    pub fn checks_signatures(&self) -> bool {
+        self.require_signature || !self.keys.is_empty()
+    }
+}
+
 /// What [`ImageVerifier::finish`] found in an accepted image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifiedImage {
@@ -88,4 +96,19 @@ pub struct VerifiedImage {
     pub payload_offset: u64,
     /// The payload's length (`img_size`; the whole file for a plain file).
     pub payload_size: u64,
+}
+
+impl VerifiedImage {
+    /// A file accepted as it is, not an MCUboot image: `size` bytes of payload at offset 0.
+    pub fn plain(size: u64) -> VerifiedImage {
+        VerifiedImage {
+            mcuboot: false,
+            signed: false,
+            key_index: None,
+            version: None,
+            security_counter: None,
+            payload_offset: 0,
+            payload_size: size,
+        }
+    }
 }

@@ -21,7 +21,10 @@ impl Engine {
             Some(bp)
                 if bp.state() == RecordState::Downloading
                     && bp.protocol() == self.protocol
-                    && bp.matches(&self.notice) =>
+                    && bp.matches(&self.notice)
+                    && (bp.offset() == 0
+                        || bp.restore_image().is_some()
+                        || !self.policy.checks_signatures()) =>
             {
                 self.download.fetched = bp.offset();
                 match bp.restore_digest() {
@@ -32,6 +35,16 @@ impl Engine {
                     // The firmware re-feeds its stored bytes (IOT_OTA_UpdateClientMd5).
                     None => self.download.digest_bytes = 0,
                 }
+                // The image's own checks go on from the record; without their state (a record
+                // of an earlier build) they start over with the bytes the firmware re-feeds, or
+                // refuse the image at the end.
+                match bp.restore_image() {
+                    Some(v) => self.download.image = v.with_announced_size(self.notice.size),
+                    // A record of an earlier build, and a policy that asks for nothing: the
+                    // platform's digest alone decides, as it did then.
+                    None if bp.offset() > 0 => self.download.image_unchecked = true,
+                    None => {}
+                }
                 ota_log!(
                     Level::Info,
                     "resuming the download of {} at byte {} from the breakpoint record",
@@ -41,6 +54,14 @@ impl Engine {
                 self.keeper.last_saved = bp.offset();
                 self.keeper.record = Some(bp);
                 return;
+            }
+            Some(bp) if bp.matches(&self.notice) && bp.state() == RecordState::Downloading => {
+                ota_log!(
+                    Level::Info,
+                    "breakpoint record holds no image-check state and signatures are checked: \
+                     the download starts over"
+                );
+                self.keeper.erase();
             }
             Some(_) => {
                 ota_log!(
@@ -63,10 +84,12 @@ impl Engine {
     pub(super) fn save_progress(&mut self) {
         let digest =
             (self.download.digest_bytes == self.download.fetched).then_some(&self.download.digest);
+        let image = (self.download.image.received() == self.download.fetched)
+            .then_some(&self.download.image);
         let Some(bp) = self.keeper.record.as_mut() else {
             return;
         };
-        if let Err(e) = bp.set_progress(self.download.fetched, digest) {
+        if let Err(e) = bp.set_progress(self.download.fetched, digest, image) {
             ota_log!(Level::Warning, "breakpoint not recorded: {e}");
             return;
         }

@@ -26,6 +26,9 @@ pub(super) struct Download {
     pub(super) image: ImageVerifier,
     /// What the verifier found once the image passed every check.
     pub(super) image_info: Option<VerifiedImage>,
+    /// Resumed from a record without the verifier's state, under a policy that asks for
+    /// nothing: the image's own checks are skipped (the platform's digest decides).
+    pub(super) image_unchecked: bool,
     /// Retries of this download (the policy is the session's).
     pub(super) backoff: Backoff,
     /// When the next reconnection may be attempted.
@@ -70,6 +73,7 @@ impl Download {
             digest_bytes: 0,
             image: ImageVerifier::new(policy).with_announced_size(notice.size),
             image_info: None,
+            image_unchecked: false,
             backoff: Backoff::new(retry),
             retry_at: None,
             // Set again when a request opens, before anything reads it.
