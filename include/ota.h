@@ -121,6 +121,33 @@
 #define PASSWORD_LEN 256
 
 /*
+ IOT_OTAG_BOOT_STATE: no upgrade was pending at this boot.
+ */
+#define OTA_BOOT_NONE 0
+
+/*
+ IOT_OTAG_BOOT_STATE: the new image runs and waits for IOT_OTA_ConfirmImage.
+ */
+#define OTA_BOOT_PENDING_CONFIRM 1
+
+/*
+ IOT_OTAG_BOOT_STATE: the new image was confirmed and its success reported.
+ */
+#define OTA_BOOT_CONFIRMED 2
+
+/*
+ IOT_OTAG_BOOT_STATE: the firmware must roll back to its previous image (rejected, or not
+ confirmed within IOT_OTAC_CONFIRM_BOOTS boots); the failure was reported.
+ */
+#define OTA_BOOT_ROLLBACK 3
+
+/*
+ IOT_OTAG_BOOT_STATE: the device booted another version than the new one (the bootloader
+ rolled back); the failure was reported.
+ */
+#define OTA_BOOT_ROLLED_BACK 4
+
+/*
  Failure.
  */
 #define FAIL_RETURN -1
@@ -138,7 +165,7 @@
 /*
  Bytes of a breakpoint record: what a firmware's store must hold.
  */
-#define OTA_BREAKPOINT_RECORD_LEN 810
+#define OTA_BREAKPOINT_RECORD_LEN 812
 
 /*
  Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values, and
@@ -320,6 +347,12 @@ typedef enum IOT_OTA_Err_t {
    The image's security counter is lower than the running one.
    */
   IOT_OTAE_IMAGE_COUNTER_DOWNGRADE = -39,
+  /*
+   The new image must be rolled back: it booted more often than IOT_OTAC_CONFIRM_BOOTS
+   allows without IOT_OTA_ConfirmImage (returned by the version report after such a boot);
+   the platform was told the upgrade failed.
+   */
+  IOT_OTAE_IMAGE_ROLLBACK = -40,
   /*
    Success.
    */
@@ -847,6 +880,19 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
 #define IOT_OTAG_PAYLOAD_SIZE 28
 
 /*
+ Configuration: uint32_t, buf_len 4: N > 0 turns the confirm-after-boot flow on (N boots into
+ a new image without IOT_OTA_ConfirmImage fail it; needs a breakpoint store); 0 = off (the
+ default: success at the first report of the new version). Set before the first
+ IOT_OTA_ReportVersion after a boot. At most 65535.
+ */
+#define IOT_OTAC_CONFIRM_BOOTS 29
+
+/*
+ uint32_t, buf_len 4: where the image running since this boot stands (OTA_BOOT_*).
+ */
+#define IOT_OTAG_BOOT_STATE 30
+
+/*
  At most once: sent once, never acknowledged (no PUBLISH_SUCCESS event).
  */
 #define IOTX_MQTT_QOS0 0
@@ -1165,6 +1211,26 @@ extern int HAL_GetDeviceSecret(char *device_secret);
  `OTA_FIRMWARE_VERSION` is longer than `FIRMWARE_VERSION_MAXLEN - 1` (nothing written).
  */
 extern int HAL_GetFirmwareVersion(char *version);
+
+/*
+ Confirms the image running since the reboot, after the firmware's own self-test: the
+ upgrade's success goes to the platform now (confirm-after-boot flow, IOT_OTAC_CONFIRM_BOOTS).
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle; IOT_OTAE_INVALID_STATE unless
+ an image waits for confirmation (IOT_OTAG_BOOT_STATE is OTA_BOOT_PENDING_CONFIRM).
+ */
+int IOT_OTA_ConfirmImage(void *handle);
+
+/*
+ Rejects the image running since the reboot (its self-test failed): the upgrade fails in the
+ platform's terms (Aliyun/SagooIOT step -4 "burn failed", Tencent and UCloud fail) and the
+ firmware must roll back to its previous image (IOT_OTAG_BOOT_STATE is then
+ OTA_BOOT_ROLLBACK).
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle; IOT_OTAE_INVALID_STATE unless
+ an image waits for confirmation.
+ */
+int IOT_OTA_RejectImage(void *handle);
 
 /*
  Opens the SDK log (lines go to stderr, filtered by `IOT_SetLogLevel`).

@@ -82,6 +82,10 @@ pub enum Error {
     /// layout); the platform's digest matched or had not been checked yet.
     #[error("image refused: {0}")]
     Image(#[from] ImageError),
+    /// The new image must be rolled back: it booted too often without a confirmation (see
+    /// `OtaConfig::confirm_boots`); the platform was told the upgrade failed.
+    #[error("roll back: {0}")]
+    RollBack(&'static str),
     /// The MQTT connection or a request on it failed.
     #[error("MQTT: {0}")]
     Mqtt(#[from] MqttError),

@@ -15,7 +15,7 @@
 //! |      0 |     6 | magic `OTABP1` |
 //! |      6 |     1 | format version (1) |
 //! |      7 |     1 | protocol (0 Aliyun, 1 SagooIOT, 2 Tencent, 3 UCloud) |
-//! |      8 |     1 | state (0 downloading, 1 pending reboot) |
+//! |      8 |     1 | state (0 downloading, 1 pending reboot, 2 pending confirm) |
 //! |      9 |     1 | digest kind (0 MD5, 1 SHA-256) |
 //! |     10 |    32 | expected digest (MD5: 16 bytes, then zeros) |
 //! |     42 |     8 | image size |
@@ -28,7 +28,8 @@
 //! |    326 |    65 | pending version, same form (empty unless pending reboot) |
 //! |    391 |   129 | digest state: length byte (0, 88 MD5, 104 SHA-256) + 128 bytes |
 //! |    520 |   286 | image verifier state (signed images, [`crate::image`]): length `u16` (0: none) + 284 bytes |
-//! |    806 |     4 | CRC-32 (IEEE) of bytes 0..806 |
+//! |    806 |     2 | boots into the pending version without a confirmation (`u16`; 0 unless pending confirm) |
+//! |    808 |     4 | CRC-32 (IEEE) of bytes 0..808 |
 //!
 //! Decoding is strict (unused bytes must be zero, a digest or image state covers exactly
 //! `offset` bytes), so a record decodes only to what encodes back to exactly the same bytes
@@ -57,11 +58,11 @@ const TEXT_FIELD: usize = 1 + TEXT_MAX;
 /// Where version 1's CRC is, and version 2's image state starts.
 const V1_CRC_AT: usize = 7 + 3 + 32 + 3 * 8 + 5 * TEXT_FIELD + 1 + DIGEST_STATE_MAX;
 const V1_LEN: usize = V1_CRC_AT + 4;
-const CRC_AT: usize = V1_CRC_AT + 2 + IMAGE_STATE_MAX;
+const CRC_AT: usize = V1_CRC_AT + 2 + IMAGE_STATE_MAX + 2;
 /// Length of an encoded record, bytes (every version-2 record has exactly this length; a
 /// store must hold this many).
 /// cbindgen:ignore
-pub const RECORD_LEN: usize = 810;
+pub const RECORD_LEN: usize = 812;
 const _: () = assert!(RECORD_LEN == CRC_AT + 4);
 
 /// What the device was doing when the record was written.
@@ -72,6 +73,9 @@ pub enum RecordState {
     /// The image is flashed and the device reboots into `pending_version`; the next
     /// version report decides success or failure.
     PendingReboot,
+    /// The device runs `pending_version` and the firmware has not confirmed it yet (the
+    /// confirm-after-boot flow); [`Breakpoint::boots`] counts the boots into it.
+    PendingConfirm,
 }
 
 /// What the version running after a reboot says about a pending upgrade.
@@ -212,6 +216,7 @@ pub struct Breakpoint {
     digest_state_len: u8,
     image_state: [u8; IMAGE_STATE_MAX],
     image_state_len: u16,
+    boots: u16,
 }
 
 impl Breakpoint {
@@ -245,6 +250,7 @@ impl Breakpoint {
             digest_state_len: 0,
             image_state: [0; IMAGE_STATE_MAX],
             image_state_len: 0,
+            boots: 0,
         })
     }
 
@@ -335,6 +341,32 @@ impl Breakpoint {
         Ok(())
     }
 
+    /// The device booted the pending version, which now waits for the firmware's confirmation:
+    /// counts this boot (the first). [`Error::InvalidState`] unless pending reboot.
+    pub fn set_pending_confirm(&mut self) -> Result<(), Error> {
+        if self.state != RecordState::PendingReboot {
+            return Err(Error::InvalidState("breakpoint: not pending reboot"));
+        }
+        self.state = RecordState::PendingConfirm;
+        self.boots = 1;
+        Ok(())
+    }
+
+    /// Counts one more boot into the unconfirmed version (saturating). [`Error::InvalidState`]
+    /// unless pending confirm.
+    pub fn count_boot(&mut self) -> Result<(), Error> {
+        if self.state != RecordState::PendingConfirm {
+            return Err(Error::InvalidState("breakpoint: not pending confirm"));
+        }
+        self.boots = self.boots.saturating_add(1);
+        Ok(())
+    }
+
+    /// Boots into the pending version without a confirmation (0 unless pending confirm).
+    pub fn boots(&self) -> u16 {
+        self.boots
+    }
+
     /// Whether `notice` announces the image this record is about: same version, module
     /// (empty ≡ `default`), size, digest kind and digest. The URL may differ (a renewed
     /// pre-signed URL); the protocol is the caller's to compare ([`protocol`](Self::protocol)).
@@ -351,10 +383,12 @@ impl Breakpoint {
     pub fn reboot_outcome(&self, running_version: &str) -> Option<RebootOutcome> {
         match self.state {
             RecordState::Downloading => None,
-            RecordState::PendingReboot if running_version == self.pending_version.as_str() => {
+            RecordState::PendingReboot | RecordState::PendingConfirm
+                if running_version == self.pending_version.as_str() =>
+            {
                 Some(RebootOutcome::Succeeded)
             }
-            RecordState::PendingReboot => Some(RebootOutcome::Failed),
+            RecordState::PendingReboot | RecordState::PendingConfirm => Some(RebootOutcome::Failed),
         }
     }
 
@@ -458,7 +492,7 @@ impl Breakpoint {
 
     /// The version the device reboots into, when pending reboot.
     pub fn pending_version(&self) -> Option<&str> {
-        (self.state == RecordState::PendingReboot).then(|| self.pending_version.as_str())
+        (self.state != RecordState::Downloading).then(|| self.pending_version.as_str())
     }
 
     /// The serialized digest state (empty when none was recorded).
@@ -488,6 +522,7 @@ impl Breakpoint {
         w.put(&self.digest_state);
         w.put(&self.image_state_len.to_le_bytes());
         w.put(&self.image_state);
+        w.put(&self.boots.to_le_bytes());
         let crc = crc32(&w.out[..CRC_AT]);
         w.put(&crc.to_le_bytes());
         debug_assert_eq!(w.pos, RECORD_LEN);
@@ -532,6 +567,11 @@ impl Breakpoint {
                 [0; IMAGE_STATE_MAX]
             } else {
                 r.array::<IMAGE_STATE_MAX>()
+            },
+            boots: if version == 1 {
+                0
+            } else {
+                u16::from_le_bytes(r.array())
             },
         };
         bp.check().map(|()| bp)
@@ -582,9 +622,16 @@ impl Breakpoint {
                         .is_some_and(|v| v.received() == self.offset)));
         let pending_ok = match self.state {
             RecordState::Downloading => self.pending_version.len == 0,
-            RecordState::PendingReboot => self.pending_version.len != 0 && state_len == 0,
+            RecordState::PendingReboot => {
+                self.pending_version.len != 0 && state_len == 0 && self.boots == 0
+            }
+            RecordState::PendingConfirm => {
+                self.pending_version.len != 0 && state_len == 0 && self.boots != 0
+            }
         };
+        let boots_ok = self.state == RecordState::PendingConfirm || self.boots == 0;
         let ok = pending_ok
+            && boots_ok
             && image_ok
             && self.size != 0
             && self.offset <= self.size
@@ -687,6 +734,7 @@ fn state_id(s: RecordState) -> u8 {
     match s {
         RecordState::Downloading => 0,
         RecordState::PendingReboot => 1,
+        RecordState::PendingConfirm => 2,
     }
 }
 
@@ -694,6 +742,7 @@ fn state_from_id(id: u8) -> Result<RecordState, RecordError> {
     match id {
         0 => Ok(RecordState::Downloading),
         1 => Ok(RecordState::PendingReboot),
+        2 => Ok(RecordState::PendingConfirm),
         _ => Err(RecordError::Corrupt),
     }
 }
@@ -1056,8 +1105,8 @@ mod tests {
     #[test]
     fn layout_constants() {
         assert_eq!((V1_CRC_AT, V1_LEN), (520, 524));
-        assert_eq!(CRC_AT, 806);
-        assert_eq!(RECORD_LEN, 810);
+        assert_eq!(CRC_AT, 808);
+        assert_eq!(RECORD_LEN, 812);
         let buf = encoded(&sample(DigestKind::Md5));
         assert_eq!(&buf[..6], b"OTABP1");
         assert_eq!(buf[6..10], [2, 3, 0, 0]);

@@ -825,3 +825,202 @@ mod stores {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Confirm after boot (`OtaConfig::confirm_boots`), across simulated reboots, on each platform.
+mod confirm {
+    use super::*;
+    use ota::ota::BootState;
+
+    const PROTOCOLS: [Protocol; 4] = [
+        Protocol::Aliyun,
+        Protocol::Sagoo,
+        Protocol::Tencent,
+        Protocol::Ucloud,
+    ];
+
+    fn notice(p: Protocol, img: &[u8]) -> String {
+        let fw = Firmware::new("2.0", URL, img);
+        match p {
+            Protocol::Aliyun => ota_cloud::aliyun::upgrade_message(&fw, 1),
+            Protocol::Sagoo => ota_cloud::sagoo::upgrade_message(
+                &fw,
+                1,
+                ota_cloud::sagoo::SignMethod::Md5,
+                None,
+                None,
+            ),
+            Protocol::Tencent => ota_cloud::tencent::update_message(&fw),
+            Protocol::Ucloud => ota_cloud::ucloud::notify_message(&fw, "1.0", None, "task-42"),
+        }
+    }
+
+    /// A device that downloaded and verified 2.0 with the flow on (`boots` allowed), then
+    /// rebooted: its store.
+    fn flashed(p: Protocol, img: &'static [u8]) -> Shared {
+        let store = Shared::default();
+        let d = boot(p, Limits::default(), img, &store);
+        d.s.set_confirm_boots(2);
+        d.s.report_version("1.0").unwrap();
+        d.announce(&notice(p, img));
+        d.fetch_to(u64::MAX);
+        assert!(d.s.check_firmware().unwrap());
+        store
+    }
+
+    /// A boot of the device on `store`, running `version`.
+    fn reboot(
+        p: Protocol,
+        img: &'static [u8],
+        store: &Shared,
+        version: &str,
+    ) -> (Device, Result<(), Error>) {
+        let d = boot(p, Limits::default(), img, store);
+        d.s.set_confirm_boots(2);
+        let r = d.s.report_version(version);
+        (d, r)
+    }
+
+    fn is_success(p: Protocol, m: &str) -> bool {
+        match p {
+            Protocol::Aliyun | Protocol::Sagoo => m.contains(r#""version":"2.0""#),
+            Protocol::Tencent => m.contains(r#""state":"done""#),
+            Protocol::Ucloud => m.contains(r#""Method":"success""#),
+        }
+    }
+
+    fn is_failure(p: Protocol, m: &str, desc: &str) -> bool {
+        match p {
+            Protocol::Aliyun | Protocol::Sagoo => m.contains(r#""step":"-4""#) && m.contains(desc),
+            Protocol::Tencent => {
+                m.contains(r#""state":"fail""#) && m.contains(r#""result_code":"-5""#)
+            }
+            Protocol::Ucloud => m.contains(r#""Method":"fail""#) && m.contains(desc),
+        }
+    }
+
+    #[test]
+    fn the_success_waits_for_the_confirmation() {
+        let img = image(3000, 1);
+        for p in PROTOCOLS {
+            let store = flashed(p, img);
+            let (d, r) = reboot(p, img, &store, "2.0");
+            r.unwrap();
+            assert_eq!(
+                d.s.boot_state(),
+                BootState::PendingConfirm { boots: 1 },
+                "{p:?}"
+            );
+            assert_eq!(
+                d.payloads(),
+                Vec::<String>::new(),
+                "{p:?}: nothing before the confirmation"
+            );
+            drop(d); // a second boot, still unconfirmed
+            let (d, r) = reboot(p, img, &store, "2.0");
+            r.unwrap();
+            assert_eq!(
+                d.s.boot_state(),
+                BootState::PendingConfirm { boots: 2 },
+                "{p:?}"
+            );
+            assert!(d.payloads().is_empty(), "{p:?}");
+            d.s.confirm_image().unwrap();
+            let sent = d.payloads();
+            assert!(sent.iter().any(|m| is_success(p, m)), "{p:?}: {sent:?}");
+            assert!(
+                !sent.iter().any(|m| is_failure(p, m, "")),
+                "{p:?}: {sent:?}"
+            );
+            assert_eq!(d.s.boot_state(), BootState::Confirmed);
+            assert!(store.contents().is_empty(), "{p:?}: the record is gone");
+            assert!(
+                matches!(d.s.confirm_image(), Err(Error::InvalidState(_))),
+                "once"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejected_image_fails_the_upgrade_and_asks_for_a_rollback() {
+        let img = image(3000, 2);
+        for p in PROTOCOLS {
+            let store = flashed(p, img);
+            let (d, r) = reboot(p, img, &store, "2.0");
+            r.unwrap();
+            d.s.reject_image().unwrap();
+            let sent = d.payloads();
+            assert!(
+                sent.iter()
+                    .any(|m| is_failure(p, m, "the firmware rejected the new image")),
+                "{p:?}: {sent:?}"
+            );
+            assert!(!sent.iter().any(|m| is_success(p, m)), "{p:?}: {sent:?}");
+            assert_eq!(d.s.boot_state(), BootState::RollBack);
+            assert!(store.contents().is_empty());
+            assert!(matches!(d.s.reject_image(), Err(Error::InvalidState(_))));
+        }
+    }
+
+    #[test]
+    fn too_many_boots_without_a_confirmation_fail_the_upgrade() {
+        let img = image(3000, 3);
+        for p in PROTOCOLS {
+            let store = flashed(p, img);
+            for _ in 0..2 {
+                let (d, r) = reboot(p, img, &store, "2.0");
+                r.unwrap();
+                assert!(d.payloads().is_empty());
+            }
+            let (d, r) = reboot(p, img, &store, "2.0");
+            assert!(matches!(r, Err(Error::RollBack(_))), "{p:?}: {r:?}");
+            let sent = d.payloads();
+            assert!(
+                sent.iter().any(|m| is_failure(p, m, "not confirmed")),
+                "{p:?}: {sent:?}"
+            );
+            assert_eq!(d.s.boot_state(), BootState::RollBack);
+            assert!(store.contents().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_bootloader_rollback_is_reported_as_a_failure() {
+        let img = image(3000, 4);
+        for p in PROTOCOLS {
+            let store = flashed(p, img);
+            let (d, r) = reboot(p, img, &store, "2.0");
+            r.unwrap();
+            drop(d); // the bootloader reverts to 1.0 at the next boot
+            let (d, r) = reboot(p, img, &store, "1.0");
+            r.unwrap();
+            assert_eq!(d.s.boot_state(), BootState::RolledBack, "{p:?}");
+            let sent = d.payloads();
+            assert!(
+                sent.iter()
+                    .any(|m| m.contains("did not boot the new firmware")
+                        || m.contains(r#""result_code":"-5""#)),
+                "{p:?}: {sent:?}"
+            );
+            assert!(!sent.iter().any(|m| is_success(p, m)), "{p:?}: {sent:?}");
+        }
+    }
+
+    #[test]
+    fn without_the_flow_the_first_report_is_the_success_as_before() {
+        let img = image(3000, 5);
+        for p in PROTOCOLS {
+            let store = Shared::default();
+            let d = boot(p, Limits::default(), img, &store);
+            d.s.report_version("1.0").unwrap();
+            d.announce(&notice(p, img));
+            d.fetch_to(u64::MAX);
+            assert!(d.s.check_firmware().unwrap());
+            drop(d);
+            let d = boot(p, Limits::default(), img, &store);
+            d.s.report_version("2.0").unwrap();
+            assert!(d.payloads().iter().any(|m| is_success(p, m)), "{p:?}");
+            assert_eq!(d.s.boot_state(), BootState::None);
+            assert!(matches!(d.s.confirm_image(), Err(Error::InvalidState(_))));
+        }
+    }
+}

@@ -60,7 +60,7 @@ fn check_error(bytes: &[u8], e: RecordError) {
             assert!(MAGIC.starts_with(&bytes[..bytes.len().min(6)]));
         }
         RecordError::UnknownVersion(v) => {
-            assert!(v != FORMAT_VERSION && bytes.get(6) == Some(&v));
+            assert!(v != FORMAT_VERSION && v != 1 && bytes.get(6) == Some(&v));
         }
         RecordError::Corrupt => assert!(!bytes.is_empty()),
     }
@@ -88,7 +88,21 @@ fn check_load(bytes: &[u8], decode_err: Option<RecordError>) {
 fn check_record(bytes: &[u8], bp: &Breakpoint, params: &mut Input<'_>) {
     let mut out = [0u8; RECORD_LEN];
     assert_eq!(bp.encode(&mut out), RECORD_LEN);
-    assert_eq!(&out[..], bytes, "a decoded record encodes differently");
+    if bytes.get(6) == Some(&1) {
+        // A version-1 record (earlier builds) is written back as the current version: the same
+        // fields, nothing in the new ones.
+        assert_eq!(bytes.len(), 524);
+        assert_eq!(out[6], FORMAT_VERSION);
+        assert_eq!(&out[..6], &bytes[..6]);
+        assert_eq!(
+            &out[7..520],
+            &bytes[7..520],
+            "a version-1 record changes when rewritten"
+        );
+        assert!(out[520..RECORD_LEN - 4].iter().all(|&b| b == 0));
+    } else {
+        assert_eq!(&out[..], bytes, "a decoded record encodes differently");
+    }
     assert_eq!(Breakpoint::decode(&out).as_ref(), Ok(bp));
     check_fields(bp);
     check_digest(bp, params);
@@ -108,14 +122,25 @@ fn check_fields(bp: &Breakpoint) {
     assert!(!bp.module_name().is_empty());
     let _ = (bp.url_identity(), bp.protocol(), format!("{bp:?}"));
     match bp.state() {
-        RecordState::Downloading => assert_eq!(bp.pending_version(), None),
-        RecordState::PendingReboot => {
+        RecordState::Downloading => {
+            assert_eq!(bp.pending_version(), None);
+            assert_eq!(bp.boots(), 0);
+        }
+        RecordState::PendingReboot | RecordState::PendingConfirm => {
             assert!(bp.pending_version().is_some_and(|v| !v.is_empty()));
             assert!(
-                bp.digest_state().is_empty(),
-                "a flashed image keeps a digest state"
+                bp.digest_state().is_empty() && bp.image_state().is_empty(),
+                "a flashed image keeps a digest or image state"
+            );
+            assert_eq!(
+                bp.boots() > 0,
+                bp.state() == RecordState::PendingConfirm,
+                "boots are counted only while pending confirm"
             );
         }
+    }
+    if let Some(v) = bp.restore_image() {
+        assert_eq!(v.received(), bp.offset());
     }
     let state = bp.digest_state().len();
     assert!(state == 0 || state == StreamDigest::state_len(bp.digest_kind()));

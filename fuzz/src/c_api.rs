@@ -386,6 +386,9 @@ impl World {
             max_delay: Duration::from_micros(20),
             stall_timeout: Duration::from_secs(20),
         };
+        // An expired URL's wait for a fresh one, likewise (a FetchYield with a long timeout
+        // would otherwise sleep the default minute: a hang to libFuzzer, not a finding).
+        config.fresh_url_wait = Duration::from_millis(1);
         let source: Box<dyn FirmwareSource> = match &self.script {
             None => {
                 let mut s = MemorySource::new(image());

@@ -1,15 +1,36 @@
 //! Signed images through `IOT_OTA_Ioctl`: the image policy (keys, signature requirement,
 //! running version and security counter, downgrade) set before a download, what the image's own
-//! checks found queried after it, and one `IOT_OTA_Err_t` code per refusal. Over
-//! [`crate::image`] and [`crate::ota::OtaSession::set_image_policy`].
+//! checks found queried after it, and one `IOT_OTA_Err_t` code per refusal; and the
+//! confirm-after-boot flow (`IOT_OTA_ConfirmImage`, `IOT_OTA_RejectImage`). Over
+//! [`crate::image`] and [`crate::ota::OtaSession`].
+//!
+//! The confirm-after-boot flow (IOT_OTAC_CONFIRM_BOOTS = N > 0, with a breakpoint store):
+//!
+//! ```text
+//!  download verified, CHECK_FIRMWARE 1 ──> record "pending reboot" ──> firmware flashes, reboots
+//!                                                                             │
+//!   IOT_OTA_ReportVersion(new version) at boot k ◄────────────────────────────┘
+//!     │ k <= N: nothing sent yet, IOT_OTAG_BOOT_STATE = PENDING_CONFIRM
+//!     ├── IOT_OTA_ConfirmImage ──> success to the platform (Aliyun/SagooIOT: the version report)
+//!     │                            BOOT_STATE = CONFIRMED
+//!     ├── IOT_OTA_RejectImage  ──> failure (-4 burn failed / Tencent, UCloud fail), BOOT_STATE =
+//!     │                            ROLLBACK: the firmware installs its previous image
+//!     └── reboot without either ──> boot k+1; k+1 > N: failure reported, ReportVersion returns
+//!                                   IOT_OTAE_IMAGE_ROLLBACK, BOOT_STATE = ROLLBACK
+//!   IOT_OTA_ReportVersion(another version): the bootloader rolled back: failure reported,
+//!   BOOT_STATE = ROLLED_BACK
+//! ```
+//!
+//! With N = 0 (the default) the first report of the new version is the success, as in iotkit.
 
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 
 use super::ota::{
     check_u32_len, put_str, put_u32, reject, IOT_OTA_CmdType_t, IOT_OTA_Err_t, OtaHandle,
 };
 use crate::error::Error;
 use crate::image::{ImageError, ImageKey, ImagePolicy, ImageVersion, VerifiedImage};
+use crate::ota::BootState;
 
 /// Configuration, before a download: buf = a vendor public key, `buf_len` its length: PEM text
 /// (`imgtool getpub -e pem`; a trailing NUL is allowed), DER SubjectPublicKeyInfo, or raw (32
@@ -51,6 +72,61 @@ pub const IOT_OTAG_PAYLOAD_OFFSET: IOT_OTA_CmdType_t = 27;
 /// for a plain file).
 pub const IOT_OTAG_PAYLOAD_SIZE: IOT_OTA_CmdType_t = 28;
 
+/// Configuration: uint32_t, buf_len 4: N > 0 turns the confirm-after-boot flow on (N boots into
+/// a new image without IOT_OTA_ConfirmImage fail it; needs a breakpoint store); 0 = off (the
+/// default: success at the first report of the new version). Set before the first
+/// IOT_OTA_ReportVersion after a boot. At most 65535.
+pub const IOT_OTAC_CONFIRM_BOOTS: IOT_OTA_CmdType_t = 29;
+/// uint32_t, buf_len 4: where the image running since this boot stands (OTA_BOOT_*).
+pub const IOT_OTAG_BOOT_STATE: IOT_OTA_CmdType_t = 30;
+
+/// IOT_OTAG_BOOT_STATE: no upgrade was pending at this boot.
+pub const OTA_BOOT_NONE: u32 = 0;
+/// IOT_OTAG_BOOT_STATE: the new image runs and waits for IOT_OTA_ConfirmImage.
+pub const OTA_BOOT_PENDING_CONFIRM: u32 = 1;
+/// IOT_OTAG_BOOT_STATE: the new image was confirmed and its success reported.
+pub const OTA_BOOT_CONFIRMED: u32 = 2;
+/// IOT_OTAG_BOOT_STATE: the firmware must roll back to its previous image (rejected, or not
+/// confirmed within IOT_OTAC_CONFIRM_BOOTS boots); the failure was reported.
+pub const OTA_BOOT_ROLLBACK: u32 = 3;
+/// IOT_OTAG_BOOT_STATE: the device booted another version than the new one (the bootloader
+/// rolled back); the failure was reported.
+pub const OTA_BOOT_ROLLED_BACK: u32 = 4;
+
+/// Confirms the image running since the reboot, after the firmware's own self-test: the
+/// upgrade's success goes to the platform now (confirm-after-boot flow, IOT_OTAC_CONFIRM_BOOTS).
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle; IOT_OTAE_INVALID_STATE unless
+/// an image waits for confirmation (IOT_OTAG_BOOT_STATE is OTA_BOOT_PENDING_CONFIRM).
+#[no_mangle]
+pub extern "C" fn IOT_OTA_ConfirmImage(handle: *mut c_void) -> c_int {
+    ffi_body!(IOT_OTA_ConfirmImage, ota(handle), INVALID_PARAM, |h| {
+        match h.ota_session().confirm_image() {
+            Ok(()) => 0,
+            Err(e) => super::ota::err_code(&e),
+        }
+    })
+}
+
+/// Rejects the image running since the reboot (its self-test failed): the upgrade fails in the
+/// platform's terms (Aliyun/SagooIOT step -4 "burn failed", Tencent and UCloud fail) and the
+/// firmware must roll back to its previous image (IOT_OTAG_BOOT_STATE is then
+/// OTA_BOOT_ROLLBACK).
+///
+/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle; IOT_OTAE_INVALID_STATE unless
+/// an image waits for confirmation.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_RejectImage(handle: *mut c_void) -> c_int {
+    ffi_body!(IOT_OTA_RejectImage, ota(handle), INVALID_PARAM, |h| {
+        match h.ota_session().reject_image() {
+            Ok(()) => 0,
+            Err(e) => super::ota::err_code(&e),
+        }
+    })
+}
+
+const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
+
 /// The C code of an image refusal: one per cause.
 pub(crate) fn code(e: &ImageError) -> c_int {
     use IOT_OTA_Err_t::*;
@@ -80,7 +156,7 @@ pub(crate) fn code(e: &ImageError) -> c_int {
 
 /// Whether `kind` is one of this file's Ioctl types.
 pub(crate) fn is_image_ioctl(kind: c_int) -> bool {
-    (IOT_OTAC_ADD_IMAGE_KEY..=IOT_OTAG_PAYLOAD_SIZE).contains(&kind)
+    (IOT_OTAC_ADD_IMAGE_KEY..=IOT_OTAG_BOOT_STATE).contains(&kind)
 }
 
 /// Answers one of this file's Ioctl types; `buf` is the caller's buffer (read for the
@@ -110,6 +186,28 @@ pub(crate) fn ioctl(h: &OtaHandle, kind: c_int, buf: &mut [u8]) -> c_int {
             Ok(on) => configure(h, |p| p.allow_downgrade = on),
             Err(code) => code,
         },
+        IOT_OTAC_CONFIRM_BOOTS => match get_u32(h, buf).map(u16::try_from) {
+            Ok(Ok(n)) => {
+                h.ota_session().set_confirm_boots(n);
+                0
+            }
+            Ok(Err(_)) => reject(
+                h,
+                "IOT_OTA_Ioctl",
+                Error::InvalidParam("at most 65535 boots"),
+            ),
+            Err(code) => code,
+        },
+        IOT_OTAG_BOOT_STATE => {
+            let v = match h.ota_session().boot_state() {
+                BootState::None => OTA_BOOT_NONE,
+                BootState::PendingConfirm { .. } => OTA_BOOT_PENDING_CONFIRM,
+                BootState::Confirmed => OTA_BOOT_CONFIRMED,
+                BootState::RollBack => OTA_BOOT_ROLLBACK,
+                BootState::RolledBack => OTA_BOOT_ROLLED_BACK,
+            };
+            put_u32(h, buf, v.into())
+        }
         IOT_OTAC_RUNNING_SECURITY_COUNTER => match get_u32(h, buf) {
             Ok(v) => configure(h, |p| p.running_security_counter = Some(v)),
             Err(code) => code,

@@ -74,6 +74,10 @@ pub enum IOT_OTA_Err_t {
     IOT_OTAE_IMAGE_DOWNGRADE = -38,
     /// The image's security counter is lower than the running one.
     IOT_OTAE_IMAGE_COUNTER_DOWNGRADE = -39,
+    /// The new image must be rolled back: it booted more often than IOT_OTAC_CONFIRM_BOOTS
+    /// allows without IOT_OTA_ConfirmImage (returned by the version report after such a boot);
+    /// the platform was told the upgrade failed.
+    IOT_OTAE_IMAGE_ROLLBACK = -40,
     /// Success.
     IOT_OTAE_NONE = 0,
 }
@@ -281,6 +285,7 @@ pub fn err_code(e: &Error) -> c_int {
         Error::Mqtt(_) => IOT_OTA_Err_t::IOT_OTAE_OSC_FAILED as c_int,
         Error::Notice(_) | Error::VersionRefused(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,
         Error::Image(e) => super::image::code(e),
+        Error::RollBack(_) => IOT_OTA_Err_t::IOT_OTAE_IMAGE_ROLLBACK as c_int,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The engine's side of the breakpoint record: resume after a restart, success after reboot.
 
-use super::{Engine, OtaState};
+use super::{BootState, Engine, OtaState};
+use crate::error::{Error, Result};
 use crate::log::Level;
 use crate::ota_log;
 use crate::protocol::{FailureCause, Report};
@@ -116,58 +117,167 @@ impl Engine {
     }
 
     /// After a reboot: the first version report completes a pending upgrade in the protocol's
-    /// terms (success when it is the pending version, failure otherwise). True when that report
-    /// replaced the plain version report.
-    pub(super) fn complete_pending_reboot(&mut self, version: &str, module: Option<&str>) -> bool {
+    /// terms (success when it is the pending version, failure otherwise). With the
+    /// confirm-after-boot flow on (`confirm_boots` > 0) the pending version's report waits for
+    /// [`confirm_image`](Self::confirm_image) instead, and each boot into it is counted; past
+    /// the limit the upgrade fails and the caller is told to roll back
+    /// ([`Error::RollBack`]). True when the plain version report is replaced (sent as the
+    /// success, or held).
+    pub(super) fn complete_pending_reboot(
+        &mut self,
+        version: &str,
+        module: Option<&str>,
+    ) -> Result<bool> {
         if !self.keeper.enabled || self.state != OtaState::Idle {
-            return false;
+            return Ok(false);
         }
-        let Some(bp) = self.keeper.load() else {
-            return false;
+        let Some(mut bp) = self.keeper.load() else {
+            return Ok(false);
         };
-        if bp.state() != RecordState::PendingReboot
+        if bp.state() == RecordState::Downloading
             || bp.protocol() != self.protocol
             || bp.module_name() != module.unwrap_or("default")
         {
-            return false;
+            return Ok(false);
+        }
+        if bp.fill_notice(&mut self.notice).is_err() {
+            self.keeper.erase();
+            return Ok(false);
+        }
+        let booted_new = bp.reboot_outcome(version) == Some(RebootOutcome::Succeeded);
+        if !booted_new {
+            self.keeper.erase();
+            ota_log!(
+                Level::Error,
+                "rebooted into {version}, not the pending {}: upgrade failed",
+                self.notice.version
+            );
+            self.boot_state = BootState::RolledBack;
+            self.report_after_boot(
+                FailureCause::UpgradeFailed,
+                "the device did not boot the new firmware",
+            );
+            return Ok(false);
+        }
+        if self.confirm_boots == 0 {
+            self.keeper.erase();
+            return Ok(self.report_confirmed(version));
+        }
+        let counted = match bp.state() {
+            RecordState::PendingConfirm => bp.count_boot(),
+            _ => bp.set_pending_confirm(),
+        };
+        if let Err(e) = counted {
+            ota_log!(Level::Warning, "boot not counted: {e}");
+        }
+        if bp.boots() > self.confirm_boots {
+            self.keeper.erase();
+            ota_log!(
+                Level::Error,
+                "{version} booted {} times without a confirmation: upgrade failed, roll back",
+                bp.boots() - 1
+            );
+            self.boot_state = BootState::RollBack;
+            self.report_after_boot(
+                FailureCause::BurnFailed,
+                "the new firmware was not confirmed after booting it",
+            );
+            return Err(self.fail(Error::RollBack("the new image was never confirmed")));
+        }
+        ota_log!(
+            Level::Info,
+            "running {version} (boot {} of {}): its report waits for the firmware's confirmation",
+            bp.boots(),
+            self.confirm_boots
+        );
+        self.boot_state = BootState::PendingConfirm { boots: bp.boots() };
+        self.keeper.record = Some(bp);
+        self.keeper.save();
+        Ok(true)
+    }
+
+    /// The firmware confirms the image it runs (after its own self-test): the upgrade's success
+    /// goes to the platform now. `InvalidState` unless an image waits for confirmation.
+    pub(super) fn confirm_image(&mut self) -> Result<()> {
+        let BootState::PendingConfirm { .. } = self.boot_state else {
+            return Err(self.fail(Error::InvalidState("no image waits for confirmation")));
+        };
+        if self.state != OtaState::Idle {
+            return Err(self.fail(Error::InvalidState(
+                "another upgrade began before the confirmation",
+            )));
+        }
+        let Some(bp) = self.keeper.load() else {
+            return Err(self.fail(Error::InvalidState("the pending record is gone")));
+        };
+        if bp.fill_notice(&mut self.notice).is_err() {
+            return Err(self.fail(Error::InvalidState("the pending record does not fit")));
         }
         self.keeper.erase();
-        if bp.fill_notice(&mut self.notice).is_err() {
-            return false;
-        }
-        let r = match bp.reboot_outcome(version) {
-            Some(RebootOutcome::Succeeded) => {
-                ota_log!(
-                    Level::Info,
-                    "upgrade to {version} completed after the reboot"
-                );
-                self.out.send(Report::Success {
-                    version,
-                    notice: &self.notice,
-                })
-            }
-            _ => {
-                ota_log!(
-                    Level::Error,
-                    "rebooted into {version}, not the pending {}: upgrade failed",
-                    self.notice.version
-                );
-                let r = self.out.send(Report::Failure {
-                    cause: FailureCause::UpgradeFailed,
-                    desc: "the device did not boot the new firmware",
-                    notice: &self.notice,
-                });
-                if let Err(e) = r {
-                    ota_log!(Level::Warning, "failure report not sent: {e}");
-                }
-                return false;
-            }
+        self.boot_state = BootState::Confirmed;
+        let version = bp.pending_version().unwrap_or_default();
+        let module = match bp.module() {
+            "" => None,
+            m => Some(m),
         };
+        if !self.report_confirmed(version) {
+            // Where the success is a report of its own, the held version report follows it.
+            let r = self.out.send(Report::Version { version, module });
+            if let Err(e) = r {
+                ota_log!(Level::Warning, "version report not sent: {e}");
+            }
+        }
+        self.running.record(module.unwrap_or("default"), version);
+        Ok(())
+    }
+
+    /// The firmware rejects the image it runs (its self-test failed): the upgrade fails in the
+    /// platform's terms and the firmware must roll back. `InvalidState` unless an image waits
+    /// for confirmation.
+    pub(super) fn reject_image(&mut self) -> Result<()> {
+        let BootState::PendingConfirm { .. } = self.boot_state else {
+            return Err(self.fail(Error::InvalidState("no image waits for confirmation")));
+        };
+        self.keeper.erase();
+        self.boot_state = BootState::RollBack;
+        ota_log!(
+            Level::Error,
+            "the firmware rejected the new image: roll back"
+        );
+        self.report_after_boot(
+            FailureCause::BurnFailed,
+            "the firmware rejected the new image",
+        );
+        Ok(())
+    }
+
+    /// Reports the upgrade's success after the boot; true when that report is the version
+    /// report itself (Aliyun, SagooIOT).
+    fn report_confirmed(&mut self, version: &str) -> bool {
+        ota_log!(
+            Level::Info,
+            "upgrade to {version} completed after the reboot"
+        );
+        let r = self.out.send(Report::Success {
+            version,
+            notice: &self.notice,
+        });
         if let Err(e) = r {
             ota_log!(Level::Warning, "completion not reported: {e}");
         }
-        // Aliyun and SagooIOT count the version report itself as the success.
         self.protocol.success_is_version_report()
+    }
+
+    /// Reports a failure found after the boot.
+    fn report_after_boot(&mut self, cause: FailureCause, desc: &str) {
+        let r = self.out.send(Report::Failure {
+            cause,
+            desc,
+            notice: &self.notice,
+        });
+        if let Err(e) = r {
+            ota_log!(Level::Warning, "failure report not sent: {e}");
+        }
     }
 }
 

@@ -103,6 +103,34 @@ pub struct OtaConfig {
     /// signature is required, anti-downgrade (see [`crate::image`]). Default: nothing required,
     /// so unchanged firmware behaves as before; an MCUboot image still has its own hash checked.
     pub image: ImagePolicy,
+    /// Confirm after boot: with N > 0 (and a breakpoint store), the upgrade's success waits
+    /// after the reboot until the firmware calls [`OtaSession::confirm_image`]; N boots into
+    /// the new image without it, or [`OtaSession::reject_image`], fail the upgrade and tell the
+    /// firmware to roll back. 0 (the default): success at the first report of the new version,
+    /// as iotkit.
+    pub confirm_boots: u16,
+}
+
+/// Where the image running since the last boot stands in the confirm-after-boot flow (see
+/// [`OtaConfig::confirm_boots`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootState {
+    /// No upgrade was pending at this boot (or the flow is off and it completed at once).
+    None,
+    /// The new image runs and waits for [`OtaSession::confirm_image`]; `boots` counts the boots
+    /// into it so far (this one included).
+    PendingConfirm {
+        /// Boots into the new image without a confirmation, this one included.
+        boots: u16,
+    },
+    /// The firmware confirmed the new image; the success was reported.
+    Confirmed,
+    /// The firmware must roll back: it rejected the image, or booted it too often without a
+    /// confirmation. The failure was reported.
+    RollBack,
+    /// The device booted another version than the pending one (the bootloader rolled back);
+    /// the failure was reported.
+    RolledBack,
 }
 
 /// Longest [`OtaConfig::fresh_url_wait`] accepted: an hour.
@@ -128,6 +156,7 @@ impl Default for OtaConfig {
             http: HttpConfig::default(),
             retry: RetryPolicy::default(),
             image: ImagePolicy::default(),
+            confirm_boots: 0,
             fresh_url_wait: FRESH_URL_WAIT,
         }
     }
@@ -176,6 +205,11 @@ struct Engine {
     fresh_url_wait: Duration,
     /// Which images are accepted beyond the platform's digest (keys allocated at init).
     policy: ImagePolicy,
+    /// Boots into a new image allowed before its confirmation (0: no confirmation; success at
+    /// the first report of the new version).
+    confirm_boots: u16,
+    /// Where the image running since the last boot stands in the confirm-after-boot flow.
+    boot_state: BootState,
     /// Where the breakpoint record lives across restarts (opt-in).
     keeper: RecordKeeper,
     /// Bumped whenever the current request must be abandoned; the caller of `fetch_yield`
@@ -337,7 +371,7 @@ impl Engine {
             }
         }
         let module = Self::module_arg(module);
-        if self.complete_pending_reboot(version, module) {
+        if self.complete_pending_reboot(version, module)? {
             self.running.record(module.unwrap_or("default"), version);
             return Ok(());
         }
@@ -1169,6 +1203,8 @@ impl OtaSession {
             retry: config.retry,
             fresh_url_wait: config.fresh_url_wait,
             policy: config.image,
+            confirm_boots: config.confirm_boots,
+            boot_state: BootState::None,
             keeper: RecordKeeper::new(),
             request: 0,
             last_error: None,
@@ -1389,6 +1425,35 @@ impl OtaSession {
     /// The announced image size (0 before an upgrade).
     pub fn file_size(&self) -> u64 {
         self.engine().notice.size
+    }
+
+    /// Confirms the image running since the reboot (after the firmware's own self-test): the
+    /// upgrade's success goes to the platform now (see [`OtaConfig::confirm_boots`]).
+    /// `InvalidState` unless an image waits for confirmation.
+    pub fn confirm_image(&self) -> Result<()> {
+        let r = self.engine().confirm_image();
+        self.settle();
+        r
+    }
+
+    /// Rejects the image running since the reboot (its self-test failed): the upgrade fails in
+    /// the platform's terms (Aliyun/SagooIOT step -4, Tencent and UCloud fail), and the firmware
+    /// must roll back to its previous image. `InvalidState` unless an image waits for
+    /// confirmation.
+    pub fn reject_image(&self) -> Result<()> {
+        let r = self.engine().reject_image();
+        self.settle();
+        r
+    }
+
+    /// Where the running image stands in the confirm-after-boot flow.
+    pub fn boot_state(&self) -> BootState {
+        self.engine().boot_state
+    }
+
+    /// Sets [`OtaConfig::confirm_boots`] (before the first version report after a boot).
+    pub fn set_confirm_boots(&self, boots: u16) {
+        self.engine().confirm_boots = boots;
     }
 
     /// The image policy in force (see [`OtaConfig::image`]).
