@@ -23,6 +23,7 @@ use super::input::Input;
 use ota::digest::{to_hex, StreamDigest};
 use ota::error::{Error, MqttError};
 use ota::ffi::fuzzing;
+use ota::ffi::image::*;
 use ota::ffi::ota::*;
 use ota::ffi::resume::ota_breakpoint_store_t;
 use ota::ota::{OtaConfig, Uplink};
@@ -771,12 +772,15 @@ impl World {
         let h = self.pick_handle(inp);
         let kind = match inp.u8() % 8 {
             0 => inp.i32_biased(),
-            _ => i32::from(inp.u8() % 21) - 1,
+            _ => i32::from(inp.u8() % 33) - 1,
         };
         let (mut buf, pass) = Self::buffer(inp);
         let ptr = buf
             .as_mut()
             .map_or(null_mut(), |b| b.as_mut_ptr() as *mut c_void);
+        let downloading = self
+            .session()
+            .is_some_and(|s| s.state() == OtaState::Downloading);
         let rc = unsafe { IOT_OTA_Ioctl(h, kind, ptr, pass) };
         self.returned(h, rc, before, "Ioctl");
         let Some(b) = buf else {
@@ -838,6 +842,43 @@ impl World {
                     Object::parse(text().as_bytes()).is_ok(),
                     "extData is not JSON"
                 )
+            }
+            IOT_OTAC_ADD_IMAGE_KEY
+            | IOT_OTAC_REQUIRE_SIGNATURE
+            | IOT_OTAC_RUNNING_VERSION
+            | IOT_OTAC_RUNNING_SECURITY_COUNTER
+            | IOT_OTAC_ALLOW_DOWNGRADE => {
+                assert!(
+                    !downloading,
+                    "Ioctl({kind}): the image policy changed mid-download"
+                )
+            }
+            IOT_OTAC_CONFIRM_BOOTS => assert_eq!(pass, 4),
+            IOT_OTAG_BOOT_STATE => assert!(u32_answer() <= OTA_BOOT_ROLLED_BACK),
+            IOT_OTAG_IMAGE_SIGNED
+            | IOT_OTAG_IMAGE_KEY_INDEX
+            | IOT_OTAG_IMAGE_VERSION
+            | IOT_OTAG_PAYLOAD_OFFSET
+            | IOT_OTAG_PAYLOAD_SIZE => {
+                let image = session
+                    .verified_image()
+                    .expect("image queries answer only for a verified image");
+                assert!(session.check_firmware().unwrap_or(false));
+                match kind {
+                    IOT_OTAG_IMAGE_SIGNED => assert_eq!(u32_answer(), image.signed as u32),
+                    IOT_OTAG_IMAGE_KEY_INDEX => {
+                        let v = u32_answer() as i32;
+                        assert_eq!(v, image.key_index.map_or(-1, |i| i as i32));
+                    }
+                    IOT_OTAG_IMAGE_VERSION => {
+                        let v = text();
+                        assert_eq!(Some(v), image.version.map(|v| v.to_string()));
+                    }
+                    IOT_OTAG_PAYLOAD_OFFSET => {
+                        assert_eq!(u64::from(u32_answer()), image.payload_offset)
+                    }
+                    _ => assert_eq!(u64::from(u32_answer()), image.payload_size),
+                }
             }
             other => panic!("Ioctl type {other} succeeded"),
         }
