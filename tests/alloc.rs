@@ -39,8 +39,12 @@ fn image() -> &'static [u8] {
     Box::leak(v.into_boxed_slice())
 }
 
+/// The counter is process-wide: one test counts at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_full_upgrade_allocates_nothing_after_init() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Quiet: logging must not allocate either, but keep test output clean.
     ota::log::set_level(ota::log::Level::Error);
     let image = image();
@@ -68,10 +72,11 @@ fn a_full_upgrade_allocates_nothing_after_init() {
     let mut hex = [0u8; 64];
 
     // The counter sees an allocation (so the 0 below means something).
+    let before = allocations();
     set_counting(true);
     drop(std::hint::black_box(Box::new(7u64)));
     set_counting(false);
-    assert_eq!(allocations(), 1, "the counting allocator counts");
+    assert_eq!(allocations() - before, 1, "the counting allocator counts");
     let (base, base_bytes) = (allocations(), allocated_bytes());
 
     set_counting(true);
@@ -114,4 +119,71 @@ fn a_full_upgrade_allocates_nothing_after_init() {
     );
     assert_eq!(last, 100);
     assert_eq!(allocs, 0, "{allocs} allocations ({bytes} bytes) after init");
+}
+
+#[test]
+fn a_signed_upgrade_allocates_nothing_after_init() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ota::log::set_level(ota::log::Level::Error);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcuboot");
+    for (file, key) in [
+        ("ecdsa-p256.bin", "test-only-ecdsa-p256.pub.pem"),
+        ("ed25519.bin", "test-only-ed25519.pub.pem"),
+    ] {
+        let image: &'static [u8] = Box::leak(
+            std::fs::read(format!("{dir}/{file}"))
+                .unwrap()
+                .into_boxed_slice(),
+        );
+        let key = std::fs::read(format!("{dir}/{key}")).unwrap();
+        let md5 = {
+            use md5::Digest;
+            let d = md5::Md5::digest(image);
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let notice = format!(
+            r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"http:\/\/127.0.0.1\/fw.bin","md5":"{md5}"}},"id":1,"message":"success"}}"#,
+            image.len()
+        );
+        let config = OtaConfig {
+            image: ota::image::ImagePolicy {
+                keys: vec![ota::image::ImageKey::parse(&key).unwrap()],
+                require_signature: true,
+                running_version: ota::image::ImageVersion::parse("1.0.0"),
+                ..Default::default()
+            },
+            ..OtaConfig::default()
+        };
+        let mut source = MemorySource::new(image);
+        source.chunk = 700;
+        let session = OtaSession::new(
+            "pk",
+            "dn",
+            config,
+            Box::new(MemoryUplink { log: &LOG }),
+            Box::new(source),
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 1000];
+        let (base, base_bytes) = (allocations(), allocated_bytes());
+        set_counting(true);
+        session
+            .handle_message("/ota/device/upgrade/pk/dn", notice.as_bytes())
+            .unwrap();
+        while !session.is_fetch_finished() {
+            session
+                .fetch_yield(&mut buf, Duration::from_secs(1))
+                .unwrap();
+        }
+        let valid = session.check_firmware().unwrap();
+        let signed = session.verified_image().is_some_and(|v| v.signed);
+        set_counting(false);
+        let allocs = allocations() - base;
+        let bytes = allocated_bytes() - base_bytes;
+        assert!(valid && signed, "{file}: the signed image verifies");
+        assert_eq!(
+            allocs, 0,
+            "{file}: {allocs} allocations ({bytes} bytes) after init"
+        );
+    }
 }
