@@ -607,6 +607,45 @@ fn a_download_cut_mid_image_resumes_and_still_verifies() {
     );
 }
 
+/// Why the image was refused is what `last_error` says once `check_firmware` said no, whatever
+/// the firmware called in between: the iotkit sample reports progress after every chunk, and
+/// its progress 100 after the last one comes after the verify-failed report (refused).
+#[test]
+fn the_refusal_is_the_last_error_when_check_firmware_says_no() {
+    let image = flipped(&fixture("ed25519.bin"), 0x20 + 100);
+    let policy = required(vec![key("test-only-ed25519.pub.pem")]);
+    for protocol in Protocol::ALL {
+        let server = FirmwareServer::start(image.clone()).expect("server");
+        let (s, sent) = session(protocol, &server, policy.clone());
+        let (mut got, mut last_percent) = (0usize, 0usize);
+        let mut buf = [0u8; 1000];
+        while !s.is_fetch_finished() {
+            if let Ok(n) = s.fetch_yield(&mut buf, Duration::from_secs(1)) {
+                got += n;
+            }
+            let percent = got * 100 / image.len();
+            if percent > last_percent {
+                // As the sample does; after the refusal this one is refused in turn.
+                let _ = s.report_progress(percent as i32, None);
+                last_percent = percent;
+            }
+        }
+        assert_eq!(got, image.len(), "{protocol:?}");
+        assert_eq!(s.check_firmware(), Ok(false), "{protocol:?}");
+        assert_eq!(
+            s.last_error(),
+            Some(Error::Image(ImageError::HashMismatch)),
+            "{protocol:?}"
+        );
+        assert_eq!(
+            failure_reports(protocol, &sent).len(),
+            1,
+            "{protocol:?}: {:?}",
+            payloads(&sent)
+        );
+    }
+}
+
 #[test]
 fn without_a_policy_a_plain_file_is_accepted_as_before() {
     for protocol in Protocol::ALL {
