@@ -388,6 +388,9 @@ int device_upgrade_cycle(test_device_t *d, int cycle)
         EXAMPLE_TRACE("CHECK_FIRMWARE failed, last error = %d", IOT_OTA_GetLastError(d->h_ota));
         return RC_FAILED;
     }
+    if (NULL != d->on_check) {
+        d->on_check(d->on_check_ctx, firmware_valid);
+    }
     IOT_OTA_Ioctl(d->h_ota, IOT_OTAG_VERSION, version, sizeof(version));
     if (0 == firmware_valid) {
         EXAMPLE_TRACE("The firmware is invalid");

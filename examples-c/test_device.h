@@ -1,9 +1,9 @@
 /*
- * test_device.h: the device the C test firmware (sequential_writer.c, two_thread_firmware.c)
- * is built on: settings from the command line and the environment, the device identity, the
- * MQTT connection and OTA handle, and the iotkit v2.3 OTA sample's upgrade cycle (wait for the
- * upgrade, append what IOT_OTA_FetchYield returns, IOT_OTAG_CHECK_FIRMWARE, report the new
- * version). Each program keeps only what it tests.
+ * test_device.h: the device the C test firmware (sequential_writer.c, two_thread_firmware.c,
+ * signed_image_test.c) is built on: settings from the command line and the environment, the
+ * device identity, the MQTT connection and OTA handle, and the iotkit v2.3 OTA sample's upgrade
+ * cycle (wait for the upgrade, append what IOT_OTA_FetchYield returns, IOT_OTAG_CHECK_FIRMWARE,
+ * report the new version). Each program keeps only what it tests.
  *
  * ota_mqtt_example.c does not use it: it is the sample customers copy, and ota-cloud's demo and
  * ota-bench compile it alone.
@@ -54,6 +54,9 @@ typedef struct {
 
 /* Called after each IOT_OTA_FetchYield of the upgrade cycle with its result and duration. */
 typedef void (*fetch_observer_fn)(void *ctx, int len, uint64_t took_us);
+/* Called once IOT_OTAG_CHECK_FIRMWARE answered, with its value, before the new version is
+ * reported: where firmware reads what it is about to install. */
+typedef void (*check_observer_fn)(void *ctx, uint32_t firmware_valid);
 
 typedef struct {
     /* Settings (device_start). `name` is the log ident and the prefix of the lines the test
@@ -69,6 +72,8 @@ typedef struct {
     int yield_thread;
     fetch_observer_fn on_fetch;
     void *on_fetch_ctx;
+    check_observer_fn on_check;
+    void *on_check_ctx;
 
     /* What the device holds (device_connect, released by device_stop). */
     device_identity_t id;

@@ -991,7 +991,8 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
 
 /*
  uint32_t, buf_len 4: 1 when every announced byte arrived, no more, and the digest matches;
- else 0. IOT_OTAE_INVALID_STATE before the download ended.
+ else 0, and IOT_OTA_GetLastError then says why (e.g. an IOT_OTAE_IMAGE_* code).
+ IOT_OTAE_INVALID_STATE before the download ended.
  */
 #define IOT_OTAG_CHECK_FIRMWARE 10
 

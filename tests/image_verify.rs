@@ -3,22 +3,13 @@
 //! everywhere; the tests that sign fresh images need `imgtool` on PATH and skip with a printed
 //! line without it, unless OTA_REQUIRE_IMGTOOL=required (CI), where they fail.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use common::imgtool::{fresh_key, imgtool, run, scratch, sign};
+use common::mcuboot::{fixture, flipped, key, without_tlv, Layout};
 use ota::image::{
     tlv, ImageError, ImageKey, ImagePolicy, ImageVerifier, ImageVersion, VerifiedImage, STATE_MAX,
 };
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcuboot");
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(FIXTURES).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn key(name: &str) -> ImageKey {
-    ImageKey::parse(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
 
 fn ecdsa_key() -> ImageKey {
     key("test-only-ecdsa-p256.pub.pem")
@@ -77,75 +68,6 @@ fn verify(image: &[u8], policy: &ImagePolicy) -> Result<VerifiedImage, ImageErro
         "uneven chunks"
     );
     whole
-}
-
-/// Where things are in a well-formed image: the test's own reading of the format.
-struct Layout {
-    hdr_size: usize,
-    img_size: usize,
-    /// Offset of the protected area's info (== unprotected info when there is none).
-    protected_at: usize,
-    unprotected_at: usize,
-    end: usize,
-    /// (offset of the TLV header, type, length)
-    tlvs: Vec<(usize, u16, usize)>,
-}
-
-impl Layout {
-    fn of(image: &[u8]) -> Layout {
-        let u16_at = |at: usize| u16::from_le_bytes([image[at], image[at + 1]]) as usize;
-        let hdr_size = u16_at(8);
-        let protect = u16_at(10);
-        let img_size = u32::from_le_bytes(image[12..16].try_into().unwrap()) as usize;
-        let protected_at = hdr_size + img_size;
-        let unprotected_at = protected_at + protect;
-        let end = unprotected_at + u16_at(unprotected_at + 2);
-        let mut tlvs = Vec::new();
-        for (start, stop) in [(protected_at, unprotected_at), (unprotected_at, end)] {
-            let mut at = start + 4;
-            while at < stop {
-                let len = u16_at(at + 2);
-                tlvs.push((at, u16_at(at) as u16, len));
-                at += 4 + len;
-            }
-        }
-        Layout {
-            hdr_size,
-            img_size,
-            protected_at,
-            unprotected_at,
-            end,
-            tlvs,
-        }
-    }
-
-    /// The value's offset and length of the first TLV of `tlv_type`.
-    fn value(&self, tlv_type: u16) -> (usize, usize) {
-        let &(at, _, len) = self
-            .tlvs
-            .iter()
-            .find(|t| t.1 == tlv_type)
-            .unwrap_or_else(|| panic!("no TLV {tlv_type:#x}"));
-        (at + 4, len)
-    }
-}
-
-fn flipped(image: &[u8], at: usize) -> Vec<u8> {
-    let mut copy = image.to_vec();
-    copy[at] ^= 0x01;
-    copy
-}
-
-/// `image` without the TLV of `tlv_type` in the unprotected area (its size shrunk to match).
-fn without_tlv(image: &[u8], tlv_type: u16) -> Vec<u8> {
-    let layout = Layout::of(image);
-    let (value, len) = layout.value(tlv_type);
-    let mut copy = image[..value - 4].to_vec();
-    copy.extend_from_slice(&image[value + len..]);
-    let size_at = layout.unprotected_at + 2;
-    let size = u16::from_le_bytes([copy[size_at], copy[size_at + 1]]) - 4 - len as u16;
-    copy[size_at..size_at + 2].copy_from_slice(&size.to_le_bytes());
-    copy
 }
 
 #[test]
@@ -820,77 +742,13 @@ fn the_verifier_is_small() {
 
 // ---- Fresh images from the real imgtool -------------------------------------------------------
 
-/// The imgtool to sign with, or `None` (with a printed line) when it is missing and not
-/// required; panics when OTA_REQUIRE_IMGTOOL=required and it is missing.
-fn imgtool(test: &str) -> Option<&'static str> {
-    let found = Command::new("imgtool")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some("imgtool");
-    }
-    if std::env::var("OTA_REQUIRE_IMGTOOL").as_deref() == Ok("required") {
-        panic!(
-            "{test}: imgtool is not on PATH and OTA_REQUIRE_IMGTOOL=required (pip install imgtool)"
-        );
-    }
-    println!("SKIPPED {test}: imgtool is not on PATH (pip install imgtool; OTA_REQUIRE_IMGTOOL=required makes this fail)");
-    None
-}
-
-/// A scratch directory of its own for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("image_verify-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(tool: &str, dir: &Path, args: &[&str]) {
-    let out = Command::new(tool)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{tool} {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Makes a fresh key pair of `kind`, returns the public key as the device holds it.
-fn fresh_key(tool: &str, dir: &Path, kind: &str) -> ImageKey {
-    let private = format!("{kind}.pem");
-    let public = format!("{kind}.pub.pem");
-    run(tool, dir, &["keygen", "-k", &private, "-t", kind]);
-    run(
-        tool,
-        dir,
-        &["getpub", "-k", &private, "-e", "pem", "-o", &public],
-    );
-    ImageKey::parse(&std::fs::read(dir.join(public)).unwrap()).unwrap()
-}
-
-fn sign(tool: &str, dir: &Path, payload: &[u8], args: &[&str]) -> Vec<u8> {
-    std::fs::write(dir.join("in.bin"), payload).unwrap();
-    let mut all = vec!["sign", "--pad-header", "--slot-size", "0x100000"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["in.bin", "out.bin"]);
-    run(tool, dir, &all);
-    std::fs::read(dir.join("out.bin")).unwrap()
-}
-
 #[test]
 fn fresh_imgtool_images_of_both_algorithms_and_many_layouts_verify() {
     let Some(tool) = imgtool("fresh_imgtool_images_of_both_algorithms_and_many_layouts_verify")
     else {
         return;
     };
-    let dir = scratch("fresh");
+    let dir = scratch("image_verify-fresh");
     let payload: Vec<u8> = (0..5000u32).map(|i| (i * 31 + i / 97) as u8).collect();
     for kind in ["ecdsa-p256", "ed25519"] {
         let signer = fresh_key(tool, &dir, kind);
@@ -965,7 +823,7 @@ fn imgtool_variants_this_verifier_refuses_name_their_cause() {
     let Some(tool) = imgtool("imgtool_variants_this_verifier_refuses_name_their_cause") else {
         return;
     };
-    let dir = scratch("variants");
+    let dir = scratch("image_verify-variants");
     let payload = vec![0x42u8; 2048];
     let key = fresh_key(tool, &dir, "ed25519");
     let policy = requiring(vec![key]);

@@ -140,7 +140,8 @@ pub const IOT_OTAG_MD5SUM: IOT_OTA_CmdType_t = 8;
 /// char buffer, buf_len >= length + 1 (OTA_VERSION_LEN_MAX always suffices): the upgrade's version.
 pub const IOT_OTAG_VERSION: IOT_OTA_CmdType_t = 9;
 /// uint32_t, buf_len 4: 1 when every announced byte arrived, no more, and the digest matches;
-/// else 0. IOT_OTAE_INVALID_STATE before the download ended.
+/// else 0, and IOT_OTA_GetLastError then says why (e.g. an IOT_OTAE_IMAGE_* code).
+/// IOT_OTAE_INVALID_STATE before the download ended.
 pub const IOT_OTAG_CHECK_FIRMWARE: IOT_OTA_CmdType_t = 10;
 /// COTA: not supported, IOT_OTAE_INVALID_PARAM.
 pub const IOT_OTAG_CHECK_CONFIG: IOT_OTA_CmdType_t = 11;

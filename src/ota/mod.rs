@@ -1488,7 +1488,8 @@ impl OtaSession {
 
     /// True only when every announced byte arrived, nothing more, the digest matches, and the
     /// image passed its own checks under the image policy (MCUboot hash, signature, key,
-    /// downgrade). `InvalidState` before the download ended.
+    /// downgrade). `InvalidState` before the download ended. When false,
+    /// [`last_error`](Self::last_error) says why.
     pub fn check_firmware(&self) -> Result<bool> {
         let mut e = self.engine();
         if e.state != OtaState::Fetched {
@@ -1499,6 +1500,10 @@ impl OtaSession {
         if valid {
             // Every byte is with the caller now: a restart may expect the new version.
             e.record_pending_reboot();
+        } else if let Some(why) = e.download.cycle.end_error {
+            // The sample's calls since the last bytes (progress 100 after the failure report)
+            // failed too; the firmware asking now wants why the image is refused.
+            e.last_error = Some(why);
         }
         drop(e);
         self.settle();

@@ -8,6 +8,8 @@ pub mod certs;
 pub mod cmqtt;
 pub mod firmware;
 pub mod flaky;
+pub mod imgtool;
+pub mod mcuboot;
 pub mod mosquitto;
 pub mod net;
 pub mod recorder;
