@@ -14,9 +14,17 @@
  *   OTA_TIMEOUT_S          overall deadline in seconds (default 120)
  *   OTA_PROTOCOL           aliyun (default: IOT_OTA_Init), sagoo, tencent or ucloud
  *                          (IOT_OTA_InitWithProtocol)
+ *   OTA_IMAGE_KEY          the vendor's public key(s) that images must be signed with (MCUboot
+ *                          imgtool format): PEM files from `imgtool getpub -e pem`,
+ *                          ':'-separated for key rotation
+ *   OTA_REQUIRE_SIGNATURE  1 (default, the secure way): only images signed with one of those
+ *                          keys, not older than the running version, are installed; 0 accepts
+ *                          any image the platform's digest accepts (not recommended: whoever
+ *                          can publish the upgrade message then chooses the firmware)
  *   IOTX_MQTT_HOST, IOTX_MQTT_PORT   read by IOT_SetupConnInfo: point at a private broker
  *
- * Exit code: 0 upgraded (new firmware written, new version reported), 1 failure, 2 timeout.
+ * Exit code: 0 upgraded (new firmware written, new version reported), 1 failure (a refused
+ * image prints "firmware refused: error N", N an IOT_OTAE_* code of ota.h), 2 timeout.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -35,6 +43,8 @@
 #define OTA_BUF_LEN_MAX         (64 * 1024)
 #define OTA_TIMEOUT_S           (120)
 #define OTA_OUTPUT_FILE         "ota.bin"
+#define IMAGE_KEY_MAXLEN        (4096)
+#define IMAGE_VERSION_MAXLEN    (32)
 
 #define RC_OK                   (0)
 #define RC_FAILED               (1)
@@ -130,7 +140,7 @@ static const char *env_or(const char *name, const char *fallback)
 }
 
 /* IOT_OTA_Init for Aliyun, as iotkit firmware calls it; the extension for the other platforms. */
-static void *ota_init(const device_identity_t *id, void *pclient)
+static void *ota_init_protocol(const device_identity_t *id, void *pclient)
 {
     const char *name = env_or("OTA_PROTOCOL", "aliyun");
     IOT_OTA_Protocol_t protocol;
@@ -159,6 +169,86 @@ static int copy_field(char *dst, size_t dst_len, const char *src, const char *wh
     }
     memcpy(dst, src, strlen(src) + 1);
     return 0;
+}
+
+/* Adds the public key in the PEM file `path` to the keys images may be signed with. */
+static int add_image_key(void *h_ota, const char *path)
+{
+    static char pem[IMAGE_KEY_MAXLEN];
+    size_t len;
+    FILE *fp = fopen(path, "rb");
+
+    if (NULL == fp) {
+        EXAMPLE_TRACE("cannot open image key %s", path);
+        return -1;
+    }
+    len = fread(pem, 1, sizeof(pem), fp);
+    fclose(fp);
+    if (len == 0 || len == sizeof(pem)) {
+        EXAMPLE_TRACE("image key %s is empty or too long for a public key", path);
+        return -1;
+    }
+    if (IOT_OTA_Ioctl(h_ota, IOT_OTAC_ADD_IMAGE_KEY, pem, len) != 0) {
+        EXAMPLE_TRACE("image key %s is not an Ed25519 or P-256 public key", path);
+        return -1;
+    }
+    EXAMPLE_TRACE("image key: %s", path);
+    return 0;
+}
+
+/* The image policy, before any download: the vendor's keys (OTA_IMAGE_KEY), the signature
+ * required unless OTA_REQUIRE_SIGNATURE=0, and no image older than the running version. */
+static int configure_image_policy(void *h_ota, const device_identity_t *id)
+{
+    char paths[1024];
+    char running[FIRMWARE_VERSION_MAXLEN + 1];
+    char *path, *next;
+    uint32_t require = strcmp(env_or("OTA_REQUIRE_SIGNATURE", "1"), "0") != 0;
+    int keys = 0;
+
+    if (copy_field(paths, sizeof(paths), env_or("OTA_IMAGE_KEY", ""), "OTA_IMAGE_KEY") != 0) {
+        return -1;
+    }
+    for (path = paths; path != NULL && *path != '\0'; path = next) {
+        next = strchr(path, ':');
+        if (next != NULL) {
+            *next++ = '\0';
+        }
+        if (*path != '\0') {
+            if (add_image_key(h_ota, path) != 0) {
+                return -1;
+            }
+            keys++;
+        }
+    }
+    if (IOT_OTA_Ioctl(h_ota, IOT_OTAC_REQUIRE_SIGNATURE, &require, 4) != 0) {
+        return -1;
+    }
+    /* Anti-downgrade: a signed old release replayed by whoever sends upgrades is refused. */
+    memcpy(running, id->firmware_version, sizeof(running));
+    if (IOT_OTA_Ioctl(h_ota, IOT_OTAC_RUNNING_VERSION, running, sizeof(running)) != 0) {
+        EXAMPLE_TRACE("running version %s is not MAJOR.MINOR.REVISION: no downgrade check",
+                      id->firmware_version);
+    }
+    if (!require) {
+        EXAMPLE_TRACE("OTA_REQUIRE_SIGNATURE=0: images are accepted on the platform's digest alone");
+    } else if (keys == 0) {
+        EXAMPLE_TRACE("a signature is required and OTA_IMAGE_KEY names no key: every image will be "
+                      "refused (give the vendor's public key, or OTA_REQUIRE_SIGNATURE=0)");
+    }
+    return 0;
+}
+
+/* The OTA module, set up before its first download. */
+static void *ota_init(const device_identity_t *id, void *pclient)
+{
+    void *h_ota = ota_init_protocol(id, pclient);
+
+    if (NULL != h_ota && configure_image_policy(h_ota, id) != 0) {
+        IOT_OTA_Deinit(h_ota);
+        return NULL;
+    }
+    return h_ota;
 }
 
 /* Stores the triple through the HAL, as v2.3 firmware does, and reads it back from there. */
@@ -263,6 +353,10 @@ static int fetch_chunk(ota_session_t *s)
         }
     } else if (len < 0) {
         EXAMPLE_TRACE("ota fetch failed, rc = %d, last error = %d", len, IOT_OTA_GetLastError(s->h_ota));
+        if (len <= IOT_OTAE_IMAGE_NOT_MCUBOOT) {
+            /* The image's own checks refused it on the way (see IOT_OTAE_IMAGE_* in ota.h). */
+            EXAMPLE_TRACE("firmware refused: error %d", len);
+        }
         IOT_OTA_ReportProgress(s->h_ota, IOT_OTAP_FETCH_FAILED, "download failed");
         return RC_FAILED;
     }
@@ -298,7 +392,11 @@ static int download_firmware(ota_session_t *s)
         if (fetch_chunk(s) != 0) {
             return RC_FAILED;
         }
-        report_progress(s, &last_percent);
+        /* 100 % waits for the image's checks: after a refusal a percentage is refused too, and
+         * its error would replace the refusal's in IOT_OTA_GetLastError. */
+        if (!IOT_OTA_IsFetchFinish(s->h_ota)) {
+            report_progress(s, &last_percent);
+        }
         /* One non-blocking pass sends the queued report and services the connection; the
          * sample's 100 ms here would add 100 ms to every chunk (a minute for 3 MB). */
         IOT_MQTT_Yield(s->pclient, 0);
@@ -310,7 +408,31 @@ static int download_firmware(ota_session_t *s)
     return RC_OK;
 }
 
-/* Returns 1 when the downloaded image matches the announced digest; fills the new version. */
+/* What the image's own checks found: whether a configured key verified its signature, which,
+ * its header version, and where the payload lies in the file (to strip the header when the
+ * bare payload is what gets installed). */
+static void print_image_info(void *h_ota)
+{
+    uint32_t is_signed = 0, payload_offset = 0, payload_size = 0;
+    int key_index = -1;
+    char image_version[IMAGE_VERSION_MAXLEN] = { 0 };
+
+    IOT_OTA_Ioctl(h_ota, IOT_OTAG_IMAGE_SIGNED, &is_signed, 4);
+    IOT_OTA_Ioctl(h_ota, IOT_OTAG_IMAGE_KEY_INDEX, &key_index, 4);
+    IOT_OTA_Ioctl(h_ota, IOT_OTAG_PAYLOAD_OFFSET, &payload_offset, 4);
+    IOT_OTA_Ioctl(h_ota, IOT_OTAG_PAYLOAD_SIZE, &payload_size, 4);
+    /* A plain file (accepted unsigned) starts with its payload: no header, no version. */
+    if (payload_offset == 0
+        || IOT_OTA_Ioctl(h_ota, IOT_OTAG_IMAGE_VERSION, image_version, sizeof(image_version)) != 0) {
+        strcpy(image_version, "none");
+    }
+    EXAMPLE_TRACE("image: signed %u, key %d, version %s, payload offset %u size %u",
+                  (unsigned int)is_signed, key_index, image_version,
+                  (unsigned int)payload_offset, (unsigned int)payload_size);
+}
+
+/* Returns 1 when the downloaded image matches the announced digest and passed its own checks
+ * (signature, version); fills the new version. */
 static int verify_firmware(ota_session_t *s, char *version, size_t version_len)
 {
     uint32_t firmware_valid = 0;
@@ -324,7 +446,13 @@ static int verify_firmware(ota_session_t *s, char *version, size_t version_len)
     }
     EXAMPLE_TRACE("firmware version %s, md5 %s: %s", version, md5sum,
                   firmware_valid ? "valid" : "INVALID");
-    return firmware_valid != 0;
+    if (!firmware_valid) {
+        /* The platform has been told why; IOT_OTAE_IMAGE_* codes are the image's own checks. */
+        EXAMPLE_TRACE("firmware refused: error %d", IOT_OTA_GetLastError(s->h_ota));
+        return 0;
+    }
+    print_image_info(s->h_ota);
+    return 1;
 }
 
 /* What the device does after rebooting into the new image: a fresh OTA module reports the new
@@ -358,11 +486,12 @@ static int finish_upgrade(ota_session_t *s, const device_identity_t *id)
 
     if (!verify_firmware(s, version, sizeof(version))) {
         EXAMPLE_TRACE("The firmware is invalid");
-        IOT_OTA_ReportProgress(s->h_ota, IOT_OTAP_CHECK_FALIED, "md5 mismatch");
+        IOT_OTA_ReportProgress(s->h_ota, IOT_OTAP_CHECK_FALIED, "image check failed");
         IOT_MQTT_Yield(s->pclient, 200);
         return RC_FAILED;
     }
     EXAMPLE_TRACE("The firmware is valid");
+    IOT_OTA_ReportProgress(s->h_ota, IOT_OTAP_FETCH_PERCENTAGE_MAX, NULL);
     IOT_OTA_ReportUpgradeBegin(s->h_ota);
     close_rc = fclose(s->fp);
     s->fp = NULL;

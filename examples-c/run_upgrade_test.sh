@@ -85,7 +85,8 @@ wait_cloud_ready "$tmp/cloud.log" "$cloud_pid" || exit 1
 
 echo "running $example (OTA_PROTOCOL=$protocol, OTA_BUF_LEN=$buf_len)"
 set +e
-IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port \
+# The served images are not signed: the examples require a signature unless told otherwise.
+IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port OTA_REQUIRE_SIGNATURE=0 \
     OTA_PRODUCT_KEY=$product_key OTA_DEVICE_NAME=$device_name OTA_DEVICE_SECRET=$device_secret \
     OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL=$protocol OTA_BUF_LEN=$buf_len OTA_TIMEOUT_S=$timeout_s \
     "${wrapper[@]}" "$example" "$tmp/ota.bin"

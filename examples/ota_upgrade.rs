@@ -5,15 +5,23 @@
 //! `OTA_FIRMWARE_VERSION` (defaults: a demo device at version 1.0.0), and the platform in
 //! `OTA_PROTOCOL` (`aliyun`, `sagoo`, `tencent` or `ucloud`; default `aliyun`).
 //!
+//! Images must carry the vendor's signature (MCUboot `imgtool sign`), the secure way: the
+//! vendor's public key(s) in `OTA_IMAGE_KEY` (PEM files from `imgtool getpub -e pem`,
+//! `:`-separated for key rotation), and an image older than the running version is refused.
+//! `OTA_REQUIRE_SIGNATURE=0` accepts unsigned images on the platform's digest alone (not
+//! recommended: whoever can publish the upgrade message then chooses the firmware).
+//!
 //! Flow: connect, report the running version, wait for an upgrade, download it into
-//! OUTPUT_FILE while reporting progress, verify, report that flashing begins and succeeded, then
-//! "reboot" (a new session) and report the version now running.
+//! OUTPUT_FILE while reporting progress, verify (digest, signature, version), report that
+//! flashing begins and succeeded, then "reboot" (a new session) and report the version now
+//! running. A refused image ends the program with a line `firmware refused: CAUSE`.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
 use ota::conninfo::aliyun_conn_info;
-use ota::{MqttClient, MqttOptions, OtaConfig, OtaSession, Protocol};
+use ota::image::{ImageKey, ImagePolicy, ImageVersion};
+use ota::{Error, MqttClient, MqttOptions, OtaConfig, OtaSession, Protocol};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -40,7 +48,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "ucloud" => Protocol::Ucloud,
         other => return Err(format!("unknown OTA_PROTOCOL {other:?}").into()),
     };
-    let config = OtaConfig::for_protocol(protocol);
+    let mut config = OtaConfig::for_protocol(protocol);
+    config.image = image_policy(&running)?;
 
     let info = aliyun_conn_info(&pk, &dn, &secret)?;
     let mut options = MqttOptions::new(&info.host, info.port, &info.client_id);
@@ -81,17 +90,26 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     file.seek(SeekFrom::Start(at))?;
                     file.write_all(&buf[..n])?;
                 }
+                // The platform has been told; another try would get the same image.
+                Err(Error::Image(e)) => return Err(refused(&mqtt, &e.to_string())),
                 Err(e) => println!("device: download interrupted: {e}"),
             }
             let size = session.file_size().max(1);
             let percent = session.fetched_size() * 100 / size;
-            if percent > last_percent {
+            // 100 % waits for the image's checks: after a refusal a percentage is refused too,
+            // and its error would replace the refusal as the session's last error.
+            if percent > last_percent && session.is_fetching() {
                 let _ = session.report_progress(percent as i32, None);
                 last_percent = percent;
             }
-        } else if session.is_fetch_finished() {
+        }
+        // In the same pass as the last chunk: the verdict and 100 % go out without a wait.
+        if !session.is_fetching() && session.is_fetch_finished() {
             if session.check_firmware()? {
                 break;
+            }
+            if let Some(Error::Image(e)) = session.last_error() {
+                return Err(refused(&mqtt, &e.to_string()));
             }
             // A failed download resumes if the platform announces the upgrade again (e.g. with
             // a fresh URL after an expired one); give it a while.
@@ -101,8 +119,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    let _ = session.report_progress(100, None);
+    mqtt.yield_for(Duration::ZERO)?;
     file.sync_all()?;
     let new_version = session.with_notice(|n| n.version.as_str().to_string());
+    if let Some(image) = session.verified_image() {
+        // A device that installs the bare payload skips payload_offset bytes of the file.
+        println!(
+            "device: image: signed {}, key {}, version {}, payload offset {} size {}",
+            u8::from(image.signed),
+            image.key_index.map_or(-1, |i| i as i64),
+            image
+                .version
+                .map_or_else(|| "none".to_string(), |v| v.to_string()),
+            image.payload_offset,
+            image.payload_size
+        );
+    }
     println!(
         "device: {} bytes of version {new_version} verified, flashing",
         session.fetched_size()
@@ -124,4 +157,42 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("device: now running {new_version}");
     mqtt.disconnect(Duration::from_millis(200));
     Ok(())
+}
+
+/// What images this device accepts beyond the platform's digest: signed by the vendor
+/// (`OTA_IMAGE_KEY`), unless `OTA_REQUIRE_SIGNATURE=0`, and not older than `running`.
+fn image_policy(running: &str) -> Result<ImagePolicy, Box<dyn std::error::Error>> {
+    let mut policy = ImagePolicy {
+        require_signature: env_or("OTA_REQUIRE_SIGNATURE", "1") != "0",
+        // Anti-downgrade: a signed old release replayed by whoever sends upgrades is refused.
+        running_version: ImageVersion::parse(running),
+        ..ImagePolicy::default()
+    };
+    let paths = std::env::var("OTA_IMAGE_KEY").unwrap_or_default();
+    for path in paths.split(':').filter(|p| !p.is_empty()) {
+        let pem = std::fs::read(path).map_err(|e| format!("OTA_IMAGE_KEY {path}: {e}"))?;
+        let key = ImageKey::parse(&pem).map_err(|e| format!("OTA_IMAGE_KEY {path}: {e}"))?;
+        println!("device: image key {} ({path})", policy.keys.len());
+        policy.keys.push(key);
+    }
+    if !policy.require_signature {
+        println!(
+            "device: OTA_REQUIRE_SIGNATURE=0: images are accepted on the platform's digest alone"
+        );
+    } else if policy.keys.is_empty() {
+        println!(
+            "device: a signature is required and OTA_IMAGE_KEY names no key: every image will be \
+             refused (give the vendor's public key, or OTA_REQUIRE_SIGNATURE=0)"
+        );
+    }
+    Ok(policy)
+}
+
+/// The line a refused image ends the program with, and its error, once the failure report the
+/// session queued has gone out.
+fn refused(mqtt: &MqttClient, cause: &str) -> Box<dyn std::error::Error> {
+    println!("device: firmware refused: {cause}");
+    let _ = mqtt.yield_for(Duration::from_millis(200));
+    mqtt.disconnect(Duration::from_millis(200));
+    "the image was refused".into()
 }

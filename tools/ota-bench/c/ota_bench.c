@@ -1,7 +1,7 @@
 /*
  * ota_bench.c: the Aliyun-sample device flow, instrumented for ota-bench.
  *
- * Usage: ota_bench BUF_LEN [PROTOCOL] [--https-ca FILE] [--handles N]
+ * Usage: ota_bench BUF_LEN [PROTOCOL] [--https-ca FILE] [--handles N] [--image-key FILE]
  *        (broker from IOTX_MQTT_HOST / IOTX_MQTT_PORT)
  *        PROTOCOL: an IOT_OTA_PROTOCOL_* number (default 0, Aliyun through IOT_OTA_Init; others
  *        through IOT_OTA_InitWithProtocol, e.g. 1 SagooIOT for a SHA-256 signed upgrade)
@@ -10,6 +10,9 @@
  *        --handles N: after the first, N-1 more OTA handles on the same MQTT client, device
  *        names DN_2 .. DN_N (a second handle with the same name would take over the first
  *        one's upgrade topic); the download runs on the first
+ *        --image-key FILE: after IOT_OTA_Init (outside heap_init), IOT_OTAC_ADD_IMAGE_KEY with the
+ *        public key in FILE (PEM) and IOT_OTAC_REQUIRE_SIGNATURE 1: only an MCUboot image signed
+ *        with it verifies
  *
  * IOT_MQTT_Construct -> IOT_OTA_Init -> IOT_OTA_ReportVersion -> waits for the SUBACK, prints
  * "READY", then loops IOT_MQTT_Yield(pclient, 200) until IOT_OTA_IsFetching, runs the FetchYield
@@ -18,7 +21,7 @@
  * IOT_OTAG_CHECK_FIRMWARE, then prints one line:
  *   RESULT bytes=N loop_ns=T check_ns=T first_byte_mono_ns=T valid=0|1 hwm_kib=K
  *          heap_init=B heap_mid=B heap_download=B heap_handles=B,B,..|refused
- *          threads_init=N threads_max=N
+ *          threads_init=N threads_max=N signed=0|1
  * first_byte_mono_ns is CLOCK_MONOTONIC when the first FetchYield returned data (the bench
  * compares it with its own CLOCK_MONOTONIC at publish time); hwm_kib is VmHWM from
  * /proc/self/status after the download: the peak RSS of this program since its exec.
@@ -30,7 +33,8 @@
  * where an IOT_OTA_Init returned NULL.
  * Thread stacks are not malloc'd: they show in hwm_kib only. threads_init counts the
  * program's threads (/proc/self/task) after init, threads_max the most seen during the download
- * (sampled every 16 FetchYields and at the end).
+ * (sampled every 16 FetchYields and at the end). signed is IOT_OTAG_IMAGE_SIGNED of a valid
+ * image (1: its signature verified with the --image-key key).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -144,14 +148,14 @@ static char *read_file(const char *path)
 int main(int argc, char **argv)
 {
     long buf_len = 5000, protocol = IOT_OTA_PROTOCOL_ALIYUN, handles = 1;
-    const char *ca_file = NULL;
-    char *buf, *msg_buf, *msg_readbuf, *ca_pem = NULL;
+    const char *ca_file = NULL, *key_file = NULL;
+    char *buf, *msg_buf, *msg_readbuf, *ca_pem = NULL, *key_pem = NULL;
     char heap_handles[MAX_HANDLES * 24] = "";
     iotx_conn_info_pt ci = NULL;
     iotx_mqtt_param_t p;
     void *pclient, *h_ota, *extra[MAX_HANDLES] = {NULL};
     uint64_t deadline, t0, t1, t2, first = 0, total = 0;
-    uint32_t valid = 0, fetched = 0, size = 0;
+    uint32_t valid = 0, fetched = 0, size = 0, is_signed = 0;
     int last_percent = 0, len, positional = 0, i;
     long long heap0, heap_init, heap_mid = -1, heap_download;
     long threads_init, threads_max, calls = 0, extra_count = 0;
@@ -159,6 +163,8 @@ int main(int argc, char **argv)
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--https-ca") == 0 && i + 1 < argc) {
             ca_file = argv[++i];
+        } else if (strcmp(argv[i], "--image-key") == 0 && i + 1 < argc) {
+            key_file = argv[++i];
         } else if (strcmp(argv[i], "--handles") == 0 && i + 1 < argc) {
             handles = strtol(argv[++i], NULL, 10);
         } else if (positional == 0) {
@@ -189,6 +195,10 @@ int main(int argc, char **argv)
     /* The firmware's copy of the CA is its own memory: read before heap0. */
     if (ca_file && !(ca_pem = read_file(ca_file))) {
         fprintf(stderr, "cannot read %s\n", ca_file);
+        return 1;
+    }
+    if (key_file && !(key_pem = read_file(key_file))) {
+        fprintf(stderr, "cannot read %s\n", key_file);
         return 1;
     }
     IOT_OpenLog("bench");
@@ -232,6 +242,15 @@ int main(int argc, char **argv)
     if (!h_ota || IOT_OTA_ReportVersion(h_ota, "1.0.0") != 0) {
         fprintf(stderr, "IOT_OTA_Init / ReportVersion failed\n");
         return 1;
+    }
+    if (key_pem) {
+        uint32_t require = 1;
+
+        if (IOT_OTA_Ioctl(h_ota, IOT_OTAC_ADD_IMAGE_KEY, key_pem, strlen(key_pem)) != 0
+            || IOT_OTA_Ioctl(h_ota, IOT_OTAC_REQUIRE_SIGNATURE, &require, 4) != 0) {
+            fprintf(stderr, "the image key in %s was refused\n", key_file);
+            return 1;
+        }
     }
     snprintf(heap_handles, sizeof(heap_handles), "%lld", heap_init);
     /* More handles on the same client, as a gateway with sub-devices has. */
@@ -316,12 +335,18 @@ int main(int argc, char **argv)
         valid = 0;
     }
     t2 = mono_ns();
+    if (valid && IOT_OTA_Ioctl(h_ota, IOT_OTAG_IMAGE_SIGNED, &is_signed, 4) != 0) {
+        is_signed = 0;
+    }
+    if (!valid) {
+        fprintf(stderr, "CHECK_FIRMWARE 0, last error %d\n", IOT_OTA_GetLastError(h_ota));
+    }
     printf("RESULT bytes=%llu loop_ns=%llu check_ns=%llu first_byte_mono_ns=%llu valid=%u hwm_kib=%ld"
            " heap_init=%lld heap_mid=%lld heap_download=%lld heap_handles=%s"
-           " threads_init=%ld threads_max=%ld\n",
+           " threads_init=%ld threads_max=%ld signed=%u\n",
            (unsigned long long)total, (unsigned long long)(t1 - t0), (unsigned long long)(t2 - t1),
            (unsigned long long)first, (unsigned)valid, vm_hwm_kib(), heap_init, heap_mid,
-           heap_download, heap_handles, threads_init, threads_max);
+           heap_download, heap_handles, threads_init, threads_max, (unsigned)is_signed);
     fflush(stdout);
     while (extra_count > 0) {
         IOT_OTA_Deinit(extra[--extra_count]);
@@ -332,5 +357,6 @@ int main(int argc, char **argv)
     free(msg_buf);
     free(msg_readbuf);
     free(ca_pem);
+    free(key_pem);
     return valid ? 0 : 1;
 }

@@ -5,6 +5,7 @@
 //! (the C rows link `target/release/libota.a`). See README.md for what each row measures.
 
 mod campaign;
+mod signed;
 
 use std::cell::Cell;
 use std::error::Error;
@@ -23,6 +24,7 @@ use ota::source::{HttpSource, MemorySource};
 use ota::{MqttClient, MqttOptions, OtaSession, Protocol};
 use ota_cloud::counting::{allocated_bytes, allocations, set_counting, Counting};
 use ota_cloud::{EmbeddedBroker, Faults, Firmware, FirmwareServer, SignMethod};
+use signed::{SignedImage, SignedRows, SignedServer};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -357,6 +359,8 @@ struct CRun {
     /// The program's threads after init, and the most seen during the download.
     threads_init: i64,
     threads_max: i64,
+    /// IOT_OTAG_IMAGE_SIGNED after CHECK_FIRMWARE: the signature verified with the job's key.
+    signed: bool,
 }
 
 impl CRun {
@@ -418,6 +422,8 @@ struct CJob<'a> {
     pin_cpu: Option<usize>,
     /// `--https-ca FILE`.
     https_ca: Option<&'a Path>,
+    /// `--image-key FILE`: the public key added, a signature required.
+    image_key: Option<&'a Path>,
     /// `--handles N`.
     handles: usize,
 }
@@ -432,6 +438,7 @@ impl<'a> CJob<'a> {
             delay: Duration::ZERO,
             pin_cpu: None,
             https_ca: None,
+            image_key: None,
             handles: 1,
         }
     }
@@ -460,6 +467,9 @@ impl CDevice<'_> {
             .arg(job.protocol.id().to_string());
         if let Some(ca) = job.https_ca {
             cmd.arg("--https-ca").arg(ca);
+        }
+        if let Some(key) = job.image_key {
+            cmd.arg("--image-key").arg(key);
         }
         if job.handles > 1 {
             cmd.args(["--handles", &job.handles.to_string()]);
@@ -519,6 +529,7 @@ impl CDevice<'_> {
                 .collect(),
             threads_init: signed("threads_init"),
             threads_max: signed("threads_max"),
+            signed: field("signed") == 1,
         })
     }
 }
@@ -950,8 +961,10 @@ fn run(s: &Settings, command: &str, c: &Campaign) -> Res<Vec<String>> {
 
     // 1. Throughput, then the HTTPS download: one run, for its speed and its memory (section 3).
     let payload = Payload::new(&image[..s.throughput_size]);
+    let signed_image = SignedImage::make(&payload.data, &ws.work, c)?;
     let server = FirmwareServer::start(Arc::clone(&payload.data))?;
-    let throughput = measure_throughput(&payload, &server.url(), &dev, c)?;
+    let throughput = measure_throughput(&payload, &server.url(), signed_image.as_ref(), &dev, c)?;
+    drop(signed_image);
     let https = measure_https(&payload, &ws, &dev, &dev_fw, c)?;
     drop(server);
     out.extend(throughput_section(
@@ -1223,11 +1236,14 @@ struct Throughput {
     device_cpu: usize,
     /// CHECK_FIRMWARE after the C loop (ns), last run, buffers 5000 and 65536.
     check_ns: [u64; 2],
+    /// The signed-image rows; `None` without imgtool.
+    signed: Option<SignedRows>,
 }
 
 fn measure_throughput(
     payload: &Payload,
     url: &str,
+    signed_image: Option<&SignedImage>,
     dev: &CDevice<'_>,
     c: &Campaign,
 ) -> Res<Throughput> {
@@ -1240,7 +1256,11 @@ fn measure_throughput(
     let device_cpu = cpus.first().copied().ok_or("no CPU in the affinity mask")?;
     let one_core = one_core_server(&cpus, payload)?;
     let check_ns = [Cell::new(0u64), Cell::new(0u64)];
+    let signed_server = signed_image.map(SignedServer::start).transpose()?;
+    let finish_ns = Cell::new(0u64);
     let mut rows = md5_rows(payload, url, dev, &aliyun_msg, &check_ns);
+    // md5_rows ends with the C rows, 5000 then 65536.
+    let plain_64k = rows.len() - 1;
     let one_core_at = rows.len();
     if let Some(one_core) = &one_core {
         rows.extend(one_core_rows(dev, &one_core.message, device_cpu));
@@ -1252,6 +1272,10 @@ fn measure_throughput(
     ));
     let sha_row = rows.len();
     rows.extend(sha256_rows(payload, dev, &sagoo_msg));
+    let signed_at = rows.len();
+    if let (Some(image), Some(server)) = (signed_image, &signed_server) {
+        rows.extend(signed::rows(image, server, dev, &finish_ns));
+    }
 
     c.phase(
         "throughput (3 runs of each row, round-robin)",
@@ -1275,6 +1299,12 @@ fn measure_throughput(
         }),
         device_cpu,
         check_ns: [check_ns[0].get(), check_ns[1].get()],
+        signed: signed_image.map(|image| SignedRows {
+            plain: plain_64k,
+            first: signed_at,
+            finish_ns: finish_ns.get(),
+            imgtool_version: image.imgtool_version.clone(),
+        }),
     })
 }
 
@@ -1529,6 +1559,13 @@ fn throughput_section(t: &Throughput, tls: &CRun, image_len: usize) -> Vec<Strin
         t.check_ns[0] as f64 / 1e6,
         t.check_ns[1] as f64 / 1e6
     ));
+    match &t.signed {
+        Some(at) => {
+            let medians: Vec<f64> = t.runs.iter().map(Three::median).collect();
+            out.extend(signed::cost_lines(&medians, at, t.md5_limit, t.sha_limit));
+        }
+        None => out.push(format!("   {}", signed::MISSING)),
+    }
     out
 }
 

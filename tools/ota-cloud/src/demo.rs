@@ -7,8 +7,17 @@
 //! `OTA_PROTOCOL` (aliyun, sagoo, tencent or ucloud), report version 1.0.0, download the
 //! offered firmware to argv[1], verify it, complete the upgrade as the protocol says
 //! ("reboot", i.e. re-initialise OTA, and report the new version; Tencent `done`; UCloud
-//! `success`), then exit 0.
+//! `success`), then exit 0. Images: a signature is required unless `OTA_REQUIRE_SIGNATURE=0`,
+//! with the public key(s) in `OTA_IMAGE_KEY` (PEM files, `:`-separated); after a verified
+//! image the device prints a line containing `image: signed S, key K, version V, payload
+//! offset O size N`, and for a refused one a line containing `firmware refused: ` and why,
+//! then exits non-zero.
+//!
+//! With [`SignedDemo`] the image is an MCUboot image signed by the real `imgtool` with a key
+//! made for the run ([`crate::imgtool`]), or one of the [`Tamper`]ed images the device must
+//! refuse.
 
+use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -19,8 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::imgtool::{Imgtool, KeyType, Layout, SignOptions};
 use crate::{
-    console, generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Faults, Firmware,
+    console, generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Failure, Faults, Firmware,
     FirmwareServer, Milestones, NextUpgrade, Protocol, SentMeter, Success, Summary, DEFAULT_GRACE,
 };
 
@@ -29,6 +39,8 @@ pub const DEVICE_NAME: &str = "demo-device";
 pub const DEVICE_SECRET: &str = "demo-secret";
 pub const OLD_VERSION: &str = "1.0.0";
 pub const NEW_VERSION: &str = "2.0.0";
+/// The header version of [`Tamper::Downgrade`]'s image: below [`OLD_VERSION`].
+pub const DOWNGRADE_VERSION: &str = "0.9.0";
 pub const DEFAULT_SIZE: usize = 4 * 1024 * 1024;
 
 /// Which device program plays the device.
@@ -49,6 +61,109 @@ impl FromStr for DeviceKind {
             "rust" => Ok(DeviceKind::Rust),
             _ => Err(format!("unknown device {s:?} (expected c or rust)")),
         }
+    }
+}
+
+/// A signed demo: the image signed with a key of `key_type` made for the run, the device
+/// given its public key and told to require a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SignedDemo {
+    pub key_type: KeyType,
+    /// Serve this bad image instead; the device must refuse it.
+    pub tamper: Option<Tamper>,
+}
+
+/// What is wrong with the image of a tampered demo. The upgrade message announces the served
+/// file's own size and digest, as a compromised cloud account (or a path attacker on plain
+/// MQTT) would: only the vendor's signature can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// A payload byte flipped after signing.
+    Payload,
+    /// A byte of the signature flipped.
+    Signature,
+    /// Signed with a key the device does not have.
+    Key,
+    /// An MCUboot image without a signature.
+    Unsigned,
+    /// Correctly signed, but as [`DOWNGRADE_VERSION`], older than the running version.
+    Downgrade,
+}
+
+impl Tamper {
+    pub const ALL: [Tamper; 5] = [
+        Tamper::Payload,
+        Tamper::Signature,
+        Tamper::Key,
+        Tamper::Unsigned,
+        Tamper::Downgrade,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tamper::Payload => "payload",
+            Tamper::Signature => "signature",
+            Tamper::Key => "key",
+            Tamper::Unsigned => "unsigned",
+            Tamper::Downgrade => "downgrade",
+        }
+    }
+
+    /// The refusal the SDK gives such an image: words its failure report carries, and its C
+    /// error code (include/ota.h).
+    pub fn expected_refusal(self) -> Refusal {
+        let (words, code_name, code) = match self {
+            Tamper::Payload => ("image hash mismatch", "IOT_OTAE_IMAGE_HASH_MISMATCH", -33),
+            Tamper::Signature => ("bad signature", "IOT_OTAE_IMAGE_BAD_SIGNATURE", -37),
+            Tamper::Key => ("unknown key", "IOT_OTAE_IMAGE_UNKNOWN_KEY", -36),
+            Tamper::Unsigned => (
+                "signature TLV missing",
+                "IOT_OTAE_IMAGE_MISSING_SIGNATURE",
+                -34,
+            ),
+            Tamper::Downgrade => ("downgrade", "IOT_OTAE_IMAGE_DOWNGRADE", -38),
+        };
+        Refusal {
+            words,
+            code_name,
+            code,
+        }
+    }
+}
+
+/// How the device refuses a [`Tamper`]ed image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// In the failure report's description (and the Rust device's refusal line).
+    pub words: &'static str,
+    /// The `IOT_OTA_Err_t` constant.
+    pub code_name: &'static str,
+    /// Its value (the C device's refusal line says `error CODE`).
+    pub code: i32,
+}
+
+impl Refusal {
+    /// Whether the device's `firmware refused: ...` line names this cause.
+    pub fn named_in(&self, line: &str) -> bool {
+        line.contains(self.words) || line.ends_with(&format!("error {}", self.code))
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\", {} ({})", self.words, self.code_name, self.code)
+    }
+}
+
+impl FromStr for Tamper {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Tamper, String> {
+        Tamper::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                format!("unknown tampering {s:?} (payload, signature, key, unsigned, downgrade)")
+            })
     }
 }
 
@@ -73,6 +188,8 @@ pub struct DemoOptions {
     pub ignore_requests: bool,
     /// [`Cloud::set_grace`].
     pub grace: Duration,
+    /// A signed image (none by default: the device is told `OTA_REQUIRE_SIGNATURE=0`).
+    pub signed: Option<SignedDemo>,
 }
 
 impl Default for DemoOptions {
@@ -87,6 +204,7 @@ impl Default for DemoOptions {
             milestones: Milestones::default(),
             ignore_requests: false,
             grace: DEFAULT_GRACE,
+            signed: None,
         }
     }
 }
@@ -107,13 +225,45 @@ pub struct DemoReport {
     /// Body bytes the HTTP server sent and the number of requests.
     pub http_bytes: u64,
     pub http_requests: usize,
+    /// The signed demo run, if it was one.
+    pub signed: Option<SignedDemo>,
+    /// What the device said it verified (`image: signed ...`).
+    pub device_image: Option<String>,
+    /// Why the device refused the image (`firmware refused: ...`).
+    pub device_refusal: Option<String>,
 }
 
 impl DemoReport {
     /// The demo's verdict: a byte-identical file and the upgrade completed (without a
-    /// violation).
+    /// violation), with the signature verified when one was required; for a tampered image,
+    /// the device refused it for the expected cause, told the cloud once and exited non-zero.
     pub fn success(&self) -> bool {
-        self.identical && self.summary.outcome == Ok(Success::Upgraded)
+        match self.signed {
+            Some(SignedDemo {
+                tamper: Some(tamper),
+                ..
+            }) => {
+                let expected = tamper.expected_refusal();
+                let cloud_told = matches!(
+                    &self.summary.outcome,
+                    Err(Failure::DeviceFailed { desc: Some(d), .. }) if d.contains(expected.words)
+                );
+                cloud_told
+                    && self
+                        .device_refusal
+                        .as_deref()
+                        .is_some_and(|l| expected.named_in(l))
+                    && self.device_status.is_some_and(|s| !s.success())
+            }
+            signed => {
+                let verified = signed.is_none()
+                    || self
+                        .device_image
+                        .as_deref()
+                        .is_some_and(|l| l.contains("image: signed 1"));
+                self.identical && verified && self.summary.outcome == Ok(Success::Upgraded)
+            }
+        }
     }
 
     /// Download throughput in MB/s (10^6 bytes), over the time from the upgrade notification
@@ -136,6 +286,8 @@ pub fn run_observed(
     opts: &DemoOptions,
     observe: impl FnOnce(SentMeter),
 ) -> Result<DemoReport, String> {
+    // Before anything is built: without imgtool a signed demo cannot run.
+    let imgtool = opts.signed.map(|_| Imgtool::find()).transpose()?;
     let root = workspace_root()?;
     let work = std::env::temp_dir().join(format!("ota-cloud-demo-{}", std::process::id()));
     fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
@@ -144,17 +296,32 @@ pub fn run_observed(
 
     // Build first, so compile time does not eat into the upgrade's timeout.
     let device = build_device(opts.device, &root, &work)?;
+    let image = match (&imgtool, opts.signed) {
+        (Some(tool), Some(signed)) => sign_image(tool, signed, opts.size, &work)?,
+        _ => DemoImage {
+            bytes: generate_firmware(opts.size),
+            device_key: None,
+        },
+    };
 
     let broker = EmbeddedBroker::start().map_err(|e| format!("cannot start the broker: {e}"))?;
     console::say(&format!("demo: MQTT broker on 127.0.0.1:{}", broker.port()));
-    let (server, firmware) = start_firmware_server(opts)?;
+    let (server, firmware) = start_firmware_server(opts, image.bytes)?;
     let (mut cloud, next) = connect_cloud(opts, broker.port(), &server, &firmware)?;
-    let device = start_device(device, opts.protocol, broker.port(), &root, &output)?;
+    let said = Arc::new(Mutex::new(DeviceSaid::default()));
+    let device = start_device(
+        device,
+        opts,
+        broker.port(),
+        image.device_key.as_deref(),
+        (&root, &output),
+        Arc::clone(&said),
+    )?;
     observe(server.sent_meter());
     let summary = cloud.run_until(&firmware, opts.timeout, &device.exited);
     let device_status = device.wait(summary.is_success());
 
-    let report = report(
+    let mut report = report(
         opts,
         summary,
         &server,
@@ -162,6 +329,9 @@ pub fn run_observed(
         &output,
         device_status,
     );
+    let said = std::mem::take(&mut *said.lock().unwrap());
+    report.device_image = said.image;
+    report.device_refusal = said.refusal;
     if report.success() {
         let _ = fs::remove_dir_all(&work);
     } else {
@@ -170,9 +340,104 @@ pub fn run_observed(
     Ok(report)
 }
 
+/// The image the demo serves, and the public key the device is given.
+struct DemoImage {
+    bytes: Vec<u8>,
+    device_key: Option<PathBuf>,
+}
+
+/// The demo's image signed by imgtool with a key made for the run (tampered as `signed`
+/// says), and the public key the device trusts; each imgtool command is narrated.
+fn sign_image(
+    tool: &Imgtool,
+    signed: SignedDemo,
+    size: usize,
+    work: &Path,
+) -> Result<DemoImage, String> {
+    let say = |line: String| console::say(&format!("demo: {line}"));
+    say(format!("signing with imgtool {}", tool.version()?));
+    let vendor = work.join("vendor-key.pem");
+    let vendor_pub = work.join("vendor-key.pub.pem");
+    let _ = fs::remove_file(&vendor);
+    say(tool.keygen(&vendor, signed.key_type)?);
+    say(tool.getpub(&vendor, &vendor_pub)?);
+    let payload = work.join("payload.bin");
+    fs::write(&payload, generate_firmware(size))
+        .map_err(|e| format!("cannot write {}: {e}", payload.display()))?;
+    let mut options = SignOptions::new(Some(vendor.clone()), NEW_VERSION);
+    match signed.tamper {
+        Some(Tamper::Key) => {
+            let other = work.join("other-key.pem");
+            let _ = fs::remove_file(&other);
+            say(tool.keygen(&other, signed.key_type)?);
+            options.key = Some(other);
+        }
+        Some(Tamper::Unsigned) => options.key = None,
+        Some(Tamper::Downgrade) => options.version = DOWNGRADE_VERSION.into(),
+        _ => {}
+    }
+    let signed_path = work.join("firmware-signed.bin");
+    say(tool.sign(&options, &payload, &signed_path)?);
+    let mut bytes = fs::read(&signed_path)
+        .map_err(|e| format!("cannot read {}: {e}", signed_path.display()))?;
+    let layout = Layout::of(&bytes).ok_or("imgtool sign wrote no MCUboot image")?;
+    say(format!(
+        "signed image: header {} bytes, payload {} bytes, TLVs {} bytes, version {}, {} key",
+        layout.header_size,
+        layout.payload_size,
+        bytes.len() as u64 - layout.header_size - layout.payload_size,
+        layout.version_text(),
+        signed.key_type
+    ));
+    if let Some(tamper) = signed.tamper {
+        say(tamper_image(tamper, signed.key_type, &mut bytes, &layout)?);
+        say(format!(
+            "the device must refuse it: {}",
+            tamper.expected_refusal()
+        ));
+    }
+    Ok(DemoImage {
+        bytes,
+        device_key: Some(vendor_pub),
+    })
+}
+
+/// Damages a signed image as `tamper` says (the variants made by imgtool itself need
+/// nothing more); what was done.
+fn tamper_image(
+    tamper: Tamper,
+    key_type: KeyType,
+    image: &mut [u8],
+    layout: &Layout,
+) -> Result<String, String> {
+    Ok(match tamper {
+        Tamper::Payload => {
+            let at = (layout.header_size + layout.payload_size / 2) as usize;
+            image[at] ^= 0xff;
+            format!("tampered: payload byte at offset {at} flipped after signing")
+        }
+        Tamper::Signature => {
+            let sig = layout
+                .unprotected_tlv(image, key_type.signature_tlv())
+                .ok_or("no signature TLV in the signed image")?;
+            let at = sig.end - 1;
+            image[at] ^= 0x01;
+            format!("tampered: the signature's last byte (offset {at}) flipped")
+        }
+        Tamper::Key => "tampered: signed with another key than the one the device trusts".into(),
+        Tamper::Unsigned => "tampered: an MCUboot image without a signature".into(),
+        Tamper::Downgrade => format!(
+            "tampered: a genuine signed image of version {DOWNGRADE_VERSION}, older than the \
+             device's {OLD_VERSION} (a replayed old release)"
+        ),
+    })
+}
+
 /// The firmware server with the demo's image and faults, and the upgrade it serves.
-fn start_firmware_server(opts: &DemoOptions) -> Result<(FirmwareServer, Firmware), String> {
-    let image = generate_firmware(opts.size);
+fn start_firmware_server(
+    opts: &DemoOptions,
+    image: Vec<u8>,
+) -> Result<(FirmwareServer, Firmware), String> {
     let server = FirmwareServer::start_with(image, opts.faults.clone())
         .map_err(|e| format!("cannot start HTTP server: {e}"))?;
     let firmware = Firmware::new(NEW_VERSION, server.url(), &server.image()[..]);
@@ -233,14 +498,51 @@ struct RunningDevice {
     pipes: [Option<thread::JoinHandle<()>>; 2],
 }
 
-/// Starts `device` against the broker on `port`, told `protocol`, writing to `output`.
+/// What the device printed about the image (see the module's contract).
+#[derive(Debug, Default)]
+struct DeviceSaid {
+    image: Option<String>,
+    refusal: Option<String>,
+}
+
+impl DeviceSaid {
+    /// Keeps the first line of each kind, from its marker on.
+    fn hear(&mut self, line: &str) {
+        for (marker, slot) in [
+            ("image: signed", &mut self.image),
+            ("firmware refused: ", &mut self.refusal),
+        ] {
+            if let Some(at) = line.find(marker) {
+                slot.get_or_insert_with(|| line[at..].to_string());
+            }
+        }
+    }
+}
+
+/// Starts `device` against the broker on `port` as `opts` say (protocol, image policy),
+/// trusting `image_key`, in `root`, writing to `output`; what it says about the image goes to
+/// `said`.
 fn start_device(
     mut device: Command,
-    protocol: Protocol,
+    opts: &DemoOptions,
     port: u16,
-    root: &Path,
-    output: &Path,
+    image_key: Option<&Path>,
+    (root, output): (&Path, &Path),
+    said: Arc<Mutex<DeviceSaid>>,
 ) -> Result<RunningDevice, String> {
+    match image_key {
+        Some(key) => {
+            device
+                .env("OTA_IMAGE_KEY", key)
+                .env("OTA_REQUIRE_SIGNATURE", "1");
+        }
+        // The plain demo's image is not signed: the device is told to accept that.
+        None => {
+            device
+                .env_remove("OTA_IMAGE_KEY")
+                .env("OTA_REQUIRE_SIGNATURE", "0");
+        }
+    }
     device
         .env("IOTX_MQTT_HOST", "127.0.0.1")
         .env("IOTX_MQTT_PORT", port.to_string())
@@ -248,7 +550,7 @@ fn start_device(
         .env("OTA_DEVICE_NAME", DEVICE_NAME)
         .env("OTA_DEVICE_SECRET", DEVICE_SECRET)
         .env("OTA_FIRMWARE_VERSION", OLD_VERSION)
-        .env("OTA_PROTOCOL", protocol.name())
+        .env("OTA_PROTOCOL", opts.protocol.name())
         .arg(output)
         .current_dir(root)
         .stdin(Stdio::null())
@@ -259,8 +561,11 @@ fn start_device(
         .spawn()
         .map_err(|e| format!("cannot start the device: {e}"))?;
     let pipes = [
-        child.stdout.take().map(|o| echo("device", o)),
-        child.stderr.take().map(|e| echo("device", e)),
+        child
+            .stdout
+            .take()
+            .map(|o| echo("device", o, Arc::clone(&said))),
+        child.stderr.take().map(|e| echo("device", e, said)),
     ];
     let child = Arc::new(Mutex::new(child));
     let exited = Arc::new(AtomicBool::new(false));
@@ -310,7 +615,7 @@ fn report(
     };
     let requests = server.requests();
     DemoReport {
-        firmware_size: opts.size,
+        firmware_size: server.image().len(),
         identical: written.as_slice() == target_image,
         target_version: summary.target().firmware.version.clone(),
         output_size: written.len() as u64,
@@ -318,6 +623,9 @@ fn report(
         http_bytes: requests.iter().map(|r| r.bytes_sent).sum(),
         http_requests: requests.len(),
         summary,
+        signed: opts.signed,
+        device_image: None,
+        device_refusal: None,
     }
 }
 
@@ -330,11 +638,14 @@ pub fn print_report(r: &DemoReport) {
         "firmware       {} bytes, {OLD_VERSION} -> {}",
         r.firmware_size, r.target_version
     );
+    // A failed run's time (its grace period included) is no download time.
+    let speed = match s.outcome {
+        Ok(_) => format!(", {:.1} MB/s", r.mb_per_s()),
+        Err(_) => String::new(),
+    };
     println!(
-        "download       {} bytes in {} HTTP request(s), {:.1} MB/s",
-        r.http_bytes,
-        r.http_requests,
-        r.mb_per_s()
+        "download       {} bytes in {} HTTP request(s){speed}",
+        r.http_bytes, r.http_requests,
     );
     println!(
         "cloud          {} upgrade message(s), {} progress report(s), versions reported {:?}",
@@ -354,6 +665,27 @@ pub fn print_report(r: &DemoReport) {
         },
         r.output_size
     );
+    if let Some(signed) = r.signed {
+        println!(
+            "signing        imgtool, {} key made for this run; the device requires a signature",
+            signed.key_type
+        );
+        if let Some(tamper) = signed.tamper {
+            println!(
+                "tampered       {} (expected refusal: {})",
+                tamper.name(),
+                tamper.expected_refusal()
+            );
+        }
+        match (&r.device_image, signed.tamper) {
+            (Some(image), _) => println!("device check   {image}"),
+            (None, None) => println!("device check   (the device printed no image line)"),
+            (None, Some(_)) => {}
+        }
+        if let Some(refusal) = &r.device_refusal {
+            println!("device refusal {refusal}");
+        }
+    }
     match r.device_status {
         Some(st) => println!("device         exited with {st}"),
         None => println!("device         did not exit by itself"),
@@ -362,9 +694,15 @@ pub fn print_report(r: &DemoReport) {
         Ok(o) => println!("cloud outcome  {o:?} in {:.1} s", s.elapsed.as_secs_f64()),
         Err(e) => println!("cloud outcome  FAILED: {e}"),
     }
+    let tampered = r.signed.is_some_and(|s| s.tamper.is_some());
     println!(
         "result         {}",
-        if r.success() { "SUCCESS" } else { "FAILURE" }
+        match (r.success(), tampered) {
+            (true, false) => "SUCCESS",
+            (true, true) => "SUCCESS: the device refused the tampered image",
+            (false, false) => "FAILURE",
+            (false, true) => "FAILURE: the tampered image was not refused as expected",
+        }
     );
 }
 
@@ -462,12 +800,19 @@ fn run_step(cmd: &mut Command) -> Result<(), String> {
 }
 
 /// Echoes a child's output line by line with a prefix, so device and cloud lines interleave
-/// readably.
-fn echo(prefix: &'static str, pipe: impl Read + Send + 'static) -> thread::JoinHandle<()> {
+/// readably; `said` hears each line.
+fn echo(
+    prefix: &'static str,
+    pipe: impl Read + Send + 'static,
+    said: Arc<Mutex<DeviceSaid>>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             match line {
-                Ok(l) => console::say(&format!("{prefix} | {l}")),
+                Ok(l) => {
+                    said.lock().unwrap().hear(&l);
+                    console::say(&format!("{prefix} | {l}"));
+                }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
                 Err(_) => break,
             }
@@ -494,4 +839,45 @@ fn watch(
         }
         thread::sleep(Duration::from_millis(50));
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_lines_about_the_image_are_kept_from_their_marker() {
+        let mut said = DeviceSaid::default();
+        said.hear("device: running 1.0.0 (aliyun), waiting for an upgrade");
+        said.hear("print_image_info|427 :: image: signed 1, key 0, version 2.0.0, payload offset 512 size 9");
+        said.hear("device: image: signed 0, key -1, version none, payload offset 0 size 9");
+        said.hear("verify_firmware|449 :: firmware refused: error -37");
+        assert_eq!(
+            said.image.as_deref(),
+            Some("image: signed 1, key 0, version 2.0.0, payload offset 512 size 9"),
+            "the first one"
+        );
+        assert_eq!(said.refusal.as_deref(), Some("firmware refused: error -37"));
+    }
+
+    #[test]
+    fn a_refusal_is_named_by_its_words_or_its_c_code() {
+        let bad_signature = Tamper::Signature.expected_refusal();
+        assert!(bad_signature.named_in("firmware refused: bad signature"));
+        assert!(bad_signature.named_in("firmware refused: error -37"));
+        // Another cause, or a code that only starts like it.
+        assert!(!bad_signature.named_in("firmware refused: signed with an unknown key"));
+        assert!(!bad_signature.named_in("firmware refused: error -3"));
+        assert!(!Tamper::Key
+            .expected_refusal()
+            .named_in("firmware refused: error -37"));
+        let codes: std::collections::HashSet<i32> = Tamper::ALL
+            .iter()
+            .map(|t| t.expected_refusal().code)
+            .collect();
+        assert_eq!(codes.len(), Tamper::ALL.len());
+        for t in Tamper::ALL {
+            assert_eq!(t.name().parse::<Tamper>(), Ok(t));
+        }
+    }
 }

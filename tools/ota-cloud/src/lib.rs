@@ -11,7 +11,8 @@
 //!   types of [`platform`] and need nothing from [`cloud`]).
 //! - [`Milestones`] tie the cloud's own announcements (the same upgrade again, a different one
 //!   that supersedes it) to the share of the image the server has sent.
-//! - [`demo`] runs a whole upgrade on one machine.
+//! - [`demo`] runs a whole upgrade on one machine, also with an image signed by MCUboot's
+//!   `imgtool` ([`imgtool`] runs it) or tampered with.
 //!
 //! This crate deliberately does not depend on the `ota` crate: it is an independent checker of
 //! what the device sends, so a bug shared by both sides cannot hide.
@@ -23,6 +24,7 @@ pub mod console;
 pub mod counting;
 pub mod demo;
 pub mod http;
+pub mod imgtool;
 pub mod milestones;
 pub mod platform;
 pub mod sagoo;

@@ -9,6 +9,7 @@ use std::thread;
 
 use common::{broker_port, FakeDevice, HttpConn, TIMEOUT};
 use ota_cloud::generate_firmware;
+use ota_cloud::imgtool::{Imgtool, Layout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-cloud");
 
@@ -79,7 +80,16 @@ fn usage_errors_exit_2() {
         &["demo", "--protocol", "tencent", "--sign-method", "sha256"][..],
         &["demo", "--supersede-at", "50:2.0.0"][..],
         &["demo", "--renotify-at", "x"][..],
+        &["demo", "--tamper"][..],
+        &["demo", "--signed", "--tamper=flip"][..],
+        &["demo", "--signed=rsa-2048"][..],
+        &["demo", "--signed", "ed25519"][..],
+        &["demo", "--signed", "--supersede-at", "50"][..],
         &["broker", "--port"][..],
+        &["sign"][..],
+        &["sign", "--key", "k.pem", "in.bin", "out.bin"][..],
+        &["sign", "--key", "k.pem", "--version", "1.0.0", "in.bin"][..],
+        &SIGN_BASE[..],
     ] {
         let (code, stderr) = run(args);
         assert_eq!(code, Some(2), "{args:?}");
@@ -128,6 +138,226 @@ fn usage_errors_exit_2() {
         assert_eq!(code, Some(2), "{extra:?}: {stderr}");
         assert!(stderr.starts_with("error: "), "{extra:?}: {stderr}");
     }
+}
+
+/// `sign` with every required flag but the files.
+const SIGN_BASE: [&str; 5] = ["sign", "--key", "k.pem", "--version", "1.0.0"];
+
+#[test]
+fn sign_usage_errors_name_the_flag() {
+    for (extra, named) in [
+        (&["--header-size", "16"][..], "16 is not a header size"),
+        (
+            &["--header-size", "0x10000"][..],
+            "0x10000 is not a header size",
+        ),
+        (&["--header-size", "0x2g0"][..], "is not a byte count"),
+        (&["--align", "3"][..], "not an alignment imgtool takes"),
+        (&["--slot-size", "-1"][..], "is not a byte count"),
+        (
+            &["--keygen", "rsa-2048"][..],
+            "'rsa-2048' for '--keygen <TYPE>'",
+        ),
+        (
+            &["--security-counter", "x"][..],
+            "'x' for '--security-counter <N>'",
+        ),
+    ] {
+        let args = [&SIGN_BASE[..], extra, &["in.bin", "out.bin"]].concat();
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(named), "{named:?} in {stderr}");
+    }
+}
+
+/// A PATH on which no imgtool can be found.
+fn path_without_imgtool() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ota-cloud-cli-empty-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn sign_and_the_signed_demo_without_imgtool_name_the_pip_package() {
+    let empty = path_without_imgtool();
+    for args in [
+        &[
+            "sign",
+            "--key",
+            "k.pem",
+            "--version",
+            "1.0.0",
+            "in.bin",
+            "out.bin",
+        ][..],
+        // Before anything is built.
+        &["demo", "--signed"][..],
+        &["demo", "--signed=ed25519", "--tamper=key", "--device", "c"][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("PATH", &empty)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("imgtool")
+                && stderr.contains("PyPI package `imgtool`")
+                && stderr.contains("pip install imgtool"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("cargo"), "nothing built: {stderr}");
+    }
+    let _ = std::fs::remove_dir(empty);
+}
+
+/// `imgtool` when it runs; `None` (the test skips) when it does not, unless
+/// OTA_REQUIRE_IMGTOOL=required (CI), where the test fails.
+fn imgtool(test: &str) -> Option<Imgtool> {
+    match Imgtool::find() {
+        Ok(tool) => Some(tool),
+        Err(e) if std::env::var("OTA_REQUIRE_IMGTOOL").as_deref() == Ok("required") => {
+            panic!("{test}: OTA_REQUIRE_IMGTOOL=required: {e}")
+        }
+        Err(e) => {
+            println!("SKIPPED {test}: {e} (OTA_REQUIRE_IMGTOOL=required makes this fail)");
+            None
+        }
+    }
+}
+
+#[test]
+fn sign_makes_keys_and_images_that_imgtool_verifies() {
+    let Some(tool) = imgtool("sign_makes_keys_and_images_that_imgtool_verifies") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ota-cloud-cli-sign-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let payload = generate_firmware(100_003);
+    let input = dir.join("app.bin");
+    std::fs::write(&input, &payload).unwrap();
+    // (key type, --header-size, its value, --version, the header's version, --security-counter)
+    for (key_type, header, header_size, version, version_text, counter) in [
+        (
+            "ecdsa-p256",
+            "0x200",
+            0x200,
+            "2.1.0+7",
+            "2.1.0+7",
+            Some("5"),
+        ),
+        ("ed25519", "64", 64, "3", "3.0.0", None),
+    ] {
+        let key = dir.join(format!("{key_type}.pem"));
+        let public = dir.join(format!("{key_type}.pub.pem"));
+        let output = dir.join(format!("{key_type}-signed.bin"));
+        let (key_s, input_s, output_s) = (
+            key.to_str().unwrap(),
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+        );
+        let mut args = vec!["sign", "--key", key_s, "--keygen", key_type];
+        args.extend(["--version", version, "--header-size", header]);
+        if let Some(n) = counter {
+            args.extend(["--security-counter", n]);
+        }
+        args.extend([input_s, output_s]);
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+        assert_plain(&stdout);
+        // The exact commands, to copy into a build script.
+        for line in [
+            format!("imgtool keygen -k {key_s} -t {key_type}"),
+            format!("imgtool getpub -k {key_s} -e pem -o {}", public.display()),
+            format!("imgtool sign --key {key_s} --header-size {header_size:#x} --pad-header"),
+            format!("--version {version} "),
+            format!(" {input_s} {output_s}"),
+        ] {
+            assert!(stdout.contains(&line), "{line:?} in {stdout}");
+        }
+        assert!(
+            stdout.contains(&format!("version {version_text}")),
+            "{stdout}"
+        );
+
+        let image = std::fs::read(&output).unwrap();
+        let layout = Layout::of(&image).expect("an MCUboot image");
+        assert_eq!(layout.header_size, header_size);
+        assert_eq!(layout.payload_size, payload.len() as u64);
+        assert_eq!(
+            &image[header_size as usize..][..payload.len()],
+            &payload[..]
+        );
+        assert_eq!(layout.version_text(), version_text);
+        // Only the security counter is protected here.
+        assert_eq!(layout.protected_size > 0, counter.is_some());
+        // imgtool itself accepts it with the public key `sign` wrote, and with no other key.
+        let verified = tool.verify(&public, &output).unwrap();
+        assert!(verified.contains("correctly validated"), "{verified}");
+        let other = dir.join(format!("{key_type}-other.pem"));
+        tool.keygen(&other, key_type.parse().unwrap()).unwrap();
+        assert!(tool.verify(&other, &output).is_err());
+    }
+
+    // --keygen never replaces a key; without it the key must exist.
+    let key = dir.join("ed25519.pem");
+    let before = std::fs::read(&key).unwrap();
+    let (input_s, out_s) = (input.to_str().unwrap(), dir.join("x.bin"));
+    let out_s = out_s.to_str().unwrap();
+    let missing = dir.join("missing.pem");
+    for (key_arg, keygen, named) in [
+        (&key, &["--keygen", "ed25519"][..], "is not overwritten"),
+        (&missing, &[][..], "does not exist"),
+    ] {
+        let base = ["sign", "--key", key_arg.to_str().unwrap(), "--version", "1"];
+        let args = [&base[..], keygen, &[input_s, out_s]].concat();
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(stderr.contains(named), "{named:?} in {stderr}");
+    }
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    assert!(!missing.exists());
+    // imgtool's own refusal, passed on: the image does not fit the slot.
+    let key_s = key.to_str().unwrap();
+    let (code, stderr) = run(&[
+        "sign",
+        "--key",
+        key_s,
+        "--version",
+        "1",
+        "--slot-size",
+        "0x1000",
+        input_s,
+        out_s,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("exceeds requested size"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_announces_an_imgtool_signed_file_as_it_is() {
+    // Committed by tests/fixtures/mcuboot/make.sh: readable where imgtool is missing.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/mcuboot/ecdsa-p256.bin");
+    let image = std::fs::read(&path).unwrap();
+    assert!(Layout::of(&image).is_some(), "an MCUboot image");
+    let path = path.to_str().unwrap().to_string();
+    let code = serve("cli-signed", &["--firmware", &path], |dev, url| {
+        dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+        let msg = dev.next_upgrade();
+        // The file's own size and digest: the signature inside is the device's business.
+        assert_eq!(msg["data"]["size"], image.len());
+        assert_eq!(msg["data"]["md5"], ota_cloud::md5_hex(&image));
+        assert_eq!(common::http_get(url), image);
+        dev.send("progress", r#"{"id":2,"params":{"step":"100"}}"#);
+        dev.send("inform", r#"{"id":3,"params":{"version":"2.0.0"}}"#);
+    });
+    assert_eq!(code, Some(0));
 }
 
 /// `serve` with every required flag (and a broker nobody listens on).
@@ -210,6 +440,7 @@ fn help_of_each_subcommand() {
             "serve",
             "broker",
             "demo",
+            "sign",
             "--supersede-at",
             "--renotify-at",
             "--ignore-requests",
@@ -266,6 +497,27 @@ fn help_of_each_subcommand() {
         "--device <DEVICE>",
         "--size <BYTES>",
         "--timeout-s <SECONDS>",
+        "--signed[=<TYPE>]",
+        "--tamper[=<WHAT>]",
+        "ecdsa-p256, ed25519",
+        "payload, signature, key, unsigned, downgrade",
+    ];
+    let sign_own = vec![
+        "--key <KEY>",
+        "--keygen <TYPE>",
+        "--public-key <PEM>",
+        "--version <V>",
+        "--security-counter <N>",
+        "--header-size <BYTES>",
+        "--align <N>",
+        "--slot-size <BYTES>",
+        "<INPUT>",
+        "<OUTPUT>",
+        "imgtool keygen",
+        "imgtool getpub",
+        "imgtool sign",
+        "PyPI package `imgtool`",
+        "IOT_OTAC_ADD_IMAGE_KEY",
     ];
     for (args, words) in [
         (
@@ -281,6 +533,7 @@ fn help_of_each_subcommand() {
             [&demo_own[..], &run_and_faults].concat(),
         ),
         (&["broker", "--help"][..], vec!["--port <P>"]),
+        (&["sign", "--help"][..], sign_own),
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

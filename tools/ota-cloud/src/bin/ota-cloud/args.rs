@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
-use ota_cloud::demo::{self, DeviceKind};
+use ota_cloud::demo::{self, DeviceKind, SignedDemo, Tamper};
+use ota_cloud::imgtool::{self, KeyType, SignOptions};
 use ota_cloud::milestones::{self, Milestones, Supersede};
 use ota_cloud::{ExpireRule, Faults, Protocol, SignMethod};
 
@@ -73,7 +74,26 @@ pub enum Command {
     /// --supersede-at) and completed the upgrade without a violation.
     #[command(after_help = FAULT_NOTES)]
     Demo(Box<DemoArgs>),
+    /// Sign a firmware image with MCUboot's imgtool, for devices that require a signature.
+    ///
+    /// Runs the real `imgtool` (PyPI package `imgtool`, which must be on PATH) and prints each
+    /// command it runs, so they can go into a build script as they are: with --keygen
+    /// `imgtool keygen` first (a new private key in KEY), then `imgtool getpub` (the public
+    /// half, what the device is given: --public-key, default KEY's name with .pub.pem), then
+    /// `imgtool sign` (INPUT, the bare payload, becomes OUTPUT: a header of --header-size bytes,
+    /// the payload, the SHA-256 and the signature). Serve OUTPUT with `serve --firmware OUTPUT`;
+    /// the upgrade announces its own size and digest. Exit 0 signed, 1 imgtool failed or is
+    /// missing, 2 usage error.
+    #[command(after_help = SIGN_NOTES)]
+    Sign(SignArgs),
 }
+
+/// Under `sign --help`.
+const SIGN_NOTES: &str = "\
+The device side: C, IOT_OTA_Ioctl(h, IOT_OTAC_ADD_IMAGE_KEY, pem, pem_len) and
+IOT_OTAC_REQUIRE_SIGNATURE 1 after IOT_OTA_Init; Rust, OtaConfig::image (ImagePolicy: keys from
+ImageKey::parse, require_signature). Keep KEY secret, off shared machines: whoever holds it signs
+firmware that every device trusting its public key installs.";
 
 /// How the fault flags combine, under `serve --help` and `demo --help`.
 const FAULT_NOTES: &str = "\
@@ -179,11 +199,129 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub platform: PlatformArgs,
     #[command(flatten)]
+    pub signing: DemoSigningArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub faults: FaultArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// The demo's signed image (`demo --signed`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Signed images")]
+pub struct DemoSigningArgs {
+    /// Sign the image with imgtool (PyPI `imgtool`) with a key of TYPE made for the run, give
+    /// the device its public key and make it require the signature (OTA_IMAGE_KEY,
+    /// OTA_REQUIRE_SIGNATURE=1); the device prints what it verified.
+    #[arg(
+        long,
+        value_name = "TYPE",
+        value_parser = key_type_parser(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "ecdsa-p256",
+        conflicts_with = "supersede_at"
+    )]
+    pub signed: Option<KeyType>,
+    /// With --signed: serve a bad image instead, which the device must refuse (exit 0 when it
+    /// does): payload (a payload byte flipped after signing, the default), signature (a byte
+    /// of the signature flipped), key (signed with another key), unsigned (no signature),
+    /// downgrade (signed as 0.9.0, below the device's 1.0.0). The cloud announces the served
+    /// file's own digest, as a compromised cloud account would.
+    #[arg(
+        long,
+        value_name = "WHAT",
+        value_parser = tamper_parser(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "payload",
+        requires = "signed"
+    )]
+    pub tamper: Option<Tamper>,
+}
+
+impl DemoSigningArgs {
+    pub fn signed(&self) -> Option<SignedDemo> {
+        self.signed.map(|key_type| SignedDemo {
+            key_type,
+            tamper: self.tamper,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The vendor's private key (PEM); made by --keygen, else it must exist.
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+    /// Make KEY first, a new key of this type (refused when KEY exists).
+    #[arg(long, value_name = "TYPE", value_parser = key_type_parser())]
+    pub keygen: Option<KeyType>,
+    /// Where the public key goes (PEM; default: next to KEY, NAME.pub.pem).
+    #[arg(long, value_name = "PEM")]
+    pub public_key: Option<PathBuf>,
+    /// The image's version in its header, MAJOR[.MINOR[.REVISION[+BUILD]]] (devices refuse an
+    /// image older than the one they run).
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// The protected security counter (devices refuse a lower one than theirs).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    pub security_counter: Option<u32>,
+    /// Bytes of header added in front of the payload (decimal or 0x hex, 32..=65535).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "BYTES",
+        value_parser = parse_header_size,
+        default_value = "0x200"
+    )]
+    pub header_size: u32,
+    /// The flash write alignment.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        value_parser = parse_align,
+        default_value_t = imgtool::DEFAULT_ALIGN
+    )]
+    pub align: u32,
+    /// The slot the image is for (decimal or 0x hex; default: just large enough). imgtool
+    /// refuses an image that does not fit.
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES", value_parser = parse_size)]
+    pub slot_size: Option<u64>,
+    /// The bare firmware (e.g. a build's .bin).
+    #[arg(value_name = "INPUT")]
+    pub input: PathBuf,
+    /// The signed image.
+    #[arg(value_name = "OUTPUT")]
+    pub output: PathBuf,
+}
+
+impl SignArgs {
+    pub fn options(&self) -> SignOptions {
+        SignOptions {
+            key: Some(self.key.clone()),
+            version: self.version.clone(),
+            security_counter: self.security_counter,
+            header_size: self.header_size,
+            align: self.align,
+            slot_size: self.slot_size,
+        }
+    }
+
+    /// --public-key, or KEY's name with `.pub.pem`.
+    pub fn public_key_path(&self) -> PathBuf {
+        self.public_key.clone().unwrap_or_else(|| {
+            let stem = self
+                .key
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "key".into());
+            self.key.with_file_name(format!("{stem}.pub.pem"))
+        })
+    }
 }
 
 /// The platform played, for `serve` and `demo`.
@@ -372,6 +510,44 @@ fn device_parser() -> impl TypedValueParser<Value = DeviceKind> {
         PossibleValue::new("rust"),
     ])
     .try_map(|v| v.parse::<DeviceKind>())
+}
+
+fn key_type_parser() -> impl TypedValueParser<Value = KeyType> {
+    PossibleValuesParser::new(["ecdsa-p256", "ed25519"]).try_map(|v| v.parse::<KeyType>())
+}
+
+fn tamper_parser() -> impl TypedValueParser<Value = Tamper> {
+    PossibleValuesParser::new(Tamper::ALL.map(|t| PossibleValue::new(t.name())))
+        .try_map(|v| v.parse::<Tamper>())
+}
+
+/// A byte count in decimal or 0x hex (imgtool's own spelling of sizes).
+fn parse_size(v: &str) -> Result<u64, String> {
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    parsed.map_err(|_| format!("{v:?} is not a byte count (decimal or 0x hex)"))
+}
+
+fn parse_header_size(v: &str) -> Result<u32, String> {
+    let n = parse_size(v)?;
+    if (32..=0xffff).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(format!(
+            "{v} is not a header size: the 32-byte header up to 65535 (its field is 16 bits)"
+        ))
+    }
+}
+
+fn parse_align(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n @ (1 | 2 | 4 | 8 | 16 | 32)) => Ok(n),
+        _ => Err(format!(
+            "{v:?} is not an alignment imgtool takes (1, 2, 4, 8, 16, 32)"
+        )),
+    }
 }
 
 /// One number of a list or pair; spaces around it are allowed.

@@ -1,4 +1,4 @@
-//! `ota-cloud` command line: `serve`, `broker`, `demo` (see `ota-cloud help`). The flags are
+//! `ota-cloud` command line: `serve`, `broker`, `demo`, `sign` (see `ota-cloud help`). The flags are
 //! in args.rs; usage errors exit 2 with the flag named, failures of a run exit 1.
 
 mod args;
@@ -8,9 +8,10 @@ mod report;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use args::{BrokerArgs, Cli, Command, DemoArgs, PlatformArgs, ServeArgs};
+use args::{BrokerArgs, Cli, Command, DemoArgs, PlatformArgs, ServeArgs, SignArgs};
 use clap::Parser;
 use ota_cloud::demo::{self, DemoOptions};
+use ota_cloud::imgtool::{Imgtool, Layout};
 use ota_cloud::milestones::{self, Milestones, NextUpgrade};
 use ota_cloud::{
     generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer, Summary,
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(&a),
         Command::Broker(a) => broker(&a),
         Command::Demo(a) => run_demo(&a),
+        Command::Sign(a) => sign(&a),
     };
     result.unwrap_or_else(|msg| {
         eprintln!("ota-cloud: {msg}");
@@ -200,6 +202,7 @@ fn run_demo(args: &DemoArgs) -> Result<ExitCode, String> {
         milestones: args.run.milestones(),
         ignore_requests: args.run.ignore_requests,
         grace: args.run.grace(),
+        signed: args.signing.signed(),
     };
     let mut bar = None;
     let report = demo::run_observed(&opts, |meter| {
@@ -219,4 +222,50 @@ fn run_demo(args: &DemoArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `sign`: imgtool keygen (when asked), getpub and sign, each command printed as it runs.
+fn sign(args: &SignArgs) -> Result<ExitCode, String> {
+    let tool = Imgtool::find()?;
+    println!("imgtool {}", tool.version()?);
+    if let Some(key_type) = args.keygen {
+        if args.key.exists() {
+            return Err(format!(
+                "--keygen: {} exists; it is not overwritten (another key would orphan every \
+                 device that trusts this one)",
+                args.key.display()
+            ));
+        }
+        println!("{}", tool.keygen(&args.key, key_type)?);
+    } else if !args.key.exists() {
+        return Err(format!(
+            "{} does not exist (--keygen ecdsa-p256 or ed25519 makes a new key)",
+            args.key.display()
+        ));
+    }
+    let public = args.public_key_path();
+    println!("{}", tool.getpub(&args.key, &public)?);
+    println!("{}", tool.sign(&args.options(), &args.input, &args.output)?);
+    let image = std::fs::read(&args.output)
+        .map_err(|e| format!("cannot read {}: {e}", args.output.display()))?;
+    let layout = Layout::of(&image).ok_or_else(|| {
+        format!(
+            "{} is not an MCUboot image after imgtool sign",
+            args.output.display()
+        )
+    })?;
+    println!(
+        "signed image: {} ({} bytes: header {}, payload {}, TLVs {}), version {}",
+        args.output.display(),
+        image.len(),
+        layout.header_size,
+        layout.payload_size,
+        image.len() as u64 - layout.header_size - layout.payload_size,
+        layout.version_text()
+    );
+    println!(
+        "public key for the device: {} (IOT_OTAC_ADD_IMAGE_KEY; Rust ImageKey::parse)",
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

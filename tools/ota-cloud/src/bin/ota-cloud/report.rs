@@ -61,6 +61,10 @@ pub fn demo(r: &DemoReport) -> Value {
         "http_bytes": r.http_bytes,
         "http_requests": r.http_requests,
         "mb_per_s": r.mb_per_s(),
+        "signed": r.signed.map(|s| s.key_type.name()),
+        "tamper": r.signed.and_then(|s| s.tamper).map(|t| t.name()),
+        "device_image": r.device_image,
+        "device_refusal": r.device_refusal,
         "cloud": summary(&r.summary),
     })
 }
