@@ -884,6 +884,25 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
  a new image without IOT_OTA_ConfirmImage fail it; needs a breakpoint store); 0 = off (the
  default: success at the first report of the new version). Set before the first
  IOT_OTA_ReportVersion after a boot. At most 65535.
+
+ The confirm-after-boot flow (IOT_OTAC_CONFIRM_BOOTS = N > 0, with a breakpoint store):
+
+ ```text
+  download verified, CHECK_FIRMWARE 1 ──> record "pending reboot" ──> firmware flashes, reboots
+                                                                             │
+   IOT_OTA_ReportVersion(new version) at boot k ◄────────────────────────────┘
+     │ k <= N: nothing sent yet, IOT_OTAG_BOOT_STATE = PENDING_CONFIRM
+     ├── IOT_OTA_ConfirmImage ──> success to the platform (Aliyun/SagooIOT: the version report)
+     │                            BOOT_STATE = CONFIRMED
+     ├── IOT_OTA_RejectImage  ──> failure (-4 burn failed / Tencent, UCloud fail), BOOT_STATE =
+     │                            ROLLBACK: the firmware installs its previous image
+     └── reboot without either ──> boot k+1; k+1 > N: failure reported, ReportVersion returns
+                                   IOT_OTAE_IMAGE_ROLLBACK, BOOT_STATE = ROLLBACK
+   IOT_OTA_ReportVersion(another version): the bootloader rolled back: failure reported,
+   BOOT_STATE = ROLLED_BACK
+ ```
+
+ With N = 0 (the default) the first report of the new version is the success, as in iotkit.
  */
 #define IOT_OTAC_CONFIRM_BOOTS 29
 

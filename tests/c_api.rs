@@ -437,6 +437,14 @@ fn every_extension_rejects_a_null_handle() {
     );
     assert_eq!(IOT_OTA_SetSaveInterval(null_mut(), 4096, 0), INVALID_PARAM);
     assert!(unsafe { IOT_OTA_InitWithProtocol(null(), null(), null_mut(), 0) }.is_null());
+    assert_eq!(
+        ota::ffi::image::IOT_OTA_ConfirmImage(null_mut()),
+        INVALID_PARAM
+    );
+    assert_eq!(
+        ota::ffi::image::IOT_OTA_RejectImage(null_mut()),
+        INVALID_PARAM
+    );
 }
 
 #[test]
@@ -507,6 +515,22 @@ fn extensions_check_their_arguments_on_a_live_session() {
         INVALID_PARAM,
         "the last refusal is kept"
     );
+
+    // Confirm after boot: nothing waits for a confirmation on this boot.
+    use ota::ffi::image::*;
+    assert_eq!(IOT_OTA_ConfirmImage(dev.ota), INVALID_STATE);
+    assert_eq!(IOT_OTA_RejectImage(dev.ota), INVALID_STATE);
+    let mut v: u32 = 99;
+    let ioctl = |kind, v: &mut u32, len| unsafe {
+        IOT_OTA_Ioctl(dev.ota, kind, (v as *mut u32).cast(), len)
+    };
+    assert_eq!(ioctl(IOT_OTAG_BOOT_STATE, &mut v, 4), 0);
+    assert_eq!(v, OTA_BOOT_NONE);
+    assert_eq!(ioctl(IOT_OTAG_BOOT_STATE, &mut v, 8), INVALID_PARAM);
+    v = 70_000;
+    assert_eq!(ioctl(IOT_OTAC_CONFIRM_BOOTS, &mut v, 4), INVALID_PARAM);
+    v = 3;
+    assert_eq!(ioctl(IOT_OTAC_CONFIRM_BOOTS, &mut v, 4), 0);
 }
 
 #[test]
