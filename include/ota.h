@@ -529,6 +529,13 @@ typedef struct SavePolicy SavePolicy;
 typedef struct Style Style;
 
 /*
+ IOT_OTA_Ioctl query types. An `int` so that an unknown value is an error, not undefined
+ behaviour. Values 0..11 are iotkit v2.3's (the six COTA queries first, so
+ IOT_OTAG_FETCHED_SIZE is 6); 12 and up are this SDK's extensions. These numbers never change.
+ */
+typedef int IOT_OTA_CmdType_t;
+
+/*
  An event: `msg` is the packet id (cast to a pointer) for (un)subscribe/publish events and
  an `iotx_mqtt_topic_info_t *` (never NULL, valid during the call) for PUBLISH_RECEIVED.
  */
@@ -708,13 +715,6 @@ typedef int IOT_OTA_Protocol_t;
  An `int` so that any percentage can be passed; the names are iotkit v2.3's.
  */
 typedef int IOT_OTA_Progress_t;
-
-/*
- IOT_OTA_Ioctl query types. An `int` so that an unknown value is an error, not undefined
- behaviour. Values 0..11 are iotkit v2.3's (the six COTA queries first, so
- IOT_OTAG_FETCHED_SIZE is 6); 12 and up are this SDK's extensions. These numbers never change.
- */
-typedef int IOT_OTA_CmdType_t;
 
 /*
  Reads the stored breakpoint record into `buf` (at most `buf_len` bytes).
@@ -1253,6 +1253,21 @@ int IOT_OTA_ConfirmImage(void *handle);
 int IOT_OTA_RejectImage(void *handle);
 
 /*
+ Answers one query about the current upgrade; see IOT_OTA_CmdType_t for each type's buffer.
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle/buffer, a `buf_len` other than 4 for a
+ uint32_t type (checked before the state), or an unknown/unsupported type;
+ IOT_OTAE_STR_TOO_LONG when a string and its NUL do not fit `buf_len`; IOT_OTAE_INVALID_STATE
+ when the value does not exist yet (no upgrade, download not finished) or not in this upgrade
+ (e.g. SHA-256 of an MD5 upgrade). Nothing is written to `buf` on an error, and a string
+ answer writes exactly its length plus the NUL.
+
+ # Safety
+ `buf` is NULL or valid for `buf_len` bytes of writes.
+ */
+int IOT_OTA_Ioctl(void *handle, IOT_OTA_CmdType_t type, void *buf, size_t buf_len);
+
+/*
  Opens the SDK log (lines go to stderr, filtered by `IOT_SetLogLevel`).
 
  - `ident`: the program's name in iotkit; accepted for compatibility and not used. May be
@@ -1528,21 +1543,6 @@ int IOT_OTA_IsFetchFinish(void *handle);
  `buf` is NULL or valid for `buf_len` bytes of writes.
  */
 int IOT_OTA_FetchYield(void *handle, char *buf, uint32_t buf_len, uint32_t timeout_s);
-
-/*
- Answers one query about the current upgrade; see IOT_OTA_CmdType_t for each type's buffer.
-
- Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle/buffer, a `buf_len` other than 4 for a
- uint32_t type (checked before the state), or an unknown/unsupported type;
- IOT_OTAE_STR_TOO_LONG when a string and its NUL do not fit `buf_len`; IOT_OTAE_INVALID_STATE
- when the value does not exist yet (no upgrade, download not finished) or not in this upgrade
- (e.g. SHA-256 of an MD5 upgrade). Nothing is written to `buf` on an error, and a string
- answer writes exactly its length plus the NUL.
-
- # Safety
- `buf` is NULL or valid for `buf_len` bytes of writes.
- */
-int IOT_OTA_Ioctl(void *handle, IOT_OTA_CmdType_t type, void *buf, size_t buf_len);
 
 /*
  Returns the code of the last error any call or incoming message produced on this handle

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ota::ffi::ioctl::IOT_OTA_Ioctl;
 use ota::ffi::mqtt::{
     iotx_mqtt_event_msg_pt, iotx_mqtt_event_type_t, iotx_mqtt_topic_info_t,
     IOT_MQTT_CheckStateNormal, IOT_MQTT_Construct, IOT_MQTT_Destroy, IOT_MQTT_Publish,

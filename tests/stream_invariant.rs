@@ -722,9 +722,8 @@ fn deinit_from_another_thread_ends_the_fetch_loop() {
 #[test]
 #[ignore = "a child process of repeated_refusals_are_logged_once_per_upgrade"]
 fn repeated_refusals_child() {
-    use ota::ffi::ota::{
-        IOT_OTA_FetchYield, IOT_OTA_Ioctl, IOT_OTA_ReportProgress, IOT_OTAG_MD5SUM,
-    };
+    use ota::ffi::ioctl::IOT_OTA_Ioctl;
+    use ota::ffi::ota::{IOT_OTA_FetchYield, IOT_OTA_ReportProgress, IOT_OTAG_MD5SUM};
     if std::env::var_os("OTA_CHILD_REFUSALS").is_none() {
         return;
     }

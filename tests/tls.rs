@@ -285,6 +285,7 @@ fn mqtt_over_tls_with_mosquitto() {
 /// Firmware calling the C API: MQTT on an embedded broker, OTA handle, HTTPS download.
 /// Returns `IOT_OTAG_CHECK_FIRMWARE`, or the FetchYield error code.
 fn c_device_download(broker_port: u16, server: &FirmwareServer, dn: &str) -> Result<u32, c_int> {
+    use ota::ffi::ioctl::IOT_OTA_Ioctl;
     use ota::ffi::mqtt::*;
     use ota::ffi::ota::*;
 

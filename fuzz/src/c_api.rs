@@ -24,6 +24,7 @@ use ota::digest::{to_hex, StreamDigest};
 use ota::error::{Error, MqttError};
 use ota::ffi::fuzzing;
 use ota::ffi::image::*;
+use ota::ffi::ioctl::IOT_OTA_Ioctl;
 use ota::ffi::ota::*;
 use ota::ffi::resume::ota_breakpoint_store_t;
 use ota::ota::{OtaConfig, Uplink};

@@ -8,11 +8,10 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::ota::{
-    check_u32_len, put_str, put_u32, reject, IOT_OTA_CmdType_t, IOT_OTA_Err_t, OtaHandle,
-};
+use super::answer::{check_u32_len, put_str, put_u32};
+use super::ota::{reject, IOT_OTA_CmdType_t, IOT_OTA_Err_t, OtaHandle};
 use crate::error::Error;
-use crate::image::{ImageError, ImageKey, ImagePolicy, ImageVersion, VerifiedImage};
+use crate::image::{ImageKey, ImagePolicy, ImageVersion, VerifiedImage};
 use crate::ota::BootState;
 
 /// Configuration, before a download: buf = a vendor public key, `buf_len` its length: PEM text
@@ -128,33 +127,6 @@ pub extern "C" fn IOT_OTA_RejectImage(handle: *mut c_void) -> c_int {
 }
 
 const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
-
-/// The C code of an image refusal: one per cause.
-pub(crate) fn code(e: &ImageError) -> c_int {
-    use IOT_OTA_Err_t::*;
-    (match e {
-        ImageError::NotAnImage { .. } => IOT_OTAE_IMAGE_NOT_MCUBOOT,
-        ImageError::HeaderTooSmall { .. } => IOT_OTAE_IMAGE_BAD_HEADER,
-        ImageError::Encrypted { .. } => IOT_OTAE_IMAGE_ENCRYPTED,
-        ImageError::Truncated { .. } => IOT_OTAE_IMAGE_TRUNCATED,
-        ImageError::BadTlvInfo { .. } => IOT_OTAE_IMAGE_BAD_TLV_INFO,
-        ImageError::TlvPastEnd { .. } => IOT_OTAE_IMAGE_TLV_PAST_END,
-        ImageError::TlvLength { .. } => IOT_OTAE_IMAGE_TLV_LENGTH,
-        ImageError::DuplicateTlv { .. } => IOT_OTAE_IMAGE_DUPLICATE_TLV,
-        ImageError::TlvTruncated { .. } => IOT_OTAE_IMAGE_TLV_TRUNCATED,
-        ImageError::TrailingBytes { .. } => IOT_OTAE_IMAGE_TRAILING_BYTES,
-        ImageError::SizeMismatch { .. } => IOT_OTAE_IMAGE_SIZE_MISMATCH,
-        ImageError::Unsupported { .. } => IOT_OTAE_IMAGE_UNSUPPORTED,
-        ImageError::MissingHash => IOT_OTAE_IMAGE_MISSING_HASH,
-        ImageError::HashMismatch => IOT_OTAE_IMAGE_HASH_MISMATCH,
-        ImageError::MissingSignature => IOT_OTAE_IMAGE_MISSING_SIGNATURE,
-        ImageError::NoKeys => IOT_OTAE_IMAGE_NO_KEYS,
-        ImageError::UnknownKey => IOT_OTAE_IMAGE_UNKNOWN_KEY,
-        ImageError::BadSignature => IOT_OTAE_IMAGE_BAD_SIGNATURE,
-        ImageError::Downgrade { .. } => IOT_OTAE_IMAGE_DOWNGRADE,
-        ImageError::CounterDowngrade { .. } => IOT_OTAE_IMAGE_COUNTER_DOWNGRADE,
-    }) as c_int
-}
 
 /// Whether `kind` is one of this file's Ioctl types.
 pub(crate) fn is_image_ioctl(kind: c_int) -> bool {
@@ -345,6 +317,8 @@ fn version_text(v: &ImageVersion, out: &mut [u8; 32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ffi::ota::image_err_code;
+    use crate::image::ImageError;
 
     #[test]
     fn every_refusal_has_its_own_code() {
@@ -393,7 +367,7 @@ mod tests {
                 image: 0,
             },
         ];
-        let mut codes: Vec<c_int> = all.iter().map(code).collect();
+        let mut codes: Vec<c_int> = all.iter().map(image_err_code).collect();
         assert!(codes.iter().all(|&c| c <= -20), "{codes:?}");
         codes.sort();
         codes.dedup();

@@ -16,11 +16,13 @@
 #[macro_use]
 pub(crate) mod guard;
 
+mod answer;
 pub mod conninfo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hal;
 pub mod image;
+pub mod ioctl;
 pub mod log;
 pub mod mqtt;
 pub mod ota;

@@ -4,14 +4,15 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::guard::{c_str, put_c_str};
+use super::guard::c_str;
 use super::mqtt::MqttHandle;
 use super::resume::ota_breakpoint_store_t;
 use crate::error::Error;
+use crate::image::ImageError;
 use crate::log::Level;
-use crate::ota::{Once, OtaConfig, OtaSession, OtaState};
+use crate::ota::{OtaConfig, OtaSession};
 use crate::ota_log;
-use crate::protocol::{Protocol, UpgradeNotice};
+use crate::protocol::Protocol;
 
 /// OTA error codes (iotkit v2.3 values).
 #[repr(C)]
@@ -285,13 +286,40 @@ pub fn err_code(e: &Error) -> c_int {
         Error::NoMemory => IOT_OTA_Err_t::IOT_OTAE_NOMEM as c_int,
         Error::Mqtt(_) => IOT_OTA_Err_t::IOT_OTAE_OSC_FAILED as c_int,
         Error::Notice(_) | Error::VersionRefused(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,
-        Error::Image(e) => super::image::code(e),
+        Error::Image(e) => image_err_code(e),
         Error::RollBack(_) => IOT_OTA_Err_t::IOT_OTAE_IMAGE_ROLLBACK as c_int,
     }
 }
 
-const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
-const STR_TOO_LONG: c_int = IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int;
+/// The C code of an image refusal: one per cause.
+pub(crate) fn image_err_code(e: &ImageError) -> c_int {
+    use IOT_OTA_Err_t::*;
+    (match e {
+        ImageError::NotAnImage { .. } => IOT_OTAE_IMAGE_NOT_MCUBOOT,
+        ImageError::HeaderTooSmall { .. } => IOT_OTAE_IMAGE_BAD_HEADER,
+        ImageError::Encrypted { .. } => IOT_OTAE_IMAGE_ENCRYPTED,
+        ImageError::Truncated { .. } => IOT_OTAE_IMAGE_TRUNCATED,
+        ImageError::BadTlvInfo { .. } => IOT_OTAE_IMAGE_BAD_TLV_INFO,
+        ImageError::TlvPastEnd { .. } => IOT_OTAE_IMAGE_TLV_PAST_END,
+        ImageError::TlvLength { .. } => IOT_OTAE_IMAGE_TLV_LENGTH,
+        ImageError::DuplicateTlv { .. } => IOT_OTAE_IMAGE_DUPLICATE_TLV,
+        ImageError::TlvTruncated { .. } => IOT_OTAE_IMAGE_TLV_TRUNCATED,
+        ImageError::TrailingBytes { .. } => IOT_OTAE_IMAGE_TRAILING_BYTES,
+        ImageError::SizeMismatch { .. } => IOT_OTAE_IMAGE_SIZE_MISMATCH,
+        ImageError::Unsupported { .. } => IOT_OTAE_IMAGE_UNSUPPORTED,
+        ImageError::MissingHash => IOT_OTAE_IMAGE_MISSING_HASH,
+        ImageError::HashMismatch => IOT_OTAE_IMAGE_HASH_MISMATCH,
+        ImageError::MissingSignature => IOT_OTAE_IMAGE_MISSING_SIGNATURE,
+        ImageError::NoKeys => IOT_OTAE_IMAGE_NO_KEYS,
+        ImageError::UnknownKey => IOT_OTAE_IMAGE_UNKNOWN_KEY,
+        ImageError::BadSignature => IOT_OTAE_IMAGE_BAD_SIGNATURE,
+        ImageError::Downgrade { .. } => IOT_OTAE_IMAGE_DOWNGRADE,
+        ImageError::CounterDowngrade { .. } => IOT_OTAE_IMAGE_COUNTER_DOWNGRADE,
+    }) as c_int
+}
+
+pub(crate) const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
+pub(crate) const STR_TOO_LONG: c_int = IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int;
 
 /// The live handle behind `h`, or None (after a log line) when it is NULL, released or not an
 /// OTA handle (`func`: the caller's name, for the log). `h` is only compared, never read.
@@ -689,208 +717,6 @@ pub unsafe extern "C" fn IOT_OTA_FetchYield(
             }
         }
     )
-}
-
-/// Rejects a `buf_len` other than 4 for a uint32_t answer (before any state check).
-pub(crate) fn check_u32_len(h: &OtaHandle, buf_len: usize) -> Result<(), c_int> {
-    if buf_len != 4 {
-        return Err(reject(
-            h,
-            "IOT_OTA_Ioctl",
-            Error::InvalidParam("buf_len must be 4 for this type"),
-        ));
-    }
-    Ok(())
-}
-
-/// Writes a uint32_t answer; `out` must be 4 bytes.
-pub(crate) fn put_u32(h: &OtaHandle, out: &mut [u8], v: u64) -> c_int {
-    if let Err(code) = check_u32_len(h, out.len()) {
-        return code;
-    }
-    let Ok(v) = u32::try_from(v) else {
-        return reject(
-            h,
-            "IOT_OTA_Ioctl",
-            Error::InvalidParam("value exceeds uint32_t"),
-        );
-    };
-    out.copy_from_slice(&v.to_ne_bytes());
-    0
-}
-
-/// Writes a NUL-terminated string answer.
-pub(crate) fn put_str(h: &OtaHandle, out: &mut [u8], s: &[u8]) -> c_int {
-    if put_c_str(out, s) {
-        0
-    } else {
-        too_small(h, out.len(), s.len())
-    }
-}
-
-/// Writes a field of the accepted upgrade as a NUL-terminated string, under the session lock.
-fn put_notice_str(h: &OtaHandle, out: &mut [u8], field: fn(&UpgradeNotice) -> &[u8]) -> c_int {
-    let buf_len = out.len();
-    let missing = h.session.with_notice(|n| {
-        let v = field(n);
-        (!put_c_str(out, v)).then_some(v.len())
-    });
-    // Errors are recorded after the lock is released (recording takes it again).
-    match missing {
-        None => 0,
-        Some(len) => too_small(h, buf_len, len),
-    }
-}
-
-fn too_small(h: &OtaHandle, buf_len: usize, len: usize) -> c_int {
-    ota_log!(
-        Level::Error,
-        "IOT_OTA_Ioctl: buffer of {buf_len} bytes cannot hold {len} bytes plus NUL"
-    );
-    h.session.record_error(Error::TooLong {
-        what: "Ioctl answer",
-        len: len + 1,
-        max: buf_len,
-    });
-    STR_TOO_LONG
-}
-
-fn not_available(h: &OtaHandle, what: &'static str) -> c_int {
-    reject(h, "IOT_OTA_Ioctl", Error::NotAvailable(what))
-}
-
-/// Answers one query about the current upgrade; see IOT_OTA_CmdType_t for each type's buffer.
-///
-/// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL handle/buffer, a `buf_len` other than 4 for a
-/// uint32_t type (checked before the state), or an unknown/unsupported type;
-/// IOT_OTAE_STR_TOO_LONG when a string and its NUL do not fit `buf_len`; IOT_OTAE_INVALID_STATE
-/// when the value does not exist yet (no upgrade, download not finished) or not in this upgrade
-/// (e.g. SHA-256 of an MD5 upgrade). Nothing is written to `buf` on an error, and a string
-/// answer writes exactly its length plus the NUL.
-///
-/// # Safety
-/// `buf` is NULL or valid for `buf_len` bytes of writes.
-#[no_mangle]
-pub unsafe extern "C" fn IOT_OTA_Ioctl(
-    handle: *mut c_void,
-    r#type: IOT_OTA_CmdType_t,
-    buf: *mut c_void,
-    buf_len: usize,
-) -> c_int {
-    ffi_body!(IOT_OTA_Ioctl, ota(handle), INVALID_PARAM, |h| {
-        if buf.is_null() {
-            return reject(&h, "IOT_OTA_Ioctl", Error::InvalidParam("buf is NULL"));
-        }
-        let len = buf_len.min(isize::MAX as usize);
-        // SAFETY: non-NULL, and per the contract valid for buf_len >= len bytes of writes.
-        let out = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
-        ioctl(&h, r#type, out)
-    })
-}
-
-fn ioctl(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
-    let s = &h.session;
-    let state = s.state();
-    match kind {
-        IOT_OTAG_FETCHED_SIZE => put_u32(h, out, s.fetched_size()),
-        IOT_OTAG_FILE_SIZE => put_u32(h, out, s.file_size()),
-        IOT_OTAG_RESUME_OFFSET => put_u32(h, out, s.fetched_size()),
-        IOT_OTAG_STATE => {
-            let v = match state {
-                OtaState::Idle => IOT_OTA_State_t::IOT_OTAS_INITED,
-                OtaState::Downloading => IOT_OTA_State_t::IOT_OTAS_FETCHING,
-                OtaState::Fetched => IOT_OTA_State_t::IOT_OTAS_FETCHED,
-            };
-            put_u32(h, out, v as u64)
-        }
-        IOT_OTAG_CHECK_FIRMWARE => {
-            // The length is an argument error whatever the state, as for the other uint32_t types.
-            if let Err(code) = check_u32_len(h, out.len()) {
-                return code;
-            }
-            match s.check_firmware() {
-                Ok(valid) => put_u32(h, out, valid as u64),
-                Err(e) => err_code(&e),
-            }
-        }
-        k if super::image::is_image_ioctl(k) => super::image::ioctl(h, k, out),
-        k if NOTICE_QUERIES.contains(&k) => {
-            if s.state() == OtaState::Idle {
-                return not_available(h, "no upgrade has been accepted");
-            }
-            notice_query(h, k, out)
-        }
-        IOT_OTAG_COTA_CONFIG_ID..=IOT_OTAG_COTA_GETTYPE | IOT_OTAG_CHECK_CONFIG => reject(
-            h,
-            "IOT_OTA_Ioctl",
-            Error::InvalidParam("COTA queries are not supported"),
-        ),
-        _ => reject(
-            h,
-            "IOT_OTA_Ioctl",
-            Error::InvalidParam("unknown Ioctl type"),
-        ),
-    }
-}
-
-/// The Ioctl types answered from the accepted upgrade message.
-const NOTICE_QUERIES: [c_int; 7] = [
-    IOT_OTAG_MD5SUM,
-    IOT_OTAG_VERSION,
-    IOT_OTAG_SHA256SUM,
-    IOT_OTAG_SIGN_METHOD,
-    IOT_OTAG_MODULE,
-    IOT_OTAG_TASK_ID,
-    IOT_OTAG_EXT_DATA,
-];
-
-fn notice_query(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
-    use crate::protocol::DigestKind;
-    let s = &h.session;
-    match kind {
-        IOT_OTAG_MD5SUM | IOT_OTAG_SHA256SUM => {
-            let want = if kind == IOT_OTAG_MD5SUM {
-                DigestKind::Md5
-            } else {
-                DigestKind::Sha256
-            };
-            let mut hex = [0u8; 64];
-            let n = s.with_notice(|n| {
-                (n.digest_kind == want).then(|| crate::digest::to_hex(n.digest(), &mut hex).len())
-            });
-            match n {
-                Some(n) => put_str(h, out, &hex[..n]),
-                // Firmware asking for MD5 in its loop on a SHA-256 upgrade: one log line.
-                None if s.first_in_upgrade(Once::OtherDigest) => {
-                    not_available(h, "the upgrade announced another digest")
-                }
-                None => {
-                    let e = Error::NotAvailable("the upgrade announced another digest");
-                    s.record_error(e);
-                    err_code(&e)
-                }
-            }
-        }
-        IOT_OTAG_SIGN_METHOD => {
-            let name = s.with_notice(|n| n.digest_kind.name());
-            put_str(h, out, name.as_bytes())
-        }
-        IOT_OTAG_VERSION => put_notice_str(h, out, |n| n.version.as_bytes()),
-        IOT_OTAG_MODULE => put_notice_str(h, out, |n| n.module_name().as_bytes()),
-        IOT_OTAG_TASK_ID if s.with_notice(|n| n.task_id.is_empty()) => {
-            not_available(h, "the upgrade has no task id")
-        }
-        IOT_OTAG_TASK_ID => put_notice_str(h, out, |n| n.task_id.as_bytes()),
-        IOT_OTAG_EXT_DATA if s.with_notice(|n| n.ext_data.is_empty()) => {
-            not_available(h, "the upgrade has no extData")
-        }
-        IOT_OTAG_EXT_DATA => put_notice_str(h, out, |n| n.ext_data.as_bytes()),
-        _ => reject(
-            h,
-            "IOT_OTA_Ioctl",
-            Error::InvalidParam("unknown Ioctl type"),
-        ),
-    }
 }
 
 /// Returns the code of the last error any call or incoming message produced on this handle
