@@ -294,8 +294,9 @@ pub(super) struct RecordKeeper {
     pub(super) stored: Option<Breakpoint>,
     /// Offset at the last save.
     pub(super) last_saved: u64,
-    /// The encoded record of a pending save.
-    pub(super) buf: Box<[u8; RECORD_LEN]>,
+    /// The encoded record of a pending save; allocated when a store is set (a device without
+    /// one does not pay for it).
+    pub(super) buf: Option<Box<[u8; RECORD_LEN]>>,
     pub(super) pending: Pending,
 }
 
@@ -316,7 +317,7 @@ impl RecordKeeper {
             record: None,
             stored: None,
             last_saved: 0,
-            buf: Box::new([0u8; RECORD_LEN]),
+            buf: None,
             pending: Pending::None,
         }
     }
@@ -331,10 +332,11 @@ impl RecordKeeper {
     }
 
     pub(super) fn save(&mut self) {
-        let (true, Some(bp)) = (self.enabled, self.record.as_ref()) else {
+        let (true, Some(bp), Some(buf)) = (self.enabled, self.record.as_ref(), self.buf.as_mut())
+        else {
             return;
         };
-        let len = bp.encode(&mut self.buf);
+        let len = bp.encode(buf);
         self.pending = Pending::Save(len);
         self.stored = Some(bp.clone());
     }
@@ -351,15 +353,32 @@ impl RecordKeeper {
 /// The breakpoint store, behind its own lock, and a copy of the record being written.
 pub(super) struct StoreWriter {
     pub(super) store: Option<Box<dyn BreakpointStore>>,
-    buf: Box<[u8; RECORD_LEN]>,
+    buf: Option<Box<[u8; RECORD_LEN]>>,
 }
 
 impl StoreWriter {
     pub(super) fn new() -> StoreWriter {
         StoreWriter {
             store: None,
-            buf: Box::new([0u8; RECORD_LEN]),
+            buf: None,
         }
+    }
+
+    /// Takes `store`, with the buffer its writes go through (allocated once, at configuration).
+    pub(super) fn set(&mut self, store: Box<dyn BreakpointStore>) {
+        self.buf.get_or_insert_with(|| Box::new([0u8; RECORD_LEN]));
+        self.store = Some(store);
+    }
+}
+
+impl RecordKeeper {
+    /// A store is set: records are kept from now on (the save buffer is allocated once, at
+    /// configuration).
+    pub(super) fn enable(&mut self, stored: Option<Breakpoint>) {
+        self.buf.get_or_insert_with(|| Box::new([0u8; RECORD_LEN]));
+        self.enabled = true;
+        self.stored = stored;
+        self.pending = Pending::None;
     }
 }
 
@@ -397,10 +416,15 @@ pub(super) fn flush(engine: &Mutex<Engine>, records: &Mutex<StoreWriter>) {
         let pending = {
             let mut e = lock(engine);
             let p = std::mem::replace(&mut e.keeper.pending, Pending::None);
-            if let Pending::Save(len) = p {
-                rs.buf[..len].copy_from_slice(&e.keeper.buf[..len]);
+            match (p, rs.buf.as_mut(), e.keeper.buf.as_ref()) {
+                (Pending::Save(len), Some(dst), Some(src)) => {
+                    dst[..len].copy_from_slice(&src[..len]);
+                    p
+                }
+                // No buffers: no store was ever set, so nothing can be pending.
+                (Pending::Save(_), _, _) => Pending::None,
+                _ => p,
             }
-            p
         };
         let Some(store) = rs.store.as_mut() else {
             return;
@@ -408,7 +432,8 @@ pub(super) fn flush(engine: &Mutex<Engine>, records: &Mutex<StoreWriter>) {
         match pending {
             Pending::None => return,
             Pending::Save(len) => {
-                if let Err(e) = store.save(&rs.buf[..len]) {
+                let bytes = rs.buf.as_ref().map_or(&[][..], |b| &b[..len]);
+                if let Err(e) = store.save(bytes) {
                     ota_log!(Level::Warning, "breakpoint record not saved: {e}");
                 }
             }

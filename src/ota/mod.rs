@@ -1374,11 +1374,8 @@ impl OtaSession {
             )));
         }
         let stored = breakpoint::read_record(store.as_mut());
-        let mut e = self.engine();
-        e.keeper.enabled = true;
-        e.keeper.stored = stored;
-        e.keeper.pending = breakpoint::Pending::None;
-        records.store = Some(store);
+        self.engine().keeper.enable(stored);
+        records.set(store);
         Ok(())
     }
 
