@@ -962,6 +962,11 @@ enum Scheme {
     Https,
 }
 
+/// Whether `url` is a plain `http://` URL (any case), as the source reads schemes.
+pub fn is_plain_http(url: &str) -> bool {
+    Scheme::of(url) == Some(Scheme::Http)
+}
+
 impl Scheme {
     /// The scheme `url` starts with (any case); `None` for any other or none.
     fn of(url: &str) -> Option<Scheme> {

@@ -126,12 +126,17 @@ struct Device {
 
 /// A device booting with `store`, saving every 100 bytes.
 fn boot(protocol: Protocol, limits: Limits, img: &'static [u8], store: &Shared) -> Device {
-    let sent: Sent = Arc::default();
-    let (uplink, down) = Flaky::new(sent.clone());
     let config = OtaConfig {
         limits,
         ..OtaConfig::for_protocol(protocol)
     };
+    boot_with(config, img, store)
+}
+
+/// [`boot`] with any session settings.
+fn boot_with(config: OtaConfig, img: &'static [u8], store: &Shared) -> Device {
+    let sent: Sent = Arc::default();
+    let (uplink, down) = Flaky::new(sent.clone());
     let s = OtaSession::new(
         "pk",
         "dn",
@@ -208,38 +213,13 @@ mod restarts {
         (Box::leak(image.into_boxed_slice()), policy)
     }
 
-    /// A device under `policy` booting with `store`, saving every 100 bytes.
-    fn boot_signed(
-        img: &'static [u8],
-        policy: &ota::image::ImagePolicy,
-        store: &Shared,
-    ) -> OtaSession {
+    /// A device under `policy` booting with `store`.
+    fn boot_signed(img: &'static [u8], policy: &ota::image::ImagePolicy, store: &Shared) -> Device {
         let config = OtaConfig {
             image: policy.clone(),
             ..OtaConfig::default()
         };
-        let sent: Sent = Arc::default();
-        let s = OtaSession::new(
-            "pk",
-            "dn",
-            config,
-            Box::new(Recorder(sent)),
-            Box::new(MemorySource::new(img)),
-        )
-        .unwrap();
-        s.set_breakpoint_store(Box::new(store.clone())).unwrap();
-        s.set_save_policy(SavePolicy {
-            every_bytes: 100,
-            every_percent: 0,
-        });
-        s
-    }
-
-    fn fetch_all(s: &OtaSession, stop_at: u64) {
-        let mut buf = [0u8; 100];
-        while !s.is_fetch_finished() && s.fetched_size() < stop_at {
-            s.fetch_yield(&mut buf, Duration::from_secs(1)).unwrap();
-        }
+        boot_with(config, img, store)
     }
 
     #[test]
@@ -247,21 +227,23 @@ mod restarts {
         let (img, policy) = signed();
         let msg = aliyun_notice(img, URL, "2.0.0");
         let store = Shared::default();
-        let s = boot_signed(img, &policy, &store);
-        s.handle_message(s.downstream_topic(), msg.as_bytes())
-            .unwrap();
-        fetch_all(&s, 1500);
-        drop(s); // power cut
+        let d = boot_signed(img, &policy, &store);
+        d.announce(&msg);
+        d.fetch_to(1500);
+        drop(d); // power cut
         let record = store.record();
         assert!(record.offset() > 0 && !record.image_state().is_empty());
 
-        let s = boot_signed(img, &policy, &store);
-        s.handle_message(s.downstream_topic(), msg.as_bytes())
-            .unwrap();
-        assert_eq!(s.fetched_size(), record.offset(), "resumed from the record");
-        fetch_all(&s, u64::MAX);
-        assert!(s.check_firmware().unwrap(), "{:?}", s.last_error());
-        assert!(s.verified_image().unwrap().signed);
+        let d = boot_signed(img, &policy, &store);
+        d.announce(&msg);
+        assert_eq!(
+            d.s.fetched_size(),
+            record.offset(),
+            "resumed from the record"
+        );
+        d.fetch_to(u64::MAX);
+        assert!(d.s.check_firmware().unwrap(), "{:?}", d.s.last_error());
+        assert!(d.s.verified_image().unwrap().signed);
     }
 
     #[test]
@@ -270,24 +252,22 @@ mod restarts {
         let msg = aliyun_notice(img, URL, "2.0.0");
         // A record as an earlier build (no image checks) leaves it: 1500 bytes in.
         let store = Shared::default();
-        let s = boot_signed(img, &ota::image::ImagePolicy::default(), &store);
-        s.handle_message(s.downstream_topic(), msg.as_bytes())
-            .unwrap();
-        fetch_all(&s, 1500);
-        drop(s);
+        let d = boot_signed(img, &ota::image::ImagePolicy::default(), &store);
+        d.announce(&msg);
+        d.fetch_to(1500);
+        drop(d);
         let mut bp = store.record();
         let offset = bp.offset();
         bp.set_progress(offset, bp.restore_digest().as_ref(), None)
             .unwrap();
         bp.save(&mut store.clone()).unwrap();
 
-        let s = boot_signed(img, &policy, &store);
-        s.handle_message(s.downstream_topic(), msg.as_bytes())
-            .unwrap();
-        assert_eq!(s.fetched_size(), 0, "the image's checks need every byte");
-        fetch_all(&s, u64::MAX);
-        assert!(s.check_firmware().unwrap(), "{:?}", s.last_error());
-        assert!(s.verified_image().unwrap().signed);
+        let d = boot_signed(img, &policy, &store);
+        d.announce(&msg);
+        assert_eq!(d.s.fetched_size(), 0, "the image's checks need every byte");
+        d.fetch_to(u64::MAX);
+        assert!(d.s.check_firmware().unwrap(), "{:?}", d.s.last_error());
+        assert!(d.s.verified_image().unwrap().signed);
     }
 
     #[test]

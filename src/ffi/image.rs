@@ -9,7 +9,7 @@
 use std::ffi::{c_int, c_void};
 
 use super::answer::{check_u32_len, put_str, put_u32};
-use super::ota::{reject, IOT_OTA_CmdType_t, IOT_OTA_Err_t, OtaHandle};
+use super::ota::{reject, IOT_OTA_CmdType_t, OtaHandle, INVALID_PARAM};
 use crate::error::Error;
 use crate::image::{ImageKey, ImagePolicy, ImageVersion, VerifiedImage};
 use crate::ota::BootState;
@@ -125,8 +125,6 @@ pub extern "C" fn IOT_OTA_RejectImage(handle: *mut c_void) -> c_int {
         }
     })
 }
-
-const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
 
 /// Whether `kind` is one of this file's Ioctl types.
 pub(crate) fn is_image_ioctl(kind: c_int) -> bool {

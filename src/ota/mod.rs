@@ -679,11 +679,7 @@ impl Engine {
 
     /// The one line per upgrade a plain `http://` download gets: what protects the image.
     fn say_what_protects_plain_http(&self) {
-        let url = self.notice.url.as_str().as_bytes();
-        if !url
-            .get(..7)
-            .is_some_and(|s| s.eq_ignore_ascii_case(b"http://"))
-        {
+        if !crate::source::is_plain_http(self.notice.url.as_str()) {
             return;
         }
         if self.policy.require_signature {
@@ -1049,14 +1045,10 @@ impl Engine {
             match checked {
                 Ok(image) => self.download.image_info = Some(image),
                 Err(e) => {
-                    // The bytes of this call go to the caller; the cycle ends after them.
                     let mut text = [0u8; 128];
                     let desc = e.describe(&mut text);
                     ota_log!(Level::Error, "image rejected: {e}");
-                    self.download.verified = false;
-                    self.auto_report_failure(FailureCause::DigestMismatch, desc);
-                    self.last_error = Some(Error::Image(e));
-                    self.download.cycle.end_error = Some(Error::Image(e));
+                    self.refuse_at_end(Error::Image(e), desc);
                     return;
                 }
             }
@@ -1091,10 +1083,17 @@ impl Engine {
             "image rejected: {desc} (got {})",
             to_hex(&actual[..n], &mut hex)
         );
+        self.refuse_at_end(Error::Download(e), desc);
+    }
+
+    /// An image refused once its last byte arrived (those bytes go to the caller; the cycle ends
+    /// after them): the verify-failed report, then `e` as the cycle's end and the last error.
+    fn refuse_at_end(&mut self, e: Error, desc: &str) {
+        self.download.verified = false;
         self.auto_report_failure(FailureCause::DigestMismatch, desc);
         // After the report: a report that could not be sent must not hide why the image failed.
-        self.last_error = Some(Error::Download(e));
-        self.download.cycle.end_error = Some(Error::Download(e));
+        self.last_error = Some(e);
+        self.download.cycle.end_error = Some(e);
     }
 }
 

@@ -325,6 +325,16 @@ impl Topics {
         (protocol.facts().topics)(product_key, device_name)
     }
 
+    /// A device's topics where every upstream message shares one topic (Tencent, UCloud).
+    pub(crate) fn one_upstream(downstream: String, upstream: String) -> Topics {
+        Topics {
+            downstream,
+            inform: upstream.clone(),
+            progress: upstream.clone(),
+            request: upstream,
+        }
+    }
+
     /// The topic messages of `channel` are published to.
     pub fn for_channel(&self, channel: Channel) -> &str {
         match channel {

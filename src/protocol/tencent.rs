@@ -34,13 +34,10 @@ pub(crate) const FACTS: Facts = Facts {
 
 /// Tencent's topics: `$ota/update/{pk}/{dn}` down, every report on `$ota/report/{pk}/{dn}`.
 pub(crate) fn topics(pk: &str, dn: &str) -> Topics {
-    let up = format!("$ota/report/{pk}/{dn}");
-    Topics {
-        downstream: format!("$ota/update/{pk}/{dn}"),
-        inform: up.clone(),
-        progress: up.clone(),
-        request: up,
-    }
+    Topics::one_upstream(
+        format!("$ota/update/{pk}/{dn}"),
+        format!("$ota/report/{pk}/{dn}"),
+    )
 }
 
 /// The `type` of an upgrade notification.

@@ -35,13 +35,10 @@ pub(crate) const FACTS: Facts = Facts {
 
 /// UCloud's topics: `/$system/{pk}/{dn}/ota/downstream` and `.../upstream`.
 pub(crate) fn topics(pk: &str, dn: &str) -> Topics {
-    let up = format!("/$system/{pk}/{dn}/ota/upstream");
-    Topics {
-        downstream: format!("/$system/{pk}/{dn}/ota/downstream"),
-        inform: up.clone(),
-        progress: up.clone(),
-        request: up,
-    }
+    Topics::one_upstream(
+        format!("/$system/{pk}/{dn}/ota/downstream"),
+        format!("/$system/{pk}/{dn}/ota/upstream"),
+    )
 }
 
 /// The `Method` of an upgrade task (downstream) and of its acknowledgement (upstream).
