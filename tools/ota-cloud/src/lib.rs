@@ -23,6 +23,7 @@ pub mod cloud;
 pub mod console;
 pub mod counting;
 pub mod demo;
+pub mod fleet;
 pub mod http;
 pub mod imgtool;
 pub mod milestones;
