@@ -353,9 +353,14 @@ impl DeviceOutcome {
         }
     }
 
-    /// The version it last reported running.
+    /// The version it runs as far as the cloud knows: the target once upgraded (Tencent and
+    /// UCloud say so with `done` / `success`, not with a version report), else the version it
+    /// last reported.
     pub fn running_version(&self) -> Option<&str> {
-        self.summary.versions.last().map(String::as_str)
+        match &self.summary.outcome {
+            Ok(crate::Success::Upgraded) => Some(&self.device.firmware.version),
+            _ => self.summary.versions.last().map(String::as_str),
+        }
     }
 
     /// Its final state as the display shows it.
