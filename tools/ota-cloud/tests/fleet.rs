@@ -551,3 +551,138 @@ fn the_table_is_drawn_on_a_terminal() {
         "{shown}"
     );
 }
+
+#[test]
+fn fleet_is_documented_in_help() {
+    let out = Command::new(BIN).arg("help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("fleet") && help.contains("ota-cloud help fleet"),
+        "{help}"
+    );
+    for args in [&["fleet", "--help"][..], &["help", "fleet"][..]] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        for word in [
+            "--broker <HOST:PORT>",
+            "--platform <PLATFORM>",
+            "--devices <PK/DN,PK/DN,...>",
+            "--sub-devices <N>",
+            "--product-key <PK>",
+            "--name-prefix <PREFIX>",
+            "--version <V>",
+            "--firmware <FILE>",
+            "--firmware-size <BYTES>",
+            "--distinct",
+            "--gateway <PK/DN>",
+            "--gateway-version <V>",
+            "--gateway-firmware-size <BYTES>",
+            "--write-firmware-dir <DIR>",
+            "--timeout <SECONDS>",
+            "--json",
+            "sub-01..sub-16",
+            "HTTP downloads served per image",
+            READY,
+        ] {
+            assert!(help.contains(word), "{word} in {args:?}: {help}");
+        }
+    }
+}
+
+/// Plays `n` Aliyun sub-devices over one MQTT connection, as a gateway does: the first one
+/// announced downloads the image, the others install the gateway's copy.
+fn aliyun_gateway(pk: &str, names: &[String]) -> usize {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(format!("gateway-{pk}"), "127.0.0.1", broker_port());
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut connection) = Client::new(options, 1024);
+    client
+        .subscribe(format!("/ota/device/upgrade/{pk}/+"), QoS::AtLeastOnce)
+        .unwrap();
+    let mut downloads = 0;
+    let mut informed = false;
+    // Every publish acknowledged (3 per device) before the connection goes: what is still
+    // queued in the client leaves only while its event loop runs.
+    let mut acks = 0;
+    for event in connection.iter() {
+        match event.expect("the gateway's connection holds") {
+            Event::Incoming(Packet::SubAck(_)) if !informed => {
+                informed = true;
+                for dn in names {
+                    client
+                        .publish(
+                            format!("/ota/device/inform/{pk}/{dn}"),
+                            QoS::AtLeastOnce,
+                            false,
+                            r#"{"id":1,"params":{"version":"1.0.0"}}"#,
+                        )
+                        .unwrap();
+                }
+            }
+            Event::Incoming(Packet::PubAck(_)) => {
+                acks += 1;
+                if acks == 3 * names.len() {
+                    break;
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let dn = p.topic.rsplit('/').next().unwrap().to_string();
+                let msg: Value = serde_json::from_slice(&p.payload).unwrap();
+                if downloads == 0 {
+                    let image = http_get(msg["data"]["url"].as_str().unwrap());
+                    assert_eq!(md5_hex(&image), msg["data"]["md5"].as_str().unwrap());
+                    downloads += 1;
+                }
+                let version = msg["data"]["version"].as_str().unwrap();
+                for (kind, payload) in [
+                    (
+                        "progress",
+                        r#"{"id":2,"params":{"step":"100","desc":""}}"#.to_string(),
+                    ),
+                    (
+                        "inform",
+                        format!(r#"{{"id":3,"params":{{"version":"{version}"}}}}"#),
+                    ),
+                ] {
+                    let topic = format!("/ota/device/{kind}/{pk}/{dn}");
+                    client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .unwrap();
+                }
+            }
+            _ => {}
+        }
+    }
+    downloads
+}
+
+#[test]
+fn two_hundred_fifty_six_sub_devices_behind_one_gateway_connection() {
+    let run = start_fleet(&[
+        "--sub-devices",
+        "256",
+        "--product-key",
+        "pk256",
+        "--version",
+        "2.0.0",
+        "--firmware-size",
+        "64000",
+        "--timeout",
+        "60",
+        "--json",
+    ]);
+    let names: Vec<String> = (1..=256).map(|i| format!("sub-{i:03}")).collect();
+    let downloads = aliyun_gateway("pk256", &names);
+    assert_eq!(downloads, 1);
+    let done = run.finish();
+    assert_eq!(done.code, Some(0), "{:?}", done.stderr);
+    let report = done.json();
+    assert_eq!(report["upgraded"], 256);
+    assert_eq!(device(&report, "sub-256")["state"], "upgraded");
+    let shared = image(&report, "firmware.bin");
+    assert_eq!(
+        (&shared["requests"], &shared["full_downloads"]),
+        (&Value::from(1), &Value::from(1))
+    );
+}

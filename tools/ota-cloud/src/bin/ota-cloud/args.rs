@@ -37,6 +37,10 @@ See 'ota-cloud help serve' for each flag.
 On a terminal, serve and demo draw the download's progress on stderr (not with --quiet or
 --json); elsewhere only plain lines are written.
 
+fleet plays such a run for each of many devices at once over one MQTT connection and ends with a
+summary of all of them instead: upgraded / failed / still waiting, and the HTTP downloads served
+per image (see 'ota-cloud help fleet').
+
 Exit status: 0 success, 1 failure, 2 usage error.";
 
 /// Local OTA platform simulator: plays the cloud side (Aliyun, SagooIOT, Tencent, UCloud)
