@@ -122,8 +122,8 @@ each device is offered (the gateway's too), so what a device wrote can be compar
 byte.
 
 Start-up: the images are printed ('image NAME: SIZE bytes, md5 ..., url ...'), then the line
-'fleet: waiting for the version reports of N devices' once every device's topics are
-subscribed: start the devices after it.
+'fleet: playing PLATFORM for N devices; waiting for the version reports of N devices' once every
+device's topics are subscribed: start the devices after it.
 
 Summary: 'fleet: N devices: U upgraded, F failed, W still waiting', a line per device that did
 not upgrade, 'HTTP downloads served per image: NAME COUNT ...' (COUNT: whole images' worth of
