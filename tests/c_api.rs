@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ota::ffi::gateway::*;
 use ota::ffi::ioctl::IOT_OTA_Ioctl;
 use ota::ffi::mqtt::{
     iotx_mqtt_event_msg_pt, iotx_mqtt_event_type_t, iotx_mqtt_topic_info_t,
@@ -1200,4 +1201,158 @@ fn wrong_md5_is_rejected_and_reported_as_step_minus_3() {
     assert!(got == image);
     assert_failed_download(&dev);
     cloud.wait_progress(&dev, "with step -3", |m| m.contains(r#""step":"-3""#));
+}
+
+// Gateways: many handles on one MQTT client (issue 15)
+
+/// The firmware's kept images for the gateway test: `ctx` is a `Mutex<Vec<u8>>`.
+unsafe extern "C" fn read_kept(
+    ctx: *mut c_void,
+    offset: u32,
+    buf: *mut c_char,
+    buf_len: u32,
+) -> c_int {
+    let kept = (*(ctx as *const Mutex<Vec<u8>>)).lock().unwrap();
+    let start = (offset as usize).min(kept.len());
+    let n = (buf_len as usize).min(kept.len() - start);
+    std::ptr::copy_nonoverlapping(kept[start..].as_ptr(), buf.cast::<u8>(), n);
+    n as c_int
+}
+
+/// A reader that claims more bytes than the buffer holds (a firmware bug): never trusted.
+unsafe extern "C" fn read_lying(
+    ctx: *mut c_void,
+    offset: u32,
+    buf: *mut c_char,
+    buf_len: u32,
+) -> c_int {
+    let n = read_kept(ctx, offset, buf, buf_len);
+    if n > 0 {
+        n + 100
+    } else {
+        n
+    }
+}
+
+/// Two handles of two devices on one client through the C API: a second handle of the same
+/// device is refused (IOT_OTA_GetInitError says why); with the default single download slot
+/// and a kept image, the second device waits for the first one's download of the same image
+/// (IOT_OTAS_WAITING, OTA_WAITING_SAME_IMAGE, IsFetching 0) and then streams the kept copy
+/// through the firmware's reader: one HTTP download for both. A reader that claims more bytes
+/// than it was given is not trusted: that device downloads the image itself.
+#[test]
+fn gateway_handles_share_one_download_through_the_firmware_reader() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let image = common::firmware::image(30_000, 21);
+    let server = FirmwareServer::start(image.to_vec()).unwrap();
+    let msg = upgrade_msg(
+        image.len() as u64,
+        &server.url(),
+        &ota_cloud::md5_hex(image),
+    );
+    let clouds: Vec<Cloud> = ["gw-hold", "gw-read", "gw-third"]
+        .iter()
+        .map(|dn| Cloud::new(broker.port(), dn))
+        .collect();
+    let holder = Device::new(broker.port(), "gw-hold");
+    let init = |dn: &str| {
+        let before = holder.subacks.load(SeqCst);
+        let (pk, dn) = (cstring(PK), cstring(dn));
+        let h = unsafe { IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), holder.mqtt) };
+        if !h.is_null() {
+            holder.wait_until("the subscription", || holder.subacks.load(SeqCst) > before);
+        }
+        h
+    };
+    // The same device twice: refused, and Init says why.
+    assert!(init("gw-hold").is_null());
+    assert_eq!(
+        IOT_OTA_GetInitError(),
+        IOT_OTA_Err_t::IOT_OTAE_DEVICE_TAKEN as c_int
+    );
+    let reader = Device {
+        mqtt: holder.mqtt,
+        ota: init("gw-read"),
+        subacks: holder.subacks,
+        wedged: std::cell::Cell::new(false),
+    };
+    assert!(!reader.ota.is_null());
+    assert_eq!(IOT_OTA_GetInitError(), 0);
+    // The slot setting checks its arguments.
+    assert_eq!(
+        unsafe { IOT_OTA_SetMaxDownloads(null_mut(), 1) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_SetMaxDownloads(holder.mqtt, 0) },
+        INVALID_PARAM
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_SetMaxDownloads(holder.ota, 1) },
+        INVALID_PARAM
+    );
+    assert_eq!(unsafe { IOT_OTA_SetMaxDownloads(holder.mqtt, 1) }, 0);
+    assert_eq!(
+        unsafe { IOT_OTA_SetLocalImageSource(null_mut(), Some(read_kept), null_mut()) },
+        INVALID_PARAM
+    );
+    let kept: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
+    let ctx = kept as *const Mutex<Vec<u8>> as *mut c_void;
+    assert_eq!(
+        unsafe { IOT_OTA_SetLocalImageSource(holder.ota, Some(read_kept), ctx) },
+        0
+    );
+    assert_eq!(reader.ioctl_u32(IOT_OTAG_WAITING), Ok(OTA_WAITING_NONE));
+    assert_eq!(reader.ioctl(IOT_OTAG_WAITING, 3).0, INVALID_PARAM);
+
+    clouds[0].publish(msg.as_bytes());
+    clouds[1].publish(msg.as_bytes());
+    holder.wait_until("both upgrades arrived", || {
+        IOT_OTA_IsFetching(holder.ota) == 1
+            && reader.state() == IOT_OTA_State_t::IOT_OTAS_WAITING as u32
+    });
+    assert_eq!(IOT_OTA_IsFetching(reader.ota), 0);
+    assert_eq!(
+        reader.ioctl_u32(IOT_OTAG_WAITING),
+        Ok(OTA_WAITING_SAME_IMAGE)
+    );
+    let (got, err) = download(&holder);
+    assert_eq!((got.as_slice(), err), (image, None));
+    *kept.lock().unwrap() = got;
+    assert_eq!(holder.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Ok(1));
+    assert_eq!(holder.ioctl_u32(IOT_OTAG_LOCAL_IMAGE), Ok(0));
+
+    reader.wait_until("the reader starts", || IOT_OTA_IsFetching(reader.ota) == 1);
+    let (got, err) = download(&reader);
+    assert_eq!((got.as_slice(), err), (image, None));
+    assert_eq!(reader.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Ok(1));
+    assert_eq!(reader.ioctl_u32(IOT_OTAG_LOCAL_IMAGE), Ok(1));
+    assert_eq!(server.requests().len(), 1, "one download for both");
+
+    // A lying reader: the third device gets the image from the network, byte for byte.
+    assert_eq!(
+        unsafe { IOT_OTA_SetLocalImageSource(reader.ota, None, null_mut()) },
+        0
+    );
+    assert_eq!(
+        unsafe { IOT_OTA_SetLocalImageSource(holder.ota, Some(read_lying), ctx) },
+        0
+    );
+    let third = Device {
+        mqtt: holder.mqtt,
+        ota: init("gw-third"),
+        subacks: holder.subacks,
+        wedged: std::cell::Cell::new(false),
+    };
+    clouds[2].publish(msg.as_bytes());
+    third.wait_until("the third starts", || IOT_OTA_IsFetching(third.ota) == 1);
+    let (got, err) = download(&third);
+    assert_eq!((got.as_slice(), err), (image, None));
+    assert_eq!(third.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Ok(1));
+    assert_eq!(third.ioctl_u32(IOT_OTAG_LOCAL_IMAGE), Ok(0));
+    assert_eq!(server.requests().len(), 2);
+    for d in [reader, third] {
+        assert_eq!(unsafe { IOT_OTA_Deinit(d.ota) }, 0);
+        std::mem::forget(d); // its MQTT client is the holder's
+    }
 }

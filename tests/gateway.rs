@@ -681,3 +681,75 @@ fn an_upgrade_for_a_device_without_a_session_is_ignored_with_one_log_line() {
     assert_eq!(devices[0].valid, Some(true));
     broker.stop();
 }
+
+/// A device streaming another's kept image gets a different upgrade of its own: its stream
+/// ends (superseded, as any download), the new image comes from the network, and the holder
+/// is no longer held back by that reader.
+#[test]
+fn a_reader_superseded_mid_stream_releases_the_kept_image() {
+    let bench = Bench::new("gw-superseded-reader");
+    let img = image(64 * 1024, 15);
+    let other = image(16 * 1024, 16);
+    let fw = bench.serve("shared-sup.bin", &img, "2.0.0");
+    let fw_other = bench.serve("other-sup.bin", &other, "2.1.0");
+    let mut devices = vec![
+        Device::attach(&bench.mqtt, Protocol::Ucloud, "holder-sup", true),
+        Device::attach(&bench.mqtt, Protocol::Ucloud, "reader-sup", true),
+    ];
+    bench.announce(
+        &devices,
+        &[(0, Protocol::Ucloud, &fw), (1, Protocol::Ucloud, &fw)],
+    );
+    let deadline = Instant::now() + LIMIT;
+    let mut starts = 0;
+    while !(devices[1].from_local && lock(&devices[1].stored).len() >= 4096) {
+        assert!(Instant::now() < deadline);
+        round(&bench.mqtt, &mut devices, &[0, 1], &mut starts);
+    }
+    let reader = devices[1].session();
+    let message = notice(Protocol::Ucloud, &fw_other);
+    bench
+        .cloud
+        .publish(
+            reader.downstream_topic(),
+            QoS::AtLeastOnce,
+            false,
+            message.as_bytes(),
+        )
+        .unwrap();
+    bench.cloud.yield_for(Duration::ZERO).unwrap();
+    common::wait::until("the reader's stream ends", LIMIT, || {
+        bench.mqtt.yield_for(Duration::from_millis(5)).unwrap();
+        reader.is_fetch_finished()
+    });
+    assert_eq!(reader.check_firmware(), Ok(false));
+    // The reader's new upgrade downloads from the network, from byte 0.
+    lock(&devices[1].stored).clear();
+    assert!(reader.is_fetching());
+    assert!(!reader.from_local_image());
+    devices[1].started = None;
+    devices[1].valid = None;
+    devices[1].from_local = false;
+    run(&bench.mqtt, &mut devices, &[0, 1], |_| {});
+    assert!(*lock(&devices[1].stored) == other);
+    assert!(!devices[1].from_local);
+    // Nobody reads the holder's image now: its next upgrade starts at once.
+    let holder = devices[0].session();
+    // It runs 2.0.0 now: the task upgrades from that.
+    let message = ota_cloud::ucloud::notify_message(&fw_other, "2.0.0", None, "task-2");
+    bench
+        .cloud
+        .publish(
+            holder.downstream_topic(),
+            QoS::AtLeastOnce,
+            false,
+            message.as_bytes(),
+        )
+        .unwrap();
+    bench.cloud.yield_for(Duration::ZERO).unwrap();
+    common::wait::until("the holder's next upgrade starts", LIMIT, || {
+        bench.mqtt.yield_for(Duration::from_millis(5)).unwrap();
+        holder.is_fetching()
+    });
+    assert_eq!(holder.waiting(), Waiting::No);
+}
