@@ -180,7 +180,7 @@ fn run(
 }
 
 struct Bench {
-    broker: EmbeddedBroker,
+    _broker: EmbeddedBroker,
     mqtt: MqttClient,
     cloud: MqttClient,
     server: FirmwareServer,
@@ -201,7 +201,7 @@ impl Bench {
         .unwrap();
         let server = FirmwareServer::start(common::firmware::image(1024, 0).to_vec()).unwrap();
         Bench {
-            broker,
+            _broker: broker,
             mqtt,
             cloud,
             server,
@@ -369,7 +369,6 @@ fn sixty_four_sessions_of_four_platforms_download_each_distinct_image_once() {
         "no success heard from {:?}",
         unheard()
     );
-    drop(bench.broker);
 }
 
 /// With two slots, six sub-devices with distinct images (UCloud, whose platform hears
