@@ -13,6 +13,11 @@
 //! | state    | event                                         | next     | effect                                     |
 //! |----------|-----------------------------------------------|----------|--------------------------------------------|
 //! | idle     | valid upgrade                                 | fetching | new download, first cycle (from the record's offset or 0); UCloud acknowledges the task |
+//! | idle     | valid upgrade, and the MQTT client's other sessions hold every download slot (or download the same image) | waiting | acknowledged as above; nothing else reported; queued in arrival order (see [`Gateway`]) |
+//! | waiting  | `is_fetching` when its turn has come          | fetching | its download starts: from the network (a slot), or streaming another session's kept copy |
+//! | waiting  | same upgrade again                            | waiting  | takes the fresh URL                        |
+//! | waiting  | different upgrade                             | waiting  | the waiting one is reported superseded; the new one takes its place in the queue |
+//! | waiting  | `release` (`IOT_OTA_Deinit`)                  | fetched  | leaves the queue, nothing reported         |
 //! | any      | upgrade refused (SagooIOT `dProtocol` or unknown `signMethod`, UCloud `CurrentVersion` not running) | same | failure report naming why; `last_error` set |
 //! | any      | invalid message, or one on another topic      | same     | error logged, `last_error` set             |
 //! | any      | message not acted on (unknown Tencent `type` or UCloud `Method`, `report_version_rsp` 0) | same | nothing (a non-zero `report_version_rsp` sets `last_error`) |
@@ -24,6 +29,7 @@
 //! | fetching | bytes arrive                                  | fetching | digest updated                             |
 //! | fetching | last announced byte arrives                   | fetched  | digest and size checked; if bad, verify-failed report (Aliyun step −3) |
 //! | fetching | transient download error                      | fetching | retried from the offset with `Range` after a backoff |
+//! | fetching | another session's kept copy unusable (mismatch before any byte, read error, withdrawn) | fetching | said once; the network from the same offset, after a slot |
 //! | fetching | server ignored `Range`                        | fetching | the first `offset` bytes are discarded     |
 //! | fetching | HTTP 403 (Aliyun, running version known)      | fetching | fresh URL requested; −2 only if none       |
 //! | fetching | download fails for good / caller reports < 0  | fetched  | one failure report; `check_firmware` false |
@@ -31,6 +37,8 @@
 //! | fetched  | caller reports < 0                            | fetched  | one failure report per cycle (later ones dropped) |
 //! | fetching, or fetched unverified | `start_download(offset)` | fetching | new cycle of the same download (digest kept); next request from `offset`; checked at once when `offset` is the size |
 //! | fetching | `release` (`IOT_OTA_Deinit`)                  | fetched  | download ends, nothing reported            |
+//!
+//! A session that is not attached to an MQTT client ([`OtaSession::new`]) never waits.
 //!
 //! "The end was seen": `is_fetch_finished` returned true, or `check_firmware` was called. The
 //! messages each platform sends for these events: `docs/protocols.md`.
