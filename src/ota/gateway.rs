@@ -78,10 +78,13 @@ pub(crate) struct ImageId {
 
 impl ImageId {
     pub(crate) fn of(notice: &UpgradeNotice) -> ImageId {
+        // Only the digest's own bytes: the rest of the array is whatever an earlier notice left.
+        let mut digest = [0u8; 32];
+        digest[..notice.digest_kind.len()].copy_from_slice(notice.digest());
         ImageId {
             size: notice.size,
             kind: notice.digest_kind,
-            digest: notice.digest,
+            digest,
         }
     }
 
@@ -629,5 +632,135 @@ impl FirmwareSource for LocalSource {
 
     fn close(&mut self) {
         self.opened = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Limits;
+
+    fn image(seed: u8) -> ImageId {
+        let mut n = UpgradeNotice::new(&Limits::default());
+        n.size = 1000 + u64::from(seed);
+        n.digest_kind = DigestKind::Md5;
+        n.digest = [seed; 32];
+        ImageId::of(&n)
+    }
+
+    struct Nothing;
+    impl LocalImage for Nothing {
+        fn read(&mut self, _offset: u64, _buf: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    fn keeps(m: &Membership) {
+        let (group, id) = m.detached();
+        group.set_source(id, Some(Box::new(Nothing)));
+    }
+
+    fn is_network(s: Start) -> bool {
+        matches!(s, Start::Network)
+    }
+
+    fn waits(s: Start) -> Option<Waiting> {
+        match s {
+            Start::Wait(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_image_is_its_size_and_the_digest_bytes_only() {
+        let mut a = UpgradeNotice::new(&Limits::default());
+        a.size = 5;
+        a.digest_kind = DigestKind::Md5;
+        a.digest = [1; 32];
+        let mut b = UpgradeNotice::new(&Limits::default());
+        b.size = 5;
+        b.digest_kind = DigestKind::Md5;
+        b.digest = [1; 32];
+        b.digest[20] = 9; // past the MD5: left over from an earlier SHA-256 notice
+        assert_eq!(ImageId::of(&a), ImageId::of(&b));
+        b.digest[3] = 9;
+        assert_ne!(ImageId::of(&a), ImageId::of(&b));
+    }
+
+    #[test]
+    fn one_slot_is_taken_in_arrival_order() {
+        let g = Arc::new(Group::new());
+        let (m1, m2, m3) = (g.join().unwrap(), g.join().unwrap(), g.join().unwrap());
+        assert!(is_network(m1.request_start(image(1))));
+        assert_eq!(waits(m2.request_start(image(2))), Some(Waiting::Slot));
+        assert_eq!(waits(m3.request_start(image(3))), Some(Waiting::Slot));
+        m1.transfer_ended(false);
+        // m3 asks first, but m2 arrived first.
+        assert_eq!(waits(m3.request_start(image(3))), Some(Waiting::Slot));
+        assert!(is_network(m2.request_start(image(2))));
+        assert_eq!(Gateway(g.clone()).downloads_active(), 1);
+        Gateway(g.clone()).set_max_downloads(2).unwrap();
+        assert!(is_network(m3.request_start(image(3))));
+        drop(m2); // leaving frees its slot
+        assert_eq!(Gateway(g).downloads_active(), 1);
+    }
+
+    #[test]
+    fn the_same_image_waits_for_a_keeper_and_is_then_read_from_it() {
+        let g = Arc::new(Group::new());
+        let (m1, m2) = (g.join().unwrap(), g.join().unwrap());
+        keeps(&m1);
+        assert!(is_network(m1.request_start(image(1))));
+        assert_eq!(waits(m2.request_start(image(1))), Some(Waiting::SameImage));
+        m1.transfer_ended(true);
+        // Verified, not yet judged by the firmware: still in flight.
+        assert_eq!(waits(m2.request_start(image(1))), Some(Waiting::SameImage));
+        m1.judged(true);
+        assert!(matches!(m2.request_start(image(1)), Start::Local { .. }));
+        // The keeper's next upgrade waits for its reader.
+        assert_eq!(waits(m1.request_start(image(5))), Some(Waiting::Readers));
+        m2.transfer_ended(true);
+        assert!(is_network(m1.request_start(image(5))));
+    }
+
+    #[test]
+    fn without_a_keeper_the_same_image_is_downloaded_again() {
+        let g = Arc::new(Group::new());
+        let (m1, m2) = (g.join().unwrap(), g.join().unwrap());
+        assert!(is_network(m1.request_start(image(1))));
+        assert_eq!(waits(m2.request_start(image(1))), Some(Waiting::Slot));
+        m1.transfer_ended(true);
+        m1.judged(true);
+        assert!(is_network(m2.request_start(image(1))));
+    }
+
+    #[test]
+    fn a_leaving_keeper_empties_its_shelf() {
+        let g = Arc::new(Group::new());
+        let (m1, m2) = (g.join().unwrap(), g.join().unwrap());
+        keeps(&m1);
+        assert!(is_network(m1.request_start(image(1))));
+        m1.transfer_ended(true);
+        m1.judged(true);
+        let Start::Local { shelf, .. } = m2.request_start(image(1)) else {
+            panic!("reads the kept image");
+        };
+        assert!(shelf.reader().is_some());
+        drop(m1);
+        assert!(
+            shelf.reader().is_none(),
+            "nothing reads a departed keeper's storage"
+        );
+    }
+
+    #[test]
+    fn the_group_has_a_limit() {
+        let g = Arc::new(Group::new());
+        let members: Vec<Membership> = (0..MAX_SESSIONS_PER_CLIENT)
+            .map(|_| g.join().unwrap())
+            .collect();
+        assert!(matches!(g.join(), Err(Error::TooManySessions)));
+        drop(members);
+        assert!(g.join().is_ok());
     }
 }
