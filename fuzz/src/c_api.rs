@@ -23,6 +23,7 @@ use super::input::Input;
 use ota::digest::{to_hex, StreamDigest};
 use ota::error::{Error, MqttError};
 use ota::ffi::fuzzing;
+use ota::ffi::gateway::{IOT_OTAG_LOCAL_IMAGE, IOT_OTAG_WAITING, OTA_WAITING_NONE};
 use ota::ffi::image::*;
 use ota::ffi::ioctl::IOT_OTA_Ioctl;
 use ota::ffi::ota::*;
@@ -773,7 +774,7 @@ impl World {
         let h = self.pick_handle(inp);
         let kind = match inp.u8() % 8 {
             0 => inp.i32_biased(),
-            _ => i32::from(inp.u8() % 33) - 1,
+            _ => i32::from(inp.u8() % 35) - 1,
         };
         let (mut buf, pass) = Self::buffer(inp);
         let ptr = buf
@@ -882,6 +883,13 @@ impl World {
                     _ => assert_eq!(u64::from(u32_answer()), image.payload_size),
                 }
             }
+            // A session on in-memory transports belongs to no gateway: it never waits, and
+            // never streams another's kept image.
+            IOT_OTAG_WAITING => {
+                assert_eq!(u32_answer(), OTA_WAITING_NONE);
+                assert_ne!(state, OtaState::Waiting);
+            }
+            IOT_OTAG_LOCAL_IMAGE => assert_eq!(u32_answer(), 0),
             other => panic!("Ioctl type {other} succeeded"),
         }
         let from_notice = matches!(kind, IOT_OTAG_MD5SUM | IOT_OTAG_VERSION)
