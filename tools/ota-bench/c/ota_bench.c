@@ -1,7 +1,7 @@
 /*
  * ota_bench.c: the Aliyun-sample device flow, instrumented for ota-bench.
  *
- * Usage: ota_bench BUF_LEN [PROTOCOL] [--https-ca FILE] [--handles N] [--image-key FILE]
+ * Usage: ota_bench BUF_LEN [PROTOCOL] [--https-ca FILE] [--handles N] [--idle] [--image-key FILE]
  *        (broker from IOTX_MQTT_HOST / IOTX_MQTT_PORT)
  *        PROTOCOL: an IOT_OTA_PROTOCOL_* number (default 0, Aliyun through IOT_OTA_Init; others
  *        through IOT_OTA_InitWithProtocol, e.g. 1 SagooIOT for a SHA-256 signed upgrade)
@@ -10,11 +10,14 @@
  *        --handles N: after the first, N-1 more OTA handles on the same MQTT client, device
  *        names DN_2 .. DN_N (a second handle with the same name would take over the first
  *        one's upgrade topic); the download runs on the first
+ *        --idle: no download: once every handle has reported its version and the broker has
+ *        acknowledged every handle's subscription, print the RESULT line (bytes=0 valid=1,
+ *        hwm_kib and heap_handles as below) and exit: a gateway with N idle sub-devices
  *        --image-key FILE: after IOT_OTA_Init (outside heap_init), IOT_OTAC_ADD_IMAGE_KEY with the
  *        public key in FILE (PEM) and IOT_OTAC_REQUIRE_SIGNATURE 1: only an MCUboot image signed
  *        with it verifies
  *
- * IOT_MQTT_Construct -> IOT_OTA_Init -> IOT_OTA_ReportVersion -> waits for the SUBACK, prints
+ * IOT_MQTT_Construct -> IOT_OTA_Init -> IOT_OTA_ReportVersion -> waits for every handle's SUBACK, prints
  * "READY", then loops IOT_MQTT_Yield(pclient, 200) until IOT_OTA_IsFetching, runs the FetchYield
  * loop of examples-c/ota_mqtt_example.c (FetchYield, progress report when the percentage grows,
  * IOT_MQTT_Yield(pclient, 0); the bytes are discarded instead of written to a file) and
@@ -52,7 +55,8 @@
 #define DS "BenchSecretBenchSecretBenchSecre"
 #define MQTT_MSGLEN 2048
 
-static volatile int subscribed = 0;
+/* SUBACKs seen: one per handle (each subscribes its upgrade topic). */
+static volatile long subscribed = 0;
 
 static uint64_t mono_ns(void)
 {
@@ -116,7 +120,7 @@ static void event_handle(void *pcontext, void *pclient, iotx_mqtt_event_msg_pt m
     (void)pcontext;
     (void)pclient;
     if (msg->event_type == IOTX_MQTT_EVENT_SUBCRIBE_SUCCESS) {
-        subscribed = 1;
+        subscribed++;
     }
 }
 
@@ -143,7 +147,8 @@ static char *read_file(const char *path)
     return text;
 }
 
-#define MAX_HANDLES 16
+/* ota-bench's idle-handle rows go to 256; the SDK allows IOT_OTA_MAX_HANDLES_PER_CLIENT. */
+#define MAX_HANDLES 256
 
 int main(int argc, char **argv)
 {
@@ -156,7 +161,7 @@ int main(int argc, char **argv)
     void *pclient, *h_ota, *extra[MAX_HANDLES] = {NULL};
     uint64_t deadline, t0, t1, t2, first = 0, total = 0;
     uint32_t valid = 0, fetched = 0, size = 0, is_signed = 0;
-    int last_percent = 0, len, positional = 0, i;
+    int last_percent = 0, len, positional = 0, i, idle = 0;
     long long heap0, heap_init, heap_mid = -1, heap_download;
     long threads_init, threads_max, calls = 0, extra_count = 0;
 
@@ -167,6 +172,8 @@ int main(int argc, char **argv)
             key_file = argv[++i];
         } else if (strcmp(argv[i], "--handles") == 0 && i + 1 < argc) {
             handles = strtol(argv[++i], NULL, 10);
+        } else if (strcmp(argv[i], "--idle") == 0) {
+            idle = 1;
         } else if (positional == 0) {
             buf_len = strtol(argv[i], NULL, 10);
             positional++;
@@ -270,14 +277,37 @@ int main(int argc, char **argv)
         extra_count++;
         snprintf(heap_handles + used, sizeof(heap_handles) - used, ",%lld",
                  heap_in_use() - heap0);
+        /* An idle sub-device has told its platform its version, as the first has. */
+        if (idle && IOT_OTA_ReportVersion(extra[extra_count - 1], "1.0.0") != 0) {
+            fprintf(stderr, "IOT_OTA_ReportVersion of handle %d failed\n", i);
+            return 1;
+        }
     }
     deadline = mono_ns() + 10ull * 1000000000ull;
-    while (!subscribed && mono_ns() < deadline) {
+    while (subscribed < 1 + extra_count && mono_ns() < deadline) {
         IOT_MQTT_Yield(pclient, 10);
     }
-    if (!subscribed) {
-        fprintf(stderr, "no SUBACK\n");
+    if (subscribed < 1 + extra_count) {
+        fprintf(stderr, "%ld SUBACKs of %ld\n", (long)subscribed, 1 + extra_count);
         return 1;
+    }
+    if (idle) {
+        printf("RESULT bytes=0 loop_ns=0 check_ns=0 first_byte_mono_ns=0 valid=1 hwm_kib=%ld"
+               " heap_init=%lld heap_mid=-1 heap_download=-1 heap_handles=%s"
+               " threads_init=%ld threads_max=%ld signed=0\n",
+               vm_hwm_kib(), heap_init, heap_handles, threads_init, thread_count());
+        fflush(stdout);
+        while (extra_count > 0) {
+            IOT_OTA_Deinit(extra[--extra_count]);
+        }
+        IOT_OTA_Deinit(h_ota);
+        IOT_MQTT_Destroy(&pclient);
+        free(buf);
+        free(msg_buf);
+        free(msg_readbuf);
+        free(ca_pem);
+        free(key_pem);
+        return 0;
     }
     printf("READY\n");
     fflush(stdout);

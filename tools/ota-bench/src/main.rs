@@ -1,10 +1,11 @@
 //! `ota-bench`: the benchmark table of the OTA SDK (throughput against the digest limit,
-//! allocations, peak memory, sizes, notification latency), every row measured in one run.
+//! allocations, peak memory, sizes, notification latency, gateways), every row measured in one run.
 //!
-//! Usage: `cargo run --release -p ota-bench [-- --quick] [--quiet]` after `cargo build --release`
+//! Usage: `cargo run --release -p ota-bench [-- --quick] [--quiet] [--rows SECTION,...]` after `cargo build --release`
 //! (the C rows link `target/release/libota.a`). See README.md for what each row measures.
 
 mod campaign;
+mod gateway;
 mod signed;
 
 use std::cell::Cell;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use campaign::Campaign;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use md5::Digest as _;
 use ota::ota::{OtaConfig, Uplink};
 use ota::source::{HttpSource, MemorySource};
@@ -82,8 +83,28 @@ struct Cli {
     /// No progress bar, even on a terminal (the progress lines stay).
     #[arg(long)]
     quiet: bool,
+    /// Only these sections of the table, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION,...")]
+    rows: Vec<Section>,
     #[command(subcommand)]
     internal: Option<Internal>,
+}
+
+/// The table's sections, as `--rows` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// 1. Throughput (and the HTTPS download).
+    Throughput,
+    /// 2. Allocations.
+    Allocations,
+    /// 3. Memory (peak RSS, heap, handles; runs the HTTPS download too).
+    Memory,
+    /// 4. Size.
+    Size,
+    /// 5. Latency.
+    Latency,
+    /// 6. Gateways: idle handles' RSS and heap, 16 sub-devices with one image vs distinct.
+    Gateway,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +126,8 @@ enum Internal {
 
 struct Settings {
     quick: bool,
+    /// The sections to run; empty: all.
+    rows: Vec<Section>,
     throughput_size: usize,
     rss_sizes: [usize; 2],
     alloc_http_size: usize,
@@ -113,10 +136,11 @@ struct Settings {
 }
 
 impl Settings {
-    fn new(quick: bool) -> Settings {
+    fn new(quick: bool, rows: Vec<Section>) -> Settings {
         let mut settings = if quick {
             Settings {
                 quick,
+                rows,
                 throughput_size: 16 * MIB,
                 rss_sizes: [4 * MIB, 64 * MIB],
                 alloc_http_size: 16 * MIB,
@@ -126,6 +150,7 @@ impl Settings {
         } else {
             Settings {
                 quick,
+                rows,
                 throughput_size: 256 * MIB,
                 rss_sizes: [16 * MIB, 1024 * MIB],
                 alloc_http_size: 64 * MIB,
@@ -142,6 +167,10 @@ impl Settings {
         }
         settings
     }
+
+    fn runs(&self, section: Section) -> bool {
+        self.rows.is_empty() || self.rows.contains(&section)
+    }
 }
 
 fn main() -> ExitCode {
@@ -157,7 +186,7 @@ fn main() -> ExitCode {
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let campaign = Campaign::new(!cli.quiet);
-    let table = run(&Settings::new(cli.quick), &command, &campaign);
+    let table = run(&Settings::new(cli.quick, cli.rows), &command, &campaign);
     campaign.finish();
     match table {
         Ok(table) => {
@@ -426,6 +455,9 @@ struct CJob<'a> {
     image_key: Option<&'a Path>,
     /// `--handles N`.
     handles: usize,
+    /// `--idle`: no upgrade; the program prints its RESULT once every handle's subscription is
+    /// acknowledged.
+    idle: bool,
 }
 
 impl<'a> CJob<'a> {
@@ -440,6 +472,7 @@ impl<'a> CJob<'a> {
             https_ca: None,
             image_key: None,
             handles: 1,
+            idle: false,
         }
     }
 }
@@ -474,6 +507,9 @@ impl CDevice<'_> {
         if job.handles > 1 {
             cmd.args(["--handles", &job.handles.to_string()]);
         }
+        if job.idle {
+            cmd.arg("--idle");
+        }
         let mut child = cmd
             .env("IOTX_MQTT_HOST", self.broker.host())
             .env("IOTX_MQTT_PORT", self.broker.port().to_string())
@@ -483,6 +519,9 @@ impl CDevice<'_> {
             .spawn()?;
         let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         let result = (|| -> Res<(u64, String)> {
+            if job.idle {
+                return Ok((mono_ns(), read_until(&mut out, "RESULT")?));
+            }
             read_until(&mut out, "READY")?;
             std::thread::sleep(job.delay);
             let topic = ota::protocol::Topics::new(job.protocol, PK, DN).downstream;
@@ -939,14 +978,12 @@ fn run(s: &Settings, command: &str, c: &Campaign) -> Res<Vec<String>> {
     let mut out = header(command);
 
     // 2. Allocations (first: nothing else runs in the process yet).
-    let allocations = measure_allocations(s, &ws, c)?;
+    let allocations = if s.runs(Section::Allocations) {
+        Some(measure_allocations(s, &ws, c)?)
+    } else {
+        None
+    };
 
-    // Images: generated once at the largest size; smaller ones are prefixes (the generator is
-    // a stream, so a prefix is what generate_firmware(n) returns).
-    let biggest = s.throughput_size.max(s.rss_sizes[1]);
-    c.phase(&format!("generating a {} MiB image", biggest / MIB), 1);
-    let image = ota_cloud::generate_firmware(biggest);
-    c.step();
     let broker = EmbeddedBroker::start()?;
     let dev = CDevice {
         bin: &programs.bench,
@@ -959,38 +996,73 @@ fn run(s: &Settings, command: &str, c: &Campaign) -> Res<Vec<String>> {
         broker: &broker,
     };
 
-    // 1. Throughput, then the HTTPS download: one run, for its speed and its memory (section 3).
-    let payload = Payload::new(&image[..s.throughput_size]);
-    let signed_image = SignedImage::make(&payload.data, &ws.work, c)?;
-    let server = FirmwareServer::start(Arc::clone(&payload.data))?;
-    let throughput = measure_throughput(&payload, &server.url(), signed_image.as_ref(), &dev, c)?;
-    drop(signed_image);
-    let https = measure_https(&payload, &ws, &dev, &dev_fw, c)?;
-    drop(server);
-    out.extend(throughput_section(
-        &throughput,
-        &https.bench,
-        payload.data.len(),
-    ));
-    out.extend(allocation_section(&allocations));
+    if s.runs(Section::Throughput) || s.runs(Section::Memory) {
+        // Images: generated once at the largest size; smaller ones are prefixes (the generator
+        // is a stream, so a prefix is what generate_firmware(n) returns).
+        let biggest = if s.runs(Section::Memory) {
+            s.throughput_size.max(s.rss_sizes[1])
+        } else {
+            s.throughput_size
+        };
+        c.phase(&format!("generating a {} MiB image", biggest / MIB), 1);
+        let image = ota_cloud::generate_firmware(biggest);
+        c.step();
+        let payload = Payload::new(&image[..s.throughput_size]);
 
-    // 3. Memory.
-    let memory = measure_memory(s, &image, &dev, &dev_fw, c)?;
-    out.extend(memory_section(
-        s,
-        &memory,
-        &https,
-        payload.data.len(),
-        allocations.init,
-    ));
-    drop(image);
+        // 1. Throughput, then the HTTPS download: one run, for its speed and its memory
+        // (section 3).
+        let throughput = if s.runs(Section::Throughput) {
+            let signed_image = SignedImage::make(&payload.data, &ws.work, c)?;
+            let server = FirmwareServer::start(Arc::clone(&payload.data))?;
+            let t = measure_throughput(&payload, &server.url(), signed_image.as_ref(), &dev, c)?;
+            Some(t)
+        } else {
+            None
+        };
+        let https = measure_https(&payload, &ws, &dev, &dev_fw, c)?;
+        if let Some(throughput) = &throughput {
+            out.extend(throughput_section(
+                throughput,
+                &https.bench,
+                payload.data.len(),
+            ));
+        }
+        if let Some(allocations) = &allocations {
+            out.extend(allocation_section(allocations));
+        }
+
+        // 3. Memory.
+        if s.runs(Section::Memory) {
+            let memory = measure_memory(s, &image, &dev, &dev_fw, c)?;
+            out.extend(memory_section(
+                s,
+                &memory,
+                &https,
+                payload.data.len(),
+                allocations.as_ref().map(|a| a.init),
+            ));
+        }
+    } else if let Some(allocations) = &allocations {
+        out.extend(allocation_section(allocations));
+    }
 
     // 4. Size.
-    out.extend(size_section(s, &ws, c)?);
+    if s.runs(Section::Size) {
+        out.extend(size_section(s, &ws, c)?);
+    }
 
     // 5. Latency.
-    let latency = measure_latency(s, &dev, c)?;
-    out.extend(latency_section(s, &latency));
+    if s.runs(Section::Latency) {
+        let latency = measure_latency(s, &dev, c)?;
+        out.extend(latency_section(s, &latency));
+    }
+
+    // 6. Gateways.
+    if s.runs(Section::Gateway) {
+        let idle = gateway::measure_idle(&dev_fw, c)?;
+        let shared = gateway::measure_shared(&broker, c)?;
+        out.extend(gateway::section(&idle, &shared));
+    }
     out.push(String::new());
     out.push(format!(
         "total bench time {:.1} s{}",
@@ -1620,7 +1692,7 @@ fn memory_section(
     m: &Memory,
     https: &Https,
     https_image: usize,
-    init_allocs: (usize, usize),
+    init_allocs: Option<(usize, usize)>,
 ) -> Vec<String> {
     let mut out = vec![
         String::new(),
@@ -1645,10 +1717,11 @@ fn memory_section(
         https.bench.threads_init,
         https.bench.threads_max
     ));
-    out.push(format!(
-        "   Rust OtaSession::new with HttpSource (counting allocator): {} allocations, {} bytes",
-        init_allocs.0, init_allocs.1
-    ));
+    if let Some((allocs, bytes)) = init_allocs {
+        out.push(format!(
+            "   Rust OtaSession::new with HttpSource (counting allocator): {allocs} allocations, {bytes} bytes"
+        ));
+    }
     out
 }
 
