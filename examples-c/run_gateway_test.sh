@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# A gateway upgrading itself and N sub-devices over one MQTT connection (issue 15): mosquitto as
+# the broker, `ota-cloud fleet` as the platform of all N+1 devices (the sub-devices share one
+# image, the gateway has its own), and gateway_example as the gateway firmware.
+# Passes when both exit 0, each device's file is byte-identical to the image served for it, the
+# fleet's summary counts one full download of the shared image and one of the gateway's, and the
+# gateway says that all sub-devices but one streamed the image from the one that downloaded it.
+#
+# usage: run_gateway_test.sh GATEWAY_BIN OTA_CLOUD_BIN N
+# env:   OTA_PROTOCOL (aliyun|sagoo|tencent|ucloud, default aliyun),
+#        OTA_TEST_FIRMWARE_SIZE (the shared image, default 1000000; the gateway's is half as big),
+#        OTA_TIMEOUT_S (deadline of the gateway and of the fleet, default 300),
+#        OTA_TEST_WRAPPER (a command the gateway is run under, split on spaces: memcheck.sh in
+#        the memcheck run; the fleet and the broker run bare),
+#        OTA_REQUIRE_MOSQUITTO=required (fail instead of skip without mosquitto),
+#        OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (path to the broker binary)
+# exit:  0 pass, 1 fail, 77 skipped (no mosquitto)
+set -euo pipefail
+# shellcheck source=test_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/test_lib.sh"
+
+usage="usage: run_gateway_test.sh GATEWAY_BIN OTA_CLOUD_BIN N"
+gateway=${1:?$usage}
+cloud=${2:?$usage}
+sub_count=${3:?$usage}
+protocol=${OTA_PROTOCOL:-aliyun}
+firmware_size=${OTA_TEST_FIRMWARE_SIZE:-1000000}
+gateway_firmware_size=$((firmware_size / 2 + 1))
+timeout_s=${OTA_TIMEOUT_S:-300}
+read_wrapper
+gateway_pk=a1OtaGwTestPk
+gateway_dn=ota_ctest_gateway
+gateway_secret=GatewaySecretGatewaySecretGatewa
+sub_pk=a1OtaSubTestPk
+sub_prefix=sub-
+
+find_mosquitto
+require_executables "$gateway" "$cloud"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ota-gateway-XXXXXX")
+mosquitto_pid=
+cloud_pid=
+logs_shown=0
+
+cleanup() {
+    local rc=$?
+    for pid in $cloud_pid $mosquitto_pid; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 ]]; then
+        show_log "mosquitto" "$tmp/mosquitto.log"
+        if [[ $logs_shown -eq 0 ]]; then
+            show_log "ota-cloud fleet (stderr)" "$tmp/fleet.log"
+            show_log "ota-cloud fleet (stdout)" "$tmp/fleet.out"
+        fi
+    fi
+    if [[ -n ${OTA_KEEP_TMP:-} ]]; then
+        echo "scratch directory kept: $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+
+port=$(free_port)
+start_mosquitto "$tmp/mosquitto.log"
+
+mkdir -p "$tmp/served" "$tmp/gateway"
+"$cloud" fleet --broker "127.0.0.1:$port" --platform "$protocol" \
+    --sub-devices "$sub_count" --product-key "$sub_pk" --name-prefix "$sub_prefix" \
+    --version 2.0.0 --firmware-size "$firmware_size" \
+    --gateway "$gateway_pk/$gateway_dn" --gateway-version 2.0.0 --gateway-firmware-size "$gateway_firmware_size" \
+    --write-firmware-dir "$tmp/served" --timeout "$timeout_s" --json \
+    >"$tmp/fleet.out" 2>"$tmp/fleet.log" &
+cloud_pid=$!
+
+# Every device reports its version once at start-up: the fleet must be subscribed before that.
+for _ in $(seq 100); do
+    if grep -qi "waiting for" "$tmp/fleet.log" "$tmp/fleet.out" 2>/dev/null; then
+        break
+    fi
+    if ! kill -0 "$cloud_pid" 2>/dev/null; then
+        echo "FAIL: ota-cloud fleet exited before it was ready" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+
+echo "running $gateway $sub_count (OTA_PROTOCOL=$protocol, shared image $firmware_size bytes)"
+started=$(date +%s%N)
+set +e
+IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port OTA_REQUIRE_SIGNATURE=0 \
+    OTA_PRODUCT_KEY=$gateway_pk OTA_DEVICE_NAME=$gateway_dn OTA_DEVICE_SECRET=$gateway_secret \
+    OTA_FIRMWARE_VERSION=1.0.0 OTA_SUB_PRODUCT_KEY=$sub_pk OTA_SUB_NAME_PREFIX=$sub_prefix \
+    OTA_SUB_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL=$protocol OTA_TIMEOUT_S=$timeout_s \
+    "${wrapper[@]}" "$gateway" "$sub_count" "$tmp/gateway" | tee "$tmp/gateway.out"
+gateway_rc=${PIPESTATUS[0]}
+elapsed_ms=$((($(date +%s%N) - started) / 1000000))
+wait "$cloud_pid"
+cloud_rc=$?
+set -e
+cloud_pid=
+
+show_log "ota-cloud fleet (stderr)" "$tmp/fleet.log"
+show_log "ota-cloud fleet (stdout)" "$tmp/fleet.out"
+logs_shown=1
+echo "gateway exit code: $gateway_rc, fleet exit code: $cloud_rc (both expected 0); gateway ran ${elapsed_ms} ms"
+if [[ $gateway_rc -ne 0 || $cloud_rc -ne 0 ]]; then
+    echo "FAIL: the gateway or the fleet did not end with every device upgraded" >&2
+    exit 1
+fi
+
+names=("$gateway_dn")
+for i in $(seq "$sub_count"); do
+    names+=("$(printf '%s%02d' "$sub_prefix" "$i")")
+done
+for dn in "${names[@]}"; do
+    if ! cmp "$tmp/served/$dn.bin" "$tmp/gateway/$dn.bin"; then
+        echo "FAIL: $dn's image differs from the one served for it" >&2
+        exit 1
+    fi
+done
+
+# The fleet's summary: the shared image and the gateway's were each served in full once.
+python3 - "$tmp/fleet.out" "$tmp/served/${names[1]}.bin" "$tmp/served/$gateway_dn.bin" <<'EOF'
+import hashlib, json, sys
+
+def summary(path):
+    """The JSON object on stdout (alone, or after plain lines)."""
+    text = open(path).read()
+    try:
+        return json.loads(text)
+    except ValueError:
+        start = text.find("\n{") + 1
+        return json.loads(text[start:])
+
+doc = summary(sys.argv[1])
+images = {img["md5"]: img for img in doc["images"]}
+failed = False
+for what, path in (("shared image", sys.argv[2]), ("gateway image", sys.argv[3])):
+    md5 = hashlib.md5(open(path, "rb").read()).hexdigest()
+    img = images.get(md5)
+    if img is None:
+        print(f"FAIL: no {what} with md5 {md5} in the fleet's summary: {sorted(images)}")
+        failed = True
+        continue
+    print(f"{what} {img['name']}: {img['full_downloads']} full download(s), {img['requests']} request(s)")
+    if img["full_downloads"] != 1:
+        print(f"FAIL: the {what} was downloaded in full {img['full_downloads']} times, not once")
+        failed = True
+if len(images) != 2:
+    print(f"FAIL: the fleet served {len(images)} distinct images, expected 2")
+    failed = True
+sys.exit(1 if failed else 0)
+EOF
+
+# The gateway's own account: one network download per image, the rest streamed locally.
+local_count=$(grep -c '^\[.*\] verified: .*source local image' "$tmp/gateway.out" || true)
+network_count=$(grep -c '^\[.*\] verified: .*source network' "$tmp/gateway.out" || true)
+if [[ $local_count -ne $((sub_count - 1)) || $network_count -ne 2 ]]; then
+    echo "FAIL: $network_count images verified from the network and $local_count from a local image;" \
+        "expected 2 and $((sub_count - 1))" >&2
+    exit 1
+fi
+echo "PASS: gateway + $sub_count sub-devices upgraded on $protocol in ${elapsed_ms} ms; 2 network downloads," \
+    "$local_count local streams, every image byte-identical to the one served"
