@@ -18,7 +18,8 @@
  *   OTA_PRODUCT_KEY, OTA_DEVICE_NAME, OTA_DEVICE_SECRET   the gateway's identity (defaults below)
  *   OTA_FIRMWARE_VERSION      version the gateway runs (read by HAL_GetFirmwareVersion)
  *   OTA_SUB_PRODUCT_KEY       the sub-devices' product key (default: the gateway's)
- *   OTA_SUB_NAME_PREFIX       the sub-devices' name prefix (default "sub-")
+ *   OTA_SUB_NAME_PREFIX       the sub-devices' name prefix (default "sub-"); the number has at
+ *                             least two digits, as many as N has (sub-01, or sub-001 for N >= 100)
  *   OTA_SUB_FIRMWARE_VERSION  version the sub-devices run (default 1.0.0)
  *   OTA_MAX_DOWNLOADS         simultaneous network downloads (default 1, what a cellular link wants)
  *   OTA_PROTOCOL              aliyun (default: IOT_OTA_Init), sagoo, tencent or ucloud
@@ -385,7 +386,7 @@ static int setup_devices(gateway_t *gw, int sub_count, const char *output_dir)
     const char *prefix = env_or("OTA_SUB_NAME_PREFIX", SUB_NAME_PREFIX);
     const char *sub_version = env_or("OTA_SUB_FIRMWARE_VERSION", SUB_FIRMWARE_VERSION);
     char pk[PRODUCT_KEY_LEN + 1], dn[DEVICE_NAME_LEN + 1], version[FIRMWARE_VERSION_MAXLEN];
-    int i, n;
+    int i, n, width;
 
     if (HAL_GetProductKey(pk) < 0 || HAL_GetDeviceName(dn) < 0 || HAL_GetFirmwareVersion(version) < 0) {
         EXAMPLE_TRACE("the HAL has no gateway identity or firmware version");
@@ -395,10 +396,13 @@ static int setup_devices(gateway_t *gw, int sub_count, const char *output_dir)
         return -1;
     }
     gw->devices[0].is_gateway = 1;
+    /* At least two digits, as many as N has: sub-01 .. sub-16, sub-001 .. sub-256. */
+    width = snprintf(NULL, 0, "%d", sub_count);
+    width = width < 2 ? 2 : width;
     for (i = 1; i <= sub_count; i++) {
-        n = snprintf(dn, sizeof(dn), "%s%02d", prefix, i);
+        n = snprintf(dn, sizeof(dn), "%s%0*d", prefix, width, i);
         if (n < 0 || (size_t)n >= sizeof(dn)) {
-            EXAMPLE_TRACE("sub-device name %s%02d is longer than %d characters", prefix, i, DEVICE_NAME_LEN);
+            EXAMPLE_TRACE("sub-device names %s.. are longer than %d characters", prefix, DEVICE_NAME_LEN);
             return -1;
         }
         if (device_setup(&gw->devices[i], sub_pk, dn, sub_version, output_dir) != 0) {

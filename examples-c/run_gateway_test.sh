@@ -111,9 +111,11 @@ if [[ $gateway_rc -ne 0 || $cloud_rc -ne 0 ]]; then
     exit 1
 fi
 
+# The fleet's names: at least two digits, as many as N has.
+width=$((${#sub_count} > 2 ? ${#sub_count} : 2))
 names=("$gateway_dn")
 for i in $(seq "$sub_count"); do
-    names+=("$(printf '%s%02d' "$sub_prefix" "$i")")
+    names+=("$(printf '%s%0*d' "$sub_prefix" "$width" "$i")")
 done
 for dn in "${names[@]}"; do
     if ! cmp "$tmp/served/$dn.bin" "$tmp/gateway/$dn.bin"; then
