@@ -61,6 +61,11 @@
 #define IOT_OTAP_CHECK_FAILED IOT_OTAP_CHECK_FALIED
 
 /*
+ Most OTA sessions on one MQTT client (a gateway and its sub-devices).
+ */
+#define MAX_SESSIONS_PER_CLIENT 1024
+
+/*
  Deepest nesting of objects/arrays accepted (the top-level object counts as 1).
  */
 #define MAX_DEPTH 16
@@ -119,6 +124,35 @@
  Longest MQTT password.
  */
 #define PASSWORD_LEN 256
+
+/*
+ Most OTA handles on one MQTT client (IOT_OTA_Init returns NULL beyond, with
+ IOT_OTAE_TOO_MANY_HANDLES). Each costs about 31 KB of heap.
+ */
+#define IOT_OTA_MAX_HANDLES_PER_CLIENT 1024
+
+/*
+ IOT_OTAG_WAITING: not waiting.
+ */
+#define OTA_WAITING_NONE 0
+
+/*
+ IOT_OTAG_WAITING: every download slot of the MQTT client is taken (IOT_OTA_SetMaxDownloads);
+ the upgrade starts, in arrival order, when one frees and IOT_OTA_IsFetching is called.
+ */
+#define OTA_WAITING_SLOT 1
+
+/*
+ IOT_OTAG_WAITING: another handle, whose firmware keeps its images, is downloading the same
+ image; this one streams it from there once it is verified (or downloads it if that fails).
+ */
+#define OTA_WAITING_SAME_IMAGE 2
+
+/*
+ IOT_OTAG_WAITING: other handles are still reading this handle's kept image; its firmware
+ must not overwrite it yet.
+ */
+#define OTA_WAITING_READERS 3
 
 /*
  IOT_OTAG_BOOT_STATE: no upgrade was pending at this boot.
@@ -354,6 +388,17 @@ typedef enum IOT_OTA_Err_t {
    */
   IOT_OTAE_IMAGE_ROLLBACK = -40,
   /*
+   IOT_OTA_Init: a handle of the same device (product key, device name, protocol) is open
+   on this MQTT client already; it would take that handle's upgrade messages (extension,
+   see IOT_OTA_GetInitError).
+   */
+  IOT_OTAE_DEVICE_TAKEN = -41,
+  /*
+   IOT_OTA_Init: the MQTT client carries IOT_OTA_MAX_HANDLES_PER_CLIENT OTA handles already
+   (extension, see IOT_OTA_GetInitError).
+   */
+  IOT_OTAE_TOO_MANY_HANDLES = -42,
+  /*
    Success.
    */
   IOT_OTAE_NONE = 0,
@@ -379,6 +424,11 @@ typedef enum IOT_OTA_State_t {
    The download ended (complete, or failed: see IOT_OTAG_CHECK_FIRMWARE).
    */
   IOT_OTAS_FETCHED = 3,
+  /*
+   An upgrade was accepted and waits for its turn among the handles on the MQTT client
+   (extension; IOT_OTA_IsFetching is 0 meanwhile; IOT_OTAG_WAITING says why).
+   */
+  IOT_OTAS_WAITING = 4,
 } IOT_OTA_State_t;
 
 /*
@@ -527,6 +577,14 @@ typedef struct SavePolicy SavePolicy;
  How an Aliyun-family platform spells its upstream messages.
  */
 typedef struct Style Style;
+
+/*
+ The firmware's reader of the image it keeps for one handle: copies up to `buf_len` bytes of
+ the image from byte `offset` into `buf`, and returns the count (1..=buf_len), or a negative
+ value when it cannot. Called inside another handle's IOT_OTA_FetchYield, on its thread; it
+ must not call IOT_OTA_* functions.
+ */
+typedef int (*IOT_OTA_LocalImageRead)(void *ctx, uint32_t offset, char *buf, uint32_t buf_len);
 
 /*
  IOT_OTA_Ioctl query types. An `int` so that an unknown value is an error, not undefined
@@ -809,6 +867,19 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
 
 
 
+
+/*
+ Query, `uint32_t`: why the accepted upgrade has not started (IOT_OTAS_WAITING,
+ IOT_OTA_IsFetching 0): OTA_WAITING_NONE, _SLOT, _SAME_IMAGE or _READERS.
+ */
+#define IOT_OTAG_WAITING 31
+
+/*
+ Query, `uint32_t`: 1 when the current (or last) download streams another handle's kept
+ image (IOT_OTA_SetLocalImageSource) instead of the network, 0 otherwise (also after it fell
+ back to the network).
+ */
+#define IOT_OTAG_LOCAL_IMAGE 32
 
 /*
  Configuration, before a download: buf = a vendor public key, `buf_len` its length: PEM text
@@ -1128,6 +1199,49 @@ int IOT_SetupConnInfo(const char *product_key,
 int IOT_Ioctl(int option, void *data);
 
 /*
+ Sets the most simultaneous firmware downloads from the network among all OTA handles on
+ the MQTT client `pclient` (default 1, what a cellular gateway wants). A handle whose upgrade
+ arrives while every slot is taken waits (IOT_OTA_IsFetching 0, IOT_OTAG_STATE
+ IOT_OTAS_WAITING, IOT_OTAG_WAITING OTA_WAITING_SLOT; nothing is reported to its platform but
+ the receipt some platforms expect) and starts in arrival order when a slot frees.
+ Streaming a kept image (IOT_OTA_SetLocalImageSource) takes no slot. Downloads under way go
+ on; the limit applies to those that start afterwards.
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign `pclient` or `max_downloads` < 1.
+
+ # Safety
+ `pclient` is NULL, a live MQTT handle, or another pointer readable for 4 bytes.
+ */
+int IOT_OTA_SetMaxDownloads(void *pclient, int max_downloads);
+
+/*
+ Declares that the firmware keeps each image `handle` verifies (IOT_OTAG_CHECK_FIRMWARE 1)
+ and reads it back through `read(ctx, offset, buf, buf_len)` (extension, for gateways). Other
+ handles on the same MQTT client told to fetch the same image (same size and digest) then
+ stream it from there, without a download slot, instead of downloading it again: their
+ IOT_OTA_FetchYield first reads the whole kept image and checks its digest (nothing is
+ handed out before it matches; a mismatch, a read error or a withdrawal makes that handle go
+ on from the network, said once in the log), then hands out its bytes through the usual
+ checks (digest, signature) and reports progress and success to that handle's platform as
+ usual. And while this handle downloads an image, handles needing the same one wait for it
+ (OTA_WAITING_SAME_IMAGE) instead of downloading it in parallel.
+
+ Call it once, after IOT_OTA_Init. The image is offered from IOT_OTAG_CHECK_FIRMWARE 1 until
+ this handle accepts another upgrade (which then waits, OTA_WAITING_READERS, until the
+ handles reading the kept image are done, so the firmware never overwrites bytes being
+ read), `read` is NULL (withdrawn), or the handle is deinitialised. A withdrawal or
+ IOT_OTA_Deinit waits for a read in progress to return; readers then go on from the network.
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle.
+
+ # Safety
+ `read` is NULL or a function that writes at most `buf_len` bytes to `buf`; it and `ctx`
+ stay usable, from any thread that calls IOT_OTA_FetchYield, until the source is withdrawn
+ or the handle deinitialised.
+ */
+int IOT_OTA_SetLocalImageSource(void *handle, IOT_OTA_LocalImageRead read, void *ctx);
+
+/*
  Allocates `size` bytes. Default: `malloc`.
 
  Returns the memory, or NULL when out of memory (or, as `malloc` may, for `size` 0).
@@ -1405,14 +1519,28 @@ int IOT_MQTT_Unsubscribe(void *handle, const char *topic_filter);
 int IOT_MQTT_Publish(void *handle, const char *topic_name, iotx_mqtt_topic_info_pt topic_msg);
 
 /*
+ The code of the calling thread's last IOT_OTA_Init / IOT_OTA_InitWithProtocol: 0 when it
+ returned a handle; IOT_OTAE_INVALID_PARAM (a NULL, empty, too long or invalid argument, an
+ unknown protocol, a `ch_signal` that is not an MQTT handle), IOT_OTAE_DEVICE_TAKEN (a handle
+ of the same device is open on that MQTT client), IOT_OTAE_TOO_MANY_HANDLES (the client has
+ IOT_OTA_MAX_HANDLES_PER_CLIENT handles), IOT_OTAE_OSC_FAILED (the subscription could not be
+ queued) or IOT_OTAE_NOMEM when it returned NULL.
+ */
+int IOT_OTA_GetInitError(void);
+
+/*
  Initialises OTA on an MQTT connection and subscribes to the upgrade topic (Aliyun protocol).
 
  `ch_signal` is the handle returned by IOT_MQTT_Construct; it must outlive the OTA handle
  (call IOT_OTA_Deinit before IOT_MQTT_Destroy). All memory the session needs is allocated here.
 
  Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, the
- subscription cannot be queued, or an OTA handle of the same device is open on this MQTT
- connection (it would take that handle's upgrade messages). `product_key` and `device_name` must be non-empty UTF-8 of at
+ subscription cannot be queued, an OTA handle of the same device is open on this MQTT
+ connection (it would take that handle's upgrade messages), or the connection carries
+ IOT_OTA_MAX_HANDLES_PER_CLIENT handles; IOT_OTA_GetInitError then says which. A gateway
+ calls it (or IOT_OTA_InitWithProtocol) once for itself and once per sub-device, with the
+ sub-device's product key and device name, on the same `ch_signal` (see IOT_OTA_SetMaxDownloads
+ and IOT_OTA_SetLocalImageSource). `product_key` and `device_name` must be non-empty UTF-8 of at
  most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
  other pointer gives NULL).
 
@@ -1420,9 +1548,7 @@ int IOT_MQTT_Publish(void *handle, const char *topic_name, iotx_mqtt_topic_info_
  `product_key` and `device_name` are NULL or NUL-terminated strings; `ch_signal` is NULL, a
  live MQTT handle, or another pointer readable for 4 bytes.
  */
-void *IOT_OTA_Init(const char *product_key,
-                   const char *device_name,
-                   void *ch_signal);
+void *IOT_OTA_Init(const char *product_key, const char *device_name, void *ch_signal);
 
 /*
  Like IOT_OTA_Init, for the platform `protocol` (extension): 0 Aliyun, 1 SagooIOT,

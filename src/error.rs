@@ -97,6 +97,14 @@ pub enum Error {
     /// says what is missing.
     #[error("not available: {0}")]
     NotAvailable(&'static str),
+    /// The MQTT client carries [`crate::ota::MAX_SESSIONS_PER_CLIENT`] OTA sessions already
+    /// (C: `IOT_OTAE_TOO_MANY_HANDLES`).
+    #[error("too many OTA sessions on this MQTT client")]
+    TooManySessions,
+    /// An OTA session of this device (product key, device name and protocol's topic) is
+    /// attached to this MQTT client already (C: `IOT_OTAE_DEVICE_TAKEN`).
+    #[error("an OTA session of this device is attached to this MQTT client already")]
+    DeviceTaken,
     /// Creating a session failed for want of memory or another resource (C: `IOT_OTAE_NOMEM`).
     #[error("out of memory")]
     NoMemory,

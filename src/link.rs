@@ -7,8 +7,8 @@
 //! reconnections (the way AWS's OTA library takes its MQTT interface, rather than owning a client).
 
 use crate::error::{Error, Result};
-use crate::mqtt::{MqttClient, MqttUplink, QoS};
-use crate::ota::{OtaConfig, OtaSession, Uplink};
+use crate::mqtt::{MqttClient, MqttUplink, QoS, QUEUE_PER_SESSION};
+use crate::ota::{Gateway, OtaConfig, OtaSession, Uplink};
 use crate::source::HttpSource;
 
 impl Uplink for MqttUplink {
@@ -21,11 +21,25 @@ impl Uplink for MqttUplink {
     }
 }
 
+impl Gateway {
+    /// The gateway of the OTA sessions attached to `mqtt` (the same one for every call on
+    /// the same client): its download slots and counts.
+    pub fn of(mqtt: &MqttClient) -> Gateway {
+        match mqtt.shared(Gateway::new) {
+            Some(gateway) => (*gateway).clone(),
+            // Nothing else is kept on a client: unreachable, and harmless if it were.
+            None => Gateway::new(),
+        }
+    }
+}
+
 impl OtaSession {
     /// Creates a session that publishes through `mqtt`, downloads over HTTP(S), and subscribes
-    /// to the protocol's upgrade topic on `mqtt`. One session per device and client:
-    /// [`Error::InvalidState`] while another session of the same device is attached (until it is
-    /// detached or, in C, `IOT_OTA_Deinit`ed).
+    /// to the protocol's upgrade topic on `mqtt`. The session joins the client's [`Gateway`]
+    /// (its download slots and shared images). One session per device and client:
+    /// [`Error::DeviceTaken`] while another session of the same device is attached (until it is
+    /// detached or, in C, `IOT_OTA_Deinit`ed); [`Error::TooManySessions`] beyond
+    /// [`crate::ota::MAX_SESSIONS_PER_CLIENT`].
     pub fn attach(
         mqtt: &MqttClient,
         product_key: &str,
@@ -45,6 +59,8 @@ impl OtaSession {
             Box::new(mqtt.uplink()),
             Box::new(source),
         )?;
+        session.join(&Gateway::of(mqtt))?;
+        mqtt.reserve_requests(QUEUE_PER_SESSION);
         let feed = session.feed();
         let yield_break = mqtt.yield_break();
         // A second session of the same device would take the first one's messages.
@@ -57,9 +73,7 @@ impl OtaSession {
             });
         if let Err(e) = subscribed {
             return Err(match e {
-                Error::InvalidState(_) => Error::InvalidState(
-                    "an OTA session of this device is attached to this MQTT client already",
-                ),
+                Error::InvalidState(_) => Error::DeviceTaken,
                 e => e,
             });
         }

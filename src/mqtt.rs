@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -45,8 +45,14 @@ const RECONNECT_POLICY: RetryPolicy = RetryPolicy {
 /// Most packets one zero-timeout yield handles.
 const MAX_READY_EVENTS: u32 = 64;
 
-/// Requests (publish, subscribe, unsubscribe) that may wait for the next yield.
+/// Requests (publish, subscribe, unsubscribe) that may wait for the next yield, before OTA
+/// sessions attach (each adds [`QUEUE_PER_SESSION`]).
 const QUEUE_CAPACITY: usize = 64;
+
+/// Room each attached OTA session adds to the request queue: its subscription and one report,
+/// so a gateway that creates hundreds of sessions and reports their versions before its next
+/// yield is not refused.
+pub(crate) const QUEUE_PER_SESSION: usize = 2;
 
 /// QoS 1/2 publishes (and subscriptions) sent but not yet acknowledged; more wait in the queue.
 /// iotkit keeps 20 for re-publishing; each slot costs rumqttc's state 144 bytes at init.
@@ -172,15 +178,17 @@ struct Subscription {
 #[derive(Clone)]
 struct Queue {
     requests: Arc<Mutex<VecDeque<Request>>>,
+    /// Most requests waiting: [`QUEUE_CAPACITY`], plus what attached sessions reserved.
+    limit: Arc<AtomicUsize>,
     /// Largest packet sent or received ([`MqttOptions::max_packet_size`]).
     max_packet: usize,
 }
 
 impl Queue {
-    /// Queues `request` unless [`QUEUE_CAPACITY`] requests are already waiting.
+    /// Queues `request` unless the queue's limit of requests are already waiting.
     fn push(&self, request: Request) -> Result<()> {
         let mut q = lock(&self.requests);
-        if q.len() >= QUEUE_CAPACITY {
+        if q.len() >= self.limit.load(Ordering::SeqCst) {
             return Err(Error::Mqtt(MqttError::QueueFull));
         }
         q.push_back(request);
@@ -564,6 +572,8 @@ pub struct MqttClient {
     link: Mutex<Link>,
     queue: Queue,
     subscriptions: Mutex<Vec<Subscription>>,
+    /// Kept for the layers above (see [`MqttClient::shared`]).
+    shared: Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>,
     events: Mutex<Option<EventHandler>>,
     /// Gets the messages no subscription matches; taken out while it runs, like a handler.
     unmatched: Mutex<Option<MessageHandler>>,
@@ -658,9 +668,11 @@ impl MqttClient {
             link: Mutex::new(link),
             queue: Queue {
                 requests: Arc::new(Mutex::new(VecDeque::with_capacity(QUEUE_CAPACITY))),
+                limit: Arc::new(AtomicUsize::new(QUEUE_CAPACITY)),
                 max_packet: options.max_packet_size,
             },
             subscriptions: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
             events: Mutex::new(None),
             unmatched: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(true)),
@@ -680,7 +692,7 @@ impl MqttClient {
 
     /// Sets the handler for messages that no subscription matches (replacing any previous
     /// one), e.g. those a persistent session still holds for a filter unsubscribed since;
-    /// without one they are dropped. It runs inside [`yield_for`](Self::yield_for).
+    /// without one they are dropped with one log line each. It runs inside [`yield_for`](Self::yield_for).
     pub fn on_unmatched(&self, handler: impl FnMut(&Message<'_>) + Send + 'static) {
         *lock(&self.unmatched) = Some(Box::new(handler));
     }
@@ -773,6 +785,27 @@ impl MqttClient {
             return Err(Error::Mqtt(MqttError::Topic));
         }
         self.queue.publish(topic, qos, retain, payload)
+    }
+
+    /// Makes room for `n` more waiting requests (allocated now, at a session's init).
+    pub(crate) fn reserve_requests(&self, n: usize) {
+        let mut q = lock(&self.queue.requests);
+        let limit = self.queue.limit.fetch_add(n, Ordering::SeqCst) + n;
+        let len = q.len();
+        q.reserve(limit.saturating_sub(len));
+    }
+
+    /// What the layers above keep per client, made by `make` on first use: the OTA sessions'
+    /// [`crate::ota::Gateway`] (see [`crate::link`]). None if another type was kept first.
+    pub(crate) fn shared<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> Option<Arc<T>> {
+        let mut slot = lock(&self.shared);
+        let any = slot
+            .get_or_insert_with(|| Arc::new(make()) as Arc<dyn std::any::Any + Send + Sync>)
+            .clone();
+        any.downcast::<T>().ok()
     }
 
     /// A publishing handle for an [`crate::OtaSession`].
@@ -1156,6 +1189,14 @@ impl MqttClient {
                 }
                 drop(slot);
                 self.rethrow(r);
+            } else {
+                // E.g. an upgrade for a device whose OTA session is gone, which a persistent
+                // session still delivers.
+                ota_log!(
+                    Level::Warning,
+                    "message on {} matches no subscription: ignored",
+                    msg.topic
+                );
             }
         }
     }

@@ -102,6 +102,10 @@ pub enum DownloadError {
     /// The firmware reported the upgrade failed (or released the session) mid-download.
     #[error("the download was ended by a failure report")]
     Abandoned,
+    /// The image another session of the gateway keeps could not be streamed (withdrawn,
+    /// unreadable, or not matching the digest): the download goes on from the network.
+    #[error("local image unusable: {0}")]
+    LocalImage(&'static str),
 }
 
 impl DownloadError {
@@ -125,6 +129,8 @@ impl DownloadError {
             | DownloadError::Restarted
             | DownloadError::Superseded
             | DownloadError::Abandoned => false,
+            // Never a retry of the same source: the engine switches to the network.
+            DownloadError::LocalImage(_) => false,
         }
     }
 }

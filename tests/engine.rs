@@ -1165,7 +1165,7 @@ mod attach {
         let first = OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()).unwrap();
         assert!(matches!(
             OtaSession::attach(&mqtt, "pk", "dn", OtaConfig::default()),
-            Err(Error::InvalidState(_))
+            Err(Error::DeviceTaken)
         ));
         let _other = OtaSession::attach(&mqtt, "pk", "dn2", OtaConfig::default()).unwrap();
         first.detach(&mqtt).unwrap();

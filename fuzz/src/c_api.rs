@@ -823,6 +823,7 @@ impl World {
             IOT_OTAG_STATE => {
                 let want = match state {
                     OtaState::Idle => IOT_OTA_State_t::IOT_OTAS_INITED,
+                    OtaState::Waiting => IOT_OTA_State_t::IOT_OTAS_WAITING,
                     OtaState::Downloading => IOT_OTA_State_t::IOT_OTAS_FETCHING,
                     OtaState::Fetched => IOT_OTA_State_t::IOT_OTAS_FETCHED,
                 };

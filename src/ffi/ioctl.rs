@@ -47,6 +47,7 @@ fn ioctl(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
         IOT_OTAG_STATE => {
             let v = match state {
                 OtaState::Idle => IOT_OTA_State_t::IOT_OTAS_INITED,
+                OtaState::Waiting => IOT_OTA_State_t::IOT_OTAS_WAITING,
                 OtaState::Downloading => IOT_OTA_State_t::IOT_OTAS_FETCHING,
                 OtaState::Fetched => IOT_OTA_State_t::IOT_OTAS_FETCHED,
             };
@@ -63,6 +64,7 @@ fn ioctl(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
             }
         }
         k if super::image::is_image_ioctl(k) => super::image::ioctl(h, k, out),
+        k if super::gateway::is_gateway_ioctl(k) => super::gateway::ioctl(h, k, out),
         k if NOTICE_QUERIES.contains(&k) => {
             if s.state() == OtaState::Idle {
                 return not_available(h, "no upgrade has been accepted");

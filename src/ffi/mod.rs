@@ -20,6 +20,7 @@ mod answer;
 pub mod conninfo;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod hal;
 pub mod image;
 pub mod ioctl;

@@ -79,6 +79,13 @@ pub enum IOT_OTA_Err_t {
     /// allows without IOT_OTA_ConfirmImage (returned by the version report after such a boot);
     /// the platform was told the upgrade failed.
     IOT_OTAE_IMAGE_ROLLBACK = -40,
+    /// IOT_OTA_Init: a handle of the same device (product key, device name, protocol) is open
+    /// on this MQTT client already; it would take that handle's upgrade messages (extension,
+    /// see IOT_OTA_GetInitError).
+    IOT_OTAE_DEVICE_TAKEN = -41,
+    /// IOT_OTA_Init: the MQTT client carries IOT_OTA_MAX_HANDLES_PER_CLIENT OTA handles already
+    /// (extension, see IOT_OTA_GetInitError).
+    IOT_OTAE_TOO_MANY_HANDLES = -42,
     /// Success.
     IOT_OTAE_NONE = 0,
 }
@@ -95,6 +102,9 @@ pub enum IOT_OTA_State_t {
     IOT_OTAS_FETCHING = 2,
     /// The download ended (complete, or failed: see IOT_OTAG_CHECK_FIRMWARE).
     IOT_OTAS_FETCHED = 3,
+    /// An upgrade was accepted and waits for its turn among the handles on the MQTT client
+    /// (extension; IOT_OTA_IsFetching is 0 meanwhile; IOT_OTAG_WAITING says why).
+    IOT_OTAS_WAITING = 4,
 }
 
 /// Progress values for IOT_OTA_ReportProgress: 0..100 percent, or a failure -1..-4.
@@ -284,6 +294,8 @@ pub fn err_code(e: &Error) -> c_int {
         Error::TooLong { .. } => IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int,
         Error::Download(_) => IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int,
         Error::NoMemory => IOT_OTA_Err_t::IOT_OTAE_NOMEM as c_int,
+        Error::DeviceTaken => IOT_OTA_Err_t::IOT_OTAE_DEVICE_TAKEN as c_int,
+        Error::TooManySessions => IOT_OTA_Err_t::IOT_OTAE_TOO_MANY_HANDLES as c_int,
         Error::Mqtt(_) => IOT_OTA_Err_t::IOT_OTAE_OSC_FAILED as c_int,
         Error::Notice(_) | Error::VersionRefused(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,
         Error::Image(e) => image_err_code(e),
@@ -380,40 +392,65 @@ unsafe fn version_arg<'a>(
         .ok_or_else(|| reject(h, func, Error::InvalidParam("version is NULL or not UTF-8")))
 }
 
+std::thread_local! {
+    /// Why this thread's last IOT_OTA_Init returned NULL (0 after a success).
+    static INIT_ERROR: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
+}
+
+/// The code of the calling thread's last IOT_OTA_Init / IOT_OTA_InitWithProtocol: 0 when it
+/// returned a handle; IOT_OTAE_INVALID_PARAM (a NULL, empty, too long or invalid argument, an
+/// unknown protocol, a `ch_signal` that is not an MQTT handle), IOT_OTAE_DEVICE_TAKEN (a handle
+/// of the same device is open on that MQTT client), IOT_OTAE_TOO_MANY_HANDLES (the client has
+/// IOT_OTA_MAX_HANDLES_PER_CLIENT handles), IOT_OTAE_OSC_FAILED (the subscription could not be
+/// queued) or IOT_OTAE_NOMEM when it returned NULL.
+#[no_mangle]
+pub extern "C" fn IOT_OTA_GetInitError() -> c_int {
+    ffi_body!(IOT_OTA_GetInitError, { INIT_ERROR.with(|c| c.get()) })
+}
+
 /// # Safety
 /// As IOT_OTA_Init.
 unsafe fn init(
     product_key: *const c_char,
     device_name: *const c_char,
     ch_signal: *mut c_void,
-    protocol: Protocol,
+    protocol: Option<Protocol>,
 ) -> *mut c_void {
-    let pk = try_str!(
-        product_key,
-        "IOT_OTA_Init: product_key",
-        std::ptr::null_mut()
-    );
-    let dn = try_str!(
-        device_name,
-        "IOT_OTA_Init: device_name",
-        std::ptr::null_mut()
-    );
+    // SAFETY: this function's contract.
+    let r = unsafe { try_init(product_key, device_name, ch_signal, protocol) };
+    INIT_ERROR.with(|c| c.set(r.err().unwrap_or(0)));
+    r.unwrap_or(std::ptr::null_mut())
+}
+
+/// # Safety
+/// As IOT_OTA_Init.
+unsafe fn try_init(
+    product_key: *const c_char,
+    device_name: *const c_char,
+    ch_signal: *mut c_void,
+    protocol: Option<Protocol>,
+) -> Result<*mut c_void, c_int> {
+    let Some(protocol) = protocol else {
+        return Err(INVALID_PARAM);
+    };
+    let pk = try_str!(product_key, "IOT_OTA_Init: product_key", Err(INVALID_PARAM));
+    let dn = try_str!(device_name, "IOT_OTA_Init: device_name", Err(INVALID_PARAM));
     // SAFETY: per IOT_OTA_Init's contract, ch_signal is NULL, live or readable for 4 bytes.
     let Some(mqtt) = (unsafe { MqttHandle::from_ptr(ch_signal) }) else {
         ota_log!(
             Level::Error,
             "IOT_OTA_Init: ch_signal is not an MQTT handle"
         );
-        return std::ptr::null_mut();
+        return Err(INVALID_PARAM);
     };
     let mut config = OtaConfig::for_protocol(protocol);
     config.http.ca_pem = crate::conninfo::https_ca();
     config.http.allow_plain_http = crate::conninfo::allow_plain_http();
     match OtaSession::attach(mqtt.client(), pk, dn, config) {
-        Ok(session) => OtaHandle::into_raw(session, mqtt),
+        Ok(session) => Ok(OtaHandle::into_raw(session, mqtt)),
         Err(e) => {
             ota_log!(Level::Error, "IOT_OTA_Init: {e}");
-            std::ptr::null_mut()
+            Err(err_code(&e))
         }
     }
 }
@@ -424,8 +461,12 @@ unsafe fn init(
 /// (call IOT_OTA_Deinit before IOT_MQTT_Destroy). All memory the session needs is allocated here.
 ///
 /// Returns the OTA handle, or NULL when an argument is NULL, invalid or too long, the
-/// subscription cannot be queued, or an OTA handle of the same device is open on this MQTT
-/// connection (it would take that handle's upgrade messages). `product_key` and `device_name` must be non-empty UTF-8 of at
+/// subscription cannot be queued, an OTA handle of the same device is open on this MQTT
+/// connection (it would take that handle's upgrade messages), or the connection carries
+/// IOT_OTA_MAX_HANDLES_PER_CLIENT handles; IOT_OTA_GetInitError then says which. A gateway
+/// calls it (or IOT_OTA_InitWithProtocol) once for itself and once per sub-device, with the
+/// sub-device's product key and device name, on the same `ch_signal` (see IOT_OTA_SetMaxDownloads
+/// and IOT_OTA_SetLocalImageSource). `product_key` and `device_name` must be non-empty UTF-8 of at
 /// most 64 bytes without `/`, `+` or `#`; `ch_signal` must be a live MQTT handle (NULL or any
 /// other pointer gives NULL).
 ///
@@ -440,7 +481,7 @@ pub unsafe extern "C" fn IOT_OTA_Init(
 ) -> *mut c_void {
     ffi_body!(IOT_OTA_Init, {
         // SAFETY: this function's contract.
-        unsafe { init(product_key, device_name, ch_signal, Protocol::Aliyun) }
+        unsafe { init(product_key, device_name, ch_signal, Some(Protocol::Aliyun)) }
     })
 }
 
@@ -458,19 +499,15 @@ pub unsafe extern "C" fn IOT_OTA_InitWithProtocol(
 ) -> *mut c_void {
     ffi_body!(IOT_OTA_InitWithProtocol, {
         let known = u8::try_from(protocol).ok().and_then(Protocol::from_id);
-        let protocol = match known {
-            Some(p) => p,
-            None => {
-                let other = protocol;
-                ota_log!(
-                    Level::Error,
-                    "IOT_OTA_InitWithProtocol: unknown protocol {other}"
-                );
-                return std::ptr::null_mut();
-            }
-        };
+        if known.is_none() {
+            let other = protocol;
+            ota_log!(
+                Level::Error,
+                "IOT_OTA_InitWithProtocol: unknown protocol {other}"
+            );
+        }
         // SAFETY: this function's contract, which is IOT_OTA_Init's.
-        unsafe { init(product_key, device_name, ch_signal, protocol) }
+        unsafe { init(product_key, device_name, ch_signal, known) }
     })
 }
 

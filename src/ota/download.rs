@@ -4,8 +4,10 @@
 //! Inline values only: replacing a [`Download`] allocates nothing (the engine allocates
 //! nothing after init).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use super::gateway::Shelf;
 use super::support::Quiet;
 use crate::digest::StreamDigest;
 use crate::error::Error;
@@ -56,6 +58,14 @@ pub(super) struct Download {
     pub(super) reboot_recorded: bool,
     /// All bytes arrived and the digest matched.
     pub(super) verified: bool,
+    /// Streaming another session's kept copy of the image (its shelf, and that session's
+    /// number) instead of downloading it.
+    pub(super) local: Option<(Arc<Shelf>, u64)>,
+    /// This download streamed (or streams) a kept image.
+    pub(super) from_local: bool,
+    /// The download must get one of the MQTT client's download slots before it opens the
+    /// network (after a kept image failed, or a new cycle of an ended transfer).
+    pub(super) needs_slot: bool,
     pub(super) cycle: Cycle,
 }
 
@@ -88,6 +98,9 @@ impl Download {
             upgrading_reported: false,
             reboot_recorded: false,
             verified: false,
+            local: None,
+            from_local: false,
+            needs_slot: false,
             cycle: Cycle::new(),
         }
     }

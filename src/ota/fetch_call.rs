@@ -10,16 +10,61 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use super::breakpoint::{flush, StoreWriter};
+use super::gateway::{ImageId, LocalSource, Shelf};
 use super::Engine;
 use crate::error::Result;
 use crate::source::FirmwareSource;
 
-/// The firmware source and what the caller of `fetch_yield` knows of it.
+/// The firmware sources and what the caller of `fetch_yield` knows of them.
 pub(super) struct SourceSide {
-    pub(super) source: Box<dyn FirmwareSource>,
+    /// The network (HTTP(S)).
+    source: Box<dyn FirmwareSource>,
+    /// Another session's kept image (a gateway's sub-devices sharing one download).
+    local: LocalSource,
+    /// Which of the two the open request reads.
+    reads_local: bool,
     /// The engine's request the source was opened for (None: closed).
     pub(super) open_request: Option<u64>,
+}
+
+impl SourceSide {
+    pub(super) fn new(source: Box<dyn FirmwareSource>) -> SourceSide {
+        SourceSide {
+            source,
+            local: LocalSource::new(),
+            reads_local: false,
+            open_request: None,
+        }
+    }
+
+    /// The source the next open and reads use.
+    pub(super) fn active(&mut self) -> &mut dyn FirmwareSource {
+        match self.reads_local {
+            true => &mut self.local,
+            false => self.source.as_mut(),
+        }
+    }
+
+    /// The next open reads `image` from `shelf`.
+    pub(super) fn use_local(&mut self, shelf: &Arc<Shelf>, image: ImageId) {
+        self.local.prepare(shelf, image);
+        self.reads_local = true;
+    }
+
+    /// The next open reads the network.
+    pub(super) fn use_network(&mut self) {
+        self.local.forget();
+        self.reads_local = false;
+    }
+
+    /// Closes the open request's source.
+    pub(super) fn close(&mut self) {
+        self.active().close();
+        self.open_request = None;
+    }
 }
 
 /// What the caller of `fetch_yield` does next.
@@ -66,8 +111,7 @@ pub(super) fn fetch_yield(
     let mut e = lock(engine);
     // The source of an ended or abandoned request is closed before the call returns.
     if side.open_request.is_some_and(|s| s != e.request) {
-        side.source.close();
-        side.open_request = None;
+        side.close();
     }
     e.fetch_returned(&r);
     r
@@ -98,7 +142,7 @@ fn run(
                 wait,
                 stall_at,
             } => {
-                let r = side.source.read(&mut buf[..want], wait);
+                let r = side.active().read(&mut buf[..want], wait);
                 if let Some(done) = lock(engine).took(request, r, buf, stall_at, call) {
                     return done;
                 }
@@ -115,7 +159,6 @@ pub(super) fn close_abandoned(engine: &Mutex<Engine>, side: &Mutex<SourceSide>) 
     };
     let request = lock(engine).request;
     if side.open_request.is_some_and(|s| s != request) {
-        side.source.close();
-        side.open_request = None;
+        side.close();
     }
 }

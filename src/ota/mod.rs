@@ -45,12 +45,15 @@
 mod breakpoint;
 mod download;
 mod fetch_call;
+mod gateway;
 mod outbox;
 mod support;
 
 use breakpoint::{RecordKeeper, StoreWriter};
 use download::{Cycle, Download};
 use fetch_call::{FetchCall, SourceSide, Step};
+pub use gateway::{Gateway, LocalImage, Waiting, MAX_SESSIONS_PER_CLIENT};
+use gateway::{ImageId, Membership, Start};
 use outbox::{Deferred, Outbox};
 pub use support::Once;
 use support::{DescText, RunningVersions};
@@ -133,6 +136,9 @@ pub enum BootState {
     RolledBack,
 }
 
+/// How often a download under way that needs a slot looks for a free one.
+const SLOT_POLL: Duration = Duration::from_millis(20);
+
 /// Longest [`OtaConfig::fresh_url_wait`] accepted: an hour.
 pub const MAX_FRESH_URL_WAIT: Duration = Duration::from_secs(3600);
 
@@ -177,6 +183,9 @@ impl OtaConfig {
 pub enum OtaState {
     /// No upgrade accepted yet.
     Idle,
+    /// An upgrade was accepted and waits to start (see [`Waiting`]): other sessions on the
+    /// MQTT client take the download slots, or download or read the same image.
+    Waiting,
     /// An upgrade was accepted; `fetch_yield` downloads it.
     Downloading,
     /// The download ended: completely (then verified) or by a failure.
@@ -217,6 +226,10 @@ struct Engine {
     /// downloads: a read in flight for the last download's request is recognised as stale.
     request: u64,
     last_error: Option<Error>,
+    /// The session's place among the sessions on its MQTT client (None: not attached).
+    member: Option<Membership>,
+    /// Why the accepted upgrade has not started (state `Waiting`).
+    waiting: Waiting,
 }
 
 impl Engine {
@@ -264,6 +277,11 @@ impl Engine {
                 );
             }
             OtaState::Fetched => self.hold_next(),
+            OtaState::Waiting if self.scratch.same_image(&self.notice) => {
+                std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
+                self.try_start();
+            }
+            OtaState::Waiting => self.replace_waiting(),
             OtaState::Idle => {
                 std::mem::swap(&mut self.notice, &mut self.scratch);
                 self.accept_notice();
@@ -310,20 +328,28 @@ impl Engine {
         );
     }
 
-    /// Starts the waiting upgrade once the caller saw the last cycle end.
+    /// Starts the waiting upgrade once the caller saw the last cycle end, or one that waits
+    /// for its turn among the sessions on the MQTT client.
     fn start_next_if_due(&mut self) {
-        if self.state == OtaState::Fetched && self.next_pending && self.download.cycle.end_seen {
+        if self.state == OtaState::Waiting {
+            self.try_start();
+        } else if self.state == OtaState::Fetched
+            && self.next_pending
+            && self.download.cycle.end_seen
+        {
             self.next_pending = false;
             std::mem::swap(&mut self.notice, &mut self.next);
             self.accept_notice();
         }
     }
 
-    /// Makes the (already swapped-in) notice the current upgrade and acknowledges it.
+    /// Makes the (already swapped-in) notice the current upgrade, acknowledges it, and starts
+    /// its download unless it must wait for its turn.
     fn accept_notice(&mut self) {
         self.abandon_request();
         self.download = Download::new(&self.notice, self.retry, &self.policy);
-        self.state = OtaState::Downloading;
+        self.state = OtaState::Waiting;
+        self.waiting = Waiting::No;
         ota_log!(
             Level::Info,
             "upgrade accepted: version {} module {} size {}",
@@ -331,13 +357,76 @@ impl Engine {
             self.notice.module_name(),
             self.notice.size
         );
-        self.resume_from_record();
+        // Receipt only (UCloud's notify): true whether it starts now or waits.
         let r = self.out.send(Report::Accepted {
             notice: &self.notice,
         });
         if let Err(e) = r {
             ota_log!(Level::Warning, "acknowledgement not sent: {e}");
         }
+        self.try_start();
+    }
+
+    /// Starts the accepted upgrade's download if the sessions on the MQTT client let it: from
+    /// the network, or from another session's kept copy of the same image.
+    fn try_start(&mut self) {
+        let start = match &self.member {
+            Some(member) => member.request_start(ImageId::of(&self.notice)),
+            None => Start::Network,
+        };
+        match start {
+            Start::Wait(why) => {
+                if self.waiting != why {
+                    ota_log!(
+                        Level::Info,
+                        "upgrade to {} waits: {}",
+                        self.notice.version,
+                        gateway::describe(why)
+                    );
+                }
+                self.waiting = why;
+                return;
+            }
+            Start::Local { shelf, holder } => {
+                ota_log!(
+                    Level::Info,
+                    "upgrade to {}: streaming the image session #{holder} keeps instead of downloading it",
+                    self.notice.version
+                );
+                self.download.local = Some((shelf, holder));
+                self.download.from_local = true;
+            }
+            Start::Network => {}
+        }
+        self.waiting = Waiting::No;
+        self.state = OtaState::Downloading;
+        self.resume_from_record();
+    }
+
+    /// A different upgrade replaces the one waiting to start (which the platform is told
+    /// failed, once: it was acknowledged but never downloaded).
+    fn replace_waiting(&mut self) {
+        if let Some(member) = &self.member {
+            member.cancel();
+        }
+        std::mem::swap(&mut self.notice, &mut self.scratch);
+        let mut text = DescText::new();
+        let _ = write!(text, "superseded by the upgrade to {}", self.notice.version);
+        ota_log!(
+            Level::Warning,
+            "upgrade to {} replaces the waiting upgrade to {}",
+            self.notice.version,
+            self.scratch.version
+        );
+        let r = self.out.send(Report::Failure {
+            cause: FailureCause::UpgradeFailed,
+            desc: text.as_str(),
+            notice: &self.scratch,
+        });
+        if let Err(e) = r {
+            ota_log!(Level::Warning, "failure report not sent: {e}");
+        }
+        self.accept_notice();
     }
 
     fn check_version(&self, version: &str) -> Result<()> {
@@ -537,6 +626,7 @@ impl Engine {
     fn end_cycle(&mut self, e: Error, cause: FailureCause) {
         self.abandon_request();
         self.state = OtaState::Fetched;
+        self.transfer_ended(false);
         // Only why it ended is recorded: `verified` is false throughout a cycle, and its URL
         // wait and skip are never read once it ended (the next cycle starts from new values).
         self.download.cycle.failure_cause = Some(cause);
@@ -603,8 +693,7 @@ impl Engine {
     /// for an abandoned request first.
     fn next_step(&mut self, side: &mut SourceSide, call: &FetchCall) -> Step {
         if side.open_request.is_some_and(|s| s != self.request) {
-            side.source.close();
-            side.open_request = None;
+            side.close();
         }
         if self.state != OtaState::Downloading {
             return Step::Done(Err(self.fetch_after_end()));
@@ -631,11 +720,25 @@ impl Engine {
             }
             self.download.retry_at = None;
         }
+        if self.download.needs_slot {
+            let image = ImageId::of(&self.notice);
+            if !self.member.as_ref().is_none_or(|m| m.take_slot(image)) {
+                if now >= call.deadline {
+                    return Step::Done(Ok(0));
+                }
+                return Step::Sleep(call.deadline.min(now + SLOT_POLL));
+            }
+            self.download.needs_slot = false;
+        }
         if side.open_request.is_none() {
+            match &self.download.local {
+                Some((shelf, _)) => side.use_local(shelf, ImageId::of(&self.notice)),
+                None => side.use_network(),
+            }
             // An open never waits on the network (the FirmwareSource contract), so it runs
             // here, with the URL where it is.
             let r = side
-                .source
+                .active()
                 .open(self.notice.url.as_str(), self.download.fetched);
             side.open_request = Some(self.request);
             if let Err(e) = self.opened(r) {
@@ -718,6 +821,18 @@ impl Engine {
             return None; // abandoned meanwhile (a supersede, a failure report): not ours
         }
         let r = match r {
+            // A kept image being checked before its bytes are handed out: progress.
+            Ok(Chunk::Pending) if self.download.local.is_some() => {
+                self.download.last_progress = Instant::now();
+                if Instant::now() >= call.deadline {
+                    return Some(Ok(0));
+                }
+                Ok(())
+            }
+            Err(DownloadError::LocalImage(why)) => {
+                self.local_failed(why);
+                Ok(())
+            }
             Ok(Chunk::Opened(info)) => self.check_response(info),
             Ok(Chunk::Data(n)) if self.download.skip > 0 => {
                 self.discard(n);
@@ -743,6 +858,31 @@ impl Engine {
             Err(e) => self.interrupted(e),
         };
         r.err().map(Err)
+    }
+
+    /// Another session's kept image could not be streamed: the download goes on from the
+    /// network at the same offset (a slot first), said once. Nothing of the kept image was
+    /// handed out unless all of it matched the digest.
+    fn local_failed(&mut self, why: &'static str) {
+        let Some((_, holder)) = self.download.local.take() else {
+            return;
+        };
+        if why == gateway::LOCAL_MISMATCH {
+            if let Some(member) = &self.member {
+                member.image_unusable(holder);
+            }
+        }
+        if self.download.quiet.first(Once::LocalFallback) {
+            ota_log!(
+                Level::Warning,
+                "{why} (session #{holder}): downloading {} from the network at byte {}",
+                self.notice.version,
+                self.download.fetched
+            );
+        }
+        self.download.from_local = false;
+        self.download.needs_slot = self.member.is_some();
+        self.abandon_request();
     }
 
     /// Drops `n` bytes (never more than `skip`) of a whole-file answer the caller already has.
@@ -987,6 +1127,11 @@ impl Engine {
         if self.state == OtaState::Idle || self.download.verified {
             return Err(self.fail(Error::InvalidState("no upgrade to download")));
         }
+        if self.state == OtaState::Waiting {
+            return Err(self.fail(Error::InvalidState(
+                "the upgrade waits for its turn to download (see IOT_OTAG_WAITING)",
+            )));
+        }
         if size != 0 && size != self.notice.size {
             return Err(self.fail(Error::InvalidParam("size differs from the announced size")));
         }
@@ -994,6 +1139,12 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("offset beyond the announced size")));
         }
         self.abandon_request();
+        if self.state == OtaState::Fetched {
+            // The transfer had ended (its slot or kept-image read released): the new cycle
+            // takes a slot again before it touches the network.
+            self.download.local = None;
+            self.download.needs_slot = self.member.is_some();
+        }
         // A new cycle of the same download: the digest the firmware fed stays.
         self.download.cycle = Cycle::new();
         self.download.fetched = offset;
@@ -1029,7 +1180,21 @@ impl Engine {
         Ok(())
     }
 
+    /// The last announced byte arrived: the image is judged, and the gateway told (a slot or
+    /// a kept image read frees).
     fn finish(&mut self) {
+        self.judge_image();
+        self.transfer_ended(self.download.verified);
+    }
+
+    /// Tells the gateway the download's transfer ended (no-op for a session not attached).
+    fn transfer_ended(&mut self, verified: bool) {
+        if let Some(member) = &self.member {
+            member.transfer_ended(verified);
+        }
+    }
+
+    fn judge_image(&mut self) {
         self.abandon_request();
         self.state = OtaState::Fetched;
         let mut actual = [0u8; 32];
@@ -1207,13 +1372,12 @@ impl OtaSession {
             keeper: RecordKeeper::new(),
             request: 0,
             last_error: None,
+            member: None,
+            waiting: Waiting::No,
         };
         Ok(OtaSession {
             engine: Arc::new(Mutex::new(engine)),
-            fetch: Arc::new(Mutex::new(SourceSide {
-                source,
-                open_request: None,
-            })),
+            fetch: Arc::new(Mutex::new(SourceSide::new(source))),
             records: Arc::new(Mutex::new(StoreWriter::new())),
             downstream,
         })
@@ -1493,6 +1657,9 @@ impl OtaSession {
         }
         e.download.cycle.end_seen = true;
         let valid = e.download.verified && e.download.fetched == e.notice.size;
+        if let Some(member) = &e.member {
+            member.judged(valid);
+        }
         if valid {
             // Every byte is with the caller now: a restart may expect the new version.
             e.record_pending_reboot();
@@ -1517,6 +1684,12 @@ impl OtaSession {
     pub fn release(&self) {
         let mut e = self.engine();
         e.next_pending = false;
+        if e.state == OtaState::Waiting {
+            e.end_cycle(
+                Error::Download(DownloadError::Abandoned),
+                FailureCause::DownloadFailed,
+            );
+        }
         if e.state == OtaState::Downloading {
             ota_log!(
                 Level::Info,
@@ -1531,6 +1704,67 @@ impl OtaSession {
         }
         drop(e);
         self.settle();
+    }
+
+    /// Joins the sessions sharing this MQTT client (`attach`): [`Error::TooManySessions`]
+    /// beyond [`MAX_SESSIONS_PER_CLIENT`].
+    pub(crate) fn join(&self, gateway: &Gateway) -> Result<()> {
+        let member = gateway.0.join()?;
+        self.engine().member = Some(member);
+        Ok(())
+    }
+
+    /// The sessions sharing this session's MQTT client (None: not attached to one).
+    pub fn gateway(&self) -> Option<Gateway> {
+        self.engine().member.as_ref().map(Membership::gateway)
+    }
+
+    /// Declares that the firmware keeps each image this session verifies and reads it back
+    /// through `image`: other sessions on the same MQTT client told to fetch the same image
+    /// (same size and digest) stream it from there instead of downloading it again, and wait
+    /// for this session's download of it rather than download it in parallel. The image is
+    /// offered from [`check_firmware`](Self::check_firmware) true until this session accepts
+    /// another upgrade (which then waits until every reader has finished), the source is
+    /// withdrawn, or the session is dropped. [`Error::InvalidState`] for a session not
+    /// attached to an MQTT client.
+    pub fn set_local_image_source(&self, image: Box<dyn LocalImage>) -> Result<()> {
+        self.set_source(Some(image))
+    }
+
+    /// Withdraws the source set by [`set_local_image_source`](Self::set_local_image_source)
+    /// (after a read in progress ends); sessions reading the image go on from the network.
+    pub fn withdraw_local_image_source(&self) -> Result<()> {
+        self.set_source(None)
+    }
+
+    fn set_source(&self, image: Option<Box<dyn LocalImage>>) -> Result<()> {
+        let e = self.engine();
+        let Some(member) = e.member.as_ref() else {
+            return Err(Error::InvalidState(
+                "the session is not attached to an MQTT client",
+            ));
+        };
+        let (group, id) = member.detached();
+        // The reader is swapped without the engine's lock (a read may be in progress).
+        drop(e);
+        group.set_source(id, image);
+        Ok(())
+    }
+
+    /// Why the accepted upgrade has not started ([`OtaState::Waiting`]); [`Waiting::No`] in
+    /// every other state.
+    pub fn waiting(&self) -> Waiting {
+        let e = self.engine();
+        match e.state {
+            OtaState::Waiting => e.waiting,
+            _ => Waiting::No,
+        }
+    }
+
+    /// Whether the current (or last) download streams another session's kept image rather
+    /// than the network (false again once it fell back to the network).
+    pub fn from_local_image(&self) -> bool {
+        self.engine().download.from_local
     }
 
     /// Sets how long an expired URL waits for a fresh one (see [`OtaConfig::fresh_url_wait`]);

@@ -71,6 +71,8 @@ pub enum Once {
     ZeroPercent,
     /// A download over plain `http://`: what protects the image.
     PlainHttp,
+    /// Another session's kept image could not be streamed: the network instead.
+    LocalFallback,
 }
 
 /// The [`Once`] lines already said in this upgrade.
