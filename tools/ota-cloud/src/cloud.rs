@@ -23,6 +23,7 @@ use std::io;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -219,6 +220,49 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// Where a device stands in its run, for a display that follows many runs at once (`fleet`):
+/// what [`Cloud::set_observer`]'s observer hears whenever it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// No version report yet.
+    WaitingForVersion,
+    /// The upgrade was sent (again); nothing about its download yet.
+    Announced,
+    /// The device reports its download: percent (aliyun, sagoo, tencent) or none (ucloud
+    /// `upgrading`).
+    Downloading(Option<u8>),
+    /// The device reports the image downloaded and checked, flashing begins (aliyun/sagoo step
+    /// 100, tencent `burning`).
+    Verified,
+    /// The run succeeded: [`Success::Upgraded`].
+    Upgraded,
+    /// The run succeeded: [`Success::AlreadyCurrent`].
+    AlreadyCurrent,
+    /// The device reported the upgrade failed, or broke a rule: why.
+    Failed(String),
+    /// The run timed out: what it still waited for.
+    TimedOut(String),
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::WaitingForVersion => f.write_str("waiting for version"),
+            Stage::Announced => f.write_str("announced"),
+            Stage::Downloading(Some(p)) => write!(f, "downloading {p}%"),
+            Stage::Downloading(None) => f.write_str("downloading"),
+            Stage::Verified => f.write_str("verified"),
+            Stage::Upgraded => f.write_str("upgraded"),
+            Stage::AlreadyCurrent => f.write_str("already current"),
+            Stage::Failed(why) => write!(f, "failed: {why}"),
+            Stage::TimedOut(what) => write!(f, "still waiting: {what}"),
+        }
+    }
+}
+
+/// Hears a run's [`Stage`]s ([`Cloud::set_observer`]).
+pub type Observer = Box<dyn Fn(Stage) + Send>;
 
 /// What happened during one [`Cloud::run`].
 #[derive(Debug, Clone)]
@@ -528,6 +572,9 @@ pub struct Cloud {
     /// Gives a fresh URL, for the URL it replaces, for every upgrade notification after the
     /// first.
     renew_url: Option<RenewUrl>,
+    observer: Option<Observer>,
+    /// False for a cloud on a [`SharedConnection`], which outlives it.
+    owns_connection: bool,
 }
 
 /// Given the URL an upgrade was last announced with, a fresh one ([`Cloud::set_url_renewer_for`]).
@@ -699,36 +746,8 @@ impl Cloud {
         product_key: &str,
         device_name: &str,
     ) -> io::Result<Cloud> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let client_id = format!(
-            "ota-cloud-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut options = MqttOptions::new(client_id, host, port);
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
-        let (client, mut connection) = Client::new(options, 64);
-        let (tx, events) = mpsc::channel();
-        let mqtt_tx = tx.clone();
-        thread::Builder::new()
-            .name("ota-cloud-mqtt".into())
-            .spawn(move || mqtt_loop(&mut connection, mqtt_tx))?;
-
-        let cloud = Cloud {
-            protocol,
-            wire: Wire::new(protocol, product_key, device_name),
-            filters: watched_filters(product_key, device_name),
-            options: CloudOptions::default(),
-            client,
-            events,
-            tx,
-            quiet: false,
-            max_upgrade_messages: DEFAULT_MAX_UPGRADE_MESSAGES,
-            ignore_requests: false,
-            grace: DEFAULT_GRACE,
-            renew_url: None,
-        };
+        let (client, tx, events) = start_mqtt(host, port)?;
+        let cloud = Cloud::on_client(protocol, product_key, device_name, client, tx, events, true);
         let deadline = Instant::now() + Duration::from_secs(10);
         cloud.wait_for(deadline, |net| match net {
             Net::Connected => Some(Ok(())),
@@ -748,6 +767,35 @@ impl Cloud {
             _ => None,
         })?;
         Ok(cloud)
+    }
+
+    /// A cloud for one device that publishes through `client` and hears what `tx` forwards on
+    /// `events`.
+    fn on_client(
+        protocol: Protocol,
+        product_key: &str,
+        device_name: &str,
+        client: Client,
+        tx: Sender<Net>,
+        events: Receiver<Net>,
+        owns_connection: bool,
+    ) -> Cloud {
+        Cloud {
+            protocol,
+            wire: Wire::new(protocol, product_key, device_name),
+            filters: watched_filters(product_key, device_name),
+            options: CloudOptions::default(),
+            client,
+            events,
+            tx,
+            quiet: false,
+            max_upgrade_messages: DEFAULT_MAX_UPGRADE_MESSAGES,
+            ignore_requests: false,
+            grace: DEFAULT_GRACE,
+            renew_url: None,
+            observer: None,
+            owns_connection,
+        }
     }
 
     /// [`Cloud::connect`] with [`Protocol::Aliyun`].
@@ -781,6 +829,19 @@ impl Cloud {
     pub fn set_quiet(&mut self, quiet: bool) -> &mut Self {
         self.quiet = quiet;
         self
+    }
+
+    /// Tells `observer` every [`Stage`] the run reaches, as it reaches it (from the thread that
+    /// runs the cloud).
+    pub fn set_observer(&mut self, observer: impl Fn(Stage) + Send + 'static) -> &mut Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
+    fn note(&self, stage: Stage) {
+        if let Some(observer) = &self.observer {
+            observer(stage);
+        }
     }
 
     /// Changes the limit on upgrade notifications sent in answer to the device (version
@@ -876,6 +937,7 @@ impl Cloud {
             self.protocol,
             self.wire.version_topic()
         ));
+        self.note(Stage::WaitingForVersion);
         let outcome = loop {
             let wait = match self.time_left(abort, &summary, &mut run) {
                 Ok(wait) => wait,
@@ -993,6 +1055,9 @@ impl Cloud {
             Ok(Next::Wait) => None,
             Ok(Next::Done(success)) => Some(Ok(success)),
             Ok(Next::TargetFailed) => {
+                if let Some((_, desc)) = &run.target().record.first_failure {
+                    self.note(Stage::Failed(desc.clone().unwrap_or_default()));
+                }
                 self.start_grace(run);
                 None
             }
@@ -1081,6 +1146,17 @@ impl Cloud {
             }
             Err(e) => self.say(format!("upgrade failed: {e}")),
         }
+        self.note(match &outcome {
+            Ok(Success::Upgraded) => Stage::Upgraded,
+            Ok(Success::AlreadyCurrent) => Stage::AlreadyCurrent,
+            Err(Failure::Timeout { waiting_for }) => Stage::TimedOut(waiting_for.clone()),
+            Err(Failure::DeviceFailed { step, desc }) => Stage::Failed(
+                format!("{step} {}", desc.as_deref().unwrap_or(""))
+                    .trim_end()
+                    .into(),
+            ),
+            Err(e) => Stage::Failed(e.to_string()),
+        });
         if self.protocol == Protocol::Ucloud && run.target().announced() {
             summary.task_id = Some(run.target().task_id.clone());
         }
@@ -1284,8 +1360,13 @@ impl Cloud {
                 .trim_end()
                 .to_string(),
         );
-        if step == 100 && owner == run.target_index() {
-            note_download_end(summary, run);
+        if owner == run.target_index() {
+            if step == 100 {
+                note_download_end(summary, run);
+                self.note(Stage::Verified);
+            } else {
+                self.note(Stage::Downloading(Some(step as u8)));
+            }
         }
         Ok(Next::Wait)
     }
@@ -1341,6 +1422,9 @@ impl Cloud {
             TencentState::Downloading { percent } => {
                 summary.progress.push(percent.into());
                 self.say(format!("downloading {percent}% of {version}"));
+                if is_target {
+                    self.note(Stage::Downloading(Some(percent)));
+                }
                 if percent == 100 && is_target {
                     note_download_end(summary, run);
                 }
@@ -1351,6 +1435,7 @@ impl Cloud {
                 upgrade.burning = true;
                 if is_target {
                     note_download_end(summary, run);
+                    self.note(Stage::Verified);
                 }
                 Ok(Next::Wait)
             }
@@ -1412,6 +1497,9 @@ impl Cloud {
                 if !success {
                     self.say(format!("device is upgrading (task {task})"));
                     upgrade.upgrading = true;
+                    if is_target {
+                        self.note(Stage::Downloading(None));
+                    }
                     return Ok(Next::Wait);
                 }
                 self.say(format!("device reports success for task {task}"));
@@ -1519,6 +1607,9 @@ impl Cloud {
         };
         self.publish(self.wire.downstream(), payload.clone())?;
         upgrade.record.messages_sent += 1;
+        if index == run.upgrades.len() - 1 {
+            self.note(Stage::Announced);
+        }
         self.say(format!(
             "sent {what} to {} ({} bytes, md5 {})",
             firmware.version, firmware.size, firmware.md5
@@ -1548,22 +1639,7 @@ impl Cloud {
         deadline: Instant,
         pick: impl Fn(Net) -> Option<io::Result<()>>,
     ) -> io::Result<()> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(net) => {
-                    if let Some(r) = pick(net) {
-                        return r;
-                    }
-                }
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "MQTT broker did not answer in time",
-                    ));
-                }
-            }
-        }
+        wait_on(&self.events, deadline, pick)
     }
 
     fn say(&self, line: String) {
@@ -1661,8 +1737,10 @@ fn describe_announcement(what: &Announcement) -> String {
 impl Drop for Cloud {
     fn drop(&mut self) {
         // The MQTT thread ends on its own once the request channel closes or the event
-        // channel's receiver (ours) is gone.
-        let _ = self.client.try_disconnect();
+        // channel's receiver (ours) is gone. A shared connection carries other clouds still.
+        if self.owns_connection {
+            let _ = self.client.try_disconnect();
+        }
     }
 }
 
@@ -1671,6 +1749,210 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Consumes what arrives on `events` until `pick` decides, or `deadline` passes.
+fn wait_on(
+    events: &Receiver<Net>,
+    deadline: Instant,
+    pick: impl Fn(Net) -> Option<io::Result<()>>,
+) -> io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(net) => {
+                if let Some(r) = pick(net) {
+                    return r;
+                }
+            }
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "MQTT broker did not answer in time",
+                ));
+            }
+        }
+    }
+}
+
+/// A client of the broker at `host:port` whose event loop runs in its own thread and forwards
+/// what matters on the returned channel (whose sender is returned too, for [`Trigger`]s).
+fn start_mqtt(host: &str, port: u16) -> io::Result<(Client, Sender<Net>, Receiver<Net>)> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let client_id = format!(
+        "ota-cloud-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let (client, mut connection) = Client::new(options, 64);
+    let (tx, events) = mpsc::channel();
+    let mqtt_tx = tx.clone();
+    thread::Builder::new()
+        .name("ota-cloud-mqtt".into())
+        .spawn(move || mqtt_loop(&mut connection, mqtt_tx))?;
+    Ok((client, tx, events))
+}
+
+/// Devices whose filters one SUBSCRIBE carries (three filters each): small packets, so any
+/// broker takes them.
+const DEVICES_PER_SUBSCRIBE: usize = 32;
+
+/// One MQTT connection that carries the clouds of many devices (`ota-cloud fleet`, a gateway's
+/// sub-devices): each [`Cloud`] made by [`attach`](Self::attach) runs as usual in its own thread
+/// and publishes through the shared client; a router thread hands each message to the cloud
+/// whose device's topics it is on, and the connection's events to every cloud.
+pub struct SharedConnection {
+    client: Client,
+    routes: Arc<Mutex<Vec<Route>>>,
+    /// The connection's events, for [`connect`](Self::connect) and
+    /// [`subscribe`](Self::subscribe).
+    control: Receiver<Net>,
+}
+
+/// Where the router sends what arrives on one device's topics.
+struct Route {
+    filters: Vec<String>,
+    tx: Sender<Net>,
+}
+
+impl SharedConnection {
+    /// Connects to the broker at `host:port`; returns once the broker has accepted the
+    /// connection.
+    pub fn connect(host: &str, port: u16) -> io::Result<SharedConnection> {
+        let (client, _, events) = start_mqtt(host, port)?;
+        let routes: Arc<Mutex<Vec<Route>>> = Arc::default();
+        let (control_tx, control) = mpsc::channel();
+        let table = Arc::clone(&routes);
+        thread::Builder::new()
+            .name("ota-cloud-router".into())
+            .spawn(move || route(&events, &table, &control_tx))?;
+        let shared = SharedConnection {
+            client,
+            routes,
+            control,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        wait_on(&shared.control, deadline, |net| match net {
+            Net::Connected => Some(Ok(())),
+            Net::Error(e) => Some(Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("cannot connect to MQTT broker {host}:{port}: {e}"),
+            ))),
+            _ => None,
+        })?;
+        Ok(shared)
+    }
+
+    /// A cloud for device `product_key`/`device_name` on this connection. Its topics are
+    /// subscribed by [`subscribe`](Self::subscribe), once every device is attached.
+    pub fn attach(&self, protocol: Protocol, product_key: &str, device_name: &str) -> Cloud {
+        let (tx, events) = mpsc::channel();
+        let cloud = Cloud::on_client(
+            protocol,
+            product_key,
+            device_name,
+            self.client.clone(),
+            tx.clone(),
+            events,
+            false,
+        );
+        self.routes.lock().unwrap().push(Route {
+            filters: cloud.filters.clone(),
+            tx,
+        });
+        cloud
+    }
+
+    /// Subscribes (QoS 1) to the OTA topics of every attached device; returns once the broker
+    /// acknowledged them all, so no device started afterwards reports its version unseen.
+    pub fn subscribe(&self) -> io::Result<()> {
+        let filters: Vec<Vec<String>> = self
+            .routes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.filters.clone())
+            .collect();
+        for batch in filters.chunks(DEVICES_PER_SUBSCRIBE) {
+            let batch = batch
+                .iter()
+                .flatten()
+                .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+            self.client
+                .subscribe_many(batch)
+                .map_err(io::Error::other)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            wait_on(&self.control, deadline, |net| match net {
+                Net::Subscribed(true) => Some(Ok(())),
+                Net::Subscribed(false) => {
+                    Some(Err(io::Error::other("broker refused the subscription")))
+                }
+                Net::Error(e) => Some(Err(io::Error::other(format!("mqtt: {e}")))),
+                _ => None,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedConnection {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+    }
+}
+
+/// The router of a [`SharedConnection`]: each message to the cloud whose device's filters
+/// match its topic (a cloud whose run is over is forgotten), the connection's events to
+/// `control` and to every cloud (a reconnect makes each subscribe again).
+fn route(events: &Receiver<Net>, routes: &Mutex<Vec<Route>>, control: &Sender<Net>) {
+    for net in events.iter() {
+        let mut routes = routes.lock().unwrap();
+        match net {
+            Net::Message { topic, payload } => {
+                let Some(i) = routes
+                    .iter()
+                    .position(|r| r.filters.iter().any(|f| topic_matches(f, &topic)))
+                else {
+                    continue; // not an attached device's topic
+                };
+                if routes[i].tx.send(Net::Message { topic, payload }).is_err() {
+                    routes.remove(i);
+                }
+            }
+            Net::Announce { .. } => {} // triggers talk to their cloud directly
+            other => {
+                let ended = matches!(other, Net::Ended);
+                let copy = |net: &Net| match net {
+                    Net::Connected => Net::Connected,
+                    Net::Subscribed(ok) => Net::Subscribed(*ok),
+                    Net::Error(e) => Net::Error(e.clone()),
+                    _ => Net::Ended,
+                };
+                routes.retain(|r| r.tx.send(copy(&other)).is_ok());
+                let _ = control.send(other);
+                if ended {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `topic` matches the MQTT subscription filter `filter` (`+` one level, `#` the rest).
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for want in filter.split('/') {
+        match (want, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (w, Some(got)) if w == got => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
 }
 
 /// Drives rumqttc's event loop; forwards what matters to the run loop.
@@ -1703,4 +1985,25 @@ fn mqtt_loop(connection: &mut rumqttc::Connection, tx: Sender<Net>) {
         }
     }
     let _ = tx.send(Net::Ended);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches;
+
+    #[test]
+    fn a_topic_goes_to_the_device_whose_filter_matches_it() {
+        let f = "/ota/device/+/pk/sub-01";
+        assert!(topic_matches(f, "/ota/device/inform/pk/sub-01"));
+        assert!(!topic_matches(f, "/ota/device/inform/pk/sub-011"));
+        assert!(!topic_matches(f, "/ota/device/inform/pk/sub-01/x"));
+        assert!(!topic_matches(f, "/ota/device/inform/pk"));
+        assert!(topic_matches("$ota/+/pk/dn", "$ota/report/pk/dn"));
+        assert!(!topic_matches("$ota/+/pk/dn", "$ota/report/pk2/dn"));
+        assert!(topic_matches(
+            "/$system/pk/dn/ota/+",
+            "/$system/pk/dn/ota/upstream"
+        ));
+        assert!(topic_matches("a/#", "a/b/c"));
+    }
 }

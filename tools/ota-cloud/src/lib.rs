@@ -23,6 +23,7 @@ pub mod cloud;
 pub mod console;
 pub mod counting;
 pub mod demo;
+pub mod fleet;
 pub mod http;
 pub mod imgtool;
 pub mod milestones;
@@ -33,8 +34,9 @@ pub mod ucloud;
 
 pub use broker::EmbeddedBroker;
 pub use cloud::{
-    AliyunCloud, Announcement, Cloud, CloudOptions, Failure, Protocol, Success, Summary,
-    TargetOutcome, Trigger, UpgradeRecord, DEFAULT_GRACE, DEFAULT_MAX_UPGRADE_MESSAGES,
+    AliyunCloud, Announcement, Cloud, CloudOptions, Failure, Observer, Protocol, SharedConnection,
+    Stage, Success, Summary, TargetOutcome, Trigger, UpgradeRecord, DEFAULT_GRACE,
+    DEFAULT_MAX_UPGRADE_MESSAGES,
 };
 pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, SentMeter, UrlRenewer};
 pub use milestones::{Milestones, NextUpgrade, Supersede};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use ota_cloud::demo::{self, DeviceKind, SignedDemo, Tamper};
+use ota_cloud::fleet::DeviceId;
 use ota_cloud::imgtool::{self, KeyType, SignOptions};
 use ota_cloud::milestones::{self, Milestones, Supersede};
 use ota_cloud::{ExpireRule, Faults, Protocol, SignMethod};
@@ -36,6 +37,10 @@ See 'ota-cloud help serve' for each flag.
 On a terminal, serve and demo draw the download's progress on stderr (not with --quiet or
 --json); elsewhere only plain lines are written.
 
+fleet plays such a run for each of many devices at once over one MQTT connection and ends with a
+summary of all of them instead: upgraded / failed / still waiting, and the HTTP downloads served
+per image (see 'ota-cloud help fleet').
+
 Exit status: 0 success, 1 failure, 2 usage error.";
 
 /// Local OTA platform simulator: plays the cloud side (Aliyun, SagooIOT, Tencent, UCloud)
@@ -64,6 +69,20 @@ pub enum Command {
     /// reports its old version again (e.g. restarted) gets the pending upgrade again.
     #[command(after_help = FAULT_NOTES)]
     Serve(Box<ServeArgs>),
+    /// Play the platform for many devices at once: one upgrade campaign, one MQTT connection.
+    ///
+    /// A gateway's sub-devices, or any devices on one broker: each device is announced the
+    /// upgrade to V when it reports its version and every message it sends is checked, as
+    /// 'serve' does for one (the same success rule per platform). The images are served over
+    /// HTTP on 127.0.0.1 (Range honoured): one image for every device by default, so the
+    /// per-image count of full downloads shows whether a gateway fetched it once; --distinct
+    /// gives each device its own. On a terminal (stdout), a live table with one row per device;
+    /// otherwise one plain line per change of a device's state ('fleet: PK/DN: STATE'). Then a
+    /// summary: upgraded / failed / still waiting, and 'HTTP downloads served per image: NAME
+    /// COUNT ...'. Exit 0 when every device upgraded without a violation, 1 otherwise, 2 usage
+    /// error.
+    #[command(after_help = FLEET_NOTES)]
+    Fleet(Box<FleetArgs>),
     /// Run the embedded MQTT 3.1.1 broker on 127.0.0.1 in the foreground.
     Broker(BrokerArgs),
     /// One-command demo: broker, firmware server, cloud and a device program of this workspace.
@@ -87,6 +106,31 @@ pub enum Command {
     #[command(after_help = SIGN_NOTES)]
     Sign(SignArgs),
 }
+
+/// Under `fleet --help`.
+const FLEET_NOTES: &str = "\
+Devices: --devices PK/DN,PK/DN,... or --sub-devices N, named PK/PREFIXNN (--product-key, default
+a1OtaExmpPk; --name-prefix, default sub-; NN from 01, as many digits as N has: sub-01..sub-16,
+sub-001..sub-256). --gateway PK/DN adds the gateway itself as one more device, with its own
+image (GATEWAY.bin, --gateway-firmware-size, default the fleet's image size) and version
+(--gateway-version, default V).
+
+Images: shared (default): --firmware FILE or a generated image of --firmware-size bytes at
+/firmware.bin for every device. --distinct: a generated image per device, same size, different
+bytes, at /DN.bin with its own digest. --write-firmware-dir DIR writes DIR/DN.bin, the image
+each device is offered (the gateway's too), so what a device wrote can be compared byte for
+byte.
+
+Start-up: the images are printed ('image NAME: SIZE bytes, md5 ..., url ...'), then the line
+'fleet: playing PLATFORM for N devices; waiting for the version reports of N devices' once every
+device's topics are subscribed: start the devices after it.
+
+Summary: 'fleet: N devices: U upgraded, F failed, W still waiting', a line per device that did
+not upgrade, 'HTTP downloads served per image: NAME COUNT ...' (COUNT: whole images' worth of
+bytes served), then per image its requests, those from byte 0 and the bytes served, and the
+total bytes served. --json: stdout carries only one JSON object (devices with pk, dn, state,
+version; images with name, size, md5, sha256, requests, full_downloads; the request log); the
+lines above go to stderr.";
 
 /// Under `sign --help`.
 const SIGN_NOTES: &str = "\
@@ -166,6 +210,114 @@ pub struct ServeArgs {
     pub faults: FaultArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `fleet`: one campaign for many devices.
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("image")
+        .required(true)
+        .args(["firmware", "firmware_size"])
+))]
+#[command(group(
+    ArgGroup::new("fleet")
+        .required(true)
+        .args(["devices", "sub_devices"])
+))]
+pub struct FleetArgs {
+    /// The MQTT broker the devices are connected to.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_broker)]
+    pub broker: BrokerAddr,
+    /// The platform whose cloud side is played.
+    #[arg(
+        long,
+        alias = "protocol",
+        value_name = "PLATFORM",
+        value_parser = protocol_parser(),
+        ignore_case = true,
+        default_value = "aliyun"
+    )]
+    pub platform: Protocol,
+    /// sagoo: the digest announced in signMethod/sign.
+    #[arg(
+        long,
+        value_name = "METHOD",
+        value_parser = sign_method_parser(),
+        ignore_case = true,
+        default_value = "md5"
+    )]
+    pub sign_method: SignMethod,
+    /// The devices, by product key and device name as in their topics.
+    #[arg(long, value_name = "PK/DN,PK/DN,...", value_delimiter = ',', value_parser = DeviceId::parse)]
+    pub devices: Vec<DeviceId>,
+    /// N sub-devices named PK/PREFIX01.. (see below).
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = parse_fleet_size)]
+    pub sub_devices: Option<usize>,
+    /// With --sub-devices: their product key.
+    #[arg(long, value_name = "PK", requires = "sub_devices", default_value = DEFAULT_SUB_PRODUCT_KEY)]
+    pub product_key: String,
+    /// With --sub-devices: their names' prefix.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        requires = "sub_devices",
+        default_value = "sub-"
+    )]
+    pub name_prefix: String,
+    /// The version the upgrade installs.
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// Serve this file to every device.
+    #[arg(long, value_name = "FILE", conflicts_with = "distinct")]
+    pub firmware: Option<PathBuf>,
+    /// Serve a generated image of BYTES bytes.
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES")]
+    pub firmware_size: Option<usize>,
+    /// Each device gets its own image (same size, different bytes, own URL path and digest).
+    #[arg(long)]
+    pub distinct: bool,
+    /// The gateway itself, as one more device with its own image and version.
+    #[arg(long, value_name = "PK/DN", value_parser = DeviceId::parse)]
+    pub gateway: Option<DeviceId>,
+    /// The version the gateway's upgrade installs (default V).
+    #[arg(long, value_name = "V", requires = "gateway")]
+    pub gateway_version: Option<String>,
+    /// The size of the gateway's image (default the fleet's image size).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "BYTES",
+        requires = "gateway"
+    )]
+    pub gateway_firmware_size: Option<usize>,
+    /// Write each device's image to DIR/DN.bin (DIR is created).
+    #[arg(long, value_name = "DIR")]
+    pub write_firmware_dir: Option<PathBuf>,
+    /// Give up after this long.
+    #[arg(
+        long,
+        alias = "timeout-s",
+        allow_negative_numbers = true,
+        value_name = "SECONDS",
+        default_value_t = 120
+    )]
+    pub timeout: u64,
+    /// Print the summary as one JSON object on stdout (everything else on stderr, no table).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--sub-devices`' product key by default: the C examples' own.
+pub const DEFAULT_SUB_PRODUCT_KEY: &str = "a1OtaExmpPk";
+
+/// Most devices of one fleet.
+pub const MAX_FLEET: usize = 1024;
+
+fn parse_fleet_size(v: &str) -> Result<usize, String> {
+    match number::<usize>(v)? {
+        n @ 1..=MAX_FLEET => Ok(n),
+        n => Err(format!("{n} sub-devices: 1 to {MAX_FLEET}")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,16 +1,18 @@
-//! `ota-cloud` command line: `serve`, `broker`, `demo`, `sign` (see `ota-cloud help`). The flags are
+//! `ota-cloud` command line: `serve`, `fleet`, `broker`, `demo`, `sign` (see `ota-cloud help`). The flags are
 //! in args.rs; usage errors exit 2 with the flag named, failures of a run exit 1.
 
 mod args;
+mod fleet_view;
 mod progress;
 mod report;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use args::{BrokerArgs, Cli, Command, DemoArgs, PlatformArgs, ServeArgs, SignArgs};
+use args::{BrokerArgs, Cli, Command, DemoArgs, FleetArgs, PlatformArgs, ServeArgs, SignArgs};
 use clap::Parser;
 use ota_cloud::demo::{self, DemoOptions};
+use ota_cloud::fleet::{self, DeviceId, Fleet, FleetDevice, FleetSpec, GatewaySpec, Images};
 use ota_cloud::imgtool::{Imgtool, Layout};
 use ota_cloud::milestones::{self, Milestones, NextUpgrade};
 use ota_cloud::{
@@ -21,6 +23,7 @@ use progress::DownloadBar;
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(a) => serve(&a),
+        Command::Fleet(a) => run_fleet(&a),
         Command::Broker(a) => broker(&a),
         Command::Demo(a) => run_demo(&a),
         Command::Sign(a) => sign(&a),
@@ -68,6 +71,118 @@ fn serve(args: &ServeArgs) -> Result<ExitCode, String> {
         .outcome
         .map(|_| ExitCode::SUCCESS)
         .map_err(|e| e.to_string())
+}
+
+/// `fleet`: one campaign for many devices on one connection.
+fn run_fleet(args: &FleetArgs) -> Result<ExitCode, String> {
+    let spec = fleet_spec(args)?;
+    if let Err(e) = spec.check() {
+        args::usage_error("fleet", e);
+    }
+    let out = fleet_view::Out { json: args.json };
+    let fleet =
+        Fleet::prepare(&spec, &args.broker.host, args.broker.port).map_err(|e| e.to_string())?;
+    for image in &fleet.images {
+        let users: Vec<&FleetDevice> = fleet
+            .devices
+            .iter()
+            .filter(|d| fleet.images[d.image].name == image.name)
+            .collect();
+        out.line(&format!(
+            "image {}: {} bytes, md5 {}, sha256 {}, url {}, for {} device{}",
+            image.name,
+            image.bytes.len(),
+            image.md5,
+            image.sha256,
+            users[0].firmware.url,
+            users.len(),
+            if users.len() == 1 { "" } else { "s" }
+        ));
+    }
+    if let Some(dir) = &args.write_firmware_dir {
+        write_images(dir, &fleet)?;
+    }
+    let ids: Vec<DeviceId> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+    out.line(&format!(
+        "fleet: playing {} for {} devices; waiting for the version reports of {} devices",
+        fleet.protocol,
+        ids.len(),
+        ids.len()
+    ));
+    let view = fleet_view::FleetView::start(ids, out);
+    let report = fleet.run(view.observer());
+    view.finish();
+    for line in report.summary_lines() {
+        out.line(&line);
+    }
+    if args.json {
+        println!("{}", report::fleet(&report));
+    }
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The campaign `fleet`'s flags describe; a usage error for what clap cannot check.
+fn fleet_spec(args: &FleetArgs) -> Result<FleetSpec, String> {
+    let devices = match args.sub_devices {
+        Some(n) => {
+            if let Err(e) = fleet::check_name("--product-key", &args.product_key)
+                .and_then(|_| fleet::check_name("--name-prefix", &format!("{}1", args.name_prefix)))
+            {
+                args::usage_error("fleet", e);
+            }
+            (1..=n)
+                .map(|i| DeviceId {
+                    product_key: args.product_key.clone(),
+                    device_name: fleet::sub_device_name(&args.name_prefix, i, n),
+                })
+                .collect()
+        }
+        None => args.devices.clone(),
+    };
+    let shared = match (&args.firmware, args.firmware_size) {
+        (Some(path), _) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
+        (None, size) => generate_firmware(size.unwrap_or(0)),
+    };
+    let size = shared.len();
+    let images = if args.distinct {
+        Images::Distinct { size }
+    } else {
+        Images::Shared(shared)
+    };
+    let options = CloudOptions {
+        sign_method: args.sign_method,
+        ..CloudOptions::default()
+    };
+    Ok(FleetSpec {
+        protocol: args.platform,
+        options,
+        devices,
+        version: args.version.clone(),
+        images,
+        gateway: args.gateway.clone().map(|id| GatewaySpec {
+            id,
+            version: args.gateway_version.clone().unwrap_or(args.version.clone()),
+            size: args.gateway_firmware_size.unwrap_or(size),
+        }),
+        timeout: Duration::from_secs(args.timeout),
+    })
+}
+
+/// `--write-firmware-dir`: DIR/DN.bin, the image each device is offered.
+fn write_images(dir: &std::path::Path, fleet: &Fleet) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for d in &fleet.devices {
+        let path = dir.join(format!("{}.bin", d.id.device_name));
+        std::fs::write(&path, &fleet.images[d.image].bytes[..])
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The upgrade's options from `serve`'s flags.

@@ -1,6 +1,8 @@
 //! `--json`: the run's report as one JSON object, printed after the outcome line.
 
 use ota_cloud::demo::DemoReport;
+use ota_cloud::fleet::{FleetReport, Verdict};
+use ota_cloud::RequestLog;
 use ota_cloud::{Summary, TargetOutcome, UpgradeRecord};
 use serde_json::{json, Value};
 
@@ -66,5 +68,73 @@ pub fn demo(r: &DemoReport) -> Value {
         "device_image": r.device_image,
         "device_refusal": r.device_refusal,
         "cloud": summary(&r.summary),
+    })
+}
+
+/// `fleet --json`: every device's end, every image's count, the request log.
+pub fn fleet(r: &FleetReport) -> Value {
+    let (upgraded, failed, waiting) = r.counts();
+    let devices: Vec<Value> = r
+        .devices
+        .iter()
+        .map(|d| {
+            let why = match d.verdict() {
+                Verdict::Upgraded => None,
+                Verdict::Failed(why) | Verdict::Waiting(why) => Some(why),
+            };
+            json!({
+                "pk": d.device.id.product_key,
+                "dn": d.device.id.device_name,
+                "gateway": d.device.is_gateway,
+                "state": d.state(),
+                "why": why,
+                "version": d.running_version(),
+                "target_version": d.device.firmware.version,
+                "image": r.image_of(d),
+                "violation": d.summary.violation().map(|v| v.to_string()),
+                "progress": d.summary.progress,
+                "upgrade_messages_sent": d.summary.upgrade_messages_sent,
+            })
+        })
+        .collect();
+    let images: Vec<Value> = r
+        .images
+        .iter()
+        .map(|i| {
+            json!({
+                "name": i.name,
+                "size": i.size,
+                "md5": i.md5,
+                "sha256": i.sha256,
+                "requests": i.requests,
+                "requests_from_start": i.requests_from_start,
+                "bytes_served": i.bytes_served,
+                "full_downloads": i.full_downloads,
+            })
+        })
+        .collect();
+    json!({
+        "protocol": r.protocol.name(),
+        "success": r.success(),
+        "upgraded": upgraded,
+        "failed": failed,
+        "waiting": waiting,
+        "devices": devices,
+        "images": images,
+        "bytes_served": r.bytes_served,
+        "requests": r.requests.iter().map(request).collect::<Vec<_>>(),
+        "elapsed_ms": r.elapsed.as_millis() as u64,
+    })
+}
+
+fn request(q: &RequestLog) -> Value {
+    json!({
+        "seq": q.seq,
+        "method": q.method,
+        "path": q.path,
+        "range": q.range,
+        "status": q.status,
+        "bytes_sent": q.bytes_sent,
+        "complete": q.complete,
     })
 }
