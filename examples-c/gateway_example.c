@@ -39,6 +39,7 @@
 #define _POSIX_C_SOURCE 200809L /* pread, for the local image reader */
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
@@ -65,6 +66,8 @@
 #define IMAGE_KEY_MAXLEN        (4096)
 #define IMAGE_KEYS_MAX          (4)
 #define IMAGE_PATH_MAXLEN       (512)
+#define PROGRESS_STEP_PERCENT   (10)
+#define REPORT_ATTEMPTS         (50)
 
 #define RC_OK                   (0)
 #define RC_FAILED               (1)
@@ -77,13 +80,6 @@
         HAL_Printf("%s", "\n");                             \
     } while (0)
 
-/* One line per event of one device, prefixed with its name. */
-#define DEVICE_EVENT(d, ...)                                \
-    do {                                                    \
-        HAL_Printf("[%s] ", (d)->device_name);              \
-        HAL_Printf(__VA_ARGS__);                            \
-        HAL_Printf("%s", "\n");                             \
-    } while (0)
 
 typedef enum {
     DEVICE_IDLE,        /* runs its version; no upgrade under way */
@@ -102,9 +98,25 @@ typedef struct {
     void *h_ota;
     int fd;                 /* the image file: appended while fetching, read back for others */
     device_state_t state;
-    int waiting;            /* the last IOT_OTAG_WAITING seen, to print changes only */
+    uint32_t waiting;       /* the last IOT_OTAG_WAITING seen, to print changes only */
     int last_percent;
 } device_t;
+
+/* A report to a device's platform that must get there (progress percentages may be skipped). */
+typedef enum {
+    REPORT_VERSION,         /* IOT_OTA_ReportVersion: the version the device runs */
+    REPORT_PROGRESS,        /* IOT_OTA_ReportProgress: `step`, 100 or a failure step */
+    REPORT_BURNING,         /* IOT_OTA_ReportUpgradeBegin */
+    REPORT_SUCCESS,         /* IOT_OTA_ReportUpgradeSuccess */
+    REPORT_FAIL             /* IOT_OTA_ReportUpgradeFail */
+} report_kind_t;
+
+typedef struct {
+    report_kind_t kind;
+    const char *version;
+    IOT_OTA_Progress_t step;
+    const char *desc;
+} report_t;
 
 /* The vendor's image policy, read once and applied to every handle. */
 typedef struct {
@@ -157,6 +169,19 @@ static void event_handle(void *pcontext, void *pclient, iotx_mqtt_event_msg_pt m
             /* Subscribe and publish acknowledgements: 17 handles make many, all routine. */
             break;
     }
+}
+
+/* One line per event of one device, prefixed with its name, printed whole so that libota's log
+ * lines never cut it. */
+static void device_event(const device_t *d, const char *fmt, ...)
+{
+    char line[256];
+    va_list args;
+
+    va_start(args, fmt);
+    vsnprintf(line, sizeof(line), fmt, args);
+    va_end(args);
+    HAL_Printf("[%s] %s\n", d->device_name, line);
 }
 
 static const char *env_or(const char *name, const char *fallback)
@@ -299,7 +324,7 @@ static int apply_image_policy(void *h_ota, const image_policy_t *policy, const d
     }
     memcpy(running, d->version, sizeof(running));
     if (IOT_OTA_Ioctl(h_ota, IOT_OTAC_RUNNING_VERSION, running, sizeof(running)) != 0) {
-        DEVICE_EVENT(d, "running version %s is not MAJOR.MINOR.REVISION: no downgrade check",
+        device_event(d, "running version %s is not MAJOR.MINOR.REVISION: no downgrade check",
                      d->version);
     }
     return 0;
@@ -334,12 +359,12 @@ static int device_ota_init(gateway_t *gw, device_t *d)
 {
     d->h_ota = ota_init_protocol(d, gw->pclient);
     if (NULL == d->h_ota) {
-        DEVICE_EVENT(d, "failed: IOT_OTA_Init refused %s/%s", d->product_key, d->device_name);
+        device_event(d, "failed: IOT_OTA_Init refused %s/%s", d->product_key, d->device_name);
         return -1;
     }
     if (apply_image_policy(d->h_ota, &gw->policy, d) != 0
         || IOT_OTA_SetLocalImageSource(d->h_ota, read_kept_image, d) != 0) {
-        DEVICE_EVENT(d, "failed: setting up its OTA handle");
+        device_event(d, "failed: setting up its OTA handle");
         IOT_OTA_Deinit(d->h_ota);
         d->h_ota = NULL;
         return -1;
@@ -347,15 +372,62 @@ static int device_ota_init(gateway_t *gw, device_t *d)
     return 0;
 }
 
-static int device_report_version(device_t *d)
+static int report_once(void *h_ota, const report_t *r)
 {
-    int rc = IOT_OTA_ReportVersion(d->h_ota, d->version);
-
-    if (0 != rc) {
-        DEVICE_EVENT(d, "failed: reporting version %s, rc = %d", d->version, rc);
-        return -1;
+    switch (r->kind) {
+        case REPORT_VERSION:
+            return IOT_OTA_ReportVersion(h_ota, r->version);
+        case REPORT_PROGRESS:
+            return IOT_OTA_ReportProgress(h_ota, r->step, r->desc);
+        case REPORT_BURNING:
+            return IOT_OTA_ReportUpgradeBegin(h_ota);
+        case REPORT_SUCCESS:
+            return IOT_OTA_ReportUpgradeSuccess(h_ota, r->version);
+        default:
+            return IOT_OTA_ReportUpgradeFail(h_ota, r->version);
     }
-    return 0;
+}
+
+/* Sends a report the platform must get. Many handles finishing at once can fill the client's
+ * request queue (IOT_OTAE_OSC_FAILED): a yield lets it drain, then the report is tried again. */
+static int send_report_retrying(gateway_t *gw, device_t *d, const report_t *r)
+{
+    int attempt, rc = IOT_OTAE_OSC_FAILED;
+
+    for (attempt = 0; attempt < REPORT_ATTEMPTS && rc == IOT_OTAE_OSC_FAILED; attempt++) {
+        if (attempt > 0) {
+            IOT_MQTT_Yield(gw->pclient, 100);
+        }
+        rc = report_once(d->h_ota, r);
+    }
+    if (rc != 0) {
+        device_event(d, "a report to the platform failed (kind %d), rc = %d", (int)r->kind, rc);
+    }
+    return rc;
+}
+
+/* A version report, the end of the download, burning, success or failure of `version`. */
+static int send_report(gateway_t *gw, device_t *d, report_kind_t kind, const char *version)
+{
+    report_t r;
+
+    memset(&r, 0, sizeof(r));
+    r.kind = kind;
+    r.version = version;
+    r.step = IOT_OTAP_FETCH_PERCENTAGE_MAX;
+    return send_report_retrying(gw, d, &r);
+}
+
+/* A failure step (IOT_OTAP_*_FAILED) and why. */
+static int send_failure(gateway_t *gw, device_t *d, IOT_OTA_Progress_t step, const char *why)
+{
+    report_t r;
+
+    memset(&r, 0, sizeof(r));
+    r.kind = REPORT_PROGRESS;
+    r.step = step;
+    r.desc = why;
+    return send_report_retrying(gw, d, &r);
 }
 
 static int device_setup(device_t *d, const char *pk, const char *dn, const char *version,
@@ -498,17 +570,17 @@ static void *mqtt_connect(char *msg_buf, char *msg_readbuf)
 
 /* ---- One device's upgrade ---- */
 
-static const char *waiting_reason(int waiting)
+static const char *waiting_reason(uint32_t waiting)
 {
     switch (waiting) {
-        case 1:
+        case OTA_WAITING_SLOT:
             return "waiting for a download slot (OTA_MAX_DOWNLOADS)";
-        case 2:
+        case OTA_WAITING_SAME_IMAGE:
             return "waiting for the same image, which another device is downloading";
-        case 3:
+        case OTA_WAITING_READERS:
             return "waiting until the other devices finish reading its kept image";
         default:
-            return "no longer waiting";
+            return "waiting";
     }
 }
 
@@ -527,9 +599,8 @@ static const char *source_name(const device_t *d)
 
 static void device_fail(gateway_t *gw, device_t *d, IOT_OTA_Progress_t step, const char *why)
 {
-    DEVICE_EVENT(d, "failed: %s (last error %d)", why, IOT_OTA_GetLastError(d->h_ota));
-    IOT_OTA_ReportProgress(d->h_ota, step, why);
-    IOT_MQTT_Yield(gw->pclient, 0);
+    device_event(d, "failed: %s (last error %d)", why, IOT_OTA_GetLastError(d->h_ota));
+    send_failure(gw, d, step, why);
     d->state = DEVICE_FAILED;
 }
 
@@ -542,21 +613,22 @@ static void start_fetch(gateway_t *gw, device_t *d)
 
     IOT_OTA_Ioctl(d->h_ota, IOT_OTAG_VERSION, version, sizeof(version));
     IOT_OTA_Ioctl(d->h_ota, IOT_OTAG_FILE_SIZE, &size_file, 4);
-    DEVICE_EVENT(d, "start: version %s, %u bytes, source %s", version, (unsigned int)size_file,
+    device_event(d, "start: version %s, %u bytes, source %s", version, (unsigned int)size_file,
                  source_name(d));
     if (d->fd >= 0) {
         close(d->fd);
     }
     d->fd = open(d->image_path, O_RDWR | O_CREAT | O_TRUNC, 0644);
     d->last_percent = 0;
-    d->waiting = 0;
+    d->waiting = OTA_WAITING_NONE;
     d->state = DEVICE_FETCHING;
     if (d->fd < 0) {
         device_fail(gw, d, IOT_OTAP_BURN_FAILED, "cannot open the image file");
     }
 }
 
-/* Reports the download percentage when it grew. */
+/* Reports the download percentage in steps of PROGRESS_STEP_PERCENT: N devices share one uplink
+ * and one request queue. Best effort: a percentage the queue has no room for is skipped. */
 static void report_progress(device_t *d)
 {
     uint32_t size_downloaded = 0, size_file = 0;
@@ -568,7 +640,7 @@ static void report_progress(device_t *d)
         return;
     }
     percent = (int)((uint64_t)size_downloaded * 100 / size_file);
-    if (percent > d->last_percent) {
+    if (percent - d->last_percent >= PROGRESS_STEP_PERCENT && percent < 100) {
         IOT_OTA_ReportProgress(d->h_ota, (IOT_OTA_Progress_t)percent, NULL);
         d->last_percent = percent;
     }
@@ -589,24 +661,27 @@ static int verify_firmware(device_t *d, char *version, size_t version_len)
 
 /* A sub-device's new version is the platform's proof of success: it is reported on the same
  * handle, which keeps offering the image to the sub-devices that still need it. */
-static void finish_sub_device(device_t *d, const char *version)
+static void finish_sub_device(gateway_t *gw, device_t *d, const char *version)
 {
     if (last_mile_transfer(d) != 0) {
-        DEVICE_EVENT(d, "failed: the last-mile transfer to the sub-device");
-        IOT_OTA_ReportUpgradeFail(d->h_ota, version);
+        device_event(d, "failed: the last-mile transfer to the sub-device");
+        send_report(gw, d, REPORT_FAIL, version);
         d->state = DEVICE_FAILED;
         return;
     }
     /* The image is in place: tell the platform (Tencent "done", UCloud "success"). */
-    IOT_OTA_ReportUpgradeSuccess(d->h_ota, version);
+    if (send_report(gw, d, REPORT_SUCCESS, version) != 0) {
+        d->state = DEVICE_FAILED;
+        return;
+    }
     /* The sub-device rebooted into the new image; the gateway reports what it now runs. */
     memcpy(d->version, version, sizeof(d->version));
-    if (device_report_version(d) != 0) {
+    if (send_report(gw, d, REPORT_VERSION, d->version) != 0) {
         d->state = DEVICE_FAILED;
         return;
     }
     d->state = DEVICE_UPGRADED;
-    DEVICE_EVENT(d, "done: runs %s", d->version);
+    device_event(d, "done: runs %s", d->version);
 }
 
 static void finish_upgrade(gateway_t *gw, device_t *d)
@@ -617,18 +692,24 @@ static void finish_upgrade(gateway_t *gw, device_t *d)
         device_fail(gw, d, IOT_OTAP_CHECK_FALIED, "image check failed");
         return;
     }
-    DEVICE_EVENT(d, "verified: version %s, source %s", version, source_name(d));
-    IOT_OTA_ReportProgress(d->h_ota, IOT_OTAP_FETCH_PERCENTAGE_MAX, NULL);
-    IOT_OTA_ReportUpgradeBegin(d->h_ota);
+    device_event(d, "verified: version %s, source %s", version, source_name(d));
+    d->last_percent = 100;
+    if (send_report(gw, d, REPORT_PROGRESS, NULL) != 0 || send_report(gw, d, REPORT_BURNING, NULL) != 0) {
+        d->state = DEVICE_FAILED;
+        return;
+    }
     if (!d->is_gateway) {
-        finish_sub_device(d, version);
+        finish_sub_device(gw, d, version);
         return;
     }
     /* The gateway's own image: in place now, booted once the sub-devices are done. */
-    IOT_OTA_ReportUpgradeSuccess(d->h_ota, version);
+    if (send_report(gw, d, REPORT_SUCCESS, version) != 0) {
+        d->state = DEVICE_FAILED;
+        return;
+    }
     memcpy(d->version, version, sizeof(d->version));
     d->state = DEVICE_INSTALLED;
-    DEVICE_EVENT(d, "installed %s: reboots once every sub-device is done", version);
+    device_event(d, "installed %s: reboots once every sub-device is done", version);
 }
 
 /* One step of the iotkit download loop: FetchYield, append to the device's file (never seek
@@ -655,12 +736,16 @@ static void fetch_step(gateway_t *gw, device_t *d)
 /* Prints a change of IOT_OTAG_WAITING: the handle has an upgrade it may not start yet. */
 static void watch_waiting(device_t *d)
 {
-    int waiting = 0;
+    uint32_t waiting = OTA_WAITING_NONE;
 
-    if (IOT_OTA_Ioctl(d->h_ota, IOT_OTAG_WAITING, &waiting, 4) == 0 && waiting != d->waiting) {
-        DEVICE_EVENT(d, "%s", waiting_reason(waiting));
-        d->waiting = waiting;
+    if (IOT_OTA_Ioctl(d->h_ota, IOT_OTAG_WAITING, &waiting, 4) != 0 || waiting == d->waiting) {
+        return;
     }
+    /* The end of a wait is the "start" line that follows. */
+    if (waiting != OTA_WAITING_NONE) {
+        device_event(d, "%s", waiting_reason(waiting));
+    }
+    d->waiting = waiting;
 }
 
 /* Returns 1 while the device downloads. */
@@ -684,12 +769,12 @@ static int reboot_gateway(gateway_t *gw)
 
     IOT_OTA_Deinit(d->h_ota);
     d->h_ota = NULL;
-    if (device_ota_init(gw, d) != 0 || device_report_version(d) != 0) {
+    if (device_ota_init(gw, d) != 0 || send_report(gw, d, REPORT_VERSION, d->version) != 0) {
         d->state = DEVICE_FAILED;
         return -1;
     }
     d->state = DEVICE_UPGRADED;
-    DEVICE_EVENT(d, "done: rebooted, runs %s", d->version);
+    device_event(d, "done: rebooted, runs %s", d->version);
     return 0;
 }
 
@@ -722,7 +807,7 @@ static int gateway_loop(gateway_t *gw)
     int i, fetching = 0;
 
     for (i = 0; i < gw->device_count; i++) {
-        if (device_ota_init(gw, &gw->devices[i]) != 0 || device_report_version(&gw->devices[i]) != 0) {
+        if (device_ota_init(gw, &gw->devices[i]) != 0 || send_report(gw, &gw->devices[i], REPORT_VERSION, gw->devices[i].version) != 0) {
             return RC_FAILED;
         }
     }

@@ -77,7 +77,7 @@ cloud_pid=$!
 
 # Every device reports its version once at start-up: the fleet must be subscribed before that.
 for _ in $(seq 100); do
-    if grep -qi "waiting for" "$tmp/fleet.log" "$tmp/fleet.out" 2>/dev/null; then
+    if grep -q "waiting for the version reports" "$tmp/fleet.log" 2>/dev/null; then
         break
     fi
     if ! kill -0 "$cloud_pid" 2>/dev/null; then
@@ -129,13 +129,8 @@ python3 - "$tmp/fleet.out" "$tmp/served/${names[1]}.bin" "$tmp/served/$gateway_d
 import hashlib, json, sys
 
 def summary(path):
-    """The JSON object on stdout (alone, or after plain lines)."""
-    text = open(path).read()
-    try:
-        return json.loads(text)
-    except ValueError:
-        start = text.find("\n{") + 1
-        return json.loads(text[start:])
+    """With --json, stdout carries only the summary object."""
+    return json.load(open(path))
 
 doc = summary(sys.argv[1])
 images = {img["md5"]: img for img in doc["images"]}
