@@ -372,6 +372,8 @@ static int device_ota_init(gateway_t *gw, device_t *d)
     return 0;
 }
 
+static const char *const report_names[] = { "version", "progress", "burning", "success", "failure" };
+
 static int report_once(void *h_ota, const report_t *r)
 {
     switch (r->kind) {
@@ -401,7 +403,7 @@ static int send_report_retrying(gateway_t *gw, device_t *d, const report_t *r)
         rc = report_once(d->h_ota, r);
     }
     if (rc != 0) {
-        device_event(d, "a report to the platform failed (kind %d), rc = %d", (int)r->kind, rc);
+        device_event(d, "reporting %s to the platform failed, rc = %d", report_names[r->kind], rc);
     }
     return rc;
 }
@@ -605,7 +607,7 @@ static void device_fail(gateway_t *gw, device_t *d, IOT_OTA_Progress_t step, con
 }
 
 /* IsFetching turned 1: a fresh cycle from byte 0 (no breakpoint store here), so the file is
- * emptied; no other handle reads it any more (libota waits for its readers: IOT_OTAG_WAITING 3). */
+ * emptied; no other handle reads it any more (libota waits for its readers first: OTA_WAITING_READERS). */
 static void start_fetch(gateway_t *gw, device_t *d)
 {
     char version[OTA_VERSION_LEN_MAX] = { 0 };
@@ -693,7 +695,6 @@ static void finish_upgrade(gateway_t *gw, device_t *d)
         return;
     }
     device_event(d, "verified: version %s, source %s", version, source_name(d));
-    d->last_percent = 100;
     if (send_report(gw, d, REPORT_PROGRESS, NULL) != 0 || send_report(gw, d, REPORT_BURNING, NULL) != 0) {
         d->state = DEVICE_FAILED;
         return;

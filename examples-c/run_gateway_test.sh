@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # A gateway upgrading itself and N sub-devices over one MQTT connection (issue 15): mosquitto as
-# the broker, `ota-cloud fleet` as the platform of all N+1 devices (the sub-devices share one
-# image, the gateway has its own), and gateway_example as the gateway firmware.
+# the broker, `ota-cloud fleet` as the platform of all N+1 devices, and gateway_example as the
+# gateway firmware.
+#   shared   (default) the sub-devices share one image, the gateway has its own
+#   distinct every device has its own image (fleet --distinct)
 # Passes when both exit 0, each device's file is byte-identical to the image served for it, the
-# fleet's summary counts one full download of the shared image and one of the gateway's, and the
-# gateway says that all sub-devices but one streamed the image from the one that downloaded it.
+# fleet's summary counts exactly one full download of each distinct image, and the gateway says
+# it verified one image per distinct image from the network and streamed the rest from the
+# devices that downloaded them.
 #
-# usage: run_gateway_test.sh GATEWAY_BIN OTA_CLOUD_BIN N
+# usage: run_gateway_test.sh GATEWAY_BIN OTA_CLOUD_BIN N [shared|distinct]
 # env:   OTA_PROTOCOL (aliyun|sagoo|tencent|ucloud, default aliyun),
 #        OTA_TEST_FIRMWARE_SIZE (the shared image, default 1000000; the gateway's is half as big),
 #        OTA_TIMEOUT_S (deadline of the gateway and of the fleet, default 300),
@@ -23,6 +26,7 @@ usage="usage: run_gateway_test.sh GATEWAY_BIN OTA_CLOUD_BIN N"
 gateway=${1:?$usage}
 cloud=${2:?$usage}
 sub_count=${3:?$usage}
+scenario=${4:-shared}
 protocol=${OTA_PROTOCOL:-aliyun}
 firmware_size=${OTA_TEST_FIRMWARE_SIZE:-1000000}
 gateway_firmware_size=$((firmware_size / 2 + 1))
@@ -33,6 +37,15 @@ gateway_dn=ota_ctest_gateway
 gateway_secret=GatewaySecretGatewaySecretGatewa
 sub_pk=a1OtaSubTestPk
 sub_prefix=sub-
+
+case $scenario in
+shared) fleet_images=() images_expected=2 ;;
+distinct) fleet_images=(--distinct) images_expected=$((sub_count + 1)) ;;
+*)
+    echo "unknown scenario $scenario (expected shared or distinct)" >&2
+    exit 1
+    ;;
+esac
 
 find_mosquitto
 require_executables "$gateway" "$cloud"
@@ -69,7 +82,7 @@ start_mosquitto "$tmp/mosquitto.log"
 mkdir -p "$tmp/served" "$tmp/gateway"
 "$cloud" fleet --broker "127.0.0.1:$port" --platform "$protocol" \
     --sub-devices "$sub_count" --product-key "$sub_pk" --name-prefix "$sub_prefix" \
-    --version 2.0.0 --firmware-size "$firmware_size" \
+    --version 2.0.0 --firmware-size "$firmware_size" "${fleet_images[@]}" \
     --gateway "$gateway_pk/$gateway_dn" --gateway-version 2.0.0 --gateway-firmware-size "$gateway_firmware_size" \
     --write-firmware-dir "$tmp/served" --timeout "$timeout_s" --json \
     >"$tmp/fleet.out" 2>"$tmp/fleet.log" &
@@ -87,7 +100,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-echo "running $gateway $sub_count (OTA_PROTOCOL=$protocol, shared image $firmware_size bytes)"
+echo "running $gateway $sub_count (OTA_PROTOCOL=$protocol, $scenario images of $firmware_size bytes)"
 started=$(date +%s%N)
 set +e
 IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port OTA_REQUIRE_SIGNATURE=0 \
@@ -124,41 +137,37 @@ for dn in "${names[@]}"; do
     fi
 done
 
-# The fleet's summary: the shared image and the gateway's were each served in full once.
-python3 - "$tmp/fleet.out" "$tmp/served/${names[1]}.bin" "$tmp/served/$gateway_dn.bin" <<'EOF'
+# The fleet's summary: each distinct image was served in full exactly once.
+python3 - "$tmp/fleet.out" "$images_expected" "${names[@]/#/$tmp/served/}" <<'EOF'
 import hashlib, json, sys
 
-def summary(path):
-    """With --json, stdout carries only the summary object."""
-    return json.load(open(path))
-
-doc = summary(sys.argv[1])
-images = {img["md5"]: img for img in doc["images"]}
+summary_path, expected, served = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+# With --json, stdout carries only the summary object.
+images = {img["md5"]: img for img in json.load(open(summary_path))["images"]}
+wanted = {hashlib.md5(open(p + ".bin", "rb").read()).hexdigest() for p in served}
 failed = False
-for what, path in (("shared image", sys.argv[2]), ("gateway image", sys.argv[3])):
-    md5 = hashlib.md5(open(path, "rb").read()).hexdigest()
-    img = images.get(md5)
-    if img is None:
-        print(f"FAIL: no {what} with md5 {md5} in the fleet's summary: {sorted(images)}")
-        failed = True
-        continue
-    print(f"{what} {img['name']}: {img['full_downloads']} full download(s), {img['requests']} request(s)")
-    if img["full_downloads"] != 1:
-        print(f"FAIL: the {what} was downloaded in full {img['full_downloads']} times, not once")
-        failed = True
-if len(images) != 2:
-    print(f"FAIL: the fleet served {len(images)} distinct images, expected 2")
+if len(wanted) != expected or set(images) != wanted:
+    print(f"FAIL: {len(wanted)} distinct images served to the devices, {len(images)} in the "
+          f"fleet's summary, expected {expected}")
     failed = True
+for md5 in sorted(wanted & set(images)):
+    img = images[md5]
+    if img["full_downloads"] != 1:
+        print(f"FAIL: image {img['name']} was downloaded in full {img['full_downloads']} times, not once")
+        failed = True
+counts = sorted({(img["full_downloads"], img["requests"]) for img in images.values()})
+print(f"fleet: {len(images)} images; (full downloads, requests) per image: {counts}")
 sys.exit(1 if failed else 0)
 EOF
 
-# The gateway's own account: one network download per image, the rest streamed locally.
+# The gateway's own account: one network download per distinct image, the rest streamed locally.
 local_count=$(grep -c '^\[.*\] verified: .*source local image' "$tmp/gateway.out" || true)
 network_count=$(grep -c '^\[.*\] verified: .*source network' "$tmp/gateway.out" || true)
-if [[ $local_count -ne $((sub_count - 1)) || $network_count -ne 2 ]]; then
+local_expected=$((sub_count + 1 - images_expected))
+if [[ $local_count -ne $local_expected || $network_count -ne $images_expected ]]; then
     echo "FAIL: $network_count images verified from the network and $local_count from a local image;" \
-        "expected 2 and $((sub_count - 1))" >&2
+        "expected $images_expected and $local_expected" >&2
     exit 1
 fi
-echo "PASS: gateway + $sub_count sub-devices upgraded on $protocol in ${elapsed_ms} ms; 2 network downloads," \
-    "$local_count local streams, every image byte-identical to the one served"
+echo "PASS: gateway + $sub_count sub-devices upgraded on $protocol ($scenario images) in ${elapsed_ms} ms;" \
+    "$network_count network downloads, $local_count local streams, every image byte-identical to the one served"
