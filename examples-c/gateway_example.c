@@ -166,7 +166,7 @@ static void event_handle(void *pcontext, void *pclient, iotx_mqtt_event_msg_pt m
             EXAMPLE_TRACE("buffer overflow");
             break;
         default:
-            /* Subscribe and publish acknowledgements: 17 handles make many, all routine. */
+            /* Subscribe and publish acknowledgements: every handle makes some, all routine. */
             break;
     }
 }
