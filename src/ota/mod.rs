@@ -775,7 +775,8 @@ impl Engine {
     fn opened(&mut self, r: Result<(), DownloadError>) -> Result<()> {
         match r {
             Ok(()) => {
-                if self.download.quiet.first(Once::PlainHttp) {
+                // A kept image streamed locally never touches the network.
+                if self.download.local.is_none() && self.download.quiet.first(Once::PlainHttp) {
                     self.say_what_protects_plain_http();
                 }
                 // Every request starts here, before any of its bytes is read.
