@@ -10,7 +10,8 @@ use super::fields::{
     check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
     take_raw_str, take_size, take_str,
 };
-use super::json::{JsonError, Writer};
+use super::json::{JsonError, Object, Writer};
+use super::package;
 use super::{
     Channel, DigestKind, Downstream, Facts, Limits, NoticeError, Report, Topics, UpgradeNotice,
 };
@@ -43,11 +44,35 @@ pub(crate) fn topics(pk: &str, dn: &str) -> Topics {
 pub const SUCCESS_CODE: &str = "1000";
 
 /// Decodes an upgrade notification into `out` (which is scratch: partly written on error).
+///
+/// A package the engine does not fetch yet (Link SDK 4.x: several `files`, or `dProtocol`
+/// `mqtt`) is decoded as far as it goes and then rejected with [`NoticeError::Unsupported`].
 pub fn decode(
     payload: &[u8],
     limits: &Limits,
     out: &mut UpgradeNotice,
 ) -> Result<Downstream, NoticeError> {
+    let data = upgrade_data(payload, limits, out)?;
+    let decoded = decode_data(&data, out);
+    package::until_integrated(&data, decoded, out)
+}
+
+/// [`decode`] without refusing packages of several files or over MQTT.
+pub fn decode_package(
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut UpgradeNotice,
+) -> Result<Downstream, NoticeError> {
+    let data = upgrade_data(payload, limits, out)?;
+    decode_data(&data, out).map(|()| Downstream::Upgrade)
+}
+
+/// The `data` object of a successful upgrade message; `out` cleared, with its message id.
+fn upgrade_data<'a>(
+    payload: &'a [u8],
+    limits: &Limits,
+    out: &mut UpgradeNotice,
+) -> Result<Object<'a>, NoticeError> {
     let msg = parse_object(payload, limits)?;
     let code = take_raw_str(&msg, "code")?;
     if !code.eq_str(SUCCESS_CODE) {
@@ -56,14 +81,46 @@ pub fn decode(
     let data = take_object(&msg, "data")?;
     out.clear();
     out.message_id = msg.get("id").and_then(|v| v.as_u64()).unwrap_or(0);
-    out.size = take_size(&data, "size")?;
-    take_nonempty_str(&data, "version", &mut out.version)?;
-    take_str(&data, "url", &mut out.url)?;
+    Ok(data)
+}
+
+/// The fields of `data`: iotkit v2.3's single file (`url`, `md5`), or Link SDK 4.x's package
+/// (`files`) or download over MQTT (`dProtocol`, `streamId`, `streamFileId`), whose digests are
+/// `sign`/`fileSign` by `signMethod`.
+fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
+    if package::has_files(data) || package::over_mqtt(data) {
+        return decode_link_sdk_package(data, out);
+    }
+    out.size = take_size(data, "size")?;
+    take_nonempty_str(data, "version", &mut out.version)?;
+    take_str(data, "url", &mut out.url)?;
     check_url(&out.url)?;
     out.digest_kind = DigestKind::Md5;
-    take_digest(&data, "md5", DigestKind::Md5, &mut out.digest)?;
-    take_opt_str(&data, "module", &mut out.module)?;
-    Ok(Downstream::Upgrade)
+    take_digest(data, "md5", DigestKind::Md5, &mut out.digest)?;
+    take_opt_str(data, "module", &mut out.module)
+}
+
+/// A Link SDK 4.x package: the module and version first (for a refusal report), then the
+/// files or the single file over MQTT (its digest `md5` where given, else `sign`).
+fn decode_link_sdk_package(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
+    take_opt_str(data, "module", &mut out.module)?;
+    take_nonempty_str(data, "version", &mut out.version)?;
+    let transfer = package::take_transfer(data);
+    let method = package::named_sign_method(data)?;
+    if package::has_files(data) {
+        out.transfer = transfer?;
+        return package::take_files(data, method, out);
+    }
+    out.size = take_size(data, "size")?;
+    if data.get("md5").is_some() {
+        out.digest_kind = DigestKind::Md5;
+        take_digest(data, "md5", DigestKind::Md5, &mut out.digest)?;
+    } else {
+        out.digest_kind = method.unwrap_or_else(|| package::kind_by_length(data.get("sign")));
+        take_digest(data, "sign", out.digest_kind, &mut out.digest)?;
+    }
+    out.transfer = package::single_file_transfer(data, transfer?)?;
+    Ok(())
 }
 
 /// How an Aliyun-family platform spells its upstream messages.

@@ -122,6 +122,35 @@ impl<'a> Iterator for Members<'a> {
     }
 }
 
+/// Iterator over the values of a JSON array ([`Value::elements`]).
+#[derive(Clone, Debug)]
+pub struct Elements<'a> {
+    raw: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Value<'a>;
+
+    /// Re-walks already validated text, as [`Members`] does.
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut p = Parser::new(self.raw, self.pos, false);
+        self.pos = self.raw.len();
+        p.ws();
+        if p.eat(b',') {
+            p.ws();
+        }
+        if p.peek()? == b']' {
+            return None;
+        }
+        let vs = p.i;
+        p.value(0).ok()?;
+        let value = make_value(self.raw.get(vs..p.i)?)?;
+        self.pos = p.i;
+        Some(value)
+    }
+}
+
 /// One JSON value borrowed from validated text.
 #[derive(Clone, Copy, Debug)]
 pub enum Value<'a> {
@@ -152,6 +181,14 @@ impl<'a> Value<'a> {
     pub fn as_object(&self) -> Option<Object<'a>> {
         match self {
             Value::Object(o) => Some(*o),
+            _ => None,
+        }
+    }
+
+    /// The array's values in document order, or `None` for any other type.
+    pub fn elements(&self) -> Option<Elements<'a>> {
+        match self {
+            Value::Array(raw) => Some(Elements { raw, pos: 1 }),
             _ => None,
         }
     }
@@ -652,6 +689,31 @@ mod tests {
         let mut w = Writer::new(&mut buf);
         let n = w.raw("{\"v\":").raw(inner).raw("}").finish();
         Ok(f(Object::parse(&buf[..n.unwrap()])?.get("v").unwrap()))
+    }
+
+    #[test]
+    fn array_elements_in_order() {
+        let text = br#"{"a":[ {"n":"x","k":[1,2]} , "s",3,[],null ],"e":[ ],"o":{}}"#;
+        let o = Object::parse(text).unwrap();
+        let kinds: Vec<&str> = o
+            .get("a")
+            .unwrap()
+            .elements()
+            .unwrap()
+            .map(|v| v.kind())
+            .collect();
+        assert_eq!(kinds, ["object", "string", "number", "array", "null"]);
+        let first = o.get("a").unwrap().elements().unwrap().next().unwrap();
+        assert!(first
+            .as_object()
+            .unwrap()
+            .get("n")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .eq_str("x"));
+        assert_eq!(o.get("e").unwrap().elements().unwrap().count(), 0);
+        assert!(o.get("o").unwrap().elements().is_none());
     }
 
     fn sub<'a>(o: Object<'a>, key: &str) -> Object<'a> {

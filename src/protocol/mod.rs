@@ -10,12 +10,15 @@ pub mod aliyun;
 mod fields;
 pub mod fixed;
 pub mod json;
+pub mod mqtt_download;
+pub mod package;
 pub mod sagoo;
 pub mod tencent;
 pub mod ucloud;
 
 pub use fixed::{FixedStr, SetJsonError, TooLong};
 use json::JsonError;
+pub use package::{FileList, PackageFile, Transfer};
 
 /// The IoT platform whose OTA protocol a session speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +138,10 @@ pub struct Limits {
     pub message: usize,
     /// Largest downstream message accepted, bytes.
     pub downstream: usize,
+    /// Most files one package (`files` array) may hold; more is [`NoticeError::TooManyFiles`].
+    pub max_files: usize,
+    /// Longest file name in a package, bytes.
+    pub max_file_name: usize,
 }
 
 impl Default for Limits {
@@ -147,6 +154,8 @@ impl Default for Limits {
             ext_data: 1024,
             message: 1024,
             downstream: 8192,
+            max_files: 8,
+            max_file_name: 64,
         }
     }
 }
@@ -178,6 +187,13 @@ pub struct UpgradeNotice {
     pub digest: [u8; 32],
     /// The message id, where the protocol sends one.
     pub message_id: u64,
+    /// The files of a package (`files` array): empty for a single-file upgrade (today's
+    /// shape), else one entry per file in the platform's order. For a package of one file the
+    /// fields above repeat that file; for more, `url` is empty, `size` is the sum of the files'
+    /// sizes and `digest` all zero (each file has its own).
+    pub files: FileList,
+    /// How the image is fetched: HTTP(S) from `url`, or blocks over MQTT (`dProtocol`).
+    pub transfer: Transfer,
 }
 
 impl UpgradeNotice {
@@ -196,6 +212,8 @@ impl UpgradeNotice {
             digest_kind: DigestKind::Md5,
             digest: [0; 32],
             message_id: 0,
+            files: FileList::new(limits),
+            transfer: Transfer::Http,
         }
     }
 
@@ -212,6 +230,8 @@ impl UpgradeNotice {
         self.digest_kind = DigestKind::Md5;
         self.digest = [0; 32];
         self.message_id = 0;
+        self.files.clear();
+        self.transfer = Transfer::Http;
     }
 
     /// The expected digest bytes.
@@ -237,6 +257,13 @@ impl UpgradeNotice {
             && self.digest_kind == other.digest_kind
             && self.digest() == other.digest()
             && self.task_id == other.task_id
+            && self.files.same_files(&other.files)
+            && self.transfer == other.transfer
+    }
+
+    /// Whether this upgrade is a package of several files (the engine fetches one file today).
+    pub fn is_package(&self) -> bool {
+        self.files.len() > 1
     }
 }
 
@@ -303,6 +330,43 @@ pub enum NoticeError {
     /// a failure report.
     #[error("the task upgrades from another version than the one running")]
     NotForRunningVersion,
+    /// The package's `files` array holds no file.
+    #[error("the package's \"files\" array is empty")]
+    EmptyPackage,
+    /// The package holds more files than [`Limits::max_files`].
+    #[error("the package holds {count} files, more than the {max} fixed at init")]
+    TooManyFiles {
+        /// Files in the array.
+        count: usize,
+        /// [`Limits::max_files`].
+        max: usize,
+    },
+    /// A file's name is longer than [`Limits::max_file_name`] (never truncated).
+    #[error(
+        "the name of file {index} is {len} bytes, longer than the {max}-byte limit fixed at init"
+    )]
+    FileNameTooLong {
+        /// The file's place in the array, from 0.
+        index: usize,
+        /// The name's length in bytes, unescaped.
+        len: usize,
+        /// [`Limits::max_file_name`].
+        max: usize,
+    },
+    /// A file of the package lacks a field it needs (its URL, digest, size or name).
+    #[error("file {index} of the package has no \"{field}\"")]
+    FileIncomplete {
+        /// The file's place in the array, from 0.
+        index: usize,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// Two files of the package have the same name.
+    #[error("file {index} of the package repeats the name of an earlier file")]
+    DuplicateFileName {
+        /// The later file's place in the array, from 0.
+        index: usize,
+    },
 }
 
 /// The topics one device uses, built once at init.
@@ -488,6 +552,24 @@ pub fn decode(
     match protocol {
         Protocol::Aliyun => aliyun::decode(payload, limits, out),
         Protocol::Sagoo => sagoo::decode(payload, limits, out),
+        Protocol::Tencent => tencent::decode(payload, limits, out),
+        Protocol::Ucloud => ucloud::decode(payload, limits, out),
+    }
+}
+
+/// Decodes a downstream message as [`decode`] does, but without refusing what the engine does
+/// not fetch yet: a package of several files and a download over MQTT decode to `Ok` here
+/// ([`UpgradeNotice::is_package`], [`UpgradeNotice::transfer`]). Tencent and UCloud have
+/// neither feature, so this is [`decode`] for them.
+pub fn decode_package(
+    protocol: Protocol,
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut UpgradeNotice,
+) -> Result<Downstream, NoticeError> {
+    match protocol {
+        Protocol::Aliyun => aliyun::decode_package(payload, limits, out),
+        Protocol::Sagoo => sagoo::decode_package(payload, limits, out),
         Protocol::Tencent => tencent::decode(payload, limits, out),
         Protocol::Ucloud => ucloud::decode(payload, limits, out),
     }

@@ -14,6 +14,7 @@ use super::fields::{
     take_raw_str, take_size, take_str,
 };
 use super::json::{JsonError, Object, Value};
+use super::package;
 use super::{
     Channel, DigestKind, Downstream, Facts, Limits, NoticeError, Report, SetJsonError,
     UpgradeNotice,
@@ -45,14 +46,36 @@ pub const STYLE: Style = Style {
 
 /// Decodes an upgrade notification into `out` (which is scratch: partly written on error).
 ///
-/// A notification whose package is delivered over MQTT (`dProtocol` present) is decoded as far
-/// as it goes, so `out` names the module and batch for the refusal report, and then rejected
-/// with [`NoticeError::Unsupported`].
+/// What the engine does not fetch yet, a package delivered over MQTT (`dProtocol` present) or
+/// of several files (`files`), is decoded as far as it goes, so `out` names the module and
+/// batch for the refusal report, and then rejected with [`NoticeError::Unsupported`]
+/// ([`package::MQTT_REFUSAL`], [`package::PACKAGE_REFUSAL`]).
 pub fn decode(
     payload: &[u8],
     limits: &Limits,
     out: &mut UpgradeNotice,
 ) -> Result<Downstream, NoticeError> {
+    let data = upgrade_data(payload, limits, out)?;
+    let decoded = decode_data(&data, out);
+    package::until_integrated(&data, decoded, out)
+}
+
+/// [`decode`] without refusing packages of several files or over MQTT.
+pub fn decode_package(
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut UpgradeNotice,
+) -> Result<Downstream, NoticeError> {
+    let data = upgrade_data(payload, limits, out)?;
+    decode_data(&data, out).map(|()| Downstream::Upgrade)
+}
+
+/// The `data` object of a successful upgrade message; `out` cleared, with its message id.
+fn upgrade_data<'a>(
+    payload: &'a [u8],
+    limits: &Limits,
+    out: &mut UpgradeNotice,
+) -> Result<Object<'a>, NoticeError> {
     let msg = parse_object(payload, limits)?;
     let code = take_raw_str(&msg, "code")?;
     if !code.eq_str(SUCCESS_CODE) {
@@ -61,26 +84,30 @@ pub fn decode(
     let data = take_object(&msg, "data")?;
     out.clear();
     out.message_id = msg.get("id").and_then(message_id).unwrap_or(0);
-    let decoded = decode_data(&data, out);
-    if over_mqtt(&data) {
-        // Whatever else failed (an MQTT package may come without a URL), this is the reason.
-        return Err(NoticeError::Unsupported(
-            "dProtocol: packages over MQTT are not supported",
-        ));
-    }
-    decoded.map(|()| Downstream::Upgrade)
+    Ok(data)
 }
 
-/// The fields of `data`, those a refusal report needs (module, batch) first.
+/// The fields of `data`, those a refusal report needs (module, batch) first. The seed gives
+/// `url` and `sign` only for a package of one file: a `files` array describes the others.
 fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
     take_opt_str(data, "module", &mut out.module)?;
     take_ext_data(data, out)?;
     take_nonempty_str(data, "version", &mut out.version)?;
+    // A transfer error waits until size and digest are decoded, for the refusal report.
+    let transfer = package::take_transfer(data);
+    if package::has_files(data) {
+        out.transfer = transfer?;
+        return package::take_files(data, package::named_sign_method(data)?, out);
+    }
     out.size = take_size(data, "size")?;
-    take_str(data, "url", &mut out.url)?;
-    check_url(&out.url)?;
+    if !package::over_mqtt(data) {
+        take_str(data, "url", &mut out.url)?;
+        check_url(&out.url)?;
+    }
     out.digest_kind = sign_method(data)?;
-    take_digest(data, "sign", out.digest_kind, &mut out.digest)
+    take_digest(data, "sign", out.digest_kind, &mut out.digest)?;
+    out.transfer = package::single_file_transfer(data, transfer?)?;
+    Ok(())
 }
 
 /// `id` as a number (the seed's form) or as a string of digits (the upstream form).
@@ -91,35 +118,11 @@ fn message_id(id: Value<'_>) -> Option<u64> {
     }
 }
 
-/// Whether the package is delivered over MQTT: `dProtocol` present (an empty or `null` value,
-/// as a serializer may write for "unset", counts as absent).
-fn over_mqtt(data: &Object<'_>) -> bool {
-    match data.get("dProtocol") {
-        None | Some(Value::Null) => false,
-        Some(Value::Str(s)) => !s.raw().is_empty(),
-        Some(_) => true,
-    }
-}
-
 /// The digest `signMethod` names, in any letter case. When it is absent the digest length
 /// decides (32 hex digits MD5, 64 SHA256); other lengths fail as a bad `sign`.
 fn sign_method(data: &Object<'_>) -> Result<DigestKind, NoticeError> {
-    let Some(value) = data.get("signMethod") else {
-        return match data.get("sign").and_then(|v| v.as_str()) {
-            Some(s) if s.raw().len() == 2 * DigestKind::Sha256.len() => Ok(DigestKind::Sha256),
-            _ => Ok(DigestKind::Md5),
-        };
-    };
-    let method = value.as_str().ok_or(NoticeError::WrongType {
-        field: "signMethod",
-        expected: "string",
-        found: value.kind(),
-    })?;
-    let upper = || method.chars().map(|c| c.to_ascii_uppercase());
-    [DigestKind::Md5, DigestKind::Sha256]
-        .into_iter()
-        .find(|kind| upper().eq(kind.name().chars()))
-        .ok_or(NoticeError::Unsupported("signMethod must be MD5 or SHA256"))
+    Ok(package::named_sign_method(data)?
+        .unwrap_or_else(|| package::kind_by_length(data.get("sign"))))
 }
 
 /// `extData` into `out.ext_data` as its exact JSON text, and its `strategy` (batch id) into
