@@ -71,21 +71,6 @@
 #define MAX_DEPTH 16
 
 /*
- Longest `fileToken` the Link SDK keeps (`MQTT_DOWNLOAD_TOKEN_MAXLEN`).
- */
-#define TOKEN_MAX 128
-
-/*
- Bytes of a frame besides its header and data: the header length and the CRC.
- */
-#define FRAME_OVERHEAD 4
-
-/*
- The `code` of a reply that carries a block.
- */
-#define SUCCESS_CODE 200
-
-/*
  Longest product key the HAL stores (buffers are `PRODUCT_KEY_LEN + 1`).
  */
 #define PRODUCT_KEY_LEN 20

@@ -248,8 +248,9 @@ impl UpgradeNotice {
         }
     }
 
-    /// Whether `other` announces the same image (version, module, size and digest); a re-sent
-    /// notification of the same upgrade may carry a fresh URL.
+    /// Whether `other` announces the same image (version, module, size and digest, the files of
+    /// a package of several, and the transfer); a re-sent notification of the same upgrade may
+    /// carry fresh URLs.
     pub fn same_image(&self, other: &UpgradeNotice) -> bool {
         self.version == other.version
             && self.module_name() == other.module_name()

@@ -26,13 +26,13 @@ pub const REPLY_SUFFIX: &str = "/thing/file/download_reply";
 pub const DEFAULT_TOKEN: &str = "default";
 
 /// Longest `fileToken` the Link SDK keeps (`MQTT_DOWNLOAD_TOKEN_MAXLEN`).
-pub const TOKEN_MAX: usize = 128;
+pub(crate) const TOKEN_MAX: usize = 128;
 
 /// Bytes of a frame besides its header and data: the header length and the CRC.
-pub const FRAME_OVERHEAD: usize = 4;
+pub(crate) const FRAME_OVERHEAD: usize = 4;
 
 /// The `code` of a reply that carries a block.
-pub const SUCCESS_CODE: u64 = 200;
+pub(crate) const SUCCESS_CODE: u64 = 200;
 
 /// The request topic `/sys/{pk}/{dn}/thing/file/download` into `out`; its length.
 pub fn request_topic(
@@ -115,7 +115,8 @@ pub struct Block<'a> {
     pub offset: u64,
     /// `fileLength`: the whole file's size.
     pub file_length: u64,
-    /// `fileToken` as sent (JSON string content, still escaped); empty when absent.
+    /// `fileToken` as sent (JSON string content, still escaped), at most 128 bytes (the Link SDK's
+    /// `MQTT_DOWNLOAD_TOKEN_MAXLEN`); empty when absent.
     pub token: &'a [u8],
     /// The block's bytes (`bSize` of them), CRC-checked.
     pub data: &'a [u8],
@@ -235,7 +236,8 @@ pub fn parse_reply<'a>(frame: &'a [u8], expect: &Expected<'_>) -> Result<Block<'
     let file_length = number(&data, "fileLength")?;
     let token = match data.get("fileToken") {
         None => &[][..],
-        Some(Value::Str(s)) => s.raw(),
+        // The engine keeps the token in a buffer of the Link SDK's size.
+        Some(Value::Str(s)) if s.raw().len() <= TOKEN_MAX => s.raw(),
         Some(_) => return Err(ReplyError::BadField("fileToken")),
     };
     let announced = usize::try_from(size)
@@ -569,6 +571,14 @@ mod tests {
             parse_reply(&h(text), &e),
             Err(ReplyError::BadField("fileToken"))
         );
+        let long = "k".repeat(TOKEN_MAX + 1);
+        let text = header(32, 64, FILE_LEN, &long);
+        assert_eq!(
+            parse_reply(&h(&text), &e),
+            Err(ReplyError::BadField("fileToken"))
+        );
+        let text = header(32, 64, FILE_LEN, &long[1..]);
+        assert!(parse_reply(&h(&text), &e).is_ok());
         // Frame length differing from what the header announces (a byte short, a byte more).
         assert_eq!(
             parse_reply(&good[..good.len() - 1], &e),

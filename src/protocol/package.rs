@@ -143,8 +143,13 @@ impl FileList {
         Some(slot)
     }
 
-    /// The same files in the same order (see [`PackageFile`]'s fields).
+    /// The same files in the same order (see [`PackageFile`]'s fields). Lists of at most one
+    /// file always match: the notice's own fields repeat that file and are compared already, and
+    /// a notice rebuilt from a breakpoint record holds no list.
     pub(crate) fn same_files(&self, other: &FileList) -> bool {
+        if self.len <= 1 && other.len <= 1 {
+            return true;
+        }
         self.len == other.len
             && self
                 .as_slice()
@@ -413,4 +418,437 @@ pub(crate) fn until_integrated(
         return Err(NoticeError::Unsupported(PACKAGE_REFUSAL));
     }
     Ok(Downstream::Upgrade)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{aliyun, decode_package, sagoo, Protocol};
+
+    const MD5_A: &str = "93230c3bde425a9d7984a594ac55ea1e";
+    const MD5_B: &str = "0123456789abcdef0123456789abcdef";
+    const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn notice() -> UpgradeNotice {
+        UpgradeNotice::new(&Limits::default())
+    }
+
+    /// A SagooIOT upgrade whose `data` holds `files` (JSON text) and `extra` members.
+    fn sagoo_msg(files: &str, extra: &str) -> String {
+        format!(
+            r#"{{"code":"200","data":{{"version":"2.0.0","signMethod":"MD5","module":"MCU","extData":{{"strategy":"b7"}},"files":{files}{extra}}},"id":9,"message":"success"}}"#
+        )
+    }
+
+    fn file(name: &str, url: &str, size: u64, sign: &str) -> String {
+        format!(
+            r#"{{"fileName":"{name}","fileUrl":"{url}","fileSize":{size},"fileSign":"{sign}"}}"#
+        )
+    }
+
+    fn three_files() -> String {
+        format!(
+            "[{},{},{}]",
+            file("app.bin", "https://h/app.bin", 1000, MD5_A),
+            file("mcu.bin", "https://h/mcu.bin?x=1", 200, MD5_B),
+            file("config.json", "http://h/c.json", 30, MD5_A)
+        )
+    }
+
+    fn package(protocol: Protocol, msg: &str) -> Result<UpgradeNotice, NoticeError> {
+        let mut n = notice();
+        decode_package(protocol, msg.as_bytes(), &Limits::default(), &mut n).map(|d| {
+            assert_eq!(d, Downstream::Upgrade);
+            n
+        })
+    }
+
+    fn bad(msg: &str) -> NoticeError {
+        package(Protocol::Sagoo, msg).unwrap_err()
+    }
+
+    fn hex(d: &[u8]) -> String {
+        let mut buf = [0u8; 64];
+        crate::digest::to_hex(d, &mut buf).to_string()
+    }
+
+    #[test]
+    fn a_package_of_three_files_decodes_in_order() {
+        for protocol in [Protocol::Sagoo, Protocol::Aliyun] {
+            let msg = sagoo_msg(&three_files(), "");
+            let msg = match protocol {
+                Protocol::Aliyun => msg.replace(r#""code":"200""#, r#""code":"1000""#),
+                _ => msg,
+            };
+            let n = package(protocol, &msg).unwrap();
+            assert!(n.is_package());
+            let files = n.files.as_slice();
+            let got: Vec<(&str, &str, u64, String)> = files
+                .iter()
+                .map(|f| (f.name.as_str(), f.url.as_str(), f.size, hex(f.digest())))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("app.bin", "https://h/app.bin", 1000, MD5_A.to_string()),
+                    ("mcu.bin", "https://h/mcu.bin?x=1", 200, MD5_B.to_string()),
+                    ("config.json", "http://h/c.json", 30, MD5_A.to_string()),
+                ]
+            );
+            assert!(files.iter().all(|f| f.digest_kind == DigestKind::Md5));
+            assert_eq!(n.size, 1230, "the package's size is the files' sum");
+            assert!(n.url.is_empty());
+            assert_eq!(n.digest, [0; 32]);
+            assert_eq!(n.transfer, Transfer::Http);
+            assert_eq!(n.version.as_str(), "2.0.0");
+            assert_eq!(n.module.as_str(), "MCU");
+            assert_eq!(n.message_id, 9);
+
+            // Until the engine walks packages, decode refuses it, the notice decoded for the
+            // refusal report.
+            let mut r = notice();
+            let refused =
+                crate::protocol::decode(protocol, msg.as_bytes(), &Limits::default(), &mut r);
+            assert_eq!(refused, Err(NoticeError::Unsupported(PACKAGE_REFUSAL)));
+            assert_eq!(r.module_name(), "MCU");
+            assert_eq!(r.files.len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_package_of_one_file_is_a_single_file_upgrade_with_its_name() {
+        // Named, package spelling.
+        let msg = sagoo_msg(
+            &format!("[{}]", file("app.bin", "https://h/a", 10, MD5_A)),
+            "",
+        );
+        let n = package(Protocol::Sagoo, &msg).unwrap();
+        assert!(!n.is_package());
+        assert_eq!(n.files.len(), 1);
+        assert_eq!(n.files.as_slice()[0].name.as_str(), "app.bin");
+        assert_eq!((n.url.as_str(), n.size), ("https://h/a", 10));
+        assert_eq!(hex(n.digest()), MD5_A);
+        let mut d = notice();
+        assert_eq!(
+            sagoo::decode(msg.as_bytes(), &Limits::default(), &mut d),
+            Ok(Downstream::Upgrade),
+            "the engine fetches a package of one file as today"
+        );
+        // The Link SDK reads a one-file array with the single-file names and no fileName.
+        let one = format!(r#"[{{"size":7,"url":"https://h/b","sign":"{SHA}"}}]"#);
+        let msg = sagoo_msg(&one, "").replace(r#""signMethod":"MD5","#, "");
+        let n = package(Protocol::Sagoo, &msg).unwrap();
+        assert_eq!(n.files.as_slice()[0].name.as_str(), "");
+        assert_eq!((n.url.as_str(), n.size), ("https://h/b", 7));
+        assert_eq!(
+            n.digest_kind,
+            DigestKind::Sha256,
+            "64 hex digits without signMethod"
+        );
+        // The top-level url, size and sign of a message with files are ignored.
+        let msg = sagoo_msg(
+            &format!("[{}]", file("a", "https://h/a", 10, MD5_A)),
+            r#","url":"https://other/x","size":99,"sign":"zz""#,
+        );
+        let n = package(Protocol::Sagoo, &msg).unwrap();
+        assert_eq!((n.url.as_str(), n.size), ("https://h/a", 10));
+    }
+
+    #[test]
+    fn bad_packages_each_get_their_error() {
+        assert_eq!(bad(&sagoo_msg("[]", "")), NoticeError::EmptyPackage);
+        let max = Limits::default().max_files;
+        let many: Vec<String> = (0..=max)
+            .map(|i| file(&format!("f{i}"), "https://h/f", 1, MD5_A))
+            .collect();
+        assert_eq!(
+            bad(&sagoo_msg(&format!("[{}]", many.join(",")), "")),
+            NoticeError::TooManyFiles {
+                count: max + 1,
+                max
+            }
+        );
+        let exactly: Vec<String> = many[..max].to_vec();
+        assert_eq!(
+            package(
+                Protocol::Sagoo,
+                &sagoo_msg(&format!("[{}]", exactly.join(",")), "")
+            )
+            .unwrap()
+            .files
+            .len(),
+            max
+        );
+        let long = "n".repeat(Limits::default().max_file_name + 1);
+        let files = format!(
+            "[{},{}]",
+            file("a", "https://h/a", 1, MD5_A),
+            file(&long, "https://h/b", 1, MD5_A)
+        );
+        assert_eq!(
+            bad(&sagoo_msg(&files, "")),
+            NoticeError::FileNameTooLong {
+                index: 1,
+                len: long.len(),
+                max: Limits::default().max_file_name
+            }
+        );
+        let dup = format!(
+            "[{},{},{}]",
+            file("a", "https://h/a", 1, MD5_A),
+            file("b", "https://h/b", 1, MD5_A),
+            file("a", "https://h/c", 1, MD5_B)
+        );
+        assert_eq!(
+            bad(&sagoo_msg(&dup, "")),
+            NoticeError::DuplicateFileName { index: 2 }
+        );
+        let good = file("b", "https://h/b", 1, MD5_A);
+        for (entry, field) in [
+            (
+                format!(r#"{{"fileName":"a","fileSize":1,"fileSign":"{MD5_A}"}}"#),
+                "fileUrl",
+            ),
+            (
+                r#"{"fileName":"a","fileUrl":"https://h/a","fileSize":1}"#.to_string(),
+                "fileSign",
+            ),
+            (
+                format!(r#"{{"fileName":"a","fileUrl":"https://h/a","fileSign":"{MD5_A}"}}"#),
+                "fileSize",
+            ),
+            (
+                format!(r#"{{"fileUrl":"https://h/a","fileSize":1,"fileSign":"{MD5_A}"}}"#),
+                "fileName",
+            ),
+            (
+                format!(
+                    r#"{{"fileName":"","fileUrl":"https://h/a","fileSize":1,"fileSign":"{MD5_A}"}}"#
+                ),
+                "fileName",
+            ),
+        ] {
+            assert_eq!(
+                bad(&sagoo_msg(&format!("[{good},{entry}]"), "")),
+                NoticeError::FileIncomplete { index: 1, field },
+                "{entry}"
+            );
+        }
+        assert!(matches!(
+            bad(&sagoo_msg(r#"{"a":1}"#, "")),
+            NoticeError::WrongType {
+                field: "files",
+                expected: "array",
+                ..
+            }
+        ));
+        assert!(matches!(
+            bad(&sagoo_msg(r#"["a"]"#, "")),
+            NoticeError::WrongType {
+                field: "files",
+                expected: "array of objects",
+                ..
+            }
+        ));
+        let wrong = [
+            (file("a", "ftp://h/a", 1, MD5_A), NoticeError::BadUrl),
+            (file("a", "https://h/a", 0, MD5_A), NoticeError::BadSize),
+            (
+                file("a", "https://h/a", 1, "12"),
+                NoticeError::BadDigest("fileSign"),
+            ),
+            (
+                file("a", "https://h/a", 1, SHA),
+                NoticeError::BadDigest("fileSign"),
+            ),
+            (
+                file("a\\u0000b", "https://h/a", 1, MD5_A),
+                NoticeError::Nul("fileName"),
+            ),
+        ];
+        for (entry, e) in wrong {
+            assert_eq!(
+                bad(&sagoo_msg(&format!("[{good},{entry}]"), "")),
+                e,
+                "{entry}"
+            );
+        }
+        // null counts as absent: a single-file message is then required.
+        assert_eq!(bad(&sagoo_msg("null", "")), NoticeError::Missing("size"));
+    }
+
+    #[test]
+    fn download_over_mqtt_decodes_stream_and_file_ids() {
+        let single = |extra: &str| {
+            format!(
+                r#"{{"code":"200","data":{{"size":16,"version":"3","sign":"{MD5_A}","signMethod":"Md5","module":"WIFI","dProtocol":"mqtt"{extra}}},"id":1}}"#
+            )
+        };
+        let n = package(
+            Protocol::Sagoo,
+            &single(r#","streamId":1234,"streamFileId":1"#),
+        )
+        .unwrap();
+        assert_eq!(
+            n.transfer,
+            Transfer::Mqtt {
+                stream_id: 1234,
+                file_id: 1
+            }
+        );
+        assert!(n.url.is_empty() && n.files.is_empty());
+        assert_eq!((n.size, hex(n.digest())), (16, MD5_A.to_string()));
+        // Ids as strings of digits, as the Link SDK also reads them.
+        let n = package(
+            Protocol::Sagoo,
+            &single(r#","streamId":"77","streamFileId":"2""#),
+        )
+        .unwrap();
+        assert_eq!(
+            n.transfer,
+            Transfer::Mqtt {
+                stream_id: 77,
+                file_id: 2
+            }
+        );
+        assert_eq!(
+            bad(&single(r#","streamFileId":1"#)),
+            NoticeError::Missing("streamId")
+        );
+        assert_eq!(
+            bad(&single(r#","streamId":1"#)),
+            NoticeError::Missing("streamFileId")
+        );
+        for id in [r#""-1""#, "4294967296", r#""""#, "1.5", "true"] {
+            assert!(
+                matches!(
+                    bad(&single(&format!(r#","streamId":{id},"streamFileId":1"#))),
+                    NoticeError::WrongType {
+                        field: "streamId",
+                        ..
+                    }
+                ),
+                "{id}"
+            );
+        }
+        let http = single(r#","streamId":1,"streamFileId":1"#).replace(r#""mqtt""#, r#""HTTPS""#);
+        assert_eq!(
+            bad(&http),
+            NoticeError::Unsupported("dProtocol: unknown download protocol")
+        );
+        // decode refuses it as before, the notice decoded.
+        let mut r = notice();
+        let msg = single(r#","streamId":1234,"streamFileId":1"#).replace("mqtt", "MQTT");
+        assert_eq!(
+            sagoo::decode(msg.as_bytes(), &Limits::default(), &mut r),
+            Err(NoticeError::Unsupported(MQTT_REFUSAL))
+        );
+        assert!(matches!(
+            r.transfer,
+            Transfer::Mqtt {
+                stream_id: 1234,
+                ..
+            }
+        ));
+
+        // A package over MQTT: each file has its streamFileId and needs no URL.
+        let files = format!(
+            r#"[{{"fileName":"a","fileSize":5,"fileSign":"{MD5_A}","streamFileId":1}},{{"fileName":"b","fileSize":6,"fileSign":"{MD5_B}","streamFileId":2}}]"#
+        );
+        let msg = sagoo_msg(&files, r#","dProtocol":"mqtt","streamId":9"#);
+        let n = package(Protocol::Sagoo, &msg).unwrap();
+        let ids: Vec<u32> = n
+            .files
+            .as_slice()
+            .iter()
+            .map(|f| f.stream_file_id)
+            .collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(
+            n.transfer,
+            Transfer::Mqtt {
+                stream_id: 9,
+                file_id: 1
+            }
+        );
+        let no_id = files.replace(r#","streamFileId":2"#, "");
+        assert_eq!(
+            bad(&sagoo_msg(&no_id, r#","dProtocol":"mqtt","streamId":9"#)),
+            NoticeError::FileIncomplete {
+                index: 1,
+                field: "streamFileId"
+            }
+        );
+    }
+
+    #[test]
+    fn aliyun_link_sdk_single_file_over_mqtt_and_v2_3_unchanged() {
+        let v23 = format!(
+            r#"{{"code":"1000","data":{{"size":432945,"version":"2.0.0","url":"https://h/f","md5":"{MD5_A}"}},"id":1}}"#
+        );
+        let n = package(Protocol::Aliyun, &v23).unwrap();
+        assert!(n.files.is_empty());
+        assert_eq!(n.transfer, Transfer::Http);
+        let mqtt = format!(
+            r#"{{"code":"1000","data":{{"size":100,"version":"2.0.0","sign":"{SHA}","signMethod":"SHA256","dProtocol":"mqtt","streamId":5,"streamFileId":1,"module":"m"}},"id":2}}"#
+        );
+        let n = package(Protocol::Aliyun, &mqtt).unwrap();
+        assert_eq!(n.digest_kind, DigestKind::Sha256);
+        assert_eq!(
+            n.transfer,
+            Transfer::Mqtt {
+                stream_id: 5,
+                file_id: 1
+            }
+        );
+        assert_eq!(n.module.as_str(), "m");
+        let mut r = notice();
+        assert_eq!(
+            aliyun::decode(mqtt.as_bytes(), &Limits::default(), &mut r),
+            Err(NoticeError::Unsupported(MQTT_REFUSAL))
+        );
+        assert_eq!(r.module.as_str(), "m", "decoded for the refusal report");
+    }
+
+    #[test]
+    fn tencent_and_ucloud_ignore_files_and_d_protocol() {
+        let tencent = format!(
+            r#"{{"type":"update_firmware","version":"0.2","file_size":1,"md5sum":"{MD5_A}","url":"https://h/f","files":[],"dProtocol":"mqtt"}}"#
+        );
+        let n = package(Protocol::Tencent, &tencent).unwrap();
+        assert!(n.files.is_empty() && n.transfer == Transfer::Http);
+        let no_url = tencent.replace(r#""url":"https://h/f","#, "");
+        assert_eq!(
+            package(Protocol::Tencent, &no_url).unwrap_err(),
+            NoticeError::Missing("url")
+        );
+    }
+
+    #[test]
+    fn same_image_compares_files_and_clear_empties_them() {
+        let a = package(Protocol::Sagoo, &sagoo_msg(&three_files(), "")).unwrap();
+        let fresh_urls = three_files().replace("https://h/", "https://renewed/");
+        let b = package(Protocol::Sagoo, &sagoo_msg(&fresh_urls, "")).unwrap();
+        assert!(a.same_image(&b), "fresh URLs, same files");
+        let other = three_files().replace("1000", "1001");
+        let c = package(Protocol::Sagoo, &sagoo_msg(&other, "")).unwrap();
+        assert!(!a.same_image(&c));
+        let mut d = a.clone();
+        d.clear();
+        assert!(d.files.is_empty() && d.transfer == Transfer::Http);
+        assert_eq!(d.files.capacity(), Limits::default().max_files);
+    }
+
+    #[test]
+    fn decoding_a_package_reuses_the_slots_allocated_at_init() {
+        let mut n = notice();
+        let before = n.files.as_slice().as_ptr();
+        let first = sagoo_msg(&three_files(), "");
+        sagoo::decode_package(first.as_bytes(), &Limits::default(), &mut n).unwrap();
+        let second = sagoo_msg(&format!("[{}]", file("x", "https://h/x", 3, MD5_B)), "");
+        sagoo::decode_package(second.as_bytes(), &Limits::default(), &mut n).unwrap();
+        assert_eq!(n.files.as_slice().as_ptr(), before);
+        assert_eq!(n.files.len(), 1);
+        assert_eq!(n.files.as_slice()[0].name.as_str(), "x");
+    }
 }
