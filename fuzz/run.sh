@@ -56,7 +56,7 @@ for t in "${targets[@]}"; do
     done
     dict=()
     case $t in
-        json | decode_*) dict=(-dict="$fuzz/json.dict") ;;
+        json | decode_* | files) dict=(-dict="$fuzz/json.dict") ;;
     esac
     echo "== $t: ${seconds} s"
     rc=0

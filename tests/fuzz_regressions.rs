@@ -103,3 +103,13 @@ fn mqtt_client() {
 fn image_tlv() {
     replay("image_tlv");
 }
+
+#[test]
+fn files() {
+    replay("files");
+}
+
+#[test]
+fn download_reply() {
+    replay("download_reply");
+}

@@ -7,7 +7,7 @@
 use ota::protocol::json::{JsonError, Object, Value};
 use ota::protocol::{
     self, DigestKind, Downstream, FailureCause, FixedStr, Limits, NoticeError, Protocol, Report,
-    UpgradeNotice,
+    Transfer, UpgradeNotice,
 };
 use ota::resume::{Breakpoint, RECORD_LEN, TEXT_MAX};
 
@@ -28,7 +28,7 @@ pub fn sagoo(data: &[u8]) {
 }
 
 /// Tight limits, so the too-long and oversize paths run on small inputs too.
-const SMALL: Limits = Limits {
+pub(crate) const SMALL: Limits = Limits {
     url: 24,
     version: 5,
     module: 5,
@@ -36,7 +36,13 @@ const SMALL: Limits = Limits {
     ext_data: 40,
     message: 96,
     downstream: 300,
+    max_files: 2,
+    max_file_name: 4,
 };
+
+/// A package of two files over MQTT, within [`SMALL`], to leave files and a transfer behind in
+/// a used notice.
+const PREFILL: &[u8] = br#"{"code":"200","data":{"version":"1","signMethod":"MD5","dProtocol":"mqtt","streamId":3,"files":[{"fileName":"p","fileSize":1,"fileSign":"00000000000000000000000000000000","streamFileId":1},{"fileName":"q","fileSize":2,"fileSign":"11111111111111111111111111111111","streamFileId":2}]}}"#;
 
 /// Room for any report of a notice within the default limits (escaping grows text 6×).
 const BIG: usize = 64 * 1024;
@@ -84,9 +90,17 @@ pub fn run(protocol: Protocol, payload: &[u8]) {
     }
 }
 
-/// A notice whose every field holds something, as after an earlier upgrade.
-fn prefilled(limits: &Limits) -> UpgradeNotice {
+/// A notice whose every field holds something, as after an earlier upgrade (a package of two
+/// files over MQTT included).
+pub(crate) fn prefilled(limits: &Limits) -> UpgradeNotice {
     let mut n = UpgradeNotice::new(limits);
+    let package = protocol::decode_package(Protocol::Sagoo, PREFILL, limits, &mut n);
+    assert_eq!(
+        package,
+        Ok(Downstream::Upgrade),
+        "the prefill package decodes"
+    );
+    assert!(n.is_package() && matches!(n.transfer, Transfer::Mqtt { .. }));
     for s in [
         &mut n.version,
         &mut n.url,
@@ -117,9 +131,32 @@ fn strings(n: &UpgradeNotice) -> [(&'static str, &FixedStr); 7] {
     ]
 }
 
-fn assert_same(a: &UpgradeNotice, b: &UpgradeNotice, what: &str) {
+pub(crate) fn assert_same(a: &UpgradeNotice, b: &UpgradeNotice, what: &str) {
     for ((name, x), (_, y)) in strings(a).into_iter().zip(strings(b)) {
         assert_eq!(x.as_bytes(), y.as_bytes(), "{what}: {name}");
+    }
+    assert_eq!(a.transfer, b.transfer, "{what}: transfer");
+    assert_eq!(a.files.len(), b.files.len(), "{what}: files");
+    for (x, y) in a.files.as_slice().iter().zip(b.files.as_slice()) {
+        assert_eq!(
+            (
+                x.name.as_str(),
+                x.url.as_str(),
+                x.size,
+                x.digest_kind,
+                x.digest,
+                x.stream_file_id
+            ),
+            (
+                y.name.as_str(),
+                y.url.as_str(),
+                y.size,
+                y.digest_kind,
+                y.digest,
+                y.stream_file_id
+            ),
+            "{what}: a file"
+        );
     }
     assert_eq!(
         (a.size, a.digest_kind, a.digest, a.message_id),
@@ -128,7 +165,18 @@ fn assert_same(a: &UpgradeNotice, b: &UpgradeNotice, what: &str) {
     );
 }
 
-fn check_notice(protocol: Protocol, limits: &Limits, n: &UpgradeNotice) {
+pub(crate) fn check_notice(protocol: Protocol, limits: &Limits, n: &UpgradeNotice) {
+    // What the engine fetches today: one file over HTTP(S); a package of one file repeats it.
+    assert!(!n.is_package(), "a package of several files accepted");
+    assert_eq!(n.transfer, Transfer::Http, "a download over MQTT accepted");
+    if let Some(f) = n.files.get(0) {
+        assert!(matches!(protocol, Protocol::Aliyun | Protocol::Sagoo));
+        assert_eq!(
+            (f.url.as_str(), f.size, f.digest_kind, f.digest),
+            (n.url.as_str(), n.size, n.digest_kind, n.digest),
+            "a package of one file differs from the notice"
+        );
+    }
     let caps = [
         limits.version,
         limits.url,
@@ -172,7 +220,8 @@ fn check_notice(protocol: Protocol, limits: &Limits, n: &UpgradeNotice) {
     let empty = |fields: &[&FixedStr]| fields.iter().all(|f| f.is_empty());
     match protocol {
         Protocol::Aliyun => {
-            assert_eq!(n.digest_kind, DigestKind::Md5);
+            // iotkit v2.3's md5; a Link SDK 4.x package names its method.
+            assert!(n.digest_kind == DigestKind::Md5 || !n.files.is_empty());
             assert!(empty(&[
                 &n.task_id,
                 &n.ext_data,
@@ -207,7 +256,7 @@ fn check_notice(protocol: Protocol, limits: &Limits, n: &UpgradeNotice) {
     assert!(!n.module_name().is_empty());
 }
 
-fn check_error(payload: &[u8], limits: &Limits, e: NoticeError) {
+pub(crate) fn check_error(payload: &[u8], limits: &Limits, e: NoticeError) {
     assert!(!e.to_string().is_empty());
     let oversize = payload.len() > limits.downstream;
     match e {
@@ -285,7 +334,7 @@ fn reported_version<'a>(protocol: Protocol, msg: &Object<'a>) -> Option<Value<'a
     msg.get(outer)?.as_object()?.get(inner)
 }
 
-fn encode_reports(protocol: Protocol, n: &UpgradeNotice) {
+pub(crate) fn encode_reports(protocol: Protocol, n: &UpgradeNotice) {
     let mut big = vec![0u8; BIG];
     for report in reports(n) {
         let id = n.message_id ^ n.size;

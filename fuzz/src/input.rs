@@ -55,6 +55,13 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// Everything not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let start = self.pos.min(self.data.len());
+        self.pos = self.data.len();
+        &self.data[start..]
+    }
+
     /// A slice of at most `max` bytes: a length byte (u16 when `max` > 255), then the bytes.
     pub fn bytes(&mut self, max: usize) -> &'a [u8] {
         let want = if max > 255 {

@@ -8,17 +8,19 @@
 pub mod breakpoint;
 pub mod c_api;
 pub mod decode;
+pub mod download;
 pub mod image;
 pub mod input;
 pub mod json;
 pub mod mqtt;
+pub mod package;
 
 /// What a target runs on one input; it panics when a check fails.
 pub type Check = fn(&[u8]);
 
 /// The fuzz targets, by name (the directories under `corpus/` and `regressions/`), with the
 /// function each runs on an input.
-pub const TARGETS: [(&str, Check); 9] = [
+pub const TARGETS: [(&str, Check); 11] = [
     ("decode_aliyun", decode::aliyun),
     ("decode_tencent", decode::tencent),
     ("decode_ucloud", decode::ucloud),
@@ -28,4 +30,6 @@ pub const TARGETS: [(&str, Check); 9] = [
     ("c_api", c_api::run),
     ("mqtt_client", mqtt::run),
     ("image_tlv", image::run),
+    ("files", package::run),
+    ("download_reply", download::run),
 ];
