@@ -1349,6 +1349,9 @@ impl OtaSession {
         if !config.protocol.carries_ext_data() {
             limits.ext_data = 0;
         }
+        if !config.protocol.carries_packages() {
+            limits.max_files = 0;
+        }
         let topics = Topics::new(config.protocol, product_key, device_name);
         let downstream = topics.downstream.clone();
         let engine = Engine {

@@ -26,6 +26,7 @@ pub(crate) const FACTS: Facts = Facts {
     max_message_id: u32::MAX as u64,
     sends_zero_percent: false,
     carries_ext_data: false,
+    carries_packages: true,
     topics,
 };
 

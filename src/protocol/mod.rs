@@ -95,6 +95,11 @@ impl Protocol {
     pub fn carries_ext_data(self) -> bool {
         self.facts().carries_ext_data
     }
+
+    /// Whether the platform's upgrades may be packages (a `files` array): Aliyun, SagooIOT.
+    pub fn carries_packages(self) -> bool {
+        self.facts().carries_packages
+    }
 }
 
 /// What sets one platform apart besides its message formats. Each platform's file defines its
@@ -115,6 +120,8 @@ pub(crate) struct Facts {
     pub(crate) sends_zero_percent: bool,
     /// [`Protocol::carries_ext_data`].
     pub(crate) carries_ext_data: bool,
+    /// [`Protocol::carries_packages`].
+    pub(crate) carries_packages: bool,
     /// The device's topics from its product key and device name ([`Topics::new`]).
     pub(crate) topics: fn(product_key: &str, device_name: &str) -> Topics,
 }
@@ -139,6 +146,9 @@ pub struct Limits {
     /// Largest downstream message accepted, bytes.
     pub downstream: usize,
     /// Most files one package (`files` array) may hold; more is [`NoticeError::TooManyFiles`].
+    /// Each costs a URL's room in every notice the session keeps (three), so the default is 1,
+    /// the one-file form, until the engine walks packages of several files; sessions of
+    /// platforms without packages (Tencent, UCloud) get 0.
     pub max_files: usize,
     /// Longest file name in a package, bytes.
     pub max_file_name: usize,
@@ -154,7 +164,7 @@ impl Default for Limits {
             ext_data: 1024,
             message: 1024,
             downstream: 8192,
-            max_files: 8,
+            max_files: 1,
             max_file_name: 64,
         }
     }

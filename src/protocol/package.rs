@@ -422,6 +422,14 @@ pub(crate) fn until_integrated(
 
 #[cfg(test)]
 mod tests {
+    /// Packages of up to 8 files (the default is the one-file form until the engine walks them).
+    fn limits() -> Limits {
+        Limits {
+            max_files: 8,
+            ..Limits::default()
+        }
+    }
+
     use super::*;
     use crate::protocol::{aliyun, decode_package, sagoo, Protocol};
 
@@ -430,7 +438,7 @@ mod tests {
     const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn notice() -> UpgradeNotice {
-        UpgradeNotice::new(&Limits::default())
+        UpgradeNotice::new(&limits())
     }
 
     /// A SagooIOT upgrade whose `data` holds `files` (JSON text) and `extra` members.
@@ -457,7 +465,7 @@ mod tests {
 
     fn package(protocol: Protocol, msg: &str) -> Result<UpgradeNotice, NoticeError> {
         let mut n = notice();
-        decode_package(protocol, msg.as_bytes(), &Limits::default(), &mut n).map(|d| {
+        decode_package(protocol, msg.as_bytes(), &limits(), &mut n).map(|d| {
             assert_eq!(d, Downstream::Upgrade);
             n
         })
@@ -507,8 +515,7 @@ mod tests {
             // Until the engine walks packages, decode refuses it, the notice decoded for the
             // refusal report.
             let mut r = notice();
-            let refused =
-                crate::protocol::decode(protocol, msg.as_bytes(), &Limits::default(), &mut r);
+            let refused = crate::protocol::decode(protocol, msg.as_bytes(), &limits(), &mut r);
             assert_eq!(refused, Err(NoticeError::Unsupported(PACKAGE_REFUSAL)));
             assert_eq!(r.module_name(), "MCU");
             assert_eq!(r.files.len(), 3);
@@ -530,7 +537,7 @@ mod tests {
         assert_eq!(hex(n.digest()), MD5_A);
         let mut d = notice();
         assert_eq!(
-            sagoo::decode(msg.as_bytes(), &Limits::default(), &mut d),
+            sagoo::decode(msg.as_bytes(), &limits(), &mut d),
             Ok(Downstream::Upgrade),
             "the engine fetches a package of one file as today"
         );
@@ -557,7 +564,7 @@ mod tests {
     #[test]
     fn bad_packages_each_get_their_error() {
         assert_eq!(bad(&sagoo_msg("[]", "")), NoticeError::EmptyPackage);
-        let max = Limits::default().max_files;
+        let max = limits().max_files;
         let many: Vec<String> = (0..=max)
             .map(|i| file(&format!("f{i}"), "https://h/f", 1, MD5_A))
             .collect();
@@ -579,7 +586,7 @@ mod tests {
             .len(),
             max
         );
-        let long = "n".repeat(Limits::default().max_file_name + 1);
+        let long = "n".repeat(limits().max_file_name + 1);
         let files = format!(
             "[{},{}]",
             file("a", "https://h/a", 1, MD5_A),
@@ -590,7 +597,7 @@ mod tests {
             NoticeError::FileNameTooLong {
                 index: 1,
                 len: long.len(),
-                max: Limits::default().max_file_name
+                max: limits().max_file_name
             }
         );
         let dup = format!(
@@ -740,7 +747,7 @@ mod tests {
         let mut r = notice();
         let msg = single(r#","streamId":1234,"streamFileId":1"#).replace("mqtt", "MQTT");
         assert_eq!(
-            sagoo::decode(msg.as_bytes(), &Limits::default(), &mut r),
+            sagoo::decode(msg.as_bytes(), &limits(), &mut r),
             Err(NoticeError::Unsupported(MQTT_REFUSAL))
         );
         assert!(matches!(
@@ -804,7 +811,7 @@ mod tests {
         assert_eq!(n.module.as_str(), "m");
         let mut r = notice();
         assert_eq!(
-            aliyun::decode(mqtt.as_bytes(), &Limits::default(), &mut r),
+            aliyun::decode(mqtt.as_bytes(), &limits(), &mut r),
             Err(NoticeError::Unsupported(MQTT_REFUSAL))
         );
         assert_eq!(r.module.as_str(), "m", "decoded for the refusal report");
@@ -836,7 +843,7 @@ mod tests {
         let mut d = a.clone();
         d.clear();
         assert!(d.files.is_empty() && d.transfer == Transfer::Http);
-        assert_eq!(d.files.capacity(), Limits::default().max_files);
+        assert_eq!(d.files.capacity(), limits().max_files);
     }
 
     #[test]
@@ -844,9 +851,9 @@ mod tests {
         let mut n = notice();
         let before = n.files.as_slice().as_ptr();
         let first = sagoo_msg(&three_files(), "");
-        sagoo::decode_package(first.as_bytes(), &Limits::default(), &mut n).unwrap();
+        sagoo::decode_package(first.as_bytes(), &limits(), &mut n).unwrap();
         let second = sagoo_msg(&format!("[{}]", file("x", "https://h/x", 3, MD5_B)), "");
-        sagoo::decode_package(second.as_bytes(), &Limits::default(), &mut n).unwrap();
+        sagoo::decode_package(second.as_bytes(), &limits(), &mut n).unwrap();
         assert_eq!(n.files.as_slice().as_ptr(), before);
         assert_eq!(n.files.len(), 1);
         assert_eq!(n.files.as_slice()[0].name.as_str(), "x");

@@ -30,6 +30,7 @@ pub(crate) const FACTS: Facts = Facts {
     max_message_id: u64::MAX,
     sends_zero_percent: false,
     carries_ext_data: true,
+    carries_packages: true,
     topics: super::aliyun::topics,
 };
 

@@ -30,6 +30,7 @@ pub(crate) const FACTS: Facts = Facts {
     max_message_id: u64::MAX,
     sends_zero_percent: true,
     carries_ext_data: false,
+    carries_packages: false,
     topics,
 };
 
