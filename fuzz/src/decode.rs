@@ -28,6 +28,15 @@ pub fn sagoo(data: &[u8]) {
 }
 
 /// Tight limits, so the too-long and oversize paths run on small inputs too.
+/// The default limits, with room for packages of several files (the default is the one-file
+/// form until the engine walks packages).
+pub(crate) fn packages() -> Limits {
+    Limits {
+        max_files: 8,
+        ..Limits::default()
+    }
+}
+
 pub(crate) const SMALL: Limits = Limits {
     url: 24,
     version: 5,
@@ -59,7 +68,7 @@ const ALL_CAUSES: [FailureCause; 7] = [
 
 /// Decodes `payload` as `protocol`'s downstream message and checks the result.
 pub fn run(protocol: Protocol, payload: &[u8]) {
-    for limits in [Limits::default(), SMALL] {
+    for limits in [packages(), SMALL] {
         let mut fresh = UpgradeNotice::new(&limits);
         let got = protocol::decode(protocol, payload, &limits, &mut fresh);
         let mut used = prefilled(&limits);

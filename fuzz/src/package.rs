@@ -6,13 +6,15 @@
 //! into a used notice gives the same result; and `decode` refuses exactly what the engine does
 //! not fetch yet.
 
-use super::decode::{assert_same, check_error, check_notice, encode_reports, prefilled, SMALL};
+use super::decode::{
+    assert_same, check_error, check_notice, encode_reports, packages, prefilled, SMALL,
+};
 use ota::protocol::package::{MQTT_REFUSAL, PACKAGE_REFUSAL};
 use ota::protocol::{self, Downstream, Limits, NoticeError, Protocol, Transfer, UpgradeNotice};
 
 pub fn run(data: &[u8]) {
     for protocol in [Protocol::Sagoo, Protocol::Aliyun] {
-        for limits in [Limits::default(), SMALL] {
+        for limits in [packages(), SMALL] {
             one(protocol, &limits, data);
         }
     }
