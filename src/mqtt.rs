@@ -792,7 +792,8 @@ impl MqttClient {
         let mut q = lock(&self.queue.requests);
         let limit = self.queue.limit.fetch_add(n, Ordering::SeqCst) + n;
         let len = q.len();
-        q.reserve(limit.saturating_sub(len));
+        // Exact: the amortised growth would double the queue (its slots are large).
+        q.reserve_exact(limit.saturating_sub(len));
     }
 
     /// What the layers above keep per client, made by `make` on first use: the OTA sessions'

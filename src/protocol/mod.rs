@@ -146,9 +146,9 @@ pub struct Limits {
     /// Largest downstream message accepted, bytes.
     pub downstream: usize,
     /// Most files one package (`files` array) may hold; more is [`NoticeError::TooManyFiles`].
-    /// Each costs a URL's room in every notice the session keeps (three), so the default is 1,
-    /// the one-file form, until the engine walks packages of several files; sessions of
-    /// platforms without packages (Tencent, UCloud) get 0.
+    /// Each costs a URL's room in every notice the session keeps (three), so the default is 0
+    /// (a `files` array is refused as too many files) until the engine walks packages;
+    /// sessions of platforms without packages (Tencent, UCloud) always get 0.
     pub max_files: usize,
     /// Longest file name in a package, bytes.
     pub max_file_name: usize,
@@ -164,7 +164,7 @@ impl Default for Limits {
             ext_data: 1024,
             message: 1024,
             downstream: 8192,
-            max_files: 1,
+            max_files: 0,
             max_file_name: 64,
         }
     }
