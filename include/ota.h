@@ -61,6 +61,11 @@
 #define IOT_OTAP_CHECK_FAILED IOT_OTAP_CHECK_FALIED
 
 /*
+ Most files [`OtaSession::set_max_files`] accepts (each costs a URL's room in three notices).
+ */
+#define MAX_FILES 16
+
+/*
  Most OTA sessions on one MQTT client (a gateway and its sub-devices).
  */
 #define MAX_SESSIONS_PER_CLIENT 1024
@@ -1146,6 +1151,34 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
  UCloud IoT: `/$system/{pk}/{dn}/ota/{downstream,upstream}`, with task ids.
  */
 #define IOT_OTA_PROTOCOL_UCLOUD 3
+
+/*
+ Query, `uint32_t`: files of the accepted upgrade (1 for a single image).
+ */
+#define IOT_OTAG_FILE_COUNT 33
+
+/*
+ Query, `uint32_t`: the file the current cycle fetches, from 0. IOT_OTAG_FILE_SIZE,
+ IOT_OTAG_MD5SUM, IOT_OTAG_SHA256SUM, IOT_OTAG_SIGN_METHOD and IOT_OTAG_CHECK_FIRMWARE answer
+ for this file; IOT_OTA_ReportProgress takes its percent and reports the package's
+ byte-weighted progress.
+ */
+#define IOT_OTAG_FILE_INDEX 34
+
+/*
+ Query, text: the current file's name in the package ("" for a single image).
+ */
+#define IOT_OTAG_FILE_NAME 35
+
+/*
+ Configuration, `uint32_t` 0..=16, before the first upgrade: accept packages of up to that
+ many files (SagooIOT, Aliyun). 0, the default, refuses them (with a failure report), because
+ firmware that does not walk files would take the first file for the whole upgrade. Each file
+ slot costs about 6 KB (a URL's room in the three notices a handle keeps).
+ IOT_OTAE_INVALID_PARAM above 16 or on Tencent/UCloud; IOT_OTAE_INVALID_STATE once an upgrade
+ was accepted.
+ */
+#define IOT_OTAC_MAX_FILES 36
 
 #ifdef __cplusplus
 extern "C" {

@@ -27,6 +27,9 @@ use ota::ffi::gateway::{IOT_OTAG_LOCAL_IMAGE, IOT_OTAG_WAITING, OTA_WAITING_NONE
 use ota::ffi::image::*;
 use ota::ffi::ioctl::IOT_OTA_Ioctl;
 use ota::ffi::ota::*;
+use ota::ffi::package::{
+    IOT_OTAC_MAX_FILES, IOT_OTAG_FILE_COUNT, IOT_OTAG_FILE_INDEX, IOT_OTAG_FILE_NAME,
+};
 use ota::ffi::resume::ota_breakpoint_store_t;
 use ota::ota::{OtaConfig, Uplink};
 use ota::protocol::json::Object;
@@ -774,7 +777,7 @@ impl World {
         let h = self.pick_handle(inp);
         let kind = match inp.u8() % 8 {
             0 => inp.i32_biased(),
-            _ => i32::from(inp.u8() % 35) - 1,
+            _ => i32::from(inp.u8() % 39) - 1,
         };
         let (mut buf, pass) = Self::buffer(inp);
         let ptr = buf
@@ -890,6 +893,16 @@ impl World {
                 assert_ne!(state, OtaState::Waiting);
             }
             IOT_OTAG_LOCAL_IMAGE => assert_eq!(u32_answer(), 0),
+            IOT_OTAG_FILE_COUNT => assert_eq!(u64::from(u32_answer()), session.file_count() as u64),
+            IOT_OTAG_FILE_INDEX => {
+                assert!((u32_answer() as usize) < session.file_count().max(1))
+            }
+            IOT_OTAG_FILE_NAME => {
+                let name = text();
+                session.with_file_name(|n| assert_eq!(name, n));
+            }
+            // Accepted only before the first upgrade (the session was idle).
+            IOT_OTAC_MAX_FILES => assert_eq!(state, OtaState::Idle),
             other => panic!("Ioctl type {other} succeeded"),
         }
         let from_notice = matches!(kind, IOT_OTAG_MD5SUM | IOT_OTAG_VERSION)

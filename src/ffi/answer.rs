@@ -82,3 +82,11 @@ pub(crate) fn too_small(h: &OtaHandle, buf_len: usize, len: usize) -> c_int {
 pub(crate) fn not_available(h: &OtaHandle, what: &'static str) -> c_int {
     reject(h, "IOT_OTA_Ioctl", Error::NotAvailable(what))
 }
+
+/// A `uint32_t` argument of a configuration Ioctl (its length checked as for the answers).
+pub(crate) fn get_u32(h: &OtaHandle, buf: &[u8]) -> Result<u32, c_int> {
+    check_u32_len(h, buf.len())?;
+    let mut v = [0u8; 4];
+    v.copy_from_slice(buf);
+    Ok(u32::from_ne_bytes(v))
+}

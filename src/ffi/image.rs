@@ -8,7 +8,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::answer::{check_u32_len, put_str, put_u32};
+use super::answer::{check_u32_len, get_u32, put_str, put_u32};
 use super::ota::{reject, IOT_OTA_CmdType_t, OtaHandle, INVALID_PARAM};
 use crate::error::Error;
 use crate::image::{ImageKey, ImagePolicy, ImageVersion, VerifiedImage};
@@ -212,14 +212,6 @@ pub(crate) fn ioctl(h: &OtaHandle, kind: c_int, buf: &mut [u8]) -> c_int {
         }
         _ => query(h, kind, buf),
     }
-}
-
-/// A uint32_t argument (`buf_len` 4).
-fn get_u32(h: &OtaHandle, buf: &[u8]) -> Result<u32, c_int> {
-    check_u32_len(h, buf.len())?;
-    let mut v = [0u8; 4];
-    v.copy_from_slice(buf);
-    Ok(u32::from_ne_bytes(v))
 }
 
 /// A 0/1 uint32_t argument.

@@ -65,6 +65,7 @@ fn ioctl(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
         }
         k if super::image::is_image_ioctl(k) => super::image::ioctl(h, k, out),
         k if super::gateway::is_gateway_ioctl(k) => super::gateway::ioctl(h, k, out),
+        k if super::package::is_package_ioctl(k) => super::package::ioctl(h, k, out),
         k if NOTICE_QUERIES.contains(&k) => {
             if s.state() == OtaState::Idle {
                 return not_available(h, "no upgrade has been accepted");
@@ -106,8 +107,9 @@ fn notice_query(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
                 DigestKind::Sha256
             };
             let mut hex = [0u8; 64];
-            let n = s.with_notice(|n| {
-                (n.digest_kind == want).then(|| crate::digest::to_hex(n.digest(), &mut hex).len())
+            // The current file's (a package's files have their own digests).
+            let n = s.with_file_digest(|kind, digest| {
+                (kind == want).then(|| crate::digest::to_hex(digest, &mut hex).len())
             });
             match n {
                 Some(n) => put_str(h, out, &hex[..n]),
@@ -123,7 +125,7 @@ fn notice_query(h: &OtaHandle, kind: c_int, out: &mut [u8]) -> c_int {
             }
         }
         IOT_OTAG_SIGN_METHOD => {
-            let name = s.with_notice(|n| n.digest_kind.name());
+            let name = s.with_file_digest(|kind, _| kind.name());
             put_str(h, out, name.as_bytes())
         }
         IOT_OTAG_VERSION => put_notice_str(h, out, |n| n.version.as_bytes()),

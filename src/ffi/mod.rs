@@ -27,5 +27,6 @@ pub mod ioctl;
 pub mod log;
 pub mod mqtt;
 pub mod ota;
+pub mod package;
 mod printf;
 pub mod resume;

@@ -19,6 +19,13 @@ impl Engine {
             return;
         }
         match self.keeper.load() {
+            Some(bp) if self.notice.is_package() && bp.state() == RecordState::Downloading => {
+                ota_log!(
+                    Level::Info,
+                    "breakpoint record of a download: a package starts over after a restart"
+                );
+                self.keeper.erase();
+            }
             Some(bp)
                 if bp.state() == RecordState::Downloading
                     && bp.protocol() == self.protocol

@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use super::gateway::Shelf;
 use super::support::Quiet;
-use crate::digest::StreamDigest;
+use crate::digest::{DigestKind, StreamDigest};
 use crate::error::Error;
 use crate::image::{ImagePolicy, ImageVerifier, VerifiedImage};
-use crate::protocol::{FailureCause, UpgradeNotice};
+use crate::protocol::FailureCause;
 use crate::retry::{Backoff, RetryPolicy};
 
 /// The download of the accepted upgrade, from `accept_notice` to the next `accept_notice`
@@ -70,18 +70,19 @@ pub(super) struct Download {
 }
 
 impl Download {
-    /// A download of the image `notice` announces, from byte 0, retried by `retry`, checked
-    /// under `policy`.
+    /// A download of an image of `size` bytes with a `kind` digest, from byte 0, retried by
+    /// `retry`, checked under `policy`.
     pub(super) fn new(
-        notice: &UpgradeNotice,
+        kind: DigestKind,
+        size: u64,
         retry: RetryPolicy,
         policy: &ImagePolicy,
     ) -> Download {
         Download {
             fetched: 0,
-            digest: StreamDigest::new(notice.digest_kind),
+            digest: StreamDigest::new(kind),
             digest_bytes: 0,
-            image: ImageVerifier::new(policy).with_announced_size(notice.size),
+            image: ImageVerifier::new(policy).with_announced_size(size),
             image_info: None,
             image_unchecked: false,
             backoff: Backoff::new(retry),

@@ -74,6 +74,8 @@ pub(crate) struct ImageId {
     size: u64,
     kind: DigestKind,
     digest: [u8; 32],
+    /// A package of several files has no digest of its own: never shared.
+    shared: bool,
 }
 
 impl ImageId {
@@ -85,6 +87,7 @@ impl ImageId {
             size: notice.size,
             kind: notice.digest_kind,
             digest,
+            shared: !notice.is_package(),
         }
     }
 
@@ -183,17 +186,19 @@ impl Members {
         self.list
             .iter()
             .position(|m| m.id != except && m.keeps_images && m.held.as_ref() == Some(image))
+            .filter(|_| image.shared)
     }
 
     /// Whether a member (not `except`) that keeps its images is getting `image` now.
     fn in_flight(&self, image: &ImageId, except: u64) -> bool {
-        self.list.iter().any(|m| {
-            m.id != except
-                && m.keeps_images
-                && matches!(m.activity,
+        image.shared
+            && self.list.iter().any(|m| {
+                m.id != except
+                    && m.keeps_images
+                    && matches!(m.activity,
                     Activity::Network(i) | Activity::Verified(i) | Activity::Local { image: i, .. }
                     if i == *image)
-        })
+            })
     }
 
     /// What `self.list[i]`, wanting `image`, may do apart from the slots.

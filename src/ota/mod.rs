@@ -55,6 +55,7 @@ mod download;
 mod fetch_call;
 mod gateway;
 mod outbox;
+mod package;
 mod sharing;
 mod support;
 
@@ -71,7 +72,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::digest::{to_hex, StreamDigest};
+use crate::digest::{to_hex, DigestKind, StreamDigest};
 use crate::error::{Error, Result};
 use crate::image::{ImageError, ImagePolicy, ImageVerifier, VerifiedImage};
 use crate::log::Level;
@@ -144,6 +145,13 @@ pub enum BootState {
     /// the failure was reported.
     RolledBack,
 }
+
+/// Most files [`OtaSession::set_max_files`] accepts (each costs a URL's room in three notices).
+pub const MAX_FILES: usize = 16;
+
+/// Why a `files` array is refused while packages are off (`max_files` 0).
+const PACKAGES_OFF: &str =
+    "files: packages of several files are off (IOT_OTAC_MAX_FILES / OtaSession::set_max_files)";
 
 /// How often a download under way that needs a slot looks for a free one.
 const SLOT_POLL: Duration = Duration::from_millis(20);
@@ -239,6 +247,12 @@ struct Engine {
     member: Option<Membership>,
     /// Why the accepted upgrade has not started (state `Waiting`).
     waiting: Waiting,
+    /// The file of a package the current cycle fetches (0 for a single image), and the bytes
+    /// of the files before it (see `package.rs`).
+    file: usize,
+    files_done: u64,
+    /// The firmware judged the current file good: the next one starts at `is_fetching`.
+    next_file: bool,
 }
 
 impl Engine {
@@ -257,7 +271,7 @@ impl Engine {
             self.last_error = Some(Error::InvalidParam("topic"));
             return Err(Error::InvalidParam("topic"));
         }
-        match protocol::decode(self.protocol, payload, &self.limits, &mut self.scratch) {
+        match self.decode(payload) {
             Err(e @ NoticeError::Unsupported(_)) => return Err(self.refuse(e)),
             Err(e) => return Err(self.fail(Error::Notice(e))),
             Ok(Downstream::Ignored) => return Ok(()),
@@ -287,7 +301,7 @@ impl Engine {
             }
             OtaState::Fetched => self.hold_next(),
             OtaState::Waiting if self.scratch.same_image(&self.notice) => {
-                std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
+                self.take_fresh_urls();
                 self.try_start();
             }
             OtaState::Waiting => self.replace_waiting(),
@@ -302,7 +316,7 @@ impl Engine {
     /// The upgrade being fetched was announced again: the download goes on, with the fresh
     /// URL (which ends a wait for one after an expiry).
     fn renewed(&mut self) {
-        std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
+        self.take_fresh_urls();
         if self.download.cycle.url_wait_until.take().is_some() {
             ota_log!(
                 Level::Info,
@@ -320,6 +334,31 @@ impl Engine {
             self.notice.version,
             self.download.fetched
         );
+    }
+
+    /// The same upgrade again: its URLs (a package's every file's) replace the current ones.
+    fn take_fresh_urls(&mut self) {
+        std::mem::swap(&mut self.notice.url, &mut self.scratch.url);
+        // Same image: the same files in the same order, so the lists differ only in URLs.
+        std::mem::swap(&mut self.notice.files, &mut self.scratch.files);
+    }
+
+    /// Decodes into `scratch`: packages of several files only when enabled (`max_files`), and
+    /// never over MQTT yet.
+    fn decode(&mut self, payload: &[u8]) -> std::result::Result<Downstream, NoticeError> {
+        let decoded =
+            protocol::decode_package(self.protocol, payload, &self.limits, &mut self.scratch);
+        match decoded {
+            Err(NoticeError::TooManyFiles { max: 0, .. }) => {
+                Err(NoticeError::Unsupported(PACKAGES_OFF))
+            }
+            Ok(Downstream::Upgrade)
+                if matches!(self.scratch.transfer, protocol::Transfer::Mqtt { .. }) =>
+            {
+                Err(NoticeError::Unsupported(protocol::package::MQTT_REFUSAL))
+            }
+            other => other,
+        }
     }
 
     /// Keeps the decoded upgrade until the caller has seen the current cycle end.
@@ -342,6 +381,9 @@ impl Engine {
     fn start_next_if_due(&mut self) {
         if self.state == OtaState::Waiting {
             self.try_start();
+        } else if self.state == OtaState::Fetched && self.next_file && self.download.cycle.end_seen
+        {
+            self.start_next_file();
         } else if self.state == OtaState::Fetched
             && self.next_pending
             && self.download.cycle.end_seen
@@ -356,7 +398,10 @@ impl Engine {
     /// its download unless it must wait for its turn.
     fn accept_notice(&mut self) {
         self.abandon_request();
-        self.download = Download::new(&self.notice, self.retry, &self.policy);
+        self.file = 0;
+        self.files_done = 0;
+        self.next_file = false;
+        self.download = self.new_download();
         self.state = OtaState::Waiting;
         self.waiting = Waiting::No;
         ota_log!(
@@ -469,7 +514,7 @@ impl Engine {
             return Ok(());
         }
         let r = self.out.send(Report::Progress {
-            percent: step as u8,
+            percent: self.package_percent(step as u8),
             desc: desc.unwrap_or(""),
             notice: &self.notice,
         });
@@ -624,7 +669,8 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
         // Only here, before new bytes: the record covers what earlier calls returned.
-        if self.keeper.due(self.download.fetched, self.notice.size) {
+        // A package's record would not say which file: packages start over after a restart.
+        if !self.notice.is_package() && self.keeper.due(self.download.fetched, self.target().size) {
             self.save_progress();
         }
         if std::mem::take(&mut self.download.stalled) && self.download.source_open {
@@ -684,9 +730,8 @@ impl Engine {
             }
             // An open never waits on the network (the FirmwareSource contract), so it runs
             // here, with the URL where it is.
-            let r = side
-                .active()
-                .open(self.notice.url.as_str(), self.download.fetched);
+            let url = self.target().url;
+            let r = side.active().open(url, self.download.fetched);
             side.open_request = Some(self.request);
             if let Err(e) = self.opened(r) {
                 return Step::Done(Err(e));
@@ -696,7 +741,7 @@ impl Engine {
         }
         // While skipping, read no further than the skip: what follows is the caller's.
         let remaining = match self.download.skip {
-            0 => self.notice.size - self.download.fetched,
+            0 => self.target().size - self.download.fetched,
             skip => skip,
         };
         let stall_at = self.download.last_progress + self.retry.stall_timeout;
@@ -730,7 +775,7 @@ impl Engine {
 
     /// The one line per upgrade a plain `http://` download gets: what protects the image.
     fn say_what_protects_plain_http(&self) {
-        if !crate::source::is_plain_http(self.notice.url.as_str()) {
+        if !crate::source::is_plain_http(self.target().url) {
             return;
         }
         if self.policy.require_signature {
@@ -744,7 +789,7 @@ impl Engine {
                 Level::Info,
                 "firmware download over plain http:// (not encrypted): the image is checked \
                  against the {} digest that came over MQTT on TLS",
-                self.notice.digest_kind.name()
+                self.target().kind.name()
             );
         } else {
             ota_log!(
@@ -894,13 +939,13 @@ impl Engine {
         }
         if info.status == 206
             && (info.range_start != Some(self.download.fetched)
-                || info.range_total != Some(self.notice.size))
+                || info.range_total != Some(self.target().size))
         {
             return Err(self.download_failed(DownloadError::BadResponse(
                 "Content-Range does not match the request",
             )));
         }
-        let expected_rest = self.notice.size - self.download.fetched;
+        let expected_rest = self.target().size - self.download.fetched;
         match info.content_length {
             Some(len) if len > expected_rest => {
                 ota_log!(
@@ -925,7 +970,7 @@ impl Engine {
     fn range_ignored(&mut self, info: OpenInfo) -> Result<()> {
         if info
             .content_length
-            .is_some_and(|len| len != self.notice.size)
+            .is_some_and(|len| len != self.target().size)
         {
             return Err(self.download_failed(DownloadError::BadResponse(
                 "server ignored Range and sent a file of another size",
@@ -954,7 +999,7 @@ impl Engine {
         self.download.digest.update(bytes);
         self.download.digest_bytes += bytes.len() as u64;
         self.download.fetched += bytes.len() as u64;
-        if self.download.fetched == self.notice.size {
+        if self.download.fetched == self.target().size {
             self.finish();
         }
         Ok(bytes.len())
@@ -1055,10 +1100,10 @@ impl Engine {
                 "the upgrade waits for its turn to download (see IOT_OTAG_WAITING)",
             )));
         }
-        if size != 0 && size != self.notice.size {
+        if size != 0 && size != self.target().size {
             return Err(self.fail(Error::InvalidParam("size differs from the announced size")));
         }
-        if offset > self.notice.size {
+        if offset > self.target().size {
             return Err(self.fail(Error::InvalidParam("offset beyond the announced size")));
         }
         self.abandon_request();
@@ -1072,7 +1117,7 @@ impl Engine {
         self.download.cycle = Cycle::new();
         self.download.fetched = offset;
         self.state = OtaState::Downloading;
-        if offset == self.notice.size {
+        if offset == self.target().size {
             // Every byte is already kept: nothing to fetch, the image is checked now.
             self.finish();
         }
@@ -1096,10 +1141,10 @@ impl Engine {
         if self.state == OtaState::Idle {
             return Err(self.fail(Error::InvalidState("no upgrade accepted")));
         }
-        self.download.digest = StreamDigest::new(self.notice.digest_kind);
+        self.download.digest = StreamDigest::new(self.target().kind);
         self.download.digest_bytes = 0;
         self.download.image =
-            ImageVerifier::new(&self.policy).with_announced_size(self.notice.size);
+            ImageVerifier::new(&self.policy).with_announced_size(self.target().size);
         Ok(())
     }
 
@@ -1115,13 +1160,14 @@ impl Engine {
         self.state = OtaState::Fetched;
         let mut actual = [0u8; 32];
         let n = self.download.digest.current(&mut actual);
-        let covered = self.download.digest_bytes == self.notice.size;
-        let digest_ok = actual[..n] == *self.notice.digest();
+        let size = self.target().size;
+        let covered = self.download.digest_bytes == size;
+        let digest_ok = actual[..n] == *self.target().digest;
         self.download.verified = covered && digest_ok && !self.download.cycle.oversize;
         if self.download.verified {
             let checked = match self.download.image_unchecked {
                 false => self.download.image.finish(&self.policy),
-                true => Ok(VerifiedImage::plain(self.notice.size)),
+                true => Ok(VerifiedImage::plain(size)),
             };
             match checked {
                 Ok(image) => self.download.image_info = Some(image),
@@ -1281,7 +1327,7 @@ impl OtaSession {
             scratch: UpgradeNotice::new(&limits),
             next: UpgradeNotice::new(&limits),
             next_pending: false,
-            download: Download::new(&UpgradeNotice::new(&limits), config.retry, &config.image),
+            download: Download::new(DigestKind::Md5, 0, config.retry, &config.image),
             running: RunningVersions::new(&limits),
             retry: config.retry,
             fresh_url_wait: config.fresh_url_wait,
@@ -1293,6 +1339,9 @@ impl OtaSession {
             last_error: None,
             member: None,
             waiting: Waiting::No,
+            file: 0,
+            files_done: 0,
+            next_file: false,
         };
         Ok(OtaSession {
             engine: Arc::new(Mutex::new(engine)),
@@ -1503,7 +1552,7 @@ impl OtaSession {
 
     /// The announced image size (0 before an upgrade).
     pub fn file_size(&self) -> u64 {
-        self.engine().notice.size
+        self.engine().target().size
     }
 
     /// Confirms the image running since the reboot (after the firmware's own self-test): the
@@ -1575,11 +1624,13 @@ impl OtaSession {
             return Err(e.fail(Error::InvalidState("download not finished")));
         }
         e.download.cycle.end_seen = true;
-        let valid = e.download.verified && e.download.fetched == e.notice.size;
+        let valid = e.download.verified && e.download.fetched == e.target().size;
         if let Some(member) = &e.member {
             member.judged(valid);
         }
-        if valid {
+        if valid && e.more_files() {
+            e.file_judged_good();
+        } else if valid {
             // Every byte is with the caller now: a restart may expect the new version.
             e.record_pending_reboot();
         } else if let Some(why) = e.download.cycle.end_error {
@@ -1623,6 +1674,67 @@ impl OtaSession {
         }
         drop(e);
         self.settle();
+    }
+
+    /// Accepts packages of up to `max` files (SagooIOT and Aliyun `files`; 0, the default,
+    /// refuses them with a failure report), walked one file per cycle (see the `package` module
+    /// doc). Allocates the file slots of the session's notices: call it before the first
+    /// upgrade. [`Error::InvalidState`] once an upgrade was accepted; [`Error::InvalidParam`]
+    /// above [`MAX_FILES`] or on a platform without packages (Tencent, UCloud).
+    pub fn set_max_files(&self, max: usize) -> Result<()> {
+        let mut e = self.engine();
+        if max > MAX_FILES {
+            return Err(e.fail(Error::InvalidParam("more files than MAX_FILES")));
+        }
+        if max > 0 && !e.protocol.carries_packages() {
+            return Err(e.fail(Error::InvalidParam("the platform sends no packages")));
+        }
+        if e.state != OtaState::Idle {
+            return Err(e.fail(Error::InvalidState(
+                "packages are enabled before the first upgrade",
+            )));
+        }
+        e.limits.max_files = max;
+        let limits = e.limits;
+        e.notice = UpgradeNotice::new(&limits);
+        e.scratch = UpgradeNotice::new(&limits);
+        e.next = UpgradeNotice::new(&limits);
+        Ok(())
+    }
+
+    /// Files of the accepted upgrade: its package's, or 1.
+    pub fn file_count(&self) -> usize {
+        let e = self.engine();
+        match e.notice.is_package() {
+            true => e.notice.files.len(),
+            false => 1,
+        }
+    }
+
+    /// Which file of the package the current cycle fetches, from 0 (0 for a single image).
+    pub fn file_index(&self) -> usize {
+        self.engine().file
+    }
+
+    /// Runs `f` on the current file's name (empty for a single image, or a file without one).
+    pub fn with_file_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let e = self.engine();
+        let name = match e.notice.is_package() {
+            true => e
+                .notice
+                .files
+                .get(e.file)
+                .map_or("", |file| file.name.as_str()),
+            false => "",
+        };
+        f(name)
+    }
+
+    /// Runs `f` on the current file's (or single image's) digest kind and bytes.
+    pub fn with_file_digest<R>(&self, f: impl FnOnce(DigestKind, &[u8]) -> R) -> R {
+        let e = self.engine();
+        let t = e.target();
+        f(t.kind, t.digest)
     }
 
     /// Sets how long an expired URL waits for a fresh one (see [`OtaConfig::fresh_url_wait`]);

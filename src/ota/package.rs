@@ -1,0 +1,102 @@
+//! Packages of several files (SagooIOT and Aliyun `files`): the engine walks them one file per
+//! cycle, with the v2.3 loop the firmware already has. Each file is downloaded and checked like a
+//! single image (its own URL, size and digest, the image policy, `check_firmware`); after the
+//! firmware's `check_firmware` says a file is good, its next `is_fetching` starts the next file.
+//! Progress reports are weighted by bytes over the whole package; success and failure are one
+//! report for the package. Packages are off unless [`Limits::max_files`](crate::protocol::Limits)
+//! is set (`OtaSession::set_max_files`, C `IOT_OTAC_MAX_FILES`): firmware that does not walk
+//! files would take the first file for the whole upgrade.
+//!
+//! Not yet: resuming a package across a restart (a record of a package is discarded and the
+//! package starts over; within a session every file resumes with `Range` as usual).
+
+use super::download::Download;
+use super::{Engine, OtaState};
+use crate::digest::DigestKind;
+use crate::log::Level;
+use crate::ota_log;
+
+/// What the current cycle downloads: the single image, or the package's current file.
+pub(super) struct Target<'a> {
+    pub(super) url: &'a str,
+    pub(super) size: u64,
+    pub(super) kind: DigestKind,
+    pub(super) digest: &'a [u8],
+}
+
+impl Engine {
+    /// The image or file the current cycle downloads.
+    pub(super) fn target(&self) -> Target<'_> {
+        let file = self
+            .notice
+            .files
+            .get(self.file)
+            .filter(|_| self.notice.is_package());
+        match file {
+            Some(f) => Target {
+                url: f.url.as_str(),
+                size: f.size,
+                kind: f.digest_kind,
+                digest: f.digest(),
+            },
+            None => Target {
+                url: self.notice.url.as_str(),
+                size: self.notice.size,
+                kind: self.notice.digest_kind,
+                digest: self.notice.digest(),
+            },
+        }
+    }
+
+    /// A new download of the current target, from byte 0.
+    pub(super) fn new_download(&self) -> Download {
+        let t = self.target();
+        Download::new(t.kind, t.size, self.retry, &self.policy)
+    }
+
+    /// Whether a file of the package follows the current one.
+    pub(super) fn more_files(&self) -> bool {
+        self.notice.is_package() && self.file + 1 < self.notice.files.len()
+    }
+
+    /// The firmware judged the current file good and another follows: it starts at the next
+    /// `is_fetching`.
+    pub(super) fn file_judged_good(&mut self) {
+        self.next_file = true;
+    }
+
+    /// Starts the package's next file (the firmware saw the last one end and judged it good).
+    pub(super) fn start_next_file(&mut self) {
+        self.next_file = false;
+        self.files_done += self.target().size;
+        self.file += 1;
+        self.abandon_request();
+        self.download = self.new_download();
+        self.state = OtaState::Downloading;
+        // The transfer of the last file gave its slot back.
+        self.download.needs_slot = self.member.is_some();
+        let name = self
+            .notice
+            .files
+            .get(self.file)
+            .map_or("", |f| f.name.as_str());
+        ota_log!(
+            Level::Info,
+            "package {}: file {} of {} ({name}, {} bytes)",
+            self.notice.version,
+            self.file + 1,
+            self.notice.files.len(),
+            self.target().size
+        );
+    }
+
+    /// The platform's progress for `percent` of the current file: byte-weighted over the
+    /// package (the file's own percent for a single image).
+    pub(super) fn package_percent(&self, percent: u8) -> u8 {
+        if !self.notice.is_package() || self.notice.size == 0 {
+            return percent;
+        }
+        let done = self.files_done + self.target().size * u64::from(percent) / 100;
+        (done * 100 / self.notice.size).min(100) as u8
+    }
+}
