@@ -346,16 +346,14 @@ impl Engine {
     /// Decodes into `scratch`: packages of several files only when enabled (`max_files`), and
     /// never over MQTT yet.
     fn decode(&mut self, payload: &[u8]) -> std::result::Result<Downstream, NoticeError> {
-        let decoded =
-            protocol::decode_package(self.protocol, payload, &self.limits, &mut self.scratch);
-        match decoded {
+        // `decode` refuses what the engine cannot fetch, MQTT first (whatever else is wrong);
+        // a package it refuses only for being one was decoded whole.
+        match protocol::decode(self.protocol, payload, &self.limits, &mut self.scratch) {
+            Err(NoticeError::Unsupported(protocol::package::PACKAGE_REFUSAL)) => {
+                Ok(Downstream::Upgrade)
+            }
             Err(NoticeError::TooManyFiles { max: 0, .. }) => {
                 Err(NoticeError::Unsupported(PACKAGES_OFF))
-            }
-            Ok(Downstream::Upgrade)
-                if matches!(self.scratch.transfer, protocol::Transfer::Mqtt { .. }) =>
-            {
-                Err(NoticeError::Unsupported(protocol::package::MQTT_REFUSAL))
             }
             other => other,
         }
