@@ -1356,3 +1356,28 @@ fn gateway_handles_share_one_download_through_the_firmware_reader() {
         std::mem::forget(d); // its MQTT client is the holder's
     }
 }
+
+/// The package Ioctls on a live handle: an idle session answers for its single image, and the
+/// switch checks its argument and platform (issue 16).
+#[test]
+fn package_ioctls_answer_and_check_their_arguments() {
+    use ota::ffi::package::*;
+    let broker = EmbeddedBroker::start().unwrap();
+    let dev = Device::new(broker.port(), "pkg-ioctl");
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_COUNT), Ok(1));
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_INDEX), Ok(0));
+    assert_eq!(dev.ioctl_str(IOT_OTAG_FILE_NAME, 16), Ok(String::new()));
+    let set = |n: u32| {
+        let mut v = n.to_ne_bytes();
+        unsafe { IOT_OTA_Ioctl(dev.ota, IOT_OTAC_MAX_FILES, v.as_mut_ptr().cast(), 4) }
+    };
+    assert_eq!(set(17), INVALID_PARAM);
+    assert_eq!(dev.last_error(), INVALID_PARAM);
+    assert_eq!(set(4), 0);
+    let mut short = [0u8; 2];
+    assert_eq!(
+        unsafe { IOT_OTA_Ioctl(dev.ota, IOT_OTAC_MAX_FILES, short.as_mut_ptr().cast(), 2) },
+        INVALID_PARAM
+    );
+    dev.assert_usable();
+}
