@@ -16,7 +16,8 @@
 
 use std::ffi::c_int;
 
-use super::answer::{get_u32, put_str, put_u32};
+use super::answer::{get_u32, put_u32, too_small};
+use super::guard::put_c_str;
 use super::ota::{reject, IOT_OTA_CmdType_t, OtaHandle};
 
 /// Query, `uint32_t`: files of the accepted upgrade (1 for a single image).
@@ -47,7 +48,17 @@ pub(crate) fn ioctl(h: &OtaHandle, kind: c_int, buf: &mut [u8]) -> c_int {
     match kind {
         IOT_OTAG_FILE_COUNT => put_u32(h, buf, s.file_count() as u64),
         IOT_OTAG_FILE_INDEX => put_u32(h, buf, s.file_index() as u64),
-        IOT_OTAG_FILE_NAME => s.with_file_name(|name| put_str(h, buf, name.as_bytes())),
+        IOT_OTAG_FILE_NAME => {
+            let buf_len = buf.len();
+            // Written under the session lock; a too-small buffer is recorded after it (recording
+            // takes the lock again).
+            let missing =
+                s.with_file_name(|name| (!put_c_str(buf, name.as_bytes())).then_some(name.len()));
+            match missing {
+                None => 0,
+                Some(len) => too_small(h, buf_len, len),
+            }
+        }
         _ => match get_u32(h, buf) {
             Ok(n) => match s.set_max_files(n as usize) {
                 Ok(()) => 0,

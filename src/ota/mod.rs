@@ -1715,6 +1715,7 @@ impl OtaSession {
     }
 
     /// Runs `f` on the current file's name (empty for a single image, or a file without one).
+    /// The session is locked meanwhile: `f` must not call back into it.
     pub fn with_file_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         let e = self.engine();
         let name = match e.notice.is_package() {
@@ -1728,7 +1729,8 @@ impl OtaSession {
         f(name)
     }
 
-    /// Runs `f` on the current file's (or single image's) digest kind and bytes.
+    /// Runs `f` on the current file's (or single image's) digest kind and bytes. The session is
+    /// locked meanwhile: `f` must not call back into it.
     pub fn with_file_digest<R>(&self, f: impl FnOnce(DigestKind, &[u8]) -> R) -> R {
         let e = self.engine();
         let t = e.target();
