@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 
+use crate::package::{Package, PackageMeter};
 use crate::sagoo::SignMethod;
 use crate::{aliyun, sagoo, tencent, ucloud};
 
@@ -575,6 +576,14 @@ pub struct Cloud {
     observer: Option<Observer>,
     /// False for a cloud on a [`SharedConnection`], which outlives it.
     owns_connection: bool,
+    /// The upgrade is this package ([`Cloud::set_package`]).
+    package: Option<PackagePlay>,
+}
+
+/// A package and what carries it.
+struct PackagePlay {
+    package: Package,
+    meter: Arc<dyn PackageMeter>,
 }
 
 /// Given the URL an upgrade was last announced with, a fresh one ([`Cloud::set_url_renewer_for`]).
@@ -687,6 +696,8 @@ struct Run {
     /// Published announcements whose own copy has not come back from the broker yet, and
     /// who waits for it.
     echoes: Vec<(String, SyncSender<bool>)>,
+    /// The highest download step reported (packages: progress must not go back).
+    last_step: i32,
 }
 
 impl Run {
@@ -704,6 +715,7 @@ impl Run {
             answers: 0,
             task_base,
             echoes: Vec::new(),
+            last_step: 0,
         }
     }
 
@@ -795,6 +807,7 @@ impl Cloud {
             renew_url: None,
             observer: None,
             owns_connection,
+            package: None,
         }
     }
 
@@ -894,6 +907,38 @@ impl Cloud {
         self
     }
 
+    /// Makes the upgrade `package` ([`Package`]: several files, or a download over MQTT)
+    /// instead of one file: the upgrade message is [`Package::upgrade_message`], `meter` tells
+    /// what the server carrying it has sent. Beyond the usual checks, a run then checks that
+    /// the device's download progress never goes back and is weighted by bytes over the whole
+    /// package (a step above `100 * sent / size` + 1, with `sent` what `meter` has handed out,
+    /// is a violation, as is step 100 before every byte was sent), that the new version is
+    /// reported only once every file went out whole ([`PackageMeter::missing`]), and ends the
+    /// run on a bad block request ([`PackageMeter::violation`]). Run it with
+    /// [`run_package`](Self::run_package). Fails for a platform without packages (Tencent,
+    /// UCloud).
+    pub fn set_package(
+        &mut self,
+        package: Package,
+        meter: Arc<dyn PackageMeter>,
+    ) -> Result<&mut Self, String> {
+        package.check(self.protocol, &self.options)?;
+        self.package = Some(PackagePlay { package, meter });
+        Ok(self)
+    }
+
+    /// [`run`](Self::run) for the package of [`set_package`](Self::set_package) (its
+    /// [`Package::firmware`] is the run's target). Panics without a package.
+    pub fn run_package(&mut self, timeout: Duration) -> Summary {
+        let firmware = self
+            .package
+            .as_ref()
+            .expect("set_package before run_package")
+            .package
+            .firmware();
+        self.run(&firmware, timeout)
+    }
+
     /// A handle that makes this cloud publish `what` during a run, e.g. from a
     /// [`crate::FirmwareServer::on_image_sent`] hook.
     pub fn trigger(&self, what: Announcement) -> Trigger {
@@ -943,6 +988,15 @@ impl Cloud {
                 Ok(wait) => wait,
                 Err(end) => break Err(end),
             };
+            if let Some((topic, reason, payload)) =
+                self.package.as_ref().and_then(|p| p.meter.violation())
+            {
+                break Err(Failure::Violation {
+                    topic,
+                    reason,
+                    payload,
+                });
+            }
             match self.next_event(wait, &mut summary, &mut run) {
                 Ok(Some((topic, payload))) => {
                     if let Some(end) = self.on_message(&topic, &payload, &mut summary, &mut run) {
@@ -1175,7 +1229,13 @@ impl Cloud {
         renew: bool,
     ) -> io::Result<String> {
         if renew && summary.upgrade_messages_sent > 0 {
-            if let Some(renew_url) = &mut self.renew_url {
+            if let (Some(renew_url), Some(play)) = (&mut self.renew_url, &mut self.package) {
+                for file in &mut play.package.files {
+                    file.url = renew_url(&file.url);
+                }
+                self.say("fresh URLs for every file of the package".into());
+                summary.urls_renewed += 1;
+            } else if let Some(renew_url) = &mut self.renew_url {
                 let target = run.target_mut();
                 let fresh = renew_url(&target.record.firmware.url);
                 self.say(format!("fresh firmware URL: {fresh}"));
@@ -1301,6 +1361,14 @@ impl Cloud {
             u.check_not_failed(&format!("version report {version:?}"))?;
         }
         let offered = run.offered();
+        if version == run.target().version() && run.offered() {
+            if let Some(gap) = self.package.as_ref().and_then(|p| p.meter.missing()) {
+                return Err(format!(
+                    "the device reports version {version} but the package was not downloaded \
+                     whole: {gap}"
+                ));
+            }
+        }
         if version == run.target().version() {
             return Ok(match self.protocol {
                 Protocol::Aliyun | Protocol::Sagoo if offered => Next::Done(Success::Upgraded),
@@ -1355,6 +1423,10 @@ impl Cloud {
             return self.failure_report(run, owner, step, desc.map(str::to_string), false);
         }
         run.upgrades[owner].check_not_failed(&format!("step {step}"))?;
+        if let Some(play) = &self.package {
+            check_package_step(step, run.last_step, play)?;
+        }
+        run.last_step = run.last_step.max(step);
         self.say(
             format!("progress {step}% {desc_text}")
                 .trim_end()
@@ -1580,7 +1652,28 @@ impl Cloud {
         let device_version = run.device_version.clone();
         let upgrade = &mut run.upgrades[index];
         let firmware = upgrade.record.firmware.clone();
+        let package = self
+            .package
+            .as_ref()
+            .filter(|p| p.package.version == firmware.version);
         let (payload, what) = match self.protocol {
+            _ if package.is_some() => {
+                let p = &package.expect("checked").package;
+                let payload = p
+                    .upgrade_message(self.protocol, id, o)
+                    .map_err(io::Error::other)?;
+                let what = format!(
+                    "upgrade package of {} file{} ({})",
+                    p.files.len(),
+                    if p.files.len() == 1 { "" } else { "s" },
+                    match p.delivery {
+                        crate::package::Delivery::Http => "HTTP".to_string(),
+                        crate::package::Delivery::Mqtt { stream_id } =>
+                            format!("MQTT stream {stream_id}"),
+                    }
+                );
+                (payload, what)
+            }
             Protocol::Aliyun => (aliyun::upgrade_message(&firmware, id), "upgrade".into()),
             Protocol::Sagoo => (
                 sagoo::upgrade_message(&firmware, id, o.sign_method, module, o.strategy.as_deref()),
@@ -1690,6 +1783,37 @@ impl Cloud {
             what
         }
     }
+}
+
+/// A package's download step (1..=100) against the one before and the bytes sent: never
+/// back, never ahead of the bytes (weighted over the whole package, one percent of rounding
+/// allowed), 100 only once every byte went out.
+fn check_package_step(step: i32, last: i32, play: &PackagePlay) -> Result<(), String> {
+    if step < last {
+        return Err(format!(
+            "progress {step}% after {last}%: a package's progress never goes back"
+        ));
+    }
+    let size = play.package.size();
+    let sent = play.meter.bytes_sent();
+    let bound = if size == 0 {
+        100
+    } else {
+        (u128::from(sent) * 100 / u128::from(size)).min(100) as i32
+    };
+    if step == 100 && sent < size {
+        return Err(format!(
+            "progress 100% but only {sent} of the package's {size} bytes were sent"
+        ));
+    }
+    if step > bound + 1 {
+        return Err(format!(
+            "progress {step}% but only {sent} of the package's {size} bytes were sent (at most \
+             {bound}%): progress is weighted by bytes over all {} files",
+            play.package.files.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A Tencent state as the device spells it.

@@ -209,6 +209,9 @@ struct Shared {
     connections: AtomicU64,
     /// Requests parsed so far (for `fail_first`).
     requests_seen: AtomicU64,
+    /// Bytes of every image (added ones too) about to be written, counted before the write so
+    /// that a client can never have more ([`SentMeter::all_bytes_sent`]).
+    all_sent: AtomicU64,
     token: Mutex<Token>,
     stop: AtomicBool,
     log: Mutex<Vec<RequestLog>>,
@@ -501,6 +504,7 @@ impl FirmwareServer {
             tls_resumed: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             requests_seen: AtomicU64::new(0),
+            all_sent: AtomicU64::new(0),
             token: Mutex::new(Token {
                 current: 0,
                 issued: Instant::now(),
@@ -678,6 +682,18 @@ impl SentMeter {
     /// The size of the first image.
     pub fn image_len(&self) -> u64 {
         self.0.image.len() as u64
+    }
+
+    /// Bytes of every image served (the first and [`FirmwareServer::add_image`]'s) handed to
+    /// sockets so far, over all responses (a byte sent twice counts twice), counted just
+    /// before each write: never less than what any client has received.
+    pub fn all_bytes_sent(&self) -> u64 {
+        self.0.all_sent.load(Ordering::SeqCst)
+    }
+
+    /// [`FirmwareServer::requests`].
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.0.log.lock().unwrap().clone()
     }
 }
 
@@ -1543,6 +1559,7 @@ fn send_file(
             n = n.min(shared.bytes_to_next_milestone().unwrap_or(u64::MAX));
         }
         let chunk = &image[pos as usize..(pos + n) as usize];
+        shared.all_sent.fetch_add(n, Ordering::SeqCst);
         match faults.flip_byte_at {
             Some(at) if at >= pos && at < pos + n => {
                 let mut bad = chunk.to_vec();

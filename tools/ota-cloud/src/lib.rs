@@ -11,6 +11,8 @@
 //!   types of [`platform`] and need nothing from [`cloud`]).
 //! - [`Milestones`] tie the cloud's own announcements (the same upgrade again, a different one
 //!   that supersedes it) to the share of the image the server has sent.
+//! - [`Package`]: an upgrade of several files (`files`) or over MQTT (`dProtocol` `mqtt`),
+//!   Aliyun and SagooIOT; [`MqttDownloadServer`] answers the device's block requests.
 //! - [`demo`] runs a whole upgrade on one machine, also with an image signed by MCUboot's
 //!   `imgtool` ([`imgtool`] runs it) or tampered with.
 //!
@@ -27,6 +29,8 @@ pub mod fleet;
 pub mod http;
 pub mod imgtool;
 pub mod milestones;
+pub mod mqtt_download;
+pub mod package;
 pub mod platform;
 pub mod sagoo;
 pub mod tencent;
@@ -40,6 +44,8 @@ pub use cloud::{
 };
 pub use http::{ExpireRule, Faults, FirmwareServer, RequestLog, SentMeter, UrlRenewer};
 pub use milestones::{Milestones, NextUpgrade, Supersede};
+pub use mqtt_download::{MqttDownloadServer, MqttDownloadStats, MqttFaults};
+pub use package::{Delivery, HttpPackageMeter, Package, PackageFile, PackageMeter};
 pub use platform::{md5_hex, sha256_hex, DeviceMsg, Firmware, TencentState};
 pub use sagoo::SignMethod;
 

@@ -179,6 +179,18 @@ pub fn check_progress(
     }
 }
 
+/// The simulator's `extData`: a custom key, the batch id as `strategy` when given, and
+/// `_package_udi`.
+pub fn ext_data(strategy: Option<&str>) -> Value {
+    let mut ext = Map::new();
+    ext.insert("key1".into(), json!("value1"));
+    if let Some(s) = strategy {
+        ext.insert("strategy".into(), json!(s));
+    }
+    ext.insert("_package_udi".into(), json!(PACKAGE_UDI));
+    Value::Object(ext)
+}
+
 /// The upgrade notification, as the platform sends it. `module` `None` is the default module
 /// (the platform then omits the key); `strategy` goes into `extData` when given.
 pub fn upgrade_message(
@@ -188,12 +200,6 @@ pub fn upgrade_message(
     module: Option<&str>,
     strategy: Option<&str>,
 ) -> String {
-    let mut ext = Map::new();
-    ext.insert("key1".into(), json!("value1"));
-    if let Some(s) = strategy {
-        ext.insert("strategy".into(), json!(s));
-    }
-    ext.insert("_package_udi".into(), json!(PACKAGE_UDI));
     let sign = match sign_method {
         SignMethod::Md5 => &firmware.md5,
         SignMethod::Sha256 => &firmware.sha256,
@@ -207,7 +213,7 @@ pub fn upgrade_message(
     if let Some(m) = module {
         data.insert("module".into(), json!(m));
     }
-    data.insert("extData".into(), Value::Object(ext));
+    data.insert("extData".into(), ext_data(strategy));
     json!({
         "code": "200",
         "data": data,

@@ -1137,3 +1137,103 @@ fn the_progress_bar_is_drawn_on_a_terminal_unless_quiet() {
         assert!(shown.contains("outcome: timeout"), "{flag}: {shown}");
     }
 }
+
+#[test]
+fn serve_files_sizes_serves_each_file_and_counts_its_requests() {
+    let (code, _, _, after) = serve_lines(
+        "cli-files",
+        "/ota/device/upgrade/pk/cli-files",
+        &["--files-sizes", "1000,2000,3000"],
+        |dev, _| {
+            dev.send("inform", r#"{"id":1,"params":{"version":"1.0.0"}}"#);
+            let msg = dev.next_upgrade();
+            let files = msg["data"]["files"].as_array().unwrap().clone();
+            assert_eq!(files.len(), 3);
+            let mut done = 0;
+            for (f, size) in files.iter().zip([1000, 2000, 3000]) {
+                assert_eq!(f["fileSize"], size);
+                let body = common::http_get(f["fileUrl"].as_str().unwrap());
+                assert_eq!(body.len(), size);
+                assert_eq!(f["fileSign"], ota_cloud::md5_hex(&body).as_str());
+                done += size;
+                let step = done * 100 / 6000;
+                if step < 100 {
+                    dev.send(
+                        "progress",
+                        &format!(r#"{{"id":2,"params":{{"step":"{step}"}}}}"#),
+                    );
+                }
+            }
+            dev.send("progress", r#"{"id":2,"params":{"step":"100"}}"#);
+            dev.send("inform", r#"{"id":3,"params":{"version":"2.0.0"}}"#);
+        },
+    );
+    assert_eq!(code, Some(0));
+    for want in [
+        "http: file1.bin: 1 requests, 1000 of 1000 bytes sent",
+        "http: file3.bin: 1 requests, 3000 of 3000 bytes sent",
+        "outcome: success 2.0.0",
+    ] {
+        assert!(after.iter().any(|l| l == want), "{want} in {after:?}");
+    }
+}
+
+#[test]
+fn serve_packages_only_where_the_platform_has_them() {
+    let base = [
+        "serve",
+        "--broker",
+        "127.0.0.1:1",
+        "--product-key",
+        "pk",
+        "--device-name",
+        "d",
+        "--version",
+        "2",
+    ];
+    for (extra, want) in [
+        (
+            &["--files-sizes", "10,20", "--protocol", "tencent"][..],
+            "tencent has no packages",
+        ),
+        (
+            &[
+                "--firmware-size",
+                "10",
+                "--mqtt-download",
+                "--protocol",
+                "ucloud",
+            ][..],
+            "ucloud has no packages",
+        ),
+        (
+            &[
+                "--firmware-size",
+                "10",
+                "--mqtt-download",
+                "--status",
+                "500",
+            ][..],
+            "--status is an HTTP fault",
+        ),
+        (
+            &["--files-sizes", "10", "--renotify-at", "50"][..],
+            "not packages",
+        ),
+        (
+            &[
+                "--firmware-size",
+                "10",
+                "--mqtt-download",
+                "--block-size",
+                "0",
+            ][..],
+            "--block-size",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(want), "{extra:?}: {stderr}");
+    }
+}

@@ -158,7 +158,7 @@ URL token for both). The active faults are printed at start.";
 #[command(group(
     ArgGroup::new("image")
         .required(true)
-        .args(["firmware", "firmware_size"])
+        .args(["firmware", "firmware_size", "files", "files_sizes"])
 ))]
 pub struct ServeArgs {
     /// The MQTT broker the device is connected to.
@@ -179,6 +179,48 @@ pub struct ServeArgs {
     /// Serve a generated image of BYTES bytes (the same bytes every run).
     #[arg(long, allow_negative_numbers = true, value_name = "BYTES")]
     pub firmware_size: Option<usize>,
+    /// aliyun, sagoo: one upgrade of several files (a `files` array), each served at its own
+    /// URL (or streamed over MQTT with --mqtt-download), named by its file name.
+    #[arg(long, value_name = "FILE,FILE,...", value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
+    /// Like --files, with generated files of these sizes (file1.bin, file2.bin, ...).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "BYTES,BYTES,...",
+        value_delimiter = ','
+    )]
+    pub files_sizes: Vec<usize>,
+    /// Write the generated files of --files-sizes into DIR (created).
+    #[arg(long, value_name = "DIR", requires = "files_sizes")]
+    pub write_files: Option<PathBuf>,
+    /// aliyun, sagoo: the device downloads over MQTT (`dProtocol` mqtt): block requests on
+    /// /sys/PK/DN/thing/file/download, answered on .../download_reply. --cut-at drops the
+    /// reply holding each OFFSET, --flip-at corrupts one block after its CRC, --stall-at
+    /// delays one reply (OFFSETs within a file; each fires once).
+    #[arg(long)]
+    pub mqtt_download: bool,
+    /// With --mqtt-download: the largest block a request may ask for.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", requires = "mqtt_download",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(ota_cloud::mqtt_download::MAX_BLOCK_SIZE)),
+          default_value_t = ota_cloud::mqtt_download::DEFAULT_BLOCK_SIZE)]
+    pub block_size: u32,
+    /// With --mqtt-download: a header length past the frame in the reply holding OFFSET.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "OFFSET",
+        requires = "mqtt_download"
+    )]
+    pub header_past_frame_at: Option<u64>,
+    /// With --mqtt-download: answer the request holding OFFSET with the block one byte on.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "OFFSET",
+        requires = "mqtt_download"
+    )]
+    pub wrong_offset_at: Option<u64>,
     /// Write the generated image to PATH (with --supersede-at, the new one to PATH.next).
     #[arg(
         long,
@@ -772,6 +814,51 @@ impl FaultArgs {
             slow_head_ms: self.slow_head_ms,
             huge_head: self.huge_head.unwrap_or(0),
             ..Faults::default()
+        }
+    }
+}
+
+impl FaultArgs {
+    /// With --mqtt-download: the faults that have an MQTT meaning, or a usage error naming a
+    /// fault that has none.
+    pub fn mqtt_faults(
+        &self,
+        header_past_frame_at: Option<u64>,
+        wrong_offset_at: Option<u64>,
+    ) -> ota_cloud::MqttFaults {
+        let http_only = [
+            ("--random-cuts", self.random_cuts.is_some()),
+            ("--stall-ms", self.stall_ms.is_some()),
+            ("--short-body", self.short_body.is_some()),
+            ("--ignore-range", self.ignore_range),
+            ("--status", self.status.is_some()),
+            ("--fail-first", self.fail_first.is_some()),
+            (
+                "--close-before-headers",
+                self.close_before_headers.is_some(),
+            ),
+            ("--expire-after", self.expire_after.is_some()),
+            ("--expire-after-s", self.expire_after_s.is_some()),
+            ("--redirect", self.redirect.is_some()),
+            ("--endless-body", self.endless_body),
+            ("--content-length", self.content_length.is_some()),
+            ("--slow-head-ms", self.slow_head_ms.is_some()),
+            ("--huge-head", self.huge_head.is_some()),
+        ];
+        if let Some((flag, _)) = http_only.iter().find(|(_, on)| *on) {
+            usage_error(
+                "serve",
+                format!("{flag} is an HTTP fault; with --mqtt-download use --cut-at, --flip-at, --stall-at, --header-past-frame-at or --wrong-offset-at"),
+            );
+        }
+        ota_cloud::MqttFaults {
+            cuts: self.cut_at.clone().map(|o| o.0).unwrap_or_default(),
+            header_past_frame_at,
+            wrong_offset_at,
+            flip_at: self.flip_at,
+            stall_at: self
+                .stall_at
+                .map(|(at, ms)| (at, Duration::from_millis(ms))),
         }
     }
 }

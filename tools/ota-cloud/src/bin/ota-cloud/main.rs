@@ -15,10 +15,13 @@ use ota_cloud::demo::{self, DemoOptions};
 use ota_cloud::fleet::{self, DeviceId, Fleet, FleetDevice, FleetSpec, GatewaySpec, Images};
 use ota_cloud::imgtool::{Imgtool, Layout};
 use ota_cloud::milestones::{self, Milestones, NextUpgrade};
+use ota_cloud::package::{self, Delivery, HttpPackageMeter, Package, PackageMeter};
 use ota_cloud::{
-    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer, Summary,
+    generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Firmware, FirmwareServer,
+    MqttDownloadServer, Protocol, Summary,
 };
 use progress::DownloadBar;
+use std::sync::Arc;
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
@@ -36,6 +39,9 @@ fn main() -> ExitCode {
 
 /// `serve`: the firmware server and the cloud for a device of the caller's.
 fn serve(args: &ServeArgs) -> Result<ExitCode, String> {
+    if !args.files.is_empty() || !args.files_sizes.is_empty() || args.mqtt_download {
+        return serve_package(args);
+    }
     let options = serve_options(args);
     args.run.check_supersede("serve", &args.version);
     let image = firmware_image(args)?;
@@ -62,6 +68,167 @@ fn serve(args: &ServeArgs) -> Result<ExitCode, String> {
     let summary = cloud.run(&firmware, Duration::from_secs(args.timeout_s));
     if let Some(bar) = bar {
         bar.finish();
+    }
+    finish_run(
+        &summary,
+        args.output.json.then(|| report::summary(&summary)),
+    );
+    summary
+        .outcome
+        .map(|_| ExitCode::SUCCESS)
+        .map_err(|e| e.to_string())
+}
+
+/// `serve --files` / `--files-sizes` / `--mqtt-download`: one upgrade of several files, or
+/// one streamed over MQTT (aliyun, sagoo).
+fn serve_package(args: &ServeArgs) -> Result<ExitCode, String> {
+    let protocol = args.platform.protocol;
+    if !matches!(protocol, Protocol::Aliyun | Protocol::Sagoo) {
+        args::usage_error(
+            "serve",
+            format!(
+                "{protocol} has no packages of several files and no download over MQTT (only \
+                 aliyun and sagoo do): --files, --files-sizes and --mqtt-download need \
+                 --protocol aliyun or sagoo"
+            ),
+        );
+    }
+    let m = args.run.milestones();
+    if m.supersede.is_some() || m.renotify_at.is_some() {
+        args::usage_error(
+            "serve",
+            "--supersede-at and --renotify-at are for single-file upgrades, not packages",
+        );
+    }
+    let options = serve_options(args);
+    // Checked before anything connects: a fault without an MQTT meaning is a usage error.
+    let mqtt_faults = args.mqtt_download.then(|| {
+        args.faults
+            .mqtt_faults(args.header_past_frame_at, args.wrong_offset_at)
+    });
+    let single = args.files.is_empty() && args.files_sizes.is_empty();
+    let files = if single {
+        vec![("firmware.bin".to_string(), firmware_image(args)?.into())]
+    } else if !args.files.is_empty() {
+        package::read_files(&args.files)?
+    } else {
+        package::generated_files(&args.files_sizes)
+    };
+    if let Some(dir) = &args.write_files {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        for (name, data) in &files {
+            let path = dir.join(name);
+            std::fs::write(&path, &data[..])
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    let mut package = if single {
+        let (name, data) = files.into_iter().next().expect("one file");
+        Package::single_over_mqtt(&args.version, name, data, package::DEFAULT_STREAM_ID)
+    } else {
+        Package::new(&args.version, files).unwrap_or_else(|e| args::usage_error("serve", e))
+    };
+    if args.mqtt_download && !single {
+        package = package.over_mqtt(package::DEFAULT_STREAM_ID);
+    }
+    let mut cloud = connect_cloud(args, options)?;
+    let (http, mqtt, meter): (
+        Option<FirmwareServer>,
+        Option<MqttDownloadServer>,
+        Arc<dyn PackageMeter>,
+    ) = if let Some(faults) = mqtt_faults {
+        for line in faults.descriptions() {
+            println!("fault: {line}");
+        }
+        if faults.descriptions().is_empty() {
+            println!("faults: none");
+        }
+        let server = MqttDownloadServer::start(
+            &args.broker.host,
+            args.broker.port,
+            &args.product_key,
+            &args.device_name,
+            &package,
+            args.block_size,
+            faults,
+        )
+        .map_err(|e| format!("cannot start the MQTT download: {e}"))?;
+        println!(
+            "mqtt download: stream {}, blocks of at most {} bytes, requests on {}",
+            package::DEFAULT_STREAM_ID,
+            args.block_size,
+            server.topics().request
+        );
+        let meter = server.meter();
+        (None, Some(server), meter)
+    } else {
+        let faults = args.faults.faults();
+        let expires = faults.expire_after.is_some();
+        let server = FirmwareServer::start_with(Vec::new(), faults)
+            .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+        package
+            .serve_on(&server)
+            .map_err(|e| format!("cannot serve the files: {e}"))?;
+        print_faults(&server);
+        if expires {
+            let renewer = server.url_renewer();
+            cloud.set_url_renewer_for(move |url| renewer.renew_url_of(url));
+        }
+        let meter: Arc<dyn PackageMeter> = Arc::new(HttpPackageMeter::new(&server, &package));
+        (Some(server), None, meter)
+    };
+    for f in &package.files {
+        let at = match package.delivery {
+            Delivery::Http => format!("url {}", f.url),
+            Delivery::Mqtt { .. } => format!("streamFileId {}", f.stream_file_id),
+        };
+        println!(
+            "file {}: {} bytes, md5 {}, sha256 {}, {at}",
+            f.name,
+            f.size(),
+            f.md5,
+            f.sha256
+        );
+    }
+    println!(
+        "package: {} file{}, {} bytes, version {}",
+        package.files.len(),
+        if package.files.len() == 1 { "" } else { "s" },
+        package.size(),
+        package.version
+    );
+    let files: Vec<(String, u64)> = package
+        .files
+        .iter()
+        .map(|f| (f.name.clone(), f.size()))
+        .collect();
+    if let Err(e) = cloud.set_package(package, meter) {
+        args::usage_error("serve", e);
+    }
+    let summary = cloud.run_package(Duration::from_secs(args.timeout_s));
+    if let Some(server) = &mqtt {
+        println!("{}", server.summary_line());
+    }
+    if let Some(server) = &http {
+        let log = server.requests();
+        for (name, size) in &files {
+            let gets: Vec<_> = log
+                .iter()
+                .filter(|r| {
+                    r.method == "GET"
+                        && r.path
+                            .split('?')
+                            .next()
+                            .is_some_and(|p| p.ends_with(&format!("/{name}")))
+                })
+                .collect();
+            let bytes: u64 = gets.iter().map(|r| r.bytes_sent).sum();
+            println!(
+                "http: {name}: {} requests, {bytes} of {size} bytes sent",
+                gets.len()
+            );
+        }
     }
     finish_run(
         &summary,
