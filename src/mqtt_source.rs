@@ -483,6 +483,11 @@ impl MqttBlockSource {
             }
         }
         self.requests += 1;
+        // Sent now (unless a yield thread sends it), so the block timeout counts from here
+        // and not from the caller's next read.
+        if let Drive::Gone = self.driver.drive(Duration::ZERO) {
+            return Err(DownloadError::Io(std::io::ErrorKind::NotConnected));
+        }
         self.step = Step::Awaiting {
             deadline: Instant::now() + self.config.block_timeout,
         };
@@ -618,7 +623,9 @@ impl MqttBlockSource {
                         }
                         Outcome::Waiting => {
                             let now = Instant::now();
-                            if now >= block_deadline {
+                            // Past the block's deadline, the socket is looked at once more
+                            // first: a caller slower than the timeout left the reply there.
+                            if waited && now >= block_deadline {
                                 self.disarm();
                                 match dropped {
                                     Some(e) => self.retry_or(

@@ -644,3 +644,27 @@ fn blocks_whose_frame_exceeds_the_client_packet_limit_are_refused_at_creation() 
         "dropping a source unsubscribes its topic"
     );
 }
+
+#[test]
+fn a_caller_slower_than_the_block_timeout_causes_no_request_again() {
+    let size = 3 * BLOCK as usize;
+    let s = setup(size, &[]);
+    let mut source =
+        MqttBlockSource::new(&s.device, PK, DN, config(Duration::from_millis(200), 3)).unwrap();
+    source.open(&url(size), 0).unwrap();
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut got = Vec::new();
+    while got.len() < size {
+        match source.read(&mut buf, Duration::from_secs(1)).unwrap() {
+            Chunk::Data(n) => got.extend_from_slice(&buf[..n]),
+            Chunk::Opened(_) | Chunk::Pending => {}
+            Chunk::End => panic!("early end"),
+        }
+        // Firmware writing flash between two FetchYields, longer than the block timeout: the
+        // request went out with the read, its reply waits in the socket.
+        thread::sleep(Duration::from_millis(400));
+    }
+    assert!(got == s.file);
+    assert_eq!(s.cloud.offsets(), [0, BLOCK, 2 * BLOCK]);
+    assert_eq!(source.stats().retries, 0);
+}
