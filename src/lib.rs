@@ -20,6 +20,7 @@ pub mod image;
 pub mod link;
 pub mod log;
 pub mod mqtt;
+pub mod mqtt_source;
 pub mod net;
 pub mod ota;
 pub mod protocol;

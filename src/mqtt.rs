@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -566,8 +566,9 @@ fn tls_config(
     Ok((config, name))
 }
 
-/// A connected MQTT client.
-pub struct MqttClient {
+/// The client's state: owned by its [`MqttClient`], reached by its [`MqttDriver`]s while the
+/// client lives.
+struct Core {
     dialer: Dialer,
     link: Mutex<Link>,
     queue: Queue,
@@ -590,6 +591,20 @@ pub struct MqttClient {
     /// Set when a handler or hook panicked: the panic poisoned the link lock, but left the link
     /// whole (a packet is fully processed before its handlers run), so the next yield goes on.
     handler_panicked: AtomicBool,
+    /// When a caller last called [`MqttClient::yield_for`] (nanoseconds after `created`, plus
+    /// one; 0: never), and on which thread ([`caller_mark`]): an [`MqttDriver`] leaves the
+    /// connection to a thread that yields it.
+    yield_called_at: AtomicU64,
+    yield_caller: AtomicUsize,
+    created: Instant,
+}
+
+/// A number that tells the calling thread from the others (the address of a thread-local).
+fn caller_mark() -> usize {
+    thread_local! {
+        static MARK: u8 = const { 0 };
+    }
+    MARK.with(|m| m as *const u8 as usize)
 }
 
 /// Whether an MQTT 3.1.1 packet with `body` bytes after its fixed header (a string of
@@ -626,9 +641,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl MqttClient {
-    /// Connects to the broker; returns once the broker accepted the connection.
-    pub fn connect(options: &MqttOptions) -> Result<MqttClient> {
+impl Core {
+    /// See [`MqttClient::connect`].
+    fn connect(options: &MqttOptions) -> Result<Core> {
         if options.host.is_empty() || options.port == 0 {
             return Err(Error::InvalidParam("host and port are required"));
         }
@@ -663,7 +678,7 @@ impl MqttClient {
             options.host,
             options.port
         );
-        Ok(MqttClient {
+        Ok(Core {
             dialer,
             link: Mutex::new(link),
             queue: Queue {
@@ -682,35 +697,34 @@ impl MqttClient {
             closing: AtomicBool::new(false),
             break_yield: Arc::new(AtomicBool::new(false)),
             handler_panicked: AtomicBool::new(false),
+            yield_called_at: AtomicU64::new(0),
+            yield_caller: AtomicUsize::new(0),
+            created: Instant::now(),
         })
     }
 
-    /// Sets the handler for connection events (replacing any previous one).
-    pub fn on_event(&self, handler: impl FnMut(&MqttEvent) + Send + 'static) {
+    /// See [`MqttClient::on_event`].
+    fn on_event(&self, handler: impl FnMut(&MqttEvent) + Send + 'static) {
         *lock(&self.events) = Some(Box::new(handler));
     }
 
-    /// Sets the handler for messages that no subscription matches (replacing any previous
-    /// one), e.g. those a persistent session still holds for a filter unsubscribed since;
-    /// without one they are dropped with one log line each. It runs inside [`yield_for`](Self::yield_for).
-    pub fn on_unmatched(&self, handler: impl FnMut(&Message<'_>) + Send + 'static) {
+    /// See [`MqttClient::on_unmatched`].
+    fn on_unmatched(&self, handler: impl FnMut(&Message<'_>) + Send + 'static) {
         *lock(&self.unmatched) = Some(Box::new(handler));
     }
 
-    /// Whether the connection to the broker is up.
-    pub fn is_connected(&self) -> bool {
+    /// See [`MqttClient::is_connected`].
+    fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// Runs `hook` inside [`yield_for`](Self::yield_for) after every reconnection, once the
-    /// subscriptions are renewed; a hook that returns false is dropped.
-    pub fn on_reconnect(&self, hook: impl FnMut() -> bool + Send + 'static) {
+    /// See [`MqttClient::on_reconnect`].
+    fn on_reconnect(&self, hook: impl FnMut() -> bool + Send + 'static) {
         lock(&self.reconnect_hooks).push(Box::new(hook));
     }
 
-    /// Subscribes `filter`; `handler` runs inside [`yield_for`](Self::yield_for) for every
-    /// matching message. A second subscription of the same filter replaces the handler.
-    pub fn subscribe(
+    /// See [`MqttClient::subscribe`].
+    fn subscribe(
         &self,
         filter: &str,
         qos: QoS,
@@ -719,10 +733,8 @@ impl MqttClient {
         self.add_subscription(filter, qos, Box::new(handler), true)
     }
 
-    /// [`subscribe`](Self::subscribe) for a filter that must be new: when `filter` is
-    /// subscribed already, [`Error::InvalidState`] and nothing changes (the check and the
-    /// subscription are one step, so two callers cannot both succeed).
-    pub fn subscribe_new(
+    /// See [`MqttClient::subscribe_new`].
+    fn subscribe_new(
         &self,
         filter: &str,
         qos: QoS,
@@ -766,8 +778,8 @@ impl MqttClient {
         Ok(())
     }
 
-    /// Removes the subscription of `filter`.
-    pub fn unsubscribe(&self, filter: &str) -> Result<()> {
+    /// See [`MqttClient::unsubscribe`].
+    fn unsubscribe(&self, filter: &str) -> Result<()> {
         let mut subs = lock(&self.subscriptions);
         let before = subs.len();
         subs.retain(|s| s.filter != filter);
@@ -779,16 +791,16 @@ impl MqttClient {
             .push(Request::Unsubscribe(Unsubscribe::new(filter)))
     }
 
-    /// Queues a publish; it goes out during the next [`yield_for`](Self::yield_for).
-    pub fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) -> Result<()> {
+    /// See [`MqttClient::publish`].
+    fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) -> Result<()> {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return Err(Error::Mqtt(MqttError::Topic));
         }
         self.queue.publish(topic, qos, retain, payload)
     }
 
-    /// Makes room for `n` more waiting requests (allocated now, at a session's init).
-    pub(crate) fn reserve_requests(&self, n: usize) {
+    /// See [`MqttClient::reserve_requests`].
+    fn reserve_requests(&self, n: usize) {
         let mut q = lock(&self.queue.requests);
         let limit = self.queue.limit.fetch_add(n, Ordering::SeqCst) + n;
         let len = q.len();
@@ -796,12 +808,8 @@ impl MqttClient {
         q.reserve_exact(limit.saturating_sub(len));
     }
 
-    /// What the layers above keep per client, made by `make` on first use: the OTA sessions'
-    /// [`crate::ota::Gateway`] (see [`crate::link`]). None if another type was kept first.
-    pub(crate) fn shared<T: std::any::Any + Send + Sync>(
-        &self,
-        make: impl FnOnce() -> T,
-    ) -> Option<Arc<T>> {
+    /// See [`MqttClient::shared`].
+    fn shared<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<Arc<T>> {
         let mut slot = lock(&self.shared);
         let any = slot
             .get_or_insert_with(|| Arc::new(make()) as Arc<dyn std::any::Any + Send + Sync>)
@@ -809,8 +817,8 @@ impl MqttClient {
         any.downcast::<T>().ok()
     }
 
-    /// A publishing handle for an [`crate::OtaSession`].
-    pub fn uplink(&self) -> MqttUplink {
+    /// See [`MqttClient::uplink`].
+    fn uplink(&self) -> MqttUplink {
         MqttUplink {
             queue: self.queue.clone(),
             connected: self.connected.clone(),
@@ -818,25 +826,33 @@ impl MqttClient {
         }
     }
 
-    /// What a handler uses to end the yield dispatching its message early.
-    pub fn yield_break(&self) -> YieldBreak {
+    /// See [`MqttClient::yield_break`].
+    fn yield_break(&self) -> YieldBreak {
         YieldBreak(self.break_yield.clone())
     }
 
-    /// Drives the connection for up to `timeout` (zero: one pass over what is ready), sending
-    /// queued requests and dispatching what arrives. Reconnects after a drop, with backoff.
-    /// Returns early after a message whose handler asked for it ([`YieldBreak`]).
-    ///
-    /// A panic in a handler goes on to the caller, and the handler stays subscribed: after
-    /// catching it, the caller yields again as before.
-    pub fn yield_for(&self, timeout: Duration) -> Result<()> {
+    /// Notes that the caller's thread yields the connection (see [`MqttDriver::drive`]).
+    fn note_yield_call(&self) {
+        let at = self.created.elapsed().as_nanos().min(u64::MAX as u128 - 1) as u64 + 1;
+        self.yield_called_at.store(at, Ordering::Relaxed);
+        self.yield_caller.store(caller_mark(), Ordering::Relaxed);
+    }
+
+    /// Whether a thread other than the caller called [`MqttClient::yield_for`] within `within`.
+    fn yielded_elsewhere(&self, within: Duration) -> bool {
+        let at = self.yield_called_at.load(Ordering::Relaxed);
+        if at == 0 || self.yield_caller.load(Ordering::Relaxed) == caller_mark() {
+            return false;
+        }
+        let since = Duration::from_nanos(at - 1);
+        self.created.elapsed().saturating_sub(since) < within
+    }
+
+    /// [`MqttClient::yield_for`]; false when the link is busy: another thread yields, or a handler called it.
+    fn drive(&self, timeout: Duration) -> bool {
         let mut link = match self.link.try_lock() {
             Ok(link) => link,
-            Err(TryLockError::WouldBlock) => {
-                return Err(Error::InvalidState(
-                    "yield called from inside a handler, or while another thread yields",
-                ))
-            }
+            Err(TryLockError::WouldBlock) => return false,
             Err(TryLockError::Poisoned(p)) => self.recover(p.into_inner()),
         };
         let link = &mut *link;
@@ -857,7 +873,7 @@ impl MqttClient {
                 other => other,
             };
             if let Step::Return = step {
-                return Ok(());
+                return true;
             }
         }
     }
@@ -1202,15 +1218,201 @@ impl MqttClient {
         }
     }
 
-    /// Sends DISCONNECT after what is queued and closes the connection (best effort, bounded
-    /// by `timeout`).
-    pub fn disconnect(&self, timeout: Duration) {
+    /// See [`MqttClient::disconnect`].
+    fn disconnect(&self, timeout: Duration) {
         self.closing.store(true, Ordering::SeqCst);
         if !self.is_connected() {
             return;
         }
         lock(&self.queue.requests).push_back(Request::Disconnect(rumqttc::Disconnect));
-        let _ = self.yield_for(timeout);
+        self.drive(timeout);
+    }
+}
+
+/// A connected MQTT client.
+pub struct MqttClient {
+    /// Shared (weakly) with the [`MqttDriver`]s, so a download source can yield the connection;
+    /// dropping the client still closes it.
+    core: Arc<Core>,
+}
+
+impl MqttClient {
+    /// Connects to the broker; returns once the broker accepted the connection.
+    pub fn connect(options: &MqttOptions) -> Result<MqttClient> {
+        Ok(MqttClient {
+            core: Arc::new(Core::connect(options)?),
+        })
+    }
+
+    /// Sets the handler for connection events (replacing any previous one).
+    pub fn on_event(&self, handler: impl FnMut(&MqttEvent) + Send + 'static) {
+        self.core.on_event(handler)
+    }
+
+    /// Sets the handler for messages that no subscription matches (replacing any previous
+    /// one), e.g. those a persistent session still holds for a filter unsubscribed since;
+    /// without one they are dropped with one log line each. It runs inside [`yield_for`](Self::yield_for).
+    pub fn on_unmatched(&self, handler: impl FnMut(&Message<'_>) + Send + 'static) {
+        self.core.on_unmatched(handler)
+    }
+
+    /// Whether the connection to the broker is up.
+    pub fn is_connected(&self) -> bool {
+        self.core.is_connected()
+    }
+
+    /// Runs `hook` inside [`yield_for`](Self::yield_for) after every reconnection, once the
+    /// subscriptions are renewed; a hook that returns false is dropped.
+    pub fn on_reconnect(&self, hook: impl FnMut() -> bool + Send + 'static) {
+        self.core.on_reconnect(hook)
+    }
+
+    /// Subscribes `filter`; `handler` runs inside [`yield_for`](Self::yield_for) for every
+    /// matching message. A second subscription of the same filter replaces the handler.
+    pub fn subscribe(
+        &self,
+        filter: &str,
+        qos: QoS,
+        handler: impl FnMut(&Message<'_>) + Send + 'static,
+    ) -> Result<()> {
+        self.core.subscribe(filter, qos, handler)
+    }
+
+    /// [`subscribe`](Self::subscribe) for a filter that must be new: when `filter` is
+    /// subscribed already, [`Error::InvalidState`] and nothing changes (the check and the
+    /// subscription are one step, so two callers cannot both succeed).
+    pub fn subscribe_new(
+        &self,
+        filter: &str,
+        qos: QoS,
+        handler: impl FnMut(&Message<'_>) + Send + 'static,
+    ) -> Result<()> {
+        self.core.subscribe_new(filter, qos, handler)
+    }
+
+    /// Removes the subscription of `filter`.
+    pub fn unsubscribe(&self, filter: &str) -> Result<()> {
+        self.core.unsubscribe(filter)
+    }
+
+    /// Queues a publish; it goes out during the next [`yield_for`](Self::yield_for).
+    pub fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) -> Result<()> {
+        self.core.publish(topic, qos, retain, payload)
+    }
+
+    /// Makes room for `n` more waiting requests (allocated now, at a session's init).
+    pub(crate) fn reserve_requests(&self, n: usize) {
+        self.core.reserve_requests(n)
+    }
+
+    /// Largest packet sent or received ([`MqttOptions::max_packet_size`]).
+    pub(crate) fn max_packet_size(&self) -> usize {
+        self.core.queue.max_packet
+    }
+
+    /// What the layers above keep per client, made by `make` on first use: the OTA sessions'
+    /// [`crate::ota::Gateway`] (see [`crate::link`]). None if another type was kept first.
+    pub(crate) fn shared<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> Option<Arc<T>> {
+        self.core.shared(make)
+    }
+
+    /// A publishing handle for an [`crate::OtaSession`].
+    pub fn uplink(&self) -> MqttUplink {
+        self.core.uplink()
+    }
+
+    /// What a handler uses to end the yield dispatching its message early.
+    pub fn yield_break(&self) -> YieldBreak {
+        self.core.yield_break()
+    }
+
+    /// A handle that drives this client's connection from another part of the SDK (the MQTT
+    /// download source, inside FetchYield); it does not keep the client alive.
+    pub(crate) fn driver(&self) -> MqttDriver {
+        MqttDriver {
+            core: Arc::downgrade(&self.core),
+        }
+    }
+
+    /// Drives the connection for up to `timeout` (zero: one pass over what is ready), sending
+    /// queued requests and dispatching what arrives. Reconnects after a drop, with backoff.
+    /// Returns early after a message whose handler asked for it ([`YieldBreak`]).
+    /// [`Error::InvalidState`] at once when called from inside a handler or while another
+    /// thread yields.
+    ///
+    /// A panic in a handler goes on to the caller, and the handler stays subscribed: after
+    /// catching it, the caller yields again as before.
+    pub fn yield_for(&self, timeout: Duration) -> Result<()> {
+        self.core.note_yield_call();
+        if self.core.drive(timeout) {
+            Ok(())
+        } else {
+            Err(Error::InvalidState(
+                "yield called from inside a handler, or while another thread yields",
+            ))
+        }
+    }
+
+    /// Sends DISCONNECT after what is queued and closes the connection (best effort, bounded
+    /// by `timeout`).
+    pub fn disconnect(&self, timeout: Duration) {
+        self.core.disconnect(timeout)
+    }
+}
+
+/// How long after another thread's call to [`MqttClient::yield_for`] an [`MqttDriver`] leaves
+/// the connection to that thread.
+pub(crate) const OTHER_YIELDER_GRACE: Duration = Duration::from_secs(1);
+
+/// What [`MqttDriver::drive`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drive {
+    /// This thread yielded the connection (for up to the timeout given).
+    Drove,
+    /// Another thread is yielding it (or a handler called): what arrives reaches the
+    /// subscriptions through that yield.
+    Busy,
+    /// The client was dropped.
+    Gone,
+}
+
+/// A weak handle on an [`MqttClient`]'s connection, for a part of the SDK that must yield it
+/// itself when the firmware does not (the MQTT download source inside FetchYield).
+#[derive(Clone)]
+pub(crate) struct MqttDriver {
+    core: std::sync::Weak<Core>,
+}
+
+impl MqttDriver {
+    /// [`MqttClient::yield_for`], unless another thread yields the connection: one is inside
+    /// `yield_for` now, or called it within [`OTHER_YIELDER_GRACE`] (a yield thread's next call
+    /// would otherwise find the link taken and fail). Keep `timeout` short: a yield thread
+    /// that calls meanwhile fails until it ends.
+    pub(crate) fn drive(&self, timeout: Duration) -> Drive {
+        let Some(core) = self.core.upgrade() else {
+            return Drive::Gone;
+        };
+        if core.yielded_elsewhere(OTHER_YIELDER_GRACE) || !core.drive(timeout) {
+            return Drive::Busy;
+        }
+        Drive::Drove
+    }
+
+    /// [`MqttClient::publish`]; [`MqttError::NotConnected`] once the client is gone.
+    pub(crate) fn publish(&self, topic: &str, qos: QoS, payload: &[u8]) -> Result<()> {
+        let core = self.core.upgrade();
+        let core = core.ok_or(Error::Mqtt(MqttError::NotConnected))?;
+        core.publish(topic, qos, false, payload)
+    }
+
+    /// [`MqttClient::unsubscribe`], if the client is still there.
+    pub(crate) fn unsubscribe(&self, filter: &str) {
+        if let Some(core) = self.core.upgrade() {
+            let _ = core.unsubscribe(filter);
+        }
     }
 }
 
