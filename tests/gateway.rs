@@ -264,9 +264,11 @@ impl Bench {
         seen
     }
 
-    /// Full downloads of `name` (GETs from byte 0), and all GETs of it.
-    fn downloads_of(&self, name: &str) -> (usize, usize) {
-        let log: Vec<RequestLog> = self.server.requests();
+    /// Full downloads of `name` (GETs from byte 0), and all GETs of it, once the server logged
+    /// at least `logged` requests (a request is logged when its response ends, which can be
+    /// after the device has every byte).
+    fn downloads_of(&self, name: &str, logged: usize) -> (usize, usize) {
+        let log: Vec<RequestLog> = self.server.requests_when(logged, LIMIT);
         let gets: Vec<&RequestLog> = log
             .iter()
             .filter(|r| r.method == "GET" && r.path.contains(name))
@@ -333,7 +335,7 @@ fn sixty_four_sessions_of_four_platforms_download_each_distinct_image_once() {
         );
     }
     for i in 0..4 {
-        let (full, all) = bench.downloads_of(&format!("img-{i}.bin"));
+        let (full, all) = bench.downloads_of(&format!("img-{i}.bin"), 4);
         assert_eq!(
             (full, all),
             (1, 1),
@@ -488,7 +490,7 @@ fn a_kept_image_that_does_not_match_falls_back_to_the_network_once() {
     assert!(!devices[1].from_local, "the reader ended on the network");
     // The third streamed the reader's good copy, not the holder's bad one.
     assert!(devices[2].from_local, "the third streamed a good copy");
-    let (full, all) = bench.downloads_of("shared-bad.bin");
+    let (full, all) = bench.downloads_of("shared-bad.bin", 2);
     assert_eq!(
         (full, all),
         (2, 2),
@@ -531,7 +533,7 @@ fn deinit_of_the_holder_mid_read_sends_the_reader_to_the_network_at_its_offset()
     let at = dropped_at.expect("the holder was dropped mid-read");
     assert_eq!(devices[1].valid, Some(true));
     assert!(*lock(&devices[1].stored) == img, "no gap, no repeat");
-    let log = bench.server.requests();
+    let log = bench.server.requests_when(2, LIMIT);
     let ranges: Vec<Option<String>> = log
         .iter()
         .filter(|r| r.path.contains("shared-drop.bin"))
@@ -626,7 +628,7 @@ fn a_device_twice_is_refused_and_devices_without_a_kept_copy_download_themselves
     assert!(devices
         .iter()
         .all(|d| d.valid == Some(true) && !d.from_local));
-    assert_eq!(bench.downloads_of("plain.bin"), (2, 2));
+    assert_eq!(bench.downloads_of("plain.bin", 2), (2, 2));
 }
 
 /// An upgrade for a device whose session is gone, which the broker still delivers to the
