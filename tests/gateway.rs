@@ -214,6 +214,19 @@ impl Bench {
         Firmware::new(version, url, image)
     }
 
+    /// Publishes `message` on `session`'s upgrade topic, once (the gateway yields to get it).
+    fn send(&self, session: &OtaSession, message: &str) {
+        self.cloud
+            .publish(
+                session.downstream_topic(),
+                QoS::AtLeastOnce,
+                false,
+                message.as_bytes(),
+            )
+            .unwrap();
+        self.cloud.yield_for(Duration::ZERO).unwrap();
+    }
+
     /// Sends each device its upgrade, in the order given, each after the gateway got the last.
     fn announce(&self, devices: &[Device], upgrades: &[(usize, Protocol, &Firmware)]) {
         for &(i, protocol, fw) in upgrades {
@@ -227,15 +240,7 @@ impl Bench {
                     Instant::now() < deadline,
                     "the upgrade message never arrived"
                 );
-                self.cloud
-                    .publish(
-                        s.downstream_topic(),
-                        QoS::AtLeastOnce,
-                        false,
-                        notice(protocol, fw).as_bytes(),
-                    )
-                    .unwrap();
-                self.cloud.yield_for(Duration::ZERO).unwrap();
+                self.send(s, &notice(protocol, fw));
                 common::wait::within(Duration::from_millis(200), || {
                     self.mqtt.yield_for(Duration::from_millis(5)).unwrap();
                     s.state() != before
@@ -569,16 +574,7 @@ fn a_holder_with_a_new_upgrade_waits_until_its_kept_image_is_read() {
             announced = true;
             let holder = devices[0].session();
             let message = notice(Protocol::Aliyun, &fw_next);
-            bench
-                .cloud
-                .publish(
-                    holder.downstream_topic(),
-                    QoS::AtLeastOnce,
-                    false,
-                    message.as_bytes(),
-                )
-                .unwrap();
-            bench.cloud.yield_for(Duration::ZERO).unwrap();
+            bench.send(holder, &message);
             // It arrives (the holder's cycle ended and was seen: the next one is due), and the
             // holder waits for its reader instead of starting.
             common::wait::until("the holder's new upgrade", LIMIT, || {
@@ -720,16 +716,7 @@ fn a_reader_superseded_mid_stream_releases_the_kept_image() {
     }
     let reader = devices[1].session();
     let message = notice(Protocol::Ucloud, &fw_other);
-    bench
-        .cloud
-        .publish(
-            reader.downstream_topic(),
-            QoS::AtLeastOnce,
-            false,
-            message.as_bytes(),
-        )
-        .unwrap();
-    bench.cloud.yield_for(Duration::ZERO).unwrap();
+    bench.send(reader, &message);
     common::wait::until("the reader's stream ends", LIMIT, || {
         bench.mqtt.yield_for(Duration::from_millis(5)).unwrap();
         reader.is_fetch_finished()
@@ -749,16 +736,7 @@ fn a_reader_superseded_mid_stream_releases_the_kept_image() {
     let holder = devices[0].session();
     // It runs 2.0.0 now: the task upgrades from that.
     let message = ota_cloud::ucloud::notify_message(&fw_other, "2.0.0", None, "task-2");
-    bench
-        .cloud
-        .publish(
-            holder.downstream_topic(),
-            QoS::AtLeastOnce,
-            false,
-            message.as_bytes(),
-        )
-        .unwrap();
-    bench.cloud.yield_for(Duration::ZERO).unwrap();
+    bench.send(holder, &message);
     common::wait::until("the holder's next upgrade starts", LIMIT, || {
         bench.mqtt.yield_for(Duration::from_millis(5)).unwrap();
         holder.is_fetching()
