@@ -1180,6 +1180,19 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
  */
 #define IOT_OTAC_MAX_FILES 36
 
+/*
+ Configuration, `uint32_t` bytes, before the first upgrade: download over MQTT (SagooIOT and
+ Aliyun `dProtocol` "mqtt") in blocks of that size, requested on
+ `/sys/{pk}/{dn}/thing/file/download` of this handle's MQTT connection (no other connection;
+ IOT_MQTT_Yield or FetchYield carries the replies). Allocates the block buffer and subscribes
+ the reply topic now; 0, the default, turns it off, and such upgrades are refused with a
+ failure report. The Link SDK's block is 5120 bytes. IOT_OTAE_INVALID_PARAM on Tencent/UCloud,
+ or when a block's reply frame (the block, about 512 bytes of header, the topic) would not fit
+ the connection's `read_buf_size` (the log names the largest block that fits);
+ IOT_OTAE_INVALID_STATE once an upgrade was accepted.
+ */
+#define IOT_OTAC_MQTT_BLOCK_SIZE 37
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

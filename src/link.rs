@@ -8,8 +8,9 @@
 
 use crate::error::{Error, Result};
 use crate::mqtt::{MqttClient, MqttUplink, QoS, QUEUE_PER_SESSION};
+use crate::mqtt_source::MqttBlockSource;
 use crate::ota::{Gateway, OtaConfig, OtaSession, Uplink};
-use crate::source::HttpSource;
+use crate::source::{HttpSource, MqttDownloadConfig};
 
 impl Uplink for MqttUplink {
     fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
@@ -46,6 +47,7 @@ impl OtaSession {
         device_name: &str,
         config: OtaConfig,
     ) -> Result<OtaSession> {
+        let mqtt_download = config.mqtt_download.clone();
         let source = HttpSource::new(config.http.clone()).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidInput => {
                 Error::InvalidParam("HTTPS CA is not a PEM certificate")
@@ -79,11 +81,40 @@ impl OtaSession {
         }
         let feed = session.feed();
         mqtt.on_reconnect(move || feed.reconnected());
+        if let Some(download) = mqtt_download {
+            if let Err(e) = session.enable_mqtt_download(mqtt, download) {
+                let _ = session.detach(mqtt);
+                return Err(e);
+            }
+        }
         Ok(session)
     }
 
-    /// Unsubscribes the session's upgrade topic from `mqtt` (the session stays usable).
+    /// Lets the session download over MQTT (`dProtocol` `mqtt`, Aliyun and SagooIOT), in blocks
+    /// of `config.block_size` requested on `/sys/{pk}/{dn}/thing/file/download` of `mqtt` (the
+    /// client the session is attached to; no other connection). Makes the block buffer and
+    /// subscribes the reply topic; a source enabled before is replaced. Before the first
+    /// upgrade only.
+    ///
+    /// [`Error::InvalidParam`] on Tencent and UCloud, for a block size of 0, or one whose reply
+    /// frame would not fit the client's `max_packet_size` (said now rather than at every
+    /// block); [`Error::InvalidState`] after an upgrade was accepted.
+    pub fn enable_mqtt_download(
+        &self,
+        mqtt: &MqttClient,
+        config: MqttDownloadConfig,
+    ) -> Result<()> {
+        self.check_mqtt_download_settable()?;
+        // The old source holds the reply topic's subscription: it goes first.
+        self.drop_mqtt_source();
+        let source = MqttBlockSource::new(mqtt, self.product_key(), self.device_name(), config)?;
+        self.set_mqtt_source(Box::new(source))
+    }
+
+    /// Unsubscribes the session's upgrade topic from `mqtt`, and the MQTT download's reply
+    /// topic (the session stays usable, without download over MQTT).
     pub fn detach(&self, mqtt: &MqttClient) -> Result<()> {
+        self.drop_mqtt_source();
         mqtt.unsubscribe(self.downstream_topic())
     }
 }

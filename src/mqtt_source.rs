@@ -44,19 +44,13 @@ use crate::protocol::mqtt_download::{
     encode_request, parse_reply, BlockRequest, Expected, ReplyError, DEFAULT_TOKEN, FRAME_OVERHEAD,
     REPLY_SUFFIX, REQUEST_SUFFIX, TOKEN_MAX,
 };
+pub use crate::protocol::mqtt_download::{MqttFile, URL_PREFIX};
+pub use crate::source::MqttDownloadConfig;
 use crate::source::{Chunk, DownloadError, FirmwareSource, OpenInfo};
-
-/// The Link SDK's default block (`MQTT_DOWNLOAD_DEFAULT_REQUEST_SIZE`, 5 KiB; its header's
-/// comment says 2 KiB): small enough for a broker's and a device's packet limits, large enough
-/// that the per-block round trip does not dominate.
-const DEFAULT_BLOCK_SIZE: u32 = 5 * 1024;
 
 /// Room kept in a reply frame for its JSON header: `code`, `data` with three 20-digit numbers
 /// and a 128-byte token, and fields we ignore (`msg`, an `id` echo); about 250 bytes in practice.
 const REPLY_HEADER_ROOM: usize = 512;
-
-/// How [`MqttFile`] is written as the URL given to [`FirmwareSource::open`].
-pub const URL_PREFIX: &str = "mqtt-download:";
 
 /// Room for one encoded block request (about 170 bytes with 20-digit numbers).
 const REQUEST_ROOM: usize = 256;
@@ -68,72 +62,6 @@ const BUSY_POLL: Duration = Duration::from_millis(10);
 /// Longest one yield of the client by a read: a yield thread that starts calling meanwhile
 /// fails until it ends.
 const DRIVE_SLICE: Duration = Duration::from_millis(50);
-
-/// Tunables of [`MqttBlockSource`].
-#[derive(Debug, Clone)]
-pub struct MqttDownloadConfig {
-    /// Bytes asked per request (the last asks only for what remains); at least 1, and its reply
-    /// frame (with 512 bytes for its header, and the reply topic) must fit the client's
-    /// [`max_packet_size`](crate::MqttOptions::max_packet_size). Default
-    /// 5 KiB, the Link SDK's.
-    pub block_size: u32,
-    /// How long a request waits for its reply before it is sent again (the Link SDK's 10 s).
-    pub block_timeout: Duration,
-    /// Requests sent again for one block, in a row, before the download fails (the Link
-    /// SDK's 3).
-    pub block_retries: u32,
-}
-
-impl Default for MqttDownloadConfig {
-    fn default() -> Self {
-        MqttDownloadConfig {
-            block_size: DEFAULT_BLOCK_SIZE,
-            block_timeout: Duration::from_secs(10),
-            block_retries: 3,
-        }
-    }
-}
-
-/// The file to download: the upgrade's `streamId`, the file's `streamFileId` and its announced
-/// size. Written as a URL (`mqtt-download:{streamId}/{fileId}/{size}`, see `Display`) it is
-/// what [`MqttBlockSource`]'s `open` takes, so the engine opens it like any source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MqttFile {
-    /// `streamId` of the upgrade message.
-    pub stream_id: u32,
-    /// `streamFileId` of the file.
-    pub file_id: u32,
-    /// The file's size as the upgrade announced it (every reply's `fileLength` must equal it).
-    pub size: u64,
-}
-
-impl MqttFile {
-    /// The file a `mqtt-download:{streamId}/{fileId}/{size}` URL names (decimal numbers).
-    pub fn from_url(url: &str) -> Option<MqttFile> {
-        let mut parts = url.strip_prefix(URL_PREFIX)?.split('/');
-        let mut next = || {
-            parts
-                .next()
-                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        };
-        let file = MqttFile {
-            stream_id: next()?.parse().ok()?,
-            file_id: next()?.parse().ok()?,
-            size: next()?.parse().ok()?,
-        };
-        parts.next().is_none().then_some(file)
-    }
-}
-
-impl fmt::Display for MqttFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{URL_PREFIX}{}/{}/{}",
-            self.stream_id, self.file_id, self.size
-        )
-    }
-}
 
 /// What a [`MqttBlockSource`] did since it was made.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -356,13 +284,7 @@ impl MqttBlockSource {
         }
         let request_topic = format!("/sys/{product_key}/{device_name}{REQUEST_SUFFIX}");
         let reply_topic = format!("/sys/{product_key}/{device_name}{REPLY_SUFFIX}");
-        // Fixed header (at most 5 bytes), the topic with its length, a packet id should the
-        // broker deliver at QoS 1, then the frame.
-        let frame = (config.block_size as usize)
-            .saturating_add(FRAME_OVERHEAD)
-            .saturating_add(REPLY_HEADER_ROOM);
-        let packet = frame.saturating_add(5 + 2 + reply_topic.len() + 2);
-        if packet > mqtt.max_packet_size() {
+        if config.block_size > Self::largest_block(mqtt, product_key, device_name) {
             return Err(Error::InvalidParam(
                 "MQTT download block size: its reply frame exceeds the MQTT client's max_packet_size",
             ));
@@ -405,6 +327,19 @@ impl MqttBlockSource {
             retries: 0,
             blocks: 0,
         })
+    }
+
+    /// The largest block whose reply frame (with 512 bytes for its header) fits
+    /// `mqtt`'s `max_packet_size` for device `product_key` / `device_name`.
+    pub fn largest_block(mqtt: &MqttClient, product_key: &str, device_name: &str) -> u32 {
+        let reply_topic = "/sys/".len() + product_key.len() + 1 + device_name.len();
+        // Fixed header (at most 5 bytes), the topic with its length, a packet id should the
+        // broker deliver at QoS 1, then the frame.
+        let packet = 5 + 2 + reply_topic + REPLY_SUFFIX.len() + 2;
+        let room = mqtt
+            .max_packet_size()
+            .saturating_sub(packet + FRAME_OVERHEAD + REPLY_HEADER_ROOM);
+        u32::try_from(room).unwrap_or(u32::MAX)
     }
 
     /// Bytes asked per request.

@@ -172,6 +172,37 @@ pub trait FirmwareSource: Send {
     fn close(&mut self);
 }
 
+/// The Link SDK's default block (`MQTT_DOWNLOAD_DEFAULT_REQUEST_SIZE`, 5 KiB; its header's
+/// comment says 2 KiB): small enough for a broker's and a device's packet limits, large enough
+/// that the per-block round trip does not dominate.
+const DEFAULT_BLOCK_SIZE: u32 = 5 * 1024;
+
+/// Tunables of the MQTT block source ([`crate::mqtt_source::MqttBlockSource`]), the download
+/// over MQTT that [`crate::ota::OtaConfig::mqtt_download`] turns on.
+#[derive(Debug, Clone)]
+pub struct MqttDownloadConfig {
+    /// Bytes asked per request (the last asks only for what remains); at least 1, and its reply
+    /// frame (with 512 bytes for its header, and the reply topic) must fit the client's
+    /// [`max_packet_size`](crate::MqttOptions::max_packet_size). Default
+    /// 5 KiB, the Link SDK's.
+    pub block_size: u32,
+    /// How long a request waits for its reply before it is sent again (the Link SDK's 10 s).
+    pub block_timeout: Duration,
+    /// Requests sent again for one block, in a row, before the download fails (the Link
+    /// SDK's 3).
+    pub block_retries: u32,
+}
+
+impl Default for MqttDownloadConfig {
+    fn default() -> Self {
+        MqttDownloadConfig {
+            block_size: DEFAULT_BLOCK_SIZE,
+            block_timeout: Duration::from_secs(10),
+            block_retries: 3,
+        }
+    }
+}
+
 /// Tunables of [`HttpSource`].
 #[derive(Debug, Clone)]
 pub struct HttpConfig {

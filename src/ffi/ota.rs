@@ -10,6 +10,7 @@ use super::resume::ota_breakpoint_store_t;
 use crate::error::Error;
 use crate::image::ImageError;
 use crate::log::Level;
+use crate::mqtt::MqttClient;
 use crate::ota::{OtaConfig, OtaSession};
 use crate::ota_log;
 use crate::protocol::Protocol;
@@ -200,6 +201,13 @@ impl OtaHandle {
     /// The session behind the handle.
     pub(crate) fn ota_session(&self) -> &OtaSession {
         &self.session
+    }
+
+    /// The MQTT client the handle was built on (None for a session on other transports).
+    pub(crate) fn mqtt_client(&self) -> Option<&MqttClient> {
+        // SAFETY: per the IOT_OTA_* contracts the client a live handle was built on is not
+        // destroyed yet, and `mqtt` is 0 or what IOT_MQTT_Construct returned.
+        unsafe { MqttHandle::from_ptr(self.mqtt as *mut c_void) }.map(|m| m.client())
     }
 
     /// The C handle of `session`, attached to `mqtt` (NULL: a session on other transports,

@@ -19,6 +19,11 @@ use std::ffi::c_int;
 use super::answer::{get_u32, put_u32, too_small};
 use super::guard::put_c_str;
 use super::ota::{reject, IOT_OTA_CmdType_t, OtaHandle};
+use crate::error::Error;
+use crate::log::Level;
+use crate::mqtt_source::MqttBlockSource;
+use crate::ota_log;
+use crate::source::MqttDownloadConfig;
 
 /// Query, `uint32_t`: files of the accepted upgrade (1 for a single image).
 pub const IOT_OTAG_FILE_COUNT: IOT_OTA_CmdType_t = 33;
@@ -36,10 +41,20 @@ pub const IOT_OTAG_FILE_NAME: IOT_OTA_CmdType_t = 35;
 /// IOT_OTAE_INVALID_PARAM above 16 or on Tencent/UCloud; IOT_OTAE_INVALID_STATE once an upgrade
 /// was accepted.
 pub const IOT_OTAC_MAX_FILES: IOT_OTA_CmdType_t = 36;
+/// Configuration, `uint32_t` bytes, before the first upgrade: download over MQTT (SagooIOT and
+/// Aliyun `dProtocol` "mqtt") in blocks of that size, requested on
+/// `/sys/{pk}/{dn}/thing/file/download` of this handle's MQTT connection (no other connection;
+/// IOT_MQTT_Yield or FetchYield carries the replies). Allocates the block buffer and subscribes
+/// the reply topic now; 0, the default, turns it off, and such upgrades are refused with a
+/// failure report. The Link SDK's block is 5120 bytes. IOT_OTAE_INVALID_PARAM on Tencent/UCloud,
+/// or when a block's reply frame (the block, about 512 bytes of header, the topic) would not fit
+/// the connection's `read_buf_size` (the log names the largest block that fits);
+/// IOT_OTAE_INVALID_STATE once an upgrade was accepted.
+pub const IOT_OTAC_MQTT_BLOCK_SIZE: IOT_OTA_CmdType_t = 37;
 
 /// Whether `kind` is one of this file's Ioctl types.
 pub(crate) fn is_package_ioctl(kind: c_int) -> bool {
-    (IOT_OTAG_FILE_COUNT..=IOT_OTAC_MAX_FILES).contains(&kind)
+    (IOT_OTAG_FILE_COUNT..=IOT_OTAC_MQTT_BLOCK_SIZE).contains(&kind)
 }
 
 /// Answers one of this file's Ioctl types.
@@ -59,12 +74,53 @@ pub(crate) fn ioctl(h: &OtaHandle, kind: c_int, buf: &mut [u8]) -> c_int {
                 Some(len) => too_small(h, buf_len, len),
             }
         }
-        _ => match get_u32(h, buf) {
+        IOT_OTAC_MAX_FILES => match get_u32(h, buf) {
             Ok(n) => match s.set_max_files(n as usize) {
                 Ok(()) => 0,
                 Err(e) => reject(h, "IOT_OTA_Ioctl(IOT_OTAC_MAX_FILES)", e),
             },
             Err(code) => code,
         },
+        _ => match get_u32(h, buf) {
+            Ok(n) => set_mqtt_block_size(h, n),
+            Err(code) => code,
+        },
+    }
+}
+
+/// IOT_OTAC_MQTT_BLOCK_SIZE: `size` 0 turns download over MQTT off, else on in such blocks.
+fn set_mqtt_block_size(h: &OtaHandle, size: u32) -> c_int {
+    const WHAT: &str = "IOT_OTA_Ioctl(IOT_OTAC_MQTT_BLOCK_SIZE)";
+    let s = h.ota_session();
+    let Some(mqtt) = h.mqtt_client() else {
+        return reject(
+            h,
+            WHAT,
+            Error::InvalidParam("the handle has no MQTT connection"),
+        );
+    };
+    if size == 0 {
+        return match s.check_mqtt_download_settable() {
+            Ok(()) => {
+                s.drop_mqtt_source();
+                0
+            }
+            Err(e) => reject(h, WHAT, e),
+        };
+    }
+    let largest = MqttBlockSource::largest_block(mqtt, s.product_key(), s.device_name());
+    if size > largest {
+        ota_log!(
+            Level::Error,
+            "{WHAT}: a block of {size} bytes does not fit the MQTT read buffer; at most {largest}"
+        );
+    }
+    let config = MqttDownloadConfig {
+        block_size: size,
+        ..MqttDownloadConfig::default()
+    };
+    match s.enable_mqtt_download(mqtt, config) {
+        Ok(()) => 0,
+        Err(e) => reject(h, WHAT, e),
     }
 }

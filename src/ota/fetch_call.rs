@@ -24,8 +24,10 @@ pub(super) struct SourceSide {
     source: Box<dyn FirmwareSource>,
     /// Another session's kept image (a gateway's sub-devices sharing one download).
     local: LocalSource,
-    /// Which of the two the open request reads.
-    reads_local: bool,
+    /// Blocks over the MQTT connection (`dProtocol` `mqtt`), when enabled.
+    mqtt: Option<Box<dyn FirmwareSource>>,
+    /// Which of them the open request reads.
+    reads: Reads,
     /// The engine's request the source was opened for (None: closed).
     pub(super) open_request: Option<u64>,
 }
@@ -35,29 +37,50 @@ impl SourceSide {
         SourceSide {
             source,
             local: LocalSource::new(),
-            reads_local: false,
+            mqtt: None,
+            reads: Reads::Http,
             open_request: None,
         }
     }
 
     /// The source the next open and reads use.
     pub(super) fn active(&mut self) -> &mut dyn FirmwareSource {
-        match self.reads_local {
-            true => &mut self.local,
-            false => self.source.as_mut(),
+        match (self.reads, &mut self.mqtt) {
+            (Reads::Local, _) => &mut self.local,
+            (Reads::Mqtt, Some(mqtt)) => mqtt.as_mut(),
+            // Without an MQTT source the engine refuses MQTT downloads: never here.
+            (Reads::Http | Reads::Mqtt, _) => self.source.as_mut(),
         }
+    }
+
+    /// Installs the MQTT block source (dropping one installed before).
+    pub(super) fn set_mqtt(&mut self, source: Box<dyn FirmwareSource>) {
+        self.take_mqtt();
+        self.mqtt = Some(source);
+    }
+
+    /// Removes the MQTT block source, closing it first if it is read.
+    pub(super) fn take_mqtt(&mut self) -> Option<Box<dyn FirmwareSource>> {
+        if self.reads == Reads::Mqtt {
+            self.close();
+            self.reads = Reads::Http;
+        }
+        self.mqtt.take()
     }
 
     /// The next open reads `image` from `shelf`.
     pub(super) fn use_local(&mut self, shelf: &Arc<Shelf>, image: ImageId) {
         self.local.prepare(shelf, image);
-        self.reads_local = true;
+        self.reads = Reads::Local;
     }
 
-    /// The next open reads the network.
-    pub(super) fn use_network(&mut self) {
+    /// The next open reads the network: HTTP(S), or blocks over MQTT.
+    pub(super) fn use_network(&mut self, over_mqtt: bool) {
         self.local.forget();
-        self.reads_local = false;
+        self.reads = match over_mqtt {
+            true => Reads::Mqtt,
+            false => Reads::Http,
+        };
     }
 
     /// Closes the open request's source.
@@ -65,6 +88,17 @@ impl SourceSide {
         self.active().close();
         self.open_request = None;
     }
+}
+
+/// Which source a request reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// HTTP(S).
+    Http,
+    /// A kept image on this device.
+    Local,
+    /// Blocks over MQTT.
+    Mqtt,
 }
 
 /// What the caller of `fetch_yield` does next.

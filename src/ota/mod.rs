@@ -77,12 +77,15 @@ use crate::error::{Error, Result};
 use crate::image::{ImageError, ImagePolicy, ImageVerifier, VerifiedImage};
 use crate::log::Level;
 use crate::ota_log;
+use crate::protocol::mqtt_download::URL_MAX;
 use crate::protocol::{
     self, Downstream, FailureCause, Limits, NoticeError, Protocol, Report, Topics, UpgradeNotice,
 };
 use crate::resume::{BreakpointStore, SavePolicy};
 use crate::retry::{Backoff, RetryPolicy};
-use crate::source::{Chunk, DownloadError, FirmwareSource, HttpConfig, OpenInfo};
+use crate::source::{
+    Chunk, DownloadError, FirmwareSource, HttpConfig, MqttDownloadConfig, OpenInfo,
+};
 
 /// Where the session's upstream messages go (an MQTT client, or memory in tests).
 pub trait Uplink: Send {
@@ -122,6 +125,12 @@ pub struct OtaConfig {
     /// firmware to roll back. 0 (the default): success at the first report of the new version,
     /// as iotkit.
     pub confirm_boots: u16,
+    /// Download over MQTT (`dProtocol` `mqtt`, Aliyun and SagooIOT): `Some` makes the block
+    /// source when the session is attached to an MQTT client (its block buffer and the reply
+    /// topic's subscription; see [`OtaSession::enable_mqtt_download`]). `None`, the default,
+    /// refuses such upgrades with a failure report: the block buffer costs a block's bytes per
+    /// session, and platforms send MQTT downloads only to products set up for them.
+    pub mqtt_download: Option<MqttDownloadConfig>,
 }
 
 /// Where the image running since the last boot stands in the confirm-after-boot flow (see
@@ -153,6 +162,10 @@ pub const MAX_FILES: usize = 16;
 const PACKAGES_OFF: &str =
     "files: packages of several files are off (IOT_OTAC_MAX_FILES / OtaSession::set_max_files)";
 
+/// Why a download over MQTT is refused while no block source is installed.
+const MQTT_DOWNLOAD_OFF: &str =
+    "dProtocol: download over MQTT is off (IOT_OTAC_MQTT_BLOCK_SIZE / OtaConfig::mqtt_download)";
+
 /// How often a download under way that needs a slot looks for a free one.
 const SLOT_POLL: Duration = Duration::from_millis(20);
 
@@ -181,6 +194,7 @@ impl Default for OtaConfig {
             image: ImagePolicy::default(),
             confirm_boots: 0,
             fresh_url_wait: FRESH_URL_WAIT,
+            mqtt_download: None,
         }
     }
 }
@@ -253,6 +267,8 @@ struct Engine {
     files_done: u64,
     /// The firmware judged the current file good: the next one starts at `is_fetching`.
     next_file: bool,
+    /// Whether an MQTT block source is installed: downloads over MQTT are accepted.
+    mqtt_download: bool,
 }
 
 impl Engine {
@@ -344,19 +360,43 @@ impl Engine {
     }
 
     /// Decodes into `scratch`: packages of several files only when enabled (`max_files`), and
-    /// never over MQTT yet.
+    /// downloads over MQTT only with a block source installed.
     fn decode(&mut self, payload: &[u8]) -> std::result::Result<Downstream, NoticeError> {
-        // `decode` refuses what the engine cannot fetch, MQTT first (whatever else is wrong);
-        // a package it refuses only for being one was decoded whole.
-        match protocol::decode(self.protocol, payload, &self.limits, &mut self.scratch) {
-            Err(NoticeError::Unsupported(protocol::package::PACKAGE_REFUSAL)) => {
-                Ok(Downstream::Upgrade)
-            }
+        use protocol::package::{MQTT_REFUSAL, PACKAGE_REFUSAL};
+        let (p, limits, out) = (self.protocol, &self.limits, &mut self.scratch);
+        let r = match self.mqtt_download {
+            true => protocol::decode_package(p, payload, limits, out),
+            // `decode` refuses a download over MQTT whatever else is wrong with the message
+            // (it may lack a field only such a download needs), and a package it refuses only
+            // for being one was decoded whole.
+            false => match protocol::decode(p, payload, limits, out) {
+                Err(NoticeError::Unsupported(MQTT_REFUSAL)) => {
+                    Err(NoticeError::Unsupported(MQTT_DOWNLOAD_OFF))
+                }
+                Err(NoticeError::Unsupported(PACKAGE_REFUSAL)) => Ok(Downstream::Upgrade),
+                other => other,
+            },
+        };
+        match r {
             Err(NoticeError::TooManyFiles { max: 0, .. }) => {
                 Err(NoticeError::Unsupported(PACKAGES_OFF))
             }
             other => other,
         }
+    }
+
+    fn check_mqtt_download_settable(&mut self) -> Result<()> {
+        if !self.protocol.carries_packages() {
+            return Err(self.fail(Error::InvalidParam(
+                "the platform has no download over MQTT",
+            )));
+        }
+        if self.state != OtaState::Idle {
+            return Err(self.fail(Error::InvalidState(
+                "download over MQTT is enabled before the first upgrade",
+            )));
+        }
+        Ok(())
     }
 
     /// Keeps the decoded upgrade until the caller has seen the current cycle end.
@@ -722,13 +762,18 @@ impl Engine {
             self.download.needs_slot = false;
         }
         if side.open_request.is_none() {
+            let target = self.target();
             match &self.download.local {
                 Some((shelf, _)) => side.use_local(shelf, ImageId::of(&self.notice)),
-                None => side.use_network(),
+                None => side.use_network(target.mqtt.is_some()),
             }
             // An open never waits on the network (the FirmwareSource contract), so it runs
-            // here, with the URL where it is.
-            let url = self.target().url;
+            // here, with the URL where it is (an MQTT file's is written on the stack).
+            let mut mqtt_url = [0; URL_MAX];
+            let url = match target.mqtt {
+                Some(file) => file.write_url(&mut mqtt_url),
+                None => target.url,
+            };
             let r = side.active().open(url, self.download.fetched);
             side.open_request = Some(self.request);
             if let Err(e) = self.opened(r) {
@@ -1234,6 +1279,8 @@ pub struct OtaSession {
     /// The breakpoint store, written with the engine unlocked.
     records: Arc<Mutex<StoreWriter>>,
     downstream: String,
+    product_key: Box<str>,
+    device_name: Box<str>,
 }
 
 /// A weak hold on a session for the transport that delivers its messages (`crate::link`).
@@ -1340,12 +1387,15 @@ impl OtaSession {
             file: 0,
             files_done: 0,
             next_file: false,
+            mqtt_download: false,
         };
         Ok(OtaSession {
             engine: Arc::new(Mutex::new(engine)),
             fetch: Arc::new(Mutex::new(SourceSide::new(source))),
             records: Arc::new(Mutex::new(StoreWriter::new())),
             downstream,
+            product_key: product_key.into(),
+            device_name: device_name.into(),
         })
     }
 
@@ -1366,6 +1416,45 @@ impl OtaSession {
     /// The topic upgrade notifications arrive on.
     pub fn downstream_topic(&self) -> &str {
         &self.downstream
+    }
+
+    /// The product key of the session's device.
+    pub fn product_key(&self) -> &str {
+        &self.product_key
+    }
+
+    /// The name of the session's device.
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// Installs `source` for downloads over MQTT (replacing one installed before): from now on
+    /// upgrades with `dProtocol` `mqtt` are accepted. Before the first upgrade only
+    /// ([`Error::InvalidState`] after), on a platform that has MQTT download
+    /// ([`Error::InvalidParam`] on Tencent and UCloud). The transport side is
+    /// [`enable_mqtt_download`](Self::enable_mqtt_download).
+    pub(crate) fn set_mqtt_source(&self, source: Box<dyn FirmwareSource>) -> Result<()> {
+        // The fetch side first, as fetch_yield locks them.
+        let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.engine();
+        e.check_mqtt_download_settable()?;
+        side.set_mqtt(source);
+        e.mqtt_download = true;
+        Ok(())
+    }
+
+    /// Whether [`set_mqtt_source`](Self::set_mqtt_source) would take a source now (checked
+    /// before one is made: making it subscribes a topic).
+    pub(crate) fn check_mqtt_download_settable(&self) -> Result<()> {
+        self.engine().check_mqtt_download_settable()
+    }
+
+    /// Drops the MQTT block source, if any (its reply topic is unsubscribed).
+    pub(crate) fn drop_mqtt_source(&self) {
+        let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.engine();
+        side.take_mqtt();
+        e.mqtt_download = false;
     }
 
     /// Feeds a message that arrived on the downstream topic (the MQTT subscription does this).

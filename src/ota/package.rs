@@ -15,10 +15,15 @@ use super::{Engine, OtaState};
 use crate::digest::DigestKind;
 use crate::log::Level;
 use crate::ota_log;
+use crate::protocol::mqtt_download::MqttFile;
+use crate::protocol::Transfer;
 
 /// What the current cycle downloads: the single image, or the package's current file.
 pub(super) struct Target<'a> {
+    /// HTTP(S) URL; empty over MQTT.
     pub(super) url: &'a str,
+    /// The file's blocks over MQTT, when the upgrade comes that way.
+    pub(super) mqtt: Option<MqttFile>,
     pub(super) size: u64,
     pub(super) kind: DigestKind,
     pub(super) digest: &'a [u8],
@@ -32,15 +37,28 @@ impl Engine {
             .files
             .get(self.file)
             .filter(|_| self.notice.is_package());
+        let mqtt = |file_id, size| match self.notice.transfer {
+            Transfer::Http => None,
+            Transfer::Mqtt { stream_id, .. } => Some(MqttFile {
+                stream_id,
+                file_id,
+                size,
+            }),
+        };
         match file {
             Some(f) => Target {
                 url: f.url.as_str(),
+                mqtt: mqtt(f.stream_file_id, f.size),
                 size: f.size,
                 kind: f.digest_kind,
                 digest: f.digest(),
             },
             None => Target {
                 url: self.notice.url.as_str(),
+                mqtt: match self.notice.transfer {
+                    Transfer::Http => None,
+                    Transfer::Mqtt { file_id, .. } => mqtt(file_id, self.notice.size),
+                },
                 size: self.notice.size,
                 kind: self.notice.digest_kind,
                 digest: self.notice.digest(),

@@ -58,6 +58,64 @@ fn topic(pk: &str, dn: &str, suffix: &str, out: &mut [u8]) -> Result<usize, Json
     w.finish()
 }
 
+/// How an [`MqttFile`] is written as the URL a firmware source opens.
+pub const URL_PREFIX: &str = "mqtt-download:";
+
+/// Longest URL of an [`MqttFile`]: the prefix, two 32-bit ids and a 64-bit size.
+pub const URL_MAX: usize = URL_PREFIX.len() + 10 + 1 + 10 + 1 + 20;
+
+/// The file to download: the upgrade's `streamId`, the file's `streamFileId` and its announced
+/// size. Written as a URL (`mqtt-download:{streamId}/{fileId}/{size}`) it is what the MQTT
+/// block source's `open` takes, so the engine opens it like any firmware source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MqttFile {
+    /// `streamId` of the upgrade message.
+    pub stream_id: u32,
+    /// `streamFileId` of the file.
+    pub file_id: u32,
+    /// The file's size as the upgrade announced it (every reply's `fileLength` must equal it).
+    pub size: u64,
+}
+
+impl MqttFile {
+    /// The file a `mqtt-download:{streamId}/{fileId}/{size}` URL names (decimal numbers).
+    pub fn from_url(url: &str) -> Option<MqttFile> {
+        let mut parts = url.strip_prefix(URL_PREFIX)?.split('/');
+        let mut next = || {
+            parts
+                .next()
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let file = MqttFile {
+            stream_id: next()?.parse().ok()?,
+            file_id: next()?.parse().ok()?,
+            size: next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(file)
+    }
+
+    /// The file's URL, written into `out` (no allocation: the engine opens it per request).
+    pub fn write_url<'a>(&self, out: &'a mut [u8; URL_MAX]) -> &'a str {
+        let mut w = Writer::new(out);
+        w.raw(URL_PREFIX)
+            .u64(self.stream_id.into())
+            .raw("/")
+            .u64(self.file_id.into())
+            .raw("/")
+            .u64(self.size);
+        // URL_MAX holds the longest numbers: never short.
+        let len = w.finish().unwrap_or(0);
+        std::str::from_utf8(&out[..len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for MqttFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut url = [0; URL_MAX];
+        f.write_str(self.write_url(&mut url))
+    }
+}
+
 /// One block request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRequest<'a> {
