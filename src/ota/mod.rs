@@ -1892,6 +1892,10 @@ fn failure_of(e: DownloadError) -> (FailureCause, &'static str) {
             C::DownloadFailed,
             "download failed: malformed HTTP response",
         ),
+        DownloadError::BadBlock(_) => (
+            C::DownloadFailed,
+            "download failed: MQTT download replies refused",
+        ),
         _ => (C::DownloadFailed, "download failed"),
     }
 }
