@@ -464,3 +464,47 @@ fn a_block_too_large_for_the_client_is_refused_when_it_is_set() {
     let r = OtaSession::attach(&device, PK, "dev2", t);
     assert!(matches!(r, Err(Error::InvalidParam(_))), "{:?}", r.err());
 }
+
+#[test]
+fn a_block_whose_retries_run_out_is_resumed_by_the_engine_at_the_same_offset() {
+    let image = common::firmware::image(30_000, 15).to_vec();
+    let p = Platform::start(Package::single_over_mqtt(
+        "2.0.0",
+        "app.bin",
+        image.clone(),
+        9,
+    ));
+    // Two replies dropped in a row for the block holding byte 12 000: the source, allowed no
+    // retry of its own, fails with a timeout, and the engine's retry policy opens it again.
+    let server = p.serve(MqttFaults {
+        cuts: vec![12_000, 12_001],
+        ..MqttFaults::default()
+    });
+    let device = p.device();
+    let session = attach(
+        &device,
+        MqttDownloadConfig {
+            block_timeout: Duration::from_millis(300),
+            block_retries: 0,
+            ..MqttDownloadConfig::default()
+        },
+    );
+    p.announce(&device, &session);
+    let mut got = Vec::new();
+    sample_fetch(&session, &mut got, None);
+    assert!(
+        got == image,
+        "{} bytes, the image has {}",
+        got.len(),
+        image.len()
+    );
+    assert!(session.check_firmware().unwrap());
+    assert_eq!(session.retries(), 2, "one reopening per dropped reply");
+    let stats = server.stats();
+    assert_eq!(
+        (stats.replies_dropped, stats.repeated_requests),
+        (2, 2),
+        "{stats:?}"
+    );
+    assert_eq!(stats.bytes_served, 30_000, "{stats:?}");
+}
