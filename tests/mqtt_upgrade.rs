@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::platform::send_upgrade;
 use ota::mqtt::QoS;
 use ota::resume::{FileStore, SavePolicy};
 use ota::source::MqttDownloadConfig;
@@ -88,15 +89,7 @@ impl Platform {
         let deadline = Instant::now() + LIMIT;
         while !session.is_fetching() {
             assert!(Instant::now() < deadline, "the upgrade never started");
-            self.cloud
-                .publish(
-                    session.downstream_topic(),
-                    QoS::AtLeastOnce,
-                    false,
-                    message.as_bytes(),
-                )
-                .unwrap();
-            self.cloud.yield_for(Duration::ZERO).unwrap();
+            send_upgrade(&self.cloud, session, message);
             device.yield_for(Duration::from_millis(100)).unwrap();
         }
     }
@@ -148,6 +141,17 @@ fn sample_fetch(session: &OtaSession, image: &mut Vec<u8>, stop_after: Option<us
     }
 }
 
+/// Announces the upgrade, fetches it as the sample does, and checks that it arrived byte-exact
+/// and was judged valid.
+fn upgrade_and_check(p: &Platform, device: &MqttClient, session: &OtaSession, image: &[u8]) {
+    p.announce(device, session);
+    let mut got = Vec::new();
+    sample_fetch(session, &mut got, None);
+    let len = got.len();
+    assert!(got == image, "{len} bytes, the image has {}", image.len());
+    assert!(session.check_firmware().unwrap());
+}
+
 fn attach(device: &MqttClient, config: MqttDownloadConfig) -> OtaSession {
     let mut c = OtaConfig::for_protocol(Protocol::Aliyun);
     c.mqtt_download = Some(config);
@@ -170,16 +174,7 @@ fn a_single_image_comes_over_mqtt_byte_exact_through_a_dropped_and_a_corrupted_b
     });
     let device = p.device();
     let session = attach(&device, quick_blocks());
-    p.announce(&device, &session);
-    let mut got = Vec::new();
-    sample_fetch(&session, &mut got, None);
-    assert!(
-        got == image,
-        "{} bytes, the image has {}",
-        got.len(),
-        image.len()
-    );
-    assert!(session.check_firmware().unwrap());
+    upgrade_and_check(&p, &device, &session, &image);
     let stats = server.stats();
     assert_eq!(stats.faults_fired.len(), 2, "{stats:?}");
     // The dropped block and the corrupted one were each asked again, nothing else.
@@ -409,15 +404,7 @@ fn mqtt_download_is_off_by_default_and_refused_with_a_failure_report() {
     let failures = {
         let deadline = Instant::now() + LIMIT;
         loop {
-            p.cloud
-                .publish(
-                    session.downstream_topic(),
-                    QoS::AtLeastOnce,
-                    false,
-                    message.as_bytes(),
-                )
-                .unwrap();
-            p.cloud.yield_for(Duration::ZERO).unwrap();
+            send_upgrade(&p.cloud, &session, &message);
             device.yield_for(Duration::from_millis(100)).unwrap();
             let heard = p.heard_when(&device, "progress", |g| !g.is_empty());
             if !heard.is_empty() || Instant::now() >= deadline {
@@ -489,16 +476,7 @@ fn a_block_whose_retries_run_out_is_resumed_by_the_engine_at_the_same_offset() {
             ..MqttDownloadConfig::default()
         },
     );
-    p.announce(&device, &session);
-    let mut got = Vec::new();
-    sample_fetch(&session, &mut got, None);
-    assert!(
-        got == image,
-        "{} bytes, the image has {}",
-        got.len(),
-        image.len()
-    );
-    assert!(session.check_firmware().unwrap());
+    upgrade_and_check(&p, &device, &session, &image);
     assert_eq!(session.retries(), 2, "one reopening per dropped reply");
     let stats = server.stats();
     assert_eq!(
