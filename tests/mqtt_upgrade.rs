@@ -66,6 +66,14 @@ impl Platform {
         }
     }
 
+    /// A platform offering one image of `len` bytes over MQTT (stream `stream_id`), and the
+    /// image.
+    fn single(len: usize, seed: u8, stream_id: u32) -> (Platform, Vec<u8>) {
+        let image = common::firmware::image(len, seed).to_vec();
+        let package = Package::single_over_mqtt("2.0.0", "app.bin", image.clone(), stream_id);
+        (Platform::start(package), image)
+    }
+
     fn serve(&self, faults: MqttFaults) -> MqttDownloadServer {
         let (host, port) = (self.broker.host(), self.broker.port());
         MqttDownloadServer::start(host, port, PK, DN, &self.package, BLOCK, faults).unwrap()
@@ -160,13 +168,7 @@ fn attach(device: &MqttClient, config: MqttDownloadConfig) -> OtaSession {
 
 #[test]
 fn a_single_image_comes_over_mqtt_byte_exact_through_a_dropped_and_a_corrupted_block() {
-    let image = common::firmware::image(40_000, 9).to_vec();
-    let p = Platform::start(Package::single_over_mqtt(
-        "2.0.0",
-        "app.bin",
-        image.clone(),
-        77,
-    ));
+    let (p, image) = Platform::single(40_000, 9, 77);
     let server = p.serve(MqttFaults {
         cuts: vec![12_000],
         flip_at: Some(25_000),
@@ -252,13 +254,7 @@ fn a_package_of_three_files_comes_over_mqtt_one_file_after_another() {
 
 #[test]
 fn an_mqtt_download_resumes_after_a_restart_at_the_saved_offset() {
-    let image = common::firmware::image(60_000, 11).to_vec();
-    let p = Platform::start(Package::single_over_mqtt(
-        "2.0.0",
-        "app.bin",
-        image.clone(),
-        5,
-    ));
+    let (p, image) = Platform::single(60_000, 11, 5);
     let dir = std::env::temp_dir().join(format!("ota-mqtt-resume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let record = dir.join("bp");
@@ -267,31 +263,27 @@ fn an_mqtt_download_resumes_after_a_restart_at_the_saved_offset() {
         every_bytes: 10_000,
         every_percent: 0,
     };
-    let mut got = Vec::new();
-    {
+    // One boot of the device: a session that keeps its record in `record`, told to upgrade.
+    let boot = || {
         let server = p.serve(MqttFaults::default());
         let device = p.device();
         let session = attach(&device, quick_blocks());
-        session
-            .set_breakpoint_store(Box::new(FileStore::new(&record)))
-            .unwrap();
+        let store = Box::new(FileStore::new(&record));
+        session.set_breakpoint_store(store).unwrap();
         session.set_save_policy(every_10k);
         session.report_version("1.0.0").unwrap();
         p.announce(&device, &session);
+        (server, device, session)
+    };
+    let mut got = Vec::new();
+    {
+        let (server, _device, session) = boot();
         // A power cut after about half the image.
         sample_fetch(&session, &mut got, Some(30_000));
         assert!(server.stats().bytes_served < 60_000);
     }
     // The next boot: the record says how far the stored bytes go.
-    let server = p.serve(MqttFaults::default());
-    let device = p.device();
-    let session = attach(&device, quick_blocks());
-    session
-        .set_breakpoint_store(Box::new(FileStore::new(&record)))
-        .unwrap();
-    session.set_save_policy(every_10k);
-    session.report_version("1.0.0").unwrap();
-    p.announce(&device, &session);
+    let (server, _device, session) = boot();
     let offset = session.fetched_size() as usize;
     assert!(
         offset >= 20_000 && offset <= got.len(),
@@ -315,13 +307,7 @@ fn an_mqtt_download_resumes_after_a_restart_at_the_saved_offset() {
 
 #[test]
 fn a_download_over_mqtt_works_while_another_thread_yields_the_client() {
-    let image = common::firmware::image(50_000, 12).to_vec();
-    let p = Platform::start(Package::single_over_mqtt(
-        "2.0.0",
-        "app.bin",
-        image.clone(),
-        6,
-    ));
+    let (p, image) = Platform::single(50_000, 12, 6);
     let server = p.serve(MqttFaults {
         cuts: vec![20_000],
         ..MqttFaults::default()
@@ -454,13 +440,7 @@ fn a_block_too_large_for_the_client_is_refused_when_it_is_set() {
 
 #[test]
 fn a_block_whose_retries_run_out_is_resumed_by_the_engine_at_the_same_offset() {
-    let image = common::firmware::image(30_000, 15).to_vec();
-    let p = Platform::start(Package::single_over_mqtt(
-        "2.0.0",
-        "app.bin",
-        image.clone(),
-        9,
-    ));
+    let (p, image) = Platform::single(30_000, 15, 9);
     // Two replies dropped in a row for the block holding byte 12 000: the source, allowed no
     // retry of its own, fails with a timeout, and the engine's retry policy opens it again.
     let server = p.serve(MqttFaults {
