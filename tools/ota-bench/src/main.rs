@@ -1,5 +1,6 @@
 //! `ota-bench`: the benchmark table of the OTA SDK (throughput against the digest limit,
-//! allocations, peak memory, sizes, notification latency, gateways), every row measured in one run.
+//! allocations, peak memory, sizes, notification latency, gateways, download over MQTT), every
+//! row measured in one run.
 //!
 //! Usage: `cargo run --release -p ota-bench [-- --quick] [--quiet] [--rows SECTION,...]` after `cargo build --release`
 //! (the C rows link `target/release/libota.a`). See README.md for what each row measures.
