@@ -204,7 +204,7 @@
 /*
  Bytes of a breakpoint record: what a firmware's store must hold.
  */
-#define OTA_BREAKPOINT_RECORD_LEN 812
+#define OTA_BREAKPOINT_RECORD_LEN 824
 
 /*
  Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values, and
