@@ -196,8 +196,8 @@ fn a_single_image_comes_over_mqtt_byte_exact_through_a_dropped_and_a_corrupted_b
     );
 }
 
-#[test]
-fn a_package_of_three_files_comes_over_mqtt_one_file_after_another() {
+/// A package of three files (app, MCU image, configuration) and its files.
+fn three_files() -> (Package, Vec<(String, Arc<[u8]>)>) {
     let files: Vec<(String, Arc<[u8]>)> = [
         (30_000usize, "app.bin"),
         (1_000, "mcu.bin"),
@@ -213,6 +213,48 @@ fn a_package_of_three_files_comes_over_mqtt_one_file_after_another() {
     })
     .collect();
     let package = Package::new("2.0.0", files.clone()).unwrap().over_mqtt(91);
+    (package, files)
+}
+
+/// The firmware's walk through a package from file `first` on, as the sample's loop once per
+/// file: each file byte-exact and judged valid. A power cut after `cut_after` bytes of file
+/// `cut_in` ends the walk there; what that file got so far is returned.
+fn walk_files(
+    device: &MqttClient,
+    session: &OtaSession,
+    files: &[(String, Arc<[u8]>)],
+    first: usize,
+    mut got: Vec<u8>,
+    cut: Option<(usize, usize)>,
+) -> Vec<u8> {
+    for (index, (name, data)) in files.iter().enumerate().skip(first) {
+        let deadline = Instant::now() + LIMIT;
+        while !session.is_fetching() {
+            assert!(Instant::now() < deadline, "file {index} never started");
+            device.yield_for(Duration::from_millis(20)).unwrap();
+        }
+        assert_eq!(session.file_index(), index);
+        assert_eq!(session.with_file_name(|n| n.to_string()), *name);
+        let stop = cut.filter(|&(at, _)| at == index).map(|(_, n)| n);
+        sample_fetch(session, &mut got, stop);
+        if stop.is_some() {
+            return got;
+        }
+        let len = got.len();
+        assert!(
+            got == data[..],
+            "file {name}: {len} of {} bytes",
+            data.len()
+        );
+        assert!(session.check_firmware().unwrap(), "file {name}");
+        got.clear();
+    }
+    got
+}
+
+#[test]
+fn a_package_of_three_files_comes_over_mqtt_one_file_after_another() {
+    let (package, files) = three_files();
     let p = Platform::start(package);
     let server = p.serve(MqttFaults {
         cuts: vec![500],
@@ -223,24 +265,7 @@ fn a_package_of_three_files_comes_over_mqtt_one_file_after_another() {
     let session = attach(&device, quick_blocks());
     session.set_max_files(4).unwrap();
     p.announce(&device, &session);
-    for (index, (name, data)) in files.iter().enumerate() {
-        let deadline = Instant::now() + LIMIT;
-        while !session.is_fetching() {
-            assert!(Instant::now() < deadline, "file {index} never started");
-            device.yield_for(Duration::from_millis(20)).unwrap();
-        }
-        assert_eq!(session.file_index(), index);
-        assert_eq!(session.with_file_name(|n| n.to_string()), *name);
-        let mut got = Vec::new();
-        sample_fetch(&session, &mut got, None);
-        assert!(
-            got == data[..],
-            "file {name}: {} of {} bytes",
-            got.len(),
-            data.len()
-        );
-        assert!(session.check_firmware().unwrap(), "file {name}");
-    }
+    walk_files(&device, &session, &files, 0, Vec::new(), None);
     let stats = server.stats();
     assert_eq!(stats.faults_fired.len(), 2, "{stats:?}");
     assert!(stats.violations.is_empty(), "{stats:?}");
@@ -250,6 +275,52 @@ fn a_package_of_three_files_comes_over_mqtt_one_file_after_another() {
         stats.bytes_served,
         30_000 + 1_000 + 12_345 + u64::from(BLOCK)
     );
+}
+
+#[test]
+fn a_package_over_mqtt_resumes_after_a_restart_in_the_file_it_stopped_in() {
+    let (package, files) = three_files();
+    let p = Platform::start(package);
+    let dir = std::env::temp_dir().join(format!("ota-mqtt-pkg-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = dir.join("bp");
+    let _ = std::fs::remove_file(&record);
+    let boot = || {
+        let server = p.serve(MqttFaults::default());
+        let device = p.device();
+        let session = attach(&device, quick_blocks());
+        session.set_max_files(4).unwrap();
+        session
+            .set_breakpoint_store(Box::new(FileStore::new(&record)))
+            .unwrap();
+        session.set_save_policy(SavePolicy {
+            every_bytes: 2_000,
+            every_percent: 0,
+        });
+        session.report_version("1.0.0").unwrap();
+        p.announce(&device, &session);
+        (server, device, session)
+    };
+    // A power cut in the third file, after two files were judged good.
+    let stored = {
+        let (server, device, session) = boot();
+        let got = walk_files(&device, &session, &files, 0, Vec::new(), Some((2, 7_000)));
+        assert_eq!(server.stats().bytes_served, 30_000 + 1_000 + 10_240);
+        got
+    };
+    let (server, device, session) = boot();
+    assert_eq!(session.file_index(), 2, "the record names the third file");
+    let offset = session.fetched_size() as usize;
+    assert!(
+        (4_000..=stored.len()).contains(&offset),
+        "resumed at {offset}"
+    );
+    let mut got = stored;
+    got.truncate(offset);
+    walk_files(&device, &session, &files, 2, got, None);
+    // Only the rest of the third file came the second time.
+    assert_eq!(server.stats().bytes_served, (12_345 - offset) as u64);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
