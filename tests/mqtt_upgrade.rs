@@ -196,9 +196,12 @@ fn a_single_image_comes_over_mqtt_byte_exact_through_a_dropped_and_a_corrupted_b
     );
 }
 
+/// A package's files: name and bytes, in install order.
+type Files = Vec<(String, Arc<[u8]>)>;
+
 /// A package of three files (app, MCU image, configuration) and its files.
-fn three_files() -> (Package, Vec<(String, Arc<[u8]>)>) {
-    let files: Vec<(String, Arc<[u8]>)> = [
+fn three_files() -> (Package, Files) {
+    let files: Files = [
         (30_000usize, "app.bin"),
         (1_000, "mcu.bin"),
         (12_345, "config.json"),
