@@ -39,7 +39,8 @@
  *   platform re-sends the same upgrade, the cycle starts at IOT_OTAG_FETCHED_SIZE with the saved
  *   digest state; keep the bytes before it and append from there. A record only covers bytes
  *   earlier FetchYield calls returned (it is saved at the start of a call), so a power cut
- *   right after a save never leaves a hole. (Tencent style instead: IOT_OTA_ResetClientMD5,
+ *   right after a save never leaves a hole. A package of several files resumes in the file
+ *   IOT_OTAG_FILE_INDEX names. (Tencent style instead: IOT_OTA_ResetClientMD5,
  *   IOT_OTA_UpdateClientMd5 over the kept bytes, IOT_OTA_StartDownload(offset, size).)
  * - An expired URL (HTTP 403): on Aliyun the SDK first asks for a fresh URL on the request
  *   topic and resumes with it; only when none comes within IOT_OTA_SetFreshUrlWait's time
@@ -204,7 +205,7 @@
 /*
  Bytes of a breakpoint record: what a firmware's store must hold.
  */
-#define OTA_BREAKPOINT_RECORD_LEN 812
+#define OTA_BREAKPOINT_RECORD_LEN 824
 
 /*
  Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values, and
@@ -1161,7 +1162,9 @@ typedef struct iotx_mqtt_param_t *iotx_mqtt_param_pt;
  Query, `uint32_t`: the file the current cycle fetches, from 0. IOT_OTAG_FILE_SIZE,
  IOT_OTAG_MD5SUM, IOT_OTAG_SHA256SUM, IOT_OTAG_SIGN_METHOD and IOT_OTAG_CHECK_FIRMWARE answer
  for this file; IOT_OTA_ReportProgress takes its percent and reports the package's
- byte-weighted progress.
+ byte-weighted progress. After a restart with a breakpoint store, the package resumes in the
+ file it stopped in (the files before it were judged good before the restart), at
+ IOT_OTAG_FETCHED_SIZE within that file.
  */
 #define IOT_OTAG_FILE_INDEX 34
 

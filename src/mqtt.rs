@@ -596,6 +596,8 @@ struct Core {
     /// connection to a thread that yields it.
     yield_called_at: AtomicU64,
     yield_caller: AtomicUsize,
+    /// The thread an [`MqttDriver`] drives the connection on (its caller mark), 0 when none.
+    sdk_driver: AtomicUsize,
     created: Instant,
 }
 
@@ -699,6 +701,7 @@ impl Core {
             handler_panicked: AtomicBool::new(false),
             yield_called_at: AtomicU64::new(0),
             yield_caller: AtomicUsize::new(0),
+            sdk_driver: AtomicUsize::new(0),
             created: Instant::now(),
         })
     }
@@ -1347,12 +1350,21 @@ impl MqttClient {
     /// catching it, the caller yields again as before.
     pub fn yield_for(&self, timeout: Duration) -> Result<()> {
         self.core.note_yield_call();
-        if self.core.drive(timeout) {
-            Ok(())
-        } else {
-            Err(Error::InvalidState(
-                "yield called from inside a handler, or while another thread yields",
-            ))
+        let start = Instant::now();
+        loop {
+            if self.core.drive(timeout.saturating_sub(start.elapsed())) {
+                return Ok(());
+            }
+            // The SDK's own driver (the MQTT download inside FetchYield, on another thread)
+            // holds the link for one short slice, and leaves it to this thread from now on
+            // (the call was noted): wait that slice out rather than fail the firmware's yield.
+            let driver = self.core.sdk_driver.load(Ordering::SeqCst);
+            if driver == 0 || driver == caller_mark() || start.elapsed() > MAX_DRIVE_SLICE {
+                return Err(Error::InvalidState(
+                    "yield called from inside a handler, or while another thread yields",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -1366,6 +1378,10 @@ impl MqttClient {
 /// How long after another thread's call to [`MqttClient::yield_for`] an [`MqttDriver`] leaves
 /// the connection to that thread.
 pub(crate) const OTHER_YIELDER_GRACE: Duration = Duration::from_secs(1);
+
+/// Longest an [`MqttDriver`] holds the connection at once; a firmware's yield that finds it
+/// held waits this long at most.
+pub(crate) const MAX_DRIVE_SLICE: Duration = Duration::from_millis(100);
 
 /// What [`MqttDriver::drive`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1389,16 +1405,30 @@ pub(crate) struct MqttDriver {
 impl MqttDriver {
     /// [`MqttClient::yield_for`], unless another thread yields the connection: one is inside
     /// `yield_for` now, or called it within [`OTHER_YIELDER_GRACE`] (a yield thread's next call
-    /// would otherwise find the link taken and fail). Keep `timeout` short: a yield thread
-    /// that calls meanwhile fails until it ends.
+    /// would otherwise find the link taken). At most [`MAX_DRIVE_SLICE`]: a yield thread that
+    /// calls meanwhile waits until it ends.
     pub(crate) fn drive(&self, timeout: Duration) -> Drive {
         let Some(core) = self.core.upgrade() else {
             return Drive::Gone;
         };
-        if core.yielded_elsewhere(OTHER_YIELDER_GRACE) || !core.drive(timeout) {
+        if core.yielded_elsewhere(OTHER_YIELDER_GRACE) {
             return Drive::Busy;
         }
-        Drive::Drove
+        let timeout = timeout.min(MAX_DRIVE_SLICE);
+        // Marked before the link is taken, so a yield thread that finds it taken waits.
+        let me = caller_mark();
+        let marked = core
+            .sdk_driver
+            .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        let drove = core.drive(timeout);
+        if marked {
+            core.sdk_driver.store(0, Ordering::SeqCst);
+        }
+        match drove {
+            true => Drive::Drove,
+            false => Drive::Busy,
+        }
     }
 
     /// [`MqttClient::publish`]; [`MqttError::NotConnected`] once the client is gone.

@@ -9,7 +9,8 @@
 //! itself, bounded by its timeout (in slices of 50 ms), while no reply is there. When another
 //! thread yields the client (it is inside `yield_for`, or called it within the last second),
 //! the reply arrives through that thread's yield and `read` waits for it on a condition
-//! variable, holding no lock; so a yield thread's calls do not find the link taken.
+//! variable, holding no lock; so a yield thread's calls do not find the link taken. A yield
+//! thread's first call, while a read still drives its slice, waits for the slice to end.
 //!
 //! One request is in flight at a time. The reply topic's handler checks each frame with
 //! [`parse_reply`] against that request and copies a good block's data into a buffer made at
@@ -60,7 +61,7 @@ const REQUEST_ROOM: usize = 256;
 const BUSY_POLL: Duration = Duration::from_millis(10);
 
 /// Longest one yield of the client by a read: a yield thread that starts calling meanwhile
-/// fails until it ends.
+/// waits until it ends.
 const DRIVE_SLICE: Duration = Duration::from_millis(50);
 
 /// What a [`MqttBlockSource`] did since it was made.
@@ -83,29 +84,21 @@ pub fn download_error(e: ReplyError) -> DownloadError {
     use ReplyError as R;
     match e {
         R::TooShort { .. } | R::HeaderPastFrame { .. } | R::LengthMismatch { .. } => {
-            DownloadError::BadResponse("MQTT download reply frame is malformed")
+            DownloadError::BadBlock("frame is malformed")
         }
         R::HeaderJson(_) | R::MissingField(_) | R::BadField(_) => {
-            DownloadError::BadResponse("MQTT download reply header is malformed")
+            DownloadError::BadBlock("header is malformed")
         }
-        R::NotSuccess { .. } => {
-            DownloadError::BadResponse("MQTT download refused by the platform (code not 200)")
-        }
-        R::CrcMismatch { .. } => DownloadError::BadResponse("MQTT download block CRC-16 mismatch"),
-        R::OtherFile => DownloadError::BadResponse("MQTT download replies are for another file"),
-        R::WrongOffset { .. } => {
-            DownloadError::BadResponse("MQTT download replies at another offset than asked")
-        }
+        R::NotSuccess { .. } => DownloadError::BadBlock("the platform refused (code not 200)"),
+        R::CrcMismatch { .. } => DownloadError::BadBlock("block CRC-16 mismatch"),
+        R::OtherFile => DownloadError::BadBlock("replies are for another file"),
+        R::WrongOffset { .. } => DownloadError::BadBlock("replies at another offset than asked"),
         R::FileLengthMismatch { announced, got } if got > announced => DownloadError::Oversize,
         R::FileLengthMismatch { .. } => {
-            DownloadError::BadResponse("server file is smaller than the announced size")
+            DownloadError::BadBlock("the file is smaller than the announced size")
         }
-        R::BlockTooLarge { .. } => {
-            DownloadError::BadResponse("MQTT download block larger than asked")
-        }
-        R::EmptyBlock => {
-            DownloadError::BadResponse("MQTT download block empty before the end of the file")
-        }
+        R::BlockTooLarge { .. } => DownloadError::BadBlock("block larger than asked"),
+        R::EmptyBlock => DownloadError::BadBlock("block empty before the end of the file"),
     }
 }
 

@@ -7,13 +7,15 @@
 //! ([`MemoryStore`]) — as one [`RECORD_LEN`]-byte record protected by a CRC-32, so a torn or
 //! corrupt record is detected and never trusted.
 //!
-//! Record layout, format version 2 (all integers little-endian; version 1, written by earlier
-//! builds, is the first 520 bytes with version byte 1, then its CRC at 520, and is still read):
+//! Record layout, format version 3 (all integers little-endian). Earlier builds wrote version 1
+//! (the first 520 bytes with version byte 1, then its CRC at 520) and version 2 (the first 808
+//! bytes with version byte 2, then its CRC at 808); both are still read, as a single image's
+//! record (the package fields 0).
 //!
 //! | offset | bytes | field |
 //! |-------:|------:|-------|
 //! |      0 |     6 | magic `OTABP1` |
-//! |      6 |     1 | format version (1) |
+//! |      6 |     1 | format version (3) |
 //! |      7 |     1 | protocol (0 Aliyun, 1 SagooIOT, 2 Tencent, 3 UCloud) |
 //! |      8 |     1 | state (0 downloading, 1 pending reboot, 2 pending confirm) |
 //! |      9 |     1 | digest kind (0 MD5, 1 SHA-256) |
@@ -29,11 +31,20 @@
 //! |    391 |   129 | digest state: length byte (0, 88 MD5, 104 SHA-256) + 128 bytes |
 //! |    520 |   286 | image verifier state (signed images, [`crate::image`]): length `u16` (0: none) + 284 bytes |
 //! |    806 |     2 | boots into the pending version without a confirmation (`u16`; 0 unless pending confirm) |
-//! |    808 |     4 | CRC-32 (IEEE) of bytes 0..808 |
+//! |    808 |     2 | file index within the package (`u16`; 0 for a single image) |
+//! |    810 |     2 | files in the package (`u16`; 0: a single image, else 2 ..= [`MAX_PACKAGE_FILES`]) |
+//! |    812 |     8 | package identity ([`package_identity`]; 0 for a single image) |
+//! |    820 |     4 | CRC-32 (IEEE) of bytes 0..820 |
+//!
+//! For a package of several files the digest kind, digest, size, offset and URL identity are
+//! the current file's (the one at the file index): the files before it were stored and judged
+//! good before the record moved on to it. The package identity names the package without its
+//! URLs, which the platform renews.
 //!
 //! Decoding is strict (unused bytes must be zero, a digest or image state covers exactly
-//! `offset` bytes), so a record decodes only to what encodes back to exactly the same bytes
-//! (a version-1 record decodes to one that encodes as version 2).
+//! `offset` bytes, the file index is below the file count), so a record decodes only to what
+//! encodes back to exactly the same bytes (a version-1 or version-2 record decodes to one that
+//! encodes as version 3).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -42,7 +53,7 @@ use std::path::{Path, PathBuf};
 use crate::digest::StreamDigest;
 use crate::error::Error;
 use crate::image::{ImageVerifier, STATE_MAX as IMAGE_STATE_MAX};
-use crate::protocol::{DigestKind, Protocol, UpgradeNotice};
+use crate::protocol::{DigestKind, PackageFile, Protocol, UpgradeNotice};
 
 /// Longest version, module, task id or batch a record holds, bytes.
 /// cbindgen:ignore
@@ -50,19 +61,27 @@ pub const TEXT_MAX: usize = 64;
 /// Room for a serialized digest state, bytes (SHA-256 needs 104).
 /// cbindgen:ignore
 pub const DIGEST_STATE_MAX: usize = 128;
-/// The record format this build writes (it reads this one and version 1).
+/// The record format this build writes (it reads this one, and versions 1 and 2).
 /// cbindgen:ignore
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
+/// Most files of a package a record can name.
+/// cbindgen:ignore
+pub const MAX_PACKAGE_FILES: usize = 16;
+// Every package the engine accepts can be resumed.
+const _: () = assert!(crate::ota::MAX_FILES <= MAX_PACKAGE_FILES);
 const MAGIC: &[u8; 6] = b"OTABP1";
 const TEXT_FIELD: usize = 1 + TEXT_MAX;
-/// Where version 1's CRC is, and version 2's image state starts.
+/// Where version 1's CRC is, and the image state starts.
 const V1_CRC_AT: usize = 7 + 3 + 32 + 3 * 8 + 5 * TEXT_FIELD + 1 + DIGEST_STATE_MAX;
 const V1_LEN: usize = V1_CRC_AT + 4;
-const CRC_AT: usize = V1_CRC_AT + 2 + IMAGE_STATE_MAX + 2;
-/// Length of an encoded record, bytes (every version-2 record has exactly this length; a
+/// Where version 2's CRC is, and the package fields start.
+const V2_CRC_AT: usize = V1_CRC_AT + 2 + IMAGE_STATE_MAX + 2;
+const V2_LEN: usize = V2_CRC_AT + 4;
+const CRC_AT: usize = V2_CRC_AT + 2 + 2 + 8;
+/// Length of an encoded record, bytes (every version-3 record has exactly this length; a
 /// store must hold this many).
 /// cbindgen:ignore
-pub const RECORD_LEN: usize = 812;
+pub const RECORD_LEN: usize = 824;
 const _: () = assert!(RECORD_LEN == CRC_AT + 4);
 
 /// What the device was doing when the record was written.
@@ -100,7 +119,7 @@ pub enum RecordError {
     #[error("the breakpoint record is corrupt (magic, length, CRC or a field is wrong)")]
     Corrupt,
     /// A record of another format version (written by another SDK build); not read.
-    #[error("the breakpoint record has format version {0}, this SDK reads versions 1 and 2")]
+    #[error("the breakpoint record has format version {0}, this SDK reads versions 1 to 3")]
     UnknownVersion(u8),
 }
 
@@ -217,14 +236,21 @@ pub struct Breakpoint {
     image_state: [u8; IMAGE_STATE_MAX],
     image_state_len: u16,
     boots: u16,
+    /// The current file of a package (0 for a single image).
+    file_index: u16,
+    /// Files of the package; 0 for a single image.
+    file_count: u16,
+    /// [`package_identity`] of the package's files; 0 for a single image.
+    package_identity: u64,
 }
 
 impl Breakpoint {
-    /// A record for the start (offset 0, no digest state) of the upgrade `notice` announces.
+    /// A record for the start (offset 0, no digest state) of the upgrade `notice` announces;
+    /// for a package of several files, the start of its first file.
     ///
     /// Errors: [`Error::TooLong`] when the version, module, task id or batch exceeds
     /// [`TEXT_MAX`] bytes (nothing is truncated); [`Error::InvalidParam`] for a size of 0 or an
-    /// empty version.
+    /// empty version, or a package of more than [`MAX_PACKAGE_FILES`] files.
     pub fn for_upgrade(protocol: Protocol, notice: &UpgradeNotice) -> Result<Breakpoint, Error> {
         if notice.size == 0 || notice.version.is_empty() {
             return Err(Error::InvalidParam(
@@ -233,7 +259,7 @@ impl Breakpoint {
         }
         let mut digest = [0u8; 32];
         digest[..notice.digest_kind.len()].copy_from_slice(notice.digest());
-        Ok(Breakpoint {
+        let mut bp = Breakpoint {
             protocol,
             state: RecordState::Downloading,
             digest_kind: notice.digest_kind,
@@ -251,7 +277,70 @@ impl Breakpoint {
             image_state: [0; IMAGE_STATE_MAX],
             image_state_len: 0,
             boots: 0,
-        })
+            file_index: 0,
+            file_count: 0,
+            package_identity: 0,
+        };
+        if notice.is_package() {
+            let files = notice.files.as_slice();
+            if files.len() > MAX_PACKAGE_FILES {
+                return Err(Error::InvalidParam(
+                    "breakpoint: more files than a record names",
+                ));
+            }
+            bp.file_count = files.len() as u16;
+            bp.package_identity = package_identity(files);
+            bp.point_at_file(0, &files[0])?;
+        }
+        Ok(bp)
+    }
+
+    /// Moves a package's record to the start of file `index` of `notice` (the files before it
+    /// are stored and judged good): that file's size, digest and URL, offset 0, no digest or
+    /// image state.
+    ///
+    /// Errors: [`Error::InvalidState`] once pending reboot, or for a single image's record;
+    /// [`Error::InvalidParam`] when `notice` is another package (version, module or
+    /// [`package_identity`]) or `index` is past its last file. On error the record is
+    /// unchanged.
+    pub fn start_file(&mut self, notice: &UpgradeNotice, index: usize) -> Result<(), Error> {
+        if self.state != RecordState::Downloading {
+            return Err(Error::InvalidState(
+                "breakpoint: upgrade already pending reboot",
+            ));
+        }
+        if self.file_count == 0 {
+            return Err(Error::InvalidState(
+                "breakpoint: the record is a single image's",
+            ));
+        }
+        if !self.same_package(notice) {
+            return Err(Error::InvalidParam("breakpoint: another package"));
+        }
+        let file = notice.files.get(index).ok_or(Error::InvalidParam(
+            "breakpoint: no such file in the package",
+        ))?;
+        self.point_at_file(index, file)
+    }
+
+    /// The current file becomes `file`, at `index`, from its first byte.
+    fn point_at_file(&mut self, index: usize, file: &PackageFile) -> Result<(), Error> {
+        if file.size == 0 {
+            return Err(Error::InvalidParam("breakpoint: file size 0"));
+        }
+        let mut digest = [0u8; 32];
+        digest[..file.digest_kind.len()].copy_from_slice(file.digest());
+        self.file_index = index as u16;
+        self.digest_kind = file.digest_kind;
+        self.digest = digest;
+        self.size = file.size;
+        self.offset = 0;
+        self.url_identity = url_identity(file.url.as_str());
+        self.digest_state = [0; DIGEST_STATE_MAX];
+        self.digest_state_len = 0;
+        self.image_state = [0; IMAGE_STATE_MAX];
+        self.image_state_len = 0;
+        Ok(())
     }
 
     /// Records that `offset` bytes are stored, with the digest over them when given (`None`:
@@ -367,15 +456,40 @@ impl Breakpoint {
         self.boots
     }
 
-    /// Whether `notice` announces the image this record is about: same version, module
-    /// (empty ≡ `default`), size, digest kind and digest. The URL may differ (a renewed
-    /// pre-signed URL); the protocol is the caller's to compare ([`protocol`](Self::protocol)).
+    /// Whether `notice` announces the image this record is about: same version and module
+    /// (empty ≡ `default`), and for a single image the same size, digest kind and digest; for a
+    /// package the same files ([`package_identity`]), of which the current one has the
+    /// recorded size and digest. The URLs may differ (renewed pre-signed URLs); the protocol is
+    /// the caller's to compare ([`protocol`](Self::protocol)).
     pub fn matches(&self, notice: &UpgradeNotice) -> bool {
-        self.version.as_str() == notice.version.as_str()
-            && self.module_name() == notice.module_name()
+        if self.file_count != 0 {
+            return self.same_package(notice)
+                && notice.files.get(self.file_index()).is_some_and(|f| {
+                    f.size == self.size
+                        && f.digest_kind == self.digest_kind
+                        && f.digest() == self.digest()
+                });
+        }
+        self.same_upgrade(notice)
+            && !notice.is_package()
             && self.size == notice.size
             && self.digest_kind == notice.digest_kind
             && self.digest() == notice.digest()
+    }
+
+    /// Same version and module.
+    fn same_upgrade(&self, notice: &UpgradeNotice) -> bool {
+        self.version.as_str() == notice.version.as_str()
+            && self.module_name() == notice.module_name()
+    }
+
+    /// `notice` is the package this record is about: same version, module, file count and
+    /// package identity.
+    fn same_package(&self, notice: &UpgradeNotice) -> bool {
+        self.same_upgrade(notice)
+            && notice.is_package()
+            && notice.files.len() == usize::from(self.file_count)
+            && package_identity(notice.files.as_slice()) == self.package_identity
     }
 
     /// After a reboot: what running `version` means for a pending upgrade; `None` when the
@@ -394,7 +508,9 @@ impl Breakpoint {
 
     /// Rebuilds the upgrade into a notice allocated at init, for the reports that follow a
     /// reboot (UCloud needs the task id, SagooIOT the batch). The URL is not recorded, so `url`
-    /// is left empty; `ext_data`, `current_version` and `message_id` are cleared.
+    /// is left empty; `ext_data`, `current_version` and `message_id` are cleared. Of a package
+    /// only the current file's size and digest are recorded: the notice holds those, and no
+    /// files.
     ///
     /// Errors: [`Error::TooLong`] when a field exceeds the notice's capacity (the notice may
     /// then be partly written).
@@ -447,14 +563,36 @@ impl Breakpoint {
         &self.digest[..self.digest_kind.len()]
     }
 
-    /// The image size in bytes, as announced (never 0).
+    /// The image size in bytes, as announced (never 0); the current file's for a package.
     pub fn size(&self) -> u64 {
         self.size
     }
 
-    /// Bytes the firmware had stored when the record was written.
+    /// Bytes the firmware had stored when the record was written (of the current file, for a
+    /// package).
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Whether the record is a package's (then size, digest and offset are its current
+    /// file's).
+    pub fn is_package(&self) -> bool {
+        self.file_count != 0
+    }
+
+    /// The package's current file, from 0 (0 for a single image).
+    pub fn file_index(&self) -> usize {
+        usize::from(self.file_index)
+    }
+
+    /// Files of the package; 0 for a single image.
+    pub fn file_count(&self) -> usize {
+        usize::from(self.file_count)
+    }
+
+    /// [`package_identity`] of the package's files; 0 for a single image.
+    pub fn package_identity(&self) -> u64 {
+        self.package_identity
     }
 
     /// FNV-1a 64 of the URL without its query and fragment (see [`url_identity`]); informative.
@@ -523,6 +661,9 @@ impl Breakpoint {
         w.put(&self.image_state_len.to_le_bytes());
         w.put(&self.image_state);
         w.put(&self.boots.to_le_bytes());
+        w.put(&self.file_index.to_le_bytes());
+        w.put(&self.file_count.to_le_bytes());
+        w.put(&self.package_identity.to_le_bytes());
         let crc = crc32(&w.out[..CRC_AT]);
         w.put(&crc.to_le_bytes());
         debug_assert_eq!(w.pos, RECORD_LEN);
@@ -573,6 +714,18 @@ impl Breakpoint {
             } else {
                 u16::from_le_bytes(r.array())
             },
+            // Earlier formats recorded single images only.
+            file_index: if version < 3 {
+                0
+            } else {
+                u16::from_le_bytes(r.array())
+            },
+            file_count: if version < 3 {
+                0
+            } else {
+                u16::from_le_bytes(r.array())
+            },
+            package_identity: if version < 3 { 0 } else { r.u64() },
         };
         bp.check().map(|()| bp)
     }
@@ -630,8 +783,14 @@ impl Breakpoint {
             }
         };
         let boots_ok = self.state == RecordState::PendingConfirm || self.boots == 0;
+        let package_ok = match usize::from(self.file_count) {
+            0 => self.file_index == 0 && self.package_identity == 0,
+            // A package has at least two files (one file is announced as a single image).
+            n => (2..=MAX_PACKAGE_FILES).contains(&n) && self.file_index < self.file_count,
+        };
         let ok = pending_ok
             && boots_ok
+            && package_ok
             && image_ok
             && self.size != 0
             && self.offset <= self.size
@@ -662,6 +821,7 @@ fn check_frame(bytes: &[u8]) -> Result<u8, RecordError> {
     let (version, len) = match bytes.get(MAGIC.len()) {
         None => return Err(RecordError::Torn),
         Some(&1) => (1, V1_LEN),
+        Some(&2) => (2, V2_LEN),
         Some(&FORMAT_VERSION) => (FORMAT_VERSION, RECORD_LEN),
         Some(&v) => return Err(RecordError::UnknownVersion(v)),
     };
@@ -780,11 +940,30 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 /// is persisted and must not change between builds.
 pub fn url_identity(url: &str) -> u64 {
     let end = url.find(['?', '#']).unwrap_or(url.len());
-    url.as_bytes()[..end]
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    fnv1a(FNV_OFFSET_BASIS, &url.as_bytes()[..end])
+}
+
+/// The identity of a package: FNV-1a 64 over each file in order — its name's length (`u64`)
+/// and bytes, its size (`u64`), its digest kind (the record's id) and its digest — so a file
+/// renamed, resized, re-signed, added, dropped or moved makes another package. The URLs are
+/// left out: the platform renews them when it sends the same package again.
+pub fn package_identity(files: &[PackageFile]) -> u64 {
+    files.iter().fold(FNV_OFFSET_BASIS, |h, f| {
+        let h = fnv1a(h, &(f.name.len() as u64).to_le_bytes());
+        let h = fnv1a(h, f.name.as_bytes());
+        let h = fnv1a(h, &f.size.to_le_bytes());
+        let h = fnv1a(h, &[kind_id(f.digest_kind)]);
+        fnv1a(h, f.digest())
+    })
+}
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64 of `bytes`, continuing from `h`.
+fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// When to write the record while downloading: after `every_bytes` bytes or `every_percent`
@@ -1050,11 +1229,341 @@ mod tests {
         let mut long = v1.clone();
         long.push(0);
         assert_eq!(Breakpoint::decode(&long), Err(RecordError::Corrupt));
-        // It is written back as version 2.
+        // It is written back as version 3.
         assert_eq!(
             encoded(&Breakpoint::decode(&v1).unwrap())[6],
             FORMAT_VERSION
         );
+    }
+
+    /// The version-2 form of a single image's `bp` (no package fields), as earlier builds
+    /// wrote it.
+    fn encoded_v2(bp: &Breakpoint) -> Vec<u8> {
+        let v3 = encoded(bp);
+        let mut v2 = v3[..V2_CRC_AT].to_vec();
+        v2[6] = 2;
+        let crc = crc32(&v2);
+        v2.extend_from_slice(&crc.to_le_bytes());
+        v2
+    }
+
+    #[test]
+    fn a_version_2_record_of_an_earlier_build_is_still_read() {
+        let bp = sample(DigestKind::Sha256);
+        let v2 = encoded_v2(&bp);
+        assert_eq!(v2.len(), V2_LEN);
+        assert_eq!(Breakpoint::decode(&v2), Ok(bp.clone()));
+        let back = Breakpoint::decode(&v2).unwrap();
+        assert!(!back.is_package());
+        assert_eq!((back.file_index(), back.file_count()), (0, 0));
+        assert!(back.matches(&notice(DigestKind::Sha256)));
+        assert_eq!(
+            Breakpoint::decode(&v2[..V2_LEN - 1]),
+            Err(RecordError::Torn)
+        );
+        let mut long = v2.clone();
+        long.push(0);
+        assert_eq!(Breakpoint::decode(&long), Err(RecordError::Corrupt));
+        let mut flipped = v2.clone();
+        flipped[700] ^= 1;
+        assert_eq!(Breakpoint::decode(&flipped), Err(RecordError::Corrupt));
+        // It is written back as version 3, with empty package fields.
+        let again = encoded(&back);
+        assert_eq!(again[6], FORMAT_VERSION);
+        assert_eq!(again[7..V2_CRC_AT], v2[7..V2_CRC_AT]);
+        assert_eq!(again[V2_CRC_AT..CRC_AT], [0; 12]);
+        // A version-3 record cut to version 2's length is a torn version 3, not a version 2.
+        assert_eq!(Breakpoint::decode(&again[..V2_LEN]), Err(RecordError::Torn));
+    }
+
+    /// A file of a package message: name, URL, size, MD5 hex.
+    type FileJson = (String, String, u64, String);
+
+    fn package_limits() -> Limits {
+        Limits {
+            max_files: 4,
+            ..Limits::default()
+        }
+    }
+
+    /// A package of three files as Aliyun announces it; `edit` changes the file list's JSON.
+    fn package_notice_with(edit: impl Fn(&mut Vec<FileJson>)) -> UpgradeNotice {
+        let mut files = vec![
+            (
+                "app.bin".to_string(),
+                "https://h/app.bin?Expires=1".to_string(),
+                30_000,
+                "00112233445566778899aabbccddeeff".to_string(),
+            ),
+            (
+                "mcu.bin".to_string(),
+                "https://h/mcu.bin?Expires=1".to_string(),
+                200_000,
+                "ffeeddccbbaa99887766554433221100".to_string(),
+            ),
+            (
+                "config.json".to_string(),
+                "https://h/config.json?Expires=1".to_string(),
+                12_345,
+                "0123456789abcdef0123456789abcdef".to_string(),
+            ),
+        ];
+        edit(&mut files);
+        let list: Vec<String> = files
+            .iter()
+            .map(|(name, url, size, sign)| {
+                format!(
+                    r#"{{"fileName":"{name}","fileUrl":"{url}","fileSize":{size},"fileSign":"{sign}"}}"#
+                )
+            })
+            .collect();
+        let payload = format!(
+            r#"{{"code":"1000","data":{{"version":"2.0.0","module":"MCU","signMethod":"MD5","files":[{}]}},"id":7,"message":"success"}}"#,
+            list.join(",")
+        );
+        let limits = package_limits();
+        let mut n = UpgradeNotice::new(&limits);
+        crate::protocol::decode_package(Protocol::Aliyun, payload.as_bytes(), &limits, &mut n)
+            .unwrap();
+        n
+    }
+
+    fn package_notice() -> UpgradeNotice {
+        package_notice_with(|_| {})
+    }
+
+    /// A package's record in its second file, 1000 bytes in, with the digest over them.
+    fn package_sample() -> Breakpoint {
+        let n = package_notice();
+        let mut bp = Breakpoint::for_upgrade(Protocol::Aliyun, &n).unwrap();
+        bp.start_file(&n, 1).unwrap();
+        let mut d = StreamDigest::new(DigestKind::Md5);
+        d.update(&[0x5a; 1000]);
+        bp.set_progress(1000, Some(&d), None).unwrap();
+        bp
+    }
+
+    #[test]
+    fn a_package_record_names_the_current_file_and_round_trips() {
+        let n = package_notice();
+        assert!(n.is_package());
+        let first = Breakpoint::for_upgrade(Protocol::Aliyun, &n).unwrap();
+        assert!(first.is_package());
+        assert_eq!((first.file_index(), first.file_count()), (0, 3));
+        assert_eq!(
+            first.package_identity(),
+            package_identity(n.files.as_slice())
+        );
+        assert_eq!(
+            (first.size(), first.offset()),
+            (30_000, 0),
+            "the first file's"
+        );
+        assert_eq!(first.digest(), n.files.get(0).unwrap().digest());
+        assert_eq!(first.url_identity(), url_identity("https://h/app.bin"));
+        assert!(first.matches(&n));
+
+        let bp = package_sample();
+        assert_eq!(
+            (bp.file_index(), bp.size(), bp.offset()),
+            (1, 200_000, 1000)
+        );
+        assert_eq!(bp.digest(), n.files.get(1).unwrap().digest());
+        assert_eq!(bp.url_identity(), url_identity("https://h/mcu.bin"));
+        let buf = encoded(&bp);
+        assert_eq!(buf[808..810], 1u16.to_le_bytes());
+        assert_eq!(buf[810..812], 3u16.to_le_bytes());
+        assert_eq!(buf[812..820], bp.package_identity().to_le_bytes());
+        let back = Breakpoint::decode(&buf).unwrap();
+        assert_eq!(back, bp);
+        assert_eq!(encoded(&back), buf, "decode is canonical");
+        assert!(back.matches(&n));
+        let mut resumed = back.restore_digest().unwrap();
+        resumed.update(b"tail");
+        let mut whole = StreamDigest::new(DigestKind::Md5);
+        whole.update(&[0x5a; 1000]);
+        whole.update(b"tail");
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        assert_eq!(resumed.current(&mut a), whole.current(&mut b));
+        assert_eq!(a, b);
+
+        // The offset is within the current file: past it is refused.
+        let mut over = bp.clone();
+        assert!(over.set_progress(200_001, None, None).is_err());
+        over.set_progress(200_000, None, None).unwrap();
+
+        // The last file, then flashed: the pending version is the package's.
+        let mut last = bp.clone();
+        last.start_file(&n, 2).unwrap();
+        assert_eq!(
+            (last.file_index(), last.size(), last.offset()),
+            (2, 12_345, 0)
+        );
+        assert!(
+            last.digest_state().is_empty(),
+            "a new file has no digest yet"
+        );
+        last.set_pending_reboot("2.0.0").unwrap();
+        let back = Breakpoint::decode(&encoded(&last)).unwrap();
+        assert_eq!(back.reboot_outcome("2.0.0"), Some(RebootOutcome::Succeeded));
+        assert_eq!(back.file_index(), 2);
+    }
+
+    #[test]
+    fn a_package_record_matches_the_same_package_with_renewed_urls_only() {
+        let bp = package_sample();
+        let renewed = package_notice_with(|files| {
+            for f in files.iter_mut() {
+                f.1 = f.1.replace("Expires=1", "Expires=2");
+            }
+        });
+        assert!(
+            bp.matches(&renewed),
+            "the URLs are not the package's identity"
+        );
+        let mut moved = renewed.clone();
+        moved.url.set("https://elsewhere/x.bin").unwrap();
+        assert!(bp.matches(&moved));
+
+        let mut other_version = package_notice();
+        other_version.version.set("2.0.1").unwrap();
+        assert!(!bp.matches(&other_version));
+        let mut other_module = package_notice();
+        other_module.module.set("WIFI").unwrap();
+        assert!(!bp.matches(&other_module));
+        let changed = package_notice_with(|f| f[2].3 = "ffffffffffffffffffffffffffffffff".into());
+        assert!(
+            !bp.matches(&changed),
+            "a later file re-signed: another package"
+        );
+        assert!(!bp.matches(&notice(DigestKind::Md5)), "a single image");
+
+        // A single image's record never matches a package, even of the same version and module.
+        let mut single = notice(DigestKind::Md5);
+        single.version.set("2.0.0").unwrap();
+        let single_bp = Breakpoint::for_upgrade(Protocol::Aliyun, &single).unwrap();
+        assert!(!single_bp.matches(&package_notice()));
+    }
+
+    #[test]
+    fn the_package_identity_changes_with_any_file_but_not_its_url() {
+        let base = package_identity(package_notice().files.as_slice());
+        let edits: [(&str, Edit<Vec<FileJson>>); 7] = [
+            ("name", |f| f[1].0 = "mcu2.bin".into()),
+            ("size", |f| f[1].2 += 1),
+            ("digest", |f| {
+                f[0].3 = "10112233445566778899aabbccddeeff".into()
+            }),
+            ("last digest", |f| {
+                f[2].3 = "1123456789abcdef0123456789abcdef".into()
+            }),
+            ("order", |f| f.swap(0, 1)),
+            ("a file dropped", |f| {
+                f.pop();
+            }),
+            ("a file added", |f| {
+                let extra = (
+                    "extra.bin".to_string(),
+                    "https://h/extra.bin".to_string(),
+                    7,
+                    "00000000000000000000000000000000".to_string(),
+                );
+                f.push(extra)
+            }),
+        ];
+        for (what, edit) in edits {
+            let n = package_notice_with(edit);
+            assert_ne!(package_identity(n.files.as_slice()), base, "{what}");
+        }
+        // A name's bytes cannot slide into the next field (the length comes first).
+        let a = package_notice_with(|f| {
+            f[0].0 = "ab".into();
+            f[1].0 = "c".into();
+        });
+        let b = package_notice_with(|f| {
+            f[0].0 = "a".into();
+            f[1].0 = "bc".into();
+        });
+        assert_ne!(
+            package_identity(a.files.as_slice()),
+            package_identity(b.files.as_slice())
+        );
+        let renewed = package_notice_with(|f| f[1].1 = "https://other/mcu.bin?x=1".into());
+        assert_eq!(package_identity(renewed.files.as_slice()), base);
+        // Stable across builds: it is persisted.
+        assert_eq!(package_identity(&[]), FNV_OFFSET_BASIS);
+    }
+
+    #[test]
+    fn moving_to_a_file_is_checked() {
+        let n = package_notice();
+        let bp = package_sample();
+        let mut r = bp.clone();
+        assert!(matches!(r.start_file(&n, 3), Err(Error::InvalidParam(_))));
+        let changed = package_notice_with(|f| f[1].2 = 1);
+        assert!(matches!(
+            r.start_file(&changed, 2),
+            Err(Error::InvalidParam(_))
+        ));
+        assert!(matches!(
+            r.start_file(&notice(DigestKind::Md5), 0),
+            Err(Error::InvalidParam(_))
+        ));
+        assert_eq!(r, bp, "unchanged on error");
+        let mut single = sample(DigestKind::Md5);
+        assert!(matches!(
+            single.start_file(&n, 1),
+            Err(Error::InvalidState(_))
+        ));
+        r.set_pending_reboot("2.0.0").unwrap();
+        assert!(matches!(r.start_file(&n, 2), Err(Error::InvalidState(_))));
+    }
+
+    #[test]
+    fn package_fields_out_of_range_are_corrupt_even_with_a_valid_crc() {
+        let good = encoded(&package_sample());
+        let edits: [(&str, Edit<[u8; RECORD_LEN]>); 5] = [
+            ("index = count", |b| b[808] = 3),
+            ("index > count", |b| b[809] = 1),
+            ("one file", |b| {
+                b[808] = 0;
+                b[810] = 1;
+            }),
+            ("17 files", |b| b[810] = 17),
+            ("no files, index 1", |b| {
+                b[810] = 0;
+                b[812..820].copy_from_slice(&[0; 8]);
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut bad = good;
+            edit(&mut bad);
+            resign(&mut bad);
+            assert_eq!(
+                Breakpoint::decode(&bad),
+                Err(RecordError::Corrupt),
+                "{what}"
+            );
+        }
+        let mut max = good;
+        max[810] = MAX_PACKAGE_FILES as u8;
+        resign(&mut max);
+        assert_eq!(Breakpoint::decode(&max).unwrap().file_count(), 16);
+
+        let single = encoded(&sample(DigestKind::Md5));
+        for (what, at) in [
+            ("index of a single image", 808),
+            ("identity of a single image", 815),
+        ] {
+            let mut bad = single;
+            bad[at] = 1;
+            resign(&mut bad);
+            assert_eq!(
+                Breakpoint::decode(&bad),
+                Err(RecordError::Corrupt),
+                "{what}"
+            );
+        }
     }
 
     #[test]
@@ -1105,11 +1614,13 @@ mod tests {
     #[test]
     fn layout_constants() {
         assert_eq!((V1_CRC_AT, V1_LEN), (520, 524));
-        assert_eq!(CRC_AT, 808);
-        assert_eq!(RECORD_LEN, 812);
+        assert_eq!((V2_CRC_AT, V2_LEN), (808, 812));
+        assert_eq!(CRC_AT, 820);
+        assert_eq!(RECORD_LEN, 824);
         let buf = encoded(&sample(DigestKind::Md5));
         assert_eq!(&buf[..6], b"OTABP1");
-        assert_eq!(buf[6..10], [2, 3, 0, 0]);
+        assert_eq!(buf[6..10], [3, 3, 0, 0]);
+        assert_eq!(buf[808..820], [0; 12], "a single image: no package fields");
         assert_eq!(buf[42..50], 300_000u64.to_le_bytes());
         assert_eq!(buf[50..58], 1000u64.to_le_bytes());
         assert_eq!(&buf[66..72], b"\x052.1.0");
@@ -1151,19 +1662,23 @@ mod tests {
 
     #[test]
     fn every_single_byte_flip_is_rejected() {
-        let buf = encoded(&sample(DigestKind::Sha256));
-        for i in 0..RECORD_LEN {
-            for mask in [0x01, 0x80, 0xff] {
-                let mut bad = buf;
-                bad[i] ^= mask;
-                let r = Breakpoint::decode(&bad);
-                assert!(
-                    matches!(
-                        r,
-                        Err(RecordError::Corrupt) | Err(RecordError::UnknownVersion(_))
-                    ),
-                    "byte {i} ^ {mask:#x}: {r:?}"
-                );
+        for buf in [
+            encoded(&sample(DigestKind::Sha256)),
+            encoded(&package_sample()),
+        ] {
+            for i in 0..RECORD_LEN {
+                for mask in [0x01, 0x80, 0xff] {
+                    let mut bad = buf;
+                    bad[i] ^= mask;
+                    let r = Breakpoint::decode(&bad);
+                    assert!(
+                        matches!(
+                            r,
+                            Err(RecordError::Corrupt) | Err(RecordError::UnknownVersion(_))
+                        ),
+                        "byte {i} ^ {mask:#x}: {r:?}"
+                    );
+                }
             }
         }
     }
@@ -1217,11 +1732,11 @@ mod tests {
             );
         }
         let mut bad = good;
-        bad[6] = 3;
+        bad[6] = 4;
         resign(&mut bad);
         assert_eq!(
             Breakpoint::decode(&bad),
-            Err(RecordError::UnknownVersion(3))
+            Err(RecordError::UnknownVersion(4))
         );
         let mut bad = good;
         bad[67] = 0xff;

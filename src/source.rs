@@ -71,6 +71,11 @@ pub enum DownloadError {
     /// says which.
     #[error("malformed HTTP response: {0}")]
     BadResponse(&'static str),
+    /// A download over MQTT got replies it cannot use, and asking again did not help or
+    /// cannot (bad frames or CRC-16 four times in a row, replies at another offset only, a
+    /// code other than 200, a file length other than the announced size); the text says which.
+    #[error("MQTT download reply refused: {0}")]
+    BadBlock(&'static str),
     /// The URL (or a redirect's target) is not `http(s)://host…`, has a port outside
     /// 1..=65535, or is longer than [`HttpConfig::max_url`].
     #[error("invalid firmware URL")]
@@ -121,6 +126,7 @@ impl DownloadError {
             | DownloadError::Truncated => true,
             DownloadError::Tls
             | DownloadError::BadResponse(_)
+            | DownloadError::BadBlock(_)
             | DownloadError::Url
             | DownloadError::Redirects
             | DownloadError::PlainHttp

@@ -1385,3 +1385,65 @@ fn package_ioctls_answer_and_check_their_arguments() {
     );
     dev.assert_usable();
 }
+
+/// Download over MQTT through the C API (issue 16): IOT_OTAC_MQTT_BLOCK_SIZE checks its
+/// argument, platform and state, and with it set the firmware's usual FetchYield loop gets the
+/// image from the platform's block replies on the same connection, through a dropped reply and
+/// a corrupted block.
+#[test]
+fn mqtt_download_through_the_c_api() {
+    use ota::ffi::package::IOT_OTAC_MQTT_BLOCK_SIZE;
+    use ota_cloud::cloud::{CloudOptions, Protocol as CloudProtocol};
+    use ota_cloud::{MqttDownloadServer, MqttFaults, Package};
+    let dn = "mqtt-dl";
+    let (broker, dev, cloud) = setup(dn);
+    let set = |h: *mut c_void, n: u32| {
+        let mut v = n.to_ne_bytes();
+        unsafe { IOT_OTA_Ioctl(h, IOT_OTAC_MQTT_BLOCK_SIZE, v.as_mut_ptr().cast(), 4) }
+    };
+    // The reply frame of a 64 KiB block cannot fit the connection's 64 KiB read buffer.
+    assert_eq!(set(dev.ota, 65_536), INVALID_PARAM);
+    assert_eq!(dev.last_error(), INVALID_PARAM);
+    assert_eq!(set(dev.ota, 0), 0);
+    assert_eq!(set(dev.ota, 4096), 0);
+    // Tencent has no download over MQTT.
+    let (pk, other) = (cstring(PK), cstring("mqtt-dl-tencent"));
+    let tencent = unsafe {
+        IOT_OTA_InitWithProtocol(
+            pk.as_ptr(),
+            other.as_ptr(),
+            dev.mqtt,
+            IOT_OTA_PROTOCOL_TENCENT,
+        )
+    };
+    assert!(!tencent.is_null());
+    assert_eq!(set(tencent, 4096), INVALID_PARAM);
+    assert_eq!(unsafe { IOT_OTA_Deinit(tencent) }, 0);
+
+    let image = common::firmware::image(30_000, 21).to_vec();
+    let package = Package::single_over_mqtt("2.0.0", "app.bin", image.clone(), 3);
+    let faults = MqttFaults {
+        cuts: vec![5_000],
+        flip_at: Some(20_000),
+        ..MqttFaults::default()
+    };
+    let server =
+        MqttDownloadServer::start(broker.host(), broker.port(), PK, dn, &package, 4096, faults)
+            .unwrap();
+    let msg = package
+        .upgrade_message(CloudProtocol::Aliyun, 1, &CloudOptions::default())
+        .unwrap();
+    announce(&dev, &cloud, &msg);
+    // Set once an upgrade is under way: refused, the download goes on.
+    assert_eq!(set(dev.ota, 2048), INVALID_STATE);
+    let (got, err) = download(&dev);
+    assert_eq!(err, None);
+    assert!(got == image, "{} bytes of {}", got.len(), image.len());
+    assert_eq!(dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE), Ok(1));
+    let stats = server.stats();
+    assert_eq!(
+        (stats.faults_fired.len(), stats.repeated_requests),
+        (2, 2),
+        "{stats:?}"
+    );
+}

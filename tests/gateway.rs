@@ -216,15 +216,7 @@ impl Bench {
 
     /// Publishes `message` on `session`'s upgrade topic, once (the gateway yields to get it).
     fn send(&self, session: &OtaSession, message: &str) {
-        self.cloud
-            .publish(
-                session.downstream_topic(),
-                QoS::AtLeastOnce,
-                false,
-                message.as_bytes(),
-            )
-            .unwrap();
-        self.cloud.yield_for(Duration::ZERO).unwrap();
+        common::platform::send_upgrade(&self.cloud, session, message);
     }
 
     /// Sends each device its upgrade, in the order given, each after the gateway got the last.

@@ -436,7 +436,7 @@ fn replies_only_at_another_offset_fail_once_the_retries_are_used_up() {
     let e = fetch(&mut source, size, 8192, Duration::from_secs(1)).unwrap_err();
     assert_eq!(
         e,
-        DownloadError::BadResponse("MQTT download replies at another offset than asked")
+        DownloadError::BadBlock("replies at another offset than asked")
     );
     assert!(
         !e.is_transient(),
@@ -485,7 +485,7 @@ fn a_file_length_or_code_the_platform_disagrees_on_fails_at_once() {
     let e = fetch(&mut source, size, 8192, Duration::from_secs(1)).unwrap_err();
     assert_eq!(
         e,
-        DownloadError::BadResponse("MQTT download refused by the platform (code not 200)")
+        DownloadError::BadBlock("the platform refused (code not 200)")
     );
     assert!(!e.is_transient());
     assert!(start.elapsed() < Duration::from_secs(5), "no block timeout");

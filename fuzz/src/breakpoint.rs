@@ -13,7 +13,7 @@ use ota::digest::StreamDigest;
 use ota::protocol::{DigestKind, Limits, UpgradeNotice};
 use ota::resume::{
     crc32, Breakpoint, BreakpointStore, LoadError, MemoryStore, RebootOutcome, RecordError,
-    RecordState, FORMAT_VERSION, RECORD_LEN, TEXT_MAX,
+    RecordState, FORMAT_VERSION, MAX_PACKAGE_FILES, RECORD_LEN, TEXT_MAX,
 };
 
 const CRC_AT: usize = RECORD_LEN - 4;
@@ -60,7 +60,7 @@ fn check_error(bytes: &[u8], e: RecordError) {
             assert!(MAGIC.starts_with(&bytes[..bytes.len().min(6)]));
         }
         RecordError::UnknownVersion(v) => {
-            assert!(v != FORMAT_VERSION && v != 1 && bytes.get(6) == Some(&v));
+            assert!(v != FORMAT_VERSION && v != 1 && v != 2 && bytes.get(6) == Some(&v));
         }
         RecordError::Corrupt => assert!(!bytes.is_empty()),
     }
@@ -88,18 +88,24 @@ fn check_load(bytes: &[u8], decode_err: Option<RecordError>) {
 fn check_record(bytes: &[u8], bp: &Breakpoint, params: &mut Input<'_>) {
     let mut out = [0u8; RECORD_LEN];
     assert_eq!(bp.encode(&mut out), RECORD_LEN);
-    if bytes.get(6) == Some(&1) {
-        // A version-1 record (earlier builds) is written back as the current version: the same
-        // fields, nothing in the new ones.
-        assert_eq!(bytes.len(), 524);
+    let earlier = match bytes.get(6) {
+        Some(&1) => Some(520),
+        Some(&2) => Some(808),
+        _ => None,
+    };
+    if let Some(crc_at) = earlier {
+        // A record of an earlier build (version 1 or 2) is written back as the current version:
+        // the same fields, nothing in the new ones.
+        assert_eq!(bytes.len(), crc_at + 4);
         assert_eq!(out[6], FORMAT_VERSION);
         assert_eq!(&out[..6], &bytes[..6]);
         assert_eq!(
-            &out[7..520],
-            &bytes[7..520],
-            "a version-1 record changes when rewritten"
+            &out[7..crc_at],
+            &bytes[7..crc_at],
+            "a record of an earlier version changes when rewritten"
         );
-        assert!(out[520..RECORD_LEN - 4].iter().all(|&b| b == 0));
+        assert!(out[crc_at..RECORD_LEN - 4].iter().all(|&b| b == 0));
+        assert!(!bp.is_package(), "earlier versions name no package");
     } else {
         assert_eq!(&out[..], bytes, "a decoded record encodes differently");
     }
@@ -141,6 +147,13 @@ fn check_fields(bp: &Breakpoint) {
     }
     if let Some(v) = bp.restore_image() {
         assert_eq!(v.received(), bp.offset());
+    }
+    match bp.file_count() {
+        0 => assert!(!bp.is_package() && bp.file_index() == 0 && bp.package_identity() == 0),
+        n => assert!(
+            bp.is_package() && (2..=MAX_PACKAGE_FILES).contains(&n) && bp.file_index() < n,
+            "package fields out of range"
+        ),
     }
     let state = bp.digest_state().len();
     assert!(state == 0 || state == StreamDigest::state_len(bp.digest_kind()));
@@ -196,9 +209,11 @@ fn check_notice(bp: &Breakpoint) {
     match bp.fill_notice(&mut n) {
         Ok(()) => {
             assert!(fits);
-            assert!(
+            // A package's files are not recorded: its notice cannot be rebuilt whole.
+            assert_eq!(
                 bp.matches(&n),
-                "a record does not match the notice it rebuilds"
+                !bp.is_package(),
+                "a single image's record does not match the notice it rebuilds"
             );
             assert_eq!(
                 (n.task_id.as_str(), n.batch.as_str()),
@@ -281,7 +296,7 @@ fn other(kind: DigestKind) -> DigestKind {
 fn check_damage(bytes: &[u8], params: &mut Input<'_>) {
     let mut store = MemoryStore::default();
     store.save(bytes).expect("a record-sized save");
-    let index = usize::from(params.u16()) % RECORD_LEN;
+    let index = usize::from(params.u16()) % bytes.len();
     let mask = 1u8 << (params.u8() % 8);
     store.flip(index, mask);
     let flipped = Breakpoint::load(&mut store);
@@ -295,7 +310,7 @@ fn check_damage(bytes: &[u8], params: &mut Input<'_>) {
         "bit {mask:#x} of byte {index} flipped: {flipped:?}"
     );
     store.flip(index, mask);
-    let keep = usize::from(params.u16()) % RECORD_LEN;
+    let keep = usize::from(params.u16()) % bytes.len();
     store.truncate(keep);
     let want = if keep == 0 {
         RecordError::Missing

@@ -777,7 +777,7 @@ impl World {
         let h = self.pick_handle(inp);
         let kind = match inp.u8() % 8 {
             0 => inp.i32_biased(),
-            _ => i32::from(inp.u8() % 39) - 1,
+            _ => i32::from(inp.u8() % 40) - 1,
         };
         let (mut buf, pass) = Self::buffer(inp);
         let ptr = buf

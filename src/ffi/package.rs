@@ -30,7 +30,9 @@ pub const IOT_OTAG_FILE_COUNT: IOT_OTA_CmdType_t = 33;
 /// Query, `uint32_t`: the file the current cycle fetches, from 0. IOT_OTAG_FILE_SIZE,
 /// IOT_OTAG_MD5SUM, IOT_OTAG_SHA256SUM, IOT_OTAG_SIGN_METHOD and IOT_OTAG_CHECK_FIRMWARE answer
 /// for this file; IOT_OTA_ReportProgress takes its percent and reports the package's
-/// byte-weighted progress.
+/// byte-weighted progress. After a restart with a breakpoint store, the package resumes in the
+/// file it stopped in (the files before it were judged good before the restart), at
+/// IOT_OTAG_FETCHED_SIZE within that file.
 pub const IOT_OTAG_FILE_INDEX: IOT_OTA_CmdType_t = 34;
 /// Query, text: the current file's name in the package ("" for a single image).
 pub const IOT_OTAG_FILE_NAME: IOT_OTA_CmdType_t = 35;

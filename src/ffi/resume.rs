@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::resume::{BreakpointStore, FileStore, SavePolicy, StoreError};
 
 /// Bytes of a breakpoint record: what a firmware's store must hold.
-pub const OTA_BREAKPOINT_RECORD_LEN: usize = 812;
+pub const OTA_BREAKPOINT_RECORD_LEN: usize = 824;
 const _: () = assert!(OTA_BREAKPOINT_RECORD_LEN == crate::resume::RECORD_LEN);
 
 /// Reads the stored breakpoint record into `buf` (at most `buf_len` bytes).

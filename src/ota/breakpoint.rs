@@ -13,19 +13,13 @@ use crate::resume::{
 
 impl Engine {
     /// With a breakpoint store: continue a download interrupted by a restart when the record
-    /// names this image, else start a fresh record.
+    /// names this image (for a package: this package, at the recorded file), else start a
+    /// fresh record.
     pub(super) fn resume_from_record(&mut self) {
         if !self.keeper.enabled {
             return;
         }
         match self.keeper.load() {
-            Some(bp) if self.notice.is_package() && bp.state() == RecordState::Downloading => {
-                ota_log!(
-                    Level::Info,
-                    "breakpoint record of a download: a package starts over after a restart"
-                );
-                self.keeper.erase();
-            }
             Some(bp)
                 if bp.state() == RecordState::Downloading
                     && bp.protocol() == self.protocol
@@ -34,6 +28,9 @@ impl Engine {
                         || bp.restore_image().is_some()
                         || !self.policy.checks_signatures()) =>
             {
+                if bp.is_package() {
+                    self.resume_package_at(bp.file_index());
+                }
                 self.download.fetched = bp.offset();
                 match bp.restore_digest() {
                     Some(d) => {
@@ -47,7 +44,7 @@ impl Engine {
                 // of an earlier build) they start over with the bytes the firmware re-feeds, or
                 // refuse the image at the end.
                 match bp.restore_image() {
-                    Some(v) => self.download.image = v.with_announced_size(self.notice.size),
+                    Some(v) => self.download.image = v.with_announced_size(self.target().size),
                     // A record of an earlier build, and a policy that asks for nothing: the
                     // platform's digest alone decides, as it did then.
                     None if bp.offset() > 0 => self.download.image_unchecked = true,
@@ -86,6 +83,20 @@ impl Engine {
         }
         self.keeper.last_saved = 0;
         self.save_progress();
+    }
+
+    /// The package moved on to its next file: the record says so at once, so a restart from
+    /// now on resumes this file rather than the one the firmware already judged good.
+    pub(super) fn record_file_start(&mut self) {
+        let Some(bp) = self.keeper.record.as_mut() else {
+            return;
+        };
+        if let Err(e) = bp.start_file(&self.notice, self.file) {
+            ota_log!(Level::Warning, "breakpoint not moved to the next file: {e}");
+            return;
+        }
+        self.keeper.last_saved = 0;
+        self.keeper.save();
     }
 
     /// Writes the offset and digest state of the download to the breakpoint record.

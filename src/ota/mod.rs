@@ -707,8 +707,7 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
         // Only here, before new bytes: the record covers what earlier calls returned.
-        // A package's record would not say which file: packages start over after a restart.
-        if !self.notice.is_package() && self.keeper.due(self.download.fetched, self.target().size) {
+        if self.keeper.due(self.download.fetched, self.target().size) {
             self.save_progress();
         }
         if std::mem::take(&mut self.download.stalled) && self.download.source_open {
@@ -1891,6 +1890,10 @@ fn failure_of(e: DownloadError) -> (FailureCause, &'static str) {
         DownloadError::BadResponse(_) => (
             C::DownloadFailed,
             "download failed: malformed HTTP response",
+        ),
+        DownloadError::BadBlock(_) => (
+            C::DownloadFailed,
+            "download failed: MQTT download replies refused",
         ),
         _ => (C::DownloadFailed, "download failed"),
     }

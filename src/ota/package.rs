@@ -7,8 +7,14 @@
 //! is set (`OtaSession::set_max_files`, C `IOT_OTAC_MAX_FILES`): firmware that does not walk
 //! files would take the first file for the whole upgrade.
 //!
-//! Not yet: resuming a package across a restart (a record of a package is discarded and the
-//! package starts over; within a session every file resumes with `Range` as usual).
+//! Across a restart (with a breakpoint store) a package resumes where it stopped: its record
+//! names the current file (index, size, digest, offset and digest state, as a single image's
+//! record does) and the package ([`crate::resume::package_identity`] of all its files, without
+//! the URLs). It moves to the next file when that file starts, and is saved during each file by
+//! the save policy. When the platform sends the same package again after the restart, the
+//! download goes on at the recorded file and offset (the files before it were judged good
+//! before the restart); another package, or the same one with any file changed, starts over at
+//! file 0. Within a session every file resumes with `Range` as usual.
 
 use super::download::Download;
 use super::{Engine, OtaState};
@@ -93,6 +99,7 @@ impl Engine {
         self.state = OtaState::Downloading;
         // The transfer of the last file gave its slot back.
         self.download.needs_slot = self.member.is_some();
+        self.record_file_start();
         let name = self
             .notice
             .files
@@ -101,6 +108,32 @@ impl Engine {
         ota_log!(
             Level::Info,
             "package {}: file {} of {} ({name}, {} bytes)",
+            self.notice.version,
+            self.file + 1,
+            self.notice.files.len(),
+            self.target().size
+        );
+    }
+
+    /// A package resumed after a restart at file `index` (the record's): that file's download,
+    /// from byte 0 until the record's offset and digest state are put in.
+    pub(super) fn resume_package_at(&mut self, index: usize) {
+        self.file = index;
+        self.files_done = self.notice.files.as_slice()[..index]
+            .iter()
+            .map(|f| f.size)
+            .sum();
+        // Nothing else of the download has started yet (a package is never streamed from
+        // another session's kept copy: it has no digest of its own to share it by).
+        self.download = self.new_download();
+        let name = self
+            .notice
+            .files
+            .get(self.file)
+            .map_or("", |f| f.name.as_str());
+        ota_log!(
+            Level::Info,
+            "package {}: resuming at file {} of {} ({name}, {} bytes)",
             self.notice.version,
             self.file + 1,
             self.notice.files.len(),

@@ -12,5 +12,6 @@ pub mod imgtool;
 pub mod mcuboot;
 pub mod mosquitto;
 pub mod net;
+pub mod platform;
 pub mod recorder;
 pub mod wait;

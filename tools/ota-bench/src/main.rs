@@ -1,11 +1,13 @@
 //! `ota-bench`: the benchmark table of the OTA SDK (throughput against the digest limit,
-//! allocations, peak memory, sizes, notification latency, gateways), every row measured in one run.
+//! allocations, peak memory, sizes, notification latency, gateways, download over MQTT), every
+//! row measured in one run.
 //!
 //! Usage: `cargo run --release -p ota-bench [-- --quick] [--quiet] [--rows SECTION,...]` after `cargo build --release`
 //! (the C rows link `target/release/libota.a`). See README.md for what each row measures.
 
 mod campaign;
 mod gateway;
+mod mqtt;
 mod signed;
 
 use std::cell::Cell;
@@ -77,7 +79,7 @@ impl Uplink for NullUplink {
 )]
 struct Cli {
     /// The short run (CI): a 16 MiB throughput image, 4 and 64 MiB for peak RSS, 5 latency
-    /// runs, no other builds of libota.a.
+    /// runs, a 1 MiB image over MQTT, no other builds of libota.a.
     #[arg(long)]
     quick: bool,
     /// No progress bar, even on a terminal (the progress lines stay).
@@ -105,6 +107,8 @@ enum Section {
     Latency,
     /// 6. Gateways: idle handles' RSS and heap, 16 sub-devices with one image vs distinct.
     Gateway,
+    /// 7. Download over MQTT through Mosquitto at two block sizes vs HTTP, and its heap.
+    Mqtt,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +137,8 @@ struct Settings {
     alloc_http_size: usize,
     latency_runs: usize,
     latency_size: usize,
+    /// The image of the MQTT download rows.
+    mqtt_size: usize,
 }
 
 impl Settings {
@@ -146,6 +152,7 @@ impl Settings {
                 alloc_http_size: 16 * MIB,
                 latency_runs: 5,
                 latency_size: 64 * 1024,
+                mqtt_size: MIB,
             }
         } else {
             Settings {
@@ -156,6 +163,7 @@ impl Settings {
                 alloc_http_size: 64 * MIB,
                 latency_runs: 50,
                 latency_size: 64 * 1024,
+                mqtt_size: 4 * MIB,
             }
         };
         // OTA_BENCH_MIB=N: the throughput image size in MiB (default 256, 16 with --quick).
@@ -1062,6 +1070,12 @@ fn run(s: &Settings, command: &str, c: &Campaign) -> Res<Vec<String>> {
         let idle = gateway::measure_idle(&dev_fw, c)?;
         let shared = gateway::measure_shared(&broker, c)?;
         out.extend(gateway::section(&idle, &shared));
+    }
+
+    // 7. Download over MQTT.
+    if s.runs(Section::Mqtt) {
+        let m = mqtt::measure(s.mqtt_size, &ws.work, c)?;
+        out.extend(mqtt::section(&m));
     }
     out.push(String::new());
     out.push(format!(
