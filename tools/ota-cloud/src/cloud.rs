@@ -1382,7 +1382,9 @@ impl Cloud {
             return Ok(Next::Offer);
         }
         // A device that rebooted into its old version or came back online: the
-        // platform (re)sends the pending upgrade after a report.
+        // platform (re)sends the pending upgrade after a report. A restarted device resumes
+        // from its last saved record, which can lie behind the progress it reported.
+        run.last_step = 0;
         Ok(self.answer_request(summary))
     }
 

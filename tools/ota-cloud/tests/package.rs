@@ -427,6 +427,28 @@ fn progress_that_goes_back_is_a_violation() {
     assert!(reason.contains("never goes back"), "{reason}");
 }
 
+/// A device that restarts (reports its old version again) resumes from its last saved record,
+/// behind what it reported before: lower progress after that is no violation.
+#[test]
+fn progress_may_go_back_after_a_restart() {
+    let dn = "pkg-restart";
+    let (_server, _package, run) = http_cloud(Protocol::Aliyun, dn);
+    let dev = Device::connect(dn);
+    dev.inform("1.0.0");
+    for f in files_of(&dev.upgrade()) {
+        http_get(f.3.as_str().unwrap());
+    }
+    dev.progress(60);
+    dev.inform("1.0.0");
+    dev.upgrade();
+    dev.progress(40);
+    dev.progress(100);
+    dev.inform("2.0.0");
+    let summary = run.join().unwrap();
+    assert_eq!(summary.outcome, Ok(Success::Upgraded));
+    assert_eq!(summary.progress, [60, 40, 100]);
+}
+
 #[test]
 fn a_new_version_without_every_file_is_a_violation() {
     let dn = "pkg-skip";
