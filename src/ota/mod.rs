@@ -716,6 +716,8 @@ impl Engine {
         if let Err(e) = self.ensure_upgrading_reported() {
             ota_log!(Level::Warning, "upgrading report not sent: {e}");
         }
+        // A progress report held for a full request queue goes out once the queue has room.
+        self.out.flush_deferred();
         Ok(())
     }
 
@@ -1365,6 +1367,7 @@ impl OtaSession {
                     Deferred::new(limits.message),
                     Deferred::new(limits.message),
                 ],
+                full_logged: false,
             },
             state: OtaState::Idle,
             notice: UpgradeNotice::new(&limits),

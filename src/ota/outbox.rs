@@ -16,9 +16,13 @@ pub(super) struct Outbox {
     pub(super) uplink: Box<dyn Uplink>,
     pub(super) message: Box<[u8]>,
     pub(super) ids: IdCounter,
-    /// Messages that could not go out while the broker was unreachable: the latest per
-    /// channel, sent after the reconnection.
+    /// Messages that could not go out: while the broker was unreachable, the latest per
+    /// channel, sent after the reconnection; and progress reports that found the MQTT request
+    /// queue full (a fast download outruns their acknowledgements), sent before the next
+    /// message or at the next `fetch_yield`.
     pub(super) deferred: [Deferred; 3],
+    /// Whether holding a report for a full queue was logged since the queue last took one.
+    pub(super) full_logged: bool,
 }
 
 /// One held-back message.
@@ -49,6 +53,7 @@ const CHANNELS: [Channel; 3] = [Channel::Inform, Channel::Progress, Channel::Req
 impl Outbox {
     /// Encodes and publishes `report`; a report the protocol has no message for is a no-op.
     pub(super) fn send(&mut self, report: Report<'_>) -> Result<()> {
+        let is_progress = matches!(report, Report::Progress { .. });
         let id = self.ids.peek();
         let encoded =
             protocol::encode(self.protocol, &report, id, &mut self.message).map_err(|_| {
@@ -62,10 +67,19 @@ impl Outbox {
             return Ok(());
         };
         self.ids.take(id);
+        // What is held goes first, so the platform hears the channel in order.
+        self.flush_deferred();
         let topic = self.topics.for_channel(channel);
+        let slot = &mut self.deferred[channel_index(channel)];
         match self.uplink.publish(topic, &self.message[..len]) {
+            Ok(()) => {
+                // A message held for this channel (still there: the queue is full or the
+                // broker away) is older than the one just queued.
+                slot.len = None;
+                self.full_logged = false;
+                Ok(())
+            }
             Err(Error::Mqtt(MqttError::NotConnected)) => {
-                let slot = &mut self.deferred[channel_index(channel)];
                 slot.buf[..len].copy_from_slice(&self.message[..len]);
                 slot.len = Some(len);
                 ota_log!(
@@ -74,21 +88,44 @@ impl Outbox {
                 );
                 Ok(())
             }
+            // A progress report is superseded by the next: the latest is kept, not refused (a
+            // failure or success report is refused: the caller must know it did not go).
+            Err(Error::Mqtt(MqttError::QueueFull)) if is_progress => {
+                slot.buf[..len].copy_from_slice(&self.message[..len]);
+                slot.len = Some(len);
+                if !std::mem::replace(&mut self.full_logged, true) {
+                    ota_log!(
+                        Level::Info,
+                        "MQTT request queue full: the latest progress report is kept and sent \
+                         when the queue has room"
+                    );
+                }
+                Ok(())
+            }
             other => other,
         }
     }
 
-    /// Sends what was held back while disconnected; true when a version report was among it.
+    /// Sends what was held back (while disconnected, or for a full queue) and can go now; what
+    /// still cannot stays held. True when a version report was sent.
     pub(super) fn flush_deferred(&mut self) -> bool {
         let mut sent_inform = false;
         for channel in CHANNELS {
             let slot = &mut self.deferred[channel_index(channel)];
-            if let Some(len) = slot.len.take() {
-                let topic = self.topics.for_channel(channel);
-                if let Err(e) = self.uplink.publish(topic, &slot.buf[..len]) {
+            let Some(len) = slot.len else {
+                continue;
+            };
+            let topic = self.topics.for_channel(channel);
+            match self.uplink.publish(topic, &slot.buf[..len]) {
+                Ok(()) => {
+                    slot.len = None;
+                    sent_inform |= channel == Channel::Inform;
+                }
+                Err(Error::Mqtt(MqttError::NotConnected | MqttError::QueueFull)) => {}
+                Err(e) => {
+                    slot.len = None;
                     ota_log!(Level::Warning, "held-back message not sent: {e}");
                 }
-                sent_inform |= channel == Channel::Inform;
             }
         }
         sent_inform
@@ -171,6 +208,80 @@ fn random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Limits, UpgradeNotice};
+    use std::sync::{Arc, Mutex};
+
+    /// An MQTT request queue of `room` places, emptied by the test.
+    struct Queue {
+        room: usize,
+        sent: Vec<String>,
+    }
+
+    struct QueueUplink(Arc<Mutex<Queue>>);
+
+    impl Uplink for QueueUplink {
+        fn publish(&mut self, _topic: &str, payload: &[u8]) -> Result<()> {
+            let mut q = self.0.lock().unwrap();
+            if q.sent.len() >= q.room {
+                return Err(Error::Mqtt(MqttError::QueueFull));
+            }
+            q.sent.push(String::from_utf8_lossy(payload).into_owned());
+            Ok(())
+        }
+    }
+
+    fn outbox(queue: &Arc<Mutex<Queue>>) -> Outbox {
+        let limits = Limits::default();
+        Outbox {
+            protocol: Protocol::Aliyun,
+            topics: Topics::new(Protocol::Aliyun, "pk", "dn"),
+            uplink: Box::new(QueueUplink(queue.clone())),
+            message: vec![0; limits.message].into_boxed_slice(),
+            ids: IdCounter::new(Protocol::Aliyun),
+            deferred: [0; 3].map(|_| Deferred::new(limits.message)),
+            full_logged: false,
+        }
+    }
+
+    #[test]
+    fn progress_reports_that_find_the_queue_full_are_held_latest_first_out_before_the_next() {
+        let queue = Arc::new(Mutex::new(Queue {
+            room: 1,
+            sent: Vec::new(),
+        }));
+        let mut out = outbox(&queue);
+        let notice = UpgradeNotice::new(&Limits::default());
+        let progress = |percent| Report::Progress {
+            percent,
+            desc: "",
+            notice: &notice,
+        };
+        assert!(out.send(progress(10)).is_ok());
+        // The queue is full: 20 is held, then replaced by 30; neither is an error.
+        assert!(out.send(progress(20)).is_ok());
+        assert!(out.send(progress(30)).is_ok());
+        // A version report finding the queue full is refused as before.
+        let version = Report::Version {
+            version: "2.0.0",
+            module: None,
+        };
+        assert!(matches!(
+            out.send(version),
+            Err(Error::Mqtt(MqttError::QueueFull))
+        ));
+        // The queue drains: the held 30 goes out before the next message.
+        queue.lock().unwrap().room = 3;
+        assert!(out.send(progress(40)).is_ok());
+        let sent = queue.lock().unwrap().sent.clone();
+        let steps: Vec<bool> = ["\"10\"", "\"30\"", "\"40\""]
+            .iter()
+            .zip(&sent)
+            .map(|(step, m)| m.contains(step))
+            .collect();
+        assert_eq!((sent.len(), steps), (3, vec![true; 3]), "{sent:?}");
+        // Nothing is held any more.
+        assert!(!out.flush_deferred() && out.deferred.iter().all(|d| d.len.is_none()));
+    }
 
     /// 2025-06-01T00:00:00Z.
     const JUNE_2025: u64 = 1_748_736_000_000;
