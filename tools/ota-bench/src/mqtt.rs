@@ -583,11 +583,10 @@ pub fn section(m: &Result<Mqtt, String>) -> Vec<String> {
         ));
     }
     out.extend([
-        "   (last row: a Mosquitto of its own with its default set_tcp_nodelay false. Each block then waits for a delayed ACK"
+        "   (last row: a Mosquitto of its own with its default set_tcp_nodelay false: Nagle's algorithm on the broker's sockets."
             .into(),
-        "   on the broker -> simulator hop: the broker's PUBACK of the QoS 1 reply is unacknowledged when it forwards the next"
+        "   Each block waited one delayed ACK, 40 ms, until the device ACKed at once what it reads (TCP_QUICKACK))"
             .into(),
-        "   request, so Nagle's algorithm holds that request; the device's own socket has TCP_NODELAY)".into(),
     ]);
     out.push(format!(
         "   CRC-16/ARC in memory, best of 3: the device's (ota::protocol::mqtt_download::crc16_arc, every block's check) {:.1} MB/s, the simulator's {:.1} MB/s",

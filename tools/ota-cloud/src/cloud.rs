@@ -1914,6 +1914,11 @@ fn start_mqtt(host: &str, port: u16) -> io::Result<(Client, Sender<Net>, Receive
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut connection) = Client::new(options, 64);
+    // The PUBACK and the reply would go as two small writes: with Nagle's algorithm the second
+    // waits for the broker's delayed ACK of the first (~40 ms per block on Mosquitto).
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    connection.eventloop.set_network_options(network);
     let (tx, events) = mpsc::channel();
     let mqtt_tx = tx.clone();
     thread::Builder::new()

@@ -545,6 +545,11 @@ impl MqttDownloadServer {
         let max = crate::broker::MAX_PAYLOAD + 4096;
         options.set_max_packet_size(max, max);
         let (client, mut connection) = Client::new(options, 256);
+        // The PUBACK and the reply would go as two small writes: with Nagle's algorithm the second
+        // waits for the broker's delayed ACK of the first (~40 ms per block on Mosquitto).
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        connection.eventloop.set_network_options(network);
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready) = mpsc::channel();
         let (work_tx, work) = mpsc::channel::<(String, Vec<u8>)>();
