@@ -922,6 +922,28 @@ mod tests {
     }
 
     #[test]
+    fn a_state_saved_after_ten_bytes_of_a_size_field_restores() {
+        // A diff size whose tenth byte still says "more": only an eleventh byte makes it
+        // malformed, so the state before that byte is one a patch can be saved in.
+        let mut patch = vec![0x00, 0x01, 0x00];
+        patch.extend_from_slice(&[0x80; 10]);
+        let mut a = PatchApplier::new(DeltaBudget::default());
+        let mut old = OLD;
+        let mut out = [0u8; 1];
+        let p = a.feed(&patch, &mut old, &mut out).unwrap();
+        assert_eq!(p.stop, Stop::NeedPatch);
+        let mut state = vec![0u8; STATE_MAX];
+        let len = a.save_state(&mut state);
+        let mut a = PatchApplier::restore(DeltaBudget::default(), &state[..len]).unwrap();
+        assert_eq!(
+            a.feed(&[0x00], &mut old, &mut out),
+            Err(DeltaError::BadSize {
+                field: SizeField::Diff
+            })
+        );
+    }
+
+    #[test]
     fn restore_refuses_what_save_cannot_write() {
         let patch = literal_heatshrink_patch(11, &sample_runs());
         let mut a = PatchApplier::new(DeltaBudget::default());

@@ -87,7 +87,7 @@ pub fn patch_type(byte: u8) -> Result<Compression, DeltaError> {
 }
 
 /// The longest size field accepted: what detools' packer writes for 64-bit values.
-const SIZE_MAX_BYTES: u8 = 10;
+pub(crate) const SIZE_MAX_BYTES: u8 = 10;
 
 /// A size field read one byte at a time (the bytes may arrive in separate calls).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 //! big part: 256 bytes for detools' default (window 8), at most 32 KiB.
 
 use super::apply::{PatchApplier, Stage};
-use super::header::{Compression, SizeReader};
+use super::header::{Compression, SizeReader, SIZE_MAX_BYTES};
 use super::heatshrink::{Decoder, HeatshrinkParams, Symbol, MAX_WINDOW_BITS};
 use super::DeltaBudget;
 
@@ -145,7 +145,7 @@ impl Fields {
                 | Stage::Adjustment
         );
         let size_ok = (in_size_field || self.size == SizeReader::default())
-            && self.size.bytes < 10
+            && self.size.bytes <= SIZE_MAX_BYTES
             && (self.size.bytes > 0 || self.size == SizeReader::default());
         // A heatshrink stream has its decoder from the parameter byte on.
         let has_stream = self.stage > Stage::HeatshrinkParams && self.new_size > 0;
