@@ -510,7 +510,11 @@ fn a_state_needs_a_budget_for_its_window() {
 fn the_heap_is_taken_at_init_and_never_after() {
     let budget = DeltaBudget::default();
     let (mut applier, allocs, bytes) = counted(|| PatchApplier::new(budget));
-    println!("PatchApplier::new(DeltaBudget::default()): {allocs} allocations, {bytes} bytes");
+    println!(
+        "PatchApplier::new(DeltaBudget::default()): {allocs} allocations, {bytes} bytes of heap; \
+         the applier itself {} bytes",
+        std::mem::size_of::<PatchApplier>()
+    );
     assert_eq!(bytes, budget.heap_bytes());
     assert_eq!(bytes, 4352);
     assert_eq!(allocs, 2);
