@@ -266,15 +266,7 @@ impl PatchApplier {
                     let Some(byte) = take_byte(input) else {
                         return Ok(Stop::NeedPatch);
                     };
-                    let params = HeatshrinkParams::from_byte(byte)?;
-                    if params.window_bits > self.budget.max_window_bits {
-                        return Err(DeltaError::WindowOverBudget {
-                            window_bits: params.window_bits,
-                            max_window_bits: self.budget.max_window_bits,
-                        });
-                    }
-                    self.window[..1 << params.window_bits].fill(0);
-                    self.decoder = Some(Decoder::new(params));
+                    self.start_heatshrink(byte)?;
                     self.stage = Stage::DataFormatSize;
                 }
                 Stage::DataFormatSize => {
@@ -305,18 +297,11 @@ impl PatchApplier {
                     if *written == out.len() {
                         return Ok(Stop::OutFull);
                     }
-                    let room = (out.len() - *written).min(clamp_usize(self.remaining));
-                    let dst = &mut out[*written..*written + room];
-                    let n = self.decompress(input, dst);
+                    let n = self.copy_run(input, old, &mut out[*written..])?;
                     if n == 0 {
                         return Ok(Stop::NeedPatch);
                     }
-                    if self.stage == Stage::Diff {
-                        self.add_old(old, &mut dst[..n])?;
-                    }
                     *written += n;
-                    self.produced += n as u64;
-                    self.remaining -= n as u64;
                 }
                 Stage::ExtraSize => {
                     let Some(len) = self.read_length(input, SizeField::Extra)? else {
@@ -344,6 +329,39 @@ impl PatchApplier {
                 }
             }
         }
+    }
+
+    /// The heatshrink parameter byte: a decoder over a zeroed window, if the budget has room.
+    fn start_heatshrink(&mut self, byte: u8) -> Result<(), DeltaError> {
+        let params = HeatshrinkParams::from_byte(byte)?;
+        if params.window_bits > self.budget.max_window_bits {
+            return Err(DeltaError::WindowOverBudget {
+                window_bits: params.window_bits,
+                max_window_bits: self.budget.max_window_bits,
+            });
+        }
+        self.window[..1 << params.window_bits].fill(0);
+        self.decoder = Some(Decoder::new(params));
+        Ok(())
+    }
+
+    /// Writes the current diff or extra run's next bytes into `out` (as many as the run, the
+    /// room and the patch piece allow); returns how many.
+    fn copy_run(
+        &mut self,
+        input: &mut &[u8],
+        old: &mut dyn OldImage,
+        out: &mut [u8],
+    ) -> Result<usize, DeltaError> {
+        let room = out.len().min(clamp_usize(self.remaining));
+        let dst = &mut out[..room];
+        let n = self.decompress(input, dst);
+        if self.stage == Stage::Diff {
+            self.add_old(old, &mut dst[..n])?;
+        }
+        self.produced += n as u64;
+        self.remaining -= n as u64;
+        Ok(n)
     }
 
     /// Decompressed bytes into `dst` (up to its length), taking patch bytes as needed.
