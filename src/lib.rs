@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod conninfo;
+pub mod delta;
 pub mod digest;
 pub mod error;
 pub mod image;

@@ -113,3 +113,8 @@ fn files() {
 fn download_reply() {
     replay("download_reply");
 }
+
+#[test]
+fn delta() {
+    replay("delta");
+}

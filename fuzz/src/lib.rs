@@ -8,6 +8,7 @@
 pub mod breakpoint;
 pub mod c_api;
 pub mod decode;
+pub mod delta;
 pub mod download;
 pub mod image;
 pub mod input;
@@ -20,7 +21,7 @@ pub type Check = fn(&[u8]);
 
 /// The fuzz targets, by name (the directories under `corpus/` and `regressions/`), with the
 /// function each runs on an input.
-pub const TARGETS: [(&str, Check); 11] = [
+pub const TARGETS: [(&str, Check); 12] = [
     ("decode_aliyun", decode::aliyun),
     ("decode_tencent", decode::tencent),
     ("decode_ucloud", decode::ucloud),
@@ -32,4 +33,5 @@ pub const TARGETS: [(&str, Check); 11] = [
     ("image_tlv", image::run),
     ("files", package::run),
     ("download_reply", download::run),
+    ("delta", delta::run),
 ];

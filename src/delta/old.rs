@@ -1,0 +1,38 @@
+//! The old image, as the applier reads it.
+
+#[cfg(doc)]
+use super::DeltaError;
+
+/// The image a patch applies to (the running one), read by offset.
+pub trait OldImage {
+    /// The old image's size in bytes: the applier never reads at or past it.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` with the bytes at `offset..offset + buf.len()` (always inside the image) and
+    /// returns how many it wrote; anything but `buf.len()` ends the patch with
+    /// [`DeltaError::OldShort`], an error with [`DeltaError::OldRead`].
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, OldReadError>;
+}
+
+/// An old-image read that failed, with the reader's own code (e.g. a C callback's return).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldReadError {
+    /// The reader's code.
+    pub code: i32,
+}
+
+/// An old image held in memory.
+impl OldImage for &[u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, OldReadError> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|at| self.get(at..at.checked_add(buf.len())?))
+            .ok_or(OldReadError { code: -1 })?;
+        buf.copy_from_slice(src);
+        Ok(buf.len())
+    }
+}
