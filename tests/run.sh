@@ -3,7 +3,8 @@
 # runs: format, lints, rustdoc, the committed C header, the Rust tests (embedded broker), and the C
 # examples under ctest against Mosquitto. Set OTA_REQUIRE_MOSQUITTO=required to make Mosquitto
 # tests fail instead of skip when the broker cannot be installed (CI does), and
-# OTA_REQUIRE_IMGTOOL=required for the tests that sign MCUboot images with imgtool (PyPI).
+# OTA_REQUIRE_IMGTOOL=required for the tests that sign MCUboot images with imgtool (PyPI), and
+# OTA_REQUIRE_DETOOLS=required for those that make delta patches with detools (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -15,8 +16,8 @@ command -v cc >/dev/null || missing+=(gcc)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v python3 >/dev/null || missing+=(python3)
 command -v valgrind >/dev/null || missing+=(valgrind)
-# pip, for imgtool below (Debian ships it apart from python3).
-command -v imgtool >/dev/null || python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# pip, for imgtool and detools below (Debian ships it apart from python3).
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 apt_install() {
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
@@ -32,29 +33,37 @@ if ((${#missing[@]})); then
     apt_install "${missing[@]}" || true
 fi
 
-# imgtool (PyPI; MCUboot's signing tool) signs fresh images in tests/image_verify.rs. Where pip
-# may not touch the system Python (PEP 668, "externally managed"), it goes into a venv under
-# target/, put first on PATH (as is pip's user directory, where a non-root install lands).
-install_imgtool() {
-    python3 -m pip install -q imgtool 2>/dev/null && return 0
-    local venv=$PWD/target/imgtool-venv
-    echo "pip refused the system Python (PEP 668?): imgtool goes into $venv"
+# The PyPI tools: imgtool (MCUboot's signing tool) signs fresh images in tests/image_verify.rs,
+# detools makes delta patches in tests/delta.rs (`python3 -m detools`, `import detools`). Where
+# pip may not touch the system Python (PEP 668, "externally managed"), they go into a venv under
+# target/, put first on PATH (as is pip's user directory, where a non-root install lands), so its
+# python3 is the one the tests run.
+install_pypi() {
+    python3 -m pip install -q "$1" 2>/dev/null && return 0
+    local venv=$PWD/target/pypi-venv
+    echo "pip refused the system Python (PEP 668?): $1 goes into $venv"
     if [ ! -x "$venv/bin/pip" ]; then
         rm -rf "$venv"
         # Debian ships venv's pip bootstrap (ensurepip) in python3-venv.
         python3 -m venv "$venv" 2>/dev/null ||
             { rm -rf "$venv" && apt_install python3-venv && python3 -m venv "$venv"; } || return 1
     fi
-    "$venv/bin/pip" install -q imgtool
+    "$venv/bin/pip" install -q "$1"
 }
+PATH="$PWD/target/pypi-venv/bin:$PATH:$(python3 -m site --user-base 2>/dev/null || echo ~/.local)/bin"
+export PATH
 if ! command -v imgtool >/dev/null; then
     echo "installing imgtool (pip)"
-    PATH="$PWD/target/imgtool-venv/bin:$PATH:$(python3 -m site --user-base 2>/dev/null || echo ~/.local)/bin"
-    export PATH
-    if ! command -v imgtool >/dev/null && ! install_imgtool; then
+    if ! install_pypi imgtool; then
         echo "could not install imgtool: its tests skip, or fail under OTA_REQUIRE_IMGTOOL=required" >&2
     fi
     if command -v imgtool >/dev/null; then echo "imgtool $(imgtool version)"; fi
+fi
+if ! python3 -c "import detools" 2>/dev/null; then
+    echo "installing detools (pip)"
+    if ! install_pypi detools; then
+        echo "could not install detools: its tests skip, or fail under OTA_REQUIRE_DETOOLS=required" >&2
+    fi
 fi
 
 step() { printf '\n==> %s\n' "$*"; }
