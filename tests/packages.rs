@@ -492,6 +492,64 @@ mod across_restarts {
         }
     }
 
+    /// Killed after the firmware judged the first file good, before the second started: the
+    /// record already names the second file at byte 0, so after the restart the download goes
+    /// on there and the first file is not fetched again.
+    #[test]
+    fn a_package_killed_between_two_files_resumes_at_the_next_one() {
+        let protocol = Protocol::Aliyun;
+        let broker = EmbeddedBroker::start().unwrap();
+        let port = broker.port();
+        let device = "dev-pkgres-between";
+        let record = record_path("between");
+        let files = files(70);
+        let platform = platform(protocol, port, device, &files);
+
+        let d = boot(protocol, port, device, &record, "1.0.0");
+        let s = &d.session;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !s.is_fetching() {
+            assert!(Instant::now() < deadline, "no upgrade arrived");
+            d.mqtt.yield_for(Duration::from_millis(20)).unwrap();
+        }
+        let mut first = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !s.is_fetch_finished() {
+            assert!(Instant::now() < deadline, "the first file did not finish");
+            let n = s.fetch_yield(&mut buf, Duration::from_secs(1)).unwrap();
+            first.extend_from_slice(&buf[..n]);
+        }
+        assert!(s.check_firmware().unwrap());
+        drop(d); // the power cut, before the next IsFetching
+        let bp = Breakpoint::load(&mut FileStore::new(&record)).unwrap();
+        assert_eq!(
+            (bp.file_index(), bp.offset()),
+            (1, 0),
+            "the next file, from 0"
+        );
+
+        let d = boot(protocol, port, device, &record, "1.0.0");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d.session.is_fetching() {
+            assert!(Instant::now() < deadline, "the package was not sent again");
+            d.mqtt.yield_for(Duration::from_millis(20)).unwrap();
+        }
+        assert_eq!((d.session.file_index(), d.session.fetched_size()), (1, 0));
+        let mut flash = vec![first];
+        assert_eq!(walk(&d, &mut flash, false), Walk::Judged(true));
+        assert_eq!(flash, files, "every file byte for byte");
+        reboot(d);
+
+        let Platform { server, run, .. } = platform;
+        let summary = reboot_and_conclude(protocol, port, device, &record, run);
+        assert_one_success(protocol, &summary);
+        let log = server.requests_when(3, Duration::from_secs(5));
+        for name in ["/app.bin", "/mcu.bin", "/config.json"] {
+            assert_eq!(gets_of(&log, name), [None], "{name}: whole, once");
+        }
+        let _ = std::fs::remove_dir_all(record.parent().unwrap());
+    }
+
     /// The same package sent again after the restart with one file re-signed (its bytes
     /// changed) is another package: the record is discarded and the download starts over at
     /// file 1, byte 0.

@@ -85,13 +85,17 @@ impl Engine {
         self.save_progress();
     }
 
-    /// The package moved on to its next file: the record says so at once, so a restart from
-    /// now on resumes this file rather than the one the firmware already judged good.
-    pub(super) fn record_file_start(&mut self) {
+    /// The package's file `index` is next (the firmware judged the one before good) or starts:
+    /// the record says so at once, so a restart from now on resumes there rather than in a
+    /// file the firmware already has. Written once per file.
+    pub(super) fn record_file_start(&mut self, index: usize) {
         let Some(bp) = self.keeper.record.as_mut() else {
             return;
         };
-        if let Err(e) = bp.start_file(&self.notice, self.file) {
+        if bp.is_package() && bp.file_index() == index && bp.offset() == 0 {
+            return;
+        }
+        if let Err(e) = bp.start_file(&self.notice, index) {
             ota_log!(Level::Warning, "breakpoint not moved to the next file: {e}");
             return;
         }

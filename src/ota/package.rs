@@ -87,6 +87,8 @@ impl Engine {
     /// `is_fetching`.
     pub(super) fn file_judged_good(&mut self) {
         self.next_file = true;
+        // A restart before the next file starts resumes there, not in this one.
+        self.record_file_start(self.file + 1);
     }
 
     /// Starts the package's next file (the firmware saw the last one end and judged it good).
@@ -99,7 +101,7 @@ impl Engine {
         self.state = OtaState::Downloading;
         // The transfer of the last file gave its slot back.
         self.download.needs_slot = self.member.is_some();
-        self.record_file_start();
+        self.record_file_start(self.file);
         let name = self
             .notice
             .files
