@@ -62,21 +62,6 @@
 #define IOT_OTAP_CHECK_FAILED IOT_OTAP_CHECK_FALIED
 
 /*
- Most files [`OtaSession::set_max_files`] accepts (each costs a URL's room in three notices).
- */
-#define MAX_FILES 16
-
-/*
- Most OTA sessions on one MQTT client (a gateway and its sub-devices).
- */
-#define MAX_SESSIONS_PER_CLIENT 1024
-
-/*
- Deepest nesting of objects/arrays accepted (the top-level object counts as 1).
- */
-#define MAX_DEPTH 16
-
-/*
  Longest product key the HAL stores (buffers are `PRODUCT_KEY_LEN + 1`).
  */
 #define PRODUCT_KEY_LEN 20

@@ -33,6 +33,7 @@ use crate::protocol::UpgradeNotice;
 use crate::source::{Chunk, DownloadError, FirmwareSource, OpenInfo};
 
 /// Most OTA sessions on one MQTT client (a gateway and its sub-devices).
+/// cbindgen:ignore
 pub const MAX_SESSIONS_PER_CLIENT: usize = 1024;
 
 /// The firmware's copy of an image one session verified, read back for other sessions.

@@ -156,6 +156,7 @@ pub enum BootState {
 }
 
 /// Most files [`OtaSession::set_max_files`] accepts (each costs a URL's room in three notices).
+/// cbindgen:ignore
 pub const MAX_FILES: usize = 16;
 
 /// Why a `files` array is refused while packages are off (`max_files` 0).

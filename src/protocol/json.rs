@@ -7,6 +7,7 @@
 use core::fmt;
 
 /// Deepest nesting of objects/arrays accepted (the top-level object counts as 1).
+/// cbindgen:ignore
 pub const MAX_DEPTH: usize = 16;
 
 /// Why a text was rejected or an output did not fit.
