@@ -67,8 +67,6 @@ pub const FORMAT_VERSION: u8 = 3;
 /// Most files of a package a record can name.
 /// cbindgen:ignore
 pub const MAX_PACKAGE_FILES: usize = 16;
-// Every package the engine accepts can be resumed.
-const _: () = assert!(crate::ota::MAX_FILES <= MAX_PACKAGE_FILES);
 const MAGIC: &[u8; 6] = b"OTABP1";
 const TEXT_FIELD: usize = 1 + TEXT_MAX;
 /// Where version 1's CRC is, and the image state starts.

@@ -1,7 +1,8 @@
 //! The streaming applier: patch bytes in, new-image bytes out, the old image read by offset.
 
+use super::compression::Compression;
 use super::error::{DeltaError, SizeField};
-use super::header::{patch_type, Compression, SizeReader};
+use super::header::{patch_type, SizeReader};
 use super::heatshrink::{Decoder, HeatshrinkParams};
 #[cfg(test)]
 use super::state::STATE_FIXED_LEN;

@@ -1,7 +1,7 @@
 //! Why a patch was refused: one variant per cause, so the engine can give each its own code
 //! and failure report. Only numbers and static text: making or printing one never allocates.
 
-use super::header::Compression;
+use super::compression::Compression;
 
 /// Which size field of the patch was malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,6 +45,8 @@ mod apply;
 /// cbindgen:ignore
 mod budget;
 /// cbindgen:ignore
+mod compression;
+/// cbindgen:ignore
 mod error;
 /// cbindgen:ignore
 mod header;
@@ -57,8 +59,9 @@ mod state;
 
 pub use apply::{PatchApplier, Progress, Stop};
 pub use budget::DeltaBudget;
+pub use compression::Compression;
 pub use error::{DeltaError, SizeField};
-pub use header::{Compression, PatchHeader};
+pub use header::PatchHeader;
 pub use heatshrink::{MAX_WINDOW_BITS, MIN_WINDOW_BITS};
 pub use old::{OldImage, OldReadError};
 pub use state::{STATE_FIXED_LEN, STATE_MAX};

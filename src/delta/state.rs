@@ -9,7 +9,8 @@
 //! big part: 256 bytes for detools' default (window 8), at most 32 KiB.
 
 use super::apply::{PatchApplier, Stage};
-use super::header::{Compression, SizeReader, SIZE_MAX_BYTES};
+use super::compression::Compression;
+use super::header::{SizeReader, SIZE_MAX_BYTES};
 use super::heatshrink::{Decoder, HeatshrinkParams, Symbol, MAX_WINDOW_BITS};
 use super::DeltaBudget;
 

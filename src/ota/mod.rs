@@ -158,6 +158,8 @@ pub enum BootState {
 /// Most files [`OtaSession::set_max_files`] accepts (each costs a URL's room in three notices).
 /// cbindgen:ignore
 pub const MAX_FILES: usize = 16;
+// A package's breakpoint record holds any package the session accepts.
+const _: () = assert!(MAX_FILES <= crate::resume::MAX_PACKAGE_FILES);
 
 /// Why a `files` array is refused while packages are off (`max_files` 0).
 const PACKAGES_OFF: &str =
