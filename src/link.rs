@@ -98,7 +98,8 @@ impl OtaSession {
     ///
     /// [`Error::InvalidParam`] on Tencent and UCloud, for a block size of 0, or one whose reply
     /// frame would not fit the client's `max_packet_size` (said now rather than at every
-    /// block); [`Error::InvalidState`] after an upgrade was accepted.
+    /// block); download over MQTT is then off, whatever was enabled before.
+    /// [`Error::InvalidState`] after an upgrade was accepted (nothing changes).
     pub fn enable_mqtt_download(
         &self,
         mqtt: &MqttClient,
