@@ -62,6 +62,11 @@
 #define IOT_OTAP_CHECK_FAILED IOT_OTAP_CHECK_FALIED
 
 /*
+ Bytes of patch held between the network and the applier.
+ */
+#define PATCH_BUFFER 4096
+
+/*
  Longest product key the HAL stores (buffers are `PRODUCT_KEY_LEN + 1`).
  */
 #define PRODUCT_KEY_LEN 20
@@ -389,6 +394,12 @@ typedef enum IOT_OTA_Err_t {
    (extension, see IOT_OTA_GetInitError).
    */
   IOT_OTAE_TOO_MANY_HANDLES = -42,
+  /*
+   A delta patch was refused (malformed, over the applier's budget, not for the running
+   image, ends early) or the old image could not be read (extension, see
+   IOT_OTA_SetDeltaSource).
+   */
+  IOT_OTAE_DELTA_REFUSED = -43,
   /*
    Success.
    */

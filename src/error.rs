@@ -82,6 +82,10 @@ pub enum Error {
     /// layout); the platform's digest matched or had not been checked yet.
     #[error("image refused: {0}")]
     Image(#[from] ImageError),
+    /// A delta patch was refused by the applier or its old image could not be read (see
+    /// [`crate::delta::DeltaError`]); no valid image comes of it.
+    #[error("delta patch refused: {0}")]
+    Delta(#[from] crate::delta::DeltaError),
     /// The new image must be rolled back: it booted too often without a confirmation (see
     /// `OtaConfig::confirm_boots`); the platform was told the upgrade failed.
     #[error("roll back: {0}")]

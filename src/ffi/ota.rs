@@ -87,6 +87,10 @@ pub enum IOT_OTA_Err_t {
     /// IOT_OTA_Init: the MQTT client carries IOT_OTA_MAX_HANDLES_PER_CLIENT OTA handles already
     /// (extension, see IOT_OTA_GetInitError).
     IOT_OTAE_TOO_MANY_HANDLES = -42,
+    /// A delta patch was refused (malformed, over the applier's budget, not for the running
+    /// image, ends early) or the old image could not be read (extension, see
+    /// IOT_OTA_SetDeltaSource).
+    IOT_OTAE_DELTA_REFUSED = -43,
     /// Success.
     IOT_OTAE_NONE = 0,
 }
@@ -308,6 +312,7 @@ pub fn err_code(e: &Error) -> c_int {
         Error::Notice(_) | Error::VersionRefused(_) => IOT_OTA_Err_t::IOT_OTAE_GENERAL as c_int,
         Error::Image(e) => image_err_code(e),
         Error::RollBack(_) => IOT_OTA_Err_t::IOT_OTAE_IMAGE_ROLLBACK as c_int,
+        Error::Delta(_) => IOT_OTA_Err_t::IOT_OTAE_DELTA_REFUSED as c_int,
     }
 }
 

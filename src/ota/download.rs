@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::delta::DeltaCycle;
 use super::gateway::Shelf;
 use super::support::Quiet;
 use crate::digest::{DigestKind, StreamDigest};
@@ -66,6 +67,8 @@ pub(super) struct Download {
     /// The download must get one of the MQTT client's download slots before it opens the
     /// network (after a kept image failed, or a new cycle of an ended transfer).
     pub(super) needs_slot: bool,
+    /// Whether this download is a delta patch, and how much of the new image the caller has.
+    pub(super) delta: DeltaCycle,
     pub(super) cycle: Cycle,
 }
 
@@ -102,6 +105,7 @@ impl Download {
             local: None,
             from_local: false,
             needs_slot: false,
+            delta: DeltaCycle::new(false),
             cycle: Cycle::new(),
         }
     }

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use super::breakpoint::{flush, StoreWriter};
+use super::delta::{DeltaSide, Mode};
 use super::gateway::{ImageId, LocalSource, Shelf};
 use super::Engine;
-use crate::error::Result;
-use crate::source::FirmwareSource;
+use crate::error::{Error, Result};
+use crate::source::{Chunk, DownloadError, FirmwareSource};
 
 /// The firmware sources and what the caller of `fetch_yield` knows of them.
 pub(super) struct SourceSide {
@@ -28,6 +29,8 @@ pub(super) struct SourceSide {
     mqtt: Option<Box<dyn FirmwareSource>>,
     /// Which of them the open request reads.
     reads: Reads,
+    /// The old image, the patch applier and the patch buffer, when a delta source is set.
+    pub(super) delta: Option<DeltaSide>,
     /// The engine's request the source was opened for (None: closed).
     pub(super) open_request: Option<u64>,
 }
@@ -39,18 +42,41 @@ impl SourceSide {
             local: LocalSource::new(),
             mqtt: None,
             reads: Reads::Http,
+            delta: None,
             open_request: None,
         }
     }
 
     /// The source the next open and reads use.
     pub(super) fn active(&mut self) -> &mut dyn FirmwareSource {
-        match (self.reads, &mut self.mqtt) {
-            (Reads::Local, _) => &mut self.local,
-            (Reads::Mqtt, Some(mqtt)) => mqtt.as_mut(),
-            // Without an MQTT source the engine refuses MQTT downloads: never here.
-            (Reads::Http | Reads::Mqtt, _) => self.source.as_mut(),
-        }
+        active_of(
+            self.reads,
+            &mut self.source,
+            &mut self.local,
+            &mut self.mqtt,
+        )
+    }
+
+    /// Reads at most `want` bytes into the free end of the patch buffer; None without a delta
+    /// source.
+    fn read_patch(
+        &mut self,
+        want: usize,
+        wait: Duration,
+    ) -> Option<(Result<Chunk, DownloadError>, &mut DeltaSide)> {
+        let SourceSide {
+            source,
+            local,
+            mqtt,
+            reads,
+            delta,
+            ..
+        } = self;
+        let delta = delta.as_mut()?;
+        let free = delta.free();
+        let want = want.min(free.len());
+        let r = active_of(*reads, source, local, mqtt).read(&mut free[..want], wait);
+        Some((r, delta))
     }
 
     /// Installs the MQTT block source (dropping one installed before).
@@ -90,6 +116,21 @@ impl SourceSide {
     }
 }
 
+/// The source `reads` names.
+fn active_of<'a>(
+    reads: Reads,
+    source: &'a mut Box<dyn FirmwareSource>,
+    local: &'a mut LocalSource,
+    mqtt: &'a mut Option<Box<dyn FirmwareSource>>,
+) -> &'a mut dyn FirmwareSource {
+    match (reads, mqtt) {
+        (Reads::Local, _) => local,
+        (Reads::Mqtt, Some(mqtt)) => mqtt.as_mut(),
+        // Without an MQTT source the engine refuses MQTT downloads: never here.
+        (Reads::Http | Reads::Mqtt, _) => source.as_mut(),
+    }
+}
+
 /// Which source a request reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reads {
@@ -105,12 +146,20 @@ enum Reads {
 pub(super) enum Step {
     /// Wait until then (a retry's backoff, a fresh URL), then ask again.
     Sleep(Instant),
-    /// Read at most `want` bytes, waiting at most `wait`.
+    /// Read at most `want` bytes, waiting at most `wait` (into the patch buffer when a delta
+    /// source is set, else into the caller's buffer).
     Read {
         request: u64,
         want: usize,
         wait: Duration,
         stall_at: Instant,
+    },
+    /// Hand out at most `want` bytes of the patch buffer into the caller's, applied when the
+    /// download is a patch (`mode`).
+    Hand {
+        request: u64,
+        want: usize,
+        mode: Mode,
     },
     /// The call returns this.
     Done(Result<usize>),
@@ -176,8 +225,36 @@ fn run(
                 wait,
                 stall_at,
             } => {
+                if let Some((r, delta)) = side.read_patch(want, wait) {
+                    let n = match r {
+                        Ok(Chunk::Data(n)) => n,
+                        _ => 0,
+                    };
+                    let (done, taken) =
+                        lock(engine).took_patch(request, r, delta.just_read(n), stall_at, call);
+                    delta.received(taken);
+                    if let Some(done) = done {
+                        return done;
+                    }
+                    continue;
+                }
                 let r = side.active().read(&mut buf[..want], wait);
                 if let Some(done) = lock(engine).took(request, r, buf, stall_at, call) {
+                    return done;
+                }
+            }
+            Step::Hand {
+                request,
+                want,
+                mode,
+            } => {
+                let Some(delta) = side.delta.as_mut() else {
+                    return Err(Error::InvalidState("no delta source"));
+                };
+                // No lock: the old image is read through the firmware's callback.
+                let r = delta.hand_out(mode, &mut buf[..want]);
+                let pending = delta.pending();
+                if let Some(done) = lock(engine).handed(request, r, buf, pending) {
                     return done;
                 }
             }

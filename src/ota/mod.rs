@@ -51,6 +51,7 @@
 //! them and into the caller's buffers.
 
 mod breakpoint;
+mod delta;
 mod download;
 mod fetch_call;
 mod gateway;
@@ -60,6 +61,7 @@ mod sharing;
 mod support;
 
 use breakpoint::{RecordKeeper, StoreWriter};
+pub use delta::{DeltaOptions, PATCH_BUFFER};
 use download::{Cycle, Download};
 use fetch_call::{FetchCall, SourceSide, Step};
 pub use gateway::{Gateway, LocalImage, Waiting, MAX_SESSIONS_PER_CLIENT};
@@ -272,6 +274,8 @@ struct Engine {
     next_file: bool,
     /// Whether an MQTT block source is installed: downloads over MQTT are accepted.
     mqtt_download: bool,
+    /// Whether a delta source is set: downloads are looked at for a patch.
+    delta_enabled: bool,
 }
 
 impl Engine {
@@ -710,7 +714,10 @@ impl Engine {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
         // Only here, before new bytes: the record covers what earlier calls returned.
-        if self.keeper.due(self.download.fetched, self.target().size) {
+        // (With a delta source, only when no received byte waits to be handed out.)
+        if self.download.delta.held == 0
+            && self.keeper.due(self.download.fetched, self.target().size)
+        {
             self.save_progress();
         }
         if std::mem::take(&mut self.download.stalled) && self.download.source_open {
@@ -732,6 +739,9 @@ impl Engine {
         }
         if self.state != OtaState::Downloading {
             return Step::Done(Err(self.fetch_after_end()));
+        }
+        if let Some(step) = self.delta_step(side, call) {
+            return step;
         }
         let now = Instant::now();
         if let Some(until) = self.download.cycle.url_wait_until {
@@ -771,6 +781,10 @@ impl Engine {
                 Some((shelf, _)) => side.use_local(shelf, ImageId::of(&self.notice)),
                 None => side.use_network(target.mqtt.is_some()),
             }
+            // A download from its first byte starts with an empty patch buffer.
+            if let (Some(d), 0) = (side.delta.as_mut(), self.download.fetched) {
+                d.reset();
+            }
             // An open never waits on the network (the FirmwareSource contract), so it runs
             // here, with the URL where it is (an MQTT file's is written on the stack).
             let mut mqtt_url = [0; URL_MAX];
@@ -791,12 +805,19 @@ impl Engine {
             0 => self.target().size - self.download.fetched,
             skip => skip,
         };
+        // Bytes that are not a patch go to the caller in the call that reads them: no more
+        // than its buffer takes beside what is pending.
+        let buf_len = match (&side.delta, self.download.delta.mode) {
+            (Some(d), delta::Mode::Plain | delta::Mode::Undecided) => {
+                call.buf_len.saturating_sub(d.pending()).max(1)
+            }
+            (Some(_), _) => usize::MAX,
+            (None, _) => call.buf_len,
+        };
         let stall_at = self.download.last_progress + self.retry.stall_timeout;
         Step::Read {
             request: self.request,
-            want: call
-                .buf_len
-                .min(usize::try_from(remaining).unwrap_or(usize::MAX)),
+            want: buf_len.min(usize::try_from(remaining).unwrap_or(usize::MAX)),
             wait: call.deadline.min(stall_at).saturating_duration_since(now),
             stall_at,
         }
@@ -1393,6 +1414,7 @@ impl OtaSession {
             files_done: 0,
             next_file: false,
             mqtt_download: false,
+            delta_enabled: false,
         };
         Ok(OtaSession {
             engine: Arc::new(Mutex::new(engine)),
@@ -1445,6 +1467,33 @@ impl OtaSession {
         e.check_mqtt_download_settable()?;
         side.set_mqtt(source);
         e.mqtt_download = true;
+        Ok(())
+    }
+
+    /// Sets the image a delta patch applies to (the running one) and the applier's memory:
+    /// from now on a download that starts with a detools sequential patch (see
+    /// [`crate::delta`]) is applied on the way, and [`fetch_yield`](Self::fetch_yield) returns
+    /// the new image's bytes; other downloads are handed out as they come. Allocates the
+    /// applier ([`crate::delta::DeltaBudget::heap_bytes`]) and a [`PATCH_BUFFER`]-byte patch
+    /// buffer; replaces a source set before. Before the first upgrade only
+    /// ([`Error::InvalidState`]); [`Error::InvalidParam`] for a slot of 0 bytes.
+    pub fn set_delta_source(
+        &self,
+        old: Box<dyn crate::delta::OldImage + Send>,
+        options: DeltaOptions,
+    ) -> Result<()> {
+        let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.engine();
+        if options.max_new_size == 0 {
+            return Err(e.fail(Error::InvalidParam("delta: the slot size is 0")));
+        }
+        if e.state != OtaState::Idle {
+            return Err(e.fail(Error::InvalidState(
+                "the delta source is set before the first upgrade",
+            )));
+        }
+        side.delta = Some(delta::DeltaSide::new(old, options));
+        e.delta_enabled = true;
         Ok(())
     }
 
@@ -1637,14 +1686,15 @@ impl OtaSession {
         self.engine().download.backoff.total()
     }
 
-    /// Bytes fetched so far.
+    /// Bytes the caller has been given so far (of the new image, for a delta patch).
     pub fn fetched_size(&self) -> u64 {
-        self.engine().download.fetched
+        self.engine().caller_offset()
     }
 
-    /// The announced image size (0 before an upgrade).
+    /// The announced image size (0 before an upgrade); for a delta patch, once recognised, the
+    /// new image's size from its header.
     pub fn file_size(&self) -> u64 {
-        self.engine().target().size
+        self.engine().caller_size()
     }
 
     /// Confirms the image running since the reboot (after the firmware's own self-test): the

@@ -16,6 +16,7 @@
 //! before the restart); another package, or the same one with any file changed, starts over at
 //! file 0. Within a session every file resumes with `Range` as usual.
 
+use super::delta::DeltaCycle;
 use super::download::Download;
 use super::{Engine, OtaState};
 use crate::digest::DigestKind;
@@ -75,7 +76,9 @@ impl Engine {
     /// A new download of the current target, from byte 0.
     pub(super) fn new_download(&self) -> Download {
         let t = self.target();
-        Download::new(t.kind, t.size, self.retry, &self.policy)
+        let mut d = Download::new(t.kind, t.size, self.retry, &self.policy);
+        d.delta = DeltaCycle::new(self.delta_enabled);
+        d
     }
 
     /// Whether a file of the package follows the current one.

@@ -1,0 +1,394 @@
+//! Delta upgrades in the engine (issue 17): with a delta source set, a download whose first bytes
+//! are a detools sequential patch is applied on the way, and FetchYield returns the bytes of the
+//! **new** image; any other download is handed out as it comes, as without one.
+//!
+//! Two streams: the patch (what the network sends: `Download::fetched`, the platform's size and
+//! digest, `Range` after a cut) and the new image (what the caller gets: `DeltaCycle::delivered`,
+//! `IOT_OTAG_FETCHED_SIZE`, `IOT_OTAG_FILE_SIZE`, the image's own checks). With a delta source
+//! the network's bytes go into the patch buffer here (never straight into the caller's buffer);
+//! a step of `fetch_yield` then hands them out, applied or as they are, with no lock held while
+//! the old image is read (the firmware's callback).
+//!
+//! Recognising a patch (docs/delta.md, "Recognising a patch"): the download starts with a
+//! sequential header of a compression the applier decodes, naming a new image of 1 byte up to the
+//! largest the firmware declared, and (uncompressed) its data-format size is 0. A plain image
+//! that happens to start like a header fails those checks unless it is built to pass them.
+//!
+//! Not yet: resuming a patch across a restart (the breakpoint record would need the applier's
+//! state): a patch's record is discarded and the patch starts over after a restart; within a
+//! session a cut resumes with `Range` as for any download.
+
+use std::time::Instant;
+
+use super::fetch_call::{FetchCall, SourceSide, Step};
+use super::{Engine, OtaState};
+use crate::delta::{
+    Compression, DeltaBudget, DeltaError, OldImage, PatchApplier, PatchHeader, Stop,
+};
+use crate::error::{Error, Result};
+use crate::image::ImageVerifier;
+use crate::log::Level;
+use crate::ota_log;
+use crate::protocol::FailureCause;
+use crate::source::{Chunk, DownloadError};
+
+/// Bytes of patch held between the network and the applier.
+pub const PATCH_BUFFER: usize = 4096;
+
+/// What the firmware sets with its delta source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaOptions {
+    /// The applier's memory (heatshrink window, old-image reads), allocated when the source is
+    /// set.
+    pub budget: DeltaBudget,
+    /// The largest new image a patch may make (the firmware's slot); a header naming more is
+    /// not taken for a patch.
+    pub max_new_size: u64,
+}
+
+impl DeltaOptions {
+    /// The default budget and a slot of `max_new_size` bytes.
+    pub fn for_slot(max_new_size: u64) -> DeltaOptions {
+        DeltaOptions {
+            budget: DeltaBudget::DEFAULT,
+            max_new_size,
+        }
+    }
+}
+
+/// What the current download turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// No delta source: bytes go straight to the caller.
+    Off,
+    /// A delta source, and too few bytes yet to tell.
+    Undecided,
+    /// A patch: the caller gets the applier's output.
+    Patch,
+    /// Not a patch: the caller gets the bytes as they came.
+    Plain,
+}
+
+/// The engine's side of the current download's delta handling (reset with each download).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DeltaCycle {
+    pub(super) mode: Mode,
+    /// The new image's size (from the patch header).
+    pub(super) new_size: u64,
+    /// New-image bytes handed to the caller.
+    pub(super) delivered: u64,
+    /// Patch bytes received and not handed out (the fetch side's buffer): the breakpoint
+    /// record is written only when it is 0, so its offset is what the caller stored.
+    pub(super) held: usize,
+}
+
+impl DeltaCycle {
+    pub(super) fn new(enabled: bool) -> DeltaCycle {
+        DeltaCycle {
+            mode: if enabled { Mode::Undecided } else { Mode::Off },
+            new_size: 0,
+            delivered: 0,
+            held: 0,
+        }
+    }
+}
+
+/// The fetch side's delta state: the firmware's old image, the applier, and patch bytes not
+/// handed out yet. Locked with the fetch side only (never by MQTT).
+pub(super) struct DeltaSide {
+    pub(super) options: DeltaOptions,
+    old: Box<dyn OldImage + Send>,
+    applier: PatchApplier,
+    patch: Box<[u8]>,
+    /// Patch bytes `start..end` of `patch` are received and not consumed yet.
+    start: usize,
+    end: usize,
+    /// The applier stopped with `out` full: it may produce more without another patch byte.
+    more_output: bool,
+}
+
+/// What one hand-out step did.
+pub(super) struct Handed {
+    pub(super) produced: usize,
+    pub(super) stop: Option<Stop>,
+}
+
+impl DeltaSide {
+    pub(super) fn new(old: Box<dyn OldImage + Send>, options: DeltaOptions) -> DeltaSide {
+        DeltaSide {
+            options,
+            old,
+            applier: PatchApplier::new(options.budget),
+            patch: vec![0; PATCH_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            more_output: false,
+        }
+    }
+
+    /// Ready for a new download (the buffer emptied, the applier reset; nothing allocated).
+    pub(super) fn reset(&mut self) {
+        self.applier.reset();
+        self.start = 0;
+        self.end = 0;
+        self.more_output = false;
+    }
+
+    /// Patch bytes received and not handed out.
+    pub(super) fn pending(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether a hand-out step has something to do.
+    pub(super) fn has_work(&self) -> bool {
+        self.pending() > 0 || self.more_output
+    }
+
+    /// Where the next network read goes: the free end of the buffer (moved to the front first).
+    pub(super) fn free(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.patch.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.patch[self.end..]
+    }
+
+    /// The last read's `n` bytes are received (after the engine took them).
+    pub(super) fn received(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    /// The bytes `free` gave, `n` of them just read.
+    pub(super) fn just_read(&self, n: usize) -> &[u8] {
+        &self.patch[self.end..self.end + n]
+    }
+
+    /// The first bytes of the download, for recognising a patch.
+    pub(super) fn head(&self) -> &[u8] {
+        &self.patch[self.start..self.end]
+    }
+
+    /// Hands out into `out`: applied (a patch) or as they came (plain).
+    pub(super) fn hand_out(&mut self, mode: Mode, out: &mut [u8]) -> Result<Handed, DeltaError> {
+        if mode != Mode::Patch {
+            let n = self.pending().min(out.len());
+            out[..n].copy_from_slice(&self.patch[self.start..self.start + n]);
+            self.start += n;
+            return Ok(Handed {
+                produced: n,
+                stop: None,
+            });
+        }
+        let piece = &self.patch[self.start..self.end];
+        let p = self.applier.feed(piece, self.old.as_mut(), out)?;
+        self.start += p.consumed;
+        self.more_output = p.stop == Stop::OutFull;
+        Ok(Handed {
+            produced: p.produced,
+            stop: Some(p.stop),
+        })
+    }
+
+    /// Whether `header` names a patch the applier takes for this firmware.
+    fn takes(&self, header: &PatchHeader) -> bool {
+        header.compression.is_supported()
+            && header.new_size > 0
+            && header.new_size <= self.options.max_new_size
+            && (header.compression != Compression::Heatshrink
+                || header.window_bits <= self.options.budget.clamped().max_window_bits)
+    }
+}
+
+/// How recognising went.
+pub(super) enum Verdict {
+    /// Too few bytes yet.
+    NeedMore,
+    Patch(PatchHeader),
+    Plain,
+}
+
+/// Looks at the download's first bytes (`complete`: they are all of it).
+pub(super) fn recognise(side: &DeltaSide, complete: bool) -> Verdict {
+    let head = side.head();
+    match PatchHeader::parse(head) {
+        // The byte after an uncompressed header is needed too.
+        Ok(Some(h)) if h.compression == Compression::None && head.len() <= h.len && !complete => {
+            Verdict::NeedMore
+        }
+        Ok(Some(h)) if side.takes(&h) && plausible_start(head, &h) => Verdict::Patch(h),
+        Ok(None) if !complete && head.len() < 16 => Verdict::NeedMore,
+        _ => Verdict::Plain,
+    }
+}
+
+/// An uncompressed patch's stream starts with its data-format size, 0 for detools' sequential
+/// patches: one more check against a plain image that starts like a header.
+fn plausible_start(head: &[u8], h: &PatchHeader) -> bool {
+    h.compression != Compression::None || head.get(h.len) == Some(&0)
+}
+
+impl Engine {
+    /// With a delta source: decides, from the first bytes, whether this download is a patch.
+    /// A patch's new size becomes the image the caller gets and the image checks see; its
+    /// breakpoint record is dropped (not resumable across a restart yet).
+    pub(super) fn recognise_patch(&mut self, side: &DeltaSide) {
+        let complete = self.download.fetched == self.target().size;
+        match recognise(side, complete) {
+            Verdict::NeedMore => {}
+            Verdict::Plain => self.download.delta.mode = Mode::Plain,
+            Verdict::Patch(h) => {
+                self.download.delta.mode = Mode::Patch;
+                self.download.delta.new_size = h.new_size;
+                self.download.image =
+                    ImageVerifier::new(&self.policy).with_announced_size(h.new_size);
+                ota_log!(
+                    Level::Info,
+                    "delta patch ({} bytes, {}): new image of {} bytes",
+                    self.target().size,
+                    h.compression,
+                    h.new_size
+                );
+                if self.keeper.record.is_some() {
+                    ota_log!(
+                        Level::Info,
+                        "a patch is not resumed across a restart yet: no breakpoint record for it"
+                    );
+                    self.keeper.erase();
+                }
+            }
+        }
+    }
+
+    /// Bytes the caller has of what it is given: the new image's for a patch.
+    pub(super) fn caller_offset(&self) -> u64 {
+        let d = &self.download.delta;
+        match d.mode {
+            Mode::Patch => d.delivered,
+            // Received bytes still in the patch buffer are not the caller's yet.
+            _ => self.download.fetched - d.held as u64,
+        }
+    }
+
+    /// The size of what the caller is given: the new image's for a patch.
+    pub(super) fn caller_size(&self) -> u64 {
+        match self.download.delta.mode {
+            Mode::Patch => self.download.delta.new_size,
+            _ => self.target().size,
+        }
+    }
+
+    /// With a delta source: the next step when it is not the network's (bytes to hand out, or a
+    /// verdict on what the download is). None: go on as for any download.
+    pub(super) fn delta_step(&mut self, side: &mut SourceSide, call: &FetchCall) -> Option<Step> {
+        let d = side.delta.as_ref()?;
+        let mode = self.download.delta.mode;
+        if mode == Mode::Undecided {
+            if d.pending() == 0 && self.download.fetched > 0 {
+                // Resumed from a record: only plain images have one.
+                self.download.delta.mode = Mode::Plain;
+            } else if d.pending() > 0 {
+                self.recognise_patch(d);
+            }
+        }
+        let mode = self.download.delta.mode;
+        if matches!(mode, Mode::Patch | Mode::Plain) && d.has_work() {
+            return Some(Step::Hand {
+                request: self.request,
+                want: call.buf_len,
+                mode,
+            });
+        }
+        None
+    }
+
+    /// A read into the patch buffer: how the call goes on, and how many of the bytes the
+    /// download took (0 when discarded or not data).
+    pub(super) fn took_patch(
+        &mut self,
+        request: u64,
+        r: std::result::Result<Chunk, DownloadError>,
+        bytes: &[u8],
+        stall_at: Instant,
+        call: &FetchCall,
+    ) -> (Option<Result<usize>>, usize) {
+        let ours = request == self.request && self.state == OtaState::Downloading;
+        if let (true, 0, Ok(Chunk::Data(n))) = (ours, self.download.skip, &r) {
+            self.download.backoff.progressed();
+            self.download.url_requests = 0;
+            self.download.last_progress = Instant::now();
+            self.received(&bytes[..*n]);
+            self.download.delta.held += n;
+            return (None, *n);
+        }
+        (self.took(request, r, bytes, stall_at, call), 0)
+    }
+
+    /// Network bytes taken into the patch buffer: the platform's digest covers them.
+    pub(super) fn received(&mut self, bytes: &[u8]) {
+        self.download.digest.update(bytes);
+        self.download.digest_bytes += bytes.len() as u64;
+        self.download.fetched += bytes.len() as u64;
+    }
+
+    /// A hand-out step's result for `request`: the caller's count, or None to go on.
+    pub(super) fn handed(
+        &mut self,
+        request: u64,
+        r: Result<Handed, DeltaError>,
+        out: &[u8],
+        pending: usize,
+    ) -> Option<Result<usize>> {
+        if request != self.request || self.state != OtaState::Downloading {
+            return None;
+        }
+        let handed = match r {
+            Ok(h) => h,
+            Err(e) => return Some(Err(self.patch_refused(e))),
+        };
+        self.download.delta.held = pending;
+        let bytes = &out[..handed.produced];
+        if !bytes.is_empty() && !self.download.image_unchecked {
+            if let Err(e) = self.download.image.update(bytes) {
+                return Some(Err(self.image_refused(e)));
+            }
+        }
+        self.download.delta.delivered += bytes.len() as u64;
+        let patch_complete = self.download.fetched == self.target().size && pending == 0;
+        let done = match (self.download.delta.mode, handed.stop) {
+            (Mode::Patch, Some(Stop::Done)) => patch_complete,
+            (Mode::Patch, Some(Stop::NeedPatch)) if patch_complete => {
+                // The whole patch was fed and the image is not complete.
+                let e = DeltaError::Truncated {
+                    produced: self.download.delta.delivered,
+                    new_size: self.download.delta.new_size,
+                };
+                return Some(Err(self.patch_refused(e)));
+            }
+            (Mode::Patch, _) => false,
+            _ => patch_complete,
+        };
+        if done {
+            self.finish();
+        }
+        match handed.produced {
+            0 => None,
+            n => Some(Ok(n)),
+        }
+    }
+
+    /// Ends the download for a patch the applier refused (or whose old image could not be
+    /// read): its log line, the protocol's failure report, `Error::Delta` from now on.
+    fn patch_refused(&mut self, e: DeltaError) -> Error {
+        let desc = match e {
+            DeltaError::OldRead { .. } | DeltaError::OldShort { .. } => {
+                "delta patch: the old image could not be read"
+            }
+            DeltaError::OldRange { .. } => "delta patch: does not fit the running image",
+            DeltaError::Truncated { .. } => "delta patch: ends before the new image is complete",
+            _ => "delta patch refused: malformed or over budget",
+        };
+        self.download.verified = false;
+        self.abort_fetch(Error::Delta(e), FailureCause::DownloadFailed, desc)
+    }
+}
