@@ -14,7 +14,7 @@
 //! - [`Package`]: an upgrade of several files (`files`) or over MQTT (`dProtocol` `mqtt`),
 //!   Aliyun and SagooIOT; [`MqttDownloadServer`] answers the device's block requests.
 //! - [`demo`] runs a whole upgrade on one machine, also with an image signed by MCUboot's
-//!   `imgtool` ([`imgtool`] runs it) or tampered with.
+//!   `imgtool` ([`imgtool`] runs it) or tampered with, or as a delta upgrade.
 //! - [`delta`]: delta upgrades, where the platform serves a detools sequential patch from the
 //!   device's old image to the new one ([`delta::Detools`] runs the real detools).
 //!

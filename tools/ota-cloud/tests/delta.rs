@@ -641,6 +641,30 @@ fn delta_flags_that_do_not_fit_are_usage_errors_naming_them() {
             assert!(stderr.contains(words), "{words:?} in {stderr}");
         }
     }
+    for (args, named) in [
+        (
+            &["demo", "--delta-from", "--signed"][..],
+            conflict("'--delta-from [<OLD>]'", "'--signed"),
+        ),
+        (
+            &["demo", "--delta-from", old, "--supersede-at", "50"][..],
+            conflict("'--delta-from [<OLD>]'", "'--supersede-at"),
+        ),
+        (
+            &["demo", "--delta-from", "/nonexistent/old.bin"][..],
+            vec!["'/nonexistent/old.bin' for '--delta-from [<OLD>]': cannot read"],
+        ),
+        (
+            &["demo", "--delta-compression", "none"][..],
+            vec!["required arguments were not provided:\n  --delta-from [<OLD>]"],
+        ),
+    ] {
+        let (code, stderr) = run(args, None);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        for words in named {
+            assert!(stderr.contains(words), "{words:?} in {stderr}");
+        }
+    }
 }
 
 #[test]
@@ -701,15 +725,18 @@ fn without_detools_the_error_names_the_pip_package() {
     let serve = serve_args(&["--firmware", text(&new), "--delta-from", text(&old)]);
     let serve: Vec<&str> = serve.iter().map(String::as_str).collect();
     for path in [&no_python, &no_module] {
-        let (code, stderr) = run(&serve, Some(path));
-        assert_eq!(code, Some(1), "{stderr}");
-        assert!(
-            stderr.contains("detools (delta patches) cannot be run")
-                && stderr.contains("PyPI package `detools`")
-                && stderr.contains("pip install detools"),
-            "{stderr}"
-        );
-        assert!(!stderr.contains("MQTT"), "before connecting: {stderr}");
+        for args in [&serve[..], &["demo", "--delta-from", "--device", "c"][..]] {
+            let (code, stderr) = run(args, Some(path));
+            assert_eq!(code, Some(1), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("detools (delta patches) cannot be run")
+                    && stderr.contains("PyPI package `detools`")
+                    && stderr.contains("pip install detools"),
+                "{args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("MQTT"), "before connecting: {stderr}");
+            assert!(!stderr.contains("cargo"), "nothing built: {stderr}");
+        }
     }
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(no_python);
@@ -717,20 +744,32 @@ fn without_detools_the_error_names_the_pip_package() {
 
 #[test]
 fn help_shows_the_delta_flags() {
-    for (args, words) in [(
-        &["serve", "--help"][..],
-        &[
-            "Delta upgrades:",
-            "--delta-from <OLD>",
-            "--delta-compression <C>",
-            "heatshrink, none",
-            "--delta-patch <PATCH>",
-            "--write-patch <PATH>",
-            "create_patch",
-            "`detools`",
-            "in the patch",
-        ][..],
-    )] {
+    for (args, words) in [
+        (
+            &["serve", "--help"][..],
+            &[
+                "Delta upgrades:",
+                "--delta-from <OLD>",
+                "--delta-compression <C>",
+                "heatshrink, none",
+                "--delta-patch <PATCH>",
+                "--write-patch <PATH>",
+                "create_patch",
+                "`detools`",
+                "in the patch",
+            ][..],
+        ),
+        (
+            &["demo", "--help"][..],
+            &[
+                "Delta upgrades:",
+                "--delta-from [<OLD>]",
+                "--delta-compression <C>",
+                "OTA_DELTA_OLD",
+                "saved",
+            ][..],
+        ),
+    ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         let help = String::from_utf8_lossy(&out.stdout);

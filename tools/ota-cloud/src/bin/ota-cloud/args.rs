@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use ota_cloud::delta::PatchCompression;
-use ota_cloud::demo::{self, DeviceKind, SignedDemo, Tamper};
+use ota_cloud::demo::{self, DeltaDemo, DeviceKind, SignedDemo, Tamper};
 use ota_cloud::fleet::DeviceId;
 use ota_cloud::imgtool::{self, KeyType, SignOptions};
 use ota_cloud::milestones::{self, Milestones, Supersede};
@@ -93,7 +93,8 @@ pub enum Command {
     /// Embedded broker + firmware server + cloud + a device program from this workspace
     /// (default rust, 4 MiB), told the protocol in OTA_PROTOCOL. Exit 0 only if the device
     /// wrote a file byte-identical to the target image (the superseding one with
-    /// --supersede-at) and completed the upgrade without a violation.
+    /// --supersede-at; with --delta-from, the new image the patch makes) and completed the
+    /// upgrade without a violation.
     #[command(after_help = FAULT_NOTES)]
     Demo(Box<DemoArgs>),
     /// Sign a firmware image with MCUboot's imgtool, for devices that require a signature.
@@ -442,6 +443,8 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub signing: DemoSigningArgs,
     #[command(flatten)]
+    pub delta: DemoDeltaArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub faults: FaultArgs,
@@ -488,6 +491,42 @@ impl DemoSigningArgs {
         self.signed.map(|key_type| SignedDemo {
             key_type,
             tamper: self.tamper,
+        })
+    }
+}
+
+/// The demo's delta upgrade (`demo --delta-from`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Delta upgrades")]
+pub struct DemoDeltaArgs {
+    /// A delta upgrade: the device runs OLD (without a value, a generated image of --size
+    /// bytes) and is served the detools sequential patch (PyPI package `detools`) to a new
+    /// release made from OLD (a byte changed every 4 KiB, 1 KiB inserted, 2 KiB appended). It
+    /// reads OLD as its delta source (OTA_DELTA_OLD=PATH) and must end with the new release
+    /// byte for byte; the summary shows the bytes saved.
+    #[arg(
+        long,
+        value_name = "OLD",
+        num_args = 0..=1,
+        value_parser = readable_file,
+        conflicts_with_all = ["signed", "supersede_at"]
+    )]
+    pub delta_from: Option<Option<PathBuf>>,
+    /// The patch's compression (default heatshrink).
+    #[arg(
+        long,
+        value_name = "C",
+        value_parser = compression_parser(),
+        requires = "delta_from"
+    )]
+    pub delta_compression: Option<PatchCompression>,
+}
+
+impl DemoDeltaArgs {
+    pub fn delta(&self) -> Option<DeltaDemo> {
+        self.delta_from.clone().map(|old| DeltaDemo {
+            old,
+            compression: self.delta_compression.unwrap_or_default(),
         })
     }
 }

@@ -535,6 +535,7 @@ fn run_demo(args: &DemoArgs) -> Result<ExitCode, String> {
         ignore_requests: args.run.ignore_requests,
         grace: args.run.grace(),
         signed: args.signing.signed(),
+        delta: args.delta.delta(),
     };
     let mut bar = None;
     let report = demo::run_observed(&opts, |meter| {

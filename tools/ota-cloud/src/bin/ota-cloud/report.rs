@@ -68,6 +68,8 @@ pub fn demo(r: &DemoReport) -> Value {
         "tamper": r.signed.and_then(|s| s.tamper).map(|t| t.name()),
         "device_image": r.device_image,
         "device_refusal": r.device_refusal,
+        "delta": delta(r.delta.as_ref()),
+        "device_wrote_patch": r.delta.as_ref().map(|_| r.device_wrote_patch),
         "cloud": summary(&r.summary),
     })
 }
