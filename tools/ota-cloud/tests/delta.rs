@@ -411,8 +411,9 @@ fn a_ready_patch_is_served_without_detools_and_the_faults_cut_its_bytes() {
     let dir = scratch("ready");
     let patch = read(&fixture("inserted-block.heatshrink.patch"));
     let written = dir.join("written.patch");
+    let no_python = empty_path("ready");
     let mut cmd = Command::new(BIN);
-    cmd.env("PATH", empty_path("ready"));
+    cmd.env("PATH", &no_python);
     let dn = "delta-ready";
     let (code, stderr, startup, after) = serve_lines_in(
         cmd,
@@ -464,6 +465,7 @@ fn a_ready_patch_is_served_without_detools_and_the_faults_cut_its_bytes() {
     assert!(read(&written) == patch);
     assert_eq!(lines_with(&after, "outcome:"), ["outcome: success 2.0.0"]);
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(no_python);
 }
 
 #[test]
