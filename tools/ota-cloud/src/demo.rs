@@ -16,6 +16,12 @@
 //! With [`SignedDemo`] the image is an MCUboot image signed by the real `imgtool` with a key
 //! made for the run ([`crate::imgtool`]), or one of the [`Tamper`]ed images the device must
 //! refuse.
+//!
+//! With [`DeltaDemo`] the upgrade is a delta: the device runs an old image, is told where it
+//! is in `OTA_DELTA_OLD` (it reads it as its delta source), and is served the detools
+//! sequential patch ([`crate::delta`]) to a new release made from it
+//! ([`crate::delta::next_release`]); it must write the new release, not the patch. A device
+//! that ignores `OTA_DELTA_OLD` writes the patch itself, which the report names.
 
 use std::fmt;
 use std::fs;
@@ -28,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::delta::{self, DeltaSizes, DeltaUpgrade, Detools, PatchCompression, PatchFiles};
 use crate::imgtool::{Imgtool, KeyType, Layout, SignOptions};
 use crate::{
     console, generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Failure, Faults, Firmware,
@@ -167,6 +174,14 @@ impl FromStr for Tamper {
     }
 }
 
+/// A delta demo: the device runs `old` and gets the patch to a new release made from it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeltaDemo {
+    /// The old image's file; `None`: a generated image of [`DemoOptions::size`] bytes.
+    pub old: Option<PathBuf>,
+    pub compression: PatchCompression,
+}
+
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub device: DeviceKind,
@@ -190,6 +205,8 @@ pub struct DemoOptions {
     pub grace: Duration,
     /// A signed image (none by default: the device is told `OTA_REQUIRE_SIGNATURE=0`).
     pub signed: Option<SignedDemo>,
+    /// A delta upgrade (none by default).
+    pub delta: Option<DeltaDemo>,
 }
 
 impl Default for DemoOptions {
@@ -205,6 +222,7 @@ impl Default for DemoOptions {
             ignore_requests: false,
             grace: DEFAULT_GRACE,
             signed: None,
+            delta: None,
         }
     }
 }
@@ -231,6 +249,11 @@ pub struct DemoReport {
     pub device_image: Option<String>,
     /// Why the device refused the image (`firmware refused: ...`).
     pub device_refusal: Option<String>,
+    /// The delta upgrade's sizes, if it was one ([`DemoReport::firmware_size`] is then the new
+    /// image's).
+    pub delta: Option<DeltaSizes>,
+    /// A delta demo's device wrote the patch as it came instead of applying it.
+    pub device_wrote_patch: bool,
 }
 
 impl DemoReport {
@@ -286,8 +309,18 @@ pub fn run_observed(
     opts: &DemoOptions,
     observe: impl FnOnce(SentMeter),
 ) -> Result<DemoReport, String> {
-    // Before anything is built: without imgtool a signed demo cannot run.
+    if opts.signed.is_some() && opts.delta.is_some() {
+        return Err("a demo is signed or a delta upgrade, not both".into());
+    }
+    // Before anything is built: without imgtool a signed demo cannot run, nor a delta demo
+    // without detools or its old image.
     let imgtool = opts.signed.map(|_| Imgtool::find()).transpose()?;
+    let delta_old = opts
+        .delta
+        .as_ref()
+        .map(|d| old_image(d, opts.size))
+        .transpose()?;
+    let detools = delta_old.as_ref().map(|_| Detools::find()).transpose()?;
     let root = workspace_root()?;
     let work = std::env::temp_dir().join(format!("ota-cloud-demo-{}", std::process::id()));
     fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
@@ -296,11 +329,18 @@ pub fn run_observed(
 
     // Build first, so compile time does not eat into the upgrade's timeout.
     let device = build_device(opts.device, &root, &work)?;
-    let image = match (&imgtool, opts.signed) {
-        (Some(tool), Some(signed)) => sign_image(tool, signed, opts.size, &work)?,
+    let mut delta = None;
+    let image = match (&imgtool, opts.signed, &detools, delta_old) {
+        (Some(tool), Some(signed), _, _) => sign_image(tool, signed, opts.size, &work)?,
+        (_, _, Some(tool), Some(old)) => {
+            let (image, upgrade) = delta_image(tool, old, opts, &work)?;
+            delta = Some(upgrade);
+            image
+        }
         _ => DemoImage {
             bytes: generate_firmware(opts.size),
             device_key: None,
+            delta_old: None,
         },
     };
 
@@ -313,7 +353,7 @@ pub fn run_observed(
         device,
         opts,
         broker.port(),
-        image.device_key.as_deref(),
+        (image.device_key.as_deref(), image.delta_old.as_deref()),
         (&root, &output),
         Arc::clone(&said),
     )?;
@@ -325,7 +365,7 @@ pub fn run_observed(
         opts,
         summary,
         &server,
-        next.as_ref(),
+        (next.as_ref(), delta.as_ref()),
         &output,
         device_status,
     );
@@ -340,10 +380,63 @@ pub fn run_observed(
     Ok(report)
 }
 
-/// The image the demo serves, and the public key the device is given.
+/// The image the demo serves, the public key the device is given and, for a delta, where the
+/// device finds its old image.
 struct DemoImage {
     bytes: Vec<u8>,
     device_key: Option<PathBuf>,
+    delta_old: Option<PathBuf>,
+}
+
+/// The old image of a delta demo: its file, or a generated image of `size` bytes.
+fn old_image(delta: &DeltaDemo, size: usize) -> Result<Vec<u8>, String> {
+    match &delta.old {
+        Some(path) => fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())),
+        None => Ok(generate_firmware(size)),
+    }
+}
+
+/// The patch from `old` to the next release made from it, by detools; `old` written where the
+/// device reads it. The detools command and the sizes are narrated.
+fn delta_image(
+    tool: &Detools,
+    old: Vec<u8>,
+    opts: &DemoOptions,
+    work: &Path,
+) -> Result<(DemoImage, DeltaUpgrade), String> {
+    let say = |line: String| console::say(&format!("demo: {line}"));
+    let compression = opts
+        .delta
+        .as_ref()
+        .map(|d| d.compression)
+        .unwrap_or_default();
+    say(format!("making the patch with detools {}", tool.version()?));
+    let new = delta::next_release(&old);
+    // In the work directory, kept when the demo fails.
+    let (old_path, new_path) = (work.join("old.bin"), work.join("new.bin"));
+    for (path, bytes) in [(&old_path, &old), (&new_path, &new)] {
+        fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let files = PatchFiles {
+        old: Some(old_path.clone()),
+        new: Some(new_path),
+        patch: Some(work.join("patch.bin")),
+    };
+    let (upgrade, line) = DeltaUpgrade::make(tool, &old, new, compression, &files)?;
+    say(line);
+    let sizes = upgrade.sizes();
+    say(sizes.summary_line());
+    say(sizes.saved_line());
+    say(format!(
+        "the device runs the old image and reads it from {} (OTA_DELTA_OLD)",
+        old_path.display()
+    ));
+    let image = DemoImage {
+        bytes: upgrade.patch.clone(),
+        device_key: None,
+        delta_old: Some(old_path),
+    };
+    Ok((image, upgrade))
 }
 
 /// The demo's image signed by imgtool with a key made for the run (tampered as `signed`
@@ -399,6 +492,7 @@ fn sign_image(
     Ok(DemoImage {
         bytes,
         device_key: Some(vendor_pub),
+        delta_old: None,
     })
 }
 
@@ -441,8 +535,13 @@ fn start_firmware_server(
     let server = FirmwareServer::start_with(image, opts.faults.clone())
         .map_err(|e| format!("cannot start HTTP server: {e}"))?;
     let firmware = Firmware::new(NEW_VERSION, server.url(), &server.image()[..]);
+    let served = if opts.delta.is_some() {
+        "patch"
+    } else {
+        "firmware"
+    };
     console::say(&format!(
-        "demo: firmware {} bytes, version {NEW_VERSION}, md5 {}, at {}",
+        "demo: {served} {} bytes, version {NEW_VERSION}, md5 {}, at {}",
         firmware.size, firmware.md5, firmware.url
     ));
     for fault in server.fault_descriptions() {
@@ -520,16 +619,20 @@ impl DeviceSaid {
 }
 
 /// Starts `device` against the broker on `port` as `opts` say (protocol, image policy),
-/// trusting `image_key`, in `root`, writing to `output`; what it says about the image goes to
-/// `said`.
+/// trusting `image_key`, with its old image at `delta_old` for a delta, in `root`, writing to
+/// `output`; what it says about the image goes to `said`.
 fn start_device(
     mut device: Command,
     opts: &DemoOptions,
     port: u16,
-    image_key: Option<&Path>,
+    (image_key, delta_old): (Option<&Path>, Option<&Path>),
     (root, output): (&Path, &Path),
     said: Arc<Mutex<DeviceSaid>>,
 ) -> Result<RunningDevice, String> {
+    match delta_old {
+        Some(old) => device.env("OTA_DELTA_OLD", old),
+        None => device.env_remove("OTA_DELTA_OLD"),
+    };
     match image_key {
         Some(key) => {
             device
@@ -604,18 +707,19 @@ fn report(
     opts: &DemoOptions,
     summary: Summary,
     server: &FirmwareServer,
-    next: Option<&NextUpgrade>,
+    (next, delta): (Option<&NextUpgrade>, Option<&DeltaUpgrade>),
     output: &Path,
     device_status: Option<ExitStatus>,
 ) -> DemoReport {
     let written = fs::read(output).unwrap_or_default();
-    let target_image = match next {
-        Some(next) if summary.upgrades.len() > 1 => &next.image[..],
+    let target_image = match (next, delta) {
+        (Some(next), _) if summary.upgrades.len() > 1 => &next.image[..],
+        (_, Some(delta)) => &delta.new[..],
         _ => &server.image()[..],
     };
     let requests = server.requests();
     DemoReport {
-        firmware_size: server.image().len(),
+        firmware_size: target_image.len(),
         identical: written.as_slice() == target_image,
         target_version: summary.target().firmware.version.clone(),
         output_size: written.len() as u64,
@@ -626,6 +730,8 @@ fn report(
         signed: opts.signed,
         device_image: None,
         device_refusal: None,
+        delta: delta.map(DeltaUpgrade::sizes),
+        device_wrote_patch: delta.is_some_and(|d| written == d.patch && d.patch != d.new),
     }
 }
 
@@ -638,6 +744,14 @@ pub fn print_report(r: &DemoReport) {
         "firmware       {} bytes, {OLD_VERSION} -> {}",
         r.firmware_size, r.target_version
     );
+    if let Some(d) = &r.delta {
+        println!(
+            "delta          old {} bytes, compression {}; {}",
+            d.old,
+            d.compression,
+            d.saved_line()
+        );
+    }
     // A failed run's time (its grace period included) is no download time.
     let speed = match s.outcome {
         Ok(_) => format!(", {:.1} MB/s", r.mb_per_s()),
@@ -665,6 +779,12 @@ pub fn print_report(r: &DemoReport) {
         },
         r.output_size
     );
+    if r.device_wrote_patch {
+        println!(
+            "               the device wrote the patch as it came: it did not apply it (does it \
+             read OTA_DELTA_OLD as its delta source?)"
+        );
+    }
     if let Some(signed) = r.signed {
         println!(
             "signing        imgtool, {} key made for this run; the device requires a signature",
@@ -879,5 +999,59 @@ mod tests {
         for t in Tamper::ALL {
             assert_eq!(t.name().parse::<Tamper>(), Ok(t));
         }
+    }
+
+    /// detools is importable; panics under OTA_REQUIRE_DETOOLS=required when not.
+    fn detools(test: &str) -> Option<Detools> {
+        match Detools::find() {
+            Ok(tool) => Some(tool),
+            Err(e) if std::env::var("OTA_REQUIRE_DETOOLS").as_deref() == Ok("required") => {
+                panic!("{test}: OTA_REQUIRE_DETOOLS=required: {e}")
+            }
+            Err(e) => {
+                println!("SKIPPED {test}: {e} (OTA_REQUIRE_DETOOLS=required makes this fail)");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn a_delta_demo_serves_the_patch_and_leaves_the_old_image_for_the_device() {
+        let test = "a_delta_demo_serves_the_patch_and_leaves_the_old_image_for_the_device";
+        let Some(tool) = detools(test) else {
+            return;
+        };
+        let work =
+            std::env::temp_dir().join(format!("ota-cloud-demo-delta-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).unwrap();
+        let opts = DemoOptions {
+            size: 200_000,
+            delta: Some(DeltaDemo::default()),
+            ..DemoOptions::default()
+        };
+        let old = old_image(opts.delta.as_ref().unwrap(), opts.size).unwrap();
+        assert_eq!(
+            old,
+            generate_firmware(200_000),
+            "no file: a generated image"
+        );
+        let (image, upgrade) = delta_image(&tool, old.clone(), &opts, &work).unwrap();
+
+        // The device is given the old image and served the patch; it must end with the new.
+        let old_path = image.delta_old.unwrap();
+        assert_eq!(fs::read(&old_path).unwrap(), old);
+        assert!(image.bytes == upgrade.patch);
+        assert!(upgrade.new == delta::next_release(&old));
+        assert_eq!(image.device_key, None);
+        let sizes = upgrade.sizes();
+        assert_eq!((sizes.old, sizes.compression), (200_000, "heatshrink"));
+        // A small change to the image: the patch is a small part of it.
+        assert!(sizes.patch * 20 < sizes.new, "{sizes:?}");
+        let rebuilt = work.join("rebuilt.bin");
+        tool.apply_patch(&old_path, &work.join("patch.bin"), &rebuilt)
+            .unwrap();
+        assert!(fs::read(&rebuilt).unwrap() == upgrade.new);
+        let _ = fs::remove_dir_all(&work);
     }
 }

@@ -14,7 +14,9 @@
 //! - [`Package`]: an upgrade of several files (`files`) or over MQTT (`dProtocol` `mqtt`),
 //!   Aliyun and SagooIOT; [`MqttDownloadServer`] answers the device's block requests.
 //! - [`demo`] runs a whole upgrade on one machine, also with an image signed by MCUboot's
-//!   `imgtool` ([`imgtool`] runs it) or tampered with.
+//!   `imgtool` ([`imgtool`] runs it) or tampered with, or as a delta upgrade.
+//! - [`delta`]: delta upgrades, where the platform serves a detools sequential patch from the
+//!   device's old image to the new one ([`delta::Detools`] runs the real detools).
 //!
 //! This crate deliberately does not depend on the `ota` crate: it is an independent checker of
 //! what the device sends, so a bug shared by both sides cannot hide.
@@ -24,6 +26,7 @@ pub mod broker;
 pub mod cloud;
 pub mod console;
 pub mod counting;
+pub mod delta;
 pub mod demo;
 pub mod fleet;
 pub mod http;

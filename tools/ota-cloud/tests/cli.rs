@@ -2,16 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 
-use common::{broker_port, FakeDevice, HttpConn, TIMEOUT};
+use common::{assert_plain, broker_port, serve_lines, FakeDevice, HttpConn, BIN};
 use ota_cloud::generate_firmware;
 use ota_cloud::imgtool::{Imgtool, Layout};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ota-cloud");
 
 /// Runs the binary with `args`; its exit code and stderr.
 fn run(args: &[&str]) -> (Option<i32>, String) {
@@ -20,14 +15,6 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
     assert_plain(&String::from_utf8_lossy(&out.stdout));
     assert_plain(&stderr);
     (out.status.code(), stderr)
-}
-
-/// Text for a log: no escape sequences, no carriage returns (a progress bar's or colour's).
-fn assert_plain(text: &str) {
-    assert!(
-        !text.contains(['\x1b', '\r']),
-        "control characters in {text:?}"
-    );
 }
 
 #[test]
@@ -570,74 +557,6 @@ fn serve_full(
 ) -> (Option<i32>, String, Vec<String>) {
     let (code, stderr, startup, _) = serve_lines(dn, downstream, extra, script);
     (code, stderr, startup)
-}
-
-/// Like [`serve_full`]; also returns what `serve` printed on stdout after the device started.
-fn serve_lines(
-    dn: &str,
-    downstream: &str,
-    extra: &[&str],
-    script: impl FnOnce(&FakeDevice, &str),
-) -> (Option<i32>, String, Vec<String>, Vec<String>) {
-    let port = broker_port().to_string();
-    let broker = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--broker",
-            &broker,
-            "--product-key",
-            "pk",
-            "--device-name",
-            dn,
-        ])
-        .args(["--version", "2.0.0", "--timeout-s", "20"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let errors = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let (tx, lines) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    let echo = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("serve | {line}");
-            let _ = tx.send(line);
-        }
-    });
-    // The cloud is subscribed once it says it waits for the version report.
-    let mut url = String::new();
-    let mut startup = Vec::new();
-    loop {
-        let line = lines
-            .recv_timeout(TIMEOUT)
-            .expect("serve prints its progress");
-        if let Some(u) = line.strip_prefix("firmware url: ") {
-            url = u.to_string();
-        }
-        if line.contains("waiting for the device's version report") {
-            break;
-        }
-        startup.push(line);
-    }
-    let device = FakeDevice::connect_on(broker_port(), "pk", dn, downstream);
-    script(&device, &url);
-    let code = child.wait().unwrap().code();
-    let errors = errors.join().unwrap();
-    eprint!("{errors}");
-    echo.join().unwrap();
-    let after: Vec<String> = lines.try_iter().collect();
-    // Not a terminal: plain lines only, whatever happened.
-    assert_plain(&errors);
-    assert_plain(&startup.join("\n"));
-    assert_plain(&after.join("\n"));
-    (code, errors, startup, after)
 }
 
 #[test]

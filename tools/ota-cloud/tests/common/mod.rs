@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::OnceLock;
 use std::thread;
@@ -14,6 +15,9 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `ota-cloud` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ota-cloud");
 
 /// One broker per test binary: an EmbeddedBroker cannot be stopped, so sharing it saves threads.
 pub fn broker_port() -> u16 {
@@ -264,4 +268,93 @@ pub fn http_get(url: &str) -> Vec<u8> {
     let resp = conn.request("GET", &format!("/{path}"), &[]);
     assert_eq!(resp.status, 200);
     resp.body
+}
+
+/// Text for a log: no escape sequences, no carriage returns (a progress bar's or colour's).
+pub fn assert_plain(text: &str) {
+    assert!(
+        !text.contains(['\x1b', '\r']),
+        "control characters in {text:?}"
+    );
+}
+
+/// Runs `serve` for device `pk/dn` with `extra` flags and plays the device with
+/// `script` (subscribed to `downstream`, given the firmware URL) once `serve` waits for it:
+/// the exit code, stderr, what `serve` printed before the device started and after.
+pub fn serve_lines(
+    dn: &str,
+    downstream: &str,
+    extra: &[&str],
+    script: impl FnOnce(&FakeDevice, &str),
+) -> (Option<i32>, String, Vec<String>, Vec<String>) {
+    serve_lines_in(Command::new(BIN), dn, downstream, extra, script)
+}
+
+/// [`serve_lines`] with `serve` run by `cmd` (the binary with the caller's environment).
+pub fn serve_lines_in(
+    mut cmd: Command,
+    dn: &str,
+    downstream: &str,
+    extra: &[&str],
+    script: impl FnOnce(&FakeDevice, &str),
+) -> (Option<i32>, String, Vec<String>, Vec<String>) {
+    let port = broker_port().to_string();
+    let broker = format!("127.0.0.1:{port}");
+    let mut child = cmd
+        .args([
+            "serve",
+            "--broker",
+            &broker,
+            "--product-key",
+            "pk",
+            "--device-name",
+            dn,
+        ])
+        .args(["--version", "2.0.0", "--timeout-s", "20"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let echo = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("serve | {line}");
+            let _ = tx.send(line);
+        }
+    });
+    // The cloud is subscribed once it says it waits for the version report.
+    let mut url = String::new();
+    let mut startup = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(TIMEOUT)
+            .expect("serve prints its progress");
+        if let Some(u) = line.strip_prefix("firmware url: ") {
+            url = u.to_string();
+        }
+        if line.contains("waiting for the device's version report") {
+            break;
+        }
+        startup.push(line);
+    }
+    let device = FakeDevice::connect_on(broker_port(), "pk", dn, downstream);
+    script(&device, &url);
+    let code = child.wait().unwrap().code();
+    let errors = errors.join().unwrap();
+    eprint!("{errors}");
+    echo.join().unwrap();
+    let after: Vec<String> = lines.try_iter().collect();
+    // Not a terminal: plain lines only, whatever happened.
+    assert_plain(&errors);
+    assert_plain(&startup.join("\n"));
+    assert_plain(&after.join("\n"));
+    (code, errors, startup, after)
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
-use ota_cloud::demo::{self, DeviceKind, SignedDemo, Tamper};
+use ota_cloud::delta::PatchCompression;
+use ota_cloud::demo::{self, DeltaDemo, DeviceKind, SignedDemo, Tamper};
 use ota_cloud::fleet::DeviceId;
 use ota_cloud::imgtool::{self, KeyType, SignOptions};
 use ota_cloud::milestones::{self, Milestones, Supersede};
@@ -66,7 +67,9 @@ pub enum Command {
     /// to version V, checking every message the device sends (see 'ota-cloud help'). Exit 0
     /// when the upgrade succeeds without a violation (aliyun/sagoo: the device reports V;
     /// tencent: state done for V; ucloud: success for the task), 1 otherwise. A device that
-    /// reports its old version again (e.g. restarted) gets the pending upgrade again.
+    /// reports its old version again (e.g. restarted) gets the pending upgrade again. With
+    /// --delta-from OLD the firmware is the new image and what is served is the detools patch
+    /// from OLD to it.
     #[command(after_help = FAULT_NOTES)]
     Serve(Box<ServeArgs>),
     /// Play the platform for many devices at once: one upgrade campaign, one MQTT connection.
@@ -90,7 +93,8 @@ pub enum Command {
     /// Embedded broker + firmware server + cloud + a device program from this workspace
     /// (default rust, 4 MiB), told the protocol in OTA_PROTOCOL. Exit 0 only if the device
     /// wrote a file byte-identical to the target image (the superseding one with
-    /// --supersede-at) and completed the upgrade without a violation.
+    /// --supersede-at; with --delta-from, the new image the patch makes) and completed the
+    /// upgrade without a violation.
     #[command(after_help = FAULT_NOTES)]
     Demo(Box<DemoArgs>),
     /// Sign a firmware image with MCUboot's imgtool, for devices that require a signature.
@@ -145,7 +149,8 @@ Run flags: PERCENT counts the bytes of the (first) image the firmware server has
 sockets, over all responses (a byte sent twice counts twice); the response that reaches it pauses
 until the announcement has gone through the broker, so it lands at the same point every run.
 
-Fault flags: all off by default, any combination; OFFSETs are byte offsets in the image. With
+Fault flags: all off by default, any combination; OFFSETs are byte offsets in the image (with
+--delta-from, in the patch served: the run flags' PERCENT counts its bytes too). With
 --expire-after or --expire-after-s the URL carries ?token=N, and every upgrade message after the
 first (the device asks again: aliyun request on /ota/device/request/PK/DN; or it re-reports its
 version; a superseding upgrade; not the exact repeat of --renotify-at) carries a fresh URL that
@@ -221,7 +226,8 @@ pub struct ServeArgs {
         requires = "mqtt_download"
     )]
     pub wrong_offset_at: Option<u64>,
-    /// Write the generated image to PATH (with --supersede-at, the new one to PATH.next).
+    /// Write the generated image to PATH (with --supersede-at, the new one to PATH.next; with
+    /// --delta-from, the new image, not the patch).
     #[arg(
         long,
         value_name = "PATH",
@@ -247,11 +253,53 @@ pub struct ServeArgs {
     #[arg(long, value_name = "X")]
     pub current_version: Option<String>,
     #[command(flatten)]
+    pub delta: ServeDeltaArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub faults: FaultArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `serve --delta-from`: a delta upgrade.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Delta upgrades")]
+pub struct ServeDeltaArgs {
+    /// The image the device runs: the upgrade is a delta from OLD to the firmware (--firmware,
+    /// --firmware-size: the new image). What is served and announced (size, digest) is the
+    /// detools sequential patch, made here by `python3 -m detools create_patch` (PyPI package
+    /// `detools`) unless --delta-patch gives it. The fault flags' OFFSETs are in the patch.
+    /// Any protocol; a single file over HTTP only.
+    #[arg(
+        long,
+        value_name = "OLD",
+        value_parser = readable_file,
+        conflicts_with_all = ["files", "files_sizes", "mqtt_download", "supersede_at"]
+    )]
+    pub delta_from: Option<PathBuf>,
+    /// The patch's compression (default heatshrink, detools' window 8 and lookahead 7).
+    #[arg(
+        long,
+        value_name = "C",
+        value_parser = compression_parser(),
+        requires = "delta_from",
+        conflicts_with = "delta_patch"
+    )]
+    pub delta_compression: Option<PatchCompression>,
+    /// Serve this ready patch (detools not needed): only its header is read (it must make an
+    /// image of the firmware's size); a patch for another old image, or one the device cannot
+    /// apply (lzma, hdiffpatch), is served as it is to rehearse the device's refusal.
+    #[arg(
+        long,
+        value_name = "PATCH",
+        value_parser = readable_file,
+        requires = "delta_from"
+    )]
+    pub delta_patch: Option<PathBuf>,
+    /// Write the patch served to PATH.
+    #[arg(long, value_name = "PATH", requires = "delta_from")]
+    pub write_patch: Option<PathBuf>,
 }
 
 /// `fleet`: one campaign for many devices.
@@ -395,6 +443,8 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub signing: DemoSigningArgs,
     #[command(flatten)]
+    pub delta: DemoDeltaArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub faults: FaultArgs,
@@ -441,6 +491,42 @@ impl DemoSigningArgs {
         self.signed.map(|key_type| SignedDemo {
             key_type,
             tamper: self.tamper,
+        })
+    }
+}
+
+/// The demo's delta upgrade (`demo --delta-from`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Delta upgrades")]
+pub struct DemoDeltaArgs {
+    /// A delta upgrade: the device runs OLD (without a value, a generated image of --size
+    /// bytes) and is served the detools sequential patch (PyPI package `detools`) to a new
+    /// release made from OLD (a byte changed every 4 KiB, 1 KiB inserted, 2 KiB appended). It
+    /// reads OLD as its delta source (OTA_DELTA_OLD=PATH) and must end with the new release
+    /// byte for byte; the summary shows the bytes saved.
+    #[arg(
+        long,
+        value_name = "OLD",
+        num_args = 0..=1,
+        value_parser = readable_file,
+        conflicts_with_all = ["signed", "supersede_at"]
+    )]
+    pub delta_from: Option<Option<PathBuf>>,
+    /// The patch's compression (default heatshrink).
+    #[arg(
+        long,
+        value_name = "C",
+        value_parser = compression_parser(),
+        requires = "delta_from"
+    )]
+    pub delta_compression: Option<PatchCompression>,
+}
+
+impl DemoDeltaArgs {
+    pub fn delta(&self) -> Option<DeltaDemo> {
+        self.delta_from.clone().map(|old| DeltaDemo {
+            old,
+            compression: self.delta_compression.unwrap_or_default(),
         })
     }
 }
@@ -708,6 +794,23 @@ fn device_parser() -> impl TypedValueParser<Value = DeviceKind> {
 
 fn key_type_parser() -> impl TypedValueParser<Value = KeyType> {
     PossibleValuesParser::new(["ecdsa-p256", "ed25519"]).try_map(|v| v.parse::<KeyType>())
+}
+
+fn compression_parser() -> impl TypedValueParser<Value = PatchCompression> {
+    PossibleValuesParser::new(PatchCompression::ALL.map(|c| PossibleValue::new(c.name())))
+        .try_map(|v| v.parse::<PatchCompression>())
+}
+
+/// A file that can be read (checked when the flags are, before anything starts).
+fn readable_file(v: &str) -> Result<PathBuf, String> {
+    std::fs::File::open(v)
+        .and_then(|f| f.metadata())
+        .map_err(|e| format!("cannot read {v}: {e}"))
+        .and_then(|m| {
+            m.is_file()
+                .then(|| PathBuf::from(v))
+                .ok_or_else(|| format!("{v} is not a file"))
+        })
 }
 
 fn tamper_parser() -> impl TypedValueParser<Value = Tamper> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use args::{BrokerArgs, Cli, Command, DemoArgs, FleetArgs, PlatformArgs, ServeArgs, SignArgs};
 use clap::Parser;
+use ota_cloud::delta::{DeltaUpgrade, Detools, PatchFiles};
 use ota_cloud::demo::{self, DemoOptions};
 use ota_cloud::fleet::{self, DeviceId, Fleet, FleetDevice, FleetSpec, GatewaySpec, Images};
 use ota_cloud::imgtool::{Imgtool, Layout};
@@ -45,9 +46,14 @@ fn serve(args: &ServeArgs) -> Result<ExitCode, String> {
     let options = serve_options(args);
     args.run.check_supersede("serve", &args.version);
     let image = firmware_image(args)?;
+    let delta = match &args.delta.delta_from {
+        Some(old) => Some(delta_upgrade(args, old, image.clone())?),
+        None => None,
+    };
+    let served = delta.as_ref().map_or(image, |d| d.patch.clone());
     let faults = args.faults.faults();
     let expires = faults.expire_after.is_some();
-    let server = FirmwareServer::start_with(image, faults)
+    let server = FirmwareServer::start_with(served, faults)
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
     let firmware = Firmware::new(&args.version, server.url(), &server.image()[..]);
     print_firmware("", &firmware);
@@ -69,14 +75,58 @@ fn serve(args: &ServeArgs) -> Result<ExitCode, String> {
     if let Some(bar) = bar {
         bar.finish();
     }
-    finish_run(
-        &summary,
-        args.output.json.then(|| report::summary(&summary)),
-    );
+    let json = args.output.json.then(|| {
+        let mut json = report::summary(&summary);
+        json["delta"] = report::delta(delta.as_ref().map(DeltaUpgrade::sizes).as_ref());
+        json
+    });
+    finish_run(&summary, json);
     summary
         .outcome
         .map(|_| ExitCode::SUCCESS)
         .map_err(|e| e.to_string())
+}
+
+/// `serve --delta-from OLD`: the patch from OLD to `new`, made by detools or read from
+/// --delta-patch, narrated (one `delta:` line) and written to --write-patch.
+fn delta_upgrade(
+    args: &ServeArgs,
+    old_path: &std::path::Path,
+    new: Vec<u8>,
+) -> Result<DeltaUpgrade, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let old = read(old_path)?;
+    let delta = match &args.delta.delta_patch {
+        Some(path) => {
+            let delta = DeltaUpgrade::from_patch(old.len() as u64, new, read(path)?)
+                .map_err(|e| format!("--delta-patch {}: {e}", path.display()))?;
+            if let Some(out) = &args.delta.write_patch {
+                std::fs::write(out, &delta.patch)
+                    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            }
+            delta
+        }
+        None => {
+            let tool = Detools::find()?;
+            let compression = args.delta.delta_compression.unwrap_or_default();
+            // The caller's own files where there are some, so the command printed can be rerun.
+            let files = PatchFiles {
+                old: Some(old_path.to_path_buf()),
+                new: args.firmware.clone().or(args.write_firmware.clone()),
+                patch: args.delta.write_patch.clone(),
+            };
+            let (delta, line) = DeltaUpgrade::make(&tool, &old, new, compression, &files)?;
+            println!("detools {}: {line}", tool.version()?);
+            delta
+        }
+    };
+    println!("{}", delta.sizes().summary_line());
+    if let Some(warning) = delta.applicability_warning() {
+        println!("{warning}");
+    }
+    Ok(delta)
 }
 
 /// `serve --files` / `--files-sizes` / `--mqtt-download`: one upgrade of several files, or
@@ -485,6 +535,7 @@ fn run_demo(args: &DemoArgs) -> Result<ExitCode, String> {
         ignore_requests: args.run.ignore_requests,
         grace: args.run.grace(),
         signed: args.signing.signed(),
+        delta: args.delta.delta(),
     };
     let mut bar = None;
     let report = demo::run_observed(&opts, |meter| {

@@ -1,5 +1,6 @@
 //! `--json`: the run's report as one JSON object, printed after the outcome line.
 
+use ota_cloud::delta::DeltaSizes;
 use ota_cloud::demo::DemoReport;
 use ota_cloud::fleet::{FleetReport, Verdict};
 use ota_cloud::RequestLog;
@@ -67,7 +68,22 @@ pub fn demo(r: &DemoReport) -> Value {
         "tamper": r.signed.and_then(|s| s.tamper).map(|t| t.name()),
         "device_image": r.device_image,
         "device_refusal": r.device_refusal,
+        "delta": delta(r.delta.as_ref()),
+        "device_wrote_patch": r.delta.as_ref().map(|_| r.device_wrote_patch),
         "cloud": summary(&r.summary),
+    })
+}
+
+/// A delta upgrade's sizes (`null` for a full image).
+pub fn delta(d: Option<&DeltaSizes>) -> Value {
+    d.map_or(Value::Null, |d| {
+        json!({
+            "old_size": d.old,
+            "new_size": d.new,
+            "patch_size": d.patch,
+            "compression": d.compression,
+            "saved_bytes": d.saved(),
+        })
     })
 }
 
