@@ -15,16 +15,52 @@
 //! OUTPUT_FILE while reporting progress, verify (digest, signature, version), report that
 //! flashing begins and succeeded, then "reboot" (a new session) and report the version now
 //! running. A refused image ends the program with a line `firmware refused: CAUSE`.
+//!
+//! Delta upgrades: with `OTA_DELTA_OLD=PATH` (the image it runs, as a file here; a device reads
+//! its flash), a detools patch the platform sends is applied on the way and OUTPUT_FILE gets the
+//! new image (`ota-cloud demo --delta-from`).
 
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use ota::conninfo::aliyun_conn_info;
+use ota::delta::{OldImage, OldReadError};
+use ota::ota::DeltaOptions;
 use ota::image::{ImageKey, ImagePolicy, ImageVersion};
 use ota::{Error, MqttClient, MqttOptions, OtaConfig, OtaSession, Protocol};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// The running image a delta patch applies to, read from a file by offset.
+struct OldFile {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl OldFile {
+    fn open(path: &str) -> std::io::Result<OldFile> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(OldFile { file, size })
+    }
+}
+
+impl OldImage for OldFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, OldReadError> {
+        match self.file.read_exact_at(buf, offset) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => Err(OldReadError {
+                code: e.raw_os_error().unwrap_or(-1),
+            }),
+        }
+    }
 }
 
 fn main() {
@@ -60,6 +96,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mqtt = MqttClient::connect(&options)?;
 
     let session = OtaSession::attach(&mqtt, &pk, &dn, config.clone())?;
+    if let Ok(path) = std::env::var("OTA_DELTA_OLD") {
+        let old = OldFile::open(&path)?;
+        println!("device: delta patches apply to {path} ({} bytes)", old.size);
+        // The new image goes to a file: any size a patch names up to 1 GiB.
+        session.set_delta_source(Box::new(old), DeltaOptions::for_slot(1 << 30))?;
+    }
     session.report_version(&running)?;
     println!(
         "device: running {running} ({}), waiting for an upgrade",
