@@ -1,11 +1,12 @@
 //! `ota-bench`: the benchmark table of the OTA SDK (throughput against the digest limit,
-//! allocations, peak memory, sizes, notification latency, gateways, download over MQTT), every
-//! row measured in one run.
+//! allocations, peak memory, sizes, notification latency, gateways, download over MQTT, delta
+//! patches), every row measured in one run.
 //!
 //! Usage: `cargo run --release -p ota-bench [-- --quick] [--quiet] [--rows SECTION,...]` after `cargo build --release`
 //! (the C rows link `target/release/libota.a`). See README.md for what each row measures.
 
 mod campaign;
+mod delta;
 mod gateway;
 mod mqtt;
 mod signed;
@@ -79,7 +80,7 @@ impl Uplink for NullUplink {
 )]
 struct Cli {
     /// The short run (CI): a 16 MiB throughput image, 4 and 64 MiB for peak RSS, 5 latency
-    /// runs, a 1 MiB image over MQTT, no other builds of libota.a.
+    /// runs, a 1 MiB image over MQTT, 16 delta passes per run, no other builds of libota.a.
     #[arg(long)]
     quick: bool,
     /// No progress bar, even on a terminal (the progress lines stay).
@@ -109,6 +110,8 @@ enum Section {
     Gateway,
     /// 7. Download over MQTT through Mosquitto at two block sizes vs HTTP, and its heap.
     Mqtt,
+    /// 8. Delta patches (detools): apply throughput vs memcpy and MD5, sizes, the applier's memory.
+    Delta,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +142,8 @@ struct Settings {
     latency_size: usize,
     /// The image of the MQTT download rows.
     mqtt_size: usize,
+    /// Whole delta patches applied per run of a delta row.
+    delta_passes: usize,
 }
 
 impl Settings {
@@ -153,6 +158,7 @@ impl Settings {
                 latency_runs: 5,
                 latency_size: 64 * 1024,
                 mqtt_size: MIB,
+                delta_passes: 16,
             }
         } else {
             Settings {
@@ -164,6 +170,7 @@ impl Settings {
                 latency_runs: 50,
                 latency_size: 64 * 1024,
                 mqtt_size: 4 * MIB,
+                delta_passes: 64,
             }
         };
         // OTA_BENCH_MIB=N: the throughput image size in MiB (default 256, 16 with --quick).
@@ -992,6 +999,14 @@ fn run(s: &Settings, command: &str, c: &Campaign) -> Res<Vec<String>> {
         None
     };
 
+    // 8. Delta patches, measured before the broker starts: the section counts allocations, and
+    // no other thread of the bench may allocate meanwhile.
+    let delta = if s.runs(Section::Delta) {
+        Some(delta::measure(s.delta_passes, &ws.work, c)?)
+    } else {
+        None
+    };
+
     let broker = EmbeddedBroker::start()?;
     let dev = CDevice {
         bin: &programs.bench,
@@ -1076,6 +1091,10 @@ fn run(s: &Settings, command: &str, c: &Campaign) -> Res<Vec<String>> {
     if s.runs(Section::Mqtt) {
         let m = mqtt::measure(s.mqtt_size, &ws.work, c)?;
         out.extend(mqtt::section(&m));
+    }
+
+    if let Some(delta) = &delta {
+        out.extend(delta::section(delta));
     }
     out.push(String::new());
     out.push(format!(
