@@ -21,6 +21,9 @@
  *                          keys, not older than the running version, are installed; 0 accepts
  *                          any image the platform's digest accepts (not recommended: whoever
  *                          can publish the upgrade message then chooses the firmware)
+ *   OTA_DELTA_OLD          path of the image this build runs (a device reads its flash): a
+ *                          detools patch the platform sends is applied to it on the way and the
+ *                          output file gets the new image (IOT_OTA_SetDeltaSource)
  *   IOTX_MQTT_HOST, IOTX_MQTT_PORT   read by IOT_SetupConnInfo: point at a private broker
  *
  * Exit code: 0 upgraded (new firmware written, new version reported), 1 failure (a refused
@@ -239,12 +242,45 @@ static int configure_image_policy(void *h_ota, const device_identity_t *id)
     return 0;
 }
 
+/* The running image, for delta patches (OTA_DELTA_OLD): opened once, read by offset. */
+static FILE *old_image;
+
+static int read_old_image(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len)
+{
+    FILE *fp = (FILE *)ctx;
+
+    if (fseek(fp, (long)offset, SEEK_SET) != 0 || fread(buf, 1, len, fp) != len) {
+        return -1;
+    }
+    return (int)len;
+}
+
+/* Delta upgrades: the platform may send a patch against the image this build runs. */
+static int configure_delta(void *h_ota)
+{
+    const char *path = env_or("OTA_DELTA_OLD", "");
+    long size;
+
+    if ('\0' == path[0]) {
+        return 0;
+    }
+    if (NULL == old_image && NULL == (old_image = fopen(path, "rb"))) {
+        EXAMPLE_TRACE("cannot open OTA_DELTA_OLD %s", path);
+        return -1;
+    }
+    if (fseek(old_image, 0, SEEK_END) != 0 || (size = ftell(old_image)) < 0) {
+        return -1;
+    }
+    EXAMPLE_TRACE("delta patches apply to %s (%ld bytes)", path, size);
+    return IOT_OTA_SetDeltaSource(h_ota, read_old_image, old_image, (uint32_t)size);
+}
+
 /* The OTA module, set up before its first download. */
 static void *ota_init(const device_identity_t *id, void *pclient)
 {
     void *h_ota = ota_init_protocol(id, pclient);
 
-    if (NULL != h_ota && configure_image_policy(h_ota, id) != 0) {
+    if (NULL != h_ota && (configure_image_policy(h_ota, id) != 0 || configure_delta(h_ota) != 0)) {
         IOT_OTA_Deinit(h_ota);
         return NULL;
     }

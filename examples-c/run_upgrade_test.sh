@@ -5,8 +5,11 @@
 #            device to report 2.0.0; the device must exit 0 with a byte-identical file.
 #   bad-md5  bad_md5_cloud.py announces an image with a wrong md5; the device must report
 #            step -3 (verify failed), not report 2.0.0, and exit 1.
+#   delta    the device runs an old image (OTA_DELTA_OLD); ota-cloud serves the detools patch to
+#            a new release made from it (--delta-from, needs detools from PyPI), cut once
+#            mid-patch; the device must write the new image byte for byte and report 2.0.0.
 #
-# usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN [upgrade|bad-md5]
+# usage: run_upgrade_test.sh EXAMPLE_BIN OTA_CLOUD_BIN [upgrade|bad-md5|delta]
 # env:   OTA_PROTOCOL (aliyun|sagoo|tencent|ucloud, default aliyun; bad-md5 is aliyun only),
 #        OTA_BUF_LEN (bytes per FetchYield, default 5000), OTA_TEST_FIRMWARE_SIZE (default 3000000),
 #        OTA_TIMEOUT_S (deadline of the device and of the cloud, default 120),
@@ -70,12 +73,42 @@ upgrade)
         --timeout-s "$timeout_s" >"$tmp/cloud.log" 2>&1 &
     expected_device_rc=0
     ;;
+delta)
+    if ! python3 -c "import detools" 2>/dev/null; then
+        if [[ ${OTA_REQUIRE_DETOOLS:-} == required ]]; then
+            echo "FAIL: detools is not importable (pip install detools) and OTA_REQUIRE_DETOOLS=required" >&2
+            exit 1
+        fi
+        echo "SKIP: detools is not importable (pip install detools)"
+        exit 77
+    fi
+    # The device runs old.bin; the platform serves the detools patch (heatshrink) to a new
+    # release made from it, cut once mid-patch: the device writes the new image byte for byte.
+    python3 - "$tmp/old.bin" "$tmp/new.bin" <<'PY'
+import random, sys
+rng = random.Random(17)
+old = bytearray(rng.getrandbits(8) for _ in range(300000))
+new = bytearray(old)
+for at in range(0, len(new), 4096):
+    new[at] ^= 0x5A
+new[150000:150000] = bytes(rng.getrandbits(8) for _ in range(1024))
+new += bytes(rng.getrandbits(8) for _ in range(2048))
+open(sys.argv[1], "wb").write(old)
+open(sys.argv[2], "wb").write(new)
+PY
+    "$cloud" serve --protocol "$protocol" --broker "127.0.0.1:$port" --product-key "$product_key" --device-name "$device_name" \
+        --firmware "$tmp/new.bin" --delta-from "$tmp/old.bin" --cut-at 5000 \
+        --write-patch "$tmp/patch.bin" --version 2.0.0 --timeout-s "$timeout_s" >"$tmp/cloud.log" 2>&1 &
+    cp "$tmp/new.bin" "$tmp/served.bin"
+    delta_old=$tmp/old.bin
+    expected_device_rc=0
+    ;;
 bad-md5)
     python3 "$here/bad_md5_cloud.py" "$port" "$product_key" "$device_name" 300000 "${OTA_TIMEOUT_S:-60}" >"$tmp/cloud.log" 2>&1 &
     expected_device_rc=1
     ;;
 *)
-    echo "unknown scenario $scenario (expected upgrade or bad-md5)" >&2
+    echo "unknown scenario $scenario (expected upgrade, delta or bad-md5)" >&2
     exit 1
     ;;
 esac
@@ -89,7 +122,7 @@ set +e
 IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT=$port OTA_REQUIRE_SIGNATURE=0 \
     OTA_PRODUCT_KEY=$product_key OTA_DEVICE_NAME=$device_name OTA_DEVICE_SECRET=$device_secret \
     OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL=$protocol OTA_BUF_LEN=$buf_len OTA_TIMEOUT_S=$timeout_s \
-    "${wrapper[@]}" "$example" "$tmp/ota.bin"
+    OTA_DELTA_OLD=${delta_old:-} "${wrapper[@]}" "$example" "$tmp/ota.bin"
 device_rc=$?
 wait "$cloud_pid"
 cloud_rc=$?
@@ -110,5 +143,9 @@ fi
 if ! cmp "$tmp/served.bin" "$tmp/ota.bin"; then
     echo "FAIL: the downloaded firmware differs from the served one" >&2
     exit 1
+fi
+if [[ $scenario == delta ]]; then
+    echo "PASS: a $(stat -c %s "$tmp/patch.bin")-byte patch made the $(stat -c %s "$tmp/ota.bin")-byte new image, identical, new version reported"
+    exit 0
 fi
 echo "PASS: $(stat -c %s "$tmp/ota.bin") bytes downloaded, identical to the served image, new version reported"

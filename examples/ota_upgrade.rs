@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use ota::conninfo::aliyun_conn_info;
 use ota::delta::{OldImage, OldReadError};
-use ota::ota::DeltaOptions;
 use ota::image::{ImageKey, ImagePolicy, ImageVersion};
+use ota::ota::DeltaOptions;
 use ota::{Error, MqttClient, MqttOptions, OtaConfig, OtaSession, Protocol};
 
 fn env_or(name: &str, default: &str) -> String {
@@ -96,7 +96,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mqtt = MqttClient::connect(&options)?;
 
     let session = OtaSession::attach(&mqtt, &pk, &dn, config.clone())?;
-    if let Ok(path) = std::env::var("OTA_DELTA_OLD") {
+    if let Some(path) = std::env::var("OTA_DELTA_OLD")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
         let old = OldFile::open(&path)?;
         println!("device: delta patches apply to {path} ({} bytes)", old.size);
         // The new image goes to a file: any size a patch names up to 1 GiB.

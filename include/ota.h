@@ -581,6 +581,15 @@ typedef struct SavePolicy SavePolicy;
 typedef struct Style Style;
 
 /*
+ The firmware's reader of the image it runs (the old image a delta patch applies to): copies
+ `len` bytes from byte `offset` of it into `buf` and returns `len`, or a negative value when
+ it cannot (the download then fails with IOT_OTAE_DELTA_REFUSED; a short count fails it too).
+ Called inside IOT_OTA_FetchYield, on its thread, with no SDK lock held; it must not call
+ IOT_OTA_* functions. `offset + len` never exceeds the `old_size` given.
+ */
+typedef int (*IOT_OTA_OldImageRead)(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len);
+
+/*
  The firmware's reader of the image it keeps for one handle: copies up to `buf_len` bytes of
  the image from byte `offset` into `buf`, and returns the count (1..=buf_len), or a negative
  value when it cannot. Called inside another handle's IOT_OTA_FetchYield, on its thread; it
@@ -1242,6 +1251,33 @@ int IOT_SetupConnInfo(const char *product_key,
  string).
  */
 int IOT_Ioctl(int option, void *data);
+
+/*
+ Sets the image the device runs as the base of delta upgrades (extension, issue 17): from
+ then on, a download that starts with a detools sequential patch (`detools create_patch
+ --patch-type sequential --compression heatshrink|none OLD NEW PATCH`) is applied on the
+ way, reading the old image through `read(ctx, offset, buf, len)`, and IOT_OTA_FetchYield
+ returns the bytes of the NEW image: the v2.3 loop writes them to its other slot exactly as a
+ full image. IOT_OTAG_FETCHED_SIZE and IOT_OTAG_FILE_SIZE then count the new image (from the
+ patch's header); the platform's size and digest are the patch's, and IOT_OTAG_CHECK_FIRMWARE
+ is 1 only when the whole patch matched its digest, made exactly the new image, and the image
+ passed its own checks (IOT_OTAC_REQUIRE_SIGNATURE and the rest). Any other download is
+ handed out as it comes, as without a delta source. A patch that reads outside the old image,
+ is malformed, needs a heatshrink window over 4 KiB or ends early ends the download with
+ IOT_OTAE_DELTA_REFUSED and one failure report. A patch is not resumed after a restart yet
+ (it starts over); within a session a cut connection resumes with `Range` as usual.
+
+ Memory, allocated here: about 4.3 KB for the applier and a 4 KiB patch buffer. Call it
+ once, after IOT_OTA_Init and before the first upgrade.
+
+ Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle or a NULL `read`;
+ IOT_OTAE_INVALID_STATE once an upgrade was accepted.
+
+ # Safety
+ `read` is NULL or a function that writes at most `len` bytes to `buf`; it and `ctx` stay
+ usable, from any thread that calls IOT_OTA_FetchYield, until the handle is deinitialised.
+ */
+int IOT_OTA_SetDeltaSource(void *handle, IOT_OTA_OldImageRead read, void *ctx, uint32_t old_size);
 
 /*
  Sets the most simultaneous firmware downloads from the network among all OTA handles on

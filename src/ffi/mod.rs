@@ -18,6 +18,7 @@ pub(crate) mod guard;
 
 mod answer;
 pub mod conninfo;
+pub mod delta;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
