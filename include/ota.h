@@ -66,6 +66,8 @@
  */
 #define PATCH_BUFFER 4096
 
+
+
 /*
  Longest product key the HAL stores (buffers are `PRODUCT_KEY_LEN + 1`).
  */
@@ -196,6 +198,14 @@
  Bytes of a breakpoint record: what a firmware's store must hold.
  */
 #define OTA_BREAKPOINT_RECORD_LEN 824
+
+/*
+ Bytes of the longest breakpoint record once IOT_OTA_SetDeltaSource is set: a delta patch's
+ record carries the patch applier's state (its 4 KiB heatshrink window, the image checks'
+ state) after the 824 bytes, so the patch resumes after a power loss. A store for delta
+ upgrades must hold this many bytes.
+ */
+#define OTA_BREAKPOINT_DELTA_RECORD_LEN 5311
 
 /*
  Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values, and
@@ -793,7 +803,8 @@ typedef int (*ota_bp_load_fn)(void *ctx, uint8_t *buf, uint32_t buf_len);
 
 /*
  Replaces the stored breakpoint record with `len` bytes at `buf` (at most
- OTA_BREAKPOINT_RECORD_LEN bytes; erase-then-write of one flash sector is typical). Returns 0, or < 0 on error.
+ OTA_BREAKPOINT_RECORD_LEN bytes, or OTA_BREAKPOINT_DELTA_RECORD_LEN with a delta source;
+ erase-then-write of one flash sector, or two, is typical). Returns 0, or < 0 on error.
  A write cut by power loss is tolerated: the record carries a CRC and is then ignored.
  */
 typedef int (*ota_bp_save_fn)(void *ctx, const uint8_t *buf, uint32_t len);
@@ -1264,11 +1275,15 @@ int IOT_Ioctl(int option, void *data);
  passed its own checks (IOT_OTAC_REQUIRE_SIGNATURE and the rest). Any other download is
  handed out as it comes, as without a delta source. A patch that reads outside the old image,
  is malformed, needs a heatshrink window over 4 KiB or ends early ends the download with
- IOT_OTAE_DELTA_REFUSED and one failure report. A patch is not resumed after a restart yet
- (it starts over); within a session a cut connection resumes with `Range` as usual.
+ IOT_OTAE_DELTA_REFUSED and one failure report. A cut connection resumes with `Range` as
+ usual; with a breakpoint store (IOT_OTA_SetBreakpointStore*), a patch resumes after a power
+ loss too: its record then carries the applier's state and takes up to
+ OTA_BREAKPOINT_DELTA_RECORD_LEN bytes (the store must hold them; set the store before or
+ after this call).
 
- Memory, allocated here: about 4.3 KB for the applier and a 4 KiB patch buffer. Call it
- once, after IOT_OTA_Init and before the first upgrade.
+ Memory, allocated here: about 4.3 KB for the applier and a 4 KiB patch buffer, and with a
+ breakpoint store 2 × 4.5 KB more for records with the applier's state. Call it once, after
+ IOT_OTA_Init and before the first upgrade.
 
  Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle or a NULL `read`;
  IOT_OTAE_INVALID_STATE once an upgrade was accepted.

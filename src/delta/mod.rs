@@ -64,4 +64,4 @@ pub use error::{DeltaError, SizeField};
 pub use header::PatchHeader;
 pub use heatshrink::{MAX_WINDOW_BITS, MIN_WINDOW_BITS};
 pub use old::{OldImage, OldReadError};
-pub use state::{STATE_FIXED_LEN, STATE_MAX};
+pub use state::{SavedState, STATE_FIXED_LEN, STATE_MAX};

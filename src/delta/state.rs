@@ -209,24 +209,26 @@ impl PatchApplier {
         applier.restore_in_place(state).then_some(applier)
     }
 
+    /// What a saved state says, when an applier of `budget` would take it (exactly the check
+    /// [`restore_in_place`](Self::restore_in_place) makes); no allocation, nothing changed.
+    /// The engine checks a breakpoint record with it before it promises the firmware a resume
+    /// offset, and restores the applier later, on the thread that fetches.
+    pub fn inspect_state(budget: DeltaBudget, state: &[u8]) -> Option<SavedState> {
+        let (f, _) = checked(budget.clamped(), state)?;
+        Some(SavedState {
+            new_size: f.new_size,
+            produced: f.produced,
+            consumed: f.consumed,
+        })
+    }
+
     /// [`restore`](Self::restore) into this applier's memory, without allocating; `false`
     /// (and the applier unchanged) when `state` is refused.
     pub fn restore_in_place(&mut self, state: &[u8]) -> bool {
-        let Some((fixed, window)) = state.split_first_chunk::<STATE_FIXED_LEN>() else {
+        let Some((f, window)) = checked(self.budget, state) else {
             return false;
         };
-        let Some(f) = Fields::decode(fixed) else {
-            return false;
-        };
-        let mut again = [0u8; STATE_FIXED_LEN];
-        f.encode(&mut again);
-        let window_len = f.decoder.map_or(0, |d| 1usize << d.params.window_bits);
-        let fits = f
-            .decoder
-            .is_none_or(|d| d.params.window_bits <= self.budget.max_window_bits);
-        if &again != fixed || window.len() != window_len || !fits || !f.is_consistent() {
-            return false;
-        }
+        let window_len = window.len();
         self.window[..window_len].copy_from_slice(window);
         self.stage = f.stage;
         self.compression = f.compression;
@@ -240,6 +242,32 @@ impl PatchApplier {
         self.failed = None;
         true
     }
+}
+
+/// The positions a saved state holds ([`PatchApplier::inspect_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedState {
+    /// The new image's size (0 while the header is being read).
+    pub new_size: u64,
+    /// New-image bytes written before the state was saved.
+    pub produced: u64,
+    /// Patch bytes consumed: where the patch resumes.
+    pub consumed: u64,
+}
+
+/// The fields and the window of `state`, when it is exactly a state `save_state` writes and
+/// its window fits `budget` (clamped).
+fn checked(budget: DeltaBudget, state: &[u8]) -> Option<(Fields, &[u8])> {
+    let (fixed, window) = state.split_first_chunk::<STATE_FIXED_LEN>()?;
+    let f = Fields::decode(fixed)?;
+    let mut again = [0u8; STATE_FIXED_LEN];
+    f.encode(&mut again);
+    let window_len = f.decoder.map_or(0, |d| 1usize << d.params.window_bits);
+    let fits = f
+        .decoder
+        .is_none_or(|d| d.params.window_bits <= budget.max_window_bits);
+    (&again == fixed && window.len() == window_len && fits && f.is_consistent())
+        .then_some((f, window))
 }
 
 struct Writer<'a> {

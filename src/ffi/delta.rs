@@ -58,11 +58,15 @@ impl OldImage for COldImage {
 /// passed its own checks (IOT_OTAC_REQUIRE_SIGNATURE and the rest). Any other download is
 /// handed out as it comes, as without a delta source. A patch that reads outside the old image,
 /// is malformed, needs a heatshrink window over 4 KiB or ends early ends the download with
-/// IOT_OTAE_DELTA_REFUSED and one failure report. A patch is not resumed after a restart yet
-/// (it starts over); within a session a cut connection resumes with `Range` as usual.
+/// IOT_OTAE_DELTA_REFUSED and one failure report. A cut connection resumes with `Range` as
+/// usual; with a breakpoint store (IOT_OTA_SetBreakpointStore*), a patch resumes after a power
+/// loss too: its record then carries the applier's state and takes up to
+/// OTA_BREAKPOINT_DELTA_RECORD_LEN bytes (the store must hold them; set the store before or
+/// after this call).
 ///
-/// Memory, allocated here: about 4.3 KB for the applier and a 4 KiB patch buffer. Call it
-/// once, after IOT_OTA_Init and before the first upgrade.
+/// Memory, allocated here: about 4.3 KB for the applier and a 4 KiB patch buffer, and with a
+/// breakpoint store 2 × 4.5 KB more for records with the applier's state. Call it once, after
+/// IOT_OTA_Init and before the first upgrade.
 ///
 /// Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle or a NULL `read`;
 /// IOT_OTAE_INVALID_STATE once an upgrade was accepted.

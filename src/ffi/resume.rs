@@ -12,6 +12,13 @@ use crate::resume::{BreakpointStore, FileStore, SavePolicy, StoreError};
 pub const OTA_BREAKPOINT_RECORD_LEN: usize = 824;
 const _: () = assert!(OTA_BREAKPOINT_RECORD_LEN == crate::resume::RECORD_LEN);
 
+/// Bytes of the longest breakpoint record once IOT_OTA_SetDeltaSource is set: a delta patch's
+/// record carries the patch applier's state (its 4 KiB heatshrink window, the image checks'
+/// state) after the 824 bytes, so the patch resumes after a power loss. A store for delta
+/// upgrades must hold this many bytes.
+pub const OTA_BREAKPOINT_DELTA_RECORD_LEN: usize = 5311;
+const _: () = assert!(OTA_BREAKPOINT_DELTA_RECORD_LEN == crate::resume::DELTA_RECORD_LEN);
+
 /// Reads the stored breakpoint record into `buf` (at most `buf_len` bytes).
 /// Returns the number of bytes read, 0 when nothing is stored, < 0 on error.
 #[allow(non_camel_case_types)]
@@ -19,7 +26,8 @@ pub type ota_bp_load_fn =
     Option<unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, buf_len: u32) -> c_int>;
 
 /// Replaces the stored breakpoint record with `len` bytes at `buf` (at most
-/// OTA_BREAKPOINT_RECORD_LEN bytes; erase-then-write of one flash sector is typical). Returns 0, or < 0 on error.
+/// OTA_BREAKPOINT_RECORD_LEN bytes, or OTA_BREAKPOINT_DELTA_RECORD_LEN with a delta source;
+/// erase-then-write of one flash sector, or two, is typical). Returns 0, or < 0 on error.
 /// A write cut by power loss is tolerated: the record carries a CRC and is then ignored.
 #[allow(non_camel_case_types)]
 pub type ota_bp_save_fn =

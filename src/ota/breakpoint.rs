@@ -1,5 +1,6 @@
 //! The engine's side of the breakpoint record: resume after a restart, success after reboot.
 
+use super::delta::{DeltaSide, Mode};
 use super::{BootState, Engine, OtaState};
 use crate::error::{Error, Result};
 use crate::log::Level;
@@ -7,8 +8,11 @@ use crate::ota_log;
 use crate::protocol::{FailureCause, Report};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
+use crate::delta::PatchApplier;
+use crate::image::ImageVerifier;
 use crate::resume::{
-    Breakpoint, BreakpointStore, RebootOutcome, RecordState, SavePolicy, RECORD_LEN,
+    encode_tail, read_tail, Breakpoint, BreakpointStore, RebootOutcome, RecordState, SavePolicy,
+    RECORD_LEN,
 };
 
 impl Engine {
@@ -19,9 +23,27 @@ impl Engine {
         if !self.keeper.enabled {
             return;
         }
+        let tailed = self.keeper.has_tail();
         match self.keeper.load() {
             Some(bp)
-                if bp.state() == RecordState::Downloading
+                if tailed
+                    && bp.state() == RecordState::Downloading
+                    && bp.protocol() == self.protocol
+                    && bp.matches(&self.notice) =>
+            {
+                if self.resume_patch(bp) {
+                    return;
+                }
+                ota_log!(
+                    Level::Info,
+                    "breakpoint record of a delta patch this session cannot resume (no delta \
+                     source, another applier budget, or no digest state): the download starts over"
+                );
+                self.keeper.erase();
+            }
+            Some(bp)
+                if !tailed
+                    && bp.state() == RecordState::Downloading
                     && bp.protocol() == self.protocol
                     && bp.matches(&self.notice)
                     && (bp.offset() == 0
@@ -82,7 +104,107 @@ impl Engine {
             Err(e) => ota_log!(Level::Warning, "no breakpoint record for this upgrade: {e}"),
         }
         self.keeper.last_saved = 0;
-        self.save_progress();
+        self.save_progress(None);
+    }
+
+    /// Resumes a delta patch from its record (`bp`, with the stored delta tail): the patch at
+    /// the record's offset with its digest, the new image at the tail's offset with its checks,
+    /// and the applier's state, restored on the fetch side at the next `fetch_yield`
+    /// ([`restore_applier`](Self::restore_applier)). False, with nothing changed, unless the
+    /// session has a delta source whose budget takes the saved state and the record holds the
+    /// patch's digest state (and the image checks' state where signatures are checked).
+    fn resume_patch(&mut self, bp: Breakpoint) -> bool {
+        let (Some(budget), Some(tail)) = (self.delta_budget, read_tail(&self.keeper.stored_tail))
+        else {
+            return false;
+        };
+        let fits = PatchApplier::inspect_state(budget, tail.applier_state).is_some_and(|s| {
+            s.consumed == bp.offset() && s.produced == tail.delivered && s.new_size == tail.new_size
+        });
+        let image = tail.restore_image();
+        let (delivered, new_size) = (tail.delivered, tail.new_size);
+        let (Some(digest), true) = (bp.restore_digest(), fits) else {
+            return false;
+        };
+        if image.is_none() && delivered > 0 && self.policy.checks_signatures() {
+            return false;
+        }
+        if bp.is_package() {
+            self.resume_package_at(bp.file_index());
+        }
+        let d = &mut self.download;
+        d.fetched = bp.offset();
+        d.digest = digest;
+        d.digest_bytes = bp.offset();
+        d.image_unchecked = image.is_none() && delivered > 0;
+        d.image = image
+            .unwrap_or_else(|| ImageVerifier::new(&self.policy))
+            .with_announced_size(new_size);
+        d.delta.mode = Mode::Patch;
+        d.delta.new_size = new_size;
+        d.delta.delivered = delivered;
+        d.delta.held = 0;
+        d.delta.restore_pending = true;
+        ota_log!(
+            Level::Info,
+            "resuming the delta patch to {} at patch byte {} (new image byte {} of {}) from the \
+             breakpoint record",
+            self.notice.version,
+            bp.offset(),
+            delivered,
+            new_size
+        );
+        self.keeper.last_saved = bp.offset();
+        self.keeper.record = Some(bp);
+        true
+    }
+
+    /// At the first `fetch_yield` after a patch resumed from its record: the applier takes the
+    /// saved state (checked when the record was read). Passes the fetch side's delta state on.
+    pub(super) fn restore_applier<'a>(
+        &mut self,
+        delta: Option<&'a mut DeltaSide>,
+    ) -> crate::error::Result<Option<&'a DeltaSide>> {
+        if !std::mem::take(&mut self.download.delta.restore_pending) {
+            return Ok(delta.map(|d| &*d));
+        }
+        if let Some(d) = delta {
+            if read_tail(&self.keeper.stored_tail).is_some_and(|t| d.restore(t.applier_state)) {
+                return Ok(Some(&*d));
+            }
+        }
+        Err(self.abort_fetch(
+            Error::InvalidState("the delta patch's saved state could not be restored"),
+            FailureCause::DownloadFailed,
+            "delta patch: the resume state was refused",
+        ))
+    }
+
+    /// A patch's progress: the record for the patch (its offset and digest state), with the
+    /// tail for the new image (its offset, its checks' state) and the applier's state. Written
+    /// only when all of them are there; an earlier record stays otherwise.
+    fn save_patch_progress(&mut self, delta: Option<&DeltaSide>) {
+        let d = &self.download;
+        let (Some(side), Some(bp), true) = (
+            delta,
+            self.keeper.record.as_ref(),
+            d.digest_bytes == d.fetched,
+        ) else {
+            return;
+        };
+        let mut next = bp.clone();
+        if let Err(e) = next.set_progress(d.fetched, Some(&d.digest), None) {
+            ota_log!(Level::Warning, "breakpoint not recorded: {e}");
+            return;
+        }
+        let (delivered, new_size) = (d.delta.delivered, d.delta.new_size);
+        let image = (!d.image_unchecked && d.image.received() == delivered).then_some(&d.image);
+        let saved = self.keeper.save_with_tail(next, |base, out| {
+            encode_tail(base, delivered, new_size, image, side.applier(), out)
+        });
+        if saved {
+            self.keeper.last_saved = self.download.fetched;
+        }
     }
 
     /// The package's file `index` is next (the firmware judged the one before good) or starts:
@@ -103,8 +225,13 @@ impl Engine {
         self.keeper.save();
     }
 
-    /// Writes the offset and digest state of the download to the breakpoint record.
-    pub(super) fn save_progress(&mut self) {
+    /// Writes the offset and digest state of the download to the breakpoint record; for a
+    /// patch, with its delta tail (`delta`: the fetch side's applier).
+    pub(super) fn save_progress(&mut self, delta: Option<&DeltaSide>) {
+        if self.download.delta.mode == Mode::Patch {
+            self.save_patch_progress(delta);
+            return;
+        }
         let digest =
             (self.download.digest_bytes == self.download.fetched).then_some(&self.download.digest);
         let image = (self.download.image.received() == self.download.fetched)
@@ -316,10 +443,16 @@ pub(super) struct RecordKeeper {
     pub(super) stored: Option<Breakpoint>,
     /// Offset at the last save.
     pub(super) last_saved: u64,
-    /// The encoded record of a pending save; allocated when a store is set (a device without
-    /// one does not pay for it).
-    pub(super) buf: Option<Box<[u8; RECORD_LEN]>>,
+    /// The encoded record of a pending save ([`RECORD_LEN`] bytes and room for a delta tail
+    /// of `tail_room`); allocated when a store is set (a device without one does not pay for
+    /// it).
+    pub(super) buf: Option<Box<[u8]>>,
     pub(super) pending: Pending,
+    /// Room for a delta tail (0 without a delta source): set with the delta source.
+    tail_room: usize,
+    /// The delta tail of what the store holds (empty: none), after `stored`; its capacity is
+    /// `tail_room` (or the loaded tail's length), so keeping it never allocates.
+    pub(super) stored_tail: Vec<u8>,
 }
 
 /// A write the store has not seen yet.
@@ -341,6 +474,8 @@ impl RecordKeeper {
             last_saved: 0,
             buf: None,
             pending: Pending::None,
+            tail_room: 0,
+            stored_tail: Vec::new(),
         }
     }
 
@@ -358,9 +493,46 @@ impl RecordKeeper {
         else {
             return;
         };
-        let len = bp.encode(buf);
+        let Some(base) = buf.first_chunk_mut::<RECORD_LEN>() else {
+            return;
+        };
+        let len = bp.encode(base);
         self.pending = Pending::Save(len);
         self.stored = Some(bp.clone());
+        self.stored_tail.clear();
+    }
+
+    /// Saves `bp` followed by the delta tail `tail` writes after the encoded record (its
+    /// length; 0: nothing to save). Replaces the current record only when saved; false when
+    /// not.
+    pub(super) fn save_with_tail(
+        &mut self,
+        bp: Breakpoint,
+        tail: impl FnOnce(&[u8], &mut [u8]) -> usize,
+    ) -> bool {
+        let (true, Some(buf)) = (self.enabled, self.buf.as_mut()) else {
+            return false;
+        };
+        let (base, rest) = buf.split_at_mut(RECORD_LEN);
+        let Some(base) = base.first_chunk_mut::<RECORD_LEN>() else {
+            return false;
+        };
+        bp.encode(base);
+        let n = tail(base, rest);
+        if n == 0 || n > self.stored_tail.capacity() {
+            return false;
+        }
+        self.pending = Pending::Save(RECORD_LEN + n);
+        self.stored_tail.clear();
+        self.stored_tail.extend_from_slice(&rest[..n]);
+        self.stored = Some(bp.clone());
+        self.record = Some(bp);
+        true
+    }
+
+    /// Whether the stored record carries a delta tail.
+    pub(super) fn has_tail(&self) -> bool {
+        !self.stored_tail.is_empty()
     }
 
     pub(super) fn erase(&mut self) {
@@ -368,6 +540,7 @@ impl RecordKeeper {
         if self.enabled {
             self.pending = Pending::Erase;
             self.stored = None;
+            self.stored_tail.clear();
         }
     }
 }
@@ -375,7 +548,9 @@ impl RecordKeeper {
 /// The breakpoint store, behind its own lock, and a copy of the record being written.
 pub(super) struct StoreWriter {
     pub(super) store: Option<Box<dyn BreakpointStore>>,
-    buf: Option<Box<[u8; RECORD_LEN]>>,
+    buf: Option<Box<[u8]>>,
+    /// Room for a delta tail after the record (see [`RecordKeeper`]).
+    tail_room: usize,
 }
 
 impl StoreWriter {
@@ -383,24 +558,54 @@ impl StoreWriter {
         StoreWriter {
             store: None,
             buf: None,
+            tail_room: 0,
         }
     }
 
     /// Takes `store`, with the buffer its writes go through (allocated once, at configuration).
     pub(super) fn set(&mut self, store: Box<dyn BreakpointStore>) {
-        self.buf.get_or_insert_with(|| Box::new([0u8; RECORD_LEN]));
+        fit(&mut self.buf, RECORD_LEN + self.tail_room);
         self.store = Some(store);
+    }
+
+    /// Records may carry a delta tail of up to `room` bytes from now on (configuration only).
+    pub(super) fn make_tail_room(&mut self, room: usize) {
+        self.tail_room = room;
+        if self.buf.is_some() {
+            fit(&mut self.buf, RECORD_LEN + room);
+        }
+    }
+}
+
+/// `buf`, allocated with `len` bytes unless it has them already (configuration only).
+fn fit(buf: &mut Option<Box<[u8]>>, len: usize) {
+    if buf.as_ref().is_none_or(|b| b.len() != len) {
+        *buf = Some(vec![0u8; len].into_boxed_slice());
     }
 }
 
 impl RecordKeeper {
     /// A store is set: records are kept from now on (the save buffer is allocated once, at
-    /// configuration).
-    pub(super) fn enable(&mut self, stored: Option<Breakpoint>) {
-        self.buf.get_or_insert_with(|| Box::new([0u8; RECORD_LEN]));
+    /// configuration). `stored` is what it holds, with its delta tail's bytes.
+    pub(super) fn enable(&mut self, stored: Option<(Breakpoint, Vec<u8>)>) {
+        fit(&mut self.buf, RECORD_LEN + self.tail_room);
         self.enabled = true;
+        let (stored, mut tail) = stored.unzip();
         self.stored = stored;
+        let mut tail = tail.take().unwrap_or_default();
+        tail.reserve(self.tail_room.saturating_sub(tail.len()));
+        self.stored_tail = tail;
         self.pending = Pending::None;
+    }
+
+    /// Records may carry a delta tail of up to `room` bytes from now on (configuration only).
+    pub(super) fn make_tail_room(&mut self, room: usize) {
+        self.tail_room = room;
+        if self.enabled {
+            fit(&mut self.buf, RECORD_LEN + room);
+        }
+        self.stored_tail
+            .reserve(room.saturating_sub(self.stored_tail.len()));
     }
 }
 
@@ -408,10 +613,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Reads the record a new store holds (None: missing, torn or corrupt, never trusted).
-pub(super) fn read_record(store: &mut dyn BreakpointStore) -> Option<Breakpoint> {
-    match Breakpoint::load(store) {
-        Ok(bp) => Some(bp),
+/// Reads the record a new store holds, with its delta tail's bytes (None: missing, torn or
+/// corrupt, never trusted). Configuration only: the read buffer is allocated for any tail.
+pub(super) fn read_record(store: &mut dyn BreakpointStore) -> Option<(Breakpoint, Vec<u8>)> {
+    let mut buf = vec![0u8; RECORD_LEN + crate::resume::TAIL_MAX_ANY + 1];
+    match Breakpoint::load_with_tail(store, &mut buf) {
+        Ok((bp, end)) => Some((bp, buf[RECORD_LEN.min(end)..end].to_vec())),
         Err(e) => {
             if !matches!(
                 e,

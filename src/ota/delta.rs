@@ -80,6 +80,9 @@ pub(super) struct DeltaCycle {
     /// Patch bytes received and not handed out (the fetch side's buffer): the breakpoint
     /// record is written only when it is 0, so its offset is what the caller stored.
     pub(super) held: usize,
+    /// Resumed from a breakpoint record: the applier takes the record's state at the next
+    /// `fetch_yield`.
+    pub(super) restore_pending: bool,
 }
 
 impl DeltaCycle {
@@ -89,6 +92,7 @@ impl DeltaCycle {
             new_size: 0,
             delivered: 0,
             held: 0,
+            restore_pending: false,
         }
     }
 }
@@ -132,6 +136,21 @@ impl DeltaSide {
         self.start = 0;
         self.end = 0;
         self.more_output = false;
+    }
+
+    /// The applier (its state goes into a patch's breakpoint record).
+    pub(super) fn applier(&self) -> &PatchApplier {
+        &self.applier
+    }
+
+    /// Continues a patch from a breakpoint record: the applier takes `state` (see
+    /// [`PatchApplier::restore_in_place`]), the buffer is empty, and a hand-out step runs first
+    /// (the state may hold output not yet written). False, the applier reset, when refused.
+    pub(super) fn restore(&mut self, state: &[u8]) -> bool {
+        self.reset();
+        let ok = self.applier.restore_in_place(state);
+        self.more_output = ok;
+        ok
     }
 
     /// Patch bytes received and not handed out.
@@ -231,7 +250,7 @@ fn plausible_start(head: &[u8], h: &PatchHeader) -> bool {
 impl Engine {
     /// With a delta source: decides, from the first bytes, whether this download is a patch.
     /// A patch's new size becomes the image the caller gets and the image checks see; its
-    /// breakpoint record is dropped (not resumable across a restart yet).
+    /// breakpoint record carries the applier's state from now on.
     pub(super) fn recognise_patch(&mut self, side: &DeltaSide) {
         let complete = self.download.fetched == self.target().size;
         match recognise(side, complete) {
@@ -249,13 +268,6 @@ impl Engine {
                     h.compression,
                     h.new_size
                 );
-                if self.keeper.record.is_some() {
-                    ota_log!(
-                        Level::Info,
-                        "a patch is not resumed across a restart yet: no breakpoint record for it"
-                    );
-                    self.keeper.erase();
-                }
             }
         }
     }

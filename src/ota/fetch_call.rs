@@ -207,7 +207,7 @@ fn run(
     buf: &mut [u8],
     call: &FetchCall,
 ) -> Result<usize> {
-    let begun = lock(engine).begin_fetch_call(buf.len());
+    let begun = lock(engine).begin_fetch_call(buf.len(), side.delta.as_mut());
     // The record saved by begin_fetch_call (bytes of earlier calls only) is written before any
     // new byte is read, and without the engine's lock.
     flush(engine, records);

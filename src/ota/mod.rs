@@ -61,6 +61,7 @@ mod sharing;
 mod support;
 
 use breakpoint::{RecordKeeper, StoreWriter};
+use delta::DeltaSide;
 pub use delta::{DeltaOptions, PATCH_BUFFER};
 use download::{Cycle, Download};
 use fetch_call::{FetchCall, SourceSide, Step};
@@ -275,7 +276,8 @@ struct Engine {
     /// Whether an MQTT block source is installed: downloads over MQTT are accepted.
     mqtt_download: bool,
     /// Whether a delta source is set: downloads are looked at for a patch.
-    delta_enabled: bool,
+    /// The delta applier's budget, when a delta source is set.
+    delta_budget: Option<crate::delta::DeltaBudget>,
 }
 
 impl Engine {
@@ -706,19 +708,21 @@ impl Engine {
     }
 
     /// The bookkeeping that opens a `fetch_yield` call.
-    fn begin_fetch_call(&mut self, buf_len: usize) -> Result<()> {
+    fn begin_fetch_call(&mut self, buf_len: usize, delta: Option<&mut DeltaSide>) -> Result<()> {
         if self.state != OtaState::Downloading {
             return Err(self.fetch_after_end());
         }
         if buf_len == 0 {
             return Err(self.fail(Error::InvalidParam("buffer is empty")));
         }
+        // A patch resumed from the record: its applier continues from the saved state.
+        let delta = self.restore_applier(delta)?;
         // Only here, before new bytes: the record covers what earlier calls returned.
         // (With a delta source, only when no received byte waits to be handed out.)
         if self.download.delta.held == 0
             && self.keeper.due(self.download.fetched, self.target().size)
         {
-            self.save_progress();
+            self.save_progress(delta);
         }
         if std::mem::take(&mut self.download.stalled) && self.download.source_open {
             self.interrupted(DownloadError::Timeout)?;
@@ -806,12 +810,14 @@ impl Engine {
             skip => skip,
         };
         // Bytes that are not a patch go to the caller in the call that reads them: no more
-        // than its buffer takes beside what is pending.
+        // than its buffer takes beside what is pending. A patch is read a caller's buffer at a
+        // time too (at most the patch buffer): the breakpoint record is written when the
+        // buffer is empty, so smaller reads give a power loss a nearer point to resume from.
         let buf_len = match (&side.delta, self.download.delta.mode) {
             (Some(d), delta::Mode::Plain | delta::Mode::Undecided) => {
                 call.buf_len.saturating_sub(d.pending()).max(1)
             }
-            (Some(_), _) => usize::MAX,
+            (Some(_), _) => call.buf_len,
             (None, _) => call.buf_len,
         };
         let stall_at = self.download.last_progress + self.retry.stall_timeout;
@@ -1414,7 +1420,7 @@ impl OtaSession {
             files_done: 0,
             next_file: false,
             mqtt_download: false,
-            delta_enabled: false,
+            delta_budget: None,
         };
         Ok(OtaSession {
             engine: Arc::new(Mutex::new(engine)),
@@ -1483,6 +1489,7 @@ impl OtaSession {
         options: DeltaOptions,
     ) -> Result<()> {
         let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let mut e = self.engine();
         if options.max_new_size == 0 {
             return Err(e.fail(Error::InvalidParam("delta: the slot size is 0")));
@@ -1493,7 +1500,11 @@ impl OtaSession {
             )));
         }
         side.delta = Some(delta::DeltaSide::new(old, options));
-        e.delta_enabled = true;
+        e.delta_budget = Some(options.budget.clamped());
+        // A patch's breakpoint record carries the applier's state in a tail.
+        let room = crate::resume::tail_max(options.budget);
+        records.make_tail_room(room);
+        e.keeper.make_tail_room(room);
         Ok(())
     }
 

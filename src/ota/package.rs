@@ -77,7 +77,7 @@ impl Engine {
     pub(super) fn new_download(&self) -> Download {
         let t = self.target();
         let mut d = Download::new(t.kind, t.size, self.retry, &self.policy);
-        d.delta = DeltaCycle::new(self.delta_enabled);
+        d.delta = DeltaCycle::new(self.delta_budget.is_some());
         d
     }
 

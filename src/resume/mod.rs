@@ -55,6 +55,11 @@ use crate::error::Error;
 use crate::image::{ImageVerifier, STATE_MAX as IMAGE_STATE_MAX};
 use crate::protocol::{DigestKind, PackageFile, Protocol, UpgradeNotice};
 
+mod delta_tail;
+pub use delta_tail::{
+    decode_tail, encode_tail, read_tail, tail_max, DeltaTail, DELTA_RECORD_LEN, TAIL_MAX_ANY,
+};
+
 /// Longest version, module, task id or batch a record holds, bytes.
 /// cbindgen:ignore
 pub const TEXT_MAX: usize = 64;
@@ -750,6 +755,43 @@ impl Breakpoint {
         Ok(Breakpoint::decode(&buf[..n])?)
     }
 
+    /// Loads a record that may carry a delta tail ([`DeltaTail`]) into `buf` (at least
+    /// [`RECORD_LEN`] + [`TAIL_MAX_ANY`] + 1 bytes to hold any): the record, and the tail's
+    /// bytes `buf[RECORD_LEN..end]` (empty without one). A tail is accepted only when its
+    /// frame and CRC hold and its states could be restored by some budget; the session checks
+    /// it against its own budget before resuming from it.
+    pub fn load_with_tail(
+        store: &mut dyn BreakpointStore,
+        buf: &mut [u8],
+    ) -> Result<(Breakpoint, usize), LoadError> {
+        let n = store.load(buf)?;
+        if n > buf.len() {
+            return Err(StoreError::TooLarge {
+                len: n,
+                max: buf.len(),
+            }
+            .into());
+        }
+        let bytes = &buf[..n];
+        let tailed = n > RECORD_LEN && bytes.get(MAGIC.len()) == Some(&FORMAT_VERSION);
+        if !tailed {
+            return Ok((Breakpoint::decode(bytes)?, n));
+        }
+        let (base, tail) = bytes.split_at(RECORD_LEN);
+        let bp = Breakpoint::decode(base)?;
+        let any = crate::delta::DeltaBudget {
+            max_window_bits: crate::delta::MAX_WINDOW_BITS,
+            old_chunk: 1,
+        };
+        let ok = bp.state == RecordState::Downloading
+            && bp.image_state_len == 0
+            && decode_tail(base, tail, bp.offset, any).is_ok();
+        if !ok {
+            return Err(RecordError::Corrupt.into());
+        }
+        Ok((bp, n))
+    }
+
     fn texts(&self) -> [&Text; 5] {
         [
             &self.version,
@@ -922,7 +964,12 @@ fn kind_from_id(id: u8) -> Result<DigestKind, RecordError> {
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib/PNG): bitwise, no table.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
+    !crc32_continue(!0, bytes)
+}
+
+/// The CRC-32 register after `bytes`, from `crc` (start with `!0`, invert at the end).
+fn crc32_continue(crc: u32, bytes: &[u8]) -> u32 {
+    let mut crc = crc;
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
@@ -930,7 +977,7 @@ pub fn crc32(bytes: &[u8]) -> u32 {
             crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
         }
     }
-    !crc
+    crc
 }
 
 /// The identity of a download URL: FNV-1a 64 of the URL up to its query (`?`) or fragment
@@ -1107,14 +1154,14 @@ impl BreakpointStore for FileStore {
 /// survives a warm reset.
 #[derive(Clone)]
 pub struct MemoryStore {
-    buf: [u8; RECORD_LEN],
+    buf: [u8; DELTA_RECORD_LEN],
     len: usize,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore {
-            buf: [0; RECORD_LEN],
+            buf: [0; DELTA_RECORD_LEN],
             len: 0,
         }
     }
@@ -1152,7 +1199,7 @@ impl BreakpointStore for MemoryStore {
             .get_mut(..bytes.len())
             .ok_or(StoreError::TooLarge {
                 len: bytes.len(),
-                max: RECORD_LEN,
+                max: DELTA_RECORD_LEN,
             })?;
         dst.copy_from_slice(bytes);
         self.len = bytes.len();
@@ -1925,10 +1972,10 @@ mod tests {
         store.erase().unwrap();
         assert!(store.contents().is_empty());
         assert_eq!(
-            store.save(&[0u8; RECORD_LEN + 1]),
+            store.save(&[0u8; DELTA_RECORD_LEN + 1]),
             Err(StoreError::TooLarge {
-                len: RECORD_LEN + 1,
-                max: RECORD_LEN
+                len: DELTA_RECORD_LEN + 1,
+                max: DELTA_RECORD_LEN
             })
         );
     }

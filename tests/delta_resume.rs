@@ -1,0 +1,234 @@
+//! A delta patch survives a power loss (issue 17, item 3): the breakpoint record holds the patch
+//! offset and digest, the new image's offset and the applier's state (its delta tail), so a new
+//! session after the restart asks the server for the rest of the patch with `Range` and the
+//! firmware, written like the iotkit sample, appends the rest of the NEW image at
+//! `IOT_OTAG_FETCHED_SIZE`. Only stored bytes count: a record never covers bytes the firmware
+//! got in the call the power loss interrupted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::recorder::{Recorder, Sent};
+use ota::ota::DeltaOptions;
+use ota::resume::{FileStore, SavePolicy, RECORD_LEN};
+use ota::source::{HttpConfig, HttpSource};
+use ota::{OtaConfig, OtaSession, Protocol};
+use ota_cloud::FirmwareServer;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/delta")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ota-delta-resume-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A device after a (re)start: the record in `record`, saved at every call that may save,
+/// `old` as its delta source when given, told to upgrade to what `server` serves.
+fn boot(server: &FirmwareServer, served: &[u8], old: Option<&[u8]>, record: &Path) -> OtaSession {
+    let sent: Sent = Arc::default();
+    let source = HttpSource::new(HttpConfig::default()).unwrap();
+    let s = OtaSession::new(
+        "pk",
+        "dn",
+        OtaConfig::for_protocol(Protocol::Aliyun),
+        Box::new(Recorder(sent)),
+        Box::new(source),
+    )
+    .unwrap();
+    s.set_breakpoint_store(Box::new(FileStore::new(record)))
+        .unwrap();
+    s.set_save_policy(SavePolicy {
+        every_bytes: 1,
+        every_percent: 0,
+    });
+    if let Some(old) = old {
+        let old: &'static [u8] = Box::leak(old.to_vec().into_boxed_slice());
+        s.set_delta_source(Box::new(old), DeltaOptions::for_slot(64 * 1024))
+            .unwrap();
+    }
+    s.report_version("1.0.0").unwrap();
+    let notice = common::firmware::aliyun_notice(served, &server.url(), "2.0.0");
+    s.handle_message(s.downstream_topic(), notice.as_bytes())
+        .unwrap();
+    assert!(s.is_fetching());
+    s
+}
+
+/// The iotkit sample's loop in `buf_len`-byte calls, appending to `stored`, for at most
+/// `calls` calls (None: to the end); the verdict when it ended.
+fn run(s: &OtaSession, stored: &mut Vec<u8>, buf_len: usize, calls: Option<usize>) -> Option<bool> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; buf_len];
+    let mut made = 0;
+    while !s.is_fetch_finished() {
+        if calls.is_some_and(|c| made == c) {
+            return None;
+        }
+        assert!(Instant::now() < deadline, "stuck at {}", stored.len());
+        if let Ok(n) = s.fetch_yield(&mut buf, Duration::from_secs(1)) {
+            stored.extend_from_slice(&buf[..n]);
+        }
+        made += 1;
+    }
+    Some(s.check_firmware().unwrap())
+}
+
+/// Kills the device after `calls` calls, losing what the last call returned (the firmware had
+/// not written it yet), restarts it, and lets it finish: the new image is whole and valid,
+/// the restart resumed mid-image, and the server was asked for the rest of the patch only.
+fn killed_and_resumed(pair: &str, compression: &str, buf_len: usize, calls: usize) {
+    let what = format!("{pair}.{compression}, {buf_len}-byte calls, killed after {calls}");
+    let patch = fixture(&format!("{pair}.{compression}.patch"));
+    let (old, new) = (
+        fixture(&format!("{pair}.old")),
+        fixture(&format!("{pair}.new")),
+    );
+    let dir = scratch(&format!("{pair}-{compression}-{buf_len}-{calls}"));
+    let record = dir.join("ota.bp");
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+
+    let s = boot(&server, &patch, Some(&old), &record);
+    let mut stored = Vec::new();
+    let mut before_last = 0;
+    let mut buf = vec![0u8; buf_len];
+    let tailed = || std::fs::metadata(&record).is_ok_and(|m| m.len() as usize > RECORD_LEN);
+    // At least `calls` calls, and on until a record with the delta tail is on disk (it is
+    // written when the patch bytes read so far are used up).
+    let mut made = 0;
+    while made < calls || !tailed() {
+        assert!(!s.is_fetch_finished(), "{what}: ended before the kill");
+        before_last = stored.len();
+        if let Ok(n) = s.fetch_yield(&mut buf, Duration::from_secs(1)) {
+            stored.extend_from_slice(&buf[..n]);
+        }
+        made += 1;
+    }
+    assert!(!s.is_fetch_finished(), "{what}: ended before the kill");
+    drop(s);
+    // The power loss takes what the last call returned.
+    stored.truncate(before_last);
+    let on_disk = std::fs::metadata(&record).unwrap().len() as usize;
+    assert!(
+        on_disk > RECORD_LEN,
+        "{what}: the record carries the delta tail ({on_disk} bytes)"
+    );
+
+    let s = boot(&server, &patch, Some(&old), &record);
+    let resume_at = s.fetched_size() as usize;
+    assert!(
+        resume_at > 0 && resume_at <= stored.len(),
+        "{what}: resumes at new-image byte {resume_at}, within the {} stored",
+        stored.len()
+    );
+    assert_eq!(
+        s.file_size(),
+        new.len() as u64,
+        "{what}: FILE_SIZE is the new image's"
+    );
+    // The sample writes at the offset the SDK gives after a restart.
+    stored.truncate(resume_at);
+    let valid = run(&s, &mut stored, buf_len, None);
+    assert!(
+        stored == new,
+        "{what}: {} bytes of {}",
+        stored.len(),
+        new.len()
+    );
+    assert_eq!(valid, Some(true), "{what}");
+
+    let log = server.requests_when(2, Duration::from_secs(5));
+    let resumed = log.last().and_then(|r| r.range.clone()).unwrap_or_default();
+    let from: usize = resumed
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: the restart asked for {resumed:?}"));
+    assert!(
+        from > 0 && from < patch.len(),
+        "{what}: the patch resumed at byte {from} of {}",
+        patch.len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_heatshrink_patch_killed_mid_way_resumes_from_its_record() {
+    // Very compressible: 100 patch bytes (one read of a 100-byte call) last about 50 calls,
+    // and a record is written when they are used up, so the kills come later.
+    for (buf_len, calls) in [(100, 60), (50, 100), (7, 400), (1, 700)] {
+        killed_and_resumed("inserted-block", "heatshrink", buf_len, calls);
+    }
+    killed_and_resumed("appended", "heatshrink", 200, 20);
+    killed_and_resumed("unrelated", "heatshrink", 64, 30);
+}
+
+#[test]
+fn an_uncompressed_patch_killed_mid_way_resumes_from_its_record() {
+    for (buf_len, calls) in [(100, 20), (1000, 4), (7, 500)] {
+        killed_and_resumed("inserted-block", "none", buf_len, calls);
+    }
+    killed_and_resumed("small-change", "none", 500, 6);
+}
+
+#[test]
+fn a_record_with_a_delta_tail_is_not_resumed_without_a_delta_source() {
+    let patch = fixture("inserted-block.heatshrink.patch");
+    let old = fixture("inserted-block.old");
+    let dir = scratch("no-source");
+    let record = dir.join("ota.bp");
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let s = boot(&server, &patch, Some(&old), &record);
+    let mut stored = Vec::new();
+    assert_eq!(run(&s, &mut stored, 100, Some(30)), None);
+    drop(s);
+    assert!(std::fs::metadata(&record).unwrap().len() as usize > RECORD_LEN);
+    // The firmware after the restart set no delta source: the patch's record means nothing to
+    // it, and the download starts over (as the plain bytes of what is served).
+    let s = boot(&server, &patch, None, &record);
+    assert_eq!(s.fetched_size(), 0);
+    let mut stored = Vec::new();
+    assert_eq!(run(&s, &mut stored, 1000, None), Some(true));
+    assert!(stored == patch);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_corrupt_delta_tail_is_never_trusted() {
+    let patch = fixture("inserted-block.heatshrink.patch");
+    let (old, new) = (fixture("inserted-block.old"), fixture("inserted-block.new"));
+    let dir = scratch("corrupt-tail");
+    let record = dir.join("ota.bp");
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let s = boot(&server, &patch, Some(&old), &record);
+    let mut stored = Vec::new();
+    assert_eq!(run(&s, &mut stored, 100, Some(30)), None);
+    drop(s);
+    let mut bytes = std::fs::read(&record).unwrap();
+    assert!(bytes.len() > RECORD_LEN + 100);
+    // One bit in the applier's saved window, and a record cut inside its tail.
+    for damage in ["flip", "cut"] {
+        let mut damaged = bytes.clone();
+        match damage {
+            "flip" => damaged[RECORD_LEN + 100] ^= 0x01,
+            _ => damaged.truncate(RECORD_LEN + 40),
+        }
+        std::fs::write(&record, &damaged).unwrap();
+        let s = boot(&server, &patch, Some(&old), &record);
+        assert_eq!(s.fetched_size(), 0, "{damage}: starts over");
+        let mut stored = Vec::new();
+        assert_eq!(run(&s, &mut stored, 1000, None), Some(true), "{damage}");
+        assert!(stored == new, "{damage}");
+    }
+    bytes.clear();
+    let _ = std::fs::remove_dir_all(dir);
+}
