@@ -411,6 +411,13 @@ typedef enum IOT_OTA_Err_t {
    */
   IOT_OTAE_DELTA_REFUSED = -43,
   /*
+   A delta patch whose upgrade message requires another old image (extData's
+   `_delta_old_size` or `_delta_old_sha256`) than the running one: the download ended
+   before any byte of the new image, with one failure report (extension, see
+   IOT_OTA_SetDeltaSource).
+   */
+  IOT_OTAE_DELTA_OLD_MISMATCH = -44,
+  /*
    Success.
    */
   IOT_OTAE_NONE = 0,
@@ -594,8 +601,9 @@ typedef struct Style Style;
  The firmware's reader of the image it runs (the old image a delta patch applies to): copies
  `len` bytes from byte `offset` of it into `buf` and returns `len`, or a negative value when
  it cannot (the download then fails with IOT_OTAE_DELTA_REFUSED; a short count fails it too).
- Called inside IOT_OTA_FetchYield, on its thread, with no SDK lock held; it must not call
- IOT_OTA_* functions. `offset + len` never exceeds the `old_size` given.
+ Called inside IOT_OTA_SetDeltaSource (the whole image, once) and IOT_OTA_FetchYield, on the
+ caller's thread, with no SDK lock held; it must not call IOT_OTA_* functions.
+ `offset + len` never exceeds the `old_size` given.
  */
 typedef int (*IOT_OTA_OldImageRead)(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len);
 
@@ -1281,12 +1289,21 @@ int IOT_Ioctl(int option, void *data);
  OTA_BREAKPOINT_DELTA_RECORD_LEN bytes (the store must hold them; set the store before or
  after this call).
 
+ The old image's requirement: when the upgrade message's extData names the old image a patch
+ was made from (`_delta_old_size`, `_delta_old_sha256`: SagooIOT, and Aliyun's messages with
+ an extData object), a patch for another image than the running one ends the download before
+ any byte of the new image is returned, with IOT_OTAE_DELTA_OLD_MISMATCH and one failure
+ report (step -1, upgrade failed). To compare the digest this function computes the running
+ image's SHA-256: it reads the whole old image once through `read`, here, before returning
+ (at flash speed, about `old_size` / 512 calls of 512 bytes).
+
  Memory, allocated here: about 4.3 KB for the applier and a 4 KiB patch buffer, and with a
  breakpoint store 2 × 4.5 KB more for records with the applier's state. Call it once, after
  IOT_OTA_Init and before the first upgrade.
 
  Returns 0; IOT_OTAE_INVALID_PARAM for a NULL or foreign handle or a NULL `read`;
- IOT_OTAE_INVALID_STATE once an upgrade was accepted.
+ IOT_OTAE_INVALID_STATE once an upgrade was accepted; IOT_OTAE_DELTA_REFUSED when reading
+ the old image failed or came back short (nothing is set then).
 
  # Safety
  `read` is NULL or a function that writes at most `len` bytes to `buf`; it and `ctx` stay

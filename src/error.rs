@@ -86,6 +86,10 @@ pub enum Error {
     /// [`crate::delta::DeltaError`]); no valid image comes of it.
     #[error("delta patch refused: {0}")]
     Delta(#[from] crate::delta::DeltaError),
+    /// A delta patch's upgrade message requires another old image than the running one (its
+    /// size or SHA-256); refused before any new-image byte was handed out.
+    #[error("delta patch not for the running image: {0}")]
+    DeltaOldImage(#[from] crate::delta::OldImageMismatch),
     /// The new image must be rolled back: it booted too often without a confirmation (see
     /// `OtaConfig::confirm_boots`); the platform was told the upgrade failed.
     #[error("roll back: {0}")]

@@ -35,6 +35,12 @@ fn scratch(name: &str) -> PathBuf {
 /// A device after a (re)start: the record in `record`, saved at every call that may save,
 /// `old` as its delta source when given, told to upgrade to what `server` serves.
 fn boot(server: &FirmwareServer, served: &[u8], old: Option<&[u8]>, record: &Path) -> OtaSession {
+    let notice = common::firmware::aliyun_notice(served, &server.url(), "2.0.0");
+    boot_with(old, record, &notice)
+}
+
+/// [`boot`] with the upgrade message `notice`.
+fn boot_with(old: Option<&[u8]>, record: &Path, notice: &str) -> OtaSession {
     let sent: Sent = Arc::default();
     let source = HttpSource::new(HttpConfig::default()).unwrap();
     let s = OtaSession::new(
@@ -57,7 +63,6 @@ fn boot(server: &FirmwareServer, served: &[u8], old: Option<&[u8]>, record: &Pat
             .unwrap();
     }
     s.report_version("1.0.0").unwrap();
-    let notice = common::firmware::aliyun_notice(served, &server.url(), "2.0.0");
     s.handle_message(s.downstream_topic(), notice.as_bytes())
         .unwrap();
     assert!(s.is_fetching());
@@ -230,5 +235,57 @@ fn a_corrupt_delta_tail_is_never_trusted() {
         assert!(stored == new, "{damage}");
     }
     bytes.clear();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An Aliyun upgrade message for `patch` whose extData requires the old image `required`.
+fn notice_requiring(patch: &[u8], url: &str, required: &[u8]) -> String {
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(required)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{}","extData":{{"_delta_old_size":{},"_delta_old_sha256":"{sha}"}}}},"id":1,"message":"success"}}"#,
+        patch.len(),
+        ota_cloud::md5_hex(patch),
+        required.len()
+    )
+}
+
+#[test]
+fn the_old_image_requirement_holds_after_a_restart_too() {
+    let patch = fixture("inserted-block.heatshrink.patch");
+    let (old, new) = (fixture("inserted-block.old"), fixture("inserted-block.new"));
+    let dir = scratch("requirement");
+    let record = dir.join("ota.bp");
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let good = notice_requiring(&patch, &server.url(), &old);
+    for (second, valid) in [
+        (good.clone(), true),
+        (notice_requiring(&patch, &server.url(), &new), false),
+    ] {
+        let _ = std::fs::remove_file(&record);
+        let s = boot_with(Some(&old), &record, &good);
+        let mut stored = Vec::new();
+        assert_eq!(run(&s, &mut stored, 50, Some(100)), None);
+        drop(s);
+        assert!(std::fs::metadata(&record).unwrap().len() as usize > RECORD_LEN);
+        // After the restart the message (the same upgrade) names the running image, or, as if
+        // the platform now meant the patch for another one, an image the device does not run.
+        let s = boot_with(Some(&old), &record, &second);
+        assert!(s.fetched_size() > 0, "resumed from the record");
+        stored.truncate(s.fetched_size() as usize);
+        assert_eq!(run(&s, &mut stored, 50, None), Some(valid));
+        if valid {
+            assert!(stored == new);
+        } else {
+            assert!(
+                matches!(s.last_error(), Some(ota::Error::DeltaOldImage(_))),
+                "{:?}",
+                s.last_error()
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

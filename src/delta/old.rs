@@ -21,6 +21,24 @@ pub struct OldReadError {
     pub code: i32,
 }
 
+/// How the running image differs from the old image a patch's upgrade message requires
+/// (`extData`'s `_delta_old_size`, `_delta_old_sha256`; docs/delta.md): the patch is refused
+/// before any new-image byte is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OldImageMismatch {
+    /// The message names another size than the running image's.
+    #[error("the patch is for an old image of {required} bytes, the running image has {running}")]
+    Size {
+        /// `_delta_old_size`.
+        required: u64,
+        /// [`OldImage::size`] of the delta source.
+        running: u64,
+    },
+    /// The message names another SHA-256 than the running image's.
+    #[error("the patch is for an old image whose SHA-256 is not the running image's")]
+    Sha256,
+}
+
 /// An old image held in memory.
 impl OldImage for &[u8] {
     fn size(&self) -> u64 {

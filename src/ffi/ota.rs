@@ -91,6 +91,11 @@ pub enum IOT_OTA_Err_t {
     /// image, ends early) or the old image could not be read (extension, see
     /// IOT_OTA_SetDeltaSource).
     IOT_OTAE_DELTA_REFUSED = -43,
+    /// A delta patch whose upgrade message requires another old image (extData's
+    /// `_delta_old_size` or `_delta_old_sha256`) than the running one: the download ended
+    /// before any byte of the new image, with one failure report (extension, see
+    /// IOT_OTA_SetDeltaSource).
+    IOT_OTAE_DELTA_OLD_MISMATCH = -44,
     /// Success.
     IOT_OTAE_NONE = 0,
 }
@@ -313,6 +318,7 @@ pub fn err_code(e: &Error) -> c_int {
         Error::Image(e) => image_err_code(e),
         Error::RollBack(_) => IOT_OTA_Err_t::IOT_OTAE_IMAGE_ROLLBACK as c_int,
         Error::Delta(_) => IOT_OTA_Err_t::IOT_OTAE_DELTA_REFUSED as c_int,
+        Error::DeltaOldImage(_) => IOT_OTA_Err_t::IOT_OTAE_DELTA_OLD_MISMATCH as c_int,
     }
 }
 

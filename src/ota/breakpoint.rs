@@ -169,6 +169,8 @@ impl Engine {
             return Ok(delta.map(|d| &*d));
         }
         if let Some(d) = delta {
+            // The message's old-image requirement holds after a restart as before it.
+            self.old_image_required(d)?;
             if read_tail(&self.keeper.stored_tail).is_some_and(|t| d.restore(t.applier_state)) {
                 return Ok(Some(&*d));
             }

@@ -23,13 +23,14 @@ use std::time::Instant;
 use super::fetch_call::{FetchCall, SourceSide, Step};
 use super::{Engine, OtaState};
 use crate::delta::{
-    Compression, DeltaBudget, DeltaError, OldImage, PatchApplier, PatchHeader, Stop,
+    Compression, DeltaBudget, DeltaError, OldImage, OldImageMismatch, PatchApplier, PatchHeader,
+    Stop,
 };
 use crate::error::{Error, Result};
 use crate::image::ImageVerifier;
 use crate::log::Level;
 use crate::ota_log;
-use crate::protocol::FailureCause;
+use crate::protocol::{DeltaRequirement, FailureCause};
 use crate::source::{Chunk, DownloadError};
 
 /// Bytes of patch held between the network and the applier.
@@ -44,6 +45,10 @@ pub struct DeltaOptions {
     /// The largest new image a patch may make (the firmware's slot); a header naming more is
     /// not taken for a patch.
     pub max_new_size: u64,
+    /// The running image's SHA-256, when the firmware knows it (from its build or boot loader).
+    /// `None`: [`set_delta_source`](super::OtaSession::set_delta_source) computes it, reading
+    /// the whole old image once. Compared with the upgrade message's `_delta_old_sha256`.
+    pub old_sha256: Option<[u8; 32]>,
 }
 
 impl DeltaOptions {
@@ -52,6 +57,7 @@ impl DeltaOptions {
         DeltaOptions {
             budget: DeltaBudget::DEFAULT,
             max_new_size,
+            old_sha256: None,
         }
     }
 }
@@ -102,6 +108,8 @@ impl DeltaCycle {
 pub(super) struct DeltaSide {
     pub(super) options: DeltaOptions,
     old: Box<dyn OldImage + Send>,
+    /// The running image's SHA-256 (declared by the firmware or computed when it was set).
+    old_sha256: [u8; 32],
     applier: PatchApplier,
     patch: Box<[u8]>,
     /// Patch bytes `start..end` of `patch` are received and not consumed yet.
@@ -118,10 +126,16 @@ pub(super) struct Handed {
 }
 
 impl DeltaSide {
-    pub(super) fn new(old: Box<dyn OldImage + Send>, options: DeltaOptions) -> DeltaSide {
+    /// `old_sha256`: the running image's, from [`running_sha256`].
+    pub(super) fn new(
+        old: Box<dyn OldImage + Send>,
+        options: DeltaOptions,
+        old_sha256: [u8; 32],
+    ) -> DeltaSide {
         DeltaSide {
             options,
             old,
+            old_sha256,
             applier: PatchApplier::new(options.budget),
             patch: vec![0; PATCH_BUFFER].into_boxed_slice(),
             start: 0,
@@ -219,6 +233,53 @@ impl DeltaSide {
     }
 }
 
+/// The running image's SHA-256: the firmware's, else computed by reading `old` whole, in
+/// pieces of a fixed stack buffer (called before any SDK lock is taken).
+pub(super) fn running_sha256(
+    old: &mut dyn OldImage,
+    options: &DeltaOptions,
+) -> Result<[u8; 32], DeltaError> {
+    use sha2::Digest;
+    if let Some(d) = options.old_sha256 {
+        return Ok(d);
+    }
+    let mut buf = [0u8; 512];
+    let mut hash = sha2::Sha256::new();
+    let size = old.size();
+    let mut offset = 0u64;
+    while offset < size {
+        let wanted = (size - offset).min(buf.len() as u64) as usize;
+        let got = old
+            .read(offset, &mut buf[..wanted])
+            .map_err(|e| DeltaError::OldRead {
+                offset,
+                code: e.code,
+            })?;
+        if got != wanted {
+            return Err(DeltaError::OldShort {
+                offset,
+                wanted,
+                got,
+            });
+        }
+        hash.update(&buf[..wanted]);
+        offset += wanted as u64;
+    }
+    Ok(hash.finalize().into())
+}
+
+/// Whether the running image is the old image `req` names (empty: nothing to compare).
+fn check_old_image(side: &DeltaSide, req: &DeltaRequirement) -> Result<(), OldImageMismatch> {
+    let running = side.old.size();
+    match (req.old_size, req.old_sha256) {
+        (Some(required), _) if required != running => {
+            Err(OldImageMismatch::Size { required, running })
+        }
+        (_, Some(d)) if d != side.old_sha256 => Err(OldImageMismatch::Sha256),
+        _ => Ok(()),
+    }
+}
+
 /// How recognising went.
 pub(super) enum Verdict {
     /// Too few bytes yet.
@@ -250,13 +311,16 @@ fn plausible_start(head: &[u8], h: &PatchHeader) -> bool {
 impl Engine {
     /// With a delta source: decides, from the first bytes, whether this download is a patch.
     /// A patch's new size becomes the image the caller gets and the image checks see; its
-    /// breakpoint record carries the applier's state from now on.
-    pub(super) fn recognise_patch(&mut self, side: &DeltaSide) {
+    /// breakpoint record carries the applier's state from now on. A patch whose message
+    /// requires another old image than the running one ends the download here, before any byte
+    /// is handed out ([`Error::DeltaOldImage`]).
+    pub(super) fn recognise_patch(&mut self, side: &DeltaSide) -> Result<()> {
         let complete = self.download.fetched == self.target().size;
         match recognise(side, complete) {
             Verdict::NeedMore => {}
             Verdict::Plain => self.download.delta.mode = Mode::Plain,
             Verdict::Patch(h) => {
+                self.old_image_required(side)?;
                 self.download.delta.mode = Mode::Patch;
                 self.download.delta.new_size = h.new_size;
                 self.download.image =
@@ -270,6 +334,30 @@ impl Engine {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The upgrade message's old-image requirement against the running image: a mismatch
+    /// ends the download (one log line, one failure report); no requirement is logged once.
+    pub(super) fn old_image_required(&mut self, side: &DeltaSide) -> Result<()> {
+        let req = self.notice.delta_old;
+        if req.is_empty() {
+            ota_log!(
+                Level::Info,
+                "delta patch: the upgrade message names no old image (extData _delta_old_size, \
+                 _delta_old_sha256): nothing ties the patch to the running image"
+            );
+            return Ok(());
+        }
+        let Err(m) = check_old_image(side, &req) else {
+            return Ok(());
+        };
+        let desc = match m {
+            OldImageMismatch::Size { .. } => "delta patch: for an old image of another size",
+            OldImageMismatch::Sha256 => "delta patch: for an old image of another SHA-256",
+        };
+        self.download.verified = false;
+        Err(self.abort_fetch(Error::DeltaOldImage(m), FailureCause::UpgradeFailed, desc))
     }
 
     /// Bytes the caller has of what it is given: the new image's for a patch.
@@ -300,7 +388,9 @@ impl Engine {
                 // Resumed from a record: only plain images have one.
                 self.download.delta.mode = Mode::Plain;
             } else if d.pending() > 0 {
-                self.recognise_patch(d);
+                if let Err(e) = self.recognise_patch(d) {
+                    return Some(Step::Done(Err(e)));
+                }
             }
         }
         let mode = self.download.delta.mode;

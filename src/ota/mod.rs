@@ -1483,11 +1483,19 @@ impl OtaSession {
     /// applier ([`crate::delta::DeltaBudget::heap_bytes`]) and a [`PATCH_BUFFER`]-byte patch
     /// buffer; replaces a source set before. Before the first upgrade only
     /// ([`Error::InvalidState`]); [`Error::InvalidParam`] for a slot of 0 bytes.
+    ///
+    /// The running image's SHA-256 is `options.old_sha256`, or, when `None`, computed here by
+    /// reading `old` whole once, before any lock is taken ([`Error::Delta`] when a read fails
+    /// or comes back short). A patch whose upgrade message requires another old image (size or
+    /// SHA-256, docs/delta.md) ends its download before any byte with
+    /// [`Error::DeltaOldImage`].
     pub fn set_delta_source(
         &self,
-        old: Box<dyn crate::delta::OldImage + Send>,
+        mut old: Box<dyn crate::delta::OldImage + Send>,
         options: DeltaOptions,
     ) -> Result<()> {
+        // Before any lock: the firmware's reader may take a while over the whole image.
+        let running = delta::running_sha256(old.as_mut(), &options);
         let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let mut e = self.engine();
@@ -1499,7 +1507,8 @@ impl OtaSession {
                 "the delta source is set before the first upgrade",
             )));
         }
-        side.delta = Some(delta::DeltaSide::new(old, options));
+        let running = running.map_err(|err| e.fail(Error::Delta(err)))?;
+        side.delta = Some(delta::DeltaSide::new(old, options, running));
         e.delta_budget = Some(options.budget.clamped());
         // A patch's breakpoint record carries the applier's state in a tail.
         let room = crate::resume::tail_max(options.budget);

@@ -10,10 +10,11 @@ use super::fields::{
     check_url, parse_object, take_digest, take_nonempty_str, take_object, take_opt_str,
     take_raw_str, take_size, take_str,
 };
-use super::json::{JsonError, Object, Writer};
+use super::json::{JsonError, Object, Value, Writer};
 use super::package;
 use super::{
-    Channel, DigestKind, Downstream, Facts, Limits, NoticeError, Report, Topics, UpgradeNotice,
+    Channel, DeltaRequirement, DigestKind, Downstream, Facts, Limits, NoticeError, Report, Topics,
+    UpgradeNotice,
 };
 
 /// Aliyun: the device may request the upgrade (and a fresh URL); the new version's report is the
@@ -92,6 +93,7 @@ fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeE
     if package::has_files(data) || package::over_mqtt(data) {
         return decode_link_sdk_package(data, out);
     }
+    take_delta_requirement(data, out)?;
     out.size = take_size(data, "size")?;
     take_nonempty_str(data, "version", &mut out.version)?;
     take_str(data, "url", &mut out.url)?;
@@ -106,6 +108,7 @@ fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeE
 fn decode_link_sdk_package(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
     take_opt_str(data, "module", &mut out.module)?;
     take_nonempty_str(data, "version", &mut out.version)?;
+    take_delta_requirement(data, out)?;
     let transfer = package::take_transfer(data);
     let method = package::named_sign_method(data)?;
     if package::has_files(data) {
@@ -121,6 +124,16 @@ fn decode_link_sdk_package(data: &Object<'_>, out: &mut UpgradeNotice) -> Result
         take_digest(data, "sign", out.digest_kind, &mut out.digest)?;
     }
     out.transfer = package::single_file_transfer(data, transfer?)?;
+    Ok(())
+}
+
+/// A delta patch's old-image requirement from `extData` (Link SDK 4.x messages carry it, as
+/// an object; docs/delta.md). Aliyun keeps no room for `extData`'s text, so only an object is
+/// read; a string or any other value is left alone, as before.
+fn take_delta_requirement(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
+    if let Some(Value::Object(ext)) = data.get("extData") {
+        out.delta_old = DeltaRequirement::from_ext_data(&ext)?;
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! ambiguous: `docs/protocols.md`.
 
 pub mod aliyun;
+pub mod delta_old;
 mod fields;
 pub mod fixed;
 pub mod json;
@@ -16,6 +17,7 @@ pub mod sagoo;
 pub mod tencent;
 pub mod ucloud;
 
+pub use delta_old::DeltaRequirement;
 pub use fixed::{FixedStr, SetJsonError, TooLong};
 use json::JsonError;
 pub use package::{FileList, PackageFile, Transfer};
@@ -204,6 +206,9 @@ pub struct UpgradeNotice {
     pub files: FileList,
     /// How the image is fetched: HTTP(S) from `url`, or blocks over MQTT (`dProtocol`).
     pub transfer: Transfer,
+    /// What a delta patch requires of the running image (`extData`'s `_delta_old_size` and
+    /// `_delta_old_sha256`, SagooIOT and Aliyun); empty where the message declares nothing.
+    pub delta_old: DeltaRequirement,
 }
 
 impl UpgradeNotice {
@@ -224,6 +229,7 @@ impl UpgradeNotice {
             message_id: 0,
             files: FileList::new(limits),
             transfer: Transfer::Http,
+            delta_old: DeltaRequirement::default(),
         }
     }
 
@@ -242,6 +248,7 @@ impl UpgradeNotice {
         self.message_id = 0;
         self.files.clear();
         self.transfer = Transfer::Http;
+        self.delta_old = DeltaRequirement::default();
     }
 
     /// The expected digest bytes.

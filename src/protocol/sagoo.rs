@@ -16,8 +16,8 @@ use super::fields::{
 use super::json::{JsonError, Object, Value};
 use super::package;
 use super::{
-    Channel, DigestKind, Downstream, Facts, Limits, NoticeError, Report, SetJsonError,
-    UpgradeNotice,
+    Channel, DeltaRequirement, DigestKind, Downstream, Facts, Limits, NoticeError, Report,
+    SetJsonError, UpgradeNotice,
 };
 
 /// SagooIOT: Aliyun's topics and success rule, no request topic, ids of any size (13-digit ms),
@@ -126,8 +126,8 @@ fn sign_method(data: &Object<'_>) -> Result<DigestKind, NoticeError> {
         .unwrap_or_else(|| package::kind_by_length(data.get("sign"))))
 }
 
-/// `extData` into `out.ext_data` as its exact JSON text, and its `strategy` (batch id) into
-/// `out.batch`. The seed calls the field a "JSON string", so a string holding a JSON object is
+/// `extData` into `out.ext_data` as its exact JSON text, its `strategy` (batch id) into
+/// `out.batch` and a delta patch's old-image requirement into `out.delta_old`. The seed calls the field a "JSON string", so a string holding a JSON object is
 /// accepted too (stored unescaped); `null` and `""` count as absent.
 fn take_ext_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
     const FIELD: &str = "extData";
@@ -161,6 +161,7 @@ fn take_ext_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), Notic
         expected: "object",
         found: "string",
     })?;
+    out.delta_old = DeltaRequirement::from_ext_data(&ext)?;
     // Only a string is a batch id to echo; other labels are the application's business.
     if let Some(Value::Str(_)) = ext.get("strategy") {
         take_str(&ext, "strategy", &mut out.batch)?;

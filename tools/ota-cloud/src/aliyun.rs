@@ -7,6 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::delta::OldImageClaim;
 use crate::platform::{DeviceMsg, Firmware};
 
 /// The four Aliyun OTA topics of one device.
@@ -163,14 +164,30 @@ pub(crate) fn parse_step(s: &str) -> Result<i32, String> {
 
 /// The upgrade notification, as the platform sends it.
 pub fn upgrade_message(firmware: &Firmware, id: u64) -> String {
+    upgrade_message_with(firmware, id, None)
+}
+
+/// [`upgrade_message`]; with a delta patch's old image, an `extData` object (as Link SDK 4.x
+/// messages carry) holding it.
+pub fn upgrade_message_with(
+    firmware: &Firmware,
+    id: u64,
+    delta_old: Option<&OldImageClaim>,
+) -> String {
+    let mut data = json!({
+        "size": firmware.size,
+        "version": firmware.version,
+        "url": firmware.url,
+        "md5": firmware.md5,
+    });
+    if let Some(claim) = delta_old {
+        let mut ext = Map::new();
+        claim.insert_into(&mut ext);
+        data["extData"] = Value::Object(ext);
+    }
     json!({
         "code": "1000",
-        "data": {
-            "size": firmware.size,
-            "version": firmware.version,
-            "url": firmware.url,
-            "md5": firmware.md5,
-        },
+        "data": data,
         "id": id,
         "message": "success",
     })
@@ -303,6 +320,13 @@ mod tests {
             v,
             json!({"code":"1000","data":{"size":432945,"version":"2.0.0","url":"http://h/firmware.bin",
                    "md5":"93230c3bde425a9d7984a594ac55ea1e"},"id":1507707025,"message":"success"})
+        );
+        let claim = OldImageClaim::of(b"old");
+        let v: Value = serde_json::from_str(&upgrade_message_with(&fw, 1, Some(&claim))).unwrap();
+        assert_eq!(
+            v["data"]["extData"],
+            json!({"_delta_old_size":3,
+                   "_delta_old_sha256":"cba06b5736faf67e54b07b561eae94395e774c517a7d910a54369e1263ccfbd4"})
         );
     }
 }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 
+use crate::delta::OldImageClaim;
 use crate::package::{Package, PackageMeter};
 use crate::sagoo::SignMethod;
 use crate::{aliyun, sagoo, tencent, ucloud};
@@ -116,6 +117,9 @@ pub struct CloudOptions {
     /// UCloud: announce this `CurrentVersion` instead of the version the device reported, to
     /// test that the device refuses a task that does not upgrade from its running version.
     pub current_version: Option<String>,
+    /// A delta upgrade's old image, announced in `extData` (Aliyun, SagooIOT; the others'
+    /// messages have no `extData`): the device refuses a patch for another image than its own.
+    pub delta_old: Option<OldImageClaim>,
 }
 
 impl Default for CloudOptions {
@@ -125,6 +129,7 @@ impl Default for CloudOptions {
             sign_method: SignMethod::Md5,
             strategy: Some(sagoo::DEFAULT_STRATEGY.into()),
             current_version: None,
+            delta_old: None,
         }
     }
 }
@@ -154,6 +159,12 @@ impl CloudOptions {
         }
         if self.current_version.is_some() {
             only("a current version", &[Protocol::Ucloud])?;
+        }
+        if self.delta_old.is_some() {
+            only(
+                "an old image announced in extData",
+                &[Protocol::Aliyun, Protocol::Sagoo],
+            )?;
         }
         Ok(())
     }
@@ -1676,9 +1687,18 @@ impl Cloud {
                 );
                 (payload, what)
             }
-            Protocol::Aliyun => (aliyun::upgrade_message(&firmware, id), "upgrade".into()),
+            Protocol::Aliyun => (
+                aliyun::upgrade_message_with(&firmware, id, o.delta_old.as_ref()),
+                "upgrade".into(),
+            ),
             Protocol::Sagoo => (
-                sagoo::upgrade_message(&firmware, id, o.sign_method, module, o.strategy.as_deref()),
+                sagoo::upgrade_message_with(
+                    &firmware,
+                    id,
+                    o.sign_method,
+                    module,
+                    (o.strategy.as_deref(), o.delta_old.as_ref()),
+                ),
                 format!(
                     "upgrade (module {}, {}, strategy {})",
                     module.unwrap_or("default"),

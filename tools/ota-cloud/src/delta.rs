@@ -14,7 +14,10 @@ use std::process::Command;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use serde_json::{json, Map, Value};
+
 use crate::imgtool::command_line;
+use crate::platform::sha256_hex;
 
 /// The PyPI package that provides `detools`.
 pub const PIP_PACKAGE: &str = "detools";
@@ -240,6 +243,51 @@ pub struct PatchFiles {
     pub old: Option<PathBuf>,
     pub new: Option<PathBuf>,
     pub patch: Option<PathBuf>,
+}
+
+/// The old image a patch applies to, as the upgrade message announces it in `extData` on the
+/// platforms whose message carries one (aliyun, sagoo): `_delta_old_size` and
+/// `_delta_old_sha256`, the device SDK's convention (docs/delta.md, "The old image's
+/// requirement"). A detools patch names no old image; this lets the device refuse a patch made
+/// for another image than the one it runs before writing any byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldImageClaim {
+    /// The old image's size in bytes.
+    pub size: u64,
+    /// Its SHA-256, 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+impl OldImageClaim {
+    /// The `extData` key of the size.
+    pub const SIZE_KEY: &'static str = "_delta_old_size";
+    /// The `extData` key of the SHA-256.
+    pub const SHA256_KEY: &'static str = "_delta_old_sha256";
+
+    /// The claim that names `image`.
+    pub fn of(image: &[u8]) -> OldImageClaim {
+        OldImageClaim {
+            size: image.len() as u64,
+            sha256: sha256_hex(image),
+        }
+    }
+
+    /// Adds both keys to an `extData` object.
+    pub fn insert_into(&self, ext: &mut Map<String, Value>) {
+        ext.insert(Self::SIZE_KEY.into(), json!(self.size));
+        ext.insert(Self::SHA256_KEY.into(), json!(self.sha256));
+    }
+
+    /// The one line `serve` prints about it.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "extData announces the old image: {} = {}, {} = {}",
+            Self::SIZE_KEY,
+            self.size,
+            Self::SHA256_KEY,
+            self.sha256
+        )
+    }
 }
 
 /// A delta upgrade: the old and new images' sizes, the new image (what the device must end

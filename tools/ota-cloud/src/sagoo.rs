@@ -12,6 +12,7 @@ use std::str::FromStr;
 use serde_json::{json, Map, Value};
 
 use crate::aliyun::{check_keys, envelope, parse_step, IdRule};
+use crate::delta::OldImageClaim;
 use crate::platform::{DeviceMsg, Firmware};
 
 /// Longest progress `desc` the platform accepts, in characters.
@@ -182,12 +183,20 @@ pub fn check_progress(
 /// The simulator's `extData`: a custom key, the batch id as `strategy` when given, and
 /// `_package_udi`.
 pub fn ext_data(strategy: Option<&str>) -> Value {
+    ext_data_with(strategy, None)
+}
+
+/// [`ext_data`], with a delta patch's old image when given.
+pub fn ext_data_with(strategy: Option<&str>, delta_old: Option<&OldImageClaim>) -> Value {
     let mut ext = Map::new();
     ext.insert("key1".into(), json!("value1"));
     if let Some(s) = strategy {
         ext.insert("strategy".into(), json!(s));
     }
     ext.insert("_package_udi".into(), json!(PACKAGE_UDI));
+    if let Some(claim) = delta_old {
+        claim.insert_into(&mut ext);
+    }
     Value::Object(ext)
 }
 
@@ -199,6 +208,17 @@ pub fn upgrade_message(
     sign_method: SignMethod,
     module: Option<&str>,
     strategy: Option<&str>,
+) -> String {
+    upgrade_message_with(firmware, id, sign_method, module, (strategy, None))
+}
+
+/// [`upgrade_message`], with a delta patch's old image in `extData` when given.
+pub fn upgrade_message_with(
+    firmware: &Firmware,
+    id: u64,
+    sign_method: SignMethod,
+    module: Option<&str>,
+    (strategy, delta_old): (Option<&str>, Option<&OldImageClaim>),
 ) -> String {
     let sign = match sign_method {
         SignMethod::Md5 => &firmware.md5,
@@ -213,7 +233,7 @@ pub fn upgrade_message(
     if let Some(m) = module {
         data.insert("module".into(), json!(m));
     }
-    data.insert("extData".into(), ext_data(strategy));
+    data.insert("extData".into(), ext_data_with(strategy, delta_old));
     json!({
         "code": "200",
         "data": data,
@@ -389,6 +409,27 @@ mod tests {
         assert_eq!(
             v["data"]["extData"],
             json!({"key1":"value1","_package_udi":"{\"ota_notice\":\"demo\"}"})
+        );
+    }
+
+    #[test]
+    fn a_delta_old_image_goes_into_ext_data() {
+        let fw = Firmware {
+            version: "2.0.0".into(),
+            url: "http://h/patch.bin".into(),
+            size: 100,
+            md5: "93230c3bde425a9d7984a594ac55ea1e".into(),
+            sha256: "ab".repeat(32),
+        };
+        let claim = OldImageClaim::of(b"old");
+        let text =
+            upgrade_message_with(&fw, 1, SignMethod::Sha256, None, (Some("b"), Some(&claim)));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["data"]["extData"],
+            json!({"key1":"value1","strategy":"b","_package_udi":"{\"ota_notice\":\"demo\"}",
+                   "_delta_old_size":3,
+                   "_delta_old_sha256":"cba06b5736faf67e54b07b561eae94395e774c517a7d910a54369e1263ccfbd4"})
         );
     }
 

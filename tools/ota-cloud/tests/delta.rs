@@ -780,3 +780,90 @@ fn help_shows_the_delta_flags() {
         }
     }
 }
+
+#[test]
+fn the_old_image_is_announced_in_ext_data_and_delta_claim_old_names_another() {
+    let (old, other) = (fixture("small-change.old"), fixture("unrelated.old"));
+    let expect =
+        |image: &[u8]| serde_json::json!({"size": image.len(), "sha256": sha256_hex(image)});
+    for (platform, claim, announced) in [
+        (Platform::Sagoo, None, expect(&read(&old))),
+        (Platform::Sagoo, Some(&other), expect(&read(&other))),
+        (Platform::Aliyun, Some(&other), expect(&read(&other))),
+        (Platform::Aliyun, None, expect(&read(&old))),
+    ] {
+        let dn = format!("delta-claim-{platform:?}-{}", claim.is_some()).to_lowercase();
+        let (new, patch) = (
+            fixture("small-change.new"),
+            fixture("small-change.heatshrink.patch"),
+        );
+        let mut flags: Vec<&str> = platform.flags().to_vec();
+        flags.extend([
+            "--firmware",
+            text(&new),
+            "--delta-from",
+            text(&old),
+            "--delta-patch",
+            text(&patch),
+        ]);
+        if let Some(c) = claim {
+            flags.extend(["--delta-claim-old", text(c)]);
+        }
+        let mut ext = Value::Null;
+        let (code, stderr, startup, _) =
+            serve_lines(&dn, &platform.downstream(&dn), &flags, |dev, _url| {
+                dev.publish(
+                    &platform.upstream(&dn, "inform"),
+                    r#"{"id":"1","params":{"version":"1.0.0"}}"#,
+                );
+                ext = dev.next_upgrade()["data"]["extData"].clone();
+                let offer = Offer {
+                    url: String::new(),
+                    size: 0,
+                    digest: String::new(),
+                    task: None,
+                    strategy: ext["strategy"].as_str().map(str::to_string),
+                };
+                platform.complete(dev, &dn, &offer);
+            });
+        assert_eq!(code, Some(0), "{platform:?}: {stderr}");
+        let what = format!("{platform:?}, claim {claim:?}");
+        assert_eq!(
+            serde_json::json!({"size": ext["_delta_old_size"], "sha256": ext["_delta_old_sha256"]}),
+            announced,
+            "{what}: {ext}"
+        );
+        let line = format!(
+            "extData announces the old image: _delta_old_size = {}, _delta_old_sha256 = {}",
+            announced["size"],
+            announced["sha256"].as_str().unwrap()
+        );
+        assert_eq!(lines_with(&startup, "extData"), [line.as_str()], "{what}");
+    }
+    // Tencent's messages have no extData: --delta-claim-old is a usage error there, and
+    // --delta-from alone says the old image is not announced.
+    let args = serve_args(&[
+        "--protocol",
+        "tencent",
+        "--firmware",
+        text(&fixture("small-change.new")),
+        "--delta-from",
+        text(&old),
+        "--delta-patch",
+        text(&fixture("small-change.heatshrink.patch")),
+        "--delta-claim-old",
+        text(&other),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = run(&args, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--delta-claim-old needs --protocol aliyun or sagoo"),
+        "{stderr}"
+    );
+    let args = serve_args(&["--delta-claim-old", text(&other)]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = run(&args, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--delta-from <OLD>"), "{stderr}");
+}

@@ -300,6 +300,17 @@ pub struct ServeDeltaArgs {
     /// Write the patch served to PATH.
     #[arg(long, value_name = "PATH", requires = "delta_from")]
     pub write_patch: Option<PathBuf>,
+    /// Announce FILE as the old image in the upgrade message's extData (`_delta_old_size`,
+    /// `_delta_old_sha256`) instead of OLD, to rehearse the device's refusal of a patch made
+    /// for another image than the one it runs (aliyun, sagoo: the platforms whose upgrade
+    /// message carries extData; there --delta-from announces OLD).
+    #[arg(
+        long,
+        value_name = "FILE",
+        value_parser = readable_file,
+        requires = "delta_from"
+    )]
+    pub delta_claim_old: Option<PathBuf>,
 }
 
 /// `fleet`: one campaign for many devices.

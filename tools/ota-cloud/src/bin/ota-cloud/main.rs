@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use args::{BrokerArgs, Cli, Command, DemoArgs, FleetArgs, PlatformArgs, ServeArgs, SignArgs};
 use clap::Parser;
-use ota_cloud::delta::{DeltaUpgrade, Detools, PatchFiles};
+use ota_cloud::delta::{DeltaUpgrade, Detools, OldImageClaim, PatchFiles};
 use ota_cloud::demo::{self, DemoOptions};
 use ota_cloud::fleet::{self, DeviceId, Fleet, FleetDevice, FleetSpec, GatewaySpec, Images};
 use ota_cloud::imgtool::{Imgtool, Layout};
@@ -43,13 +43,14 @@ fn serve(args: &ServeArgs) -> Result<ExitCode, String> {
     if !args.files.is_empty() || !args.files_sizes.is_empty() || args.mqtt_download {
         return serve_package(args);
     }
-    let options = serve_options(args);
+    let mut options = serve_options(args);
     args.run.check_supersede("serve", &args.version);
     let image = firmware_image(args)?;
     let delta = match &args.delta.delta_from {
         Some(old) => Some(delta_upgrade(args, old, image.clone())?),
         None => None,
     };
+    options.delta_old = delta_old_claim(args)?;
     let served = delta.as_ref().map_or(image, |d| d.patch.clone());
     let faults = args.faults.faults();
     let expires = faults.expire_after.is_some();
@@ -127,6 +128,33 @@ fn delta_upgrade(
         println!("{warning}");
     }
     Ok(delta)
+}
+
+/// `serve --delta-from OLD [--delta-claim-old FILE]`: the old image the upgrade message
+/// announces in extData (FILE, else OLD), on the platforms whose message carries extData.
+fn delta_old_claim(args: &ServeArgs) -> Result<Option<OldImageClaim>, String> {
+    let Some(old) = &args.delta.delta_from else {
+        return Ok(None);
+    };
+    let protocol = args.platform.protocol;
+    if !matches!(protocol, Protocol::Aliyun | Protocol::Sagoo) {
+        if args.delta.delta_claim_old.is_some() {
+            args::usage_error(
+                "serve",
+                format!(
+                    "{protocol}'s upgrade message has no extData to announce the old image in: \
+                     --delta-claim-old needs --protocol aliyun or sagoo"
+                ),
+            );
+        }
+        println!("extData: none in {protocol}'s upgrade message, the old image is not announced");
+        return Ok(None);
+    }
+    let path = args.delta.delta_claim_old.as_ref().unwrap_or(old);
+    let image = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let claim = OldImageClaim::of(&image);
+    println!("{}", claim.summary_line());
+    Ok(Some(claim))
 }
 
 /// `serve --files` / `--files-sizes` / `--mqtt-download`: one upgrade of several files, or

@@ -1,0 +1,576 @@
+//! The old image's requirement of a delta upgrade (issue 17): the upgrade message's extData
+//! names the image the patch was made from (`_delta_old_size`, `_delta_old_sha256`), and a
+//! patch for another image than the running one is refused before any byte of the new image
+//! is handed out, with its own error and one failure report. Real HTTP (the simulator's
+//! server), the committed detools fixtures of tests/fixtures/delta, a session on SagooIOT (and
+//! Aliyun), and one test through the exported C functions.
+
+mod common;
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::recorder::{payloads, Recorder, Sent};
+use ota::delta::{DeltaError, OldImage, OldImageMismatch, OldReadError};
+use ota::error::NoticeError;
+use ota::ota::DeltaOptions;
+use ota::source::{HttpConfig, HttpSource};
+use ota::{Error, OtaConfig, OtaSession, Protocol};
+use ota_cloud::{sha256_hex, FirmwareServer};
+
+const PAIR: &str = "small-change";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/delta")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn old() -> Vec<u8> {
+    fixture(&format!("{PAIR}.old"))
+}
+
+fn new() -> Vec<u8> {
+    fixture(&format!("{PAIR}.new"))
+}
+
+fn patch() -> Vec<u8> {
+    fixture(&format!("{PAIR}.heatshrink.patch"))
+}
+
+// The log lines of this process, for the tests that count them; the tests run one at a time
+// so that each sees its own lines only.
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn keep_line(tag: &str, module: &str, args: std::fmt::Arguments<'_>) -> bool {
+    let line = format!("[{tag}] {module}: {args}");
+    LINES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    true
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    ota::log::set_sink(keep_line);
+    ota::log::set_level(ota::log::Level::Info);
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    LINES.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    guard
+}
+
+fn lines_with(text: &str) -> Vec<String> {
+    let lines = LINES.lock().unwrap_or_else(|e| e.into_inner());
+    lines.iter().filter(|l| l.contains(text)).cloned().collect()
+}
+
+/// A SagooIOT upgrade message for `served` at `url` (SHA-256), with `ext` as its extData.
+fn sagoo_notice(served: &[u8], url: &str, ext: &str) -> String {
+    format!(
+        r#"{{"code":"200","data":{{"size":{},"version":"2.0.0","url":"{url}","sign":"{}","signMethod":"SHA256","module":"MCU","extData":{ext}}},"id":1626969597470,"message":"success"}}"#,
+        served.len(),
+        sha256_hex(served)
+    )
+}
+
+/// extData naming an old image of `size` bytes with SHA-256 `sha256` (hex), beside a batch id.
+fn requirement(size: &str, sha256: &str) -> String {
+    format!(r#"{{"strategy":"b-7","_delta_old_size":{size},"_delta_old_sha256":"{sha256}"}}"#)
+}
+
+/// An old image in memory that counts the bytes read from it.
+struct CountingOld {
+    image: Vec<u8>,
+    read: Arc<AtomicUsize>,
+}
+
+impl OldImage for CountingOld {
+    fn size(&self) -> u64 {
+        self.image.len() as u64
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, OldReadError> {
+        let n = (&self.image[..]).read(offset, buf)?;
+        self.read.fetch_add(n, SeqCst);
+        Ok(n)
+    }
+}
+
+/// A session of `protocol` with `old` as its delta source, before any upgrade message.
+fn session(protocol: Protocol, old: Vec<u8>, options: DeltaOptions) -> (OtaSession, Sent) {
+    let sent: Sent = Arc::default();
+    let source = HttpSource::new(HttpConfig::default()).unwrap();
+    let s = OtaSession::new(
+        "pk",
+        "dn",
+        OtaConfig::for_protocol(protocol),
+        Box::new(Recorder(sent.clone())),
+        Box::new(source),
+    )
+    .unwrap();
+    let old = CountingOld {
+        image: old,
+        read: Arc::default(),
+    };
+    s.set_delta_source(Box::new(old), options).unwrap();
+    s.report_version("1.0.0").unwrap();
+    (s, sent)
+}
+
+/// A SagooIOT session running `old`, told to upgrade with `notice`.
+fn sagoo_device(old: Vec<u8>, notice: &str) -> (OtaSession, Sent) {
+    let (s, sent) = session(Protocol::Sagoo, old, DeltaOptions::for_slot(64 * 1024));
+    s.handle_message(s.downstream_topic(), notice.as_bytes())
+        .unwrap();
+    assert!(s.is_fetching());
+    (s, sent)
+}
+
+/// The iotkit sample's loop: the bytes stored, the verdict, and the first FetchYield error.
+fn sample(s: &OtaSession) -> (Vec<u8>, bool, Option<Error>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stored = Vec::new();
+    let mut first_error = None;
+    let mut buf = vec![0u8; 777];
+    while !s.is_fetch_finished() {
+        assert!(Instant::now() < deadline, "stuck at {}", stored.len());
+        match s.fetch_yield(&mut buf, Duration::from_secs(1)) {
+            Ok(n) => stored.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    (stored, s.check_firmware().unwrap(), first_error)
+}
+
+/// The failure reports (negative steps) the session published.
+fn failures(sent: &Sent) -> Vec<String> {
+    payloads(sent)
+        .into_iter()
+        .filter(|p| p.contains("\"step\":\"-"))
+        .collect()
+}
+
+#[test]
+fn a_patch_for_the_running_image_makes_the_new_image() {
+    let _g = serial();
+    let (patch, old) = (patch(), old());
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let ext = requirement(&old.len().to_string(), &sha256_hex(&old));
+    let (s, sent) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), &ext));
+    let (stored, valid, error) = sample(&s);
+    assert!(stored == new(), "{} bytes", stored.len());
+    assert!(valid && error.is_none(), "{error:?}");
+    assert!(failures(&sent).is_empty(), "{:?}", failures(&sent));
+    assert!(lines_with("nothing ties").is_empty());
+    // The size may come as a string of digits, the digest in capitals.
+    let old = self::old();
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let ext = requirement(
+        &format!("\"{}\"", old.len()),
+        &sha256_hex(&old).to_uppercase(),
+    );
+    let (s, _) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), &ext));
+    let (stored, valid, _) = sample(&s);
+    assert!(stored == new() && valid);
+}
+
+/// Runs a patch whose message requires another old image: nothing is handed out, the
+/// download ends with `Error::DeltaOldImage(want)`, one failure report saying `desc`.
+fn refused(s: &OtaSession, sent: &Sent, want: OldImageMismatch, desc: &str) {
+    let (stored, valid, error) = sample(s);
+    assert!(stored.is_empty(), "{} bytes handed out", stored.len());
+    assert!(!valid, "never a valid verdict");
+    assert_eq!(error, Some(Error::DeltaOldImage(want)));
+    assert_eq!(s.last_error(), Some(Error::DeltaOldImage(want)));
+    assert_eq!(s.fetched_size(), 0);
+    let failures = failures(sent);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].contains(r#""step":"-1""#) && failures[0].contains(desc),
+        "{failures:?}"
+    );
+    // A later call says the same, and nothing more is reported.
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        s.fetch_yield(&mut buf, Duration::from_millis(10)),
+        Err(Error::DeltaOldImage(want))
+    );
+    assert!(!s.check_firmware().unwrap());
+    assert_eq!(self::failures(sent).len(), 1);
+    // One line for the refusal (the later call's "after the download ended" aside).
+    let logged: Vec<String> = lines_with("not for the running image")
+        .into_iter()
+        .filter(|l| !l.contains("after the download ended"))
+        .collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].starts_with("[err]"), "{logged:?}");
+}
+
+#[test]
+fn a_wrong_old_digest_is_refused_before_any_byte() {
+    let _g = serial();
+    let (patch, old) = (patch(), old());
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let other = fixture("unrelated.old");
+    let ext = requirement(&old.len().to_string(), &sha256_hex(&other));
+    let (s, sent) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), &ext));
+    refused(
+        &s,
+        &sent,
+        OldImageMismatch::Sha256,
+        "for an old image of another SHA-256",
+    );
+}
+
+#[test]
+fn a_wrong_old_size_is_refused_before_any_byte() {
+    let _g = serial();
+    let (patch, old) = (patch(), old());
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let running = old.len() as u64;
+    let ext = requirement(&(running + 1).to_string(), &sha256_hex(&old));
+    let (s, sent) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), &ext));
+    refused(
+        &s,
+        &sent,
+        OldImageMismatch::Size {
+            required: running + 1,
+            running,
+        },
+        "for an old image of another size",
+    );
+}
+
+#[test]
+fn a_digest_the_firmware_declares_is_used_and_the_image_not_read() {
+    let _g = serial();
+    let (patch, old) = (patch(), old());
+    let read = Arc::new(AtomicUsize::new(0));
+    let source = HttpSource::new(HttpConfig::default()).unwrap();
+    let sent: Sent = Arc::default();
+    let s = OtaSession::new(
+        "pk",
+        "dn",
+        OtaConfig::for_protocol(Protocol::Sagoo),
+        Box::new(Recorder(sent.clone())),
+        Box::new(source),
+    )
+    .unwrap();
+    // The firmware declares a digest that is not its image's: it is believed.
+    let declared = DeltaOptions {
+        old_sha256: Some([7; 32]),
+        ..DeltaOptions::for_slot(64 * 1024)
+    };
+    let counting = CountingOld {
+        image: old.clone(),
+        read: read.clone(),
+    };
+    s.set_delta_source(Box::new(counting), declared).unwrap();
+    assert_eq!(read.load(SeqCst), 0, "a declared digest spares the read");
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let ext = requirement(&old.len().to_string(), &sha256_hex(&old));
+    s.handle_message(
+        s.downstream_topic(),
+        sagoo_notice(&patch, &server.url(), &ext).as_bytes(),
+    )
+    .unwrap();
+    refused(
+        &s,
+        &sent,
+        OldImageMismatch::Sha256,
+        "for an old image of another SHA-256",
+    );
+    // Without a declared digest the image is read once, whole, when the source is set.
+    let (s2, _) = session(
+        Protocol::Sagoo,
+        old.clone(),
+        DeltaOptions::for_slot(1 << 16),
+    );
+    drop(s2);
+    let read = Arc::new(AtomicUsize::new(0));
+    let s3 = OtaSession::new(
+        "pk",
+        "dn",
+        OtaConfig::for_protocol(Protocol::Sagoo),
+        Box::new(Recorder(Arc::default())),
+        Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
+    )
+    .unwrap();
+    let counting = CountingOld {
+        image: old.clone(),
+        read: read.clone(),
+    };
+    s3.set_delta_source(Box::new(counting), DeltaOptions::for_slot(1 << 16))
+        .unwrap();
+    assert_eq!(read.load(SeqCst), old.len());
+}
+
+/// An old image whose reads fail.
+struct Unreadable(u64);
+
+impl OldImage for Unreadable {
+    fn size(&self) -> u64 {
+        self.0
+    }
+
+    fn read(&mut self, _offset: u64, _buf: &mut [u8]) -> Result<usize, OldReadError> {
+        Err(OldReadError { code: -5 })
+    }
+}
+
+#[test]
+fn an_unreadable_old_image_is_refused_when_it_is_set() {
+    let _g = serial();
+    let s = OtaSession::new(
+        "pk",
+        "dn",
+        OtaConfig::for_protocol(Protocol::Sagoo),
+        Box::new(Recorder(Arc::default())),
+        Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
+    )
+    .unwrap();
+    let r = s.set_delta_source(Box::new(Unreadable(100)), DeltaOptions::for_slot(1 << 16));
+    assert_eq!(
+        r,
+        Err(Error::Delta(DeltaError::OldRead {
+            offset: 0,
+            code: -5
+        }))
+    );
+}
+
+#[test]
+fn a_malformed_old_digest_refuses_the_notice() {
+    let _g = serial();
+    let (patch, old) = (patch(), old());
+    let (s, sent) = session(
+        Protocol::Sagoo,
+        old.clone(),
+        DeltaOptions::for_slot(1 << 16),
+    );
+    let ext = requirement(&old.len().to_string(), &sha256_hex(&old)[..63]);
+    let notice = sagoo_notice(&patch, "http://127.0.0.1:9/p.bin", &ext);
+    let r = s.handle_message(s.downstream_topic(), notice.as_bytes());
+    assert_eq!(
+        r,
+        Err(Error::Notice(NoticeError::BadDigest("_delta_old_sha256")))
+    );
+    assert!(!s.is_fetching());
+    assert!(
+        failures(&sent).is_empty(),
+        "a malformed message is not reported"
+    );
+    let ext = requirement("\"12a\"", &sha256_hex(&old));
+    let notice = sagoo_notice(&patch, "http://127.0.0.1:9/p.bin", &ext);
+    let r = s.handle_message(s.downstream_topic(), notice.as_bytes());
+    assert!(
+        matches!(
+            r,
+            Err(Error::Notice(NoticeError::WrongType {
+                field: "_delta_old_size",
+                ..
+            }))
+        ),
+        "{r:?}"
+    );
+    assert!(!s.is_fetching());
+}
+
+#[test]
+fn no_requirement_works_as_before_and_says_so_once() {
+    let _g = serial();
+    let (patch, old) = (patch(), old());
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let ext = r#"{"strategy":"b-7","key1":"value1"}"#;
+    let (s, sent) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), ext));
+    let (stored, valid, error) = sample(&s);
+    assert!(stored == new() && valid && error.is_none(), "{error:?}");
+    assert!(failures(&sent).is_empty());
+    let said = lines_with("nothing ties the patch to the running image");
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].starts_with("[inf]"), "{said:?}");
+}
+
+#[test]
+fn aliyun_reads_the_requirement_from_an_ext_data_object() {
+    let _g = serial();
+    let (patch, old) = (patch(), old());
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    let (s, sent) = session(
+        Protocol::Aliyun,
+        old.clone(),
+        DeltaOptions::for_slot(1 << 16),
+    );
+    let notice = format!(
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{}","md5":"{}","extData":{{"_delta_old_sha256":"{}"}}}},"id":1,"message":"success"}}"#,
+        patch.len(),
+        server.url(),
+        ota_cloud::md5_hex(&patch),
+        sha256_hex(&fixture("unrelated.old"))
+    );
+    s.handle_message(s.downstream_topic(), notice.as_bytes())
+        .unwrap();
+    refused(
+        &s,
+        &sent,
+        OldImageMismatch::Sha256,
+        "for an old image of another SHA-256",
+    );
+}
+
+// Through the C API: IOT_OTA_SetDeltaSource reads the image, FetchYield returns -44.
+
+mod c_api {
+    use super::*;
+    use common::cmqtt::mqtt_param;
+    use ota::ffi::delta::IOT_OTA_SetDeltaSource;
+    use ota::ffi::mqtt::{IOT_MQTT_Construct, IOT_MQTT_Destroy, IOT_MQTT_Yield};
+    use ota::ffi::ota::*;
+    use ota::mqtt::{MqttEvent, QoS};
+    use ota::{MqttClient, MqttOptions};
+    use ota_cloud::broker::EmbeddedBroker;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The firmware's reader: `ctx` is a `Vec<u8>` holding the running image.
+    unsafe extern "C" fn read_old(ctx: *mut c_void, offset: u32, buf: *mut u8, len: u32) -> c_int {
+        let image = &*(ctx as *const Vec<u8>);
+        let (at, n) = (offset as usize, len as usize);
+        match image.get(at..at + n) {
+            Some(src) => {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), buf, n);
+                len as c_int
+            }
+            None => -1,
+        }
+    }
+
+    #[test]
+    fn a_patch_for_another_old_image_is_iot_otae_delta_old_mismatch() {
+        let _g = serial();
+        let (patch, old) = (patch(), old());
+        let broker = EmbeddedBroker::start().expect("broker starts");
+        let (pk, dn) = ("pkDelta", "dnOld");
+        // The platform: publishes the upgrade, records the progress reports.
+        let cloud = MqttClient::connect(&MqttOptions::new("127.0.0.1", broker.port(), "cloud"))
+            .expect("cloud connects");
+        let acks = Arc::new(AtomicUsize::new(0));
+        let counter = acks.clone();
+        cloud.on_event(move |e| {
+            if matches!(e, MqttEvent::SubscribeAck { .. }) {
+                counter.fetch_add(1, SeqCst);
+            }
+        });
+        let progress: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = progress.clone();
+        cloud
+            .subscribe(
+                &format!("/ota/device/progress/{pk}/{dn}"),
+                QoS::AtLeastOnce,
+                move |m| {
+                    let text = String::from_utf8_lossy(m.payload).into_owned();
+                    sink.lock().unwrap().push(text);
+                },
+            )
+            .unwrap();
+        common::wait::until("the cloud's subscription", WAIT, || {
+            cloud.yield_for(Duration::from_millis(20)).unwrap();
+            acks.load(SeqCst) > 0
+        });
+        // The device, through the C functions only.
+        let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let client_id = CString::new(format!("{pk}.{dn}")).unwrap();
+        let mut param = mqtt_param(broker.port(), &client_id, subacks);
+        let mut mqtt = unsafe { IOT_MQTT_Construct(&mut param) };
+        assert!(!mqtt.is_null());
+        let (cpk, cdn) = (CString::new(pk).unwrap(), CString::new(dn).unwrap());
+        let h = unsafe {
+            IOT_OTA_InitWithProtocol(cpk.as_ptr(), cdn.as_ptr(), mqtt, IOT_OTA_PROTOCOL_SAGOO)
+        };
+        assert!(!h.is_null());
+        let running: &'static Vec<u8> = Box::leak(Box::new(old.clone()));
+        let rc = unsafe {
+            IOT_OTA_SetDeltaSource(
+                h,
+                Some(read_old),
+                running as *const Vec<u8> as *mut c_void,
+                running.len() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        common::wait::until("the device's subscription", WAIT, || {
+            unsafe { IOT_MQTT_Yield(mqtt, 20) };
+            subacks.load(SeqCst) > 0
+        });
+        let server = FirmwareServer::start(patch.clone()).unwrap();
+        let other = fixture("unrelated.old");
+        let ext = requirement(&old.len().to_string(), &sha256_hex(&other));
+        let notice = sagoo_notice(&patch, &server.url(), &ext);
+        cloud
+            .publish(
+                &format!("/ota/device/upgrade/{pk}/{dn}"),
+                QoS::AtLeastOnce,
+                false,
+                notice.as_bytes(),
+            )
+            .unwrap();
+        common::wait::until("the upgrade is accepted", WAIT, || {
+            cloud.yield_for(Duration::from_millis(20)).unwrap();
+            unsafe { IOT_MQTT_Yield(mqtt, 20) };
+            IOT_OTA_IsFetching(h) == 1
+        });
+        let mut buf = vec![0u8; 4096];
+        let mut handed = 0;
+        let mut code = 0;
+        let deadline = Instant::now() + WAIT;
+        while IOT_OTA_IsFetchFinish(h) == 0 {
+            assert!(Instant::now() < deadline, "the download did not end");
+            let n = unsafe {
+                IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast::<c_char>(), buf.len() as u32, 1)
+            };
+            if n < 0 {
+                code = n;
+            } else {
+                handed += n;
+            }
+        }
+        let mismatch = IOT_OTA_Err_t::IOT_OTAE_DELTA_OLD_MISMATCH as c_int;
+        assert_eq!(mismatch, -44);
+        assert_eq!((code, handed), (mismatch, 0));
+        assert_eq!(IOT_OTA_GetLastError(h), mismatch);
+        let mut verdict: u32 = 1;
+        let rc = unsafe {
+            ota::ffi::ioctl::IOT_OTA_Ioctl(
+                h,
+                IOT_OTAG_CHECK_FIRMWARE,
+                (&mut verdict as *mut u32).cast(),
+                4,
+            )
+        };
+        assert!(rc != 0 || verdict == 0, "CHECK_FIRMWARE is never 1");
+        common::wait::until("the failure report", WAIT, || {
+            unsafe { IOT_MQTT_Yield(mqtt, 20) };
+            cloud.yield_for(Duration::from_millis(20)).unwrap();
+            progress
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|p| p.contains("\"-1\""))
+        });
+        let failures: Vec<String> = progress
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.contains("\"step\":\"-"))
+            .cloned()
+            .collect();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("another SHA-256"), "{failures:?}");
+        assert_eq!(unsafe { IOT_OTA_Deinit(h) }, 0);
+        assert_eq!(unsafe { IOT_MQTT_Destroy(&mut mqtt) }, 0);
+    }
+}
