@@ -459,3 +459,43 @@ fn an_old_image_reader_that_fails_or_reads_short_ends_the_download_once() {
         }
     }
 }
+
+#[test]
+fn a_refused_patch_leaves_nothing_behind_for_the_next_upgrade() {
+    // The first download is refused while patch bytes wait in the patch buffer (the reader's
+    // first read fails); the platform then sends the upgrade again. The second download must
+    // start from its own first byte: a patch, applied whole, valid.
+    let old: &'static [u8] = Box::leak(fixture("inserted-block.old").into_boxed_slice());
+    let new = fixture("inserted-block.new");
+    for compression in ["none", "heatshrink"] {
+        let patch = fixture(&format!("inserted-block.{compression}.patch"));
+        let reader = FaultyOld {
+            image: old,
+            reads: 0,
+            misread: Misread::Fails(1, -1),
+        };
+        let (s, sent, server) = device(&patch, Box::new(reader), DeltaOptions::for_slot(SLOT));
+        let out = sample(&s, &sent, 5000);
+        assert_refused(
+            compression,
+            &s,
+            &out,
+            Some(&new),
+            "could not be read",
+            |e| matches!(e, DeltaError::OldRead { .. }),
+        );
+        let notice = common::firmware::aliyun_notice(&patch, &server.url(), "3.0.0");
+        s.handle_message(s.downstream_topic(), notice.as_bytes())
+            .unwrap();
+        assert!(s.is_fetching(), "{compression}: the second upgrade starts");
+        let again = sample(&s, &sent, 5000);
+        assert!(again.errors.is_empty(), "{compression}: {:?}", again.errors);
+        assert!(
+            again.stored == new,
+            "{compression}: the second download made {} bytes that are not the new image",
+            again.stored.len()
+        );
+        assert!(again.valid, "{compression}");
+        assert_eq!(again.failures.len(), 1, "no second failure report");
+    }
+}

@@ -80,6 +80,9 @@ pub(super) struct DeltaCycle {
     /// Patch bytes received and not handed out (the fetch side's buffer): the breakpoint
     /// record is written only when it is 0, so its offset is what the caller stored.
     pub(super) held: usize,
+    /// No step of this download has run yet: the fetch side may still hold the previous
+    /// download's patch bytes and applier (one refused or superseded mid-way).
+    pub(super) fresh: bool,
 }
 
 impl DeltaCycle {
@@ -89,6 +92,7 @@ impl DeltaCycle {
             new_size: 0,
             delivered: 0,
             held: 0,
+            fresh: true,
         }
     }
 }
@@ -281,7 +285,11 @@ impl Engine {
     /// With a delta source: the next step when it is not the network's (bytes to hand out, or a
     /// verdict on what the download is). None: go on as for any download.
     pub(super) fn delta_step(&mut self, side: &mut SourceSide, call: &FetchCall) -> Option<Step> {
-        let d = side.delta.as_ref()?;
+        let d = side.delta.as_mut()?;
+        if std::mem::take(&mut self.download.delta.fresh) {
+            // A new download: nothing of the last one is handed out or applied.
+            d.reset();
+        }
         let mode = self.download.delta.mode;
         if mode == Mode::Undecided {
             if d.pending() == 0 && self.download.fetched > 0 {
