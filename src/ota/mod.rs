@@ -1184,6 +1184,11 @@ impl Engine {
         // A new cycle of the same download: the digest the firmware fed stays.
         self.download.cycle = Cycle::new();
         self.download.fetched = offset;
+        // Its delta handling starts over too (no patch bytes of the last cycle are handed
+        // out): from byte 0 the download is recognised again; from another offset it goes on
+        // as a plain image, as a download resumed from a record does (a patch is not resumed
+        // at an offset yet).
+        self.download.delta = delta::DeltaCycle::new(self.delta_enabled);
         self.state = OtaState::Downloading;
         if offset == self.target().size {
             // Every byte is already kept: nothing to fetch, the image is checked now.
