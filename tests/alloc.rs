@@ -45,6 +45,7 @@ fn image() -> &'static [u8] {
 fn upgrades_allocate_nothing_after_init() {
     a_full_upgrade_allocates_nothing_after_init();
     a_signed_upgrade_allocates_nothing_after_init();
+    a_delta_upgrade_allocates_nothing_after_init();
 }
 
 fn a_full_upgrade_allocates_nothing_after_init() {
@@ -187,4 +188,87 @@ fn a_signed_upgrade_allocates_nothing_after_init() {
             "{file}: {allocs} allocations ({bytes} bytes) after init"
         );
     }
+}
+
+/// Issue 17: the delta source (old image, applier, patch buffer) is set at init; the download
+/// of a detools heatshrink patch (a committed fixture made by the real detools), applied on the
+/// way through `fetch_yield`, and the verdict allocate nothing: the same phases counted as in
+/// the full upgrade above (from the notification to the new version's report).
+fn a_delta_upgrade_allocates_nothing_after_init() {
+    ota::log::set_level(ota::log::Level::Error);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/delta");
+    let read = |name: &str| -> &'static [u8] {
+        Box::leak(
+            std::fs::read(format!("{dir}/{name}"))
+                .unwrap()
+                .into_boxed_slice(),
+        )
+    };
+    let (patch, old, new) = (
+        read("inserted-block.heatshrink.patch"),
+        read("inserted-block.old"),
+        read("inserted-block.new"),
+    );
+    let md5 = {
+        use md5::Digest;
+        let d = md5::Md5::digest(patch);
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let notice = format!(
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"http:\/\/127.0.0.1\/fw.bin","md5":"{md5}"}},"id":1,"message":"success"}}"#,
+        patch.len()
+    );
+    // Small network reads and a small caller buffer: many steps of each kind (patch bytes
+    // waiting in the buffer, output full, the next network read).
+    let mut source = MemorySource::new(patch);
+    source.chunk = 37;
+    let session = OtaSession::new(
+        "pk",
+        "dn",
+        OtaConfig::default(),
+        Box::new(MemoryUplink { log: &LOG }),
+        Box::new(source),
+    )
+    .unwrap();
+    session
+        .set_delta_source(Box::new(old), ota::ota::DeltaOptions::for_slot(64 * 1024))
+        .unwrap();
+    let mut buf = vec![0u8; 500];
+    let mut stored = vec![0u8; new.len() + 500];
+    let (base, base_bytes) = (allocations(), allocated_bytes());
+    set_counting(true);
+    session.report_version("1.0.0").unwrap();
+    session
+        .handle_message("/ota/device/upgrade/pk/dn", notice.as_bytes())
+        .unwrap();
+    let mut total = 0;
+    let mut calls = 0;
+    while !session.is_fetch_finished() && calls < 10_000 {
+        let n = session
+            .fetch_yield(&mut buf, Duration::from_secs(1))
+            .unwrap();
+        let end = (total + n).min(stored.len());
+        stored[total..end].copy_from_slice(&buf[..end - total]);
+        total += n;
+        calls += 1;
+    }
+    let size = session.file_size();
+    let valid = session.check_firmware().unwrap();
+    session.report_version("2.0.0").unwrap();
+    set_counting(false);
+    let allocs = allocations() - base;
+    let bytes = allocated_bytes() - base_bytes;
+    assert!(calls > 10, "the patch came in {calls} calls");
+    assert_eq!(
+        total,
+        new.len(),
+        "FetchYield handed out the new image's size"
+    );
+    assert!(&stored[..total] == new, "the new image, byte for byte");
+    assert_eq!(size, new.len() as u64, "FILE_SIZE is the new image's");
+    assert!(valid, "the patched image verifies");
+    assert_eq!(
+        allocs, 0,
+        "delta: {allocs} allocations ({bytes} bytes) after init"
+    );
 }

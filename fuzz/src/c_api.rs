@@ -8,6 +8,10 @@
 //! (a length beyond the buffer is the caller's undefined behaviour, so it is never passed).
 //! Upgrade messages arrive in between, raw or built from a template, and the breakpoint store
 //! (C callbacks over "flash" the input can corrupt, or a file) survives simulated restarts.
+//! Some runs serve a detools patch (committed fixtures) instead of the plain image, and
+//! IOT_OTA_SetDeltaSource gives the handle a reader of the matching old image that may fail,
+//! read short or claim too much: FetchYield must then hand out the new image's bytes or the
+//! patch's as they came, never anything else.
 //!
 //! After every call: the return code is a documented one, nothing was written past the length
 //! given (nor anything at all on error), answers are well-formed and agree with the session,
@@ -22,6 +26,7 @@ use std::time::Duration;
 use super::input::Input;
 use ota::digest::{to_hex, StreamDigest};
 use ota::error::{Error, MqttError};
+use ota::ffi::delta::IOT_OTA_SetDeltaSource;
 use ota::ffi::fuzzing;
 use ota::ffi::gateway::{IOT_OTAG_LOCAL_IMAGE, IOT_OTAG_WAITING, OTA_WAITING_NONE};
 use ota::ffi::image::*;
@@ -46,25 +51,76 @@ const MAX_CALLS: usize = 96;
 /// Bytes after every buffer handed to the library; they must stay untouched.
 const GUARD: usize = 32;
 const FILL: u8 = 0xAA;
-const IMAGE_LEN: usize = 4096;
+/// Bytes of the plain image.
+const PLAIN_LEN: usize = 4096;
 const OTA_MAGIC: u32 = 0x4f54_4148;
 const MQTT_MAGIC: u32 = 0x4d51_5454;
 
 const NONE: c_int = IOT_OTA_Err_t::IOT_OTAE_NONE as c_int;
 const INVALID_PARAM: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_PARAM as c_int;
 const STR_TOO_LONG: c_int = IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int;
-/// The most negative IOT_OTA_Err_t.
+/// The most negative IOT_OTA_Err_t of v2.3.
 const LOWEST: c_int = IOT_OTA_Err_t::IOT_OTAE_OSC_FAILED as c_int;
+/// The extensions' codes: the image checks' first, IOT_OTAE_DELTA_REFUSED the last.
+const EXTENSIONS: std::ops::RangeInclusive<c_int> = IOT_OTA_Err_t::IOT_OTAE_DELTA_REFUSED as c_int
+    ..=IOT_OTA_Err_t::IOT_OTAE_IMAGE_NOT_MCUBOOT as c_int;
 
-/// The firmware image every source serves.
-fn image() -> &'static [u8] {
+/// Whether `rc` is 0 or one of the IOT_OTA_Err_t codes.
+fn is_code(rc: c_int) -> bool {
+    (LOWEST..=NONE).contains(&rc) || EXTENSIONS.contains(&rc)
+}
+
+/// The plain firmware image.
+fn plain() -> &'static [u8] {
     static IMAGE: OnceLock<&'static [u8]> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let v: Vec<u8> = (0..IMAGE_LEN as u32)
+        let v: Vec<u8> = (0..PLAIN_LEN as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
             .collect();
         Box::leak(v.into_boxed_slice())
     })
+}
+
+/// A detools sequential patch (tests/fixtures/delta, made by the real detools) with the old
+/// image it applies to and the new image it makes.
+struct Patch {
+    patch: &'static [u8],
+    old: &'static [u8],
+    new: &'static [u8],
+}
+
+const PATCHES: [Patch; 2] = [
+    Patch {
+        patch: include_bytes!("../../tests/fixtures/delta/small-change.heatshrink.patch"),
+        old: include_bytes!("../../tests/fixtures/delta/small-change.old"),
+        new: include_bytes!("../../tests/fixtures/delta/small-change.new"),
+    },
+    Patch {
+        patch: include_bytes!("../../tests/fixtures/delta/inserted-block.none.patch"),
+        old: include_bytes!("../../tests/fixtures/delta/inserted-block.old"),
+        new: include_bytes!("../../tests/fixtures/delta/inserted-block.new"),
+    },
+];
+
+thread_local! {
+    /// What this run serves: None for the plain image, else an index into [`PATCHES`]
+    /// (chosen when the run starts, fixed for the run).
+    static SERVED: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The patch this run serves, if it serves one.
+fn served_patch() -> Option<&'static Patch> {
+    SERVED.with(|s| s.get()).map(|i| &PATCHES[i])
+}
+
+/// The firmware every source of this run serves: the plain image or a patch.
+fn image() -> &'static [u8] {
+    served_patch().map_or(plain(), |p| p.patch)
+}
+
+/// Bytes of [`image`].
+fn image_len() -> usize {
+    image().len()
 }
 
 /// Runs the call sequence that `data` describes.
@@ -167,8 +223,8 @@ impl ScriptedSource {
         match self.next().unwrap_or(0) % 5 {
             0 => None,
             1 => Some(pos),
-            2 => Some(IMAGE_LEN as u64),
-            3 => Some(IMAGE_LEN as u64 - pos.min(IMAGE_LEN as u64)),
+            2 => Some(image_len() as u64),
+            3 => Some(image_len() as u64 - pos.min(image_len() as u64)),
             _ => Some(u64::from(self.next().unwrap_or(0)) * 61),
         }
     }
@@ -189,7 +245,7 @@ impl FirmwareSource for ScriptedSource {
     fn read(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<Chunk, DownloadError> {
         let pos = self.pos.ok_or(DownloadError::BadResponse("not open"))?;
         let b = self.next().ok_or(DownloadError::Connect)?;
-        let total = IMAGE_LEN as u64;
+        let total = image_len() as u64;
         if !self.opened {
             self.opened = true;
             let info = match b % 8 {
@@ -283,6 +339,48 @@ unsafe extern "C" fn flash_erase(ctx: *mut c_void) -> c_int {
     f.erase_rc
 }
 
+/// The firmware's reader of its running image behind IOT_OTA_SetDeltaSource; `ctx` points to
+/// it. It misbehaves as the input says.
+struct OldReader {
+    /// The running image: the served patch's old image (the plain image when none is served).
+    image: &'static [u8],
+    /// The `old_size` of the last IOT_OTA_SetDeltaSource that succeeded.
+    declared: u32,
+    /// 0..=3: honest; 4: fails every read; 5: fails the `at`-th read; 6: returns one byte
+    /// short on it; 7: claims one byte more than asked on it.
+    mode: u8,
+    at: u32,
+    reads: u32,
+}
+
+unsafe extern "C" fn old_read(ctx: *mut c_void, offset: u32, buf: *mut u8, len: u32) -> c_int {
+    let r = &mut *(ctx as *mut OldReader);
+    assert!(!buf.is_null(), "an old-image read into NULL");
+    assert!(
+        u64::from(offset) + u64::from(len) <= u64::from(r.declared),
+        "an old-image read at {offset} of {len} bytes past old_size {}",
+        r.declared
+    );
+    r.reads += 1;
+    let (at, n) = (offset as usize, len as usize);
+    // old_size may be declared larger than the image the reader holds: it fails there.
+    let Some(src) = r.image.get(at..at + n) else {
+        return -1;
+    };
+    let nth = r.reads == r.at;
+    match r.mode {
+        4 => return -1,
+        5 if nth => return -2,
+        _ => {}
+    }
+    std::ptr::copy_nonoverlapping(src.as_ptr(), buf, n);
+    match r.mode {
+        6 if nth => len as c_int - 1,
+        7 if nth => len as c_int + 1,
+        _ => len as c_int,
+    }
+}
+
 /// A directory of this process for IOT_OTA_SetBreakpointFile (tmpfs when there is one: the
 /// file store fsyncs). It exists only while an input runs.
 fn scratch_dir() -> &'static PathBuf {
@@ -318,6 +416,10 @@ struct World {
     uplink: Arc<Mutex<UplinkState>>,
     /// Owned here (from `Box::into_raw`) so the callbacks' `ctx` aliases no Rust reference.
     flash: *mut Flash,
+    /// Likewise, the delta source's reader.
+    old_reader: *mut OldReader,
+    /// IOT_OTA_SetDeltaSource succeeded on the live handle.
+    delta_set: bool,
     /// Memory readable as a handle that is not one (never the OTA or MQTT magic).
     foreign: Box<[u32; 4]>,
     /// Script of the firmware source, `None` for the honest in-memory server.
@@ -332,6 +434,7 @@ impl Drop for World {
             assert_eq!(unsafe { IOT_OTA_Deinit(self.handle) }, NONE);
         }
         drop(unsafe { Box::from_raw(self.flash) });
+        drop(unsafe { Box::from_raw(self.old_reader) });
         clear_scratch_dir();
     }
 }
@@ -358,6 +461,21 @@ impl World {
         if foreign[0] == OTA_MAGIC || foreign[0] == MQTT_MAGIC {
             foreign[0] = 0;
         }
+        // What is served, from the foreign word's top bits (so inputs written before patches
+        // were served keep every other decision).
+        let served = match foreign[0] >> 30 {
+            2 => Some(0),
+            3 => Some(1),
+            _ => None,
+        };
+        SERVED.with(|s| s.set(served));
+        let old_reader = Box::into_raw(Box::new(OldReader {
+            image: served_patch().map_or(plain(), |p| p.old),
+            declared: 0,
+            mode: 0,
+            at: 0,
+            reads: 0,
+        }));
         let flash = Box::into_raw(Box::new(Flash {
             data: Vec::new(),
             load_rc: None,
@@ -374,6 +492,8 @@ impl World {
             handle: null_mut(),
             uplink,
             flash,
+            old_reader,
+            delta_set: false,
             foreign,
             script,
             last_notice: Vec::new(),
@@ -384,6 +504,7 @@ impl World {
 
     /// A handle on a fresh session (as after a restart): same uplink, same flash.
     fn new_handle(&mut self) -> *mut c_void {
+        self.delta_set = false;
         let mut config = OtaConfig::for_protocol(self.protocol);
         // Retries as the SDK makes them, without the waiting.
         config.retry = RetryPolicy {
@@ -449,7 +570,7 @@ impl World {
     /// The checks every int-returning call shares; `before` is the live handle's last error
     /// before the call.
     fn returned(&self, h: *mut c_void, rc: c_int, before: c_int, what: &str) {
-        assert!((LOWEST..=NONE).contains(&rc), "{what} returned {rc}");
+        assert!(is_code(rc), "{what} returned {rc}");
         if h.is_null() || h != self.handle {
             assert_eq!(rc, INVALID_PARAM, "{what} on a NULL or foreign handle");
             assert_eq!(
@@ -468,7 +589,14 @@ impl World {
 
     fn step(&mut self, inp: &mut Input<'_>) {
         let before = self.last_error();
-        match inp.u8() % 26 {
+        let b = inp.u8();
+        // The top values call IOT_OTA_SetDeltaSource; the rest keep the meaning they had
+        // before it was added (saved inputs still run as they did).
+        if b >= 234 {
+            self.set_delta_source(inp, before);
+            return;
+        }
+        match b % 26 {
             0 | 1 => self.deliver(inp, true),
             2 => self.deliver(inp, false),
             3 => self.report_version(inp, before),
@@ -583,9 +711,9 @@ impl World {
             _ => String::from_utf8_lossy(inp.bytes(12)).into_owned(),
         };
         let size: u64 = match inp.u8() % 6 {
-            0 | 1 => IMAGE_LEN as u64,
-            2 => IMAGE_LEN as u64 - 1,
-            3 => IMAGE_LEN as u64 + 1,
+            0 | 1 => image_len() as u64,
+            2 => image_len() as u64 - 1,
+            3 => image_len() as u64 + 1,
             4 => 1 + u64::from(inp.u8()),
             _ => u64::from(inp.u32_biased()),
         };
@@ -598,7 +726,7 @@ impl World {
             0 => "0".repeat(2 * kind.len()),
             _ => {
                 let mut d = StreamDigest::new(kind);
-                d.update(&image()[..(size as usize).min(IMAGE_LEN)]);
+                d.update(&image()[..(size as usize).min(image_len())]);
                 let mut sum = [0u8; 32];
                 let n = d.current(&mut sum);
                 to_hex(&sum[..n], &mut hex).to_owned()
@@ -721,7 +849,7 @@ impl World {
             );
         }
         let rc = IOT_OTA_GetLastError(h);
-        assert!((LOWEST..=NONE).contains(&rc), "GetLastError returned {rc}");
+        assert!(is_code(rc), "GetLastError returned {rc}");
     }
 
     fn fetch_yield(&mut self, inp: &mut Input<'_>, before: c_int) {
@@ -733,13 +861,13 @@ impl World {
             1 => 1,
             _ => 0,
         };
-        let (offset, size) = self
-            .session()
-            .map_or((0, 0), |s| (s.fetched_size(), s.file_size()));
+        let offset = self.session().map_or(0, |s| s.fetched_size());
         let ptr = buf
             .as_mut()
             .map_or(null_mut(), |b| b.as_mut_ptr() as *mut c_char);
         let rc = unsafe { IOT_OTA_FetchYield(h, ptr, pass, timeout) };
+        // After the call: a patch's first call tells its new image's size.
+        let size = self.session().map_or(0, |s| s.file_size());
         if rc <= 0 {
             self.returned(h, rc, before, "FetchYield");
         } else {
@@ -752,10 +880,13 @@ impl World {
             let buf = buf.as_ref().expect("bytes into a NULL buffer");
             let start = offset as usize;
             assert!(offset + n as u64 <= size, "more bytes than announced");
-            assert_eq!(
-                &buf[..n],
-                &image()[start..start + n],
-                "wrong bytes at {start}"
+            // The bytes served as they came, or (a patch, with a delta source) the new image's.
+            let applied = served_patch().filter(|_| self.delta_set).map(|p| p.new);
+            let is_at = |whole: &[u8]| whole.get(start..start + n) == Some(&buf[..n]);
+            assert!(
+                is_at(image()) || applied.is_some_and(is_at),
+                "wrong bytes at {start} (delta source set: {})",
+                self.delta_set
             );
             let now = self.session().map_or(0, |s| s.fetched_size());
             assert_eq!(
@@ -913,6 +1044,44 @@ impl World {
         );
     }
 
+    fn set_delta_source(&mut self, inp: &mut Input<'_>, before: c_int) {
+        let h = self.pick_handle(inp);
+        let with_read = inp.u8() % 8 != 0;
+        // No library call is running: nothing else uses the reader now.
+        let image_len = unsafe { &*self.old_reader }.image.len() as u32;
+        let old_size = match inp.u8() % 6 {
+            0 => 0,
+            1 => image_len / 2,
+            2 => image_len + 1 + u32::from(inp.u8()),
+            3 => inp.u32_biased(),
+            _ => image_len,
+        };
+        let (mode, at) = (inp.u8() % 8, 1 + u32::from(inp.u8() % 8));
+        let state = self.session().map(|s| s.state());
+        let reader = self.old_reader;
+        let read = with_read.then_some(old_read as _);
+        let rc = unsafe { IOT_OTA_SetDeltaSource(h, read, reader as *mut c_void, old_size) };
+        self.returned(h, rc, before, "SetDeltaSource");
+        if h != self.handle || h.is_null() {
+            return;
+        }
+        let want = match (with_read, state) {
+            (false, _) => INVALID_PARAM,
+            (true, Some(OtaState::Idle)) => NONE,
+            (true, _) => IOT_OTA_Err_t::IOT_OTAE_INVALID_STATE as c_int,
+        };
+        assert_eq!(
+            rc, want,
+            "SetDeltaSource in {state:?}, read set: {with_read}"
+        );
+        if rc == NONE {
+            // No library call is running: nothing else uses the reader now.
+            let r = unsafe { &mut *reader };
+            (r.declared, r.mode, r.at, r.reads) = (old_size, mode, at, 0);
+            self.delta_set = true;
+        }
+    }
+
     fn start_download(&mut self, inp: &mut Input<'_>, before: c_int) {
         let h = self.pick_handle(inp);
         let (fetched, size) = self
@@ -946,9 +1115,9 @@ impl World {
         let h = self.pick_handle(inp);
         let (buf, pass) = Self::buffer(inp);
         let mut buf = buf.map(|mut b| {
-            let n = b.len().min(IMAGE_LEN);
-            let from = usize::from(inp.u8()) * 16 % IMAGE_LEN;
-            let n = n.min(IMAGE_LEN - from);
+            let n = b.len().min(image_len());
+            let from = usize::from(inp.u8()) * 16 % image_len();
+            let n = n.min(image_len() - from);
             b[..n].copy_from_slice(&image()[from..from + n]);
             b
         });
@@ -1126,7 +1295,7 @@ impl World {
             _ => u64::from(inp.u32_biased()),
         };
         let mut digest = StreamDigest::new(notice.digest_kind);
-        digest.update(&image()[..(offset as usize).min(IMAGE_LEN)]);
+        digest.update(&image()[..(offset as usize).min(image_len())]);
         let digest = inp.bool().then_some(&digest);
         let _ = bp.set_progress(offset, digest, None);
         if inp.u8() % 4 == 0 {

@@ -168,6 +168,8 @@ impl Engine {
         if !std::mem::take(&mut self.download.delta.restore_pending) {
             return Ok(delta.map(|d| &*d));
         }
+        // The restore empties the fetch side itself: nothing of an earlier download is left.
+        self.download.delta.fresh = false;
         if let Some(d) = delta {
             // The message's old-image requirement holds after a restart as before it.
             self.old_image_required(d)?;

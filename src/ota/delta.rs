@@ -89,6 +89,9 @@ pub(super) struct DeltaCycle {
     /// Resumed from a breakpoint record: the applier takes the record's state at the next
     /// `fetch_yield`.
     pub(super) restore_pending: bool,
+    /// No step of this download has run yet: the fetch side may still hold the previous
+    /// download's patch bytes and applier (one refused or superseded mid-way).
+    pub(super) fresh: bool,
 }
 
 impl DeltaCycle {
@@ -99,6 +102,7 @@ impl DeltaCycle {
             delivered: 0,
             held: 0,
             restore_pending: false,
+            fresh: true,
         }
     }
 }
@@ -224,12 +228,13 @@ impl DeltaSide {
     }
 
     /// Whether `header` names a patch the applier takes for this firmware.
+    /// A heatshrink window over the budget does not make it plain: such a patch is a patch
+    /// the applier refuses at its parameter byte (`WindowOverBudget`, IOT_OTAE_DELTA_REFUSED),
+    /// not bytes to hand out as an image.
     fn takes(&self, header: &PatchHeader) -> bool {
         header.compression.is_supported()
             && header.new_size > 0
             && header.new_size <= self.options.max_new_size
-            && (header.compression != Compression::Heatshrink
-                || header.window_bits <= self.options.budget.clamped().max_window_bits)
     }
 }
 
@@ -381,7 +386,11 @@ impl Engine {
     /// With a delta source: the next step when it is not the network's (bytes to hand out, or a
     /// verdict on what the download is). None: go on as for any download.
     pub(super) fn delta_step(&mut self, side: &mut SourceSide, call: &FetchCall) -> Option<Step> {
-        let d = side.delta.as_ref()?;
+        let d = side.delta.as_mut()?;
+        if std::mem::take(&mut self.download.delta.fresh) {
+            // A new download: nothing of the last one is handed out or applied.
+            d.reset();
+        }
         let mode = self.download.delta.mode;
         if mode == Mode::Undecided {
             if d.pending() == 0 && self.download.fetched > 0 {

@@ -1190,6 +1190,11 @@ impl Engine {
         // A new cycle of the same download: the digest the firmware fed stays.
         self.download.cycle = Cycle::new();
         self.download.fetched = offset;
+        // Its delta handling starts over too (no patch bytes of the last cycle are handed
+        // out): from byte 0 the download is recognised again; from another offset it goes on
+        // as a plain image, as a download resumed from a record does (a patch is not resumed
+        // at an offset yet).
+        self.download.delta = delta::DeltaCycle::new(self.delta_budget.is_some());
         self.state = OtaState::Downloading;
         if offset == self.target().size {
             // Every byte is already kept: nothing to fetch, the image is checked now.
@@ -1494,6 +1499,18 @@ impl OtaSession {
         mut old: Box<dyn crate::delta::OldImage + Send>,
         options: DeltaOptions,
     ) -> Result<()> {
+        // Refused at once when it would be refused after the read below.
+        {
+            let mut e = self.engine();
+            if options.max_new_size == 0 {
+                return Err(e.fail(Error::InvalidParam("delta: the slot size is 0")));
+            }
+            if e.state != OtaState::Idle {
+                return Err(e.fail(Error::InvalidState(
+                    "the delta source is set before the first upgrade",
+                )));
+            }
+        }
         // Before any lock: the firmware's reader may take a while over the whole image.
         let running = delta::running_sha256(old.as_mut(), &options);
         let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
