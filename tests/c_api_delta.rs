@@ -430,8 +430,6 @@ fn a_read_callback_claiming_more_bytes_than_asked_is_not_trusted() {
 }
 
 #[test]
-#[ignore = "product bug, see the report of branch dtests: the applier writes new-image bytes \
-            into buf during the FetchYield that then returns IOT_OTAE_DELTA_REFUSED"]
 fn a_fetch_yield_that_refuses_the_patch_writes_nothing() {
     // IOT_OTA_FetchYield: "only buf[0..n) is written, nothing on an error".
     for (dn, answer) in [

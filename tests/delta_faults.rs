@@ -50,6 +50,13 @@ fn device(
         Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
     )
     .unwrap();
+    // The running image's digest is declared, so the SDK does not read the old image at
+    // set_delta_source (tests/delta_old_image.rs covers that read): the readers here misbehave
+    // while the patch is applied. No message here names an old image, so it is never compared.
+    let options = DeltaOptions {
+        old_sha256: options.old_sha256.or(Some([0; 32])),
+        ..options
+    };
     session.set_delta_source(old, options).unwrap();
     session.report_version("1.0.0").unwrap();
     let notice = common::firmware::aliyun_notice(served, &server.url(), "2.0.0");
@@ -118,8 +125,10 @@ fn sample(s: &OtaSession, sent: &Sent, buf_len: usize) -> Outcome {
 
 /// The checks every refused patch shares: the download ended with `Error::Delta` matching
 /// `want` (and no other error before it), one failure report containing `desc`, no valid
-/// verdict, fewer bytes stored than the new image has, and (`Some(new)`, when the patch is
-/// good up to where it is refused) those bytes are the new image's first ones.
+/// verdict, no more bytes stored than the new image has (all of them when only the patch's
+/// end is bad: the image bytes made before a refusal are handed out, the refusal comes with
+/// the next call), and (`Some(new)`, when the patch is good up to where it is refused) those
+/// bytes are the new image's first ones.
 fn assert_refused(
     what: &str,
     s: &OtaSession,
@@ -146,7 +155,7 @@ fn assert_refused(
         out.failures[0]
     );
     assert!(
-        (out.stored.len() as u64) < s.file_size(),
+        (out.stored.len() as u64) <= s.file_size(),
         "{what}: {} bytes stored of a {}-byte image",
         out.stored.len(),
         s.file_size()

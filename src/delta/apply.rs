@@ -186,8 +186,9 @@ impl PatchApplier {
     /// is used up ([`Stop::NeedPatch`]), `out` is full ([`Stop::OutFull`]) or the image is
     /// complete ([`Stop::Done`]); bytes it did not consume must start the next call's piece.
     /// With room in `out` and a non-empty piece, a call that is not done consumes or produces
-    /// something. After an error every call returns it again (what this call wrote to `out` is
-    /// not part of the image).
+    /// something. After an error every call returns it again; before it, the call wrote to
+    /// `out` only new-image bytes, as many as [`produced`](Self::produced) grew (an old-image
+    /// read that fails writes nothing).
     pub fn feed(
         &mut self,
         patch: &[u8],
@@ -354,11 +355,20 @@ impl PatchApplier {
         old: &mut dyn OldImage,
         out: &mut [u8],
     ) -> Result<usize, DeltaError> {
-        let room = out.len().min(clamp_usize(self.remaining));
+        let mut room = out.len().min(clamp_usize(self.remaining));
+        if self.stage == Stage::Diff {
+            // The old bytes first, a read buffer at a time: a read that fails leaves `out` as
+            // it was, so a caller's buffer holds only image bytes when the applier refuses.
+            room = room.min(self.old_chunk.len());
+            self.read_old(old, room)?;
+        }
         let dst = &mut out[..room];
         let n = self.decompress(input, dst);
         if self.stage == Stage::Diff {
-            self.add_old(old, &mut dst[..n])?;
+            for (new, old) in dst[..n].iter_mut().zip(&self.old_chunk[..n]) {
+                *new = new.wrapping_add(*old);
+            }
+            self.old_pos += n as u64;
         }
         self.produced += n as u64;
         self.remaining -= n as u64;
@@ -420,35 +430,23 @@ impl PatchApplier {
     }
 
     /// Adds the old image's next `dst.len()` bytes to `dst`, reading them a chunk at a time.
-    fn add_old(&mut self, old: &mut dyn OldImage, dst: &mut [u8]) -> Result<(), DeltaError> {
-        let old_size = old.size();
-        for piece in dst.chunks_mut(self.old_chunk.len()) {
-            let len = piece.len();
-            // Checked again per read: the image may have shrunk since the diff size was read.
-            check_old_range(self.old_pos, len as u64, old_size)?;
-            let buf = &mut self.old_chunk[..len];
-            match old.read(self.old_pos, buf) {
-                Ok(got) if got == len => {}
-                Ok(got) => {
-                    return Err(DeltaError::OldShort {
-                        offset: self.old_pos,
-                        wanted: len,
-                        got,
-                    })
-                }
-                Err(e) => {
-                    return Err(DeltaError::OldRead {
-                        offset: self.old_pos,
-                        code: e.code,
-                    })
-                }
-            }
-            for (new, old) in piece.iter_mut().zip(buf.iter()) {
-                *new = new.wrapping_add(*old);
-            }
-            self.old_pos += len as u64;
+    /// Reads `len` (at most the read buffer's) old-image bytes at the current old position
+    /// into the read buffer; the position moves only as they are used.
+    fn read_old(&mut self, old: &mut dyn OldImage, len: usize) -> Result<(), DeltaError> {
+        // Checked again per read: the image may have shrunk since the diff size was read.
+        check_old_range(self.old_pos, len as u64, old.size())?;
+        match old.read(self.old_pos, &mut self.old_chunk[..len]) {
+            Ok(got) if got == len => Ok(()),
+            Ok(got) => Err(DeltaError::OldShort {
+                offset: self.old_pos,
+                wanted: len,
+                got,
+            }),
+            Err(e) => Err(DeltaError::OldRead {
+                offset: self.old_pos,
+                code: e.code,
+            }),
         }
-        Ok(())
     }
 
     /// At the end: the rest of the patch may only be padding (a heatshrink stream's last

@@ -218,7 +218,22 @@ impl DeltaSide {
             });
         }
         let piece = &self.patch[self.start..self.end];
-        let p = self.applier.feed(piece, self.old.as_mut(), out)?;
+        let before = self.applier.produced();
+        let p = match self.applier.feed(piece, self.old.as_mut(), out) {
+            Ok(p) => p,
+            Err(e) => {
+                // The image bytes made before the refusal go out now (`out` holds nothing
+                // else); the next call meets the refusal with nothing written.
+                let produced = (self.applier.produced() - before) as usize;
+                if produced == 0 {
+                    return Err(e);
+                }
+                return Ok(Handed {
+                    produced,
+                    stop: None,
+                });
+            }
+        };
         self.start += p.consumed;
         self.more_output = p.stop == Stop::OutFull;
         Ok(Handed {
