@@ -202,10 +202,10 @@
 /*
  Bytes of the longest breakpoint record once IOT_OTA_SetDeltaSource is set: a delta patch's
  record carries the patch applier's state (its 4 KiB heatshrink window, the image checks'
- state) after the 824 bytes, so the patch resumes after a power loss. A store for delta
+ and the new image digest's states) after the 824 bytes, so the patch resumes after a power loss. A store for delta
  upgrades must hold this many bytes.
  */
-#define OTA_BREAKPOINT_DELTA_RECORD_LEN 5311
+#define OTA_BREAKPOINT_DELTA_RECORD_LEN 5440
 
 /*
  Events delivered to `handle_event` and to subscription handlers (iotkit v2.3 values, and

@@ -574,3 +574,54 @@ mod c_api {
         assert_eq!(unsafe { IOT_MQTT_Destroy(&mut mqtt) }, 0);
     }
 }
+
+// The second check: the new image's SHA-256 the message names (`_delta_new_sha256`).
+
+/// extData naming the running old image and a new image of SHA-256 `new_sha256` (hex).
+fn naming_the_new_image(new_sha256: &str) -> String {
+    let old = old();
+    format!(
+        r#"{{"_delta_old_size":{},"_delta_old_sha256":"{}","_delta_new_sha256":"{new_sha256}"}}"#,
+        old.len(),
+        sha256_hex(&old)
+    )
+}
+
+#[test]
+fn the_new_image_the_message_names_is_checked_when_it_is_complete() {
+    let _g = serial();
+    let patch = patch();
+    let server = FirmwareServer::start(patch.clone()).unwrap();
+    // The patch's digest matches (the platform's check), and the image it makes is the one
+    // named: valid.
+    let ext = naming_the_new_image(&sha256_hex(&new()));
+    let (s, sent) = sagoo_device(old(), &sagoo_notice(&patch, &server.url(), &ext));
+    let (stored, valid, error) = sample(&s);
+    assert!(stored == new() && valid, "{error:?}");
+    assert!(failures(&sent).is_empty());
+    // The message names another new image (what a patch made from another old image, or a
+    // platform's wrong patch, comes to): every byte handed out, never valid, one verify-failed
+    // report.
+    let mut other = new();
+    other[100] ^= 1;
+    let ext = naming_the_new_image(&sha256_hex(&other));
+    let (s, sent) = sagoo_device(old(), &sagoo_notice(&patch, &server.url(), &ext));
+    let (stored, valid, _) = sample(&s);
+    assert!(
+        !valid,
+        "a new image other than the one named is never valid"
+    );
+    assert_eq!(stored.len(), new().len());
+    let failures = failures(&sent);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].contains(r#""step":"-3""#)
+            && failures[0].contains("not the one the message names"),
+        "{failures:?}"
+    );
+    assert!(
+        matches!(s.last_error(), Some(Error::Download(_))),
+        "{:?}",
+        s.last_error()
+    );
+}

@@ -238,18 +238,24 @@ fn a_corrupt_delta_tail_is_never_trusted() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// An Aliyun upgrade message for `patch` whose extData requires the old image `required`.
-fn notice_requiring(patch: &[u8], url: &str, required: &[u8]) -> String {
+fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let sha: String = sha2::Sha256::digest(required)
+    sha2::Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
+
+/// An Aliyun upgrade message for `patch` whose extData requires the old image `required` and
+/// names the new image `made`.
+fn notice_requiring(patch: &[u8], url: &str, required: &[u8], made: &[u8]) -> String {
     format!(
-        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{}","extData":{{"_delta_old_size":{},"_delta_old_sha256":"{sha}"}}}},"id":1,"message":"success"}}"#,
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{}","extData":{{"_delta_old_size":{},"_delta_old_sha256":"{}","_delta_new_sha256":"{}"}}}},"id":1,"message":"success"}}"#,
         patch.len(),
         ota_cloud::md5_hex(patch),
-        required.len()
+        required.len(),
+        sha256_hex(required),
+        sha256_hex(made)
     )
 }
 
@@ -260,10 +266,14 @@ fn the_old_image_requirement_holds_after_a_restart_too() {
     let dir = scratch("requirement");
     let record = dir.join("ota.bp");
     let server = FirmwareServer::start(patch.clone()).unwrap();
-    let good = notice_requiring(&patch, &server.url(), &old);
+    // The message names the new image too: its SHA-256 state goes through the record.
+    let good = notice_requiring(&patch, &server.url(), &old, &new);
+    let mut other = new.clone();
+    other[5000] ^= 1;
     for (second, valid) in [
         (good.clone(), true),
-        (notice_requiring(&patch, &server.url(), &new), false),
+        (notice_requiring(&patch, &server.url(), &new, &new), false),
+        (notice_requiring(&patch, &server.url(), &old, &other), false),
     ] {
         let _ = std::fs::remove_file(&record);
         let s = boot_with(Some(&old), &record, &good);
@@ -281,7 +291,10 @@ fn the_old_image_requirement_holds_after_a_restart_too() {
             assert!(stored == new);
         } else {
             assert!(
-                matches!(s.last_error(), Some(ota::Error::DeltaOldImage(_))),
+                matches!(
+                    s.last_error(),
+                    Some(ota::Error::DeltaOldImage(_) | ota::Error::Download(_))
+                ),
                 "{:?}",
                 s.last_error()
             );

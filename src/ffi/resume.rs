@@ -14,9 +14,9 @@ const _: () = assert!(OTA_BREAKPOINT_RECORD_LEN == crate::resume::RECORD_LEN);
 
 /// Bytes of the longest breakpoint record once IOT_OTA_SetDeltaSource is set: a delta patch's
 /// record carries the patch applier's state (its 4 KiB heatshrink window, the image checks'
-/// state) after the 824 bytes, so the patch resumes after a power loss. A store for delta
+/// and the new image digest's states) after the 824 bytes, so the patch resumes after a power loss. A store for delta
 /// upgrades must hold this many bytes.
-pub const OTA_BREAKPOINT_DELTA_RECORD_LEN: usize = 5311;
+pub const OTA_BREAKPOINT_DELTA_RECORD_LEN: usize = 5440;
 const _: () = assert!(OTA_BREAKPOINT_DELTA_RECORD_LEN == crate::resume::DELTA_RECORD_LEN);
 
 /// Reads the stored breakpoint record into `buf` (at most `buf_len` bytes).

@@ -9,6 +9,7 @@ use crate::protocol::{FailureCause, Report};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::delta::PatchApplier;
+use crate::digest::DigestKind;
 use crate::image::ImageVerifier;
 use crate::resume::{
     encode_tail, read_tail, Breakpoint, BreakpointStore, RebootOutcome, RecordState, SavePolicy,
@@ -122,7 +123,14 @@ impl Engine {
             s.consumed == bp.offset() && s.produced == tail.delivered && s.new_size == tail.new_size
         });
         let image = tail.restore_image();
+        let new_digest = tail.restore_new_digest();
         let (delivered, new_size) = (tail.delivered, tail.new_size);
+        // The new image's digest the message names goes on from the record, or the patch
+        // starts over: it cannot be checked from the middle.
+        let needs_digest = self.notice.delta_old.new_sha256.is_some() && delivered > 0;
+        if needs_digest && new_digest.is_none() {
+            return false;
+        }
         let (Some(digest), true) = (bp.restore_digest(), fits) else {
             return false;
         };
@@ -145,6 +153,8 @@ impl Engine {
         d.delta.delivered = delivered;
         d.delta.held = 0;
         d.delta.restore_pending = true;
+        d.new_image_digest =
+            new_digest.unwrap_or_else(|| crate::digest::StreamDigest::new(DigestKind::Sha256));
         ota_log!(
             Level::Info,
             "resuming the delta patch to {} at patch byte {} (new image byte {} of {}) from the \
@@ -203,8 +213,21 @@ impl Engine {
         }
         let (delivered, new_size) = (d.delta.delivered, d.delta.new_size);
         let image = (!d.image_unchecked && d.image.received() == delivered).then_some(&d.image);
+        let new_digest = self
+            .notice
+            .delta_old
+            .new_sha256
+            .map(|_| &d.new_image_digest);
         let saved = self.keeper.save_with_tail(next, |base, out| {
-            encode_tail(base, delivered, new_size, image, side.applier(), out)
+            encode_tail(
+                base,
+                delivered,
+                new_size,
+                image,
+                new_digest,
+                side.applier(),
+                out,
+            )
         });
         if saved {
             self.keeper.last_saved = self.download.fetched;

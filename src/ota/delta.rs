@@ -390,6 +390,31 @@ impl Engine {
         }
     }
 
+    /// For a patch whose message names the new image's SHA-256 (`_delta_new_sha256`): whether
+    /// the image handed out has it. A mismatch refuses the image (its log line, the protocol's
+    /// verify-failed report); anything else holds.
+    pub(super) fn new_image_digest_holds(&mut self) -> bool {
+        let Some(want) = self.notice.delta_old.new_sha256 else {
+            return true;
+        };
+        if self.download.delta.mode != Mode::Patch {
+            return true;
+        }
+        let mut got = [0u8; 32];
+        self.download.new_image_digest.current(&mut got);
+        if got == want {
+            return true;
+        }
+        let desc =
+            "verify failed: the new image made from the patch is not the one the message names";
+        ota_log!(Level::Error, "image rejected: {desc}");
+        self.refuse_at_end(
+            Error::Download(DownloadError::BadResponse("new image digest mismatch")),
+            desc,
+        );
+        false
+    }
+
     /// The size of what the caller is given: the new image's for a patch.
     pub(super) fn caller_size(&self) -> u64 {
         match self.download.delta.mode {
@@ -478,6 +503,9 @@ impl Engine {
             if let Err(e) = self.download.image.update(bytes) {
                 return Some(Err(self.image_refused(e)));
             }
+        }
+        if self.download.delta.mode == Mode::Patch && self.notice.delta_old.new_sha256.is_some() {
+            self.download.new_image_digest.update(bytes);
         }
         self.download.delta.delivered += bytes.len() as u64;
         let patch_complete = self.download.fetched == self.target().size && pending == 0;

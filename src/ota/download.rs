@@ -69,6 +69,9 @@ pub(super) struct Download {
     pub(super) needs_slot: bool,
     /// Whether this download is a delta patch, and how much of the new image the caller has.
     pub(super) delta: DeltaCycle,
+    /// A patch's new image, hashed as it is handed out when the message names its SHA-256
+    /// (`extData` `_delta_new_sha256`).
+    pub(super) new_image_digest: StreamDigest,
     pub(super) cycle: Cycle,
 }
 
@@ -106,6 +109,7 @@ impl Download {
             from_local: false,
             needs_slot: false,
             delta: DeltaCycle::new(false),
+            new_image_digest: StreamDigest::new(DigestKind::Sha256),
             cycle: Cycle::new(),
         }
     }

@@ -1243,6 +1243,9 @@ impl Engine {
         let covered = self.download.digest_bytes == size;
         let digest_ok = actual[..n] == *self.target().digest;
         self.download.verified = covered && digest_ok && !self.download.cycle.oversize;
+        if self.download.verified && !self.new_image_digest_holds() {
+            return;
+        }
         if self.download.verified {
             let checked = match self.download.image_unchecked {
                 false => self.download.image.finish(&self.policy),

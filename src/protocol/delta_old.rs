@@ -7,6 +7,11 @@
 //!   digits, at least 1;
 //! - `_delta_old_sha256`: the old image's SHA-256, 64 hex digits (either case).
 //!
+//! and one for the image the patch makes, which a detools header does not name:
+//!
+//! - `_delta_new_sha256`: the new image's SHA-256, 64 hex digits: the second check of a delta
+//!   upgrade (beside the platform's digest of the patch), compared when the image is complete.
+//!
 //! Either may come alone; `null` counts as absent. A present key with another value makes the
 //! whole message malformed (refused, nothing reported), never a requirement silently dropped.
 
@@ -17,6 +22,8 @@ use super::NoticeError;
 pub const OLD_SIZE_KEY: &str = "_delta_old_size";
 /// The `extData` key of the old image's SHA-256 (64 hex digits).
 pub const OLD_SHA256_KEY: &str = "_delta_old_sha256";
+/// The `extData` key of the new image's SHA-256 (64 hex digits).
+pub const NEW_SHA256_KEY: &str = "_delta_new_sha256";
 
 /// What the upgrade message requires of the image a delta patch applies to; checked against the
 /// running image when the download turns out to be a patch (empty: nothing is checked).
@@ -26,10 +33,12 @@ pub struct DeltaRequirement {
     pub old_size: Option<u64>,
     /// The old image's SHA-256 (`_delta_old_sha256`).
     pub old_sha256: Option<[u8; 32]>,
+    /// The new image's SHA-256 (`_delta_new_sha256`): what the patch must make.
+    pub new_sha256: Option<[u8; 32]>,
 }
 
 impl DeltaRequirement {
-    /// No requirement: neither key was given.
+    /// No requirement of the old image: neither old-image key was given.
     pub fn is_empty(&self) -> bool {
         self.old_size.is_none() && self.old_sha256.is_none()
     }
@@ -40,7 +49,12 @@ impl DeltaRequirement {
             old_size: ext.get(OLD_SIZE_KEY).map(old_size).transpose()?.flatten(),
             old_sha256: ext
                 .get(OLD_SHA256_KEY)
-                .map(old_sha256)
+                .map(|v| sha256(v, OLD_SHA256_KEY))
+                .transpose()?
+                .flatten(),
+            new_sha256: ext
+                .get(NEW_SHA256_KEY)
+                .map(|v| sha256(v, NEW_SHA256_KEY))
                 .transpose()?
                 .flatten(),
         })
@@ -68,14 +82,14 @@ fn old_size(value: Value<'_>) -> Result<Option<u64>, NoticeError> {
     }
 }
 
-/// `_delta_old_sha256`: exactly 64 hex digits.
-fn old_sha256(value: Value<'_>) -> Result<Option<[u8; 32]>, NoticeError> {
+/// `_delta_old_sha256` or `_delta_new_sha256` (`key`): exactly 64 hex digits.
+fn sha256(value: Value<'_>, key: &'static str) -> Result<Option<[u8; 32]>, NoticeError> {
     let s = match value {
         Value::Null => return Ok(None),
         Value::Str(s) => s,
         other => {
             return Err(NoticeError::WrongType {
-                field: OLD_SHA256_KEY,
+                field: key,
                 expected: "string",
                 found: other.kind(),
             })
@@ -85,7 +99,7 @@ fn old_sha256(value: Value<'_>) -> Result<Option<[u8; 32]>, NoticeError> {
     if crate::digest::from_hex(s.raw(), &mut digest) {
         Ok(Some(digest))
     } else {
-        Err(NoticeError::BadDigest(OLD_SHA256_KEY))
+        Err(NoticeError::BadDigest(key))
     }
 }
 
@@ -137,6 +151,7 @@ mod tests {
         let want = DeltaRequirement {
             old_size: Some(409_600),
             old_sha256: Some(sha()),
+            new_sha256: None,
         };
         assert_eq!(decode(sagoo::decode, &sagoo_message(&ext)), Ok(want));
         // The size as a string of digits, the digest in capitals, extData as a JSON string.
@@ -152,6 +167,7 @@ mod tests {
         let size_only = DeltaRequirement {
             old_size: Some(5),
             old_sha256: None,
+            new_sha256: None,
         };
         let m = sagoo_message(r#"{"_delta_old_size":5,"_delta_old_sha256":null}"#);
         assert_eq!(decode(sagoo::decode, &m), Ok(size_only));
@@ -162,6 +178,26 @@ mod tests {
             let r = decode(sagoo::decode, &sagoo_message(ext)).unwrap();
             assert!(r.is_empty(), "{ext}");
         }
+    }
+
+    #[test]
+    fn the_new_image_digest_is_read_and_checked_like_the_old() {
+        let new_sha = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+        let ext = format!(r#"{{"_delta_old_size":5,"_delta_new_sha256":"{new_sha}"}}"#);
+        let r = decode(sagoo::decode, &sagoo_message(&ext)).unwrap();
+        let mut want = [0u8; 32];
+        assert!(crate::digest::from_hex(new_sha.as_bytes(), &mut want));
+        assert_eq!((r.old_size, r.new_sha256), (Some(5), Some(want)));
+        // Alone it names no old image.
+        let ext = format!(r#"{{"_delta_new_sha256":"{new_sha}"}}"#);
+        assert!(decode(sagoo::decode, &sagoo_message(&ext))
+            .unwrap()
+            .is_empty());
+        let bad = sagoo_message(r#"{"_delta_new_sha256":"abc"}"#);
+        assert_eq!(
+            decode(sagoo::decode, &bad),
+            Err(NoticeError::BadDigest(NEW_SHA256_KEY))
+        );
     }
 
     #[test]
@@ -213,6 +249,7 @@ mod tests {
         let want = DeltaRequirement {
             old_size: Some(1024),
             old_sha256: Some(sha()),
+            new_sha256: None,
         };
         assert_eq!(decode(aliyun::decode, &aliyun_message(&ext)), Ok(want));
         // A string, a number: not read, as before (Aliyun keeps no extData text).

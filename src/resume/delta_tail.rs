@@ -14,37 +14,44 @@
 //! |     14 |     8 | the new image's size (from the patch header) |
 //! |     22 |     2 | image verifier state length `n` (0: none) |
 //! |     24 |     n | image verifier state over the new image's stored bytes ([`crate::image`]) |
-//! |   24+n |     2 | applier state length `m` (≥ [`STATE_FIXED_LEN`]) |
-//! |   26+n |     m | the patch applier's saved state ([`PatchApplier::save_state`]) |
-//! | 26+n+m |     4 | CRC-32 (IEEE) of the base record's 824 bytes and the tail before it |
+//! |   24+n |     1 | new-image SHA-256 state length `d` (0: none, else 104) |
+//! |   25+n |     d | SHA-256 state over the new image's stored bytes (when the message names the new image's digest) |
+//! | 25+n+d |     2 | applier state length `m` (≥ [`STATE_FIXED_LEN`]) |
+//! | 27+n+d |     m | the patch applier's saved state ([`PatchApplier::save_state`]) |
+//! | 27+n+d+m | 4 | CRC-32 (IEEE) of the base record's 824 bytes and the tail before it |
 //!
 //! The CRC covers the base record too, so a tail is never read with another record's base. An
 //! earlier build, which knows no tail, reads such a record as corrupt and starts over.
 
-use super::RecordError;
+use super::{RecordError, DIGEST_STATE_MAX};
 use crate::delta::{DeltaBudget, PatchApplier, STATE_FIXED_LEN};
+use crate::digest::{DigestKind, StreamDigest};
 use crate::image::{ImageVerifier, STATE_MAX as IMAGE_STATE_MAX};
 
 /// The tail's first bytes.
 pub const TAIL_MAGIC: &[u8; 6] = b"OTADT1";
-/// Bytes of a tail besides the two states.
-const TAIL_FIXED: usize = 6 + 8 + 8 + 2 + 2 + 4;
+/// Bytes of a tail besides the three states.
+const TAIL_FIXED: usize = 6 + 8 + 8 + 2 + 1 + 2 + 4;
+/// Room for the new image's SHA-256 state.
+const NEW_DIGEST_MAX: usize = DIGEST_STATE_MAX;
 
 /// The longest tail a session whose applier has `budget` writes.
 pub fn tail_max(budget: DeltaBudget) -> usize {
-    TAIL_FIXED + IMAGE_STATE_MAX + budget.state_max()
+    TAIL_FIXED + IMAGE_STATE_MAX + NEW_DIGEST_MAX + budget.state_max()
 }
 
 /// The longest record with a tail under the default budget ([`DeltaBudget::DEFAULT`], the C
-/// API's): the size a store needs for delta upgrades (5311 bytes).
+/// API's): the size a store needs for delta upgrades (5440 bytes).
 pub const DELTA_RECORD_LEN: usize = super::RECORD_LEN
     + TAIL_FIXED
     + IMAGE_STATE_MAX
+    + NEW_DIGEST_MAX
     + STATE_FIXED_LEN
     + (1 << DeltaBudget::DEFAULT.max_window_bits);
 
 /// The longest tail any budget writes (a 32 KiB heatshrink window).
-pub const TAIL_MAX_ANY: usize = TAIL_FIXED + IMAGE_STATE_MAX + crate::delta::STATE_MAX;
+pub const TAIL_MAX_ANY: usize =
+    TAIL_FIXED + IMAGE_STATE_MAX + NEW_DIGEST_MAX + crate::delta::STATE_MAX;
 
 /// A tail's fields, borrowed from the bytes they were read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +62,8 @@ pub struct DeltaTail<'a> {
     pub new_size: u64,
     /// The image verifier's state over `delivered` bytes (empty: none).
     pub image_state: &'a [u8],
+    /// The new image's SHA-256 state over `delivered` bytes (empty: none).
+    pub new_digest_state: &'a [u8],
     /// The applier's saved state.
     pub applier_state: &'a [u8],
 }
@@ -67,11 +76,19 @@ impl DeltaTail<'_> {
             s => ImageVerifier::restore(s),
         }
     }
+
+    /// The new image's SHA-256 over the stored bytes, when the tail holds its state.
+    pub fn restore_new_digest(&self) -> Option<StreamDigest> {
+        match self.new_digest_state {
+            [] => None,
+            s => StreamDigest::restore(DigestKind::Sha256, s),
+        }
+    }
 }
 
 /// Writes the tail after `base` (the encoded base record) into `out`: the fields, the
-/// verifier's state when given (it must cover exactly `delivered` bytes), and the applier's
-/// state as `save_state` writes it. Returns the tail's length, or 0 (nothing to save) when
+/// verifier's state and the new image's SHA-256 state when given (each must cover exactly
+/// `delivered` bytes), and the applier's state as `save_state` writes it. Returns the tail's length, or 0 (nothing to save) when
 /// `out` is too short, the verifier covers another count, or the applier saved nothing (a
 /// refused patch). No allocation.
 pub fn encode_tail(
@@ -79,10 +96,19 @@ pub fn encode_tail(
     delivered: u64,
     new_size: u64,
     image: Option<&ImageVerifier>,
+    new_digest: Option<&StreamDigest>,
     applier: &PatchApplier,
     out: &mut [u8],
 ) -> usize {
-    if out.len() < TAIL_FIXED + IMAGE_STATE_MAX || image.is_some_and(|v| v.received() != delivered)
+    let digest_bytes = |d: &StreamDigest| {
+        let mut state = [0u8; NEW_DIGEST_MAX];
+        let n = d.save_state(&mut state);
+        StreamDigest::state_bytes(d.kind(), &state[..n])
+    };
+    if out.len() < TAIL_FIXED + IMAGE_STATE_MAX + NEW_DIGEST_MAX
+        || image.is_some_and(|v| v.received() != delivered)
+        || new_digest
+            .is_some_and(|d| d.kind() != DigestKind::Sha256 || digest_bytes(d) != Some(delivered))
     {
         return 0;
     }
@@ -94,7 +120,12 @@ pub fn encode_tail(
         None => 0,
     };
     out[22..24].copy_from_slice(&(n as u16).to_le_bytes());
-    let at = 24 + n;
+    let d = match new_digest {
+        Some(digest) => digest.save_state(&mut out[25 + n..25 + n + NEW_DIGEST_MAX]),
+        None => 0,
+    };
+    out[24 + n] = d as u8;
+    let at = 25 + n + d;
     let Some(room) = out.len().checked_sub(at + 2 + 4) else {
         return 0;
     };
@@ -127,10 +158,12 @@ pub fn decode_tail<'a>(
     let image_ok = t.image_state.is_empty()
         || t.restore_image()
             .is_some_and(|v| v.received() == t.delivered);
+    let digest_ok = t.new_digest_state.is_empty()
+        || StreamDigest::state_bytes(DigestKind::Sha256, t.new_digest_state) == Some(t.delivered);
     let applier_ok = PatchApplier::inspect_state(budget, t.applier_state).is_some_and(|s| {
         s.consumed == patch_offset && s.produced == t.delivered && s.new_size == t.new_size
     });
-    if image_ok && applier_ok && t.delivered <= t.new_size {
+    if image_ok && digest_ok && applier_ok && t.delivered <= t.new_size {
         Ok(t)
     } else {
         Err(RecordError::Corrupt)
@@ -154,16 +187,22 @@ fn split(tail: &[u8]) -> Option<DeltaTail<'_>> {
     let new_size = u64_at(14)?;
     let n = u16_at(22)?;
     let image_state = tail.get(24..24 + n)?;
-    let m = u16_at(24 + n)?;
-    let applier_state = tail.get(26 + n..26 + n + m)?;
-    (n <= IMAGE_STATE_MAX && m >= STATE_FIXED_LEN && tail.len() == 26 + n + m + 4).then_some(
-        DeltaTail {
-            delivered,
-            new_size,
-            image_state,
-            applier_state,
-        },
-    )
+    let d = usize::from(*tail.get(24 + n)?);
+    let new_digest_state = tail.get(25 + n..25 + n + d)?;
+    let at = 25 + n + d;
+    let m = u16_at(at)?;
+    let applier_state = tail.get(at + 2..at + 2 + m)?;
+    let lengths_ok = n <= IMAGE_STATE_MAX
+        && d <= NEW_DIGEST_MAX
+        && m >= STATE_FIXED_LEN
+        && tail.len() == at + 2 + m + 4;
+    lengths_ok.then_some(DeltaTail {
+        delivered,
+        new_size,
+        image_state,
+        new_digest_state,
+        applier_state,
+    })
 }
 
 /// The fields of a tail [`decode_tail`] already accepted (None for any other bytes).
@@ -208,7 +247,7 @@ mod tests {
         let mut v = ImageVerifier::new(&ImagePolicy::default());
         v.update(&[2, 3]).unwrap();
         let mut out = vec![0u8; tail_max(budget)];
-        let n = encode_tail(&base(), 2, 3, Some(&v), &a, &mut out);
+        let n = encode_tail(&base(), 2, 3, Some(&v), None, &a, &mut out);
         assert!(n > TAIL_FIXED);
         let t = decode_tail(&base(), &out[..n], consumed, budget).unwrap();
         assert_eq!((t.delivered, t.new_size), (2, 3));
@@ -237,8 +276,11 @@ mod tests {
         v.update(&[2]).unwrap();
         let mut out = vec![0u8; tail_max(DeltaBudget::DEFAULT)];
         // The verifier covers 1 byte, not the 2 delivered; the buffer is too short.
-        assert_eq!(encode_tail(&base(), 2, 3, Some(&v), &a, &mut out), 0);
-        assert_eq!(encode_tail(&base(), 2, 3, None, &a, &mut out[..40]), 0);
-        assert!(encode_tail(&base(), 2, 3, None, &a, &mut out) > 0);
+        assert_eq!(encode_tail(&base(), 2, 3, Some(&v), None, &a, &mut out), 0);
+        assert_eq!(
+            encode_tail(&base(), 2, 3, None, None, &a, &mut out[..40]),
+            0
+        );
+        assert!(encode_tail(&base(), 2, 3, None, None, &a, &mut out) > 0);
     }
 }

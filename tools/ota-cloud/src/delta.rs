@@ -256,6 +256,9 @@ pub struct OldImageClaim {
     pub size: u64,
     /// Its SHA-256, 64 lowercase hex digits.
     pub sha256: String,
+    /// The new image's SHA-256 (`_delta_new_sha256`), the second check of the device: what
+    /// the patch must make.
+    pub new_sha256: Option<String>,
 }
 
 impl OldImageClaim {
@@ -263,25 +266,43 @@ impl OldImageClaim {
     pub const SIZE_KEY: &'static str = "_delta_old_size";
     /// The `extData` key of the SHA-256.
     pub const SHA256_KEY: &'static str = "_delta_old_sha256";
+    /// The `extData` key of the new image's SHA-256.
+    pub const NEW_SHA256_KEY: &'static str = "_delta_new_sha256";
 
     /// The claim that names `image`.
     pub fn of(image: &[u8]) -> OldImageClaim {
         OldImageClaim {
             size: image.len() as u64,
             sha256: sha256_hex(image),
+            new_sha256: None,
         }
     }
 
-    /// Adds both keys to an `extData` object.
+    /// The claim, naming the image the patch makes too.
+    pub fn making(self, new: &[u8]) -> OldImageClaim {
+        OldImageClaim {
+            new_sha256: Some(sha256_hex(new)),
+            ..self
+        }
+    }
+
+    /// Adds its keys to an `extData` object.
     pub fn insert_into(&self, ext: &mut Map<String, Value>) {
         ext.insert(Self::SIZE_KEY.into(), json!(self.size));
         ext.insert(Self::SHA256_KEY.into(), json!(self.sha256));
+        if let Some(new) = &self.new_sha256 {
+            ext.insert(Self::NEW_SHA256_KEY.into(), json!(new));
+        }
     }
 
     /// The one line `serve` prints about it.
     pub fn summary_line(&self) -> String {
+        let new = match &self.new_sha256 {
+            Some(sha) => format!(", and the new image: {} = {sha}", Self::NEW_SHA256_KEY),
+            None => String::new(),
+        };
         format!(
-            "extData announces the old image: {} = {}, {} = {}",
+            "extData announces the old image: {} = {}, {} = {}{new}",
             Self::SIZE_KEY,
             self.size,
             Self::SHA256_KEY,

@@ -50,7 +50,7 @@ fn serve(args: &ServeArgs) -> Result<ExitCode, String> {
         Some(old) => Some(delta_upgrade(args, old, image.clone())?),
         None => None,
     };
-    options.delta_old = delta_old_claim(args)?;
+    options.delta_old = delta_old_claim(args, delta.as_ref().map(|d| &d.new[..]))?;
     let served = delta.as_ref().map_or(image, |d| d.patch.clone());
     let faults = args.faults.faults();
     let expires = faults.expire_after.is_some();
@@ -131,8 +131,9 @@ fn delta_upgrade(
 }
 
 /// `serve --delta-from OLD [--delta-claim-old FILE]`: the old image the upgrade message
-/// announces in extData (FILE, else OLD), on the platforms whose message carries extData.
-fn delta_old_claim(args: &ServeArgs) -> Result<Option<OldImageClaim>, String> {
+/// announces in extData (FILE, else OLD), and the new image the patch makes (`new`), on the
+/// platforms whose message carries extData.
+fn delta_old_claim(args: &ServeArgs, new: Option<&[u8]>) -> Result<Option<OldImageClaim>, String> {
     let Some(old) = &args.delta.delta_from else {
         return Ok(None);
     };
@@ -152,7 +153,10 @@ fn delta_old_claim(args: &ServeArgs) -> Result<Option<OldImageClaim>, String> {
     }
     let path = args.delta.delta_claim_old.as_ref().unwrap_or(old);
     let image = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let claim = OldImageClaim::of(&image);
+    let mut claim = OldImageClaim::of(&image);
+    if let Some(new) = new {
+        claim = claim.making(new);
+    }
     println!("{}", claim.summary_line());
     Ok(Some(claim))
 }
