@@ -1278,9 +1278,12 @@ int IOT_Ioctl(int option, void *data);
  way, reading the old image through `read(ctx, offset, buf, len)`, and IOT_OTA_FetchYield
  returns the bytes of the NEW image: the v2.3 loop writes them to its other slot exactly as a
  full image. IOT_OTAG_FETCHED_SIZE and IOT_OTAG_FILE_SIZE then count the new image (from the
- patch's header); the platform's size and digest are the patch's, and IOT_OTAG_CHECK_FIRMWARE
- is 1 only when the whole patch matched its digest, made exactly the new image, and the image
- passed its own checks (IOT_OTAC_REQUIRE_SIGNATURE and the rest). Any other download is
+ patch's header; until the first FetchYield has seen it, FILE_SIZE is the patch's); the
+ platform's size and digest are the patch's, and IOT_OTAG_CHECK_FIRMWARE is 1 only when the
+ whole patch matched its digest, the applier made a whole image of the header's size, that
+ image has the SHA-256 the message names (extData `_delta_new_sha256`, where the platform
+ carries it) and passed its own checks (IOT_OTAC_REQUIRE_SIGNATURE and the rest). Any other
+ download is
  handed out as it comes, as without a delta source. A patch that reads outside the old image,
  is malformed, needs a heatshrink window over 4 KiB or ends early ends the download with
  IOT_OTAE_DELTA_REFUSED and one failure report. A cut connection resumes with `Range` as
@@ -1775,8 +1778,12 @@ int IOT_OTA_IsFetchFinish(void *handle);
  IOT_OTAE_INVALID_PARAM for a NULL handle/buffer or `buf_len` 0, IOT_OTAE_INVALID_STATE when
  no upgrade is being fetched, IOT_OTAE_FETCH_FAILED at once, from then on, when the download
  failed or a different upgrade superseded it (the platform has been told;
- IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). The bytes returned over a
- cycle are one image, in order (the stream invariant in the header's opening comment).
+ IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). With a delta source
+ (IOT_OTA_SetDeltaSource) the call that finds a patch refused returns
+ IOT_OTAE_DELTA_REFUSED, or IOT_OTAE_DELTA_OLD_MISMATCH for a patch made for another old
+ image, and the calls after it IOT_OTAE_FETCH_FAILED; new-image bytes made before a refusal
+ come in the call before it. The bytes returned over a cycle are one image, in order (the
+ stream invariant in the header's opening comment).
 
  # Safety
  `buf` is NULL or valid for `buf_len` bytes of writes.

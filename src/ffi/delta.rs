@@ -54,9 +54,12 @@ impl OldImage for COldImage {
 /// way, reading the old image through `read(ctx, offset, buf, len)`, and IOT_OTA_FetchYield
 /// returns the bytes of the NEW image: the v2.3 loop writes them to its other slot exactly as a
 /// full image. IOT_OTAG_FETCHED_SIZE and IOT_OTAG_FILE_SIZE then count the new image (from the
-/// patch's header); the platform's size and digest are the patch's, and IOT_OTAG_CHECK_FIRMWARE
-/// is 1 only when the whole patch matched its digest, made exactly the new image, and the image
-/// passed its own checks (IOT_OTAC_REQUIRE_SIGNATURE and the rest). Any other download is
+/// patch's header; until the first FetchYield has seen it, FILE_SIZE is the patch's); the
+/// platform's size and digest are the patch's, and IOT_OTAG_CHECK_FIRMWARE is 1 only when the
+/// whole patch matched its digest, the applier made a whole image of the header's size, that
+/// image has the SHA-256 the message names (extData `_delta_new_sha256`, where the platform
+/// carries it) and passed its own checks (IOT_OTAC_REQUIRE_SIGNATURE and the rest). Any other
+/// download is
 /// handed out as it comes, as without a delta source. A patch that reads outside the old image,
 /// is malformed, needs a heatshrink window over 4 KiB or ends early ends the download with
 /// IOT_OTAE_DELTA_REFUSED and one failure report. A cut connection resumes with `Range` as

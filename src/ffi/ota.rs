@@ -732,8 +732,12 @@ pub extern "C" fn IOT_OTA_IsFetchFinish(handle: *mut c_void) -> c_int {
 /// IOT_OTAE_INVALID_PARAM for a NULL handle/buffer or `buf_len` 0, IOT_OTAE_INVALID_STATE when
 /// no upgrade is being fetched, IOT_OTAE_FETCH_FAILED at once, from then on, when the download
 /// failed or a different upgrade superseded it (the platform has been told;
-/// IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). The bytes returned over a
-/// cycle are one image, in order (the stream invariant in the header's opening comment).
+/// IOT_OTA_IsFetchFinish is then 1 and IOT_OTAG_CHECK_FIRMWARE 0). With a delta source
+/// (IOT_OTA_SetDeltaSource) the call that finds a patch refused returns
+/// IOT_OTAE_DELTA_REFUSED, or IOT_OTAE_DELTA_OLD_MISMATCH for a patch made for another old
+/// image, and the calls after it IOT_OTAE_FETCH_FAILED; new-image bytes made before a refusal
+/// come in the call before it. The bytes returned over a cycle are one image, in order (the
+/// stream invariant in the header's opening comment).
 ///
 /// # Safety
 /// `buf` is NULL or valid for `buf_len` bytes of writes.
