@@ -13,6 +13,8 @@
 # env:   OTA_PROTOCOL (aliyun|sagoo|tencent|ucloud, default aliyun; bad-md5 is aliyun only),
 #        OTA_BUF_LEN (bytes per FetchYield, default 5000), OTA_TEST_FIRMWARE_SIZE (default 3000000),
 #        OTA_TIMEOUT_S (deadline of the device and of the cloud, default 120),
+#        OTA_DELTA_COMPRESSION (delta: the patch's compression, heatshrink or none; default
+#        heatshrink),
 #        OTA_TEST_WRAPPER (a command the device is run under, split on spaces: the valgrind
 #        wrapper memcheck.sh in the memcheck run; the cloud, broker and python run bare),
 #        OTA_REQUIRE_MOSQUITTO=required (fail instead of skip without mosquitto),
@@ -97,7 +99,7 @@ open(sys.argv[1], "wb").write(old)
 open(sys.argv[2], "wb").write(new)
 PY
     "$cloud" serve --protocol "$protocol" --broker "127.0.0.1:$port" --product-key "$product_key" --device-name "$device_name" \
-        --firmware "$tmp/new.bin" --delta-from "$tmp/old.bin" --cut-at 5000 \
+        --firmware "$tmp/new.bin" --delta-from "$tmp/old.bin" --delta-compression "${OTA_DELTA_COMPRESSION:-heatshrink}" --cut-at 5000 \
         --write-patch "$tmp/patch.bin" --version 2.0.0 --timeout-s "$timeout_s" >"$tmp/cloud.log" 2>&1 &
     cp "$tmp/new.bin" "$tmp/served.bin"
     delta_old=$tmp/old.bin

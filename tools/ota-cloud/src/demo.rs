@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::delta::{self, DeltaSizes, DeltaUpgrade, Detools, PatchCompression, PatchFiles};
+use crate::delta::{
+    self, DeltaSizes, DeltaUpgrade, Detools, OldImageClaim, PatchCompression, PatchFiles,
+};
 use crate::imgtool::{Imgtool, KeyType, Layout, SignOptions};
 use crate::{
     console, generate_firmware, Cloud, CloudOptions, EmbeddedBroker, Failure, Faults, Firmware,
@@ -341,13 +343,16 @@ pub fn run_observed(
             bytes: generate_firmware(opts.size),
             device_key: None,
             delta_old: None,
+            delta_claim: None,
         },
     };
 
     let broker = EmbeddedBroker::start().map_err(|e| format!("cannot start the broker: {e}"))?;
     console::say(&format!("demo: MQTT broker on 127.0.0.1:{}", broker.port()));
     let (server, firmware) = start_firmware_server(opts, image.bytes)?;
-    let (mut cloud, next) = connect_cloud(opts, broker.port(), &server, &firmware)?;
+    let mut options = opts.options.clone();
+    options.delta_old = image.delta_claim.clone();
+    let (mut cloud, next) = connect_cloud(opts, options, broker.port(), &server, &firmware)?;
     let said = Arc::new(Mutex::new(DeviceSaid::default()));
     let device = start_device(
         device,
@@ -386,6 +391,8 @@ struct DemoImage {
     bytes: Vec<u8>,
     device_key: Option<PathBuf>,
     delta_old: Option<PathBuf>,
+    /// What the upgrade message's extData says of a delta's old and new images (aliyun, sagoo).
+    delta_claim: Option<OldImageClaim>,
 }
 
 /// The old image of a delta demo: its file, or a generated image of `size` bytes.
@@ -431,10 +438,18 @@ fn delta_image(
         "the device runs the old image and reads it from {} (OTA_DELTA_OLD)",
         old_path.display()
     ));
+    // Where the message has extData, it names the old image and the new one: the device
+    // checks both.
+    let delta_claim = matches!(opts.protocol, Protocol::Aliyun | Protocol::Sagoo)
+        .then(|| OldImageClaim::of(&old).making(&upgrade.new));
+    if let Some(claim) = &delta_claim {
+        say(claim.summary_line());
+    }
     let image = DemoImage {
         bytes: upgrade.patch.clone(),
         device_key: None,
         delta_old: Some(old_path),
+        delta_claim,
     };
     Ok((image, upgrade))
 }
@@ -493,6 +508,7 @@ fn sign_image(
         bytes,
         device_key: Some(vendor_pub),
         delta_old: None,
+        delta_claim: None,
     })
 }
 
@@ -554,13 +570,14 @@ fn start_firmware_server(
 /// upgrade, if there is one.
 fn connect_cloud(
     opts: &DemoOptions,
+    options: CloudOptions,
     port: u16,
     server: &FirmwareServer,
     firmware: &Firmware,
 ) -> Result<(Cloud, Option<NextUpgrade>), String> {
     let mut cloud = Cloud::connect(opts.protocol, "127.0.0.1", port, PRODUCT_KEY, DEVICE_NAME)
         .map_err(|e| format!("cloud cannot connect: {e}"))?;
-    cloud.set_options(opts.options.clone())?;
+    cloud.set_options(options)?;
     cloud
         .set_ignore_requests(opts.ignore_requests)
         .set_grace(opts.grace);
