@@ -7,8 +7,13 @@
 //! format version). In those modes, bytes past the body choose the follow-up operations.
 //! A record that decodes must encode back to the same bytes, restore a usable digest, survive
 //! every update the engine makes, and any bit flip or truncation of it must be rejected.
+//!
+//! Mode byte 0xA5 (other modes keep their meaning) fuzzes a delta tail instead
+//! (`decode_tail`): a budget, a patch offset, then tail bytes whose CRC is fixed up; a tail
+//! that decodes must give states that restore, at the offsets it names.
 
 use super::input::Input;
+use ota::delta::{DeltaBudget, PatchApplier};
 use ota::digest::StreamDigest;
 use ota::protocol::{DigestKind, Limits, UpgradeNotice};
 use ota::resume::{
@@ -24,6 +29,10 @@ pub fn run(data: &[u8]) {
         check_bytes(data, &mut Input::new(&[]));
         return;
     };
+    if mode == 0xA5 {
+        check_tail(rest);
+        return;
+    }
     match mode % 3 {
         0 => check_bytes(rest, &mut Input::new(&[])),
         m => {
@@ -320,5 +329,49 @@ fn check_damage(bytes: &[u8], params: &mut Input<'_>) {
     assert_eq!(
         Breakpoint::load(&mut store).err(),
         Some(LoadError::Record(want))
+    );
+}
+
+/// A delta tail after a base record of zeros: never a panic; accepted only when its states
+/// restore and cover the offsets it names.
+fn check_tail(data: &[u8]) {
+    let mut inp = Input::new(data);
+    let budget = DeltaBudget {
+        max_window_bits: 4 + inp.u8() % 12,
+        old_chunk: 1 + usize::from(inp.u8()),
+    };
+    let patch_offset = u64::from(inp.u32());
+    let body = inp.rest();
+    let base = [0u8; RECORD_LEN];
+    let mut tail = body.to_vec();
+    // The CRC over the base and the tail's body, so the fuzzer reaches the field checks.
+    let mut joined = base.to_vec();
+    joined.extend_from_slice(body);
+    tail.extend_from_slice(&crc32(&joined).to_le_bytes());
+    let Ok(t) = ota::resume::decode_tail(&base, &tail, patch_offset, budget) else {
+        return;
+    };
+    assert!(t.delivered <= t.new_size);
+    let state = PatchApplier::inspect_state(budget, t.applier_state).expect("inspected");
+    assert_eq!(
+        (state.consumed, state.produced, state.new_size),
+        (patch_offset, t.delivered, t.new_size)
+    );
+    let mut applier = PatchApplier::new(budget);
+    assert!(applier.restore_in_place(t.applier_state));
+    assert_eq!(applier.patch_offset(), patch_offset);
+    if let Some(v) = t.restore_image() {
+        assert_eq!(v.received(), t.delivered);
+    }
+    if let Some(d) = t.restore_new_digest() {
+        assert_eq!(d.kind(), DigestKind::Sha256);
+    }
+    // Any bit flipped is refused (the CRC), and so is any cut.
+    let mut flipped = tail.clone();
+    let at = tail.len() / 2;
+    flipped[at] ^= 0x40;
+    assert!(ota::resume::decode_tail(&base, &flipped, patch_offset, budget).is_err());
+    assert!(
+        ota::resume::decode_tail(&base, &tail[..tail.len() - 1], patch_offset, budget).is_err()
     );
 }
