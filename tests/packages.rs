@@ -365,6 +365,9 @@ mod across_restarts {
             }
             let valid = s.check_firmware().unwrap();
             if !valid || index + 1 == s.file_count() {
+                // As firmware does before it reboots: a yield sends the reports still queued
+                // (the last percent), which the client would otherwise drop with the device.
+                d.mqtt.yield_for(Duration::from_millis(100)).unwrap();
                 return Walk::Judged(valid);
             }
             assert!(s.is_fetching(), "the next file starts");

@@ -20,7 +20,6 @@
 
 use std::time::Instant;
 
-use super::fetch_call::{FetchCall, SourceSide, Step};
 use super::{Engine, OtaState};
 use crate::delta::{
     Compression, DeltaBudget, DeltaError, OldImage, OldImageMismatch, PatchApplier, PatchHeader,
@@ -329,6 +328,20 @@ fn plausible_start(head: &[u8], h: &PatchHeader) -> bool {
 }
 
 impl Engine {
+    /// Whether a delta source with `options` may be set now: a slot of at least a byte, before
+    /// the first upgrade.
+    pub(super) fn check_delta_settable(&mut self, options: &DeltaOptions) -> Result<()> {
+        if options.max_new_size == 0 {
+            return Err(self.fail(Error::InvalidParam("delta: the slot size is 0")));
+        }
+        if self.state != OtaState::Idle {
+            return Err(self.fail(Error::InvalidState(
+                "the delta source is set before the first upgrade",
+            )));
+        }
+        Ok(())
+    }
+
     /// With a delta source: decides, from the first bytes, whether this download is a patch.
     /// A patch's new size becomes the image the caller gets and the image checks see; its
     /// breakpoint record carries the applier's state from now on. A patch whose message
@@ -423,10 +436,11 @@ impl Engine {
         }
     }
 
-    /// With a delta source: the next step when it is not the network's (bytes to hand out, or a
-    /// verdict on what the download is). None: go on as for any download.
-    pub(super) fn delta_step(&mut self, side: &mut SourceSide, call: &FetchCall) -> Option<Step> {
-        let d = side.delta.as_mut()?;
+    /// With a delta source (`d`, the fetch side's): the next step when it is not the
+    /// network's: `Ok(mode)`, hand out what the patch buffer holds (applied for a patch), or
+    /// the call's end (a patch refused as soon as it is recognised). None: go on as for any
+    /// download.
+    pub(super) fn delta_step(&mut self, d: &mut DeltaSide) -> Option<Result<Mode>> {
         if std::mem::take(&mut self.download.delta.fresh) {
             // A new download: nothing of the last one is handed out or applied.
             d.reset();
@@ -438,41 +452,36 @@ impl Engine {
                 self.download.delta.mode = Mode::Plain;
             } else if d.pending() > 0 {
                 if let Err(e) = self.recognise_patch(d) {
-                    return Some(Step::Done(Err(e)));
+                    return Some(Err(e));
                 }
             }
         }
         let mode = self.download.delta.mode;
         if matches!(mode, Mode::Patch | Mode::Plain) && d.has_work() {
-            return Some(Step::Hand {
-                request: self.request,
-                want: call.buf_len,
-                mode,
-            });
+            return Some(Ok(mode));
         }
         None
     }
 
-    /// A read into the patch buffer: how the call goes on, and how many of the bytes the
-    /// download took (0 when discarded or not data).
+    /// A read into the patch buffer: how many of the bytes the download took, when they are
+    /// data of the current request (then the call goes on); None for anything else, which the
+    /// caller hands to `took` as any read's result.
     pub(super) fn took_patch(
         &mut self,
         request: u64,
-        r: std::result::Result<Chunk, DownloadError>,
+        r: &std::result::Result<Chunk, DownloadError>,
         bytes: &[u8],
-        stall_at: Instant,
-        call: &FetchCall,
-    ) -> (Option<Result<usize>>, usize) {
+    ) -> Option<usize> {
         let ours = request == self.request && self.state == OtaState::Downloading;
-        if let (true, 0, Ok(Chunk::Data(n))) = (ours, self.download.skip, &r) {
-            self.download.backoff.progressed();
-            self.download.url_requests = 0;
-            self.download.last_progress = Instant::now();
-            self.received(&bytes[..*n]);
-            self.download.delta.held += n;
-            return (None, *n);
-        }
-        (self.took(request, r, bytes, stall_at, call), 0)
+        let (true, 0, Ok(Chunk::Data(n))) = (ours, self.download.skip, r) else {
+            return None;
+        };
+        self.download.backoff.progressed();
+        self.download.url_requests = 0;
+        self.download.last_progress = Instant::now();
+        self.received(&bytes[..*n]);
+        self.download.delta.held += n;
+        Some(*n)
     }
 
     /// Network bytes taken into the patch buffer: the platform's digest covers them.

@@ -230,8 +230,13 @@ fn run(
                         Ok(Chunk::Data(n)) => n,
                         _ => 0,
                     };
-                    let (done, taken) =
-                        lock(engine).took_patch(request, r, delta.just_read(n), stall_at, call);
+                    let bytes = delta.just_read(n);
+                    let mut e = lock(engine);
+                    let (done, taken) = match e.took_patch(request, &r, bytes) {
+                        Some(taken) => (None, taken),
+                        None => (e.took(request, r, bytes, stall_at, call), 0),
+                    };
+                    drop(e);
                     delta.received(taken);
                     if let Some(done) = done {
                         return done;

@@ -744,8 +744,18 @@ impl Engine {
         if self.state != OtaState::Downloading {
             return Step::Done(Err(self.fetch_after_end()));
         }
-        if let Some(step) = self.delta_step(side, call) {
-            return step;
+        if let Some(d) = side.delta.as_mut() {
+            match self.delta_step(d) {
+                Some(Ok(mode)) => {
+                    return Step::Hand {
+                        request: self.request,
+                        want: call.buf_len,
+                        mode,
+                    }
+                }
+                Some(Err(e)) => return Step::Done(Err(e)),
+                None => {}
+            }
         }
         let now = Instant::now();
         if let Some(until) = self.download.cycle.url_wait_until {
@@ -1503,30 +1513,13 @@ impl OtaSession {
         options: DeltaOptions,
     ) -> Result<()> {
         // Refused at once when it would be refused after the read below.
-        {
-            let mut e = self.engine();
-            if options.max_new_size == 0 {
-                return Err(e.fail(Error::InvalidParam("delta: the slot size is 0")));
-            }
-            if e.state != OtaState::Idle {
-                return Err(e.fail(Error::InvalidState(
-                    "the delta source is set before the first upgrade",
-                )));
-            }
-        }
+        self.engine().check_delta_settable(&options)?;
         // Before any lock: the firmware's reader may take a while over the whole image.
         let running = delta::running_sha256(old.as_mut(), &options);
         let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let mut e = self.engine();
-        if options.max_new_size == 0 {
-            return Err(e.fail(Error::InvalidParam("delta: the slot size is 0")));
-        }
-        if e.state != OtaState::Idle {
-            return Err(e.fail(Error::InvalidState(
-                "the delta source is set before the first upgrade",
-            )));
-        }
+        e.check_delta_settable(&options)?;
         let running = running.map_err(|err| e.fail(Error::Delta(err)))?;
         side.delta = Some(delta::DeltaSide::new(old, options, running));
         e.delta_budget = Some(options.budget.clamped());

@@ -33,6 +33,7 @@ pub mod http;
 pub mod imgtool;
 pub mod milestones;
 pub mod mqtt_download;
+pub mod options;
 pub mod package;
 pub mod platform;
 pub mod sagoo;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::cloud::{CloudOptions, Protocol};
 use crate::http::{FirmwareServer, RequestLog, SentMeter};
+use crate::options::{CloudOptions, Protocol};
 use crate::platform::{md5_hex, sha256_hex, Firmware};
 use crate::sagoo::{self, SignMethod};
 
