@@ -833,8 +833,12 @@ fn the_old_image_is_announced_in_ext_data_and_delta_claim_old_names_another() {
             announced,
             "{what}: {ext}"
         );
+        // The image the patch makes is named too (the device's second check).
+        let new_sha = sha256_hex(&read(&new));
+        assert_eq!(ext["_delta_new_sha256"], new_sha.as_str(), "{what}: {ext}");
         let line = format!(
-            "extData announces the old image: _delta_old_size = {}, _delta_old_sha256 = {}",
+            "extData announces the old image: _delta_old_size = {}, _delta_old_sha256 = {}, \
+             and the new image: _delta_new_sha256 = {new_sha}",
             announced["size"],
             announced["sha256"].as_str().unwrap()
         );
