@@ -23,7 +23,9 @@
 #        run under, split on spaces, e.g. memcheck.sh; the run a case kills on purpose runs bare),
 #        OTA_REQUIRE_MOSQUITTO=required (fail instead of skip without mosquitto),
 #        OTA_KEEP_TMP=1 (keep the scratch directory), MOSQUITTO (path to the broker binary)
-# exit:  0 the outcome was the expected one, 1 not, 77 skipped (no mosquitto)
+#        OTA_REQUIRE_DETOOLS=required (the delta cases fail instead of skip without detools)
+# exit:  0 the outcome was the expected one, 1 not, 77 skipped (no mosquitto, or detools for a
+#        delta case)
 set -euo pipefail
 # shellcheck source=test_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/test_lib.sh"
@@ -73,6 +75,12 @@ readonly cases=(
     "tencent_cut_at|tencent|VALID|--cut-at 100000|"
     "ucloud_cut_at|ucloud|VALID|--cut-at 100000|"
     "tencent_supersede|tencent|INVALID+VALID|--supersede-at 30|cycles=2"
+    # Delta upgrades (issue 17): the writer runs old.bin (OTA_DELTA_OLD, IOT_OTA_SetDeltaSource)
+    # and must end with new.bin; the platform serves the detools patch between them (needs
+    # detools from PyPI), so fault offsets count in the patch. {new} is new.bin's path.
+    "delta_cut_at|sagoo|VALID|--cut-at 3000|delta"
+    "delta_kill_after_save|sagoo|VALID|--delta-compression none|delta kill-after-save=3"
+    "delta_old_mismatch|sagoo|INVALID|--delta-claim-old {new}|delta"
 )
 
 # Flags an older simulator may not have (see the opening comment).
@@ -125,8 +133,10 @@ timeout_s=${OTA_TIMEOUT_S:-30}
 cycles=1
 kill_after_save=0
 fresh_url_wait=0
+delta=0
 for extra in $extras; do
     case $extra in
+    delta) delta=1 ;;
     cycles=*) cycles=${extra#cycles=} ;;
     kill-after-save=*) kill_after_save=${extra#kill-after-save=} ;;
     bound=*) timeout_s=$((timeout_s > ${extra#bound=} ? timeout_s : ${extra#bound=})) ;;
@@ -140,6 +150,14 @@ device_secret=MatrixSecretMatrixSecretMatrixSe
 
 find_mosquitto
 require_executables "$writer" "$cloud"
+if [[ $delta -eq 1 ]] && ! python3 -c "import detools" 2>/dev/null; then
+    if [[ ${OTA_REQUIRE_DETOOLS:-} == required ]]; then
+        echo "FAIL: detools is not importable (pip install detools) and OTA_REQUIRE_DETOOLS=required" >&2
+        exit 1
+    fi
+    echo "SKIP: detools is not importable (pip install detools)"
+    exit 77
+fi
 
 # The verdict of the case; anything but the expected outcome makes the case fail.
 verdict() {
@@ -203,8 +221,30 @@ port=$(free_port)
 start_mosquitto "$tmp/mosquitto.log"
 
 echo "case $case_name: $protocol, faults: ${flag_text:-none}${extras:+, $extras}; expected $expected"
+image_flags=(--firmware-size "$firmware_size" --write-firmware "$tmp/served.bin")
+delta_old=
+if [[ $delta -eq 1 ]]; then
+    # A pair as releases differ: bytes changed every 4 KiB, a block inserted, data appended.
+    python3 - "$tmp/old.bin" "$tmp/served.bin" "$firmware_size" <<'PY'
+import random, sys
+rng = random.Random(11)
+old = bytearray(rng.getrandbits(8) for _ in range(int(sys.argv[3])))
+new = bytearray(old)
+for at in range(0, len(new), 4096):
+    new[at] ^= 0x5A
+new[150000:150000] = bytes(rng.getrandbits(8) for _ in range(1024))
+new += bytes(rng.getrandbits(8) for _ in range(2048))
+open(sys.argv[1], "wb").write(old)
+open(sys.argv[2], "wb").write(new)
+PY
+    image_flags=(--firmware "$tmp/served.bin" --delta-from "$tmp/old.bin")
+    delta_old=$tmp/old.bin
+    for i in "${!fault_flags[@]}"; do
+        fault_flags[i]=${fault_flags[i]//\{new\}/$tmp/served.bin}
+    done
+fi
 "$cloud" serve --protocol "$protocol" --broker "127.0.0.1:$port" --product-key "$product_key" \
-    --device-name "$device_name" --firmware-size "$firmware_size" --write-firmware "$tmp/served.bin" \
+    --device-name "$device_name" "${image_flags[@]}" \
     --version "$version" --timeout-s "$((timeout_s + 20))" "${fault_flags[@]}" >"$tmp/cloud.log" 2>&1 &
 cloud_pid=$!
 
@@ -238,7 +278,8 @@ run_writer() {
     env IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT="$port" \
         OTA_PRODUCT_KEY=$product_key OTA_DEVICE_NAME=$device_name OTA_DEVICE_SECRET=$device_secret \
         OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL="$protocol" OTA_BUF_LEN="$buf_len" \
-        OTA_TIMEOUT_S="$timeout_s" OTA_CYCLES="$cycles" OTA_FRESH_URL_WAIT_S="$fresh_url_wait" "$@" \
+        OTA_TIMEOUT_S="$timeout_s" OTA_CYCLES="$cycles" OTA_FRESH_URL_WAIT_S="$fresh_url_wait" \
+        OTA_DELTA_OLD="$delta_old" "$@" \
         "${run[@]}" "$writer" "$tmp/ota.bin" >"$log" 2>&1
     writer_rc=$?
     set -e

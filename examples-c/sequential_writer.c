@@ -17,6 +17,9 @@
  *   OTA_ABORT_AFTER_SAVE   N: abort() right after the N-th successful save (a power cut)
  *   OTA_FRESH_URL_WAIT_S   seconds an expired URL waits for a fresh one (extension
  *                          IOT_OTA_SetFreshUrlWait; default: the SDK's, 60 s)
+ *   OTA_DELTA_OLD          the image the device runs: delta patches apply to it (extension
+ *                          IOT_OTA_SetDeltaSource, one call at start-up; the cycle is unchanged
+ *                          and appends the NEW image's bytes)
  *
  * Each cycle ends with one line "writer: cycle N -> VALID|INVALID|TIMEOUT|ERROR" on stdout.
  * Exit code (of the last cycle): 0 VALID (CHECK_FIRMWARE 1, the new version reported),
@@ -26,10 +29,13 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "iot_import.h"
@@ -137,6 +143,52 @@ static int setup_breakpoint_store(void *h_ota, breakpoint_file_t *bp)
     return 0;
 }
 
+/* The running image, read by offset for delta patches (OTA_DELTA_OLD). */
+static int old_image_fd = -1;
+
+static int read_old_image(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len)
+{
+    uint32_t done = 0;
+
+    (void)ctx;
+    while (done < len) {
+        ssize_t n = pread(old_image_fd, buf + done, len - done, (off_t)offset + done);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return -1;
+        }
+        done += (uint32_t)n;
+    }
+    return (int)len;
+}
+
+/* Registers the running image as the base of delta patches when OTA_DELTA_OLD is set; must
+ * come before ReportVersion. */
+static int setup_delta_source(void *h_ota)
+{
+    const char *path = getenv("OTA_DELTA_OLD");
+    struct stat st;
+    int rc;
+
+    if (NULL == path || path[0] == '\0') {
+        return 0;
+    }
+    old_image_fd = open(path, O_RDONLY);
+    if (old_image_fd < 0 || fstat(old_image_fd, &st) != 0) {
+        EXAMPLE_TRACE("cannot open OTA_DELTA_OLD %s", path);
+        return -1;
+    }
+    rc = IOT_OTA_SetDeltaSource(h_ota, read_old_image, NULL, (uint32_t)st.st_size);
+    if (0 != rc) {
+        EXAMPLE_TRACE("IOT_OTA_SetDeltaSource failed, rc = %d", rc);
+        return -1;
+    }
+    EXAMPLE_TRACE("delta patches apply to %s (%ld bytes)", path, (long)st.st_size);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static breakpoint_file_t bp;
@@ -148,7 +200,7 @@ int main(int argc, char **argv)
 
     device_start(&d, "writer", argc, argv);
     if (device_connect(&d, KEEPALIVE_MS, trace_connection_events, NULL) != 0
-        || setup_breakpoint_store(d.h_ota, &bp) != 0) {
+        || setup_breakpoint_store(d.h_ota, &bp) != 0 || setup_delta_source(d.h_ota) != 0) {
         goto do_exit;
     }
     if (fresh_url_wait_s > 0 && 0 != IOT_OTA_SetFreshUrlWait(d.h_ota, (uint32_t)fresh_url_wait_s)) {
@@ -170,5 +222,8 @@ int main(int argc, char **argv)
 
 do_exit:
     device_stop(&d, rc);
+    if (old_image_fd >= 0) {
+        close(old_image_fd);
+    }
     return rc;
 }
