@@ -435,18 +435,7 @@ impl PatchApplier {
     fn read_old(&mut self, old: &mut dyn OldImage, len: usize) -> Result<(), DeltaError> {
         // Checked again per read: the image may have shrunk since the diff size was read.
         check_old_range(self.old_pos, len as u64, old.size())?;
-        match old.read(self.old_pos, &mut self.old_chunk[..len]) {
-            Ok(got) if got == len => Ok(()),
-            Ok(got) => Err(DeltaError::OldShort {
-                offset: self.old_pos,
-                wanted: len,
-                got,
-            }),
-            Err(e) => Err(DeltaError::OldRead {
-                offset: self.old_pos,
-                code: e.code,
-            }),
-        }
+        super::old::read_exact(old, self.old_pos, &mut self.old_chunk[..len])
     }
 
     /// At the end: the rest of the patch may only be padding (a heatshrink stream's last

@@ -63,5 +63,5 @@ pub use compression::Compression;
 pub use error::{DeltaError, SizeField};
 pub use header::PatchHeader;
 pub use heatshrink::{MAX_WINDOW_BITS, MIN_WINDOW_BITS};
-pub use old::{OldImage, OldImageMismatch, OldReadError};
+pub use old::{read_exact, OldImage, OldImageMismatch, OldReadError};
 pub use state::{SavedState, STATE_FIXED_LEN, STATE_MAX};

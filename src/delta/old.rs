@@ -1,6 +1,5 @@
 //! The old image, as the applier reads it.
 
-#[cfg(doc)]
 use super::DeltaError;
 
 /// The image a patch applies to (the running one), read by offset.
@@ -12,6 +11,24 @@ pub trait OldImage {
     /// returns how many it wrote; anything but `buf.len()` ends the patch with
     /// [`DeltaError::OldShort`], an error with [`DeltaError::OldRead`].
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, OldReadError>;
+}
+
+/// Fills `buf` from `old` at `offset`, all of it: a count other than `buf.len()` is
+/// [`DeltaError::OldShort`], the reader's error [`DeltaError::OldRead`]. The one place a read
+/// of the old image is judged (the applier's reads, the running image's digest).
+pub fn read_exact(old: &mut dyn OldImage, offset: u64, buf: &mut [u8]) -> Result<(), DeltaError> {
+    match old.read(offset, buf) {
+        Ok(got) if got == buf.len() => Ok(()),
+        Ok(got) => Err(DeltaError::OldShort {
+            offset,
+            wanted: buf.len(),
+            got,
+        }),
+        Err(e) => Err(DeltaError::OldRead {
+            offset,
+            code: e.code,
+        }),
+    }
 }
 
 /// An old-image read that failed, with the reader's own code (e.g. a C callback's return).

@@ -14,9 +14,9 @@
 //! largest the firmware declared, and (uncompressed) its data-format size is 0. A plain image
 //! that happens to start like a header fails those checks unless it is built to pass them.
 //!
-//! Not yet: resuming a patch across a restart (the breakpoint record would need the applier's
-//! state): a patch's record is discarded and the patch starts over after a restart; within a
-//! session a cut resumes with `Range` as for any download.
+//! Resume: within a session a cut resumes with `Range` as for any download; after a restart a
+//! patch resumes from its breakpoint record, whose delta tail holds the applier's state
+//! (`src/resume/delta_tail.rs`, `Engine::resume_patch` in breakpoint.rs).
 
 use std::time::Instant;
 
@@ -268,19 +268,7 @@ pub(super) fn running_sha256(
     let mut offset = 0u64;
     while offset < size {
         let wanted = (size - offset).min(buf.len() as u64) as usize;
-        let got = old
-            .read(offset, &mut buf[..wanted])
-            .map_err(|e| DeltaError::OldRead {
-                offset,
-                code: e.code,
-            })?;
-        if got != wanted {
-            return Err(DeltaError::OldShort {
-                offset,
-                wanted,
-                got,
-            });
-        }
+        crate::delta::read_exact(old, offset, &mut buf[..wanted])?;
         hash.update(&buf[..wanted]);
         offset += wanted as u64;
     }
@@ -448,7 +436,7 @@ impl Engine {
         let mode = self.download.delta.mode;
         if mode == Mode::Undecided {
             if d.pending() == 0 && self.download.fetched > 0 {
-                // Resumed from a record: only plain images have one.
+                // Resumed from a plain image's record (a patch's sets Patch when it is read).
                 self.download.delta.mode = Mode::Plain;
             } else if d.pending() > 0 {
                 if let Err(e) = self.recognise_patch(d) {

@@ -150,7 +150,7 @@ pub fn decode_tail<'a>(
     patch_offset: u64,
     budget: DeltaBudget,
 ) -> Result<DeltaTail<'a>, RecordError> {
-    let t = split(tail).ok_or(RecordError::Corrupt)?;
+    let t = read_tail(tail).ok_or(RecordError::Corrupt)?;
     let (body, crc) = tail.split_at(tail.len() - 4);
     if crc32_pair(base, body).to_le_bytes() != crc {
         return Err(RecordError::Corrupt);
@@ -170,8 +170,9 @@ pub fn decode_tail<'a>(
     }
 }
 
-/// The fields of a tail whose lengths add up (nothing else checked).
-fn split(tail: &[u8]) -> Option<DeltaTail<'_>> {
+/// The fields of a tail whose lengths add up, nothing else checked: for a tail
+/// [`decode_tail`] already accepted (the session reads the stored one again to restore it).
+pub fn read_tail(tail: &[u8]) -> Option<DeltaTail<'_>> {
     let u64_at = |at: usize| {
         tail.get(at..at + 8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
@@ -203,11 +204,6 @@ fn split(tail: &[u8]) -> Option<DeltaTail<'_>> {
         new_digest_state,
         applier_state,
     })
-}
-
-/// The fields of a tail [`decode_tail`] already accepted (None for any other bytes).
-pub fn read_tail(tail: &[u8]) -> Option<DeltaTail<'_>> {
-    split(tail)
 }
 
 /// CRC-32 of `a` followed by `b`, without joining them.

@@ -744,14 +744,7 @@ impl Breakpoint {
     pub fn load(store: &mut dyn BreakpointStore) -> Result<Breakpoint, LoadError> {
         // One byte more than a record, so an overlong record is seen as such.
         let mut buf = [0u8; RECORD_LEN + 1];
-        let n = store.load(&mut buf)?;
-        if n > buf.len() {
-            return Err(StoreError::TooLarge {
-                len: n,
-                max: buf.len(),
-            }
-            .into());
-        }
+        let n = stored_len(store, &mut buf)?;
         Ok(Breakpoint::decode(&buf[..n])?)
     }
 
@@ -764,14 +757,7 @@ impl Breakpoint {
         store: &mut dyn BreakpointStore,
         buf: &mut [u8],
     ) -> Result<(Breakpoint, usize), LoadError> {
-        let n = store.load(buf)?;
-        if n > buf.len() {
-            return Err(StoreError::TooLarge {
-                len: n,
-                max: buf.len(),
-            }
-            .into());
-        }
+        let n = stored_len(store, buf)?;
         let bytes = &buf[..n];
         let tailed = n > RECORD_LEN && bytes.get(MAGIC.len()) == Some(&FORMAT_VERSION);
         if !tailed {
@@ -847,6 +833,20 @@ impl Breakpoint {
             Err(RecordError::Corrupt)
         }
     }
+}
+
+/// Reads the store into `buf`; the length read, refused when the store has more than `buf`
+/// holds.
+fn stored_len(store: &mut dyn BreakpointStore, buf: &mut [u8]) -> Result<usize, LoadError> {
+    let n = store.load(buf)?;
+    if n > buf.len() {
+        return Err(StoreError::TooLarge {
+            len: n,
+            max: buf.len(),
+        }
+        .into());
+    }
+    Ok(n)
 }
 
 /// Magic, format version, length and CRC; the format version.
