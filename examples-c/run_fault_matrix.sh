@@ -387,6 +387,15 @@ INVALID)
     reasons+=("the writer ended its last cycle ${last_cycle:-without a cycle line} (exit $writer_rc)")
     ;;
 esac
+# A delta case serves a patch, and a VALID one was made by applying it (not by a plain image).
+if [[ $delta -eq 1 ]]; then
+    if ! grep -q '^delta: old .* patch [0-9]* bytes' "$tmp/cloud.log"; then
+        reasons+=("ota-cloud did not serve a delta patch")
+    fi
+    if [[ $last_cycle == VALID ]] && ! grep -qE 'ota::ota::delta: delta patch \(|resuming the delta patch' "$tmp/writer.log"; then
+        reasons+=("the writer's SDK did not apply a patch")
+    fi
+fi
 # Every cycle before the last ends INVALID, never anything else.
 for o in "${earlier_cycles[@]}"; do
     if [[ $o != INVALID ]]; then

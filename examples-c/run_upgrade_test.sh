@@ -147,6 +147,12 @@ if ! cmp "$tmp/served.bin" "$tmp/ota.bin"; then
     exit 1
 fi
 if [[ $scenario == delta ]]; then
+    # The device got the patch, not the image: ota-cloud served a patch (no copy of the image).
+    patch_len=$(stat -c %s "$tmp/patch.bin" 2>/dev/null || echo 0)
+    if ! grep -q '^delta: old ' "$tmp/cloud.log" || [[ $patch_len -eq 0 ]] || cmp -s "$tmp/patch.bin" "$tmp/ota.bin"; then
+        echo "FAIL: no delta patch was served (patch.bin: $patch_len bytes)" >&2
+        exit 1
+    fi
     echo "PASS: a $(stat -c %s "$tmp/patch.bin")-byte patch made the $(stat -c %s "$tmp/ota.bin")-byte new image, identical, new version reported"
     exit 0
 fi

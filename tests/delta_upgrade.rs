@@ -16,7 +16,7 @@ use ota::ota::DeltaOptions;
 use ota::source::{HttpConfig, HttpSource};
 use ota::{Error, OtaConfig, OtaSession, Protocol};
 use ota_cloud::http::Faults;
-use ota_cloud::{md5_hex, FirmwareServer};
+use ota_cloud::FirmwareServer;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -175,8 +175,15 @@ fn a_corrupted_patch_is_never_reported_valid() {
     let server = FirmwareServer::start(patch).unwrap();
     // Announced with the digest of the good patch: the platform's digest catches it whatever
     // the applier makes of it.
-    let (s, _) = device(&server, &announced, Some(fixture("small-change.old")));
-    let (_, valid) = sample(&s, 5000);
+    let (s, sent) = device(&server, &announced, Some(fixture("small-change.old")));
+    let (stored, valid) = sample(&s, 5000);
     assert!(!valid, "a corrupted patch");
-    let _ = md5_hex(&announced);
+    assert!(stored.len() as u64 <= s.file_size());
+    assert!(s.last_error().is_some());
+    // Whichever check caught it (the applier, or the digest at the end), one report.
+    let failures: Vec<String> = payloads(&sent)
+        .into_iter()
+        .filter(|p| p.contains("\"step\":\"-"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
 }

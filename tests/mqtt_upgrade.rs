@@ -130,10 +130,12 @@ impl Platform {
 }
 
 /// The iotkit sample's loop: what FetchYield returns is appended; the loop ends only on
-/// IsFetchFinish (or after `stop_after` bytes, a power cut).
+/// IsFetchFinish (or after `stop_after` bytes, a power cut, which loses what the last call
+/// returned: the firmware had not written it yet, so a record must not count it).
 fn sample_fetch(session: &OtaSession, image: &mut Vec<u8>, stop_after: Option<usize>) {
     let deadline = Instant::now() + LIMIT;
     let mut buf = vec![0u8; 5000];
+    let mut before_last = image.len();
     while !session.is_fetch_finished() {
         assert!(
             Instant::now() < deadline,
@@ -141,8 +143,10 @@ fn sample_fetch(session: &OtaSession, image: &mut Vec<u8>, stop_after: Option<us
             image.len()
         );
         if stop_after.is_some_and(|n| image.len() >= n) {
+            image.truncate(before_last);
             return;
         }
+        before_last = image.len();
         if let Ok(n) = session.fetch_yield(&mut buf, Duration::from_secs(1)) {
             image.extend_from_slice(&buf[..n]);
         }

@@ -275,7 +275,6 @@ struct Engine {
     next_file: bool,
     /// Whether an MQTT block source is installed: downloads over MQTT are accepted.
     mqtt_download: bool,
-    /// Whether a delta source is set: downloads are looked at for a patch.
     /// The delta applier's budget, when a delta source is set.
     delta_budget: Option<crate::delta::DeltaBudget>,
 }
@@ -827,8 +826,7 @@ impl Engine {
             (Some(d), delta::Mode::Plain | delta::Mode::Undecided) => {
                 call.buf_len.saturating_sub(d.pending()).max(1)
             }
-            (Some(_), _) => call.buf_len,
-            (None, _) => call.buf_len,
+            _ => call.buf_len,
         };
         let stall_at = self.download.last_progress + self.retry.stall_timeout;
         Step::Read {
