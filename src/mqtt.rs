@@ -4,8 +4,8 @@
 //! handlers and connection events to the event handler, keeps the connection alive and
 //! reconnects after a loss.
 //!
-//! rumqttc supplies the packet codec (`mqttbytes::v4`) and the protocol state (`MqttState`:
-//! packet ids, QoS 1/2 acknowledgements, what to resend after a reconnection); the sockets are
+//! rumqttc supplies the packet codec (`mqttbytes::v4`); the delivery state (packet ids, QoS 1/2
+//! acknowledgements, what to send again after a reconnection) is [`flow`]'s; the sockets are
 //! plain `std::net` (and rustls on top with the `tls` feature). There is no async runtime and
 //! no thread: nothing runs between two yields.
 //!
@@ -23,14 +23,16 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rumqttc::{
-    ConnectReturnCode, Event, Incoming, MqttState, Packet, PingReq, Request, Subscribe,
-    SubscribeReasonCode, Unsubscribe,
+    ConnectReturnCode, Incoming, Packet, Request, Subscribe, SubscribeReasonCode, Unsubscribe,
 };
 
 use crate::error::{Error, MqttError, Result};
 use crate::log::Level;
 use crate::ota_log;
 use crate::retry::{Backoff, RetryPolicy};
+
+mod flow;
+use flow::{Arrival, Flow};
 
 pub use rumqttc::QoS;
 
@@ -54,12 +56,9 @@ const QUEUE_CAPACITY: usize = 64;
 /// yield is not refused.
 pub(crate) const QUEUE_PER_SESSION: usize = 2;
 
-/// QoS 1/2 publishes (and subscriptions) sent but not yet acknowledged; more wait in the queue.
-/// iotkit keeps 20 for re-publishing; each slot costs rumqttc's state 144 bytes at init.
-const MAX_INFLIGHT: u16 = 20;
-
-/// Protocol events waiting in rumqttc's state; drained after every packet in and out.
-const EVENTS_CAPACITY: usize = 8;
+/// QoS 1/2 publishes sent but not yet acknowledged; more wait in the queue. iotkit keeps 20
+/// for re-publishing; each is a slot of the delivery state made at init (80 bytes).
+const MAX_INFLIGHT: usize = 20;
 
 /// Bytes asked of the socket per read. The receive buffer holds two (a partial packet and
 /// the next read) before it grows; an upgrade message with a long signed URL is 1-2 KB.
@@ -338,7 +337,7 @@ enum Fill {
 /// One connection's bytes and protocol state; only the yielding thread touches it.
 struct Link {
     stream: Option<Stream>,
-    state: MqttState,
+    flow: Flow,
     rx: BytesMut,
     tx: BytesMut,
     /// When the next PINGREQ is due.
@@ -675,13 +674,9 @@ impl Core {
             return Err(Error::InvalidParam("host and port are required"));
         }
         let dialer = Dialer::new(options)?;
-        let mut state = MqttState::new(MAX_INFLIGHT, false);
-        // rumqttc reserves 100 events (14 KB); this driver drains them after every packet, so
-        // never more than a few wait at once.
-        state.events = std::collections::VecDeque::with_capacity(EVENTS_CAPACITY);
         let mut link = Link {
             stream: None,
-            state,
+            flow: Flow::new(MAX_INFLIGHT),
             rx: BytesMut::with_capacity(READ_CHUNK * 2),
             tx: BytesMut::with_capacity(WRITE_BUFFER),
             ping_at: Instant::now(),
@@ -1041,35 +1036,22 @@ impl Core {
     /// Sends a PINGREQ; the last one unanswered means the broker is gone.
     fn ping(&self, link: &mut Link) -> std::result::Result<(), MqttError> {
         link.ping_at = Instant::now() + link.keepalive;
-        match link.state.handle_outgoing_packet(Request::PingReq(PingReq)) {
-            Ok(Some(p)) => {
-                link.state.events.clear();
-                link.encode(&p)?;
-                link.flush()
-            }
-            Ok(None) => Ok(()),
-            Err(_) => Err(MqttError::Timeout),
-        }
+        link.flow.ping(&mut link.tx, link.max_packet)?;
+        link.flush()
     }
 
     /// Moves queued requests through the protocol state onto the socket, as far as the
     /// in-flight window allows.
     fn send_queued(&self, link: &mut Link) -> std::result::Result<(), MqttError> {
         loop {
-            if link.state.inflight() >= MAX_INFLIGHT || link.state.collision.is_some() {
+            if !link.flow.has_room() {
                 break;
             }
             let Some(request) = lock(&self.queue.requests).pop_front() else {
                 break;
             };
             let disconnect = matches!(request, Request::Disconnect(_));
-            let packet = link.state.handle_outgoing_packet(request);
-            link.state.events.clear();
-            match packet {
-                Ok(Some(p)) => link.encode(&p)?,
-                Ok(None) => {}
-                Err(_) => return Err(MqttError::Protocol),
-            }
+            link.flow.send(request, &mut link.tx, link.max_packet)?;
             if disconnect {
                 let r = link.flush();
                 link.close();
@@ -1082,17 +1064,8 @@ impl Core {
 
     /// Runs an arrived packet through the protocol state (which may answer it) and delivers it.
     fn incoming(&self, link: &mut Link, packet: Packet) -> std::result::Result<(), MqttError> {
-        let reply = link
-            .state
-            .handle_incoming_packet(packet)
-            .map_err(|_| MqttError::Protocol)?;
-        if let Some(p) = reply {
-            link.encode(&p)?;
-        }
-        while let Some(event) = link.state.events.pop_front() {
-            if let Event::Incoming(packet) = event {
-                self.dispatch(packet);
-            }
+        if link.flow.receive(&packet, &mut link.tx, link.max_packet)? == Arrival::Deliver {
+            self.dispatch(packet);
         }
         Ok(())
     }
@@ -1101,14 +1074,11 @@ impl Core {
     /// event handler (unless the end was asked for).
     fn lost(&self, link: &mut Link, err: MqttError) {
         link.close();
-        let mut resend = link.state.clean();
-        resend.extend(link.state.collision.take().map(Request::Publish));
-        link.state.events.clear();
         {
             let mut q = lock(&self.queue.requests);
-            for r in resend.into_iter().rev() {
-                q.push_front(r);
-            }
+            link.flow.lost(self.dialer.connect.clean_session, |again| {
+                q.push_front(again)
+            });
         }
         let was = self.connected.swap(false, Ordering::SeqCst);
         if self.closing.load(Ordering::SeqCst) {

@@ -288,6 +288,11 @@ fn an_unacknowledged_publish_is_sent_again_after_a_reconnection() {
     assert_eq!(first.2, second.2, "the same packet id, topic and payload");
     assert!(first.2.ends_with(b"progress 42"));
     assert_eq!(first.1 & 0x06, 0x02, "QoS 1");
+    assert_eq!(
+        (first.1 & 0x08, second.1 & 0x08),
+        (0, 0x08),
+        "DUP set on the publish sent again (MQTT-3.3.1-1)"
+    );
     client.disconnect(Duration::from_secs(2));
     peer.join().unwrap();
 }
