@@ -620,9 +620,36 @@ struct Core {
     /// connection to a thread that yields it.
     yield_called_at: AtomicU64,
     yield_caller: AtomicUsize,
-    /// The thread an [`MqttDriver`] drives the connection on (its caller mark), 0 when none.
-    sdk_driver: AtomicUsize,
+    /// [`MqttDriver::drive`] calls under way (a gateway's sessions may read MQTT downloads on
+    /// several threads).
+    sdk_drivers: AtomicUsize,
     created: Instant,
+}
+
+thread_local! {
+    /// Whether this thread is inside [`Core::drive`] (holding a link): a yield called then comes
+    /// from a handler.
+    static IN_DRIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the thread as inside [`Core::drive`] until dropped (also when a handler panics).
+struct InDrive;
+
+impl InDrive {
+    fn enter() -> InDrive {
+        IN_DRIVE.with(|d| d.set(true));
+        InDrive
+    }
+
+    fn here() -> bool {
+        IN_DRIVE.with(|d| d.get())
+    }
+}
+
+impl Drop for InDrive {
+    fn drop(&mut self) {
+        IN_DRIVE.with(|d| d.set(false));
+    }
 }
 
 /// A number that tells the calling thread from the others (the address of a thread-local).
@@ -721,7 +748,7 @@ impl Core {
             handler_panicked: AtomicBool::new(false),
             yield_called_at: AtomicU64::new(0),
             yield_caller: AtomicUsize::new(0),
-            sdk_driver: AtomicUsize::new(0),
+            sdk_drivers: AtomicUsize::new(0),
             created: Instant::now(),
         })
     }
@@ -878,6 +905,7 @@ impl Core {
             Err(TryLockError::WouldBlock) => return false,
             Err(TryLockError::Poisoned(p)) => self.recover(p.into_inner()),
         };
+        let _in_drive = InDrive::enter();
         let link = &mut *link;
         let deadline = Instant::now() + timeout;
         let mut handled = 0;
@@ -1339,7 +1367,10 @@ impl MqttClient {
     /// queued requests and dispatching what arrives. Reconnects after a drop, with backoff.
     /// Returns early after a message whose handler asked for it ([`YieldBreak`]).
     /// [`Error::InvalidState`] at once when called from inside a handler or while another
-    /// thread yields.
+    /// thread yields. While the SDK itself drives the connection on another thread (an MQTT
+    /// download read inside FetchYield, for one slice or a reconnection), the call waits for
+    /// it within `timeout` and returns `Ok` at the end of `timeout`, as a yield that found
+    /// nothing to do: the connection is being served.
     ///
     /// A panic in a handler goes on to the caller, and the handler stays subscribed: after
     /// catching it, the caller yields again as before.
@@ -1350,16 +1381,19 @@ impl MqttClient {
             if self.core.drive(timeout.saturating_sub(start.elapsed())) {
                 return Ok(());
             }
-            // The SDK's own driver (the MQTT download inside FetchYield, on another thread)
-            // holds the link for one short slice, and leaves it to this thread from now on
-            // (the call was noted): wait that slice out rather than fail the firmware's yield.
-            let driver = self.core.sdk_driver.load(Ordering::SeqCst);
-            if driver == 0 || driver == caller_mark() || start.elapsed() > MAX_DRIVE_SLICE {
+            if InDrive::here() || self.core.sdk_drivers.load(Ordering::SeqCst) == 0 {
                 return Err(Error::InvalidState(
                     "yield called from inside a handler, or while another thread yields",
                 ));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // The SDK's own driver (an MQTT download inside FetchYield, on another thread) has
+            // the link for one slice, or for a reconnection, and leaves it to this thread from
+            // now on (the call was noted): wait for it within this yield's time.
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(1)));
         }
     }
 
@@ -1374,8 +1408,8 @@ impl MqttClient {
 /// the connection to that thread.
 pub(crate) const OTHER_YIELDER_GRACE: Duration = Duration::from_secs(1);
 
-/// Longest an [`MqttDriver`] holds the connection at once; a firmware's yield that finds it
-/// held waits this long at most.
+/// Longest an [`MqttDriver`] drives the connection at once when it is up (a reconnection takes
+/// the connect window); a firmware's yield that finds it driven waits within its own timeout.
 pub(crate) const MAX_DRIVE_SLICE: Duration = Duration::from_millis(100);
 
 /// What [`MqttDriver::drive`] found.
@@ -1401,7 +1435,7 @@ impl MqttDriver {
     /// [`MqttClient::yield_for`], unless another thread yields the connection: one is inside
     /// `yield_for` now, or called it within [`OTHER_YIELDER_GRACE`] (a yield thread's next call
     /// would otherwise find the link taken). At most [`MAX_DRIVE_SLICE`]: a yield thread that
-    /// calls meanwhile waits until it ends.
+    /// calls meanwhile waits, within its timeout, until it ends.
     pub(crate) fn drive(&self, timeout: Duration) -> Drive {
         let Some(core) = self.core.upgrade() else {
             return Drive::Gone;
@@ -1410,17 +1444,11 @@ impl MqttDriver {
             return Drive::Busy;
         }
         let timeout = timeout.min(MAX_DRIVE_SLICE);
-        // Marked before the link is taken, so a yield thread that finds it taken waits.
-        let me = caller_mark();
-        let marked = core
-            .sdk_driver
-            .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok();
-        let drove = core.drive(timeout);
-        if marked {
-            core.sdk_driver.store(0, Ordering::SeqCst);
-        }
-        match drove {
+        // Counted before the link is taken, so a yield thread that finds it taken waits.
+        core.sdk_drivers.fetch_add(1, Ordering::SeqCst);
+        let drove = catch_unwind(AssertUnwindSafe(|| core.drive(timeout)));
+        core.sdk_drivers.fetch_sub(1, Ordering::SeqCst);
+        match drove.unwrap_or_else(|panic| resume_unwind(panic)) {
             true => Drive::Drove,
             false => Drive::Busy,
         }

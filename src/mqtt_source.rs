@@ -60,10 +60,6 @@ const REQUEST_ROOM: usize = 256;
 /// (that thread may have stopped yielding).
 const BUSY_POLL: Duration = Duration::from_millis(10);
 
-/// Longest one yield of the client by a read: a yield thread that starts calling meanwhile
-/// waits until it ends.
-const DRIVE_SLICE: Duration = Duration::from_millis(50);
-
 /// What a [`MqttBlockSource`] did since it was made.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MqttBlockStats {
@@ -456,7 +452,9 @@ impl MqttBlockSource {
     fn wait(&self, until: Instant) -> std::result::Result<(), DownloadError> {
         lock(&self.shared.slot).driving = true;
         let left = until.saturating_duration_since(Instant::now());
-        let drove = self.driver.drive(left.min(DRIVE_SLICE));
+        // One slice at most (`MAX_DRIVE_SLICE`): a yield thread that starts calling meanwhile
+        // waits until it ends.
+        let drove = self.driver.drive(left);
         let mut slot = lock(&self.shared.slot);
         slot.driving = false;
         match drove {

@@ -667,3 +667,96 @@ fn a_caller_slower_than_the_block_timeout_causes_no_request_again() {
     assert_eq!(s.cloud.offsets(), [0, BLOCK, 2 * BLOCK]);
     assert_eq!(source.stats().retries, 0);
 }
+
+/// Reads one MQTT packet from a scripted broker's socket: its first byte and body.
+fn read_raw_packet(s: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first).ok()?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).ok()?;
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((first[0], body))
+}
+
+#[test]
+fn a_firmware_yield_during_the_sdks_reconnection_waits_within_its_timeout() {
+    use std::io::Write;
+    // A broker that drops the first connection after the block request, and answers the second
+    // CONNECT 1.5 s late: the MQTT download's read reconnects the client, holding it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (dialing_tx, dialing) = mpsc::channel();
+    let broker = thread::spawn(move || {
+        let (mut first, _) = listener.accept().unwrap();
+        assert_eq!(read_raw_packet(&mut first).unwrap().0 >> 4, 1, "CONNECT");
+        first.write_all(&[0x20, 2, 0, 0]).unwrap();
+        while let Some((kind, _)) = read_raw_packet(&mut first) {
+            if kind >> 4 == 3 {
+                break; // the block request
+            }
+        }
+        drop(first);
+        let (mut second, _) = listener.accept().unwrap();
+        assert_eq!(read_raw_packet(&mut second).unwrap().0 >> 4, 1, "CONNECT");
+        dialing_tx.send(()).unwrap();
+        thread::sleep(Duration::from_millis(1500));
+        second.write_all(&[0x20, 2, 0, 0]).unwrap();
+        while read_raw_packet(&mut second).is_some() {}
+    });
+    let mut o = options(port, "redial-device");
+    o.request_timeout = Duration::from_secs(5);
+    let device = Arc::new(MqttClient::connect(&o).unwrap());
+    let size = 2 * BLOCK as usize;
+    let mut source =
+        MqttBlockSource::new(&device, PK, DN, config(Duration::from_secs(30), 3)).unwrap();
+    source.open(&url(size), 0).unwrap();
+    // The firmware's FetchYield loop on this thread, its yield thread beside it once the
+    // reconnection is under way.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; BLOCK as usize];
+            while !stop.load(Ordering::SeqCst) {
+                let _ = source.read(&mut buf, Duration::from_millis(200));
+            }
+        })
+    };
+    dialing
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the read reconnects the client");
+    let mut yields = Vec::new();
+    while !device.is_connected() && yields.len() < 40 {
+        let start = Instant::now();
+        let r = device.yield_for(Duration::from_millis(200));
+        yields.push((r, start.elapsed()));
+    }
+    stop.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    let longest = yields.iter().map(|(_, t)| *t).max().unwrap();
+    println!(
+        "{} yields of 200 ms during a 1.5 s reconnection by the SDK, longest {longest:?}",
+        yields.len()
+    );
+    assert!(device.is_connected(), "the reconnection ended");
+    assert!(
+        yields.iter().all(|(r, _)| r.is_ok()),
+        "a yield while the SDK reconnects is not an error: {yields:?}"
+    );
+    // Each returned at the end of its own time, not at the end of the 1.5 s CONNACK wait.
+    assert!(yields.len() >= 3, "{yields:?}");
+    assert!(longest < Duration::from_millis(1000), "{yields:?}");
+    device.disconnect(Duration::from_secs(1));
+    drop(device);
+    broker.join().unwrap();
+}
