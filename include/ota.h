@@ -1568,7 +1568,10 @@ int IOT_MQTT_Destroy(void **phandle);
  client), so the firmware's loop reaches IOT_OTA_FetchYield without waiting out the timeout.
 
  Returns 0, or NULL_VALUE_ERROR (-2) for a NULL handle, or FAIL_RETURN (-1) when called from
- inside one of this client's handlers. A panic inside (a bug in the SDK's own handlers) returns
+ inside one of this client's handlers or while another firmware thread is inside
+ IOT_MQTT_Yield on the same client. While the SDK itself drives the connection on another
+ thread (an MQTT download inside IOT_OTA_FetchYield, or its reconnection), the call waits
+ for it within `timeout_ms` and returns 0. A panic inside (a bug in the SDK's own handlers) returns
  FAIL_RETURN once; the client stays usable.
 
  # Safety

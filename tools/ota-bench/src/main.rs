@@ -1813,7 +1813,9 @@ fn rss_lines(s: &Settings, m: &Memory, https: &Https, https_image: usize) -> Vec
         https_image / MIB,
         https.firmware.hwm_kib
     ));
-    out.push("   the same, and -static (glibc's libc.a: only the C library the program calls):".into());
+    out.push(
+        "   the same, and -static (glibc's libc.a: only the C library the program calls):".into(),
+    );
     out.push(format!(
         "   {:>5} MiB image, HTTP:  VmHWM {} KiB",
         s.rss_sizes[0] / MIB,
