@@ -5,7 +5,7 @@
 //! reconnects after a loss.
 //!
 //! rumqttc supplies the packet codec (`mqttbytes::v4`); the delivery state (packet ids, QoS 1/2
-//! acknowledgements, what to send again after a reconnection) is [`flow`]'s; the sockets are
+//! acknowledgements, what to send again after a reconnection) is `mqtt::flow`'s; the sockets are
 //! plain `std::net` (and rustls on top with the `tls` feature). There is no async runtime and
 //! no thread: nothing runs between two yields.
 //!
