@@ -104,8 +104,9 @@ pub enum DownloadError {
     /// An upgrade message for another image arrived during the download, which ends here.
     #[error("a different upgrade replaced this download")]
     Superseded,
-    /// The firmware reported the upgrade failed (or released the session) mid-download.
-    #[error("the download was ended by a failure report")]
+    /// The firmware reported the upgrade failed (or released the session, or detached the MQTT
+    /// download it was reading) mid-download.
+    #[error("the download was ended by the firmware (a failure report, a released session, or a detached MQTT download)")]
     Abandoned,
     /// The image another session of the gateway keeps could not be streamed (withdrawn,
     /// unreadable, or not matching the digest): the download goes on from the network.

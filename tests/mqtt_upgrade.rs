@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::platform::send_upgrade;
 use ota::mqtt::QoS;
 use ota::resume::{FileStore, SavePolicy};
-use ota::source::MqttDownloadConfig;
+use ota::source::{DownloadError, MqttDownloadConfig};
 use ota::{Error, MqttClient, MqttOptions, OtaConfig, OtaSession, OtaState, Protocol};
 use ota_cloud::cloud::{CloudOptions, Protocol as CloudProtocol};
 use ota_cloud::{EmbeddedBroker, MqttDownloadServer, MqttFaults, Package};
@@ -543,4 +543,43 @@ fn a_block_whose_retries_run_out_is_resumed_by_the_engine_at_the_same_offset() {
         "{stats:?}"
     );
     assert_eq!(stats.bytes_served, 30_000, "{stats:?}");
+}
+
+#[test]
+fn detaching_during_a_download_over_mqtt_ends_it_as_abandoned_with_one_report() {
+    let (p, image) = Platform::single(40_000, 15, 78);
+    let _server = p.serve(MqttFaults::default());
+    let device = p.device();
+    let session = attach(&device, quick_blocks());
+    p.announce(&device, &session);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 5000];
+    let deadline = Instant::now() + LIMIT;
+    while got.is_empty() {
+        assert!(Instant::now() < deadline, "no block came");
+        if let Ok(n) = session.fetch_yield(&mut buf, Duration::from_secs(1)) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(image.starts_with(&got));
+    session.detach(&device).unwrap();
+    // The sample's loop goes on: the download ends at its next call, without going to the
+    // HTTP source with the MQTT file's name as a URL.
+    assert_eq!(
+        session.fetch_yield(&mut buf, Duration::from_secs(1)),
+        Err(Error::Download(DownloadError::Abandoned))
+    );
+    assert!(session.is_fetch_finished());
+    assert!(!session.check_firmware().unwrap());
+    let failures = p.heard_when(&device, "progress", |g| {
+        g.iter().any(|m| m.contains("\"step\":\"-"))
+    });
+    assert_eq!(
+        failures
+            .iter()
+            .filter(|m| m.contains("\"step\":\"-"))
+            .count(),
+        1,
+        "{failures:?}"
+    );
 }

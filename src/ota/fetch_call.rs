@@ -27,6 +27,8 @@ pub(super) struct SourceSide {
     local: LocalSource,
     /// Blocks over the MQTT connection (`dProtocol` `mqtt`), when enabled.
     mqtt: Option<Box<dyn FirmwareSource>>,
+    /// What an MQTT download reads once its source was removed (`detach`).
+    detached: Detached,
     /// Which of them the open request reads.
     reads: Reads,
     /// The old image, the patch applier and the patch buffer, when a delta source is set.
@@ -41,6 +43,7 @@ impl SourceSide {
             source,
             local: LocalSource::new(),
             mqtt: None,
+            detached: Detached,
             reads: Reads::Http,
             delta: None,
             open_request: None,
@@ -54,6 +57,7 @@ impl SourceSide {
             &mut self.source,
             &mut self.local,
             &mut self.mqtt,
+            &mut self.detached,
         )
     }
 
@@ -68,6 +72,7 @@ impl SourceSide {
             source,
             local,
             mqtt,
+            detached,
             reads,
             delta,
             ..
@@ -75,7 +80,7 @@ impl SourceSide {
         let delta = delta.as_mut()?;
         let free = delta.free();
         let want = want.min(free.len());
-        let r = active_of(*reads, source, local, mqtt).read(&mut free[..want], wait);
+        let r = active_of(*reads, source, local, mqtt, detached).read(&mut free[..want], wait);
         Some((r, delta))
     }
 
@@ -88,8 +93,8 @@ impl SourceSide {
     /// Removes the MQTT block source, closing it first if it is read.
     pub(super) fn take_mqtt(&mut self) -> Option<Box<dyn FirmwareSource>> {
         if self.reads == Reads::Mqtt {
+            // An MQTT download under way now reads `Detached`, which ends it.
             self.close();
-            self.reads = Reads::Http;
         }
         self.mqtt.take()
     }
@@ -122,13 +127,37 @@ fn active_of<'a>(
     source: &'a mut Box<dyn FirmwareSource>,
     local: &'a mut LocalSource,
     mqtt: &'a mut Option<Box<dyn FirmwareSource>>,
+    detached: &'a mut Detached,
 ) -> &'a mut dyn FirmwareSource {
     match (reads, mqtt) {
         (Reads::Local, _) => local,
         (Reads::Mqtt, Some(mqtt)) => mqtt.as_mut(),
-        // Without an MQTT source the engine refuses MQTT downloads: never here.
-        (Reads::Http | Reads::Mqtt, _) => source.as_mut(),
+        // The engine refuses MQTT downloads without a source; one removed during a download
+        // ends it.
+        (Reads::Mqtt, None) => detached,
+        (Reads::Http, _) => source.as_mut(),
     }
+}
+
+/// The source of an MQTT download whose block source was removed (`OtaSession::detach`):
+/// the download ends with [`DownloadError::Abandoned`] instead of its URL (`mqtt-download:…`)
+/// going to the HTTP source.
+struct Detached;
+
+impl FirmwareSource for Detached {
+    fn open(&mut self, _url: &str, _offset: u64) -> std::result::Result<(), DownloadError> {
+        Err(DownloadError::Abandoned)
+    }
+
+    fn read(
+        &mut self,
+        _buf: &mut [u8],
+        _timeout: Duration,
+    ) -> std::result::Result<Chunk, DownloadError> {
+        Err(DownloadError::Abandoned)
+    }
+
+    fn close(&mut self) {}
 }
 
 /// Which source a request reads.
