@@ -1436,6 +1436,7 @@ fn mqtt_download_through_the_c_api() {
     announce(&dev, &cloud, &msg);
     // Set once an upgrade is under way: refused, the download goes on.
     assert_eq!(set(dev.ota, 2048), INVALID_STATE);
+    assert_eq!(set(dev.ota, 0), INVALID_STATE, "nor turned off");
     let (got, err) = download(&dev);
     assert_eq!(err, None);
     assert!(got == image, "{} bytes of {}", got.len(), image.len());

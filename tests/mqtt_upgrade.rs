@@ -110,7 +110,18 @@ impl Platform {
         topic_part: &str,
         until: impl Fn(&[String]) -> bool,
     ) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.heard_within(device, topic_part, until, Duration::from_secs(10))
+    }
+
+    /// [`Platform::heard_when`], giving up after `within`.
+    fn heard_within(
+        &self,
+        device: &MqttClient,
+        topic_part: &str,
+        until: impl Fn(&[String]) -> bool,
+        within: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
         loop {
             device.yield_for(Duration::from_millis(10)).unwrap();
             self.cloud.yield_for(Duration::from_millis(10)).unwrap();
@@ -470,7 +481,13 @@ fn mqtt_download_is_off_by_default_and_refused_with_a_failure_report() {
         loop {
             send_upgrade(&p.cloud, &session, &message);
             device.yield_for(Duration::from_millis(100)).unwrap();
-            let heard = p.heard_when(&device, "progress", |g| !g.is_empty());
+            // Sent again until the subscription is in place and the refusal heard.
+            let heard = p.heard_within(
+                &device,
+                "progress",
+                |g| !g.is_empty(),
+                Duration::from_millis(500),
+            );
             if !heard.is_empty() || Instant::now() >= deadline {
                 break heard;
             }
@@ -582,4 +599,61 @@ fn detaching_during_a_download_over_mqtt_ends_it_as_abandoned_with_one_report() 
         1,
         "{failures:?}"
     );
+}
+
+#[test]
+fn mqtt_download_turned_off_refuses_such_upgrades_and_cannot_be_once_one_runs() {
+    let image = common::firmware::image(10_000, 16).to_vec();
+    let p = Platform::start(Package::single_over_mqtt("2.0.0", "app.bin", image, 9));
+    let device = p.device();
+    let session = attach(&device, quick_blocks());
+    session.disable_mqtt_download().unwrap();
+    let message = p
+        .package
+        .upgrade_message(CloudProtocol::Aliyun, 1, &CloudOptions::default())
+        .unwrap();
+    let failures = {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            send_upgrade(&p.cloud, &session, &message);
+            device.yield_for(Duration::from_millis(100)).unwrap();
+            // Sent again until the subscription is in place and the refusal heard.
+            let heard = p.heard_within(
+                &device,
+                "progress",
+                |g| !g.is_empty(),
+                Duration::from_millis(500),
+            );
+            if !heard.is_empty() || Instant::now() >= deadline {
+                break heard;
+            }
+        }
+    };
+    assert!(failures[0].contains("\"step\":\"-1\""), "{failures:?}");
+    assert_eq!(session.state(), OtaState::Idle);
+
+    // Once an upgrade over MQTT runs, turning it off is refused and changes nothing: the
+    // download goes on.
+    let (p2, image) = Platform::single(12_000, 17, 10);
+    let _server = p2.serve(MqttFaults::default());
+    let device2 = p2.device();
+    let session2 = attach(&device2, quick_blocks());
+    p2.announce(&device2, &session2);
+    assert!(matches!(
+        session2.disable_mqtt_download(),
+        Err(Error::InvalidState(_))
+    ));
+    let mut got = Vec::new();
+    sample_fetch(&session2, &mut got, None);
+    assert!(got == image);
+    assert!(session2.check_firmware().unwrap());
+
+    // Tencent has no download over MQTT to turn off.
+    let mut c = OtaConfig::for_protocol(Protocol::Tencent);
+    c.mqtt_download = None;
+    let tencent = OtaSession::attach(&device, PK, "tencent-dev", c).unwrap();
+    assert!(matches!(
+        tencent.disable_mqtt_download(),
+        Err(Error::InvalidParam(_))
+    ));
 }

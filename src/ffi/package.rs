@@ -18,7 +18,7 @@ use std::ffi::c_int;
 
 use super::answer::{get_u32, put_u32, too_small};
 use super::guard::put_c_str;
-use super::ota::{reject, IOT_OTA_CmdType_t, OtaHandle};
+use super::ota::{err_code, reject, IOT_OTA_CmdType_t, OtaHandle};
 use crate::error::Error;
 use crate::log::Level;
 use crate::mqtt_source::MqttBlockSource;
@@ -102,20 +102,10 @@ fn set_mqtt_block_size(h: &OtaHandle, size: u32) -> c_int {
         );
     };
     if size == 0 {
-        return match s.check_mqtt_download_settable() {
-            Ok(()) => {
-                s.drop_mqtt_source();
-                0
-            }
+        return match s.disable_mqtt_download() {
+            Ok(()) => 0,
             Err(e) => reject(h, WHAT, e),
         };
-    }
-    let largest = MqttBlockSource::largest_block(mqtt, s.product_key(), s.device_name());
-    if size > largest {
-        ota_log!(
-            Level::Error,
-            "{WHAT}: a block of {size} bytes does not fit the MQTT read buffer; at most {largest}"
-        );
     }
     let config = MqttDownloadConfig {
         block_size: size,
@@ -123,6 +113,18 @@ fn set_mqtt_block_size(h: &OtaHandle, size: u32) -> c_int {
     };
     match s.enable_mqtt_download(mqtt, config) {
         Ok(()) => 0,
-        Err(e) => reject(h, WHAT, e),
+        Err(e) => {
+            let largest = MqttBlockSource::largest_block(mqtt, s.product_key(), s.device_name());
+            if size <= largest {
+                return reject(h, WHAT, e);
+            }
+            // One line that names the largest block that fits (the error's text cannot).
+            ota_log!(
+                Level::Error,
+                "{WHAT}: a block of {size} bytes does not fit the MQTT read buffer; at most {largest}"
+            );
+            s.record_error(e);
+            err_code(&e)
+        }
     }
 }

@@ -1534,6 +1534,20 @@ impl OtaSession {
         self.engine().check_mqtt_download_settable()
     }
 
+    /// Turns download over MQTT off (the block source goes, its reply topic is unsubscribed):
+    /// upgrades with `dProtocol` `mqtt` are refused again, with a failure report. Before the
+    /// first upgrade only ([`Error::InvalidState`] after, and nothing changes);
+    /// [`Error::InvalidParam`] on Tencent and UCloud, which have no download over MQTT.
+    pub fn disable_mqtt_download(&self) -> Result<()> {
+        // The fetch side first, as fetch_yield locks them; checked and dropped under both.
+        let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.engine();
+        e.check_mqtt_download_settable()?;
+        side.take_mqtt();
+        e.mqtt_download = false;
+        Ok(())
+    }
+
     /// Drops the MQTT block source, if any (its reply topic is unsubscribed).
     pub(crate) fn drop_mqtt_source(&self) {
         let mut side = self.fetch.lock().unwrap_or_else(|p| p.into_inner());
