@@ -1,16 +1,14 @@
-//! The package decoders (`ota::protocol::decode_package`, SagooIOT and Aliyun) on arbitrary
-//! bytes: a `files` array and `dProtocol` decoded without the engine's refusal. An accepted
-//! package keeps within the limits fixed at init (file count, name and URL lengths), has unique
-//! non-empty names when it holds several files, each file a size, a digest of its kind and a
-//! URL or stream file id as its transfer needs; the notice's own fields summarise it; decoding
-//! into a used notice gives the same result; and `decode` refuses exactly what the engine does
-//! not fetch yet.
+//! The package decoders (`ota::protocol::decode`, SagooIOT and Aliyun) on arbitrary bytes: a
+//! `files` array and `dProtocol`. An accepted package keeps within the limits fixed at init
+//! (file count, name and URL lengths), has unique non-empty names when it holds several files,
+//! each file a size, a digest of its kind and a URL or stream file id as its transfer needs; the
+//! notice's own fields summarise it; decoding into a used notice gives the same result; a
+//! message that asks for a download over MQTT says so in `transfer` even when it is refused
+//! for another field (a session with that off refuses it by that).
 
-use super::decode::{
-    assert_same, check_error, check_notice, encode_reports, packages, prefilled, SMALL,
-};
-use ota::protocol::package::{MQTT_REFUSAL, PACKAGE_REFUSAL};
-use ota::protocol::{self, Downstream, Limits, NoticeError, Protocol, Transfer, UpgradeNotice};
+use super::decode::{assert_same, check_error, encode_reports, packages, prefilled, SMALL};
+use ota::protocol::json::{Object, Value};
+use ota::protocol::{self, Downstream, Limits, Protocol, Transfer, UpgradeNotice};
 
 pub fn run(data: &[u8]) {
     for protocol in [Protocol::Sagoo, Protocol::Aliyun] {
@@ -22,49 +20,55 @@ pub fn run(data: &[u8]) {
 
 fn one(protocol: Protocol, limits: &Limits, payload: &[u8]) {
     let mut fresh = UpgradeNotice::new(limits);
-    let got = protocol::decode_package(protocol, payload, limits, &mut fresh);
+    let got = protocol::decode(protocol, payload, limits, &mut fresh);
     let mut used = prefilled(limits);
-    let again = protocol::decode_package(protocol, payload, limits, &mut used);
+    let again = protocol::decode(protocol, payload, limits, &mut used);
     assert_eq!(got, again, "the result depends on the notice's old content");
-    let mut gated = UpgradeNotice::new(limits);
-    let refused = protocol::decode(protocol, payload, limits, &mut gated);
     match got {
         Ok(Downstream::Upgrade) => {
             check_package(limits, &fresh);
             assert_same(&fresh, &used, "a decode into a used notice differs");
             encode_reports(protocol, &fresh);
-            let expected = match fresh.transfer {
-                Transfer::Mqtt { .. } => Err(NoticeError::Unsupported(MQTT_REFUSAL)),
-                Transfer::Http if fresh.is_package() => {
-                    Err(NoticeError::Unsupported(PACKAGE_REFUSAL))
-                }
-                Transfer::Http => Ok(Downstream::Upgrade),
-            };
-            assert_eq!(refused, expected, "decode and decode_package disagree");
-            match refused {
-                Ok(_) => {
-                    check_notice(protocol, limits, &gated);
-                    assert_same(
-                        &fresh,
-                        &gated,
-                        "decode and decode_package decode differently",
-                    );
-                }
-                Err(_) => assert_eq!(gated.version.as_str(), fresh.version.as_str()),
-            }
         }
         Ok(other) => panic!("{protocol:?} decoded {other:?}"),
         Err(e) => {
             check_error(payload, limits, e);
-            // decode refuses a download over MQTT whatever else is wrong; otherwise the same error.
-            if refused != Err(NoticeError::Unsupported(MQTT_REFUSAL)) {
-                assert_eq!(refused, Err(e), "decode and decode_package disagree");
+            // Marked whenever the message's data asks for it, refused or not.
+            if let Some(asks) = asks_for_mqtt(protocol, limits, payload) {
+                let marked = matches!(fresh.transfer, Transfer::Mqtt { .. });
+                assert_eq!(
+                    marked, asks,
+                    "transfer not marked as the message asks: {e:?}"
+                );
             }
         }
     }
 }
 
-fn check_package(limits: &Limits, n: &UpgradeNotice) {
+/// Whether the message's `data` names a download protocol (`dProtocol` neither absent, null
+/// nor empty), when the decoder reaches `data`: the message fits the limits, is a JSON object,
+/// and has the platform's success `code` and an object `data` (None otherwise).
+fn asks_for_mqtt(protocol: Protocol, limits: &Limits, payload: &[u8]) -> Option<bool> {
+    if payload.len() > limits.downstream {
+        return None;
+    }
+    let success = match protocol {
+        Protocol::Aliyun => protocol::aliyun::SUCCESS_CODE,
+        _ => protocol::sagoo::SUCCESS_CODE,
+    };
+    let msg = Object::parse(payload).ok()?;
+    if !msg.get("code")?.as_str()?.eq_str(success) {
+        return None;
+    }
+    let data = msg.get("data")?.as_object()?;
+    Some(match data.get("dProtocol") {
+        None | Some(Value::Null) => false,
+        Some(Value::Str(s)) => !s.raw().is_empty(),
+        Some(_) => true,
+    })
+}
+
+pub(crate) fn check_package(limits: &Limits, n: &UpgradeNotice) {
     assert!(!n.version.is_empty(), "accepted an empty version");
     let files = n.files.as_slice();
     assert!(files.len() <= limits.max_files, "{} files", files.len());

@@ -82,7 +82,8 @@ use crate::log::Level;
 use crate::ota_log;
 use crate::protocol::mqtt_download::URL_MAX;
 use crate::protocol::{
-    self, Downstream, FailureCause, Limits, NoticeError, Protocol, Report, Topics, UpgradeNotice,
+    self, Downstream, FailureCause, Limits, NoticeError, Protocol, Report, Topics, Transfer,
+    UpgradeNotice,
 };
 use crate::resume::{BreakpointStore, SavePolicy};
 use crate::retry::{Backoff, RetryPolicy};
@@ -367,24 +368,18 @@ impl Engine {
         std::mem::swap(&mut self.notice.files, &mut self.scratch.files);
     }
 
-    /// Decodes into `scratch`: packages of several files only when enabled (`max_files`), and
-    /// downloads over MQTT only with a block source installed.
+    /// Decodes into `scratch`, refusing a download over MQTT while that is off (with no block
+    /// source installed), whatever else is wrong with the message: it may lack a field only
+    /// such a download needs; and a package of several files while packages are off
+    /// (`max_files` 0).
     fn decode(&mut self, payload: &[u8]) -> std::result::Result<Downstream, NoticeError> {
-        use protocol::package::{MQTT_REFUSAL, PACKAGE_REFUSAL};
-        let (p, limits, out) = (self.protocol, &self.limits, &mut self.scratch);
-        let r = match self.mqtt_download {
-            true => protocol::decode_package(p, payload, limits, out),
-            // `decode` refuses a download over MQTT whatever else is wrong with the message
-            // (it may lack a field only such a download needs), and a package it refuses only
-            // for being one was decoded whole.
-            false => match protocol::decode(p, payload, limits, out) {
-                Err(NoticeError::Unsupported(MQTT_REFUSAL)) => {
-                    Err(NoticeError::Unsupported(MQTT_DOWNLOAD_OFF))
-                }
-                Err(NoticeError::Unsupported(PACKAGE_REFUSAL)) => Ok(Downstream::Upgrade),
-                other => other,
-            },
-        };
+        // The decoders mark a download over MQTT first; a message that never reaches that
+        // point (not JSON, not an upgrade) leaves HTTP.
+        self.scratch.transfer = Transfer::Http;
+        let r = protocol::decode(self.protocol, payload, &self.limits, &mut self.scratch);
+        if !self.mqtt_download && matches!(self.scratch.transfer, Transfer::Mqtt { .. }) {
+            return Err(NoticeError::Unsupported(MQTT_DOWNLOAD_OFF));
+        }
         match r {
             Err(NoticeError::TooManyFiles { max: 0, .. }) => {
                 Err(NoticeError::Unsupported(PACKAGES_OFF))

@@ -45,22 +45,12 @@ pub(crate) fn topics(pk: &str, dn: &str) -> Topics {
 /// The `code` of a successful upgrade notification.
 pub const SUCCESS_CODE: &str = "1000";
 
-/// Decodes an upgrade notification into `out` (which is scratch: partly written on error).
-///
-/// A package the engine does not fetch yet (Link SDK 4.x: several `files`, or `dProtocol`
-/// `mqtt`) is decoded as far as it goes and then rejected with [`NoticeError::Unsupported`].
+/// Decodes an upgrade notification into `out` (which is scratch: partly written on error):
+/// iotkit v2.3's single file, or Link SDK 4.x's package (several `files`) or download over MQTT
+/// (`dProtocol`). Whether a session takes those is the engine's to say; `out.transfer` tells a
+/// download over MQTT even when another field is wrong (it is marked before any other field
+/// is decoded).
 pub fn decode(
-    payload: &[u8],
-    limits: &Limits,
-    out: &mut UpgradeNotice,
-) -> Result<Downstream, NoticeError> {
-    let data = upgrade_data(payload, limits, out)?;
-    let decoded = decode_data(&data, out);
-    package::until_integrated(&data, decoded, out)
-}
-
-/// [`decode`] without refusing packages of several files or over MQTT.
-pub fn decode_package(
     payload: &[u8],
     limits: &Limits,
     out: &mut UpgradeNotice,
@@ -90,6 +80,7 @@ fn upgrade_data<'a>(
 /// (`files`) or download over MQTT (`dProtocol`, `streamId`, `streamFileId`), whose digests are
 /// `sign`/`fileSign` by `signMethod`.
 fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
+    package::mark_transfer(data, out);
     if package::has_files(data) || package::over_mqtt(data) {
         return decode_link_sdk_package(data, out);
     }

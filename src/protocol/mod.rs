@@ -561,6 +561,9 @@ pub enum Downstream {
 
 /// Decodes a message that arrived on the downstream topic. On error `out` may be partly
 /// written (it is scratch); fields decoded before the error stay readable for a refusal report.
+/// Packages of several files (up to [`Limits::max_files`]) and downloads over MQTT (SagooIOT,
+/// Aliyun) decode to `Ok` ([`UpgradeNotice::is_package`], [`UpgradeNotice::transfer`]); a
+/// session that has them off refuses them itself.
 pub fn decode(
     protocol: Protocol,
     payload: &[u8],
@@ -570,24 +573,6 @@ pub fn decode(
     match protocol {
         Protocol::Aliyun => aliyun::decode(payload, limits, out),
         Protocol::Sagoo => sagoo::decode(payload, limits, out),
-        Protocol::Tencent => tencent::decode(payload, limits, out),
-        Protocol::Ucloud => ucloud::decode(payload, limits, out),
-    }
-}
-
-/// Decodes a downstream message as [`decode`] does, but without refusing what the engine does
-/// not fetch yet: a package of several files and a download over MQTT decode to `Ok` here
-/// ([`UpgradeNotice::is_package`], [`UpgradeNotice::transfer`]). Tencent and UCloud have
-/// neither feature, so this is [`decode`] for them.
-pub fn decode_package(
-    protocol: Protocol,
-    payload: &[u8],
-    limits: &Limits,
-    out: &mut UpgradeNotice,
-) -> Result<Downstream, NoticeError> {
-    match protocol {
-        Protocol::Aliyun => aliyun::decode_package(payload, limits, out),
-        Protocol::Sagoo => sagoo::decode_package(payload, limits, out),
         Protocol::Tencent => tencent::decode(payload, limits, out),
         Protocol::Ucloud => ucloud::decode(payload, limits, out),
     }

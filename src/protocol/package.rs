@@ -8,14 +8,7 @@
 
 use super::fields::{check_url, take_digest, take_size, take_str};
 use super::json::{Object, Value};
-use super::Downstream;
 use super::{DigestKind, FixedStr, Limits, NoticeError, SetJsonError, UpgradeNotice};
-
-/// Why the engine refuses a download over MQTT until it fetches blocks (the refusal's text).
-pub const MQTT_REFUSAL: &str = "dProtocol: packages over MQTT are not supported";
-
-/// Why the engine refuses a package of several files until it walks them (the refusal's text).
-pub const PACKAGE_REFUSAL: &str = "files: packages of several files are not supported yet";
 
 /// How an upgrade's image is fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,23 +394,16 @@ fn take_name(value: Value<'_>, index: usize, dst: &mut FixedStr) -> Result<(), N
     })
 }
 
-/// What the engine does not fetch yet is refused with its reason, after decoding as far as it
-/// goes (so a refusal report names the module and batch): a download over MQTT wins over any
-/// other error (such a message may lack a URL), then a decoding error, then a package of
-/// several files.
-pub(crate) fn until_integrated(
-    data: &Object<'_>,
-    decoded: Result<(), NoticeError>,
-    out: &UpgradeNotice,
-) -> Result<Downstream, NoticeError> {
+/// Marks `out` as asking for a download over MQTT, when `data` does, before any field is
+/// decoded: a session with that off refuses such a message whatever else is wrong with it (it
+/// may lack a field only such a download needs). The stream's ids come with the transfer.
+pub(crate) fn mark_transfer(data: &Object<'_>, out: &mut UpgradeNotice) {
     if over_mqtt(data) {
-        return Err(NoticeError::Unsupported(MQTT_REFUSAL));
+        out.transfer = Transfer::Mqtt {
+            stream_id: 0,
+            file_id: 0,
+        };
     }
-    decoded?;
-    if out.is_package() {
-        return Err(NoticeError::Unsupported(PACKAGE_REFUSAL));
-    }
-    Ok(Downstream::Upgrade)
 }
 
 #[cfg(test)]
@@ -431,7 +417,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::protocol::{aliyun, decode_package, sagoo, Protocol};
+    use crate::protocol::{decode, sagoo, Downstream, Protocol};
 
     const MD5_A: &str = "93230c3bde425a9d7984a594ac55ea1e";
     const MD5_B: &str = "0123456789abcdef0123456789abcdef";
@@ -465,7 +451,7 @@ mod tests {
 
     fn package(protocol: Protocol, msg: &str) -> Result<UpgradeNotice, NoticeError> {
         let mut n = notice();
-        decode_package(protocol, msg.as_bytes(), &limits(), &mut n).map(|d| {
+        decode(protocol, msg.as_bytes(), &limits(), &mut n).map(|d| {
             assert_eq!(d, Downstream::Upgrade);
             n
         })
@@ -511,14 +497,6 @@ mod tests {
             assert_eq!(n.version.as_str(), "2.0.0");
             assert_eq!(n.module.as_str(), "MCU");
             assert_eq!(n.message_id, 9);
-
-            // Until the engine walks packages, decode refuses it, the notice decoded for the
-            // refusal report.
-            let mut r = notice();
-            let refused = crate::protocol::decode(protocol, msg.as_bytes(), &limits(), &mut r);
-            assert_eq!(refused, Err(NoticeError::Unsupported(PACKAGE_REFUSAL)));
-            assert_eq!(r.module_name(), "MCU");
-            assert_eq!(r.files.len(), 3);
         }
     }
 
@@ -743,20 +721,29 @@ mod tests {
             bad(&http),
             NoticeError::Unsupported("dProtocol: unknown download protocol")
         );
-        // decode refuses it as before, the notice decoded.
         let mut r = notice();
         let msg = single(r#","streamId":1234,"streamFileId":1"#).replace("mqtt", "MQTT");
         assert_eq!(
             sagoo::decode(msg.as_bytes(), &limits(), &mut r),
-            Err(NoticeError::Unsupported(MQTT_REFUSAL))
+            Ok(Downstream::Upgrade)
         );
-        assert!(matches!(
+        assert_eq!(
             r.transfer,
             Transfer::Mqtt {
                 stream_id: 1234,
-                ..
+                file_id: 1
             }
-        ));
+        );
+        // A download over MQTT is marked before the other fields are decoded: a session with it
+        // off refuses the message by that, whatever else is wrong with it.
+        for broken in [
+            single(r#","streamId":"x","streamFileId":1"#),
+            single(r#","streamId":1,"streamFileId":1"#).replace(r#""version":"#, r#""v":"#),
+        ] {
+            let mut r = notice();
+            assert!(sagoo::decode(broken.as_bytes(), &limits(), &mut r).is_err());
+            assert!(matches!(r.transfer, Transfer::Mqtt { .. }), "{broken}");
+        }
 
         // A package over MQTT: each file has its streamFileId and needs no URL.
         let files = format!(
@@ -809,12 +796,6 @@ mod tests {
             }
         );
         assert_eq!(n.module.as_str(), "m");
-        let mut r = notice();
-        assert_eq!(
-            aliyun::decode(mqtt.as_bytes(), &limits(), &mut r),
-            Err(NoticeError::Unsupported(MQTT_REFUSAL))
-        );
-        assert_eq!(r.module.as_str(), "m", "decoded for the refusal report");
     }
 
     #[test]
@@ -851,9 +832,9 @@ mod tests {
         let mut n = notice();
         let before = n.files.as_slice().as_ptr();
         let first = sagoo_msg(&three_files(), "");
-        sagoo::decode_package(first.as_bytes(), &limits(), &mut n).unwrap();
+        sagoo::decode(first.as_bytes(), &limits(), &mut n).unwrap();
         let second = sagoo_msg(&format!("[{}]", file("x", "https://h/x", 3, MD5_B)), "");
-        sagoo::decode_package(second.as_bytes(), &limits(), &mut n).unwrap();
+        sagoo::decode(second.as_bytes(), &limits(), &mut n).unwrap();
         assert_eq!(n.files.as_slice().as_ptr(), before);
         assert_eq!(n.files.len(), 1);
         assert_eq!(n.files.as_slice()[0].name.as_str(), "x");

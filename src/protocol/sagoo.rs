@@ -45,24 +45,12 @@ pub const STYLE: Style = Style {
     echo_batch: true,
 };
 
-/// Decodes an upgrade notification into `out` (which is scratch: partly written on error).
-///
-/// What the engine does not fetch yet, a package delivered over MQTT (`dProtocol` present) or
-/// of several files (`files`), is decoded as far as it goes, so `out` names the module and
-/// batch for the refusal report, and then rejected with [`NoticeError::Unsupported`]
-/// ([`package::MQTT_REFUSAL`], [`package::PACKAGE_REFUSAL`]).
+/// Decodes an upgrade notification into `out` (which is scratch: partly written on error): one
+/// file, a package of several (`files`), over HTTP(S) or MQTT (`dProtocol`). Whether a session
+/// takes packages and downloads over MQTT is the engine's to say; `out.transfer` tells a
+/// download over MQTT even when another field is wrong (it is marked before any other field
+/// is decoded), and the module and batch are decoded first, for a refusal report.
 pub fn decode(
-    payload: &[u8],
-    limits: &Limits,
-    out: &mut UpgradeNotice,
-) -> Result<Downstream, NoticeError> {
-    let data = upgrade_data(payload, limits, out)?;
-    let decoded = decode_data(&data, out);
-    package::until_integrated(&data, decoded, out)
-}
-
-/// [`decode`] without refusing packages of several files or over MQTT.
-pub fn decode_package(
     payload: &[u8],
     limits: &Limits,
     out: &mut UpgradeNotice,
@@ -91,6 +79,7 @@ fn upgrade_data<'a>(
 /// The fields of `data`, those a refusal report needs (module, batch) first. The seed gives
 /// `url` and `sign` only for a package of one file: a `files` array describes the others.
 fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
+    package::mark_transfer(data, out);
     take_opt_str(data, "module", &mut out.module)?;
     take_ext_data(data, out)?;
     take_nonempty_str(data, "version", &mut out.version)?;
@@ -182,7 +171,7 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::FailureCause;
+    use crate::protocol::{FailureCause, Transfer};
 
     /// The seed's version report, verbatim.
     const SEED_INFORM: &str = r#"{
@@ -580,8 +569,9 @@ mod tests {
     }
 
     #[test]
-    fn d_protocol_is_refused_after_decoding_the_rest() {
-        let refused = NoticeError::Unsupported("dProtocol: packages over MQTT are not supported");
+    fn a_download_over_mqtt_is_marked_and_the_rest_decoded_for_a_refusal_report() {
+        // No streamId: refused, yet marked as over MQTT (a session with that off refuses it by
+        // that), with what a refusal report needs decoded.
         let mut n = notice();
         let msg = with_data(
             MD5_HEX,
@@ -589,8 +579,9 @@ mod tests {
         );
         assert_eq!(
             decode(msg.as_bytes(), &Limits::default(), &mut n),
-            Err(refused)
+            Err(NoticeError::Missing("streamId"))
         );
+        assert!(matches!(n.transfer, Transfer::Mqtt { .. }));
         assert_eq!(n.module_name(), "MCU");
         assert_eq!(n.batch.as_str(), "s9");
         assert_eq!(n.version.as_str(), "2.0.0");
@@ -612,21 +603,38 @@ mod tests {
             r#"{"id":"8","params":{"step":"-1","desc":"dProtocol: packages over MQTT are not supported","module":"MCU","strategy":"s9"}}"#
         );
 
-        // Packages over MQTT come without a URL: still the dProtocol refusal, module decoded.
-        let msg = r#"{"code":"200","data":{"size":10,"version":"3","sign":"93230c3bde425a9d7984a594ac55ea1e","signMethod":"Md5","module":"WIFI","dProtocol":"mqtt"},"id":1}"#;
+        // Packages over MQTT come without a URL: decoded whole with their stream.
+        let msg = r#"{"code":"200","data":{"size":10,"version":"3","sign":"93230c3bde425a9d7984a594ac55ea1e","signMethod":"Md5","module":"WIFI","dProtocol":"mqtt","streamId":4,"streamFileId":1},"id":1}"#;
         let mut n = notice();
         assert_eq!(
             decode(msg.as_bytes(), &Limits::default(), &mut n),
-            Err(refused)
+            Ok(Downstream::Upgrade)
+        );
+        assert_eq!(
+            n.transfer,
+            Transfer::Mqtt {
+                stream_id: 4,
+                file_id: 1
+            }
         );
         assert_eq!(n.module_name(), "WIFI");
-        assert_eq!(n.version.as_str(), "3");
+        assert!(n.url.is_empty());
 
-        // An empty or null dProtocol is no MQTT delivery.
+        // An empty or null dProtocol is no MQTT delivery; another type is, and a wrong one.
         for extra in [r#","dProtocol":"""#, r#","dProtocol":null"#] {
-            decoded(&with_data(MD5_HEX, extra));
+            let n = decoded(&with_data(MD5_HEX, extra));
+            assert_eq!(n.transfer, Transfer::Http);
         }
-        assert_eq!(reject(&with_data(MD5_HEX, r#","dProtocol":1"#)), refused);
+        let mut n = notice();
+        let number = with_data(MD5_HEX, r#","dProtocol":1"#);
+        assert!(matches!(
+            decode(number.as_bytes(), &Limits::default(), &mut n),
+            Err(NoticeError::WrongType {
+                field: "dProtocol",
+                ..
+            })
+        ));
+        assert!(matches!(n.transfer, Transfer::Mqtt { .. }));
     }
 
     #[test]

@@ -1368,8 +1368,7 @@ mod tests {
         );
         let limits = package_limits();
         let mut n = UpgradeNotice::new(&limits);
-        crate::protocol::decode_package(Protocol::Aliyun, payload.as_bytes(), &limits, &mut n)
-            .unwrap();
+        crate::protocol::decode(Protocol::Aliyun, payload.as_bytes(), &limits, &mut n).unwrap();
         n
     }
 
