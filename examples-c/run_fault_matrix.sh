@@ -80,6 +80,9 @@ readonly cases=(
     # detools from PyPI), so fault offsets count in the patch. {new} is new.bin's path.
     "delta_cut_at|sagoo|VALID|--cut-at 3000|delta"
     "delta_kill_after_save|sagoo|VALID|--delta-compression none|delta kill-after-save=3"
+    # The same with heatshrink (ota-cloud's default): 64 KiB of new code inserted, so the patch
+    # is long enough for three saves; the restart resumes the decompressor's saved state.
+    "delta_kill_after_save_heatshrink|sagoo|VALID||delta delta-insert=65536 kill-after-save=3"
     "delta_old_mismatch|sagoo|INVALID|--delta-claim-old {new}|delta"
 )
 
@@ -134,9 +137,11 @@ cycles=1
 kill_after_save=0
 fresh_url_wait=0
 delta=0
+delta_insert=1024
 for extra in $extras; do
     case $extra in
     delta) delta=1 ;;
+    delta-insert=*) delta_insert=${extra#delta-insert=} ;;
     cycles=*) cycles=${extra#cycles=} ;;
     kill-after-save=*) kill_after_save=${extra#kill-after-save=} ;;
     bound=*) timeout_s=$((timeout_s > ${extra#bound=} ? timeout_s : ${extra#bound=})) ;;
@@ -224,15 +229,16 @@ echo "case $case_name: $protocol, faults: ${flag_text:-none}${extras:+, $extras}
 image_flags=(--firmware-size "$firmware_size" --write-firmware "$tmp/served.bin")
 delta_old=
 if [[ $delta -eq 1 ]]; then
-    # A pair as releases differ: bytes changed every 4 KiB, a block inserted, data appended.
-    python3 - "$tmp/old.bin" "$tmp/served.bin" "$firmware_size" <<'PY'
+    # A pair as releases differ: bytes changed every 4 KiB, a block inserted (delta-insert
+    # bytes, 1 KiB by default), data appended.
+    python3 - "$tmp/old.bin" "$tmp/served.bin" "$firmware_size" "$delta_insert" <<'PY'
 import random, sys
 rng = random.Random(11)
 old = bytearray(rng.getrandbits(8) for _ in range(int(sys.argv[3])))
 new = bytearray(old)
 for at in range(0, len(new), 4096):
     new[at] ^= 0x5A
-new[150000:150000] = bytes(rng.getrandbits(8) for _ in range(1024))
+new[150000:150000] = bytes(rng.getrandbits(8) for _ in range(int(sys.argv[4])))
 new += bytes(rng.getrandbits(8) for _ in range(2048))
 open(sys.argv[1], "wb").write(old)
 open(sys.argv[2], "wb").write(new)
@@ -394,6 +400,10 @@ if [[ $delta -eq 1 ]]; then
     fi
     if [[ $last_cycle == VALID ]] && ! grep -qE 'ota::ota::delta: delta patch \(|resuming the delta patch' "$tmp/writer.log"; then
         reasons+=("the writer's SDK did not apply a patch")
+    fi
+    # After a power cut the restarted writer goes on inside the patch, not from its start.
+    if [[ $kill_after_save -gt 0 ]] && ! grep -q 'resuming the delta patch' "$tmp/writer.log"; then
+        reasons+=("the restarted writer did not resume the delta patch")
     fi
 fi
 # Every cycle before the last ends INVALID, never anything else.
