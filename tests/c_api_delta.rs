@@ -5,9 +5,9 @@
 
 mod common;
 use common::cmqtt::mqtt_param;
+use common::delta::fixture;
 
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::path::PathBuf;
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -32,13 +32,6 @@ const FIRMWARE_BUF: usize = 1000;
 /// Bytes of 0xAA after the firmware's buffer, checked after every call.
 const GUARD: usize = 64;
 const FILL: u8 = 0xAA;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn cstring(s: &str) -> CString {
     CString::new(s).unwrap()

@@ -11,8 +11,8 @@
 //! patch announced with the good patch's digest.
 
 mod common;
+use common::delta::fixture;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,13 +22,6 @@ use ota::ota::DeltaOptions;
 use ota::source::{HttpConfig, HttpSource};
 use ota::{Error, OtaConfig, OtaSession, Protocol};
 use ota_cloud::FirmwareServer;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// The slot of every device here, unless a test says otherwise.
 const SLOT: u64 = 64 * 1024;

@@ -6,9 +6,9 @@
 //! Aliyun), and one test through the exported C functions.
 
 mod common;
+use common::delta::fixture;
 
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,13 +22,6 @@ use ota::{Error, OtaConfig, OtaSession, Protocol};
 use ota_cloud::{sha256_hex, FirmwareServer};
 
 const PAIR: &str = "small-change";
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn old() -> Vec<u8> {
     fixture(&format!("{PAIR}.old"))

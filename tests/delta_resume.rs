@@ -6,6 +6,7 @@
 //! got in the call the power loss interrupted.
 
 mod common;
+use common::delta::fixture;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,13 +18,6 @@ use ota::resume::{FileStore, SavePolicy, RECORD_LEN};
 use ota::source::{HttpConfig, HttpSource};
 use ota::{OtaConfig, OtaSession, Protocol};
 use ota_cloud::FirmwareServer;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ota-delta-resume-{}-{name}", std::process::id()));

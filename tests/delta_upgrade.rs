@@ -5,8 +5,8 @@
 //! stores the NEW image byte for byte.
 
 mod common;
+use common::delta::fixture;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,13 +17,6 @@ use ota::source::{HttpConfig, HttpSource};
 use ota::{Error, OtaConfig, OtaSession, Protocol};
 use ota_cloud::http::Faults;
 use ota_cloud::FirmwareServer;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// A session on Aliyun with `old` as its delta source (a slot of 64 KiB), told to upgrade to
 /// what `server` serves.

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod cmqtt;
+pub mod delta;
 pub mod firmware;
 pub mod flaky;
 pub mod imgtool;
