@@ -6,19 +6,18 @@
 //! Aliyun), and one test through the exported C functions.
 
 mod common;
-use common::delta::fixture;
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::recorder::{payloads, Recorder, Sent};
+use common::delta::{device, fixture, sample, upgrade, DeltaSource, SLOT};
+use common::recorder::{failure_reports, Sent};
 use ota::delta::{DeltaError, OldImage, OldImageMismatch, OldReadError};
 use ota::error::NoticeError;
 use ota::ota::DeltaOptions;
-use ota::source::{HttpConfig, HttpSource};
-use ota::{Error, OtaConfig, OtaSession, Protocol};
+use ota::{Error, OtaSession, Protocol};
 use ota_cloud::{sha256_hex, FirmwareServer};
 
 const PAIR: &str = "small-change";
@@ -91,61 +90,35 @@ impl OldImage for CountingOld {
     }
 }
 
-/// A session of `protocol` with `old` as its delta source, before any upgrade message.
-fn session(protocol: Protocol, old: Vec<u8>, options: DeltaOptions) -> (OtaSession, Sent) {
-    let sent: Sent = Arc::default();
-    let source = HttpSource::new(HttpConfig::default()).unwrap();
-    let s = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(protocol),
-        Box::new(Recorder(sent.clone())),
-        Box::new(source),
-    )
-    .unwrap();
+/// A session of `protocol` with `old` as its delta source, before any upgrade message, and
+/// the count of bytes read from `old`.
+fn session(
+    protocol: Protocol,
+    old: Vec<u8>,
+    options: DeltaOptions,
+) -> (OtaSession, Sent, Arc<AtomicUsize>) {
+    let read = Arc::new(AtomicUsize::new(0));
     let old = CountingOld {
         image: old,
-        read: Arc::default(),
+        read: read.clone(),
     };
-    s.set_delta_source(Box::new(old), options).unwrap();
-    s.report_version("1.0.0").unwrap();
-    (s, sent)
+    let source = DeltaSource {
+        image: Box::new(old),
+        options,
+    };
+    let (s, sent) = device(protocol, Some(source), |_| {});
+    (s, sent, read)
 }
 
 /// A SagooIOT session running `old`, told to upgrade with `notice`.
 fn sagoo_device(old: Vec<u8>, notice: &str) -> (OtaSession, Sent) {
-    let (s, sent) = session(Protocol::Sagoo, old, DeltaOptions::for_slot(64 * 1024));
-    s.handle_message(s.downstream_topic(), notice.as_bytes())
-        .unwrap();
-    assert!(s.is_fetching());
+    let (s, sent, _) = session(Protocol::Sagoo, old, DeltaOptions::for_slot(SLOT));
+    upgrade(&s, notice);
     (s, sent)
 }
 
-/// The iotkit sample's loop: the bytes stored, the verdict, and the first FetchYield error.
-fn sample(s: &OtaSession) -> (Vec<u8>, bool, Option<Error>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stored = Vec::new();
-    let mut first_error = None;
-    let mut buf = vec![0u8; 777];
-    while !s.is_fetch_finished() {
-        assert!(Instant::now() < deadline, "stuck at {}", stored.len());
-        match s.fetch_yield(&mut buf, Duration::from_secs(1)) {
-            Ok(n) => stored.extend_from_slice(&buf[..n]),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    (stored, s.check_firmware().unwrap(), first_error)
-}
-
-/// The failure reports (negative steps) the session published.
-fn failures(sent: &Sent) -> Vec<String> {
-    payloads(sent)
-        .into_iter()
-        .filter(|p| p.contains("\"step\":\"-"))
-        .collect()
-}
+/// The buffer of the firmware here.
+const BUF: usize = 777;
 
 #[test]
 fn a_patch_for_the_running_image_makes_the_new_image() {
@@ -154,10 +127,14 @@ fn a_patch_for_the_running_image_makes_the_new_image() {
     let server = FirmwareServer::start(patch.clone()).unwrap();
     let ext = requirement(&old.len().to_string(), &sha256_hex(&old));
     let (s, sent) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), &ext));
-    let (stored, valid, error) = sample(&s);
-    assert!(stored == new(), "{} bytes", stored.len());
-    assert!(valid && error.is_none(), "{error:?}");
-    assert!(failures(&sent).is_empty(), "{:?}", failures(&sent));
+    let out = sample(&s, BUF);
+    assert!(out.stored == new(), "{} bytes", out.stored.len());
+    assert!(out.valid && out.errors.is_empty(), "{:?}", out.errors);
+    assert!(
+        failure_reports(&sent).is_empty(),
+        "{:?}",
+        failure_reports(&sent)
+    );
     assert!(lines_with("nothing ties").is_empty());
     // The size may come as a string of digits, the digest in capitals.
     let old = self::old();
@@ -167,20 +144,24 @@ fn a_patch_for_the_running_image_makes_the_new_image() {
         &sha256_hex(&old).to_uppercase(),
     );
     let (s, _) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), &ext));
-    let (stored, valid, _) = sample(&s);
-    assert!(stored == new() && valid);
+    let out = sample(&s, BUF);
+    assert!(out.stored == new() && out.valid && out.errors.is_empty());
 }
 
 /// Runs a patch whose message requires another old image: nothing is handed out, the
 /// download ends with `Error::DeltaOldImage(want)`, one failure report saying `desc`.
 fn refused(s: &OtaSession, sent: &Sent, want: OldImageMismatch, desc: &str) {
-    let (stored, valid, error) = sample(s);
-    assert!(stored.is_empty(), "{} bytes handed out", stored.len());
-    assert!(!valid, "never a valid verdict");
-    assert_eq!(error, Some(Error::DeltaOldImage(want)));
+    let out = sample(s, BUF);
+    assert!(
+        out.stored.is_empty(),
+        "{} bytes handed out",
+        out.stored.len()
+    );
+    assert!(!out.valid, "never a valid verdict");
+    assert_eq!(out.errors, [Error::DeltaOldImage(want)]);
     assert_eq!(s.last_error(), Some(Error::DeltaOldImage(want)));
     assert_eq!(s.fetched_size(), 0);
-    let failures = failures(sent);
+    let failures = failure_reports(sent);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures[0].contains(r#""step":"-1""#) && failures[0].contains(desc),
@@ -193,7 +174,7 @@ fn refused(s: &OtaSession, sent: &Sent, want: OldImageMismatch, desc: &str) {
         Err(Error::DeltaOldImage(want))
     );
     assert!(!s.check_firmware().unwrap());
-    assert_eq!(self::failures(sent).len(), 1);
+    assert_eq!(failure_reports(sent).len(), 1);
     // One line for the refusal (the later call's "after the download ended" aside).
     let logged: Vec<String> = lines_with("not for the running image")
         .into_iter()
@@ -242,35 +223,16 @@ fn a_wrong_old_size_is_refused_before_any_byte() {
 fn a_digest_the_firmware_declares_is_used_and_the_image_not_read() {
     let _g = serial();
     let (patch, old) = (patch(), old());
-    let read = Arc::new(AtomicUsize::new(0));
-    let source = HttpSource::new(HttpConfig::default()).unwrap();
-    let sent: Sent = Arc::default();
-    let s = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Sagoo),
-        Box::new(Recorder(sent.clone())),
-        Box::new(source),
-    )
-    .unwrap();
     // The firmware declares a digest that is not its image's: it is believed.
     let declared = DeltaOptions {
         old_sha256: Some([7; 32]),
-        ..DeltaOptions::for_slot(64 * 1024)
+        ..DeltaOptions::for_slot(SLOT)
     };
-    let counting = CountingOld {
-        image: old.clone(),
-        read: read.clone(),
-    };
-    s.set_delta_source(Box::new(counting), declared).unwrap();
+    let (s, sent, read) = session(Protocol::Sagoo, old.clone(), declared);
     assert_eq!(read.load(SeqCst), 0, "a declared digest spares the read");
     let server = FirmwareServer::start(patch.clone()).unwrap();
     let ext = requirement(&old.len().to_string(), &sha256_hex(&old));
-    s.handle_message(
-        s.downstream_topic(),
-        sagoo_notice(&patch, &server.url(), &ext).as_bytes(),
-    )
-    .unwrap();
+    upgrade(&s, &sagoo_notice(&patch, &server.url(), &ext));
     refused(
         &s,
         &sent,
@@ -278,27 +240,11 @@ fn a_digest_the_firmware_declares_is_used_and_the_image_not_read() {
         "for an old image of another SHA-256",
     );
     // Without a declared digest the image is read once, whole, when the source is set.
-    let (s2, _) = session(
+    let (_, _, read) = session(
         Protocol::Sagoo,
         old.clone(),
         DeltaOptions::for_slot(1 << 16),
     );
-    drop(s2);
-    let read = Arc::new(AtomicUsize::new(0));
-    let s3 = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Sagoo),
-        Box::new(Recorder(Arc::default())),
-        Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
-    )
-    .unwrap();
-    let counting = CountingOld {
-        image: old.clone(),
-        read: read.clone(),
-    };
-    s3.set_delta_source(Box::new(counting), DeltaOptions::for_slot(1 << 16))
-        .unwrap();
     assert_eq!(read.load(SeqCst), old.len());
 }
 
@@ -318,14 +264,7 @@ impl OldImage for Unreadable {
 #[test]
 fn an_unreadable_old_image_is_refused_when_it_is_set() {
     let _g = serial();
-    let s = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Sagoo),
-        Box::new(Recorder(Arc::default())),
-        Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
-    )
-    .unwrap();
+    let (s, _) = device(Protocol::Sagoo, None, |_| {});
     let r = s.set_delta_source(Box::new(Unreadable(100)), DeltaOptions::for_slot(1 << 16));
     assert_eq!(
         r,
@@ -340,7 +279,7 @@ fn an_unreadable_old_image_is_refused_when_it_is_set() {
 fn a_malformed_old_digest_refuses_the_notice() {
     let _g = serial();
     let (patch, old) = (patch(), old());
-    let (s, sent) = session(
+    let (s, sent, _) = session(
         Protocol::Sagoo,
         old.clone(),
         DeltaOptions::for_slot(1 << 16),
@@ -354,7 +293,7 @@ fn a_malformed_old_digest_refuses_the_notice() {
     );
     assert!(!s.is_fetching());
     assert!(
-        failures(&sent).is_empty(),
+        failure_reports(&sent).is_empty(),
         "a malformed message is not reported"
     );
     let ext = requirement("\"12a\"", &sha256_hex(&old));
@@ -380,9 +319,13 @@ fn no_requirement_works_as_before_and_says_so_once() {
     let server = FirmwareServer::start(patch.clone()).unwrap();
     let ext = r#"{"strategy":"b-7","key1":"value1"}"#;
     let (s, sent) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), ext));
-    let (stored, valid, error) = sample(&s);
-    assert!(stored == new() && valid && error.is_none(), "{error:?}");
-    assert!(failures(&sent).is_empty());
+    let out = sample(&s, BUF);
+    assert!(
+        out.stored == new() && out.valid && out.errors.is_empty(),
+        "{:?}",
+        out.errors
+    );
+    assert!(failure_reports(&sent).is_empty());
     let said = lines_with("nothing ties the patch to the running image");
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].starts_with("[inf]"), "{said:?}");
@@ -393,7 +336,7 @@ fn aliyun_reads_the_requirement_from_an_ext_data_object() {
     let _g = serial();
     let (patch, old) = (patch(), old());
     let server = FirmwareServer::start(patch.clone()).unwrap();
-    let (s, sent) = session(
+    let (s, sent, _) = session(
         Protocol::Aliyun,
         old.clone(),
         DeltaOptions::for_slot(1 << 16),
@@ -589,9 +532,9 @@ fn the_new_image_the_message_names_is_checked_when_it_is_complete() {
     // named: valid.
     let ext = naming_the_new_image(&sha256_hex(&new()));
     let (s, sent) = sagoo_device(old(), &sagoo_notice(&patch, &server.url(), &ext));
-    let (stored, valid, error) = sample(&s);
-    assert!(stored == new() && valid, "{error:?}");
-    assert!(failures(&sent).is_empty());
+    let out = sample(&s, BUF);
+    assert!(out.stored == new() && out.valid, "{:?}", out.errors);
+    assert!(out.errors.is_empty() && failure_reports(&sent).is_empty());
     // The message names another new image (what a patch made from another old image, or a
     // platform's wrong patch, comes to): every byte handed out, never valid, one verify-failed
     // report.
@@ -599,13 +542,13 @@ fn the_new_image_the_message_names_is_checked_when_it_is_complete() {
     other[100] ^= 1;
     let ext = naming_the_new_image(&sha256_hex(&other));
     let (s, sent) = sagoo_device(old(), &sagoo_notice(&patch, &server.url(), &ext));
-    let (stored, valid, _) = sample(&s);
+    let out = sample(&s, BUF);
     assert!(
-        !valid,
+        !out.valid,
         "a new image other than the one named is never valid"
     );
-    assert_eq!(stored.len(), new().len());
-    let failures = failures(&sent);
+    assert_eq!(out.stored.len(), new().len());
+    let failures = failure_reports(&sent);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures[0].contains(r#""step":"-3""#)
