@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::delta::{device, fixture, sample, upgrade, DeltaSource, SLOT};
 use common::recorder::{failure_reports, Sent};
@@ -362,152 +362,46 @@ fn aliyun_reads_the_requirement_from_an_ext_data_object() {
 
 mod c_api {
     use super::*;
-    use common::cmqtt::mqtt_param;
-    use ota::ffi::delta::IOT_OTA_SetDeltaSource;
-    use ota::ffi::mqtt::{IOT_MQTT_Construct, IOT_MQTT_Destroy, IOT_MQTT_Yield};
+    use common::capi::{sample, Cloud, Device};
+    use common::delta::{set_delta_source, Answer, Flash};
     use ota::ffi::ota::*;
-    use ota::mqtt::{MqttEvent, QoS};
-    use ota::{MqttClient, MqttOptions};
     use ota_cloud::broker::EmbeddedBroker;
-
-    const WAIT: Duration = Duration::from_secs(10);
-
-    /// The firmware's reader: `ctx` is a `Vec<u8>` holding the running image.
-    unsafe extern "C" fn read_old(ctx: *mut c_void, offset: u32, buf: *mut u8, len: u32) -> c_int {
-        let image = &*(ctx as *const Vec<u8>);
-        let (at, n) = (offset as usize, len as usize);
-        match image.get(at..at + n) {
-            Some(src) => {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), buf, n);
-                len as c_int
-            }
-            None => -1,
-        }
-    }
 
     #[test]
     fn a_patch_for_another_old_image_is_iot_otae_delta_old_mismatch() {
         let _g = serial();
         let (patch, old) = (patch(), old());
+        let dn = "dnOld";
         let broker = EmbeddedBroker::start().expect("broker starts");
-        let (pk, dn) = ("pkDelta", "dnOld");
         // The platform: publishes the upgrade, records the progress reports.
-        let cloud = MqttClient::connect(&MqttOptions::new("127.0.0.1", broker.port(), "cloud"))
-            .expect("cloud connects");
-        let acks = Arc::new(AtomicUsize::new(0));
-        let counter = acks.clone();
-        cloud.on_event(move |e| {
-            if matches!(e, MqttEvent::SubscribeAck { .. }) {
-                counter.fetch_add(1, SeqCst);
-            }
-        });
-        let progress: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = progress.clone();
-        cloud
-            .subscribe(
-                &format!("/ota/device/progress/{pk}/{dn}"),
-                QoS::AtLeastOnce,
-                move |m| {
-                    let text = String::from_utf8_lossy(m.payload).into_owned();
-                    sink.lock().unwrap().push(text);
-                },
-            )
-            .unwrap();
-        common::wait::until("the cloud's subscription", WAIT, || {
-            cloud.yield_for(Duration::from_millis(20)).unwrap();
-            acks.load(SeqCst) > 0
-        });
+        let cloud = Cloud::new(broker.port(), dn);
         // The device, through the C functions only.
-        let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
-        let client_id = CString::new(format!("{pk}.{dn}")).unwrap();
-        let mut param = mqtt_param(broker.port(), &client_id, subacks);
-        let mut mqtt = unsafe { IOT_MQTT_Construct(&mut param) };
-        assert!(!mqtt.is_null());
-        let (cpk, cdn) = (CString::new(pk).unwrap(), CString::new(dn).unwrap());
-        let h = unsafe {
-            IOT_OTA_InitWithProtocol(cpk.as_ptr(), cdn.as_ptr(), mqtt, IOT_OTA_PROTOCOL_SAGOO)
-        };
-        assert!(!h.is_null());
-        let running: &'static Vec<u8> = Box::leak(Box::new(old.clone()));
-        let rc = unsafe {
-            IOT_OTA_SetDeltaSource(
-                h,
-                Some(read_old),
-                running as *const Vec<u8> as *mut c_void,
-                running.len() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
-        common::wait::until("the device's subscription", WAIT, || {
-            unsafe { IOT_MQTT_Yield(mqtt, 20) };
-            subacks.load(SeqCst) > 0
-        });
+        let dev = Device::with_protocol(broker.port(), dn, IOT_OTA_PROTOCOL_SAGOO);
+        assert_eq!(
+            set_delta_source(dev.ota, Flash::of(PAIR, Answer::Honest)),
+            0
+        );
         let server = FirmwareServer::start(patch.clone()).unwrap();
         let other = fixture("unrelated.old");
         let ext = requirement(&old.len().to_string(), &sha256_hex(&other));
-        let notice = sagoo_notice(&patch, &server.url(), &ext);
-        cloud
-            .publish(
-                &format!("/ota/device/upgrade/{pk}/{dn}"),
-                QoS::AtLeastOnce,
-                false,
-                notice.as_bytes(),
-            )
-            .unwrap();
-        common::wait::until("the upgrade is accepted", WAIT, || {
-            cloud.yield_for(Duration::from_millis(20)).unwrap();
-            unsafe { IOT_MQTT_Yield(mqtt, 20) };
-            IOT_OTA_IsFetching(h) == 1
-        });
-        let mut buf = vec![0u8; 4096];
-        let mut handed = 0;
-        let mut code = 0;
-        let deadline = Instant::now() + WAIT;
-        while IOT_OTA_IsFetchFinish(h) == 0 {
-            assert!(Instant::now() < deadline, "the download did not end");
-            let n = unsafe {
-                IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast::<c_char>(), buf.len() as u32, 1)
-            };
-            if n < 0 {
-                code = n;
-            } else {
-                handed += n;
-            }
-        }
+        cloud.announce(&dev, &sagoo_notice(&patch, &server.url(), &ext));
+        let got = sample(&dev, 4096);
         let mismatch = IOT_OTA_Err_t::IOT_OTAE_DELTA_OLD_MISMATCH as c_int;
         assert_eq!(mismatch, -44);
-        assert_eq!((code, handed), (mismatch, 0));
-        assert_eq!(IOT_OTA_GetLastError(h), mismatch);
-        let mut verdict: u32 = 1;
-        let rc = unsafe {
-            ota::ffi::ioctl::IOT_OTA_Ioctl(
-                h,
-                IOT_OTAG_CHECK_FIRMWARE,
-                (&mut verdict as *mut u32).cast(),
-                4,
-            )
-        };
-        assert!(rc != 0 || verdict == 0, "CHECK_FIRMWARE is never 1");
-        common::wait::until("the failure report", WAIT, || {
-            unsafe { IOT_MQTT_Yield(mqtt, 20) };
-            cloud.yield_for(Duration::from_millis(20)).unwrap();
-            progress
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|p| p.contains("\"-1\""))
-        });
-        let failures: Vec<String> = progress
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|p| p.contains("\"step\":\"-"))
-            .cloned()
-            .collect();
+        assert_eq!(got.failures, [mismatch]);
+        assert!(got.image.is_empty() && !got.wrote_on_error);
+        assert_eq!(IOT_OTA_GetLastError(dev.ota), mismatch);
+        assert_eq!(
+            dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE),
+            Ok(0),
+            "CHECK_FIRMWARE is never 1"
+        );
+        let failures = cloud.failures(&dev, true);
         assert_eq!(failures.len(), 1, "{failures:?}");
-        assert!(failures[0].contains("another SHA-256"), "{failures:?}");
-        assert_eq!(unsafe { IOT_OTA_Deinit(h) }, 0);
-        assert_eq!(unsafe { IOT_MQTT_Destroy(&mut mqtt) }, 0);
+        assert!(
+            failures[0].contains(r#""step":"-1""#) && failures[0].contains("another SHA-256"),
+            "{failures:?}"
+        );
     }
 }
 

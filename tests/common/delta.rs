@@ -1,12 +1,16 @@
 //! Delta upgrades for tests: the committed detools fixtures (tests/fixtures/delta/, made by the
-//! real detools; make.py there), a device whose session has a delta source, and the iotkit
-//! sample's firmware loop that downloads through it.
+//! real detools; make.py there), a device whose session has a delta source, the iotkit
+//! sample's firmware loop that downloads through it, and the running image as a C firmware's
+//! reader gives it to IOT_OTA_SetDeltaSource.
 
+use std::ffi::{c_int, c_void};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ota::delta::OldImage;
+use ota::ffi::delta::IOT_OTA_SetDeltaSource;
 use ota::ota::DeltaOptions;
 use ota::source::{HttpConfig, HttpSource};
 use ota::{Error, OtaConfig, OtaSession, Protocol};
@@ -208,4 +212,81 @@ pub fn sample(s: &OtaSession, buf_len: usize) -> Sampled {
         errors: firmware.errors,
         valid,
     }
+}
+
+/// How a test's reader of the running image answers, through the C ABI.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Answer {
+    Honest,
+    /// The `n`-th read (from 1) returns -1.
+    FailsAt(usize),
+    /// The `n`-th read copies its bytes and returns `len - 1`.
+    ShortAt(usize),
+    /// The `n`-th read copies its bytes and returns `len + 1`.
+    LongAt(usize),
+}
+
+/// The running image as firmware would read it from flash; `ctx` of [`read_old`].
+pub struct Flash {
+    pub image: Vec<u8>,
+    /// The `old_size` given to IOT_OTA_SetDeltaSource.
+    pub declared: u32,
+    pub answer: Answer,
+    pub reads: AtomicUsize,
+    /// Reads outside `declared` (the SDK promises none).
+    pub outside: AtomicUsize,
+    /// Reads made while IOT_OTA_SetDeltaSource computed the image's SHA-256 (one pass over
+    /// it): `answer` counts the reads after them, those of the patch.
+    pub at_set: AtomicUsize,
+}
+
+impl Flash {
+    /// The old image of the fixture pair `pair`, declared whole, answering as `answer` says;
+    /// it lives as long as the test process, as the handle's `ctx` must.
+    pub fn of(pair: &str, answer: Answer) -> &'static Flash {
+        let image = fixture(&format!("{pair}.old"));
+        Box::leak(Box::new(Flash {
+            declared: image.len() as u32,
+            image,
+            answer,
+            reads: AtomicUsize::new(0),
+            outside: AtomicUsize::new(0),
+            at_set: AtomicUsize::new(0),
+        }))
+    }
+}
+
+/// The firmware's `IOT_OTA_OldImageRead`: `ctx` is a [`Flash`].
+///
+/// # Safety
+/// `ctx` is a `Flash` that outlives the handle; `buf` is NULL or holds `len` bytes.
+pub unsafe extern "C" fn read_old(ctx: *mut c_void, offset: u32, buf: *mut u8, len: u32) -> c_int {
+    let flash = &*(ctx as *const Flash);
+    let n = (flash.reads.fetch_add(1, SeqCst) + 1).wrapping_sub(flash.at_set.load(SeqCst));
+    let (at, len) = (offset as usize, len as usize);
+    if buf.is_null() || at + len > flash.declared as usize || at + len > flash.image.len() {
+        flash.outside.fetch_add(1, SeqCst);
+        return -1;
+    }
+    match flash.answer {
+        Answer::FailsAt(k) if k == n => return -1,
+        _ => {}
+    }
+    std::ptr::copy_nonoverlapping(flash.image[at..].as_ptr(), buf, len);
+    match flash.answer {
+        Answer::ShortAt(k) if k == n => len as c_int - 1,
+        Answer::LongAt(k) if k == n => len as c_int + 1,
+        _ => len as c_int,
+    }
+}
+
+/// IOT_OTA_SetDeltaSource(`ota`, [`read_old`], `flash`, its declared size): the reads it
+/// makes over the whole image (to know its SHA-256) are honest, [`Flash::answer`] counts from
+/// the first read after them.
+pub fn set_delta_source(ota: *mut c_void, flash: &Flash) -> c_int {
+    let ctx = flash as *const Flash as *mut c_void;
+    flash.at_set.store(usize::MAX / 2, SeqCst);
+    let rc = unsafe { IOT_OTA_SetDeltaSource(ota, Some(read_old), ctx, flash.declared) };
+    flash.at_set.store(flash.reads.load(SeqCst), SeqCst);
+    rc
 }

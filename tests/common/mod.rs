@@ -4,6 +4,7 @@
 // Every test file is its own crate, and none uses all of this.
 #![allow(dead_code)]
 
+pub mod capi;
 pub mod certs;
 pub mod cmqtt;
 pub mod delta;
