@@ -333,6 +333,17 @@ struct FaultyOld {
     misread: Misread,
 }
 
+impl FaultyOld {
+    /// inserted-block.old, read through a reader that misbehaves as `misread` says.
+    fn inserted_block(misread: Misread) -> Box<dyn OldImage + Send> {
+        Box::new(FaultyOld {
+            image: leaked(&fixture("inserted-block.old")),
+            reads: 0,
+            misread,
+        })
+    }
+}
+
 impl OldImage for FaultyOld {
     fn size(&self) -> u64 {
         self.image.len() as u64
@@ -352,7 +363,6 @@ impl OldImage for FaultyOld {
 
 #[test]
 fn an_old_image_reader_that_fails_or_reads_short_ends_the_download_once() {
-    let old = leaked(&fixture("inserted-block.old"));
     let new = fixture("inserted-block.new");
     for compression in ["heatshrink", "none"] {
         let patch = fixture(&format!("inserted-block.{compression}.patch"));
@@ -364,13 +374,8 @@ fn an_old_image_reader_that_fails_or_reads_short_ends_the_download_once() {
         ] {
             for buf_len in [100, 5000] {
                 let what = format!("{compression}, {misread:?}, {buf_len}-byte calls");
-                let reader = FaultyOld {
-                    image: old,
-                    reads: 0,
-                    misread,
-                };
-                let (s, sent, _server) =
-                    device(&patch, Box::new(reader), DeltaOptions::for_slot(SLOT));
+                let reader = FaultyOld::inserted_block(misread);
+                let (s, sent, _server) = device(&patch, reader, DeltaOptions::for_slot(SLOT));
                 let out = sample(&s, buf_len);
                 let desc = "the old image could not be read";
                 match misread {
@@ -403,16 +408,11 @@ fn a_refused_patch_leaves_nothing_behind_for_the_next_upgrade() {
     // The first download is refused while patch bytes wait in the patch buffer (the reader's
     // first read fails); the platform then sends the upgrade again. The second download must
     // start from its own first byte: a patch, applied whole, valid.
-    let old = leaked(&fixture("inserted-block.old"));
     let new = fixture("inserted-block.new");
     for compression in ["none", "heatshrink"] {
         let patch = fixture(&format!("inserted-block.{compression}.patch"));
-        let reader = FaultyOld {
-            image: old,
-            reads: 0,
-            misread: Misread::Fails(1, -1),
-        };
-        let (s, sent, server) = device(&patch, Box::new(reader), DeltaOptions::for_slot(SLOT));
+        let reader = FaultyOld::inserted_block(Misread::Fails(1, -1));
+        let (s, sent, server) = device(&patch, reader, DeltaOptions::for_slot(SLOT));
         let out = sample(&s, 5000);
         assert_refused(
             compression,
