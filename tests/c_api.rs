@@ -5,13 +5,14 @@
 //! Each test has its own broker and device names, and every wait is bounded.
 
 mod common;
+use common::capi::{cstring, sample, setup, Cloud, Device, FILL, PK, WAIT};
 use common::cmqtt::mqtt_param;
 use common::net::free_port;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ota::ffi::gateway::*;
@@ -23,8 +24,7 @@ use ota::ffi::mqtt::{
     IOTX_MQTT_QOS1, NULL_VALUE_ERROR,
 };
 use ota::ffi::ota::*;
-use ota::mqtt::{MqttEvent, QoS};
-use ota::{MqttClient, MqttOptions};
+use ota::mqtt::QoS;
 use ota_cloud::broker::EmbeddedBroker;
 use ota_cloud::http::{Faults, FirmwareServer};
 
@@ -34,19 +34,8 @@ const INVALID_STATE: c_int = IOT_OTA_Err_t::IOT_OTAE_INVALID_STATE as c_int;
 const STR_TOO_LONG: c_int = IOT_OTA_Err_t::IOT_OTAE_STR_TOO_LONG as c_int;
 const FETCH_FAILED: c_int = IOT_OTA_Err_t::IOT_OTAE_FETCH_FAILED as c_int;
 
-const PK: &str = "pkCapi";
-/// Upper bound of every wait (a message to arrive, a download to end).
-const WAIT: Duration = Duration::from_secs(10);
-/// Upper bound of one Ioctl call (it never blocks on I/O; more means a deadlock).
-const CALL_LIMIT: Duration = Duration::from_secs(5);
-/// Bytes of 0xAA after every buffer handed to the library, checked afterwards.
-const GUARD: usize = 64;
-const FILL: u8 = 0xAA;
+/// The firmware's buffer.
 const FIRMWARE_BUF: usize = 5000;
-
-fn cstring(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
 
 /// Subscription handler: appends the payload to the `Mutex<Vec<Vec<u8>>>` at `ctx`.
 unsafe extern "C" fn collect_payloads(
@@ -71,286 +60,22 @@ unsafe extern "C" fn collect_payloads(
         .push(payload.to_vec());
 }
 
-/// The device side, built purely through the C functions.
-struct Device {
-    mqtt: *mut c_void,
-    ota: *mut c_void,
-    /// SUBSCRIBE_SUCCESS events seen by `handle_event` (leaked: the client may outlive a panic).
-    subacks: &'static AtomicUsize,
-    /// A call never returned: the handles are leaked rather than freed under it.
-    wedged: std::cell::Cell<bool>,
-}
-
-impl Device {
-    /// Connects the MQTT client only.
-    fn connect(port: u16, dn: &str) -> Device {
-        let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
-        let client_id = cstring(&format!("{PK}.{dn}"));
-        let mut param = mqtt_param(port, &client_id, subacks);
-        let mqtt = unsafe { IOT_MQTT_Construct(&mut param) };
-        assert!(!mqtt.is_null(), "IOT_MQTT_Construct to port {port} failed");
-        Device {
-            mqtt,
-            ota: null_mut(),
-            subacks,
-            wedged: std::cell::Cell::new(false),
-        }
-    }
-
-    /// Connects and initialises OTA; returns once the upgrade topic subscription is acknowledged
-    /// (so an upgrade published afterwards cannot be lost).
-    fn new(port: u16, dn: &str) -> Device {
-        let mut d = Device::connect(port, dn);
-        d.init_ota(dn);
-        d
-    }
-
-    fn init_ota(&mut self, dn: &str) {
-        let before = self.subacks.load(SeqCst);
-        let (pk, dn) = (cstring(PK), cstring(dn));
-        self.ota = unsafe { IOT_OTA_Init(pk.as_ptr(), dn.as_ptr(), self.mqtt) };
-        assert!(!self.ota.is_null(), "IOT_OTA_Init failed");
-        self.wait_until("the upgrade topic subscription is acknowledged", || {
-            self.subacks.load(SeqCst) > before
-        });
-    }
-
-    fn yield_ms(&self, ms: c_int) {
-        assert_eq!(
-            unsafe { IOT_MQTT_Yield(self.mqtt, ms) },
-            0,
-            "IOT_MQTT_Yield"
-        );
-    }
-
-    fn wait_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            self.yield_ms(50);
-        }
-    }
-
-    fn last_error(&self) -> c_int {
-        IOT_OTA_GetLastError(self.ota)
-    }
-
-    fn report_version(&self, version: &str) -> c_int {
-        unsafe { IOT_OTA_ReportVersion(self.ota, cstring(version).as_ptr()) }
-    }
-
-    fn state(&self) -> u32 {
-        self.ioctl_u32(IOT_OTAG_STATE).expect("IOT_OTAG_STATE")
-    }
-
-    /// Calls IOT_OTA_Ioctl on a `buf_len`-byte window of a larger 0xAA-filled buffer, on another
-    /// thread so that a deadlock fails the test instead of hanging it. Checks that nothing was
-    /// written past `buf_len`, and nothing at all on failure.
-    fn ioctl(&self, kind: c_int, buf_len: usize) -> (c_int, Vec<u8>) {
-        let mut buf = vec![FILL; buf_len + GUARD];
-        let (h, p) = (self.ota as usize, buf.as_mut_ptr() as usize);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx
-                .send(unsafe { IOT_OTA_Ioctl(h as *mut c_void, kind, p as *mut c_void, buf_len) });
-        });
-        let Ok(rc) = rx.recv_timeout(CALL_LIMIT) else {
-            self.wedged.set(true);
-            std::mem::forget(buf);
-            panic!("IOT_OTA_Ioctl(type {kind}, buf_len {buf_len}) did not return within {CALL_LIMIT:?} (deadlock)");
-        };
-        assert!(
-            buf[buf_len..].iter().all(|&b| b == FILL),
-            "IOT_OTA_Ioctl(type {kind}, buf_len {buf_len}) wrote past buf_len"
-        );
-        if rc != 0 {
-            assert!(
-                buf.iter().all(|&b| b == FILL),
-                "IOT_OTA_Ioctl(type {kind}, buf_len {buf_len}) failed with {rc} but wrote into the buffer"
-            );
-        }
-        buf.truncate(buf_len);
-        (rc, buf)
-    }
-
-    fn ioctl_u32(&self, kind: c_int) -> Result<u32, c_int> {
-        match self.ioctl(kind, 4) {
-            (0, b) => Ok(u32::from_ne_bytes(b[..4].try_into().unwrap())),
-            (rc, _) => Err(rc),
-        }
-    }
-
-    fn ioctl_str(&self, kind: c_int, buf_len: usize) -> Result<String, c_int> {
-        match self.ioctl(kind, buf_len) {
-            (0, b) => {
-                let s =
-                    CStr::from_bytes_until_nul(&b).expect("answer is NUL-terminated in buf_len");
-                Ok(s.to_str().unwrap().to_string())
-            }
-            (rc, _) => Err(rc),
-        }
-    }
-
-    /// A later valid call still works: the handles survived whatever came before.
-    fn assert_usable(&self) {
-        assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(self.mqtt) }, 1);
-        assert_eq!(
-            self.report_version("1.0.0"),
-            0,
-            "ReportVersion after errors"
-        );
-        self.yield_ms(10);
-        assert!(self.state() >= IOT_OTA_State_t::IOT_OTAS_INITED as u32);
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        if self.wedged.get() {
-            return;
-        }
-        let quiet = std::thread::panicking();
-        if !self.ota.is_null() {
-            let rc = unsafe { IOT_OTA_Deinit(self.ota) };
-            assert!(quiet || rc == 0, "IOT_OTA_Deinit returned {rc}");
-        }
-        if !self.mqtt.is_null() {
-            let rc = unsafe { IOT_MQTT_Destroy(&mut self.mqtt) };
-            assert!(
-                quiet || (rc == 0 && self.mqtt.is_null()),
-                "IOT_MQTT_Destroy returned {rc}"
-            );
-        }
-    }
-}
-
-/// The platform: publishes upgrade notifications and records the device's progress reports.
-struct Cloud {
-    client: MqttClient,
-    upgrade_topic: String,
-    progress: Arc<Mutex<Vec<String>>>,
-}
-
-impl Cloud {
-    fn new(port: u16, dn: &str) -> Cloud {
-        let client =
-            MqttClient::connect(&MqttOptions::new("127.0.0.1", port, &format!("cloud.{dn}")))
-                .expect("cloud connects to the broker");
-        let acks = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&acks);
-        client.on_event(move |e| {
-            if matches!(e, MqttEvent::SubscribeAck { .. }) {
-                counter.fetch_add(1, SeqCst);
-            }
-        });
-        let progress = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&progress);
-        client
-            .subscribe(
-                &format!("/ota/device/progress/{PK}/{dn}"),
-                QoS::AtLeastOnce,
-                move |m| {
-                    let text = String::from_utf8_lossy(m.payload).into_owned();
-                    sink.lock().unwrap().push(text);
-                },
-            )
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while acks.load(SeqCst) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "cloud subscription not acknowledged"
-            );
-            client.yield_for(Duration::from_millis(50)).unwrap();
-        }
-        Cloud {
-            client,
-            upgrade_topic: format!("/ota/device/upgrade/{PK}/{dn}"),
-            progress,
-        }
-    }
-
-    fn publish(&self, payload: &[u8]) {
-        self.client
-            .publish(&self.upgrade_topic, QoS::AtLeastOnce, false, payload)
-            .unwrap();
-        self.client.yield_for(Duration::from_millis(50)).unwrap();
-    }
-
-    /// Drives both sides until a progress report matching `pred` arrives; returns it.
-    fn wait_progress(&self, dev: &Device, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(m) = self.progress.lock().unwrap().iter().find(|m| pred(m)) {
-                return m.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no progress report {what}; got {:?}",
-                self.progress.lock().unwrap()
-            );
-            dev.yield_ms(20);
-            self.client.yield_for(Duration::from_millis(30)).unwrap();
-        }
-    }
-}
-
-fn setup(dn: &str) -> (EmbeddedBroker, Device, Cloud) {
-    let broker = EmbeddedBroker::start().expect("broker starts");
-    let cloud = Cloud::new(broker.port(), dn);
-    let dev = Device::new(broker.port(), dn);
-    (broker, dev, cloud)
-}
-
+/// An Aliyun upgrade to 2.0.0 announcing `size` bytes.
 fn upgrade_msg(size: u64, url: &str, md5: &str) -> String {
-    format!(
-        r#"{{"code":"1000","data":{{"size":{size},"version":"2.0.0","url":"{url}","md5":"{md5}"}},"id":1,"message":"success"}}"#
-    )
+    common::firmware::aliyun_notice_of(size as usize, md5, url, "2.0.0")
 }
 
-/// Publishes a valid upgrade and waits until the device is fetching.
-fn announce(dev: &Device, cloud: &Cloud, msg: &str) {
-    cloud.publish(msg.as_bytes());
-    dev.wait_until("the upgrade is accepted", || {
-        IOT_OTA_IsFetching(dev.ota) == 1
-    });
-}
-
-/// Firmware's download loop: FetchYield(…, 1 s) into a 5000-byte buffer until IsFetchFinish.
-/// Checks after every call that nothing beyond the returned count was written. Returns the
-/// bytes and the failure code, if FetchYield failed.
+/// The iotkit sample's loop with the firmware's buffer: the bytes, and the first error if
+/// FetchYield failed (a failing call writes nothing).
 fn download(dev: &Device) -> (Vec<u8>, Option<c_int>) {
-    let mut buf = vec![FILL; FIRMWARE_BUF + GUARD];
-    let mut image = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while IOT_OTA_IsFetchFinish(dev.ota) == 0 {
-        assert!(Instant::now() < deadline, "download did not end in time");
-        buf.fill(FILL);
-        let n = unsafe {
-            IOT_OTA_FetchYield(
-                dev.ota,
-                buf.as_mut_ptr().cast::<c_char>(),
-                FIRMWARE_BUF as u32,
-                1,
-            )
-        };
-        if n < 0 {
-            assert!(
-                buf.iter().all(|&b| b == FILL),
-                "FetchYield failed with {n} but wrote"
-            );
-            return (image, Some(n));
-        }
-        let n = n as usize;
-        assert!(n <= FIRMWARE_BUF, "FetchYield returned {n} > buf_len");
-        assert!(
-            buf[n..].iter().all(|&b| b == FILL),
-            "FetchYield wrote beyond the {n} bytes it returned"
-        );
-        image.extend_from_slice(&buf[..n]);
-        dev.yield_ms(0);
-    }
-    (image, None)
+    let fetched = sample(dev, FIRMWARE_BUF);
+    assert!(
+        !fetched.wrote_on_error,
+        "FetchYield failed with {:?} but wrote",
+        fetched.failures
+    );
+    let error = fetched.error();
+    (fetched.image, error)
 }
 
 // 1. NULL and foreign arguments
@@ -563,7 +288,7 @@ fn ota_init_rejects_null_arguments_and_foreign_handles() {
 
     // The MQTT handle is intact, and a valid init works.
     assert_eq!(unsafe { IOT_MQTT_CheckStateNormal(dev.mqtt) }, 1);
-    dev.init_ota("init-args");
+    dev.init_ota("init-args", None);
     dev.assert_usable();
 }
 
@@ -916,9 +641,8 @@ fn wrong_state_and_bad_arguments_on_a_live_session() {
 
     // An accepted upgrade that has not been downloaded yet.
     let md5 = "93230c3bde425a9d7984a594ac55ea1e";
-    announce(
+    cloud.announce(
         &dev,
-        &cloud,
         &upgrade_msg(1000, "http://127.0.0.1:9/firmware.bin", md5),
     );
     assert_eq!(dev.state(), IOT_OTA_State_t::IOT_OTAS_FETCHING as u32);
@@ -959,11 +683,7 @@ fn good_upgrade_through_the_c_api() {
     let md5 = ota_cloud::cloud::md5_hex(&image);
     let server = FirmwareServer::start(image.clone()).unwrap();
     assert_eq!(dev.report_version("1.0.0"), 0);
-    announce(
-        &dev,
-        &cloud,
-        &upgrade_msg(image.len() as u64, &server.url(), &md5),
-    );
+    cloud.announce(&dev, &upgrade_msg(image.len() as u64, &server.url(), &md5));
 
     let (got, failed) = download(&dev);
     assert_eq!(failed, None);
@@ -1014,9 +734,8 @@ fn good_upgrade_through_the_c_api() {
 fn short_buffer_is_refused(dn: &str, kind: c_int, buf_len: usize) {
     let (_broker, dev, cloud) = setup(dn);
     let md5 = "93230c3bde425a9d7984a594ac55ea1e";
-    announce(
+    cloud.announce(
         &dev,
-        &cloud,
         &upgrade_msg(1000, "http://127.0.0.1:9/firmware.bin", md5),
     );
     assert_eq!(dev.ioctl_str(kind, buf_len), Err(STR_TOO_LONG));
@@ -1089,7 +808,7 @@ fn bad_upgrade_messages_change_nothing() {
     dev.assert_usable();
 
     // A good message is still accepted; bad ones afterwards leave the accepted upgrade alone.
-    announce(&dev, &cloud, &upgrade_msg(1234, url, md5));
+    cloud.announce(&dev, &upgrade_msg(1234, url, md5));
     check_all(&dev, IOT_OTA_State_t::IOT_OTAS_FETCHING);
     assert_eq!(IOT_OTA_IsFetching(h), 1);
     assert_eq!(dev.ioctl_u32(IOT_OTAG_FILE_SIZE), Ok(1234));
@@ -1119,11 +838,7 @@ fn http_404_fails_the_download_and_is_reported_as_step_minus_2() {
     };
     let server = FirmwareServer::start_with(image.clone(), faults).unwrap();
     let md5 = ota_cloud::cloud::md5_hex(&image);
-    announce(
-        &dev,
-        &cloud,
-        &upgrade_msg(image.len() as u64, &server.url(), &md5),
-    );
+    cloud.announce(&dev, &upgrade_msg(image.len() as u64, &server.url(), &md5));
     let (got, failed) = download(&dev);
     assert_eq!(failed, Some(FETCH_FAILED));
     assert!(got.is_empty());
@@ -1147,9 +862,8 @@ fn refused_connection_fails_the_download_after_the_retry_limit() {
         INVALID_PARAM
     );
     let url = format!("http://127.0.0.1:{}/firmware.bin", free_port());
-    announce(
+    cloud.announce(
         &dev,
-        &cloud,
         &upgrade_msg(1000, &url, "93230c3bde425a9d7984a594ac55ea1e"),
     );
     let (got, failed) = download(&dev);
@@ -1167,11 +881,7 @@ fn server_file_larger_than_announced_is_cut_at_the_announced_size() {
     // The digest of exactly the announced bytes: only the size mismatch can fail the check.
     let md5 = ota_cloud::cloud::md5_hex(&image[..announced]);
     let server = FirmwareServer::start(image.clone()).unwrap();
-    announce(
-        &dev,
-        &cloud,
-        &upgrade_msg(announced as u64, &server.url(), &md5),
-    );
+    cloud.announce(&dev, &upgrade_msg(announced as u64, &server.url(), &md5));
     let (got, failed) = download(&dev);
     assert_eq!(failed, None);
     assert_eq!(
@@ -1191,9 +901,8 @@ fn wrong_md5_is_rejected_and_reported_as_step_minus_3() {
     let image = ota_cloud::generate_firmware(40_000);
     let server = FirmwareServer::start(image.clone()).unwrap();
     let wrong = ota_cloud::cloud::md5_hex(b"not the image");
-    announce(
+    cloud.announce(
         &dev,
-        &cloud,
         &upgrade_msg(image.len() as u64, &server.url(), &wrong),
     );
     let (got, failed) = download(&dev);
@@ -1433,7 +1142,7 @@ fn mqtt_download_through_the_c_api() {
     let msg = package
         .upgrade_message(CloudProtocol::Aliyun, 1, &CloudOptions::default())
         .unwrap();
-    announce(&dev, &cloud, &msg);
+    cloud.announce(&dev, &msg);
     // Set once an upgrade is under way: refused, the download goes on.
     assert_eq!(set(dev.ota, 2048), INVALID_STATE);
     assert_eq!(set(dev.ota, 0), INVALID_STATE, "nor turned off");

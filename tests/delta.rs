@@ -7,11 +7,14 @@
 //! a state saved mid-patch and restored continues to the same image; and the applier allocates
 //! only when it is made.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::delta::fixture;
 use ota::delta::{
     Compression, DeltaBudget, DeltaError, OldImage, OldReadError, PatchApplier, PatchHeader, Stop,
     STATE_MAX,
@@ -67,10 +70,6 @@ fn counted<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
     )
 }
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/delta")
-}
-
 /// A committed patch with its pair of images.
 struct Fixture {
     name: String,
@@ -81,8 +80,7 @@ struct Fixture {
 
 /// Every patch listed in the fixtures' MANIFEST.
 fn fixtures() -> Vec<Fixture> {
-    let dir = fixtures_dir();
-    let manifest = std::fs::read_to_string(dir.join("MANIFEST")).expect("MANIFEST");
+    let manifest = String::from_utf8(fixture("MANIFEST")).expect("MANIFEST");
     let mut out = Vec::new();
     for line in manifest.lines().filter(|l| !l.starts_with('#')) {
         let file = line.split(' ').next().unwrap();
@@ -92,9 +90,9 @@ fn fixtures() -> Vec<Fixture> {
         let pair = stem.split('.').next().unwrap();
         out.push(Fixture {
             name: stem.to_string(),
-            old: std::fs::read(dir.join(format!("{pair}.old"))).unwrap(),
-            new: std::fs::read(dir.join(format!("{pair}.new"))).unwrap(),
-            patch: std::fs::read(dir.join(file)).unwrap(),
+            old: fixture(&format!("{pair}.old")),
+            new: fixture(&format!("{pair}.new")),
+            patch: fixture(file),
         });
     }
     assert!(out.len() >= 10, "the fixtures are missing: run make.py");
@@ -179,13 +177,12 @@ fn fixtures_apply_byte_exact_in_any_pieces() {
 
 #[test]
 fn heatshrink_parameters_come_from_the_patch() {
-    let dir = fixtures_dir();
     for (file, window, lookahead) in [
         ("small-change.heatshrink.patch", 8, 7),
         ("small-change.heatshrink-w4-l3.patch", 4, 3),
         ("small-change.heatshrink-w11-l4.patch", 11, 4),
     ] {
-        let patch = std::fs::read(dir.join(file)).unwrap();
+        let patch = fixture(file);
         let h = PatchHeader::parse(&patch).unwrap().unwrap();
         assert_eq!(
             (h.window_bits, h.lookahead_bits),
@@ -197,9 +194,8 @@ fn heatshrink_parameters_come_from_the_patch() {
 
 #[test]
 fn a_window_over_the_budget_is_refused_before_any_byte() {
-    let dir = fixtures_dir();
-    let patch = std::fs::read(dir.join("small-change.heatshrink-w11-l4.patch")).unwrap();
-    let old = std::fs::read(dir.join("small-change.old")).unwrap();
+    let patch = fixture("small-change.heatshrink-w11-l4.patch");
+    let old = fixture("small-change.old");
     let budget = DeltaBudget {
         max_window_bits: 10,
         old_chunk: 64,

@@ -12,28 +12,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use common::recorder::{payloads, Recorder, Sent};
+use common::delta::{aliyun_device, fixture, leaked, sample, DeltaSource, Sampled, SLOT};
+use common::recorder::{failure_reports, Sent};
 use ota::delta::{DeltaBudget, DeltaError, OldImage, OldReadError};
 use ota::ota::DeltaOptions;
-use ota::source::{HttpConfig, HttpSource};
-use ota::{Error, OtaConfig, OtaSession, Protocol};
+use ota::{Error, OtaSession};
 use ota_cloud::FirmwareServer;
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The slot of every device here, unless a test says otherwise.
-const SLOT: u64 = 64 * 1024;
-
-/// A session on Aliyun with `old` as its delta source, told to upgrade to `served` (served
+/// A device on Aliyun with `old` as its delta source, told to upgrade to `served` (served
 /// as it is, announced with its own MD5).
 fn device(
     served: &[u8],
@@ -41,15 +27,6 @@ fn device(
     options: DeltaOptions,
 ) -> (OtaSession, Sent, FirmwareServer) {
     let server = FirmwareServer::start(served.to_vec()).unwrap();
-    let sent: Sent = Arc::default();
-    let session = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Aliyun),
-        Box::new(Recorder(sent.clone())),
-        Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
-    )
-    .unwrap();
     // The running image's digest is declared, so the SDK does not read the old image at
     // set_delta_source (tests/delta_old_image.rs covers that read): the readers here misbehave
     // while the patch is applied. No message here names an old image, so it is never compared.
@@ -57,70 +34,17 @@ fn device(
         old_sha256: options.old_sha256.or(Some([0; 32])),
         ..options
     };
-    session.set_delta_source(old, options).unwrap();
-    session.report_version("1.0.0").unwrap();
-    let notice = common::firmware::aliyun_notice(served, &server.url(), "2.0.0");
-    session
-        .handle_message(session.downstream_topic(), notice.as_bytes())
-        .unwrap();
-    assert!(session.is_fetching());
+    let source = DeltaSource {
+        image: old,
+        options,
+    };
+    let (session, sent) = aliyun_device(&server, served, Some(source));
     (session, sent, server)
 }
 
-fn leaked(old: Vec<u8>) -> Box<dyn OldImage + Send> {
-    let old: &'static [u8] = Box::leak(old.into_boxed_slice());
-    Box::new(old)
-}
-
-/// What the sample's loop ended with.
-struct Outcome {
-    stored: Vec<u8>,
-    /// Every error FetchYield returned, in order.
-    errors: Vec<Error>,
-    valid: bool,
-    failures: Vec<String>,
-}
-
-/// The iotkit sample's loop, with a `buf_len`-byte buffer. Checks on the way that nothing is
-/// handed out past the size FILE_SIZE gives, and that FETCHED_SIZE follows what was stored.
-fn sample(s: &OtaSession, sent: &Sent, buf_len: usize) -> Outcome {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stored = Vec::new();
-    let mut errors = Vec::new();
-    let mut buf = vec![0u8; buf_len];
-    while !s.is_fetch_finished() {
-        assert!(Instant::now() < deadline, "stuck at {}", stored.len());
-        match s.fetch_yield(&mut buf, Duration::from_secs(1)) {
-            Ok(n) if n > 0 => {
-                stored.extend_from_slice(&buf[..n]);
-                assert!(
-                    stored.len() as u64 <= s.file_size(),
-                    "{} bytes handed out of a {}-byte image",
-                    stored.len(),
-                    s.file_size()
-                );
-                assert_eq!(s.fetched_size(), stored.len() as u64);
-            }
-            r => {
-                if let Err(e) = r {
-                    errors.push(e);
-                }
-                // As the sample does; the SDK keeps it to one failure report per upgrade.
-                let _ = s.report_progress(-2, None);
-            }
-        }
-    }
-    let valid = s.check_firmware().unwrap();
-    let failures = payloads(sent)
-        .into_iter()
-        .filter(|p| p.contains(r#""step":"-"#))
-        .collect();
-    Outcome {
-        stored,
-        errors,
-        valid,
-        failures,
-    }
+/// `old` in memory, as a delta source's image.
+fn in_memory(old: &[u8]) -> Box<dyn OldImage + Send> {
+    Box::new(leaked(old))
 }
 
 /// The checks every refused patch shares: the download ended with `Error::Delta` matching
@@ -132,7 +56,8 @@ fn sample(s: &OtaSession, sent: &Sent, buf_len: usize) -> Outcome {
 fn assert_refused(
     what: &str,
     s: &OtaSession,
-    out: &Outcome,
+    sent: &Sent,
+    out: &Sampled,
     new: Option<&[u8]>,
     desc: &str,
     want: impl Fn(&DeltaError) -> bool,
@@ -148,11 +73,12 @@ fn assert_refused(
         "{what}: last error {:?}",
         s.last_error()
     );
-    assert_eq!(out.failures.len(), 1, "{what}: {:?}", out.failures);
+    let failures = failure_reports(sent);
+    assert_eq!(failures.len(), 1, "{what}: {failures:?}");
     assert!(
-        out.failures[0].contains(desc),
+        failures[0].contains(desc),
         "{what}: report {:?} lacks {desc:?}",
-        out.failures[0]
+        failures[0]
     );
     assert!(
         (out.stored.len() as u64) <= s.file_size(),
@@ -185,11 +111,11 @@ fn a_truncated_patch_served_and_announced_as_it_is_fails_once() {
                 let served = &patch[..cut];
                 let (s, sent, _server) = device(
                     served,
-                    leaked(fixture("inserted-block.old")),
+                    in_memory(&fixture("inserted-block.old")),
                     DeltaOptions::for_slot(SLOT),
                 );
-                let out = sample(&s, &sent, buf_len);
-                assert_refused(&what, &s, &out, Some(&new), "ends before", |e| {
+                let out = sample(&s, buf_len);
+                assert_refused(&what, &s, &sent, &out, Some(&new), "ends before", |e| {
                     matches!(e, DeltaError::Truncated { new_size: 6700, .. })
                 });
                 assert_eq!(s.file_size(), new.len() as u64, "{what}: FILE_SIZE");
@@ -235,13 +161,13 @@ fn a_corrupted_heatshrink_stream_with_its_own_digest_is_refused_by_the_applier()
             served[at] ^= 0xff;
             let (s, sent, _server) = device(
                 &served,
-                leaked(fixture("inserted-block.old")),
+                in_memory(&fixture("inserted-block.old")),
                 DeltaOptions::for_slot(SLOT),
             );
-            let out = sample(&s, &sent, buf_len);
+            let out = sample(&s, buf_len);
             // Bytes made before the applier meets the corruption may already differ from the
             // new image (the corruption changed them): CHECK_FIRMWARE 0 is what tells.
-            assert_refused(&what, &s, &out, None, desc, want);
+            assert_refused(&what, &s, &sent, &out, None, desc, want);
             assert_eq!(s.file_size(), new.len() as u64, "{what}: FILE_SIZE");
         }
     }
@@ -288,12 +214,13 @@ fn a_seek_outside_the_old_image_is_refused() {
     for seek in [-1000i64, 10_000] {
         let what = format!("seek {seek}");
         let patch = seeking_patch(run, seek);
-        let (s, sent, _server) = device(&patch, leaked(old.clone()), DeltaOptions::for_slot(SLOT));
-        let out = sample(&s, &sent, 5000);
+        let (s, sent, _server) = device(&patch, in_memory(&old), DeltaOptions::for_slot(SLOT));
+        let out = sample(&s, 5000);
         let new: Vec<u8> = old[..run].iter().chain(&old[..run]).copied().collect();
         assert_refused(
             &what,
             &s,
+            &sent,
             &out,
             Some(&new),
             "does not fit the running image",
@@ -311,9 +238,9 @@ fn a_seek_outside_the_old_image_is_refused() {
     }
     // The same patch with a seek inside the image is applied: the refusal is the seek's.
     let patch = seeking_patch(run, -(run as i64));
-    let (s, sent, _server) = device(&patch, leaked(old.clone()), DeltaOptions::for_slot(SLOT));
-    let out = sample(&s, &sent, 5000);
-    assert!(out.valid && out.errors.is_empty() && out.failures.is_empty());
+    let (s, sent, _server) = device(&patch, in_memory(&old), DeltaOptions::for_slot(SLOT));
+    let out = sample(&s, 5000);
+    assert!(out.valid && out.errors.is_empty() && failure_reports(&sent).is_empty());
     assert!(out.stored[..run] == old[..run] && out.stored[run..] == old[..run]);
 }
 
@@ -327,17 +254,17 @@ fn a_patch_naming_a_new_image_larger_than_the_slot_is_handed_out_as_a_plain_imag
     let patch = fixture("inserted-block.heatshrink.patch");
     let (s, sent, _server) = device(
         &patch,
-        leaked(fixture("inserted-block.old")),
+        in_memory(&fixture("inserted-block.old")),
         DeltaOptions::for_slot(6699),
     );
-    let out = sample(&s, &sent, 5000);
+    let out = sample(&s, 5000);
     assert!(out.stored == patch, "the patch's bytes, as served");
     assert_eq!(
         s.file_size(),
         patch.len() as u64,
         "FILE_SIZE is the download's"
     );
-    assert!(out.errors.is_empty() && out.failures.is_empty());
+    assert!(out.errors.is_empty() && failure_reports(&sent).is_empty());
     assert!(
         out.valid,
         "the platform's digest is the only check, and it passes"
@@ -346,11 +273,12 @@ fn a_patch_naming_a_new_image_larger_than_the_slot_is_handed_out_as_a_plain_imag
     // One byte more of slot and the same download is a patch.
     let (s, sent, _server) = device(
         &patch,
-        leaked(fixture("inserted-block.old")),
+        in_memory(&fixture("inserted-block.old")),
         DeltaOptions::for_slot(6700),
     );
-    let out = sample(&s, &sent, 5000);
+    let out = sample(&s, 5000);
     assert!(out.stored == fixture("inserted-block.new") && out.valid);
+    assert!(out.errors.is_empty() && failure_reports(&sent).is_empty());
 }
 
 #[test]
@@ -368,11 +296,12 @@ fn a_heatshrink_patch_with_a_window_over_the_budget_is_refused() {
         max_new_size: SLOT,
         old_sha256: None,
     };
-    let (s, sent, _server) = device(&patch, leaked(fixture("inserted-block.old")), options);
-    let out = sample(&s, &sent, 5000);
+    let (s, sent, _server) = device(&patch, in_memory(&fixture("inserted-block.old")), options);
+    let out = sample(&s, 5000);
     assert_refused(
         "window 2^8, budget 2^7",
         &s,
+        &sent,
         &out,
         Some(&new),
         "delta patch",
@@ -404,6 +333,17 @@ struct FaultyOld {
     misread: Misread,
 }
 
+impl FaultyOld {
+    /// inserted-block.old, read through a reader that misbehaves as `misread` says.
+    fn inserted_block(misread: Misread) -> Box<dyn OldImage + Send> {
+        Box::new(FaultyOld {
+            image: leaked(&fixture("inserted-block.old")),
+            reads: 0,
+            misread,
+        })
+    }
+}
+
 impl OldImage for FaultyOld {
     fn size(&self) -> u64 {
         self.image.len() as u64
@@ -423,7 +363,6 @@ impl OldImage for FaultyOld {
 
 #[test]
 fn an_old_image_reader_that_fails_or_reads_short_ends_the_download_once() {
-    let old: &'static [u8] = Box::leak(fixture("inserted-block.old").into_boxed_slice());
     let new = fixture("inserted-block.new");
     for compression in ["heatshrink", "none"] {
         let patch = fixture(&format!("inserted-block.{compression}.patch"));
@@ -435,19 +374,15 @@ fn an_old_image_reader_that_fails_or_reads_short_ends_the_download_once() {
         ] {
             for buf_len in [100, 5000] {
                 let what = format!("{compression}, {misread:?}, {buf_len}-byte calls");
-                let reader = FaultyOld {
-                    image: old,
-                    reads: 0,
-                    misread,
-                };
-                let (s, sent, _server) =
-                    device(&patch, Box::new(reader), DeltaOptions::for_slot(SLOT));
-                let out = sample(&s, &sent, buf_len);
+                let reader = FaultyOld::inserted_block(misread);
+                let (s, sent, _server) = device(&patch, reader, DeltaOptions::for_slot(SLOT));
+                let out = sample(&s, buf_len);
                 let desc = "the old image could not be read";
                 match misread {
                     Misread::Fails(_, code) => assert_refused(
                         &what,
                         &s,
+                        &sent,
                         &out,
                         Some(&new),
                         desc,
@@ -456,6 +391,7 @@ fn an_old_image_reader_that_fails_or_reads_short_ends_the_download_once() {
                     Misread::Short(_) => assert_refused(
                         &what,
                         &s,
+                        &sent,
                         &out,
                         Some(&new),
                         desc,
@@ -472,20 +408,16 @@ fn a_refused_patch_leaves_nothing_behind_for_the_next_upgrade() {
     // The first download is refused while patch bytes wait in the patch buffer (the reader's
     // first read fails); the platform then sends the upgrade again. The second download must
     // start from its own first byte: a patch, applied whole, valid.
-    let old: &'static [u8] = Box::leak(fixture("inserted-block.old").into_boxed_slice());
     let new = fixture("inserted-block.new");
     for compression in ["none", "heatshrink"] {
         let patch = fixture(&format!("inserted-block.{compression}.patch"));
-        let reader = FaultyOld {
-            image: old,
-            reads: 0,
-            misread: Misread::Fails(1, -1),
-        };
-        let (s, sent, server) = device(&patch, Box::new(reader), DeltaOptions::for_slot(SLOT));
-        let out = sample(&s, &sent, 5000);
+        let reader = FaultyOld::inserted_block(Misread::Fails(1, -1));
+        let (s, sent, server) = device(&patch, reader, DeltaOptions::for_slot(SLOT));
+        let out = sample(&s, 5000);
         assert_refused(
             compression,
             &s,
+            &sent,
             &out,
             Some(&new),
             "could not be read",
@@ -495,7 +427,7 @@ fn a_refused_patch_leaves_nothing_behind_for_the_next_upgrade() {
         s.handle_message(s.downstream_topic(), notice.as_bytes())
             .unwrap();
         assert!(s.is_fetching(), "{compression}: the second upgrade starts");
-        let again = sample(&s, &sent, 5000);
+        let again = sample(&s, 5000);
         assert!(again.errors.is_empty(), "{compression}: {:?}", again.errors);
         assert!(
             again.stored == new,
@@ -503,6 +435,6 @@ fn a_refused_patch_leaves_nothing_behind_for_the_next_upgrade() {
             again.stored.len()
         );
         assert!(again.valid, "{compression}");
-        assert_eq!(again.failures.len(), 1, "no second failure report");
+        assert_eq!(failure_reports(&sent).len(), 1, "no second failure report");
     }
 }

@@ -7,28 +7,20 @@
 
 mod common;
 
-use std::ffi::{c_char, c_int, c_void, CString};
-use std::path::PathBuf;
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::recorder::{payloads, Recorder, Sent};
+use common::delta::{device, fixture, sample, upgrade, DeltaSource, SLOT};
+use common::recorder::{failure_reports, Sent};
 use ota::delta::{DeltaError, OldImage, OldImageMismatch, OldReadError};
 use ota::error::NoticeError;
 use ota::ota::DeltaOptions;
-use ota::source::{HttpConfig, HttpSource};
-use ota::{Error, OtaConfig, OtaSession, Protocol};
+use ota::{Error, OtaSession, Protocol};
 use ota_cloud::{sha256_hex, FirmwareServer};
 
 const PAIR: &str = "small-change";
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn old() -> Vec<u8> {
     fixture(&format!("{PAIR}.old"))
@@ -98,61 +90,35 @@ impl OldImage for CountingOld {
     }
 }
 
-/// A session of `protocol` with `old` as its delta source, before any upgrade message.
-fn session(protocol: Protocol, old: Vec<u8>, options: DeltaOptions) -> (OtaSession, Sent) {
-    let sent: Sent = Arc::default();
-    let source = HttpSource::new(HttpConfig::default()).unwrap();
-    let s = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(protocol),
-        Box::new(Recorder(sent.clone())),
-        Box::new(source),
-    )
-    .unwrap();
+/// A session of `protocol` with `old` as its delta source, before any upgrade message, and
+/// the count of bytes read from `old`.
+fn session(
+    protocol: Protocol,
+    old: Vec<u8>,
+    options: DeltaOptions,
+) -> (OtaSession, Sent, Arc<AtomicUsize>) {
+    let read = Arc::new(AtomicUsize::new(0));
     let old = CountingOld {
         image: old,
-        read: Arc::default(),
+        read: read.clone(),
     };
-    s.set_delta_source(Box::new(old), options).unwrap();
-    s.report_version("1.0.0").unwrap();
-    (s, sent)
+    let source = DeltaSource {
+        image: Box::new(old),
+        options,
+    };
+    let (s, sent) = device(protocol, Some(source), |_| {});
+    (s, sent, read)
 }
 
 /// A SagooIOT session running `old`, told to upgrade with `notice`.
 fn sagoo_device(old: Vec<u8>, notice: &str) -> (OtaSession, Sent) {
-    let (s, sent) = session(Protocol::Sagoo, old, DeltaOptions::for_slot(64 * 1024));
-    s.handle_message(s.downstream_topic(), notice.as_bytes())
-        .unwrap();
-    assert!(s.is_fetching());
+    let (s, sent, _) = session(Protocol::Sagoo, old, DeltaOptions::for_slot(SLOT));
+    upgrade(&s, notice);
     (s, sent)
 }
 
-/// The iotkit sample's loop: the bytes stored, the verdict, and the first FetchYield error.
-fn sample(s: &OtaSession) -> (Vec<u8>, bool, Option<Error>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stored = Vec::new();
-    let mut first_error = None;
-    let mut buf = vec![0u8; 777];
-    while !s.is_fetch_finished() {
-        assert!(Instant::now() < deadline, "stuck at {}", stored.len());
-        match s.fetch_yield(&mut buf, Duration::from_secs(1)) {
-            Ok(n) => stored.extend_from_slice(&buf[..n]),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    (stored, s.check_firmware().unwrap(), first_error)
-}
-
-/// The failure reports (negative steps) the session published.
-fn failures(sent: &Sent) -> Vec<String> {
-    payloads(sent)
-        .into_iter()
-        .filter(|p| p.contains("\"step\":\"-"))
-        .collect()
-}
+/// The buffer of the firmware here.
+const BUF: usize = 777;
 
 #[test]
 fn a_patch_for_the_running_image_makes_the_new_image() {
@@ -161,10 +127,14 @@ fn a_patch_for_the_running_image_makes_the_new_image() {
     let server = FirmwareServer::start(patch.clone()).unwrap();
     let ext = requirement(&old.len().to_string(), &sha256_hex(&old));
     let (s, sent) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), &ext));
-    let (stored, valid, error) = sample(&s);
-    assert!(stored == new(), "{} bytes", stored.len());
-    assert!(valid && error.is_none(), "{error:?}");
-    assert!(failures(&sent).is_empty(), "{:?}", failures(&sent));
+    let out = sample(&s, BUF);
+    assert!(out.stored == new(), "{} bytes", out.stored.len());
+    assert!(out.valid && out.errors.is_empty(), "{:?}", out.errors);
+    assert!(
+        failure_reports(&sent).is_empty(),
+        "{:?}",
+        failure_reports(&sent)
+    );
     assert!(lines_with("nothing ties").is_empty());
     // The size may come as a string of digits, the digest in capitals.
     let old = self::old();
@@ -174,20 +144,24 @@ fn a_patch_for_the_running_image_makes_the_new_image() {
         &sha256_hex(&old).to_uppercase(),
     );
     let (s, _) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), &ext));
-    let (stored, valid, _) = sample(&s);
-    assert!(stored == new() && valid);
+    let out = sample(&s, BUF);
+    assert!(out.stored == new() && out.valid && out.errors.is_empty());
 }
 
 /// Runs a patch whose message requires another old image: nothing is handed out, the
 /// download ends with `Error::DeltaOldImage(want)`, one failure report saying `desc`.
 fn refused(s: &OtaSession, sent: &Sent, want: OldImageMismatch, desc: &str) {
-    let (stored, valid, error) = sample(s);
-    assert!(stored.is_empty(), "{} bytes handed out", stored.len());
-    assert!(!valid, "never a valid verdict");
-    assert_eq!(error, Some(Error::DeltaOldImage(want)));
+    let out = sample(s, BUF);
+    assert!(
+        out.stored.is_empty(),
+        "{} bytes handed out",
+        out.stored.len()
+    );
+    assert!(!out.valid, "never a valid verdict");
+    assert_eq!(out.errors, [Error::DeltaOldImage(want)]);
     assert_eq!(s.last_error(), Some(Error::DeltaOldImage(want)));
     assert_eq!(s.fetched_size(), 0);
-    let failures = failures(sent);
+    let failures = failure_reports(sent);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures[0].contains(r#""step":"-1""#) && failures[0].contains(desc),
@@ -200,7 +174,7 @@ fn refused(s: &OtaSession, sent: &Sent, want: OldImageMismatch, desc: &str) {
         Err(Error::DeltaOldImage(want))
     );
     assert!(!s.check_firmware().unwrap());
-    assert_eq!(self::failures(sent).len(), 1);
+    assert_eq!(failure_reports(sent).len(), 1);
     // One line for the refusal (the later call's "after the download ended" aside).
     let logged: Vec<String> = lines_with("not for the running image")
         .into_iter()
@@ -249,35 +223,16 @@ fn a_wrong_old_size_is_refused_before_any_byte() {
 fn a_digest_the_firmware_declares_is_used_and_the_image_not_read() {
     let _g = serial();
     let (patch, old) = (patch(), old());
-    let read = Arc::new(AtomicUsize::new(0));
-    let source = HttpSource::new(HttpConfig::default()).unwrap();
-    let sent: Sent = Arc::default();
-    let s = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Sagoo),
-        Box::new(Recorder(sent.clone())),
-        Box::new(source),
-    )
-    .unwrap();
     // The firmware declares a digest that is not its image's: it is believed.
     let declared = DeltaOptions {
         old_sha256: Some([7; 32]),
-        ..DeltaOptions::for_slot(64 * 1024)
+        ..DeltaOptions::for_slot(SLOT)
     };
-    let counting = CountingOld {
-        image: old.clone(),
-        read: read.clone(),
-    };
-    s.set_delta_source(Box::new(counting), declared).unwrap();
+    let (s, sent, read) = session(Protocol::Sagoo, old.clone(), declared);
     assert_eq!(read.load(SeqCst), 0, "a declared digest spares the read");
     let server = FirmwareServer::start(patch.clone()).unwrap();
     let ext = requirement(&old.len().to_string(), &sha256_hex(&old));
-    s.handle_message(
-        s.downstream_topic(),
-        sagoo_notice(&patch, &server.url(), &ext).as_bytes(),
-    )
-    .unwrap();
+    upgrade(&s, &sagoo_notice(&patch, &server.url(), &ext));
     refused(
         &s,
         &sent,
@@ -285,27 +240,11 @@ fn a_digest_the_firmware_declares_is_used_and_the_image_not_read() {
         "for an old image of another SHA-256",
     );
     // Without a declared digest the image is read once, whole, when the source is set.
-    let (s2, _) = session(
+    let (_, _, read) = session(
         Protocol::Sagoo,
         old.clone(),
         DeltaOptions::for_slot(1 << 16),
     );
-    drop(s2);
-    let read = Arc::new(AtomicUsize::new(0));
-    let s3 = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Sagoo),
-        Box::new(Recorder(Arc::default())),
-        Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
-    )
-    .unwrap();
-    let counting = CountingOld {
-        image: old.clone(),
-        read: read.clone(),
-    };
-    s3.set_delta_source(Box::new(counting), DeltaOptions::for_slot(1 << 16))
-        .unwrap();
     assert_eq!(read.load(SeqCst), old.len());
 }
 
@@ -325,14 +264,7 @@ impl OldImage for Unreadable {
 #[test]
 fn an_unreadable_old_image_is_refused_when_it_is_set() {
     let _g = serial();
-    let s = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Sagoo),
-        Box::new(Recorder(Arc::default())),
-        Box::new(HttpSource::new(HttpConfig::default()).unwrap()),
-    )
-    .unwrap();
+    let (s, _) = device(Protocol::Sagoo, None, |_| {});
     let r = s.set_delta_source(Box::new(Unreadable(100)), DeltaOptions::for_slot(1 << 16));
     assert_eq!(
         r,
@@ -347,7 +279,7 @@ fn an_unreadable_old_image_is_refused_when_it_is_set() {
 fn a_malformed_old_digest_refuses_the_notice() {
     let _g = serial();
     let (patch, old) = (patch(), old());
-    let (s, sent) = session(
+    let (s, sent, _) = session(
         Protocol::Sagoo,
         old.clone(),
         DeltaOptions::for_slot(1 << 16),
@@ -361,7 +293,7 @@ fn a_malformed_old_digest_refuses_the_notice() {
     );
     assert!(!s.is_fetching());
     assert!(
-        failures(&sent).is_empty(),
+        failure_reports(&sent).is_empty(),
         "a malformed message is not reported"
     );
     let ext = requirement("\"12a\"", &sha256_hex(&old));
@@ -387,9 +319,13 @@ fn no_requirement_works_as_before_and_says_so_once() {
     let server = FirmwareServer::start(patch.clone()).unwrap();
     let ext = r#"{"strategy":"b-7","key1":"value1"}"#;
     let (s, sent) = sagoo_device(old, &sagoo_notice(&patch, &server.url(), ext));
-    let (stored, valid, error) = sample(&s);
-    assert!(stored == new() && valid && error.is_none(), "{error:?}");
-    assert!(failures(&sent).is_empty());
+    let out = sample(&s, BUF);
+    assert!(
+        out.stored == new() && out.valid && out.errors.is_empty(),
+        "{:?}",
+        out.errors
+    );
+    assert!(failure_reports(&sent).is_empty());
     let said = lines_with("nothing ties the patch to the running image");
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].starts_with("[inf]"), "{said:?}");
@@ -400,7 +336,7 @@ fn aliyun_reads_the_requirement_from_an_ext_data_object() {
     let _g = serial();
     let (patch, old) = (patch(), old());
     let server = FirmwareServer::start(patch.clone()).unwrap();
-    let (s, sent) = session(
+    let (s, sent, _) = session(
         Protocol::Aliyun,
         old.clone(),
         DeltaOptions::for_slot(1 << 16),
@@ -426,152 +362,46 @@ fn aliyun_reads_the_requirement_from_an_ext_data_object() {
 
 mod c_api {
     use super::*;
-    use common::cmqtt::mqtt_param;
-    use ota::ffi::delta::IOT_OTA_SetDeltaSource;
-    use ota::ffi::mqtt::{IOT_MQTT_Construct, IOT_MQTT_Destroy, IOT_MQTT_Yield};
+    use common::capi::{sample, Cloud, Device};
+    use common::delta::{set_delta_source, Answer, Flash};
     use ota::ffi::ota::*;
-    use ota::mqtt::{MqttEvent, QoS};
-    use ota::{MqttClient, MqttOptions};
     use ota_cloud::broker::EmbeddedBroker;
-
-    const WAIT: Duration = Duration::from_secs(10);
-
-    /// The firmware's reader: `ctx` is a `Vec<u8>` holding the running image.
-    unsafe extern "C" fn read_old(ctx: *mut c_void, offset: u32, buf: *mut u8, len: u32) -> c_int {
-        let image = &*(ctx as *const Vec<u8>);
-        let (at, n) = (offset as usize, len as usize);
-        match image.get(at..at + n) {
-            Some(src) => {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), buf, n);
-                len as c_int
-            }
-            None => -1,
-        }
-    }
 
     #[test]
     fn a_patch_for_another_old_image_is_iot_otae_delta_old_mismatch() {
         let _g = serial();
         let (patch, old) = (patch(), old());
+        let dn = "dnOld";
         let broker = EmbeddedBroker::start().expect("broker starts");
-        let (pk, dn) = ("pkDelta", "dnOld");
         // The platform: publishes the upgrade, records the progress reports.
-        let cloud = MqttClient::connect(&MqttOptions::new("127.0.0.1", broker.port(), "cloud"))
-            .expect("cloud connects");
-        let acks = Arc::new(AtomicUsize::new(0));
-        let counter = acks.clone();
-        cloud.on_event(move |e| {
-            if matches!(e, MqttEvent::SubscribeAck { .. }) {
-                counter.fetch_add(1, SeqCst);
-            }
-        });
-        let progress: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = progress.clone();
-        cloud
-            .subscribe(
-                &format!("/ota/device/progress/{pk}/{dn}"),
-                QoS::AtLeastOnce,
-                move |m| {
-                    let text = String::from_utf8_lossy(m.payload).into_owned();
-                    sink.lock().unwrap().push(text);
-                },
-            )
-            .unwrap();
-        common::wait::until("the cloud's subscription", WAIT, || {
-            cloud.yield_for(Duration::from_millis(20)).unwrap();
-            acks.load(SeqCst) > 0
-        });
+        let cloud = Cloud::new(broker.port(), dn);
         // The device, through the C functions only.
-        let subacks: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
-        let client_id = CString::new(format!("{pk}.{dn}")).unwrap();
-        let mut param = mqtt_param(broker.port(), &client_id, subacks);
-        let mut mqtt = unsafe { IOT_MQTT_Construct(&mut param) };
-        assert!(!mqtt.is_null());
-        let (cpk, cdn) = (CString::new(pk).unwrap(), CString::new(dn).unwrap());
-        let h = unsafe {
-            IOT_OTA_InitWithProtocol(cpk.as_ptr(), cdn.as_ptr(), mqtt, IOT_OTA_PROTOCOL_SAGOO)
-        };
-        assert!(!h.is_null());
-        let running: &'static Vec<u8> = Box::leak(Box::new(old.clone()));
-        let rc = unsafe {
-            IOT_OTA_SetDeltaSource(
-                h,
-                Some(read_old),
-                running as *const Vec<u8> as *mut c_void,
-                running.len() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
-        common::wait::until("the device's subscription", WAIT, || {
-            unsafe { IOT_MQTT_Yield(mqtt, 20) };
-            subacks.load(SeqCst) > 0
-        });
+        let dev = Device::with_protocol(broker.port(), dn, IOT_OTA_PROTOCOL_SAGOO);
+        assert_eq!(
+            set_delta_source(dev.ota, Flash::of(PAIR, Answer::Honest)),
+            0
+        );
         let server = FirmwareServer::start(patch.clone()).unwrap();
         let other = fixture("unrelated.old");
         let ext = requirement(&old.len().to_string(), &sha256_hex(&other));
-        let notice = sagoo_notice(&patch, &server.url(), &ext);
-        cloud
-            .publish(
-                &format!("/ota/device/upgrade/{pk}/{dn}"),
-                QoS::AtLeastOnce,
-                false,
-                notice.as_bytes(),
-            )
-            .unwrap();
-        common::wait::until("the upgrade is accepted", WAIT, || {
-            cloud.yield_for(Duration::from_millis(20)).unwrap();
-            unsafe { IOT_MQTT_Yield(mqtt, 20) };
-            IOT_OTA_IsFetching(h) == 1
-        });
-        let mut buf = vec![0u8; 4096];
-        let mut handed = 0;
-        let mut code = 0;
-        let deadline = Instant::now() + WAIT;
-        while IOT_OTA_IsFetchFinish(h) == 0 {
-            assert!(Instant::now() < deadline, "the download did not end");
-            let n = unsafe {
-                IOT_OTA_FetchYield(h, buf.as_mut_ptr().cast::<c_char>(), buf.len() as u32, 1)
-            };
-            if n < 0 {
-                code = n;
-            } else {
-                handed += n;
-            }
-        }
+        cloud.announce(&dev, &sagoo_notice(&patch, &server.url(), &ext));
+        let got = sample(&dev, 4096);
         let mismatch = IOT_OTA_Err_t::IOT_OTAE_DELTA_OLD_MISMATCH as c_int;
         assert_eq!(mismatch, -44);
-        assert_eq!((code, handed), (mismatch, 0));
-        assert_eq!(IOT_OTA_GetLastError(h), mismatch);
-        let mut verdict: u32 = 1;
-        let rc = unsafe {
-            ota::ffi::ioctl::IOT_OTA_Ioctl(
-                h,
-                IOT_OTAG_CHECK_FIRMWARE,
-                (&mut verdict as *mut u32).cast(),
-                4,
-            )
-        };
-        assert!(rc != 0 || verdict == 0, "CHECK_FIRMWARE is never 1");
-        common::wait::until("the failure report", WAIT, || {
-            unsafe { IOT_MQTT_Yield(mqtt, 20) };
-            cloud.yield_for(Duration::from_millis(20)).unwrap();
-            progress
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|p| p.contains("\"-1\""))
-        });
-        let failures: Vec<String> = progress
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|p| p.contains("\"step\":\"-"))
-            .cloned()
-            .collect();
+        assert_eq!(got.failures, [mismatch]);
+        assert!(got.image.is_empty() && !got.wrote_on_error);
+        assert_eq!(IOT_OTA_GetLastError(dev.ota), mismatch);
+        assert_eq!(
+            dev.ioctl_u32(IOT_OTAG_CHECK_FIRMWARE),
+            Ok(0),
+            "CHECK_FIRMWARE is never 1"
+        );
+        let failures = cloud.failures(&dev, true);
         assert_eq!(failures.len(), 1, "{failures:?}");
-        assert!(failures[0].contains("another SHA-256"), "{failures:?}");
-        assert_eq!(unsafe { IOT_OTA_Deinit(h) }, 0);
-        assert_eq!(unsafe { IOT_MQTT_Destroy(&mut mqtt) }, 0);
+        assert!(
+            failures[0].contains(r#""step":"-1""#) && failures[0].contains("another SHA-256"),
+            "{failures:?}"
+        );
     }
 }
 
@@ -596,9 +426,9 @@ fn the_new_image_the_message_names_is_checked_when_it_is_complete() {
     // named: valid.
     let ext = naming_the_new_image(&sha256_hex(&new()));
     let (s, sent) = sagoo_device(old(), &sagoo_notice(&patch, &server.url(), &ext));
-    let (stored, valid, error) = sample(&s);
-    assert!(stored == new() && valid, "{error:?}");
-    assert!(failures(&sent).is_empty());
+    let out = sample(&s, BUF);
+    assert!(out.stored == new() && out.valid, "{:?}", out.errors);
+    assert!(out.errors.is_empty() && failure_reports(&sent).is_empty());
     // The message names another new image (what a patch made from another old image, or a
     // platform's wrong patch, comes to): every byte handed out, never valid, one verify-failed
     // report.
@@ -606,13 +436,13 @@ fn the_new_image_the_message_names_is_checked_when_it_is_complete() {
     other[100] ^= 1;
     let ext = naming_the_new_image(&sha256_hex(&other));
     let (s, sent) = sagoo_device(old(), &sagoo_notice(&patch, &server.url(), &ext));
-    let (stored, valid, _) = sample(&s);
+    let out = sample(&s, BUF);
     assert!(
-        !valid,
+        !out.valid,
         "a new image other than the one named is never valid"
     );
-    assert_eq!(stored.len(), new().len());
-    let failures = failures(&sent);
+    assert_eq!(out.stored.len(), new().len());
+    let failures = failure_reports(&sent);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures[0].contains(r#""step":"-3""#)

@@ -8,22 +8,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::recorder::{Recorder, Sent};
-use ota::ota::DeltaOptions;
+use common::delta::{device, fixture, upgrade, DeltaSource, SampleFirmware};
 use ota::resume::{FileStore, SavePolicy, RECORD_LEN};
-use ota::source::{HttpConfig, HttpSource};
-use ota::{OtaConfig, OtaSession, Protocol};
+use ota::{OtaSession, Protocol};
 use ota_cloud::FirmwareServer;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ota-delta-resume-{}-{name}", std::process::id()));
@@ -41,51 +31,16 @@ fn boot(server: &FirmwareServer, served: &[u8], old: Option<&[u8]>, record: &Pat
 
 /// [`boot`] with the upgrade message `notice`.
 fn boot_with(old: Option<&[u8]>, record: &Path, notice: &str) -> OtaSession {
-    let sent: Sent = Arc::default();
-    let source = HttpSource::new(HttpConfig::default()).unwrap();
-    let s = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Aliyun),
-        Box::new(Recorder(sent)),
-        Box::new(source),
-    )
-    .unwrap();
-    s.set_breakpoint_store(Box::new(FileStore::new(record)))
-        .unwrap();
-    s.set_save_policy(SavePolicy {
-        every_bytes: 1,
-        every_percent: 0,
-    });
-    if let Some(old) = old {
-        let old: &'static [u8] = Box::leak(old.to_vec().into_boxed_slice());
-        s.set_delta_source(Box::new(old), DeltaOptions::for_slot(64 * 1024))
+    let (s, _) = device(Protocol::Aliyun, old.map(DeltaSource::in_memory), |s| {
+        s.set_breakpoint_store(Box::new(FileStore::new(record)))
             .unwrap();
-    }
-    s.report_version("1.0.0").unwrap();
-    s.handle_message(s.downstream_topic(), notice.as_bytes())
-        .unwrap();
-    assert!(s.is_fetching());
+        s.set_save_policy(SavePolicy {
+            every_bytes: 1,
+            every_percent: 0,
+        });
+    });
+    upgrade(&s, notice);
     s
-}
-
-/// The iotkit sample's loop in `buf_len`-byte calls, appending to `stored`, for at most
-/// `calls` calls (None: to the end); the verdict when it ended.
-fn run(s: &OtaSession, stored: &mut Vec<u8>, buf_len: usize, calls: Option<usize>) -> Option<bool> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut buf = vec![0u8; buf_len];
-    let mut made = 0;
-    while !s.is_fetch_finished() {
-        if calls.is_some_and(|c| made == c) {
-            return None;
-        }
-        assert!(Instant::now() < deadline, "stuck at {}", stored.len());
-        if let Ok(n) = s.fetch_yield(&mut buf, Duration::from_secs(1)) {
-            stored.extend_from_slice(&buf[..n]);
-        }
-        made += 1;
-    }
-    Some(s.check_firmware().unwrap())
 }
 
 /// Kills the device after `calls` calls, losing what the last call returned (the firmware had
@@ -103,25 +58,23 @@ fn killed_and_resumed(pair: &str, compression: &str, buf_len: usize, calls: usiz
     let server = FirmwareServer::start(patch.clone()).unwrap();
 
     let s = boot(&server, &patch, Some(&old), &record);
-    let mut stored = Vec::new();
-    let mut before_last = 0;
-    let mut buf = vec![0u8; buf_len];
+    let mut firmware = SampleFirmware::new(buf_len);
     let tailed = || std::fs::metadata(&record).is_ok_and(|m| m.len() as usize > RECORD_LEN);
     // At least `calls` calls, and on until a record with the delta tail is on disk (it is
     // written when the patch bytes read so far are used up).
-    let mut made = 0;
-    while made < calls || !tailed() {
+    assert_eq!(
+        firmware.run_for(&s, calls),
+        None,
+        "{what}: ended before the kill"
+    );
+    while !tailed() {
         assert!(!s.is_fetch_finished(), "{what}: ended before the kill");
-        before_last = stored.len();
-        if let Ok(n) = s.fetch_yield(&mut buf, Duration::from_secs(1)) {
-            stored.extend_from_slice(&buf[..n]);
-        }
-        made += 1;
+        firmware.call(&s);
     }
     assert!(!s.is_fetch_finished(), "{what}: ended before the kill");
     drop(s);
     // The power loss takes what the last call returned.
-    stored.truncate(before_last);
+    firmware.kill();
     let on_disk = std::fs::metadata(&record).unwrap().len() as usize;
     assert!(
         on_disk > RECORD_LEN,
@@ -129,27 +82,26 @@ fn killed_and_resumed(pair: &str, compression: &str, buf_len: usize, calls: usiz
     );
 
     let s = boot(&server, &patch, Some(&old), &record);
-    let resume_at = s.fetched_size() as usize;
+    let stored = firmware.stored.len();
+    // The sample writes at the offset the SDK gives after a restart, within what it stored.
+    let resume_at = firmware.resume(&s);
     assert!(
-        resume_at > 0 && resume_at <= stored.len(),
-        "{what}: resumes at new-image byte {resume_at}, within the {} stored",
-        stored.len()
+        resume_at > 0,
+        "{what}: resumes at new-image byte {resume_at}, within the {stored} stored",
     );
     assert_eq!(
         s.file_size(),
         new.len() as u64,
         "{what}: FILE_SIZE is the new image's"
     );
-    // The sample writes at the offset the SDK gives after a restart.
-    stored.truncate(resume_at);
-    let valid = run(&s, &mut stored, buf_len, None);
+    let valid = firmware.run(&s);
     assert!(
-        stored == new,
+        firmware.stored == new,
         "{what}: {} bytes of {}",
-        stored.len(),
+        firmware.stored.len(),
         new.len()
     );
-    assert_eq!(valid, Some(true), "{what}");
+    assert!(valid, "{what}");
 
     let mut log = server.requests_when(2, Duration::from_secs(5));
     // By arrival: the log is in the order the responses ended.
@@ -196,17 +148,16 @@ fn a_record_with_a_delta_tail_is_not_resumed_without_a_delta_source() {
     let record = dir.join("ota.bp");
     let server = FirmwareServer::start(patch.clone()).unwrap();
     let s = boot(&server, &patch, Some(&old), &record);
-    let mut stored = Vec::new();
-    assert_eq!(run(&s, &mut stored, 100, Some(30)), None);
+    assert_eq!(SampleFirmware::new(100).run_for(&s, 30), None);
     drop(s);
     assert!(std::fs::metadata(&record).unwrap().len() as usize > RECORD_LEN);
     // The firmware after the restart set no delta source: the patch's record means nothing to
     // it, and the download starts over (as the plain bytes of what is served).
     let s = boot(&server, &patch, None, &record);
     assert_eq!(s.fetched_size(), 0);
-    let mut stored = Vec::new();
-    assert_eq!(run(&s, &mut stored, 1000, None), Some(true));
-    assert!(stored == patch);
+    let out = common::delta::sample(&s, 1000);
+    assert!(out.valid && out.errors.is_empty(), "{:?}", out.errors);
+    assert!(out.stored == patch);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -218,8 +169,7 @@ fn a_corrupt_delta_tail_is_never_trusted() {
     let record = dir.join("ota.bp");
     let server = FirmwareServer::start(patch.clone()).unwrap();
     let s = boot(&server, &patch, Some(&old), &record);
-    let mut stored = Vec::new();
-    assert_eq!(run(&s, &mut stored, 100, Some(30)), None);
+    assert_eq!(SampleFirmware::new(100).run_for(&s, 30), None);
     drop(s);
     let bytes = std::fs::read(&record).unwrap();
     assert!(bytes.len() > RECORD_LEN + 100);
@@ -233,9 +183,13 @@ fn a_corrupt_delta_tail_is_never_trusted() {
         std::fs::write(&record, &damaged).unwrap();
         let s = boot(&server, &patch, Some(&old), &record);
         assert_eq!(s.fetched_size(), 0, "{damage}: starts over");
-        let mut stored = Vec::new();
-        assert_eq!(run(&s, &mut stored, 1000, None), Some(true), "{damage}");
-        assert!(stored == new, "{damage}");
+        let out = common::delta::sample(&s, 1000);
+        assert!(
+            out.valid && out.errors.is_empty(),
+            "{damage}: {:?}",
+            out.errors
+        );
+        assert!(out.stored == new, "{damage}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -293,17 +247,18 @@ fn the_old_image_requirement_holds_after_a_restart_too() {
     ] {
         let _ = std::fs::remove_file(&record);
         let s = boot_with(Some(&old), &record, &good);
-        let mut stored = Vec::new();
-        assert_eq!(run(&s, &mut stored, 50, Some(100)), None);
+        let mut firmware = SampleFirmware::new(50);
+        assert_eq!(firmware.run_for(&s, 100), None);
         drop(s);
+        firmware.kill();
         assert!(std::fs::metadata(&record).unwrap().len() as usize > RECORD_LEN);
         // After the restart the message (the same upgrade) names the running image, or, as if
         // the platform now meant the patch for another one, an image the device does not run.
         let s = boot_with(Some(&old), &record, &second);
-        assert!(s.fetched_size() > 0, "resumed from the record");
-        let resumed_at = s.fetched_size() as usize;
-        stored.truncate(resumed_at);
-        assert_eq!(run(&s, &mut stored, 50, None), Some(end == End::Valid));
+        let resumed_at = firmware.resume(&s);
+        assert!(resumed_at > 0, "resumed from the record");
+        assert_eq!(firmware.run(&s), end == End::Valid);
+        let stored = firmware.stored;
         let error = s.last_error();
         match end {
             End::Valid => assert!(stored == new),

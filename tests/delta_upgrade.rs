@@ -6,71 +6,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::recorder::{payloads, Recorder, Sent};
+use common::delta::{aliyun_device, fixture, sample, DeltaSource};
+use common::recorder::failure_reports;
 use ota::delta::DeltaError;
-use ota::ota::DeltaOptions;
-use ota::source::{HttpConfig, HttpSource};
-use ota::{Error, OtaConfig, OtaSession, Protocol};
+use ota::Error;
 use ota_cloud::http::Faults;
 use ota_cloud::FirmwareServer;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delta")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A session on Aliyun with `old` as its delta source (a slot of 64 KiB), told to upgrade to
-/// what `server` serves.
-fn device(server: &FirmwareServer, served: &[u8], old: Option<Vec<u8>>) -> (OtaSession, Sent) {
-    let sent: Sent = Arc::default();
-    let source = HttpSource::new(HttpConfig::default()).unwrap();
-    let session = OtaSession::new(
-        "pk",
-        "dn",
-        OtaConfig::for_protocol(Protocol::Aliyun),
-        Box::new(Recorder(sent.clone())),
-        Box::new(source),
-    )
-    .unwrap();
-    if let Some(old) = old {
-        let old: &'static [u8] = Box::leak(old.into_boxed_slice());
-        session
-            .set_delta_source(Box::new(old), DeltaOptions::for_slot(64 * 1024))
-            .unwrap();
-    }
-    session.report_version("1.0.0").unwrap();
-    let notice = common::firmware::aliyun_notice(served, &server.url(), "2.0.0");
-    session
-        .handle_message(session.downstream_topic(), notice.as_bytes())
-        .unwrap();
-    assert!(session.is_fetching());
-    (session, sent)
-}
-
-/// The iotkit sample's loop with a `buf_len`-byte buffer: the bytes stored, and the verdict.
-fn sample(s: &OtaSession, buf_len: usize) -> (Vec<u8>, bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stored = Vec::new();
-    let mut buf = vec![0u8; buf_len];
-    while !s.is_fetch_finished() {
-        assert!(Instant::now() < deadline, "stuck at {}", stored.len());
-        if let Ok(n) = s.fetch_yield(&mut buf, Duration::from_secs(1)) {
-            assert_eq!(
-                stored.len() as u64 + n as u64,
-                s.fetched_size(),
-                "FETCHED_SIZE counts what the caller got"
-            );
-            stored.extend_from_slice(&buf[..n]);
-        }
-    }
-    (stored, s.check_firmware().unwrap())
-}
 
 #[test]
 fn every_fixture_patch_makes_the_new_image_through_fetch_yield() {
@@ -89,16 +32,22 @@ fn every_fixture_patch_makes_the_new_image_through_fetch_yield() {
             );
             for buf_len in [1, 777, 5000] {
                 let server = FirmwareServer::start(patch.clone()).unwrap();
-                let (s, _) = device(&server, &patch, Some(old.clone()));
-                let (stored, valid) = sample(&s, buf_len);
+                let (s, _) = aliyun_device(&server, &patch, Some(DeltaSource::in_memory(&old)));
+                let out = sample(&s, buf_len);
                 let what = format!("{pair}.{compression} in {buf_len}-byte calls");
                 assert!(
-                    stored == new,
+                    out.stored == new,
                     "{what}: {} bytes of {}",
-                    stored.len(),
+                    out.stored.len(),
                     new.len()
                 );
-                assert!(valid, "{what}");
+                assert!(out.valid, "{what}: {:?}", out.errors);
+                // With 1-byte calls the call after the last byte fails with INVALID_STATE
+                // (and the sample's -2 goes out after a valid download): an SDK bug, reported,
+                // not yet fixed in src/.
+                if buf_len > 1 {
+                    assert!(out.errors.is_empty(), "{what}: {:?}", out.errors);
+                }
                 assert_eq!(
                     s.file_size(),
                     new.len() as u64,
@@ -116,9 +65,10 @@ fn a_plain_image_with_a_delta_source_set_is_handed_out_as_it_comes() {
     let mut image = common::firmware::image(20_000, 5).to_vec();
     image[..4].copy_from_slice(&0x2000_8000u32.to_le_bytes());
     let server = FirmwareServer::start(image.clone()).unwrap();
-    let (s, _) = device(&server, &image, Some(fixture("small-change.old")));
-    let (stored, valid) = sample(&s, 5000);
-    assert!(stored == image && valid);
+    let old = DeltaSource::in_memory(&fixture("small-change.old"));
+    let (s, _) = aliyun_device(&server, &image, Some(old));
+    let out = sample(&s, 5000);
+    assert!(out.stored == image && out.valid && out.errors.is_empty());
 }
 
 #[test]
@@ -130,9 +80,14 @@ fn a_cut_patch_resumes_with_range_and_the_new_image_stays_whole() {
         ..Faults::default()
     };
     let server = FirmwareServer::start_with(patch.clone(), faults).unwrap();
-    let (s, _) = device(&server, &patch, Some(fixture("inserted-block.old")));
-    let (stored, valid) = sample(&s, 5000);
-    assert!(stored == new && valid);
+    let old = DeltaSource::in_memory(&fixture("inserted-block.old"));
+    let (s, _) = aliyun_device(&server, &patch, Some(old));
+    let out = sample(&s, 5000);
+    assert!(
+        out.stored == new && out.valid && out.errors.is_empty(),
+        "{:?}",
+        out.errors
+    );
     let log = server.requests_when(2, Duration::from_secs(5));
     let ranges: Vec<Option<String>> = log.iter().map(|r| r.range.clone()).collect();
     assert_eq!(
@@ -147,9 +102,10 @@ fn a_patch_for_another_old_image_fails_once_and_is_never_valid() {
     // The appended pair's patch reads all 6000 bytes of its old image; this one has 3000.
     let patch = fixture("appended.heatshrink.patch");
     let server = FirmwareServer::start(patch.clone()).unwrap();
-    let (s, sent) = device(&server, &patch, Some(fixture("unrelated.old")));
-    let (_, valid) = sample(&s, 5000);
-    assert!(!valid);
+    let old = DeltaSource::in_memory(&fixture("unrelated.old"));
+    let (s, sent) = aliyun_device(&server, &patch, Some(old));
+    let out = sample(&s, 5000);
+    assert!(!out.valid);
     assert!(
         matches!(
             s.last_error(),
@@ -158,10 +114,7 @@ fn a_patch_for_another_old_image_fails_once_and_is_never_valid() {
         "{:?}",
         s.last_error()
     );
-    let failures: Vec<String> = payloads(&sent)
-        .into_iter()
-        .filter(|p| p.contains("\"step\":\"-"))
-        .collect();
+    let failures = failure_reports(&sent);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].contains("delta patch"), "{failures:?}");
 }
@@ -175,15 +128,13 @@ fn a_corrupted_patch_is_never_reported_valid() {
     let server = FirmwareServer::start(patch).unwrap();
     // Announced with the digest of the good patch: the platform's digest catches it whatever
     // the applier makes of it.
-    let (s, sent) = device(&server, &announced, Some(fixture("small-change.old")));
-    let (stored, valid) = sample(&s, 5000);
-    assert!(!valid, "a corrupted patch");
-    assert!(stored.len() as u64 <= s.file_size());
+    let old = DeltaSource::in_memory(&fixture("small-change.old"));
+    let (s, sent) = aliyun_device(&server, &announced, Some(old));
+    let out = sample(&s, 5000);
+    assert!(!out.valid, "a corrupted patch");
+    assert!(out.stored.len() as u64 <= s.file_size());
     assert!(s.last_error().is_some());
     // Whichever check caught it (the applier, or the digest at the end), one report.
-    let failures: Vec<String> = payloads(&sent)
-        .into_iter()
-        .filter(|p| p.contains("\"step\":\"-"))
-        .collect();
+    let failures = failure_reports(&sent);
     assert_eq!(failures.len(), 1, "{failures:?}");
 }

@@ -4,8 +4,10 @@
 // Every test file is its own crate, and none uses all of this.
 #![allow(dead_code)]
 
+pub mod capi;
 pub mod certs;
 pub mod cmqtt;
+pub mod delta;
 pub mod firmware;
 pub mod flaky;
 pub mod imgtool;

@@ -45,3 +45,16 @@ pub fn payloads(sent: &Sent) -> Vec<String> {
         .map(|(_, t)| t.clone())
         .collect()
 }
+
+/// Whether `text` is a failure report of Aliyun or SagooIOT (a negative step).
+pub fn is_failure_report(text: &str) -> bool {
+    text.contains(r#""step":"-"#)
+}
+
+/// The failure reports among the published payloads, in order.
+pub fn failure_reports(sent: &Sent) -> Vec<String> {
+    payloads(sent)
+        .into_iter()
+        .filter(|p| is_failure_report(p))
+        .collect()
+}
