@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::delta::{aliyun_device, fixture, sample, DeltaSource};
+use common::delta::{aliyun_device, fixture, sample, DeltaSource, SampleFirmware};
 use common::recorder::failure_reports;
 use ota::delta::DeltaError;
 use ota::Error;
@@ -30,7 +30,7 @@ fn every_fixture_patch_makes_the_new_image_through_fetch_yield() {
                 fixture(&format!("{pair}.old")),
                 fixture(&format!("{pair}.new")),
             );
-            for buf_len in [1, 777, 5000] {
+            for buf_len in [1, 2, 3, 777, 5000] {
                 let server = FirmwareServer::start(patch.clone()).unwrap();
                 let (s, _) = aliyun_device(&server, &patch, Some(DeltaSource::in_memory(&old)));
                 let out = sample(&s, buf_len);
@@ -42,12 +42,7 @@ fn every_fixture_patch_makes_the_new_image_through_fetch_yield() {
                     new.len()
                 );
                 assert!(out.valid, "{what}: {:?}", out.errors);
-                // With 1-byte calls the call after the last byte fails with INVALID_STATE
-                // (and the sample's -2 goes out after a valid download): an SDK bug, reported,
-                // not yet fixed in src/.
-                if buf_len > 1 {
-                    assert!(out.errors.is_empty(), "{what}: {:?}", out.errors);
-                }
+                assert!(out.errors.is_empty(), "{what}: {:?}", out.errors);
                 assert_eq!(
                     s.file_size(),
                     new.len() as u64,
@@ -137,4 +132,87 @@ fn a_corrupted_patch_is_never_reported_valid() {
     // Whichever check caught it (the applier, or the digest at the end), one report.
     let failures = failure_reports(&sent);
     assert_eq!(failures.len(), 1, "{failures:?}");
+}
+
+/// Calls smaller than the patch's tail: the call that hands out the new image's last bytes
+/// reads the rest of the patch too, so the download has ended when it returns (IsFetchFinish
+/// true, no further call, no "fetch failed" report); before, the next call failed with
+/// INVALID_STATE and an iotkit-style firmware reported -2 after a valid download.
+#[test]
+fn the_call_with_the_last_bytes_ends_a_delta_download_whatever_the_buffer() {
+    for compression in ["none", "heatshrink"] {
+        let patch = fixture(&format!("small-change.{compression}.patch"));
+        let (old, new) = (fixture("small-change.old"), fixture("small-change.new"));
+        for buf_len in 1..=8 {
+            let what = format!("{compression} in {buf_len}-byte calls");
+            let server = FirmwareServer::start(patch.clone()).unwrap();
+            let (s, sent) = aliyun_device(&server, &patch, Some(DeltaSource::in_memory(&old)));
+            let mut firmware = SampleFirmware::new(buf_len);
+            while firmware.stored.len() < new.len() {
+                assert!(!s.is_fetch_finished(), "{what}: ended early");
+                firmware.call(&s);
+            }
+            assert!(
+                s.is_fetch_finished(),
+                "{what}: the last bytes came without the end"
+            );
+            assert!(firmware.stored == new, "{what}");
+            assert!(firmware.errors.is_empty(), "{what}: {:?}", firmware.errors);
+            assert!(s.check_firmware().unwrap(), "{what}");
+            assert!(
+                failure_reports(&sent).is_empty(),
+                "{what}: {:?}",
+                failure_reports(&sent)
+            );
+        }
+    }
+}
+
+/// The same when the patch's tail is late: the call with the image's last bytes returns them
+/// at its timeout, the next call reads the tail and ends the download with 0 bytes, and the
+/// sample's "fetch failed" after it is dropped, not reported (nothing failed).
+#[test]
+fn a_late_patch_tail_ends_the_download_with_0_and_no_failure_report() {
+    let patch = fixture("small-change.none.patch");
+    let (old, new) = (fixture("small-change.old"), fixture("small-change.new"));
+    let faults = Faults {
+        stall_once: Some((patch.len() as u64 - 1, 1500)),
+        ..Faults::default()
+    };
+    let server = FirmwareServer::start_with(patch.clone(), faults).unwrap();
+    let (s, sent) = aliyun_device(&server, &patch, Some(DeltaSource::in_memory(&old)));
+    let mut buf = [0u8; 1];
+    let mut stored = Vec::new();
+    let mut returns = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !s.is_fetch_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stuck at {}",
+            stored.len()
+        );
+        let r = s.fetch_yield(&mut buf, Duration::from_millis(400));
+        match r {
+            Ok(n) => stored.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e:?} at {}", stored.len()),
+        }
+        if !matches!(r, Ok(n) if n > 0) {
+            let _ = s.report_progress(-2, None);
+        }
+        if stored.len() == new.len() {
+            returns.push(r.unwrap());
+        }
+    }
+    assert!(stored == new);
+    assert_eq!(
+        returns.last(),
+        Some(&0),
+        "the download ended in a call after the last bytes: {returns:?}"
+    );
+    assert!(s.check_firmware().unwrap());
+    assert!(
+        failure_reports(&sent).is_empty(),
+        "{:?}",
+        failure_reports(&sent)
+    );
 }

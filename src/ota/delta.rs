@@ -91,6 +91,10 @@ pub(super) struct DeltaCycle {
     /// No step of this download has run yet: the fetch side may still hold the previous
     /// download's patch bytes and applier (one refused or superseded mid-way).
     pub(super) fresh: bool,
+    /// The new image's last bytes, in the caller's buffer while this call reads the rest of
+    /// the patch (which the platform's digest covers): the call returns them, with the end of
+    /// the download when the patch is whole, so the last bytes and IsFetchFinish come together.
+    pub(super) owed: usize,
 }
 
 impl DeltaCycle {
@@ -102,6 +106,7 @@ impl DeltaCycle {
             held: 0,
             restore_pending: false,
             fresh: true,
+            owed: 0,
         }
     }
 }
@@ -521,6 +526,17 @@ impl Engine {
         };
         if done {
             self.finish();
+            return Some(Ok(
+                std::mem::take(&mut self.download.delta.owed) + handed.produced
+            ));
+        }
+        let whole = handed.stop == Some(Stop::Done)
+            || self.download.delta.delivered == self.download.delta.new_size;
+        if self.download.delta.mode == Mode::Patch && whole {
+            // The image is whole and the patch is not read to its end (calls smaller than its
+            // tail): this call reads the rest before it returns these bytes.
+            self.download.delta.owed += handed.produced;
+            return None;
         }
         match handed.produced {
             0 => None,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::breakpoint::{flush, StoreWriter};
 use super::delta::{DeltaSide, Mode};
 use super::gateway::{ImageId, LocalSource, Shelf};
-use super::Engine;
+use super::{Engine, OtaState};
 use crate::error::{Error, Result};
 use crate::source::{Chunk, DownloadError, FirmwareSource};
 
@@ -230,6 +230,27 @@ pub(super) fn fetch_yield(
 }
 
 fn run(
+    engine: &Mutex<Engine>,
+    side: &mut SourceSide,
+    records: &Mutex<StoreWriter>,
+    buf: &mut [u8],
+    call: &FetchCall,
+) -> Result<usize> {
+    let r = steps(engine, side, records, buf, call);
+    // A delta image's last bytes, made while the rest of the patch was still to read, are in
+    // the caller's buffer (nothing was written after them): the call returns them, unless the
+    // rest of the patch ended the download with an error (a refused tail: the image will not
+    // be valid, and the firmware hears why now, before IsFetchFinish).
+    let mut e = lock(engine);
+    match std::mem::take(&mut e.download.delta.owed) {
+        0 => r,
+        _ if r.is_err() && e.state != OtaState::Downloading => r,
+        owed => Ok(owed),
+    }
+}
+
+/// The steps of one call, as the engine decides them.
+fn steps(
     engine: &Mutex<Engine>,
     side: &mut SourceSide,
     records: &Mutex<StoreWriter>,

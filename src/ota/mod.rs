@@ -565,8 +565,18 @@ impl Engine {
     /// A negative step from the caller. "Fetch failed" right after a `fetch_yield` that
     /// returned 0 (nothing yet, the SDK still at work) is held: the download goes on, and if it
     /// fails after all the SDK's own report, naming the cause, is the one the platform gets.
-    /// Any other failure ends the cycle and is reported (once per cycle).
+    /// After a `fetch_yield` that returned 0 and ended the download whole (a delta patch's
+    /// last bytes, read after the image's), it is dropped: nothing failed. Any other failure
+    /// ends the cycle and is reported (once per cycle).
     fn caller_failure(&mut self, step: i32, desc: &str) -> Result<()> {
+        let completed = self.state == OtaState::Fetched && self.download.cycle.end_error.is_none();
+        if completed && step == -2 && self.download.last_yield_empty {
+            ota_log!(
+                Level::Info,
+                "\"fetch failed\" after the FetchYield that completed the download is dropped"
+            );
+            return Ok(());
+        }
         if self.state == OtaState::Downloading && step == -2 && self.download.last_yield_empty {
             if self.download.quiet.first(Once::HeldReport) {
                 ota_log!(
