@@ -28,7 +28,9 @@
  *   IOT_OTAE_FETCH_FAILED at once, and the platform gets one failure report per upgrade;
  *   later failure reports are dropped (return 0, one log line). An IOT_OTAP_FETCH_FAILED report
  *   right after a FetchYield that returned 0 (nothing yet, the SDK still recovering) is held:
- *   dropped if the download goes on, replaced by the SDK's own report naming the cause if not.
+ *   dropped if the download goes on, replaced by the SDK's own report naming the cause if not;
+ *   after a FetchYield that returned 0 and ended the download whole (a delta patch's tail read
+ *   after the new image's last bytes, late past the call's timeout) it is dropped.
  * - Progress 0 is not sent to Aliyun/SagooIOT (their steps run 1..100); it returns 0.
  *
  * Never losing a download:
