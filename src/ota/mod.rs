@@ -82,8 +82,8 @@ use crate::log::Level;
 use crate::ota_log;
 use crate::protocol::mqtt_download::URL_MAX;
 use crate::protocol::{
-    self, Downstream, FailureCause, Limits, NoticeError, Protocol, Report, Topics, Transfer,
-    UpgradeNotice,
+    self, Channel, Downstream, FailureCause, Limits, NoticeError, Protocol, Report, Topics,
+    Transfer, UpgradeNotice,
 };
 use crate::resume::{BreakpointStore, SavePolicy};
 use crate::retry::{Backoff, RetryPolicy};
@@ -734,8 +734,10 @@ impl Engine {
         if let Err(e) = self.ensure_upgrading_reported() {
             ota_log!(Level::Warning, "upgrading report not sent: {e}");
         }
-        // A progress report held for a full request queue goes out once the queue has room.
-        self.out.flush_deferred();
+        // A progress report held for a full request queue goes out once the queue has room
+        // (reports held while the broker was away wait for `on_reconnect`, which re-reports
+        // the versions unless a held version report went then).
+        self.out.flush(Channel::Progress);
         Ok(())
     }
 

@@ -17,9 +17,9 @@ pub(super) struct Outbox {
     pub(super) message: Box<[u8]>,
     pub(super) ids: IdCounter,
     /// Messages that could not go out: while the broker was unreachable, the latest per
-    /// channel, sent after the reconnection; and progress reports that found the MQTT request
-    /// queue full (a fast download outruns their acknowledgements), sent before the next
-    /// message or at the next `fetch_yield`.
+    /// channel, sent after the reconnection (or before the next message on its channel); and
+    /// progress reports that found the MQTT request queue full (a fast download outruns their
+    /// acknowledgements), sent before the next progress report or at the next `fetch_yield`.
     pub(super) deferred: [Deferred; 3],
     /// Whether holding a report for a full queue was logged since the queue last took one.
     pub(super) full_logged: bool,
@@ -67,8 +67,9 @@ impl Outbox {
             return Ok(());
         };
         self.ids.take(id);
-        // What is held goes first, so the platform hears the channel in order.
-        self.flush_deferred();
+        // What is held for this channel goes first, so the platform hears it in order (the
+        // other channels' wait for the reconnection, `flush_deferred`).
+        self.flush(channel);
         let topic = self.topics.for_channel(channel);
         let slot = &mut self.deferred[channel_index(channel)];
         match self.uplink.publish(topic, &self.message[..len]) {
@@ -106,29 +107,36 @@ impl Outbox {
         }
     }
 
-    /// Sends what was held back (while disconnected, or for a full queue) and can go now; what
-    /// still cannot stays held. True when a version report was sent.
+    /// After a reconnection: sends what was held back (while disconnected, or for a full
+    /// queue) and can go now; what still cannot stays held. True when a version report was
+    /// sent.
     pub(super) fn flush_deferred(&mut self) -> bool {
         let mut sent_inform = false;
         for channel in CHANNELS {
-            let slot = &mut self.deferred[channel_index(channel)];
-            let Some(len) = slot.len else {
-                continue;
-            };
-            let topic = self.topics.for_channel(channel);
-            match self.uplink.publish(topic, &slot.buf[..len]) {
-                Ok(()) => {
-                    slot.len = None;
-                    sent_inform |= channel == Channel::Inform;
-                }
-                Err(Error::Mqtt(MqttError::NotConnected | MqttError::QueueFull)) => {}
-                Err(e) => {
-                    slot.len = None;
-                    ota_log!(Level::Warning, "held-back message not sent: {e}");
-                }
-            }
+            sent_inform |= self.flush(channel) && channel == Channel::Inform;
         }
         sent_inform
+    }
+
+    /// Sends the message held for `channel`, if any and if it can go now; true when it went.
+    pub(super) fn flush(&mut self, channel: Channel) -> bool {
+        let slot = &mut self.deferred[channel_index(channel)];
+        let Some(len) = slot.len else {
+            return false;
+        };
+        let topic = self.topics.for_channel(channel);
+        match self.uplink.publish(topic, &slot.buf[..len]) {
+            Ok(()) => {
+                slot.len = None;
+                true
+            }
+            Err(Error::Mqtt(MqttError::NotConnected | MqttError::QueueFull)) => false,
+            Err(e) => {
+                slot.len = None;
+                ota_log!(Level::Warning, "held-back message not sent: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -281,6 +289,64 @@ mod tests {
         assert_eq!((sent.len(), steps), (3, vec![true; 3]), "{sent:?}");
         // Nothing is held any more.
         assert!(!out.flush_deferred() && out.deferred.iter().all(|d| d.len.is_none()));
+    }
+
+    /// An uplink whose broker is away while `away` holds.
+    struct Broker {
+        away: bool,
+        sent: Vec<String>,
+    }
+
+    struct BrokerUplink(Arc<Mutex<Broker>>);
+
+    impl Uplink for BrokerUplink {
+        fn publish(&mut self, _topic: &str, payload: &[u8]) -> Result<()> {
+            let mut b = self.0.lock().unwrap();
+            if b.away {
+                return Err(Error::Mqtt(MqttError::NotConnected));
+            }
+            b.sent.push(String::from_utf8_lossy(payload).into_owned());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_version_report_held_while_the_broker_is_away_waits_for_the_reconnection() {
+        let broker = Arc::new(Mutex::new(Broker {
+            away: true,
+            sent: Vec::new(),
+        }));
+        let queue = Arc::new(Mutex::new(Queue {
+            room: 0,
+            sent: Vec::new(),
+        }));
+        let mut out = outbox(&queue);
+        out.uplink = Box::new(BrokerUplink(broker.clone()));
+        let notice = UpgradeNotice::new(&Limits::default());
+        let version = Report::Version {
+            version: "1.0.0",
+            module: None,
+        };
+        assert!(out.send(version).is_ok(), "held, not refused");
+        // The broker is back; a progress report and FetchYield's flush of progress come before
+        // the reconnection's hook: the version report stays held for it.
+        broker.lock().unwrap().away = false;
+        let progress = Report::Progress {
+            percent: 50,
+            desc: "",
+            notice: &notice,
+        };
+        assert!(out.send(progress).is_ok());
+        assert!(!out.flush(Channel::Progress));
+        let sent = broker.lock().unwrap().sent.clone();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0].contains("\"50\""), "{sent:?}");
+        // The hook sends it (and says so: no second version report).
+        assert!(out.flush_deferred());
+        let sent = broker.lock().unwrap().sent.clone();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent[1].contains("1.0.0"), "{sent:?}");
+        assert!(!out.flush_deferred(), "nothing held any more");
     }
 
     /// 2025-06-01T00:00:00Z.
