@@ -474,6 +474,7 @@ impl MqttBlockSource {
         }
     }
 
+    /// Goes on with the download until a chunk for the caller, or `deadline`.
     fn step(
         &mut self,
         buf: &mut [u8],
@@ -485,95 +486,127 @@ impl MqttBlockSource {
             match self.step {
                 Step::Idle => return Err(DownloadError::BadResponse("not open")),
                 Step::Ended => return Ok(Chunk::End),
-                Step::Opening => {
-                    self.step = if self.offset == file.size {
-                        Step::Ended
-                    } else {
-                        Step::Request
-                    };
-                    if let Step::Request = self.step {
-                        // On its way while the caller looks at the answer.
-                        self.send_request(file)?;
-                    }
-                    let partial = self.offset > 0;
-                    return Ok(Chunk::Opened(OpenInfo {
-                        status: if partial { 206 } else { 200 },
-                        content_length: Some(file.size - self.offset),
-                        range_start: partial.then_some(self.offset),
-                        range_total: partial.then_some(file.size),
-                    }));
-                }
+                Step::Opening => return self.opened(file),
                 Step::Request => self.send_request(file)?,
-                Step::Handing { len, given } => {
-                    let n = buf.len().min(len - given);
-                    buf[..n].copy_from_slice(&lock(&self.shared.slot).data[given..given + n]);
-                    self.offset += n as u64;
-                    self.step = Step::Handing {
-                        len,
-                        given: given + n,
-                    };
-                    if given + n == len {
-                        if self.offset == file.size {
-                            self.step = Step::Ended;
-                        } else {
-                            self.send_request(file)?;
-                        }
-                    }
-                    return Ok(Chunk::Data(n));
-                }
+                Step::Handing { len, given } => return self.hand(buf, file, len, given),
                 Step::Awaiting {
                     deadline: block_deadline,
                 } => {
-                    let (outcome, dropped) = {
-                        let slot = lock(&self.shared.slot);
-                        (slot.outcome, slot.dropped)
+                    let until = Deadlines {
+                        call: deadline,
+                        block: block_deadline,
                     };
-                    match outcome {
-                        Outcome::Block(len) => {
-                            self.disarm();
-                            self.blocks += 1;
-                            self.attempt = 0;
-                            self.step = Step::Handing { len, given: 0 };
-                        }
-                        Outcome::Refused(e) if !is_retried(e) => {
-                            ota_log!(
-                                Level::Error,
-                                "MQTT download: reply for byte {} refused: {e}",
-                                self.offset
-                            );
-                            return Err(download_error(e));
-                        }
-                        Outcome::Refused(e) => {
-                            self.disarm();
-                            self.retry_or(&e, download_error(e))?;
-                        }
-                        Outcome::Waiting => {
-                            let now = Instant::now();
-                            // Past the block's deadline, the socket is looked at once more
-                            // first: a caller slower than the timeout left the reply there.
-                            if waited && now >= block_deadline {
-                                self.disarm();
-                                match dropped {
-                                    Some(e) => self.retry_or(
-                                        &format_args!("no reply in time, one dropped: {e}"),
-                                        download_error(e),
-                                    )?,
-                                    None => {
-                                        self.retry_or(&"no reply in time", DownloadError::Timeout)?
-                                    }
-                                }
-                            } else if waited && now >= deadline {
-                                return Ok(Chunk::Pending);
-                            } else {
-                                self.wait(deadline.min(block_deadline))?;
-                                waited = true;
-                            }
-                        }
+                    if let Some(chunk) = self.awaiting(until, &mut waited)? {
+                        return Ok(chunk);
                     }
                 }
             }
         }
     }
+
+    /// The open's answer, the first block request on its way while the caller looks at it.
+    fn opened(&mut self, file: MqttFile) -> std::result::Result<Chunk, DownloadError> {
+        if self.offset == file.size {
+            self.step = Step::Ended;
+        } else {
+            self.step = Step::Request;
+            self.send_request(file)?;
+        }
+        let partial = self.offset > 0;
+        Ok(Chunk::Opened(OpenInfo {
+            status: if partial { 206 } else { 200 },
+            content_length: Some(file.size - self.offset),
+            range_start: partial.then_some(self.offset),
+            range_total: partial.then_some(file.size),
+        }))
+    }
+
+    /// Hands the caller what fits of the block's bytes from `given` on; once all `len` are
+    /// given, asks for the next block (or ends at the file's end).
+    fn hand(
+        &mut self,
+        buf: &mut [u8],
+        file: MqttFile,
+        len: usize,
+        given: usize,
+    ) -> std::result::Result<Chunk, DownloadError> {
+        let n = buf.len().min(len - given);
+        buf[..n].copy_from_slice(&lock(&self.shared.slot).data[given..given + n]);
+        self.offset += n as u64;
+        self.step = Step::Handing {
+            len,
+            given: given + n,
+        };
+        if given + n == len {
+            if self.offset == file.size {
+                self.step = Step::Ended;
+            } else {
+                self.send_request(file)?;
+            }
+        }
+        Ok(Chunk::Data(n))
+    }
+
+    /// A block request is out: takes its reply, asks again after a bad one or none in time,
+    /// or waits (once per call before giving up at `until.call`). `Some` ends the call.
+    fn awaiting(
+        &mut self,
+        until: Deadlines,
+        waited: &mut bool,
+    ) -> std::result::Result<Option<Chunk>, DownloadError> {
+        let (outcome, dropped) = {
+            let slot = lock(&self.shared.slot);
+            (slot.outcome, slot.dropped)
+        };
+        match outcome {
+            Outcome::Block(len) => {
+                self.disarm();
+                self.blocks += 1;
+                self.attempt = 0;
+                self.step = Step::Handing { len, given: 0 };
+            }
+            Outcome::Refused(e) if !is_retried(e) => {
+                ota_log!(
+                    Level::Error,
+                    "MQTT download: reply for byte {} refused: {e}",
+                    self.offset
+                );
+                return Err(download_error(e));
+            }
+            Outcome::Refused(e) => {
+                self.disarm();
+                self.retry_or(&e, download_error(e))?;
+            }
+            Outcome::Waiting => {
+                let now = Instant::now();
+                // Past the block's deadline, the socket is looked at once more first: a
+                // caller slower than the timeout left the reply there.
+                if *waited && now >= until.block {
+                    self.disarm();
+                    match dropped {
+                        Some(e) => self.retry_or(
+                            &format_args!("no reply in time, one dropped: {e}"),
+                            download_error(e),
+                        )?,
+                        None => self.retry_or(&"no reply in time", DownloadError::Timeout)?,
+                    }
+                } else if *waited && now >= until.call {
+                    return Ok(Some(Chunk::Pending));
+                } else {
+                    self.wait(until.call.min(until.block))?;
+                    *waited = true;
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The two times a wait for a block ends by: the caller's, and the block request's.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    call: Instant,
+    block: Instant,
 }
 
 impl FirmwareSource for MqttBlockSource {
