@@ -5,10 +5,14 @@
 
 mod common;
 use common::cmqtt;
+use common::mqtt_wire::{
+    read_packet, read_until, CONNECT, DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC,
+    SUBSCRIBE,
+};
 use common::wait;
 
 use std::ffi::c_void;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -25,60 +29,6 @@ use ota::mqtt::{MqttEvent, QoS};
 use ota::ota::Uplink;
 use ota::{MqttClient, MqttOptions};
 use ota_cloud::broker::EmbeddedBroker;
-
-// Packet types (high nibble of the first byte).
-const CONNECT: u8 = 1;
-const PUBLISH: u8 = 3;
-const PUBACK: u8 = 4;
-const PUBREC: u8 = 5;
-const PUBCOMP: u8 = 7;
-const SUBSCRIBE: u8 = 8;
-const PINGREQ: u8 = 12;
-const DISCONNECT: u8 = 14;
-
-/// One MQTT packet as a scripted peer reads it: the first byte and the body.
-struct Raw {
-    first: u8,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn kind(&self) -> u8 {
-        self.first >> 4
-    }
-}
-
-/// Reads one packet; `None` at end of stream.
-fn read_packet(s: &mut TcpStream) -> Option<Raw> {
-    let mut first = [0u8; 1];
-    s.read_exact(&mut first).ok()?;
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).ok()?;
-        len |= ((b[0] & 0x7f) as usize) << shift;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).ok()?;
-    Some(Raw {
-        first: first[0],
-        body,
-    })
-}
-
-/// Reads packets until one of `kind` (answering nothing); `None` at end of stream.
-fn read_until(s: &mut TcpStream, kind: u8) -> Option<Raw> {
-    loop {
-        let p = read_packet(s)?;
-        if p.kind() == kind {
-            return Some(p);
-        }
-    }
-}
 
 fn write(s: &mut TcpStream, bytes: &[u8]) {
     s.write_all(bytes).expect("peer writes");

@@ -6,6 +6,7 @@
 //! length or code it disagrees on). Each test names what the device relies on.
 
 mod common;
+use common::mqtt_wire::{read_packet, read_until, CONNECT, PUBLISH};
 use common::wait;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -668,26 +669,6 @@ fn a_caller_slower_than_the_block_timeout_causes_no_request_again() {
     assert_eq!(source.stats().retries, 0);
 }
 
-/// Reads one MQTT packet from a scripted broker's socket: its first byte and body.
-fn read_raw_packet(s: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
-    use std::io::Read;
-    let mut first = [0u8; 1];
-    s.read_exact(&mut first).ok()?;
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).ok()?;
-        len |= ((b[0] & 0x7f) as usize) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).ok()?;
-    Some((first[0], body))
-}
-
 #[test]
 fn a_firmware_yield_during_the_sdks_reconnection_waits_within_its_timeout() {
     use std::io::Write;
@@ -698,20 +679,16 @@ fn a_firmware_yield_during_the_sdks_reconnection_waits_within_its_timeout() {
     let (dialing_tx, dialing) = mpsc::channel();
     let broker = thread::spawn(move || {
         let (mut first, _) = listener.accept().unwrap();
-        assert_eq!(read_raw_packet(&mut first).unwrap().0 >> 4, 1, "CONNECT");
+        read_until(&mut first, CONNECT).expect("CONNECT");
         first.write_all(&[0x20, 2, 0, 0]).unwrap();
-        while let Some((kind, _)) = read_raw_packet(&mut first) {
-            if kind >> 4 == 3 {
-                break; // the block request
-            }
-        }
+        read_until(&mut first, PUBLISH).expect("the block request");
         drop(first);
         let (mut second, _) = listener.accept().unwrap();
-        assert_eq!(read_raw_packet(&mut second).unwrap().0 >> 4, 1, "CONNECT");
+        read_until(&mut second, CONNECT).expect("CONNECT");
         dialing_tx.send(()).unwrap();
         thread::sleep(Duration::from_millis(1500));
         second.write_all(&[0x20, 2, 0, 0]).unwrap();
-        while read_raw_packet(&mut second).is_some() {}
+        while read_packet(&mut second).is_some() {}
     });
     let mut o = options(port, "redial-device");
     o.request_timeout = Duration::from_secs(5);

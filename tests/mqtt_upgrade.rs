@@ -102,6 +102,36 @@ impl Platform {
         }
     }
 
+    /// Sends the upgrade until the session's refusal is heard (its subscription may still be
+    /// on the way to the broker): a step -1 report, and the session stays idle.
+    fn assert_refused(&self, device: &MqttClient, session: &OtaSession) {
+        let message = self
+            .package
+            .upgrade_message(CloudProtocol::Aliyun, 1, &CloudOptions::default())
+            .unwrap();
+        let deadline = Instant::now() + LIMIT;
+        let failures = loop {
+            send_upgrade(&self.cloud, session, &message);
+            device.yield_for(Duration::from_millis(100)).unwrap();
+            let heard = self.heard_within(
+                device,
+                "progress",
+                |g| !g.is_empty(),
+                Duration::from_millis(500),
+            );
+            if !heard.is_empty() || Instant::now() >= deadline {
+                break heard;
+            }
+        };
+        assert!(
+            failures
+                .first()
+                .is_some_and(|m| m.contains("\"step\":\"-1\"")),
+            "{failures:?}"
+        );
+        assert_eq!(session.state(), OtaState::Idle);
+    }
+
     /// What `device` published on `topic_part` topics, once `until` holds for them (both
     /// clients yielded meanwhile: the device's reports wait in its queue until it yields).
     fn heard_when(
@@ -472,29 +502,7 @@ fn mqtt_download_is_off_by_default_and_refused_with_a_failure_report() {
     let p = Platform::start(Package::single_over_mqtt("2.0.0", "app.bin", image, 8));
     let device = p.device();
     let session = OtaSession::attach(&device, PK, DN, OtaConfig::default()).unwrap();
-    let message = p
-        .package
-        .upgrade_message(CloudProtocol::Aliyun, 1, &CloudOptions::default())
-        .unwrap();
-    let failures = {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            send_upgrade(&p.cloud, &session, &message);
-            device.yield_for(Duration::from_millis(100)).unwrap();
-            // Sent again until the subscription is in place and the refusal heard.
-            let heard = p.heard_within(
-                &device,
-                "progress",
-                |g| !g.is_empty(),
-                Duration::from_millis(500),
-            );
-            if !heard.is_empty() || Instant::now() >= deadline {
-                break heard;
-            }
-        }
-    };
-    assert!(failures[0].contains("\"step\":\"-1\""), "{failures:?}");
-    assert_eq!(session.state(), OtaState::Idle);
+    p.assert_refused(&device, &session);
 }
 
 #[test]
@@ -608,29 +616,7 @@ fn mqtt_download_turned_off_refuses_such_upgrades_and_cannot_be_once_one_runs() 
     let device = p.device();
     let session = attach(&device, quick_blocks());
     session.disable_mqtt_download().unwrap();
-    let message = p
-        .package
-        .upgrade_message(CloudProtocol::Aliyun, 1, &CloudOptions::default())
-        .unwrap();
-    let failures = {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            send_upgrade(&p.cloud, &session, &message);
-            device.yield_for(Duration::from_millis(100)).unwrap();
-            // Sent again until the subscription is in place and the refusal heard.
-            let heard = p.heard_within(
-                &device,
-                "progress",
-                |g| !g.is_empty(),
-                Duration::from_millis(500),
-            );
-            if !heard.is_empty() || Instant::now() >= deadline {
-                break heard;
-            }
-        }
-    };
-    assert!(failures[0].contains("\"step\":\"-1\""), "{failures:?}");
-    assert_eq!(session.state(), OtaState::Idle);
+    p.assert_refused(&device, &session);
 
     // Once an upgrade over MQTT runs, turning it off is refused and changes nothing: the
     // download goes on.

@@ -391,7 +391,18 @@ fn code(h: &OtaHandle, r: Result<(), Error>) -> c_int {
 
 /// Records and returns an argument error found in the shim itself.
 pub(crate) fn reject(h: &OtaHandle, func: &str, e: Error) -> c_int {
-    ota_log!(Level::Error, "{func}: {e}");
+    reject_saying(h, func, e, format_args!(""))
+}
+
+/// [`reject`] with `detail` after the error in its log line (what the error's text cannot
+/// carry, e.g. a number).
+pub(crate) fn reject_saying(
+    h: &OtaHandle,
+    func: &str,
+    e: Error,
+    detail: std::fmt::Arguments<'_>,
+) -> c_int {
+    ota_log!(Level::Error, "{func}: {e}{detail}");
     h.session.record_error(e);
     err_code(&e)
 }

@@ -18,11 +18,9 @@ use std::ffi::c_int;
 
 use super::answer::{get_u32, put_u32, too_small};
 use super::guard::put_c_str;
-use super::ota::{err_code, reject, IOT_OTA_CmdType_t, OtaHandle};
+use super::ota::{reject, reject_saying, IOT_OTA_CmdType_t, OtaHandle};
 use crate::error::Error;
-use crate::log::Level;
 use crate::mqtt_source::MqttBlockSource;
-use crate::ota_log;
 use crate::source::MqttDownloadConfig;
 
 /// Query, `uint32_t`: files of the accepted upgrade (1 for a single image).
@@ -118,13 +116,9 @@ fn set_mqtt_block_size(h: &OtaHandle, size: u32) -> c_int {
             if size <= largest {
                 return reject(h, WHAT, e);
             }
-            // One line that names the largest block that fits (the error's text cannot).
-            ota_log!(
-                Level::Error,
-                "{WHAT}: a block of {size} bytes does not fit the MQTT read buffer; at most {largest}"
-            );
-            s.record_error(e);
-            err_code(&e)
+            // The log line names the largest block that fits.
+            let detail = format_args!(" ({size} bytes asked, at most {largest})");
+            reject_saying(h, WHAT, e, detail)
         }
     }
 }

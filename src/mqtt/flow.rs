@@ -116,15 +116,10 @@ impl Flow {
         }
     }
 
-    /// Keeps `slot` in the first free place; the caller checked [`Flow::has_room`].
-    fn keep(&mut self, slot: Slot) -> Result<(), MqttError> {
-        let free = self
-            .slots
-            .iter_mut()
-            .find(|s| matches!(s, Slot::Free))
-            .ok_or(MqttError::Protocol)?;
-        *free = slot;
-        Ok(())
+    /// The first free slot; none free is the caller's error (it checks [`Flow::has_room`]).
+    fn free_slot(&self) -> Result<usize, MqttError> {
+        let free = self.slots.iter().position(|s| matches!(s, Slot::Free));
+        free.ok_or(MqttError::Protocol)
     }
 
     fn stamp(&mut self) -> u64 {
@@ -145,9 +140,7 @@ impl Flow {
                 if publish.qos == QoS::AtMostOnce {
                     return write_publish(&publish, tx, max_packet);
                 }
-                if !self.has_room() {
-                    return Err(MqttError::Protocol);
-                }
+                let at = self.free_slot()?;
                 // A publish sent again after a reconnection keeps its id, unless a newer
                 // message has it meanwhile.
                 if publish.pkid == 0 || self.in_use(publish.pkid) {
@@ -155,18 +148,18 @@ impl Flow {
                 }
                 write_publish(&publish, tx, max_packet)?;
                 let sent = self.stamp();
-                self.keep(Slot::Publish { sent, publish })
+                self.slots[at] = Slot::Publish { sent, publish };
+                Ok(())
             }
             Request::PubRel(rel) => {
-                if !self.has_room() {
-                    return Err(MqttError::Protocol);
-                }
+                let at = self.free_slot()?;
                 write(&Packet::PubRel(PubRel::new(rel.pkid)), tx, max_packet)?;
                 let sent = self.stamp();
-                self.keep(Slot::Release {
+                self.slots[at] = Slot::Release {
                     sent,
                     pkid: rel.pkid,
-                })
+                };
+                Ok(())
             }
             Request::Subscribe(mut s) => {
                 s.pkid = self.next_id();
@@ -342,6 +335,20 @@ mod tests {
         out
     }
 
+    /// The packet ids of what `tx` holds (publishes, subscriptions, releases), `tx` emptied.
+    fn ids(tx: &mut BytesMut) -> Vec<u16> {
+        sent(tx)
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.pkid,
+                Packet::Subscribe(s) => s.pkid,
+                Packet::Unsubscribe(u) => u.pkid,
+                Packet::PubRel(r) => r.pkid,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
     fn incoming_publish(qos: QoS, pkid: u16, payload: &[u8]) -> Packet {
         let mut p = Publish::new("d/x", qos, payload.to_vec());
         p.pkid = pkid;
@@ -358,14 +365,7 @@ mod tests {
             .unwrap();
         assert!(!f.has_room());
         assert_eq!(f.in_flight(), 2);
-        let ids: Vec<u16> = sent(&mut tx)
-            .iter()
-            .map(|p| match p {
-                Packet::Publish(p) => p.pkid,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(ids, [1, 2]);
+        assert_eq!(ids(&mut tx), [1, 2]);
         // A QoS 0 publish needs no slot.
         f.send(publish(QoS::AtMostOnce, b"c"), &mut tx, MAX)
             .unwrap();
@@ -382,10 +382,7 @@ mod tests {
         tx.clear();
         f.send(publish(QoS::AtLeastOnce, b"e"), &mut tx, MAX)
             .unwrap();
-        match &sent(&mut tx)[..] {
-            [Packet::Publish(p)] => assert_eq!(p.pkid, 3, "ids go on, skipping none in use"),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(ids(&mut tx), [3], "ids go on, skipping none in use");
     }
 
     #[test]
@@ -395,7 +392,8 @@ mod tests {
         f.last_id = u16::MAX - 1;
         f.send(publish(QoS::AtLeastOnce, b"a"), &mut tx, MAX)
             .unwrap();
-        // The subscription after it takes 1 (0 is no id), the next publish 2.
+        // The subscription after it takes 1 (0 is no id); with the counter set back, the
+        // unsubscription skips 65535, still in flight.
         f.send(
             Request::Subscribe(Subscribe::new("s/#", QoS::AtLeastOnce)),
             &mut tx,
@@ -405,20 +403,7 @@ mod tests {
         f.last_id = u16::MAX - 1;
         f.send(Request::Unsubscribe(Unsubscribe::new("s/#")), &mut tx, MAX)
             .unwrap();
-        let ids: Vec<u16> = sent(&mut tx)
-            .iter()
-            .map(|p| match p {
-                Packet::Publish(p) => p.pkid,
-                Packet::Subscribe(s) => s.pkid,
-                Packet::Unsubscribe(u) => u.pkid,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(
-            ids,
-            [u16::MAX, 1, 1],
-            "65535 is in flight: the unsubscribe skips it"
-        );
+        assert_eq!(ids(&mut tx), [u16::MAX, 1, 1]);
     }
 
     #[test]

@@ -421,6 +421,18 @@ impl Engine {
         false
     }
 
+    /// A call's result with the new image's last bytes it owes ([`DeltaCycle::owed`]): they
+    /// are in the caller's buffer (nothing was written after them) and are returned, unless
+    /// the rest of the patch ended the download with an error (a refused tail: the image will
+    /// not be valid, and the firmware hears why now, before IsFetchFinish).
+    pub(super) fn with_owed(&mut self, r: Result<usize>) -> Result<usize> {
+        match std::mem::take(&mut self.download.delta.owed) {
+            0 => r,
+            _ if r.is_err() && self.state != OtaState::Downloading => r,
+            owed => Ok(owed),
+        }
+    }
+
     /// The size of what the caller is given: the new image's for a patch.
     pub(super) fn caller_size(&self) -> u64 {
         match self.download.delta.mode {
@@ -530,8 +542,7 @@ impl Engine {
                 std::mem::take(&mut self.download.delta.owed) + handed.produced
             ));
         }
-        let whole = handed.stop == Some(Stop::Done)
-            || self.download.delta.delivered == self.download.delta.new_size;
+        let whole = self.download.delta.delivered == self.download.delta.new_size;
         if self.download.delta.mode == Mode::Patch && whole {
             // The image is whole and the patch is not read to its end (calls smaller than its
             // tail): this call reads the rest before it returns these bytes.

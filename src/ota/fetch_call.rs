@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::breakpoint::{flush, StoreWriter};
 use super::delta::{DeltaSide, Mode};
 use super::gateway::{ImageId, LocalSource, Shelf};
-use super::{Engine, OtaState};
+use super::Engine;
 use crate::error::{Error, Result};
 use crate::source::{Chunk, DownloadError, FirmwareSource};
 
@@ -221,6 +221,7 @@ pub(super) fn fetch_yield(
     };
     let r = run(engine, &mut side, records, buf, &call);
     let mut e = lock(engine);
+    let r = e.with_owed(r);
     // The source of an ended or abandoned request is closed before the call returns.
     if side.open_request.is_some_and(|s| s != e.request) {
         side.close();
@@ -230,27 +231,6 @@ pub(super) fn fetch_yield(
 }
 
 fn run(
-    engine: &Mutex<Engine>,
-    side: &mut SourceSide,
-    records: &Mutex<StoreWriter>,
-    buf: &mut [u8],
-    call: &FetchCall,
-) -> Result<usize> {
-    let r = steps(engine, side, records, buf, call);
-    // A delta image's last bytes, made while the rest of the patch was still to read, are in
-    // the caller's buffer (nothing was written after them): the call returns them, unless the
-    // rest of the patch ended the download with an error (a refused tail: the image will not
-    // be valid, and the firmware hears why now, before IsFetchFinish).
-    let mut e = lock(engine);
-    match std::mem::take(&mut e.download.delta.owed) {
-        0 => r,
-        _ if r.is_err() && e.state != OtaState::Downloading => r,
-        owed => Ok(owed),
-    }
-}
-
-/// The steps of one call, as the engine decides them.
-fn steps(
     engine: &Mutex<Engine>,
     side: &mut SourceSide,
     records: &Mutex<StoreWriter>,

@@ -396,7 +396,7 @@ impl Engine {
         }
         if self.state != OtaState::Idle {
             return Err(self.fail(Error::InvalidState(
-                "download over MQTT is enabled before the first upgrade",
+                "download over MQTT is turned on or off before the first upgrade",
             )));
         }
         Ok(())

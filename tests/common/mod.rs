@@ -13,6 +13,7 @@ pub mod flaky;
 pub mod imgtool;
 pub mod mcuboot;
 pub mod mosquitto;
+pub mod mqtt_wire;
 pub mod net;
 pub mod platform;
 pub mod recorder;
