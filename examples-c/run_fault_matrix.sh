@@ -84,6 +84,9 @@ readonly cases=(
     # is long enough for three saves; the restart resumes the decompressor's saved state.
     "delta_kill_after_save_heatshrink|sagoo|VALID||delta delta-insert=65536 kill-after-save=3"
     "delta_old_mismatch|sagoo|INVALID|--delta-claim-old {new}|delta"
+    # 3-byte FetchYields, fewer than the patch's tail: the call with the image's last bytes
+    # must end the download (no INVALID_STATE call after it, no "fetch failed" report).
+    "delta_small_calls|sagoo|VALID||delta buf=3 yield-ms=0"
 )
 
 # Flags an older simulator may not have (see the opening comment).
@@ -132,6 +135,7 @@ fi
 IFS='|' read -r _ protocol expected flag_text extras <<<"$spec"
 read -r -a fault_flags <<<"$flag_text"
 buf_len=${OTA_BUF_LEN:-16384}
+yield_ms=${OTA_YIELD_MS:-100}
 timeout_s=${OTA_TIMEOUT_S:-30}
 cycles=1
 kill_after_save=0
@@ -142,6 +146,8 @@ for extra in $extras; do
     case $extra in
     delta) delta=1 ;;
     delta-insert=*) delta_insert=${extra#delta-insert=} ;;
+    buf=*) buf_len=${extra#buf=} ;;
+    yield-ms=*) yield_ms=${extra#yield-ms=} ;;
     cycles=*) cycles=${extra#cycles=} ;;
     kill-after-save=*) kill_after_save=${extra#kill-after-save=} ;;
     bound=*) timeout_s=$((timeout_s > ${extra#bound=} ? timeout_s : ${extra#bound=})) ;;
@@ -283,7 +289,7 @@ run_writer() {
     set +e
     env IOTX_MQTT_HOST=127.0.0.1 IOTX_MQTT_PORT="$port" \
         OTA_PRODUCT_KEY=$product_key OTA_DEVICE_NAME=$device_name OTA_DEVICE_SECRET=$device_secret \
-        OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL="$protocol" OTA_BUF_LEN="$buf_len" \
+        OTA_FIRMWARE_VERSION=1.0.0 OTA_PROTOCOL="$protocol" OTA_BUF_LEN="$buf_len" OTA_YIELD_MS="$yield_ms" \
         OTA_TIMEOUT_S="$timeout_s" OTA_CYCLES="$cycles" OTA_FRESH_URL_WAIT_S="$fresh_url_wait" \
         OTA_DELTA_OLD="$delta_old" "$@" \
         "${run[@]}" "$writer" "$tmp/ota.bin" >"$log" 2>&1

@@ -82,6 +82,9 @@ void device_start(test_device_t *d, const char *name, int argc, char **argv)
         d->buf_len = OTA_BUF_LEN_MAX;
     }
     d->fetch_timeout_s = (uint32_t)env_long("OTA_FETCH_TIMEOUT_S", OTA_FETCH_TIMEOUT_S);
+    /* 0 is a value here (env_long takes it for unset). */
+    long yield_ms = strtol(env_or("OTA_YIELD_MS", "100"), NULL, 10);
+    d->yield_ms = yield_ms > 0 ? (uint32_t)yield_ms : 0;
     d->deadline_ms = HAL_UptimeMs() + 1000 * (uint64_t)env_long("OTA_TIMEOUT_S", OTA_TIMEOUT_S);
 
     IOT_OpenLog(name);
@@ -326,7 +329,7 @@ static int download(test_device_t *d, FILE *fp)
             }
         }
         if (!d->yield_thread) {
-            IOT_MQTT_Yield(d->pclient, 100);
+            IOT_MQTT_Yield(d->pclient, (int)d->yield_ms);
         }
         if (HAL_UptimeMs() > d->deadline_ms) {
             EXAMPLE_TRACE("the download did not end within OTA_TIMEOUT_S (at %u of %u bytes)",

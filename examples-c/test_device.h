@@ -16,6 +16,8 @@
  *                          (IOT_OTA_InitWithProtocol)
  *   OTA_BUF_LEN            bytes per IOT_OTA_FetchYield, 1..65536 (default 5000, as the sample)
  *   OTA_FETCH_TIMEOUT_S    timeout of each IOT_OTA_FetchYield in seconds (default 1, as the sample)
+ *   OTA_YIELD_MS           IOT_MQTT_Yield's timeout after each FetchYield (default 100, as the
+ *                          sample; 0 for tiny buffers, whose many calls would each wait 100 ms)
  *   OTA_TIMEOUT_S          bound of the whole run in seconds (default 120)
  *   IOTX_MQTT_HOST, IOTX_MQTT_PORT   read by IOT_SetupConnInfo: point at a private broker
  */
@@ -66,6 +68,7 @@ typedef struct {
     const char *protocol;
     uint32_t buf_len;
     uint32_t fetch_timeout_s;
+    uint32_t yield_ms;
     uint64_t deadline_ms;
     /* 1 when another thread drives the connection: the device then never calls
      * IOT_MQTT_Yield itself and sleeps where it would yield. */
