@@ -57,7 +57,7 @@ const QUEUE_CAPACITY: usize = 64;
 pub(crate) const QUEUE_PER_SESSION: usize = 2;
 
 /// QoS 1/2 publishes sent but not yet acknowledged; more wait in the queue. iotkit keeps 20
-/// for re-publishing; each is a slot of the delivery state made at init (80 bytes).
+/// for re-publishing; each is a slot of the delivery state made at init (72 bytes).
 const MAX_INFLIGHT: usize = 20;
 
 /// Bytes asked of the socket per read. The receive buffer holds two (a partial packet and

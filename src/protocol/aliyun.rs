@@ -80,8 +80,7 @@ fn upgrade_data<'a>(
 /// (`files`) or download over MQTT (`dProtocol`, `streamId`, `streamFileId`), whose digests are
 /// `sign`/`fileSign` by `signMethod`.
 fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
-    package::mark_transfer(data, out);
-    if package::has_files(data) || package::over_mqtt(data) {
+    if package::mark_transfer(data, out) || package::has_files(data) {
         return decode_link_sdk_package(data, out);
     }
     take_delta_requirement(data, out)?;

@@ -397,13 +397,16 @@ fn take_name(value: Value<'_>, index: usize, dst: &mut FixedStr) -> Result<(), N
 /// Marks `out` as asking for a download over MQTT, when `data` does, before any field is
 /// decoded: a session with that off refuses such a message whatever else is wrong with it (it
 /// may lack a field only such a download needs). The stream's ids come with the transfer.
-pub(crate) fn mark_transfer(data: &Object<'_>, out: &mut UpgradeNotice) {
-    if over_mqtt(data) {
+/// Whether it is over MQTT.
+pub(crate) fn mark_transfer(data: &Object<'_>, out: &mut UpgradeNotice) -> bool {
+    let mqtt = over_mqtt(data);
+    if mqtt {
         out.transfer = Transfer::Mqtt {
             stream_id: 0,
             file_id: 0,
         };
     }
+    mqtt
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ fn upgrade_data<'a>(
 /// The fields of `data`, those a refusal report needs (module, batch) first. The seed gives
 /// `url` and `sign` only for a package of one file: a `files` array describes the others.
 fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeError> {
-    package::mark_transfer(data, out);
+    let mqtt = package::mark_transfer(data, out);
     take_opt_str(data, "module", &mut out.module)?;
     take_ext_data(data, out)?;
     take_nonempty_str(data, "version", &mut out.version)?;
@@ -90,7 +90,7 @@ fn decode_data(data: &Object<'_>, out: &mut UpgradeNotice) -> Result<(), NoticeE
         return package::take_files(data, package::named_sign_method(data)?, out);
     }
     out.size = take_size(data, "size")?;
-    if !package::over_mqtt(data) {
+    if !mqtt {
         take_str(data, "url", &mut out.url)?;
         check_url(&out.url)?;
     }
